@@ -1,0 +1,312 @@
+"""The ``hotplug`` command: every service, ``up`` to run them all, and the tools to study a run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+
+from shared import bus
+from shared.clock import Clock, make_clock
+from shared.messages import MESSAGE_TYPES
+from shared.runtime import ServiceContext, ServiceOptions, resolve_nats_url, run_service, setup_logging
+from shared.telemetry import ServiceMetrics
+
+
+class UsageError(Exception):
+    pass
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _service_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--nats", help=f"NATS URL (default: ${bus.DEFAULT_URL_ENV})")
+    p.add_argument("--host", default="local", help="hypervisor host name (default: local)")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (default: any free port)")
+    p.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per wall second")
+    p.add_argument("--epoch", type=float, default=None, help="wall time at which simulated time starts")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hotplug", description="Live vCPU hot-plug autoscaler for VMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    service = _service_parent()
+
+    up = sub.add_parser("up", help="run broker, simulator, collector, decider and actuator together")
+    up.add_argument("--vms", type=int, default=6)
+    up.add_argument("--duration", type=_positive, default=None, help="stop after this many simulated seconds")
+    up.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per wall second")
+    up.add_argument("--policy", default="threshold")
+    up.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
+    up.add_argument("--data-dir", type=Path, default=Path(".hotplug"))
+    up.add_argument("--nats", help="use this NATS server instead of starting one")
+    up.add_argument("--hypervisor", choices=["simulator"], default="simulator")
+    up.add_argument("--seed", type=int, default=1)
+    up.add_argument("--interval", type=_positive, default=1.0, help="sampling interval, simulated seconds")
+    up.add_argument("--dry-run", action="store_true", help="decide and log, but command nothing")
+    up.add_argument("--no-view", action="store_true", help="no live table (it is off anyway without a terminal)")
+    up.add_argument("--log-level", default="INFO")
+
+    sim = sub.add_parser("simulator", parents=[service], help="the simulated mini-cloud")
+    sim.add_argument("--vms", type=int, default=6)
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--hotplug-delay", type=float, default=0.3, help="simulated seconds per plug or unplug")
+    sim.add_argument("--profiles", default="", help="comma-separated workload profiles to cycle through")
+
+    col = sub.add_parser("collector", parents=[service], help="sample CPU use and publish metrics")
+    col.add_argument("--source", choices=["simulator", "psutil"], default="simulator")
+    col.add_argument("--interval", type=_positive, default=1.0)
+    col.add_argument("--process", action="append", default=[], metavar="VM=PID|VM=REGEX",
+                     help="psutil source: a host process to watch as a VM")
+
+    dec = sub.add_parser("decider", parents=[service], help="turn metrics into scale commands")
+    dec.add_argument("--policy", default="threshold")
+    dec.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
+    dec.add_argument("--name", default="decider", help="this decider's name in commands")
+    dec.add_argument("--dry-run", action="store_true", help="log what it would do; command nothing")
+    dec.add_argument("--max-sample-age", type=_positive, default=10.0)
+    dec.add_argument("--command-ttl", type=_positive, default=30.0)
+
+    act = sub.add_parser("actuator", parents=[service], help="execute scale commands on the hypervisor")
+    act.add_argument("--driver", choices=["simulator"], default="simulator")
+    act.add_argument("--name", default="actuator")
+    act.add_argument("--min-vcpus", type=int, default=1)
+    act.add_argument("--max-vcpus", type=int, default=1024)
+    act.add_argument("--step-timeout", type=_positive, default=30.0)
+
+    ev = sub.add_parser("events", help="print the event log (commands and results)")
+    ev.add_argument("--data-dir", type=Path, default=None)
+    ev.add_argument("--nats", default=None)
+    ev.add_argument("--format", choices=["table", "jsonl", "csv"], default="table")
+
+    sch = sub.add_parser("schema", help="write the JSON Schema of every message")
+    sch.add_argument("--out", type=Path, default=None, help="directory (default: print one JSON document)")
+
+    load = sub.add_parser("load", help="pin a simulated VM's demand (cores), or 'clear' to restore its workload")
+    load.add_argument("vm")
+    load.add_argument("cores")
+    load.add_argument("--nats", default=None)
+    load.add_argument("--host", default="local")
+    return parser
+
+
+def _options(args: argparse.Namespace, name: str) -> ServiceOptions:
+    url = resolve_nats_url(args.nats)
+    if url is None:
+        raise UsageError(f"{name} needs a NATS server: --nats URL or ${bus.DEFAULT_URL_ENV}")
+    clock: Clock = make_clock(args.speed, args.epoch)
+    return ServiceOptions(name=name, nats_url=url, host=args.host, metrics_port=args.metrics_port, clock=clock)
+
+
+def _run(options: ServiceOptions, metrics: ServiceMetrics,
+         body: Callable[[ServiceContext], Awaitable[None]]) -> int:
+    asyncio.run(run_service(options, body, metrics))
+    return 0
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from services.simulator.service import SimulatorConfig, SimulatorMetrics, SimulatorService
+
+    options = _options(args, "simulator")
+    config = SimulatorConfig(vms=args.vms, seed=args.seed, hotplug_delay_s=args.hotplug_delay,
+                             profiles=tuple(p for p in args.profiles.split(",") if p))
+
+    async def body(ctx: ServiceContext) -> None:
+        await SimulatorService(ctx, config).run()
+
+    return _run(options, SimulatorMetrics("simulator"), body)
+
+
+def cmd_collector(args: argparse.Namespace) -> int:
+    from services.collector.service import Collector, CollectorMetrics
+    from services.collector.sources.base import Source
+    from services.collector.sources.procs import ProcessSource, ProcessSpec
+    from services.collector.sources.simulator import SimulatorSource
+
+    options = _options(args, "collector")
+    if args.source != "simulator" and args.speed != 1.0:
+        raise UsageError("--speed applies to the simulator only; real sources run on the wall clock")
+    specs = [ProcessSpec.parse(p) for p in args.process]
+    if args.source == "psutil" and not specs:
+        raise UsageError("the psutil source needs at least one --process VM=PID|VM=REGEX")
+
+    async def body(ctx: ServiceContext) -> None:
+        source: Source = (SimulatorSource(ctx.nc, ctx.host) if args.source == "simulator"
+                          else ProcessSource(specs, ctx.clock))
+        await Collector(ctx, source, args.interval).run()
+
+    return _run(options, CollectorMetrics("collector"), body)
+
+
+def cmd_decider(args: argparse.Namespace) -> int:
+    from services.decider.policies import build_policy, parse_params
+    from services.decider.service import Decider, DeciderConfig, DeciderMetrics
+
+    options = _options(args, "decider")
+    policy, rails = build_policy(args.policy, parse_params(args.param))
+    config = DeciderConfig(name=args.name, dry_run=args.dry_run, max_sample_age_s=args.max_sample_age,
+                           command_ttl_s=args.command_ttl)
+
+    async def body(ctx: ServiceContext) -> None:
+        await Decider(ctx, policy, rails, config).run()
+
+    return _run(options, DeciderMetrics("decider"), body)
+
+
+def cmd_actuator(args: argparse.Namespace) -> int:
+    from services.actuator.checks import Bounds
+    from services.actuator.drivers.simulator import SimulatorDriver
+    from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
+
+    options = _options(args, "actuator")
+    config = ActuatorConfig(name=args.name, bounds=Bounds(args.min_vcpus, args.max_vcpus),
+                            step_timeout_s=args.step_timeout)
+
+    async def body(ctx: ServiceContext) -> None:
+        driver = SimulatorDriver(ctx.nc, ctx.host, ctx.clock)
+        await Actuator(ctx, driver, config).run()
+
+    return _run(options, ActuatorMetrics("actuator"), body)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from hotplug.up import UpOptions, run_up
+
+    options = UpOptions(vms=args.vms, duration_s=args.duration, speed=args.speed, policy=args.policy,
+                        params=tuple(args.param), data_dir=args.data_dir, nats_url=resolve_nats_url(args.nats),
+                        seed=args.seed, interval_s=args.interval, dry_run=args.dry_run, view=not args.no_view,
+                        log_level=args.log_level)
+    # Check the policy and its parameters here, before any process starts.
+    from services.decider.policies import build_policy, parse_params
+
+    build_policy(options.policy, parse_params(list(options.params)))
+    asyncio.run(run_up(options))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from hotplug.events import broker_for, event_record, format_csv, format_jsonl
+
+    async def collect(url: str) -> list[dict[str, object]]:
+        nc = await bus.connect(url, "hotplug-events", forever=False)
+        try:
+            from hotplug.events import read_events
+
+            records = []
+            async for subject, event in read_events(nc.jetstream()):
+                if event is None:
+                    print(f"skipped an undecodable event on {subject}", file=sys.stderr)
+                else:
+                    records.append(event_record(event))
+            return records
+        finally:
+            await nc.close()
+
+    url = resolve_nats_url(args.nats)
+    if url is not None and args.data_dir is None:
+        records = asyncio.run(collect(url))
+    else:
+        with broker_for(args.data_dir or Path(".hotplug")) as data_url:
+            records = asyncio.run(collect(data_url))
+    if args.format == "jsonl":
+        sys.stdout.write(format_jsonl(records))
+    elif args.format == "csv":
+        sys.stdout.write(format_csv(records))
+    else:
+        _print_event_table(records)
+    return 0
+
+
+def _print_event_table(records: list[dict[str, object]]) -> None:
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(records)} events")
+    for column in ("time (UTC)", "kind", "host", "vm", "id", "change", "detail"):
+        table.add_column(column)
+    for r in records:
+        when = datetime.fromtimestamp(float(r["time"]), tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]  # type: ignore[arg-type]
+        if r["kind"] == "command":
+            table.add_row(when, "command", str(r["host"]), str(r["vm"]), str(r["id"]),
+                          f"{r['seen_vcpus']}→{r['target_vcpus']}", str(r["reason"]))
+        else:
+            detail = "ok" if r["ok"] else f"{r['error_code']}: {r['error']}"
+            table.add_row(when, "result", str(r["host"]), str(r["vm"]), str(r["command_id"]),
+                          f"{r['vcpus_before']}→{r['vcpus_after']}", detail)
+    Console().print(table)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    schemas = {t.__name__: msgspec.json.schema(t) for t in MESSAGE_TYPES}
+    if args.out is None:
+        print(json.dumps(schemas, indent=2))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, schema in schemas.items():
+        path = args.out / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2) + "\n")
+        print(path)
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from shared import subjects
+    from shared.sim_api import LoadReply, LoadRequest
+
+    url = resolve_nats_url(args.nats)
+    if url is None:
+        raise UsageError(f"load needs a NATS server: --nats URL or ${bus.DEFAULT_URL_ENV}")
+    cores = None if args.cores == "clear" else float(args.cores)
+
+    async def send() -> LoadReply:
+        nc = await bus.connect(url, "hotplug-load", forever=False)
+        try:
+            request = msgspec.json.encode(LoadRequest(vm=args.vm, demand_cores=cores))
+            reply = await nc.request(subjects.simulator(args.host, "load"), request, timeout=5)
+            return msgspec.json.decode(reply.data, type=LoadReply)
+        finally:
+            await nc.close()
+
+    reply = asyncio.run(send())
+    if not reply.ok:
+        print(f"load refused: {reply.error}", file=sys.stderr)
+        return 1
+    print(f"{args.vm}: demand {'restored to its workload' if cores is None else f'pinned at {cores} cores'}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "up": cmd_up, "simulator": cmd_simulator, "collector": cmd_collector, "decider": cmd_decider,
+    "actuator": cmd_actuator, "events": cmd_events, "schema": cmd_schema, "load": cmd_load,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "log_level", "WARNING"))
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except (UsageError, ValueError, FileNotFoundError) as exc:
+        print(f"hotplug {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Reading the event log (every command and result) back out of JetStream, and printing it.
+
+With ``--data-dir`` the log of a run that has stopped is read by starting a private broker on that data
+dir; if the run is still going (its ``broker.json`` names a live process) its broker is used instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from shared import subjects
+from shared.broker import EmbeddedBroker
+from shared.messages import ScaleCommand, ScaleResult
+
+Event = ScaleCommand | ScaleResult
+_decoder = msgspec.json.Decoder(Event)
+
+BROKER_FILE = "broker.json"
+BROKER_DIR = "nats"
+
+
+def write_broker_file(data_dir: Path, url: str, pid: int) -> None:
+    (data_dir / BROKER_FILE).write_text(json.dumps({"url": url, "pid": pid}))
+
+
+def live_broker_url(data_dir: Path) -> str | None:
+    """The URL of the broker of a run still using ``data_dir``, if any."""
+    try:
+        info = json.loads((data_dir / BROKER_FILE).read_text())
+        os.kill(int(info["pid"]), 0)
+        return str(info["url"])
+    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError, PermissionError):
+        return None
+
+
+@contextlib.contextmanager
+def broker_for(data_dir: Path) -> Iterator[str]:
+    """A NATS URL serving ``data_dir``'s event log: the live run's, or a private broker for the duration."""
+    url = live_broker_url(data_dir)
+    if url is not None:
+        yield url
+        return
+    if not (data_dir / BROKER_DIR).is_dir():
+        raise FileNotFoundError(f"no event log in {data_dir} (expected {data_dir / BROKER_DIR}/)")
+    with EmbeddedBroker(data_dir / BROKER_DIR) as broker:
+        yield broker.url
+
+
+async def read_events(js: JetStreamContext, batch: int = 256) -> AsyncIterator[tuple[str, Event | None]]:
+    """Every message of the event log in order, as (subject, event); undecodable ones as (subject, None)."""
+    try:
+        info = await js.stream_info(subjects.EVENTS_STREAM)
+    except nats.js.errors.NotFoundError:
+        return
+    remaining = info.state.messages
+    if remaining == 0:
+        return
+    psub = await js.pull_subscribe(
+        ">", stream=subjects.EVENTS_STREAM,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
+                              inactive_threshold=30.0, filter_subjects=[subjects.ALL_COMMANDS, subjects.ALL_RESULTS]),
+    )
+    try:
+        while remaining > 0:
+            try:
+                msgs = await psub.fetch(batch=min(batch, remaining), timeout=2.0)
+            except (nats.errors.TimeoutError, TimeoutError):
+                break
+            for msg in msgs:
+                remaining -= 1
+                try:
+                    yield msg.subject, _decoder.decode(msg.data)
+                except msgspec.DecodeError:
+                    yield msg.subject, None
+    finally:
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+
+
+def event_record(event: Event) -> dict[str, Any]:
+    """The flat JSON Lines / CSV record of one event."""
+    if isinstance(event, ScaleCommand):
+        return {"kind": "command", "time": event.time, "host": event.host, "vm": event.vm, "id": event.id,
+                "target_vcpus": event.target_vcpus, "seen_vcpus": event.seen_vcpus, "decider": event.decider,
+                "reason": event.reason, "expires_at": event.expires_at, "sample_time": event.sample_time}
+    return {"kind": "result", "time": event.time, "host": event.host, "vm": event.vm,
+            "command_id": event.command_id, "ok": event.ok, "vcpus_before": event.vcpus_before,
+            "vcpus_after": event.vcpus_after, "target_vcpus": event.target_vcpus,
+            "error_code": event.error_code.value if event.error_code else None, "error": event.error,
+            "duration_s": event.duration_s, "actuator": event.actuator}
+
+
+CSV_FIELDS = ["kind", "time", "host", "vm", "id", "command_id", "target_vcpus", "seen_vcpus", "decider", "reason",
+              "ok", "vcpus_before", "vcpus_after", "error_code", "error", "duration_s"]
+
+
+def format_jsonl(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def format_csv(records: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+    return out.getvalue()

@@ -1,0 +1,104 @@
+"""What ``hotplug up`` knows of the fleet from the bus: per-VM state for the live view, and run totals.
+
+Pure: fed decoded messages, read by the view and the summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.messages import MetricSample, ScaleCommand, ScaleResult
+
+
+@dataclass
+class VmRow:
+    host: str
+    vm: str
+    online_vcpus: int = 0
+    max_vcpus: int = 0
+    used_cores: float = 0.0
+    pressure_cores: float | None = None
+    last_action: str = ""
+    last_reason: str = ""
+    last_action_time: float = 0.0
+
+
+@dataclass
+class RunTotals:
+    commands: int = 0
+    results_ok: int = 0
+    results_failed: int = 0
+    plugs: int = 0
+    unplugs: int = 0
+    allocated_core_seconds: float = 0.0
+    used_core_seconds: float = 0.0
+    waiting_core_seconds: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def allocated_core_hours(self) -> float:
+        return self.allocated_core_seconds / 3600
+
+    @property
+    def used_core_hours(self) -> float:
+        return self.used_core_seconds / 3600
+
+
+class Fleet:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], VmRow] = {}
+        self.totals = RunTotals()
+        self._reasons: dict[str, str] = {}
+
+    def _row(self, host: str, vm: str) -> VmRow:
+        key = (host, vm)
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = VmRow(host, vm)
+        return row
+
+    def on_sample(self, sample: MetricSample) -> None:
+        row = self._row(sample.host, sample.vm)
+        row.online_vcpus = sample.online_vcpus
+        row.max_vcpus = sample.max_vcpus
+        row.used_cores = sample.cpu_used_cores
+        row.pressure_cores = sample.pressure_cores
+        t = self.totals
+        t.allocated_core_seconds += sample.online_vcpus * sample.interval_s
+        t.used_core_seconds += sample.cpu_used_cores * sample.interval_s
+        t.waiting_core_seconds += (sample.pressure_cores or 0.0) * sample.interval_s
+
+    def on_command(self, command: ScaleCommand) -> None:
+        self.totals.commands += 1
+        self._reasons[command.id] = command.reason
+
+    def on_result(self, result: ScaleResult) -> None:
+        t = self.totals
+        row = self._row(result.host, result.vm)
+        row.last_action_time = result.time
+        row.last_reason = self._reasons.pop(result.command_id, "")
+        if result.ok:
+            t.results_ok += 1
+            before, after = result.vcpus_before or 0, result.vcpus_after or 0
+            t.plugs += max(0, after - before)
+            t.unplugs += max(0, before - after)
+            row.last_action = f"{before}→{after}"
+        else:
+            t.results_failed += 1
+            code = result.error_code.value if result.error_code else "unknown"
+            t.errors[code] = t.errors.get(code, 0) + 1
+            row.last_action = f"failed: {code}"
+
+    def summary_lines(self) -> list[str]:
+        t = self.totals
+        ratio = t.used_core_seconds / t.allocated_core_seconds if t.allocated_core_seconds else 0.0
+        lines = [
+            f"VMs: {len(self.rows)}",
+            f"commands: {t.commands}; results: {t.results_ok} ok, {t.results_failed} failed; "
+            f"vCPUs plugged: {t.plugs}, unplugged: {t.unplugs}",
+            f"core-hours allocated: {t.allocated_core_hours:.3f}; used: {t.used_core_hours:.3f} "
+            f"({ratio:.0%} of allocated); unmet demand: {t.waiting_core_seconds / 3600:.3f} core-hours",
+        ]
+        if t.errors:
+            lines.append("errors: " + ", ".join(f"{k}={v}" for k, v in sorted(t.errors.items())))
+        return lines

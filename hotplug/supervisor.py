@@ -1,0 +1,103 @@
+"""Runs each service as its own process and restarts one that dies, with back-off.
+
+A child that exits while the supervisor is not stopping is logged and started again after a delay that
+doubles from ``initial_backoff_s`` up to ``max_backoff_s``; the delay resets once the child has stayed up
+for ``healthy_after_s``. Each child's output goes to ``<log_dir>/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    metrics_port: int
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    exits: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, log_dir: Path, *, initial_backoff_s: float = 0.5, max_backoff_s: float = 10.0,
+                 healthy_after_s: float = 30.0, env: dict[str, str] | None = None) -> None:
+        self.log_dir = log_dir
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.healthy_after_s = healthy_after_s
+        self.env = env
+        self.children: dict[str, Child] = {}
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self, name: str, argv: list[str], metrics_port: int) -> Child:
+        child = Child(name, argv, metrics_port)
+        self.children[name] = child
+        await self._spawn(child)
+        self._watchers.append(asyncio.ensure_future(self._watch(child)))
+        return child
+
+    async def _spawn(self, child: Child) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / f"{child.name}.log").open("ab") as out:
+            child.process = await asyncio.create_subprocess_exec(
+                *child.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                env=self.env, start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children
+            )
+        child.started_at = time.monotonic()
+        log.info("started %s (pid %d)", child.name, child.process.pid)
+
+    async def _watch(self, child: Child) -> None:
+        backoff = self.initial_backoff_s
+        while True:
+            assert child.process is not None
+            code = await child.process.wait()
+            if self._stopping:
+                return
+            child.exits.append(code)
+            if time.monotonic() - child.started_at >= self.healthy_after_s:
+                backoff = self.initial_backoff_s
+            log.warning("%s exited with code %d; restarting in %.1f s (see %s)", child.name, code, backoff,
+                        self.log_dir / f"{child.name}.log")
+            await asyncio.sleep(backoff)
+            if self.stopping:
+                return
+            backoff = min(backoff * 2, self.max_backoff_s)
+            child.restarts += 1
+            await self._spawn(child)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def pids(self) -> dict[str, int]:
+        return {name: c.process.pid for name, c in self.children.items() if c.process is not None}
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        self._stopping = True
+        for watcher in self._watchers:
+            watcher.cancel()
+        procs = [c.process for c in self.children.values() if c.process and c.process.returncode is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=timeout_s)
+            except TimeoutError:
+                log.warning("pid %d did not stop in %.0f s; killing it", proc.pid, timeout_s)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()

@@ -1,0 +1,169 @@
+"""``hotplug up``: broker, simulator, collector, decider and actuator as supervised processes, a live view,
+and a summary at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from nats.aio.msg import Msg
+from rich.console import Console
+from rich.live import Live
+
+from hotplug.events import BROKER_DIR, BROKER_FILE, write_broker_file
+from hotplug.fleet import Fleet
+from hotplug.supervisor import Supervisor
+from hotplug.view import render
+from shared import bus, subjects
+from shared.broker import EmbeddedBroker
+from shared.messages import MetricSample, ScaleCommand, ScaleResult
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("simulator", "collector", "decider", "actuator")
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    vms: int = 6
+    duration_s: float | None = None
+    speed: float = 1.0
+    policy: str = "threshold"
+    params: tuple[str, ...] = ()
+    data_dir: Path = Path(".hotplug")
+    nats_url: str | None = None
+    host: str = "local"
+    seed: int = 1
+    interval_s: float = 1.0
+    dry_run: bool = False
+    view: bool = True
+    log_level: str = "INFO"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def child_argv(service: str, options: UpOptions, url: str, epoch: float, port: int) -> list[str]:
+    argv = [sys.executable, "-m", "hotplug", service, "--nats", url, "--host", options.host,
+            "--speed", repr(options.speed), "--epoch", repr(epoch), "--metrics-port", str(port),
+            "--log-level", options.log_level]
+    if service == "simulator":
+        argv += ["--vms", str(options.vms), "--seed", str(options.seed)]
+    elif service == "collector":
+        argv += ["--source", "simulator", "--interval", repr(options.interval_s)]
+    elif service == "decider":
+        argv += ["--policy", options.policy]
+        for param in options.params:
+            argv += ["--param", param]
+        if options.dry_run:
+            argv.append("--dry-run")
+    elif service == "actuator":
+        argv += ["--driver", "simulator"]
+    return argv
+
+
+class _Watcher:
+    """Feeds the fleet view from the bus; the supervisor's own, read-only view of the run."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self._sample = msgspec.json.Decoder(MetricSample)
+        self._command = msgspec.json.Decoder(ScaleCommand)
+        self._result = msgspec.json.Decoder(ScaleResult)
+
+    async def on_sample(self, msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError):
+            self.fleet.on_sample(self._sample.decode(msg.data))
+
+    async def on_command(self, msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError):
+            self.fleet.on_command(self._command.decode(msg.data))
+
+    async def on_result(self, msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError):
+            result = self._result.decode(msg.data)
+            self.fleet.on_result(result)
+            if not sys.stdout.isatty():
+                print(f"{result.vm}: {result.vcpus_before} -> {result.vcpus_after} "
+                      f"{'ok' if result.ok else f'failed ({result.error_code})'}", flush=True)
+
+
+async def run_up(options: UpOptions) -> Fleet:
+    data_dir = options.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    broker: EmbeddedBroker | None = None
+    url = options.nats_url
+    if url is None:
+        broker = EmbeddedBroker(data_dir / BROKER_DIR)
+        url = broker.start()
+        assert broker.pid is not None
+        write_broker_file(data_dir, url, broker.pid)
+        print(f"nats: {url} (embedded, data in {data_dir / BROKER_DIR})", flush=True)
+    supervisor = Supervisor(data_dir / "logs")
+    fleet = Fleet()
+    nc = None
+    try:
+        nc = await bus.connect(url, "hotplug-up")
+        await bus.ensure_streams(nc.jetstream())
+        watcher = _Watcher(fleet)
+        await nc.subscribe(subjects.ALL_METRICS, cb=watcher.on_sample)
+        await nc.subscribe(subjects.ALL_COMMANDS, cb=watcher.on_command)
+        await nc.subscribe(subjects.ALL_RESULTS, cb=watcher.on_result)
+        await nc.flush()
+        epoch = time.time()
+        for service in SERVICES:
+            port = free_port()
+            await supervisor.start(service, child_argv(service, options, url, epoch, port), port)
+            print(f"{service} metrics: http://127.0.0.1:{port}/metrics", flush=True)
+        await _wait(options, fleet)
+    finally:
+        await supervisor.stop()
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        if broker is not None:
+            broker.stop()
+            (data_dir / BROKER_FILE).unlink(missing_ok=True)
+    for child in supervisor.children.values():
+        if child.restarts:
+            print(f"{child.name} was restarted {child.restarts} time(s)")
+    print("\n".join(fleet.summary_lines()))
+    print(f"event log kept in {data_dir}; read it with: hotplug events --data-dir {options.data_dir}")
+    return fleet
+
+
+async def _wait(options: UpOptions, fleet: Fleet) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    wall_deadline = None if options.duration_s is None else time.monotonic() + options.duration_s / options.speed
+    title = f"Hot-Plug Heaven: policy {options.policy}, speed x{options.speed:g} (Ctrl-C to stop)"
+    live = Live(render(fleet, title), refresh_per_second=2, console=Console()) if (
+        options.view and sys.stdout.isatty()) else None
+    try:
+        if live is not None:
+            live.start()
+        while not stop.is_set():
+            if wall_deadline is not None and time.monotonic() >= wall_deadline:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            if live is not None:
+                live.update(render(fleet, title))
+    finally:
+        if live is not None:
+            live.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,246 @@
+"""The actuator service: durable command intake, one command at a time per VM, exactly one result each.
+
+Commands come from a durable JetStream consumer (explicit ack), so a restarted actuator resumes where it
+stopped. A command is acknowledged only after its result is stored; a redelivered command whose result is
+already in the event log is acknowledged without acting again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.actuator.checks import Bounds, Plan, Refusal, admit, plan
+from services.actuator.drivers.base import Driver, DriverError
+from shared import bus, subjects
+from shared.codec import BadMessage, Decoder, encode
+from shared.inbox import Inbox
+from shared.messages import ErrorCode, ScaleCommand, ScaleResult
+from shared.runtime import ServiceContext
+from shared.telemetry import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+REMEMBERED_IDS = 100_000
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ActuatorConfig:
+    name: str = "actuator"
+    bounds: Bounds = field(default_factory=Bounds)
+    vm_bounds: dict[str, Bounds] = field(default_factory=dict)
+    step_timeout_s: float = 30.0
+    ack_wait_s: float = 60.0
+
+
+class ActuatorMetrics(ServiceMetrics):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.actions = Counter("hotplug_actuator_actions", "Commands executed, by outcome and error code",
+                               ["outcome", "error_code"], registry=self.registry)
+        self.duration = Histogram("hotplug_actuator_duration_seconds", "Wall time to execute one command",
+                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry)
+        self.end_to_end = Histogram("hotplug_actuator_end_to_end_seconds",
+                                    "From the triggering sample to the applied change (clock seconds)",
+                                    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=self.registry)
+        self.in_flight = Gauge("hotplug_actuator_in_flight", "Commands being executed now",
+                               registry=self.registry)
+        self.hotplug_calls = Counter("hotplug_actuator_hotplug_calls", "Single-vCPU driver calls by operation",
+                                     ["op"], registry=self.registry)
+
+
+class Actuator:
+    def __init__(self, ctx: ServiceContext, driver: Driver, config: ActuatorConfig) -> None:
+        self.ctx = ctx
+        self.driver = driver
+        self.config = config
+        assert isinstance(ctx.metrics, ActuatorMetrics)
+        self.metrics: ActuatorMetrics = ctx.metrics
+        self.commands: Inbox[ScaleCommand] = Inbox("command", ScaleCommand, ctx.metrics)
+        self._result_decoder = Decoder(ScaleResult)
+        self._queues: dict[str, asyncio.Queue[tuple[ScaleCommand, Msg]]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._done: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def durable(self) -> str:
+        return f"{self.config.name}-{self.ctx.host}"
+
+    async def run(self) -> None:
+        await bus.ensure_streams(self.ctx.js)
+        start = dt.datetime.fromtimestamp(time.time() - 300, tz=dt.UTC)
+        consumer = ConsumerConfig(
+            durable_name=self.durable,
+            ack_wait=self.config.ack_wait_s,
+            max_ack_pending=10_000,
+            # A new consumer starts a little in the past, so commands sent while it was being created are
+            # not missed; old ones it meets end in an "expired" result.
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=start.isoformat(),  # type: ignore[arg-type]
+        )
+        psub = await self.ctx.js.pull_subscribe(subjects.host_commands(self.ctx.host), durable=self.durable,
+                                                stream=subjects.EVENTS_STREAM, config=consumer)
+        log.info("actuator %s on host %s with driver %s", self.config.name, self.ctx.host, self.driver.name)
+        try:
+            while True:
+                try:
+                    msgs = await psub.fetch(batch=64, timeout=1.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                for msg in msgs:
+                    await self._dispatch(msg)
+        finally:
+            for worker in self._workers.values():
+                worker.cancel()
+            await self.driver.close()
+
+    async def _dispatch(self, msg: Msg) -> None:
+        command = self.commands.open(msg.subject, msg.data)
+        if command is None:
+            await msg.term()  # malformed: never redeliver
+            return
+        if command.id in self._done:
+            self.metrics.dropped.labels(self.metrics.service, "command", "duplicate").inc()
+            log.warning("duplicate command %s for %s ignored: it already has its result", command.id, command.vm)
+            await msg.ack()
+            return
+        queue = self._queues.get(command.vm)
+        if queue is None:
+            queue = self._queues[command.vm] = asyncio.Queue()
+        queue.put_nowait((command, msg))
+        if command.vm not in self._workers:
+            self._workers[command.vm] = asyncio.ensure_future(self._work(command.vm, queue))
+
+    async def _work(self, vm: str, queue: asyncio.Queue[tuple[ScaleCommand, Msg]]) -> None:
+        """Run one VM's commands in order, one at a time; exits when the queue is empty."""
+        try:
+            while not queue.empty():
+                command, msg = queue.get_nowait()
+                if command.id in self._done:
+                    await msg.ack()
+                    continue
+                result = await self._already_done(command, msg)
+                if result is None:
+                    self.metrics.in_flight.inc()
+                    try:
+                        result = await self.execute(command, msg)
+                    finally:
+                        self.metrics.in_flight.dec()
+                    await bus.publish_durable(self.ctx.js, subjects.results(result.host, result.vm),
+                                              encode(result), msg_id=f"result-{command.id}")
+                    self._record(result)
+                self._remember(command.id)
+                await msg.ack()
+        except Exception:
+            log.exception("actuator worker for %s failed; unacknowledged commands will be redelivered", vm)
+        finally:
+            self._workers.pop(vm, None)
+            if queue.empty():
+                self._queues.pop(vm, None)
+
+    async def _already_done(self, command: ScaleCommand, msg: Msg) -> ScaleResult | None:
+        """On redelivery, the result already stored for this command (the actuator died before its ack)."""
+        if msg.metadata.num_delivered <= 1:
+            return None
+        with contextlib.suppress(NotFoundError, BadMessage):
+            last = await self.ctx.js.get_last_msg(subjects.EVENTS_STREAM, subjects.results(command.host, command.vm))
+            if last.data is not None:
+                result = self._result_decoder.decode(last.data)
+                if result.command_id == command.id:
+                    log.info("command %s was executed before a restart; not acting again", command.id)
+                    return result
+        return None
+
+    def _remember(self, command_id: str) -> None:
+        self._done[command_id] = None
+        while len(self._done) > REMEMBERED_IDS:
+            self._done.popitem(last=False)
+
+    def _record(self, result: ScaleResult) -> None:
+        outcome = "ok" if result.ok else "error"
+        self.metrics.actions.labels(outcome, result.error_code.value if result.error_code else "").inc()
+        self.metrics.duration.observe(result.duration_s)
+        if result.ok and result.sample_time is not None and result.vcpus_before != result.vcpus_after:
+            self.metrics.end_to_end.observe(max(0.0, result.time - result.sample_time))
+        log.info("%s %s/%s %s -> %s%s", result.command_id, result.host, result.vm, result.vcpus_before,
+                 result.vcpus_after, "" if result.ok else f" failed: {result.error_code}: {result.error}")
+
+    async def execute(self, command: ScaleCommand, msg: Msg | None = None) -> ScaleResult:
+        """Carry out one command through the driver and describe what really happened."""
+        started = time.perf_counter()
+        before: int | None = None
+        after: int | None = None
+        failure: Refusal | None = admit(command, self.ctx.host, self.ctx.clock.now())
+        if failure is None:
+            try:
+                view = await self._call(self.driver.read(command.vm))
+                before = after = view.online_vcpus
+                bounds = self.config.vm_bounds.get(command.vm, self.config.bounds)
+                decided = plan(command, view, bounds)
+                if isinstance(decided, Refusal):
+                    failure = decided
+                else:
+                    after = await self._apply(command.vm, decided, before, msg)
+            except DriverError as exc:
+                failure = Refusal(exc.code, exc.message)
+            if failure is not None and before is not None:
+                after = await self._reread(command.vm, after)
+        return ScaleResult(
+            command_id=command.id,
+            time=self.ctx.clock.now(),
+            host=command.host,
+            vm=command.vm,
+            ok=failure is None,
+            vcpus_before=before,
+            vcpus_after=after,
+            target_vcpus=command.target_vcpus,
+            duration_s=time.perf_counter() - started,
+            actuator=self.config.name,
+            error_code=failure.code if failure else None,
+            error=failure.message[:1024] if failure else None,
+            sample_time=command.sample_time,
+        )
+
+    async def _apply(self, vm: str, decided: Plan, current: int, msg: Msg | None) -> int:
+        """Take the plan's steps one vCPU at a time, verifying each; returns the re-read count."""
+        op = self.driver.plug if decided.direction > 0 else self.driver.unplug
+        for _ in range(decided.steps):
+            if msg is not None:
+                await msg.in_progress()  # a slow hypervisor must not make the command look abandoned
+            await self._call(op(vm))
+            self.metrics.hotplug_calls.labels("plug" if decided.direction > 0 else "unplug").inc()
+            now = (await self._call(self.driver.read(vm))).online_vcpus
+            if now != current + decided.direction:
+                raise DriverError(ErrorCode.NOT_VERIFIED,
+                                  f"after one {'plug' if decided.direction > 0 else 'unplug'} the VM has {now} "
+                                  f"vCPUs, expected {current + decided.direction}")
+            current = now
+        return current
+
+    async def _reread(self, vm: str, fallback: int | None) -> int | None:
+        try:
+            return (await self._call(self.driver.read(vm))).online_vcpus
+        except DriverError:
+            return fallback
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(awaitable, timeout=self.config.step_timeout_s)
+        except TimeoutError as exc:
+            raise DriverError(ErrorCode.TIMEOUT,
+                              f"{self.driver.name} did not answer within {self.config.step_timeout_s} s") from exc

@@ -1,0 +1,1 @@
+"""Collector sources, one module each, all behind ``sources.base.Source``."""

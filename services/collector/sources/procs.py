@@ -1,0 +1,115 @@
+"""Collector source ``psutil``: plain host processes as VMs (a QEMU or VBoxHeadless process, or any other).
+
+CPU time comes from psutil per process and per thread; waiting time from the kernel's per-thread
+schedstat (nanoseconds spent runnable on a run queue), the host-side sign of demand that found no CPU.
+A process's vCPUs are the CPUs it may run on (its affinity).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from services.collector.sources.base import Reading
+from shared.clock import Clock
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """``NAME=PID`` or ``NAME=REGEX`` (matched against the command line) from the command line."""
+
+    vm: str
+    pid: int | None = None
+    pattern: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ProcessSpec:
+        vm, sep, target = text.partition("=")
+        if not sep or not vm or not target:
+            raise ValueError(f"expected NAME=PID or NAME=REGEX, got {text!r}")
+        if target.isdigit():
+            return cls(vm=vm, pid=int(target))
+        re.compile(target)
+        return cls(vm=vm, pattern=target)
+
+
+def schedstat_wait_seconds(pid: int) -> float | None:
+    """Total run-queue wait of all threads of ``pid``, in seconds; None where schedstat is unavailable."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                fields = (task / "schedstat").read_text().split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # the thread ended between listing and reading
+            total += int(fields[1])
+    except (FileNotFoundError, PermissionError, IndexError, ValueError):
+        return None
+    return total / 1e9
+
+
+class ProcessSource:
+    name = "psutil"
+
+    def __init__(self, specs: list[ProcessSpec], clock: Clock) -> None:
+        self.specs = specs
+        self.clock = clock
+        self._procs: dict[str, psutil.Process] = {}
+
+    def _find(self, spec: ProcessSpec) -> psutil.Process | None:
+        cached = self._procs.get(spec.vm)
+        if cached is not None and cached.is_running():
+            return cached
+        proc: psutil.Process | None = None
+        if spec.pid is not None:
+            try:
+                proc = psutil.Process(spec.pid)
+            except psutil.NoSuchProcess:
+                proc = None
+        elif spec.pattern is not None:
+            regex = re.compile(spec.pattern)
+            for candidate in psutil.process_iter(["pid", "cmdline"]):
+                cmdline = " ".join(candidate.info.get("cmdline") or [])
+                if candidate.pid != os.getpid() and regex.search(cmdline):
+                    proc = candidate
+                    break
+        if proc is not None:
+            self._procs[spec.vm] = proc
+        return proc
+
+    def _read_one(self, spec: ProcessSpec, now: float) -> Reading | None:
+        proc = self._find(spec)
+        if proc is None:
+            return None
+        try:
+            with proc.oneshot():
+                times = proc.cpu_times()
+                threads = proc.threads()
+                affinity = len(proc.cpu_affinity() or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            self._procs.pop(spec.vm, None)
+            return None
+        host_cpus = psutil.cpu_count() or 1
+        online = affinity or host_cpus
+        return Reading(
+            vm=spec.vm,
+            time=now,
+            online_vcpus=online,
+            min_vcpus=1,
+            max_vcpus=max(host_cpus, online),
+            cpu_seconds=times.user + times.system,
+            per_vcpu_seconds={str(t.id): t.user_time + t.system_time for t in threads},
+            waiting_core_seconds=schedstat_wait_seconds(proc.pid),
+        )
+
+    async def read(self) -> list[Reading]:
+        now = self.clock.now()
+        readings = (self._read_one(spec, now) for spec in self.specs)
+        return [r for r in readings if r is not None]
+
+    async def close(self) -> None:
+        self._procs.clear()

@@ -1,0 +1,71 @@
+"""The policy interface: pure decision rules, one small protocol, kept apart from input and actuation.
+
+As in Kubernetes VPA's recommender, a policy only turns observations into a recommended size. It owns no
+I/O and no clock: its per-VM state is a msgspec Struct (so it can be stored and handed to another decider
+instance), and ``recommend`` may update that state in place. Guard rails (bounds, cooldowns, step limits)
+are applied afterwards by ``services.decider.guard``, the same for every policy.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Generic, NamedTuple, Protocol, TypeVar
+
+import msgspec
+
+
+class Observation(msgspec.Struct, frozen=True, kw_only=True):
+    """What a policy sees of one VM at one step."""
+
+    time: float
+    vcpus: int
+    min_vcpus: int
+    max_vcpus: int
+    # CPU that ran, in cores: never more than ``vcpus`` (a VM cannot use what it does not have).
+    used_cores: float
+    interval_s: float
+    # Demand that could not run, in cores, when the source can tell; None means unknown, not zero.
+    pressure_cores: float | None = None
+
+    @property
+    def utilisation(self) -> float:
+        return self.used_cores / self.vcpus if self.vcpus > 0 else 1.0
+
+
+class Recommendation(NamedTuple):
+    target: int
+    reason: str
+
+
+class Params(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every policy's parameters. Unknown keys are refused, never silently ignored."""
+
+
+P = TypeVar("P", bound=Params)
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class Policy(Protocol[S]):
+    name: ClassVar[str]
+
+    def new_state(self) -> S: ...
+
+    def recommend(self, state: S, obs: Observation) -> Recommendation: ...
+
+
+class PolicyBase(Generic[P, S]):
+    """Convenience base: holds validated params; subclasses set ``name``, ``params_type`` and ``state_type``."""
+
+    name: ClassVar[str]
+    params_type: ClassVar[type[Params]]
+    state_type: ClassVar[type[msgspec.Struct]]
+    # Guard-rail defaults that suit this rule (see guard.GuardRails); users may override each.
+    default_rails: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, params: P) -> None:
+        self.params = params
+
+    def new_state(self) -> S:
+        return self.state_type()  # type: ignore[return-value]
+
+    def recommend(self, state: S, obs: Observation) -> Recommendation:
+        raise NotImplementedError

@@ -1,0 +1,157 @@
+"""The decider service: metric samples in, scale commands out; a thin loop around ``engine.VmEngine``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.msg import Msg
+from prometheus_client import Counter, Histogram
+
+from services.decider.engine import VmEngine
+from services.decider.guard import GuardRails
+from services.decider.policies.base import Observation, PolicyBase
+from shared import bus, subjects
+from shared.codec import encode
+from shared.inbox import Inbox
+from shared.messages import MetricSample, ScaleCommand, ScaleResult
+from shared.runtime import ServiceContext
+from shared.telemetry import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeciderConfig:
+    name: str = "decider"
+    dry_run: bool = False
+    # A sample older than this (clock seconds) describes a VM that may have changed since: never act on it.
+    max_sample_age_s: float = 10.0
+    command_ttl_s: float = 30.0
+
+
+class DeciderMetrics(ServiceMetrics):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.decisions = Counter("hotplug_decider_decisions", "Scale decisions by policy and direction",
+                                 ["policy", "direction", "mode"], registry=self.registry)
+        self.latency = Histogram("hotplug_decider_decision_latency_seconds",
+                                 "From sample time to the command being published",
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                                 registry=self.registry)
+        self.publish_failures = Counter("hotplug_decider_publish_failures",
+                                        "Commands that could not be stored in the event log",
+                                        registry=self.registry)
+
+
+def observation_of(sample: MetricSample) -> Observation:
+    return Observation(
+        time=sample.time,
+        vcpus=sample.online_vcpus,
+        min_vcpus=max(1, sample.min_vcpus),
+        max_vcpus=sample.max_vcpus,
+        used_cores=min(sample.cpu_used_cores, float(sample.online_vcpus)),
+        interval_s=sample.interval_s,
+        pressure_cores=sample.pressure_cores,
+    )
+
+
+class Decider:
+    def __init__(self, ctx: ServiceContext, policy: PolicyBase[Any, Any], rails: GuardRails,
+                 config: DeciderConfig) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.rails = rails
+        self.config = config
+        assert isinstance(ctx.metrics, DeciderMetrics)
+        self.metrics: DeciderMetrics = ctx.metrics
+        self.samples: Inbox[MetricSample] = Inbox("metric", MetricSample, ctx.metrics)
+        self.results: Inbox[ScaleResult] = Inbox("result", ScaleResult, ctx.metrics)
+        self.engines: dict[tuple[str, str], VmEngine] = {}
+        # Ids must differ across restarts (the event log de-duplicates by id), and stay fixed across retries.
+        self._id_prefix = f"{config.name}-{secrets.token_hex(4)}"
+        self._seq = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        if not self.config.dry_run:
+            await bus.ensure_streams(self.ctx.js)
+        await self.ctx.nc.subscribe(subjects.ALL_METRICS, cb=self._on_sample)
+        await self.ctx.nc.subscribe(subjects.ALL_RESULTS, cb=self._on_result)
+        await self.ctx.nc.flush()
+        log.info("decider %s running policy %s%s", self.config.name, self.policy.name,
+                 " (dry run: no commands)" if self.config.dry_run else "")
+        await asyncio.Event().wait()
+
+    def engine(self, host: str, vm: str) -> VmEngine:
+        key = (host, vm)
+        engine = self.engines.get(key)
+        if engine is None:
+            engine = self.engines[key] = VmEngine(self.policy, self.rails)
+        return engine
+
+    async def _on_sample(self, msg: Msg) -> None:
+        sample = self.samples.open(msg.subject, msg.data)
+        if sample is not None:
+            self.handle_sample(sample)
+
+    def handle_sample(self, sample: MetricSample) -> ScaleCommand | None:
+        now = self.ctx.clock.now()
+        if now - sample.time > self.config.max_sample_age_s:
+            self.metrics.dropped.labels(self.metrics.service, "metric", "stale").inc()
+            log.debug("stale sample for %s (%.1f s old)", sample.vm, now - sample.time)
+            return None
+        engine = self.engine(sample.host, sample.vm)
+        decision = engine.step(observation_of(sample))
+        if decision is None:
+            return None
+        direction = "up" if decision.target > sample.online_vcpus else "down"
+        mode = "dry-run" if self.config.dry_run else "command"
+        self.metrics.decisions.labels(self.policy.name, direction, mode).inc()
+        self._seq += 1
+        command = ScaleCommand(
+            id=f"{self._id_prefix}-{self._seq}",
+            time=now,
+            host=sample.host,
+            vm=sample.vm,
+            target_vcpus=decision.target,
+            seen_vcpus=sample.online_vcpus,
+            decider=self.config.name,
+            reason=decision.reason[:1024],
+            expires_at=now + self.config.command_ttl_s,
+            sample_time=sample.time,
+        )
+        if self.config.dry_run:
+            log.info("dry run: would resize %s/%s %d -> %d: %s", sample.host, sample.vm, sample.online_vcpus,
+                     decision.target, decision.reason)
+            return command
+        engine.mark_sent(decision.target, command.expires_at)
+        log.info("resize %s/%s %d -> %d: %s [%s]", sample.host, sample.vm, sample.online_vcpus, decision.target,
+                 decision.reason, command.id)
+        # Publishing waits for the event log's acknowledgement; other samples must not wait behind it.
+        task = asyncio.ensure_future(self._publish(command))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return command
+
+    async def _publish(self, command: ScaleCommand) -> None:
+        try:
+            await bus.publish_durable(self.ctx.js, subjects.commands(command.host, command.vm), encode(command),
+                                      msg_id=command.id)
+            self.metrics.latency.observe(max(0.0, self.ctx.clock.now() - (command.sample_time or command.time)))
+        except Exception as exc:
+            self.metrics.publish_failures.inc()
+            self.engine(command.host, command.vm).mark_done()
+            log.error("command %s for %s not stored: %s", command.id, command.vm, exc)
+
+    async def _on_result(self, msg: Msg) -> None:
+        result = self.results.open(msg.subject, msg.data)
+        if result is None:
+            return
+        engine = self.engines.get((result.host, result.vm))
+        if engine is not None and not result.ok:
+            # A failed order leaves the VM as it was: let the policy order again.
+            engine.mark_done()

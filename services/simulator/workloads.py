@@ -1,0 +1,107 @@
+"""Demand curves that look like the work our users run: pure, seeded and reproducible.
+
+A workload is a sequence of phases (duration, level) drawn from its own seeded generator, plus a small
+ripple that is a pure function of time. The same seed gives the same demand at the same simulated time,
+however often or irregularly it is asked. Levels are in cores, relative to the VM's requested size.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator
+
+Phase = tuple[float, float, str]  # (duration_s, demand as a fraction of the VM's size, label)
+
+DAY_S = 86400.0
+
+
+def _splitmix(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+def _ripple(seed: int, t: float) -> float:
+    """Deterministic noise in [-1, 1], piecewise linear between whole seconds."""
+    i = math.floor(t)
+    a = _splitmix(seed * 1_000_003 + i) / 2**64
+    b = _splitmix(seed * 1_000_003 + i + 1) / 2**64
+    frac = t - i
+    return 2 * (a + (b - a) * frac) - 1
+
+
+def training(rng: random.Random) -> Iterator[Phase]:
+    """Data loading bursts, epochs, evaluation, and a checkpoint pause every few epochs."""
+    epoch = 0
+    while True:
+        yield rng.uniform(8, 20), rng.uniform(0.85, 1.0), "data-loading"
+        yield rng.uniform(50, 120), rng.uniform(0.45, 0.7), "epoch"
+        yield rng.uniform(12, 30), rng.uniform(0.15, 0.3), "evaluation"
+        epoch += 1
+        if epoch % 3 == 0:
+            yield rng.uniform(8, 15), 0.04, "checkpoint"
+
+
+def inference(rng: random.Random) -> Iterator[Phase]:
+    """A quiet base that follows the day (scaled by the caller) with request bursts."""
+    while True:
+        yield rng.expovariate(1 / 40), rng.uniform(0.12, 0.25), "serving"
+        yield rng.uniform(5, 20), rng.uniform(0.55, 0.95), "burst"
+
+
+def notebook(rng: random.Random) -> Iterator[Phase]:
+    """Mostly idle; now and then a cell runs for a few seconds."""
+    while True:
+        yield rng.uniform(45, 180), 0.02, "idle"
+        yield rng.uniform(5, 30), rng.uniform(0.2, 0.5), "cell"
+
+
+def batch(rng: random.Random) -> Iterator[Phase]:
+    """Long compute runs separated by idle gaps."""
+    while True:
+        yield rng.uniform(100, 300), rng.uniform(0.85, 1.0), "run"
+        yield rng.uniform(40, 150), 0.03, "idle"
+
+
+def idle(rng: random.Random) -> Iterator[Phase]:
+    while True:
+        yield 3600.0, 0.03, "idle"
+
+
+PROFILES: dict[str, Callable[[random.Random], Iterator[Phase]]] = {
+    "training": training,
+    "inference": inference,
+    "notebook": notebook,
+    "batch": batch,
+    "idle": idle,
+}
+
+
+class Workload:
+    """Demand in cores over simulated time for one VM of ``size`` requested vCPUs."""
+
+    def __init__(self, profile: str, size: int, seed: int, start: float) -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"unknown workload profile {profile!r}; choose from {', '.join(PROFILES)}")
+        self.profile = profile
+        self.size = size
+        self.seed = seed
+        self._phases = PROFILES[profile](random.Random(seed))
+        self._phase_start = start
+        self._phase_end = start
+        self._level = 0.0
+        self.label = ""
+
+    def demand(self, t: float) -> float:
+        """Demand at time ``t``; ``t`` may jump forward but should not go far backwards."""
+        while t >= self._phase_end:
+            duration, self._level, self.label = next(self._phases)
+            self._phase_start = self._phase_end
+            self._phase_end += duration
+        level = self._level
+        if self.profile == "inference":
+            level *= 0.6 + 0.4 * math.sin(2 * math.pi * t / DAY_S)
+        level *= 1 + 0.08 * _ripple(self.seed, t)
+        return max(0.0, min(1.0, level)) * self.size

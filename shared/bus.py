@@ -1,0 +1,112 @@
+"""Connecting to NATS and the JetStream streams that keep the event log.
+
+Commands and results are published to JetStream with ``Nats-Msg-Id`` set from the command id, so a retry
+after a lost acknowledgement is stored once. Metrics go over core NATS (losing one is harmless) and a
+short-lived stream keeps them for later study.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from shared import subjects
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL_ENV = "HOTPLUG_NATS_URL"
+EVENTS_MAX_AGE_S = 90 * 24 * 3600.0
+METRICS_MAX_AGE_S = 24 * 3600.0
+METRICS_MAX_BYTES = 1 << 30
+DUPLICATE_WINDOW_S = 600.0
+
+
+def stream_configs() -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            description="Every scale command and result, kept for later study",
+            subjects=[subjects.ALL_COMMANDS, subjects.ALL_RESULTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=EVENTS_MAX_AGE_S,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            discard=DiscardPolicy.OLD,
+        ),
+        StreamConfig(
+            name=subjects.METRICS_STREAM,
+            description="Metric samples, kept one day",
+            subjects=[subjects.ALL_METRICS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=METRICS_MAX_AGE_S,
+            max_bytes=METRICS_MAX_BYTES,
+            discard=DiscardPolicy.OLD,
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create the streams, or bring an existing one's settings up to date. Safe to call from every service."""
+    for config in stream_configs():
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+
+
+async def connect(
+    url: str,
+    name: str,
+    *,
+    forever: bool = True,
+    on_error: Callable[[Exception], Awaitable[None]] | None = None,
+) -> Client:
+    """Connect with the reconnect settings a long-running service needs (retry forever, log every change)."""
+
+    async def error_cb(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+        if on_error is not None:
+            await on_error(exc)
+
+    async def disconnected_cb() -> None:
+        log.info("nats disconnected")
+
+    async def reconnected_cb() -> None:
+        log.info("nats reconnected")
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1 if forever else 3,
+        reconnect_time_wait=1.0 if forever else 0.2,
+        connect_timeout=2,
+        error_cb=error_cb,
+        disconnected_cb=disconnected_cb,
+        reconnected_cb=reconnected_cb,
+    )
+
+
+async def publish_durable(
+    js: JetStreamContext, subject: str, payload: bytes, msg_id: str, *, attempts: int = 5
+) -> None:
+    """Publish to JetStream, retrying with the same id so the stream stores it exactly once."""
+    delay = 0.2
+    for attempt in range(1, attempts + 1):
+        try:
+            await js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=2.0)
+            return
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                nats.js.errors.NoStreamResponseError):
+            if attempt == attempts:
+                raise
+            log.warning("publish of %s to %s not acknowledged (attempt %d); retrying", msg_id, subject, attempt)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

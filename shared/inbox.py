@@ -1,0 +1,48 @@
+"""The one way a service takes a message off the bus: decode strictly, or count, log and drop it.
+
+A message is also dropped when its body disagrees with its subject (host or VM): authority comes from
+who may publish on a subject, so the body may not claim another VM than the subject it came on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Generic, TypeVar
+
+from shared import subjects
+from shared.codec import BadMessage, Decoder
+from shared.messages import BusMessage
+from shared.telemetry import ServiceMetrics
+
+T = TypeVar("T", bound=BusMessage)
+
+log = logging.getLogger(__name__)
+
+
+class Inbox(Generic[T]):
+    def __init__(self, kind: str, message_type: type[T], metrics: ServiceMetrics) -> None:
+        self.kind = kind
+        self.decoder: Decoder[T] = Decoder(message_type)
+        self.metrics = metrics
+
+    def open(self, subject: str, data: bytes) -> T | None:
+        """The decoded message, or None after counting and logging why it was dropped."""
+        try:
+            message = self.decoder.decode(data)
+        except BadMessage as exc:
+            self._drop(subject, exc.reason, exc.detail)
+            return None
+        try:
+            _, host, vm = subjects.split(subject)
+        except ValueError:
+            host, vm = message.host, message.vm  # not a per-VM subject (e.g. a test's direct publish)
+        if host != message.host or vm != message.vm:
+            self._drop(subject, "subject-mismatch", f"body names {message.host}/{message.vm!r}")
+            return None
+        self.metrics.received.labels(self.metrics.service, self.kind).inc()
+        return message
+
+    def _drop(self, subject: str, reason: str, detail: str) -> None:
+        self.metrics.dropped.labels(self.metrics.service, self.kind, reason).inc()
+        log.warning("dropped %s on %s: %s: %s", self.kind, subject, reason, detail[:300])
+        return None

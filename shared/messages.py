@@ -1,0 +1,127 @@
+"""Message contracts on the bus: one msgspec Struct per subject family.
+
+Every message carries a schema version ``v``. Decoding is strict (see ``shared.codec``): field types and
+ranges are checked by msgspec from the annotations below, so a message that decodes is a message the
+services may act on. ``hotplug schema`` writes the JSON Schema of each, for deciders in other languages.
+
+Times are POSIX seconds on the shared clock (``shared.clock``): wall time, or simulated time when the
+simulator runs faster than the clock.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+VmName = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=128,
+        # Any printable text: VirtualBox names may hold spaces, quotes and shell metacharacters. Control
+        # characters (and so newlines) are refused; nothing in the project ever builds a shell line.
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="VM name as the hypervisor knows it",
+    ),
+]
+HostName = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+                 description="host (hypervisor) name; a single NATS subject token"),
+]
+Identifier = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"),
+]
+Timestamp = Annotated[float, msgspec.Meta(ge=0, description="POSIX seconds on the shared clock")]
+VcpuCount = Annotated[int, msgspec.Meta(ge=0, le=1024)]
+Cores = Annotated[float, msgspec.Meta(ge=0, le=4096, description="CPU in cores (1.0 = one busy vCPU)")]
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+ShortText = Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes of a ScaleResult; the hypervisor's own message goes in ``error``."""
+
+    EXPIRED = "expired"
+    STALE_VIEW = "stale-view"
+    OUT_OF_BOUNDS = "out-of-bounds"
+    WRONG_HOST = "wrong-host"
+    VM_NOT_FOUND = "vm-not-found"
+    VM_NOT_RUNNING = "vm-not-running"
+    HOTPLUG_DISABLED = "hotplug-disabled"
+    CPU_ID_OUT_OF_RANGE = "cpu-id-out-of-range"
+    ALREADY_ATTACHED = "already-attached"
+    NOT_ATTACHED = "not-attached"
+    CPU0 = "cpu0"
+    GUEST_REFUSED = "guest-refused"
+    NOT_VERIFIED = "not-verified"
+    TIMEOUT = "timeout"
+    UNKNOWN = "unknown"
+
+
+class _Message(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    v: int = SCHEMA_VERSION
+
+
+class MetricSample(_Message, tag="metric", frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One VM's CPU use over the last sampling interval, published on ``hotplug.metrics.<host>.<vm>``."""
+
+    time: Timestamp
+    host: HostName
+    vm: VmName
+    online_vcpus: VcpuCount
+    min_vcpus: VcpuCount
+    max_vcpus: VcpuCount
+    cpu_used_cores: Cores
+    interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)]
+    source: Identifier
+    per_vcpu_busy: list[Fraction] | None = None
+    # Demand the VM could not run, in cores (run-queue excess over online vCPUs), where the source knows it.
+    pressure_cores: Cores | None = None
+    # PSI cpu.some share of the interval (some runnable task waited), where the source knows it.
+    psi_some: Fraction | None = None
+
+
+class ScaleCommand(_Message, tag="command", frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A decider's order to resize one VM, published on ``hotplug.commands.<host>.<vm>``."""
+
+    id: Identifier
+    time: Timestamp
+    host: HostName
+    vm: VmName
+    target_vcpus: Annotated[int, msgspec.Meta(ge=1, le=1024)]
+    seen_vcpus: VcpuCount
+    decider: Identifier
+    reason: ShortText
+    expires_at: Timestamp
+    # Time of the sample that triggered the decision: the start of the end-to-end latency.
+    sample_time: Timestamp | None = None
+    # Leadership term of the decider that sent it (0 = no leader election in use).
+    term: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class ScaleResult(_Message, tag="result", frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The one outcome of one command, published on ``hotplug.results.<host>.<vm>``."""
+
+    command_id: Identifier
+    time: Timestamp
+    host: HostName
+    vm: VmName
+    ok: bool
+    vcpus_before: VcpuCount | None
+    vcpus_after: VcpuCount | None
+    target_vcpus: Annotated[int, msgspec.Meta(ge=0, le=1024)]
+    duration_s: Annotated[float, msgspec.Meta(ge=0)]
+    actuator: Identifier
+    error_code: ErrorCode | None = None
+    error: ShortText | None = None
+    sample_time: Timestamp | None = None
+
+
+BusMessage = MetricSample | ScaleCommand | ScaleResult
+MESSAGE_TYPES: tuple[type[BusMessage], ...] = (MetricSample, ScaleCommand, ScaleResult)

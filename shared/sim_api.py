@@ -1,0 +1,56 @@
+"""Request/reply contracts of the simulated mini-cloud (``hotplug.sim.<host>.<op>``).
+
+The simulator plays a hypervisor host: the collector's ``simulator`` source asks it for cumulative CPU
+counters, as it would read /proc or psutil on a real host, and the actuator's ``simulator`` driver asks
+it to plug or unplug one vCPU, as it would call VBoxManage or QMP.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from shared.messages import VmName
+
+
+class SimVmCounters(msgspec.Struct, frozen=True, kw_only=True):
+    vm: VmName
+    online_vcpus: int
+    min_vcpus: int
+    max_vcpus: int
+    # Cumulative busy core-seconds, in total and per vCPU slot (len = max_vcpus); a slot offline keeps its count.
+    cpu_seconds: float
+    per_vcpu_seconds: list[float]
+    # Cumulative core-seconds of demand that found no free vCPU (the run-queue excess, integrated).
+    waiting_core_seconds: float
+    profile: str
+
+
+class StatsReply(msgspec.Struct, frozen=True, kw_only=True):
+    time: float
+    vms: list[SimVmCounters]
+
+
+class HotplugRequest(msgspec.Struct, frozen=True, kw_only=True):
+    vm: VmName
+    op: Literal["plug", "unplug"]
+
+
+class HotplugReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    online_vcpus: int | None = None
+    error_code: str | None = None
+    error: str | None = None
+
+
+class LoadRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Pin a VM's demand (in cores) until cleared with ``demand_cores: null``: a load step for tests and demos."""
+
+    vm: VmName
+    demand_cores: float | None
+
+
+class LoadReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    error: str | None = None

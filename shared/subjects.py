@@ -1,0 +1,73 @@
+"""Every NATS subject the project uses, and the one way to turn a VM name into a subject token.
+
+VM names may contain characters NATS gives meaning to (``.``, ``*``, ``>``, white space), so a name is
+carried in the message body and only its escaped form goes into the subject. The escape is reversible
+and stable, so partitioning by VM (subject mapping ``partition()``) sees one token per VM.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "hotplug"
+METRICS = f"{PREFIX}.metrics"
+COMMANDS = f"{PREFIX}.commands"
+RESULTS = f"{PREFIX}.results"
+SIMULATOR = f"{PREFIX}.sim"
+
+ALL_METRICS = f"{METRICS}.>"
+ALL_COMMANDS = f"{COMMANDS}.>"
+ALL_RESULTS = f"{RESULTS}.>"
+
+EVENTS_STREAM = "HOTPLUG_EVENTS"
+METRICS_STREAM = "HOTPLUG_METRICS"
+
+_SAFE = re.compile(r"[A-Za-z0-9_-]")
+
+
+def vm_token(name: str) -> str:
+    """Escape a VM name into one subject token: ``[A-Za-z0-9_-]`` kept, every other byte as ``%XX``."""
+    return "".join(ch if _SAFE.fullmatch(ch) else "".join(f"%{b:02X}" for b in ch.encode()) for ch in name)
+
+
+def vm_from_token(token: str) -> str:
+    """Inverse of :func:`vm_token`."""
+    out = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "%":
+            out.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out += token[i].encode()
+            i += 1
+    return out.decode()
+
+
+def metrics(host: str, vm: str) -> str:
+    return f"{METRICS}.{host}.{vm_token(vm)}"
+
+
+def commands(host: str, vm: str) -> str:
+    return f"{COMMANDS}.{host}.{vm_token(vm)}"
+
+
+def results(host: str, vm: str) -> str:
+    return f"{RESULTS}.{host}.{vm_token(vm)}"
+
+
+def host_commands(host: str) -> str:
+    return f"{COMMANDS}.{host}.>"
+
+
+def simulator(host: str, operation: str) -> str:
+    """Request subject of the simulated mini-cloud on ``host`` (``stats``, ``plug``, ``unplug``, ``load``)."""
+    return f"{SIMULATOR}.{host}.{operation}"
+
+
+def split(subject: str) -> tuple[str, str, str]:
+    """``hotplug.<kind>.<host>.<vmtoken>`` → (kind, host, vm name). Raises ValueError on any other shape."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != PREFIX:
+        raise ValueError(f"not a per-VM subject: {subject!r}")
+    return parts[1], parts[2], vm_from_token(parts[3])
