@@ -152,7 +152,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
 
 
 def cmd_decider(args: argparse.Namespace) -> int:
-    from services.decider.policies import build_policy, parse_params
+    from services.decider.registry import build_policy, parse_params
     from services.decider.service import Decider, DeciderConfig, DeciderMetrics
 
     options = _options(args, "decider")
@@ -190,7 +190,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                         seed=args.seed, interval_s=args.interval, dry_run=args.dry_run, view=not args.no_view,
                         log_level=args.log_level)
     # Check the policy and its parameters here, before any process starts.
-    from services.decider.policies import build_policy, parse_params
+    from services.decider.registry import build_policy, parse_params
 
     build_policy(options.policy, parse_params(list(options.params)))
     asyncio.run(run_up(options))

@@ -1,0 +1,50 @@
+"""The policy registry: every decision rule by name, and how ``--param NAME.KEY=VALUE`` reaches it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from services.decider.guard import GuardRails
+from services.decider.policies.base import PolicyBase
+from services.decider.policies.threshold import ThresholdPolicy
+
+POLICIES: dict[str, type[PolicyBase[Any, Any]]] = {
+    ThresholdPolicy.name: ThresholdPolicy,
+}
+
+
+
+
+class ParamError(ValueError):
+    pass
+
+
+def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["threshold.upper=0.9", "guard.up_cooldown_s=5"]`` → ``{"threshold": {"upper": "0.9"}, ...}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        scope, dot, name = key.partition(".")
+        if not sep or not dot or not scope or not name:
+            raise ParamError(f"expected NAME.KEY=VALUE, got {item!r}")
+        out.setdefault(scope, {})[name] = value
+    return out
+
+
+def build_policy(name: str, params: dict[str, dict[str, str]] | None = None) -> tuple[PolicyBase[Any, Any], GuardRails]:
+    """The named policy with its parameters, and the guard rails (policy defaults, then ``guard.*``)."""
+    params = params or {}
+    if name not in POLICIES:
+        raise ParamError(f"unknown policy {name!r}; choose from {', '.join(sorted(POLICIES))}")
+    unknown_scopes = set(params) - {name, "guard"}
+    if unknown_scopes:
+        raise ParamError(f"parameters for {', '.join(sorted(unknown_scopes))} do not apply to policy {name!r}")
+    cls = POLICIES[name]
+    try:
+        policy_params = msgspec.convert(params.get(name, {}), cls.params_type, strict=False)
+        rails = msgspec.convert({**cls.default_rails, **params.get("guard", {})}, GuardRails, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ParamError(f"bad parameter for {name}: {exc}") from exc
+    return cls(policy_params), rails

@@ -1,0 +1,140 @@
+"""``hotplug up`` as a user runs it: supervised children, restart after kill -9, the event log afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.conftest import REPO, metric
+
+
+class Output:
+    """Collects a child's combined output on a thread, so the test can wait for lines."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float, after: int = 0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[after:]:
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            time.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r} in {timeout} s; output:\n" + "\n".join(self.lines))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def hotplug(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hotplug", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_up_restarts_a_killed_child_and_keeps_its_event_log(tmp_path: Path) -> None:
+    data_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hotplug", "up", "--vms", "4", "--speed", "5", "--duration", "100",
+         "--data-dir", str(data_dir), "--no-view"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    out = Output(proc)
+    try:
+        for service in ("simulator", "collector", "decider", "actuator"):
+            out.wait_for(rf"^{service} metrics: http://127\.0\.0\.1:\d+/metrics$", timeout=30)
+        collector_url = out.wait_for(r"^collector metrics: (\S+)$", 1).group(1)
+        pid = int(out.wait_for(r"started collector \(pid (\d+)\)", 5).group(1))
+        out.wait_for(r"^vm-\d+: \d+ -> \d+ ok$", timeout=30)  # the loop acts
+
+        mark = len(out.lines)
+        os.kill(pid, signal.SIGKILL)
+        out.wait_for(r"collector exited with code -9; restarting", timeout=10, after=mark)
+        new_pid = int(out.wait_for(r"started collector \(pid (\d+)\)", timeout=10, after=mark).group(1))
+        assert new_pid != pid
+        # the restarted collector publishes again, and the loop goes on acting
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if metric(collector_url, "hotplug_collector_samples_published_total") > 0:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError("restarted collector published nothing")
+        after_restart = len(out.lines)
+        out.wait_for(r"^vm-\d+: \d+ -> \d+ ok$", timeout=30, after=after_restart)
+        assert proc.wait(timeout=60) == 0, out.text()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+    text = out.text()
+    assert "collector was restarted 1 time(s)" in text
+    summary = out.wait_for(r"commands: (\d+); results: (\d+) ok, (\d+) failed", 1)
+    assert int(summary.group(1)) > 0
+    assert re.search(r"core-hours allocated: [\d.]+; used: [\d.]+", text)
+    assert not (data_dir / "broker.json").exists()
+
+    events = hotplug("events", "--data-dir", str(data_dir), "--format", "jsonl")
+    assert events.returncode == 0, events.stderr
+    records = [json.loads(line) for line in events.stdout.splitlines()]
+    commands = {r["id"]: r for r in records if r["kind"] == "command"}
+    results = [r for r in records if r["kind"] == "result"]
+    assert commands
+    for r in records:
+        assert {"kind", "time", "host", "vm"} <= r.keys()
+    for c in commands.values():
+        assert {"id", "target_vcpus", "seen_vcpus", "decider", "reason"} <= c.keys()
+        assert [r["command_id"] for r in results].count(c["id"]) == 1, f"command {c['id']} needs one result"
+    assert {r["command_id"] for r in results} <= commands.keys()
+    changes = [(r["vcpus_before"], r["vcpus_after"]) for r in results if r["ok"]]
+    assert any(a > b for b, a in changes), "expected a plug"
+    assert any(a < b for b, a in changes), "expected an unplug"
+    assert int(summary.group(2)) + int(summary.group(3)) == len(results)
+
+    as_csv = hotplug("events", "--data-dir", str(data_dir), "--format", "csv")
+    assert as_csv.returncode == 0
+    assert len(as_csv.stdout.strip().splitlines()) == len(records) + 1
+    table = hotplug("events", "--data-dir", str(data_dir))
+    assert table.returncode == 0
+    assert f"{len(records)} events" in table.stdout
+
+
+def test_events_without_a_log_says_so(tmp_path: Path) -> None:
+    done = hotplug("events", "--data-dir", str(tmp_path / "none"))
+    assert done.returncode == 2
+    assert "no event log" in done.stderr
+
+
+def test_schema_writes_one_json_schema_per_message(tmp_path: Path) -> None:
+    done = hotplug("schema", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["MetricSample.schema.json", "ScaleCommand.schema.json", "ScaleResult.schema.json"]
+    command = json.loads((tmp_path / "ScaleCommand.schema.json").read_text())
+    assert set(command["$defs"]["ScaleCommand"]["required"]) >= {"id", "vm", "target_vcpus", "expires_at"}
+
+
+def test_bad_policy_parameters_fail_before_anything_starts(tmp_path: Path) -> None:
+    done = hotplug("up", "--param", "threshold.nope=1", "--data-dir", str(tmp_path / "d"))
+    assert done.returncode == 2
+    assert "bad parameter" in done.stderr
+    assert not (tmp_path / "d").exists()
