@@ -1,0 +1,105 @@
+"""``vpa``: the Kubernetes VPA recommender (docs/deciders.md §3), rounded up to whole vCPUs.
+
+A decaying histogram of CPU usage (exponential buckets, 5 % growth from 0.01 cores; weights halve every
+``half_life_s``). Target = P90 × (1 + margin); lower and upper bounds from P50 and P95 widened by the
+confidence in the history's length. Like VPA's updater it acts when the VM is outside the bounds, or,
+once the history is ``min_age_s`` old, when the target differs by at least ``update_threshold``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import msgspec
+
+from services.decider.policies.base import Observation, Params, PolicyBase, Recommendation
+
+FIRST_BUCKET = 0.01
+GROWTH = 0.05
+_LOG_GROWTH = math.log1p(GROWTH)
+
+
+def bucket_of(cores: float) -> int:
+    """Index of the exponential bucket holding ``cores`` (VPA: first bucket 0.01 wide, each 5 % wider)."""
+    if cores < FIRST_BUCKET:
+        return 0
+    # bucket i starts at FIRST_BUCKET * ((1+g)^i - 1) / g
+    return int(math.log1p(cores * GROWTH / FIRST_BUCKET) / _LOG_GROWTH)
+
+
+def bucket_start(index: int) -> float:
+    return FIRST_BUCKET * ((1 + GROWTH) ** index - 1) / GROWTH
+
+
+class VpaParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    target_percentile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.90
+    lower_percentile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.50
+    upper_percentile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.95
+    margin: Annotated[float, msgspec.Meta(ge=0)] = 0.15
+    half_life_s: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
+    update_threshold: Annotated[float, msgspec.Meta(ge=0)] = 0.10
+    min_age_s: Annotated[float, msgspec.Meta(ge=0)] = 12 * 3600.0
+
+
+class VpaState(msgspec.Struct):
+    weights: dict[int, float] = msgspec.field(default_factory=dict)
+    total: float = 0.0
+    reference: float | None = None
+    first_time: float | None = None
+
+
+class VpaPolicy(PolicyBase[VpaParams, VpaState]):
+    name = "vpa"
+    params_type = VpaParams
+    state_type = VpaState
+    default_rails = {"up_cooldown_s": 0.0, "down_cooldown_s": 0.0, "max_step_down": 1024}
+
+    def _add(self, state: VpaState, t: float, cores: float) -> None:
+        if state.reference is None:
+            state.reference = t
+        # Newer samples weigh more, instead of decaying every old one; renormalise before overflow.
+        exponent = (t - state.reference) / self.params.half_life_s
+        if exponent > 60:
+            scale = 2.0 ** -exponent
+            state.weights = {b: w * scale for b, w in state.weights.items() if w * scale > 1e-12}
+            state.total = sum(state.weights.values())
+            state.reference = t
+            exponent = 0.0
+        weight = 0.1 * 2.0**exponent
+        b = bucket_of(cores)
+        state.weights[b] = state.weights.get(b, 0.0) + weight
+        state.total += weight
+
+    @staticmethod
+    def percentile(state: VpaState, q: float) -> float:
+        """The end of the bucket where the cumulative weight reaches ``q`` (as VPA reports it)."""
+        if state.total <= 0:
+            return 0.0
+        threshold = q * state.total
+        cumulative = 0.0
+        for b in sorted(state.weights):
+            cumulative += state.weights[b]
+            if cumulative >= threshold:
+                return bucket_start(b + 1)
+        return bucket_start(max(state.weights) + 1)
+
+    def recommend(self, state: VpaState, obs: Observation) -> Recommendation:
+        p = self.params
+        if state.first_time is None:
+            state.first_time = obs.time
+        self._add(state, obs.time, obs.used_cores)
+        age_s = obs.time - state.first_time + obs.interval_s
+        confidence = age_s / 86400
+        factor = 1 + p.margin
+        target = max(0.025, self.percentile(state, p.target_percentile) * factor)
+        lower = max(0.025, self.percentile(state, p.lower_percentile) * factor * (1 + 0.001 / confidence) ** -2)
+        upper = max(0.025, self.percentile(state, p.upper_percentile) * factor * (1 + 1 / confidence))
+        n = obs.vcpus
+        wanted = max(1, math.ceil(target - 1e-9))
+        outside = n < math.ceil(lower - 1e-9) or n > math.ceil(upper - 1e-9)
+        drift = abs(wanted - n) / n >= p.update_threshold and age_s >= p.min_age_s
+        if outside or drift:
+            return Recommendation(wanted, f"P{p.target_percentile * 100:.0f} {target / factor:.2f} cores "
+                                          f"+{p.margin:.0%} → {wanted} vCPUs ({'outside bounds' if outside else 'drift'})")
+        return Recommendation(n, f"within [{lower:.2f}, {upper:.2f}] cores")
