@@ -7,6 +7,7 @@ the file reading; ``replay`` does the arithmetic.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def load_csv(paths: Iterable[Path], step_s: float | None = None) -> list[VmSerie
     for vm, points in rows.items():
         points.sort()
         times = [t for t, _ in points]
-        diffs = sorted(b - a for a, b in zip(times, times[1:], strict=False) if b > a)
+        diffs = sorted(b - a for a, b in itertools.pairwise(times) if b > a)
         step = step_s or (diffs[len(diffs) // 2] if diffs else 300.0)
         demand = [max(0.0, d) for _, d in points]
         size = sizes.get(vm) or max(1, math.ceil(max(demand)))

@@ -58,7 +58,8 @@ class CaptainPolicy(PolicyBase[CaptainParams, CaptainState]):
         if state.limit is None:
             state.limit = state.last_limit = float(obs.vcpus)
             state.margin = p.initial_margin
-        assert state.last_limit is not None and state.margin is not None
+        assert state.last_limit is not None
+        assert state.margin is not None
         state.usage.append(obs.used_cores)
         if len(state.usage) > p.history:
             state.usage.popleft()

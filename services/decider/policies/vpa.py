@@ -100,6 +100,7 @@ class VpaPolicy(PolicyBase[VpaParams, VpaState]):
         outside = n < math.ceil(lower - 1e-9) or n > math.ceil(upper - 1e-9)
         drift = abs(wanted - n) / n >= p.update_threshold and age_s >= p.min_age_s
         if outside or drift:
+            why = "outside bounds" if outside else "drift"
             return Recommendation(wanted, f"P{p.target_percentile * 100:.0f} {target / factor:.2f} cores "
-                                          f"+{p.margin:.0%} → {wanted} vCPUs ({'outside bounds' if outside else 'drift'})")
+                                          f"+{p.margin:.0%} → {wanted} vCPUs ({why})")
         return Recommendation(n, f"within [{lower:.2f}, {upper:.2f}] cores")
