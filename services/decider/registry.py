@@ -9,13 +9,14 @@ import msgspec
 from services.decider.guard import GuardRails
 from services.decider.policies.base import PolicyBase
 from services.decider.policies.captain import CaptainPolicy
+from services.decider.policies.default import DefaultPolicy
 from services.decider.policies.fusd import FusdPolicy
 from services.decider.policies.hpa import HpaPolicy
 from services.decider.policies.threshold import ThresholdPolicy
 from services.decider.policies.vpa import VpaPolicy
 
 POLICIES: dict[str, type[PolicyBase[Any, Any]]] = {
-    p.name: p for p in (ThresholdPolicy, HpaPolicy, VpaPolicy, FusdPolicy, CaptainPolicy)
+    p.name: p for p in (ThresholdPolicy, HpaPolicy, VpaPolicy, FusdPolicy, CaptainPolicy, DefaultPolicy)
 }
 
 
