@@ -95,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     sch = sub.add_parser("schema", help="write the JSON Schema of every message")
     sch.add_argument("--out", type=Path, default=None, help="directory (default: print one JSON document)")
 
+    rep = sub.add_parser("replay", help="score policies on recorded CPU traces against an oracle")
+    rep.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="trace files or directories")
+    rep.add_argument("--format", choices=["csv", "bitbrains", "planetlab"], required=True)
+    rep.add_argument("--vm-size", type=int, default=None, help="planetlab: the vCPUs each VM was given")
+    rep.add_argument("--step", type=_positive, default=None, help="seconds per trace step (default: 300)")
+    rep.add_argument("--policy", default="all", help="all, or a comma-separated list of policy names")
+    rep.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
+    rep.add_argument("--pressure", action="store_true", help="let policies see demand beyond their vCPUs")
+    rep.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rep.add_argument("--plot", type=Path, default=None, metavar="DIR", help="write PNG plots and a sweep here")
+
     load = sub.add_parser("load", help="pin a simulated VM's demand (cores), or 'clear' to restore its workload")
     load.add_argument("vm")
     load.add_argument("cores")
@@ -264,6 +275,32 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from hotplug.replay_cmd import policy_names, render_table, replay_table, sweep, write_plots
+    from services.decider.registry import parse_params
+    from services.decider.traces import load
+
+    names = policy_names(args.policy)
+    params = parse_params(args.param)
+    unknown = set(params) - set(names) - {"guard"}
+    if unknown:
+        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not among the replayed policies")
+    series = load(args.paths, args.format, vm_size=args.vm_size, step_s=args.step)
+    if not series:
+        raise UsageError("no VM series found in the given paths")
+    report = replay_table(series, names, params, args.pressure)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        render_table(report, f"{report['vms']} VMs, {report['steps']} steps"
+                             f"{' (with pressure)' if args.pressure else ''}")
+    if args.plot is not None:
+        for path in write_plots(args.plot, series, names, params, args.pressure,
+                                sweep(series, names, params, args.pressure), report):
+            print(path, file=sys.stderr)
+    return 0
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     from shared import subjects
     from shared.sim_api import LoadReply, LoadRequest
@@ -292,7 +329,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up, "simulator": cmd_simulator, "collector": cmd_collector, "decider": cmd_decider,
-    "actuator": cmd_actuator, "events": cmd_events, "schema": cmd_schema, "load": cmd_load,
+    "actuator": cmd_actuator, "events": cmd_events, "schema": cmd_schema, "load": cmd_load, "replay": cmd_replay,
 }
 
 
