@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
     dec.add_argument("--name", default="decider", help="this decider's name in commands")
     dec.add_argument("--dry-run", action="store_true", help="log what it would do; command nothing")
+    dec.add_argument("--shadow", action="store_true",
+                     help="publish proposals on hotplug.proposals.<name>.<host>.<vm> instead of commands")
     dec.add_argument("--max-sample-age", type=_positive, default=10.0)
     dec.add_argument("--command-ttl", type=_positive, default=30.0)
 
@@ -94,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sch = sub.add_parser("schema", help="write the JSON Schema of every message")
     sch.add_argument("--out", type=Path, default=None, help="directory (default: print one JSON document)")
+
+    cmp_ = sub.add_parser("compare", help="score shadow deciders' proposals against the demand that followed")
+    cmp_.add_argument("--data-dir", type=Path, default=None)
+    cmp_.add_argument("--nats", default=None)
+    cmp_.add_argument("--json", action="store_true")
 
     rep = sub.add_parser("replay", help="score policies on recorded CPU traces against an oracle")
     rep.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="trace files or directories")
@@ -168,8 +176,10 @@ def cmd_decider(args: argparse.Namespace) -> int:
 
     options = _options(args, "decider")
     policy, rails = build_policy(args.policy, parse_params(args.param))
-    config = DeciderConfig(name=args.name, dry_run=args.dry_run, max_sample_age_s=args.max_sample_age,
-                           command_ttl_s=args.command_ttl)
+    if args.shadow and args.dry_run:
+        raise UsageError("--shadow and --dry-run exclude each other")
+    config = DeciderConfig(name=args.name, dry_run=args.dry_run, shadow=args.shadow,
+                           max_sample_age_s=args.max_sample_age, command_ttl_s=args.command_ttl)
 
     async def body(ctx: ServiceContext) -> None:
         await Decider(ctx, policy, rails, config).run()
@@ -209,7 +219,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from hotplug.events import broker_for, event_record, format_csv, format_jsonl
+    from hotplug.events import event_record, format_csv, format_jsonl
 
     async def collect(url: str) -> list[dict[str, object]]:
         nc = await bus.connect(url, "hotplug-events", forever=False)
@@ -226,12 +236,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         finally:
             await nc.close()
 
-    url = resolve_nats_url(args.nats)
-    if url is not None and args.data_dir is None:
-        records = asyncio.run(collect(url))
-    else:
-        with broker_for(args.data_dir or Path(".hotplug")) as data_url:
-            records = asyncio.run(collect(data_url))
+    records = _with_stream_access(args, collect)
     if args.format == "jsonl":
         sys.stdout.write(format_jsonl(records))
     elif args.format == "csv":
@@ -272,6 +277,55 @@ def cmd_schema(args: argparse.Namespace) -> int:
         path = args.out / f"{name}.schema.json"
         path.write_text(json.dumps(schema, indent=2) + "\n")
         print(path)
+    return 0
+
+
+def _with_stream_access(args: argparse.Namespace, work: Callable[[str], Coroutine[Any, Any, Any]]) -> Any:
+    """Run ``work(url)`` against ``--nats``/$HOTPLUG_NATS_URL, or the data dir's broker (live or private)."""
+    from hotplug.events import broker_for
+
+    url = resolve_nats_url(args.nats)
+    if url is not None and args.data_dir is None:
+        return asyncio.run(work(url))
+    with broker_for(args.data_dir or Path(".hotplug")) as data_url:
+        return asyncio.run(work(data_url))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from hotplug.events import read_stream
+    from hotplug.replay_cmd import render_table
+    from services.decider.shadow import score_shadows
+    from shared import subjects
+    from shared.codec import BadMessage, Decoder
+    from shared.messages import MetricSample, ScaleCommand
+
+    async def collect(url: str) -> tuple[list[MetricSample], list[ScaleCommand]]:
+        samples, proposals = [], []
+        sample_decoder, proposal_decoder = Decoder(MetricSample), Decoder(ScaleCommand)
+        nc = await bus.connect(url, "hotplug-compare", forever=False)
+        try:
+            async for subject, data in read_stream(nc.jetstream(), subjects.METRICS_STREAM,
+                                                   [subjects.ALL_METRICS, subjects.ALL_PROPOSALS]):
+                try:
+                    if subject.startswith(subjects.PROPOSALS):
+                        proposals.append(proposal_decoder.decode(data))
+                    else:
+                        samples.append(sample_decoder.decode(data))
+                except BadMessage:
+                    continue
+        finally:
+            await nc.close()
+        return samples, proposals
+
+    samples, proposals = _with_stream_access(args, collect)
+    if not proposals:
+        print("no shadow proposals found: run a decider with --shadow beside the active one", file=sys.stderr)
+    report = {"vms": len({(s.host, s.vm) for s in samples}), "steps": len(samples),
+              "policies": score_shadows(samples, proposals)}
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        render_table(report, f"{report['vms']} VMs, {report['steps']} samples: active allocation vs shadows")
     return 0
 
 
@@ -330,6 +384,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up, "simulator": cmd_simulator, "collector": cmd_collector, "decider": cmd_decider,
     "actuator": cmd_actuator, "events": cmd_events, "schema": cmd_schema, "load": cmd_load, "replay": cmd_replay,
+    "compare": cmd_compare,
 }
 
 

@@ -58,35 +58,43 @@ def broker_for(data_dir: Path) -> Iterator[str]:
         yield broker.url
 
 
-async def read_events(js: JetStreamContext, batch: int = 256) -> AsyncIterator[tuple[str, Event | None]]:
-    """Every message of the event log in order, as (subject, event); undecodable ones as (subject, None)."""
+async def read_stream(js: JetStreamContext, stream: str, filters: list[str],
+                      batch: int = 256) -> AsyncIterator[tuple[str, bytes]]:
+    """Every stored message of ``stream`` matching ``filters``, oldest first, as (subject, data)."""
     try:
-        info = await js.stream_info(subjects.EVENTS_STREAM)
+        info = await js.stream_info(stream)
     except nats.js.errors.NotFoundError:
         return
     remaining = info.state.messages
     if remaining == 0:
         return
     psub = await js.pull_subscribe(
-        ">", stream=subjects.EVENTS_STREAM,
+        ">", stream=stream,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
-                              inactive_threshold=30.0, filter_subjects=[subjects.ALL_COMMANDS, subjects.ALL_RESULTS]),
+                              inactive_threshold=30.0, filter_subjects=filters),
     )
     try:
-        while remaining > 0:
+        while True:
             try:
-                msgs = await psub.fetch(batch=min(batch, remaining), timeout=2.0)
+                msgs = await psub.fetch(batch=batch, timeout=2.0)
             except (nats.errors.TimeoutError, TimeoutError):
                 break
             for msg in msgs:
-                remaining -= 1
-                try:
-                    yield msg.subject, _decoder.decode(msg.data)
-                except msgspec.DecodeError:
-                    yield msg.subject, None
+                yield msg.subject, msg.data
+            if msgs and msgs[-1].metadata.num_pending == 0:
+                break
     finally:
         with contextlib.suppress(Exception):
             await psub.unsubscribe()
+
+
+async def read_events(js: JetStreamContext) -> AsyncIterator[tuple[str, Event | None]]:
+    """Every command and result of the event log in order; undecodable ones as (subject, None)."""
+    async for subject, data in read_stream(js, subjects.EVENTS_STREAM, [subjects.ALL_COMMANDS, subjects.ALL_RESULTS]):
+        try:
+            yield subject, _decoder.decode(data)
+        except msgspec.DecodeError:
+            yield subject, None
 
 
 def event_record(event: Event) -> dict[str, Any]:

@@ -42,8 +42,8 @@ def stream_configs() -> list[StreamConfig]:
         ),
         StreamConfig(
             name=subjects.METRICS_STREAM,
-            description="Metric samples, kept one day",
-            subjects=[subjects.ALL_METRICS],
+            description="Metric samples and shadow deciders' proposals, kept one day",
+            subjects=[subjects.ALL_METRICS, subjects.ALL_PROPOSALS],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=METRICS_MAX_AGE_S,

@@ -14,10 +14,12 @@ METRICS = f"{PREFIX}.metrics"
 COMMANDS = f"{PREFIX}.commands"
 RESULTS = f"{PREFIX}.results"
 SIMULATOR = f"{PREFIX}.sim"
+PROPOSALS = f"{PREFIX}.proposals"
 
 ALL_METRICS = f"{METRICS}.>"
 ALL_COMMANDS = f"{COMMANDS}.>"
 ALL_RESULTS = f"{RESULTS}.>"
+ALL_PROPOSALS = f"{PROPOSALS}.>"
 
 EVENTS_STREAM = "HOTPLUG_EVENTS"
 METRICS_STREAM = "HOTPLUG_METRICS"
@@ -56,6 +58,11 @@ def results(host: str, vm: str) -> str:
     return f"{RESULTS}.{host}.{vm_token(vm)}"
 
 
+def proposals(decider: str, host: str, vm: str) -> str:
+    """Where a shadow decider publishes what it would command (a ScaleCommand that nobody executes)."""
+    return f"{PROPOSALS}.{decider}.{host}.{vm_token(vm)}"
+
+
 def host_commands(host: str) -> str:
     return f"{COMMANDS}.{host}.>"
 
@@ -66,8 +73,8 @@ def simulator(host: str, operation: str) -> str:
 
 
 def split(subject: str) -> tuple[str, str, str]:
-    """``hotplug.<kind>.<host>.<vmtoken>`` → (kind, host, vm name). Raises ValueError on any other shape."""
+    """``hotplug.<kind>[.<decider>].<host>.<vmtoken>`` → (kind, host, vm name). ValueError on other shapes."""
     parts = subject.split(".")
-    if len(parts) != 4 or parts[0] != PREFIX:
+    if parts[0] != PREFIX or len(parts) != (5 if len(parts) > 1 and parts[1] == "proposals" else 4):
         raise ValueError(f"not a per-VM subject: {subject!r}")
-    return parts[1], parts[2], vm_from_token(parts[3])
+    return parts[1], parts[-2], vm_from_token(parts[-1])

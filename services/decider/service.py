@@ -11,7 +11,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Histogram
 
-from services.decider.engine import VmEngine
+from services.decider.engine import Decision, VmEngine
 from services.decider.guard import GuardRails
 from services.decider.policies.base import Observation, PolicyBase
 from shared import bus, subjects
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 class DeciderConfig:
     name: str = "decider"
     dry_run: bool = False
+    # Shadow: publish every recommendation as a proposal (hotplug.proposals.<name>.<host>.<vm>), command nothing.
+    shadow: bool = False
     # A sample older than this (clock seconds) describes a VM that may have changed since: never act on it.
     max_sample_age_s: float = 10.0
     command_ttl_s: float = 30.0
@@ -79,11 +81,14 @@ class Decider:
     async def run(self) -> None:
         if not self.config.dry_run:
             await bus.ensure_streams(self.ctx.js)
+        if self.config.shadow and self.config.dry_run:
+            raise ValueError("--shadow and --dry-run exclude each other")
         await self.ctx.nc.subscribe(subjects.ALL_METRICS, cb=self._on_sample)
         await self.ctx.nc.subscribe(subjects.ALL_RESULTS, cb=self._on_result)
         await self.ctx.nc.flush()
-        log.info("decider %s running policy %s%s", self.config.name, self.policy.name,
-                 " (dry run: no commands)" if self.config.dry_run else "")
+        mode = " (dry run: no commands)" if self.config.dry_run else " (shadow: proposals only)" if (
+            self.config.shadow) else ""
+        log.info("decider %s running policy %s%s", self.config.name, self.policy.name, mode)
         await asyncio.Event().wait()
 
     def engine(self, host: str, vm: str) -> VmEngine:
@@ -106,6 +111,9 @@ class Decider:
             return None
         engine = self.engine(sample.host, sample.vm)
         decision = engine.step(observation_of(sample))
+        if self.config.shadow:
+            self._propose(sample, decision, now)
+            return None
         if decision is None:
             return None
         direction = "up" if decision.target > sample.online_vcpus else "down"
@@ -136,6 +144,23 @@ class Decider:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return command
+
+    def _propose(self, sample: MetricSample, decision: Decision | None, now: float) -> None:
+        """A shadow's recommendation for every sample (holding included), so it can be scored like a replay."""
+        target = sample.online_vcpus if decision is None else decision.target
+        if decision is not None:
+            direction = "up" if decision.target > sample.online_vcpus else "down"
+            self.metrics.decisions.labels(self.policy.name, direction, "shadow").inc()
+        self._seq += 1
+        proposal = ScaleCommand(
+            id=f"{self._id_prefix}-{self._seq}", time=now, host=sample.host, vm=sample.vm,
+            target_vcpus=max(1, target), seen_vcpus=sample.online_vcpus, decider=self.config.name,
+            reason=(decision.reason if decision else "hold")[:1024], expires_at=now, sample_time=sample.time,
+        )
+        subject = subjects.proposals(self.config.name, sample.host, sample.vm)
+        task = asyncio.ensure_future(self.ctx.nc.publish(subject, encode(proposal)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _publish(self, command: ScaleCommand) -> None:
         try:
