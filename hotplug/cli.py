@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
     up.add_argument("--data-dir", type=Path, default=Path(".hotplug"))
     up.add_argument("--nats", help="use this NATS server instead of starting one")
-    up.add_argument("--hypervisor", choices=["simulator"], default="simulator")
+    up.add_argument("--hypervisor", choices=["simulator", "virtualbox"], default="simulator",
+                    help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH)")
     up.add_argument("--seed", type=int, default=1)
     up.add_argument("--interval", type=_positive, default=1.0, help="sampling interval, simulated seconds")
     up.add_argument("--dry-run", action="store_true", help="decide and log, but command nothing")
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--profiles", default="", help="comma-separated workload profiles to cycle through")
 
     col = sub.add_parser("collector", parents=[service], help="sample CPU use and publish metrics")
-    col.add_argument("--source", choices=["simulator", "psutil"], default="simulator")
+    col.add_argument("--source", choices=["simulator", "psutil", "virtualbox"], default="simulator")
     col.add_argument("--interval", type=_positive, default=1.0)
     col.add_argument("--process", action="append", default=[], metavar="VM=PID|VM=REGEX",
                      help="psutil source: a host process to watch as a VM")
@@ -84,11 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--command-ttl", type=_positive, default=30.0)
 
     act = sub.add_parser("actuator", parents=[service], help="execute scale commands on the hypervisor")
-    act.add_argument("--driver", choices=["simulator"], default="simulator")
+    act.add_argument("--driver", choices=["simulator", "virtualbox"], default="simulator")
     act.add_argument("--name", default="actuator")
     act.add_argument("--min-vcpus", type=int, default=1)
     act.add_argument("--max-vcpus", type=int, default=1024)
     act.add_argument("--step-timeout", type=_positive, default=30.0)
+
+    agent = sub.add_parser("agent", parents=[service], help="inside a Linux guest: publish its own CPU view")
+    agent.add_argument("--vm", required=True, help="the VM's name as the hypervisor knows it")
+    agent.add_argument("--interval", type=_positive, default=1.0)
+    agent.add_argument("--no-online", action="store_true", help="do not bring newly plugged CPUs online")
+
+    vbox = sub.add_parser("vbox", help="VirtualBox admin: prepare VMs for hot-plug, status, resize now")
+    vsub = vbox.add_subparsers(dest="vbox_command", required=True)
+    prep = vsub.add_parser("prepare", help="one-time set-up, VM powered off")
+    prep.add_argument("vm")
+    prep.add_argument("--max-vcpus", type=int, required=True)
+    prep.add_argument("--start-vcpus", type=int, default=None)
+    stat = vsub.add_parser("status", help="every VM with state, maximum and attached CPUs")
+    stat.add_argument("--json", action="store_true")
+    vset = vsub.add_parser("set", help="resize a running VM now")
+    vset.add_argument("vm")
+    vset.add_argument("--vcpus", type=int, required=True)
 
     ev = sub.add_parser("events", help="print the event log (commands and results)")
     ev.add_argument("--data-dir", type=Path, default=None)
@@ -163,8 +181,16 @@ def cmd_collector(args: argparse.Namespace) -> int:
         raise UsageError("the psutil source needs at least one --process VM=PID|VM=REGEX")
 
     async def body(ctx: ServiceContext) -> None:
-        source: Source = (SimulatorSource(ctx.nc, ctx.host) if args.source == "simulator"
-                          else ProcessSource(specs, ctx.clock))
+        source: Source
+        if args.source == "simulator":
+            source = SimulatorSource(ctx.nc, ctx.host)
+        elif args.source == "virtualbox":
+            from services.collector.sources.virtualbox import VirtualBoxSource
+            from shared.virtualbox import VBoxManage
+
+            source = VirtualBoxSource(VBoxManage(), ctx.clock)
+        else:
+            source = ProcessSource(specs, ctx.clock)
         await Collector(ctx, source, args.interval).run()
 
     return _run(options, CollectorMetrics("collector"), body)
@@ -189,6 +215,7 @@ def cmd_decider(args: argparse.Namespace) -> int:
 
 def cmd_actuator(args: argparse.Namespace) -> int:
     from services.actuator.checks import Bounds
+    from services.actuator.drivers.base import Driver
     from services.actuator.drivers.simulator import SimulatorDriver
     from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
 
@@ -196,11 +223,49 @@ def cmd_actuator(args: argparse.Namespace) -> int:
     config = ActuatorConfig(name=args.name, bounds=Bounds(args.min_vcpus, args.max_vcpus),
                             step_timeout_s=args.step_timeout)
 
+    if args.driver != "simulator" and args.speed != 1.0:
+        raise UsageError("--speed applies to the simulator only; real hypervisors run on the wall clock")
+
     async def body(ctx: ServiceContext) -> None:
-        driver = SimulatorDriver(ctx.nc, ctx.host, ctx.clock)
+        driver: Driver
+        if args.driver == "virtualbox":
+            from services.actuator.drivers.virtualbox import VirtualBoxDriver
+
+            driver = VirtualBoxDriver()
+        else:
+            driver = SimulatorDriver(ctx.nc, ctx.host, ctx.clock)
         await Actuator(ctx, driver, config).run()
 
     return _run(options, ActuatorMetrics("actuator"), body)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from services.collector.service import Collector, CollectorMetrics
+    from services.collector.sources.guest import GuestSource
+
+    options = _options(args, "agent")
+
+    async def body(ctx: ServiceContext) -> None:
+        source = GuestSource(args.vm, ctx.clock, online_new_cpus=not args.no_online)
+        await Collector(ctx, source, args.interval).run()
+
+    return _run(options, CollectorMetrics("agent"), body)
+
+
+def cmd_vbox(args: argparse.Namespace) -> int:
+    from hotplug import vbox_cmd
+    from shared.virtualbox import VBoxError, VBoxManage
+
+    vbox = VBoxManage()
+    try:
+        if args.vbox_command == "prepare":
+            return asyncio.run(vbox_cmd.prepare(vbox, args.vm, args.max_vcpus, args.start_vcpus))
+        if args.vbox_command == "status":
+            return asyncio.run(vbox_cmd.status(vbox, args.json))
+        return asyncio.run(vbox_cmd.set_vcpus(vbox, args.vm, args.vcpus))
+    except VBoxError as exc:
+        print(f"{exc.code.value}: {exc.message}", file=sys.stderr)
+        return 1
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -209,7 +274,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     options = UpOptions(vms=args.vms, duration_s=args.duration, speed=args.speed, policy=args.policy,
                         params=tuple(args.param), data_dir=args.data_dir, nats_url=resolve_nats_url(args.nats),
                         seed=args.seed, interval_s=args.interval, dry_run=args.dry_run, view=not args.no_view,
-                        log_level=args.log_level)
+                        log_level=args.log_level, hypervisor=args.hypervisor)
+    if options.hypervisor != "simulator":
+        if options.speed != 1.0:
+            raise UsageError("--speed applies to the simulator only")
+        from shared.virtualbox import find_vboxmanage
+
+        find_vboxmanage()
     # Check the policy and its parameters here, before any process starts.
     from services.decider.registry import build_policy, parse_params
 
@@ -384,7 +455,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up, "simulator": cmd_simulator, "collector": cmd_collector, "decider": cmd_decider,
     "actuator": cmd_actuator, "events": cmd_events, "schema": cmd_schema, "load": cmd_load, "replay": cmd_replay,
-    "compare": cmd_compare,
+    "compare": cmd_compare, "agent": cmd_agent, "vbox": cmd_vbox,
 }
 
 

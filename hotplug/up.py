@@ -46,6 +46,7 @@ class UpOptions:
     dry_run: bool = False
     view: bool = True
     log_level: str = "INFO"
+    hypervisor: str = "simulator"
 
 
 def free_port() -> int:
@@ -61,7 +62,7 @@ def child_argv(service: str, options: UpOptions, url: str, epoch: float, port: i
     if service == "simulator":
         argv += ["--vms", str(options.vms), "--seed", str(options.seed)]
     elif service == "collector":
-        argv += ["--source", "simulator", "--interval", repr(options.interval_s)]
+        argv += ["--source", options.hypervisor, "--interval", repr(options.interval_s)]
     elif service == "decider":
         argv += ["--policy", options.policy]
         for param in options.params:
@@ -69,7 +70,7 @@ def child_argv(service: str, options: UpOptions, url: str, epoch: float, port: i
         if options.dry_run:
             argv.append("--dry-run")
     elif service == "actuator":
-        argv += ["--driver", "simulator"]
+        argv += ["--driver", options.hypervisor]
     return argv
 
 
@@ -122,7 +123,8 @@ async def run_up(options: UpOptions) -> Fleet:
         await nc.subscribe(subjects.ALL_RESULTS, cb=watcher.on_result)
         await nc.flush()
         epoch = time.time()
-        for service in SERVICES:
+        # With a real hypervisor its VMs are the cloud: no simulator.
+        for service in (s for s in SERVICES if s != "simulator" or options.hypervisor == "simulator"):
             port = free_port()
             await supervisor.start(service, child_argv(service, options, url, epoch, port), port)
             print(f"{service} metrics: http://127.0.0.1:{port}/metrics", flush=True)

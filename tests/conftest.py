@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
 import subprocess
@@ -17,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared import bus
 from shared.broker import EmbeddedBroker
+from tests.vbox_fixtures import STANDIN, VBoxHome
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,3 +130,18 @@ async def eventually(predicate: object, timeout: float = 20.0, interval: float =
 
 def lines_matching(text: str, pattern: str) -> list[str]:
     return [line for line in text.splitlines() if re.search(pattern, line)]
+
+
+@pytest.fixture
+def vbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[VBoxHome]:
+    home = tmp_path / "vbox"
+    monkeypatch.setenv("FAKE_VBOX_HOME", str(home))
+    monkeypatch.setenv("FAKE_VBOX_PYTHON", sys.executable)
+    monkeypatch.setenv("HOTPLUG_VBOXMANAGE", str(STANDIN))
+    monkeypatch.setenv("FAKE_VBOX_STUCK_S", "0.3")
+    yield VBoxHome(home)
+    for path in (home / "vms").glob("*.json"):
+        pid = json.loads(path.read_text()).get("pid")
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 15)

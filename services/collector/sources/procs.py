@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 
 from services.collector.sources.base import Reading
+from services.collector.sources.threads import read_threads
 from shared.clock import Clock
 
 
@@ -39,17 +39,8 @@ class ProcessSpec:
 
 def schedstat_wait_seconds(pid: int) -> float | None:
     """Total run-queue wait of all threads of ``pid``, in seconds; None where schedstat is unavailable."""
-    total = 0
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                fields = (task / "schedstat").read_text().split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue  # the thread ended between listing and reading
-            total += int(fields[1])
-    except (FileNotFoundError, PermissionError, IndexError, ValueError):
-        return None
-    return total / 1e9
+    threads = read_threads(pid)
+    return None if threads is None else sum(t.wait_seconds for t in threads)
 
 
 class ProcessSource:

@@ -1,0 +1,91 @@
+"""``hotplug vbox prepare|status|set``: the admin's VirtualBox commands, through the same client and driver
+the services use."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from services.actuator.drivers.base import DriverError
+from services.actuator.drivers.virtualbox import VirtualBoxDriver
+from shared.virtualbox import VBoxError, VBoxManage
+
+
+async def prepare(vbox: VBoxManage, vm: str, max_vcpus: int, start_vcpus: int | None) -> int:
+    """One-time set-up with the VM powered off: hot-plug on, ``max_vcpus`` possible, ``start_vcpus`` attached."""
+    start = max_vcpus if start_vcpus is None else start_vcpus
+    if not 1 <= start <= max_vcpus or max_vcpus > 32:
+        print(f"hotplug vbox prepare: need 1 <= --start-vcpus <= --max-vcpus <= 32 (live hot-plug covers CPU ids "
+              f"up to 31), got {start} and {max_vcpus}", file=sys.stderr)
+        return 2
+    info = await vbox.info(vm)
+    if info.state in ("running", "paused", "starting", "saved", "livesnapshotting"):
+        print(f"hotplug vbox prepare: '{vm}' is {info.state}; power it off first (VBoxManage controlvm "
+              f"<vm> poweroff), then run this again", file=sys.stderr)
+        return 1
+    # --cpus before --cpuhotplug: hot-plug on attaches CPUs 0..cpus-1 as the count is at that moment.
+    await vbox.check("modifyvm", vm, "--cpus", str(max_vcpus), "--cpuhotplug", "on")
+    info = await vbox.info(vm)
+    detach = [str(cpu) for cpu in sorted(info.attached, reverse=True) if cpu >= start]
+    if detach:
+        args = [a for cpu in detach for a in ("--unplugcpu", cpu)]
+        await vbox.check("modifyvm", vm, *args)
+    info = await vbox.info(vm)
+    print(f"{info.name}: hot-plug on, {len(info.attached)} of {info.cpus} vCPUs attached "
+          f"(ids {', '.join(map(str, info.attached))})")
+    return 0
+
+
+async def status(vbox: VBoxManage, as_json: bool) -> int:
+    rows: list[dict[str, object]] = []
+    for name, uuid in await vbox.list("vms"):
+        try:
+            info = await vbox.info(uuid)
+            rows.append({"name": name, "uuid": uuid, "state": info.state, "hotplug": info.hotplug,
+                         "max_vcpus": info.cpus, "attached_cpus": list(info.attached),
+                         "vcpus": len(info.attached)})
+        except VBoxError as exc:
+            rows.append({"name": name, "uuid": uuid, "error": exc.code.value, "message": exc.message})
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("name", "state", "hot-plug", "vCPUs", "attached ids"):
+        table.add_column(column)
+    for r in rows:
+        if "error" in r:
+            table.add_row(str(r["name"]), f"error: {r['error']}", "", "", str(r["message"]))
+        else:
+            table.add_row(str(r["name"]), str(r["state"]), "on" if r["hotplug"] else "off",
+                          f"{r['vcpus']}/{r['max_vcpus']}", ",".join(str(c) for c in r["attached_cpus"]))  # type: ignore[attr-defined]
+    Console().print(table)
+    return 0
+
+
+async def set_vcpus(vbox: VBoxManage, vm: str, target: int) -> int:
+    """Resize now, one plug or unplug at a time, through the actuator's driver."""
+    driver = VirtualBoxDriver(vbox)
+    try:
+        view = await driver.read(vm)
+        before = view.online_vcpus
+        if not view.min_vcpus <= target <= view.max_vcpus:
+            print(f"out-of-bounds: {vm} takes {view.min_vcpus} to {view.max_vcpus} vCPUs, not {target}",
+                  file=sys.stderr)
+            return 1
+        current = before
+        while current != target:
+            await (driver.plug(vm) if target > current else driver.unplug(vm))
+            now = (await driver.read(vm)).online_vcpus
+            if now == current:
+                print(f"not-verified: {vm} still has {now} vCPUs after one step", file=sys.stderr)
+                return 1
+            current = now
+    except DriverError as exc:
+        print(f"{exc.code.value}: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps({"vm": vm, "ok": True, "vcpus_before": before, "vcpus_after": current}))
+    return 0
+

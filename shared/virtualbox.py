@@ -1,0 +1,196 @@
+"""Talking to VirtualBox through ``VBoxManage``: the runner, the parsers and the error mapping.
+
+Used by the actuator's ``virtualbox`` driver, the collector's ``virtualbox`` source and ``hotplug vbox``.
+Every call is an argument list with a timeout (a VM name is one argument, whatever it contains). Which
+CPUs are attached is read from the VM's settings file (``CfgFile``, its ``<CpuTree>``): ``showvminfo``
+does not say. Behaviour follows ``docs/virtualbox.md`` of the workplace (VirtualBox 6.1 and 7.x).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.messages import ErrorCode
+
+ENV_BINARY = "HOTPLUG_VBOXMANAGE"
+DEFAULT_TIMEOUT_S = 30.0
+# VirtualBox waits ~10 s for a guest to release a CPU before it gives up; leave room above that.
+UNPLUG_TIMEOUT_S = 25.0
+
+_ERROR_LINE = re.compile(r"^VBoxManage(?:\.exe)?: error: (.*)$")
+_LIST_LINE = re.compile(r'^"(.*)" \{([0-9a-fA-F-]{36})\}$')
+
+# First matching text wins; CPU 0 comes before "Invalid CPU number" (both print for `unplugcpu 0`).
+ERROR_TEXTS: tuple[tuple[str, ErrorCode], ...] = (
+    ("Could not find a registered machine", ErrorCode.VM_NOT_FOUND),
+    ("Invalid machine name", ErrorCode.VM_NOT_FOUND),
+    ("is not currently running", ErrorCode.VM_NOT_RUNNING),
+    ("The machine is not mutable or running", ErrorCode.VM_NOT_RUNNING),
+    ("Invalid machine state", ErrorCode.VM_NOT_RUNNING),
+    ("is already locked for a session", ErrorCode.VM_NOT_RUNNING),
+    ("CPU hotplug is not enabled", ErrorCode.HOTPLUG_DISABLED),
+    ("It is not possible to detach CPU 0", ErrorCode.CPU0),
+    ("CPU id exceeds number of possible CPUs", ErrorCode.CPU_ID_OUT_OF_RANGE),
+    ("CPU index exceeds maximum CPU count", ErrorCode.CPU_ID_OUT_OF_RANGE),
+    ("Invalid CPU number", ErrorCode.CPU_ID_OUT_OF_RANGE),
+    ("is already attached", ErrorCode.ALREADY_ATTACHED),
+    ("is not attached", ErrorCode.NOT_ATTACHED),
+    ("Hot-Remove was aborted because the CPU may still be used by the guest", ErrorCode.GUEST_REFUSED),
+)
+
+
+class VBoxError(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class VBoxOutput:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class VmInfo:
+    name: str
+    uuid: str
+    state: str
+    cpus: int
+    hotplug: bool
+    attached: tuple[int, ...]
+    cfgfile: str
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+def error_messages(stderr: str) -> list[str]:
+    """The texts of ``VBoxManage: error:`` lines, without their Details and Context lines."""
+    out = []
+    for line in stderr.splitlines():
+        match = _ERROR_LINE.match(line.strip())
+        if match and not match.group(1).startswith(("Details:", "Context:", "--------")):
+            out.append(match.group(1))
+    return out
+
+
+def classify(stderr: str) -> VBoxError:
+    """A failed call's stable error code, keeping VBoxManage's own message."""
+    messages = error_messages(stderr)
+    text = "\n".join(messages) or stderr.strip() or "VBoxManage failed without a message"
+    for needle, code in ERROR_TEXTS:
+        if any(needle in m for m in messages):
+            return VBoxError(code, text)
+    return VBoxError(ErrorCode.UNKNOWN, text)
+
+
+def parse_machinereadable(text: str) -> dict[str, str]:
+    """``key="value"`` / ``key=number`` lines; lines without ``=`` (7.0's ``Encryption:``) are skipped."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" not in line:
+            continue
+        if line.startswith('"'):  # a key that contains '=' is itself quoted
+            match = re.match(r'^"((?:[^"\\]|\\.)*)"=(.*)$', line)
+            if not match:
+                continue
+            key, value = _unquote(match.group(1)), match.group(2)
+        else:
+            key, _, value = line.partition("=")
+        out[key] = _unquote(value) if value.startswith('"') else value
+    return out
+
+
+def _unquote(value: str) -> str:
+    if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+        value = value[1:-1]
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def parse_list(text: str) -> list[tuple[str, str]]:
+    """``list vms|runningvms`` → [(name, uuid)]. Names are not escaped, so anchor on the UUID at the end."""
+    out = []
+    for line in text.splitlines():
+        match = _LIST_LINE.match(line.rstrip("\r"))
+        if match:
+            out.append((match.group(1), match.group(2).lower()))
+    return out
+
+
+def read_cpu_tree(cfgfile: str | Path) -> tuple[bool, tuple[int, ...]]:
+    """(hot-plug enabled, attached CPU ids) from a ``.vbox`` settings file."""
+    root = ET.parse(cfgfile).getroot()  # noqa: S314 (a local settings file written by VirtualBox)
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == "CPU":
+            hotplug = element.get("hotplug") == "true"
+            count = int(element.get("count", "1"))
+            tree = [e for e in element.iter() if e.tag.rsplit("}", 1)[-1] == "Cpu"]
+            if hotplug:
+                return True, tuple(sorted(int(e.get("id", "-1")) for e in tree))
+            return False, tuple(range(count))
+    return False, (0,)
+
+
+def find_vboxmanage() -> str:
+    for candidate in (os.environ.get(ENV_BINARY), shutil.which("VBoxManage"), shutil.which("vboxmanage")):
+        if candidate:
+            return candidate
+    raise FileNotFoundError(f"VBoxManage not found: install VirtualBox or set ${ENV_BINARY}")
+
+
+class VBoxManage:
+    """Async runner of VBoxManage commands."""
+
+    def __init__(self, binary: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.binary = binary or find_vboxmanage()
+        self.timeout_s = timeout_s
+
+    async def run(self, *args: str, timeout_s: float | None = None) -> VBoxOutput:
+        proc = await asyncio.create_subprocess_exec(
+            self.binary, "-q", *args, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s or self.timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise VBoxError(ErrorCode.TIMEOUT, f"VBoxManage {' '.join(args[:2])} did not finish in "
+                                               f"{timeout_s or self.timeout_s:.0f} s") from None
+        assert proc.returncode is not None
+        return VBoxOutput(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    async def check(self, *args: str, timeout_s: float | None = None) -> str:
+        result = await self.run(*args, timeout_s=timeout_s)
+        if result.returncode != 0:
+            raise classify(result.stderr)
+        return result.stdout
+
+    async def info(self, vm: str) -> VmInfo:
+        fields = parse_machinereadable(await self.check("showvminfo", vm, "--machinereadable"))
+        cfgfile = fields.get("CfgFile", "")
+        cpus = int(fields.get("cpus", "1"))
+        try:
+            hotplug, attached = read_cpu_tree(cfgfile)
+        except (OSError, ET.ParseError) as exc:
+            raise VBoxError(ErrorCode.UNKNOWN, f"cannot read the settings file {cfgfile!r}: {exc}") from exc
+        return VmInfo(name=fields.get("name", vm), uuid=fields.get("UUID", ""), state=fields.get("VMState", ""),
+                      cpus=cpus, hotplug=hotplug, attached=attached, cfgfile=cfgfile)
+
+    async def list(self, which: str = "vms") -> list[tuple[str, str]]:
+        return parse_list(await self.check("list", which))
+
+    async def plugcpu(self, vm: str, cpu: int) -> None:
+        await self.check("controlvm", vm, "plugcpu", str(cpu))
+
+    async def unplugcpu(self, vm: str, cpu: int) -> None:
+        await self.check("controlvm", vm, "unplugcpu", str(cpu), timeout_s=max(self.timeout_s, UNPLUG_TIMEOUT_S))
