@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
     up.add_argument("--data-dir", type=Path, default=Path(".hotplug"))
     up.add_argument("--nats", help="use this NATS server instead of starting one")
-    up.add_argument("--hypervisor", choices=["simulator", "virtualbox"], default="simulator",
-                    help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH)")
+    up.add_argument("--hypervisor", choices=["simulator", "virtualbox", "qemu"], default="simulator",
+                    help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH); "
+                         "qemu: --vms real guests booted for the run")
+    up.add_argument("--max-vcpus", type=int, default=4, help="qemu: each guest's maximum (it boots with 1)")
     up.add_argument("--seed", type=int, default=1)
     up.add_argument("--interval", type=_positive, default=1.0, help="sampling interval, simulated seconds")
     up.add_argument("--dry-run", action="store_true", help="decide and log, but command nothing")
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--profiles", default="", help="comma-separated workload profiles to cycle through")
 
     col = sub.add_parser("collector", parents=[service], help="sample CPU use and publish metrics")
-    col.add_argument("--source", choices=["simulator", "psutil", "virtualbox"], default="simulator")
+    col.add_argument("--source", choices=["simulator", "psutil", "virtualbox", "qemu"], default="simulator")
     col.add_argument("--interval", type=_positive, default=1.0)
     col.add_argument("--process", action="append", default=[], metavar="VM=PID|VM=REGEX",
                      help="psutil source: a host process to watch as a VM")
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--command-ttl", type=_positive, default=30.0)
 
     act = sub.add_parser("actuator", parents=[service], help="execute scale commands on the hypervisor")
-    act.add_argument("--driver", choices=["simulator", "virtualbox"], default="simulator")
+    act.add_argument("--driver", choices=["simulator", "virtualbox", "qemu"], default="simulator")
     act.add_argument("--name", default="actuator")
     act.add_argument("--min-vcpus", type=int, default=1)
     act.add_argument("--max-vcpus", type=int, default=1024)
@@ -107,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
     vset = vsub.add_parser("set", help="resize a running VM now")
     vset.add_argument("vm")
     vset.add_argument("--vcpus", type=int, required=True)
+
+    qemu = sub.add_parser("qemu", help="real QEMU guests with live vCPU hot-plug (TCG)")
+    qsub = qemu.add_subparsers(dest="qemu_command", required=True)
+    qstart = qsub.add_parser("start", help="boot a guest (the image is built on first use)")
+    qstart.add_argument("name")
+    qstart.add_argument("--max-vcpus", type=int, required=True)
+    qstart.add_argument("--vcpus", type=int, default=1)
+    qstart.add_argument("--memory", type=int, default=256, help="MiB")
+    qset = qsub.add_parser("set", help="resize a guest now")
+    qset.add_argument("name")
+    qset.add_argument("--vcpus", type=int, required=True)
+    qload = qsub.add_parser("load", help="run N busy loops in the guest (0 stops them)")
+    qload.add_argument("name")
+    qload.add_argument("--busy", type=int, required=True)
+    qstatus = qsub.add_parser("status", help="every guest: vCPUs as QMP sees them and as the guest does")
+    qstatus.add_argument("--json", action="store_true")
+    qstop = qsub.add_parser("stop")
+    qstop.add_argument("name")
 
     ev = sub.add_parser("events", help="print the event log (commands and results)")
     ev.add_argument("--data-dir", type=Path, default=None)
@@ -189,6 +209,10 @@ def cmd_collector(args: argparse.Namespace) -> int:
             from shared.virtualbox import VBoxManage
 
             source = VirtualBoxSource(VBoxManage(), ctx.clock)
+        elif args.source == "qemu":
+            from services.collector.sources.qemu import QemuSource
+
+            source = QemuSource(ctx.clock)
         else:
             source = ProcessSource(specs, ctx.clock)
         await Collector(ctx, source, args.interval).run()
@@ -232,6 +256,10 @@ def cmd_actuator(args: argparse.Namespace) -> int:
             from services.actuator.drivers.virtualbox import VirtualBoxDriver
 
             driver = VirtualBoxDriver()
+        elif args.driver == "qemu":
+            from services.actuator.drivers.qemu import QemuDriver
+
+            driver = QemuDriver()
         else:
             driver = SimulatorDriver(ctx.nc, ctx.host, ctx.clock)
         await Actuator(ctx, driver, config).run()
@@ -262,9 +290,32 @@ def cmd_vbox(args: argparse.Namespace) -> int:
             return asyncio.run(vbox_cmd.prepare(vbox, args.vm, args.max_vcpus, args.start_vcpus))
         if args.vbox_command == "status":
             return asyncio.run(vbox_cmd.status(vbox, args.json))
-        return asyncio.run(vbox_cmd.set_vcpus(vbox, args.vm, args.vcpus))
+        from hotplug.resize import resize
+        from services.actuator.drivers.virtualbox import VirtualBoxDriver
+
+        return asyncio.run(resize(VirtualBoxDriver(vbox), args.vm, args.vcpus))
     except VBoxError as exc:
         print(f"{exc.code.value}: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def cmd_qemu(args: argparse.Namespace) -> int:
+    from hotplug import qemu_cmd
+    from shared.qemu.image import ImageError
+    from shared.qemu.vm import QemuError
+
+    try:
+        if args.qemu_command == "start":
+            return qemu_cmd.start(args.name, args.max_vcpus, args.vcpus, args.memory)
+        if args.qemu_command == "set":
+            return qemu_cmd.set_vcpus(args.name, args.vcpus)
+        if args.qemu_command == "load":
+            return qemu_cmd.load(args.name, args.busy)
+        if args.qemu_command == "status":
+            return qemu_cmd.status(args.json)
+        return qemu_cmd.stop(args.name)
+    except (QemuError, ImageError) as exc:
+        print(f"hotplug qemu {args.qemu_command}: {exc}", file=sys.stderr)
         return 1
 
 
@@ -274,13 +325,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     options = UpOptions(vms=args.vms, duration_s=args.duration, speed=args.speed, policy=args.policy,
                         params=tuple(args.param), data_dir=args.data_dir, nats_url=resolve_nats_url(args.nats),
                         seed=args.seed, interval_s=args.interval, dry_run=args.dry_run, view=not args.no_view,
-                        log_level=args.log_level, hypervisor=args.hypervisor)
-    if options.hypervisor != "simulator":
-        if options.speed != 1.0:
-            raise UsageError("--speed applies to the simulator only")
+                        log_level=args.log_level, hypervisor=args.hypervisor, max_vcpus=args.max_vcpus)
+    if options.hypervisor != "simulator" and options.speed != 1.0:
+        raise UsageError("--speed applies to the simulator only")
+    if options.hypervisor == "virtualbox":
         from shared.virtualbox import find_vboxmanage
 
         find_vboxmanage()
+    if options.hypervisor == "qemu":
+        from shared.qemu.vm import find_qemu
+
+        find_qemu()
     # Check the policy and its parameters here, before any process starts.
     from services.decider.registry import build_policy, parse_params
 
@@ -455,7 +510,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up, "simulator": cmd_simulator, "collector": cmd_collector, "decider": cmd_decider,
     "actuator": cmd_actuator, "events": cmd_events, "schema": cmd_schema, "load": cmd_load, "replay": cmd_replay,
-    "compare": cmd_compare, "agent": cmd_agent, "vbox": cmd_vbox,
+    "compare": cmd_compare, "agent": cmd_agent, "vbox": cmd_vbox, "qemu": cmd_qemu,
 }
 
 

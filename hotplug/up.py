@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -25,6 +26,7 @@ from hotplug.view import render
 from shared import bus, subjects
 from shared.broker import EmbeddedBroker
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
+from shared.qemu.vm import QemuVm
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class UpOptions:
     view: bool = True
     log_level: str = "INFO"
     hypervisor: str = "simulator"
+    max_vcpus: int = 4
 
 
 def free_port() -> int:
@@ -111,10 +114,16 @@ async def run_up(options: UpOptions) -> Fleet:
         assert broker.pid is not None
         write_broker_file(data_dir, url, broker.pid)
         print(f"nats: {url} (embedded, data in {data_dir / BROKER_DIR})", flush=True)
-    supervisor = Supervisor(data_dir / "logs")
+    env = dict(os.environ)
+    guests: list[QemuVm] = []
+    if options.hypervisor == "qemu":
+        env["HOTPLUG_QEMU_DIR"] = str(data_dir / "qemu")
+    supervisor = Supervisor(data_dir / "logs", env=env)
     fleet = Fleet()
     nc = None
     try:
+        if options.hypervisor == "qemu":
+            guests = await _boot_guests(options, data_dir / "qemu")
         nc = await bus.connect(url, "hotplug-up")
         await bus.ensure_streams(nc.jetstream())
         watcher = _Watcher(fleet)
@@ -131,6 +140,8 @@ async def run_up(options: UpOptions) -> Fleet:
         await _wait(options, fleet)
     finally:
         await supervisor.stop()
+        for guest in guests:
+            guest.stop()
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
@@ -143,6 +154,25 @@ async def run_up(options: UpOptions) -> Fleet:
     print("\n".join(fleet.summary_lines()))
     print(f"event log kept in {data_dir}; read it with: hotplug events --data-dir {options.data_dir}")
     return fleet
+
+
+async def _boot_guests(options: UpOptions, root: Path) -> list[QemuVm]:
+    """``options.vms`` real guests, booted in parallel with 1 vCPU each."""
+    from shared.qemu.image import ensure_image
+
+    image = await asyncio.to_thread(ensure_image)
+    names = [f"vm-{i + 1:02d}" for i in range(options.vms)]
+    booted = await asyncio.gather(*(asyncio.to_thread(QemuVm.start, name, image, max_vcpus=options.max_vcpus,
+                                                      vcpus=1, root=root) for name in names), return_exceptions=True)
+    guests = [g for g in booted if isinstance(g, QemuVm)]
+    failures = [g for g in booted if isinstance(g, BaseException)]
+    if failures:
+        for guest in guests:
+            guest.stop()
+        raise failures[0]
+    for guest in guests:
+        print(f"{guest.name}: QEMU guest up (pid {guest.state().pid}), 1 of {options.max_vcpus} vCPUs", flush=True)
+    return list(guests)
 
 
 async def _wait(options: UpOptions, fleet: Fleet) -> None:

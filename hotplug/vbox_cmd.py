@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import sys
 
-from services.actuator.drivers.base import DriverError
-from services.actuator.drivers.virtualbox import VirtualBoxDriver
 from shared.virtualbox import VBoxError, VBoxManage
 
 
@@ -63,29 +61,3 @@ async def status(vbox: VBoxManage, as_json: bool) -> int:
                           f"{r['vcpus']}/{r['max_vcpus']}", ",".join(str(c) for c in r["attached_cpus"]))  # type: ignore[attr-defined]
     Console().print(table)
     return 0
-
-
-async def set_vcpus(vbox: VBoxManage, vm: str, target: int) -> int:
-    """Resize now, one plug or unplug at a time, through the actuator's driver."""
-    driver = VirtualBoxDriver(vbox)
-    try:
-        view = await driver.read(vm)
-        before = view.online_vcpus
-        if not view.min_vcpus <= target <= view.max_vcpus:
-            print(f"out-of-bounds: {vm} takes {view.min_vcpus} to {view.max_vcpus} vCPUs, not {target}",
-                  file=sys.stderr)
-            return 1
-        current = before
-        while current != target:
-            await (driver.plug(vm) if target > current else driver.unplug(vm))
-            now = (await driver.read(vm)).online_vcpus
-            if now == current:
-                print(f"not-verified: {vm} still has {now} vCPUs after one step", file=sys.stderr)
-                return 1
-            current = now
-    except DriverError as exc:
-        print(f"{exc.code.value}: {exc.message}", file=sys.stderr)
-        return 1
-    print(json.dumps({"vm": vm, "ok": True, "vcpus_before": before, "vcpus_after": current}))
-    return 0
-

@@ -60,6 +60,7 @@ class ErrorCode(StrEnum):
     CPU0 = "cpu0"
     GUEST_REFUSED = "guest-refused"
     NOT_VERIFIED = "not-verified"
+    HOTPLUG_BUDGET = "hotplug-budget-exhausted"
     TIMEOUT = "timeout"
     UNKNOWN = "unknown"
 

@@ -56,6 +56,20 @@ def parse_psi_some_total(text: str) -> float | None:
     return None
 
 
+class RunQueueIntegral:
+    """Core-seconds of runnable tasks beyond the online CPUs, integrated (trapezoid) over successive reads."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._last: tuple[float, int] | None = None
+
+    def add(self, now: float, excess: int) -> float:
+        if self._last is not None and now > self._last[0]:
+            self.total += (now - self._last[0]) * (self._last[1] + excess) / 2
+        self._last = (now, excess)
+        return self.total
+
+
 class GuestSource:
     name = "agent"
 
@@ -65,8 +79,7 @@ class GuestSource:
         self.root = root
         self.online_new_cpus = online_new_cpus
         self.hz = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
-        self._waiting = 0.0
-        self._last: tuple[float, int, int] | None = None  # time, runnable, online at the last read
+        self._waiting = RunQueueIntegral()
 
     def _cpu_dir(self) -> Path:
         return self.root / "sys/devices/system/cpu"
@@ -100,15 +113,11 @@ class GuestSource:
         except OSError:
             psi = None
         # procs_running counts this agent too; what is runnable beyond the online CPUs had to wait.
-        excess = max(0, runnable - 1 - len(online))
-        if self._last is not None:
-            last_time, last_excess, _ = self._last
-            self._waiting += (now - last_time) * (last_excess + excess) / 2
-        self._last = (now, excess, len(online))
+        waiting = self._waiting.add(now, max(0, runnable - 1 - len(online)))
         per_cpu = {f"{cpu:04d}": busy[cpu] for cpu in online if cpu in busy}
         return [Reading(vm=self.vm, time=now, online_vcpus=len(online), min_vcpus=1,
                         max_vcpus=max(possible, len(online)), cpu_seconds=sum(per_cpu.values()),
-                        per_vcpu_seconds=per_cpu, waiting_core_seconds=self._waiting, psi_some_seconds=psi)]
+                        per_vcpu_seconds=per_cpu, waiting_core_seconds=waiting, psi_some_seconds=psi)]
 
     async def close(self) -> None:
         return None

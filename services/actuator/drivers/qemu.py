@@ -1,0 +1,114 @@
+"""Actuator driver ``qemu``: vCPU hot-plug over QMP (``device_add``/``device_del`` of CPU devices).
+
+Plug the lowest free slot of ``query-hotpluggable-cpus``; done when the guest itself reports the CPU online
+(a hypervisor-side count alone is not enough). Unplug the highest hot-added CPU; under TCG QEMU never sends
+``DEVICE_DELETED`` for the CPU itself, so completion is its slot becoming free. The lifetime hot-add budget
+(``maxcpus`` − boot vCPUs under TCG) is counted and refused with a clear error before QEMU would abort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from qemu.qmp import ExecuteError
+
+from services.actuator.drivers.base import DriverError, VmView
+from shared.messages import ErrorCode
+from shared.qemu.vm import QemuError, QemuVm, VmState, parse_stat
+
+GUEST_ONLINE_TIMEOUT_S = 10.0
+UNPLUG_TIMEOUT_S = 5.0
+
+
+class QemuDriver:
+    name = "qemu"
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
+
+    def _vm(self, name: str) -> QemuVm:
+        try:
+            vm = QemuVm(name, self.root)
+            vm.state()
+        except QemuError as exc:
+            raise DriverError(ErrorCode.VM_NOT_FOUND, str(exc)) from exc
+        if not vm.running():
+            raise DriverError(ErrorCode.VM_NOT_RUNNING, f"QEMU VM {name} is not running")
+        return vm
+
+    async def _execute(self, vm: QemuVm, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        try:
+            async with vm.qmp() as qmp:
+                return await qmp.execute(command, arguments)
+        except ExecuteError as exc:
+            raise DriverError(ErrorCode.UNKNOWN, f"QMP {command}: {exc}") from exc
+        except (QemuError, OSError, TimeoutError) as exc:
+            raise DriverError(ErrorCode.VM_NOT_RUNNING, f"QMP {command}: {exc}") from exc
+
+    async def _cpus(self, vm: QemuVm) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], await self._execute(vm, "query-cpus-fast"))
+
+    async def read(self, vm_name: str) -> VmView:
+        vm = self._vm(vm_name)
+        cpus = await self._cpus(vm)
+        return VmView(vm=vm_name, online_vcpus=len(cpus), min_vcpus=1, max_vcpus=vm.state().max_vcpus)
+
+    async def plug(self, vm_name: str) -> None:
+        vm = self._vm(vm_name)
+        state = vm.state()
+        if state.adds_left <= 0:
+            raise DriverError(ErrorCode.HOTPLUG_BUDGET,
+                              f"{vm_name} has used all {state.maxcpus - state.boot_vcpus} hot-adds QEMU allows "
+                              f"it under TCG in one run; restart the VM to plug again")
+        slots = cast(list[dict[str, Any]], await self._execute(vm, "query-hotpluggable-cpus"))
+        free = sorted((s for s in slots if "qom-path" not in s and s["props"].get("core-id", 0) < state.max_vcpus),
+                      key=lambda s: (s["props"].get("socket-id", 0), s["props"].get("core-id", 0)))
+        if not free:
+            raise DriverError(ErrorCode.CPU_ID_OUT_OF_RANGE, f"{vm_name} has no free CPU slot below its maximum "
+                                                             f"of {state.max_vcpus}")
+        expected = len(await self._cpus(vm)) + 1
+
+        def count_add(s: VmState) -> None:
+            s.adds += 1
+
+        # Counted before the call: if QEMU accepts it and we die, the budget must still know.
+        state = vm.update_state(count_add)
+        slot = free[0]
+        mark = vm.guest_log_size()
+        await self._execute(vm, "device_add", {"driver": slot["type"], "id": f"hp{state.adds}", **slot["props"]})
+        deadline = time.monotonic() + GUEST_ONLINE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            # the guest's uevent handler says "HP onlined cpuN" at once; its STAT line comes once a second
+            news = vm.guest_lines_since(mark)
+            if any(line.startswith("HP onlined") for line in news):
+                return
+            stats = [st for st in map(parse_stat, news) if st is not None]
+            if stats and len(stats[-1].online) >= expected:
+                return
+            await asyncio.sleep(0.01)
+        raise DriverError(ErrorCode.NOT_VERIFIED, f"QEMU added the CPU but the guest of {vm_name} did not report it "
+                                                  f"online within {GUEST_ONLINE_TIMEOUT_S:.0f} s")
+
+    async def unplug(self, vm_name: str) -> None:
+        vm = self._vm(vm_name)
+        cpus = await self._cpus(vm)
+        hot = [c for c in cpus if str(c.get("qom-path", "")).startswith("/machine/peripheral/")]
+        if not hot:
+            raise DriverError(ErrorCode.CPU0, f"{vm_name} has only its boot vCPUs; they cannot be removed")
+        victim = max(hot, key=lambda c: int(c["cpu-index"]))
+        path = str(victim["qom-path"])
+        await self._execute(vm, "device_del", {"id": path.rsplit("/", 1)[-1]})
+        deadline = time.monotonic() + UNPLUG_TIMEOUT_S
+        while time.monotonic() < deadline:
+            slots = cast(list[dict[str, Any]], await self._execute(vm, "query-hotpluggable-cpus"))
+            if not any(s.get("qom-path") == path for s in slots):
+                return
+            await asyncio.sleep(0.02)
+        raise DriverError(ErrorCode.TIMEOUT, f"{vm_name}: the guest did not release {path} within "
+                                             f"{UNPLUG_TIMEOUT_S:.0f} s")
+
+    async def close(self) -> None:
+        return None

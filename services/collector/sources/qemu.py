@@ -1,0 +1,63 @@
+"""Collector source ``qemu``: the QEMU guests ``hotplug qemu`` runs, measured from the host.
+
+Busy time per vCPU is its host thread's CPU time (thread ids from QMP ``query-cpus-fast`` on the monitoring
+socket): it is what each vCPU received, and under TCG the guest's own load figures say only what it wanted.
+Pressure comes from the guest's report: runnable tasks beyond its online CPUs (the STAT line's
+``running`` counts the guest's own stats reader, which is discounted).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+from services.collector.sources.base import Reading
+from services.collector.sources.guest import RunQueueIntegral
+from services.collector.sources.threads import read_threads
+from shared.clock import Clock
+from shared.qemu.vm import QemuError, QemuVm, running_vms
+
+log = logging.getLogger(__name__)
+
+
+class QemuSource:
+    name = "qemu"
+
+    def __init__(self, clock: Clock, root: Path | None = None) -> None:
+        self.clock = clock
+        self.root = root
+        self._pressure: dict[str, RunQueueIntegral] = {}
+
+    async def _read_vm(self, vm: QemuVm) -> Reading | None:
+        state = vm.state()
+        async with vm.qmp(monitor=True) as qmp:
+            cpus = cast(list[dict[str, Any]], await qmp.execute("query-cpus-fast"))
+        threads = {t.tid: t for t in read_threads(state.pid) or []}
+        now = self.clock.now()
+        per_vcpu = {f"{c['cpu-index']:04d}-{c['thread-id']}": threads[c["thread-id"]].cpu_seconds
+                    for c in cpus if c.get("thread-id") in threads}
+        if not per_vcpu:
+            return None
+        stat = vm.guest_stat()
+        waiting = None
+        if stat is not None:
+            integral = self._pressure.setdefault(vm.name, RunQueueIntegral())
+            waiting = integral.add(now, max(0, stat.running - 1 - len(stat.online)))
+        return Reading(vm=vm.name, time=now, online_vcpus=len(cpus), min_vcpus=1, max_vcpus=state.max_vcpus,
+                       cpu_seconds=sum(per_vcpu.values()), per_vcpu_seconds=per_vcpu, waiting_core_seconds=waiting)
+
+    async def read(self) -> list[Reading]:
+        readings = []
+        for vm in running_vms(self.root):
+            try:
+                reading = await self._read_vm(vm)
+            except (QemuError, OSError, TimeoutError) as exc:
+                log.warning("cannot read QEMU VM %s: %s", vm.name, exc)
+                continue
+            if reading is not None:
+                readings.append(reading)
+        return readings
+
+    async def close(self) -> None:
+        return None

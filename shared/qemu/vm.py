@@ -1,0 +1,294 @@
+"""Running QEMU guests: start, find, stop, talk QMP, and read or drive the guest's control channel.
+
+Each VM lives in ``<root>/<name>/``: ``qmp.sock`` (control: the actuator and ``hotplug qemu``),
+``monitor.sock`` (a second QMP monitor for the collector, so reads never wait behind a resize),
+``ctl.sock`` (the guest's ttyS1; QEMU also copies all it says to ``ctl.log``, read without connecting),
+``console.log`` and ``state.json``. ``state.json`` counts ``device_add`` calls: under TCG each VM allows only
+``maxcpus`` − boot vCPUs hot-adds in its lifetime (QEMU aborts past that), so the budget is kept here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from qemu.qmp import QMPClient
+
+from shared.qemu.image import GuestImage
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+BOOT_TIMEOUT_S = 60.0
+QMP_CONNECT_TIMEOUT_S = 10.0
+LIFETIME_MAXCPUS = 32
+UNIX_PATH_MAX = 107
+
+
+class QemuError(RuntimeError):
+    pass
+
+
+class VmState(msgspec.Struct):
+    name: str
+    pid: int
+    max_vcpus: int
+    boot_vcpus: int
+    maxcpus: int
+    adds: int = 0
+    started_at: float = 0.0
+
+    @property
+    def adds_left(self) -> int:
+        return self.maxcpus - self.boot_vcpus - self.adds
+
+
+@dataclass(frozen=True)
+class GuestStat:
+    """The guest's own view, from its latest STAT line."""
+
+    uptime: float
+    online: tuple[int, ...]
+    running: int
+    busy_ticks: dict[int, int]
+    hz: int
+
+
+def default_root() -> Path:
+    env = os.environ.get("HOTPLUG_QEMU_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "hotplug-heaven" / "qemu"
+
+
+def find_qemu() -> str:
+    found = os.environ.get("HOTPLUG_QEMU") or shutil.which("qemu-system-x86_64")
+    if not found:
+        raise QemuError("qemu-system-x86_64 not found: install QEMU ≥ 8 (on Debian 12: qemu-system-x86 from "
+                        "bookworm-backports; bookworm's 7.2 crashes on re-plug)")
+    return found
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for part in text.strip().split(","):
+        if part:
+            low, _, high = part.partition("-")
+            out.extend(range(int(low), int(high or low) + 1))
+    return tuple(out)
+
+
+def parse_stat(line: str) -> GuestStat | None:
+    """``STAT up=12.07 online=0-1 running=3 cpu0=315 cpu1=185 hz=100`` → GuestStat; None if malformed."""
+    if not line.startswith("STAT "):
+        return None
+    fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
+    try:
+        busy = {int(k[3:]): int(v) for k, v in fields.items() if k.startswith("cpu") and k[3:].isdigit()}
+        return GuestStat(float(fields["up"]), parse_cpu_list(fields["online"]), int(fields["running"]), busy,
+                         int(fields.get("hz", "100")))
+    except (KeyError, ValueError):
+        return None
+
+
+class QemuVm:
+    def __init__(self, name: str, root: Path | None = None) -> None:
+        if not NAME_PATTERN.match(name):
+            raise QemuError(f"invalid QEMU VM name {name!r}: use letters, digits, '_', '.', '-' (max 63)")
+        self.name = name
+        self.root = root or default_root()
+        self.dir = self.root / name
+
+    @property
+    def qmp_path(self) -> Path:
+        return self.dir / "qmp.sock"
+
+    @property
+    def monitor_path(self) -> Path:
+        return self.dir / "monitor.sock"
+
+    @property
+    def ctl_path(self) -> Path:
+        return self.dir / "ctl.sock"
+
+    @property
+    def ctl_log(self) -> Path:
+        return self.dir / "ctl.log"
+
+    @property
+    def console_log(self) -> Path:
+        return self.dir / "console.log"
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / "state.json"
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, name: str, image: GuestImage, *, max_vcpus: int, vcpus: int = 1, memory_mb: int = 256,
+              root: Path | None = None, boot_timeout_s: float = BOOT_TIMEOUT_S,
+              maxcpus: int = LIFETIME_MAXCPUS) -> QemuVm:
+        """Boot a guest. ``maxcpus`` is QEMU's: under TCG it also bounds the hot-adds of this run."""
+        vm = cls(name, root)
+        if not 1 <= vcpus <= max_vcpus <= maxcpus <= 255:
+            raise QemuError(f"need 1 <= vcpus <= max_vcpus <= maxcpus <= 255, got {vcpus}, {max_vcpus}, {maxcpus}")
+        if vm.running():
+            raise QemuError(f"VM {name} is already running (pid {vm.state().pid})")
+        if len(str(vm.monitor_path)) > UNIX_PATH_MAX:
+            raise QemuError(f"the VM directory {vm.dir} is too deep for unix sockets; set HOTPLUG_QEMU_DIR shorter")
+        shutil.rmtree(vm.dir, ignore_errors=True)
+        vm.dir.mkdir(parents=True)
+        args = [
+            find_qemu(), "-accel", "tcg,thread=multi", "-machine", "q35",
+            "-smp", f"{vcpus},maxcpus={maxcpus}", "-m", f"{memory_mb}M",
+            "-nodefaults", "-display", "none", "-no-reboot", "-name", f"{name},debug-threads=on",
+            "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+            "-append", "console=ttyS0 panic=-1 quiet",
+            "-serial", f"file:{vm.console_log}",
+            "-chardev", f"socket,id=ctl,path={vm.ctl_path},server=on,wait=off,logfile={vm.ctl_log}",
+            "-serial", "chardev:ctl",
+            "-qmp", f"unix:{vm.qmp_path},server=on,wait=off",
+            "-qmp", f"unix:{vm.monitor_path},server=on,wait=off",
+        ]
+        with (vm.dir / "qemu.log").open("wb") as log:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        vm._write_state(VmState(name=name, pid=proc.pid, max_vcpus=max_vcpus, boot_vcpus=vcpus,
+                                maxcpus=maxcpus, started_at=time.time()))
+        deadline = time.monotonic() + boot_timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise QemuError(f"QEMU exited with {proc.returncode}: "
+                                f"{(vm.dir / 'qemu.log').read_text(errors='replace')[-800:]}")
+            if vm.ctl_log.exists() and "INIT-READY" in vm.ctl_log.read_text(errors="replace"):
+                return vm
+            time.sleep(0.05)
+        vm.stop()
+        raise QemuError(f"guest {name} did not boot within {boot_timeout_s:.0f} s; see {vm.console_log}")
+
+    def state(self) -> VmState:
+        try:
+            return msgspec.json.decode(self.state_path.read_bytes(), type=VmState)
+        except FileNotFoundError:
+            raise QemuError(f"no QEMU VM named {self.name} in {self.root}") from None
+
+    def _write_state(self, state: VmState) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(state))
+        tmp.replace(self.state_path)
+
+    def update_state(self, change: Callable[[VmState], None]) -> VmState:
+        """Change state.json under a lock (the actuator and ``hotplug qemu set`` may both resize)."""
+        with (self.dir / "state.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self.state()
+            change(state)
+            self._write_state(state)
+            return state
+
+    def running(self) -> bool:
+        try:
+            pid = self.state().pid
+        except QemuError:
+            return False
+        try:
+            os.kill(pid, 0)
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except (ProcessLookupError, FileNotFoundError, IndexError):
+            return False
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if not self.running():
+            return
+        pid = self.state().pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    # ---- QMP and the guest ----------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def qmp(self, monitor: bool = False) -> AsyncIterator[QMPClient]:
+        """A QMP session on the control socket (or the monitoring one), closed on exit."""
+        if not self.running():
+            raise QemuError(f"VM {self.name} is not running")
+        client = QMPClient(self.name)
+        await asyncio.wait_for(client.connect(str(self.monitor_path if monitor else self.qmp_path)),
+                               timeout=QMP_CONNECT_TIMEOUT_S)
+        try:
+            yield client
+        finally:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+
+    def send(self, command: str) -> None:
+        """Write one command line to the guest's control channel."""
+        if "\n" in command:
+            raise ValueError("one line at a time")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(self.ctl_path))
+            s.sendall(command.encode() + b"\n")
+            time.sleep(0.1)  # let QEMU pass the line on before the connection closes
+
+    def guest_lines(self, tail_bytes: int = 16384) -> list[str]:
+        try:
+            with self.ctl_log.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+                data: bytes = f.read()
+        except FileNotFoundError:
+            return []
+        return data.decode(errors="replace").splitlines()
+
+    def guest_log_size(self) -> int:
+        try:
+            return self.ctl_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def guest_lines_since(self, offset: int) -> list[str]:
+        """Complete lines the guest wrote after byte ``offset`` of its control log."""
+        try:
+            with self.ctl_log.open("rb") as f:
+                f.seek(offset)
+                data: bytes = f.read()
+        except FileNotFoundError:
+            return []
+        return data.decode(errors="replace").split("\n")[:-1]
+
+    def guest_stat(self) -> GuestStat | None:
+        for line in reversed(self.guest_lines()):
+            stat = parse_stat(line.strip())
+            if stat is not None:
+                return stat
+        return None
+
+
+def running_vms(root: Path | None = None) -> list[QemuVm]:
+    root = root or default_root()
+    if not root.is_dir():
+        return []
+    vms = []
+    for d in sorted(root.iterdir()):
+        if (d / "state.json").exists() and NAME_PATTERN.match(d.name):
+            vm = QemuVm(d.name, root)
+            if vm.running():
+                vms.append(vm)
+    return vms
