@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -30,14 +31,23 @@ def _positive(text: str) -> float:
     return value
 
 
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"HOTPLUG_{name}", default)
+
+
 def _service_parent() -> argparse.ArgumentParser:
+    """Options every service takes; each defaults to an environment variable (for containers)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--nats", help=f"NATS URL (default: ${bus.DEFAULT_URL_ENV})")
-    p.add_argument("--host", default="local", help="hypervisor host name (default: local)")
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (default: any free port)")
-    p.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per wall second")
+    p.add_argument("--host", default=_env("HOST", "local"), help="hypervisor host name ($HOTPLUG_HOST; local)")
+    p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "0")),
+                   help="Prometheus port ($HOTPLUG_METRICS_PORT; default: any free port)")
+    p.add_argument("--metrics-addr", default=_env("METRICS_ADDR", "127.0.0.1"),
+                   help="address the metrics endpoint binds ($HOTPLUG_METRICS_ADDR; 127.0.0.1)")
+    p.add_argument("--speed", type=_positive, default=float(_env("SPEED", "1")),
+                   help="simulated seconds per wall second ($HOTPLUG_SPEED)")
     p.add_argument("--epoch", type=float, default=None, help="wall time at which simulated time starts")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p
 
 
@@ -165,7 +175,8 @@ def _options(args: argparse.Namespace, name: str) -> ServiceOptions:
     if url is None:
         raise UsageError(f"{name} needs a NATS server: --nats URL or ${bus.DEFAULT_URL_ENV}")
     clock: Clock = make_clock(args.speed, args.epoch)
-    return ServiceOptions(name=name, nats_url=url, host=args.host, metrics_port=args.metrics_port, clock=clock)
+    return ServiceOptions(name=name, nats_url=url, host=args.host, metrics_port=args.metrics_port,
+                          metrics_addr=args.metrics_addr, clock=clock)
 
 
 def _run(options: ServiceOptions, metrics: ServiceMetrics,

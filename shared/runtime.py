@@ -31,6 +31,7 @@ class ServiceOptions:
     nats_url: str
     host: str = "local"
     metrics_port: int = 0
+    metrics_addr: str = "127.0.0.1"
     clock: Clock = field(default_factory=Clock)
 
 
@@ -68,7 +69,7 @@ async def run_service(
     metrics: ServiceMetrics | None = None,
 ) -> None:
     metrics = metrics or ServiceMetrics(options.name)
-    server = MetricsServer(metrics.registry, options.metrics_port)
+    server = MetricsServer(metrics.registry, options.metrics_port, options.metrics_addr)
     url = server.start()
     log.info("%s metrics: %s", options.name, url)
 

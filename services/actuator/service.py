@@ -62,6 +62,12 @@ class ActuatorMetrics(ServiceMetrics):
                                registry=self.registry)
         self.hotplug_calls = Counter("hotplug_actuator_hotplug_calls", "Single-vCPU driver calls by operation",
                                      ["op"], registry=self.registry)
+        # Every series exists from the start (at 0), so dashboards and alerts never query a missing one.
+        self.actions.labels("ok", "")
+        for code in ErrorCode:
+            self.actions.labels("error", code.value)
+        for op in ("plug", "unplug"):
+            self.hotplug_calls.labels(op)
 
 
 class Actuator:

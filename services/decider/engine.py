@@ -16,6 +16,7 @@ from services.decider.policies.base import Observation, PolicyBase
 class Decision(NamedTuple):
     target: int
     reason: str
+    kind: str = "hold"
 
 
 class VmEngine:
@@ -45,7 +46,7 @@ class VmEngine:
         rec = apply_rails(self.rails, self.guard, obs, rec)
         if rec.target == obs.vcpus:
             return None
-        return Decision(rec.target, rec.reason)
+        return Decision(rec.target, rec.reason, rec.kind)
 
     def mark_sent(self, target: int, until: float) -> None:
         self.pending_target = target

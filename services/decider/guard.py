@@ -32,12 +32,12 @@ def apply_rails(rails: GuardRails, state: GuardState, obs: Observation, rec: Rec
     target = max(obs.min_vcpus, min(obs.max_vcpus, rec.target))
     if target > n:
         if obs.time - state.last_up < rails.up_cooldown_s:
-            return Recommendation(n, f"{rec.reason}; held: up cooldown")
+            return Recommendation(n, f"{rec.reason}; held: up cooldown", "cooldown")
         target = min(target, n + rails.max_step_up)
         state.last_up = state.last_change = obs.time
     elif target < n:
         if obs.time - state.last_change < rails.down_cooldown_s:
-            return Recommendation(n, f"{rec.reason}; held: down cooldown")
+            return Recommendation(n, f"{rec.reason}; held: down cooldown", "cooldown")
         target = max(target, n - rails.max_step_down)
         state.last_change = obs.time
-    return Recommendation(target, rec.reason)
+    return Recommendation(target, rec.reason, rec.kind)

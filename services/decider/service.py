@@ -38,8 +38,8 @@ class DeciderConfig:
 class DeciderMetrics(ServiceMetrics):
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.decisions = Counter("hotplug_decider_decisions", "Scale decisions by policy and direction",
-                                 ["policy", "direction", "mode"], registry=self.registry)
+        self.decisions = Counter("hotplug_decider_decisions", "Scale decisions by policy, direction and reason class",
+                                 ["policy", "direction", "reason_class", "mode"], registry=self.registry)
         self.latency = Histogram("hotplug_decider_decision_latency_seconds",
                                  "From sample time to the command being published",
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
@@ -118,7 +118,7 @@ class Decider:
             return None
         direction = "up" if decision.target > sample.online_vcpus else "down"
         mode = "dry-run" if self.config.dry_run else "command"
-        self.metrics.decisions.labels(self.policy.name, direction, mode).inc()
+        self.metrics.decisions.labels(self.policy.name, direction, decision.kind, mode).inc()
         self._seq += 1
         command = ScaleCommand(
             id=f"{self._id_prefix}-{self._seq}",
@@ -150,7 +150,7 @@ class Decider:
         target = sample.online_vcpus if decision is None else decision.target
         if decision is not None:
             direction = "up" if decision.target > sample.online_vcpus else "down"
-            self.metrics.decisions.labels(self.policy.name, direction, "shadow").inc()
+            self.metrics.decisions.labels(self.policy.name, direction, decision.kind, "shadow").inc()
         self._seq += 1
         proposal = ScaleCommand(
             id=f"{self._id_prefix}-{self._seq}", time=now, host=sample.host, vm=sample.vm,

@@ -33,7 +33,8 @@ class Observation(msgspec.Struct, frozen=True, kw_only=True):
 
 class Recommendation(NamedTuple):
     target: int
-    reason: str
+    reason: str  # for people: "cpu 92% > 80% for 3 samples"
+    kind: str = "hold"  # for metrics: a short, low-cardinality class of the reason
 
 
 class Params(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

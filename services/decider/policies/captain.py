@@ -66,17 +66,20 @@ class CaptainPolicy(PolicyBase[CaptainParams, CaptainState]):
         thr = self.starvation(obs)
         target = p.target_starvation
         why = f"starvation {thr:.0%}"
+        kind = "hold"
         if thr > 3 * target and state.last_scale_down:
             state.limit = 2 * state.last_limit - state.limit  # the last cut starved it: undo it
             state.margin += thr - target
             state.last_scale_down = False
             why += ", last cut rolled back"
+            kind = "rollback"
         state.last_limit = state.limit
         state.last_scale_down = False
         state.margin = max(0.0, state.margin + (thr - target))
         if thr > 3 * target:
             state.limit = max(state.limit + 1, state.limit * (1 + thr - 3 * target))
             why += ", growing"
+            kind = "starvation"
         else:
             spread = _pstdev(state.usage)
             candidate = max(state.usage) + state.margin * spread
@@ -84,5 +87,6 @@ class CaptainPolicy(PolicyBase[CaptainParams, CaptainState]):
                 state.limit = max(0.5 * state.limit, candidate)
                 state.last_scale_down = True
                 why += f", shrinking to peak {max(state.usage):.2f} + {state.margin:.1f}σ"
+                kind = "shrink"
         state.limit = min(max(state.limit, 0.01), float(obs.max_vcpus))
-        return Recommendation(max(1, math.ceil(state.limit - 1e-9)), why)
+        return Recommendation(max(1, math.ceil(state.limit - 1e-9)), why, kind)

@@ -103,4 +103,4 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         w, m = self.arms[best]
         target = recs[best]
         return Recommendation(target, f"peak of last {w} x{1 + m:g} = {peaks[min(w, len(history))] * (1 + m):.2f} "
-                                      f"cores (arm cost {costs[best]:.2f})")
+                                      f"cores (arm cost {costs[best]:.2f})", f"window-{w}")

@@ -44,7 +44,9 @@ class ThresholdPolicy(PolicyBase[ThresholdParams, ThresholdState]):
         else:
             state.above = state.below = 0
         if state.above >= p.k:
-            return Recommendation(n + 1, f"cpu {rho:.0%} > {p.upper:.0%} for {state.above} samples")
+            return Recommendation(n + 1, f"cpu {rho:.0%} > {p.upper:.0%} for {state.above} samples",
+                                  "above-upper")
         if state.below >= p.k and n > 1 and rho * n / (n - 1) < p.upper:
-            return Recommendation(n - 1, f"cpu {rho:.0%} < {p.lower:.0%} for {state.below} samples")
+            return Recommendation(n - 1, f"cpu {rho:.0%} < {p.lower:.0%} for {state.below} samples",
+                                  "below-lower")
         return Recommendation(n, f"cpu {rho:.0%} within [{p.lower:.0%}, {p.upper:.0%}]")

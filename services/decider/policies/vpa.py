@@ -102,5 +102,5 @@ class VpaPolicy(PolicyBase[VpaParams, VpaState]):
         if outside or drift:
             why = "outside bounds" if outside else "drift"
             return Recommendation(wanted, f"P{p.target_percentile * 100:.0f} {target / factor:.2f} cores "
-                                          f"+{p.margin:.0%} → {wanted} vCPUs ({why})")
+                                          f"+{p.margin:.0%} → {wanted} vCPUs ({why})", why.replace(" ", "-"))
         return Recommendation(n, f"within [{lower:.2f}, {upper:.2f}] cores")
