@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--vms", type=int, default=6)
     up.add_argument("--duration", type=_positive, default=None, help="stop after this many simulated seconds")
     up.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per wall second")
-    up.add_argument("--policy", default="threshold")
+    up.add_argument("--policy", default="default")
     up.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
     up.add_argument("--data-dir", type=Path, default=Path(".hotplug"))
     up.add_argument("--nats", help="use this NATS server instead of starting one")
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="psutil source: a host process to watch as a VM")
 
     dec = sub.add_parser("decider", parents=[service], help="turn metrics into scale commands")
-    dec.add_argument("--policy", default="threshold")
+    dec.add_argument("--policy", default="default")
     dec.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
     dec.add_argument("--name", default="decider", help="this decider's name in commands")
     dec.add_argument("--dry-run", action="store_true", help="log what it would do; command nothing")
@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sch = sub.add_parser("schema", help="write the JSON Schema of every message")
     sch.add_argument("--out", type=Path, default=None, help="directory (default: print one JSON document)")
+
+    rpt = sub.add_parser("report", help="an HTML report of a run: plots per VM and the run's totals")
+    rpt.add_argument("--data-dir", type=Path, default=None)
+    rpt.add_argument("--nats", default=None)
+    rpt.add_argument("--out", type=Path, required=True, help="the HTML file to write")
 
     cmp_ = sub.add_parser("compare", help="score shadow deciders' proposals against the demand that followed")
     cmp_.add_argument("--data-dir", type=Path, default=None)
@@ -428,6 +433,43 @@ def _with_stream_access(args: argparse.Namespace, work: Callable[[str], Coroutin
         return asyncio.run(work(data_url))
 
 
+async def _read_run(url: str) -> tuple[list[Any], list[Any], list[Any]]:
+    """Metric samples, commands and results of a run, from its streams."""
+    from hotplug.events import read_events, read_stream
+    from shared import subjects
+    from shared.codec import BadMessage, Decoder
+    from shared.messages import MetricSample, ScaleCommand
+
+    samples, commands, results = [], [], []
+    decoder = Decoder(MetricSample)
+    nc = await bus.connect(url, "hotplug-read", forever=False)
+    try:
+        async for _, data in read_stream(nc.jetstream(), subjects.METRICS_STREAM, [subjects.ALL_METRICS]):
+            try:
+                samples.append(decoder.decode(data))
+            except BadMessage:
+                continue
+        async for _, event in read_events(nc.jetstream()):
+            if isinstance(event, ScaleCommand):
+                commands.append(event)
+            elif event is not None:
+                results.append(event)
+    finally:
+        await nc.close()
+    return samples, commands, results
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hotplug.report import assemble, render_html
+
+    samples, commands, results = _with_stream_access(args, _read_run)
+    data = assemble(samples, commands, results)
+    args.out.write_text(render_html(data))
+    s = data.summary()
+    print(f"{args.out}: {s['vms']} VMs, {s['commands']} commands, {s['results_ok']} ok / {s['results_failed']} failed")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from hotplug.events import read_stream
     from hotplug.replay_cmd import render_table
@@ -521,7 +563,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up, "simulator": cmd_simulator, "collector": cmd_collector, "decider": cmd_decider,
     "actuator": cmd_actuator, "events": cmd_events, "schema": cmd_schema, "load": cmd_load, "replay": cmd_replay,
-    "compare": cmd_compare, "agent": cmd_agent, "vbox": cmd_vbox, "qemu": cmd_qemu,
+    "compare": cmd_compare, "report": cmd_report, "agent": cmd_agent, "vbox": cmd_vbox, "qemu": cmd_qemu,
 }
 
 

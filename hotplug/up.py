@@ -38,7 +38,7 @@ class UpOptions:
     vms: int = 6
     duration_s: float | None = None
     speed: float = 1.0
-    policy: str = "threshold"
+    policy: str = "default"
     params: tuple[str, ...] = ()
     data_dir: Path = Path(".hotplug")
     nats_url: str | None = None

@@ -18,12 +18,18 @@ T = TypeVar("T", bound=BusMessage)
 
 log = logging.getLogger(__name__)
 
+DROP_REASONS = ("oversized", "malformed", "unknown-version", "subject-mismatch")
+
 
 class Inbox(Generic[T]):
     def __init__(self, kind: str, message_type: type[T], metrics: ServiceMetrics) -> None:
         self.kind = kind
         self.decoder: Decoder[T] = Decoder(message_type)
         self.metrics = metrics
+        # Series exist from the start (at 0), so dashboards never query a missing one.
+        metrics.received.labels(metrics.service, kind)
+        for reason in DROP_REASONS:
+            metrics.dropped.labels(metrics.service, kind, reason)
 
     def open(self, subject: str, data: bytes) -> T | None:
         """The decoded message, or None after counting and logging why it was dropped."""

@@ -40,7 +40,8 @@ async def test_commands_carry_reason_expiry_and_sample_time(
 
     await nc.subscribe(subjects.ALL_COMMANDS, cb=on_command)
     await nc.flush()
-    start_service("decider", "--nats", broker.url, "--param", "threshold.k=2", "--command-ttl", "30")
+    start_service("decider", "--nats", broker.url, "--policy", "threshold", "--param", "threshold.k=2",
+                  "--command-ttl", "30")
     await publish_busy(nc, "vm a; $(x)", 3)
     await eventually(lambda: commands, timeout=15, what="a command")
     command = commands[0]
@@ -63,7 +64,8 @@ async def test_dry_run_decides_but_commands_nothing_and_stale_samples_decide_not
 
     await nc.subscribe(subjects.ALL_COMMANDS, cb=on_command)
     await nc.flush()
-    dry = start_service("decider", "--nats", broker.url, "--param", "threshold.k=2", "--dry-run")
+    dry = start_service("decider", "--nats", broker.url, "--policy", "threshold", "--param", "threshold.k=2",
+                        "--dry-run")
     await publish_busy(nc, "stale", 4, age=60.0)
     await eventually(lambda: metric(dry.metrics_url, "hotplug_messages_dropped_total", reason="stale") >= 4,
                      what="stale samples dropped")

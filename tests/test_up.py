@@ -117,6 +117,25 @@ def test_up_restarts_a_killed_child_and_keeps_its_event_log(tmp_path: Path) -> N
     assert table.returncode == 0
     assert f"{len(records)} events" in table.stdout
 
+    # the HTML report of the same run agrees with its event log
+    report_path = tmp_path / "report.html"
+    report = hotplug("report", "--data-dir", str(data_dir), "--out", str(report_path))
+    assert report.returncode == 0, report.stderr
+    page = report_path.read_text()
+    data = json.loads(re.search(r'<script type="application/json" id="run-data">(.*?)</script>', page, re.S)[1])
+    ok = [r for r in results if r["ok"]]
+    assert data["commands"] == len(commands)
+    assert (data["results_ok"], data["results_failed"]) == (len(ok), len(results) - len(ok))
+    assert data["vcpus_plugged"] == sum(max(0, r["vcpus_after"] - r["vcpus_before"]) for r in ok)
+    assert data["vcpus_unplugged"] == sum(max(0, r["vcpus_before"] - r["vcpus_after"]) for r in ok)
+    for key, per_vm in data["per_vm"].items():
+        vm = key.split("/", 1)[1]
+        assert per_vm["results"] == sum(1 for r in results if r["vm"] == vm)
+        assert per_vm["samples"] > 0
+    assert page.count("data:image/png;base64,") == data["vms"] == 4
+    assert data["scores"]["alloc_core_hours"] > data["scores"]["oracle_core_hours"] * 0.5
+    assert 0 <= data["scores"]["unmet_pct"] <= 100
+
 
 def test_events_without_a_log_says_so(tmp_path: Path) -> None:
     done = hotplug("events", "--data-dir", str(tmp_path / "none"))
@@ -134,7 +153,7 @@ def test_schema_writes_one_json_schema_per_message(tmp_path: Path) -> None:
 
 
 def test_bad_policy_parameters_fail_before_anything_starts(tmp_path: Path) -> None:
-    done = hotplug("up", "--param", "threshold.nope=1", "--data-dir", str(tmp_path / "d"))
+    done = hotplug("up", "--policy", "threshold", "--param", "threshold.nope=1", "--data-dir", str(tmp_path / "d"))
     assert done.returncode == 2
     assert "bad parameter" in done.stderr
     assert not (tmp_path / "d").exists()
