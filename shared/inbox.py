@@ -27,7 +27,7 @@ class Inbox(Generic[T]):
         self.decoder: Decoder[T] = Decoder(message_type)
         self.metrics = metrics
         # Series exist from the start (at 0), so dashboards never query a missing one.
-        metrics.received.labels(metrics.service, kind)
+        self._received = metrics.received.labels(metrics.service, kind)
         for reason in DROP_REASONS:
             metrics.dropped.labels(metrics.service, kind, reason)
 
@@ -45,7 +45,7 @@ class Inbox(Generic[T]):
         if host != message.host or vm != message.vm:
             self._drop(subject, "subject-mismatch", f"body names {message.host}/{message.vm!r}")
             return None
-        self.metrics.received.labels(self.metrics.service, self.kind).inc()
+        self._received.inc()
         return message
 
     def _drop(self, subject: str, reason: str, detail: str) -> None:

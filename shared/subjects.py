@@ -34,6 +34,8 @@ def vm_token(name: str) -> str:
 
 def vm_from_token(token: str) -> str:
     """Inverse of :func:`vm_token`."""
+    if "%" not in token:
+        return token
     out = bytearray()
     i = 0
     while i < len(token):

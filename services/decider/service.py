@@ -100,8 +100,10 @@ class Decider:
 
     async def _on_sample(self, msg: Msg) -> None:
         sample = self.samples.open(msg.subject, msg.data)
-        if sample is not None:
-            self.handle_sample(sample)
+        if sample is not None and self.handle_sample(sample) is not None:
+            # The subscription loop does not yield while samples are queued: let the command go out now,
+            # not after the whole backlog.
+            await asyncio.sleep(0)
 
     def handle_sample(self, sample: MetricSample) -> ScaleCommand | None:
         now = self.ctx.clock.now()

@@ -56,20 +56,29 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
 
     def __init__(self, params: DefaultParams) -> None:
         super().__init__(params)
-        self.arms = [(w, m) for w in sorted(set(params.windows)) for m in sorted(set(params.margins))]
-        self.longest = max(params.windows)
+        windows = sorted(set(params.windows))
+        margins = sorted(set(params.margins))
+        self.arms = [(w, m) for w in windows for m in margins]
+        self.longest = windows[-1]
+        self._windows = windows
+        self._factors = [1 + m for m in margins]
 
     def _charge(self, state: DefaultState, demand: float, censored: bool, vcpus: int) -> None:
         p = self.params
-        costs = state.costs
-        for i, r in enumerate(state.previous):
-            if censored:
-                unmet = max(0.0, vcpus - r) + (p.censored_shortfall if r <= vcpus else 0.0)
-            else:
-                unmet = demand - r if demand > r else 0.0
-            idle = r - demand if r > demand else 0.0
-            moved = abs(r - state.before[i]) if state.before else 0
-            costs[i] = p.memory * costs[i] + unmet + p.idle_cost * idle + p.change_cost * moved
+        costs, previous, before = state.costs, state.previous, state.before or state.previous
+        memory, idle_cost, change_cost = p.memory, p.idle_cost, p.change_cost
+        # Arms mostly agree: charge each distinct recommendation once.
+        charge: dict[int, float] = {}
+        for i, r in enumerate(previous):
+            c = charge.get(r)
+            if c is None:
+                if censored:
+                    unmet = (vcpus - r if vcpus > r else 0) + (p.censored_shortfall if r <= vcpus else 0.0)
+                else:
+                    unmet = demand - r if demand > r else 0.0
+                c = charge[r] = unmet + idle_cost * (r - demand if r > demand else 0.0)
+            moved = r - before[i]
+            costs[i] = memory * costs[i] + c + change_cost * (moved if moved >= 0 else -moved)
 
     def recommend(self, state: DefaultState, obs: Observation) -> Recommendation:
         if obs.pressure_cores is not None:
@@ -85,22 +94,20 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         if len(history) > self.longest:
             history.popleft()
 
-        peaks: dict[int, float] = {}
-        peak = 0.0
-        for age, value in enumerate(reversed(history), start=1):
-            peak = value if value > peak else peak
-            peaks[age] = peak
+        recent = list(history)
         low, high = obs.min_vcpus, obs.max_vcpus
+        peaks = [max(recent[-w:]) for w in self._windows]
         recs = []
-        for w, m in self.arms:
-            x = peaks[min(w, len(history))] * (1 + m)
-            recs.append(min(high, max(low, math.ceil(x - 1e-9))))
+        for peak in peaks:
+            for factor in self._factors:
+                r = math.ceil(peak * factor - 1e-9)
+                recs.append(high if r > high else low if r < low else r)
         state.before, state.previous = state.previous, recs
 
         costs = state.costs
-        best = min(range(len(self.arms)), key=costs.__getitem__)
+        best = costs.index(min(costs))
         state.chosen = best
         w, m = self.arms[best]
-        target = recs[best]
-        return Recommendation(target, f"peak of last {w} x{1 + m:g} = {peaks[min(w, len(history))] * (1 + m):.2f} "
-                                      f"cores (arm cost {costs[best]:.2f})", f"window-{w}")
+        peak = peaks[best // len(self._factors)]
+        return Recommendation(recs[best], f"peak of last {w} x{1 + m:g} = {peak * (1 + m):.2f} cores "
+                                          f"(arm cost {costs[best]:.2f})", f"window-{w}")

@@ -1,0 +1,107 @@
+"""``hotplug bench decider``: what one decider process sustains through a real nats-server.
+
+Two phases against a real ``hotplug decider`` (policy ``default``) and an embedded nats-server:
+* throughput: samples for N VMs published as fast as the broker takes them; samples/s is what the
+  decider received and processed per second until it caught up;
+* latency: N VMs sampled at 1 Hz (N samples/s), each VM's load swinging between busy and idle so the policy
+  keeps acting; latency is from a sample's publication to the command it caused reaching a subscriber. This
+  process also plays the actuator: a command's target becomes the VM's size in its next sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+from nats.aio.msg import Msg
+
+from hotplug.bench.common import Service, machine, percentile, scrape_total
+from shared import bus, subjects
+from shared.broker import EmbeddedBroker
+from shared.codec import encode
+from shared.messages import MetricSample, ScaleCommand
+
+
+def sample(vm: str, vcpus: int, busy: bool, now: float) -> MetricSample:
+    used = vcpus * (0.97 if busy else 0.1)
+    return MetricSample(time=now, host="bench", vm=vm, online_vcpus=vcpus, min_vcpus=1, max_vcpus=16,
+                        cpu_used_cores=used, interval_s=1.0, source="bench")
+
+
+async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
+    with EmbeddedBroker(work / "nats") as broker:
+        decider = Service(["decider", "--nats", broker.url, "--policy", "default", "--max-sample-age", "3600"], work)
+        try:
+            nc = await bus.connect(broker.url, "bench", forever=False)
+            names = [f"vm{i:05d}" for i in range(vms)]
+            sizes = dict.fromkeys(names, 4)
+            latencies: list[float] = []
+            decode = msgspec.json.Decoder(ScaleCommand).decode
+
+            async def on_command(msg: Msg) -> None:
+                received = time.time()
+                command = decode(msg.data)
+                sizes[command.vm] = command.target_vcpus
+                if command.sample_time is not None:
+                    latencies.append(received - command.sample_time)
+
+            await nc.subscribe(subjects.ALL_COMMANDS, cb=on_command)
+            await nc.flush()
+            subject = {vm: subjects.metrics("bench", vm) for vm in names}
+            received_metric = ("hotplug_messages_received_total", {"kind": "metric"})
+
+            # throughput: as fast as the broker takes them, at a steady load (as most of a fleet is most of the
+            # time): after a first resize per VM, samples cost the decider a decision but rarely a command
+            before = scrape_total(decider.metrics_url, received_metric[0], **received_metric[1])
+            started = time.perf_counter()
+            published = 0
+            while time.perf_counter() - started < seconds:
+                now = time.time()
+                for vm in names:
+                    await nc.publish(subject[vm], encode(sample(vm, sizes[vm], True, now)))
+                    published += 1
+                await nc.flush()
+            last, last_change = before, time.perf_counter()
+            while time.perf_counter() - last_change < 1.0:  # until the decider has caught up
+                await asyncio.sleep(0.2)
+                current = scrape_total(decider.metrics_url, received_metric[0], **received_metric[1])
+                if current != last:
+                    last, last_change = current, time.perf_counter()
+            processed = last - before
+            throughput = processed / (last_change - started)
+
+            # latency at 1 Hz per VM, the VMs' samples spread over the second as many collectors' would be
+            latencies.clear()
+            slices = 20
+            per_slice = -(-vms // slices)
+            tick = 0
+            next_slot = time.monotonic()
+            end = next_slot + seconds
+            while next_slot < end:
+                part = (tick % slices) * per_slice
+                second = tick // slices
+                for i in range(part, min(part + per_slice, vms)):
+                    vm = names[i]
+                    busy = ((second + i) // 10) % 2 == 0  # each VM swings every 10 s, staggered
+                    await nc.publish(subject[vm], encode(sample(vm, sizes[vm], busy, time.time())))
+                await nc.flush()
+                tick += 1
+                next_slot += 1.0 / slices
+                await asyncio.sleep(max(0.0, next_slot - time.monotonic()))
+            await asyncio.sleep(1.0)
+            await nc.close()
+        finally:
+            decider.stop()
+    return {"bench": "decider", "vms": vms, "samples_per_s": round(throughput), "published": published,
+            "processed": int(processed), "offered_at_1hz_per_s": vms, "commands": len(latencies),
+            "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+            **machine()}
+
+
+def bench_decider(vms: int, seconds: float = 5.0) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="hp-bench-") as tmp:
+        return asyncio.run(run(vms, seconds, Path(tmp)))
