@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--hotplug-delay", type=float, default=0.3, help="simulated seconds per plug or unplug")
     sim.add_argument("--profiles", default="", help="comma-separated workload profiles to cycle through")
+    sim.add_argument("--max-vcpus", type=int, default=None,
+                     help="every VM's maximum (it boots with half); default: 4, 8, 16, 8 in turn")
 
     col = sub.add_parser("collector", parents=[service], help="sample CPU use and publish metrics")
     col.add_argument("--source", choices=["simulator", "psutil", "virtualbox", "qemu"], default="simulator")
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
     dec.add_argument("--name", default="decider", help="this decider's name in commands")
     dec.add_argument("--dry-run", action="store_true", help="log what it would do; command nothing")
+    dec.add_argument("--group", default=None,
+                     help="share the VMs with the other live deciders of this group (each needs its own --name)")
     dec.add_argument("--shadow", action="store_true",
                      help="publish proposals on hotplug.proposals.<name>.<host>.<vm> instead of commands")
     dec.add_argument("--max-sample-age", type=_positive, default=10.0)
@@ -167,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rep.add_argument("--plot", type=Path, default=None, metavar="DIR", help="write PNG plots and a sweep here")
 
+    bench = sub.add_parser("bench", help="benchmarks, printed as JSON: decider, loop, collector, replay")
+    bench.add_argument("which", choices=["decider", "loop", "collector", "replay"])
+    bench.add_argument("--vms", type=int, default=None,
+                       help="decider: 1000 and 10000; loop: 4; collector: 10, 100 and 1000")
+    bench.add_argument("--seconds", type=_positive, default=None, help="how long each measurement runs")
+    bench.add_argument("--json", action="store_true", help="one line of JSON (default: indented)")
+
     load = sub.add_parser("load", help="pin a simulated VM's demand (cores), or 'clear' to restore its workload")
     load.add_argument("vm")
     load.add_argument("cores")
@@ -195,7 +206,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
     options = _options(args, "simulator")
     config = SimulatorConfig(vms=args.vms, seed=args.seed, hotplug_delay_s=args.hotplug_delay,
-                             profiles=tuple(p for p in args.profiles.split(",") if p))
+                             profiles=tuple(p for p in args.profiles.split(",") if p), max_vcpus=args.max_vcpus)
 
     async def body(ctx: ServiceContext) -> None:
         await SimulatorService(ctx, config).run()
@@ -244,7 +255,7 @@ def cmd_decider(args: argparse.Namespace) -> int:
     policy, rails = build_policy(args.policy, parse_params(args.param))
     if args.shadow and args.dry_run:
         raise UsageError("--shadow and --dry-run exclude each other")
-    config = DeciderConfig(name=args.name, dry_run=args.dry_run, shadow=args.shadow,
+    config = DeciderConfig(name=args.name, dry_run=args.dry_run, shadow=args.shadow, group=args.group,
                            max_sample_age_s=args.max_sample_age, command_ttl_s=args.command_ttl)
 
     async def body(ctx: ServiceContext) -> None:
@@ -560,10 +571,35 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    out: object
+    if args.which == "decider":
+        from hotplug.bench.decider import bench_decider
+
+        sizes = [args.vms] if args.vms else [1000, 10000]
+        runs = [bench_decider(n, args.seconds or 8.0) for n in sizes]
+        out = runs[0] if len(runs) == 1 else {"bench": "decider", "runs": runs, **runs[-1]}
+    elif args.which == "loop":
+        from hotplug.bench.loop import bench_loop
+
+        out = bench_loop(args.vms or 4)
+    elif args.which == "collector":
+        from hotplug.bench.collector import bench_collector
+
+        out = bench_collector((args.vms,) if args.vms else (10, 100, 1000), args.seconds or 10.0)
+    else:
+        from hotplug.bench.replay import bench_replay
+
+        out = bench_replay()
+    print(json.dumps(out) if args.json else json.dumps(out, indent=1))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up, "simulator": cmd_simulator, "collector": cmd_collector, "decider": cmd_decider,
-    "actuator": cmd_actuator, "events": cmd_events, "schema": cmd_schema, "load": cmd_load, "replay": cmd_replay,
-    "compare": cmd_compare, "report": cmd_report, "agent": cmd_agent, "vbox": cmd_vbox, "qemu": cmd_qemu,
+    "actuator": cmd_actuator, "agent": cmd_agent, "events": cmd_events, "schema": cmd_schema, "load": cmd_load,
+    "replay": cmd_replay, "compare": cmd_compare, "report": cmd_report, "bench": cmd_bench, "vbox": cmd_vbox,
+    "qemu": cmd_qemu,
 }
 
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import BadRequestError
 
 from shared import subjects
@@ -42,8 +42,9 @@ def stream_configs() -> list[StreamConfig]:
         ),
         StreamConfig(
             name=subjects.METRICS_STREAM,
-            description="Metric samples and shadow deciders' proposals, kept one day",
+            description="Metric samples (stored by partition) and shadow deciders' proposals, kept one day",
             subjects=[subjects.ALL_METRICS, subjects.ALL_PROPOSALS],
+            subject_transform=SubjectTransform(src=f"{subjects.METRICS}.*.*", dest=subjects.PARTITIONED_METRICS),
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=METRICS_MAX_AGE_S,

@@ -24,6 +24,11 @@ ALL_PROPOSALS = f"{PROPOSALS}.>"
 EVENTS_STREAM = "HOTPLUG_EVENTS"
 METRICS_STREAM = "HOTPLUG_METRICS"
 
+# The metrics stream stores each sample under a partition of its (host, VM): the partitions sharded deciders
+# share out. Core subscribers still see the original subject.
+PARTITIONS = 16
+PARTITIONED_METRICS = f"{METRICS}.{{{{partition({PARTITIONS},1,2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
+
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
 
 
@@ -65,6 +70,23 @@ def proposals(decider: str, host: str, vm: str) -> str:
     return f"{PROPOSALS}.{decider}.{host}.{vm_token(vm)}"
 
 
+def metrics_partition(partition: int) -> str:
+    """The stored subjects of one partition of the metrics stream."""
+    return f"{METRICS}.{partition}.>"
+
+
+def fnv1a32(data: bytes) -> int:
+    h = 0x811C9DC5
+    for byte in data:
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def partition_of(host: str, vm: str, partitions: int = PARTITIONS) -> int:
+    """The partition nats-server's ``partition()`` puts a VM's samples in: FNV-1a of the joined tokens."""
+    return fnv1a32((host + vm_token(vm)).encode()) % partitions
+
+
 def host_commands(host: str) -> str:
     return f"{COMMANDS}.{host}.>"
 
@@ -77,6 +99,8 @@ def simulator(host: str, operation: str) -> str:
 def split(subject: str) -> tuple[str, str, str]:
     """``hotplug.<kind>[.<decider>].<host>.<vmtoken>`` → (kind, host, vm name). ValueError on other shapes."""
     parts = subject.split(".")
-    if parts[0] != PREFIX or len(parts) != (5 if len(parts) > 1 and parts[1] == "proposals" else 4):
+    # 5 tokens: a proposal (…proposals.<decider>.<host>.<vm>) or a stored sample (…metrics.<partition>.<host>.<vm>)
+    if parts[0] != PREFIX or len(parts) != (5 if len(parts) > 1 and parts[1] in ("proposals", "metrics")
+                                            and len(parts) == 5 else 4):
         raise ValueError(f"not a per-VM subject: {subject!r}")
     return parts[1], parts[-2], vm_from_token(parts[-1])

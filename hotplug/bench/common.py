@@ -47,7 +47,7 @@ class Service:
         with (log_dir / f"{args[0]}-{self.port}.log").open("wb") as log:
             prefix = os.environ.get("HOTPLUG_BENCH_PROFILE_PREFIX", "").split()  # e.g. "-m cProfile -o x.prof"
             argv = [sys.executable, *prefix, "-m", "hotplug", *args, "--metrics-port", str(self.port),
-                    "--log-level", "WARNING"]
+                    "--log-level", os.environ.get("HOTPLUG_BENCH_LOG_LEVEL", "WARNING")]
             self.proc = subprocess.Popen(argv,
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30

@@ -7,7 +7,10 @@ the last one is pending: until a sample shows its target, its result arrives, or
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, NamedTuple
+
+import msgspec
 
 from services.decider.guard import GuardRails, GuardState, apply_rails
 from services.decider.policies.base import Observation, PolicyBase
@@ -17,6 +20,32 @@ class Decision(NamedTuple):
     target: int
     reason: str
     kind: str = "hold"
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """A VM's decision state (msgpack: it keeps infinities), for a decider instance that takes the VM over."""
+
+    policy: str
+    policy_state: msgspec.Raw
+    guard: GuardState
+    last_time: float
+    pending_target: int | None
+    pending_until: float
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, deque):  # policies keep bounded histories in deques
+        return list(obj)
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def _dec_hook(kind: type, obj: Any) -> Any:
+    if getattr(kind, "__origin__", kind) is deque:
+        return deque(obj)
+    raise NotImplementedError(f"cannot decode {kind}")
+
+
+_snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
 class VmEngine:
@@ -54,3 +83,24 @@ class VmEngine:
 
     def mark_done(self) -> None:
         self.pending_target = None
+
+    def snapshot(self) -> bytes:
+        policy_state = msgspec.msgpack.encode(self.policy_state, enc_hook=_enc_hook)
+        return msgspec.msgpack.encode(Snapshot(self.policy.name, msgspec.Raw(policy_state), self.guard, self.last_time,
+                                            self.pending_target, self.pending_until), enc_hook=_enc_hook)
+
+    def restore(self, data: bytes) -> bool:
+        """Take over a snapshot of the same policy; False (and nothing changed) if it does not fit."""
+        try:
+            snap = _snapshot_decoder.decode(data)
+            if snap.policy != self.policy.name:
+                return False
+            state = msgspec.msgpack.decode(snap.policy_state, type=self.policy.state_type, dec_hook=_dec_hook)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        self.policy_state = state
+        self.guard = snap.guard
+        self.last_time = snap.last_time
+        self.pending_target = snap.pending_target
+        self.pending_until = snap.pending_until
+        return True

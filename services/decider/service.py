@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
-from prometheus_client import Counter, Histogram
+from nats.js.kv import KeyValue
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.decider.engine import Decision, VmEngine
 from services.decider.guard import GuardRails
 from services.decider.policies.base import Observation, PolicyBase
+from services.decider.sharding import ShardedIntake, load_state, state_key
 from shared import bus, subjects
 from shared.codec import encode
 from shared.inbox import Inbox
@@ -30,6 +33,9 @@ class DeciderConfig:
     dry_run: bool = False
     # Shadow: publish every recommendation as a proposal (hotplug.proposals.<name>.<host>.<vm>), command nothing.
     shadow: bool = False
+    # Group: share the VMs with the other live members of this group (see sharding.py); `name` must be unique.
+    group: str | None = None
+    state_save_every_s: float = 5.0
     # A sample older than this (clock seconds) describes a VM that may have changed since: never act on it.
     max_sample_age_s: float = 10.0
     command_ttl_s: float = 30.0
@@ -47,6 +53,13 @@ class DeciderMetrics(ServiceMetrics):
         self.publish_failures = Counter("hotplug_decider_publish_failures",
                                         "Commands that could not be stored in the event log",
                                         registry=self.registry)
+        self.partitions = Gauge("hotplug_decider_partitions_owned", "Metric partitions this group member owns",
+                                registry=self.registry)
+        self.members = Gauge("hotplug_decider_group_members", "Live members of this decider's group",
+                             registry=self.registry)
+        self.resumed = Counter("hotplug_decider_state_resumed", "VMs whose decision state was taken over from KV",
+                               registry=self.registry)
+        self.vms = Gauge("hotplug_decider_vms", "VMs this decider keeps state for", registry=self.registry)
 
 
 def observation_of(sample: MetricSample) -> Observation:
@@ -77,19 +90,85 @@ class Decider:
         self._id_prefix = f"{config.name}-{secrets.token_hex(4)}"
         self._seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._partition_of: dict[tuple[str, str], int] = {}
+        self._touched: set[tuple[str, str]] = set()
+        self._state: KeyValue | None = None
+        self.metrics.vms.set_function(lambda: len(self.engines))
 
     async def run(self) -> None:
-        if not self.config.dry_run:
-            await bus.ensure_streams(self.ctx.js)
         if self.config.shadow and self.config.dry_run:
             raise ValueError("--shadow and --dry-run exclude each other")
-        await self.ctx.nc.subscribe(subjects.ALL_METRICS, cb=self._on_sample)
+        if not self.config.dry_run or self.config.group:
+            await bus.ensure_streams(self.ctx.js)
         await self.ctx.nc.subscribe(subjects.ALL_RESULTS, cb=self._on_result)
+        if self.config.group:
+            await self._run_in_group(self.config.group)
+            return
+        await self.ctx.nc.subscribe(subjects.ALL_METRICS, cb=self._on_sample)
         await self.ctx.nc.flush()
         mode = " (dry run: no commands)" if self.config.dry_run else " (shadow: proposals only)" if (
             self.config.shadow) else ""
         log.info("decider %s running policy %s%s", self.config.name, self.policy.name, mode)
         await asyncio.Event().wait()
+
+    async def _run_in_group(self, group: str) -> None:
+        intake = ShardedIntake(self.ctx.js, group, self.config.name, self._on_stored_sample, self._on_share)
+        self._state = await intake.open_state()
+        saver = asyncio.ensure_future(self._save_state_periodically(group))
+        log.info("decider %s joins group %s (policy %s)", self.config.name, group, self.policy.name)
+        try:
+            await intake.run()
+        finally:
+            saver.cancel()
+
+    async def _on_stored_sample(self, subject: str, data: bytes) -> None:
+        sample = self.samples.open(subject, data)
+        if sample is None:
+            return
+        key = (sample.host, sample.vm)
+        if key not in self.engines:
+            await self._resume(key)
+            self._partition_of[key] = int(subject.split(".")[2])
+        self._touched.add(key)
+        if self.handle_sample(sample) is not None:
+            await asyncio.sleep(0)
+
+    async def _resume(self, key: tuple[str, str]) -> None:
+        assert self._state is not None
+        assert self.config.group is not None
+        engine = self.engine(*key)
+        data = await load_state(self._state, state_key(self.config.group, *key))
+        if data is not None and engine.restore(data):
+            self.metrics.resumed.inc()
+            log.info("took over %s/%s with its decision state", *key)
+
+    async def _save(self, keys: list[tuple[str, str]]) -> None:
+        assert self._state is not None
+        assert self.config.group is not None
+        for key in keys:
+            engine = self.engines.get(key)
+            if engine is not None:
+                await self._state.put(state_key(self.config.group, *key), engine.snapshot())
+
+    async def _on_share(self, share: frozenset[int]) -> None:
+        """Hand over the VMs of partitions this member no longer owns: save their state, then forget them."""
+        self.metrics.partitions.set(len(share))
+        lost = [key for key, p in self._partition_of.items() if p not in share]
+        with contextlib.suppress(Exception):
+            await self._save(lost)
+        for key in lost:
+            self.engines.pop(key, None)
+            self._partition_of.pop(key, None)
+            self._touched.discard(key)
+
+    async def _save_state_periodically(self, group: str) -> None:
+        while True:
+            await asyncio.sleep(self.config.state_save_every_s)
+            touched, self._touched = list(self._touched), set()
+            try:
+                await self._save(touched)
+            except Exception as exc:
+                log.warning("decision state of %d VMs not saved: %s", len(touched), exc)
 
     def engine(self, host: str, vm: str) -> VmEngine:
         key = (host, vm)

@@ -100,7 +100,8 @@ class MiniCloud:
         self.vms = {vm.name: vm for vm in vms}
 
     @classmethod
-    def generate(cls, count: int, seed: int, start: float, profiles: list[str] | None = None) -> MiniCloud:
+    def generate(cls, count: int, seed: int, start: float, profiles: list[str] | None = None,
+                 max_vcpus: int | None = None) -> MiniCloud:
         """``count`` VMs cycling through the AI-like profiles, each booted at its requested size and able
         to grow to twice that (the hot-plug maximum it was prepared with)."""
         mix = profiles or ["training", "inference", "notebook", "batch"]
@@ -109,7 +110,7 @@ class MiniCloud:
                 raise ValueError(f"unknown workload profile {name!r}; choose from {', '.join(PROFILES)}")
         vms = []
         for i in range(count):
-            requested, maximum = SIZES[i % len(SIZES)]
+            requested, maximum = SIZES[i % len(SIZES)] if max_vcpus is None else (max(1, max_vcpus // 2), max_vcpus)
             profile = mix[i % len(mix)]
             workload = Workload(profile, maximum, seed=seed * 7919 + i, start=start)
             vms.append(SimVm(name=f"vm-{i + 1:02d}", max_vcpus=maximum, online_vcpus=requested,

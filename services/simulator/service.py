@@ -25,6 +25,7 @@ class SimulatorConfig:
     seed: int = 1
     hotplug_delay_s: float = 0.3
     profiles: tuple[str, ...] = ()
+    max_vcpus: int | None = None
 
 
 class SimulatorMetrics(ServiceMetrics):
@@ -49,7 +50,8 @@ class SimulatorService:
         self.config = config
         assert isinstance(ctx.metrics, SimulatorMetrics)
         self.metrics: SimulatorMetrics = ctx.metrics
-        self.cloud = MiniCloud.generate(config.vms, config.seed, ctx.clock.now(), list(config.profiles) or None)
+        self.cloud = MiniCloud.generate(config.vms, config.seed, ctx.clock.now(), list(config.profiles) or None,
+                                        config.max_vcpus)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:

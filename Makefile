@@ -1,0 +1,16 @@
+# make bench: every benchmark, one JSON document in bench/results.json (about 4 minutes on 2 cores).
+.PHONY: bench test
+PY := .venv/bin/python
+
+bench:
+	bin/bootstrap
+	$(PY) -m hotplug bench decider --json > bench/.decider.json
+	$(PY) -m hotplug bench loop --json > bench/.loop.json
+	$(PY) -m hotplug bench collector --json > bench/.collector.json
+	$(PY) -m hotplug bench replay --json > bench/.replay.json
+	$(PY) -c 'import json, pathlib; parts = {n: json.loads(pathlib.Path(f"bench/.{n}.json").read_text()) for n in ("decider", "loop", "collector", "replay")}; pathlib.Path("bench/results.json").write_text(json.dumps(parts, indent=1) + "\n")'
+	rm -f bench/.decider.json bench/.loop.json bench/.collector.json bench/.replay.json
+	cat bench/results.json
+
+test:
+	bin/test

@@ -1,0 +1,93 @@
+"""``hotplug bench loop``: end-to-end reaction on the simulator, from a load step to the vCPU plugged.
+
+Real processes (simulator, collector at 1 s, decider with ``default``, actuator) on an embedded nats-server.
+Each trial pins an idle VM's demand above its maximum at a random moment of the sampling second, and measures
+until the result of the plug it causes is published; then the load is released and the VM shrinks back.
+VMs have 1 vCPU at rest and 2 at most, so a result is exactly one plug, and the simulator's hot-plug delay is
+50 ms, so the figure is the loop's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+from nats.aio.msg import Msg
+
+from hotplug.bench.common import Service, machine, percentile
+from shared import bus, subjects
+from shared.broker import EmbeddedBroker
+from shared.messages import MetricSample, ScaleResult
+from shared.sim_api import LoadRequest
+
+HOTPLUG_DELAY_S = 0.05
+INTERVAL_S = 1.0
+
+
+async def run(vms: int, trials: int, work: Path) -> dict[str, object]:
+    with EmbeddedBroker(work / "nats") as broker:
+        common = ["--nats", broker.url]
+        services = [Service(["simulator", *common, "--vms", str(vms), "--profiles", "idle", "--max-vcpus", "2",
+                             "--hotplug-delay", str(HOTPLUG_DELAY_S)], work)]
+        services.append(Service(["collector", *common, "--interval", str(INTERVAL_S)], work))
+        services.append(Service(["decider", *common, "--policy", "default"], work))
+        services.append(Service(["actuator", *common], work))
+        try:
+            nc = await bus.connect(broker.url, "bench", forever=False)
+            plugs: dict[str, asyncio.Event] = {}
+            plugged_at: dict[str, float] = {}
+            online: dict[str, int] = {}
+            decode = msgspec.json.Decoder(ScaleResult).decode
+            decode_sample = msgspec.json.Decoder(MetricSample).decode
+
+            async def on_result(msg: Msg) -> None:
+                result = decode(msg.data)
+                if result.ok and (result.vcpus_after or 0) > (result.vcpus_before or 0) and result.vm in plugs:
+                    plugged_at[result.vm] = time.time()
+                    plugs[result.vm].set()
+
+            async def on_sample(msg: Msg) -> None:
+                sample = decode_sample(msg.data)
+                online[sample.vm] = sample.online_vcpus
+
+            await nc.subscribe(subjects.ALL_RESULTS, cb=on_result)
+            await nc.subscribe(subjects.ALL_METRICS, cb=on_sample)
+            await nc.flush()
+            load = subjects.simulator("local", "load")
+            reactions: list[float] = []
+            names = [f"vm-{i + 1:02d}" for i in range(vms)]
+            rng = random.Random(7)
+
+            async def trials_of(vm: str, count: int) -> None:
+                for _ in range(count):
+                    while online.get(vm) != 1:  # noqa: ASYNC110 (back at its floor before the next step)
+                        await asyncio.sleep(0.1)
+                    await asyncio.sleep(rng.uniform(0, INTERVAL_S))  # a random moment of the sampling second
+                    plugs[vm] = asyncio.Event()
+                    started = time.time()
+                    await nc.request(load, msgspec.json.encode(LoadRequest(vm=vm, demand_cores=64.0)), timeout=5)
+                    await asyncio.wait_for(plugs[vm].wait(), timeout=30)
+                    reactions.append(plugged_at[vm] - started)
+                    del plugs[vm]
+                    await nc.request(load, msgspec.json.encode(LoadRequest(vm=vm, demand_cores=None)), timeout=5)
+                    await asyncio.sleep(INTERVAL_S * 2)
+
+            per_vm = -(-trials // vms)
+            await asyncio.wait_for(asyncio.gather(*(trials_of(vm, per_vm) for vm in names)), timeout=60 * per_vm)
+            await nc.close()
+        finally:
+            for service in services:
+                service.stop()
+    return {"bench": "loop", "trials": len(reactions), "interval_s": INTERVAL_S, "hotplug_delay_s": HOTPLUG_DELAY_S,
+            "reaction_p50_s": round(percentile(reactions, 0.5), 3),
+            "reaction_p95_s": round(percentile(reactions, 0.95), 3),
+            "reaction_max_s": round(max(reactions), 3), **machine()}
+
+
+def bench_loop(vms: int = 4, trials: int = 20) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="hp-bench-") as tmp:
+        return asyncio.run(run(vms, trials, Path(tmp)))

@@ -1,0 +1,25 @@
+"""``hotplug bench replay``: replay throughput in VM-steps per second per policy, on one core."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hotplug.bench.common import machine
+from services.decider.registry import POLICIES, build_policy
+from services.decider.replay import score_policy
+from services.decider.traces import load
+
+DEFAULT_TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces" / "bitbrains_rnd" / "2013-7"
+
+
+def bench_replay(traces: Path = DEFAULT_TRACES) -> dict[str, object]:
+    series = load([traces], "bitbrains")
+    steps = sum(len(s.demand) for s in series)
+    rates = {}
+    for name in POLICIES:
+        policy, rails = build_policy(name)
+        started = time.perf_counter()
+        score_policy(series, policy, rails, pressure=False)
+        rates[name] = round(steps / (time.perf_counter() - started))
+    return {"bench": "replay", "trace": str(traces), "vm_steps": steps, "vm_steps_per_s": rates, **machine()}
