@@ -67,3 +67,23 @@ def test_unknown_parameters_and_policies_are_refused() -> None:
     policy, rails = build_policy("threshold", parse_params(["threshold.upper=0.9", "guard.down_cooldown_s=5"]))
     assert isinstance(policy, ThresholdPolicy) and policy.params.upper == 0.9
     assert rails.down_cooldown_s == 5 and rails.up_cooldown_s == ThresholdPolicy.default_rails["up_cooldown_s"]
+
+
+def test_default_never_grows_back_after_a_shrink_without_new_demand() -> None:
+    """A longer window's arm can still remember an old spike after a shorter one shrank the VM; growing
+    back on that memory alone would unplug and replug a vCPU with no change in load."""
+    policy, rails = build_policy("default")
+    engine = VmEngine(policy, rails)
+    vcpus, moves = 2, []
+    demand = [2.0] * 3 + [0.05] * 40  # a burst, then idle for good
+    for t, d in enumerate(demand):
+        decision = engine.step(obs(t, vcpus, min(d, vcpus), hi=2))
+        if decision is not None:
+            engine.mark_sent(decision.target, until=t + 100)
+            moves.append((t, vcpus, decision.target))
+            vcpus = decision.target
+    assert moves, "the idle VM should shrink"
+    assert all(after < before for _, before, after in moves), moves  # never back up
+    # new demand (the VM saturated) does bring the vCPU back, within a few samples
+    grown = [engine.step(obs(len(demand) + k, vcpus, 1.0, hi=2)) for k in range(5)]
+    assert any(g is not None and g.target == 2 for g in grown)

@@ -46,6 +46,9 @@ class DefaultState(msgspec.Struct):
     previous: list[int] = msgspec.field(default_factory=list)  # each arm's recommendation one sample ago
     before: list[int] = msgspec.field(default_factory=list)  # ... and two samples ago
     chosen: int = 0
+    vcpus: int = 0  # the allocation at the previous sample
+    last_move: int = 0  # direction of the last change seen: +1 grown, -1 shrunk
+    peak_since_move: float = 0.0  # highest demand (or the size, when censored) since that change
 
 
 class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
@@ -94,6 +97,14 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         if len(history) > self.longest:
             history.popleft()
 
+        n = obs.vcpus
+        seen = demand if not censored else n + self.params.censored_shortfall
+        if state.vcpus and n != state.vcpus:
+            state.last_move, state.peak_since_move = (1 if n > state.vcpus else -1), seen
+        else:
+            state.peak_since_move = max(state.peak_since_move, seen)
+        state.vcpus = n
+
         recent = list(history)
         low, high = obs.min_vcpus, obs.max_vcpus
         peaks = [max(recent[-w:]) for w in self._windows]
@@ -109,5 +120,10 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         state.chosen = best
         w, m = self.arms[best]
         peak = peaks[best // len(self._factors)]
-        return Recommendation(recs[best], f"peak of last {w} x{1 + m:g} = {peak * (1 + m):.2f} cores "
-                                          f"(arm cost {costs[best]:.2f})", f"window-{w}")
+        target = recs[best]
+        # Never grow back after a shrink on old evidence: only demand seen since the shrink may undo it
+        # (otherwise a switch to a longer window's arm alone would re-plug what was just unplugged).
+        if target > n and state.last_move < 0 and state.peak_since_move <= n:
+            return Recommendation(n, f"hold: no demand above {n} vCPUs since the last shrink", "hold")
+        return Recommendation(target, f"peak of last {w} x{1 + m:g} = {peak * (1 + m):.2f} cores "
+                                      f"(arm cost {costs[best]:.2f})", f"window-{w}")
