@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--min-vcpus", type=int, default=1)
     act.add_argument("--max-vcpus", type=int, default=1024)
     act.add_argument("--step-timeout", type=_positive, default=30.0)
+    act.add_argument("--vm-bounds", action="append", default=[], metavar="VM=MIN:MAX",
+                     help="this VM's own bounds (the last '=' separates the name); repeatable")
+    act.add_argument("--max-changes", type=int, default=6, help="resizes allowed per VM per --rate-window")
+    act.add_argument("--rate-window", type=_positive, default=60.0, help="seconds (of the shared clock)")
+    act.add_argument("--ack-wait", type=_positive, default=60.0,
+                     help="seconds before an unacknowledged command is redelivered (e.g. after a crash)")
 
     agent = sub.add_parser("agent", parents=[service], help="inside a Linux guest: publish its own CPU view")
     agent.add_argument("--vm", required=True, help="the VM's name as the hypervisor knows it")
@@ -271,8 +277,18 @@ def cmd_actuator(args: argparse.Namespace) -> int:
     from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
 
     options = _options(args, "actuator")
-    config = ActuatorConfig(name=args.name, bounds=Bounds(args.min_vcpus, args.max_vcpus),
-                            step_timeout_s=args.step_timeout)
+    vm_bounds = {}
+    for item in args.vm_bounds:
+        vm, sep, span = item.rpartition("=")
+        low, colon, high = span.partition(":")
+        if not sep or not vm or not colon or not low.isdigit() or not high.isdigit() or int(low) > int(high):
+            raise UsageError(f"--vm-bounds takes VM=MIN:MAX with MIN <= MAX, got {item!r}")
+        vm_bounds[vm] = Bounds(int(low), int(high))
+    if args.max_changes < 1:
+        raise UsageError("--max-changes must be at least 1")
+    config = ActuatorConfig(name=args.name, bounds=Bounds(args.min_vcpus, args.max_vcpus), vm_bounds=vm_bounds,
+                            step_timeout_s=args.step_timeout, max_changes=args.max_changes,
+                            rate_window_s=args.rate_window, ack_wait_s=args.ack_wait)
 
     if args.driver != "simulator" and args.speed != 1.0:
         raise UsageError("--speed applies to the simulator only; real hypervisors run on the wall clock")

@@ -61,6 +61,9 @@ class ErrorCode(StrEnum):
     GUEST_REFUSED = "guest-refused"
     NOT_VERIFIED = "not-verified"
     HOTPLUG_BUDGET = "hotplug-budget-exhausted"
+    SUPERSEDED = "superseded"
+    RATE_LIMITED = "rate-limited"
+    STALE_TERM = "stale-term"
     TIMEOUT = "timeout"
     UNKNOWN = "unknown"
 

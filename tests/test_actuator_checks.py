@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.actuator.checks import Bounds, Plan, Refusal, admit, plan
+from services.actuator.checks import Bounds, Plan, Refusal, admit, plan, rate_limited
 from services.actuator.drivers.base import VmView
 from shared.messages import ErrorCode, ScaleCommand
 
@@ -38,3 +38,22 @@ def test_plan_refuses_out_of_bounds_from_hypervisor_or_own_config() -> None:
 def test_plan_refuses_a_command_decided_on_a_stale_view() -> None:
     refused = plan(command(3, seen=1), VIEW, Bounds())
     assert isinstance(refused, Refusal) and refused.code is ErrorCode.STALE_VIEW
+
+
+def test_commands_from_an_older_leadership_term_are_refused() -> None:
+    old = ScaleCommand(id="c", time=0.0, host="h", vm="v", target_vcpus=3, seen_vcpus=2, decider="d", reason="r",
+                       expires_at=100.0, term=1)
+    assert admit(old, "h", now=1, current_term=1) is None
+    refusal = admit(old, "h", now=1, current_term=2)
+    assert refusal is not None and refusal.code is ErrorCode.STALE_TERM
+
+
+def test_rate_limit_counts_only_the_window() -> None:
+    assert rate_limited([], now=100, limit=2, window_s=60) is None
+    assert rate_limited([10.0, 30.0], now=100, limit=2, window_s=60) is None  # both outside the window
+    refusal = rate_limited([50.0, 90.0], now=100, limit=2, window_s=60)
+    assert refusal is not None and refusal.code is ErrorCode.RATE_LIMITED
+
+
+def test_a_vm_already_at_the_target_needs_nothing_whatever_was_seen() -> None:
+    assert plan(command(2, seen=3), VIEW, Bounds()) == Plan(direction=0, steps=0)

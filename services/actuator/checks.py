@@ -1,8 +1,9 @@
 """The actuator's safety rules, whatever a decider says. Pure: every input is an argument.
 
-``admit`` runs before the hypervisor is asked anything (right host, not expired); ``plan`` runs on the
-VM's current view (the decider saw the same count; the target is inside both the hypervisor's and the
-actuator's own bounds) and says how many single-vCPU steps to take, and in which direction.
+``admit`` runs before the hypervisor is asked anything (right host, not expired, not from a stale leadership
+term); ``plan`` runs on the VM's current view (the target is inside both the hypervisor's and the actuator's
+own bounds; a VM already at the target needs nothing; otherwise the decider must have seen the same count)
+and says how many single-vCPU steps to take, and in which direction. ``rate_limited`` caps resizes per VM.
 """
 
 from __future__ import annotations
@@ -30,11 +31,23 @@ class Plan(NamedTuple):
     steps: int
 
 
-def admit(command: ScaleCommand, own_host: str, now: float) -> Refusal | None:
+def admit(command: ScaleCommand, own_host: str, now: float, current_term: int = 0) -> Refusal | None:
     if command.host != own_host:
         return Refusal(ErrorCode.WRONG_HOST, f"command for host {command.host} reached actuator of {own_host}")
     if now >= command.expires_at:
         return Refusal(ErrorCode.EXPIRED, f"expired {now - command.expires_at:.1f} s ago")
+    if command.term < current_term:
+        return Refusal(ErrorCode.STALE_TERM, f"sent in leadership term {command.term} of {command.decider}; "
+                                             f"the current term is {current_term}")
+    return None
+
+
+def rate_limited(changes: list[float], now: float, limit: int, window_s: float) -> Refusal | None:
+    """At most ``limit`` resizes of one VM per ``window_s``; ``changes`` holds the times of the recent ones."""
+    recent = [t for t in changes if now - t < window_s]
+    if len(recent) >= limit:
+        return Refusal(ErrorCode.RATE_LIMITED, f"{len(recent)} resizes in the last {window_s:.0f} s "
+                                               f"(at most {limit})")
     return None
 
 
@@ -43,6 +56,9 @@ def plan(command: ScaleCommand, view: VmView, bounds: Bounds) -> Plan | Refusal:
     high = min(bounds.max_vcpus, view.max_vcpus)
     if not low <= command.target_vcpus <= high:
         return Refusal(ErrorCode.OUT_OF_BOUNDS, f"target {command.target_vcpus} outside [{low}, {high}]")
+    if view.online_vcpus == command.target_vcpus:
+        # The desired size is there already (e.g. a command redelivered after its effect): nothing to do.
+        return Plan(direction=0, steps=0)
     if view.online_vcpus != command.seen_vcpus:
         return Refusal(ErrorCode.STALE_VIEW,
                        f"decided on {command.seen_vcpus} vCPUs but the VM has {view.online_vcpus}")

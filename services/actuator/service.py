@@ -23,7 +23,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.actuator.checks import Bounds, Plan, Refusal, admit, plan
+from services.actuator.checks import Bounds, Plan, Refusal, admit, plan, rate_limited
 from services.actuator.drivers.base import Driver, DriverError
 from shared import bus, subjects
 from shared.codec import BadMessage, Decoder, encode
@@ -46,6 +46,9 @@ class ActuatorConfig:
     vm_bounds: dict[str, Bounds] = field(default_factory=dict)
     step_timeout_s: float = 30.0
     ack_wait_s: float = 60.0
+    # At most this many resizes of one VM per window (clock seconds), whatever the deciders say.
+    max_changes: int = 6
+    rate_window_s: float = 60.0
 
 
 class ActuatorMetrics(ServiceMetrics):
@@ -82,6 +85,10 @@ class Actuator:
         self._queues: dict[str, asyncio.Queue[tuple[ScaleCommand, Msg]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._done: OrderedDict[str, None] = OrderedDict()
+        self._pending_ids: set[str] = set()  # queued or being executed: a second copy is a duplicate
+        self._changes: dict[str, list[float]] = {}
+        # The highest leadership term seen per decider: commands from an older term are refused.
+        self.terms: dict[str, int] = {}
 
     @property
     def durable(self) -> str:
@@ -120,7 +127,7 @@ class Actuator:
         if command is None:
             await msg.term()  # malformed: never redeliver
             return
-        if command.id in self._done:
+        if command.id in self._done or command.id in self._pending_ids:
             self.metrics.dropped.labels(self.metrics.service, "command", "duplicate").inc()
             log.warning("duplicate command %s for %s ignored: it already has its result", command.id, command.vm)
             await msg.ack()
@@ -129,31 +136,39 @@ class Actuator:
         if queue is None:
             queue = self._queues[command.vm] = asyncio.Queue()
         queue.put_nowait((command, msg))
+        self._pending_ids.add(command.id)
         if command.vm not in self._workers:
             self._workers[command.vm] = asyncio.ensure_future(self._work(command.vm, queue))
 
     async def _work(self, vm: str, queue: asyncio.Queue[tuple[ScaleCommand, Msg]]) -> None:
         """Run one VM's commands in order, one at a time; exits when the queue is empty."""
+        command: ScaleCommand | None = None
         try:
             while not queue.empty():
                 command, msg = queue.get_nowait()
-                if command.id in self._done:
-                    await msg.ack()
-                    continue
                 result = await self._already_done(command, msg)
-                if result is None:
+                if result is None and not queue.empty():
+                    # a newer order for this VM is waiting: this one ends without acting, and says why
+                    result = self.refuse(command, Refusal(ErrorCode.SUPERSEDED, "a newer command for this VM arrived "
+                                                                                  "before it could run"))
+                    await self._store(result)
+                elif result is None:
                     self.metrics.in_flight.inc()
                     try:
                         result = await self.execute(command, msg)
                     finally:
                         self.metrics.in_flight.dec()
-                    await bus.publish_durable(self.ctx.js, subjects.results(result.host, result.vm),
-                                              encode(result), msg_id=f"result-{command.id}")
-                    self._record(result)
+                    await self._store(result)
                 self._remember(command.id)
+                self._pending_ids.discard(command.id)
                 await msg.ack()
         except Exception:
             log.exception("actuator worker for %s failed; unacknowledged commands will be redelivered", vm)
+            # forget them here, so their redeliveries are taken as new, not as duplicates
+            if command is not None:
+                self._pending_ids.discard(command.id)
+            while not queue.empty():
+                self._pending_ids.discard(queue.get_nowait()[0].id)
         finally:
             self._workers.pop(vm, None)
             if queue.empty():
@@ -171,6 +186,17 @@ class Actuator:
                     log.info("command %s was executed before a restart; not acting again", command.id)
                     return result
         return None
+
+    async def _store(self, result: ScaleResult) -> None:
+        await bus.publish_durable(self.ctx.js, subjects.results(result.host, result.vm), encode(result),
+                                  msg_id=f"result-{result.command_id}")
+        self._record(result)
+
+    def refuse(self, command: ScaleCommand, refusal: Refusal) -> ScaleResult:
+        return ScaleResult(command_id=command.id, time=self.ctx.clock.now(), host=command.host, vm=command.vm,
+                           ok=False, vcpus_before=None, vcpus_after=None, target_vcpus=command.target_vcpus,
+                           duration_s=0.0, actuator=self.config.name, error_code=refusal.code,
+                           error=refusal.message[:1024], sample_time=command.sample_time)
 
     def _remember(self, command_id: str) -> None:
         self._done[command_id] = None
@@ -191,7 +217,10 @@ class Actuator:
         started = time.perf_counter()
         before: int | None = None
         after: int | None = None
-        failure: Refusal | None = admit(command, self.ctx.host, self.ctx.clock.now())
+        now = self.ctx.clock.now()
+        failure: Refusal | None = admit(command, self.ctx.host, now, self.terms.get(command.decider, 0))
+        if failure is None and command.term:
+            self.terms[command.decider] = max(command.term, self.terms.get(command.decider, 0))
         if failure is None:
             try:
                 view = await self._call(self.driver.read(command.vm))
@@ -200,8 +229,14 @@ class Actuator:
                 decided = plan(command, view, bounds)
                 if isinstance(decided, Refusal):
                     failure = decided
+                elif decided.steps and (limited := rate_limited(self._changes.get(command.vm, []), now,
+                                                                self.config.max_changes, self.config.rate_window_s)):
+                    failure = limited
                 else:
                     after = await self._apply(command.vm, decided, before, msg)
+                    if decided.steps:
+                        history = self._changes.setdefault(command.vm, [])
+                        history[:] = [t for t in history if now - t < self.config.rate_window_s] + [now]
             except DriverError as exc:
                 failure = Refusal(exc.code, exc.message)
             if failure is not None and before is not None:

@@ -1,0 +1,184 @@
+"""Faults, with real processes on a real nats-server: each test bounded in time, each asserting what was kept
+(one result per command, vCPU counts within bounds, nothing doubled)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from hotplug.events import read_events
+from shared import bus, subjects
+from shared.broker import EmbeddedBroker
+from shared.codec import encode
+from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
+from tests.conftest import ServiceProcess, eventually, free_port, metric
+
+
+class Watch:
+    """Results and latest samples seen on the bus."""
+
+    def __init__(self) -> None:
+        self.results: list[ScaleResult] = []
+        self.online: dict[str, int] = {}
+
+    async def attach(self, nc: Client) -> None:
+        async def on_result(msg: Msg) -> None:
+            self.results.append(msgspec.json.decode(msg.data, type=ScaleResult))
+
+        async def on_sample(msg: Msg) -> None:
+            sample = msgspec.json.decode(msg.data, type=MetricSample)
+            self.online[sample.vm] = sample.online_vcpus
+
+        await nc.subscribe(subjects.ALL_RESULTS, cb=on_result)
+        await nc.subscribe(subjects.ALL_METRICS, cb=on_sample)
+        await nc.flush()
+
+    def of(self, command_id: str) -> list[ScaleResult]:
+        return [r for r in self.results if r.command_id == command_id]
+
+
+_seq = 0
+
+
+def order(vm: str, target: int, seen: int, *, decider: str = "test", term: int = 0, ttl: float = 60.0,
+          expires_at: float | None = None) -> ScaleCommand:
+    global _seq
+    _seq += 1
+    now = time.time()
+    return ScaleCommand(id=f"t{os.getpid()}-{_seq}", time=now, host="local", vm=vm, target_vcpus=target,
+                        seen_vcpus=seen, decider=decider, reason="test", expires_at=expires_at or now + ttl,
+                        term=term)
+
+
+async def send(nc: Client, command: ScaleCommand, msg_id: str | None = None) -> None:
+    headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+    await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command), headers=headers)
+
+
+async def test_actuator_safety_whatever_the_decider_says(
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+) -> None:
+    watch = Watch()
+    await watch.attach(nc)
+    common = ["--nats", broker.url]
+    start_service("simulator", *common, "--vms", "5", "--profiles", "idle", "--max-vcpus", "4",
+                  "--hotplug-delay", "0.4")
+    start_service("collector", *common, "--interval", "0.5")
+    actuator = start_service("actuator", *common, "--vm-bounds", "vm-02=1:2", "--max-changes", "2")
+    await eventually(lambda: len(watch.online) == 5, what="samples of every VM")
+
+    async def result_of(command: ScaleCommand) -> ScaleResult:
+        await eventually(lambda: watch.of(command.id), timeout=20, what=f"the result of {command.id}")
+        return watch.of(command.id)[0]
+
+    # its own bounds, tighter than the hypervisor's
+    await send(nc, c := order("vm-02", 3, 2))
+    assert (await result_of(c)).error_code is ErrorCode.OUT_OF_BOUNDS
+    # a rate limit per VM: the third resize within the window is refused
+    outcomes = []
+    size = 2
+    for target in (3, 2, 3):
+        await send(nc, c := order("vm-01", target, size))
+        r = await result_of(c)
+        outcomes.append(r.error_code)
+        size = r.vcpus_after or size
+    assert outcomes == [None, None, ErrorCode.RATE_LIMITED]
+    # a burst of orders for one VM: the ones overtaken before they could run end as superseded
+    burst = [order("vm-03", 3, 2), order("vm-03", 4, 2), order("vm-03", 4, 2)]
+    for c in burst:
+        await send(nc, c)
+    results = [await result_of(c) for c in burst]
+    assert results[0].ok
+    assert any(r.error_code is ErrorCode.SUPERSEDED for r in results[1:])
+    # late (expired) and stale-term orders
+    await send(nc, c := order("vm-04", 3, 2, expires_at=time.time() - 1))
+    assert (await result_of(c)).error_code is ErrorCode.EXPIRED
+    await send(nc, new := order("vm-05", 3, 2, decider="ha", term=2))
+    assert (await result_of(new)).ok
+    await send(nc, old := order("vm-05", 2, 3, decider="ha", term=1))
+    assert (await result_of(old)).error_code is ErrorCode.STALE_TERM
+    # a duplicate (same id, stored twice) gets no second result and no second effect
+    dup = order("vm-04", 3, 2)
+    await send(nc, dup)
+    await send(nc, dup)
+    await eventually(lambda: metric(actuator.metrics_url, "hotplug_messages_dropped_total", reason="duplicate") >= 1,
+                     what="the duplicate dropped")
+    await asyncio.sleep(1.0)
+    assert len(watch.of(dup.id)) == 1
+    # every command ended in exactly one result; no VM left its bounds
+    ids = [e.id async for _, e in read_events(nc.jetstream()) if isinstance(e, ScaleCommand)]
+    for command_id in set(ids):
+        assert len(watch.of(command_id)) == 1, command_id
+    assert all(1 <= r.vcpus_after <= 4 for r in watch.results if r.vcpus_after is not None)
+    assert watch.online["vm-02"] <= 2
+
+
+async def test_actuator_killed_mid_action_neither_loses_nor_doubles(
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+) -> None:
+    watch = Watch()
+    await watch.attach(nc)
+    common = ["--nats", broker.url]
+    start_service("simulator", *common, "--vms", "1", "--profiles", "idle", "--max-vcpus", "4",
+                  "--hotplug-delay", "3")
+    start_service("collector", *common, "--interval", "0.5")
+    actuator = start_service("actuator", *common, "--ack-wait", "4")
+    await eventually(lambda: watch.online.get("vm-01") == 2, what="vm-01 at 2 vCPUs")
+    await send(nc, c := order("vm-01", 3, 2))
+    await eventually(lambda: metric(actuator.metrics_url, "hotplug_actuator_in_flight") == 1, what="in flight")
+    os.kill(actuator.proc.pid, signal.SIGKILL)  # dies while the plug is under way
+    actuator.proc.wait(timeout=10)
+    start_service("actuator", *common, "--ack-wait", "4")  # the same durable consumer: redelivery
+    await eventually(lambda: watch.of(c.id), timeout=30, what="the one result after the restart")
+    await asyncio.sleep(2.0)
+    [result] = watch.of(c.id)
+    assert result.ok, result
+    assert result.vcpus_after == 3
+    await eventually(lambda: watch.online.get("vm-01") == 3, what="the sample showing 3")
+    await asyncio.sleep(1.5)
+    assert watch.online["vm-01"] == 3  # plugged once, not twice
+
+
+async def test_broker_restart_mid_run_loses_no_event(
+    tmp_path: Path, start_service: Callable[..., ServiceProcess]
+) -> None:
+    port = free_port()
+    broker = EmbeddedBroker(tmp_path / "nats", port=port)
+    broker.start()
+    try:
+        common = ["--nats", broker.url, "--speed", "4", "--epoch", repr(time.time())]
+        for service in ("simulator", "collector", "decider", "actuator"):
+            start_service(service, *common, *(["--vms", "4"] if service == "simulator" else []))
+        nc = await bus.connect(broker.url, "test", forever=True)
+        counts: dict[str, int] = {"results": 0}
+
+        async def on_result(msg: Msg) -> None:
+            counts["results"] += 1
+
+        await nc.subscribe(subjects.ALL_RESULTS, cb=on_result)
+        await eventually(lambda: counts["results"] >= 2, timeout=30, what="the loop acting before the restart")
+        broker.stop()
+        await asyncio.sleep(2.0)
+        broker.start()  # same port, same store
+        before = counts["results"]
+        await eventually(lambda: counts["results"] >= before + 2, timeout=60, what="the loop acting after it")
+        await asyncio.sleep(2.0)
+        events = [e async for _, e in read_events(nc.jetstream())]
+        await nc.close()
+    finally:
+        broker.stop()
+    commands = {e.id for e in events if isinstance(e, ScaleCommand)}
+    results = [e.command_id for e in events if isinstance(e, ScaleResult)]
+    assert len(results) == len(set(results)), "a command got two results"
+    assert set(results) <= commands
+    # every command but those still in flight at the end has its result
+    assert len(commands - set(results)) <= 2
+    assert len(commands) >= 4
