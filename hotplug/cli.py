@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
     dec.add_argument("--name", default="decider", help="this decider's name in commands")
     dec.add_argument("--dry-run", action="store_true", help="log what it would do; command nothing")
+    dec.add_argument("--lease", default=None,
+                     help="replicas with the same lease elect one active decider (commands carry its term)")
+    dec.add_argument("--lease-ttl", type=_positive, default=5.0, help="seconds a lease lasts without renewal")
     dec.add_argument("--group", default=None,
                      help="share the VMs with the other live deciders of this group (each needs its own --name)")
     dec.add_argument("--shadow", action="store_true",
@@ -262,6 +265,7 @@ def cmd_decider(args: argparse.Namespace) -> int:
     if args.shadow and args.dry_run:
         raise UsageError("--shadow and --dry-run exclude each other")
     config = DeciderConfig(name=args.name, dry_run=args.dry_run, shadow=args.shadow, group=args.group,
+                           lease=args.lease, lease_ttl_s=args.lease_ttl,
                            max_sample_age_s=args.max_sample_age, command_ttl_s=args.command_ttl)
 
     async def body(ctx: ServiceContext) -> None:

@@ -17,10 +17,11 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.actuator.checks import Bounds, Plan, Refusal, admit, plan, rate_limited
@@ -28,6 +29,7 @@ from services.actuator.drivers.base import Driver, DriverError
 from shared import bus, subjects
 from shared.codec import BadMessage, Decoder, encode
 from shared.inbox import Inbox
+from shared.leadership import LEASE_BUCKET, LeaseState
 from shared.messages import ErrorCode, ScaleCommand, ScaleResult
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
@@ -109,6 +111,7 @@ class Actuator:
         psub = await self.ctx.js.pull_subscribe(subjects.host_commands(self.ctx.host), durable=self.durable,
                                                 stream=subjects.EVENTS_STREAM, config=consumer)
         log.info("actuator %s on host %s with driver %s", self.config.name, self.ctx.host, self.driver.name)
+        terms = asyncio.ensure_future(self._follow_terms())
         try:
             while True:
                 try:
@@ -118,9 +121,28 @@ class Actuator:
                 for msg in msgs:
                     await self._dispatch(msg)
         finally:
+            terms.cancel()
             for worker in self._workers.values():
                 worker.cancel()
             await self.driver.close()
+
+    async def _follow_terms(self) -> None:
+        """Learn each lease's current term, so a deposed leader's late orders are refused even before the new
+        leader has sent any."""
+        decode = msgspec.json.Decoder(LeaseState).decode
+        while True:
+            try:
+                kv = await self.ctx.js.key_value(LEASE_BUCKET)
+                for name in await kv.keys():
+                    entry = await kv.get(name)
+                    if entry.value:
+                        term = decode(entry.value).term
+                        self.terms[name] = max(term, self.terms.get(name, 0))
+            except (BucketNotFoundError, NoKeysError, KeyNotFoundError, msgspec.DecodeError):
+                pass  # no leases in use
+            except Exception as exc:
+                log.debug("lease terms not read: %s", exc)
+            await asyncio.sleep(1.0)
 
     async def _dispatch(self, msg: Msg) -> None:
         command = self.commands.open(msg.subject, msg.data)

@@ -9,12 +9,14 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.decider.engine import Decision, VmEngine
 from services.decider.guard import GuardRails
+from services.decider.lease import LEASE_BUCKET, Lease
 from services.decider.policies.base import Observation, PolicyBase
 from services.decider.sharding import ShardedIntake, load_state, state_key
 from shared import bus, subjects
@@ -36,6 +38,9 @@ class DeciderConfig:
     # Group: share the VMs with the other live members of this group (see sharding.py); `name` must be unique.
     group: str | None = None
     state_save_every_s: float = 5.0
+    # Lease: replicas with the same lease name elect one active decider; commands name the lease and its term.
+    lease: str | None = None
+    lease_ttl_s: float = 5.0
     # A sample older than this (clock seconds) describes a VM that may have changed since: never act on it.
     max_sample_age_s: float = 10.0
     command_ttl_s: float = 30.0
@@ -60,6 +65,9 @@ class DeciderMetrics(ServiceMetrics):
         self.resumed = Counter("hotplug_decider_state_resumed", "VMs whose decision state was taken over from KV",
                                registry=self.registry)
         self.vms = Gauge("hotplug_decider_vms", "VMs this decider keeps state for", registry=self.registry)
+        self.leader = Gauge("hotplug_decider_leader", "1 while this replica holds its lease (or has none)",
+                            registry=self.registry)
+        self.term = Gauge("hotplug_decider_lease_term", "Leadership term this replica knows", registry=self.registry)
 
 
 def observation_of(sample: MetricSample) -> Observation:
@@ -93,7 +101,10 @@ class Decider:
         self._partition_of: dict[tuple[str, str], int] = {}
         self._touched: set[tuple[str, str]] = set()
         self._state: KeyValue | None = None
+        self.lease: Lease | None = None
         self.metrics.vms.set_function(lambda: len(self.engines))
+        self.metrics.leader.set_function(lambda: 1.0 if self.lease is None or self.lease.active else 0.0)
+        self.metrics.term.set_function(lambda: float(self.lease.term) if self.lease else 0.0)
 
     async def run(self) -> None:
         if self.config.shadow and self.config.dry_run:
@@ -101,6 +112,12 @@ class Decider:
         if not self.config.dry_run or self.config.group:
             await bus.ensure_streams(self.ctx.js)
         await self.ctx.nc.subscribe(subjects.ALL_RESULTS, cb=self._on_result)
+        if self.config.lease:
+            kv = await self.ctx.js.create_key_value(bucket=LEASE_BUCKET, history=1)
+            self.lease = Lease(kv, self.config.lease, self.config.name, self.config.lease_ttl_s)
+            await self.lease.tick()
+            lease_task = asyncio.ensure_future(self.lease.run())
+            self._tasks.add(lease_task)
         if self.config.group:
             await self._run_in_group(self.config.group)
             return
@@ -217,6 +234,10 @@ class Decider:
             log.info("dry run: would resize %s/%s %d -> %d: %s", sample.host, sample.vm, sample.online_vcpus,
                      decision.target, decision.reason)
             return command
+        if self.lease is not None:
+            if not self.lease.active:
+                return None  # a standby keeps its state warm and commands nothing
+            command = msgspec.structs.replace(command, decider=self.lease.name, term=self.lease.term)
         engine.mark_sent(decision.target, command.expires_at)
         log.info("resize %s/%s %d -> %d: %s [%s]", sample.host, sample.vm, sample.online_vcpus, decision.target,
                  decision.reason, command.id)
