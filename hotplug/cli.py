@@ -187,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=_positive, default=None, help="how long each measurement runs")
     bench.add_argument("--json", action="store_true", help="one line of JSON (default: indented)")
 
+    auth = sub.add_parser("auth", help="broker security: users, permissions, credentials")
+    asub = auth.add_subparsers(dest="auth_command", required=True)
+    ainit = asub.add_parser("init", help="write nats.conf (one user per service) and credentials/<user>.env")
+    ainit.add_argument("--out", type=Path, required=True)
+    ainit.add_argument("--hosts", default="local", help="comma-separated hypervisor hosts")
+    ainit.add_argument("--address", default="127.0.0.1", help="the broker's address in the client URLs")
+    ainit.add_argument("--port", type=int, default=4222)
+    ainit.add_argument("--tls", action="store_true", help="also make a CA and a server certificate (openssl)")
+
+    streams = sub.add_parser("streams", help="create the streams, or bring them up to date (as the admin user)")
+    streams.add_argument("--nats", default=None)
+
     load = sub.add_parser("load", help="pin a simulated VM's demand (cores), or 'clear' to restore its workload")
     load.add_argument("vm")
     load.add_argument("cores")
@@ -565,6 +577,36 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_auth(args: argparse.Namespace) -> int:
+    from hotplug.auth import write
+
+    hosts = [h for h in args.hosts.split(",") if h]
+    for path in write(args.out, hosts, args.address, args.port, args.tls):
+        print(path)
+    print(f"start the broker with -c {args.out / 'nats.conf'}; create the streams once as admin:\n"
+          f"  env $(cat {args.out / 'credentials' / 'admin.env'}) hotplug streams\n"
+          f"then start each service with its own credentials, e.g. "
+          f"env $(cat {args.out / 'credentials' / 'decider.env'}) hotplug decider", file=sys.stderr)
+    return 0
+
+
+def cmd_streams(args: argparse.Namespace) -> int:
+    url = resolve_nats_url(args.nats)
+    if url is None:
+        raise UsageError(f"streams needs a NATS server: --nats URL or ${bus.DEFAULT_URL_ENV}")
+
+    async def create() -> None:
+        nc = await bus.connect(url, "hotplug-streams", forever=False)
+        try:
+            await bus.ensure_streams(nc.jetstream(), reconcile=True)
+        finally:
+            await nc.close()
+
+    asyncio.run(create())
+    print("streams ready")
+    return 0
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     from shared import subjects
     from shared.sim_api import LoadReply, LoadRequest
@@ -619,7 +661,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up, "simulator": cmd_simulator, "collector": cmd_collector, "decider": cmd_decider,
     "actuator": cmd_actuator, "agent": cmd_agent, "events": cmd_events, "schema": cmd_schema, "load": cmd_load,
     "replay": cmd_replay, "compare": cmd_compare, "report": cmd_report, "bench": cmd_bench, "vbox": cmd_vbox,
-    "qemu": cmd_qemu,
+    "qemu": cmd_qemu, "auth": cmd_auth, "streams": cmd_streams,
 }
 
 

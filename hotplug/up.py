@@ -125,7 +125,7 @@ async def run_up(options: UpOptions) -> Fleet:
         if options.hypervisor == "qemu":
             guests = await _boot_guests(options, data_dir / "qemu")
         nc = await bus.connect(url, "hotplug-up")
-        await bus.ensure_streams(nc.jetstream())
+        await bus.ensure_streams(nc.jetstream(), reconcile=True)
         watcher = _Watcher(fleet)
         await nc.subscribe(subjects.ALL_METRICS, cb=watcher.on_sample)
         await nc.subscribe(subjects.ALL_COMMANDS, cb=watcher.on_command)

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import ssl
 from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from shared import subjects
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL_ENV = "HOTPLUG_NATS_URL"
+CA_ENV = "HOTPLUG_NATS_CA"  # a CA file: connect with TLS and verify the server against it
 EVENTS_MAX_AGE_S = 90 * 24 * 3600.0
 METRICS_MAX_AGE_S = 24 * 3600.0
 METRICS_MAX_BYTES = 1 << 30
@@ -54,12 +57,25 @@ def stream_configs() -> list[StreamConfig]:
     ]
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create the streams, or bring an existing one's settings up to date. Safe to call from every service."""
+async def ensure_streams(js: JetStreamContext, reconcile: bool = False) -> None:
+    """Create missing streams; with ``reconcile`` (an admin's call) also bring existing ones up to date.
+
+    Services call it without ``reconcile``: where permissions are in force they may look streams up but not
+    create or change them (``hotplug streams`` as the admin user does that once).
+    """
     for config in stream_configs():
+        assert config.name is not None
         try:
-            await js.add_stream(config)
-        except BadRequestError:
+            await js.stream_info(config.name)
+            exists = True
+        except NotFoundError:
+            exists = False
+        if not exists:
+            try:
+                await js.add_stream(config)
+            except BadRequestError:  # created meanwhile by another service
+                exists = True
+        if exists and reconcile:
             await js.update_stream(config)
 
 
@@ -83,9 +99,12 @@ async def connect(
     async def reconnected_cb() -> None:
         log.info("nats reconnected")
 
+    ca = os.environ.get(CA_ENV)
+    tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca) if ca else None
     return await nats.connect(
         url,
         name=name,
+        tls=tls,
         max_reconnect_attempts=-1 if forever else 3,
         reconnect_time_wait=1.0 if forever else 0.2,
         connect_timeout=2,

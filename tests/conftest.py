@@ -63,10 +63,11 @@ def metric(url: str, name: str, **labels: str) -> float:
 class ServiceProcess:
     """One ``python -m hotplug <service>`` child with a known metrics port and a log file."""
 
-    def __init__(self, args: list[str], log_path: Path, metrics_port: int) -> None:
+    def __init__(self, args: list[str], log_path: Path, metrics_port: int,
+                 env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "hotplug", *args, "--metrics-port", str(metrics_port)],
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -107,8 +108,8 @@ def free_port() -> int:
 def start_service(tmp_path: Path) -> Iterator[object]:
     started: list[ServiceProcess] = []
 
-    def start(service: str, *args: str) -> ServiceProcess:
-        proc = ServiceProcess([service, *args], tmp_path / f"{service}-{len(started)}.log", free_port())
+    def start(service: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        proc = ServiceProcess([service, *args], tmp_path / f"{service}-{len(started)}.log", free_port(), env)
         started.append(proc)
         proc.wait_ready()
         return proc

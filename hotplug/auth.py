@@ -1,0 +1,145 @@
+"""``hotplug auth init``: a nats-server config with one user per service and the subjects each may use,
+and one credentials file per user.
+
+Authority comes from these permissions, never from a message field: only the decider user may publish on
+``hotplug.commands.>``; a collector may publish metrics of its own host only; an actuator may read only its own
+host's commands (its JetStream consumer's filter is part of the permitted API subject) and publish only its
+host's results; a viewer may read but not publish. The admin user (``hotplug up``, operators) creates the
+streams. Passwords are random; the files are written readable by their owner only.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared import subjects
+
+EVENTS, METRICS = subjects.EVENTS_STREAM, subjects.METRICS_STREAM
+KV_BUCKETS = ("hotplug_leases", "hotplug_deciders", "hotplug_decider_state")
+API = "$JS.API"
+
+
+@dataclass
+class User:
+    name: str
+    publish: list[str]
+    subscribe: list[str]
+    allow_responses: bool = False
+    deny_publish: list[str] = field(default_factory=list)
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+
+def _read_stream(stream: str) -> list[str]:
+    """What reading a stream through an ephemeral consumer takes (hotplug events, report, compare)."""
+    return [f"{API}.STREAM.INFO.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>", f"{API}.CONSUMER.MSG.NEXT.{stream}.>",
+            f"{API}.CONSUMER.DELETE.{stream}.>", f"{API}.CONSUMER.INFO.{stream}.>"]
+
+
+def users(hosts: list[str]) -> list[User]:
+    out = [
+        User("admin", publish=[">"], subscribe=[">"]),
+        User("decider",
+             publish=[f"{subjects.COMMANDS}.>", f"{subjects.PROPOSALS}.>", f"{API}.STREAM.INFO.*",
+                      *[f"{API}.STREAM.CREATE.KV_{b}" for b in KV_BUCKETS], *[f"$KV.{b}.>" for b in KV_BUCKETS],
+                      *[f"{API}.DIRECT.GET.KV_{b}.>" for b in KV_BUCKETS],
+                      f"{API}.CONSUMER.>"],  # group members' consumers on the metrics stream, KV key listings
+             subscribe=[f"{subjects.METRICS}.>", f"{subjects.RESULTS}.>", "_INBOX.>"],
+             deny_publish=[f"{API}.CONSUMER.DELETE.{EVENTS}.>"]),
+        User("viewer", publish=[*_read_stream(EVENTS), *_read_stream(METRICS)],
+             subscribe=[f"{subjects.METRICS}.>", f"{subjects.COMMANDS}.>", f"{subjects.RESULTS}.>",
+                        f"{subjects.PROPOSALS}.>", "_INBOX.>"]),
+    ]
+    for host in hosts:
+        durable = f"actuator-{host}"
+        out += [
+            User(f"simulator-{host}", publish=[], subscribe=[subjects.simulator(host, "*")], allow_responses=True),
+            User(f"collector-{host}", publish=[f"{subjects.METRICS}.{host}.>", subjects.simulator(host, "stats")],
+                 subscribe=["_INBOX.>"]),
+            User(f"agent-{host}", publish=[f"{subjects.METRICS}.{host}.>"], subscribe=["_INBOX.>"]),
+            User(f"actuator-{host}",
+                 publish=[f"{subjects.RESULTS}.{host}.>", subjects.simulator(host, "stats"),
+                          subjects.simulator(host, "hotplug"), f"{API}.STREAM.INFO.*",
+                          f"{API}.CONSUMER.INFO.{EVENTS}.{durable}",
+                          f"{API}.CONSUMER.CREATE.{EVENTS}.{durable}.{subjects.host_commands(host)}",
+                          f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{durable}", f"$JS.ACK.{EVENTS}.{durable}.>",
+                          f"{API}.STREAM.MSG.GET.{EVENTS}", f"{API}.DIRECT.GET.{EVENTS}.>",
+                          f"{API}.CONSUMER.CREATE.KV_hotplug_leases.>", f"{API}.DIRECT.GET.KV_hotplug_leases.>",
+                          f"{API}.CONSUMER.DELETE.KV_hotplug_leases.>"],
+                 subscribe=["_INBOX.>"]),
+        ]
+    return out
+
+
+def server_config(all_users: list[User], tls: tuple[Path, Path] | None = None) -> str:
+    """The ``authorization`` (and optional ``tls``) blocks of a nats-server config."""
+    entries = []
+    for u in all_users:
+        permissions: dict[str, object] = {
+            "publish": {"allow": u.publish, **({"deny": u.deny_publish} if u.deny_publish else {})},
+            "subscribe": {"allow": u.subscribe or ["_INBOX.none"]},
+        }
+        if u.allow_responses:
+            permissions["allow_responses"] = True
+        entries.append(f"    {{ user: {json.dumps(u.name)}, password: {json.dumps(u.password)}, "
+                       f"permissions: {json.dumps(permissions)} }}")
+    text = "# Written by `hotplug auth init`: one user per service, subject permissions.\n"
+    text += "authorization {\n  users = [\n" + "\n".join(entries) + "\n  ]\n}\n"
+    if tls is not None:
+        text += f"tls {{\n  cert_file: {json.dumps(str(tls[0]))}\n  key_file: {json.dumps(str(tls[1]))}\n}}\n"
+    return text
+
+
+def client_url(user: User, host: str, port: int, tls: bool) -> str:
+    return f"{'tls' if tls else 'nats'}://{user.name}:{user.password}@{host}:{port}"
+
+
+def make_certificates(out: Path, days: int = 825) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for 127.0.0.1 and localhost, made with openssl.
+    Returns (ca certificate, server certificate, server key)."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise FileNotFoundError("--tls needs the openssl command")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
+
+    ca_key, ca, key, csr, cert = (out / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(ca_key))
+    run("req", "-x509", "-new", "-key", str(ca_key), "-subj", "/CN=hotplug-heaven CA", "-days", str(days),
+        "-out", str(ca))
+    run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key))
+    run("req", "-new", "-key", str(key), "-subj", "/CN=nats", "-out", str(csr))
+    extensions = out / "server.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", str(days),
+        "-extfile", str(extensions), "-out", str(cert))
+    for private in (ca_key, key):
+        private.chmod(0o600)
+    return ca, cert, key
+
+
+def write(out: Path, hosts: list[str], address: str, port: int, tls: bool) -> list[Path]:
+    """Write nats.conf and credentials/<user>.env under ``out``; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "credentials").mkdir(exist_ok=True)
+    certs = make_certificates(out) if tls else None
+    all_users = users(hosts)
+    conf = out / "nats.conf"
+    conf.write_text(server_config(all_users, (certs[1], certs[2]) if certs else None))
+    conf.chmod(0o600)
+    written = [conf]
+    for u in all_users:
+        env = out / "credentials" / f"{u.name}.env"
+        lines = [f"HOTPLUG_NATS_URL={client_url(u, address, port, tls)}"]
+        if certs:
+            lines.append(f"HOTPLUG_NATS_CA={certs[0]}")
+        env.write_text("\n".join(lines) + "\n")
+        env.chmod(0o600)
+        written.append(env)
+    return written
