@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
 from nats.aio.msg import Msg
 from rich.console import Console
 from rich.live import Live
@@ -25,6 +24,7 @@ from hotplug.supervisor import Supervisor
 from hotplug.view import render
 from shared import bus, subjects
 from shared.broker import EmbeddedBroker
+from shared.codec import BadMessage, Decoder
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
 from shared.qemu.vm import QemuVm
 
@@ -82,20 +82,21 @@ class _Watcher:
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
-        self._sample = msgspec.json.Decoder(MetricSample)
-        self._command = msgspec.json.Decoder(ScaleCommand)
-        self._result = msgspec.json.Decoder(ScaleResult)
+        self._sample = Decoder(MetricSample)
+        self._command = Decoder(ScaleCommand)
+        self._result = Decoder(ScaleResult)
 
+    # The services count and log bad messages; the view just skips them.
     async def on_sample(self, msg: Msg) -> None:
-        with contextlib.suppress(msgspec.DecodeError):
+        with contextlib.suppress(BadMessage):
             self.fleet.on_sample(self._sample.decode(msg.data))
 
     async def on_command(self, msg: Msg) -> None:
-        with contextlib.suppress(msgspec.DecodeError):
+        with contextlib.suppress(BadMessage):
             self.fleet.on_command(self._command.decode(msg.data))
 
     async def on_result(self, msg: Msg) -> None:
-        with contextlib.suppress(msgspec.DecodeError):
+        with contextlib.suppress(BadMessage):
             result = self._result.decode(msg.data)
             self.fleet.on_result(result)
             if not sys.stdout.isatty():

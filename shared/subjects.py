@@ -100,7 +100,7 @@ def split(subject: str) -> tuple[str, str, str]:
     """``hotplug.<kind>[.<decider>].<host>.<vmtoken>`` → (kind, host, vm name). ValueError on other shapes."""
     parts = subject.split(".")
     # 5 tokens: a proposal (…proposals.<decider>.<host>.<vm>) or a stored sample (…metrics.<partition>.<host>.<vm>)
-    if parts[0] != PREFIX or len(parts) != (5 if len(parts) > 1 and parts[1] in ("proposals", "metrics")
-                                            and len(parts) == 5 else 4):
+    five = len(parts) == 5 and parts[1] in ("proposals", "metrics")
+    if parts[0] != PREFIX or not (len(parts) == 4 or five):
         raise ValueError(f"not a per-VM subject: {subject!r}")
     return parts[1], parts[-2], vm_from_token(parts[-1])
