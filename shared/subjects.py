@@ -92,7 +92,7 @@ def host_commands(host: str) -> str:
 
 
 def simulator(host: str, operation: str) -> str:
-    """Request subject of the simulated mini-cloud on ``host`` (``stats``, ``plug``, ``unplug``, ``load``)."""
+    """Request subject of the simulated mini-cloud on ``host`` (``stats``, ``hotplug``, ``load``)."""
     return f"{SIMULATOR}.{host}.{operation}"
 
 

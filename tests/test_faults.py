@@ -58,9 +58,18 @@ def order(vm: str, target: int, seen: int, *, decider: str = "test", term: int =
                         term=term)
 
 
-async def send(nc: Client, command: ScaleCommand, msg_id: str | None = None) -> None:
-    headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-    await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command), headers=headers)
+async def send(nc: Client, command: ScaleCommand) -> None:
+    """Store a command as a decider would (no Nats-Msg-Id: a repeat is stored again, as a duplicate would be)."""
+    await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command))
+
+
+async def simulated_host(start_service: Callable[..., ServiceProcess], url: str, vms: int, hotplug_delay: str,
+                         *actuator_args: str) -> ServiceProcess:
+    """Simulator (idle VMs of at most 4 vCPUs), collector and actuator of host ``local``; returns the actuator."""
+    start_service("simulator", "--nats", url, "--vms", str(vms), "--profiles", "idle", "--max-vcpus", "4",
+                  "--hotplug-delay", hotplug_delay)
+    start_service("collector", "--nats", url, "--interval", "0.5")
+    return start_service("actuator", "--nats", url, *actuator_args)
 
 
 async def test_actuator_safety_whatever_the_decider_says(
@@ -68,11 +77,8 @@ async def test_actuator_safety_whatever_the_decider_says(
 ) -> None:
     watch = Watch()
     await watch.attach(nc)
-    common = ["--nats", broker.url]
-    start_service("simulator", *common, "--vms", "5", "--profiles", "idle", "--max-vcpus", "4",
-                  "--hotplug-delay", "0.4")
-    start_service("collector", *common, "--interval", "0.5")
-    actuator = start_service("actuator", *common, "--vm-bounds", "vm-02=1:2", "--max-changes", "2")
+    actuator = await simulated_host(start_service, broker.url, 5, "0.4", "--vm-bounds", "vm-02=1:2",
+                                    "--max-changes", "2")
     await eventually(lambda: len(watch.online) == 5, what="samples of every VM")
 
     async def result_of(command: ScaleCommand) -> ScaleResult:
@@ -126,17 +132,13 @@ async def test_actuator_killed_mid_action_neither_loses_nor_doubles(
 ) -> None:
     watch = Watch()
     await watch.attach(nc)
-    common = ["--nats", broker.url]
-    start_service("simulator", *common, "--vms", "1", "--profiles", "idle", "--max-vcpus", "4",
-                  "--hotplug-delay", "3")
-    start_service("collector", *common, "--interval", "0.5")
-    actuator = start_service("actuator", *common, "--ack-wait", "4")
+    actuator = await simulated_host(start_service, broker.url, 1, "3", "--ack-wait", "4")
     await eventually(lambda: watch.online.get("vm-01") == 2, what="vm-01 at 2 vCPUs")
     await send(nc, c := order("vm-01", 3, 2))
     await eventually(lambda: metric(actuator.metrics_url, "hotplug_actuator_in_flight") == 1, what="in flight")
     os.kill(actuator.proc.pid, signal.SIGKILL)  # dies while the plug is under way
     actuator.proc.wait(timeout=10)
-    start_service("actuator", *common, "--ack-wait", "4")  # the same durable consumer: redelivery
+    start_service("actuator", "--nats", broker.url, "--ack-wait", "4")  # the same durable consumer: redelivery
     await eventually(lambda: watch.of(c.id), timeout=30, what="the one result after the restart")
     await asyncio.sleep(2.0)
     [result] = watch.of(c.id)
