@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
     up.add_argument("--data-dir", type=Path, default=Path(".hotplug"))
     up.add_argument("--nats", help="use this NATS server instead of starting one")
+    up.add_argument("--cluster", type=int, default=1, metavar="NODES",
+                    help="start a NATS cluster of this many nodes on loopback (streams kept on three)")
     up.add_argument("--hypervisor", choices=["simulator", "virtualbox", "qemu"], default="simulator",
                     help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH); "
                          "qemu: --vms real guests booted for the run")
@@ -384,7 +386,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     options = UpOptions(vms=args.vms, duration_s=args.duration, speed=args.speed, policy=args.policy,
                         params=tuple(args.param), data_dir=args.data_dir, nats_url=resolve_nats_url(args.nats),
                         seed=args.seed, interval_s=args.interval, dry_run=args.dry_run, view=not args.no_view,
-                        log_level=args.log_level, hypervisor=args.hypervisor, max_vcpus=args.max_vcpus)
+                        log_level=args.log_level, hypervisor=args.hypervisor, max_vcpus=args.max_vcpus,
+                        cluster=args.cluster)
+    if options.cluster < 1 or (options.cluster > 1 and options.nats_url is not None):
+        raise UsageError("--cluster takes a node count of at least 1, and only for the embedded broker (no --nats)")
     if options.hypervisor != "simulator" and options.speed != 1.0:
         raise UsageError("--speed applies to the simulator only")
     if options.hypervisor == "virtualbox":

@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared import subjects
-from shared.broker import EmbeddedBroker
+from shared.cluster import embedded_broker, nodes_in
 from shared.messages import ScaleCommand, ScaleResult
 
 Event = ScaleCommand | ScaleResult
@@ -54,8 +54,11 @@ def broker_for(data_dir: Path) -> Iterator[str]:
         return
     if not (data_dir / BROKER_DIR).is_dir():
         raise FileNotFoundError(f"no event log in {data_dir} (expected {data_dir / BROKER_DIR}/)")
-    with EmbeddedBroker(data_dir / BROKER_DIR) as broker:
-        yield broker.url
+    broker = embedded_broker(data_dir / BROKER_DIR, nodes_in(data_dir / BROKER_DIR))
+    try:
+        yield broker.start()
+    finally:
+        broker.stop()
 
 
 async def read_stream(js: JetStreamContext, stream: str, filters: list[str],

@@ -8,7 +8,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ from hotplug.fleet import Fleet
 from hotplug.supervisor import Supervisor
 from hotplug.view import render
 from shared import bus, subjects
-from shared.broker import EmbeddedBroker
+from shared.broker import EmbeddedBroker, free_port
+from shared.cluster import EmbeddedCluster, embedded_broker
 from shared.codec import BadMessage, Decoder
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
 from shared.qemu.vm import QemuVm
@@ -50,12 +50,8 @@ class UpOptions:
     log_level: str = "INFO"
     hypervisor: str = "simulator"
     max_vcpus: int = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # Embedded broker only: this many nodes on loopback, streams kept on up to three of them.
+    cluster: int = 1
 
 
 def child_argv(service: str, options: UpOptions, url: str, epoch: float, port: int) -> list[str]:
@@ -107,15 +103,19 @@ class _Watcher:
 async def run_up(options: UpOptions) -> Fleet:
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    broker: EmbeddedBroker | None = None
+    broker: EmbeddedBroker | EmbeddedCluster | None = None
     url = options.nats_url
-    if url is None:
-        broker = EmbeddedBroker(data_dir / BROKER_DIR)
-        url = broker.start()
-        assert broker.pid is not None
-        write_broker_file(data_dir, url, broker.pid)
-        print(f"nats: {url} (embedded, data in {data_dir / BROKER_DIR})", flush=True)
     env = dict(os.environ)
+    if url is None:
+        broker = embedded_broker(data_dir / BROKER_DIR, options.cluster)
+        url = broker.start()
+        first = broker if isinstance(broker, EmbeddedBroker) else broker.nodes[0]
+        assert first.pid is not None
+        write_broker_file(data_dir, url, first.pid)
+        kind = f"embedded cluster of {options.cluster} nodes" if options.cluster > 1 else "embedded"
+        print(f"nats: {url} ({kind}, data in {data_dir / BROKER_DIR})", flush=True)
+        if options.cluster > 1:
+            env[bus.REPLICAS_ENV] = os.environ[bus.REPLICAS_ENV] = str(min(3, options.cluster))
     guests: list[QemuVm] = []
     if options.hypervisor == "qemu":
         env["HOTPLUG_QEMU_DIR"] = str(data_dir / "qemu")

@@ -25,6 +25,21 @@ class BrokerError(RuntimeError):
     pass
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on loopback now (all held open while choosing, so never the same one
+    twice). Where the server can pick its own (``-p -1``), let it: a port chosen here could be taken before the
+    server binds it. Cluster nodes need theirs known in advance, to name each other in their routes."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
 def find_nats_server() -> str:
     """The nats-server binary: $NATS_SERVER_BIN, this interpreter's scripts dir, then PATH."""
     candidates = (
@@ -101,6 +116,13 @@ class EmbeddedBroker:
                         return url
             time.sleep(0.02)
         raise BrokerError(f"nats-server did not open its port within {STARTUP_TIMEOUT_S} s")
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies as in a power cut, with no goodbye to its clients or peers."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -3,6 +3,10 @@
 Commands and results are published to JetStream with ``Nats-Msg-Id`` set from the command id, so a retry
 after a lost acknowledgement is stored once. Metrics go over core NATS (losing one is harmless) and a
 short-lived stream keeps them for later study.
+
+A URL may list several servers, comma-separated (the nodes of a cluster); the client fails over between them.
+On a cluster, set ``HOTPLUG_STREAM_REPLICAS=3`` for every service: the streams and KV buckets then live on
+three nodes and survive the loss of one.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ import asyncio
 import logging
 import os
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 
 from shared import subjects
 
@@ -25,13 +31,33 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL_ENV = "HOTPLUG_NATS_URL"
 CA_ENV = "HOTPLUG_NATS_CA"  # a CA file: connect with TLS and verify the server against it
+REPLICAS_ENV = "HOTPLUG_STREAM_REPLICAS"
 EVENTS_MAX_AGE_S = 90 * 24 * 3600.0
 METRICS_MAX_AGE_S = 24 * 3600.0
 METRICS_MAX_BYTES = 1 << 30
 DUPLICATE_WINDOW_S = 600.0
+STORE_PATIENCE_S = 120.0
+
+
+def replicas() -> int:
+    """How many nodes keep each stream and bucket: ``$HOTPLUG_STREAM_REPLICAS``, 1 by default."""
+    text = os.environ.get(REPLICAS_ENV, "1")
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 5:  # JetStream's own limit
+        raise ValueError(f"${REPLICAS_ENV} must be a whole number from 1 to 5, not {text!r}")
+    return count
+
+
+def servers(url: str) -> list[str]:
+    """The server URLs in a comma-separated list."""
+    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 def stream_configs() -> list[StreamConfig]:
+    copies = replicas()
     return [
         StreamConfig(
             name=subjects.EVENTS_STREAM,
@@ -42,6 +68,7 @@ def stream_configs() -> list[StreamConfig]:
             max_age=EVENTS_MAX_AGE_S,
             duplicate_window=DUPLICATE_WINDOW_S,
             discard=DiscardPolicy.OLD,
+            num_replicas=copies,
         ),
         StreamConfig(
             name=subjects.METRICS_STREAM,
@@ -53,6 +80,7 @@ def stream_configs() -> list[StreamConfig]:
             max_age=METRICS_MAX_AGE_S,
             max_bytes=METRICS_MAX_BYTES,
             discard=DiscardPolicy.OLD,
+            num_replicas=copies,
         ),
     ]
 
@@ -79,6 +107,11 @@ async def ensure_streams(js: JetStreamContext, reconcile: bool = False) -> None:
             await js.update_stream(config)
 
 
+async def key_value(js: JetStreamContext, bucket: str, *, ttl_s: float | None = None) -> KeyValue:
+    """Open a KV bucket (one value per key), creating it with this deployment's replica count if missing."""
+    return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=ttl_s, replicas=replicas()))
+
+
 async def connect(
     url: str,
     name: str,
@@ -102,7 +135,7 @@ async def connect(
     ca = os.environ.get(CA_ENV)
     tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca) if ca else None
     return await nats.connect(
-        url,
+        servers(url),
         name=name,
         tls=tls,
         max_reconnect_attempts=-1 if forever else 3,
@@ -115,17 +148,26 @@ async def connect(
 
 
 async def publish_durable(
-    js: JetStreamContext, subject: str, payload: bytes, msg_id: str, *, attempts: int = 5
+    js: JetStreamContext, subject: str, payload: bytes, msg_id: str, *, patience_s: float = STORE_PATIENCE_S
 ) -> None:
-    """Publish to JetStream, retrying with the same id so the stream stores it exactly once."""
+    """Publish to JetStream, retrying with the same id (so the stream stores it exactly once) until the stream
+    acknowledges it or ``patience_s`` has passed; then the last error is raised.
+
+    The patience outlasts a broker restart or a cluster electing a new stream leader: a command seen on the bus
+    must reach the event log, or its sender must know that it did not.
+    """
+    deadline = time.monotonic() + patience_s
     delay = 0.2
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             await js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=2.0)
             return
         except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                nats.js.errors.NoStreamResponseError):
-            if attempt == attempts:
+                nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError,
+                nats.errors.ConnectionReconnectingError):
+            if time.monotonic() + delay > deadline:
                 raise
             log.warning("publish of %s to %s not acknowledged (attempt %d); retrying", msg_id, subject, attempt)
             await asyncio.sleep(delay)

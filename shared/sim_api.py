@@ -25,6 +25,9 @@ class SimVmCounters(msgspec.Struct, frozen=True, kw_only=True):
     # Cumulative core-seconds of demand that found no free vCPU (the run-queue excess, integrated).
     waiting_core_seconds: float
     profile: str
+    # vCPUs plugged or unplugged since the simulator started: the hypervisor's own count, against which an
+    # audit checks that no command took effect twice.
+    hotplug_ops: int = 0
 
 
 class StatsReply(msgspec.Struct, frozen=True, kw_only=True):

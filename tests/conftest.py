@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import bus
-from shared.broker import EmbeddedBroker
+from shared.broker import EmbeddedBroker, free_port
 from tests.vbox_fixtures import STANDIN, VBoxHome
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,12 +96,6 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
-
-
-def free_port() -> int:
-    from hotplug.up import free_port as pick
-
-    return pick()
 
 
 @pytest.fixture

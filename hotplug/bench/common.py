@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from hotplug.up import free_port
+from shared.broker import free_port
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -20,6 +20,7 @@ from typing import TypeVar
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
@@ -108,8 +109,7 @@ class Actuator:
             deliver_policy=DeliverPolicy.BY_START_TIME,
             opt_start_time=start.isoformat(),  # type: ignore[arg-type]
         )
-        psub = await self.ctx.js.pull_subscribe(subjects.host_commands(self.ctx.host), durable=self.durable,
-                                                stream=subjects.EVENTS_STREAM, config=consumer)
+        psub = await self._subscribe(consumer)
         log.info("actuator %s on host %s with driver %s", self.config.name, self.ctx.host, self.driver.name)
         terms = asyncio.ensure_future(self._follow_terms())
         try:
@@ -118,13 +118,36 @@ class Actuator:
                     msgs = await psub.fetch(batch=64, timeout=1.0)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
+                except NotFoundError:
+                    log.warning("the command consumer %s is gone; making it again", self.durable)
+                    psub = await self._subscribe(consumer)
+                    continue
+                except nats.errors.Error as exc:
+                    # The broker is restarting or electing a leader: unacknowledged commands wait for us there.
+                    log.warning("command intake paused: %s", exc or type(exc).__name__)
+                    await asyncio.sleep(1.0)
+                    continue
                 for msg in msgs:
-                    await self._dispatch(msg)
+                    try:
+                        await self._dispatch(msg)
+                    except nats.errors.Error as exc:
+                        log.warning("command at stream sequence %s not taken (%s); it will be redelivered",
+                                    msg.metadata.sequence.stream, exc or type(exc).__name__)
         finally:
             terms.cancel()
             for worker in self._workers.values():
                 worker.cancel()
             await self.driver.close()
+
+    async def _subscribe(self, consumer: ConsumerConfig) -> JetStreamContext.PullSubscription:
+        """The durable pull subscription, retried while JetStream is not yet available."""
+        while True:
+            try:
+                return await self.ctx.js.pull_subscribe(subjects.host_commands(self.ctx.host), durable=self.durable,
+                                                        stream=subjects.EVENTS_STREAM, config=consumer)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("command consumer not ready (%s); retrying", exc or type(exc).__name__)
+                await asyncio.sleep(1.0)
 
     async def _follow_terms(self) -> None:
         """Learn each lease's current term, so a deposed leader's late orders are refused even before the new

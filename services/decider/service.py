@@ -113,7 +113,7 @@ class Decider:
             await bus.ensure_streams(self.ctx.js)
         await self.ctx.nc.subscribe(subjects.ALL_RESULTS, cb=self._on_result)
         if self.config.lease:
-            kv = await self.ctx.js.create_key_value(bucket=LEASE_BUCKET, history=1)
+            kv = await bus.key_value(self.ctx.js, LEASE_BUCKET)
             self.lease = Lease(kv, self.config.lease, self.config.name, self.config.lease_ttl_s)
             await self.lease.tick()
             lease_task = asyncio.ensure_future(self.lease.run())

@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from shared import subjects
+from shared import bus, subjects
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,10 @@ class ShardedIntake:
         self._psub: JetStreamContext.PullSubscription | None = None
 
     async def open_state(self) -> KeyValue:
-        return await self.js.create_key_value(bucket=STATE_BUCKET, history=1, ttl=7 * 24 * 3600)
+        return await bus.key_value(self.js, STATE_BUCKET, ttl_s=7 * 24 * 3600)
 
     async def run(self) -> None:
-        self._members_kv = await self.js.create_key_value(bucket=MEMBERS_BUCKET, history=1, ttl=MEMBER_TTL_S)
+        self._members_kv = await bus.key_value(self.js, MEMBERS_BUCKET, ttl_s=MEMBER_TTL_S)
         await self._heartbeat()
         membership = asyncio.ensure_future(self._membership_loop())
         try:

@@ -36,6 +36,7 @@ class SimVm:
     busy_until: float = float("-inf")
     cpu_seconds: float = 0.0
     waiting_core_seconds: float = 0.0
+    hotplug_ops: int = 0
     per_vcpu_seconds: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -70,6 +71,7 @@ class SimVm:
             per_vcpu_seconds=list(self.per_vcpu_seconds),
             waiting_core_seconds=self.waiting_core_seconds,
             profile=self.workload.profile,
+            hotplug_ops=self.hotplug_ops,
         )
 
     def check_hotplug(self, op: str, t: float) -> None:
@@ -91,6 +93,7 @@ class SimVm:
     def finish_hotplug(self, op: str, t: float) -> int:
         self.advance(t)
         self.online_vcpus += 1 if op == "plug" else -1
+        self.hotplug_ops += 1
         self.busy_until = float("-inf")
         return self.online_vcpus
 
