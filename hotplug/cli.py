@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--shadow", action="store_true",
                      help="publish proposals on hotplug.proposals.<name>.<host>.<vm> instead of commands")
     dec.add_argument("--max-sample-age", type=_positive, default=10.0)
+    dec.add_argument("--intake-capacity", type=int, default=100_000, metavar="VMS",
+                     help="VMs whose newest sample may wait at once; a flood sheds the oldest samples")
     dec.add_argument("--command-ttl", type=_positive, default=30.0)
 
     act = sub.add_parser("actuator", parents=[service], help="execute scale commands on the hypervisor")
@@ -280,7 +282,10 @@ def cmd_decider(args: argparse.Namespace) -> int:
         raise UsageError("--shadow and --dry-run exclude each other")
     config = DeciderConfig(name=args.name, dry_run=args.dry_run, shadow=args.shadow, group=args.group,
                            lease=args.lease, lease_ttl_s=args.lease_ttl,
-                           max_sample_age_s=args.max_sample_age, command_ttl_s=args.command_ttl)
+                           max_sample_age_s=args.max_sample_age, command_ttl_s=args.command_ttl,
+                           intake_capacity=args.intake_capacity)
+    if config.intake_capacity < 1:
+        raise UsageError("--intake-capacity must be at least 1")
 
     async def body(ctx: ServiceContext) -> None:
         await Decider(ctx, policy, rails, config).run()

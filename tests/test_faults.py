@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +16,14 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from hotplug.audit import audit
 from hotplug.events import read_events
+from hotplug.observer import Observer, hypervisor_ops, settle
 from shared import bus, subjects
 from shared.broker import EmbeddedBroker
 from shared.codec import encode
 from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
-from tests.conftest import ServiceProcess, eventually, free_port, metric
+from tests.conftest import REPO, ServiceProcess, eventually, free_port, metric
 
 
 class Watch:
@@ -184,3 +188,43 @@ async def test_broker_restart_mid_run_loses_no_event(
     # every command but those still in flight at the end has its result
     assert len(commands - set(results)) <= 2
     assert len(commands) >= 4
+
+
+async def test_a_flood_of_metrics_sheds_old_samples_never_commands(
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """A runaway agent floods the decider with samples of 2,000 made-up VMs; the decider's intake holds at most
+    500 VMs' newest samples and sheds the rest, and a real VM's load step is still acted on, with every command
+    ending in one result."""
+    observer = Observer()
+    await observer.attach(nc)
+    await simulated_host(start_service, broker.url, 2, "0.2")
+    decider = start_service("decider", "--nats", broker.url, "--intake-capacity", "500")
+    await eventually(lambda: {"vm-01", "vm-02"} <= observer.online().keys(), what="samples of both VMs")
+    ghosts = [f"ghost-{i:04d}" for i in range(2000)]
+    published = 0
+    for _ in range(60):
+        now = time.time()
+        for vm in ghosts:
+            await nc.publish(subjects.metrics("local", vm), encode(MetricSample(
+                time=now, host="local", vm=vm, online_vcpus=2, min_vcpus=1, max_vcpus=4, cpu_used_cores=1.0,
+                interval_s=1.0, source="flood")))
+            published += 1
+        await nc.flush()
+    shed = metric(decider.metrics_url, "hotplug_messages_dropped_total", kind="metric", reason="shed")
+    assert shed > 0
+    # the decider still answers a real VM's need, on its newest sample
+    step_at = time.time()
+    load = subprocess.run([sys.executable, "-m", "hotplug", "load", "vm-01", "4", "--nats", broker.url], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert load.returncode == 0, load.stderr
+    await eventually(lambda: any(r.vm == "vm-01" and r.ok and (r.vcpus_after or 0) > (r.vcpus_before or 0)
+                                 and r.time > step_at for r in observer.results), timeout=30,
+                     what="vm-01 grown after its load step")
+    received = metric(decider.metrics_url, "hotplug_messages_received_total", kind="metric")
+    assert received + shed >= published  # every flooded sample either decided on or counted as shed
+    decider.stop()
+    commands, results = await settle(nc, timeout_s=30)
+    report = audit(commands, results, seen_live=observer.seen, ops_by_vm=await hypervisor_ops(nc, "local"),
+                   samples=observer.samples)
+    assert report.lost == 0 and report.duplicated == 0 and report.out_of_bounds == 0, report

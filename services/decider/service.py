@@ -17,6 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.decider.engine import Decision, VmEngine
 from services.decider.guard import GuardRails
 from services.decider.lease import LEASE_BUCKET, Lease
+from services.decider.mailbox import LatestPerKey
 from services.decider.policies.base import Observation, PolicyBase
 from services.decider.sharding import ShardedIntake, load_state, state_key
 from shared import bus, subjects
@@ -44,6 +45,8 @@ class DeciderConfig:
     # A sample older than this (clock seconds) describes a VM that may have changed since: never act on it.
     max_sample_age_s: float = 10.0
     command_ttl_s: float = 30.0
+    # VMs whose newest sample may wait at once; beyond, the longest-waiting is shed (see mailbox.py).
+    intake_capacity: int = 100_000
 
 
 class DeciderMetrics(ServiceMetrics):
@@ -93,6 +96,10 @@ class Decider:
         self.metrics: DeciderMetrics = ctx.metrics
         self.samples: Inbox[MetricSample] = Inbox("metric", MetricSample, ctx.metrics)
         self.results: Inbox[ScaleResult] = Inbox("result", ScaleResult, ctx.metrics)
+        # Raw samples by subject (one per VM): decoded only when their turn comes, so a flood costs little.
+        self.intake: LatestPerKey[str, bytes] = LatestPerKey(config.intake_capacity)
+        self._intake_ready = asyncio.Event()
+        self._shed = ctx.metrics.dropped.labels(ctx.metrics.service, "metric", "shed")
         self.engines: dict[tuple[str, str], VmEngine] = {}
         # Ids must differ across restarts (the event log de-duplicates by id), and stay fixed across retries.
         self._id_prefix = f"{config.name}-{secrets.token_hex(4)}"
@@ -121,6 +128,8 @@ class Decider:
         if self.config.group:
             await self._run_in_group(self.config.group)
             return
+        worker = asyncio.ensure_future(self._drain_intake())
+        self._tasks.add(worker)
         await self.ctx.nc.subscribe(subjects.ALL_METRICS, cb=self._on_sample)
         await self.ctx.nc.flush()
         mode = " (dry run: no commands)" if self.config.dry_run else " (shadow: proposals only)" if (
@@ -195,11 +204,28 @@ class Decider:
         return engine
 
     async def _on_sample(self, msg: Msg) -> None:
-        sample = self.samples.open(msg.subject, msg.data)
-        if sample is not None and self.handle_sample(sample) is not None:
-            # The subscription loop does not yield while samples are queued: let the command go out now,
-            # not after the whole backlog.
-            await asyncio.sleep(0)
+        if self.intake.put(msg.subject, msg.data):
+            self._shed.inc()
+        self._intake_ready.set()
+
+    async def _drain_intake(self) -> None:
+        """Decide on each VM's newest sample, in the order the VMs arrived."""
+        while True:
+            await self._intake_ready.wait()
+            self._intake_ready.clear()
+            handled = 0
+            while (item := self.intake.pop()) is not None:
+                handled += 1
+                try:
+                    sample = self.samples.open(*item)
+                    acted = sample is not None and self.handle_sample(sample) is not None
+                except Exception:
+                    log.exception("sample on %s not handled", item[0])
+                    acted = False
+                if acted or handled % 64 == 0:
+                    # Let a command go out now, and let the intake take in what arrived meanwhile (replacing
+                    # what is now stale), rather than working through a backlog first.
+                    await asyncio.sleep(0)
 
     def handle_sample(self, sample: MetricSample) -> ScaleCommand | None:
         now = self.ctx.clock.now()
