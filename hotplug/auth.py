@@ -92,8 +92,9 @@ def server_config(all_users: list[User], tls: tuple[Path, Path] | None = None) -
     return text
 
 
-def client_url(user: User, host: str, port: int, tls: bool) -> str:
-    return f"{'tls' if tls else 'nats'}://{user.name}:{user.password}@{host}:{port}"
+def client_url(user: User, host: str, ports: list[int], tls: bool) -> str:
+    """The user's URL for each server (a cluster's nodes), comma-separated."""
+    return ",".join(f"{'tls' if tls else 'nats'}://{user.name}:{user.password}@{host}:{port}" for port in ports)
 
 
 def make_certificates(out: Path, days: int = 825) -> tuple[Path, Path, Path]:
@@ -124,7 +125,7 @@ def make_certificates(out: Path, days: int = 825) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
-def write(out: Path, hosts: list[str], address: str, port: int, tls: bool) -> list[Path]:
+def write(out: Path, hosts: list[str], address: str, ports: list[int], tls: bool) -> list[Path]:
     """Write nats.conf and credentials/<user>.env under ``out``; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "credentials").mkdir(exist_ok=True)
@@ -136,7 +137,7 @@ def write(out: Path, hosts: list[str], address: str, port: int, tls: bool) -> li
     written = [conf]
     for u in all_users:
         env = out / "credentials" / f"{u.name}.env"
-        lines = [f"HOTPLUG_NATS_URL={client_url(u, address, port, tls)}"]
+        lines = [f"HOTPLUG_NATS_URL={client_url(u, address, ports, tls)}"]
         if certs:
             lines.append(f"HOTPLUG_NATS_CA={certs[0]}")
         env.write_text("\n".join(lines) + "\n")

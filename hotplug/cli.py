@@ -191,13 +191,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=_positive, default=None, help="how long each measurement runs")
     bench.add_argument("--json", action="store_true", help="one line of JSON (default: indented)")
 
+    chaos = sub.add_parser("chaos", help="inject faults into a live loop (3-node cluster, one user per service) "
+                                         "and report what survived")
+    chaos.add_argument("--json", action="store_true", help="print the report as JSON")
+    chaos.add_argument("--vms", type=int, default=4)
+    chaos.add_argument("--speed", type=_positive, default=4.0, help="simulated seconds per wall second")
+    chaos.add_argument("--window", type=_positive, default=5.0, help="wall seconds the loop runs under each fault")
+    chaos.add_argument("--nodes", type=int, default=3, help="NATS cluster nodes")
+    chaos.add_argument("--only", default="", help="comma-separated faults to inject (default: all)")
+    chaos.add_argument("--data-dir", type=Path, default=None,
+                       help="keep the run's logs, credentials and streams here (default: a temporary directory)")
+
     auth = sub.add_parser("auth", help="broker security: users, permissions, credentials")
     asub = auth.add_subparsers(dest="auth_command", required=True)
     ainit = asub.add_parser("init", help="write nats.conf (one user per service) and credentials/<user>.env")
     ainit.add_argument("--out", type=Path, required=True)
     ainit.add_argument("--hosts", default="local", help="comma-separated hypervisor hosts")
     ainit.add_argument("--address", default="127.0.0.1", help="the broker's address in the client URLs")
-    ainit.add_argument("--port", type=int, default=4222)
+    ainit.add_argument("--port", default="4222", help="the broker's client port; a cluster's, comma-separated")
     ainit.add_argument("--tls", action="store_true", help="also make a CA and a server certificate (openssl)")
 
     streams = sub.add_parser("streams", help="create the streams, or bring them up to date (as the admin user)")
@@ -591,13 +602,35 @@ def cmd_auth(args: argparse.Namespace) -> int:
     from hotplug.auth import write
 
     hosts = [h for h in args.hosts.split(",") if h]
-    for path in write(args.out, hosts, args.address, args.port, args.tls):
+    try:
+        ports = [int(p) for p in args.port.split(",") if p]
+    except ValueError:
+        raise UsageError(f"--port takes port numbers, comma-separated, not {args.port!r}") from None
+    for path in write(args.out, hosts, args.address, ports, args.tls):
         print(path)
     print(f"start the broker with -c {args.out / 'nats.conf'}; create the streams once as admin:\n"
           f"  env $(cat {args.out / 'credentials' / 'admin.env'}) hotplug streams\n"
           f"then start each service with its own credentials, e.g. "
           f"env $(cat {args.out / 'credentials' / 'decider.env'}) hotplug decider", file=sys.stderr)
     return 0
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from hotplug.chaos import FAULTS, ChaosOptions, print_report, run_chaos
+
+    only = tuple(f for f in args.only.split(",") if f)
+    if set(only) - set(FAULTS):
+        raise UsageError(f"unknown fault in --only; choose from {', '.join(FAULTS)}")
+    if args.nodes < 1 or args.vms < 4:
+        raise UsageError("chaos needs at least one node and four VMs")
+    options = ChaosOptions(vms=args.vms, speed=args.speed, window_s=args.window, nodes=args.nodes,
+                           data_dir=args.data_dir, only=only)
+    report = asyncio.run(run_chaos(options, progress=lambda line: print(line, file=sys.stderr, flush=True)))
+    if args.json:
+        print(msgspec.json.encode(report).decode())
+    else:
+        print_report(report)
+    return 0 if report.ok else 1
 
 
 def cmd_streams(args: argparse.Namespace) -> int:
@@ -671,7 +704,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up, "simulator": cmd_simulator, "collector": cmd_collector, "decider": cmd_decider,
     "actuator": cmd_actuator, "agent": cmd_agent, "events": cmd_events, "schema": cmd_schema, "load": cmd_load,
     "replay": cmd_replay, "compare": cmd_compare, "report": cmd_report, "bench": cmd_bench, "vbox": cmd_vbox,
-    "qemu": cmd_qemu, "auth": cmd_auth, "streams": cmd_streams,
+    "qemu": cmd_qemu, "auth": cmd_auth, "streams": cmd_streams, "chaos": cmd_chaos,
 }
 
 

@@ -27,6 +27,8 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
+    env: dict[str, str] | None = None  # added to the supervisor's (e.g. this service's own credentials)
+    retired: bool = False
     exits: list[int] = field(default_factory=list)
 
 
@@ -42,8 +44,9 @@ class Supervisor:
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
 
-    async def start(self, name: str, argv: list[str], metrics_port: int) -> Child:
-        child = Child(name, argv, metrics_port)
+    async def start(self, name: str, argv: list[str], metrics_port: int,
+                    env: dict[str, str] | None = None) -> Child:
+        child = Child(name, argv, metrics_port, env=env)
         self.children[name] = child
         await self._spawn(child)
         self._watchers.append(asyncio.ensure_future(self._watch(child)))
@@ -54,17 +57,39 @@ class Supervisor:
         with (self.log_dir / f"{child.name}.log").open("ab") as out:
             child.process = await asyncio.create_subprocess_exec(
                 *child.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                env=self.env, start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children
+                # Ctrl-C reaches the supervisor only; it stops the children
+                env=self._env_of(child), start_new_session=True,
             )
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.process.pid)
+
+    def _env_of(self, child: Child) -> dict[str, str] | None:
+        if child.env is None:
+            return self.env
+        return {**(self.env if self.env is not None else os.environ), **child.env}
+
+    async def retire(self, name: str, timeout_s: float = 30.0) -> None:
+        """Stop one child for good (SIGTERM, then SIGKILL): it is not restarted."""
+        child = self.children[name]
+        child.retired = True
+        proc = child.process
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
 
     async def _watch(self, child: Child) -> None:
         backoff = self.initial_backoff_s
         while True:
             assert child.process is not None
             code = await child.process.wait()
-            if self._stopping:
+            if self._stopping or child.retired:
                 return
             child.exits.append(code)
             if time.monotonic() - child.started_at >= self.healthy_after_s:
@@ -85,7 +110,7 @@ class Supervisor:
     def pids(self) -> dict[str, int]:
         return {name: c.process.pid for name, c in self.children.items() if c.process is not None}
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
+    async def stop(self, timeout_s: float = 30.0) -> None:
         self._stopping = True
         for watcher in self._watchers:
             watcher.cancel()

@@ -54,8 +54,10 @@ class UpOptions:
     cluster: int = 1
 
 
-def child_argv(service: str, options: UpOptions, url: str, epoch: float, port: int) -> list[str]:
-    argv = [sys.executable, "-m", "hotplug", service, "--nats", url, "--host", options.host,
+def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, port: int) -> list[str]:
+    """A service's command line; without ``url`` it reads $HOTPLUG_NATS_URL (a URL with credentials stays out
+    of the process list)."""
+    argv = [sys.executable, "-m", "hotplug", service, *(["--nats", url] if url else []), "--host", options.host,
             "--speed", repr(options.speed), "--epoch", repr(epoch), "--metrics-port", str(port),
             "--log-level", options.log_level]
     if service == "simulator":

@@ -16,6 +16,7 @@ import logging
 import os
 import ssl
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 
 import nats
@@ -54,6 +55,29 @@ def replicas() -> int:
 def servers(url: str) -> list[str]:
     """The server URLs in a comma-separated list."""
     return [part.strip() for part in url.split(",") if part.strip()]
+
+
+def credentials_apart(url: str) -> tuple[list[str], str | None, str | None]:
+    """The server URLs without their ``user:password@``, and that user and password.
+
+    Given as connect options rather than in each URL, the credentials also reach the servers a cluster
+    announces to the client, which it may fail over to."""
+    plain: list[str] = []
+    user = password = None
+    for server in servers(url):
+        parts = urllib.parse.urlsplit(server)
+        if parts.username is not None:
+            if user is not None and (parts.username, parts.password) != (user, password):
+                raise ValueError("every server in a NATS URL list must carry the same credentials")
+            user, password = parts.username, parts.password
+            netloc = parts.hostname or ""
+            if parts.port is not None:
+                netloc = f"{netloc}:{parts.port}"
+            server = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        plain.append(server)
+    if user is not None:
+        user, password = urllib.parse.unquote(user), urllib.parse.unquote(password or "")
+    return plain, user, password
 
 
 def stream_configs() -> list[StreamConfig]:
@@ -134,8 +158,11 @@ async def connect(
 
     ca = os.environ.get(CA_ENV)
     tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca) if ca else None
+    plain, user, password = credentials_apart(url)
     return await nats.connect(
-        servers(url),
+        plain,
+        user=user,
+        password=password,
         name=name,
         tls=tls,
         max_reconnect_attempts=-1 if forever else 3,

@@ -192,6 +192,10 @@ class Actuator:
             while not queue.empty():
                 command, msg = queue.get_nowait()
                 result = await self._already_done(command, msg)
+                if result is None and msg.metadata.num_delivered > 1:
+                    result, command = await self._resume(command)
+                    if result is not None:
+                        await self._store(result)
                 if result is None and not queue.empty():
                     # a newer order for this VM is waiting: this one ends without acting, and says why
                     result = self.refuse(command, Refusal(ErrorCode.SUPERSEDED, "a newer command for this VM arrived "
@@ -231,6 +235,26 @@ class Actuator:
                     log.info("command %s was executed before a restart; not acting again", command.id)
                     return result
         return None
+
+    async def _resume(self, command: ScaleCommand) -> tuple[ScaleResult | None, ScaleCommand]:
+        """A redelivered command may have been carried out, wholly or in part, by the incarnation that died (the
+        hypervisor finishes an operation its caller no longer waits for). If its VM is at the target, its result
+        says it is done, rather than "expired" or "superseded", which would hide a change that happened; if the
+        VM stopped part-way, the command goes on from there."""
+        started = time.perf_counter()
+        try:
+            view = await self._call(self.driver.read(command.vm))
+        except DriverError:
+            return None, command
+        now, seen, target = view.online_vcpus, command.seen_vcpus, command.target_vcpus
+        if now == target:
+            log.info("command %s found done on redelivery: %s has %d vCPUs", command.id, command.vm, now)
+            return self._result(command, started, now, now, None), command
+        if min(seen, target) < now < max(seen, target):
+            log.info("command %s found part-done on redelivery (%d of %d -> %d); going on", command.id, now, seen,
+                     target)
+            return None, msgspec.structs.replace(command, seen_vcpus=now)
+        return None, command
 
     async def _store(self, result: ScaleResult) -> None:
         await bus.publish_durable(self.ctx.js, subjects.results(result.host, result.vm), encode(result),
@@ -286,6 +310,10 @@ class Actuator:
                 failure = Refusal(exc.code, exc.message)
             if failure is not None and before is not None:
                 after = await self._reread(command.vm, after)
+        return self._result(command, started, before, after, failure)
+
+    def _result(self, command: ScaleCommand, started: float, before: int | None, after: int | None,
+                failure: Refusal | None) -> ScaleResult:
         return ScaleResult(
             command_id=command.id,
             time=self.ctx.clock.now(),

@@ -29,6 +29,9 @@ from shared.telemetry import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
+# How long a stopping decider waits for its sent commands to be stored (a supervisor's stop timeout is longer).
+STOP_GRACE_S = 25.0
+
 
 @dataclass(frozen=True)
 class DeciderConfig:
@@ -105,6 +108,7 @@ class Decider:
         self._id_prefix = f"{config.name}-{secrets.token_hex(4)}"
         self._seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._publishing: set[asyncio.Task[None]] = set()
         self._partition_of: dict[tuple[str, str], int] = {}
         self._touched: set[tuple[str, str]] = set()
         self._state: KeyValue | None = None
@@ -114,6 +118,20 @@ class Decider:
         self.metrics.term.set_function(lambda: float(self.lease.term) if self.lease else 0.0)
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            await self._finish_publishing()
+
+    async def _finish_publishing(self) -> None:
+        """On the way out, let the commands already sent reach the event log: a command seen on the bus must
+        be stored, so that it ends in a result."""
+        publishing = [t for t in self._publishing if not t.done()]
+        if publishing:
+            log.info("waiting up to %.0f s for %d command(s) to be stored", STOP_GRACE_S, len(publishing))
+            await asyncio.wait(publishing, timeout=STOP_GRACE_S)
+
+    async def _run(self) -> None:
         if self.config.shadow and self.config.dry_run:
             raise ValueError("--shadow and --dry-run exclude each other")
         if not self.config.dry_run or self.config.group:
@@ -269,8 +287,8 @@ class Decider:
                  decision.reason, command.id)
         # Publishing waits for the event log's acknowledgement; other samples must not wait behind it.
         task = asyncio.ensure_future(self._publish(command))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
         return command
 
     def _propose(self, sample: MetricSample, decision: Decision | None, now: float) -> None:

@@ -1,0 +1,429 @@
+"""``hotplug chaos``: faults injected one at a time into a live loop, and a report of what survived.
+
+The loop runs as a careful operator would run it: a three-node NATS cluster on loopback with every stream on
+all three nodes, one NATS user per service (``hotplug auth init``), services supervised (restarted when they
+die), the simulated mini-cloud, and the actuator holding ``vm-01`` to at most 2 vCPUs. Each fault has a window:
+it is injected, its own checks run (the service came back, the broker refused, the loop acted again), and the
+loop keeps running for at least ``window_s``. At the end the decider is stopped, every command is given time
+to get its result, and the event log is audited (``hotplug.audit``) per window and as a whole, against what
+was seen live on the bus and what the simulated hypervisor itself did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import nats
+from nats.aio.client import Client
+
+from hotplug import auth
+from hotplug.audit import Audit, audit
+from hotplug.bench.common import scrape_total
+from hotplug.observer import Observer, hypervisor_ops, settle
+from hotplug.supervisor import Supervisor
+from hotplug.up import UpOptions, child_argv
+from shared import bus, subjects
+from shared.broker import free_port
+from shared.clock import Clock
+from shared.cluster import EmbeddedCluster
+from shared.codec import encode
+from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
+
+HOST = "local"
+BOUNDED_VM, BOUNDS = "vm-01", (1, 2)
+SERVICE_USERS = {"simulator": f"simulator-{HOST}", "collector": f"collector-{HOST}",
+                 "actuator": f"actuator-{HOST}", "decider": "decider"}
+
+
+class FaultReport(msgspec.Struct, kw_only=True):
+    fault: str
+    injected: str
+    survived: dict[str, bool]
+    commands: int = 0
+    results: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    out_of_bounds: int = 0
+    ok: bool = False
+
+
+class ChaosReport(msgspec.Struct, kw_only=True):
+    faults: list[FaultReport]
+    totals: Audit
+    hypervisor_ops: int
+    restarts: dict[str, int]
+    seconds: float
+    ok: bool
+
+
+@dataclass(frozen=True)
+class ChaosOptions:
+    vms: int = 4
+    speed: float = 4.0
+    window_s: float = 5.0
+    nodes: int = 3
+    data_dir: Path | None = None
+    only: tuple[str, ...] = ()
+
+
+Check = dict[str, bool]
+_decode_result = msgspec.json.Decoder(ScaleResult).decode
+
+
+class Chaos:
+    """One live loop and the faults that can be injected into it."""
+
+    def __init__(self, options: ChaosOptions, root: Path) -> None:
+        self.options = options
+        self.root = root
+        self.cluster = EmbeddedCluster(root / "nats", options.nodes, config_file=root / "auth" / "nats.conf")
+        auth.write(root / "auth", [HOST], "127.0.0.1", [node.port for node in self.cluster.nodes], tls=False)
+        self.clock = Clock(speed=options.speed, epoch=time.time())
+        self.supervisor = Supervisor(root / "logs", initial_backoff_s=0.2, max_backoff_s=2.0)
+        self.observer = Observer()
+        self._seq = 0
+        self._clients: dict[str, Client] = {}
+
+    def url_of(self, user: str) -> str:
+        lines = (self.root / "auth" / "credentials" / f"{user}.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if line)[bus.DEFAULT_URL_ENV]
+
+    async def client(self, user: str) -> Client:
+        if user not in self._clients:
+            self._clients[user] = await bus.connect(self.url_of(user), f"chaos-{user}")
+        return self._clients[user]
+
+    # --- the loop -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        os.environ[bus.REPLICAS_ENV] = str(min(3, self.options.nodes))
+        await asyncio.to_thread(self.cluster.start)
+        admin = await self.client("admin")
+        await bus.ensure_streams(admin.jetstream(), reconcile=True)
+        await self.observer.attach(admin)
+        up = UpOptions(vms=self.options.vms, speed=self.options.speed, host=HOST, log_level="INFO")
+        extra = {"simulator": ["--max-vcpus", "4", "--hotplug-delay", "0.2"],
+                 "actuator": ["--vm-bounds", f"{BOUNDED_VM}={BOUNDS[0]}:{BOUNDS[1]}", "--ack-wait", "10"],
+                 "collector": [], "decider": []}
+        for service, user in SERVICE_USERS.items():
+            port = free_port()
+            argv = child_argv(service, up, None, self.clock.epoch, port) + extra[service]
+            await self.supervisor.start(service, argv, port, env={bus.DEFAULT_URL_ENV: self.url_of(user)})
+        if not await self.loop_acts(self.clock.now(), timeout_s=60):
+            raise RuntimeError(f"the loop did not act within a minute; see the logs in {self.root / 'logs'}")
+
+    async def stop(self) -> None:
+        await self.supervisor.stop()
+        for nc in self._clients.values():
+            with contextlib.suppress(Exception):  # the broker may be gone already
+                await nc.close()
+        await asyncio.to_thread(self.cluster.stop)
+
+    async def loop_acts(self, since: float, timeout_s: float = 45.0) -> bool:
+        """Whether a command of the loop gets its result (any outcome) after clock time ``since``, seen on the
+        bus and then found in the event log (a result is seen before the stream has stored it)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            live = [r for r in self.observer.results if r.time >= since and not r.command_id.startswith("chaos-")]
+            for result in live[-3:]:
+                if await self._result_stored_since(result.host, result.vm, since):
+                    return True
+            await asyncio.sleep(0.2)
+        return False
+
+    async def _result_stored_since(self, host: str, vm: str, since: float) -> bool:
+        admin = await self.client("admin")
+        try:
+            stored = await admin.jetstream().get_last_msg(subjects.EVENTS_STREAM, subjects.results(host, vm))
+            return stored.data is not None and _decode_result(stored.data).time >= since
+        except (nats.errors.Error, TimeoutError, msgspec.DecodeError):
+            return False  # not stored yet, or the stream is electing its leader
+
+    def metric(self, service: str, name: str, **labels: str) -> float:
+        port = self.supervisor.children[service].metrics_port
+        try:
+            return scrape_total(f"http://127.0.0.1:{port}/metrics", name, **labels)
+        except OSError:
+            return 0.0
+
+    def order(self, vm: str, target: int, seen: int, *, ttl_s: float = 30.0) -> ScaleCommand:
+        self._seq += 1
+        now = self.clock.now()
+        return ScaleCommand(id=f"chaos-{os.getpid()}-{self._seq}", time=now, host=HOST, vm=vm, target_vcpus=target,
+                            seen_vcpus=seen, decider="chaos", reason="injected by hotplug chaos",
+                            expires_at=now + ttl_s)
+
+    async def send(self, command: ScaleCommand) -> None:
+        """Store a command as the decider user would (the only user allowed to)."""
+        nc = await self.client("decider")
+        await bus.publish_durable(nc.jetstream(), subjects.commands(command.host, command.vm), encode(command),
+                                  msg_id=command.id)
+
+    def results_of(self, command_id: str) -> list[ScaleResult]:
+        return [r for r in self.observer.results if r.command_id == command_id]
+
+    async def result_of(self, command: ScaleCommand) -> ScaleResult | None:
+        if await _within(30, lambda: bool(self.results_of(command.id))):
+            return self.results_of(command.id)[0]
+        return None
+
+    # --- faults ---------------------------------------------------------------------------------------------
+
+    async def kill(self, service: str) -> tuple[str, Check]:
+        child = self.supervisor.children[service]
+        mid_action = False
+        if service == "actuator":  # best when a hot-plug is under way
+            mid_action = await _within(10, lambda: self.metric("actuator", "hotplug_actuator_in_flight") > 0,
+                                       interval_s=0.02)
+        assert child.process is not None
+        pid, restarts = child.process.pid, child.restarts
+        since = self.clock.now()
+        os.kill(pid, signal.SIGKILL)
+        restarted = await _within(30, lambda: child.restarts > restarts)
+        note = " while a hot-plug was under way" if mid_action else ""
+        return f"SIGKILL to the {service} (pid {pid}){note}", {
+            "restarted": restarted, "loop acted after": await self.loop_acts(since)}
+
+    async def node_loss(self) -> tuple[str, Check]:
+        admin = await self.client("admin")
+        info = await admin.jetstream().stream_info(subjects.EVENTS_STREAM)
+        leader = info.cluster.leader if info.cluster and info.cluster.leader else "n1"
+        index = int(leader.removeprefix("n")) - 1
+        since = self.clock.now()
+        self.cluster.kill(index)
+        acted = await self.loop_acts(since)
+        await asyncio.to_thread(self.cluster.restart, index)
+        return f"SIGKILL to node {leader}, the event log's stream leader; restarted after the loop acted", {
+            "loop acted on the other nodes": acted}
+
+    async def broker_restart(self) -> tuple[str, Check]:
+        await asyncio.to_thread(self.cluster.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(self.cluster.start)
+        since = self.clock.now()
+        return "every node stopped, then started again on the same stores", {
+            "loop acted after": await self.loop_acts(since, timeout_s=90)}
+
+    async def duplicate_command(self) -> tuple[str, Check]:
+        await self.loop_acts(self.clock.now())
+        actuator_started = self.supervisor.children["actuator"].started_at
+        recent = [r for r in self.observer.results if r.ok and not r.command_id.startswith("chaos-")]
+        command = next((c for r in reversed(recent) for c in self.observer.commands if c.id == r.command_id), None)
+        if command is None or actuator_started > time.monotonic() - 1:
+            return "no executed command to repeat", {"a command to repeat": False}
+        nc = await self.client("decider")
+        ack = await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command),
+                                           headers={"Nats-Msg-Id": command.id})
+        await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command))
+        await asyncio.sleep(self.clock.wall_seconds(4.0))
+        return f"command {command.id} sent again: once as a retry (same Nats-Msg-Id), once as a new message", {
+            "retry stored once": bool(ack.duplicate), "one result": len(self.results_of(command.id)) == 1}
+
+    async def reordered_commands(self) -> tuple[str, Check]:
+        vm = "vm-02"
+        seen = self.observer.online().get(vm, 2)
+        older = self.order(vm, max(1, seen - 1), seen)
+        newer = self.order(vm, min(4, seen + 1), seen)
+        await self.send(newer)
+        await self.send(older)
+        a, b = await self.result_of(newer), await self.result_of(older)
+        undone = bool(a and b and a.ok and b.ok and a.vcpus_before != a.vcpus_after
+                      and b.vcpus_before != b.vcpus_after)
+        return f"two orders for {vm} seen at {seen} vCPUs, the newer ({newer.target_vcpus}) stored first", {
+            "one result each": len(self.results_of(newer.id)) == 1 and len(self.results_of(older.id)) == 1,
+            "the older did not undo the newer": not undone}
+
+    async def late_command(self) -> tuple[str, Check]:
+        vm = "vm-03"
+        seen = self.observer.online().get(vm, 2)
+        late = self.order(vm, 1 if seen > 1 else 2, seen, ttl_s=-1.0)
+        await self.send(late)
+        result = await self.result_of(late)
+        return f"an order for {vm} that expired before it was sent", {
+            "refused as expired": result is not None and result.error_code is ErrorCode.EXPIRED}
+
+    async def out_of_bounds_command(self) -> tuple[str, Check]:
+        seen1 = self.observer.online().get(BOUNDED_VM, 2)
+        above_own = self.order(BOUNDED_VM, BOUNDS[1] + 1, seen1)
+        seen2 = self.observer.online().get("vm-02", 2)
+        above_vm = self.order("vm-02", 9, seen2)
+        for command in (above_own, above_vm):
+            await self.send(command)
+        results = [await self.result_of(c) for c in (above_own, above_vm)]
+        return (f"{BOUNDED_VM} to {above_own.target_vcpus} (actuator bound {BOUNDS[1]}), vm-02 to 9 (its maximum 4)",
+                {"both refused as out of bounds": all(r is not None and r.error_code is ErrorCode.OUT_OF_BOUNDS
+                                                      for r in results)})
+
+    async def malformed_messages(self) -> tuple[str, Check]:
+        def dropped(service: str, kind: str) -> float:
+            return sum(self.metric(service, "hotplug_messages_dropped_total", kind=kind, reason=reason)
+                       for reason in ("malformed", "oversized", "unknown-version"))
+
+        before = dropped("decider", "metric"), dropped("actuator", "command")
+        restarts = {name: c.restarts for name, c in self.supervisor.children.items()}
+        sample = MetricSample(time=self.clock.now(), host=HOST, vm="vm-04", online_vcpus=2, min_vcpus=1,
+                              max_vcpus=4, cpu_used_cores=1.0, interval_s=1.0, source="chaos")
+        future = msgspec.json.encode(sample).replace(b'"v":1', b'"v":99')
+        # one VM each: the decider's intake keeps only a VM's newest sample, and these must all be judged
+        bad = {"vm-02": b"not json at all", "vm-03": b"{" * 100_000, "vm-04": future}
+        agent = await self.client(f"agent-{HOST}")
+        for vm, body in bad.items():
+            await agent.publish(subjects.metrics(HOST, vm), body)
+        await agent.flush()
+        decider = await self.client("decider")
+        for vm, body in bad.items():
+            await decider.jetstream().publish(subjects.commands(HOST, vm),
+                                              body.replace(b'"type":"metric"', b'"type":"command"'))
+        since = self.clock.now()
+        counted = await _within(20, lambda: dropped("decider", "metric") >= before[0] + 3
+                                and dropped("actuator", "command") >= before[1] + 3)
+        acted = await self.loop_acts(since)
+        return "garbage, a 100 kB body and schema version 99, as metrics and as stored commands", {
+            "all six counted and dropped": counted, "no service died": restarts == {
+                name: c.restarts for name, c in self.supervisor.children.items()}, "loop acted after": acted}
+
+    async def metric_flood(self) -> tuple[str, Check]:
+        shed_before = self.metric("decider", "hotplug_messages_dropped_total", kind="metric", reason="shed")
+        agent = await self.client(f"agent-{HOST}")
+        ghosts = [f"ghost-{i:04d}" for i in range(1000)]
+        sent = 0
+        for _ in range(50):
+            now = self.clock.now()
+            for vm in ghosts:
+                await agent.publish(subjects.metrics(HOST, vm), encode(MetricSample(
+                    time=now, host=HOST, vm=vm, online_vcpus=2, min_vcpus=1, max_vcpus=4, cpu_used_cores=1.0,
+                    interval_s=1.0, source="chaos-flood")))
+                sent += 1
+            await agent.flush()
+        since = self.clock.now()
+        shed = await _within(20, lambda: self.metric("decider", "hotplug_messages_dropped_total", kind="metric",
+                                                     reason="shed") > shed_before)
+        return f"{sent} samples of {len(ghosts)} made-up VMs as fast as the broker took them", {
+            "oldest samples shed": shed, "loop acted after": await self.loop_acts(since)}
+
+    async def unauthorised_publish(self) -> tuple[str, Check]:
+        users = (f"collector-{HOST}", "viewer")
+        checks = {f"{user} refused": await self._refused(user) for user in users}
+        return "a command and a purge of the event log, published as the collector and as the viewer", checks
+
+    async def _refused(self, user: str) -> bool:
+        """Whether the broker refuses ``user`` a command and a purge of the event log, and stores nothing."""
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        nc = await nats.connect(bus.servers(self.url_of(user)), error_cb=on_error, max_reconnect_attempts=1)
+        command = self.order("vm-01", 1, 2)
+        await nc.publish(subjects.commands(HOST, "vm-01"), encode(command))
+        await nc.publish(f"$JS.API.STREAM.PURGE.{subjects.EVENTS_STREAM}", b"")
+        await nc.flush()
+        refused = await _within(5, lambda: sum("permissions violation" in e.lower() for e in errors) >= 2)
+        await nc.close()
+        await asyncio.sleep(0.5)
+        return refused and command.id not in self.observer.seen
+
+
+FAULTS: dict[str, Callable[[Chaos], Awaitable[tuple[str, Check]]]] = {
+    "malformed-messages": Chaos.malformed_messages,
+    "unauthorised-publish": Chaos.unauthorised_publish,
+    "duplicate-command": Chaos.duplicate_command,
+    "reordered-commands": Chaos.reordered_commands,
+    "late-command": Chaos.late_command,
+    "out-of-bounds-command": Chaos.out_of_bounds_command,
+    "metric-flood": Chaos.metric_flood,
+    "kill-collector": lambda chaos: chaos.kill("collector"),
+    "kill-decider": lambda chaos: chaos.kill("decider"),
+    "kill-actuator": lambda chaos: chaos.kill("actuator"),
+    "node-loss": Chaos.node_loss,
+    "broker-restart": Chaos.broker_restart,
+}
+
+
+async def _within(timeout_s: float, predicate: Callable[[], bool], interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval_s)
+    return True
+
+
+def _window_report(name: str, injected: str, survived: Check, window: tuple[float, float],
+                   commands: list[ScaleCommand], results: list[ScaleResult], observer: Observer) -> FaultReport:
+    start, end = window
+    mine = [c for c in commands if start <= c.time < end]
+    ids = {c.id for c in mine}
+    seen_commands = {c.id for c in observer.commands if start <= c.time < end}
+    seen = seen_commands | {f"result-{i}" for i in seen_commands | ids} & observer.seen
+    judged = audit(mine, [r for r in results if r.command_id in ids], seen_live=seen, bounds={BOUNDED_VM: BOUNDS},
+                   samples=[s for s in observer.samples if start <= s.time < end])
+    return FaultReport(fault=name, injected=injected, survived=survived, commands=judged.commands,
+                       results=judged.results, lost=judged.lost, duplicated=judged.duplicated,
+                       out_of_bounds=judged.out_of_bounds, ok=judged.clean and all(survived.values()))
+
+
+async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] = lambda _: None) -> ChaosReport:
+    unknown = set(options.only) - set(FAULTS)
+    if unknown:
+        raise ValueError(f"unknown fault(s) {', '.join(sorted(unknown))}; choose from {', '.join(FAULTS)}")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hotplug-chaos-") as tmp:
+        root = (options.data_dir or Path(tmp)).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        chaos = Chaos(options, root)
+        try:
+            progress(f"starting a {options.nodes}-node cluster and the loop in {root}")
+            await chaos.start()
+            windows: list[tuple[str, str, Check, tuple[float, float]]] = []
+            for name, inject in FAULTS.items():
+                if options.only and name not in options.only:
+                    continue
+                progress(f"fault: {name}")
+                began, wall = chaos.clock.now(), time.monotonic()
+                injected, survived = await inject(chaos)
+                await asyncio.sleep(max(0.0, options.window_s - (time.monotonic() - wall)))
+                windows.append((name, injected, survived, (began, chaos.clock.now())))
+                progress(f"  {injected}: {survived}")
+            progress("stopping the decider; waiting for every command's result")
+            await chaos.supervisor.retire("decider")
+            admin = await chaos.client("admin")
+            commands, results = await settle(admin, timeout_s=90)
+            ops = await hypervisor_ops(admin, HOST)
+            restarts = {name: c.restarts for name, c in chaos.supervisor.children.items()}
+        finally:
+            await chaos.stop()
+    totals = audit(commands, results, seen_live=chaos.observer.seen, ops_by_vm=ops, bounds={BOUNDED_VM: BOUNDS},
+                   samples=chaos.observer.samples)
+    faults = [_window_report(name, injected, survived, window, commands, results, chaos.observer)
+              for name, injected, survived, window in windows]
+    return ChaosReport(faults=faults, totals=totals, hypervisor_ops=sum(ops.values()), restarts=restarts,
+                       seconds=round(time.monotonic() - started, 1),
+                       ok=totals.clean and all(f.ok for f in faults))
+
+
+def print_report(report: ChaosReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"hotplug chaos: {'all survived' if report.ok else 'DAMAGE FOUND'} ({report.seconds:.0f} s)")
+    for column in ("fault", "injected", "survived", "commands", "results", "lost", "duplicated", "out of bounds"):
+        table.add_column(column, overflow="fold")
+    for f in report.faults:
+        checks = ", ".join(f"{name}: {'yes' if ok else 'NO'}" for name, ok in f.survived.items())
+        table.add_row(f.fault, f.injected, checks, str(f.commands), str(f.results), str(f.lost), str(f.duplicated),
+                      str(f.out_of_bounds), style=None if f.ok else "bold red")
+    t = report.totals
+    table.add_row("whole run", f"{report.hypervisor_ops} hot-plug operations on the hypervisor",
+                  f"restarts: {report.restarts}", str(t.commands), str(t.results), str(t.lost), str(t.duplicated),
+                  str(t.out_of_bounds), style="bold")
+    Console().print(table)
