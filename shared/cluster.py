@@ -68,25 +68,28 @@ class EmbeddedCluster:
         return self.url
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Until every running node knows the JetStream meta leader (streams can be created and written)."""
+        """Until every running node knows the JetStream meta leader and every stream it holds has a leader
+        (streams can be created, read and written)."""
         deadline = time.monotonic() + timeout
         pending = [i for i, node in enumerate(self.nodes) if node.pid is not None]
         while pending:
-            pending = [i for i in pending if not self._knows_leader(i)]
+            pending = [i for i in pending if not self._ready(i)]
             if pending and time.monotonic() > deadline:
-                raise BrokerError(f"cluster nodes {[f'n{i + 1}' for i in pending]} found no JetStream leader "
+                raise BrokerError(f"cluster nodes {[f'n{i + 1}' for i in pending]} found no JetStream leaders "
                                   f"within {timeout} s")
             if pending:
                 time.sleep(0.1)
 
-    def _knows_leader(self, index: int) -> bool:
-        url = f"http://127.0.0.1:{self.monitor_ports[index]}/jsz"
+    def _ready(self, index: int) -> bool:
+        url = f"http://127.0.0.1:{self.monitor_ports[index]}/jsz?accounts=true&streams=true"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 info = json.loads(response.read())
         except (OSError, urllib.error.URLError, ValueError):
             return False
-        return bool(info.get("meta_cluster", {}).get("leader"))
+        streams = [s for account in info.get("account_details") or [] for s in account.get("stream_detail") or []]
+        return bool(info.get("meta_cluster", {}).get("leader")) and all(
+            s.get("cluster", {}).get("leader") for s in streams)
 
     def kill(self, index: int) -> None:
         """SIGKILL one node."""
