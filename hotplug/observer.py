@@ -8,62 +8,42 @@ log; ``hypervisor_ops`` asks the simulated mini-cloud for its own count of vCPU 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
+from hotplug.buswatch import BusWatcher
 from hotplug.events import read_events
 from shared import subjects
-from shared.codec import BadMessage, Decoder
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
 from shared.sim_api import StatsReply
 
 
-class Observer:
+class Observer(BusWatcher):
     def __init__(self) -> None:
+        super().__init__()
         self.seen: set[str] = set()
         self.samples: list[MetricSample] = []
         self.results: list[ScaleResult] = []
         self.commands: list[ScaleCommand] = []
-        self._sample = Decoder(MetricSample)
-        self._command = Decoder(ScaleCommand)
-        self._result = Decoder(ScaleResult)
+        self.online: dict[str, int] = {}  # the latest online count seen per VM
 
-    async def attach(self, nc: Client) -> None:
-        await nc.subscribe(subjects.ALL_METRICS, cb=self._on_sample)
-        await nc.subscribe(subjects.ALL_COMMANDS, cb=self._on_command)
-        await nc.subscribe(subjects.ALL_RESULTS, cb=self._on_result)
-        await nc.flush()
+    def on_sample(self, sample: MetricSample) -> None:
+        self.samples.append(sample)
+        self.online[sample.vm] = sample.online_vcpus
 
-    # Injected garbage is the services' business (they count it); the observer skips it.
-    async def _on_sample(self, msg: Msg) -> None:
-        with contextlib.suppress(BadMessage):
-            self.samples.append(self._sample.decode(msg.data))
+    def on_command(self, command: ScaleCommand) -> None:
+        self.commands.append(command)
+        self.seen.add(command.id)
 
-    async def _on_command(self, msg: Msg) -> None:
-        with contextlib.suppress(BadMessage):
-            command = self._command.decode(msg.data)
-            self.commands.append(command)
-            self.seen.add(command.id)
+    def on_result(self, result: ScaleResult) -> None:
+        self.results.append(result)
+        self.seen.add(f"result-{result.command_id}")
 
-    async def _on_result(self, msg: Msg) -> None:
-        with contextlib.suppress(BadMessage):
-            result = self._result.decode(msg.data)
-            self.results.append(result)
-            self.seen.add(f"result-{result.command_id}")
-
-    def online(self) -> dict[str, int]:
-        """The latest online count seen per VM."""
-        return {s.vm: s.online_vcpus for s in self.samples}
-
-    def results_since(self, start: float) -> Callable[[], int]:
-        """A counter of results whose time is at or after ``start`` (for ``eventually``)."""
-        return lambda: sum(1 for r in self.results if r.time >= start)
+    def results_of(self, command_id: str) -> list[ScaleResult]:
+        return [r for r in self.results if r.command_id == command_id]
 
 
 async def stored_events(nc: Client) -> tuple[list[ScaleCommand], list[ScaleResult]]:

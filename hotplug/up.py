@@ -13,18 +13,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nats.aio.msg import Msg
 from rich.console import Console
 from rich.live import Live
 
+from hotplug.buswatch import BusWatcher
 from hotplug.events import BROKER_DIR, BROKER_FILE, write_broker_file
 from hotplug.fleet import Fleet
 from hotplug.supervisor import Supervisor
 from hotplug.view import render
-from shared import bus, subjects
+from shared import bus
 from shared.broker import EmbeddedBroker, free_port
 from shared.cluster import EmbeddedCluster, embedded_broker
-from shared.codec import BadMessage, Decoder
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
 from shared.qemu.vm import QemuVm
 
@@ -75,31 +74,24 @@ def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, 
     return argv
 
 
-class _Watcher:
+class _Watcher(BusWatcher):
     """Feeds the fleet view from the bus; the supervisor's own, read-only view of the run."""
 
     def __init__(self, fleet: Fleet) -> None:
+        super().__init__()
         self.fleet = fleet
-        self._sample = Decoder(MetricSample)
-        self._command = Decoder(ScaleCommand)
-        self._result = Decoder(ScaleResult)
 
-    # The services count and log bad messages; the view just skips them.
-    async def on_sample(self, msg: Msg) -> None:
-        with contextlib.suppress(BadMessage):
-            self.fleet.on_sample(self._sample.decode(msg.data))
+    def on_sample(self, sample: MetricSample) -> None:
+        self.fleet.on_sample(sample)
 
-    async def on_command(self, msg: Msg) -> None:
-        with contextlib.suppress(BadMessage):
-            self.fleet.on_command(self._command.decode(msg.data))
+    def on_command(self, command: ScaleCommand) -> None:
+        self.fleet.on_command(command)
 
-    async def on_result(self, msg: Msg) -> None:
-        with contextlib.suppress(BadMessage):
-            result = self._result.decode(msg.data)
-            self.fleet.on_result(result)
-            if not sys.stdout.isatty():
-                print(f"{result.vm}: {result.vcpus_before} -> {result.vcpus_after} "
-                      f"{'ok' if result.ok else f'failed ({result.error_code})'}", flush=True)
+    def on_result(self, result: ScaleResult) -> None:
+        self.fleet.on_result(result)
+        if not sys.stdout.isatty():
+            print(f"{result.vm}: {result.vcpus_before} -> {result.vcpus_after} "
+                  f"{'ok' if result.ok else f'failed ({result.error_code})'}", flush=True)
 
 
 async def run_up(options: UpOptions) -> Fleet:
@@ -129,11 +121,7 @@ async def run_up(options: UpOptions) -> Fleet:
             guests = await _boot_guests(options, data_dir / "qemu")
         nc = await bus.connect(url, "hotplug-up")
         await bus.ensure_streams(nc.jetstream(), reconcile=True)
-        watcher = _Watcher(fleet)
-        await nc.subscribe(subjects.ALL_METRICS, cb=watcher.on_sample)
-        await nc.subscribe(subjects.ALL_COMMANDS, cb=watcher.on_command)
-        await nc.subscribe(subjects.ALL_RESULTS, cb=watcher.on_result)
-        await nc.flush()
+        await _Watcher(fleet).attach(nc)
         epoch = time.time()
         # With a real hypervisor its VMs are the cloud: no simulator.
         for service in (s for s in SERVICES if s != "simulator" or options.hypervisor == "simulator"):

@@ -59,7 +59,10 @@ async def test_node_loss_and_cluster_restart_mid_run_lose_nothing_and_double_not
     decider = start_service("decider", *common, env=REPLICAS)
     observer = Observer()
     await observer.attach(nc)
-    results = observer.results_since(0)
+
+    def results() -> int:
+        return len(observer.results)
+
     await eventually(lambda: results() >= 2, timeout=40, what="the loop acting on the cluster")
 
     # the node leading the event log dies without a word

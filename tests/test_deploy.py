@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from hotplug.cli import build_parser
-from shared.broker import EmbeddedBroker
-from tests.conftest import REPO, ServiceProcess, free_port
+from shared.broker import EmbeddedBroker, free_port
+from tests.conftest import REPO, ServiceProcess
 
 DEPLOY = REPO / "deploy"
 OURS = ("simulator", "collector", "decider", "actuator")

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -20,34 +19,10 @@ from hotplug.audit import audit
 from hotplug.events import read_events
 from hotplug.observer import Observer, hypervisor_ops, settle
 from shared import bus, subjects
-from shared.broker import EmbeddedBroker
+from shared.broker import EmbeddedBroker, free_port
 from shared.codec import encode
 from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
-from tests.conftest import REPO, ServiceProcess, eventually, free_port, metric
-
-
-class Watch:
-    """Results and latest samples seen on the bus."""
-
-    def __init__(self) -> None:
-        self.results: list[ScaleResult] = []
-        self.online: dict[str, int] = {}
-
-    async def attach(self, nc: Client) -> None:
-        async def on_result(msg: Msg) -> None:
-            self.results.append(msgspec.json.decode(msg.data, type=ScaleResult))
-
-        async def on_sample(msg: Msg) -> None:
-            sample = msgspec.json.decode(msg.data, type=MetricSample)
-            self.online[sample.vm] = sample.online_vcpus
-
-        await nc.subscribe(subjects.ALL_RESULTS, cb=on_result)
-        await nc.subscribe(subjects.ALL_METRICS, cb=on_sample)
-        await nc.flush()
-
-    def of(self, command_id: str) -> list[ScaleResult]:
-        return [r for r in self.results if r.command_id == command_id]
-
+from tests.conftest import REPO, ServiceProcess, eventually, metric
 
 _seq = 0
 
@@ -79,15 +54,15 @@ async def simulated_host(start_service: Callable[..., ServiceProcess], url: str,
 async def test_actuator_safety_whatever_the_decider_says(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    watch = Watch()
+    watch = Observer()
     await watch.attach(nc)
     actuator = await simulated_host(start_service, broker.url, 5, "0.4", "--vm-bounds", "vm-02=1:2",
                                     "--max-changes", "2")
     await eventually(lambda: len(watch.online) == 5, what="samples of every VM")
 
     async def result_of(command: ScaleCommand) -> ScaleResult:
-        await eventually(lambda: watch.of(command.id), timeout=20, what=f"the result of {command.id}")
-        return watch.of(command.id)[0]
+        await eventually(lambda: watch.results_of(command.id), timeout=20, what=f"the result of {command.id}")
+        return watch.results_of(command.id)[0]
 
     # its own bounds, tighter than the hypervisor's
     await send(nc, c := order("vm-02", 3, 2))
@@ -122,11 +97,11 @@ async def test_actuator_safety_whatever_the_decider_says(
     await eventually(lambda: metric(actuator.metrics_url, "hotplug_messages_dropped_total", reason="duplicate") >= 1,
                      what="the duplicate dropped")
     await asyncio.sleep(1.0)
-    assert len(watch.of(dup.id)) == 1
+    assert len(watch.results_of(dup.id)) == 1
     # every command ended in exactly one result; no VM left its bounds
     ids = [e.id async for _, e in read_events(nc.jetstream()) if isinstance(e, ScaleCommand)]
     for command_id in set(ids):
-        assert len(watch.of(command_id)) == 1, command_id
+        assert len(watch.results_of(command_id)) == 1, command_id
     assert all(1 <= r.vcpus_after <= 4 for r in watch.results if r.vcpus_after is not None)
     assert watch.online["vm-02"] <= 2
 
@@ -134,7 +109,7 @@ async def test_actuator_safety_whatever_the_decider_says(
 async def test_actuator_killed_mid_action_neither_loses_nor_doubles(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    watch = Watch()
+    watch = Observer()
     await watch.attach(nc)
     actuator = await simulated_host(start_service, broker.url, 1, "3", "--ack-wait", "4")
     await eventually(lambda: watch.online.get("vm-01") == 2, what="vm-01 at 2 vCPUs")
@@ -143,9 +118,9 @@ async def test_actuator_killed_mid_action_neither_loses_nor_doubles(
     os.kill(actuator.proc.pid, signal.SIGKILL)  # dies while the plug is under way
     actuator.proc.wait(timeout=10)
     start_service("actuator", "--nats", broker.url, "--ack-wait", "4")  # the same durable consumer: redelivery
-    await eventually(lambda: watch.of(c.id), timeout=30, what="the one result after the restart")
+    await eventually(lambda: watch.results_of(c.id), timeout=30, what="the one result after the restart")
     await asyncio.sleep(2.0)
-    [result] = watch.of(c.id)
+    [result] = watch.results_of(c.id)
     assert result.ok, result
     assert result.vcpus_after == 3
     await eventually(lambda: watch.online.get("vm-01") == 3, what="the sample showing 3")
@@ -161,8 +136,8 @@ async def test_broker_restart_mid_run_loses_no_event(
     broker.start()
     try:
         common = ["--nats", broker.url, "--speed", "4", "--epoch", repr(time.time())]
-        for service in ("simulator", "collector", "decider", "actuator"):
-            start_service(service, *common, *(["--vms", "4"] if service == "simulator" else []))
+        started = {service: start_service(service, *common, *(["--vms", "4"] if service == "simulator" else []))
+                   for service in ("simulator", "collector", "decider", "actuator")}
         nc = await bus.connect(broker.url, "test", forever=True)
         counts: dict[str, int] = {"results": 0}
 
@@ -176,7 +151,8 @@ async def test_broker_restart_mid_run_loses_no_event(
         broker.start()  # same port, same store
         before = counts["results"]
         await eventually(lambda: counts["results"] >= before + 2, timeout=60, what="the loop acting after it")
-        await asyncio.sleep(2.0)
+        started["decider"].stop()  # no new commands: those sent get the time to end in their result
+        await settle(nc, timeout_s=60)
         events = [e async for _, e in read_events(nc.jetstream())]
         await nc.close()
     finally:
@@ -200,7 +176,7 @@ async def test_a_flood_of_metrics_sheds_old_samples_never_commands(
     await observer.attach(nc)
     await simulated_host(start_service, broker.url, 2, "0.2")
     decider = start_service("decider", "--nats", broker.url, "--intake-capacity", "500")
-    await eventually(lambda: {"vm-01", "vm-02"} <= observer.online().keys(), what="samples of both VMs")
+    await eventually(lambda: {"vm-01", "vm-02"} <= observer.online.keys(), what="samples of both VMs")
     ghosts = [f"ghost-{i:04d}" for i in range(2000)]
     published = 0
     for _ in range(60):

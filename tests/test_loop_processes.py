@@ -17,10 +17,10 @@ from nats.aio.msg import Msg
 
 from hotplug.events import read_events
 from shared import bus, subjects
-from shared.broker import EmbeddedBroker
+from shared.broker import EmbeddedBroker, free_port
 from shared.codec import encode
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
-from tests.conftest import REPO, ServiceProcess, eventually, free_port, metric
+from tests.conftest import REPO, ServiceProcess, eventually, metric
 
 SPEED = "4"
 

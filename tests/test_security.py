@@ -17,10 +17,10 @@ from nats.aio.msg import Msg
 
 from hotplug.events import read_events
 from shared import subjects
-from shared.broker import EmbeddedBroker, find_nats_server
+from shared.broker import EmbeddedBroker, find_nats_server, free_port
 from shared.codec import encode
 from shared.messages import ScaleCommand, ScaleResult
-from tests.conftest import REPO, ServiceProcess, eventually, free_port
+from tests.conftest import REPO, ServiceProcess, eventually
 from tests.test_faults import order
 
 
