@@ -105,7 +105,7 @@ class Chaos:
     # --- the loop -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        os.environ[bus.REPLICAS_ENV] = str(min(3, self.options.nodes))
+        os.environ[bus.REPLICAS_ENV] = str(self.cluster.replicas)
         await asyncio.to_thread(self.cluster.start)
         admin = await self.client("admin")
         await bus.ensure_streams(admin.jetstream(), reconcile=True)

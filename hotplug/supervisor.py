@@ -69,20 +69,13 @@ class Supervisor:
         return {**(self.env if self.env is not None else os.environ), **child.env}
 
     async def retire(self, name: str, timeout_s: float = 30.0) -> None:
-        """Stop one child for good (SIGTERM, then SIGKILL): it is not restarted."""
+        """Stop one child for good: it is not restarted."""
         child = self.children[name]
         child.retired = True
-        proc = child.process
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=timeout_s)
-        except TimeoutError:
+        if child.process is not None and child.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+                child.process.send_signal(signal.SIGTERM)
+            await _await_exit(child.process, timeout_s)
 
     async def _watch(self, child: Child) -> None:
         backoff = self.initial_backoff_s
@@ -119,10 +112,15 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=timeout_s)
-            except TimeoutError:
-                log.warning("pid %d did not stop in %.0f s; killing it", proc.pid, timeout_s)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+            await _await_exit(proc, timeout_s)
+
+
+async def _await_exit(proc: asyncio.subprocess.Process, timeout_s: float) -> None:
+    """Wait for a child told to stop; kill its process group if it takes longer than ``timeout_s``."""
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=timeout_s)
+    except TimeoutError:
+        log.warning("pid %d did not stop in %.0f s; killing it", proc.pid, timeout_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()

@@ -103,13 +103,12 @@ async def run_up(options: UpOptions) -> Fleet:
     if url is None:
         broker = embedded_broker(data_dir / BROKER_DIR, options.cluster)
         url = broker.start()
-        first = broker if isinstance(broker, EmbeddedBroker) else broker.nodes[0]
-        assert first.pid is not None
-        write_broker_file(data_dir, url, first.pid)
+        assert broker.pid is not None
+        write_broker_file(data_dir, url, broker.pid)
         kind = f"embedded cluster of {options.cluster} nodes" if options.cluster > 1 else "embedded"
         print(f"nats: {url} ({kind}, data in {data_dir / BROKER_DIR})", flush=True)
-        if options.cluster > 1:
-            env[bus.REPLICAS_ENV] = os.environ[bus.REPLICAS_ENV] = str(min(3, options.cluster))
+        if isinstance(broker, EmbeddedCluster):
+            env[bus.REPLICAS_ENV] = os.environ[bus.REPLICAS_ENV] = str(broker.replicas)
     guests: list[QemuVm] = []
     if options.hypervisor == "qemu":
         env["HOTPLUG_QEMU_DIR"] = str(data_dir / "qemu")

@@ -57,6 +57,17 @@ class EmbeddedCluster:
     def size(self) -> int:
         return len(self.nodes)
 
+    @property
+    def replicas(self) -> int:
+        """Copies of each stream and bucket for ``HOTPLUG_STREAM_REPLICAS``: three where there are three nodes
+        (any one may be lost), fewer on a smaller cluster."""
+        return min(3, self.size)
+
+    @property
+    def pid(self) -> int | None:
+        """The first node's process, which stands for the cluster in a run's broker file."""
+        return self.nodes[0].pid
+
     def start(self) -> str:
         try:
             for node in self.nodes:

@@ -157,3 +157,21 @@ def test_bad_policy_parameters_fail_before_anything_starts(tmp_path: Path) -> No
     assert done.returncode == 2
     assert "bad parameter" in done.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_up_on_a_three_node_cluster_keeps_a_replicated_event_log(tmp_path: Path) -> None:
+    """``hotplug up --cluster 3``: three nats-server nodes from the wheel, the loop on them, and afterwards the
+    stopped cluster's stores read back by ``hotplug events``: every command with its one result."""
+    data_dir = tmp_path / "run"
+    done = hotplug("up", "--cluster", "3", "--vms", "4", "--speed", "5", "--duration", "60", "--data-dir",
+                   str(data_dir), "--no-view", timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "embedded cluster of 3 nodes" in done.stdout
+    assert sorted(p.name for p in (data_dir / "nats").glob("n[0-9]")) == ["n1", "n2", "n3"]
+    events = hotplug("events", "--data-dir", str(data_dir), "--format", "jsonl", timeout=120)
+    assert events.returncode == 0, events.stderr[-2000:]
+    records = [json.loads(line) for line in events.stdout.splitlines() if line]
+    commands = {r["id"] for r in records if r["kind"] == "command"}
+    results = [r["command_id"] for r in records if r["kind"] == "result"]
+    assert commands
+    assert len(results) == len(set(results)) and set(results) <= commands
