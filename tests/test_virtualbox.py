@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -116,8 +117,9 @@ async def test_driver_failures_carry_stable_codes(vbox: VBoxHome, setup: str, op
     assert info.value.message
 
 
-async def test_vm_names_cannot_inject_anything(vbox: VBoxHome, tmp_path: Path) -> None:
-    canary = tmp_path / "pwned"
+async def test_vm_names_cannot_inject_anything(vbox: VBoxHome) -> None:
+    # A short path: the name holds it three times, and the stand-in names a file after the VM (255 bytes at most).
+    canary = Path(tempfile.mkdtemp(prefix="hp-")) / "pwned"
     name = f"web 1; touch {canary} $(touch {canary}) `touch {canary}` \"q\" 'q' | & > <"
     vbox.create(name, max_vcpus=3, attached=1)
     driver = VirtualBoxDriver(VBoxManage(str(STANDIN)))
@@ -126,6 +128,7 @@ async def test_vm_names_cannot_inject_anything(vbox: VBoxHome, tmp_path: Path) -
     assert vbox.attached(name) == [0]
     assert not canary.exists()
     assert ["-q", "controlvm", name, "plugcpu", "1"] in vbox.calls()
+    canary.parent.rmdir()
 
 
 def hotplug(*args: str) -> subprocess.CompletedProcess[str]:

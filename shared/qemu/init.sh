@@ -45,7 +45,8 @@ stats &
 
 LOOPS=""
 commands() {
-  while read -r line < $CTL; do
+  # One descriptor for the whole loop: reopening the port for each line could drop what arrived in between.
+  while read -r line; do
     case "$line" in
       "busy "*)
         for p in $LOOPS; do kill "$p" 2>/dev/null; done
@@ -60,9 +61,9 @@ commands() {
         echo "OUT busy $n" > $CTL ;;
       "") ;;
       *)
-        sh -c "$line" 2>&1 | while read -r out; do echo "OUT $out" > $CTL; done ;;
+        sh -c "$line" < /dev/null 2>&1 | while read -r out; do echo "OUT $out" > $CTL; done ;;
     esac
-  done
+  done < $CTL
 }
 commands &
 
