@@ -15,10 +15,12 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.actuator.progress import PROGRESS_BUCKET
 from shared import subjects
 
 EVENTS, METRICS = subjects.EVENTS_STREAM, subjects.METRICS_STREAM
 KV_BUCKETS = ("hotplug_leases", "hotplug_deciders", "hotplug_decider_state")
+PROGRESS = PROGRESS_BUCKET
 API = "$JS.API"
 
 
@@ -67,7 +69,10 @@ def users(hosts: list[str]) -> list[User]:
                           f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{durable}", f"$JS.ACK.{EVENTS}.{durable}.>",
                           f"{API}.STREAM.MSG.GET.{EVENTS}", f"{API}.DIRECT.GET.{EVENTS}.>",
                           f"{API}.CONSUMER.CREATE.KV_hotplug_leases.>", f"{API}.DIRECT.GET.KV_hotplug_leases.>",
-                          f"{API}.CONSUMER.DELETE.KV_hotplug_leases.>"],
+                          f"{API}.CONSUMER.DELETE.KV_hotplug_leases.>",
+                          # its own host's progress markers (services/actuator/progress.py)
+                          f"{API}.STREAM.CREATE.KV_{PROGRESS}", f"$KV.{PROGRESS}.{host}.>",
+                          f"{API}.CONSUMER.*.KV_{PROGRESS}", f"{API}.CONSUMER.*.KV_{PROGRESS}.>"],
                  subscribe=["_INBOX.>"]),
         ]
     return out

@@ -128,6 +128,31 @@ async def test_actuator_killed_mid_action_neither_loses_nor_doubles(
     assert watch.online["vm-01"] == 3  # plugged once, not twice
 
 
+async def test_a_command_interrupted_part_way_is_settled_first_and_reports_its_change(
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """2 -> 4 vCPUs, the actuator killed during the first plug: its successor settles the command before taking
+    any other (a newer one is already waiting), and the result says what happened: 2 -> 3, not the 4 asked."""
+    watch = Observer()
+    await watch.attach(nc)
+    actuator = await simulated_host(start_service, broker.url, 1, "2", "--ack-wait", "30")
+    await eventually(lambda: watch.online.get("vm-01") == 2, what="vm-01 at 2 vCPUs")
+    await send(nc, first := order("vm-01", 4, 2))
+    await eventually(lambda: metric(actuator.metrics_url, "hotplug_actuator_in_flight") == 1, what="in flight")
+    os.kill(actuator.proc.pid, signal.SIGKILL)
+    actuator.proc.wait(timeout=10)
+    await eventually(lambda: watch.online.get("vm-01") == 3, what="the first plug landing without its actuator")
+    await send(nc, newer := order("vm-01", 1, 3))  # stored before the successor starts
+    start_service("actuator", "--nats", broker.url, "--ack-wait", "30")
+    await eventually(lambda: watch.results_of(newer.id), timeout=30, what="the newer command's result")
+    [settled] = watch.results_of(first.id)
+    assert not settled.ok and (settled.vcpus_before, settled.vcpus_after) == (2, 3), settled
+    assert watch.results.index(settled) < watch.results.index(watch.results_of(newer.id)[0])
+    await asyncio.sleep(1.0)
+    report = audit([first, newer], watch.results, ops_by_vm=await hypervisor_ops(nc, "local"))
+    assert report.duplicated == 0 and report.lost == 0, report
+
+
 async def test_broker_restart_mid_run_loses_no_event(
     tmp_path: Path, start_service: Callable[..., ServiceProcess]
 ) -> None:

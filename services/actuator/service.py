@@ -2,7 +2,9 @@
 
 Commands come from a durable JetStream consumer (explicit ack), so a restarted actuator resumes where it
 stopped. A command is acknowledged only after its result is stored; a redelivered command whose result is
-already in the event log is acknowledged without acting again.
+already in the event log is acknowledged without acting again. A command interrupted by a crash in the middle of
+its hot-plug steps is settled by the next actuator before anything else (progress.py): its result reports the
+change that did happen.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.actuator.checks import Bounds, Plan, Refusal, admit, plan, rate_limited
 from services.actuator.drivers.base import Driver, DriverError
+from services.actuator.progress import ProgressLog
 from shared import bus, subjects
 from shared.codec import BadMessage, Decoder, encode
 from shared.inbox import Inbox
@@ -52,6 +55,9 @@ class ActuatorConfig:
     # At most this many resizes of one VM per window (clock seconds), whatever the deciders say.
     max_changes: int = 6
     rate_window_s: float = 60.0
+    # After a restart: how long the VM of an interrupted command must stay unchanged before its count is taken
+    # as final (a step the dead actuator asked for may still be under way in the hypervisor).
+    settle_s: float = 5.0
 
 
 class ActuatorMetrics(ServiceMetrics):
@@ -89,6 +95,8 @@ class Actuator:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._done: OrderedDict[str, None] = OrderedDict()
         self._pending_ids: set[str] = set()  # queued or being executed: a second copy is a duplicate
+        self._marked: set[str] = set()  # commands with a progress marker (progress.py) to remove after the result
+        self.progress: ProgressLog
         self._changes: dict[str, list[float]] = {}
         # The highest leadership term seen per decider: commands from an older term are refused.
         self.terms: dict[str, int] = {}
@@ -99,6 +107,8 @@ class Actuator:
 
     async def run(self) -> None:
         await bus.ensure_streams(self.ctx.js)
+        self.progress = await ProgressLog.open(self.ctx.js, self.ctx.host)
+        await self._settle_left_over()
         start = dt.datetime.fromtimestamp(time.time() - 300, tz=dt.UTC)
         consumer = ConsumerConfig(
             durable_name=self.durable,
@@ -192,10 +202,6 @@ class Actuator:
             while not queue.empty():
                 command, msg = queue.get_nowait()
                 result = await self._already_done(command, msg)
-                if result is None and msg.metadata.num_delivered > 1:
-                    result, command = await self._resume(command)
-                    if result is not None:
-                        await self._store(result)
                 if result is None and not queue.empty():
                     # a newer order for this VM is waiting: this one ends without acting, and says why
                     result = self.refuse(command, Refusal(ErrorCode.SUPERSEDED, "a newer command for this VM arrived "
@@ -208,6 +214,9 @@ class Actuator:
                     finally:
                         self.metrics.in_flight.dec()
                     await self._store(result)
+                    if command.id in self._marked:
+                        self._marked.discard(command.id)
+                        await self.progress.end(command)
                 self._remember(command.id)
                 self._pending_ids.discard(command.id)
                 await msg.ack()
@@ -227,34 +236,51 @@ class Actuator:
         """On redelivery, the result already stored for this command (the actuator died before its ack)."""
         if msg.metadata.num_delivered <= 1:
             return None
+        result = await self._stored_result(command)
+        if result is not None:
+            log.info("command %s was executed before a restart; not acting again", command.id)
+        return result
+
+    async def _stored_result(self, command: ScaleCommand) -> ScaleResult | None:
+        """The command's result, if it is the last one stored for its VM."""
         with contextlib.suppress(NotFoundError, BadMessage):
             last = await self.ctx.js.get_last_msg(subjects.EVENTS_STREAM, subjects.results(command.host, command.vm))
             if last.data is not None:
                 result = self._result_decoder.decode(last.data)
                 if result.command_id == command.id:
-                    log.info("command %s was executed before a restart; not acting again", command.id)
                     return result
         return None
 
-    async def _resume(self, command: ScaleCommand) -> tuple[ScaleResult | None, ScaleCommand]:
-        """A redelivered command may have been carried out, wholly or in part, by the incarnation that died (the
-        hypervisor finishes an operation its caller no longer waits for). If its VM is at the target, its result
-        says it is done, rather than "expired" or "superseded", which would hide a change that happened; if the
-        VM stopped part-way, the command goes on from there."""
-        started = time.perf_counter()
-        try:
-            view = await self._call(self.driver.read(command.vm))
-        except DriverError:
-            return None, command
-        now, seen, target = view.online_vcpus, command.seen_vcpus, command.target_vcpus
-        if now == target:
-            log.info("command %s found done on redelivery: %s has %d vCPUs", command.id, command.vm, now)
-            return self._result(command, started, now, now, None), command
-        if min(seen, target) < now < max(seen, target):
-            log.info("command %s found part-done on redelivery (%d of %d -> %d); going on", command.id, now, seen,
-                     target)
-            return None, msgspec.structs.replace(command, seen_vcpus=now)
-        return None, command
+    async def _settle_left_over(self) -> None:
+        """Store the result of every command a dead actuator of this host was in the middle of (see
+        progress.py), as things are, before taking any new command."""
+        for marker in await self.progress.left_over():
+            command = marker.command
+            if await self._stored_result(command) is None:
+                started = time.perf_counter()
+                try:
+                    now = await self._wait_for_quiet(command)
+                except DriverError as exc:
+                    log.warning("%s left in progress on %s, not settled: %s", command.id, command.vm, exc.message)
+                    continue
+                failure = None if now == command.target_vcpus else Refusal(
+                    ErrorCode.UNKNOWN, f"interrupted by an actuator restart: {marker.before} -> {now} vCPUs of the "
+                                       f"{command.target_vcpus} asked")
+                await self._store(self._result(command, started, marker.before, now, failure))
+            self._remember(command.id)  # its redelivery is now a duplicate
+            await self.progress.end(command)
+
+    async def _wait_for_quiet(self, command: ScaleCommand) -> int:
+        """The VM's count once it reaches the command's target, or has not moved for ``settle_s``: a step the
+        dead actuator had asked for may still be under way in the hypervisor."""
+        now = (await self._call(self.driver.read(command.vm))).online_vcpus
+        quiet_since = time.monotonic()
+        while now != command.target_vcpus and time.monotonic() - quiet_since < self.config.settle_s:
+            await asyncio.sleep(0.2)
+            latest = (await self._call(self.driver.read(command.vm))).online_vcpus
+            if latest != now:
+                now, quiet_since = latest, time.monotonic()
+        return now
 
     async def _store(self, result: ScaleResult) -> None:
         await bus.publish_durable(self.ctx.js, subjects.results(result.host, result.vm), encode(result),
@@ -302,6 +328,9 @@ class Actuator:
                                                                 self.config.max_changes, self.config.rate_window_s)):
                     failure = limited
                 else:
+                    if decided.steps:
+                        await self.progress.begin(command, before)
+                        self._marked.add(command.id)
                     after = await self._apply(command.vm, decided, before, msg)
                     if decided.steps:
                         history = self._changes.setdefault(command.vm, [])

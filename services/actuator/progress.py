@@ -1,0 +1,71 @@
+"""What an actuator is in the middle of: one marker per VM in the KV bucket ``hotplug_actuator_progress``,
+written before the first hot-plug step of a command and removed once its result is stored.
+
+An actuator killed mid-action leaves its marker behind, and the hypervisor may finish the step it was asked
+for. The next actuator of the host starts by settling every marker it finds: it reads the VM and stores the
+command's result as things are (done, or interrupted part-way, with the counts before and now), before it takes
+any new command. So the interrupted command's change is reported, and no newer command for that VM can run
+first and blur what happened; when JetStream redelivers it later, it is a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import NoKeysError
+from nats.js.kv import KeyValue
+
+from shared import bus
+from shared.messages import ScaleCommand
+
+PROGRESS_BUCKET = "hotplug_actuator_progress"
+
+
+class InProgress(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    command: ScaleCommand
+    before: int
+
+
+_decode = msgspec.json.Decoder(InProgress).decode
+
+
+def key_of(host: str, vm: str) -> str:
+    """A KV key for a VM of a host (VM names may hold characters keys may not)."""
+    return f"{host}.{hashlib.sha256(vm.encode()).hexdigest()[:32]}"
+
+
+class ProgressLog:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, host: str) -> None:
+        self.js = js
+        self.kv = kv
+        self.host = host
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, host: str) -> ProgressLog:
+        return cls(js, await bus.key_value(js, PROGRESS_BUCKET), host)
+
+    async def begin(self, command: ScaleCommand, before: int) -> None:
+        """Mark ``command`` under way; stored (retried like any event) before the hypervisor is touched."""
+        await bus.publish_durable(self.js, f"$KV.{PROGRESS_BUCKET}.{key_of(self.host, command.vm)}",
+                                  msgspec.json.encode(InProgress(command, before)), msg_id=f"progress-{command.id}")
+
+    async def end(self, command: ScaleCommand) -> None:
+        await self.kv.delete(key_of(self.host, command.vm))
+
+    async def left_over(self) -> list[InProgress]:
+        """The markers a dead actuator of this host left."""
+        watcher = await self.kv.watch(f"{self.host}.>", ignore_deletes=True)
+        found: list[InProgress] = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # no more stored values
+                    break
+                if entry.value:
+                    found.append(_decode(entry.value))
+        except NoKeysError:
+            pass
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
