@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from nats.aio.client import Client
@@ -42,13 +43,27 @@ async def send(nc: Client, command: ScaleCommand) -> None:
     await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command))
 
 
+@dataclass
+class SimulatedHost:
+    simulator: ServiceProcess
+    actuator: ServiceProcess
+
+    async def kill_actuator_mid_plug(self) -> None:
+        """SIGKILL the actuator once the simulator has begun its plug. Its own in-flight gauge is not enough: it
+        rises before the request is sent, so a kill right after it can land before the hypervisor heard of it."""
+        await eventually(lambda: metric(self.simulator.metrics_url, "hotplug_sim_hotplugs_in_progress",
+                                        op="plug") == 1, what="a plug under way in the simulator")
+        os.kill(self.actuator.proc.pid, signal.SIGKILL)
+        self.actuator.proc.wait(timeout=10)
+
+
 async def simulated_host(start_service: Callable[..., ServiceProcess], url: str, vms: int, hotplug_delay: str,
-                         *actuator_args: str) -> ServiceProcess:
-    """Simulator (idle VMs of at most 4 vCPUs), collector and actuator of host ``local``; returns the actuator."""
-    start_service("simulator", "--nats", url, "--vms", str(vms), "--profiles", "idle", "--max-vcpus", "4",
-                  "--hotplug-delay", hotplug_delay)
+                         *actuator_args: str) -> SimulatedHost:
+    """Simulator (idle VMs of at most 4 vCPUs), collector and actuator of host ``local``."""
+    simulator = start_service("simulator", "--nats", url, "--vms", str(vms), "--profiles", "idle",
+                              "--max-vcpus", "4", "--hotplug-delay", hotplug_delay)
     start_service("collector", "--nats", url, "--interval", "0.5")
-    return start_service("actuator", "--nats", url, *actuator_args)
+    return SimulatedHost(simulator, start_service("actuator", "--nats", url, *actuator_args))
 
 
 async def test_actuator_safety_whatever_the_decider_says(
@@ -56,8 +71,8 @@ async def test_actuator_safety_whatever_the_decider_says(
 ) -> None:
     watch = Observer()
     await watch.attach(nc)
-    actuator = await simulated_host(start_service, broker.url, 5, "0.4", "--vm-bounds", "vm-02=1:2",
-                                    "--max-changes", "2")
+    actuator = (await simulated_host(start_service, broker.url, 5, "0.4", "--vm-bounds", "vm-02=1:2",
+                                     "--max-changes", "2")).actuator
     await eventually(lambda: len(watch.online) == 5, what="samples of every VM")
 
     async def result_of(command: ScaleCommand) -> ScaleResult:
@@ -111,12 +126,10 @@ async def test_actuator_killed_mid_action_neither_loses_nor_doubles(
 ) -> None:
     watch = Observer()
     await watch.attach(nc)
-    actuator = await simulated_host(start_service, broker.url, 1, "3", "--ack-wait", "4")
+    host = await simulated_host(start_service, broker.url, 1, "3", "--ack-wait", "4")
     await eventually(lambda: watch.online.get("vm-01") == 2, what="vm-01 at 2 vCPUs")
     await send(nc, c := order("vm-01", 3, 2))
-    await eventually(lambda: metric(actuator.metrics_url, "hotplug_actuator_in_flight") == 1, what="in flight")
-    os.kill(actuator.proc.pid, signal.SIGKILL)  # dies while the plug is under way
-    actuator.proc.wait(timeout=10)
+    await host.kill_actuator_mid_plug()
     start_service("actuator", "--nats", broker.url, "--ack-wait", "4")  # the same durable consumer: redelivery
     await eventually(lambda: watch.results_of(c.id), timeout=30, what="the one result after the restart")
     await asyncio.sleep(2.0)
@@ -135,12 +148,10 @@ async def test_a_command_interrupted_part_way_is_settled_first_and_reports_its_c
     any other (a newer one is already waiting), and the result says what happened: 2 -> 3, not the 4 asked."""
     watch = Observer()
     await watch.attach(nc)
-    actuator = await simulated_host(start_service, broker.url, 1, "2", "--ack-wait", "30")
+    host = await simulated_host(start_service, broker.url, 1, "2", "--ack-wait", "30")
     await eventually(lambda: watch.online.get("vm-01") == 2, what="vm-01 at 2 vCPUs")
     await send(nc, first := order("vm-01", 4, 2))
-    await eventually(lambda: metric(actuator.metrics_url, "hotplug_actuator_in_flight") == 1, what="in flight")
-    os.kill(actuator.proc.pid, signal.SIGKILL)
-    actuator.proc.wait(timeout=10)
+    await host.kill_actuator_mid_plug()
     await eventually(lambda: watch.online.get("vm-01") == 3, what="the first plug landing without its actuator")
     await send(nc, newer := order("vm-01", 1, 3))  # stored before the successor starts
     start_service("actuator", "--nats", broker.url, "--ack-wait", "30")

@@ -27,7 +27,7 @@ from services.collector.sources.qemu import QemuSource
 from shared.clock import Clock
 from shared.messages import ErrorCode
 from shared.qemu.image import GuestImage, ImageError, ensure_image
-from shared.qemu.vm import QemuVm, parse_stat
+from shared.qemu.vm import QemuVm, connect_qmp, parse_stat
 from tests.conftest import REPO
 from tests.test_up import Output
 
@@ -79,6 +79,48 @@ def test_stat_lines_parse() -> None:
     assert (stat.online, stat.running, stat.busy_ticks, stat.hz) == ((0, 1, 3), 3, {0: 315, 1: 185, 3: 7}, 100)
     assert parse_stat("STAT up=x") is None
     assert parse_stat("HP onlined cpu1") is None
+
+
+GREETING = {"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": ""}, "capabilities": []}}
+STALE_EVENT = {"timestamp": {"seconds": 1, "microseconds": 0}, "event": "ACPI_DEVICE_OST",
+               "data": {"info": {"device": "hp1", "source": 3, "status": 132, "slot": "1", "slot-type": "CPU"}}}
+
+
+async def test_a_qmp_connection_that_hears_an_event_before_its_greeting_is_made_again(tmp_path: Path) -> None:
+    """A stand-in QMP server (QEMU's documented handshake: greeting, ``qmp_capabilities``, replies echoing ``id``)
+    that first writes an ``ACPI_DEVICE_OST`` event before the greeting, as QEMU 10 did in CI right after a
+    ``device_del`` on the previous connection."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections) + 1)
+        if len(connections) == 1:
+            writer.write(json.dumps(STALE_EVENT).encode() + b"\r\n")
+        writer.write(json.dumps(GREETING).encode() + b"\r\n")
+        await writer.drain()
+        pending = ""
+        while chunk := await reader.read(4096):  # clients need not end a request with a newline
+            pending += chunk.decode()
+            while pending.strip():
+                try:
+                    request, end = json.JSONDecoder().raw_decode(pending.lstrip())
+                except json.JSONDecodeError:
+                    break  # the rest of this request is still on its way
+                pending = pending.lstrip()[end:]
+                answer = {"return": {} if request["execute"] == "qmp_capabilities" else [{"cpu-index": 0}]}
+                writer.write(json.dumps({**answer, "id": request.get("id")}).encode() + b"\r\n")
+                await writer.drain()
+        writer.close()
+
+    path = tmp_path / "qmp.sock"
+    server = await asyncio.start_unix_server(serve, path=str(path))
+    async with server:
+        client = await connect_qmp("stand-in", path)
+        try:
+            assert await client.execute("query-cpus-fast") == [{"cpu-index": 0}]
+        finally:
+            await client.disconnect()
+    assert connections == [1, 2]
 
 
 async def test_plug_is_seen_online_by_the_guest_and_unplug_completes(image: GuestImage, root: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from hotplug.events import read_events
@@ -52,7 +53,7 @@ def secured(tmp_path: Path) -> Iterator[tuple[Path, EmbeddedBroker]]:
         yield out, broker
 
 
-async def connect_as(out: Path, user: str, errors: list[str]) -> nats.aio.client.Client:
+async def connect_as(out: Path, user: str, errors: list[str]) -> Client:
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 

@@ -54,8 +54,8 @@ def test_unknown_vm_is_reported_as_virtualbox_would() -> None:
 def test_same_seed_gives_same_demand_however_it_is_asked(profile: str, seed: int, times: list[float]) -> None:
     times = sorted(times)
     dense = Workload(profile, 8, seed, 0.0)
-    for t in range(0, int(times[-1]) + 1, 7):
-        dense.demand(float(t))  # ask often on one copy, rarely on the other
+    for step in range(0, int(times[-1]) + 1, 7):
+        dense.demand(float(step))  # ask often on one copy, rarely on the other
     sparse = Workload(profile, 8, seed, 0.0)
     fresh = Workload(profile, 8, seed, 0.0)
     for t in times:

@@ -122,7 +122,9 @@ def test_up_restarts_a_killed_child_and_keeps_its_event_log(tmp_path: Path) -> N
     report = hotplug("report", "--data-dir", str(data_dir), "--out", str(report_path))
     assert report.returncode == 0, report.stderr
     page = report_path.read_text()
-    data = json.loads(re.search(r'<script type="application/json" id="run-data">(.*?)</script>', page, re.S)[1])
+    embedded = re.search(r'<script type="application/json" id="run-data">(.*?)</script>', page, re.S)
+    assert embedded is not None, "the report embeds its data"
+    data = json.loads(embedded[1])
     ok = [r for r in results if r["ok"]]
     assert data["commands"] == len(commands)
     assert (data["results_ok"], data["results_failed"]) == (len(ok), len(results) - len(ok))

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.conftest import REPO
 from tests.standins import vboxmanage as standin
@@ -17,11 +18,11 @@ from tests.test_up import Output
 from tests.vbox_fixtures import VBoxHome
 
 
-def test_up_on_virtualbox_plugs_and_unplugs_by_id(vbox: VBoxHome, tmp_path: object) -> None:
+def test_up_on_virtualbox_plugs_and_unplugs_by_id(vbox: VBoxHome, tmp_path: Path) -> None:
     vbox.create("train 1", max_vcpus=4, attached=1)
     vbox.create("stubborn", max_vcpus=2, attached=2)
     standin.set_guest("stubborn", "none")  # no Guest Additions: every unplug is refused
-    data_dir = str(tmp_path) + "/run"  # type: ignore[operator]
+    data_dir = str(tmp_path / "run")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hotplug", "up", "--hypervisor", "virtualbox", "--data-dir", data_dir, "--no-view",
          "--policy", "threshold", "--param", "threshold.k=2", "--param", "guard.up_cooldown_s=1",

@@ -37,6 +37,9 @@ class SimulatorMetrics(ServiceMetrics):
                             ["vm"], registry=self.registry)
         self.hotplugs = Counter("hotplug_sim_hotplug_operations", "Hot-plug operations by kind and outcome",
                                 ["op", "outcome"], registry=self.registry)
+        self.hotplugs_under_way = Gauge("hotplug_sim_hotplugs_in_progress",
+                                        "Hot-plug operations begun and not yet finished", ["op"],
+                                        registry=self.registry)
 
 
 _encoder = msgspec.json.Encoder()
@@ -90,8 +93,9 @@ class SimulatorService:
         try:
             vm = self.cloud.get(request.vm)
             done_at = vm.begin_hotplug(request.op, clock.now(), self.config.hotplug_delay_s)
-            await clock.sleep(done_at - clock.now())
-            online = vm.finish_hotplug(request.op, clock.now())
+            with self.metrics.hotplugs_under_way.labels(request.op).track_inprogress():
+                await clock.sleep(done_at - clock.now())
+                online = vm.finish_hotplug(request.op, clock.now())
             reply = HotplugReply(ok=True, online_vcpus=online)
             self.metrics.hotplugs.labels(request.op, "ok").inc()
         except HotplugRefused as exc:

@@ -24,13 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-from qemu.qmp import QMPClient
+from qemu.qmp import ConnectError, QMPClient
+from qemu.qmp.qmp_client import GreetingError
 
 from shared.qemu.image import GuestImage
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 BOOT_TIMEOUT_S = 60.0
 QMP_CONNECT_TIMEOUT_S = 10.0
+QMP_CONNECT_ATTEMPTS = 5
 LIFETIME_MAXCPUS = 32
 UNIX_PATH_MAX = 107
 
@@ -229,9 +231,7 @@ class QemuVm:
         """A QMP session on the control socket (or the monitoring one), closed on exit."""
         if not self.running():
             raise QemuError(f"VM {self.name} is not running")
-        client = QMPClient(self.name)
-        await asyncio.wait_for(client.connect(str(self.monitor_path if monitor else self.qmp_path)),
-                               timeout=QMP_CONNECT_TIMEOUT_S)
+        client = await connect_qmp(self.name, self.monitor_path if monitor else self.qmp_path)
         try:
             yield client
         finally:
@@ -292,3 +292,24 @@ def running_vms(root: Path | None = None) -> list[QemuVm]:
             if vm.running():
                 vms.append(vm)
     return vms
+
+
+async def connect_qmp(name: str, path: Path, attempts: int = QMP_CONNECT_ATTEMPTS) -> QMPClient:
+    """A connected QMP client on the socket at ``path``.
+
+    QEMU may write an event (say the ``ACPI_DEVICE_OST`` of a ``device_del`` made on the previous connection) to
+    a new connection before its greeting, which ``QMPClient`` rejects as a bad greeting. That connection is then
+    dropped and a new one made: its greeting comes first unless another event races it again.
+    """
+    for attempt in range(1, attempts + 1):
+        client = QMPClient(name)
+        try:
+            await asyncio.wait_for(client.connect(str(path)), timeout=QMP_CONNECT_TIMEOUT_S)
+            return client
+        except ConnectError as exc:
+            if not isinstance(exc.exc, GreetingError) or attempt == attempts:
+                raise QemuError(f"QMP connection to {name} failed: {exc}") from exc
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+    raise AssertionError("unreachable")
+

@@ -12,11 +12,21 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PR_SET_NAME = 15
 STATE = Path(sys.argv[1])
-shared = {"attached": [0], "load": 0.0}
+
+
+@dataclass
+class VmState:
+    """What the EMT threads read: written by the main thread from the state file."""
+    attached: list[int] = field(default_factory=lambda: [0])
+    load: float = 0.0
+
+
+shared = VmState()
 stop = threading.Event()
 
 
@@ -28,8 +38,8 @@ def name_thread(name: str) -> None:
 def emt(index: int, count: int) -> None:
     name_thread("EMT" if count == 1 else f"EMT-{index}")
     while not stop.is_set():
-        attached = sorted(shared["attached"])
-        load = float(shared["load"])
+        attached = sorted(shared.attached)
+        load = shared.load
         # spread the load over the attached vCPUs, each at most one core
         share = min(1.0, load / len(attached)) if index in attached and attached else 0.0
         start = time.perf_counter()
@@ -49,8 +59,8 @@ def main() -> None:
     while not stop.is_set():
         try:
             state = json.loads(STATE.read_text())
-            shared["attached"] = state["attached"] if state["hotplug"] else list(range(int(state["cpus"])))
-            shared["load"] = state.get("load", 0.0)
+            shared.attached = state["attached"] if state["hotplug"] else list(range(int(state["cpus"])))
+            shared.load = float(state.get("load", 0.0))
         except (OSError, ValueError):
             pass
         stop.wait(0.1)

@@ -86,7 +86,8 @@ def _vm_files() -> list[Path]:
 
 
 def load_vm(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    vm: dict[str, Any] = json.loads(path.read_text())
+    return vm
 
 
 def save_vm(vm: dict[str, Any]) -> None:

@@ -9,11 +9,13 @@ Plug the lowest free slot of ``query-hotpluggable-cpus``; done when the guest it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
-from qemu.qmp import ExecuteError
+from qemu.qmp import ExecuteError, QMPClient
 
 from services.actuator.drivers.base import DriverError, VmView
 from shared.messages import ErrorCode
@@ -39,14 +41,21 @@ class QemuDriver:
             raise DriverError(ErrorCode.VM_NOT_RUNNING, f"QEMU VM {name} is not running")
         return vm
 
-    async def _execute(self, vm: QemuVm, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def _session(vm: QemuVm) -> AsyncIterator[QMPClient]:
+        """A QMP session whose failures are driver errors."""
         try:
             async with vm.qmp() as qmp:
-                return await qmp.execute(command, arguments)
+                yield qmp
         except ExecuteError as exc:
-            raise DriverError(ErrorCode.UNKNOWN, f"QMP {command}: {exc}") from exc
+            raise DriverError(ErrorCode.UNKNOWN, f"QMP on {vm.name}: {exc}") from exc
         except (QemuError, OSError, TimeoutError) as exc:
-            raise DriverError(ErrorCode.VM_NOT_RUNNING, f"QMP {command}: {exc}") from exc
+            raise DriverError(ErrorCode.VM_NOT_RUNNING, f"QMP on {vm.name}: {exc}") from exc
+
+    async def _execute(self, vm: QemuVm, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        async with self._session(vm) as qmp:
+            return await qmp.execute(command, arguments)
 
     async def _cpus(self, vm: QemuVm) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], await self._execute(vm, "query-cpus-fast"))
@@ -100,13 +109,15 @@ class QemuDriver:
             raise DriverError(ErrorCode.CPU0, f"{vm_name} has only its boot vCPUs; they cannot be removed")
         victim = max(hot, key=lambda c: int(c["cpu-index"]))
         path = str(victim["qom-path"])
-        await self._execute(vm, "device_del", {"id": path.rsplit("/", 1)[-1]})
-        deadline = time.monotonic() + UNPLUG_TIMEOUT_S
-        while time.monotonic() < deadline:
-            slots = cast(list[dict[str, Any]], await self._execute(vm, "query-hotpluggable-cpus"))
-            if not any(s.get("qom-path") == path for s in slots):
-                return
-            await asyncio.sleep(0.02)
+        # one session for the request and the wait: the eject's ACPI events arrive while we poll
+        async with self._session(vm) as qmp:
+            await qmp.execute("device_del", {"id": path.rsplit("/", 1)[-1]})
+            deadline = time.monotonic() + UNPLUG_TIMEOUT_S
+            while time.monotonic() < deadline:
+                slots = cast(list[dict[str, Any]], await qmp.execute("query-hotpluggable-cpus"))
+                if not any(s.get("qom-path") == path for s in slots):
+                    return
+                await asyncio.sleep(0.02)
         raise DriverError(ErrorCode.TIMEOUT, f"{vm_name}: the guest did not release {path} within "
                                              f"{UNPLUG_TIMEOUT_S:.0f} s")
 
