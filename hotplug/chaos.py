@@ -178,9 +178,9 @@ class Chaos:
     async def kill(self, service: str) -> tuple[str, Check]:
         child = self.supervisor.children[service]
         mid_action = False
-        if service == "actuator":  # best when a hot-plug is under way
-            mid_action = await _within(10, lambda: self.metric("actuator", "hotplug_actuator_in_flight") > 0,
-                                       interval_s=0.02)
+        if service == "actuator":  # best when the hypervisor is in the middle of a hot-plug it was asked for
+            mid_action = await _within(
+                10, lambda: self.metric("simulator", "hotplug_sim_hotplugs_in_progress") > 0, interval_s=0.02)
         assert child.process is not None
         pid, restarts = child.process.pid, child.restarts
         since = self.clock.now()
