@@ -3,8 +3,8 @@ and one credentials file per user.
 
 Authority comes from these permissions, never from a message field: only the decider user may publish on
 ``hotplug.commands.>``; a collector may publish metrics of its own host only; an actuator may read only its own
-host's commands (its JetStream consumer's filter is part of the permitted API subject) and publish only its
-host's results; a viewer may read but not publish. The admin user (``hotplug up``, operators) creates the
+host's commands (its JetStream consumer's filter is part of the permitted API subject), read back only its
+host's results and publish only those; a viewer may read but not publish. The admin user (``hotplug up``, operators) creates the
 streams. Passwords are random; the files are written readable by their owner only.
 """
 
@@ -67,7 +67,10 @@ def users(hosts: list[str]) -> list[User]:
                           f"{API}.CONSUMER.INFO.{EVENTS}.{durable}",
                           f"{API}.CONSUMER.CREATE.{EVENTS}.{durable}.{subjects.host_commands(host)}",
                           f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{durable}", f"$JS.ACK.{EVENTS}.{durable}.>",
-                          f"{API}.STREAM.MSG.GET.{EVENTS}", f"{API}.DIRECT.GET.{EVENTS}.>",
+                          # reading back its own host's results (the commands it has answered), under one name
+                          f"{API}.CONSUMER.CREATE.{EVENTS}.{durable}-recall.{subjects.RESULTS}.{host}.>",
+                          f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{durable}-recall",
+                          f"{API}.CONSUMER.DELETE.{EVENTS}.{durable}-recall",
                           f"{API}.CONSUMER.CREATE.KV_hotplug_leases.>", f"{API}.DIRECT.GET.KV_hotplug_leases.>",
                           f"{API}.CONSUMER.DELETE.KV_hotplug_leases.>",
                           # its own host's progress markers (services/actuator/progress.py)

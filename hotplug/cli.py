@@ -499,8 +499,9 @@ def _with_stream_access(args: argparse.Namespace, work: Callable[[str], Coroutin
 
 async def _read_run(url: str) -> tuple[list[Any], list[Any], list[Any]]:
     """Metric samples, commands and results of a run, from its streams."""
-    from hotplug.events import read_events, read_stream
+    from hotplug.events import read_events
     from shared import subjects
+    from shared.bus import read_stream
     from shared.codec import BadMessage, Decoder
     from shared.messages import MetricSample, ScaleCommand
 
@@ -535,10 +536,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from hotplug.events import read_stream
     from hotplug.replay_cmd import render_table
     from services.decider.shadow import score_shadows
     from shared import subjects
+    from shared.bus import read_stream
     from shared.codec import BadMessage, Decoder
     from shared.messages import MetricSample, ScaleCommand
 

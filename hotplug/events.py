@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared import subjects
+from shared.bus import read_stream
 from shared.cluster import embedded_broker, nodes_in
 from shared.messages import ScaleCommand, ScaleResult
 
@@ -59,36 +58,6 @@ def broker_for(data_dir: Path) -> Iterator[str]:
         yield broker.start()
     finally:
         broker.stop()
-
-
-async def read_stream(js: JetStreamContext, stream: str, filters: list[str],
-                      batch: int = 256) -> AsyncIterator[tuple[str, bytes]]:
-    """Every stored message of ``stream`` matching ``filters``, oldest first, as (subject, data)."""
-    try:
-        info = await js.stream_info(stream)
-    except nats.js.errors.NotFoundError:
-        return
-    remaining = info.state.messages
-    if remaining == 0:
-        return
-    psub = await js.pull_subscribe(
-        ">", stream=stream,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
-                              inactive_threshold=30.0, filter_subjects=filters),
-    )
-    try:
-        while True:
-            try:
-                msgs = await psub.fetch(batch=batch, timeout=2.0)
-            except (nats.errors.TimeoutError, TimeoutError):
-                break
-            for msg in msgs:
-                yield msg.subject, msg.data
-            if msgs and msgs[-1].metadata.num_pending == 0:
-                break
-    finally:
-        with contextlib.suppress(Exception):
-            await psub.unsubscribe()
 
 
 async def read_events(js: JetStreamContext) -> AsyncIterator[tuple[str, Event | None]]:

@@ -12,17 +12,30 @@ three nodes and survive the loss of one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import os
+import secrets
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    SubjectTransform,
+)
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -199,3 +212,43 @@ async def publish_durable(
             log.warning("publish of %s to %s not acknowledged (attempt %d); retrying", msg_id, subject, attempt)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def read_stream(js: JetStreamContext, stream: str, filters: list[str], *, since: dt.datetime | None = None,
+                      name: str | None = None, batch: int = 256) -> AsyncIterator[tuple[str, bytes]]:
+    """The stored messages of ``stream`` matching ``filters`` (all, or those stored from ``since`` on), oldest
+    first, as (subject, data).
+
+    They are read through a short-lived consumer. ``name`` fixes its name, so that a user's permissions can
+    allow this reader and nothing else; with a single filter, the filter is part of the permitted API subject.
+    """
+    config = ConsumerConfig(
+        name=name or f"read-{secrets.token_hex(8)}",
+        deliver_policy=DeliverPolicy.ALL if since is None else DeliverPolicy.BY_START_TIME,
+        opt_start_time=since, ack_policy=AckPolicy.NONE, inactive_threshold=30.0,
+        **({"filter_subject": filters[0]} if len(filters) == 1 else {"filter_subjects": filters}))
+    assert config.name is not None
+    try:
+        if name is not None:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(stream, name)  # left by a reader that died mid-read
+        info = await js.add_consumer(stream, config)
+    except NotFoundError:
+        return  # no such stream: nothing stored
+    try:
+        remaining = info.num_pending or 0
+        if remaining == 0:
+            return
+        psub = await js.pull_subscribe_bind(config.name, stream=stream)
+        while remaining > 0:
+            try:
+                msgs = await psub.fetch(batch=min(batch, remaining), timeout=5.0)
+            except (nats.errors.TimeoutError, TimeoutError):
+                break
+            for msg in msgs:
+                yield msg.subject, msg.data
+            remaining = msgs[-1].metadata.num_pending if msgs else remaining
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, config.name)
+

@@ -23,6 +23,10 @@ class Clock(msgspec.Struct, frozen=True):
             return wall
         return self.epoch + (wall - self.epoch) * self.speed
 
+    def wall_time(self, t: float) -> float:
+        """The wall-clock time at which this clock reads ``t``."""
+        return t if self.speed == 1.0 else self.epoch + (t - self.epoch) / self.speed
+
     def wall_seconds(self, seconds: float) -> float:
         """How long ``seconds`` of this clock take on the wall clock."""
         return seconds / self.speed

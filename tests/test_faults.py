@@ -21,6 +21,7 @@ from hotplug.events import read_events
 from hotplug.observer import Observer, hypervisor_ops, settle
 from shared import bus, subjects
 from shared.broker import EmbeddedBroker, free_port
+from shared.clock import make_clock
 from shared.codec import encode
 from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
 from tests.conftest import REPO, ServiceProcess, eventually, metric
@@ -29,10 +30,10 @@ _seq = 0
 
 
 def order(vm: str, target: int, seen: int, *, decider: str = "test", term: int = 0, ttl: float = 60.0,
-          expires_at: float | None = None) -> ScaleCommand:
+          expires_at: float | None = None, at: float | None = None) -> ScaleCommand:
     global _seq
     _seq += 1
-    now = time.time()
+    now = time.time() if at is None else at
     return ScaleCommand(id=f"t{os.getpid()}-{_seq}", time=now, host="local", vm=vm, target_vcpus=target,
                         seen_vcpus=seen, decider=decider, reason="test", expires_at=expires_at or now + ttl,
                         term=term)
@@ -41,6 +42,17 @@ def order(vm: str, target: int, seen: int, *, decider: str = "test", term: int =
 async def send(nc: Client, command: ScaleCommand) -> None:
     """Store a command as a decider would (no Nats-Msg-Id: a repeat is stored again, as a duplicate would be)."""
     await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command))
+
+
+async def result_of(watch: Observer, command: ScaleCommand) -> ScaleResult:
+    await eventually(lambda: watch.results_of(command.id), timeout=20, what=f"the result of {command.id}")
+    return watch.results_of(command.id)[0]
+
+
+async def answered(nc: Client, watch: Observer, command: ScaleCommand) -> ScaleResult:
+    """Store ``command`` and wait for its result."""
+    await send(nc, command)
+    return await result_of(watch, command)
 
 
 @dataclass
@@ -75,19 +87,15 @@ async def test_actuator_safety_whatever_the_decider_says(
                                      "--max-changes", "2")).actuator
     await eventually(lambda: len(watch.online) == 5, what="samples of every VM")
 
-    async def result_of(command: ScaleCommand) -> ScaleResult:
-        await eventually(lambda: watch.results_of(command.id), timeout=20, what=f"the result of {command.id}")
-        return watch.results_of(command.id)[0]
-
     # its own bounds, tighter than the hypervisor's
     await send(nc, c := order("vm-02", 3, 2))
-    assert (await result_of(c)).error_code is ErrorCode.OUT_OF_BOUNDS
+    assert (await result_of(watch, c)).error_code is ErrorCode.OUT_OF_BOUNDS
     # a rate limit per VM: the third resize within the window is refused
     outcomes = []
     size = 2
     for target in (3, 2, 3):
         await send(nc, c := order("vm-01", target, size))
-        r = await result_of(c)
+        r = await result_of(watch, c)
         outcomes.append(r.error_code)
         size = r.vcpus_after or size
     assert outcomes == [None, None, ErrorCode.RATE_LIMITED]
@@ -95,16 +103,16 @@ async def test_actuator_safety_whatever_the_decider_says(
     burst = [order("vm-03", 3, 2), order("vm-03", 4, 2), order("vm-03", 4, 2)]
     for c in burst:
         await send(nc, c)
-    results = [await result_of(c) for c in burst]
+    results = [await result_of(watch, c) for c in burst]
     assert results[0].ok
     assert any(r.error_code is ErrorCode.SUPERSEDED for r in results[1:])
     # late (expired) and stale-term orders
     await send(nc, c := order("vm-04", 3, 2, expires_at=time.time() - 1))
-    assert (await result_of(c)).error_code is ErrorCode.EXPIRED
+    assert (await result_of(watch, c)).error_code is ErrorCode.EXPIRED
     await send(nc, new := order("vm-05", 3, 2, decider="ha", term=2))
-    assert (await result_of(new)).ok
+    assert (await result_of(watch, new)).ok
     await send(nc, old := order("vm-05", 2, 3, decider="ha", term=1))
-    assert (await result_of(old)).error_code is ErrorCode.STALE_TERM
+    assert (await result_of(watch, old)).error_code is ErrorCode.STALE_TERM
     # a duplicate (same id, stored twice) gets no second result and no second effect
     dup = order("vm-04", 3, 2)
     await send(nc, dup)
@@ -162,6 +170,53 @@ async def test_a_command_interrupted_part_way_is_settled_first_and_reports_its_c
     await asyncio.sleep(1.0)
     report = audit([first, newer], watch.results, ops_by_vm=await hypervisor_ops(nc, "local"))
     assert report.duplicated == 0 and report.lost == 0, report
+
+
+async def test_a_copy_of_a_command_answered_before_a_restart_gets_no_second_result(
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """The actuator reads back the commands it has answered when it starts. A second stored copy of one answered
+    before the restart (after a newer command undid its effect, so acting on it again would plug twice) is
+    acknowledged without acting or answering."""
+    watch = Observer()
+    await watch.attach(nc)
+    host = await simulated_host(start_service, broker.url, 1, "0.2")
+    await eventually(lambda: watch.online.get("vm-01") == 2, what="vm-01 at 2 vCPUs")
+    grow = order("vm-01", 3, 2)
+    assert (await answered(nc, watch, grow)).vcpus_after == 3
+    assert (await answered(nc, watch, order("vm-01", 2, 3))).vcpus_after == 2
+    host.actuator.stop()
+    successor = start_service("actuator", "--nats", broker.url)
+    await send(nc, grow)  # the same command, stored a second time
+    await eventually(lambda: metric(successor.metrics_url, "hotplug_messages_dropped_total", kind="command",
+                                    reason="duplicate") == 1, what="the copy counted as a duplicate")
+    await asyncio.sleep(1.5)
+    assert len(watch.results_of(grow.id)) == 1
+    assert watch.online["vm-01"] == 2
+
+
+async def test_a_copy_of_a_command_older_than_the_actuators_memory_is_found_in_the_event_log(
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """Answered ids stay in memory for 600 clock seconds; a command stamped before that is looked up in the event
+    log. The actuator runs 200 times faster than the wall clock, so a command answered 4 s ago (800 clock s) has
+    left its memory, and its copy must be found in the log."""
+    clock = make_clock(200.0, time.time())
+    host = await simulated_host(start_service, broker.url, 1, "0.2", "--speed", "200", "--epoch", repr(clock.epoch))
+    watch = Observer()
+    await watch.attach(nc)
+
+    far = clock.now() + 1e6
+    grow = order("vm-01", 3, 2, at=clock.now(), expires_at=far)
+    assert (await answered(nc, watch, grow)).vcpus_after == 3
+    await asyncio.sleep(4.0)
+    assert (await answered(nc, watch, order("vm-01", 2, 3, at=clock.now(), expires_at=far))).vcpus_after == 2
+    await send(nc, grow)
+    await eventually(lambda: metric(host.actuator.metrics_url, "hotplug_messages_dropped_total", kind="command",
+                                    reason="duplicate") == 1, what="the copy counted as a duplicate")
+    await asyncio.sleep(1.0)
+    assert len(watch.results_of(grow.id)) == 1
+    assert "the event log has its result" in host.actuator.log()
 
 
 async def test_broker_restart_mid_run_loses_no_event(

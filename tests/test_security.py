@@ -7,17 +7,19 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 import nats
+import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from hotplug.events import read_events
-from shared import subjects
+from shared import bus, subjects
 from shared.broker import EmbeddedBroker, find_nats_server, free_port
 from shared.codec import encode
 from shared.messages import ScaleCommand, ScaleResult
@@ -105,6 +107,37 @@ async def test_the_loop_runs_with_one_user_per_service_and_only_the_decider_comm
     assert {c.decider for c in logged} == {"decider"}
     assert not {r.command_id for r in results} & set(refused_ids)
     await viewer.close()
+
+
+def stored_result(host: str) -> ScaleResult:
+    return ScaleResult(command_id=f"c-{host}", time=time.time(), host=host, vm="vm-01", ok=True, vcpus_before=2,
+                       vcpus_after=3, target_vcpus=3, duration_s=0.1, actuator="actuator")
+
+
+async def test_an_actuator_reads_back_its_own_hosts_results_and_no_others(
+    secured: tuple[Path, EmbeddedBroker]
+) -> None:
+    """At startup an actuator reads back the commands it has answered; its user may do that under one consumer
+    name, filtered to its own host's results."""
+    out, _ = secured
+    admin = await connect_as(out, "admin", [])
+    for host in ("local", "h2"):
+        await admin.jetstream().publish(subjects.results(host, "vm-01"), encode(stored_result(host)))
+    await admin.close()
+    errors: list[str] = []
+    actuator = await connect_as(out, "actuator-local", errors)
+    js = actuator.jetstream(timeout=1.0)
+    own = [subject async for subject, _ in bus.read_stream(js, subjects.EVENTS_STREAM,
+                                                           [f"{subjects.RESULTS}.local.>"],
+                                                           name="actuator-local-recall")]
+    assert own == [subjects.results("local", "vm-01")]
+    for reader in ("actuator-local-recall", "actuator-h2-recall"):
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):  # refused: the request gets no answer
+            [_ async for _ in bus.read_stream(js, subjects.EVENTS_STREAM, [f"{subjects.RESULTS}.h2.>"],
+                                              name=reader)]
+    await eventually(lambda: errors, timeout=5, what="the broker refusing another host's results")
+    assert "permissions violation" in errors[0].lower()
+    await actuator.close()
 
 
 async def test_wrong_password_is_refused(secured: tuple[Path, EmbeddedBroker]) -> None:

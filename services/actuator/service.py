@@ -1,10 +1,12 @@
 """The actuator service: durable command intake, one command at a time per VM, exactly one result each.
 
 Commands come from a durable JetStream consumer (explicit ack), so a restarted actuator resumes where it
-stopped. A command is acknowledged only after its result is stored; a redelivered command whose result is
-already in the event log is acknowledged without acting again. A command interrupted by a crash in the middle of
-its hot-plug steps is settled by the next actuator before anything else (progress.py): its result reports the
-change that did happen.
+stopped. A command is acknowledged only after its result is stored. Every command gets exactly one result, across
+restarts too: the ids answered in the last ``ANSWERED_KEEP_S`` are kept in memory (answered.py) and read back
+from the event log at startup; a copy of a command older than that is looked up in the log before it is judged.
+A copy of an answered command is acknowledged without acting or answering again. A command interrupted by a
+crash in the middle of its hot-plug steps is settled by the next actuator before anything else (progress.py):
+its result reports the change that did happen.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -27,6 +28,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.actuator.answered import AnsweredCommands
 from services.actuator.checks import Bounds, Plan, Refusal, admit, plan, rate_limited
 from services.actuator.drivers.base import Driver, DriverError
 from services.actuator.progress import ProgressLog
@@ -40,7 +42,10 @@ from shared.telemetry import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
-REMEMBERED_IDS = 100_000
+# How long an answered command's id is kept in memory. A command stamped earlier than this (less a margin for
+# clock skew between decider and actuator) is looked up in the event log instead.
+ANSWERED_KEEP_S = 600.0
+CLOCK_SKEW_MARGIN_S = 60.0
 
 T = TypeVar("T")
 
@@ -93,7 +98,8 @@ class Actuator:
         self._result_decoder = Decoder(ScaleResult)
         self._queues: dict[str, asyncio.Queue[tuple[ScaleCommand, Msg]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
-        self._done: OrderedDict[str, None] = OrderedDict()
+        self.answered = AnsweredCommands(ANSWERED_KEEP_S)
+        self._log_reads = asyncio.Lock()  # one reader of the event log at a time: it has one permitted name
         self._pending_ids: set[str] = set()  # queued or being executed: a second copy is a duplicate
         self._marked: set[str] = set()  # commands with a progress marker (progress.py) to remove after the result
         self.progress: ProgressLog
@@ -108,6 +114,7 @@ class Actuator:
     async def run(self) -> None:
         await bus.ensure_streams(self.ctx.js)
         self.progress = await ProgressLog.open(self.ctx.js, self.ctx.host)
+        await self._recall_answered()
         await self._settle_left_over()
         start = dt.datetime.fromtimestamp(time.time() - 300, tz=dt.UTC)
         consumer = ConsumerConfig(
@@ -182,9 +189,8 @@ class Actuator:
         if command is None:
             await msg.term()  # malformed: never redeliver
             return
-        if command.id in self._done or command.id in self._pending_ids:
-            self.metrics.dropped.labels(self.metrics.service, "command", "duplicate").inc()
-            log.warning("duplicate command %s for %s ignored: it already has its result", command.id, command.vm)
+        if command.id in self.answered or command.id in self._pending_ids:
+            self._ignore_duplicate(command, "it is answered or under way")
             await msg.ack()
             return
         queue = self._queues.get(command.vm)
@@ -195,19 +201,24 @@ class Actuator:
         if command.vm not in self._workers:
             self._workers[command.vm] = asyncio.ensure_future(self._work(command.vm, queue))
 
+    def _ignore_duplicate(self, command: ScaleCommand, why: str) -> None:
+        self.metrics.dropped.labels(self.metrics.service, "command", "duplicate").inc()
+        log.warning("duplicate command %s for %s ignored: %s", command.id, command.vm, why)
+
     async def _work(self, vm: str, queue: asyncio.Queue[tuple[ScaleCommand, Msg]]) -> None:
         """Run one VM's commands in order, one at a time; exits when the queue is empty."""
         command: ScaleCommand | None = None
         try:
             while not queue.empty():
                 command, msg = queue.get_nowait()
-                result = await self._already_done(command, msg)
-                if result is None and not queue.empty():
+                if await self._answered_long_ago(command):
+                    self._ignore_duplicate(command, "the event log has its result")
+                elif not queue.empty():
                     # a newer order for this VM is waiting: this one ends without acting, and says why
                     result = self.refuse(command, Refusal(ErrorCode.SUPERSEDED, "a newer command for this VM arrived "
                                                                                   "before it could run"))
                     await self._store(result)
-                elif result is None:
+                else:
                     self.metrics.in_flight.inc()
                     try:
                         result = await self.execute(command, msg)
@@ -217,7 +228,6 @@ class Actuator:
                     if command.id in self._marked:
                         self._marked.discard(command.id)
                         await self.progress.end(command)
-                self._remember(command.id)
                 self._pending_ids.discard(command.id)
                 await msg.ack()
         except Exception:
@@ -232,31 +242,49 @@ class Actuator:
             if queue.empty():
                 self._queues.pop(vm, None)
 
-    async def _already_done(self, command: ScaleCommand, msg: Msg) -> ScaleResult | None:
-        """On redelivery, the result already stored for this command (the actuator died before its ack)."""
-        if msg.metadata.num_delivered <= 1:
-            return None
-        result = await self._stored_result(command)
-        if result is not None:
-            log.info("command %s was executed before a restart; not acting again", command.id)
-        return result
+    @property
+    def _log_reader(self) -> str:
+        """The name of this actuator's event-log reader; its permissions allow this one (auth.py)."""
+        return f"{self.durable}-recall"
 
-    async def _stored_result(self, command: ScaleCommand) -> ScaleResult | None:
-        """The command's result, if it is the last one stored for its VM."""
-        with contextlib.suppress(NotFoundError, BadMessage):
-            last = await self.ctx.js.get_last_msg(subjects.EVENTS_STREAM, subjects.results(command.host, command.vm))
-            if last.data is not None:
-                result = self._result_decoder.decode(last.data)
-                if result.command_id == command.id:
-                    return result
-        return None
+    async def _results_in_log(self, filter_subject: str, since_clock_time: float) -> AsyncIterator[ScaleResult]:
+        """This host's stored results on ``filter_subject`` from about ``since_clock_time`` on."""
+        since = dt.datetime.fromtimestamp(self.ctx.clock.wall_time(since_clock_time), tz=dt.UTC)
+        async with self._log_reads:
+            async for _, data in bus.read_stream(self.ctx.js, subjects.EVENTS_STREAM, [filter_subject],
+                                                 since=since, name=self._log_reader):
+                with contextlib.suppress(BadMessage):
+                    yield self._result_decoder.decode(data)
+
+    async def _recall_answered(self) -> None:
+        """Fill the memory of answered commands from the event log, before taking any command."""
+        since = self.ctx.clock.now() - ANSWERED_KEEP_S - CLOCK_SKEW_MARGIN_S
+        while True:
+            try:
+                async for result in self._results_in_log(f"{subjects.RESULTS}.{self.ctx.host}.>", since):
+                    self.answered.add(result.command_id, result.time)
+                break
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("answered commands not read back yet (%s); retrying", exc or type(exc).__name__)
+                await asyncio.sleep(1.0)
+        log.info("%d commands answered in the last %.0f s", len(self.answered), ANSWERED_KEEP_S)
+
+    async def _answered_long_ago(self, command: ScaleCommand) -> bool:
+        """Whether a command too old for the memory already has its result in the event log."""
+        if command.time >= self.ctx.clock.now() - ANSWERED_KEEP_S + CLOCK_SKEW_MARGIN_S:
+            return False  # were it answered, the memory would know
+        async for result in self._results_in_log(subjects.results(command.host, command.vm),
+                                                 command.time - CLOCK_SKEW_MARGIN_S):
+            if result.command_id == command.id:
+                return True
+        return False
 
     async def _settle_left_over(self) -> None:
         """Store the result of every command a dead actuator of this host was in the middle of (see
         progress.py), as things are, before taking any new command."""
         for marker in await self.progress.left_over():
             command = marker.command
-            if await self._stored_result(command) is None:
+            if command.id not in self.answered:
                 started = time.perf_counter()
                 try:
                     now = await self._wait_for_quiet(command)
@@ -267,7 +295,6 @@ class Actuator:
                     ErrorCode.UNKNOWN, f"interrupted by an actuator restart: {marker.before} -> {now} vCPUs of the "
                                        f"{command.target_vcpus} asked")
                 await self._store(self._result(command, started, marker.before, now, failure))
-            self._remember(command.id)  # its redelivery is now a duplicate
             await self.progress.end(command)
 
     async def _wait_for_quiet(self, command: ScaleCommand) -> int:
@@ -285,6 +312,7 @@ class Actuator:
     async def _store(self, result: ScaleResult) -> None:
         await bus.publish_durable(self.ctx.js, subjects.results(result.host, result.vm), encode(result),
                                   msg_id=f"result-{result.command_id}")
+        self.answered.add(result.command_id, result.time)  # from now on, a copy of the command is a duplicate
         self._record(result)
 
     def refuse(self, command: ScaleCommand, refusal: Refusal) -> ScaleResult:
@@ -292,11 +320,6 @@ class Actuator:
                            ok=False, vcpus_before=None, vcpus_after=None, target_vcpus=command.target_vcpus,
                            duration_s=0.0, actuator=self.config.name, error_code=refusal.code,
                            error=refusal.message[:1024], sample_time=command.sample_time)
-
-    def _remember(self, command_id: str) -> None:
-        self._done[command_id] = None
-        while len(self._done) > REMEMBERED_IDS:
-            self._done.popitem(last=False)
 
     def _record(self, result: ScaleResult) -> None:
         outcome = "ok" if result.ok else "error"
