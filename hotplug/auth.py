@@ -3,9 +3,9 @@ and one credentials file per user.
 
 Authority comes from these permissions, never from a message field: only the decider user may publish on
 ``hotplug.commands.>``; a collector may publish metrics of its own host only; an actuator may read only its own
-host's commands (its JetStream consumer's filter is part of the permitted API subject), read back only its
-host's results and publish only those; a viewer may read but not publish. The admin user (``hotplug up``, operators) creates the
-streams. Passwords are random; the files are written readable by their owner only.
+host's commands (its JetStream consumer's filter is part of the permitted API subject), and publish and read back
+only its own host's results; a viewer may read but not publish. The admin user (``hotplug up``, operators)
+creates the streams. Passwords are random; the files are written readable by their owner only.
 """
 
 from __future__ import annotations

@@ -125,6 +125,10 @@ class ScaleResult(_Message, tag="result", frozen=True, kw_only=True, forbid_unkn
     error_code: ErrorCode | None = None
     error: ShortText | None = None
     sample_time: Timestamp | None = None
+    # The sizes this actuator allows the VM (its own bounds within the hypervisor's), when it read the VM.
+    # Deciders keep their orders inside them instead of repeating refused ones.
+    allowed_min_vcpus: VcpuCount | None = None
+    allowed_max_vcpus: VcpuCount | None = None
 
 
 BusMessage = MetricSample | ScaleCommand | ScaleResult

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.decider.engine import VmEngine
+from services.decider.engine import ALLOWED_SIZES_TTL_S, VmEngine
 from services.decider.guard import GuardRails, GuardState, apply_rails
 from services.decider.policies.base import Observation, Recommendation
 from services.decider.policies.default import DefaultPolicy
@@ -54,6 +54,22 @@ def test_engine_holds_new_orders_until_the_last_one_took_effect() -> None:
     assert second is not None and second.target == 4
     engine.mark_sent(4, until=10)
     assert engine.step(obs(11, 3, 3.0)) is not None  # the pending order expired
+
+
+def test_engine_keeps_orders_inside_the_sizes_the_actuator_allows_until_they_are_old() -> None:
+    policy, rails = build_policy("threshold", parse_params(["threshold.k=1", "guard.up_cooldown_s=0"]))
+    engine = VmEngine(policy, rails)
+    engine.learn_allowed(1, 2, now=0.0)  # a refusal said: this actuator allows vm 1..2 vCPUs
+    assert engine.step(obs(1, 2, 2.0)) is None  # busy at 2, but 3 would be refused: hold
+    taken_over = VmEngine(policy, rails)
+    assert taken_over.restore(engine.snapshot())  # a decider that takes the VM over knows it too
+    assert taken_over.step(obs(2, 2, 2.0)) is None
+    grown = engine.step(obs(ALLOWED_SIZES_TTL_S + 1, 2, 2.0))  # believed no longer: ask again
+    assert grown is not None and grown.target == 3
+    narrowed_away = VmEngine(policy, rails)
+    narrowed_away.learn_allowed(10, 12, now=0.0)  # disagrees with the hypervisor's 1..8: the sample wins
+    moved = narrowed_away.step(obs(1, 2, 2.0))
+    assert moved is not None and moved.target == 3
 
 
 def test_unknown_parameters_and_policies_are_refused() -> None:

@@ -83,13 +83,16 @@ async def test_actuator_safety_whatever_the_decider_says(
 ) -> None:
     watch = Observer()
     await watch.attach(nc)
-    actuator = (await simulated_host(start_service, broker.url, 5, "0.4", "--vm-bounds", "vm-02=1:2",
-                                     "--max-changes", "2")).actuator
+    host = await simulated_host(start_service, broker.url, 5, "0.4", "--vm-bounds", "vm-02=1:2",
+                                "--max-changes", "2")
+    actuator = host.actuator
     await eventually(lambda: len(watch.online) == 5, what="samples of every VM")
 
     # its own bounds, tighter than the hypervisor's
     await send(nc, c := order("vm-02", 3, 2))
-    assert (await result_of(watch, c)).error_code is ErrorCode.OUT_OF_BOUNDS
+    refused = await result_of(watch, c)
+    assert refused.error_code is ErrorCode.OUT_OF_BOUNDS
+    assert (refused.allowed_min_vcpus, refused.allowed_max_vcpus) == (1, 2)  # so deciders need not ask again
     # a rate limit per VM: the third resize within the window is refused
     outcomes = []
     size = 2
@@ -99,13 +102,17 @@ async def test_actuator_safety_whatever_the_decider_says(
         outcomes.append(r.error_code)
         size = r.vcpus_after or size
     assert outcomes == [None, None, ErrorCode.RATE_LIMITED]
-    # a burst of orders for one VM: the ones overtaken before they could run end as superseded
-    burst = [order("vm-03", 3, 2), order("vm-03", 4, 2), order("vm-03", 4, 2)]
+    # a burst of orders for a VM being resized: those overtaken before they could run end as superseded
+    await send(nc, first := order("vm-03", 3, 2))
+    await eventually(lambda: metric(host.simulator.metrics_url, "hotplug_sim_hotplugs_in_progress", op="plug") == 1,
+                     interval=0.02, what="vm-03's plug under way")
+    burst = [order("vm-03", 4, 3), order("vm-03", 2, 3), order("vm-03", 4, 3)]
     for c in burst:
         await send(nc, c)
+    assert (await result_of(watch, first)).ok
     results = [await result_of(watch, c) for c in burst]
-    assert results[0].ok
-    assert any(r.error_code is ErrorCode.SUPERSEDED for r in results[1:])
+    assert [r.error_code for r in results[:2]] == [ErrorCode.SUPERSEDED, ErrorCode.SUPERSEDED]
+    assert results[2].ok and results[2].vcpus_after == 4
     # late (expired) and stale-term orders
     await send(nc, c := order("vm-04", 3, 2, expires_at=time.time() - 1))
     assert (await result_of(watch, c)).error_code is ErrorCode.EXPIRED
@@ -170,6 +177,26 @@ async def test_a_command_interrupted_part_way_is_settled_first_and_reports_its_c
     await asyncio.sleep(1.0)
     report = audit([first, newer], watch.results, ops_by_vm=await hypervisor_ops(nc, "local"))
     assert report.duplicated == 0 and report.lost == 0, report
+
+
+async def test_a_decider_does_not_repeat_an_order_the_actuator_refused_as_out_of_bounds(
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """vm-01 busy on all 4 cores, but its actuator allows it 2 vCPUs at most: the decider orders more once, learns
+    the allowed sizes from the refusal, and holds there, where without them it would ask again after each
+    1 s up-cooldown."""
+    watch = Observer()
+    await watch.attach(nc)
+    await simulated_host(start_service, broker.url, 1, "0.2", "--vm-bounds", "vm-01=1:2")
+    load = subprocess.run([sys.executable, "-m", "hotplug", "load", "vm-01", "4", "--nats", broker.url], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert load.returncode == 0, load.stderr
+    start_service("decider", "--nats", broker.url, "--policy", "threshold", "--param", "threshold.k=1",
+                  "--param", "guard.up_cooldown_s=1")
+    await eventually(lambda: watch.results, what="the decider's first order")
+    await asyncio.sleep(6.0)
+    assert [r.error_code for r in watch.results] == [ErrorCode.OUT_OF_BOUNDS]
+    assert watch.online["vm-01"] == 2
 
 
 async def test_a_copy_of_a_command_answered_before_a_restart_gets_no_second_result(

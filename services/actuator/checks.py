@@ -51,9 +51,13 @@ def rate_limited(changes: list[float], now: float, limit: int, window_s: float) 
     return None
 
 
+def allowed(view: VmView, bounds: Bounds) -> tuple[int, int]:
+    """The sizes the VM may take: the actuator's own bounds within the hypervisor's."""
+    return max(bounds.min_vcpus, view.min_vcpus, 1), min(bounds.max_vcpus, view.max_vcpus)
+
+
 def plan(command: ScaleCommand, view: VmView, bounds: Bounds) -> Plan | Refusal:
-    low = max(bounds.min_vcpus, view.min_vcpus, 1)
-    high = min(bounds.max_vcpus, view.max_vcpus)
+    low, high = allowed(view, bounds)
     if not low <= command.target_vcpus <= high:
         return Refusal(ErrorCode.OUT_OF_BOUNDS, f"target {command.target_vcpus} outside [{low}, {high}]")
     if view.online_vcpus == command.target_vcpus:

@@ -29,7 +29,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, N
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.actuator.answered import AnsweredCommands
-from services.actuator.checks import Bounds, Plan, Refusal, admit, plan, rate_limited
+from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, plan, rate_limited
 from services.actuator.drivers.base import Driver, DriverError
 from services.actuator.progress import ProgressLog
 from shared import bus, subjects
@@ -335,6 +335,7 @@ class Actuator:
         started = time.perf_counter()
         before: int | None = None
         after: int | None = None
+        sizes: tuple[int, int] | None = None
         now = self.ctx.clock.now()
         failure: Refusal | None = admit(command, self.ctx.host, now, self.terms.get(command.decider, 0))
         if failure is None and command.term:
@@ -344,6 +345,7 @@ class Actuator:
                 view = await self._call(self.driver.read(command.vm))
                 before = after = view.online_vcpus
                 bounds = self.config.vm_bounds.get(command.vm, self.config.bounds)
+                sizes = allowed(view, bounds)
                 decided = plan(command, view, bounds)
                 if isinstance(decided, Refusal):
                     failure = decided
@@ -362,10 +364,10 @@ class Actuator:
                 failure = Refusal(exc.code, exc.message)
             if failure is not None and before is not None:
                 after = await self._reread(command.vm, after)
-        return self._result(command, started, before, after, failure)
+        return self._result(command, started, before, after, failure, sizes)
 
     def _result(self, command: ScaleCommand, started: float, before: int | None, after: int | None,
-                failure: Refusal | None) -> ScaleResult:
+                failure: Refusal | None, sizes: tuple[int, int] | None = None) -> ScaleResult:
         return ScaleResult(
             command_id=command.id,
             time=self.ctx.clock.now(),
@@ -380,6 +382,8 @@ class Actuator:
             error_code=failure.code if failure else None,
             error=failure.message[:1024] if failure else None,
             sample_time=command.sample_time,
+            allowed_min_vcpus=sizes[0] if sizes else None,
+            allowed_max_vcpus=sizes[1] if sizes else None,
         )
 
     async def _apply(self, vm: str, decided: Plan, current: int, msg: Msg | None) -> int:

@@ -2,7 +2,9 @@
 
 The same engine runs in the live decider and in trace replay, so both make the same decisions on the same
 observations. The policy sees every observation (its history stays whole); a new order is held back while
-the last one is pending: until a sample shows its target, its result arrives, or it expires.
+the last one is pending: until a sample shows its target, its result arrives, or it expires. The sizes an
+actuator reported it allows the VM narrow the VM's range for ``ALLOWED_SIZES_TTL_S``, so an order it would
+refuse is not repeated; after that they are asked again (the operator may have changed them).
 """
 
 from __future__ import annotations
@@ -14,6 +16,16 @@ import msgspec
 
 from services.decider.guard import GuardRails, GuardState, apply_rails
 from services.decider.policies.base import Observation, PolicyBase
+
+ALLOWED_SIZES_TTL_S = 600.0
+
+
+class AllowedSizes(msgspec.Struct, frozen=True):
+    """The sizes an actuator allows a VM, as its last result said, and until when to believe it."""
+
+    min_vcpus: int
+    max_vcpus: int
+    until: float
 
 
 class Decision(NamedTuple):
@@ -31,6 +43,7 @@ class Snapshot(msgspec.Struct, frozen=True):
     last_time: float
     pending_target: int | None
     pending_until: float
+    allowed: AllowedSizes | None = None
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -49,7 +62,8 @@ _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
 class VmEngine:
-    __slots__ = ("guard", "last_time", "pending_target", "pending_until", "policy", "policy_state", "rails")
+    __slots__ = ("allowed", "guard", "last_time", "pending_target", "pending_until", "policy", "policy_state",
+                 "rails")
 
     def __init__(self, policy: PolicyBase[Any, Any], rails: GuardRails) -> None:
         self.policy = policy
@@ -59,12 +73,14 @@ class VmEngine:
         self.last_time = float("-inf")
         self.pending_target: int | None = None
         self.pending_until = float("-inf")
+        self.allowed: AllowedSizes | None = None
 
     def step(self, obs: Observation) -> Decision | None:
         """The order to give after this observation, if any. Late or repeated observations are ignored."""
         if obs.time <= self.last_time:
             return None
         self.last_time = obs.time
+        obs = self._within_allowed(obs)
         if self.pending_target is not None and (
             obs.vcpus == self.pending_target or obs.time >= self.pending_until
         ):
@@ -77,6 +93,19 @@ class VmEngine:
             return None
         return Decision(rec.target, rec.reason, rec.kind)
 
+    def _within_allowed(self, obs: Observation) -> Observation:
+        allowed = self.allowed
+        if allowed is None or obs.time >= allowed.until:
+            return obs
+        low, high = max(obs.min_vcpus, allowed.min_vcpus), min(obs.max_vcpus, allowed.max_vcpus)
+        if low > high:
+            return obs  # the hypervisor's range has moved away from what the actuator said: trust the sample
+        return msgspec.structs.replace(obs, min_vcpus=low, max_vcpus=high)
+
+    def learn_allowed(self, min_vcpus: int, max_vcpus: int, now: float) -> None:
+        """An actuator's result said which sizes it allows this VM."""
+        self.allowed = AllowedSizes(min_vcpus, max_vcpus, now + ALLOWED_SIZES_TTL_S)
+
     def mark_sent(self, target: int, until: float) -> None:
         self.pending_target = target
         self.pending_until = until
@@ -87,7 +116,8 @@ class VmEngine:
     def snapshot(self) -> bytes:
         policy_state = msgspec.msgpack.encode(self.policy_state, enc_hook=_enc_hook)
         return msgspec.msgpack.encode(Snapshot(self.policy.name, msgspec.Raw(policy_state), self.guard, self.last_time,
-                                            self.pending_target, self.pending_until), enc_hook=_enc_hook)
+                                            self.pending_target, self.pending_until, self.allowed),
+                                   enc_hook=_enc_hook)
 
     def restore(self, data: bytes) -> bool:
         """Take over a snapshot of the same policy; False (and nothing changed) if it does not fit."""
@@ -103,4 +133,5 @@ class VmEngine:
         self.last_time = snap.last_time
         self.pending_target = snap.pending_target
         self.pending_until = snap.pending_until
+        self.allowed = snap.allowed
         return True
