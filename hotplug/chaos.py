@@ -53,6 +53,7 @@ class FaultReport(msgspec.Struct, kw_only=True):
     lost: int = 0
     duplicated: int = 0
     out_of_bounds: int = 0
+    seconds: float = 0.0  # wall time of the fault and its window
     ok: bool = False
 
 
@@ -175,17 +176,21 @@ class Chaos:
 
     # --- faults ---------------------------------------------------------------------------------------------
 
-    async def kill(self, service: str) -> tuple[str, Check]:
+    async def kill_and_await_restart(self, service: str) -> tuple[int, bool]:
+        """SIGKILL ``service``; its pid, and whether the supervisor started it again within 30 s."""
         child = self.supervisor.children[service]
+        assert child.process is not None
+        pid, restarts = child.process.pid, child.restarts
+        os.kill(pid, signal.SIGKILL)
+        return pid, await _within(30, lambda: child.restarts > restarts)
+
+    async def kill(self, service: str) -> tuple[str, Check]:
         mid_action = False
         if service == "actuator":  # best when the hypervisor is in the middle of a hot-plug it was asked for
             mid_action = await _within(
                 10, lambda: self.metric("simulator", "hotplug_sim_hotplugs_in_progress") > 0, interval_s=0.02)
-        assert child.process is not None
-        pid, restarts = child.process.pid, child.restarts
         since = self.clock.now()
-        os.kill(pid, signal.SIGKILL)
-        restarted = await _within(30, lambda: child.restarts > restarts)
+        pid, restarted = await self.kill_and_await_restart(service)
         note = " while a hot-plug was under way" if mid_action else ""
         return f"SIGKILL to the {service} (pid {pid}){note}", {
             "restarted": restarted, "loop acted after": await self.loop_acts(since)}
@@ -210,12 +215,14 @@ class Chaos:
         return "every node stopped, then started again on the same stores", {
             "loop acted after": await self.loop_acts(since, timeout_s=90)}
 
-    async def duplicate_command(self) -> tuple[str, Check]:
-        # Runs before the actuator is killed (FAULTS' order): a restarted actuator no longer knows which ids it
-        # has done, and would judge a second stored copy again (see README, "Not done").
+    async def answered_command(self) -> ScaleCommand | None:
+        """A decider's command the actuator has carried out, the latest one."""
         await self.loop_acts(self.clock.now())
-        recent = [r for r in self.observer.results if r.ok and not r.command_id.startswith("chaos-")]
-        command = next((c for r in reversed(recent) for c in self.observer.commands if c.id == r.command_id), None)
+        done = [r for r in self.observer.results if r.ok and not r.command_id.startswith("chaos-")]
+        return next((c for r in reversed(done) for c in self.observer.commands if c.id == r.command_id), None)
+
+    async def duplicate_command(self) -> tuple[str, Check]:
+        command = await self.answered_command()
         if command is None:
             return "no executed command to repeat", {"a command to repeat": False}
         nc = await self.client("decider")
@@ -225,6 +232,19 @@ class Chaos:
         await asyncio.sleep(self.clock.wall_seconds(4.0))
         return f"command {command.id} sent again: once as a retry (same Nats-Msg-Id), once as a new message", {
             "retry stored once": bool(ack.duplicate), "one result": len(self.observer.results_of(command.id)) == 1}
+
+    async def duplicate_after_restart(self) -> tuple[str, Check]:
+        command = await self.answered_command()
+        if command is None:
+            return "no executed command to repeat", {"a command to repeat": False}
+        _, restarted = await self.kill_and_await_restart("actuator")
+        nc = await self.client("decider")
+        await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command))
+        counted = await _within(30, lambda: self.metric("actuator", "hotplug_messages_dropped_total", kind="command",
+                                                        reason="duplicate") >= 1)
+        return f"SIGKILL to the actuator, then command {command.id}, answered before, stored again", {
+            "restarted": restarted, "the new actuator knew it as answered": counted,
+            "one result": len(self.observer.results_of(command.id)) == 1}
 
     async def reordered_commands(self) -> tuple[str, Check]:
         vm = "vm-02"
@@ -342,6 +362,7 @@ FAULTS: dict[str, Callable[[Chaos], Awaitable[tuple[str, Check]]]] = {
     "kill-collector": lambda chaos: chaos.kill("collector"),
     "kill-decider": lambda chaos: chaos.kill("decider"),
     "kill-actuator": lambda chaos: chaos.kill("actuator"),
+    "duplicate-after-restart": Chaos.duplicate_after_restart,
     "node-loss": Chaos.node_loss,
     "broker-restart": Chaos.broker_restart,
 }
@@ -356,7 +377,7 @@ async def _within(timeout_s: float, predicate: Callable[[], bool], interval_s: f
     return True
 
 
-def _window_report(name: str, injected: str, survived: Check, window: tuple[float, float],
+def _window_report(name: str, injected: str, survived: Check, window: tuple[float, float], seconds: float,
                    commands: list[ScaleCommand], results: list[ScaleResult], observer: Observer) -> FaultReport:
     start, end = window
     mine = [c for c in commands if start <= c.time < end]
@@ -367,7 +388,8 @@ def _window_report(name: str, injected: str, survived: Check, window: tuple[floa
                    samples=[s for s in observer.samples if start <= s.time < end])
     return FaultReport(fault=name, injected=injected, survived=survived, commands=judged.commands,
                        results=judged.results, lost=judged.lost, duplicated=judged.duplicated,
-                       out_of_bounds=judged.out_of_bounds, ok=judged.clean and all(survived.values()))
+                       out_of_bounds=judged.out_of_bounds, seconds=round(seconds, 1),
+                       ok=judged.clean and all(survived.values()))
 
 
 async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] = lambda _: None) -> ChaosReport:
@@ -382,7 +404,7 @@ async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] = lam
         try:
             progress(f"starting a {options.nodes}-node cluster and the loop in {root}")
             await chaos.start()
-            windows: list[tuple[str, str, Check, tuple[float, float]]] = []
+            windows: list[tuple[str, str, Check, tuple[float, float], float]] = []
             for name, inject in FAULTS.items():
                 if options.only and name not in options.only:
                     continue
@@ -390,7 +412,7 @@ async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] = lam
                 began, wall = chaos.clock.now(), time.monotonic()
                 injected, survived = await inject(chaos)
                 await asyncio.sleep(max(0.0, options.window_s - (time.monotonic() - wall)))
-                windows.append((name, injected, survived, (began, chaos.clock.now())))
+                windows.append((name, injected, survived, (began, chaos.clock.now()), time.monotonic() - wall))
                 progress(f"  {injected}: {survived}")
             progress("stopping the decider; waiting for every command's result")
             await chaos.supervisor.retire("decider")
@@ -402,8 +424,8 @@ async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] = lam
             await chaos.stop()
     totals = audit(commands, results, seen_live=chaos.observer.seen, ops_by_vm=ops, bounds={BOUNDED_VM: BOUNDS},
                    samples=chaos.observer.samples)
-    faults = [_window_report(name, injected, survived, window, commands, results, chaos.observer)
-              for name, injected, survived, window in windows]
+    faults = [_window_report(name, injected, survived, window, seconds, commands, results, chaos.observer)
+              for name, injected, survived, window, seconds in windows]
     return ChaosReport(faults=faults, totals=totals, hypervisor_ops=sum(ops.values()), restarts=restarts,
                        seconds=round(time.monotonic() - started, 1),
                        ok=totals.clean and all(f.ok for f in faults))
