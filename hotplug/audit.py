@@ -4,7 +4,9 @@ Given the commands and results stored in the event log, the ids seen live on the
 count of vCPU operations per VM and each VM's bounds, ``audit`` counts:
 
 - **lost**: a command without a result, or a command or result seen on the bus but missing from the log;
-- **duplicated**: a second result for one command, or hypervisor operations beyond what the results account for
+- **duplicated**: a second result for one command (stored, or seen live: the log keeps one copy of a result
+  published twice under the same ``Nats-Msg-Id``; the same result seen again, as a retried publish sends it,
+  is one result), or hypervisor operations beyond what the results account for
   (a command that took effect twice). A command may account for ``|target - seen|`` operations when it ended
   well (so one redelivered after its effect, which reports no change, still accounts for its one operation),
   and for the change it reports when it failed part-way;
@@ -60,14 +62,16 @@ def audit(
     results: Iterable[ScaleResult],
     *,
     seen_live: Iterable[str] = (),
+    live_results: Iterable[ScaleResult] = (),
     ops_by_vm: Mapping[str, int] | None = None,
     bounds: Mapping[str, Bounds] | None = None,
     samples: Iterable[MetricSample] = (),
 ) -> Audit:
     """Judge one run (or one window of it): see the module docstring for each count.
 
-    ``seen_live`` holds command ids and ``result-<command id>`` for results seen on the bus; ``ops_by_vm``
-    the hypervisor's operations per VM over the same span as the events (None: not checked).
+    ``seen_live`` holds command ids and ``result-<command id>`` for results seen on the bus, ``live_results``
+    every result seen there (repeats included); ``ops_by_vm`` the hypervisor's operations per VM over the same
+    span as the events (None: not checked).
     """
     by_id = {c.id: c for c in commands}
     result_list = list(results)
@@ -75,8 +79,11 @@ def audit(
     unanswered = sorted(set(by_id) - set(per_command))
     stored = set(by_id) | {f"result-{cid}" for cid in per_command}
     missing = sorted(set(seen_live) - stored)
-    repeated = sorted(cid for cid, n in per_command.items() if n > 1)
-    extra_results = sum(n - 1 for n in per_command.values())
+    per_command_live = Counter(r.command_id for r in set(live_results))
+    results_per_command = {cid: max(per_command[cid], per_command_live[cid])
+                           for cid in set(per_command) | set(per_command_live)}
+    repeated = sorted(cid for cid, n in results_per_command.items() if n > 1)
+    extra_results = sum(n - 1 for n in results_per_command.values())
     unaccounted: dict[str, int] = {}
     if ops_by_vm is not None:
         explained = accounted_ops(by_id, result_list)

@@ -384,7 +384,8 @@ def _window_report(name: str, injected: str, survived: Check, window: tuple[floa
     ids = {c.id for c in mine}
     seen_commands = {c.id for c in observer.commands if start <= c.time < end}
     seen = seen_commands | {f"result-{i}" for i in seen_commands | ids} & observer.seen
-    judged = audit(mine, [r for r in results if r.command_id in ids], seen_live=seen, bounds={BOUNDED_VM: BOUNDS},
+    judged = audit(mine, [r for r in results if r.command_id in ids], seen_live=seen,
+                   live_results=[r for r in observer.results if r.command_id in ids], bounds={BOUNDED_VM: BOUNDS},
                    samples=[s for s in observer.samples if start <= s.time < end])
     return FaultReport(fault=name, injected=injected, survived=survived, commands=judged.commands,
                        results=judged.results, lost=judged.lost, duplicated=judged.duplicated,
@@ -422,8 +423,8 @@ async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] = lam
             restarts = {name: c.restarts for name, c in chaos.supervisor.children.items()}
         finally:
             await chaos.stop()
-    totals = audit(commands, results, seen_live=chaos.observer.seen, ops_by_vm=ops, bounds={BOUNDED_VM: BOUNDS},
-                   samples=chaos.observer.samples)
+    totals = audit(commands, results, seen_live=chaos.observer.seen, live_results=chaos.observer.results,
+                   ops_by_vm=ops, bounds={BOUNDED_VM: BOUNDS}, samples=chaos.observer.samples)
     faults = [_window_report(name, injected, survived, window, seconds, commands, results, chaos.observer)
               for name, injected, survived, window, seconds in windows]
     return ChaosReport(faults=faults, totals=totals, hypervisor_ops=sum(ops.values()), restarts=restarts,

@@ -45,6 +45,13 @@ def test_a_second_result_and_an_operation_no_result_explains_are_duplicates() ->
     assert a.duplicated == 2
 
 
+def test_a_result_published_twice_counts_as_a_duplicate_though_the_log_kept_one() -> None:
+    a = audit([command("c1")], [result("c1")], live_results=[result("c1"), result("c1", after=2)])
+    assert (a.repeated_results, a.duplicated) == (["c1"], 1)
+    retried = audit([command("c1")], [result("c1")], live_results=[result("c1"), result("c1")])
+    assert retried.duplicated == 0  # one result, delivered again by a retried publish
+
+
 def test_a_redelivered_command_that_finds_its_effect_done_accounts_for_it() -> None:
     # the actuator died after plugging; its successor saw 3 vCPUs and reported no change
     a = audit([command("c1")], [result("c1", before=3, after=3)], ops_by_vm={"vm-01": 1})

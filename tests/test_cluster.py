@@ -83,7 +83,8 @@ async def test_node_loss_and_cluster_restart_mid_run_lose_nothing_and_double_not
     commands, stored_results = await settle(nc, timeout_s=60)
     ops = await hypervisor_ops(nc, "local")
     await nc.close()
-    report = audit(commands, stored_results, seen_live=observer.seen, ops_by_vm=ops, samples=observer.samples)
+    report = audit(commands, stored_results, seen_live=observer.seen, live_results=observer.results, ops_by_vm=ops,
+                   samples=observer.samples)
     assert report.commands >= 6
     assert report.lost == 0, report
     assert report.duplicated == 0, report

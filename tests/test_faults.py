@@ -324,6 +324,6 @@ async def test_a_flood_of_metrics_sheds_old_samples_never_commands(
     await eventually(lambda: accounted() >= published, timeout=30, what="every flooded sample accounted for")
     decider.stop()
     commands, results = await settle(nc, timeout_s=30)
-    report = audit(commands, results, seen_live=observer.seen, ops_by_vm=await hypervisor_ops(nc, "local"),
-                   samples=observer.samples)
+    report = audit(commands, results, seen_live=observer.seen, live_results=observer.results,
+                   ops_by_vm=await hypervisor_ops(nc, "local"), samples=observer.samples)
     assert report.lost == 0 and report.duplicated == 0 and report.out_of_bounds == 0, report
