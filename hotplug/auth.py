@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.actuator.answered import log_reader_name
 from services.actuator.progress import PROGRESS_BUCKET
 from shared import subjects
 
@@ -56,6 +57,7 @@ def users(hosts: list[str]) -> list[User]:
     ]
     for host in hosts:
         durable = f"actuator-{host}"
+        reader = log_reader_name(durable)
         out += [
             User(f"simulator-{host}", publish=[], subscribe=[subjects.simulator(host, "*")], allow_responses=True),
             User(f"collector-{host}", publish=[f"{subjects.METRICS}.{host}.>", subjects.simulator(host, "stats")],
@@ -68,9 +70,8 @@ def users(hosts: list[str]) -> list[User]:
                           f"{API}.CONSUMER.CREATE.{EVENTS}.{durable}.{subjects.host_commands(host)}",
                           f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{durable}", f"$JS.ACK.{EVENTS}.{durable}.>",
                           # reading back its own host's results (the commands it has answered), under one name
-                          f"{API}.CONSUMER.CREATE.{EVENTS}.{durable}-recall.{subjects.RESULTS}.{host}.>",
-                          f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{durable}-recall",
-                          f"{API}.CONSUMER.DELETE.{EVENTS}.{durable}-recall",
+                          f"{API}.CONSUMER.CREATE.{EVENTS}.{reader}.{subjects.RESULTS}.{host}.>",
+                          f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{reader}", f"{API}.CONSUMER.DELETE.{EVENTS}.{reader}",
                           f"{API}.CONSUMER.CREATE.KV_hotplug_leases.>", f"{API}.DIRECT.GET.KV_hotplug_leases.>",
                           f"{API}.CONSUMER.DELETE.KV_hotplug_leases.>",
                           # its own host's progress markers (services/actuator/progress.py)

@@ -20,7 +20,7 @@ import secrets
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -215,7 +215,7 @@ async def publish_durable(
 
 
 async def read_stream(js: JetStreamContext, stream: str, filters: list[str], *, since: dt.datetime | None = None,
-                      name: str | None = None, batch: int = 256) -> AsyncIterator[tuple[str, bytes]]:
+                      name: str | None = None, batch: int = 256) -> AsyncGenerator[tuple[str, bytes], None]:
     """The stored messages of ``stream`` matching ``filters`` (all, or those stored from ``since`` on), oldest
     first, as (subject, data).
 

@@ -16,7 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -28,7 +28,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.actuator.answered import AnsweredCommands
+from services.actuator.answered import AnsweredCommands, log_reader_name
 from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, plan, rate_limited
 from services.actuator.drivers.base import Driver, DriverError
 from services.actuator.progress import ProgressLog
@@ -242,17 +242,14 @@ class Actuator:
             if queue.empty():
                 self._queues.pop(vm, None)
 
-    @property
-    def _log_reader(self) -> str:
-        """The name of this actuator's event-log reader; its permissions allow this one (auth.py)."""
-        return f"{self.durable}-recall"
-
-    async def _results_in_log(self, filter_subject: str, since_clock_time: float) -> AsyncIterator[ScaleResult]:
+    async def _results_in_log(self, filter_subject: str,
+                              since_clock_time: float) -> AsyncGenerator[ScaleResult, None]:
         """This host's stored results on ``filter_subject`` from about ``since_clock_time`` on."""
         since = dt.datetime.fromtimestamp(self.ctx.clock.wall_time(since_clock_time), tz=dt.UTC)
-        async with self._log_reads:
-            async for _, data in bus.read_stream(self.ctx.js, subjects.EVENTS_STREAM, [filter_subject],
-                                                 since=since, name=self._log_reader):
+        stored = bus.read_stream(self.ctx.js, subjects.EVENTS_STREAM, [filter_subject], since=since,
+                                 name=log_reader_name(self.durable))
+        async with self._log_reads, contextlib.aclosing(stored):
+            async for _, data in stored:
                 with contextlib.suppress(BadMessage):
                     yield self._result_decoder.decode(data)
 
@@ -273,10 +270,11 @@ class Actuator:
         """Whether a command too old for the memory already has its result in the event log."""
         if command.time >= self.ctx.clock.now() - ANSWERED_KEEP_S + CLOCK_SKEW_MARGIN_S:
             return False  # were it answered, the memory would know
-        async for result in self._results_in_log(subjects.results(command.host, command.vm),
-                                                 command.time - CLOCK_SKEW_MARGIN_S):
-            if result.command_id == command.id:
-                return True
+        results = self._results_in_log(subjects.results(command.host, command.vm), command.time - CLOCK_SKEW_MARGIN_S)
+        async with contextlib.aclosing(results):  # leaving early must free the reader (and its lock) at once
+            async for result in results:
+                if result.command_id == command.id:
+                    return True
         return False
 
     async def _settle_left_over(self) -> None:

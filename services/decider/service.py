@@ -323,8 +323,10 @@ class Decider:
         if result is None:
             return
         engine = self.engines.get((result.host, result.vm))
-        if engine is not None and result.allowed_min_vcpus is not None and result.allowed_max_vcpus is not None:
+        if engine is None:
+            return
+        if result.allowed_min_vcpus is not None and result.allowed_max_vcpus is not None:
             engine.learn_allowed(result.allowed_min_vcpus, result.allowed_max_vcpus, self.ctx.clock.now())
-        if engine is not None and not result.ok:
+        if not result.ok:
             # A failed order leaves the VM as it was: let the policy order again.
             engine.mark_done()

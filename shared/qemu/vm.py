@@ -301,15 +301,16 @@ async def connect_qmp(name: str, path: Path, attempts: int = QMP_CONNECT_ATTEMPT
     a new connection before its greeting, which ``QMPClient`` rejects as a bad greeting. That connection is then
     dropped and a new one made: its greeting comes first unless another event races it again.
     """
-    for attempt in range(1, attempts + 1):
+    attempt = 1
+    while True:
         client = QMPClient(name)
         try:
             await asyncio.wait_for(client.connect(str(path)), timeout=QMP_CONNECT_TIMEOUT_S)
             return client
         except ConnectError as exc:
-            if not isinstance(exc.exc, GreetingError) or attempt == attempts:
+            if not isinstance(exc.exc, GreetingError) or attempt >= attempts:
                 raise QemuError(f"QMP connection to {name} failed: {exc}") from exc
-            with contextlib.suppress(Exception):
-                await client.disconnect()
-    raise AssertionError("unreachable")
+        with contextlib.suppress(Exception):
+            await client.disconnect()
+        attempt += 1
 
