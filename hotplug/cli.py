@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     service = _service_parent()
 
     up = sub.add_parser("up", help="run broker, simulator, collector, decider and actuator together")
-    up.add_argument("--vms", type=int, default=6)
+    up.add_argument("--vms", type=int, default=None,
+                    help="VMs (default 6); with --trace, the first N of the trace's VMs by name (default all)")
+    up.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                    help="simulated VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]) from the "
+                         "run's start, repeating at its end")
     up.add_argument("--duration", type=_positive, default=None, help="stop after this many simulated seconds")
     up.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per wall second")
     up.add_argument("--policy", default="default")
@@ -77,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--log-level", default="INFO")
 
     sim = sub.add_parser("simulator", parents=[service], help="the simulated mini-cloud")
-    sim.add_argument("--vms", type=int, default=6)
+    sim.add_argument("--vms", type=int, default=None,
+                     help="VMs to simulate (default 6); with --trace, the first N of the trace's VMs by name")
+    sim.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                     help="VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]), from the run's start, "
+                          "repeating at its end, instead of the seeded profiles")
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--hotplug-delay", type=float, default=0.3, help="simulated seconds per plug or unplug")
     sim.add_argument("--profiles", default="", help="comma-separated workload profiles to cycle through")
@@ -184,12 +192,26 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rep.add_argument("--plot", type=Path, default=None, metavar="DIR", help="write PNG plots and a sweep here")
 
-    bench = sub.add_parser("bench", help="benchmarks, printed as JSON: decider, loop, collector, replay")
-    bench.add_argument("which", choices=["decider", "loop", "collector", "replay"])
+    bench = sub.add_parser("bench", help="benchmarks, printed as JSON: decider, loop, collector, replay; "
+                                          "decisions (a table, or JSON with --json)")
+    bench.add_argument("which", choices=["decider", "loop", "collector", "replay", "decisions"])
     bench.add_argument("--vms", type=int, default=None,
-                       help="decider: 1000 and 10000; loop: 4; collector: 10, 100 and 1000")
+                       help="decider: 1000 and 10000; loop: 4; collector: 10, 100 and 1000; decisions: 8 "
+                            "(with --trace: all of its VMs)")
     bench.add_argument("--seconds", type=_positive, default=None, help="how long each measurement runs")
     bench.add_argument("--json", action="store_true", help="one line of JSON (default: indented)")
+    bench.add_argument("--policy", action="append", default=[], metavar="P",
+                       help="decisions: a policy to run, repeatable, or 'all' (default: default)")
+    bench.add_argument("--seeds", default=None, help="decisions: comma-separated simulator seeds (default: 11,12)")
+    bench.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                       help="decisions: VMs follow this replay CSV instead of seeded profiles (each seed then "
+                            "runs the same trace)")
+    bench.add_argument("--duration", type=_positive, default=3600.0,
+                       help="decisions: simulated seconds measured per seed (default 3600)")
+    bench.add_argument("--speed", type=_positive, default=30.0,
+                       help="decisions: simulated seconds per wall second (default 30)")
+    bench.add_argument("--data-dir", type=Path, default=None,
+                       help="decisions: keep each run's event log and logs in DIR/<policy>-seed<seed>/")
 
     chaos = sub.add_parser("chaos", help="inject faults into a live loop (3-node cluster, one user per service) "
                                          "and report what survived")
@@ -241,13 +263,27 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     from services.simulator.service import SimulatorConfig, SimulatorMetrics, SimulatorService
 
     options = _options(args, "simulator")
-    config = SimulatorConfig(vms=args.vms, seed=args.seed, hotplug_delay_s=args.hotplug_delay,
-                             profiles=tuple(p for p in args.profiles.split(",") if p), max_vcpus=args.max_vcpus)
+    if args.vms is not None and args.vms < 1:
+        raise UsageError("--vms must be at least 1")
+    if args.trace is not None:
+        if args.profiles or args.max_vcpus is not None:
+            raise UsageError("--trace gives each VM its demand and size; it excludes --profiles and --max-vcpus")
+        _check_trace(args.trace)
+    config = SimulatorConfig(vms=args.vms or 6, seed=args.seed, hotplug_delay_s=args.hotplug_delay,
+                             profiles=tuple(p for p in args.profiles.split(",") if p), max_vcpus=args.max_vcpus,
+                             trace=args.trace, trace_vms=args.vms)
 
     async def body(ctx: ServiceContext) -> None:
         await SimulatorService(ctx, config).run()
 
     return _run(options, SimulatorMetrics("simulator"), body)
+
+
+def _check_trace(path: Path) -> int:
+    """Read a ``--trace`` file before anything starts, so a bad one fails at once with one line; its VM count."""
+    from services.simulator.cloud import load_trace
+
+    return len(load_trace(path))
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
@@ -399,7 +435,14 @@ def cmd_qemu(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from hotplug.up import UpOptions, run_up
 
-    options = UpOptions(vms=args.vms, duration_s=args.duration, speed=args.speed, policy=args.policy,
+    if args.vms is not None and args.vms < 1:
+        raise UsageError("--vms must be at least 1")
+    if args.trace is not None:
+        if args.hypervisor != "simulator":
+            raise UsageError("--trace drives simulated VMs; it needs --hypervisor simulator")
+        args.trace = args.trace.resolve()  # the simulator child must find it whatever its working directory
+        _check_trace(args.trace)
+    options = UpOptions(vms=args.vms, trace=args.trace, duration_s=args.duration, speed=args.speed, policy=args.policy,
                         params=tuple(args.param), data_dir=args.data_dir, nats_url=resolve_nats_url(args.nats),
                         seed=args.seed, interval_s=args.interval, dry_run=args.dry_run, view=not args.no_view,
                         log_level=args.log_level, hypervisor=args.hypervisor, max_vcpus=args.max_vcpus,
@@ -677,8 +720,36 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_decisions(args: argparse.Namespace) -> int:
+    from hotplug.bench.decisions import DEFAULT_SEEDS, DecisionsOptions, bench_decisions, render_table
+    from hotplug.replay_cmd import policy_names
+
+    policies = policy_names(",".join(args.policy) if args.policy else "default")
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip()) if args.seeds else DEFAULT_SEEDS
+    except ValueError:
+        raise UsageError(f"--seeds takes whole numbers, comma-separated, not {args.seeds!r}") from None
+    if not seeds:
+        raise UsageError("--seeds names no seed")
+    if args.vms is not None and args.vms < 1:
+        raise UsageError("--vms must be at least 1")
+    if args.trace is not None:
+        args.trace = args.trace.resolve()
+        _check_trace(args.trace)
+    options = DecisionsOptions(policies=tuple(policies), seeds=seeds, duration_s=args.duration, speed=args.speed,
+                               vms=args.vms, trace=args.trace, data_dir=args.data_dir)
+    report = bench_decisions(options, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        render_table(report)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     out: object
+    if args.which == "decisions":
+        return _bench_decisions(args)
     if args.which == "decider":
         from hotplug.bench.decider import bench_decider
 

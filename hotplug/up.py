@@ -30,11 +30,14 @@ from shared.qemu.vm import QemuVm
 log = logging.getLogger(__name__)
 
 SERVICES = ("simulator", "collector", "decider", "actuator")
+DEFAULT_VMS = 6
 
 
 @dataclass(frozen=True)
 class UpOptions:
-    vms: int = 6
+    # None: 6 seeded VMs, or every VM of the trace.
+    vms: int | None = None
+    trace: Path | None = None
     duration_s: float | None = None
     speed: float = 1.0
     policy: str = "default"
@@ -60,7 +63,11 @@ def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, 
             "--speed", repr(options.speed), "--epoch", repr(epoch), "--metrics-port", str(port),
             "--log-level", options.log_level]
     if service == "simulator":
-        argv += ["--vms", str(options.vms), "--seed", str(options.seed)]
+        argv += ["--seed", str(options.seed)]
+        if options.vms is not None or options.trace is None:
+            argv += ["--vms", str(options.vms or DEFAULT_VMS)]
+        if options.trace is not None:
+            argv += ["--trace", str(options.trace)]
     elif service == "collector":
         argv += ["--source", options.hypervisor, "--interval", repr(options.interval_s)]
     elif service == "decider":
@@ -151,7 +158,7 @@ async def _boot_guests(options: UpOptions, root: Path) -> list[QemuVm]:
     from shared.qemu.image import ensure_image
 
     image = await asyncio.to_thread(ensure_image)
-    names = [f"vm-{i + 1:02d}" for i in range(options.vms)]
+    names = [f"vm-{i + 1:02d}" for i in range(options.vms or DEFAULT_VMS)]
     booted = await asyncio.gather(*(asyncio.to_thread(QemuVm.start, name, image, max_vcpus=options.max_vcpus,
                                                       vcpus=1, root=root) for name in names), return_exceptions=True)
     guests = [g for g in booted if isinstance(g, QemuVm)]

@@ -23,6 +23,9 @@ class VmSeries:
     max_vcpus: int
     step_s: float
     min_vcpus: int = 1
+    # The time of each value (seconds, the file's own), where the format records it (csv): a step may vary, and
+    # the simulator holds each value until the next. None: value i is at i × step_s.
+    times: list[float] | None = None
 
 
 class TraceError(ValueError):
@@ -106,7 +109,7 @@ def load_csv(paths: Iterable[Path], step_s: float | None = None) -> list[VmSerie
         step = step_s or (diffs[len(diffs) // 2] if diffs else 300.0)
         demand = [max(0.0, d) for _, d in points]
         size = sizes.get(vm) or max(1, math.ceil(max(demand)))
-        series.append(VmSeries(vm, demand, size, step))
+        series.append(VmSeries(vm, demand, size, step, times=times))
     return series
 
 

@@ -7,15 +7,37 @@ per call, CPU 0 is never removed, never above the maximum, and one operation at 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from services.simulator.workloads import PROFILES, Workload
+from services.decider.traces import TraceError, VmSeries, load_csv
+from services.simulator.workloads import PROFILES, Demand, TraceWorkload, Workload
 from shared.messages import ErrorCode
 from shared.sim_api import SimVmCounters
 
 MAX_INTEGRATION_STEP_S = 0.25
 # (requested vCPUs at boot, hot-plug maximum) of generated VMs, in turn.
 SIZES = ((2, 4), (4, 8), (8, 16), (4, 8))
+
+
+# What a VM name and size must be to travel in a MetricSample (shared.messages VmName, VcpuCount).
+_VM_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
+MAX_TRACE_VCPUS = 1024
+
+
+def load_trace(path: Path) -> list[VmSeries]:
+    """The VMs of a replay CSV (``time_s,vm,demand_vcpus[,max_vcpus]``), read by the replay's own loader and
+    checked for what the live loop needs; anything wrong raises :class:`TraceError` with a one-line message."""
+    series = load_csv([path])
+    if not series:
+        raise TraceError(f"{path}: no rows (expected a header time_s,vm,demand_vcpus[,max_vcpus] and rows)")
+    for s in series:
+        if not _VM_NAME.match(s.name):
+            raise TraceError(f"{path}: VM name {s.name!r} is empty, too long or has control characters")
+        if not 1 <= s.max_vcpus <= MAX_TRACE_VCPUS:
+            raise TraceError(f"{path}: VM {s.name!r} has max_vcpus {s.max_vcpus}; it must be 1 to {MAX_TRACE_VCPUS}")
+    return series
 
 
 class HotplugRefused(Exception):
@@ -29,7 +51,7 @@ class SimVm:
     name: str
     max_vcpus: int
     online_vcpus: int
-    workload: Workload
+    workload: Demand
     min_vcpus: int = 1
     last_time: float = 0.0
     demand_override: float | None = None
@@ -118,6 +140,29 @@ class MiniCloud:
             workload = Workload(profile, maximum, seed=seed * 7919 + i, start=start)
             vms.append(SimVm(name=f"vm-{i + 1:02d}", max_vcpus=maximum, online_vcpus=requested,
                              workload=workload, last_time=start))
+        return cls(vms)
+
+    @classmethod
+    def from_trace(cls, series: list[VmSeries], start: float, now: float | None = None) -> MiniCloud:
+        """One VM per series, its demand following the trace from ``start`` (see :class:`TraceWorkload`).
+
+        The file's earliest time is mapped to ``start`` (a file that begins at 0 plays its time 0 at the run's
+        start; one of POSIX timestamps works too). Each VM boots at its maximum, as a VM starts in replay, so a
+        live rehearsal and ``hotplug replay`` of the same file begin alike. CPU is counted from ``now`` (default
+        ``start``): a simulator started after the run's epoch has no use to account for before it.
+        """
+        if not series:
+            raise ValueError("the trace has no VMs")
+        timed = [(s, s.times if s.times is not None else [i * s.step_s for i in range(len(s.demand))])
+                 for s in series]
+        origin = min(times[0] for _, times in timed)
+        # The whole file plays once per period: up to the last value of any VM, plus that VM's step (its last
+        # value lasts one step, as in replay).
+        period = max(times[-1] + s.step_s for s, times in timed) - origin
+        vms = [SimVm(name=s.name, max_vcpus=s.max_vcpus, online_vcpus=s.max_vcpus, min_vcpus=s.min_vcpus,
+                     workload=TraceWorkload(times, s.demand, origin, period, start),
+                     last_time=start if now is None else now)
+               for s, times in timed]
         return cls(vms)
 
     def get(self, name: str) -> SimVm:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
-from services.simulator.cloud import HotplugRefused, MiniCloud
+from services.simulator.cloud import HotplugRefused, MiniCloud, load_trace
 from shared import subjects
 from shared.runtime import ServiceContext
 from shared.sim_api import HotplugReply, HotplugRequest, LoadReply, LoadRequest, StatsReply
@@ -26,6 +27,10 @@ class SimulatorConfig:
     hotplug_delay_s: float = 0.3
     profiles: tuple[str, ...] = ()
     max_vcpus: int | None = None
+    # A replay CSV: one VM per trace VM, its demand following the recording (instead of the seeded profiles).
+    trace: Path | None = None
+    # With a trace: keep only the first this many of its VMs (by name); None keeps them all.
+    trace_vms: int | None = None
 
 
 class SimulatorMetrics(ServiceMetrics):
@@ -53,8 +58,14 @@ class SimulatorService:
         self.config = config
         assert isinstance(ctx.metrics, SimulatorMetrics)
         self.metrics: SimulatorMetrics = ctx.metrics
-        self.cloud = MiniCloud.generate(config.vms, config.seed, ctx.clock.now(), list(config.profiles) or None,
-                                        config.max_vcpus)
+        if config.trace is not None:
+            series = sorted(load_trace(config.trace), key=lambda s: s.name)[:config.trace_vms]
+            # The trace's start plays at the run's start: the shared clock's epoch, which every service of a run
+            # (and `hotplug up`) agrees on, so a trace's minute 10 is the run's minute 10 at any --speed.
+            self.cloud = MiniCloud.from_trace(series, ctx.clock.epoch, ctx.clock.now())
+        else:
+            self.cloud = MiniCloud.generate(config.vms, config.seed, ctx.clock.now(), list(config.profiles) or None,
+                                            config.max_vcpus)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:

@@ -1,15 +1,20 @@
-"""Demand curves that look like the work our users run: pure, seeded and reproducible.
+"""Demand curves that look like the work our users run: pure, seeded and reproducible; or a recorded trace.
 
 A workload is a sequence of phases (duration, level) drawn from its own seeded generator, plus a small
 ripple that is a pure function of time. The same seed gives the same demand at the same simulated time,
 however often or irregularly it is asked. Levels are in cores, relative to the VM's requested size.
+
+A :class:`TraceWorkload` instead replays one VM of a recorded trace (the replay CSV), holding each value until
+the next one and starting over at the end, so a user rehearses a policy live on their own recordings.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 Phase = tuple[float, float, str]  # (duration_s, demand as a fraction of the VM's size, label)
 
@@ -105,3 +110,47 @@ class Workload:
             level *= 0.6 + 0.4 * math.sin(2 * math.pi * t / DAY_S)
         level *= 1 + 0.08 * _ripple(self.seed, t)
         return max(0.0, min(1.0, level)) * self.size
+
+
+class Demand(Protocol):
+    """What a simulated VM asks of its workload: demand in cores at a simulated time, and a label."""
+
+    @property
+    def profile(self) -> str: ...
+
+    def demand(self, t: float) -> float: ...
+
+
+class TraceWorkload:
+    """One VM of a recorded trace, on the simulator's clock.
+
+    ``times`` are the trace's own seconds (sorted), ``values`` the demand in cores at each. The trace time
+    ``origin`` is mapped to the simulated time ``start``; each value holds until the next one. After the end the
+    trace starts over (``period`` seconds after the previous start): a rehearsal may run longer than the
+    recording, and every VM of one file shares the period, so they stay in step with each other. Before a VM's
+    first value (its trace starts later than the file's) it holds that first value.
+    """
+
+    profile = "trace"
+
+    def __init__(self, times: list[float], values: list[float], origin: float, period: float, start: float) -> None:
+        if not times or len(times) != len(values):
+            raise ValueError("a trace workload needs one value per time, and at least one")
+        if period <= 0:
+            raise ValueError(f"the trace period must be positive, got {period}")
+        self.times = times
+        self.values = values
+        self.origin = origin
+        self.period = period
+        self.start = start
+
+    def trace_time(self, t: float) -> float:
+        """The trace's own time that simulated time ``t`` plays."""
+        offset = t - self.start
+        if offset > 0:
+            offset %= self.period
+        return self.origin + offset
+
+    def demand(self, t: float) -> float:
+        i = bisect.bisect_right(self.times, self.trace_time(t)) - 1
+        return self.values[max(i, 0)]
