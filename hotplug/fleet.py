@@ -5,8 +5,10 @@ Pure: fed decoded messages, read by the view and the summary.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
+from hotplug.decisions import Change, applied_changes, undone_changes
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
 
 
@@ -21,6 +23,7 @@ class VmRow:
     last_action: str = ""
     last_reason: str = ""
     last_action_time: float = 0.0
+    changes: int = 0  # applied resizes (an ok result that moved the vCPU count)
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Fleet:
         self.rows: dict[tuple[str, str], VmRow] = {}
         self.totals = RunTotals()
         self._reasons: dict[str, str] = {}
+        self.changes: list[Change] = []
 
     def _row(self, host: str, vm: str) -> VmRow:
         key = (host, vm)
@@ -83,6 +87,9 @@ class Fleet:
             t.plugs += max(0, after - before)
             t.unplugs += max(0, before - after)
             row.last_action = f"{before}→{after}"
+            applied = applied_changes([result])
+            row.changes += len(applied)
+            self.changes.extend(applied)
         else:
             t.results_failed += 1
             code = result.error_code.value if result.error_code else "unknown"
@@ -99,6 +106,27 @@ class Fleet:
             f"core-hours allocated: {t.allocated_core_hours:.3f}; used: {t.used_core_hours:.3f} "
             f"({ratio:.0%} of allocated); unmet demand: {t.waiting_core_seconds / 3600:.3f} core-hours",
         ]
+        lines.append(self._changes_line())
+        # Every failed result is a refused command; by code, so a user sees at once whether it was the rate
+        # limit, a guest that would not unplug, or bounds.
+        refused = f"refused commands: {t.results_failed}"
         if t.errors:
-            lines.append("errors: " + ", ".join(f"{k}={v}" for k, v in sorted(t.errors.items())))
+            refused += " (" + ", ".join(f"{k}={v}" for k, v in sorted(t.errors.items())) + ")"
+        lines.append(refused)
         return lines
+
+    # Beyond this many VMs the per-VM list would flood the terminal; a spread says as much.
+    MAX_LISTED_VMS = 12
+
+    def _changes_line(self) -> str:
+        one_host = len({host for host, _ in self.rows}) <= 1
+        counts = {vm if one_host else f"{host}/{vm}": row.changes for (host, vm), row in sorted(self.rows.items())}
+        if not counts:
+            return "changes per VM: no VM seen"
+        undone = len(undone_changes(self.changes))
+        tail = f"; {undone} of {len(self.changes)} undone within 60 s"
+        if len(counts) <= self.MAX_LISTED_VMS:
+            return "changes per VM: " + ", ".join(f"{vm} {n}" for vm, n in counts.items()) + tail
+        busiest = max(counts, key=lambda vm: counts[vm])
+        return (f"changes per VM: min {min(counts.values())}, median {statistics.median(counts.values()):g}, "
+                f"max {counts[busiest]} ({busiest}){tail}")
