@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.simulator.cloud import HotplugRefused, MiniCloud, SimVm
-from services.simulator.workloads import PROFILES, Workload
+from services.decider.traces import TraceError
+from services.simulator.cloud import HotplugRefused, MiniCloud, SimVm, load_trace
+from services.simulator.workloads import PROFILES, TraceWorkload, Workload
 from shared.messages import ErrorCode
 
 
@@ -72,3 +75,61 @@ def test_generated_fleet_mixes_profiles_and_boots_below_its_maximum() -> None:
     assert all(v.online_vcpus < v.max_vcpus for v in cloud.vms.values())
     with pytest.raises(ValueError, match="unknown workload profile"):
         MiniCloud.generate(1, seed=1, start=0.0, profiles=["nope"])
+
+
+def write_trace(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "trace.csv"
+    path.write_text(text)
+    return path
+
+
+def test_a_trace_holds_each_value_until_the_next_and_repeats_after_its_end(tmp_path: Path) -> None:
+    # irregular steps (10 s, then 50 s); the file starts at 0, the run at 1000
+    path = write_trace(tmp_path, "time_s,vm,demand_vcpus,max_vcpus\n0,web,0.5,4\n10,web,3.5,4\n60,web,1.0,4\n")
+    cloud = MiniCloud.from_trace(load_trace(path), start=1000.0)
+    web = cloud.get("web")
+    assert (web.max_vcpus, web.online_vcpus, web.workload.profile) == (4, 4, "trace")
+    assert [web.demand(1000.0 + t) for t in (0, 9.9, 10, 59.9, 60)] == [0.5, 0.5, 3.5, 3.5, 1.0]
+    # the last value lasts one step (the loader's median step, 50 s), then the trace starts over every 110 s
+    assert web.demand(1109.9) == 1.0
+    assert [web.demand(1110.0 + t) for t in (0, 10, 60)] == [0.5, 3.5, 1.0]
+    assert web.demand(1000.0 + 110 * 1000 + 15) == 3.5
+    assert web.demand(990.0) == 0.5  # before the run's start: the first value
+
+
+def test_a_trace_without_sizes_uses_the_replay_loaders_and_its_vms_stay_in_step(tmp_path: Path) -> None:
+    # POSIX timestamps: the file's earliest time plays at the run's start; vm b starts 300 s into the file
+    path = write_trace(tmp_path, "time_s,vm,demand_vcpus\n1700000000,a,2.5\n1700000300,a,0.5\n"
+                                 "1700000300,b,1\n1700000600,b,6\n")
+    cloud = MiniCloud.from_trace(load_trace(path), start=0.0)
+    a, b = cloud.get("a"), cloud.get("b")
+    assert (a.max_vcpus, b.max_vcpus) == (3, 6)  # ceil of the largest demand, as replay sizes them
+    assert (a.demand(0.0), b.demand(0.0), b.demand(300.0), b.demand(600.0)) == (2.5, 1.0, 1.0, 6.0)
+    assert a.demand(600.0) == 0.5
+    # one period for the whole file (600 s + b's 300-s step), so a and b repeat together
+    assert (a.demand(900.0), b.demand(900.0), b.demand(1500.0)) == (2.5, 1.0, 6.0)
+
+
+def test_a_trace_vm_never_uses_more_than_it_has() -> None:
+    workload = TraceWorkload([0.0, 5.0], [3.0, 1.0], origin=0.0, period=10.0, start=0.0)
+    v = SimVm(name="t", max_vcpus=4, online_vcpus=2, workload=workload)
+    v.advance(10.0)
+    assert v.cpu_seconds == pytest.approx(2 * 5 + 1 * 5)
+    assert v.waiting_core_seconds == pytest.approx(1 * 5)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("time,vm,demand\n0,a,1\n", "header must name"),
+    ("time_s,vm,demand_vcpus\n", "no rows"),
+    ("time_s,vm,demand_vcpus\n0,a,lots\n", r"trace.csv:2: could not convert"),
+    ("time_s,vm,demand_vcpus,max_vcpus\n0,a,1,2000\n", "max_vcpus 2000; it must be 1 to 1024"),
+])
+def test_bad_trace_files_raise_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(TraceError, match=message) as info:
+        load_trace(write_trace(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_trace_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="no such file"):
+        load_trace(tmp_path / "nope.csv")

@@ -177,3 +177,37 @@ def test_up_on_a_three_node_cluster_keeps_a_replicated_event_log(tmp_path: Path)
     results = [r["command_id"] for r in records if r["kind"] == "result"]
     assert commands
     assert len(results) == len(set(results)) and set(results) <= commands
+
+
+TRACE = "time_s,vm,demand_vcpus,max_vcpus\n0,web,0.5,4\n30,web,3.5,4\n0,db,1.5,2\n40,db,0.2,2\n"
+
+
+def test_up_on_a_trace_runs_one_vm_per_trace_vm_and_sums_up_per_vm(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE)
+    data_dir = tmp_path / "run"
+    done = hotplug("up", "--trace", str(trace), "--speed", "10", "--duration", "60", "--data-dir", str(data_dir),
+                   "--no-view", timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "VMs: 2" in done.stdout
+    changes = re.search(r"^changes per VM: db (\d+), web (\d+); (\d+) of (\d+) undone within 60 s$", done.stdout,
+                        re.M)
+    assert changes is not None, done.stdout
+    assert re.search(r"^refused commands: \d+", done.stdout, re.M)
+    events = hotplug("events", "--data-dir", str(data_dir), "--format", "jsonl")
+    records = [json.loads(line) for line in events.stdout.splitlines() if line]
+    assert {r["vm"] for r in records} <= {"web", "db"}
+    applied = [r for r in records if r["kind"] == "result" and r["ok"] and r["vcpus_before"] != r["vcpus_after"]]
+    for i, vm in enumerate(("db", "web"), start=1):
+        assert int(changes.group(i)) == sum(1 for r in applied if r["vm"] == vm)
+
+
+def test_up_refuses_a_bad_trace_in_one_line_before_starting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,vm,cpu\n0,a,1\n")
+    for path, message in ((bad, "header must name demand_vcpus, time_s, vm"),
+                          (tmp_path / "none.csv", "no such file or directory")):
+        done = hotplug("up", "--trace", str(path), "--data-dir", str(tmp_path / "d"))
+        assert done.returncode == 2
+        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "d").exists()
