@@ -105,12 +105,14 @@ def test_in_window_keeps_the_results_of_the_commands_given_in_it() -> None:
 
 
 def test_sample_health_counts_missing_and_late_samples() -> None:
-    samples = [sample(float(t), 2, 1.0) for t in range(0, 11) if t != 5]
-    samples[5] = sample(6.0, 2, 1.0, interval=2.0)  # the tick at 5 s was skipped
+    samples = [sample(float(t), 2, 1.0) for t in range(0, 11) if t not in (5, 6)]
+    samples[5] = sample(7.0, 2, 1.0, interval=3.0)  # the ticks at 5 and 6 s were skipped
     health = sample_health(samples, 1.0, 10.0)
-    assert (health["received"], health["expected"], health["late"]) == (10, 11, 1)
-    assert health["missing_pct"] == pytest.approx(100 / 11, abs=0.01)
-    assert health["longest_interval_s"] == 2.0
+    assert (health["received"], health["expected"], health["late"]) == (9, 10, 1)
+    assert health["missing_pct"] == pytest.approx(10.0)
+    assert health["longest_interval_s"] == 3.0
+    full = sample_health([sample(float(t), 2, 1.0) for t in range(0, 11)], 1.0, 10.0)
+    assert (full["received"], full["expected"], full["missing_pct"]) == (11, 10, 0.0)
 
 
 def test_up_summary_says_changes_per_vm_and_refusals_by_code() -> None:
