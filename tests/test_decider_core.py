@@ -16,16 +16,23 @@ def obs(t: float, vcpus: int, used: float, lo: int = 1, hi: int = 8) -> Observat
     return Observation(time=t, vcpus=vcpus, min_vcpus=lo, max_vcpus=hi, used_cores=used, interval_s=1.0)
 
 
-def test_threshold_needs_k_samples_above_before_adding_one() -> None:
-    policy = ThresholdPolicy(ThresholdParams(k=3))
+def test_threshold_needs_utilisation_above_for_sustain_seconds_before_adding_one() -> None:
+    policy = ThresholdPolicy(ThresholdParams(sustain_s=3))
     state = policy.new_state()
     recs = [policy.recommend(state, obs(t, 2, 1.9)) for t in range(4)]
     assert [r.target for r in recs] == [2, 2, 3, 3]
-    assert recs[2].reason == "cpu 95% > 80% for 3 samples"
+    assert recs[2].reason == "cpu 95% > 80% for 3 s"
+
+
+def test_threshold_counts_time_not_samples() -> None:
+    """One 300-s trace step covers the 3 s the rule asks for: it acts on it, as it would after 3 samples of 1 s."""
+    policy = ThresholdPolicy(ThresholdParams(sustain_s=3))
+    step = Observation(time=300, vcpus=2, min_vcpus=1, max_vcpus=8, used_cores=1.9, interval_s=300.0)
+    assert policy.recommend(policy.new_state(), step).target == 3
 
 
 def test_threshold_scales_down_unless_the_load_would_cross_upper_at_once() -> None:
-    policy = ThresholdPolicy(ThresholdParams(k=1, lower=0.5, upper=0.6))
+    policy = ThresholdPolicy(ThresholdParams(sustain_s=1, lower=0.5, upper=0.6))
     assert policy.recommend(policy.new_state(), obs(0, 4, 1.0)).target == 3
     # 45 % of 2 vCPUs on 1 vCPU would be 90 % > upper: hold
     assert policy.recommend(policy.new_state(), obs(0, 2, 0.9)).target == 2
@@ -43,7 +50,7 @@ def test_guard_rails_clamp_and_cool_down() -> None:
 
 
 def test_engine_holds_new_orders_until_the_last_one_took_effect() -> None:
-    policy, rails = build_policy("threshold", parse_params(["threshold.k=1", "guard.up_cooldown_s=0"]))
+    policy, rails = build_policy("threshold", parse_params(["threshold.sustain_s=1", "guard.up_cooldown_s=0"]))
     engine = VmEngine(policy, rails)
     first = engine.step(obs(1, 2, 2.0))
     assert first is not None and first.target == 3
@@ -57,7 +64,7 @@ def test_engine_holds_new_orders_until_the_last_one_took_effect() -> None:
 
 
 def test_engine_keeps_orders_inside_the_sizes_the_actuator_allows_until_they_are_old() -> None:
-    policy, rails = build_policy("threshold", parse_params(["threshold.k=1", "guard.up_cooldown_s=0"]))
+    policy, rails = build_policy("threshold", parse_params(["threshold.sustain_s=1", "guard.up_cooldown_s=0"]))
     engine = VmEngine(policy, rails)
     engine.learn_allowed(1, 2, now=0.0)  # a refusal said: this actuator allows vm 1..2 vCPUs
     assert engine.step(obs(1, 2, 2.0)) is None  # busy at 2, but 3 would be refused: hold

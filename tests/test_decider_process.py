@@ -40,13 +40,13 @@ async def test_commands_carry_reason_expiry_and_sample_time(
 
     await nc.subscribe(subjects.ALL_COMMANDS, cb=on_command)
     await nc.flush()
-    start_service("decider", "--nats", broker.url, "--policy", "threshold", "--param", "threshold.k=2",
+    start_service("decider", "--nats", broker.url, "--policy", "threshold", "--param", "threshold.sustain_s=2",
                   "--command-ttl", "30")
     await publish_busy(nc, "vm a; $(x)", 3)
     await eventually(lambda: commands, timeout=15, what="a command")
     command = commands[0]
     assert (command.vm, command.host, command.seen_vcpus, command.target_vcpus) == ("vm a; $(x)", "h1", 2, 3)
-    assert command.reason == "cpu 100% > 80% for 2 samples"
+    assert command.reason == "cpu 100% > 80% for 2 s"
     assert command.expires_at == command.time + 30
     assert command.sample_time is not None
     assert command.sample_time <= command.time
@@ -64,7 +64,7 @@ async def test_dry_run_decides_but_commands_nothing_and_stale_samples_decide_not
 
     await nc.subscribe(subjects.ALL_COMMANDS, cb=on_command)
     await nc.flush()
-    dry = start_service("decider", "--nats", broker.url, "--policy", "threshold", "--param", "threshold.k=2",
+    dry = start_service("decider", "--nats", broker.url, "--policy", "threshold", "--param", "threshold.sustain_s=2",
                         "--dry-run")
     await publish_busy(nc, "stale", 4, age=60.0)
     await eventually(lambda: metric(dry.metrics_url, "hotplug_messages_dropped_total", reason="stale") >= 4,

@@ -2,6 +2,11 @@
 
 An asymmetric EWMA of the CPU used: ``E = α·E + (1 − α)·O`` with a negative α while load rises (it
 overshoots on purpose) and an ordinary one while it falls; ``n' = ceil(E / warm)``.
+
+The published α are per step of ``step_s`` (300 s, the traces' step). Falling, the weight of the past fades
+with time, ``α_down^(Δ / step_s)`` for a sample of Δ seconds, so the estimate's half-life is the same at any
+cadence; rising, the overshoot is applied to each sample as published (it never compounds: the next sample
+finds the estimate above the load).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ class FusdParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
     alpha_up: Annotated[float, msgspec.Meta(ge=-1, lt=1)] = -0.2
     alpha_down: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.7
     warm: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.65
+    step_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
 
 
 class FusdState(msgspec.Struct):
@@ -36,7 +42,7 @@ class FusdPolicy(PolicyBase[FusdParams, FusdState]):
         if state.estimate is None:
             state.estimate = observed
         else:
-            alpha = p.alpha_up if observed > state.estimate else p.alpha_down
+            alpha = p.alpha_up if observed > state.estimate else p.alpha_down ** (obs.interval_s / p.step_s)
             state.estimate = max(0.0, alpha * state.estimate + (1 - alpha) * observed)
         target = max(1, math.ceil(state.estimate / p.warm - 1e-9))
         return Recommendation(target, f"predicted {state.estimate:.2f} cores at {p.warm:.0%} warm",

@@ -1,6 +1,9 @@
-"""``threshold``: the seed's rule. One vCPU up when utilisation stays above ``upper`` for ``k`` samples,
-one down when it stays below ``lower`` for ``k`` samples, unless the same load on one vCPU fewer would
-cross ``upper`` at once (the post-action guard against flapping). Cooldowns come from the guard rails.
+"""``threshold``: the seed's rule. One vCPU up when utilisation stays above ``upper`` for ``sustain_s``
+seconds, one down when it stays below ``lower`` for ``sustain_s``, unless the same load on one vCPU fewer
+would cross ``upper`` at once (the post-action guard against flapping). Cooldowns come from the guard rails.
+
+The seed counted ``k`` = 3 consecutive samples at its 1-s sampling; here that is time, 3 s, so the rule
+means the same at any cadence: a sample covers its whole interval, so one 300-s trace step is enough.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from services.decider.policies.base import Observation, Params, PolicyBase, Reco
 class ThresholdParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
     upper: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.80
     lower: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.30
-    k: Annotated[int, msgspec.Meta(ge=1)] = 3
+    sustain_s: Annotated[float, msgspec.Meta(ge=0)] = 3.0
 
     def __post_init__(self) -> None:
         if self.lower >= self.upper:
@@ -23,8 +26,8 @@ class ThresholdParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=T
 
 
 class ThresholdState(msgspec.Struct):
-    above: int = 0
-    below: int = 0
+    above_s: float = 0.0  # how long utilisation has stayed above upper, up to this sample's end
+    below_s: float = 0.0
 
 
 class ThresholdPolicy(PolicyBase[ThresholdParams, ThresholdState]):
@@ -38,15 +41,15 @@ class ThresholdPolicy(PolicyBase[ThresholdParams, ThresholdState]):
         n = obs.vcpus
         rho = obs.utilisation
         if rho > p.upper:
-            state.above, state.below = state.above + 1, 0
+            state.above_s, state.below_s = state.above_s + obs.interval_s, 0.0
         elif rho < p.lower:
-            state.above, state.below = 0, state.below + 1
+            state.above_s, state.below_s = 0.0, state.below_s + obs.interval_s
         else:
-            state.above = state.below = 0
-        if state.above >= p.k:
-            return Recommendation(n + 1, f"cpu {rho:.0%} > {p.upper:.0%} for {state.above} samples",
+            state.above_s = state.below_s = 0.0
+        if state.above_s >= p.sustain_s:
+            return Recommendation(n + 1, f"cpu {rho:.0%} > {p.upper:.0%} for {state.above_s:g} s",
                                   "above-upper")
-        if state.below >= p.k and n > 1 and rho * n / (n - 1) < p.upper:
-            return Recommendation(n - 1, f"cpu {rho:.0%} < {p.lower:.0%} for {state.below} samples",
+        if state.below_s >= p.sustain_s and n > 1 and rho * n / (n - 1) < p.upper:
+            return Recommendation(n - 1, f"cpu {rho:.0%} < {p.lower:.0%} for {state.below_s:g} s",
                                   "below-lower")
         return Recommendation(n, f"cpu {rho:.0%} within [{p.lower:.0%}, {p.upper:.0%}]")
