@@ -31,6 +31,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _levels(text: str) -> list[float]:
+    try:
+        levels = sorted({float(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected percentages separated by commas, got {text!r}") from None
+    if not levels or levels[0] <= 0:
+        raise argparse.ArgumentTypeError(f"levels must be positive percentages, got {text!r}")
+    return levels
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"HOTPLUG_{name}", default)
 
@@ -191,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--pressure", action="store_true", help="let policies see demand beyond their vCPUs")
     rep.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rep.add_argument("--plot", type=Path, default=None, metavar="DIR", help="write PNG plots and a sweep here")
+    rep.add_argument("--frontier", action="store_true",
+                     help="sweep each policy's trade-off parameter; print its cost at each level of unmet demand")
+    rep.add_argument("--levels", type=_levels, default=None, metavar="PCT,PCT,...",
+                     help="with --frontier: the levels of unmet demand, in %% (default 0.25,0.5,1,2,4,8)")
 
     bench = sub.add_parser("bench", help="benchmarks, printed as JSON: decider, loop, collector, replay; "
                                           "decisions (a table, or JSON with --json)")
@@ -617,7 +631,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from hotplug.replay_cmd import policy_names, render_table, replay_table, sweep, write_plots
+    from hotplug.replay_cmd import (
+        frontier_report,
+        policy_names,
+        render_frontier,
+        render_table,
+        replay_table,
+        sweep,
+        write_plots,
+    )
+    from services.decider.frontier import DEFAULT_LEVELS
     from services.decider.registry import parse_params
     from services.decider.traces import load
 
@@ -629,6 +652,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     series = load(args.paths, args.format, vm_size=args.vm_size, step_s=args.step)
     if not series:
         raise UsageError("no VM series found in the given paths")
+    if args.levels is not None and not args.frontier:
+        raise UsageError("--levels goes with --frontier")
+    if args.frontier:
+        levels = args.levels or list(DEFAULT_LEVELS)
+        frontier = frontier_report(series, names, params, args.pressure, levels)
+        if args.json:
+            print(json.dumps(frontier, indent=1))
+        else:
+            render_frontier(frontier, f"{frontier['vms']} VMs, {frontier['steps']} steps"
+                                      f"{' (with pressure)' if args.pressure else ''}: cost at each level of unmet "
+                                      "demand, from a sweep of each policy's trade-off parameter")
+        return 0
     report = replay_table(series, names, params, args.pressure)
     if args.json:
         print(json.dumps(report, indent=1))

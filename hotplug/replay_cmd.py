@@ -12,18 +12,20 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.decider.frontier import frontier
 from services.decider.registry import POLICIES, build_policy
 from services.decider.replay import ORACLE, SCORE_KEYS, replay_series, score_oracle, score_policy
 from services.decider.traces import VmSeries
 
-# The parameter that moves each policy along its cost/unmet trade-off, and the values the sweep tries.
+# The parameter that moves each policy along its cost/unmet trade-off, and the values a sweep tries: wide
+# enough that each policy's curve runs from generous to stingy (the frontier reads cost at levels of unmet).
 SWEEPS: dict[str, tuple[str, tuple[float, ...]]] = {
-    "threshold": ("upper", (0.6, 0.7, 0.8, 0.9, 0.95)),
-    "hpa": ("target", (0.5, 0.6, 0.7, 0.8, 0.9)),
-    "vpa": ("target_percentile", (0.5, 0.7, 0.8, 0.9, 0.95)),
-    "fusd": ("warm", (0.4, 0.5, 0.65, 0.8, 0.9)),
-    "captain": ("target_starvation", (0.01, 0.03, 0.05, 0.1, 0.2)),
-    "default": ("idle_cost", (0.03, 0.05, 0.1, 0.2, 0.4)),
+    "threshold": ("upper", (0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)),
+    "hpa": ("target", (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)),
+    "vpa": ("target_percentile", (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)),
+    "fusd": ("warm", (0.3, 0.4, 0.5, 0.65, 0.8, 0.9, 0.95, 1.0)),
+    "captain": ("target_starvation", (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3)),
+    "default": ("target_unmet_pct", (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)),
 }
 
 
@@ -94,6 +96,43 @@ def sweep(series: list[VmSeries], names: list[str], params: dict[str, dict[str, 
     for job in jobs:
         out.setdefault(job.policy, []).append((float(job.label.split(":", 1)[1]), scores[job.label]))
     return out
+
+
+def frontier_report(series: list[VmSeries], names: list[str], params: dict[str, dict[str, str]], pressure: bool,
+                    levels: list[float]) -> dict[str, object]:
+    """Each policy's sweep, and from it the cost (× oracle) it reaches at each level of unmet demand."""
+    sweeps = sweep(series, names, params, pressure)
+    policies: dict[str, object] = {}
+    for name, points in sweeps.items():
+        pairs = [(scores["unmet_pct"], scores["ratio_to_oracle"]) for _, scores in points]
+        policies[name] = {
+            "parameter": f"{name}.{SWEEPS[name][0]}",
+            **frontier(pairs, levels),
+            "sweep": [{"value": value, "unmet_pct": scores["unmet_pct"], "ratio_to_oracle": scores["ratio_to_oracle"],
+                       "actions_per_vm_day": scores["actions_per_vm_day"]} for value, scores in points],
+        }
+    return {"vms": len(series), "steps": sum(len(s.demand) for s in series), "pressure": pressure,
+            "levels_pct": levels, "policies": policies}
+
+
+def render_frontier(report: dict[str, object], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("policy", "lowest unmet %"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    levels = report["levels_pct"]
+    policies = report["policies"]
+    assert isinstance(levels, list)
+    assert isinstance(policies, dict)
+    for level in levels:
+        table.add_column(f"×oracle at {level:g} %", justify="right")
+    for name, entry in policies.items():
+        costs = entry["cost_at"]
+        cells = [("-" if costs[f"{lv:g}"] is None else f"{costs[f'{lv:g}']:.3f}") for lv in levels]
+        table.add_row(name, f"{entry['lowest_unmet_pct']:.2f}", *cells)
+    Console().print(table)
 
 
 def render_table(report: dict[str, object], title: str) -> None:
