@@ -80,3 +80,22 @@ def test_json_schema_describes_each_message() -> None:
         assert "type" in definition["required"]
     command_schema = msgspec.json.schema(ScaleCommand)["$defs"]["ScaleCommand"]
     assert command_schema["properties"]["target_vcpus"]["minimum"] == 1
+
+
+def test_results_say_when_to_ask_again_and_the_actuators_rate_limit_in_their_schema() -> None:
+    result = ScaleResult(command_id="c1", time=1.0, host="h", vm="v", ok=False, vcpus_before=2, vcpus_after=2,
+                         target_vcpus=3, duration_s=0.0, actuator="a", error_code=ErrorCode.RATE_LIMITED,
+                         retry_after=12.5, rate_limit_changes=6, rate_limit_window_s=60.0)
+    assert Decoder(ScaleResult).decode(encode(result)) == result
+    properties = msgspec.json.schema(ScaleResult)["$defs"]["ScaleResult"]["properties"]
+    for name in ("retry_after", "rate_limit_changes", "rate_limit_window_s"):
+        described = [branch for branch in properties[name]["anyOf"] if branch.get("description")]
+        assert described, f"{name} carries no description in the JSON Schema"
+        assert name not in msgspec.json.schema(ScaleResult)["$defs"]["ScaleResult"].get("required", [])
+    assert "seconds after this result's time" in properties["retry_after"]["anyOf"][0]["description"]
+    with pytest.raises(BadMessage):
+        Decoder(ScaleResult).decode(encode(result).replace(b'"retry_after":12.5', b'"retry_after":-1'))
+    # a result of an older actuator, without the new fields, still decodes
+    old = json.dumps({k: v for k, v in msgspec.to_builtins(result).items()
+                      if k not in ("retry_after", "rate_limit_changes", "rate_limit_window_s")}).encode()
+    assert Decoder(ScaleResult).decode(old).retry_after is None

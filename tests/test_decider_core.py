@@ -39,7 +39,7 @@ def test_threshold_scales_down_unless_the_load_would_cross_upper_at_once() -> No
 
 
 def test_guard_rails_clamp_and_cool_down() -> None:
-    rails = GuardRails(up_cooldown_s=10, down_cooldown_s=30, max_step_up=2, max_step_down=1)
+    rails = GuardRails(up_cooldown_s=10, down_cooldown_s=30, max_step_up=2, max_step_down=1, warmup_s=0)
     state = GuardState()
     assert apply_rails(rails, state, obs(0, 2, 2, hi=8), Recommendation(20, "r")).target == 4  # step limit
     assert apply_rails(rails, state, obs(5, 4, 4, hi=8), Recommendation(6, "r")).target == 4  # up cooldown
@@ -97,7 +97,7 @@ def test_default_never_grows_back_after_a_shrink_without_new_demand() -> None:
     """After a burst, a longer window's arm still remembers it when a shorter arm has shrunk the VM; if that
     arm becomes the cheapest (near-ties do that), growing back on its memory alone would re-plug a vCPU with no
     new load. Seen in the loop benchmark; here the tie is forced."""
-    policy, rails = build_policy("default")
+    policy, rails = build_policy("default", parse_params(["guard.warmup_s=0"]))  # the policy's memory, not warm-up
     assert isinstance(policy, DefaultPolicy)
     engine = VmEngine(policy, rails)
 

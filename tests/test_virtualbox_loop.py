@@ -26,7 +26,7 @@ def test_up_on_virtualbox_plugs_and_unplugs_by_id(vbox: VBoxHome, tmp_path: Path
     proc = subprocess.Popen(
         [sys.executable, "-m", "hotplug", "up", "--hypervisor", "virtualbox", "--data-dir", data_dir, "--no-view",
          "--policy", "threshold", "--param", "threshold.sustain_s=2", "--param", "guard.up_cooldown_s=1",
-         "--param", "guard.down_cooldown_s=2"],
+         "--param", "guard.down_cooldown_s=2", "--param", "guard.warmup_s=0"],  # the plumbing, not warm-up
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -24,6 +24,8 @@ class Bounds(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Refusal(NamedTuple):
     code: ErrorCode
     message: str
+    # Clock time from which the same order could pass this check (rate-limited: when the window frees).
+    retry_at: float | None = None
 
 
 class Plan(NamedTuple):
@@ -44,10 +46,13 @@ def admit(command: ScaleCommand, own_host: str, now: float, current_term: int = 
 
 def rate_limited(changes: list[float], now: float, limit: int, window_s: float) -> Refusal | None:
     """At most ``limit`` resizes of one VM per ``window_s``; ``changes`` holds the times of the recent ones."""
-    recent = [t for t in changes if now - t < window_s]
+    recent = sorted(t for t in changes if now - t < window_s)
     if len(recent) >= limit:
+        # One more resize fits once all but limit - 1 of the recent ones have left the window.
+        frees_at = recent[len(recent) - limit] + window_s
         return Refusal(ErrorCode.RATE_LIMITED, f"{len(recent)} resizes in the last {window_s:.0f} s "
-                                               f"(at most {limit})")
+                                               f"(at most {limit}); the next fits in {frees_at - now:.1f} s",
+                       retry_at=frees_at)
     return None
 
 

@@ -32,6 +32,7 @@ from services.actuator.answered import AnsweredCommands, log_reader_name
 from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, plan, rate_limited
 from services.actuator.drivers.base import Driver, DriverError
 from services.actuator.progress import ProgressLog
+from services.actuator.retry import Backoff, retry_after
 from shared import bus, subjects
 from shared.codec import BadMessage, Decoder, encode
 from shared.inbox import Inbox
@@ -104,6 +105,8 @@ class Actuator:
         self._marked: set[str] = set()  # commands with a progress marker (progress.py) to remove after the result
         self.progress: ProgressLog
         self._changes: dict[str, list[float]] = {}
+        # Per VM: failures in a row that call for a back-off (guest-refused, timeouts...), until a change succeeds.
+        self.backoff = Backoff()
         # The highest leadership term seen per decider: commands from an older term are refused.
         self.terms: dict[str, int] = {}
 
@@ -314,10 +317,16 @@ class Actuator:
         self._record(result)
 
     def refuse(self, command: ScaleCommand, refusal: Refusal) -> ScaleResult:
-        return ScaleResult(command_id=command.id, time=self.ctx.clock.now(), host=command.host, vm=command.vm,
+        now = self.ctx.clock.now()
+        return ScaleResult(command_id=command.id, time=now, host=command.host, vm=command.vm,
                            ok=False, vcpus_before=None, vcpus_after=None, target_vcpus=command.target_vcpus,
                            duration_s=0.0, actuator=self.config.name, error_code=refusal.code,
-                           error=refusal.message[:1024], sample_time=command.sample_time)
+                           error=refusal.message[:1024], sample_time=command.sample_time,
+                           retry_after=self._retry_after(command.vm, refusal, now),
+                           rate_limit_changes=self.config.max_changes, rate_limit_window_s=self.config.rate_window_s)
+
+    def _retry_after(self, vm: str, failure: Refusal, now: float) -> float:
+        return retry_after(failure.code, vm, now=now, backoff=self.backoff, retry_at=failure.retry_at)
 
     def _record(self, result: ScaleResult) -> None:
         outcome = "ok" if result.ok else "error"
@@ -366,9 +375,12 @@ class Actuator:
 
     def _result(self, command: ScaleCommand, started: float, before: int | None, after: int | None,
                 failure: Refusal | None, sizes: tuple[int, int] | None = None) -> ScaleResult:
+        now = self.ctx.clock.now()
+        if failure is None and before != after:
+            self.backoff.succeeded(command.vm)  # the VM took a change: its back-off starts over
         return ScaleResult(
             command_id=command.id,
-            time=self.ctx.clock.now(),
+            time=now,
             host=command.host,
             vm=command.vm,
             ok=failure is None,
@@ -382,6 +394,9 @@ class Actuator:
             sample_time=command.sample_time,
             allowed_min_vcpus=sizes[0] if sizes else None,
             allowed_max_vcpus=sizes[1] if sizes else None,
+            retry_after=self._retry_after(command.vm, failure, now) if failure else None,
+            rate_limit_changes=self.config.max_changes,
+            rate_limit_window_s=self.config.rate_window_s,
         )
 
     async def _apply(self, vm: str, decided: Plan, current: int, msg: Msg | None) -> int:

@@ -1,23 +1,39 @@
-"""The per-VM decision engine: policy, guard rails and the wait for an order to take effect. Pure.
+"""The per-VM decision engine: policy, guard rails, the wait for an order to take effect, and holds. Pure.
 
 The same engine runs in the live decider and in trace replay, so both make the same decisions on the same
 observations. The policy sees every observation (its history stays whole); a new order is held back while
 the last one is pending: until a sample shows its target, its result arrives, or it expires. The sizes an
 actuator reported it allows the VM narrow the VM's range for ``ALLOWED_SIZES_TTL_S``, so an order it would
 refuse is not repeated; after that they are asked again (the operator may have changed them).
+
+Results teach the engine three more things (``learn_result``; replay has no results and needs none):
+
+* a refusal holds the VM as long as ``refusals.hold_for`` says (the actuator's ``retry_after``, and at least the
+  decider's own minimum per error code), so no order is repeated faster than its refusal allows;
+* the actuator's advertised rate limit, which the guard's change budget keeps within from then on;
+* whether a sent order changed anything: if not, it no longer counts against the change budget.
+
+``step`` returns no decision while a VM is held (by a refusal, its warm-up or its change budget) and says why in
+``held``, for the decider's ``hotplug_decider_held_total``.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any, NamedTuple
 
 import msgspec
 
-from services.decider.guard import GuardRails, GuardState, apply_rails
+from services.decider import refusals
+from services.decider.guard import Change, GuardRails, GuardState, apply_rails, budgets
 from services.decider.policies.base import Observation, PolicyBase
+from services.decider.refusals import Hold
+from shared.messages import ScaleResult
 
 ALLOWED_SIZES_TTL_S = 600.0
+# Rail kinds that withhold an order the policy wanted, counted as held (cooldowns are the policy's own pace).
+HELD_KINDS = ("warmup", "change-budget")
 
 
 class AllowedSizes(msgspec.Struct, frozen=True):
@@ -34,8 +50,17 @@ class Decision(NamedTuple):
     kind: str = "hold"
 
 
+class Held(NamedTuple):
+    """Why the last step gave no order although the policy wanted one: ``label`` is an error code, "warmup" or
+    "change-budget" (the metric's label); ``reason`` is for people."""
+
+    label: str
+    reason: str
+
+
 class Snapshot(msgspec.Struct, frozen=True):
-    """A VM's decision state (msgpack: it keeps infinities), for a decider instance that takes the VM over."""
+    """A VM's decision state (msgpack: it keeps infinities), for a decider instance that takes the VM over.
+    Fields added later have defaults, so snapshots of older deciders still decode."""
 
     policy: str
     policy_state: msgspec.Raw
@@ -44,6 +69,9 @@ class Snapshot(msgspec.Struct, frozen=True):
     pending_target: int | None
     pending_until: float
     allowed: AllowedSizes | None = None
+    holds: list[Hold] = msgspec.field(default_factory=list)
+    backoff_streak: int = 0
+    pending_id: str = ""
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -62,8 +90,8 @@ _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
 class VmEngine:
-    __slots__ = ("allowed", "guard", "last_time", "pending_target", "pending_until", "policy", "policy_state",
-                 "rails")
+    __slots__ = ("allowed", "backoff_streak", "guard", "held", "holds", "last_time", "pending_id", "pending_target",
+                 "pending_until", "policy", "policy_state", "rails")
 
     def __init__(self, policy: PolicyBase[Any, Any], rails: GuardRails) -> None:
         self.policy = policy
@@ -73,25 +101,55 @@ class VmEngine:
         self.last_time = float("-inf")
         self.pending_target: int | None = None
         self.pending_until = float("-inf")
+        self.pending_id = ""
         self.allowed: AllowedSizes | None = None
+        self.holds: list[Hold] = []
+        # Back-off refusals in a row (guest-refused, timeouts...) since the VM last took a change.
+        self.backoff_streak = 0
+        self.held: Held | None = None
 
     def step(self, obs: Observation) -> Decision | None:
         """The order to give after this observation, if any. Late or repeated observations are ignored."""
+        self.held = None
         if obs.time <= self.last_time:
             return None
         self.last_time = obs.time
+        if self.guard.first_seen is None:
+            self.guard.first_seen = obs.time  # warm-up runs from here
         obs = self._within_allowed(obs)
-        if self.pending_target is not None and (
-            obs.vcpus == self.pending_target or obs.time >= self.pending_until
-        ):
-            self.pending_target = None
+        if self.pending_target is not None:
+            if obs.vcpus == self.pending_target:
+                self._took_effect(self.pending_id, obs.time)  # at the latest now
+                self.pending_target = None
+            elif obs.time >= self.pending_until:
+                # expired: had it run, it would have started before its expiry
+                self._took_effect(self.pending_id, self.pending_until)
+                self.pending_target = None
         rec = self.policy.recommend(self.policy_state, obs)
         if self.pending_target is not None:
             return None
+        hold = self._holding(obs, rec.target)
+        if hold is not None:
+            wait = f"{hold.until - obs.time:.0f} s more" if obs.time < hold.until else "a newer sample"
+            self.held = Held(hold.code, f"{rec.reason}; held after {hold.code}: {wait}")
+            return None
         rec = apply_rails(self.rails, self.guard, obs, rec)
         if rec.target == obs.vcpus:
+            if rec.kind in HELD_KINDS:
+                self.held = Held(rec.kind, rec.reason)
             return None
         return Decision(rec.target, rec.reason, rec.kind)
+
+    def _holding(self, obs: Observation, wanted: int) -> Hold | None:
+        """The refusal hold that stops an order towards ``wanted`` now, if any; holds that are over are dropped."""
+        if not self.holds:
+            return None
+        self.holds = [h for h in self.holds if not h.over(obs.time)]
+        target = max(obs.min_vcpus, min(obs.max_vcpus, wanted))
+        if target == obs.vcpus:
+            return None
+        direction = 1 if target > obs.vcpus else -1
+        return next((h for h in self.holds if h.holds(obs.time, direction)), None)
 
     def _within_allowed(self, obs: Observation) -> Observation:
         allowed = self.allowed
@@ -102,21 +160,81 @@ class VmEngine:
             return obs  # the hypervisor's range has moved away from what the actuator said: trust the sample
         return msgspec.structs.replace(obs, min_vcpus=low, max_vcpus=high)
 
+    def _took_effect(self, command_id: str, at: float) -> None:
+        """The change of ``command_id`` happened by ``at``: count it from then (the actuator counts it from when
+        it ran, which may be later than when it was sent)."""
+        if not math.isfinite(at):
+            return
+        # The newest one only: in replay every change has the id "".
+        for change in reversed(self.guard.changes):
+            if change.command_id == command_id:
+                change.time = max(change.time, at)
+                return
+
     def learn_allowed(self, min_vcpus: int, max_vcpus: int, now: float) -> None:
         """An actuator's result said which sizes it allows this VM."""
         self.allowed = AllowedSizes(min_vcpus, max_vcpus, now + ALLOWED_SIZES_TTL_S)
 
-    def mark_sent(self, target: int, until: float) -> None:
+    def learn_result(self, result: ScaleResult, now: float) -> Hold | None:
+        """What an actuator's result for this VM teaches: allowed sizes, its rate limit, whether the order changed
+        anything, and how long to hold the VM after a refusal (the hold it set, if any, is returned)."""
+        if result.allowed_min_vcpus is not None and result.allowed_max_vcpus is not None:
+            self.learn_allowed(result.allowed_min_vcpus, result.allowed_max_vcpus, now)
+        if result.rate_limit_changes is not None and result.rate_limit_window_s is not None:
+            self.guard.actuator_max_changes = result.rate_limit_changes
+            self.guard.actuator_window_s = result.rate_limit_window_s
+        changed = result.vcpus_before is not None and result.vcpus_after is not None and (
+            result.vcpus_before != result.vcpus_after)
+        known = any(c.command_id == result.command_id for c in self.guard.changes)
+        if changed:
+            if known:
+                self._took_effect(result.command_id, result.time)
+            else:  # another decider's, or sent before a restart: the actuator counts it all the same
+                self.guard.changes.append(Change(result.time, result.command_id))
+        elif known:
+            self._forget_change(result.command_id)
+        if result.ok:
+            if changed:
+                self.backoff_streak = 0
+            return None
+        if result.error_code in refusals.BACKOFF_CODES:
+            self.backoff_streak += 1
+        hold = refusals.hold_for(result, self.backoff_streak)
+        if hold is not None:
+            self.holds.append(hold)
+        if not self.pending_id or result.command_id == self.pending_id:
+            self.pending_target = None  # a failed order leaves the VM as it was: free to order again
+        return hold
+
+    def mark_sent(self, target: int, until: float, command_id: str = "", time: float | None = None) -> None:
+        """An order for ``target`` went out (at ``time``, by default the last observation's): pending until
+        ``until``, and one change against the budget until its result says it changed nothing."""
+        sent_at = self.last_time if time is None else time
         self.pending_target = target
         self.pending_until = until
+        self.pending_id = command_id
+        longest = max(window for _, window in budgets(self.rails, self.guard))
+        self.guard.changes = [c for c in self.guard.changes if sent_at - c.time < longest]
+        self.guard.changes.append(Change(sent_at, command_id))
 
     def mark_done(self) -> None:
         self.pending_target = None
 
+    def unsent(self, command_id: str) -> None:
+        """The order could not be stored, so it will never run: not pending, and no change against the budget."""
+        if command_id == self.pending_id:
+            self.pending_target = None
+        self._forget_change(command_id)
+
+    def _forget_change(self, command_id: str) -> None:
+        if command_id:
+            self.guard.changes = [c for c in self.guard.changes if c.command_id != command_id]
+
     def snapshot(self) -> bytes:
         policy_state = msgspec.msgpack.encode(self.policy_state, enc_hook=_enc_hook)
         return msgspec.msgpack.encode(Snapshot(self.policy.name, msgspec.Raw(policy_state), self.guard, self.last_time,
-                                            self.pending_target, self.pending_until, self.allowed),
+                                            self.pending_target, self.pending_until, self.allowed, self.holds,
+                                            self.backoff_streak, self.pending_id),
                                    enc_hook=_enc_hook)
 
     def restore(self, data: bytes) -> bool:
@@ -134,4 +252,7 @@ class VmEngine:
         self.pending_target = snap.pending_target
         self.pending_until = snap.pending_until
         self.allowed = snap.allowed
+        self.holds = list(snap.holds)
+        self.backoff_streak = snap.backoff_streak
+        self.pending_id = snap.pending_id
         return True

@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.decider.engine import Decision, VmEngine
+from services.decider.engine import HELD_KINDS, Decision, VmEngine
 from services.decider.guard import GuardRails
 from services.decider.lease import LEASE_BUCKET, Lease
 from services.decider.mailbox import LatestPerKey
@@ -23,7 +23,7 @@ from services.decider.sharding import ShardedIntake, load_state, state_key
 from shared import bus, subjects
 from shared.codec import encode
 from shared.inbox import Inbox
-from shared.messages import MetricSample, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
 
@@ -74,6 +74,12 @@ class DeciderMetrics(ServiceMetrics):
         self.leader = Gauge("hotplug_decider_leader", "1 while this replica holds its lease (or has none)",
                             registry=self.registry)
         self.term = Gauge("hotplug_decider_lease_term", "Leadership term this replica knows", registry=self.registry)
+        self.held = Counter("hotplug_decider_held", "Orders the policy wanted but the decider held back: after a "
+                                                    "refusal (by its error code), in warm-up, or over the change "
+                                                    "budget", ["reason"], registry=self.registry)
+        # Every series exists from the start (at 0), so dashboards and alerts never query a missing one.
+        for reason in (*(code.value for code in ErrorCode), *HELD_KINDS):
+            self.held.labels(reason)
 
 
 def observation_of(sample: MetricSample) -> Observation:
@@ -253,6 +259,9 @@ class Decider:
             return None
         engine = self.engine(sample.host, sample.vm)
         decision = engine.step(observation_of(sample))
+        if engine.held is not None:
+            self.metrics.held.labels(engine.held.label).inc()
+            log.debug("held %s/%s: %s", sample.host, sample.vm, engine.held.reason)
         if self.config.shadow:
             self._propose(sample, decision, now)
             return None
@@ -282,7 +291,7 @@ class Decider:
             if not self.lease.active:
                 return None  # a standby keeps its state warm and commands nothing
             command = msgspec.structs.replace(command, decider=self.lease.name, term=self.lease.term)
-        engine.mark_sent(decision.target, command.expires_at)
+        engine.mark_sent(decision.target, command.expires_at, command.id, now)
         log.info("resize %s/%s %d -> %d: %s [%s]", sample.host, sample.vm, sample.online_vcpus, decision.target,
                  decision.reason, command.id)
         # Publishing waits for the event log's acknowledgement; other samples must not wait behind it.
@@ -315,7 +324,7 @@ class Decider:
             self.metrics.latency.observe(max(0.0, self.ctx.clock.now() - (command.sample_time or command.time)))
         except Exception as exc:
             self.metrics.publish_failures.inc()
-            self.engine(command.host, command.vm).mark_done()
+            self.engine(command.host, command.vm).unsent(command.id)
             log.error("command %s for %s not stored: %s", command.id, command.vm, exc)
 
     async def _on_result(self, msg: Msg) -> None:
@@ -325,8 +334,8 @@ class Decider:
         engine = self.engines.get((result.host, result.vm))
         if engine is None:
             return
-        if result.allowed_min_vcpus is not None and result.allowed_max_vcpus is not None:
-            engine.learn_allowed(result.allowed_min_vcpus, result.allowed_max_vcpus, self.ctx.clock.now())
-        if not result.ok:
-            # A failed order leaves the VM as it was: let the policy order again.
-            engine.mark_done()
+        # Allowed sizes, the actuator's rate limit, the change budget, and a hold after a refusal (engine.py).
+        hold = engine.learn_result(result, self.ctx.clock.now())
+        if hold is not None:
+            log.info("%s/%s refused (%s): held for %.0f s%s", result.host, result.vm, hold.code,
+                     hold.until - result.time, " and until a newer sample" if hold.after_sample is not None else "")
