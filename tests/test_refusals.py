@@ -19,8 +19,8 @@ from services.decider.registry import build_policy, parse_params
 from services.decider.service import Decider, DeciderConfig, DeciderMetrics
 from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
 
-# Rails that let the threshold rule (k=1) order on every sample, so only the mechanism under test holds it.
-FREE = ["threshold.k=1", "guard.up_cooldown_s=0", "guard.down_cooldown_s=0", "guard.warmup_s=0",
+# Rails that let the threshold rule (sustain_s=1) order on every sample, so only the mechanism under test holds it.
+FREE = ["threshold.sustain_s=1", "guard.up_cooldown_s=0", "guard.down_cooldown_s=0", "guard.warmup_s=0",
         "guard.max_changes=1000"]
 
 
@@ -327,7 +327,7 @@ def test_an_order_that_was_never_stored_does_not_count_against_the_budget() -> N
 
 
 def test_warm_up_holds_a_shrink_but_not_a_growth() -> None:
-    policy, rails = build_policy("threshold", parse_params(["threshold.k=1", "guard.warmup_s=60"]))
+    policy, rails = build_policy("threshold", parse_params(["threshold.sustain_s=1", "guard.warmup_s=60"]))
     e = VmEngine(policy, rails)
     assert e.step(idle(100.0, vcpus=8)) is None
     assert e.held is not None and e.held.label == "warmup"
@@ -340,7 +340,7 @@ def test_warm_up_holds_a_shrink_but_not_a_growth() -> None:
 
 
 def test_warm_up_is_kept_across_a_hand_over_and_restarts_without_state() -> None:
-    policy, rails = build_policy("threshold", parse_params(["threshold.k=1", "guard.warmup_s=60"]))
+    policy, rails = build_policy("threshold", parse_params(["threshold.sustain_s=1", "guard.warmup_s=60"]))
     first = VmEngine(policy, rails)
     assert first.step(idle(0.0, vcpus=8)) is None
     taken_over = VmEngine(policy, rails)
@@ -383,7 +383,7 @@ def test_snapshots_of_an_older_decider_still_decode() -> None:
 
 
 def test_the_decider_counts_what_it_held() -> None:
-    policy, rails = build_policy("threshold", parse_params(["threshold.k=1", "guard.warmup_s=60"]))
+    policy, rails = build_policy("threshold", parse_params(["threshold.sustain_s=1", "guard.warmup_s=60"]))
     assert isinstance(rails, GuardRails)
     clock = FixedClock(0.0)
     metrics = DeciderMetrics("decider")
