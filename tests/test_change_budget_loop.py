@@ -46,7 +46,7 @@ async def test_the_decider_never_meets_a_lowered_actuator_rate_limit(
     actuator = start_service("actuator", *common, "--max-changes", str(LIMIT), "--rate-window", str(WINDOW_S))
     # A rule that wants a change on nearly every sample (no cooldowns, no warm-up), and an own budget far above
     # the actuator's limit: only what the decider learns from results can keep it within 2 per 60 s.
-    decider = start_service("decider", *common, "--policy", "threshold", "--param", "threshold.k=1",
+    decider = start_service("decider", *common, "--policy", "threshold", "--param", "threshold.sustain_s=1",
                             "--param", "guard.up_cooldown_s=0", "--param", "guard.down_cooldown_s=0",
                             "--param", "guard.warmup_s=0", "--param", "guard.max_changes=100")
     await eventually(lambda: set(VMS) <= watch.online.keys(), what="samples of every VM")

@@ -191,7 +191,7 @@ async def test_a_decider_does_not_repeat_an_order_the_actuator_refused_as_out_of
     load = subprocess.run([sys.executable, "-m", "hotplug", "load", "vm-01", "4", "--nats", broker.url], cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=False)
     assert load.returncode == 0, load.stderr
-    start_service("decider", "--nats", broker.url, "--policy", "threshold", "--param", "threshold.k=1",
+    start_service("decider", "--nats", broker.url, "--policy", "threshold", "--param", "threshold.sustain_s=1",
                   "--param", "guard.up_cooldown_s=1")
     await eventually(lambda: watch.results, what="the decider's first order")
     await asyncio.sleep(6.0)

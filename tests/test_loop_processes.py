@@ -40,7 +40,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         specs = {
             "simulator": ["--vms", "3", "--profiles", "idle", "--hotplug-delay", "0.2"],
             "collector": ["--interval", "1"],
-            "decider": ["--policy", "threshold", "--param", "threshold.k=2", "--param", "guard.up_cooldown_s=2",
+            "decider": ["--policy", "threshold", "--param", "threshold.sustain_s=2", "--param", "guard.up_cooldown_s=2",
                         "--param", "guard.down_cooldown_s=4"],
             "actuator": [],
         }

@@ -177,7 +177,7 @@ def test_whole_loop_takes_a_real_guest_from_1_to_3_vcpus_and_back(image: GuestIm
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOTPLUG_QEMU_DIR": str(data_dir / "qemu")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "hotplug", "up", "--hypervisor", "qemu", "--vms", "1", "--max-vcpus", "3",
-         "--data-dir", str(data_dir), "--no-view", "--policy", "threshold", "--param", "threshold.k=2",
+         "--data-dir", str(data_dir), "--no-view", "--policy", "threshold", "--param", "threshold.sustain_s=2",
          "--param", "threshold.upper=0.6",
          "--param", "threshold.lower=0.2", "--param", "guard.up_cooldown_s=1", "--param", "guard.down_cooldown_s=2"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
