@@ -25,7 +25,7 @@ SWEEPS: dict[str, tuple[str, tuple[float, ...]]] = {
     "vpa": ("target_percentile", (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)),
     "fusd": ("warm", (0.3, 0.4, 0.5, 0.65, 0.8, 0.9, 0.95, 1.0)),
     "captain": ("target_starvation", (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3)),
-    "default": ("target_unmet_pct", (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)),
+    "default": ("target_unmet_pct", (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)),
 }
 
 

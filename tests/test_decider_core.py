@@ -7,7 +7,6 @@ import pytest
 from services.decider.engine import ALLOWED_SIZES_TTL_S, VmEngine
 from services.decider.guard import GuardRails, GuardState, apply_rails
 from services.decider.policies.base import Observation, Recommendation
-from services.decider.policies.default import DefaultPolicy
 from services.decider.policies.threshold import ThresholdParams, ThresholdPolicy
 from services.decider.registry import ParamError, build_policy, parse_params
 
@@ -91,34 +90,3 @@ def test_unknown_parameters_and_policies_are_refused() -> None:
     policy, rails = build_policy("threshold", parse_params(["threshold.upper=0.9", "guard.down_cooldown_s=5"]))
     assert isinstance(policy, ThresholdPolicy) and policy.params.upper == 0.9
     assert rails.down_cooldown_s == 5 and rails.up_cooldown_s == ThresholdPolicy.default_rails["up_cooldown_s"]
-
-
-def test_default_never_grows_back_after_a_shrink_without_new_demand() -> None:
-    """After a burst, a longer window's arm still remembers it when a shorter arm has shrunk the VM; if that
-    arm becomes the cheapest (near-ties do that), growing back on its memory alone would re-plug a vCPU with no
-    new load. Seen in the loop benchmark; here the tie is forced."""
-    policy, rails = build_policy("default", parse_params(["guard.warmup_s=0"]))  # the policy's memory, not warm-up
-    assert isinstance(policy, DefaultPolicy)
-    engine = VmEngine(policy, rails)
-
-    def step(t: int, vcpus: int, wanted: float) -> int:
-        used = min(wanted, float(vcpus))
-        decision = engine.step(Observation(time=t, vcpus=vcpus, min_vcpus=1, max_vcpus=4, used_cores=used,
-                                           interval_s=1.0, pressure_cores=wanted - used))
-        if decision is None:
-            return vcpus
-        engine.mark_sent(decision.target, until=t + 100)
-        return decision.target
-
-    vcpus = 4
-    for t, wanted in enumerate([3.5, 3.5] + [0.05] * 6):
-        vcpus = step(t, vcpus, wanted)
-    assert vcpus == 1  # shrunk after the burst
-    longest = max(i for i, (w, m) in enumerate(policy.arms) if m == 0)  # peak of the last 16, no margin
-    state = engine.policy_state
-    state.costs = [10.0] * len(state.costs)
-    state.costs[longest] = 0.0  # the arm that still sees the burst is now the cheapest
-    for t in range(8, 12):
-        vcpus = step(t, vcpus, 0.05)
-        assert vcpus == 1, "grew back with no new demand"
-    assert step(12, vcpus, 3.0) > 1  # new demand does bring vCPUs back

@@ -82,7 +82,9 @@ def _enc_hook(obj: Any) -> Any:
 
 def _dec_hook(kind: type, obj: Any) -> Any:
     if getattr(kind, "__origin__", kind) is deque:
-        return deque(obj)
+        items = getattr(kind, "__args__", None)
+        # Typed items (tuples come back from msgpack as lists) are converted as the annotation says.
+        return deque(msgspec.convert(obj, list[items[0]], dec_hook=_dec_hook) if items else obj)  # type: ignore[valid-type]
     raise NotImplementedError(f"cannot decode {kind}")
 
 

@@ -48,8 +48,8 @@ def build_policy(name: str, params: dict[str, dict[str, str]] | None = None) -> 
         raise ParamError(f"parameters for {', '.join(sorted(unknown_scopes))} do not apply to policy {name!r}")
     cls = POLICIES[name]
     try:
-        policy_params = msgspec.convert(params.get(name, {}), cls.params_type, strict=False)
-        rails = msgspec.convert({**cls.default_rails, **params.get("guard", {})}, GuardRails, strict=False)
+        policy = cls(msgspec.convert(params.get(name, {}), cls.params_type, strict=False))
+        rails = msgspec.convert({**policy.rail_defaults(), **params.get("guard", {})}, GuardRails, strict=False)
     except msgspec.ValidationError as exc:
         raise ParamError(f"bad parameter for {name}: {exc}") from exc
-    return cls(policy_params), rails
+    return policy, rails

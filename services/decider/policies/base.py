@@ -68,5 +68,9 @@ class PolicyBase(Generic[P, S]):
     def new_state(self) -> S:
         return self.state_type()  # type: ignore[return-value]
 
+    def rail_defaults(self) -> dict[str, float]:
+        """The guard-rail defaults for these parameters (``default_rails`` unless a policy derives some)."""
+        return dict(self.default_rails)
+
     def recommend(self, state: S, obs: Observation) -> Recommendation:
         raise NotImplementedError

@@ -1,17 +1,36 @@
-"""``default``: the policy we recommend. An Autopilot-style choice, per VM, among simple recommenders ("arms")
-by what each would have cost on this VM recently.
+"""``default``: the policy we recommend. Per VM, the cheapest of a few simple recommenders ("arms") when an
+unmet core costs ``price`` allocated ones, where ``price`` follows from the share of demand the user accepts
+to leave unmet (``target_unmet_pct``). Memory, windows, warm-up and costs are in seconds, so the policy means
+the same at 1-s sampling live and at 300-s steps in replay.
 
-Each arm recommends ``ceil(max(demand over its last w samples) × (1 + m))`` for one window ``w`` and one
-margin ``m``. After every sample each arm is charged for the allocation it recommended one sample ago:
-unmet cores (demand above it), ``idle_cost`` per idle core, and ``change_cost`` per vCPU it moved (hot-plug
-is not free; Autopilot's limit-change term). Costs decay by ``memory`` per sample, and the cheapest arm
-decides. So a steady VM settles on a short window and no margin, a bursty one on a long window or a margin,
-and a VM that changes character changes arm within a few tens of samples. No constant is tuned per trace:
-the one trade-off is ``idle_cost``, the price of an idle core relative to an unmet one.
+**Arms.** ``peak of w s × k``: the highest demand of the last ``w`` seconds times ``k``. ``cheapest size over
+h s``: the whole size that would have cost least over a memory fading with half-life ``h`` (the newsvendor's
+answer: demand exceeds it about ``1/price`` of the time), so one burst in an hour of quiet is worth holding
+for when unmet demand is dear and not when it is cheap. Every arm shrinks only when the smaller size saves
+at least ``hysteresis`` vCPU, so noise around a whole vCPU never toggles it.
 
-Demand is what ran plus the pressure when the source reports it. Without pressure a saturated sample is
-censored (demand ≥ vCPUs, by an unknown amount): arms that would not have allocated more than the VM had
-are charged ``censored_shortfall`` cores, the expected demand hidden above the cap.
+**Choice.** After every sample each arm is charged, in core-seconds, for the size it gave one sample
+before: the cores, ``price`` × the demand above them, and ``change_cost_s`` per vCPU moved (hot-plug is not
+free; Autopilot's limit-change term). Charges fade over a day. The cheapest arm decides, and keeps deciding
+until another is cheaper by more than one change (Autopilot's model-switch term): arms that nearly tie do
+not take turns undoing each other.
+
+**Calm.** A VM grows on the sample that shows more demand. It never shrinks below the highest size ordered
+within ``stabilise_s`` (Kubernetes HPA's scale-down window), at most halves in one order, never grows back
+after a shrink without demand seen since, and is not shrunk at all in its warm-up: ``caution_s × price``
+seconds from when the decider first saw it (2 min at the default 1 %, 3.3 h at 0.1 %: the less harm a
+user accepts, the more evidence a shrink needs). The decider's guard rails add the change budget.
+
+**Price.** ``1 + 0.005 / τ²`` for a target share τ: fitted on the Bitbrains trace, where realised unmet
+demand then tracks the target from 0.25 % to 4 %, and checked on PlanetLab and the simulator
+(docs/deciders.md has the figures). ``feedback_gain`` > 0 also steers each VM's price, within ×/÷ 2, by the
+unmet share that VM really had (as Autothrottle's Captain steers to a throttling target); it is off by
+default because it spends cores evening out VMs rather than serving the fleet (measured in the docs).
+
+**Censoring.** Demand is what ran plus the pressure when the source reports it. Without pressure a
+saturated sample only says the VM wanted at least its vCPUs; it is taken to want ``censored_excess`` of
+the room above them (at least a quarter core), both to charge the arms and to grow, so a saturated VM
+always grows.
 """
 
 from __future__ import annotations
@@ -24,106 +43,236 @@ import msgspec
 
 from services.decider.policies.base import Observation, Params, PolicyBase, Recommendation
 
+MIN_CENSORED_EXCESS_CORES = 0.25
+SHRINK_FLOOR = 0.5  # never below this share of the vCPUs it has, in one order
+# How far feedback may move the price from its start, either way (a factor): enough to correct a VM that is
+# starved or idle beyond the target, not so much that one VM's unlucky hour makes it allocate without limit.
+PRICE_RANGE = 2.0
+# The price of an unmet core-second for a target share τ: 1 + PRICE_SCALE / τ². Fitted on the Bitbrains trace
+# (realised unmet within a few % of τ from 0.25 % to 4 %), checked on PlanetLab and the simulator: see
+# docs/deciders.md. An unmet core never costs less than an idle one (the 1 +).
+PRICE_SCALE = 0.005
+# The faded sums grow as 2^(age / half-life) instead of every old one being faded each sample; they are
+# scaled back before they could overflow.
+RESCALE_EXPONENT = 60.0
+ARM_MEMORY_S = 86400.0  # how long a memory's record of costs lasts (half-life)
+STEER_MEMORY_S = 86400.0  # ... and the realised unmet share's
+
 
 class DefaultParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    idle_cost: Annotated[float, msgspec.Meta(gt=0)] = 0.1
-    change_cost: Annotated[float, msgspec.Meta(ge=0)] = 0.1
-    memory: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.95
-    censored_shortfall: Annotated[float, msgspec.Meta(ge=0)] = 0.5
-    windows: tuple[int, ...] = (1, 2, 4, 8, 16)
-    margins: tuple[float, ...] = (0.0, 0.25, 0.5)
+    target_unmet_pct: Annotated[float, msgspec.Meta(gt=0, le=50)] = 1.0
+    memories_s: tuple[float, ...] = (7200.0, 86400.0)
+    windows_s: tuple[float, ...] = (0.0, 1800.0, 7200.0, 86400.0)  # each at least stabilise_s
+    multipliers: tuple[float, ...] = (1.0, 1.15, 1.3, 1.5, 2.0, 3.0)
+    stabilise_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    change_cost_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    hysteresis: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    censored_excess: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.25
+    feedback_gain: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # A VM first seen is not shrunk for caution_s × the price of an unmet core (its warm-up): 2 min at the
+    # default 1 %, 3.3 h at 0.1 %. The lower the harm a user accepts, the more evidence a shrink needs.
+    caution_s: Annotated[float, msgspec.Meta(ge=0)] = 2.4
 
     def __post_init__(self) -> None:
-        if not self.windows or min(self.windows) < 1:
-            raise ValueError("default.windows must be positive sample counts")
-        if not self.margins or min(self.margins) < 0:
-            raise ValueError("default.margins must be non-negative")
+        if self.memories_s and min(self.memories_s) <= 0:
+            raise ValueError("default.memories_s must be positive half-lives in seconds")
+        if not self.windows_s or min(self.windows_s) < 0:
+            raise ValueError("default.windows_s must be non-negative seconds")
+        if not self.multipliers or min(self.multipliers) < 1:
+            raise ValueError("default.multipliers must be at least 1")
+
+
+class Memory(msgspec.Struct):
+    """What each whole size would have cost, over a memory of one half-life: the weight of the samples and,
+    per size ``a``, the weighted demand above ``a`` (sizes past the end of the list had none)."""
+
+    weight: float = 0.0
+    excess: list[float] = msgspec.field(default_factory=list)
 
 
 class DefaultState(msgspec.Struct):
-    history: deque[float] = msgspec.field(default_factory=deque)
-    costs: list[float] = msgspec.field(default_factory=list)
-    previous: list[int] = msgspec.field(default_factory=list)  # each arm's recommendation one sample ago
+    # Monotone queues of (time, demand), one per window: the peak over each window is the head of its queue.
+    peaks: list[deque[tuple[float, float]]] = msgspec.field(default_factory=list)
+    memories: list[Memory] = msgspec.field(default_factory=list)
+    reference: float | None = None  # the time the memories' weights are counted from
+    costs: list[float] = msgspec.field(default_factory=list)  # each memory's faded record
+    previous: list[int] = msgspec.field(default_factory=list)  # each memory's size one sample ago
     before: list[int] = msgspec.field(default_factory=list)  # ... and two samples ago
-    chosen: int = 0
+    chosen: int = -1  # the memory in charge
+    unmet_s: float = 0.0  # faded core-seconds of demand the VM really left unmet
+    demand_s: float = 0.0  # faded core-seconds of demand
+    log_price: float | None = None
+    orders: deque[tuple[float, float]] = msgspec.field(default_factory=deque)  # monotone queue of recent sizes
     vcpus: int = 0  # the allocation at the previous sample
     last_move: int = 0  # direction of the last change seen: +1 grown, -1 shrunk
-    peak_since_move: float = 0.0  # highest demand (or the size, when censored) since that change
+    peak_since_move: float = 0.0  # highest demand since that change
+
+
+def _push(queue: deque[tuple[float, float]], t: float, value: float, horizon: float) -> float:
+    """Add ``value`` at ``t`` to a monotone max-queue, forget what is older than ``horizon``; the peak."""
+    while queue and queue[-1][1] <= value:
+        queue.pop()
+    queue.append((t, value))
+    while len(queue) > 1 and queue[0][0] <= horizon:
+        queue.popleft()
+    return queue[0][1]
+
+
+def cheapest_size(memory: Memory, price: float, low: int, high: int, current: int, hysteresis: float) -> int:
+    """The size that would have cost least over ``memory``; a smaller size than ``current`` only if it saves
+    at least ``hysteresis`` vCPU on average. The cost is convex in the size, so the scan stops at its bottom."""
+    excess, weight = memory.excess, memory.weight
+    if weight <= 0:
+        return current
+
+    def cost(a: int) -> float:
+        return a * weight + price * (excess[a] if a < len(excess) else 0.0)
+
+    best, best_cost = low, cost(low)
+    for a in range(low + 1, high + 1):
+        c = cost(a)
+        if c >= best_cost:
+            break
+        best, best_cost = a, c
+    if best < current and cost(min(current, high)) - best_cost < hysteresis * weight:
+        # Not worth a shrink; the cheapest size at or above what it has (cost is convex: the nearest).
+        return min(current, high)
+    return best
 
 
 class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
     name = "default"
     params_type = DefaultParams
     state_type = DefaultState
+    # The policy holds its own stabilisation window and hysteresis; the rails add no cooldown of their own.
     default_rails = {"up_cooldown_s": 0.0, "down_cooldown_s": 0.0, "max_step_down": 1024}
 
     def __init__(self, params: DefaultParams) -> None:
         super().__init__(params)
-        windows = sorted(set(params.windows))
-        margins = sorted(set(params.margins))
-        self.arms = [(w, m) for w in windows for m in margins]
-        self.longest = windows[-1]
-        self._windows = windows
-        self._factors = [1 + m for m in margins]
+        self._half_lives = sorted(set(params.memories_s))
+        self._windows = sorted({max(w, params.stabilise_s) for w in params.windows_s})
+        self._multipliers = sorted(set(params.multipliers))
+        self.arms: list[str] = [f"peak of {w:g} s x{k:g}" for w in self._windows for k in self._multipliers] + [
+            f"cheapest size over {h:g} s" for h in self._half_lives]
+        self._target = params.target_unmet_pct / 100
+        self._start_log_price = math.log(1 + PRICE_SCALE / self._target**2)
 
-    def _charge(self, state: DefaultState, demand: float, censored: bool, vcpus: int) -> None:
-        p = self.params
-        costs, previous, before = state.costs, state.previous, state.before or state.previous
-        memory, idle_cost, change_cost = p.memory, p.idle_cost, p.change_cost
-        # Arms mostly agree: charge each distinct recommendation once.
-        charge: dict[int, float] = {}
-        for i, r in enumerate(previous):
-            c = charge.get(r)
-            if c is None:
-                if censored:
-                    unmet = (vcpus - r if vcpus > r else 0) + (p.censored_shortfall if r <= vcpus else 0.0)
-                else:
-                    unmet = demand - r if demand > r else 0.0
-                c = charge[r] = unmet + idle_cost * (r - demand if r > demand else 0.0)
+    def rail_defaults(self) -> dict[str, float]:
+        return {**self.default_rails, "warmup_s": self.params.caution_s * math.exp(self._start_log_price)}
+
+    def demand_of(self, obs: Observation) -> tuple[float, bool]:
+        """The demand this sample shows, and whether it is censored (a guess above the vCPUs the VM had)."""
+        if obs.pressure_cores is not None:
+            return obs.used_cores + obs.pressure_cores, False
+        if obs.used_cores >= obs.vcpus - 1e-6:
+            room = max(0, obs.max_vcpus - obs.vcpus)
+            return obs.vcpus + max(MIN_CENSORED_EXCESS_CORES, self.params.censored_excess * room), True
+        return obs.used_cores, False
+
+    def _steer(self, state: DefaultState, demand: float, vcpus: int, dt: float) -> float:
+        """Feedback on the unmet share the VM really had: the price of an unmet core-second."""
+        fade = 0.5 ** (dt / STEER_MEMORY_S)
+        state.unmet_s = fade * state.unmet_s + dt * (demand - vcpus if demand > vcpus else 0.0)
+        state.demand_s = fade * state.demand_s + dt * demand
+        if state.log_price is None:
+            state.log_price = self._start_log_price
+        elif state.demand_s > 0:
+            error = min(4.0, state.unmet_s / state.demand_s / self._target - 1)
+            spread = math.log(PRICE_RANGE)
+            state.log_price = min(self._start_log_price + spread, max(
+                self._start_log_price - spread, state.log_price + self.params.feedback_gain * error * dt / 3600))
+        return math.exp(state.log_price)
+
+    def _charge(self, state: DefaultState, demand: float, dt: float, price: float) -> None:
+        fade = 0.5 ** (dt / ARM_MEMORY_S)
+        before = state.before or state.previous
+        for i, r in enumerate(state.previous):
             moved = r - before[i]
-            costs[i] = memory * costs[i] + c + change_cost * (moved if moved >= 0 else -moved)
+            unmet = demand - r if demand > r else 0.0
+            state.costs[i] = fade * state.costs[i] + dt * (r + price * unmet) + \
+                self.params.change_cost_s * (moved if moved >= 0 else -moved)
+
+    def _remember(self, state: DefaultState, t: float, demand: float, dt: float, high: int) -> None:
+        if state.reference is None:
+            state.reference = t
+        for memory, half_life in zip(state.memories, self._half_lives, strict=True):
+            exponent = (t - state.reference) / half_life
+            if exponent > RESCALE_EXPONENT:
+                self._rescale(state, t)
+                exponent = 0.0
+            w = dt * 2.0**exponent
+            memory.weight += w
+            excess = memory.excess
+            if len(excess) < high + 1:
+                excess.extend([0.0] * (high + 1 - len(excess)))
+            for a in range(min(len(excess), math.ceil(demand))):
+                excess[a] += w * (demand - a)
+
+    def _rescale(self, state: DefaultState, t: float) -> None:
+        assert state.reference is not None
+        for memory, half_life in zip(state.memories, self._half_lives, strict=True):
+            scale = 2.0 ** (-(t - state.reference) / half_life)
+            memory.weight *= scale
+            memory.excess = [e * scale for e in memory.excess]
+        state.reference = t
 
     def recommend(self, state: DefaultState, obs: Observation) -> Recommendation:
-        if obs.pressure_cores is not None:
-            demand, censored = obs.used_cores + obs.pressure_cores, False
-        else:
-            demand, censored = obs.used_cores, obs.used_cores >= obs.vcpus - 1e-9
+        p = self.params
+        demand, censored = self.demand_of(obs)
+        dt, n = obs.interval_s, obs.vcpus
+        low, high = obs.min_vcpus, obs.max_vcpus
         if not state.costs:
+            state.memories = [Memory() for _ in self._half_lives]
+            state.peaks = [deque() for _ in self._windows]
             state.costs = [0.0] * len(self.arms)
+        price = self._steer(state, demand, n, dt)
         if state.previous:
-            self._charge(state, demand, censored, obs.vcpus)
-        history = state.history
-        history.append(demand)
-        if len(history) > self.longest:
-            history.popleft()
+            self._charge(state, demand, dt, price)
+        self._remember(state, obs.time, demand, dt, high)
 
-        n = obs.vcpus
-        seen = demand if not censored else n + self.params.censored_shortfall
         if state.vcpus and n != state.vcpus:
-            state.last_move, state.peak_since_move = (1 if n > state.vcpus else -1), seen
+            state.last_move, state.peak_since_move = (1 if n > state.vcpus else -1), demand
         else:
-            state.peak_since_move = max(state.peak_since_move, seen)
+            state.peak_since_move = max(state.peak_since_move, demand)
         state.vcpus = n
 
-        recent = list(history)
-        low, high = obs.min_vcpus, obs.max_vcpus
-        peaks = [max(recent[-w:]) for w in self._windows]
         recs = []
-        for peak in peaks:
-            for factor in self._factors:
-                r = math.ceil(peak * factor - 1e-9)
+        for queue, window in zip(state.peaks, self._windows, strict=True):
+            peak = _push(queue, obs.time, demand, obs.time - window)
+            for k in self._multipliers:
+                need = peak * k
+                r = math.ceil(need - 1e-9)
+                if r < n:  # shrink only as far as leaves `hysteresis` of headroom
+                    r = min(n, math.ceil(need + p.hysteresis - 1e-9))
                 recs.append(high if r > high else low if r < low else r)
+        recs += [cheapest_size(m, price, low, high, n, p.hysteresis) for m in state.memories]
         state.before, state.previous = state.previous, recs
 
+        # Keep the memory in charge unless another is cheaper by more than a change costs (Autopilot's
+        # model-switch term): memories that nearly tie must not take turns, each undoing the other's order.
         costs = state.costs
-        best = costs.index(min(costs))
-        state.chosen = best
-        w, m = self.arms[best]
-        peak = peaks[best // len(self._factors)]
+        best = state.chosen
+        cheapest = min(costs)
+        if best < 0 or cheapest < costs[best] - p.change_cost_s:
+            # On a tie (no evidence yet) the longest memory: the most cautious.
+            best = max(i for i, c in enumerate(costs) if c <= cheapest)
+            state.chosen = best
         target = recs[best]
-        # Never grow back after a shrink on old evidence: only demand seen since the shrink may undo it
-        # (otherwise a switch to a longer window's arm alone would re-plug what was just unplugged).
+        why = f"{'saturated; ' if censored else ''}{self.arms[best]} with unmet demand priced {price:.0f}x"
+        # Down-stabilisation (HPA's): never below the highest size of the last window, whichever memory gave
+        # it, so a change of memory cannot shrink what was just grown.
+        if target < n:
+            # At most halve per order (Captain's rule): a shrink on thin evidence, just after warm-up, is tried
+            # in steps, each a stabilisation window apart, rather than all at once.
+            target = max(target, math.ceil(n * SHRINK_FLOOR))
+        held = int(_push(state.orders, obs.time, float(target), obs.time - p.stabilise_s))
+        if target < n and held > target:
+            target = min(n, held)
+            if target == n:
+                return Recommendation(n, f"{why}: {recs[best]}; held: {n} vCPUs were wanted within the last "
+                                         f"{p.stabilise_s:g} s", "stabilising")
+        # Never grow back after a shrink on old evidence: only demand seen since the shrink may undo it.
         if target > n and state.last_move < 0 and state.peak_since_move <= n:
             return Recommendation(n, f"hold: no demand above {n} vCPUs since the last shrink", "hold")
-        return Recommendation(target, f"peak of last {w} x{1 + m:g} = {peak * (1 + m):.2f} cores "
-                                      f"(arm cost {costs[best]:.2f})", f"window-{w}")
+        kind = "grow" if target > n else "shrink" if target < n else "hold"
+        return Recommendation(target, f"{why}: {target} vCPUs", kind)
