@@ -128,24 +128,28 @@ def _require_traces() -> None:
         pytest.skip(f"the shared traces are not at {TRACES}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("fmt", "path", "vm_size"),
                          [("planetlab", "planetlab/20110303", 4), ("bitbrains", "bitbrains_rnd/2013-7", None)])
-def test_default_dominates_threshold_and_hpa_on_the_real_traces(fmt: str, path: str, vm_size: int | None) -> None:
-    """``default`` allocates no more core-hours at no more unmet demand than threshold and hpa.
-
-    Against vpa it dominates on Bitbrains only: on this PlanetLab day VPA holds every VM at its maximum for
-    its first 12 hours (its updater does not act within bounds before then), a point no causal policy reaches
-    at low cost (see docs/deciders.md in this repository).
-    """
+def test_default_is_the_cheapest_at_every_level_of_unmet_demand(fmt: str, path: str, vm_size: int | None) -> None:
+    """Swept along its harm target, ``default`` costs no more than any other policy swept along its own
+    trade-off parameter, at each level of unmet demand another one reaches, and it reaches 0.5 %. No
+    pressure signal: the harder case, where demand above a VM's size is hidden."""
     _require_traces()
-    from hotplug.replay_cmd import replay_table
+    from hotplug.replay_cmd import frontier_report
 
     series = load([TRACES / path], fmt, vm_size=vm_size)
-    report = replay_table(series, ["threshold", "hpa", "vpa", "default"], {}, pressure=False)
-    scores: dict[str, dict[str, float]] = report["policies"]  # type: ignore[assignment]
-    rivals = ["threshold", "hpa"] + (["vpa"] if fmt == "bitbrains" else [])
-    ours = scores["default"]
-    for rival in rivals:
-        assert ours["alloc_core_hours"] <= scores[rival]["alloc_core_hours"], rival
-        assert ours["unmet_pct"] <= scores[rival]["unmet_pct"], rival
-    assert math.isclose(scores["oracle"]["unmet_pct"], 0.0)
+    levels = [0.5, 1.0, 2.0, 4.0]
+    report = frontier_report(series, sorted(POLICIES), {}, pressure=False, levels=levels)
+    policies: dict[str, Any] = report["policies"]  # type: ignore[assignment]
+    ours = policies["default"]
+    assert ours["lowest_unmet_pct"] <= 0.5
+    for level in levels:
+        key = f"{level:g}"
+        assert ours["cost_at"][key] is not None, level
+        for name, rival in policies.items():
+            if name != "default" and rival["cost_at"][key] is not None:
+                assert ours["cost_at"][key] <= rival["cost_at"][key], (level, name)
+    # The target is what the user asked for: realised unmet demand rises with it.
+    realised = [point["unmet_pct"] for point in ours["sweep"]]
+    assert realised == sorted(realised), realised
