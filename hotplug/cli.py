@@ -480,7 +480,7 @@ def cmd_libvirt(args: argparse.Namespace) -> int:
         finally:
             conn.close()
     except libvirt_cmd.LibvirtCommandError as exc:
-        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        print(f"{exc.code or f'hotplug libvirt {args.libvirt_command}'}: {exc.message}", file=sys.stderr)
         return 1
     except (LibvirtMissing, ImageError) as exc:
         print(f"hotplug libvirt {args.libvirt_command}: {exc}", file=sys.stderr)

@@ -38,7 +38,7 @@ STATES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown",
 
 
 class LibvirtCommandError(Exception):
-    """A failure to report as ``<code>: <message>`` and exit 1."""
+    """A failure to report as ``<code>: <message>`` (a contract code, or "" for a refusal) and exit 1."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -221,10 +221,10 @@ def prepare(conn: Connection, name: str, max_vcpus: int, start_vcpus: int | None
     try:
         dom = conn.run(lambda c: c.lookupByName(name))
         if dom.isActive():
-            raise LibvirtCommandError("vm-not-running", f"domain {name!r} is running; shut it down first (virsh "
-                                                        f"shutdown), then run this again")
+            raise LibvirtCommandError("", f"domain {name!r} is running; shut it down first (virsh shutdown), then "
+                                          f"run this again")
         if not dom.isPersistent():
-            raise LibvirtCommandError("vm-not-found", f"domain {name!r} is transient: nothing to prepare")
+            raise LibvirtCommandError("", f"domain {name!r} is transient: nothing to prepare")
         info = parse_domain(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         # Under TCG each run allows <vcpu> maximum - boot vCPUs hot-adds: a large maximum, our bound in metadata.
         maximum = max(max_vcpus, LIFETIME_MAXIMUM) if info.tcg else max_vcpus

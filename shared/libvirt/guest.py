@@ -40,9 +40,10 @@ def guest_dir(name: str, root: Path | None = None) -> Path:
 
 
 def domain_xml(name: str, image: GuestImage, directory: Path, *, max_vcpus: int, vcpus: int,
-               memory_mb: int = 256) -> str:
-    """A transient TCG domain booting the test guest, its consoles in ``directory``."""
-    maximum = max(max_vcpus, LIFETIME_MAXIMUM)
+               memory_mb: int = 256, maximum: int | None = None) -> str:
+    """A TCG domain booting the test guest, its consoles in ``directory``. ``maximum`` is the ``<vcpu>`` maximum
+    (default: large, for the hot-add budget); ``max_vcpus`` the project's bound, in the metadata."""
+    maximum = maximum or max(max_vcpus, LIFETIME_MAXIMUM)
     d = ET.Element("domain", type="qemu")
     ET.SubElement(d, "name").text = name
     metadata = ET.SubElement(d, "metadata")
