@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -101,7 +103,8 @@ def main() -> None:
     result: dict[str, Any] = {}
     try:
         started = time.perf_counter()
-        libvirt_cmd.start(conn, name, 2, 1, 256, root)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON alone
+            libvirt_cmd.start(conn, name, 2, 1, 256, root)
         boot_s = time.perf_counter() - started
         directory = guest_dir(name, root)
         times = asyncio.run(cycles(conn, name, GuestChannel(directory / "ctl.log"), args.cycles))
@@ -111,7 +114,8 @@ def main() -> None:
                   "machine": f"{platform.machine()} {platform.python_version()} {os.cpu_count()} cores"}
     finally:
         try:
-            libvirt_cmd.stop(conn, name, root)
+            with contextlib.redirect_stdout(sys.stderr):
+                libvirt_cmd.stop(conn, name, root)
         finally:
             conn.close()
             shutil.rmtree(root, ignore_errors=True)
