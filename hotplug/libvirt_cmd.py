@@ -60,7 +60,7 @@ def start(conn: Connection, name: str, max_vcpus: int, vcpus: int, memory_mb: in
     libvirt = conn.libvirt
     try:
         conn.run(lambda c: c.lookupByName(name))
-        raise LibvirtCommandError("already-attached", f"a domain named {name!r} exists already")
+        raise LibvirtCommandError("", f"a domain named {name!r} exists already")
     except libvirt.libvirtError as exc:
         if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
             raise _fail(conn, exc) from exc
@@ -108,8 +108,8 @@ def stop(conn: Connection, name: str, root: Path | None = None) -> int:
     try:
         dom = conn.run(lambda c: c.lookupByName(name))
         if not started_by_us(_settings_text(dom, libvirt)):
-            raise LibvirtCommandError("vm-not-found", f"domain {name!r} was not started by hotplug libvirt start; "
-                                                      f"stop it with virsh shutdown")
+            raise LibvirtCommandError("", f"domain {name!r} was not started by hotplug libvirt start: left alone "
+                                          f"(virsh shutdown stops it)")
         if dom.isActive():
             dom.destroy()
     except libvirt.libvirtError as exc:
