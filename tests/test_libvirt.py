@@ -158,6 +158,8 @@ class _FakeLibvirt:
     VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING = 1
     VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT = 2
     VIR_DOMAIN_STATS_VCPU = 8
+    VIR_DOMAIN_METADATA_ELEMENT = 2
+    VIR_ERR_NO_DOMAIN_METADATA = 80
 
     class libvirtError(Exception):  # libvirt's own spelling
         pass
@@ -175,6 +177,10 @@ class _FakeDomain:
 
     def XMLDesc(self, flags: int) -> str:
         return RUNNING.replace("<serial type='unix'>", "<serial type='null'>")
+
+    def metadata(self, kind: int, uri: str, flags: int) -> str:
+        assert uri == SETTINGS_NS
+        return '<settings enabled="no"/>'  # the admin opted the domain out meanwhile
 
 
 class _FakeConnection:
@@ -228,3 +234,14 @@ async def test_source_counts_a_replugged_vcpu_as_a_new_series_and_host_wait_not_
     assert sample is not None
     assert sample.cpu_used_cores == pytest.approx(1.5)
     assert sample.pressure_cores is None
+
+
+async def test_source_rereads_only_the_settings_and_honours_an_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.collector.sources import libvirt as source_module
+    from shared.clock import Clock
+
+    round_ = {"vcpu.current": 1, "vcpu.maximum": 32, "vcpu.0.time": 1e9}
+    source = source_module.LibvirtSource(Clock(), connection=_FakeConnection([round_, round_]))  # type: ignore[arg-type]
+    assert [r.vm for r in await source.read()] == ["web 1"]
+    monkeypatch.setattr(source_module, "DEFINITION_TTL_S", 0.0)  # due now: metadata, not the whole definition
+    assert await source.read() == []
