@@ -291,6 +291,14 @@ async def test_each_error_case_gives_its_code_with_libvirts_message(guests: Gues
     # nothing of it changed the guest
     assert await asyncio.to_thread(guests.online, running) == "0"
 
+    # an admin opts the running domain out in its metadata: the actuator's driver refuses it from then on
+    from shared.libvirt.domain import SETTINGS_NS, SETTINGS_PREFIX, Settings, settings_xml
+
+    await asyncio.to_thread(dom.setMetadata, libvirt.VIR_DOMAIN_METADATA_ELEMENT, settings_xml(Settings(enabled=False)),
+                            SETTINGS_PREFIX, SETTINGS_NS, live)
+    done = await asyncio.to_thread(hotplug, "libvirt", "--uri", URI, "set", running, "--vcpus", "2")
+    assert done.returncode == 1 and done.stderr.startswith("hotplug-disabled: "), done.stderr
+
 
 async def test_the_collector_reads_a_busy_guests_vcpu_time_and_its_run_queue(guests: Guests) -> None:
     from prometheus_client import CollectorRegistry
