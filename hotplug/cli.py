@@ -61,6 +61,22 @@ def _service_parent() -> argparse.ArgumentParser:
     return p
 
 
+def _libvirt_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--libvirt-uri", default=None, help="libvirt URI ($HOTPLUG_LIBVIRT_URI; default qemu:///system)")
+    p.add_argument("--libvirt-opt-in", action="store_true",
+                   help="libvirt: only domains whose hotplug metadata says enabled (hotplug libvirt prepare)")
+
+
+def _need_libvirt() -> None:
+    """libvirt-python is an optional extra: say how to get it instead of a traceback."""
+    from shared.libvirt.connection import LibvirtMissing, libvirt_module
+
+    try:
+        libvirt_module()
+    except LibvirtMissing as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hotplug", description="Live vCPU hot-plug autoscaler for VMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run broker, simulator, collector, decider and actuator together")
     up.add_argument("--vms", type=int, default=None,
-                    help="VMs (default 6); with --trace, the first N of the trace's VMs by name (default all)")
+                    help="simulator: VMs (default 6; with --trace, the first N of the trace's VMs by name, default "
+                         "all); qemu: guests to boot (default 6); libvirt: test domains to start for the run "
+                         "(default: none, the running domains are used)")
     up.add_argument("--trace", type=Path, default=None, metavar="FILE",
                     help="simulated VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]) from the "
                          "run's start, repeating at its end")
@@ -80,10 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nats", help="use this NATS server instead of starting one")
     up.add_argument("--cluster", type=int, default=1, metavar="NODES",
                     help="start a NATS cluster of this many nodes on loopback (streams kept on three)")
-    up.add_argument("--hypervisor", choices=["simulator", "virtualbox", "qemu"], default="simulator",
+    up.add_argument("--hypervisor", choices=["simulator", "virtualbox", "qemu", "libvirt"], default="simulator",
                     help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH); "
-                         "qemu: --vms real guests booted for the run")
-    up.add_argument("--max-vcpus", type=int, default=4, help="qemu: each guest's maximum (it boots with 1)")
+                         "qemu: --vms real guests booted for the run; libvirt: the running domains, or --vms "
+                         "test domains started for the run")
+    up.add_argument("--max-vcpus", type=int, default=4, help="qemu, libvirt: each guest's maximum (it boots with 1)")
+    up.add_argument("--libvirt-uri", default=None, help="libvirt: the URI ($HOTPLUG_LIBVIRT_URI; qemu:///system)")
     up.add_argument("--seed", type=int, default=1)
     up.add_argument("--interval", type=_positive, default=1.0, help="sampling interval, simulated seconds")
     up.add_argument("--dry-run", action="store_true", help="decide and log, but command nothing")
@@ -103,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="every VM's maximum (it boots with half); default: 4, 8, 16, 8 in turn")
 
     col = sub.add_parser("collector", parents=[service], help="sample CPU use and publish metrics")
-    col.add_argument("--source", choices=["simulator", "psutil", "virtualbox", "qemu"], default="simulator")
+    col.add_argument("--source", choices=["simulator", "psutil", "virtualbox", "qemu", "libvirt"], default="simulator")
+    _libvirt_options(col)
+    col.add_argument("--libvirt-domain", action="append", default=[], metavar="NAME",
+                     help="libvirt source: watch only this domain (repeatable; default: every running domain)")
     col.add_argument("--interval", type=_positive, default=1.0)
     col.add_argument("--process", action="append", default=[], metavar="VM=PID|VM=REGEX",
                      help="psutil source: a host process to watch as a VM")
@@ -126,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--command-ttl", type=_positive, default=30.0)
 
     act = sub.add_parser("actuator", parents=[service], help="execute scale commands on the hypervisor")
-    act.add_argument("--driver", choices=["simulator", "virtualbox", "qemu"], default="simulator")
+    act.add_argument("--driver", choices=["simulator", "virtualbox", "qemu", "libvirt"], default="simulator")
+    _libvirt_options(act)
     act.add_argument("--name", default="actuator")
     act.add_argument("--min-vcpus", type=int, default=1)
     act.add_argument("--max-vcpus", type=int, default=1024)
@@ -172,6 +196,30 @@ def build_parser() -> argparse.ArgumentParser:
     qstatus.add_argument("--json", action="store_true")
     qstop = qsub.add_parser("stop")
     qstop.add_argument("name")
+
+    lv = sub.add_parser("libvirt", help="libvirt domains: prepare, status, resize now; test domains for demos")
+    lv.add_argument("--uri", default=None, help="libvirt URI ($HOTPLUG_LIBVIRT_URI; default qemu:///system)")
+    lsub = lv.add_subparsers(dest="libvirt_command", required=True)
+    lstart = lsub.add_parser("start", help="start a transient test domain from the project's guest image")
+    lstart.add_argument("name")
+    lstart.add_argument("--max-vcpus", type=int, required=True)
+    lstart.add_argument("--vcpus", type=int, default=1)
+    lstart.add_argument("--memory", type=int, default=256, help="MiB")
+    lstop = lsub.add_parser("stop", help="destroy a test domain started by 'hotplug libvirt start'")
+    lstop.add_argument("name")
+    lset = lsub.add_parser("set", help="resize a running domain now")
+    lset.add_argument("name")
+    lset.add_argument("--vcpus", type=int, required=True)
+    lload = lsub.add_parser("load", help="test domains: run N busy loops in the guest (0 stops them)")
+    lload.add_argument("name")
+    lload.add_argument("--busy", type=int, required=True)
+    lstatus = lsub.add_parser("status", help="every domain: state, vCPUs as libvirt and as the guest sees them")
+    lstatus.add_argument("--json", action="store_true")
+    lprep = lsub.add_parser("prepare", help="one-time set-up of a shut-off domain for hot-plug")
+    lprep.add_argument("name")
+    lprep.add_argument("--max-vcpus", type=int, required=True)
+    lprep.add_argument("--start-vcpus", type=int, default=None)
+    lprep.add_argument("--min-vcpus", type=int, default=1)
 
     ev = sub.add_parser("events", help="print the event log (commands and results)")
     ev.add_argument("--data-dir", type=Path, default=None)
@@ -310,6 +358,8 @@ def cmd_collector(args: argparse.Namespace) -> int:
     if args.source != "simulator" and args.speed != 1.0:
         raise UsageError("--speed applies to the simulator only; real sources run on the wall clock")
     specs = [ProcessSpec.parse(p) for p in args.process]
+    if args.source == "libvirt":
+        _need_libvirt()
     if args.source == "psutil" and not specs:
         raise UsageError("the psutil source needs at least one --process VM=PID|VM=REGEX")
 
@@ -326,6 +376,11 @@ def cmd_collector(args: argparse.Namespace) -> int:
             from services.collector.sources.qemu import QemuSource
 
             source = QemuSource(ctx.clock)
+        elif args.source == "libvirt":
+            from services.collector.sources.libvirt import LibvirtSource
+
+            source = LibvirtSource(ctx.clock, args.libvirt_uri, domains=args.libvirt_domain,
+                                   opt_in=args.libvirt_opt_in, registry=ctx.metrics.registry)
         else:
             source = ProcessSource(specs, ctx.clock)
         await Collector(ctx, source, args.interval).run()
@@ -374,6 +429,8 @@ def cmd_actuator(args: argparse.Namespace) -> int:
                             step_timeout_s=args.step_timeout, max_changes=args.max_changes,
                             rate_window_s=args.rate_window, ack_wait_s=args.ack_wait)
 
+    if args.driver == "libvirt":
+        _need_libvirt()
     if args.driver != "simulator" and args.speed != 1.0:
         raise UsageError("--speed applies to the simulator only; real hypervisors run on the wall clock")
 
@@ -387,6 +444,10 @@ def cmd_actuator(args: argparse.Namespace) -> int:
             from services.actuator.drivers.qemu import QemuDriver
 
             driver = QemuDriver()
+        elif args.driver == "libvirt":
+            from services.actuator.drivers.libvirt import LibvirtDriver
+
+            driver = LibvirtDriver(args.libvirt_uri, opt_in=args.libvirt_opt_in)
         else:
             driver = SimulatorDriver(ctx.nc, ctx.host, ctx.clock)
         await Actuator(ctx, driver, config).run()
@@ -446,6 +507,36 @@ def cmd_qemu(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_libvirt(args: argparse.Namespace) -> int:
+    from hotplug import libvirt_cmd
+    from shared.libvirt.connection import Connection, LibvirtMissing
+    from shared.qemu.image import ImageError
+
+    try:
+        conn = Connection(args.uri)
+        try:
+            command = args.libvirt_command
+            if command == "start":
+                return libvirt_cmd.start(conn, args.name, args.max_vcpus, args.vcpus, args.memory)
+            if command == "stop":
+                return libvirt_cmd.stop(conn, args.name)
+            if command == "set":
+                return libvirt_cmd.set_vcpus(conn, args.name, args.vcpus)
+            if command == "load":
+                return libvirt_cmd.load(conn, args.name, args.busy)
+            if command == "status":
+                return libvirt_cmd.status(conn, args.json)
+            return libvirt_cmd.prepare(conn, args.name, args.max_vcpus, args.start_vcpus, args.min_vcpus)
+        finally:
+            conn.close()
+    except libvirt_cmd.LibvirtCommandError as exc:
+        print(f"{exc.code or f'hotplug libvirt {args.libvirt_command}'}: {exc.message}", file=sys.stderr)
+        return 1
+    except (LibvirtMissing, ImageError) as exc:
+        print(f"hotplug libvirt {args.libvirt_command}: {exc}", file=sys.stderr)
+        return 1
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from hotplug.up import UpOptions, run_up
 
@@ -456,7 +547,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise UsageError("--trace drives simulated VMs; it needs --hypervisor simulator")
         args.trace = args.trace.resolve()  # the simulator child must find it whatever its working directory
         _check_trace(args.trace)
-    options = UpOptions(vms=args.vms, trace=args.trace, duration_s=args.duration, speed=args.speed, policy=args.policy,
+    vms, guests = (None, args.vms or 0) if args.hypervisor == "libvirt" else (args.vms, 0)
+    options = UpOptions(vms=vms, libvirt_guests=guests, libvirt_uri=args.libvirt_uri, trace=args.trace,
+                        duration_s=args.duration, speed=args.speed, policy=args.policy,
                         params=tuple(args.param), data_dir=args.data_dir, nats_url=resolve_nats_url(args.nats),
                         seed=args.seed, interval_s=args.interval, dry_run=args.dry_run, view=not args.no_view,
                         log_level=args.log_level, hypervisor=args.hypervisor, max_vcpus=args.max_vcpus,
@@ -473,6 +566,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         from shared.qemu.vm import find_qemu
 
         find_qemu()
+    if options.hypervisor == "libvirt":
+        _need_libvirt()
+        from shared.libvirt.connection import Connection
+
+        probe = Connection(options.libvirt_uri)
+        try:
+            probe.run(lambda conn: conn.getLibVersion())  # a clear error now, not in three children's logs
+        except probe.libvirt.libvirtError as exc:
+            raise UsageError(f"libvirt at {probe.uri}: {exc}") from exc
+        finally:
+            probe.close()
     # Check the policy and its parameters here, before any process starts.
     from services.decider.registry import build_policy, parse_params
 
@@ -811,7 +915,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up, "simulator": cmd_simulator, "collector": cmd_collector, "decider": cmd_decider,
     "actuator": cmd_actuator, "agent": cmd_agent, "events": cmd_events, "schema": cmd_schema, "load": cmd_load,
     "replay": cmd_replay, "compare": cmd_compare, "report": cmd_report, "bench": cmd_bench, "vbox": cmd_vbox,
-    "qemu": cmd_qemu, "auth": cmd_auth, "streams": cmd_streams, "chaos": cmd_chaos,
+    "qemu": cmd_qemu, "libvirt": cmd_libvirt, "auth": cmd_auth, "streams": cmd_streams, "chaos": cmd_chaos,
 }
 
 

@@ -54,6 +54,9 @@ class UpOptions:
     max_vcpus: int = 4
     # Embedded broker only: this many nodes on loopback, streams kept on up to three of them.
     cluster: int = 1
+    # libvirt: test domains to start for the run (0: the domains already running), and the URI (None: default).
+    libvirt_guests: int = 0
+    libvirt_uri: str | None = None
 
 
 def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, port: int) -> list[str]:
@@ -70,6 +73,8 @@ def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, 
             argv += ["--trace", str(options.trace)]
     elif service == "collector":
         argv += ["--source", options.hypervisor, "--interval", repr(options.interval_s)]
+        if options.hypervisor == "libvirt" and options.libvirt_uri:
+            argv += ["--libvirt-uri", options.libvirt_uri]
     elif service == "decider":
         argv += ["--policy", options.policy]
         for param in options.params:
@@ -78,6 +83,8 @@ def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, 
             argv.append("--dry-run")
     elif service == "actuator":
         argv += ["--driver", options.hypervisor]
+        if options.hypervisor == "libvirt" and options.libvirt_uri:
+            argv += ["--libvirt-uri", options.libvirt_uri]
     return argv
 
 
@@ -117,14 +124,19 @@ async def run_up(options: UpOptions) -> Fleet:
         if isinstance(broker, EmbeddedCluster):
             env[bus.REPLICAS_ENV] = os.environ[bus.REPLICAS_ENV] = str(broker.replicas)
     guests: list[QemuVm] = []
+    domains: list[str] = []
     if options.hypervisor == "qemu":
         env["HOTPLUG_QEMU_DIR"] = str(data_dir / "qemu")
+    if options.hypervisor == "libvirt":
+        env["HOTPLUG_LIBVIRT_DIR"] = str(data_dir / "libvirt")
     supervisor = Supervisor(data_dir / "logs", env=env)
     fleet = Fleet()
     nc = None
     try:
         if options.hypervisor == "qemu":
             guests = await _boot_guests(options, data_dir / "qemu")
+        if options.hypervisor == "libvirt" and options.libvirt_guests:
+            domains = await _start_domains(options, data_dir / "libvirt")
         nc = await bus.connect(url, "hotplug-up")
         await bus.ensure_streams(nc.jetstream(), reconcile=True)
         await _Watcher(fleet).attach(nc)
@@ -139,6 +151,8 @@ async def run_up(options: UpOptions) -> Fleet:
         await supervisor.stop()
         for guest in guests:
             guest.stop()
+        if domains:
+            await asyncio.to_thread(_stop_domains, options, domains, data_dir / "libvirt")
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
@@ -170,6 +184,43 @@ async def _boot_guests(options: UpOptions, root: Path) -> list[QemuVm]:
     for guest in guests:
         print(f"{guest.name}: QEMU guest up (pid {guest.state().pid}), 1 of {options.max_vcpus} vCPUs", flush=True)
     return list(guests)
+
+
+async def _start_domains(options: UpOptions, root: Path) -> list[str]:
+    """``options.libvirt_guests`` transient test domains with 1 vCPU each, started in parallel; all or none."""
+    from hotplug import libvirt_cmd
+    from shared.libvirt.connection import Connection
+    from shared.qemu.image import ensure_image
+
+    await asyncio.to_thread(ensure_image)
+    names = [f"vm-{i + 1:02d}" for i in range(options.libvirt_guests)]
+    conn = Connection(options.libvirt_uri)
+    try:
+        started = await asyncio.gather(*(asyncio.to_thread(libvirt_cmd.start, conn, name, options.max_vcpus, 1, 256,
+                                                           root) for name in names), return_exceptions=True)
+    finally:
+        conn.close()
+    failures = [s for s in started if isinstance(s, BaseException)]
+    ok = [name for name, s in zip(names, started, strict=True) if not isinstance(s, BaseException)]
+    if failures:
+        await asyncio.to_thread(_stop_domains, options, ok, root)
+        raise failures[0]
+    return names
+
+
+def _stop_domains(options: UpOptions, names: list[str], root: Path) -> None:
+    from hotplug import libvirt_cmd
+    from shared.libvirt.connection import Connection
+
+    conn = Connection(options.libvirt_uri)
+    try:
+        for name in names:
+            try:
+                libvirt_cmd.stop(conn, name, root)
+            except Exception as exc:  # stop the others all the same
+                log.warning("could not stop libvirt domain %s: %s", name, exc)
+    finally:
+        conn.close()
 
 
 async def _wait(options: UpOptions, fleet: Fleet) -> None:

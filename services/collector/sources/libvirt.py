@@ -1,0 +1,172 @@
+"""Collector source ``libvirt``: every running domain (or those selected) on a read-only libvirt connection.
+
+One bulk call per round, ``getAllDomainStats(VCPU, RUNNING | NOWAIT)``: without NOWAIT it blocks for the whole 5 s
+of a TCG unplug. Per vCPU, ``vcpu.N.time`` is its host thread's CPU time; a re-plugged vCPU is a new thread whose
+time restarts from 0 (and reads 0 between an unplug timeout and libvirt's resync), so a drop starts a new series
+(its key gets a new generation) and the VM's CPU total is the sum of the increases, never going back.
+``vcpu.N.delay`` is host run-queue wait: host contention, which more vCPUs would not cure, so it is exported as a
+metric (``hotplug_collector_host_wait_seconds``) and not as pressure, as the other host-side sources do. Bounds
+and opt-in/out come from the domain's metadata (``shared.libvirt.domain``), re-read every 10 s; the whole definition
+only once per run of a domain, as ``XMLDesc`` waits behind a running unplug. For the project's test guest, pressure
+comes from the guest's own run queue on its control port, as for the ``qemu`` source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from services.collector.sources.base import Reading
+from services.collector.sources.guest import RunQueueIntegral
+from shared.clock import Clock
+from shared.libvirt.connection import Connection
+from shared.libvirt.domain import SETTINGS_NS, DomainInfo, Settings, parse_domain, parse_settings_xml
+from shared.libvirt.guest import GuestChannel
+
+log = logging.getLogger(__name__)
+
+DEFINITION_TTL_S = 10.0  # metadata (bounds, opt-in) is re-read this often: an admin may change it live
+
+
+@dataclass
+class _Domain:
+    """What the source keeps per running domain between rounds."""
+
+    info: DomainInfo
+    read_at: float
+    last: dict[int, float] = field(default_factory=dict)  # vCPU id -> last time (s)
+    generation: dict[int, int] = field(default_factory=dict)
+    total: float = 0.0
+    pressure: RunQueueIntegral = field(default_factory=RunQueueIntegral)
+
+
+class LibvirtSource:
+    name = "libvirt"
+
+    def __init__(self, clock: Clock, uri: str | None = None, *, domains: Iterable[str] = (), opt_in: bool = False,
+                 registry: CollectorRegistry | None = None, connection: Connection | None = None) -> None:
+        self.clock = clock
+        self.conn = connection or Connection(uri, read_only=True)
+        self.libvirt = self.conn.libvirt
+        self.selected = set(domains)
+        self.opt_in = opt_in
+        self._domains: dict[str, _Domain] = {}
+        self.host_wait = Gauge("hotplug_collector_host_wait_seconds",
+                               "Cumulative host run-queue wait of a VM's vCPU threads (libvirt vcpu.N.delay): host "
+                               "contention, not VM demand", ["vm"], registry=registry) if registry else None
+
+    def _stats(self, conn: Any) -> list[tuple[str, str, dict[str, Any], str | None, Settings | None]]:
+        flags = (self.libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
+                 | self.libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+        out = []
+        for dom, stats in conn.getAllDomainStats(self.libvirt.VIR_DOMAIN_STATS_VCPU, flags):
+            name = dom.name()
+            if self.selected and name not in self.selected:
+                continue
+            uuid, domain_id = dom.UUIDString(), dom.ID()
+            known = self._domains.get(uuid)
+            xml = settings = None
+            try:
+                if known is None or known.info.domain_id != domain_id:
+                    # Once per run of a domain: XMLDesc waits behind a running unplug (4.5 s measured), metadata
+                    # and the NOWAIT stats do not.
+                    xml = dom.XMLDesc(0)
+                elif time.monotonic() - known.read_at > DEFINITION_TTL_S:
+                    settings = self._settings(dom)
+            except self.libvirt.libvirtError as exc:
+                log.warning("cannot read the definition of domain %s: %s", name, exc)
+                continue
+            out.append((name, uuid, stats, xml, settings))
+        return out
+
+    def _settings(self, dom: Any) -> Settings:
+        try:
+            return parse_settings_xml(dom.metadata(self.libvirt.VIR_DOMAIN_METADATA_ELEMENT, SETTINGS_NS, 0))
+        except self.libvirt.libvirtError as exc:
+            if exc.get_error_code() == self.libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return Settings()
+            raise
+
+    async def read(self) -> list[Reading]:
+        try:
+            rows = await self.conn.call(self._stats, read=True)
+        except self.libvirt.libvirtError as exc:
+            log.warning("libvirt %s: %s", self.conn.uri, exc)
+            return []
+        now = self.clock.now()
+        readings = []
+        seen = set()
+        for name, uuid, stats, xml, settings in rows:
+            seen.add(uuid)
+            state = self._domains.get(uuid)
+            if xml is not None:
+                state = self._domains[uuid] = _Domain(parse_domain(xml), time.monotonic())  # a new run: afresh
+            elif state is not None and settings is not None:
+                state.info, state.read_at = dataclasses.replace(state.info, settings=settings), time.monotonic()
+            if state is None:
+                continue
+            settings = state.info.settings
+            if settings.enabled is False or (self.opt_in and settings.enabled is not True):
+                continue
+            reading = self._reading(name, state, stats, now)
+            if reading is not None:
+                readings.append(reading)
+        for uuid in set(self._domains) - seen:
+            del self._domains[uuid]
+        return readings
+
+    def _reading(self, name: str, state: _Domain, stats: dict[str, Any], now: float) -> Reading | None:
+        current = int(stats.get("vcpu.current", 0))
+        if current < 1:
+            return None
+        per_vcpu: dict[str, float] = {}
+        delay = 0.0
+        first = not state.last
+        present = set()
+        for key, value in stats.items():
+            parts = key.split(".")
+            if len(parts) != 3 or parts[0] != "vcpu" or not parts[1].isdigit():
+                continue
+            vcpu = int(parts[1])
+            if parts[2] == "delay":
+                delay += float(value) / 1e9
+            if parts[2] != "time":
+                continue
+            present.add(vcpu)
+            seconds = float(value) / 1e9
+            last = state.last.get(vcpu)
+            if last is None:
+                if not first:
+                    state.total += seconds  # plugged since the last round: all its time is new
+            elif seconds < last:
+                state.generation[vcpu] = state.generation.get(vcpu, 0) + 1  # re-plugged: a new thread
+                state.total += seconds
+            else:
+                state.total += seconds - last
+            state.last[vcpu] = seconds
+            per_vcpu[f"{vcpu:04d}.{state.generation.get(vcpu, 0)}"] = seconds
+        for vcpu in set(state.last) - present:  # unplugged: if it comes back, it is a new series
+            del state.last[vcpu]
+            state.generation[vcpu] = state.generation.get(vcpu, 0) + 1
+        if self.host_wait is not None:
+            self.host_wait.labels(name).set(delay)
+        if not per_vcpu:
+            return None
+        waiting = None
+        if state.info.control_log is not None:
+            stat = GuestChannel(state.info.control_log).last_stat()
+            if stat is not None:
+                # the STAT line's running count includes the guest's own stats reader
+                waiting = state.pressure.add(now, max(0, stat.running - 1 - len(stat.online)))
+        return Reading(vm=name, time=now, online_vcpus=current, min_vcpus=state.info.min_vcpus,
+                       max_vcpus=state.info.max_vcpus,
+                       cpu_seconds=state.total, per_vcpu_seconds=per_vcpu, waiting_core_seconds=waiting)
+
+    async def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,159 @@
+"""The project's test guest (shared/qemu's kernel + busybox ``/init``) as a transient libvirt domain, and its
+control channel.
+
+The domain is TCG (``type='qemu'``: KVM cannot run a stock kernel on these machines) with a large ``<vcpu>``
+maximum, because under TCG each run allows only maximum − boot vCPUs hot-adds; the project's bound goes in the
+domain's metadata instead. Its files live in ``<root>/<hash of the name>/`` so any domain name (spaces, quotes,
+``$(…)``) makes a short, safe path. The XML is built with ElementTree, never by pasting text. QEMU runs as the
+calling user (a static DAC label), so it reads the cached image under the user's home and libvirt relabels
+nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from shared.libvirt.domain import SETTINGS_NS, SETTINGS_PREFIX, Settings, parse_xml
+from shared.qemu.image import GuestImage
+from shared.qemu.vm import GuestStat, parse_stat
+
+LIFETIME_MAXIMUM = 32
+BOOT_TIMEOUT_S = 60.0
+STARTED_BY = "hotplug libvirt start"
+
+
+def default_root() -> Path:
+    env = os.environ.get("HOTPLUG_LIBVIRT_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "hotplug-heaven" / "libvirt"
+
+
+def guest_dir(name: str, root: Path | None = None) -> Path:
+    return (root or default_root()) / hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def domain_xml(name: str, image: GuestImage, directory: Path, *, max_vcpus: int, vcpus: int,
+               memory_mb: int = 256, maximum: int | None = None) -> str:
+    """A TCG domain booting the test guest, its consoles in ``directory``. ``maximum`` is the ``<vcpu>`` maximum
+    (default: large, for the hot-add budget); ``max_vcpus`` the project's bound, in the metadata."""
+    maximum = maximum or max(max_vcpus, LIFETIME_MAXIMUM)
+    d = ET.Element("domain", type="qemu")
+    ET.SubElement(d, "name").text = name
+    metadata = ET.SubElement(d, "metadata")
+    ET.register_namespace(SETTINGS_PREFIX, SETTINGS_NS)
+    ET.SubElement(metadata, f"{{{SETTINGS_NS}}}settings",
+                  {"enabled": "yes", "min-vcpus": "1", "max-vcpus": str(max_vcpus), "started-by": STARTED_BY})
+    ET.SubElement(d, "memory", unit="MiB").text = str(memory_mb)
+    ET.SubElement(d, "vcpu", placement="static", current=str(vcpus)).text = str(maximum)
+    os_ = ET.SubElement(d, "os")
+    ET.SubElement(os_, "type", arch="x86_64", machine="q35").text = "hvm"
+    ET.SubElement(os_, "kernel").text = str(image.kernel)
+    ET.SubElement(os_, "initrd").text = str(image.initrd)
+    ET.SubElement(os_, "cmdline").text = "console=ttyS0 panic=-1 quiet"
+    features = ET.SubElement(d, "features")
+    ET.SubElement(features, "acpi")  # ACPI delivers CPU hot-plug to the guest
+    for event in ("on_poweroff", "on_reboot", "on_crash"):
+        ET.SubElement(d, event).text = "destroy"
+    devices = ET.SubElement(d, "devices")
+    console = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(console, "source", path=str(directory / "console.log"))
+    ET.SubElement(console, "target", port="0")
+    control = ET.SubElement(devices, "serial", type="unix")
+    ET.SubElement(control, "source", mode="bind", path=str(directory / "ctl.sock"))
+    ET.SubElement(control, "log", file=str(directory / "ctl.log"))
+    ET.SubElement(control, "target", port="1")
+    ET.SubElement(devices, "controller", type="usb", model="none")
+    ET.SubElement(devices, "memballoon", model="none")
+    seclabel = ET.SubElement(d, "seclabel", type="static", model="dac", relabel="no")
+    ET.SubElement(seclabel, "label").text = f"+{os.getuid()}:+{os.getgid()}"
+    return ET.tostring(d, encoding="unicode")
+
+
+def started_by_us(settings_text: str | None) -> bool:
+    """True for a domain ``hotplug libvirt start`` made (its settings element says so)."""
+    if not settings_text:
+        return False
+    try:
+        return parse_xml(settings_text).get("started-by") == STARTED_BY
+    except ET.ParseError:
+        return False
+
+
+def initial_settings(max_vcpus: int) -> Settings:
+    return Settings(enabled=True, min_vcpus=1, max_vcpus=max_vcpus)
+
+
+class GuestChannel:
+    """The test guest's control port: what it says (QEMU copies it to ``log``) and a socket to talk to it."""
+
+    def __init__(self, log: str | Path, sock: str | Path | None = None) -> None:
+        self.log = Path(log)
+        self.sock = Path(sock) if sock else None
+
+    def size(self) -> int:
+        try:
+            return self.log.stat().st_size
+        except OSError:
+            return 0
+
+    def lines_since(self, offset: int) -> list[str]:
+        """Complete lines written after byte ``offset``."""
+        try:
+            with self.log.open("rb") as f:
+                f.seek(offset)
+                data: bytes = f.read()
+        except OSError:
+            return []
+        return data.decode(errors="replace").split("\n")[:-1]
+
+    def ready(self) -> bool:
+        return any(line.startswith("INIT-READY") for line in self.lines_since(0))
+
+    def last_stat(self, tail_bytes: int = 16384) -> GuestStat | None:
+        for line in reversed(self.lines_since(max(0, self.size() - tail_bytes))):
+            stat = parse_stat(line.strip())
+            if stat is not None:
+                return stat
+        return None
+
+    def fresh_stat(self, timeout_s: float = 2.5) -> GuestStat | None:
+        """The first STAT line the guest writes from now on (it writes one a second), else the last one."""
+        mark = self.size()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in self.lines_since(mark):
+                stat = parse_stat(line.strip())
+                if stat is not None:
+                    return stat
+            time.sleep(0.05)
+        return self.last_stat()
+
+    def send(self, command: str) -> None:
+        if self.sock is None:
+            raise OSError("this guest has no control socket")
+        if "\n" in command:
+            raise ValueError("one line at a time")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(self.sock))
+            s.sendall(command.encode() + b"\n")
+            time.sleep(0.1)  # let QEMU pass the line on before the connection closes
+
+    def ask(self, command: str, timeout_s: float = 10.0) -> str | None:
+        """Run ``command`` in the guest; its first output line, or None when it does not answer in time."""
+        mark = self.size()
+        self.send(command)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in self.lines_since(mark):
+                if line.startswith("OUT "):
+                    return line[4:].strip()
+            time.sleep(0.05)
+        return None
