@@ -5,9 +5,10 @@ Two phases against a real ``hotplug decider`` (policy ``default``) and an embedd
   the highest offer the decider took in full (under 1% shed). A flood (as fast as the broker takes them) is
   reported apart: the decider takes everything in, decides on each VM's newest sample and sheds the ones a
   newer sample replaced before their turn (services/decider/mailbox.py);
-* latency: N VMs sampled at 1 Hz (N samples/s), each VM's load swinging between busy and idle so the policy
-  keeps acting; latency is from a sample's publication to the command it caused reaching a subscriber. This
-  process also plays the actuator: a command's target becomes the VM's size in its next sample.
+* latency: N VMs sampled at 1 Hz (N samples/s), each VM's load swinging between starved and idle so the
+  policy keeps growing it; latency is from a sample's publication to the command it caused reaching a
+  subscriber. This process also plays the actuator: a command's target becomes the VM's size in its next
+  sample (and a VM that reached 16 vCPUs starts again from 4).
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ from shared.codec import encode
 from shared.messages import MetricSample, ScaleCommand
 
 
-def sample(vm: str, vcpus: int, busy: bool, now: float) -> MetricSample:
+def sample(vm: str, vcpus: int, busy: bool, now: float, starved: bool = False) -> MetricSample:
+    """A steady VM (97 % busy, or 10 %); ``starved``: all its vCPUs busy and as much demand again waiting."""
+    if starved:
+        return MetricSample(time=now, host="bench", vm=vm, online_vcpus=vcpus, min_vcpus=1, max_vcpus=16,
+                            cpu_used_cores=float(vcpus), interval_s=1.0, source="bench", pressure_cores=float(vcpus))
     used = vcpus * (0.97 if busy else 0.1)
     return MetricSample(time=now, host="bench", vm=vm, online_vcpus=vcpus, min_vcpus=1, max_vcpus=16,
                         cpu_used_cores=used, interval_s=1.0, source="bench")
@@ -106,8 +111,12 @@ async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
                 second = tick // slices
                 for i in range(part, min(part + per_slice, vms)):
                     vm = names[i]
-                    busy = ((second + i) // 10) % 2 == 0  # each VM swings every 10 s, staggered
-                    await nc.publish(subject[vm], encode(sample(vm, sizes[vm], busy, time.time())))
+                    # Each VM swings every 10 s, staggered, between starved (it grows at once) and idle (a policy
+                    # that waits for evidence does not shrink it within the run); shrunk back to 4 when it tops out.
+                    starved = ((second + i) // 10) % 2 == 0
+                    if sizes[vm] >= 16:
+                        sizes[vm] = 4
+                    await nc.publish(subject[vm], encode(sample(vm, sizes[vm], False, time.time(), starved)))
                 await nc.flush()
                 tick += 1
                 next_slot += 1.0 / slices

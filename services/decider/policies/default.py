@@ -120,23 +120,27 @@ def _push(queue: deque[tuple[float, float]], t: float, value: float, horizon: fl
 
 def cheapest_size(memory: Memory, price: float, low: int, high: int, current: int, hysteresis: float) -> int:
     """The size that would have cost least over ``memory``; a smaller size than ``current`` only if it saves
-    at least ``hysteresis`` vCPU on average. The cost is convex in the size, so the scan stops at its bottom."""
+    at least ``hysteresis`` vCPU on average. The cost is convex in the size, so the search walks from the
+    current size towards the lowest of its cheapest sizes and stops there."""
     excess, weight = memory.excess, memory.weight
     if weight <= 0:
         return current
+    size = len(excess)
 
     def cost(a: int) -> float:
-        return a * weight + price * (excess[a] if a < len(excess) else 0.0)
+        return a * weight + price * (excess[a] if a < size else 0.0)
 
-    best, best_cost = low, cost(low)
-    for a in range(low + 1, high + 1):
-        c = cost(a)
-        if c >= best_cost:
-            break
-        best, best_cost = a, c
-    if best < current and cost(min(current, high)) - best_cost < hysteresis * weight:
-        # Not worth a shrink; the cheapest size at or above what it has (cost is convex: the nearest).
-        return min(current, high)
+    start = min(max(current, low), high)
+    best, best_cost = start, cost(start)
+    if best > low and (c := cost(best - 1)) <= best_cost:
+        best, best_cost = best - 1, c
+        while best > low and (c := cost(best - 1)) <= best_cost:
+            best, best_cost = best - 1, c
+    else:
+        while best < high and (c := cost(best + 1)) < best_cost:
+            best, best_cost = best + 1, c
+    if best < start and cost(start) - best_cost < hysteresis * weight:
+        return start  # not worth a shrink
     return best
 
 
@@ -156,6 +160,7 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             f"cheapest size over {h:g} s" for h in self._half_lives]
         self._target = params.target_unmet_pct / 100
         self._start_log_price = math.log(1 + PRICE_SCALE / self._target**2)
+        self._start_price = math.exp(self._start_log_price)
 
     def rail_defaults(self) -> dict[str, float]:
         return {**self.default_rails, "warmup_s": self.params.caution_s * math.exp(self._start_log_price)}
@@ -171,6 +176,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
 
     def _steer(self, state: DefaultState, demand: float, vcpus: int, dt: float) -> float:
         """Feedback on the unmet share the VM really had: the price of an unmet core-second."""
+        if not self.params.feedback_gain:
+            return self._start_price
         fade = 0.5 ** (dt / STEER_MEMORY_S)
         state.unmet_s = fade * state.unmet_s + dt * (demand - vcpus if demand > vcpus else 0.0)
         state.demand_s = fade * state.demand_s + dt * demand
@@ -186,11 +193,14 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
     def _charge(self, state: DefaultState, demand: float, dt: float, price: float) -> None:
         fade = 0.5 ** (dt / ARM_MEMORY_S)
         before = state.before or state.previous
+        costs, change_cost = state.costs, self.params.change_cost_s
+        charge: dict[int, float] = {}  # arms mostly agree: price each distinct size once
         for i, r in enumerate(state.previous):
+            c = charge.get(r)
+            if c is None:
+                c = charge[r] = dt * (r + (price * (demand - r) if demand > r else 0.0))
             moved = r - before[i]
-            unmet = demand - r if demand > r else 0.0
-            state.costs[i] = fade * state.costs[i] + dt * (r + price * unmet) + \
-                self.params.change_cost_s * (moved if moved >= 0 else -moved)
+            costs[i] = fade * costs[i] + c + change_cost * (moved if moved >= 0 else -moved)
 
     def _remember(self, state: DefaultState, t: float, demand: float, dt: float, high: int) -> None:
         if state.reference is None:
@@ -236,15 +246,23 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             state.peak_since_move = max(state.peak_since_move, demand)
         state.vcpus = n
 
-        recs = []
+        recs: list[int] = []
+        ceil, h = math.ceil, p.hysteresis
+        last_peak, last_recs = -1.0, recs
         for queue, window in zip(state.peaks, self._windows, strict=True):
             peak = _push(queue, obs.time, demand, obs.time - window)
+            if peak == last_peak:  # longer windows often hold the same peak
+                recs += last_recs
+                continue
+            window_recs = []
             for k in self._multipliers:
                 need = peak * k
-                r = math.ceil(need - 1e-9)
+                r = ceil(need - 1e-9)
                 if r < n:  # shrink only as far as leaves `hysteresis` of headroom
-                    r = min(n, math.ceil(need + p.hysteresis - 1e-9))
-                recs.append(high if r > high else low if r < low else r)
+                    r = min(n, ceil(need + h - 1e-9))
+                window_recs.append(high if r > high else low if r < low else r)
+            recs += window_recs
+            last_peak, last_recs = peak, window_recs
         recs += [cheapest_size(m, price, low, high, n, p.hysteresis) for m in state.memories]
         state.before, state.previous = state.previous, recs
 
