@@ -123,6 +123,19 @@ async def eventually(predicate: object, timeout: float = 20.0, interval: float =
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def require_tool(tool: str, package: str) -> str:
+    """The path of an external tool the test needs; outside CI a missing one skips the test, in CI it fails it."""
+    import shutil
+
+    found = shutil.which(tool)
+    if found is None:
+        message = f"{tool} not found: install Debian's {package} package (.ci/install-debian-packages)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
 def lines_matching(text: str, pattern: str) -> list[str]:
     return [line for line in text.splitlines() if re.search(pattern, line)]
 

@@ -6,7 +6,6 @@ read exist in the services' code, and every actuator error code belongs to exact
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -17,20 +16,14 @@ import pytest
 import yaml
 
 from shared.messages import ErrorCode
-from tests.conftest import REPO
+from tests.conftest import REPO, require_tool
 
 PROMETHEUS = REPO / "deploy" / "prometheus"
 SOURCES = [p for d in ("shared", "services") for p in (REPO / d).rglob("*.py")]
 
 
 def need(tool: str) -> str:
-    found = shutil.which(tool)
-    if found is None:
-        message = f"{tool} not found: install Debian's prometheus package (.ci/install-debian-packages)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require_tool(tool, "prometheus")
 
 
 def rules(path: Path = PROMETHEUS / "alerts.yml") -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -26,7 +25,7 @@ import yaml
 from hotplug.cli import build_parser
 from shared.broker import EmbeddedBroker, free_port
 from shared.messages import ErrorCode
-from tests.conftest import REPO, ServiceProcess
+from tests.conftest import REPO, ServiceProcess, require_tool
 
 DEPLOY = REPO / "deploy"
 OURS = ("simulator", "collector", "decider", "actuator")
@@ -50,13 +49,7 @@ def dashboard_queries() -> list[str]:
 
 
 def need(tool: str) -> str:
-    found = shutil.which(tool)
-    if found is None:
-        message = f"{tool} not found: install Debian's prometheus package (.ci/install-debian-packages)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require_tool(tool, "prometheus")
 
 
 def test_compose_services_match_the_cli_and_each_other() -> None:

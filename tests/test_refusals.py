@@ -3,7 +3,6 @@ the actuator's retry advice), one error code at a time."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -18,6 +17,7 @@ from services.decider.policies.base import Observation
 from services.decider.registry import build_policy, parse_params
 from services.decider.service import Decider, DeciderConfig, DeciderMetrics
 from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
+from tests.stubs import FixedClock, StubContext, StubOptions
 
 # Rails that let the threshold rule (sustain_s=1) order on every sample, so only the mechanism under test holds it.
 FREE = ["threshold.sustain_s=1", "guard.up_cooldown_s=0", "guard.down_cooldown_s=0", "guard.warmup_s=0",
@@ -205,33 +205,7 @@ def test_rate_limited_says_when_the_window_frees() -> None:
             refusal.retry_at - 100.0)
 
 
-@dataclass
-class FixedClock:
-    t: float = 0.0
 
-    def now(self) -> float:
-        return self.t
-
-
-@dataclass
-class StubOptions:
-    clock: FixedClock
-    host: str = "h"
-
-
-@dataclass
-class StubContext:
-    options: StubOptions
-    metrics: Any
-    js: Any = None
-
-    @property
-    def clock(self) -> FixedClock:
-        return self.options.clock
-
-    @property
-    def host(self) -> str:
-        return self.options.host
 
 
 def order(command_id: str, target: int = 3) -> ScaleCommand:

@@ -7,8 +7,6 @@ the sample's own time (so no sample is stale) and a JetStream stand-in that reco
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,49 +16,13 @@ from services.decider.replay import replay_series
 from services.decider.service import Decider, DeciderConfig, DeciderMetrics
 from services.decider.traces import VmSeries
 from shared.messages import MetricSample
-
-
-@dataclass
-class FixedClock:
-    t: float = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-
-@dataclass
-class RecordingJetStream:
-    published: list[bytes] = field(default_factory=list)
-
-    async def publish(self, subject: str, payload: bytes, **_: Any) -> None:
-        self.published.append(payload)
-
-
-@dataclass
-class StubOptions:
-    clock: FixedClock
-    host: str = "h"
-
-
-@dataclass
-class StubContext:
-    options: StubOptions
-    js: RecordingJetStream
-    metrics: DeciderMetrics
-
-    @property
-    def clock(self) -> FixedClock:
-        return self.options.clock
-
-    @property
-    def host(self) -> str:
-        return self.options.host
+from tests.stubs import FixedClock, RecordingJetStream, StubContext, StubOptions
 
 
 def live_allocations(series: VmSeries, name: str) -> list[int]:
     async def run() -> list[int]:
         clock = FixedClock()
-        ctx = StubContext(StubOptions(clock), RecordingJetStream(), DeciderMetrics("decider"))
+        ctx = StubContext(StubOptions(clock), DeciderMetrics("decider"), RecordingJetStream())
         policy, rails = build_policy(name)
         decider = Decider(ctx, policy, rails, DeciderConfig(command_ttl_s=1e12))  # type: ignore[arg-type]
         vcpus = series.max_vcpus

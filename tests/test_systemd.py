@@ -8,17 +8,15 @@ environment files against the real CLI and the variables the code reads.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from hotplug.cli import build_parser
-from tests.conftest import REPO
+from tests.conftest import REPO, require_tool
 
 UNITS = REPO / "deploy" / "systemd"
 INSTALLED = "/opt/hotplug-heaven/bin/hotplug"
@@ -29,13 +27,7 @@ SOURCES = [p for d in ("shared", "services", "hotplug") for p in (REPO / d).rglo
 
 
 def need(tool: str) -> str:
-    found = shutil.which(tool)
-    if found is None:
-        message = f"{tool} not found: install Debian's systemd package (.ci/install-debian-packages)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require_tool(tool, "systemd")
 
 
 def settings(unit: Path) -> list[tuple[str, str]]:
