@@ -38,6 +38,7 @@ from shared.cluster import EmbeddedCluster
 from shared.codec import encode
 from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
 
+CHAOS_POLICY = ("threshold", ("guard.warmup_s=0",))
 HOST = "local"
 BOUNDED_VM, BOUNDS = "vm-01", (1, 2)
 SERVICE_USERS = {"simulator": f"simulator-{HOST}", "collector": f"collector-{HOST}",
@@ -111,7 +112,10 @@ class Chaos:
         admin = await self.client("admin")
         await bus.ensure_streams(admin.jetstream(), reconcile=True)
         await self.observer.attach(admin)
-        up = UpOptions(vms=self.options.vms, speed=self.options.speed, host=HOST, log_level="INFO")
+        # Chaos tests the plumbing, not the decisions: the seed's threshold rule, which acts every few seconds,
+        # makes sure every fault meets a loop in motion (the calm default may not act for minutes).
+        up = UpOptions(vms=self.options.vms, speed=self.options.speed, host=HOST, log_level="INFO",
+                       policy=CHAOS_POLICY[0], params=CHAOS_POLICY[1])
         extra = {"simulator": ["--max-vcpus", "4", "--hotplug-delay", "0.2"],
                  "actuator": ["--vm-bounds", f"{BOUNDED_VM}={BOUNDS[0]}:{BOUNDS[1]}", "--ack-wait", "10"],
                  "collector": [], "decider": []}

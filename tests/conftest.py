@@ -123,6 +123,11 @@ async def eventually(predicate: object, timeout: float = 20.0, interval: float =
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+# A decider that acts every few seconds (the seed's threshold rule, no warm-up), for tests of the plumbing that
+# need a loop in motion; the calm default may not act for minutes on the simulator's workloads.
+LIVELY_DECIDER = ["--policy", "threshold", "--param", "threshold.sustain_s=1", "--param", "guard.warmup_s=0"]
+
+
 def require_tool(tool: str, package: str) -> str:
     """The path of an external tool the test needs; outside CI a missing one skips the test, in CI it fails it."""
     import shutil

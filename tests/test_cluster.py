@@ -17,7 +17,7 @@ from hotplug.audit import audit
 from hotplug.observer import Observer, hypervisor_ops, settle
 from shared import bus, subjects
 from shared.cluster import EmbeddedCluster
-from tests.conftest import ServiceProcess, eventually
+from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually
 
 REPLICAS = {bus.REPLICAS_ENV: "3"}
 
@@ -56,7 +56,7 @@ async def test_node_loss_and_cluster_restart_mid_run_lose_nothing_and_double_not
     start_service("simulator", *common, "--vms", "4", "--hotplug-delay", "0.2", env=REPLICAS)
     for service in ("collector", "actuator"):
         start_service(service, *common, env=REPLICAS)
-    decider = start_service("decider", *common, env=REPLICAS)
+    decider = start_service("decider", *common, *LIVELY_DECIDER, env=REPLICAS)
     observer = Observer()
     await observer.attach(nc)
 

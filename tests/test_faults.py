@@ -24,7 +24,7 @@ from shared.broker import EmbeddedBroker, free_port
 from shared.clock import make_clock
 from shared.codec import encode
 from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
-from tests.conftest import REPO, ServiceProcess, eventually, metric
+from tests.conftest import LIVELY_DECIDER, REPO, ServiceProcess, eventually, metric
 
 _seq = 0
 
@@ -254,7 +254,8 @@ async def test_broker_restart_mid_run_loses_no_event(
     broker.start()
     try:
         common = ["--nats", broker.url, "--speed", "4", "--epoch", repr(time.time())]
-        started = {service: start_service(service, *common, *(["--vms", "4"] if service == "simulator" else []))
+        extra = {"simulator": ["--vms", "4"], "decider": LIVELY_DECIDER}  # the plumbing under test, in motion
+        started = {service: start_service(service, *common, *extra.get(service, []))
                    for service in ("simulator", "collector", "decider", "actuator")}
         nc = await bus.connect(broker.url, "test", forever=True)
         counts: dict[str, int] = {"results": 0}

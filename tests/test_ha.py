@@ -17,7 +17,7 @@ from services.decider.lease import LeaseState, next_lease
 from shared import subjects
 from shared.broker import EmbeddedBroker
 from shared.messages import ErrorCode, ScaleCommand, ScaleResult
-from tests.conftest import ServiceProcess, eventually, metric
+from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually, metric
 from tests.test_faults import order, send
 
 
@@ -47,7 +47,8 @@ async def test_standby_takes_over_and_old_terms_are_refused(
     start_service("simulator", *common, "--vms", "6")
     start_service("collector", *common)
     start_service("actuator", *common)
-    replicas = {name: start_service("decider", *common, "--lease", "main", "--name", name, "--lease-ttl", "2")
+    replicas = {name: start_service("decider", *common, *LIVELY_DECIDER, "--lease", "main", "--name", name,
+                                    "--lease-ttl", "2")
                 for name in ("a", "b")}
 
     def leads(replica: ServiceProcess) -> bool:

@@ -394,8 +394,9 @@ def test_whole_loop_scales_two_real_domains_up_and_down_with_one_result_per_comm
     proc = subprocess.Popen(
         [sys.executable, "-m", "hotplug", "up", "--hypervisor", "libvirt", "--libvirt-uri", URI, "--vms", "2",
          "--max-vcpus", "3", "--data-dir", str(data_dir), "--no-view", "--policy", "threshold",
-         "--param", "threshold.k=2", "--param", "threshold.upper=0.6", "--param", "threshold.lower=0.2",
-         "--param", "guard.up_cooldown_s=1", "--param", "guard.down_cooldown_s=2"],
+         "--param", "threshold.sustain_s=2", "--param", "threshold.upper=0.6", "--param", "threshold.lower=0.2",
+         "--param", "guard.up_cooldown_s=1", "--param", "guard.down_cooldown_s=2",
+         "--param", "guard.warmup_s=0"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     out = Output(proc)
 

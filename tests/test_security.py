@@ -23,7 +23,7 @@ from shared import bus, subjects
 from shared.broker import EmbeddedBroker, find_nats_server, free_port
 from shared.codec import encode
 from shared.messages import ScaleCommand, ScaleResult
-from tests.conftest import REPO, ServiceProcess, eventually
+from tests.conftest import LIVELY_DECIDER, REPO, ServiceProcess, eventually
 from tests.test_faults import order
 
 
@@ -69,8 +69,8 @@ async def test_the_loop_runs_with_one_user_per_service_and_only_the_decider_comm
     out, _ = secured
     for service, user in (("simulator", "simulator-local"), ("collector", "collector-local"),
                           ("actuator", "actuator-local"), ("decider", "decider")):
-        start_service(service, "--speed", "4", *(["--vms", "4"] if service == "simulator" else []),
-                      env=credentials(out, user))
+        extra = {"simulator": ["--vms", "4"], "decider": LIVELY_DECIDER}.get(service, [])
+        start_service(service, "--speed", "4", *extra, env=credentials(out, user))
     viewer_errors: list[str] = []
     viewer = await connect_as(out, "viewer", viewer_errors)
     results: list[ScaleResult] = []

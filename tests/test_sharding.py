@@ -17,7 +17,7 @@ from services.decider.sharding import owned_partitions, owner
 from shared import subjects
 from shared.broker import EmbeddedBroker
 from shared.messages import ScaleCommand
-from tests.conftest import ServiceProcess, eventually, metric
+from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually, metric
 
 
 def test_rendezvous_assignment_moves_only_the_newcomers_share() -> None:
@@ -48,7 +48,7 @@ async def test_each_vm_is_decided_by_exactly_one_member(
         start_service("simulator", *common, "--host", host, "--vms", "12", "--seed", host[-1])
         start_service("collector", *common, "--host", host)
         start_service("actuator", *common, "--host", host)
-    deciders = {name: start_service("decider", *common, "--group", "g", "--name", name, "--policy", "default")
+    deciders = {name: start_service("decider", *common, "--group", "g", "--name", name, *LIVELY_DECIDER)
                 for name in ("d1", "d2")}
 
     def decided_by(since: float) -> dict[tuple[str, str], set[str]]:
@@ -72,7 +72,7 @@ async def test_each_vm_is_decided_by_exactly_one_member(
     await asyncio.sleep(12)
     first = decided_by(phase1)
 
-    deciders["d3"] = start_service("decider", *common, "--group", "g", "--name", "d3", "--policy", "default")
+    deciders["d3"] = start_service("decider", *common, "--group", "g", "--name", "d3", *LIVELY_DECIDER)
     await eventually(lambda: members(deciders["d3"].metrics_url) > 0, timeout=20, what="d3 owning partitions")
     await eventually(lambda: sum(members(d.metrics_url) for d in deciders.values()) == subjects.PARTITIONS,
                      timeout=20, what="the three shares covering every partition exactly once")

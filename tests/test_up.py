@@ -51,7 +51,7 @@ def test_up_restarts_a_killed_child_and_keeps_its_event_log(tmp_path: Path) -> N
     data_dir = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "hotplug", "up", "--vms", "4", "--speed", "5", "--duration", "100",
-         "--data-dir", str(data_dir), "--no-view"],
+         "--data-dir", str(data_dir), "--no-view", "--param", "guard.warmup_s=0"],  # a shrink too, within 100 s
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
