@@ -75,7 +75,8 @@ async def test_standby_takes_over_and_old_terms_are_refused(
     await eventually(lambda: any(c.term == 2 for c in commands), timeout=30, what="orders in term 2")
     # a late order of the deposed leader's term is refused
     await asyncio.sleep(1.5)  # the actuator reads the lease's term once a second
-    await send(nc, late := order("vm-01", 1, 1, decider="main", term=1))
+    # (a long time to live: the actuator's clock runs 4 times faster than the wall clock the order is stamped with)
+    await send(nc, late := order("vm-01", 1, 1, decider="main", term=1, ttl=3600))
     await eventually(lambda: [r for r in results if r.command_id == late.id], what="the late order's result")
     [result] = [r for r in results if r.command_id == late.id]
     assert result.error_code is ErrorCode.STALE_TERM

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, metric
+from tests.conftest import LIVELY_DECIDER, REPO, metric
 
 
 class Output:
@@ -51,7 +51,7 @@ def test_up_restarts_a_killed_child_and_keeps_its_event_log(tmp_path: Path) -> N
     data_dir = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "hotplug", "up", "--vms", "4", "--speed", "5", "--duration", "100",
-         "--data-dir", str(data_dir), "--no-view", "--param", "guard.warmup_s=0"],  # a shrink too, within 100 s
+         "--data-dir", str(data_dir), "--no-view", *LIVELY_DECIDER],  # the plumbing under test, in motion
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
