@@ -5,10 +5,10 @@ Two phases against a real ``hotplug decider`` (policy ``default``) and an embedd
   the highest offer the decider took in full (under 1% shed). A flood (as fast as the broker takes them) is
   reported apart: the decider takes everything in, decides on each VM's newest sample and sheds the ones a
   newer sample replaced before their turn (services/decider/mailbox.py);
-* latency: N VMs sampled at 1 Hz (N samples/s), each VM's load swinging between starved and idle so the
-  policy keeps growing it; latency is from a sample's publication to the command it caused reaching a
-  subscriber. This process also plays the actuator: a command's target becomes the VM's size in its next
-  sample (and a VM that reached 16 vCPUs starts again from 4).
+* latency: N VMs sampled at 1 Hz (N samples/s), each VM's load swinging between busy and idle, starved in
+  the first seconds of each busy spell, so the policy keeps growing it; latency is from a sample's publication
+  to the command it caused reaching a subscriber. This process also plays the actuator: a command's target
+  becomes the VM's size in its next sample (and a VM that reached 16 vCPUs starts again from 4).
 """
 
 from __future__ import annotations
@@ -111,12 +111,14 @@ async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
                 second = tick // slices
                 for i in range(part, min(part + per_slice, vms)):
                     vm = names[i]
-                    # Each VM swings every 10 s, staggered, between starved (it grows at once) and idle (a policy
-                    # that waits for evidence does not shrink it within the run); shrunk back to 4 when it tops out.
-                    starved = ((second + i) // 10) % 2 == 0
+                    # Each VM swings every 10 s, staggered, between busy and idle, and is starved for the first
+                    # 3 s of each busy spell: about one growth order per VM per 20 s (a policy that waits for
+                    # evidence does not shrink it within the run); shrunk back to 4 when it tops out.
+                    busy = ((second + i) // 10) % 2 == 0
+                    starved = busy and (second + i) % 10 < 3
                     if sizes[vm] >= 16:
                         sizes[vm] = 4
-                    await nc.publish(subject[vm], encode(sample(vm, sizes[vm], False, time.time(), starved)))
+                    await nc.publish(subject[vm], encode(sample(vm, sizes[vm], busy, time.time(), starved)))
                 await nc.flush()
                 tick += 1
                 next_slot += 1.0 / slices
