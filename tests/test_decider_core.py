@@ -23,6 +23,13 @@ def test_threshold_needs_utilisation_above_for_sustain_seconds_before_adding_one
     assert recs[2].reason == "cpu 95% > 80% for 3 s"
 
 
+def test_threshold_with_no_sustain_acts_on_the_first_sample_beyond_and_only_then() -> None:
+    policy = ThresholdPolicy(ThresholdParams(sustain_s=0))
+    state = policy.new_state()
+    assert policy.recommend(state, obs(0, 2, 1.0)).target == 2  # 50 %: within the band, no order
+    assert policy.recommend(state, obs(1, 2, 1.9)).target == 3
+
+
 def test_threshold_counts_time_not_samples() -> None:
     """One 300-s trace step covers the 3 s the rule asks for: it acts on it, as it would after 3 samples of 1 s."""
     policy = ThresholdPolicy(ThresholdParams(sustain_s=3))

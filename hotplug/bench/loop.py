@@ -1,6 +1,7 @@
 """``hotplug bench loop``: end-to-end reaction on the simulator, from a load step to the vCPU plugged.
 
-Real processes (simulator, collector at 1 s, decider with ``default``, actuator) on an embedded nats-server.
+Real processes (simulator, collector at 1 s, decider with the seed's threshold rule and no waits, actuator)
+on an embedded nats-server; the decisions themselves are measured by ``hotplug bench decisions``.
 Each trial pins an idle VM's demand above its maximum at a random moment of the sampling second, and measures
 until the result of the plug it causes is published; then the load is released and the VM shrinks back.
 VMs have 1 vCPU at rest and 2 at most, so a result is exactly one plug, and the simulator's hot-plug delay is
@@ -34,8 +35,15 @@ async def run(vms: int, trials: int, work: Path) -> dict[str, object]:
         services = [Service(["simulator", *common, "--vms", str(vms), "--profiles", "idle", "--max-vcpus", "2",
                              "--hotplug-delay", str(HOTPLUG_DELAY_S)], work)]
         services.append(Service(["collector", *common, "--interval", str(INTERVAL_S)], work))
-        services.append(Service(["decider", *common, "--policy", "default"], work))
-        services.append(Service(["actuator", *common], work))
+        # The reaction is the loop's (sample, decision, command, hot-plug, result), not a policy's patience: the
+        # seed's rule with no wait and low thresholds grows on the first sample that shows the load (even the
+        # part of a second after the step) and shrinks as soon as it is gone, so trials follow each other quickly
+        # (the calm default would hold each VM for minutes).
+        services.append(Service(["decider", *common, "--policy", "threshold", "--param", "threshold.sustain_s=0",
+                                 "--param", "threshold.upper=0.1", "--param", "threshold.lower=0.05",
+                                 "--param", "guard.up_cooldown_s=0", "--param", "guard.down_cooldown_s=0",
+                                 "--param", "guard.warmup_s=0", "--param", "guard.max_changes=1000"], work))
+        services.append(Service(["actuator", *common, "--max-changes", "1000"], work))  # trials follow quickly
         try:
             nc = await bus.connect(broker.url, "bench", forever=False)
             plugs: dict[str, asyncio.Event] = {}
