@@ -1,5 +1,5 @@
 # make bench: every benchmark, one JSON document in bench/results.json (about 4 minutes on 2 cores).
-.PHONY: bench test
+.PHONY: bench check test
 PY := .venv/bin/python
 
 bench:
@@ -14,3 +14,12 @@ bench:
 
 test:
 	bin/test
+
+# make check: the inner loop, under a minute on 2 cores: lint, format, types, and the unit tier (no sockets).
+check:
+	bin/bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+	.venv/bin/mypy examples
+	.venv/bin/pytest -q -p no:cacheprovider tests/unit

@@ -64,11 +64,27 @@ def main() -> None:
                 oracle += float(np.clip(np.ceil(d - 1e-9), low, high).sum())
                 changes += int((np.diff(a) != 0).sum())
             vm_hours = len(demands) * args.duration / 3600
-            points.append({"unmet_price": unmet_price, "change_price": change_price,
-                           "cost_x_oracle": round(alloc / oracle, 3), "unmet_pct": round(100 * unmet / total, 3),
-                           "changes_per_vm_hour": round(changes / vm_hours, 1)})
-    print(json.dumps({"bench": "decisions-bound", "seeds": args.seeds, "vms": args.vms,
-                      "duration_s": args.duration, "points": points}, indent=1))
+            points.append(
+                {
+                    "unmet_price": unmet_price,
+                    "change_price": change_price,
+                    "cost_x_oracle": round(alloc / oracle, 3),
+                    "unmet_pct": round(100 * unmet / total, 3),
+                    "changes_per_vm_hour": round(changes / vm_hours, 1),
+                }
+            )
+    print(
+        json.dumps(
+            {
+                "bench": "decisions-bound",
+                "seeds": args.seeds,
+                "vms": args.vms,
+                "duration_s": args.duration,
+                "points": points,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

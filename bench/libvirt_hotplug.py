@@ -37,15 +37,27 @@ from shared.libvirt.guest import GuestChannel, guest_dir
 
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
-    return {"p50_ms": round(statistics.median(ordered) * 1000, 1),
-            "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 1),
-            "min_ms": round(ordered[0] * 1000, 1), "max_ms": round(ordered[-1] * 1000, 1)}
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 1),
+        "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 1),
+        "min_ms": round(ordered[0] * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+    }
 
 
 async def cycles(conn: Connection, name: str, channel: GuestChannel, count: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {k: [] for k in ("plug_call", "plug_guest_online", "unplug_call",
-                                                     "unplug_thread_gone", "unplug_resync_call", "driver_plug",
-                                                     "driver_unplug")}
+    out: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "plug_call",
+            "plug_guest_online",
+            "unplug_call",
+            "unplug_thread_gone",
+            "unplug_resync_call",
+            "driver_plug",
+            "driver_unplug",
+        )
+    }
     libvirt = conn.libvirt
     live = libvirt.VIR_DOMAIN_AFFECT_LIVE
     dom = conn.run(lambda c: c.lookupByName(name))
@@ -108,10 +120,15 @@ def main() -> None:
         boot_s = time.perf_counter() - started
         directory = guest_dir(name, root)
         times = asyncio.run(cycles(conn, name, GuestChannel(directory / "ctl.log"), args.cycles))
-        result = {"bench": "libvirt_hotplug", "cycles": args.cycles, "boot_s": round(boot_s, 2),
-                  **{k: summary(v) for k, v in times.items()},
-                  "libvirt": conn.run(lambda c: c.getLibVersion()), "qemu": conn.run(lambda c: c.getVersion()),
-                  "machine": f"{platform.machine()} {platform.python_version()} {os.cpu_count()} cores"}
+        result = {
+            "bench": "libvirt_hotplug",
+            "cycles": args.cycles,
+            "boot_s": round(boot_s, 2),
+            **{k: summary(v) for k, v in times.items()},
+            "libvirt": conn.run(lambda c: c.getLibVersion()),
+            "qemu": conn.run(lambda c: c.getVersion()),
+            "machine": f"{platform.machine()} {platform.python_version()} {os.cpu_count()} cores",
+        }
     finally:
         try:
             with contextlib.redirect_stdout(sys.stderr):

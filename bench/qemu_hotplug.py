@@ -25,9 +25,12 @@ from shared.qemu.vm import QemuVm
 
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
-    return {"p50_ms": round(statistics.median(ordered) * 1000, 1),
-            "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 1),
-            "min_ms": round(ordered[0] * 1000, 1), "max_ms": round(ordered[-1] * 1000, 1)}
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 1),
+        "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 1),
+        "min_ms": round(ordered[0] * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+    }
 
 
 async def cycles(vm: QemuVm, count: int) -> dict[str, list[float]]:
@@ -48,8 +51,10 @@ async def cycles(vm: QemuVm, count: int) -> dict[str, list[float]]:
             await qmp.execute("device_del", {"id": f"bench{i}"})
             out["unplug_qmp"].append(time.perf_counter() - started)
             path = f"/machine/peripheral/bench{i}"
-            while any(s.get("qom-path") == path for s in cast(list[dict[str, Any]],  # noqa: ASYNC110
-                                                               await qmp.execute("query-hotpluggable-cpus"))):
+            while any(  # noqa: ASYNC110
+                s.get("qom-path") == path
+                for s in cast(list[dict[str, Any]], await qmp.execute("query-hotpluggable-cpus"))
+            ):
                 await asyncio.sleep(0.002)
             out["unplug_slot_free"].append(time.perf_counter() - started)
     return out
@@ -62,16 +67,23 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="hq-bench-"))
     try:
         started = time.perf_counter()
-        vm = QemuVm.start("bench", ensure_image(), max_vcpus=2, vcpus=1, root=root,
-                          maxcpus=max(32, args.cycles + 1))
+        vm = QemuVm.start("bench", ensure_image(), max_vcpus=2, vcpus=1, root=root, maxcpus=max(32, args.cycles + 1))
         boot_s = time.perf_counter() - started
         times = asyncio.run(cycles(vm, args.cycles))
         vm.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps({"bench": "qemu_hotplug", "cycles": args.cycles, "boot_s": round(boot_s, 2),
-                      **{k: summary(v) for k, v in times.items()},
-                      "machine": f"{platform.machine()} {platform.python_version()}"}))
+    print(
+        json.dumps(
+            {
+                "bench": "qemu_hotplug",
+                "cycles": args.cycles,
+                "boot_s": round(boot_s, 2),
+                **{k: summary(v) for k, v in times.items()},
+                "machine": f"{platform.machine()} {platform.python_version()}",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

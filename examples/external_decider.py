@@ -41,10 +41,20 @@ async def main(url: str, name: str) -> None:
         if decision is None:
             return
         now = time.time()
-        command = {"type": "command", "v": 1, "id": f"{name}-{int(now)}-{next(COUNTER)}", "time": now,
-                   "host": sample["host"], "vm": sample["vm"], "target_vcpus": decision[0],
-                   "seen_vcpus": sample["online_vcpus"], "decider": name, "reason": decision[1],
-                   "expires_at": now + 30, "sample_time": sample["time"]}
+        command = {
+            "type": "command",
+            "v": 1,
+            "id": f"{name}-{int(now)}-{next(COUNTER)}",
+            "time": now,
+            "host": sample["host"],
+            "vm": sample["vm"],
+            "target_vcpus": decision[0],
+            "seen_vcpus": sample["online_vcpus"],
+            "decider": name,
+            "reason": decision[1],
+            "expires_at": now + 30,
+            "sample_time": sample["time"],
+        }
         pending[vm] = decision[0]
         await nc.publish(f"hotplug.commands.{vm}", json.dumps(command).encode())
         print(f"{sample['vm']}: {sample['online_vcpus']} -> {decision[0]} ({decision[1]})", flush=True)

@@ -80,8 +80,9 @@ def audit(
     stored = set(by_id) | {f"result-{cid}" for cid in per_command}
     missing = sorted(set(seen_live) - stored)
     per_command_live = Counter(r.command_id for r in set(live_results))
-    results_per_command = {cid: max(per_command[cid], per_command_live[cid])
-                           for cid in set(per_command) | set(per_command_live)}
+    results_per_command = {
+        cid: max(per_command[cid], per_command_live[cid]) for cid in set(per_command) | set(per_command_live)
+    }
     repeated = sorted(cid for cid, n in results_per_command.items() if n > 1)
     extra_results = sum(n - 1 for n in results_per_command.values())
     unaccounted: dict[str, int] = {}

@@ -37,47 +37,81 @@ class User:
 
 def _read_stream(stream: str) -> list[str]:
     """What reading a stream through an ephemeral consumer takes (hotplug events, report, compare)."""
-    return [f"{API}.STREAM.INFO.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>", f"{API}.CONSUMER.MSG.NEXT.{stream}.>",
-            f"{API}.CONSUMER.DELETE.{stream}.>", f"{API}.CONSUMER.INFO.{stream}.>"]
+    return [
+        f"{API}.STREAM.INFO.{stream}",
+        f"{API}.CONSUMER.CREATE.{stream}.>",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.>",
+        f"{API}.CONSUMER.DELETE.{stream}.>",
+        f"{API}.CONSUMER.INFO.{stream}.>",
+    ]
 
 
 def users(hosts: list[str]) -> list[User]:
     out = [
         User("admin", publish=[">"], subscribe=[">"]),
-        User("decider",
-             publish=[f"{subjects.COMMANDS}.>", f"{subjects.PROPOSALS}.>", f"{API}.STREAM.INFO.*",
-                      *[f"{API}.STREAM.CREATE.KV_{b}" for b in KV_BUCKETS], *[f"$KV.{b}.>" for b in KV_BUCKETS],
-                      *[f"{API}.DIRECT.GET.KV_{b}.>" for b in KV_BUCKETS],
-                      f"{API}.CONSUMER.>"],  # group members' consumers on the metrics stream, KV key listings
-             subscribe=[f"{subjects.METRICS}.>", f"{subjects.RESULTS}.>", "_INBOX.>"],
-             deny_publish=[f"{API}.CONSUMER.DELETE.{EVENTS}.>"]),
-        User("viewer", publish=[*_read_stream(EVENTS), *_read_stream(METRICS)],
-             subscribe=[f"{subjects.METRICS}.>", f"{subjects.COMMANDS}.>", f"{subjects.RESULTS}.>",
-                        f"{subjects.PROPOSALS}.>", "_INBOX.>"]),
+        User(
+            "decider",
+            publish=[
+                f"{subjects.COMMANDS}.>",
+                f"{subjects.PROPOSALS}.>",
+                f"{API}.STREAM.INFO.*",
+                *[f"{API}.STREAM.CREATE.KV_{b}" for b in KV_BUCKETS],
+                *[f"$KV.{b}.>" for b in KV_BUCKETS],
+                *[f"{API}.DIRECT.GET.KV_{b}.>" for b in KV_BUCKETS],
+                f"{API}.CONSUMER.>",
+            ],  # group members' consumers on the metrics stream, KV key listings
+            subscribe=[f"{subjects.METRICS}.>", f"{subjects.RESULTS}.>", "_INBOX.>"],
+            deny_publish=[f"{API}.CONSUMER.DELETE.{EVENTS}.>"],
+        ),
+        User(
+            "viewer",
+            publish=[*_read_stream(EVENTS), *_read_stream(METRICS)],
+            subscribe=[
+                f"{subjects.METRICS}.>",
+                f"{subjects.COMMANDS}.>",
+                f"{subjects.RESULTS}.>",
+                f"{subjects.PROPOSALS}.>",
+                "_INBOX.>",
+            ],
+        ),
     ]
     for host in hosts:
         durable = f"actuator-{host}"
         reader = log_reader_name(durable)
         out += [
             User(f"simulator-{host}", publish=[], subscribe=[subjects.simulator(host, "*")], allow_responses=True),
-            User(f"collector-{host}", publish=[f"{subjects.METRICS}.{host}.>", subjects.simulator(host, "stats")],
-                 subscribe=["_INBOX.>"]),
+            User(
+                f"collector-{host}",
+                publish=[f"{subjects.METRICS}.{host}.>", subjects.simulator(host, "stats")],
+                subscribe=["_INBOX.>"],
+            ),
             User(f"agent-{host}", publish=[f"{subjects.METRICS}.{host}.>"], subscribe=["_INBOX.>"]),
-            User(f"actuator-{host}",
-                 publish=[f"{subjects.RESULTS}.{host}.>", subjects.simulator(host, "stats"),
-                          subjects.simulator(host, "hotplug"), f"{API}.STREAM.INFO.*",
-                          f"{API}.CONSUMER.INFO.{EVENTS}.{durable}",
-                          f"{API}.CONSUMER.CREATE.{EVENTS}.{durable}.{subjects.host_commands(host)}",
-                          f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{durable}", f"$JS.ACK.{EVENTS}.{durable}.>",
-                          # reading back its own host's results (the commands it has answered), under one name
-                          f"{API}.CONSUMER.CREATE.{EVENTS}.{reader}.{subjects.RESULTS}.{host}.>",
-                          f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{reader}", f"{API}.CONSUMER.DELETE.{EVENTS}.{reader}",
-                          f"{API}.CONSUMER.CREATE.KV_hotplug_leases.>", f"{API}.DIRECT.GET.KV_hotplug_leases.>",
-                          f"{API}.CONSUMER.DELETE.KV_hotplug_leases.>",
-                          # its own host's progress markers (services/actuator/progress.py)
-                          f"{API}.STREAM.CREATE.KV_{PROGRESS}", f"$KV.{PROGRESS}.{host}.>",
-                          f"{API}.CONSUMER.*.KV_{PROGRESS}", f"{API}.CONSUMER.*.KV_{PROGRESS}.>"],
-                 subscribe=["_INBOX.>"]),
+            User(
+                f"actuator-{host}",
+                publish=[
+                    f"{subjects.RESULTS}.{host}.>",
+                    subjects.simulator(host, "stats"),
+                    subjects.simulator(host, "hotplug"),
+                    f"{API}.STREAM.INFO.*",
+                    f"{API}.CONSUMER.INFO.{EVENTS}.{durable}",
+                    f"{API}.CONSUMER.CREATE.{EVENTS}.{durable}.{subjects.host_commands(host)}",
+                    f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{durable}",
+                    f"$JS.ACK.{EVENTS}.{durable}.>",
+                    # reading back its own host's results (the commands it has answered), under one name
+                    f"{API}.CONSUMER.CREATE.{EVENTS}.{reader}.{subjects.RESULTS}.{host}.>",
+                    f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{reader}",
+                    f"{API}.CONSUMER.DELETE.{EVENTS}.{reader}",
+                    f"{API}.CONSUMER.CREATE.KV_hotplug_leases.>",
+                    f"{API}.DIRECT.GET.KV_hotplug_leases.>",
+                    f"{API}.CONSUMER.DELETE.KV_hotplug_leases.>",
+                    # its own host's progress markers (services/actuator/progress.py)
+                    f"{API}.STREAM.CREATE.KV_{PROGRESS}",
+                    f"$KV.{PROGRESS}.{host}.>",
+                    f"{API}.CONSUMER.*.KV_{PROGRESS}",
+                    f"{API}.CONSUMER.*.KV_{PROGRESS}.>",
+                ],
+                subscribe=["_INBOX.>"],
+            ),
         ]
     return out
 
@@ -92,8 +126,10 @@ def server_config(all_users: list[User], tls: tuple[Path, Path] | None = None) -
         }
         if u.allow_responses:
             permissions["allow_responses"] = True
-        entries.append(f"    {{ user: {json.dumps(u.name)}, password: {json.dumps(u.password)}, "
-                       f"permissions: {json.dumps(permissions)} }}")
+        entries.append(
+            f"    {{ user: {json.dumps(u.name)}, password: {json.dumps(u.password)}, "
+            f"permissions: {json.dumps(permissions)} }}"
+        )
     text = "# Written by `hotplug auth init`: one user per service, subject permissions.\n"
     text += "authorization {\n  users = [\n" + "\n".join(entries) + "\n  ]\n}\n"
     if tls is not None:
@@ -121,14 +157,40 @@ def make_certificates(out: Path, days: int = 825) -> tuple[Path, Path, Path]:
 
     ca_key, ca, key, csr, cert = (out / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
     run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(ca_key))
-    run("req", "-x509", "-new", "-key", str(ca_key), "-subj", "/CN=hotplug-heaven CA", "-days", str(days),
-        "-out", str(ca))
+    run(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        str(ca_key),
+        "-subj",
+        "/CN=hotplug-heaven CA",
+        "-days",
+        str(days),
+        "-out",
+        str(ca),
+    )
     run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key))
     run("req", "-new", "-key", str(key), "-subj", "/CN=nats", "-out", str(csr))
     extensions = out / "server.ext"
     extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", str(days),
-        "-extfile", str(extensions), "-out", str(cert))
+    run(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-days",
+        str(days),
+        "-extfile",
+        str(extensions),
+        "-out",
+        str(cert),
+    )
     for private in (ca_key, key):
         private.chmod(0o600)
     return ca, cert, key

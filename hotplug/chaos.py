@@ -41,8 +41,12 @@ from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
 CHAOS_POLICY = ("threshold", ("guard.warmup_s=0",))
 HOST = "local"
 BOUNDED_VM, BOUNDS = "vm-01", (1, 2)
-SERVICE_USERS = {"simulator": f"simulator-{HOST}", "collector": f"collector-{HOST}",
-                 "actuator": f"actuator-{HOST}", "decider": "decider"}
+SERVICE_USERS = {
+    "simulator": f"simulator-{HOST}",
+    "collector": f"collector-{HOST}",
+    "actuator": f"actuator-{HOST}",
+    "decider": "decider",
+}
 
 
 class FaultReport(msgspec.Struct, kw_only=True):
@@ -114,11 +118,20 @@ class Chaos:
         await self.observer.attach(admin)
         # Chaos tests the plumbing, not the decisions: the seed's threshold rule, which acts every few seconds,
         # makes sure every fault meets a loop in motion (the calm default may not act for minutes).
-        up = UpOptions(vms=self.options.vms, speed=self.options.speed, host=HOST, log_level="INFO",
-                       policy=CHAOS_POLICY[0], params=CHAOS_POLICY[1])
-        extra = {"simulator": ["--max-vcpus", "4", "--hotplug-delay", "0.2"],
-                 "actuator": ["--vm-bounds", f"{BOUNDED_VM}={BOUNDS[0]}:{BOUNDS[1]}", "--ack-wait", "10"],
-                 "collector": [], "decider": []}
+        up = UpOptions(
+            vms=self.options.vms,
+            speed=self.options.speed,
+            host=HOST,
+            log_level="INFO",
+            policy=CHAOS_POLICY[0],
+            params=CHAOS_POLICY[1],
+        )
+        extra = {
+            "simulator": ["--max-vcpus", "4", "--hotplug-delay", "0.2"],
+            "actuator": ["--vm-bounds", f"{BOUNDED_VM}={BOUNDS[0]}:{BOUNDS[1]}", "--ack-wait", "10"],
+            "collector": [],
+            "decider": [],
+        }
         for service, user in SERVICE_USERS.items():
             port = free_port()
             argv = child_argv(service, up, None, self.clock.epoch, port) + extra[service]
@@ -163,15 +176,24 @@ class Chaos:
     def order(self, vm: str, target: int, seen: int, *, ttl_s: float = 30.0) -> ScaleCommand:
         self._seq += 1
         now = self.clock.now()
-        return ScaleCommand(id=f"chaos-{os.getpid()}-{self._seq}", time=now, host=HOST, vm=vm, target_vcpus=target,
-                            seen_vcpus=seen, decider="chaos", reason="injected by hotplug chaos",
-                            expires_at=now + ttl_s)
+        return ScaleCommand(
+            id=f"chaos-{os.getpid()}-{self._seq}",
+            time=now,
+            host=HOST,
+            vm=vm,
+            target_vcpus=target,
+            seen_vcpus=seen,
+            decider="chaos",
+            reason="injected by hotplug chaos",
+            expires_at=now + ttl_s,
+        )
 
     async def send(self, command: ScaleCommand) -> None:
         """Store a command as the decider user would (the only user allowed to)."""
         nc = await self.client("decider")
-        await bus.publish_durable(nc.jetstream(), subjects.commands(command.host, command.vm), encode(command),
-                                  msg_id=command.id)
+        await bus.publish_durable(
+            nc.jetstream(), subjects.commands(command.host, command.vm), encode(command), msg_id=command.id
+        )
 
     async def result_of(self, command: ScaleCommand) -> ScaleResult | None:
         if await _within(30, lambda: bool(self.observer.results_of(command.id))):
@@ -192,12 +214,15 @@ class Chaos:
         mid_action = False
         if service == "actuator":  # best when the hypervisor is in the middle of a hot-plug it was asked for
             mid_action = await _within(
-                10, lambda: self.metric("simulator", "hotplug_sim_hotplugs_in_progress") > 0, interval_s=0.02)
+                10, lambda: self.metric("simulator", "hotplug_sim_hotplugs_in_progress") > 0, interval_s=0.02
+            )
         since = self.clock.now()
         pid, restarted = await self.kill_and_await_restart(service)
         note = " while a hot-plug was under way" if mid_action else ""
         return f"SIGKILL to the {service} (pid {pid}){note}", {
-            "restarted": restarted, "loop acted after": await self.loop_acts(since)}
+            "restarted": restarted,
+            "loop acted after": await self.loop_acts(since),
+        }
 
     async def node_loss(self) -> tuple[str, Check]:
         admin = await self.client("admin")
@@ -209,7 +234,8 @@ class Chaos:
         acted = await self.loop_acts(since)
         await asyncio.to_thread(self.cluster.restart, index)
         return f"SIGKILL to node {leader}, the event log's stream leader; restarted after the loop acted", {
-            "loop acted on the other nodes": acted}
+            "loop acted on the other nodes": acted
+        }
 
     async def broker_restart(self) -> tuple[str, Check]:
         await asyncio.to_thread(self.cluster.stop)
@@ -217,7 +243,8 @@ class Chaos:
         await asyncio.to_thread(self.cluster.start)
         since = self.clock.now()
         return "every node stopped, then started again on the same stores", {
-            "loop acted after": await self.loop_acts(since, timeout_s=90)}
+            "loop acted after": await self.loop_acts(since, timeout_s=90)
+        }
 
     async def answered_command(self) -> ScaleCommand | None:
         """A decider's command the actuator has carried out, the latest one."""
@@ -230,12 +257,15 @@ class Chaos:
         if command is None:
             return "no executed command to repeat", {"a command to repeat": False}
         nc = await self.client("decider")
-        ack = await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command),
-                                           headers={"Nats-Msg-Id": command.id})
+        ack = await nc.jetstream().publish(
+            subjects.commands(command.host, command.vm), encode(command), headers={"Nats-Msg-Id": command.id}
+        )
         await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command))
         await asyncio.sleep(self.clock.wall_seconds(4.0))
         return f"command {command.id} sent again: once as a retry (same Nats-Msg-Id), once as a new message", {
-            "retry stored once": bool(ack.duplicate), "one result": len(self.observer.results_of(command.id)) == 1}
+            "retry stored once": bool(ack.duplicate),
+            "one result": len(self.observer.results_of(command.id)) == 1,
+        }
 
     async def duplicate_after_restart(self) -> tuple[str, Check]:
         command = await self.answered_command()
@@ -244,11 +274,15 @@ class Chaos:
         _, restarted = await self.kill_and_await_restart("actuator")
         nc = await self.client("decider")
         await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command))
-        counted = await _within(30, lambda: self.metric("actuator", "hotplug_messages_dropped_total", kind="command",
-                                                        reason="duplicate") >= 1)
+        counted = await _within(
+            30,
+            lambda: self.metric("actuator", "hotplug_messages_dropped_total", kind="command", reason="duplicate") >= 1,
+        )
         return f"SIGKILL to the actuator, then command {command.id}, answered before, stored again", {
-            "restarted": restarted, "the new actuator knew it as answered": counted,
-            "one result": len(self.observer.results_of(command.id)) == 1}
+            "restarted": restarted,
+            "the new actuator knew it as answered": counted,
+            "one result": len(self.observer.results_of(command.id)) == 1,
+        }
 
     async def reordered_commands(self) -> tuple[str, Check]:
         vm = "vm-02"
@@ -258,11 +292,11 @@ class Chaos:
         await self.send(newer)
         await self.send(older)
         a, b = await self.result_of(newer), await self.result_of(older)
-        undone = bool(a and b and a.ok and b.ok and a.vcpus_before != a.vcpus_after
-                      and b.vcpus_before != b.vcpus_after)
+        undone = bool(a and b and a.ok and b.ok and a.vcpus_before != a.vcpus_after and b.vcpus_before != b.vcpus_after)
         return f"two orders for {vm} seen at {seen} vCPUs, the newer ({newer.target_vcpus}) stored first", {
             "one result each": all(len(self.observer.results_of(c.id)) == 1 for c in (newer, older)),
-            "the older did not undo the newer": not undone}
+            "the older did not undo the newer": not undone,
+        }
 
     async def late_command(self) -> tuple[str, Check]:
         vm = "vm-03"
@@ -271,7 +305,8 @@ class Chaos:
         await self.send(late)
         result = await self.result_of(late)
         return f"an order for {vm} that expired before it was sent", {
-            "refused as expired": result is not None and result.error_code is ErrorCode.EXPIRED}
+            "refused as expired": result is not None and result.error_code is ErrorCode.EXPIRED
+        }
 
     async def out_of_bounds_command(self) -> tuple[str, Check]:
         seen1 = self.observer.online.get(BOUNDED_VM, 2)
@@ -281,19 +316,35 @@ class Chaos:
         for command in (above_own, above_vm):
             await self.send(command)
         results = [await self.result_of(c) for c in (above_own, above_vm)]
-        return (f"{BOUNDED_VM} to {above_own.target_vcpus} (actuator bound {BOUNDS[1]}), vm-02 to 9 (its maximum 4)",
-                {"both refused as out of bounds": all(r is not None and r.error_code is ErrorCode.OUT_OF_BOUNDS
-                                                      for r in results)})
+        return (
+            f"{BOUNDED_VM} to {above_own.target_vcpus} (actuator bound {BOUNDS[1]}), vm-02 to 9 (its maximum 4)",
+            {
+                "both refused as out of bounds": all(
+                    r is not None and r.error_code is ErrorCode.OUT_OF_BOUNDS for r in results
+                )
+            },
+        )
 
     async def malformed_messages(self) -> tuple[str, Check]:
         def dropped(service: str, kind: str) -> float:
-            return sum(self.metric(service, "hotplug_messages_dropped_total", kind=kind, reason=reason)
-                       for reason in ("malformed", "oversized", "unknown-version"))
+            return sum(
+                self.metric(service, "hotplug_messages_dropped_total", kind=kind, reason=reason)
+                for reason in ("malformed", "oversized", "unknown-version")
+            )
 
         before = dropped("decider", "metric"), dropped("actuator", "command")
         restarts = {name: c.restarts for name, c in self.supervisor.children.items()}
-        sample = MetricSample(time=self.clock.now(), host=HOST, vm="vm-04", online_vcpus=2, min_vcpus=1,
-                              max_vcpus=4, cpu_used_cores=1.0, interval_s=1.0, source="chaos")
+        sample = MetricSample(
+            time=self.clock.now(),
+            host=HOST,
+            vm="vm-04",
+            online_vcpus=2,
+            min_vcpus=1,
+            max_vcpus=4,
+            cpu_used_cores=1.0,
+            interval_s=1.0,
+            source="chaos",
+        )
         future = msgspec.json.encode(sample).replace(b'"v":1', b'"v":99')
         # one VM each: the decider's intake keeps only a VM's newest sample, and these must all be judged
         bad = {"vm-02": b"not json at all", "vm-03": b"{" * 100_000, "vm-04": future}
@@ -303,15 +354,20 @@ class Chaos:
         await agent.flush()
         decider = await self.client("decider")
         for vm, body in bad.items():
-            await decider.jetstream().publish(subjects.commands(HOST, vm),
-                                              body.replace(b'"type":"metric"', b'"type":"command"'))
+            await decider.jetstream().publish(
+                subjects.commands(HOST, vm), body.replace(b'"type":"metric"', b'"type":"command"')
+            )
         since = self.clock.now()
-        counted = await _within(20, lambda: dropped("decider", "metric") >= before[0] + 3
-                                and dropped("actuator", "command") >= before[1] + 3)
+        counted = await _within(
+            20,
+            lambda: dropped("decider", "metric") >= before[0] + 3 and dropped("actuator", "command") >= before[1] + 3,
+        )
         acted = await self.loop_acts(since)
         return "garbage, a 100 kB body and schema version 99, as metrics and as stored commands", {
-            "all six counted and dropped": counted, "no service died": restarts == {
-                name: c.restarts for name, c in self.supervisor.children.items()}, "loop acted after": acted}
+            "all six counted and dropped": counted,
+            "no service died": restarts == {name: c.restarts for name, c in self.supervisor.children.items()},
+            "loop acted after": acted,
+        }
 
     async def metric_flood(self) -> tuple[str, Check]:
         shed_before = self.metric("decider", "hotplug_messages_dropped_total", kind="metric", reason="shed")
@@ -321,16 +377,35 @@ class Chaos:
         for _ in range(50):
             now = self.clock.now()
             for vm in ghosts:
-                await agent.publish(subjects.metrics(HOST, vm), encode(MetricSample(
-                    time=now, host=HOST, vm=vm, online_vcpus=2, min_vcpus=1, max_vcpus=4, cpu_used_cores=1.0,
-                    interval_s=1.0, source="chaos-flood")))
+                await agent.publish(
+                    subjects.metrics(HOST, vm),
+                    encode(
+                        MetricSample(
+                            time=now,
+                            host=HOST,
+                            vm=vm,
+                            online_vcpus=2,
+                            min_vcpus=1,
+                            max_vcpus=4,
+                            cpu_used_cores=1.0,
+                            interval_s=1.0,
+                            source="chaos-flood",
+                        )
+                    ),
+                )
                 sent += 1
             await agent.flush()
         since = self.clock.now()
-        shed = await _within(20, lambda: self.metric("decider", "hotplug_messages_dropped_total", kind="metric",
-                                                     reason="shed") > shed_before)
+        shed = await _within(
+            20,
+            lambda: (
+                self.metric("decider", "hotplug_messages_dropped_total", kind="metric", reason="shed") > shed_before
+            ),
+        )
         return f"{sent} samples of {len(ghosts)} made-up VMs as fast as the broker took them", {
-            "oldest samples shed": shed, "loop acted after": await self.loop_acts(since)}
+            "oldest samples shed": shed,
+            "loop acted after": await self.loop_acts(since),
+        }
 
     async def unauthorised_publish(self) -> tuple[str, Check]:
         users = (f"collector-{HOST}", "viewer")
@@ -381,20 +456,41 @@ async def _within(timeout_s: float, predicate: Callable[[], bool], interval_s: f
     return True
 
 
-def _window_report(name: str, injected: str, survived: Check, window: tuple[float, float], seconds: float,
-                   commands: list[ScaleCommand], results: list[ScaleResult], observer: Observer) -> FaultReport:
+def _window_report(
+    name: str,
+    injected: str,
+    survived: Check,
+    window: tuple[float, float],
+    seconds: float,
+    commands: list[ScaleCommand],
+    results: list[ScaleResult],
+    observer: Observer,
+) -> FaultReport:
     start, end = window
     mine = [c for c in commands if start <= c.time < end]
     ids = {c.id for c in mine}
     seen_commands = {c.id for c in observer.commands if start <= c.time < end}
     seen = seen_commands | {f"result-{i}" for i in seen_commands | ids} & observer.seen
-    judged = audit(mine, [r for r in results if r.command_id in ids], seen_live=seen,
-                   live_results=[r for r in observer.results if r.command_id in ids], bounds={BOUNDED_VM: BOUNDS},
-                   samples=[s for s in observer.samples if start <= s.time < end])
-    return FaultReport(fault=name, injected=injected, survived=survived, commands=judged.commands,
-                       results=judged.results, lost=judged.lost, duplicated=judged.duplicated,
-                       out_of_bounds=judged.out_of_bounds, seconds=round(seconds, 1),
-                       ok=judged.clean and all(survived.values()))
+    judged = audit(
+        mine,
+        [r for r in results if r.command_id in ids],
+        seen_live=seen,
+        live_results=[r for r in observer.results if r.command_id in ids],
+        bounds={BOUNDED_VM: BOUNDS},
+        samples=[s for s in observer.samples if start <= s.time < end],
+    )
+    return FaultReport(
+        fault=name,
+        injected=injected,
+        survived=survived,
+        commands=judged.commands,
+        results=judged.results,
+        lost=judged.lost,
+        duplicated=judged.duplicated,
+        out_of_bounds=judged.out_of_bounds,
+        seconds=round(seconds, 1),
+        ok=judged.clean and all(survived.values()),
+    )
 
 
 async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] = lambda _: None) -> ChaosReport:
@@ -427,13 +523,27 @@ async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] = lam
             restarts = {name: c.restarts for name, c in chaos.supervisor.children.items()}
         finally:
             await chaos.stop()
-    totals = audit(commands, results, seen_live=chaos.observer.seen, live_results=chaos.observer.results,
-                   ops_by_vm=ops, bounds={BOUNDED_VM: BOUNDS}, samples=chaos.observer.samples)
-    faults = [_window_report(name, injected, survived, window, seconds, commands, results, chaos.observer)
-              for name, injected, survived, window, seconds in windows]
-    return ChaosReport(faults=faults, totals=totals, hypervisor_ops=sum(ops.values()), restarts=restarts,
-                       seconds=round(time.monotonic() - started, 1),
-                       ok=totals.clean and all(f.ok for f in faults))
+    totals = audit(
+        commands,
+        results,
+        seen_live=chaos.observer.seen,
+        live_results=chaos.observer.results,
+        ops_by_vm=ops,
+        bounds={BOUNDED_VM: BOUNDS},
+        samples=chaos.observer.samples,
+    )
+    faults = [
+        _window_report(name, injected, survived, window, seconds, commands, results, chaos.observer)
+        for name, injected, survived, window, seconds in windows
+    ]
+    return ChaosReport(
+        faults=faults,
+        totals=totals,
+        hypervisor_ops=sum(ops.values()),
+        restarts=restarts,
+        seconds=round(time.monotonic() - started, 1),
+        ok=totals.clean and all(f.ok for f in faults),
+    )
 
 
 def print_report(report: ChaosReport) -> None:
@@ -445,10 +555,27 @@ def print_report(report: ChaosReport) -> None:
         table.add_column(column, overflow="fold")
     for f in report.faults:
         checks = ", ".join(f"{name}: {'yes' if ok else 'NO'}" for name, ok in f.survived.items())
-        table.add_row(f.fault, f.injected, checks, str(f.commands), str(f.results), str(f.lost), str(f.duplicated),
-                      str(f.out_of_bounds), style=None if f.ok else "bold red")
+        table.add_row(
+            f.fault,
+            f.injected,
+            checks,
+            str(f.commands),
+            str(f.results),
+            str(f.lost),
+            str(f.duplicated),
+            str(f.out_of_bounds),
+            style=None if f.ok else "bold red",
+        )
     t = report.totals
-    table.add_row("whole run", f"{report.hypervisor_ops} hot-plug operations on the hypervisor",
-                  f"restarts: {report.restarts}", str(t.commands), str(t.results), str(t.lost), str(t.duplicated),
-                  str(t.out_of_bounds), style="bold")
+    table.add_row(
+        "whole run",
+        f"{report.hypervisor_ops} hot-plug operations on the hypervisor",
+        f"restarts: {report.restarts}",
+        str(t.commands),
+        str(t.results),
+        str(t.lost),
+        str(t.duplicated),
+        str(t.out_of_bounds),
+        style="bold",
+    )
     Console().print(table)

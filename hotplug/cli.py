@@ -50,12 +50,23 @@ def _service_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--nats", help=f"NATS URL (default: ${bus.DEFAULT_URL_ENV})")
     p.add_argument("--host", default=_env("HOST", "local"), help="hypervisor host name ($HOTPLUG_HOST; local)")
-    p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "0")),
-                   help="Prometheus port ($HOTPLUG_METRICS_PORT; default: any free port)")
-    p.add_argument("--metrics-addr", default=_env("METRICS_ADDR", "127.0.0.1"),
-                   help="address the metrics endpoint binds ($HOTPLUG_METRICS_ADDR; 127.0.0.1)")
-    p.add_argument("--speed", type=_positive, default=float(_env("SPEED", "1")),
-                   help="simulated seconds per wall second ($HOTPLUG_SPEED)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", "0")),
+        help="Prometheus port ($HOTPLUG_METRICS_PORT; default: any free port)",
+    )
+    p.add_argument(
+        "--metrics-addr",
+        default=_env("METRICS_ADDR", "127.0.0.1"),
+        help="address the metrics endpoint binds ($HOTPLUG_METRICS_ADDR; 127.0.0.1)",
+    )
+    p.add_argument(
+        "--speed",
+        type=_positive,
+        default=float(_env("SPEED", "1")),
+        help="simulated seconds per wall second ($HOTPLUG_SPEED)",
+    )
     p.add_argument("--epoch", type=float, default=None, help="wall time at which simulated time starts")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p
@@ -63,8 +74,11 @@ def _service_parent() -> argparse.ArgumentParser:
 
 def _libvirt_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--libvirt-uri", default=None, help="libvirt URI ($HOTPLUG_LIBVIRT_URI; default qemu:///system)")
-    p.add_argument("--libvirt-opt-in", action="store_true",
-                   help="libvirt: only domains whose hotplug metadata says enabled (hotplug libvirt prepare)")
+    p.add_argument(
+        "--libvirt-opt-in",
+        action="store_true",
+        help="libvirt: only domains whose hotplug metadata says enabled (hotplug libvirt prepare)",
+    )
 
 
 def _need_libvirt() -> None:
@@ -83,25 +97,43 @@ def build_parser() -> argparse.ArgumentParser:
     service = _service_parent()
 
     up = sub.add_parser("up", help="run broker, simulator, collector, decider and actuator together")
-    up.add_argument("--vms", type=int, default=None,
-                    help="simulator: VMs (default 6; with --trace, the first N of the trace's VMs by name, default "
-                         "all); qemu: guests to boot (default 6); libvirt: test domains to start for the run "
-                         "(default: none, the running domains are used)")
-    up.add_argument("--trace", type=Path, default=None, metavar="FILE",
-                    help="simulated VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]) from the "
-                         "run's start, repeating at its end")
+    up.add_argument(
+        "--vms",
+        type=int,
+        default=None,
+        help="simulator: VMs (default 6; with --trace, the first N of the trace's VMs by name, default "
+        "all); qemu: guests to boot (default 6); libvirt: test domains to start for the run "
+        "(default: none, the running domains are used)",
+    )
+    up.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="simulated VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]) from the "
+        "run's start, repeating at its end",
+    )
     up.add_argument("--duration", type=_positive, default=None, help="stop after this many simulated seconds")
     up.add_argument("--speed", type=_positive, default=1.0, help="simulated seconds per wall second")
     up.add_argument("--policy", default="default")
     up.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
     up.add_argument("--data-dir", type=Path, default=Path(".hotplug"))
     up.add_argument("--nats", help="use this NATS server instead of starting one")
-    up.add_argument("--cluster", type=int, default=1, metavar="NODES",
-                    help="start a NATS cluster of this many nodes on loopback (streams kept on three)")
-    up.add_argument("--hypervisor", choices=["simulator", "virtualbox", "qemu", "libvirt"], default="simulator",
-                    help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH); "
-                         "qemu: --vms real guests booted for the run; libvirt: the running domains, or --vms "
-                         "test domains started for the run")
+    up.add_argument(
+        "--cluster",
+        type=int,
+        default=1,
+        metavar="NODES",
+        help="start a NATS cluster of this many nodes on loopback (streams kept on three)",
+    )
+    up.add_argument(
+        "--hypervisor",
+        choices=["simulator", "virtualbox", "qemu", "libvirt"],
+        default="simulator",
+        help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH); "
+        "qemu: --vms real guests booted for the run; libvirt: the running domains, or --vms "
+        "test domains started for the run",
+    )
     up.add_argument("--max-vcpus", type=int, default=4, help="qemu, libvirt: each guest's maximum (it boots with 1)")
     up.add_argument("--libvirt-uri", default=None, help="libvirt: the URI ($HOTPLUG_LIBVIRT_URI; qemu:///system)")
     up.add_argument("--seed", type=int, default=1)
@@ -111,41 +143,76 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--log-level", default="INFO")
 
     sim = sub.add_parser("simulator", parents=[service], help="the simulated mini-cloud")
-    sim.add_argument("--vms", type=int, default=None,
-                     help="VMs to simulate (default 6); with --trace, the first N of the trace's VMs by name")
-    sim.add_argument("--trace", type=Path, default=None, metavar="FILE",
-                     help="VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]), from the run's start, "
-                          "repeating at its end, instead of the seeded profiles")
+    sim.add_argument(
+        "--vms",
+        type=int,
+        default=None,
+        help="VMs to simulate (default 6); with --trace, the first N of the trace's VMs by name",
+    )
+    sim.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]), from the run's start, "
+        "repeating at its end, instead of the seeded profiles",
+    )
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--hotplug-delay", type=float, default=0.3, help="simulated seconds per plug or unplug")
     sim.add_argument("--profiles", default="", help="comma-separated workload profiles to cycle through")
-    sim.add_argument("--max-vcpus", type=int, default=None,
-                     help="every VM's maximum (it boots with half); default: 4, 8, 16, 8 in turn")
+    sim.add_argument(
+        "--max-vcpus",
+        type=int,
+        default=None,
+        help="every VM's maximum (it boots with half); default: 4, 8, 16, 8 in turn",
+    )
 
     col = sub.add_parser("collector", parents=[service], help="sample CPU use and publish metrics")
     col.add_argument("--source", choices=["simulator", "psutil", "virtualbox", "qemu", "libvirt"], default="simulator")
     _libvirt_options(col)
-    col.add_argument("--libvirt-domain", action="append", default=[], metavar="NAME",
-                     help="libvirt source: watch only this domain (repeatable; default: every running domain)")
+    col.add_argument(
+        "--libvirt-domain",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="libvirt source: watch only this domain (repeatable; default: every running domain)",
+    )
     col.add_argument("--interval", type=_positive, default=1.0)
-    col.add_argument("--process", action="append", default=[], metavar="VM=PID|VM=REGEX",
-                     help="psutil source: a host process to watch as a VM")
+    col.add_argument(
+        "--process",
+        action="append",
+        default=[],
+        metavar="VM=PID|VM=REGEX",
+        help="psutil source: a host process to watch as a VM",
+    )
 
     dec = sub.add_parser("decider", parents=[service], help="turn metrics into scale commands")
     dec.add_argument("--policy", default="default")
     dec.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
     dec.add_argument("--name", default="decider", help="this decider's name in commands")
     dec.add_argument("--dry-run", action="store_true", help="log what it would do; command nothing")
-    dec.add_argument("--lease", default=None,
-                     help="replicas with the same lease elect one active decider (commands carry its term)")
+    dec.add_argument(
+        "--lease", default=None, help="replicas with the same lease elect one active decider (commands carry its term)"
+    )
     dec.add_argument("--lease-ttl", type=_positive, default=5.0, help="seconds a lease lasts without renewal")
-    dec.add_argument("--group", default=None,
-                     help="share the VMs with the other live deciders of this group (each needs its own --name)")
-    dec.add_argument("--shadow", action="store_true",
-                     help="publish proposals on hotplug.proposals.<name>.<host>.<vm> instead of commands")
+    dec.add_argument(
+        "--group",
+        default=None,
+        help="share the VMs with the other live deciders of this group (each needs its own --name)",
+    )
+    dec.add_argument(
+        "--shadow",
+        action="store_true",
+        help="publish proposals on hotplug.proposals.<name>.<host>.<vm> instead of commands",
+    )
     dec.add_argument("--max-sample-age", type=_positive, default=10.0)
-    dec.add_argument("--intake-capacity", type=int, default=100_000, metavar="VMS",
-                     help="VMs whose newest sample may wait at once; a flood sheds the oldest samples")
+    dec.add_argument(
+        "--intake-capacity",
+        type=int,
+        default=100_000,
+        metavar="VMS",
+        help="VMs whose newest sample may wait at once; a flood sheds the oldest samples",
+    )
     dec.add_argument("--command-ttl", type=_positive, default=30.0)
 
     act = sub.add_parser("actuator", parents=[service], help="execute scale commands on the hypervisor")
@@ -155,12 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--min-vcpus", type=int, default=1)
     act.add_argument("--max-vcpus", type=int, default=1024)
     act.add_argument("--step-timeout", type=_positive, default=30.0)
-    act.add_argument("--vm-bounds", action="append", default=[], metavar="VM=MIN:MAX",
-                     help="this VM's own bounds (the last '=' separates the name); repeatable")
+    act.add_argument(
+        "--vm-bounds",
+        action="append",
+        default=[],
+        metavar="VM=MIN:MAX",
+        help="this VM's own bounds (the last '=' separates the name); repeatable",
+    )
     act.add_argument("--max-changes", type=int, default=6, help="resizes allowed per VM per --rate-window")
     act.add_argument("--rate-window", type=_positive, default=60.0, help="seconds (of the shared clock)")
-    act.add_argument("--ack-wait", type=_positive, default=60.0,
-                     help="seconds before an unacknowledged command is redelivered (e.g. after a crash)")
+    act.add_argument(
+        "--ack-wait",
+        type=_positive,
+        default=60.0,
+        help="seconds before an unacknowledged command is redelivered (e.g. after a crash)",
+    )
 
     agent = sub.add_parser("agent", parents=[service], help="inside a Linux guest: publish its own CPU view")
     agent.add_argument("--vm", required=True, help="the VM's name as the hypervisor knows it")
@@ -249,42 +325,79 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--pressure", action="store_true", help="let policies see demand beyond their vCPUs")
     rep.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rep.add_argument("--plot", type=Path, default=None, metavar="DIR", help="write PNG plots and a sweep here")
-    rep.add_argument("--frontier", action="store_true",
-                     help="sweep each policy's trade-off parameter; print its cost at each level of unmet demand")
-    rep.add_argument("--levels", type=_levels, default=None, metavar="PCT,PCT,...",
-                     help="with --frontier: the levels of unmet demand, in %% (default 0.25,0.5,1,2,4,8)")
+    rep.add_argument(
+        "--frontier",
+        action="store_true",
+        help="sweep each policy's trade-off parameter; print its cost at each level of unmet demand",
+    )
+    rep.add_argument(
+        "--levels",
+        type=_levels,
+        default=None,
+        metavar="PCT,PCT,...",
+        help="with --frontier: the levels of unmet demand, in %% (default 0.25,0.5,1,2,4,8)",
+    )
 
-    bench = sub.add_parser("bench", help="benchmarks, printed as JSON: decider, loop, collector, replay; "
-                                          "decisions (a table, or JSON with --json)")
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks, printed as JSON: decider, loop, collector, replay; decisions (a table, or JSON with --json)",
+    )
     bench.add_argument("which", choices=["decider", "loop", "collector", "replay", "decisions"])
-    bench.add_argument("--vms", type=int, default=None,
-                       help="decider: 1000 and 10000; loop: 4; collector: 10, 100 and 1000; decisions: 8 "
-                            "(with --trace: all of its VMs)")
+    bench.add_argument(
+        "--vms",
+        type=int,
+        default=None,
+        help="decider: 1000 and 10000; loop: 4; collector: 10, 100 and 1000; decisions: 8 "
+        "(with --trace: all of its VMs)",
+    )
     bench.add_argument("--seconds", type=_positive, default=None, help="how long each measurement runs")
     bench.add_argument("--json", action="store_true", help="one line of JSON (default: indented)")
-    bench.add_argument("--policy", action="append", default=[], metavar="P",
-                       help="decisions: a policy to run, repeatable, or 'all' (default: default)")
+    bench.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="P",
+        help="decisions: a policy to run, repeatable, or 'all' (default: default)",
+    )
     bench.add_argument("--seeds", default=None, help="decisions: comma-separated simulator seeds (default: 11,12)")
-    bench.add_argument("--trace", type=Path, default=None, metavar="FILE",
-                       help="decisions: VMs follow this replay CSV instead of seeded profiles (each seed then "
-                            "runs the same trace)")
-    bench.add_argument("--duration", type=_positive, default=3600.0,
-                       help="decisions: simulated seconds measured per seed (default 3600)")
-    bench.add_argument("--speed", type=_positive, default=30.0,
-                       help="decisions: simulated seconds per wall second (default 30)")
-    bench.add_argument("--data-dir", type=Path, default=None,
-                       help="decisions: keep each run's event log and logs in DIR/<policy>-seed<seed>/")
+    bench.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="decisions: VMs follow this replay CSV instead of seeded profiles (each seed then runs the same trace)",
+    )
+    bench.add_argument(
+        "--duration",
+        type=_positive,
+        default=3600.0,
+        help="decisions: simulated seconds measured per seed (default 3600)",
+    )
+    bench.add_argument(
+        "--speed", type=_positive, default=30.0, help="decisions: simulated seconds per wall second (default 30)"
+    )
+    bench.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="decisions: keep each run's event log and logs in DIR/<policy>-seed<seed>/",
+    )
 
-    chaos = sub.add_parser("chaos", help="inject faults into a live loop (3-node cluster, one user per service) "
-                                         "and report what survived")
+    chaos = sub.add_parser(
+        "chaos", help="inject faults into a live loop (3-node cluster, one user per service) and report what survived"
+    )
     chaos.add_argument("--json", action="store_true", help="print the report as JSON")
     chaos.add_argument("--vms", type=int, default=4)
     chaos.add_argument("--speed", type=_positive, default=4.0, help="simulated seconds per wall second")
     chaos.add_argument("--window", type=_positive, default=5.0, help="wall seconds the loop runs under each fault")
     chaos.add_argument("--nodes", type=int, default=3, help="NATS cluster nodes")
     chaos.add_argument("--only", default="", help="comma-separated faults to inject (default: all)")
-    chaos.add_argument("--data-dir", type=Path, default=None,
-                       help="keep the run's logs, credentials and streams here (default: a temporary directory)")
+    chaos.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep the run's logs, credentials and streams here (default: a temporary directory)",
+    )
 
     auth = sub.add_parser("auth", help="broker security: users, permissions, credentials")
     asub = auth.add_subparsers(dest="auth_command", required=True)
@@ -311,12 +424,17 @@ def _options(args: argparse.Namespace, name: str) -> ServiceOptions:
     if url is None:
         raise UsageError(f"{name} needs a NATS server: --nats URL or ${bus.DEFAULT_URL_ENV}")
     clock: Clock = make_clock(args.speed, args.epoch)
-    return ServiceOptions(name=name, nats_url=url, host=args.host, metrics_port=args.metrics_port,
-                          metrics_addr=args.metrics_addr, clock=clock)
+    return ServiceOptions(
+        name=name,
+        nats_url=url,
+        host=args.host,
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+        clock=clock,
+    )
 
 
-def _run(options: ServiceOptions, metrics: ServiceMetrics,
-         body: Callable[[ServiceContext], Awaitable[None]]) -> int:
+def _run(options: ServiceOptions, metrics: ServiceMetrics, body: Callable[[ServiceContext], Awaitable[None]]) -> int:
     asyncio.run(run_service(options, body, metrics))
     return 0
 
@@ -331,9 +449,15 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         if args.profiles or args.max_vcpus is not None:
             raise UsageError("--trace gives each VM its demand and size; it excludes --profiles and --max-vcpus")
         _check_trace(args.trace)
-    config = SimulatorConfig(vms=args.vms or 6, seed=args.seed, hotplug_delay_s=args.hotplug_delay,
-                             profiles=tuple(p for p in args.profiles.split(",") if p), max_vcpus=args.max_vcpus,
-                             trace=args.trace, trace_vms=args.vms)
+    config = SimulatorConfig(
+        vms=args.vms or 6,
+        seed=args.seed,
+        hotplug_delay_s=args.hotplug_delay,
+        profiles=tuple(p for p in args.profiles.split(",") if p),
+        max_vcpus=args.max_vcpus,
+        trace=args.trace,
+        trace_vms=args.vms,
+    )
 
     async def body(ctx: ServiceContext) -> None:
         await SimulatorService(ctx, config).run()
@@ -379,8 +503,13 @@ def cmd_collector(args: argparse.Namespace) -> int:
         elif args.source == "libvirt":
             from services.collector.sources.libvirt import LibvirtSource
 
-            source = LibvirtSource(ctx.clock, args.libvirt_uri, domains=args.libvirt_domain,
-                                   opt_in=args.libvirt_opt_in, registry=ctx.metrics.registry)
+            source = LibvirtSource(
+                ctx.clock,
+                args.libvirt_uri,
+                domains=args.libvirt_domain,
+                opt_in=args.libvirt_opt_in,
+                registry=ctx.metrics.registry,
+            )
         else:
             source = ProcessSource(specs, ctx.clock)
         await Collector(ctx, source, args.interval).run()
@@ -396,10 +525,17 @@ def cmd_decider(args: argparse.Namespace) -> int:
     policy, rails = build_policy(args.policy, parse_params(args.param))
     if args.shadow and args.dry_run:
         raise UsageError("--shadow and --dry-run exclude each other")
-    config = DeciderConfig(name=args.name, dry_run=args.dry_run, shadow=args.shadow, group=args.group,
-                           lease=args.lease, lease_ttl_s=args.lease_ttl,
-                           max_sample_age_s=args.max_sample_age, command_ttl_s=args.command_ttl,
-                           intake_capacity=args.intake_capacity)
+    config = DeciderConfig(
+        name=args.name,
+        dry_run=args.dry_run,
+        shadow=args.shadow,
+        group=args.group,
+        lease=args.lease,
+        lease_ttl_s=args.lease_ttl,
+        max_sample_age_s=args.max_sample_age,
+        command_ttl_s=args.command_ttl,
+        intake_capacity=args.intake_capacity,
+    )
     if config.intake_capacity < 1:
         raise UsageError("--intake-capacity must be at least 1")
 
@@ -425,9 +561,15 @@ def cmd_actuator(args: argparse.Namespace) -> int:
         vm_bounds[vm] = Bounds(int(low), int(high))
     if args.max_changes < 1:
         raise UsageError("--max-changes must be at least 1")
-    config = ActuatorConfig(name=args.name, bounds=Bounds(args.min_vcpus, args.max_vcpus), vm_bounds=vm_bounds,
-                            step_timeout_s=args.step_timeout, max_changes=args.max_changes,
-                            rate_window_s=args.rate_window, ack_wait_s=args.ack_wait)
+    config = ActuatorConfig(
+        name=args.name,
+        bounds=Bounds(args.min_vcpus, args.max_vcpus),
+        vm_bounds=vm_bounds,
+        step_timeout_s=args.step_timeout,
+        max_changes=args.max_changes,
+        rate_window_s=args.rate_window,
+        ack_wait_s=args.ack_wait,
+    )
 
     if args.driver == "libvirt":
         _need_libvirt()
@@ -548,12 +690,26 @@ def cmd_up(args: argparse.Namespace) -> int:
         args.trace = args.trace.resolve()  # the simulator child must find it whatever its working directory
         _check_trace(args.trace)
     vms, guests = (None, args.vms or 0) if args.hypervisor == "libvirt" else (args.vms, 0)
-    options = UpOptions(vms=vms, libvirt_guests=guests, libvirt_uri=args.libvirt_uri, trace=args.trace,
-                        duration_s=args.duration, speed=args.speed, policy=args.policy,
-                        params=tuple(args.param), data_dir=args.data_dir, nats_url=resolve_nats_url(args.nats),
-                        seed=args.seed, interval_s=args.interval, dry_run=args.dry_run, view=not args.no_view,
-                        log_level=args.log_level, hypervisor=args.hypervisor, max_vcpus=args.max_vcpus,
-                        cluster=args.cluster)
+    options = UpOptions(
+        vms=vms,
+        libvirt_guests=guests,
+        libvirt_uri=args.libvirt_uri,
+        trace=args.trace,
+        duration_s=args.duration,
+        speed=args.speed,
+        policy=args.policy,
+        params=tuple(args.param),
+        data_dir=args.data_dir,
+        nats_url=resolve_nats_url(args.nats),
+        seed=args.seed,
+        interval_s=args.interval,
+        dry_run=args.dry_run,
+        view=not args.no_view,
+        log_level=args.log_level,
+        hypervisor=args.hypervisor,
+        max_vcpus=args.max_vcpus,
+        cluster=args.cluster,
+    )
     if options.cluster < 1 or (options.cluster > 1 and options.nats_url is not None):
         raise UsageError("--cluster takes a node count of at least 1, and only for the embedded broker (no --nats)")
     if options.hypervisor != "simulator" and options.speed != 1.0:
@@ -625,12 +781,26 @@ def _print_event_table(records: list[dict[str, object]]) -> None:
     for r in records:
         when = datetime.fromtimestamp(float(r["time"]), tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]  # type: ignore[arg-type]
         if r["kind"] == "command":
-            table.add_row(when, "command", str(r["host"]), str(r["vm"]), str(r["id"]),
-                          f"{r['seen_vcpus']}→{r['target_vcpus']}", str(r["reason"]))
+            table.add_row(
+                when,
+                "command",
+                str(r["host"]),
+                str(r["vm"]),
+                str(r["id"]),
+                f"{r['seen_vcpus']}→{r['target_vcpus']}",
+                str(r["reason"]),
+            )
         else:
             detail = "ok" if r["ok"] else f"{r['error_code']}: {r['error']}"
-            table.add_row(when, "result", str(r["host"]), str(r["vm"]), str(r["command_id"]),
-                          f"{r['vcpus_before']}→{r['vcpus_after']}", detail)
+            table.add_row(
+                when,
+                "result",
+                str(r["host"]),
+                str(r["vm"]),
+                str(r["command_id"]),
+                f"{r['vcpus_before']}→{r['vcpus_after']}",
+                detail,
+            )
     Console().print(table)
 
 
@@ -709,8 +879,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         sample_decoder, proposal_decoder = Decoder(MetricSample), Decoder(ScaleCommand)
         nc = await bus.connect(url, "hotplug-compare", forever=False)
         try:
-            async for subject, data in read_stream(nc.jetstream(), subjects.METRICS_STREAM,
-                                                   [subjects.ALL_METRICS, subjects.ALL_PROPOSALS]):
+            async for subject, data in read_stream(
+                nc.jetstream(), subjects.METRICS_STREAM, [subjects.ALL_METRICS, subjects.ALL_PROPOSALS]
+            ):
                 try:
                     if subject.startswith(subjects.PROPOSALS):
                         proposals.append(proposal_decoder.decode(data))
@@ -725,8 +896,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     samples, proposals = _with_stream_access(args, collect)
     if not proposals:
         print("no shadow proposals found: run a decider with --shadow beside the active one", file=sys.stderr)
-    report = {"vms": len({(s.host, s.vm) for s in samples}), "steps": len(samples),
-              "policies": score_shadows(samples, proposals)}
+    report = {
+        "vms": len({(s.host, s.vm) for s in samples}),
+        "steps": len(samples),
+        "policies": score_shadows(samples, proposals),
+    }
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -764,19 +938,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(frontier, indent=1))
         else:
-            render_frontier(frontier, f"{frontier['vms']} VMs, {frontier['steps']} steps"
-                                      f"{' (with pressure)' if args.pressure else ''}: cost at each level of unmet "
-                                      "demand, from a sweep of each policy's trade-off parameter")
+            render_frontier(
+                frontier,
+                f"{frontier['vms']} VMs, {frontier['steps']} steps"
+                f"{' (with pressure)' if args.pressure else ''}: cost at each level of unmet "
+                "demand, from a sweep of each policy's trade-off parameter",
+            )
         return 0
     report = replay_table(series, names, params, args.pressure)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        render_table(report, f"{report['vms']} VMs, {report['steps']} steps"
-                             f"{' (with pressure)' if args.pressure else ''}")
+        render_table(
+            report, f"{report['vms']} VMs, {report['steps']} steps{' (with pressure)' if args.pressure else ''}"
+        )
     if args.plot is not None:
-        for path in write_plots(args.plot, series, names, params, args.pressure,
-                                sweep(series, names, params, args.pressure), report):
+        for path in write_plots(
+            args.plot, series, names, params, args.pressure, sweep(series, names, params, args.pressure), report
+        ):
             print(path, file=sys.stderr)
     return 0
 
@@ -791,10 +970,13 @@ def cmd_auth(args: argparse.Namespace) -> int:
         raise UsageError(f"--port takes port numbers, comma-separated, not {args.port!r}") from None
     for path in write(args.out, hosts, args.address, ports, args.tls):
         print(path)
-    print(f"start the broker with -c {args.out / 'nats.conf'}; create the streams once as admin:\n"
-          f"  env $(cat {args.out / 'credentials' / 'admin.env'}) hotplug streams\n"
-          f"then start each service with its own credentials, e.g. "
-          f"env $(cat {args.out / 'credentials' / 'decider.env'}) hotplug decider", file=sys.stderr)
+    print(
+        f"start the broker with -c {args.out / 'nats.conf'}; create the streams once as admin:\n"
+        f"  env $(cat {args.out / 'credentials' / 'admin.env'}) hotplug streams\n"
+        f"then start each service with its own credentials, e.g. "
+        f"env $(cat {args.out / 'credentials' / 'decider.env'}) hotplug decider",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -806,8 +988,9 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown fault in --only; choose from {', '.join(FAULTS)}")
     if args.nodes < 1 or args.vms < 4:
         raise UsageError("chaos needs at least one node and four VMs")
-    options = ChaosOptions(vms=args.vms, speed=args.speed, window_s=args.window, nodes=args.nodes,
-                           data_dir=args.data_dir, only=only)
+    options = ChaosOptions(
+        vms=args.vms, speed=args.speed, window_s=args.window, nodes=args.nodes, data_dir=args.data_dir, only=only
+    )
     report = asyncio.run(run_chaos(options, progress=lambda line: print(line, file=sys.stderr, flush=True)))
     if args.json:
         print(msgspec.json.encode(report).decode())
@@ -875,8 +1058,15 @@ def _bench_decisions(args: argparse.Namespace) -> int:
     if args.trace is not None:
         args.trace = args.trace.resolve()
         _check_trace(args.trace)
-    options = DecisionsOptions(policies=tuple(policies), seeds=seeds, duration_s=args.duration, speed=args.speed,
-                               vms=args.vms, trace=args.trace, data_dir=args.data_dir)
+    options = DecisionsOptions(
+        policies=tuple(policies),
+        seeds=seeds,
+        duration_s=args.duration,
+        speed=args.speed,
+        vms=args.vms,
+        trace=args.trace,
+        data_dir=args.data_dir,
+    )
     report = bench_decisions(options, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps(report))
@@ -912,10 +1102,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "up": cmd_up, "simulator": cmd_simulator, "collector": cmd_collector, "decider": cmd_decider,
-    "actuator": cmd_actuator, "agent": cmd_agent, "events": cmd_events, "schema": cmd_schema, "load": cmd_load,
-    "replay": cmd_replay, "compare": cmd_compare, "report": cmd_report, "bench": cmd_bench, "vbox": cmd_vbox,
-    "qemu": cmd_qemu, "libvirt": cmd_libvirt, "auth": cmd_auth, "streams": cmd_streams, "chaos": cmd_chaos,
+    "up": cmd_up,
+    "simulator": cmd_simulator,
+    "collector": cmd_collector,
+    "decider": cmd_decider,
+    "actuator": cmd_actuator,
+    "agent": cmd_agent,
+    "events": cmd_events,
+    "schema": cmd_schema,
+    "load": cmd_load,
+    "replay": cmd_replay,
+    "compare": cmd_compare,
+    "report": cmd_report,
+    "bench": cmd_bench,
+    "vbox": cmd_vbox,
+    "qemu": cmd_qemu,
+    "libvirt": cmd_libvirt,
+    "auth": cmd_auth,
+    "streams": cmd_streams,
+    "chaos": cmd_chaos,
 }
 
 

@@ -46,9 +46,11 @@ class Change:
 
 def applied_changes(results: Iterable[ScaleResult]) -> list[Change]:
     """The changes the results report, in time order."""
-    changes = [Change(r.time, r.host, r.vm, r.vcpus_before, r.vcpus_after) for r in results
-               if r.ok and r.vcpus_before is not None and r.vcpus_after is not None
-               and r.vcpus_after != r.vcpus_before]
+    changes = [
+        Change(r.time, r.host, r.vm, r.vcpus_before, r.vcpus_after)
+        for r in results
+        if r.ok and r.vcpus_before is not None and r.vcpus_after is not None and r.vcpus_after != r.vcpus_before
+    ]
     changes.sort(key=lambda c: c.time)
     return changes
 
@@ -80,8 +82,12 @@ def _pct(part: float, whole: float) -> float:
     return 100 * part / whole if whole else 0.0
 
 
-def score_run(samples: list[MetricSample], commands: list[ScaleCommand], results: list[ScaleResult],
-              undo_window_s: float = UNDO_WINDOW_S) -> dict[str, object]:
+def score_run(
+    samples: list[MetricSample],
+    commands: list[ScaleCommand],
+    results: list[ScaleResult],
+    undo_window_s: float = UNDO_WINDOW_S,
+) -> dict[str, object]:
     """Every figure of the decisions benchmark for one run (or several pooled: give each its own host names)."""
     answered = {r.command_id for r in results}
     refused = refusals(results)
@@ -118,13 +124,18 @@ def sample_health(samples: list[MetricSample], interval_s: float, window_s: floa
     expected = vms * int(window_s / interval_s + 1e-9)
     late = sum(1 for s in samples if s.interval_s > 1.5 * interval_s)
     longest = max((s.interval_s for s in samples), default=0.0)
-    return {"received": len(samples), "expected": expected,
-            "missing_pct": round(_pct(max(0, expected - len(samples)), expected), 2),
-            "late": late, "longest_interval_s": round(longest, 3)}
+    return {
+        "received": len(samples),
+        "expected": expected,
+        "missing_pct": round(_pct(max(0, expected - len(samples)), expected), 2),
+        "late": late,
+        "longest_interval_s": round(longest, 3),
+    }
 
 
-def in_window(samples: list[MetricSample], commands: list[ScaleCommand], results: list[ScaleResult],
-              start: float, end: float) -> tuple[list[MetricSample], list[ScaleCommand], list[ScaleResult]]:
+def in_window(
+    samples: list[MetricSample], commands: list[ScaleCommand], results: list[ScaleResult], start: float, end: float
+) -> tuple[list[MetricSample], list[ScaleCommand], list[ScaleResult]]:
     """What a run did in ``[start, end]`` of its clock: the samples taken then, the commands given then, and the
     results of those commands (answered after ``end`` too, so a command given near the end still counts once)."""
     kept_samples = [s for s in samples if start <= s.time <= end]

@@ -72,18 +72,54 @@ async def read_events(js: JetStreamContext) -> AsyncIterator[tuple[str, Event | 
 def event_record(event: Event) -> dict[str, Any]:
     """The flat JSON Lines / CSV record of one event."""
     if isinstance(event, ScaleCommand):
-        return {"kind": "command", "time": event.time, "host": event.host, "vm": event.vm, "id": event.id,
-                "target_vcpus": event.target_vcpus, "seen_vcpus": event.seen_vcpus, "decider": event.decider,
-                "reason": event.reason, "expires_at": event.expires_at, "sample_time": event.sample_time}
-    return {"kind": "result", "time": event.time, "host": event.host, "vm": event.vm,
-            "command_id": event.command_id, "ok": event.ok, "vcpus_before": event.vcpus_before,
-            "vcpus_after": event.vcpus_after, "target_vcpus": event.target_vcpus,
-            "error_code": event.error_code.value if event.error_code else None, "error": event.error,
-            "duration_s": event.duration_s, "actuator": event.actuator}
+        return {
+            "kind": "command",
+            "time": event.time,
+            "host": event.host,
+            "vm": event.vm,
+            "id": event.id,
+            "target_vcpus": event.target_vcpus,
+            "seen_vcpus": event.seen_vcpus,
+            "decider": event.decider,
+            "reason": event.reason,
+            "expires_at": event.expires_at,
+            "sample_time": event.sample_time,
+        }
+    return {
+        "kind": "result",
+        "time": event.time,
+        "host": event.host,
+        "vm": event.vm,
+        "command_id": event.command_id,
+        "ok": event.ok,
+        "vcpus_before": event.vcpus_before,
+        "vcpus_after": event.vcpus_after,
+        "target_vcpus": event.target_vcpus,
+        "error_code": event.error_code.value if event.error_code else None,
+        "error": event.error,
+        "duration_s": event.duration_s,
+        "actuator": event.actuator,
+    }
 
 
-CSV_FIELDS = ["kind", "time", "host", "vm", "id", "command_id", "target_vcpus", "seen_vcpus", "decider", "reason",
-              "ok", "vcpus_before", "vcpus_after", "error_code", "error", "duration_s"]
+CSV_FIELDS = [
+    "kind",
+    "time",
+    "host",
+    "vm",
+    "id",
+    "command_id",
+    "target_vcpus",
+    "seen_vcpus",
+    "decider",
+    "reason",
+    "ok",
+    "vcpus_before",
+    "vcpus_after",
+    "error_code",
+    "error",
+    "duration_s",
+]
 
 
 def format_jsonl(records: list[dict[str, Any]]) -> str:

@@ -128,5 +128,7 @@ class Fleet:
         if len(counts) <= self.MAX_LISTED_VMS:
             return "changes per VM: " + ", ".join(f"{vm} {n}" for vm, n in counts.items()) + tail
         busiest = max(counts, key=lambda vm: counts[vm])
-        return (f"changes per VM: min {min(counts.values())}, median {statistics.median(counts.values()):g}, "
-                f"max {counts[busiest]} ({busiest}){tail}")
+        return (
+            f"changes per VM: min {min(counts.values())}, median {statistics.median(counts.values()):g}, "
+            f"max {counts[busiest]} ({busiest}){tail}"
+        )

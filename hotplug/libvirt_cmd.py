@@ -33,8 +33,16 @@ from shared.libvirt.guest import BOOT_TIMEOUT_S, LIFETIME_MAXIMUM, GuestChannel,
 from shared.qemu.image import ensure_image
 from shared.qemu.vm import parse_cpu_list
 
-STATES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shut off", 6: "crashed",
-          7: "pmsuspended"}
+STATES = {
+    0: "no state",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutdown",
+    5: "shut off",
+    6: "crashed",
+    7: "pmsuspended",
+}
 
 
 class LibvirtCommandError(Exception):
@@ -50,11 +58,19 @@ def _fail(conn: Connection, exc: Any) -> LibvirtCommandError:
     return LibvirtCommandError(classify(exc.get_error_code(), str(exc)).value, str(exc))
 
 
-def start(conn: Connection, name: str, max_vcpus: int, vcpus: int, memory_mb: int, root: Path | None = None,
-          boot_timeout_s: float = BOOT_TIMEOUT_S) -> int:
+def start(
+    conn: Connection,
+    name: str,
+    max_vcpus: int,
+    vcpus: int,
+    memory_mb: int,
+    root: Path | None = None,
+    boot_timeout_s: float = BOOT_TIMEOUT_S,
+) -> int:
     if not 1 <= vcpus <= max_vcpus <= 255:
-        raise LibvirtCommandError("out-of-bounds", f"need 1 <= --vcpus <= --max-vcpus <= 255, got {vcpus} and "
-                                                   f"{max_vcpus}")
+        raise LibvirtCommandError(
+            "out-of-bounds", f"need 1 <= --vcpus <= --max-vcpus <= 255, got {vcpus} and {max_vcpus}"
+        )
     image = ensure_image()
     directory = guest_dir(name, root)
     libvirt = conn.libvirt
@@ -78,8 +94,9 @@ def start(conn: Connection, name: str, max_vcpus: int, vcpus: int, memory_mb: in
     while not channel.ready():
         if time.monotonic() > deadline:
             _destroy(conn, name)
-            raise LibvirtCommandError("timeout", f"guest {name!r} did not boot within {boot_timeout_s:.0f} s; see "
-                                                 f"{directory / 'console.log'}")
+            raise LibvirtCommandError(
+                "timeout", f"guest {name!r} did not boot within {boot_timeout_s:.0f} s; see {directory / 'console.log'}"
+            )
         time.sleep(0.05)
     print(f"{name}: running (domain id {dom.ID()}), {vcpus} of {max_vcpus} vCPUs; files in {directory}")
     return 0
@@ -108,8 +125,9 @@ def stop(conn: Connection, name: str, root: Path | None = None) -> int:
     try:
         dom = conn.run(lambda c: c.lookupByName(name))
         if not started_by_us(_settings_text(dom, libvirt)):
-            raise LibvirtCommandError("", f"domain {name!r} was not started by hotplug libvirt start: left alone "
-                                          f"(virsh shutdown stops it)")
+            raise LibvirtCommandError(
+                "", f"domain {name!r} was not started by hotplug libvirt start: left alone (virsh shutdown stops it)"
+            )
         if dom.isActive():
             dom.destroy()
     except libvirt.libvirtError as exc:
@@ -170,10 +188,17 @@ def _row(conn: Connection, dom: Any) -> dict[str, Any]:
         state = dom.state()[0]
         row["state"] = STATES.get(state, str(state))
         info = parse_domain(dom.XMLDesc(0))
-        row.update({"type": info.kind, "vcpus": info.online if state == 1 else None, "min_vcpus": info.min_vcpus,
-                    "max_vcpus": info.max_vcpus, "domain_maximum": info.maximum,
-                    "enabled": info.settings.enabled,
-                    "started_by_hotplug": started_by_us(_settings_text(dom, libvirt))})
+        row.update(
+            {
+                "type": info.kind,
+                "vcpus": info.online if state == 1 else None,
+                "min_vcpus": info.min_vcpus,
+                "max_vcpus": info.max_vcpus,
+                "domain_maximum": info.maximum,
+                "enabled": info.settings.enabled,
+                "started_by_hotplug": started_by_us(_settings_text(dom, libvirt)),
+            }
+        )
         if state == 1:
             row["guest_online_vcpus"] = _guest_online(conn, name, info)
             row["hotplug_adds_left"] = info.adds_left()
@@ -203,9 +228,22 @@ def status(conn: Connection, as_json: bool) -> int:
         if "error" in r:
             table.add_row(str(r["name"]), f"error: {r['error']}", "", "", "", "", "", "", str(r["message"]))
             continue
-        table.add_row(*(("" if r.get(k) is None else str(r.get(k))) for k in (
-            "name", "state", "type", "vcpus", "guest_online_vcpus", "min_vcpus", "max_vcpus", "hotplug_adds_left",
-            "enabled")))
+        table.add_row(
+            *(
+                ("" if r.get(k) is None else str(r.get(k)))
+                for k in (
+                    "name",
+                    "state",
+                    "type",
+                    "vcpus",
+                    "guest_online_vcpus",
+                    "min_vcpus",
+                    "max_vcpus",
+                    "hotplug_adds_left",
+                    "enabled",
+                )
+            )
+        )
     Console().print(table)
     return 0
 
@@ -214,15 +252,18 @@ def prepare(conn: Connection, name: str, max_vcpus: int, start_vcpus: int | None
     """One-time set-up of a shut-off domain: maximum, boot count, hotpluggable layout, settings metadata."""
     boot = max_vcpus if start_vcpus is None else start_vcpus
     if not 1 <= min_vcpus <= boot <= max_vcpus <= 255:
-        raise LibvirtCommandError("out-of-bounds", f"need 1 <= --min-vcpus <= --start-vcpus <= --max-vcpus <= 255, "
-                                                   f"got {min_vcpus}, {boot} and {max_vcpus}")
+        raise LibvirtCommandError(
+            "out-of-bounds",
+            f"need 1 <= --min-vcpus <= --start-vcpus <= --max-vcpus <= 255, got {min_vcpus}, {boot} and {max_vcpus}",
+        )
     libvirt = conn.libvirt
     config = libvirt.VIR_DOMAIN_AFFECT_CONFIG
     try:
         dom = conn.run(lambda c: c.lookupByName(name))
         if dom.isActive():
-            raise LibvirtCommandError("", f"domain {name!r} is running; shut it down first (virsh shutdown), then "
-                                          f"run this again")
+            raise LibvirtCommandError(
+                "", f"domain {name!r} is running; shut it down first (virsh shutdown), then run this again"
+            )
         if not dom.isPersistent():
             raise LibvirtCommandError("", f"domain {name!r} is transient: nothing to prepare")
         info = parse_domain(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
@@ -234,13 +275,19 @@ def prepare(conn: Connection, name: str, max_vcpus: int, start_vcpus: int | None
         dom.setVcpusFlags(boot, config)
         conn.run(lambda c: c.defineXML(hotpluggable_layout(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), boot)))
         dom = conn.run(lambda c: c.lookupByName(name))
-        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-                        settings_xml(Settings(enabled=True, min_vcpus=min_vcpus, max_vcpus=max_vcpus)),
-                        SETTINGS_PREFIX, SETTINGS_NS, config)
+        dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+            settings_xml(Settings(enabled=True, min_vcpus=min_vcpus, max_vcpus=max_vcpus)),
+            SETTINGS_PREFIX,
+            SETTINGS_NS,
+            config,
+        )
         info = parse_domain(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     except libvirt.libvirtError as exc:
         raise _fail(conn, exc) from exc
-    print(f"{name}: boots with {info.online} vCPUs, may grow to {max_vcpus} (domain maximum {info.maximum}"
-          f"{', large for the TCG hot-add budget' if info.tcg and info.maximum > max_vcpus else ''}), "
-          f"hotpluggable: {', '.join(str(v.id) for v in info.vcpus if v.hotpluggable and v.id < max_vcpus)}")
+    print(
+        f"{name}: boots with {info.online} vCPUs, may grow to {max_vcpus} (domain maximum {info.maximum}"
+        f"{', large for the TCG hot-add budget' if info.tcg and info.maximum > max_vcpus else ''}), "
+        f"hotpluggable: {', '.join(str(v.id) for v in info.vcpus if v.hotpluggable and v.id < max_vcpus)}"
+    )
     return 0

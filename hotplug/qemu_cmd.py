@@ -40,9 +40,16 @@ async def _status_rows(root: Path | None) -> list[dict[str, Any]]:
         async with vm.qmp(monitor=True) as qmp:
             cpus = cast(list[dict[str, Any]], await qmp.execute("query-cpus-fast"))
         stat = vm.guest_stat()
-        rows.append({"name": vm.name, "pid": state.pid, "vcpus": len(cpus),
-                     "guest_online_vcpus": len(stat.online) if stat else None, "max_vcpus": state.max_vcpus,
-                     "hotplug_adds_left": state.adds_left})
+        rows.append(
+            {
+                "name": vm.name,
+                "pid": state.pid,
+                "vcpus": len(cpus),
+                "guest_online_vcpus": len(stat.online) if stat else None,
+                "max_vcpus": state.max_vcpus,
+                "hotplug_adds_left": state.adds_left,
+            }
+        )
     return rows
 
 
@@ -58,8 +65,9 @@ def status(as_json: bool, root: Path | None = None) -> int:
     for column in ("name", "pid", "vCPUs (QMP)", "online in guest", "max", "hot-adds left"):
         table.add_column(column)
     for r in rows:
-        table.add_row(*(str(r[k]) for k in ("name", "pid", "vcpus", "guest_online_vcpus", "max_vcpus",
-                                            "hotplug_adds_left")))
+        table.add_row(
+            *(str(r[k]) for k in ("name", "pid", "vcpus", "guest_online_vcpus", "max_vcpus", "hotplug_adds_left"))
+        )
     Console().print(table)
     return 0
 

@@ -73,17 +73,22 @@ def run_jobs(series: list[VmSeries], jobs: list[Job], workers: int | None = None
         return dict(pool.map(_run_job, jobs))
 
 
-def replay_table(series: list[VmSeries], names: list[str], params: dict[str, dict[str, str]],
-                 pressure: bool) -> dict[str, object]:
+def replay_table(
+    series: list[VmSeries], names: list[str], params: dict[str, dict[str, str]], pressure: bool
+) -> dict[str, object]:
     jobs = [Job(name, name, scoped(params, name), pressure) for name in names]
     scores = run_jobs(series, jobs)
     scores[ORACLE] = score_oracle(series)
-    return {"vms": len(series), "steps": sum(len(s.demand) for s in series),
-            "policies": {name: scores[name] for name in [*names, ORACLE]}}
+    return {
+        "vms": len(series),
+        "steps": sum(len(s.demand) for s in series),
+        "policies": {name: scores[name] for name in [*names, ORACLE]},
+    }
 
 
-def sweep(series: list[VmSeries], names: list[str], params: dict[str, dict[str, str]],
-          pressure: bool) -> dict[str, list[tuple[float, dict[str, float]]]]:
+def sweep(
+    series: list[VmSeries], names: list[str], params: dict[str, dict[str, str]], pressure: bool
+) -> dict[str, list[tuple[float, dict[str, float]]]]:
     jobs = []
     for name in names:
         key, values = SWEEPS[name]
@@ -98,8 +103,9 @@ def sweep(series: list[VmSeries], names: list[str], params: dict[str, dict[str, 
     return out
 
 
-def frontier_report(series: list[VmSeries], names: list[str], params: dict[str, dict[str, str]], pressure: bool,
-                    levels: list[float]) -> dict[str, object]:
+def frontier_report(
+    series: list[VmSeries], names: list[str], params: dict[str, dict[str, str]], pressure: bool, levels: list[float]
+) -> dict[str, object]:
     """Each policy's sweep, and from it the cost (× oracle) it reaches at each level of unmet demand."""
     sweeps = sweep(series, names, params, pressure)
     policies: dict[str, object] = {}
@@ -108,11 +114,23 @@ def frontier_report(series: list[VmSeries], names: list[str], params: dict[str, 
         policies[name] = {
             "parameter": f"{name}.{SWEEPS[name][0]}",
             **frontier(pairs, levels),
-            "sweep": [{"value": value, "unmet_pct": scores["unmet_pct"], "ratio_to_oracle": scores["ratio_to_oracle"],
-                       "actions_per_vm_day": scores["actions_per_vm_day"]} for value, scores in points],
+            "sweep": [
+                {
+                    "value": value,
+                    "unmet_pct": scores["unmet_pct"],
+                    "ratio_to_oracle": scores["ratio_to_oracle"],
+                    "actions_per_vm_day": scores["actions_per_vm_day"],
+                }
+                for value, scores in points
+            ],
         }
-    return {"vms": len(series), "steps": sum(len(s.demand) for s in series), "pressure": pressure,
-            "levels_pct": levels, "policies": policies}
+    return {
+        "vms": len(series),
+        "steps": sum(len(s.demand) for s in series),
+        "pressure": pressure,
+        "levels_pct": levels,
+        "policies": policies,
+    }
 
 
 def render_frontier(report: dict[str, object], title: str) -> None:
@@ -141,23 +159,41 @@ def render_table(report: dict[str, object], title: str) -> None:
 
     table = Table(title=title)
     table.add_column("policy")
-    headers = {"alloc_core_hours": "alloc core-h", "oracle_core_hours": "oracle core-h", "ratio_to_oracle": "×oracle",
-               "slack_pct": "slack %", "unmet_pct": "unmet %", "underprovisioned_pct": "under %",
-               "actions_per_vm_day": "actions/VM-day"}
+    headers = {
+        "alloc_core_hours": "alloc core-h",
+        "oracle_core_hours": "oracle core-h",
+        "ratio_to_oracle": "×oracle",
+        "slack_pct": "slack %",
+        "unmet_pct": "unmet %",
+        "underprovisioned_pct": "under %",
+        "actions_per_vm_day": "actions/VM-day",
+    }
     for key in SCORE_KEYS:
         table.add_column(headers[key], justify="right")
     policies = report["policies"]
     assert isinstance(policies, dict)
     for name, scores in policies.items():
-        cells = [f"{scores[k]:.0f}" if k.endswith("hours") else f"{scores[k]:.3f}" if k == "ratio_to_oracle"
-                 else f"{scores[k]:.2f}" for k in SCORE_KEYS]
+        cells = [
+            f"{scores[k]:.0f}"
+            if k.endswith("hours")
+            else f"{scores[k]:.3f}"
+            if k == "ratio_to_oracle"
+            else f"{scores[k]:.2f}"
+            for k in SCORE_KEYS
+        ]
         table.add_row(name, *cells)
     Console().print(table)
 
 
-def write_plots(out_dir: Path, series: list[VmSeries], names: list[str], params: dict[str, dict[str, str]],
-                pressure: bool, sweeps: dict[str, list[tuple[float, dict[str, float]]]],
-                report: dict[str, object]) -> list[Path]:
+def write_plots(
+    out_dir: Path,
+    series: list[VmSeries],
+    names: list[str],
+    params: dict[str, dict[str, str]],
+    pressure: bool,
+    sweeps: dict[str, list[tuple[float, dict[str, float]]]],
+    report: dict[str, object],
+) -> list[Path]:
     try:
         import matplotlib
 
@@ -194,16 +230,28 @@ def write_plots(out_dir: Path, series: list[VmSeries], names: list[str], params:
     for ax in (full, zoom):
         for name, points in sweeps.items():
             key = SWEEPS[name][0]
-            (line,) = ax.plot([p[1]["alloc_core_hours"] for p in points], [p[1]["unmet_pct"] for p in points],
-                              marker="o", ms=4, lw=1, label=f"{name} ({key})")
+            (line,) = ax.plot(
+                [p[1]["alloc_core_hours"] for p in points],
+                [p[1]["unmet_pct"] for p in points],
+                marker="o",
+                ms=4,
+                lw=1,
+                label=f"{name} ({key})",
+            )
             for value, scores in points:
-                ax.annotate(f"{value:g}", (scores["alloc_core_hours"], scores["unmet_pct"]), fontsize=6,
-                            color=line.get_color())
+                ax.annotate(
+                    f"{value:g}", (scores["alloc_core_hours"], scores["unmet_pct"]), fontsize=6, color=line.get_color()
+                )
         for name in names:
             scores = policies[name]
             ax.plot(scores["alloc_core_hours"], scores["unmet_pct"], marker="*", ms=13, color="black", ls="none")
-            ax.annotate(name, (scores["alloc_core_hours"], scores["unmet_pct"]), fontsize=8, xytext=(4, 4),
-                        textcoords="offset points")
+            ax.annotate(
+                name,
+                (scores["alloc_core_hours"], scores["unmet_pct"]),
+                fontsize=8,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
         ax.axvline(oracle, color="grey", ls="--", lw=0.8, label="oracle core-hours")
         ax.set_xlabel("allocated core-hours (cost)")
         ax.set_ylabel("unmet demand % (harm)")
@@ -219,8 +267,8 @@ def write_plots(out_dir: Path, series: list[VmSeries], names: list[str], params:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
-    (out_dir / "sweep.json").write_text(json.dumps(
-        {name: [{"value": v, **s} for v, s in points] for name, points in sweeps.items()}, indent=1))
+    (out_dir / "sweep.json").write_text(
+        json.dumps({name: [{"value": v, **s} for v, s in points] for name, points in sweeps.items()}, indent=1)
+    )
     written.append(out_dir / "sweep.json")
     return written
-

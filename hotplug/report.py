@@ -47,9 +47,14 @@ class RunData:
             "vcpus_plugged": sum(max(0, (r.vcpus_after or 0) - (r.vcpus_before or 0)) for r in ok),
             "vcpus_unplugged": sum(max(0, (r.vcpus_before or 0) - (r.vcpus_after or 0)) for r in ok),
             "scores": self.scores,
-            "per_vm": {f"{h}/{v}": {"samples": len(run.samples), "results": len(run.results),
-                                     "actions": sum(1 for r in run.results if r.ok and r.vcpus_before != r.vcpus_after)}
-                       for (h, v), run in sorted(self.vms.items())},
+            "per_vm": {
+                f"{h}/{v}": {
+                    "samples": len(run.samples),
+                    "results": len(run.results),
+                    "actions": sum(1 for r in run.results if r.ok and r.vcpus_before != r.vcpus_after),
+                }
+                for (h, v), run in sorted(self.vms.items())
+            },
         }
 
 
@@ -80,8 +85,14 @@ def _figure(run: VmRun) -> str:
         ax.step(ts, [s.online_vcpus for s in run.samples], where="post", label="allocated vCPUs", color="tab:blue")
         ax.plot(ts, [s.cpu_used_cores for s in run.samples], lw=0.9, label="used cores", color="tab:orange")
         if any(s.pressure_cores for s in run.samples):
-            ax.plot(ts, [s.cpu_used_cores + (s.pressure_cores or 0) for s in run.samples], lw=0.7, ls="--",
-                    color="tab:red", label="demand (used + pressure)")
+            ax.plot(
+                ts,
+                [s.cpu_used_cores + (s.pressure_cores or 0) for s in run.samples],
+                lw=0.7,
+                ls="--",
+                color="tab:red",
+                label="demand (used + pressure)",
+            )
         for r in run.results:
             x = (r.time - t0) / 60
             if not r.ok:
@@ -109,9 +120,10 @@ def render_html(data: RunData) -> str:
         first = min([c.time for c in data.commands] + [r.time for r in data.results])
         when = datetime.fromtimestamp(first, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.3f}</td></tr>" for k, v in summary["scores"].items())
-    counts = "".join(f"<tr><th>{k.replace('_', ' ')}</th><td>{summary[k]}</td></tr>" for k in
-                     ("vms", "samples", "commands", "results_ok", "results_failed", "vcpus_plugged",
-                      "vcpus_unplugged"))
+    counts = "".join(
+        f"<tr><th>{k.replace('_', ' ')}</th><td>{summary[k]}</td></tr>"
+        for k in ("vms", "samples", "commands", "results_ok", "results_failed", "vcpus_plugged", "vcpus_unplugged")
+    )
     errors: dict[str, int] = defaultdict(int)
     for r in data.results:
         if not r.ok:
@@ -119,7 +131,8 @@ def render_html(data: RunData) -> str:
     error_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in sorted(errors.items()))
     figures = "".join(
         f'<figure><img alt="{html.escape(f"{h}/{v}")}" src="data:image/png;base64,{_figure(run)}"></figure>'
-        for (h, v), run in sorted(data.vms.items()))
+        for (h, v), run in sorted(data.vms.items())
+    )
     payload = json.dumps(summary).replace("</", "<\\/")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Hot-Plug Heaven run report</title>

@@ -16,8 +16,9 @@ async def resize(driver: Driver, vm: str, target: int) -> int:
         view = await driver.read(vm)
         before = current = view.online_vcpus
         if not view.min_vcpus <= target <= view.max_vcpus:
-            print(f"out-of-bounds: {vm} takes {view.min_vcpus} to {view.max_vcpus} vCPUs, not {target}",
-                  file=sys.stderr)
+            print(
+                f"out-of-bounds: {vm} takes {view.min_vcpus} to {view.max_vcpus} vCPUs, not {target}", file=sys.stderr
+            )
             return 1
         while current != target:
             await (driver.plug(vm) if target > current else driver.unplug(vm))

@@ -33,8 +33,15 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, log_dir: Path, *, initial_backoff_s: float = 0.5, max_backoff_s: float = 10.0,
-                 healthy_after_s: float = 30.0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        initial_backoff_s: float = 0.5,
+        max_backoff_s: float = 10.0,
+        healthy_after_s: float = 30.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log_dir = log_dir
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -44,8 +51,7 @@ class Supervisor:
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
 
-    async def start(self, name: str, argv: list[str], metrics_port: int,
-                    env: dict[str, str] | None = None) -> Child:
+    async def start(self, name: str, argv: list[str], metrics_port: int, env: dict[str, str] | None = None) -> Child:
         child = Child(name, argv, metrics_port, env=env)
         self.children[name] = child
         await self._spawn(child)
@@ -56,9 +62,13 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"{child.name}.log").open("ab") as out:
             child.process = await asyncio.create_subprocess_exec(
-                *child.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                *child.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
                 # Ctrl-C reaches the supervisor only; it stops the children
-                env=self._env_of(child), start_new_session=True,
+                env=self._env_of(child),
+                start_new_session=True,
             )
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.process.pid)
@@ -87,8 +97,13 @@ class Supervisor:
             child.exits.append(code)
             if time.monotonic() - child.started_at >= self.healthy_after_s:
                 backoff = self.initial_backoff_s
-            log.warning("%s exited with code %d; restarting in %.1f s (see %s)", child.name, code, backoff,
-                        self.log_dir / f"{child.name}.log")
+            log.warning(
+                "%s exited with code %d; restarting in %.1f s (see %s)",
+                child.name,
+                code,
+                backoff,
+                self.log_dir / f"{child.name}.log",
+            )
             await asyncio.sleep(backoff)
             if self.stopping:
                 return

@@ -62,9 +62,23 @@ class UpOptions:
 def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, port: int) -> list[str]:
     """A service's command line; without ``url`` it reads $HOTPLUG_NATS_URL (a URL with credentials stays out
     of the process list)."""
-    argv = [sys.executable, "-m", "hotplug", service, *(["--nats", url] if url else []), "--host", options.host,
-            "--speed", repr(options.speed), "--epoch", repr(epoch), "--metrics-port", str(port),
-            "--log-level", options.log_level]
+    argv = [
+        sys.executable,
+        "-m",
+        "hotplug",
+        service,
+        *(["--nats", url] if url else []),
+        "--host",
+        options.host,
+        "--speed",
+        repr(options.speed),
+        "--epoch",
+        repr(epoch),
+        "--metrics-port",
+        str(port),
+        "--log-level",
+        options.log_level,
+    ]
     if service == "simulator":
         argv += ["--seed", str(options.seed)]
         if options.vms is not None or options.trace is None:
@@ -104,8 +118,11 @@ class _Watcher(BusWatcher):
     def on_result(self, result: ScaleResult) -> None:
         self.fleet.on_result(result)
         if not sys.stdout.isatty():
-            print(f"{result.vm}: {result.vcpus_before} -> {result.vcpus_after} "
-                  f"{'ok' if result.ok else f'failed ({result.error_code})'}", flush=True)
+            print(
+                f"{result.vm}: {result.vcpus_before} -> {result.vcpus_after} "
+                f"{'ok' if result.ok else f'failed ({result.error_code})'}",
+                flush=True,
+            )
 
 
 async def run_up(options: UpOptions) -> Fleet:
@@ -173,8 +190,13 @@ async def _boot_guests(options: UpOptions, root: Path) -> list[QemuVm]:
 
     image = await asyncio.to_thread(ensure_image)
     names = [f"vm-{i + 1:02d}" for i in range(options.vms or DEFAULT_VMS)]
-    booted = await asyncio.gather(*(asyncio.to_thread(QemuVm.start, name, image, max_vcpus=options.max_vcpus,
-                                                      vcpus=1, root=root) for name in names), return_exceptions=True)
+    booted = await asyncio.gather(
+        *(
+            asyncio.to_thread(QemuVm.start, name, image, max_vcpus=options.max_vcpus, vcpus=1, root=root)
+            for name in names
+        ),
+        return_exceptions=True,
+    )
     guests = [g for g in booted if isinstance(g, QemuVm)]
     failures = [g for g in booted if isinstance(g, BaseException)]
     if failures:
@@ -196,8 +218,10 @@ async def _start_domains(options: UpOptions, root: Path) -> list[str]:
     names = [f"vm-{i + 1:02d}" for i in range(options.libvirt_guests)]
     conn = Connection(options.libvirt_uri)
     try:
-        started = await asyncio.gather(*(asyncio.to_thread(libvirt_cmd.start, conn, name, options.max_vcpus, 1, 256,
-                                                           root) for name in names), return_exceptions=True)
+        started = await asyncio.gather(
+            *(asyncio.to_thread(libvirt_cmd.start, conn, name, options.max_vcpus, 1, 256, root) for name in names),
+            return_exceptions=True,
+        )
     finally:
         conn.close()
     failures = [s for s in started if isinstance(s, BaseException)]
@@ -230,8 +254,11 @@ async def _wait(options: UpOptions, fleet: Fleet) -> None:
         loop.add_signal_handler(sig, stop.set)
     wall_deadline = None if options.duration_s is None else time.monotonic() + options.duration_s / options.speed
     title = f"Hot-Plug Heaven: policy {options.policy}, speed x{options.speed:g} (Ctrl-C to stop)"
-    live = Live(render(fleet, title), refresh_per_second=2, console=Console()) if (
-        options.view and sys.stdout.isatty()) else None
+    live = (
+        Live(render(fleet, title), refresh_per_second=2, console=Console())
+        if (options.view and sys.stdout.isatty())
+        else None
+    )
     try:
         if live is not None:
             live.start()

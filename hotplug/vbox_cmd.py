@@ -13,13 +13,19 @@ async def prepare(vbox: VBoxManage, vm: str, max_vcpus: int, start_vcpus: int | 
     """One-time set-up with the VM powered off: hot-plug on, ``max_vcpus`` possible, ``start_vcpus`` attached."""
     start = max_vcpus if start_vcpus is None else start_vcpus
     if not 1 <= start <= max_vcpus or max_vcpus > 32:
-        print(f"hotplug vbox prepare: need 1 <= --start-vcpus <= --max-vcpus <= 32 (live hot-plug covers CPU ids "
-              f"up to 31), got {start} and {max_vcpus}", file=sys.stderr)
+        print(
+            f"hotplug vbox prepare: need 1 <= --start-vcpus <= --max-vcpus <= 32 (live hot-plug covers CPU ids "
+            f"up to 31), got {start} and {max_vcpus}",
+            file=sys.stderr,
+        )
         return 2
     info = await vbox.info(vm)
     if info.state in ("running", "paused", "starting", "saved", "livesnapshotting"):
-        print(f"hotplug vbox prepare: '{vm}' is {info.state}; power it off first (VBoxManage controlvm "
-              f"<vm> poweroff), then run this again", file=sys.stderr)
+        print(
+            f"hotplug vbox prepare: '{vm}' is {info.state}; power it off first (VBoxManage controlvm "
+            f"<vm> poweroff), then run this again",
+            file=sys.stderr,
+        )
         return 1
     # --cpus before --cpuhotplug: hot-plug on attaches CPUs 0..cpus-1 as the count is at that moment.
     await vbox.check("modifyvm", vm, "--cpus", str(max_vcpus), "--cpuhotplug", "on")
@@ -29,8 +35,10 @@ async def prepare(vbox: VBoxManage, vm: str, max_vcpus: int, start_vcpus: int | 
         args = [a for cpu in detach for a in ("--unplugcpu", cpu)]
         await vbox.check("modifyvm", vm, *args)
     info = await vbox.info(vm)
-    print(f"{info.name}: hot-plug on, {len(info.attached)} of {info.cpus} vCPUs attached "
-          f"(ids {', '.join(map(str, info.attached))})")
+    print(
+        f"{info.name}: hot-plug on, {len(info.attached)} of {info.cpus} vCPUs attached "
+        f"(ids {', '.join(map(str, info.attached))})"
+    )
     return 0
 
 
@@ -39,9 +47,17 @@ async def status(vbox: VBoxManage, as_json: bool) -> int:
     for name, uuid in await vbox.list("vms"):
         try:
             info = await vbox.info(uuid)
-            rows.append({"name": name, "uuid": uuid, "state": info.state, "hotplug": info.hotplug,
-                         "max_vcpus": info.cpus, "attached_cpus": list(info.attached),
-                         "vcpus": len(info.attached)})
+            rows.append(
+                {
+                    "name": name,
+                    "uuid": uuid,
+                    "state": info.state,
+                    "hotplug": info.hotplug,
+                    "max_vcpus": info.cpus,
+                    "attached_cpus": list(info.attached),
+                    "vcpus": len(info.attached),
+                }
+            )
         except VBoxError as exc:
             rows.append({"name": name, "uuid": uuid, "error": exc.code.value, "message": exc.message})
     if as_json:
@@ -57,7 +73,12 @@ async def status(vbox: VBoxManage, as_json: bool) -> int:
         if "error" in r:
             table.add_row(str(r["name"]), f"error: {r['error']}", "", "", str(r["message"]))
         else:
-            table.add_row(str(r["name"]), str(r["state"]), "on" if r["hotplug"] else "off",
-                          f"{r['vcpus']}/{r['max_vcpus']}", ",".join(str(c) for c in r["attached_cpus"]))  # type: ignore[attr-defined]
+            table.add_row(
+                str(r["name"]),
+                str(r["state"]),
+                "on" if r["hotplug"] else "off",
+                f"{r['vcpus']}/{r['max_vcpus']}",
+                ",".join(str(c) for c in r["attached_cpus"]),  # type: ignore[attr-defined]
+            )
     Console().print(table)
     return 0

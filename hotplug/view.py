@@ -14,6 +14,13 @@ def render(fleet: Fleet, title: str) -> Table:
     for (host, vm), row in sorted(fleet.rows.items()):
         bar = "█" * row.online_vcpus + "·" * max(0, row.max_vcpus - row.online_vcpus)
         pressure = "?" if row.pressure_cores is None else f"{row.pressure_cores:.2f}"
-        table.add_row(host, vm, f"{row.online_vcpus}/{row.max_vcpus} {bar}", f"{row.used_cores:.2f}",
-                      pressure, row.last_action, row.last_reason[:60])
+        table.add_row(
+            host,
+            vm,
+            f"{row.online_vcpus}/{row.max_vcpus} {bar}",
+            f"{row.used_cores:.2f}",
+            pressure,
+            row.last_action,
+            row.last_reason[:60],
+        )
     return table

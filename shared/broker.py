@@ -84,8 +84,18 @@ class EmbeddedBroker:
         self._ports_dir.mkdir(exist_ok=True)
         for stale in self._ports_dir.glob("*.ports"):
             stale.unlink()
-        args = [find_nats_server(), "-a", "127.0.0.1", "-p", str(self.port),
-                "--ports_file_dir", str(self._ports_dir), "-js", "-sd", str(self.store_dir / "jetstream")]
+        args = [
+            find_nats_server(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--ports_file_dir",
+            str(self._ports_dir),
+            "-js",
+            "-sd",
+            str(self.store_dir / "jetstream"),
+        ]
         if self.monitor_port is not None:
             args += ["-m", str(self.monitor_port)]
         if self.config_file is not None:

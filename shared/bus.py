@@ -204,9 +204,14 @@ async def publish_durable(
         try:
             await js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=2.0)
             return
-        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError,
-                nats.errors.ConnectionReconnectingError):
+        except (
+            TimeoutError,
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.NoStreamResponseError,
+            nats.js.errors.ServiceUnavailableError,
+            nats.errors.ConnectionReconnectingError,
+        ):
             if time.monotonic() + delay > deadline:
                 raise
             log.warning("publish of %s to %s not acknowledged (attempt %d); retrying", msg_id, subject, attempt)
@@ -214,8 +219,15 @@ async def publish_durable(
             delay = min(delay * 2, 2.0)
 
 
-async def read_stream(js: JetStreamContext, stream: str, filters: list[str], *, since: dt.datetime | None = None,
-                      name: str | None = None, batch: int = 256) -> AsyncGenerator[tuple[str, bytes], None]:
+async def read_stream(
+    js: JetStreamContext,
+    stream: str,
+    filters: list[str],
+    *,
+    since: dt.datetime | None = None,
+    name: str | None = None,
+    batch: int = 256,
+) -> AsyncGenerator[tuple[str, bytes], None]:
     """The stored messages of ``stream`` matching ``filters`` (all, or those stored from ``since`` on), oldest
     first, as (subject, data).
 
@@ -225,8 +237,11 @@ async def read_stream(js: JetStreamContext, stream: str, filters: list[str], *, 
     config = ConsumerConfig(
         name=name or f"read-{secrets.token_hex(8)}",
         deliver_policy=DeliverPolicy.ALL if since is None else DeliverPolicy.BY_START_TIME,
-        opt_start_time=since, ack_policy=AckPolicy.NONE, inactive_threshold=30.0,
-        **({"filter_subject": filters[0]} if len(filters) == 1 else {"filter_subjects": filters}))
+        opt_start_time=since,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
+        **({"filter_subject": filters[0]} if len(filters) == 1 else {"filter_subjects": filters}),
+    )
     assert config.name is not None
     try:
         if name is not None:
@@ -251,4 +266,3 @@ async def read_stream(js: JetStreamContext, stream: str, filters: list[str], *, 
     finally:
         with contextlib.suppress(Exception):
             await js.delete_consumer(stream, config.name)
-

@@ -26,8 +26,9 @@ ROUTE_USER = "route"
 class EmbeddedCluster:
     """``size`` nats-server nodes. Use as a context manager, or call start() and stop()."""
 
-    def __init__(self, store_dir: Path, size: int = 3, *, name: str = "hotplug",
-                 config_file: Path | None = None) -> None:
+    def __init__(
+        self, store_dir: Path, size: int = 3, *, name: str = "hotplug", config_file: Path | None = None
+    ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self.store_dir = Path(store_dir)
@@ -35,13 +36,25 @@ class EmbeddedCluster:
         self.config_file = config_file
         self._route_password = secrets.token_urlsafe(18)
         ports = free_ports(3 * size)
-        client_ports, self._route_ports, self.monitor_ports = ports[:size], ports[size:2 * size], ports[2 * size:]
+        client_ports, self._route_ports, self.monitor_ports = ports[:size], ports[size : 2 * size], ports[2 * size :]
         routes = ",".join(self._route_url(p) for p in self._route_ports)
         self.nodes = [
-            EmbeddedBroker(self.store_dir / f"n{i + 1}", port=client_ports[i], monitor_port=self.monitor_ports[i],
-                           config_file=config_file,
-                           extra_args=["-n", f"n{i + 1}", "--cluster_name", name,
-                                       "--cluster", self._route_url(self._route_ports[i]), "--routes", routes])
+            EmbeddedBroker(
+                self.store_dir / f"n{i + 1}",
+                port=client_ports[i],
+                monitor_port=self.monitor_ports[i],
+                config_file=config_file,
+                extra_args=[
+                    "-n",
+                    f"n{i + 1}",
+                    "--cluster_name",
+                    name,
+                    "--cluster",
+                    self._route_url(self._route_ports[i]),
+                    "--routes",
+                    routes,
+                ],
+            )
             for i in range(size)
         ]
 
@@ -86,8 +99,9 @@ class EmbeddedCluster:
         while pending:
             pending = [i for i in pending if not self._ready(i)]
             if pending and time.monotonic() > deadline:
-                raise BrokerError(f"cluster nodes {[f'n{i + 1}' for i in pending]} found no JetStream leaders "
-                                  f"within {timeout} s")
+                raise BrokerError(
+                    f"cluster nodes {[f'n{i + 1}' for i in pending]} found no JetStream leaders within {timeout} s"
+                )
             if pending:
                 time.sleep(0.1)
 
@@ -100,7 +114,8 @@ class EmbeddedCluster:
             return False
         streams = [s for account in info.get("account_details") or [] for s in account.get("stream_detail") or []]
         return bool(info.get("meta_cluster", {}).get("leader")) and all(
-            s.get("cluster", {}).get("leader") for s in streams)
+            s.get("cluster", {}).get("leader") for s in streams
+        )
 
     def kill(self, index: int) -> None:
         """SIGKILL one node."""

@@ -30,8 +30,12 @@ VmName = Annotated[
 ]
 HostName = Annotated[
     str,
-    msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
-                 description="host (hypervisor) name; a single NATS subject token"),
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        description="host (hypervisor) name; a single NATS subject token",
+    ),
 ]
 Identifier = Annotated[
     str,
@@ -131,17 +135,36 @@ class ScaleResult(_Message, tag="result", frozen=True, kw_only=True, forbid_unkn
     allowed_max_vcpus: VcpuCount | None = None
     # When asking again makes sense, for a refusal: without it, deciders would repeat a refused order on their
     # next sample. Deciders hold the VM at least this long (and apply their own minimum per error code).
-    retry_after: Annotated[float, msgspec.Meta(
-        ge=0, le=86400,
-        description="seconds after this result's time before asking the same VM again makes sense (for a "
-                    "refusal; rate-limited: when the actuator's window frees; guest-refused: a back-off from "
-                    "30 s doubling to 600 s). 0: at once; absent: no particular wait")] | None = None
+    retry_after: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                ge=0,
+                le=86400,
+                description="seconds after this result's time before asking the same VM again makes sense (for a "
+                "refusal; rate-limited: when the actuator's window frees; guest-refused: a back-off from "
+                "30 s doubling to 600 s). 0: at once; absent: no particular wait",
+            ),
+        ]
+        | None
+    ) = None
     # The actuator's own rate limit (at most max_changes resizes of one VM per window), advertised so that a
     # decider plans within it and the limit stays a backstop that is never hit.
-    rate_limit_changes: Annotated[int, msgspec.Meta(
-        ge=1, description="the actuator's rate limit: resizes it allows one VM per rate_limit_window_s")] | None = None
-    rate_limit_window_s: Annotated[float, msgspec.Meta(
-        gt=0, description="the actuator's rate-limit window, in seconds of the shared clock")] | None = None
+    rate_limit_changes: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1, description="the actuator's rate limit: resizes it allows one VM per rate_limit_window_s"
+            ),
+        ]
+        | None
+    ) = None
+    rate_limit_window_s: (
+        Annotated[
+            float, msgspec.Meta(gt=0, description="the actuator's rate-limit window, in seconds of the shared clock")
+        ]
+        | None
+    ) = None
 
 
 BusMessage = MetricSample | ScaleCommand | ScaleResult

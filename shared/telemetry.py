@@ -33,11 +33,15 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.nats_connected = Gauge(
-            "hotplug_nats_connected", "1 while the service is connected to NATS", ["service"],
+            "hotplug_nats_connected",
+            "1 while the service is connected to NATS",
+            ["service"],
             registry=self.registry,
         )
         self.nats_errors = Counter(
-            "hotplug_nats_errors", "Errors reported by the NATS client, by kind", ["service", "kind"],
+            "hotplug_nats_errors",
+            "Errors reported by the NATS client, by kind",
+            ["service", "kind"],
             registry=self.registry,
         )
         self.up = Gauge("hotplug_service_up", "1 while the service runs", ["service"], registry=self.registry)

@@ -157,15 +157,22 @@ class VBoxManage:
 
     async def run(self, *args: str, timeout_s: float | None = None) -> VBoxOutput:
         proc = await asyncio.create_subprocess_exec(
-            self.binary, "-q", *args, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            self.binary,
+            "-q",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s or self.timeout_s)
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            raise VBoxError(ErrorCode.TIMEOUT, f"VBoxManage {' '.join(args[:2])} did not finish in "
-                                               f"{timeout_s or self.timeout_s:.0f} s") from None
+            raise VBoxError(
+                ErrorCode.TIMEOUT,
+                f"VBoxManage {' '.join(args[:2])} did not finish in {timeout_s or self.timeout_s:.0f} s",
+            ) from None
         assert proc.returncode is not None
         return VBoxOutput(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
@@ -183,8 +190,15 @@ class VBoxManage:
             hotplug, attached = read_cpu_tree(cfgfile)
         except (OSError, ET.ParseError) as exc:
             raise VBoxError(ErrorCode.UNKNOWN, f"cannot read the settings file {cfgfile!r}: {exc}") from exc
-        return VmInfo(name=fields.get("name", vm), uuid=fields.get("UUID", ""), state=fields.get("VMState", ""),
-                      cpus=cpus, hotplug=hotplug, attached=attached, cfgfile=cfgfile)
+        return VmInfo(
+            name=fields.get("name", vm),
+            uuid=fields.get("UUID", ""),
+            state=fields.get("VMState", ""),
+            cpus=cpus,
+            hotplug=hotplug,
+            attached=attached,
+            cfgfile=cfgfile,
+        )
 
     async def list(self, which: str = "vms") -> list[tuple[str, str]]:
         return parse_list(await self.check("list", which))

@@ -63,15 +63,19 @@ def metric(url: str, name: str, **labels: str) -> float:
 class ServiceProcess:
     """One ``python -m hotplug <service>`` child with a known metrics port and a log file."""
 
-    def __init__(self, args: list[str], log_path: Path, metrics_port: int,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, metrics_port: int, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with log_path.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "hotplug", *args, "--metrics-port", str(metrics_port)],
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                         cwd=REPO)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hotplug", *args, "--metrics-port", str(metrics_port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=REPO,
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -158,3 +162,16 @@ def vbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[VBoxHome]:
         if pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 15)
+
+
+TIERS = ("unit", "component", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test carries its tier's marker (its folder), and the system tier is slow: ``-m "not slow"`` skips it."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+        if tier == "system":
+            item.add_marker(pytest.mark.slow)

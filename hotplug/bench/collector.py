@@ -39,5 +39,11 @@ def bench_collector(sizes: tuple[int, ...] = (10, 100, 1000), seconds: float = 1
     with tempfile.TemporaryDirectory(prefix="hp-bench-") as tmp:
         by_size = {n: measure(n, seconds, Path(tmp)) for n in sizes}
     per_100 = {str(n): round(pct * 100 / n, 3) for n, pct in by_size.items()}
-    return {"bench": "collector", "interval_s": 1.0, "cpu_pct": {str(n): round(p, 3) for n, p in by_size.items()},
-            "cpu_pct_per_100_vms_by_vms": per_100, "cpu_pct_per_100_vms": per_100[str(max(sizes))], **machine()}
+    return {
+        "bench": "collector",
+        "interval_s": 1.0,
+        "cpu_pct": {str(n): round(p, 3) for n, p in by_size.items()},
+        "cpu_pct_per_100_vms_by_vms": per_100,
+        "cpu_pct_per_100_vms": per_100[str(max(sizes))],
+        **machine(),
+    }

@@ -46,10 +46,18 @@ class Service:
         log_dir.mkdir(parents=True, exist_ok=True)
         with (log_dir / f"{args[0]}-{self.port}.log").open("wb") as log:
             prefix = os.environ.get("HOTPLUG_BENCH_PROFILE_PREFIX", "").split()  # e.g. "-m cProfile -o x.prof"
-            argv = [sys.executable, *prefix, "-m", "hotplug", *args, "--metrics-port", str(self.port),
-                    "--log-level", os.environ.get("HOTPLUG_BENCH_LOG_LEVEL", "WARNING")]
-            self.proc = subprocess.Popen(argv,
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            argv = [
+                sys.executable,
+                *prefix,
+                "-m",
+                "hotplug",
+                *args,
+                "--metrics-port",
+                str(self.port),
+                "--log-level",
+                os.environ.get("HOTPLUG_BENCH_LOG_LEVEL", "WARNING"),
+            ]
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

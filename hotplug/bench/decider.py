@@ -31,11 +31,30 @@ from shared.messages import MetricSample, ScaleCommand
 def sample(vm: str, vcpus: int, busy: bool, now: float, starved: bool = False) -> MetricSample:
     """A steady VM (97 % busy, or 10 %); ``starved``: all its vCPUs busy and as much demand again waiting."""
     if starved:
-        return MetricSample(time=now, host="bench", vm=vm, online_vcpus=vcpus, min_vcpus=1, max_vcpus=16,
-                            cpu_used_cores=float(vcpus), interval_s=1.0, source="bench", pressure_cores=float(vcpus))
+        return MetricSample(
+            time=now,
+            host="bench",
+            vm=vm,
+            online_vcpus=vcpus,
+            min_vcpus=1,
+            max_vcpus=16,
+            cpu_used_cores=float(vcpus),
+            interval_s=1.0,
+            source="bench",
+            pressure_cores=float(vcpus),
+        )
     used = vcpus * (0.97 if busy else 0.1)
-    return MetricSample(time=now, host="bench", vm=vm, online_vcpus=vcpus, min_vcpus=1, max_vcpus=16,
-                        cpu_used_cores=used, interval_s=1.0, source="bench")
+    return MetricSample(
+        time=now,
+        host="bench",
+        vm=vm,
+        online_vcpus=vcpus,
+        min_vcpus=1,
+        max_vcpus=16,
+        cpu_used_cores=used,
+        interval_s=1.0,
+        source="bench",
+    )
 
 
 async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
@@ -60,9 +79,10 @@ async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
             subject = {vm: subjects.metrics("bench", vm) for vm in names}
 
             def counts() -> tuple[float, float]:
-                return (scrape_total(decider.metrics_url, "hotplug_messages_received_total", kind="metric"),
-                        scrape_total(decider.metrics_url, "hotplug_messages_dropped_total", kind="metric",
-                                     reason="shed"))
+                return (
+                    scrape_total(decider.metrics_url, "hotplug_messages_received_total", kind="metric"),
+                    scrape_total(decider.metrics_url, "hotplug_messages_dropped_total", kind="metric", reason="shed"),
+                )
 
             async def offer(rate: float | None, duration: float) -> tuple[int, float, float, float]:
                 """Samples at ``rate`` per second (None: as fast as the broker takes them), at a steady load (as
@@ -127,13 +147,23 @@ async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
             await nc.close()
         finally:
             decider.stop()
-    return {"bench": "decider", "vms": vms, "samples_per_s": round(decided_per_s), "sustained_offer_per_s": sustained,
-            "flood": {"published": flood_published, "intake_per_s": round(flood_published / flood_s),
-                      "decided_per_s": round(flood_decided / flood_s), "shed": int(flood_shed)},
-            "offered_at_1hz_per_s": vms, "commands": len(latencies),
-            "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
-            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-            **machine()}
+    return {
+        "bench": "decider",
+        "vms": vms,
+        "samples_per_s": round(decided_per_s),
+        "sustained_offer_per_s": sustained,
+        "flood": {
+            "published": flood_published,
+            "intake_per_s": round(flood_published / flood_s),
+            "decided_per_s": round(flood_decided / flood_s),
+            "shed": int(flood_shed),
+        },
+        "offered_at_1hz_per_s": vms,
+        "commands": len(latencies),
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        **machine(),
+    }
 
 
 def bench_decider(vms: int, seconds: float = 5.0) -> dict[str, object]:

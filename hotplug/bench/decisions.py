@@ -76,8 +76,9 @@ def _dropped(decider: Service) -> dict[str, int]:
     out = {}
     for reason in ("stale", "shed", "malformed"):
         with contextlib.suppress(OSError):
-            out[reason] = int(scrape_total(decider.metrics_url, "hotplug_messages_dropped_total", kind="metric",
-                                           reason=reason))
+            out[reason] = int(
+                scrape_total(decider.metrics_url, "hotplug_messages_dropped_total", kind="metric", reason=reason)
+            )
     return out
 
 
@@ -111,9 +112,12 @@ async def run_one(policy: str, seed: int, options: DecisionsOptions, work: Path)
             if options.trace is not None:
                 sim += ["--trace", str(options.trace)]
             # The collector last, so the decider and actuator are listening from the first sample.
-            for name, argv in (("simulator", sim), ("actuator", ["actuator", *common]),
-                               ("decider", ["decider", *common, "--policy", policy]),
-                               ("collector", ["collector", *common, "--interval", repr(INTERVAL_S)])):
+            for name, argv in (
+                ("simulator", sim),
+                ("actuator", ["actuator", *common]),
+                ("decider", ["decider", *common, "--policy", policy]),
+                ("collector", ["collector", *common, "--interval", repr(INTERVAL_S)]),
+            ):
                 services[name] = await asyncio.to_thread(Service, argv, logs)
 
             # Measure from the first sample, for duration_s of the shared clock; a loop that cannot keep up fails
@@ -121,15 +125,18 @@ async def run_one(policy: str, seed: int, options: DecisionsOptions, work: Path)
             wall_limit = time.monotonic() + options.duration_s / options.speed * 2 + 60
             while not recorder.samples or recorder.samples[-1].time < recorder.samples[0].time + options.duration_s:
                 if time.monotonic() > wall_limit:
-                    raise RuntimeError(f"{policy}, seed {seed}: the samples did not span {options.duration_s:g} "
-                                       f"simulated seconds in time; the loop fell behind at --speed "
-                                       f"{options.speed:g}")
+                    raise RuntimeError(
+                        f"{policy}, seed {seed}: the samples did not span {options.duration_s:g} "
+                        f"simulated seconds in time; the loop fell behind at --speed "
+                        f"{options.speed:g}"
+                    )
                 await asyncio.sleep(0.2)
             start = recorder.samples[0].time
             end = start + options.duration_s
             dropped = _dropped(services["decider"])
-            read_failures = int(scrape_total(services["collector"].metrics_url,
-                                             "hotplug_collector_read_failures_total"))
+            read_failures = int(
+                scrape_total(services["collector"].metrics_url, "hotplug_collector_read_failures_total")
+            )
             for name in ("collector", "decider"):  # no new samples, no new commands
                 await asyncio.to_thread(services.pop(name).stop)
             ids = {c.id for c in recorder.commands if start <= c.time <= end}
@@ -144,11 +151,13 @@ async def run_one(policy: str, seed: int, options: DecisionsOptions, work: Path)
             with contextlib.suppress(Exception):
                 await nc.close()
     score = score_run(samples, commands, results)
-    score["health"] = {**sample_health(samples, INTERVAL_S, options.duration_s),
-                       "lag_p50_s": round(percentile(recorder.lags, 0.5), 3),
-                       "lag_p95_s": round(percentile(recorder.lags, 0.95), 3),
-                       "collector_read_failures": read_failures,
-                       "decider_dropped": dropped}
+    score["health"] = {
+        **sample_health(samples, INTERVAL_S, options.duration_s),
+        "lag_p50_s": round(percentile(recorder.lags, 0.5), 3),
+        "lag_p95_s": round(percentile(recorder.lags, 0.95), 3),
+        "collector_read_failures": read_failures,
+        "decider_dropped": dropped,
+    }
     # The window on the run's clock: the commands given in it are the ones counted (`hotplug events` on the kept
     # data dir shows the same, and a few given after it while the decider stopped).
     score["window"] = [start, end]
@@ -171,13 +180,23 @@ async def run(options: DecisionsOptions, work: Path, progress: Progress | None =
             pooled.results += one.results
             per_seed[str(seed)] = one.score
             if progress is not None:
-                progress(f"{policy}, seed {seed}: {one.score['commands']} commands, {one.score['changes']} changes, "
-                         f"{one.score['wall_s']} wall s")
+                progress(
+                    f"{policy}, seed {seed}: {one.score['commands']} commands, {one.score['changes']} changes, "
+                    f"{one.score['wall_s']} wall s"
+                )
         policies[policy] = {**score_run(pooled.samples, pooled.commands, pooled.results), "seeds": per_seed}
-    return {"bench": "decisions", "duration_s": options.duration_s, "speed": options.speed,
-            "interval_s": INTERVAL_S, "vms": options.vms if options.trace else options.vms or DEFAULT_VMS,
-            "trace": str(options.trace) if options.trace else None, "seeds": list(options.seeds),
-            "undo_window_s": UNDO_WINDOW_S, "policies": policies, **machine()}
+    return {
+        "bench": "decisions",
+        "duration_s": options.duration_s,
+        "speed": options.speed,
+        "interval_s": INTERVAL_S,
+        "vms": options.vms if options.trace else options.vms or DEFAULT_VMS,
+        "trace": str(options.trace) if options.trace else None,
+        "seeds": list(options.seeds),
+        "undo_window_s": UNDO_WINDOW_S,
+        "policies": policies,
+        **machine(),
+    }
 
 
 def bench_decisions(options: DecisionsOptions, progress: Progress | None = None) -> dict[str, object]:
@@ -193,11 +212,26 @@ def render_table(report: dict[str, object]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    title = (f"decisions, live: {report['duration_s']} simulated s per seed at x{report['speed']}, "
-             f"{report['trace'] or str(report['vms']) + ' seeded VMs'}")
+    title = (
+        f"decisions, live: {report['duration_s']} simulated s per seed at x{report['speed']}, "
+        f"{report['trace'] or str(report['vms']) + ' seeded VMs'}"
+    )
     table = Table(title=title)
-    for column in ("policy", "seed", "commands", "refused %", "refused by code", "changes", "undone ≤60 s %",
-                   "changes/VM-h", "×oracle", "unmet %", "samples missing %", "lag p95 s", "dropped"):
+    for column in (
+        "policy",
+        "seed",
+        "commands",
+        "refused %",
+        "refused by code",
+        "changes",
+        "undone ≤60 s %",
+        "changes/VM-h",
+        "×oracle",
+        "unmet %",
+        "samples missing %",
+        "lag p95 s",
+        "dropped",
+    ):
         table.add_column(column, justify="left" if column in ("policy", "seed", "refused by code") else "right")
     policies = report["policies"]
     assert isinstance(policies, dict)
@@ -210,9 +244,21 @@ def render_table(report: dict[str, object]) -> None:
         if isinstance(health, dict):
             missing, lag = f"{health['missing_pct']}", f"{health['lag_p95_s']}"
             dropped = str(sum(health["decider_dropped"].values()))
-        return [policy, seed, str(s["commands"]), f"{s['refused_pct']}",
-                ", ".join(f"{k}={v}" for k, v in codes.items()), str(s["changes"]), f"{s['undone_pct']}",
-                f"{s['changes_per_vm_hour']}", f"{s['cost_x_oracle']}", f"{s['unmet_pct']}", missing, lag, dropped]
+        return [
+            policy,
+            seed,
+            str(s["commands"]),
+            f"{s['refused_pct']}",
+            ", ".join(f"{k}={v}" for k, v in codes.items()),
+            str(s["changes"]),
+            f"{s['undone_pct']}",
+            f"{s['changes_per_vm_hour']}",
+            f"{s['cost_x_oracle']}",
+            f"{s['unmet_pct']}",
+            missing,
+            lag,
+            dropped,
+        ]
 
     for name, scores in policies.items():
         table.add_row(*row(name, "all", scores))

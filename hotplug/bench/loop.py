@@ -32,17 +32,53 @@ INTERVAL_S = 1.0
 async def run(vms: int, trials: int, work: Path) -> dict[str, object]:
     with EmbeddedBroker(work / "nats") as broker:
         common = ["--nats", broker.url]
-        services = [Service(["simulator", *common, "--vms", str(vms), "--profiles", "idle", "--max-vcpus", "2",
-                             "--hotplug-delay", str(HOTPLUG_DELAY_S)], work)]
+        services = [
+            Service(
+                [
+                    "simulator",
+                    *common,
+                    "--vms",
+                    str(vms),
+                    "--profiles",
+                    "idle",
+                    "--max-vcpus",
+                    "2",
+                    "--hotplug-delay",
+                    str(HOTPLUG_DELAY_S),
+                ],
+                work,
+            )
+        ]
         services.append(Service(["collector", *common, "--interval", str(INTERVAL_S)], work))
         # The reaction is the loop's (sample, decision, command, hot-plug, result), not a policy's patience: the
         # seed's rule with no wait and low thresholds grows on the first sample that shows the load (even the
         # part of a second after the step) and shrinks as soon as it is gone, so trials follow each other quickly
         # (the calm default would hold each VM for minutes).
-        services.append(Service(["decider", *common, "--policy", "threshold", "--param", "threshold.sustain_s=0",
-                                 "--param", "threshold.upper=0.1", "--param", "threshold.lower=0.05",
-                                 "--param", "guard.up_cooldown_s=0", "--param", "guard.down_cooldown_s=0",
-                                 "--param", "guard.warmup_s=0", "--param", "guard.max_changes=1000"], work))
+        services.append(
+            Service(
+                [
+                    "decider",
+                    *common,
+                    "--policy",
+                    "threshold",
+                    "--param",
+                    "threshold.sustain_s=0",
+                    "--param",
+                    "threshold.upper=0.1",
+                    "--param",
+                    "threshold.lower=0.05",
+                    "--param",
+                    "guard.up_cooldown_s=0",
+                    "--param",
+                    "guard.down_cooldown_s=0",
+                    "--param",
+                    "guard.warmup_s=0",
+                    "--param",
+                    "guard.max_changes=1000",
+                ],
+                work,
+            )
+        )
         services.append(Service(["actuator", *common, "--max-changes", "1000"], work))  # trials follow quickly
         try:
             nc = await bus.connect(broker.url, "bench", forever=False)
@@ -90,10 +126,16 @@ async def run(vms: int, trials: int, work: Path) -> dict[str, object]:
         finally:
             for service in services:
                 service.stop()
-    return {"bench": "loop", "trials": len(reactions), "interval_s": INTERVAL_S, "hotplug_delay_s": HOTPLUG_DELAY_S,
-            "reaction_p50_s": round(percentile(reactions, 0.5), 3),
-            "reaction_p95_s": round(percentile(reactions, 0.95), 3),
-            "reaction_max_s": round(max(reactions), 3), **machine()}
+    return {
+        "bench": "loop",
+        "trials": len(reactions),
+        "interval_s": INTERVAL_S,
+        "hotplug_delay_s": HOTPLUG_DELAY_S,
+        "reaction_p50_s": round(percentile(reactions, 0.5), 3),
+        "reaction_p95_s": round(percentile(reactions, 0.95), 3),
+        "reaction_max_s": round(max(reactions), 3),
+        **machine(),
+    }
 
 
 def bench_loop(vms: int = 4, trials: int = 20) -> dict[str, object]:

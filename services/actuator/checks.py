@@ -39,8 +39,10 @@ def admit(command: ScaleCommand, own_host: str, now: float, current_term: int = 
     if now >= command.expires_at:
         return Refusal(ErrorCode.EXPIRED, f"expired {now - command.expires_at:.1f} s ago")
     if command.term < current_term:
-        return Refusal(ErrorCode.STALE_TERM, f"sent in leadership term {command.term} of {command.decider}; "
-                                             f"the current term is {current_term}")
+        return Refusal(
+            ErrorCode.STALE_TERM,
+            f"sent in leadership term {command.term} of {command.decider}; the current term is {current_term}",
+        )
     return None
 
 
@@ -50,9 +52,12 @@ def rate_limited(changes: list[float], now: float, limit: int, window_s: float) 
     if len(recent) >= limit:
         # One more resize fits once all but limit - 1 of the recent ones have left the window.
         frees_at = recent[len(recent) - limit] + window_s
-        return Refusal(ErrorCode.RATE_LIMITED, f"{len(recent)} resizes in the last {window_s:.0f} s "
-                                               f"(at most {limit}); the next fits in {frees_at - now:.1f} s",
-                       retry_at=frees_at)
+        return Refusal(
+            ErrorCode.RATE_LIMITED,
+            f"{len(recent)} resizes in the last {window_s:.0f} s "
+            f"(at most {limit}); the next fits in {frees_at - now:.1f} s",
+            retry_at=frees_at,
+        )
     return None
 
 
@@ -69,7 +74,8 @@ def plan(command: ScaleCommand, view: VmView, bounds: Bounds) -> Plan | Refusal:
         # The desired size is there already (e.g. a command redelivered after its effect): nothing to do.
         return Plan(direction=0, steps=0)
     if view.online_vcpus != command.seen_vcpus:
-        return Refusal(ErrorCode.STALE_VIEW,
-                       f"decided on {command.seen_vcpus} vCPUs but the VM has {view.online_vcpus}")
+        return Refusal(
+            ErrorCode.STALE_VIEW, f"decided on {command.seen_vcpus} vCPUs but the VM has {view.online_vcpus}"
+        )
     delta = command.target_vcpus - view.online_vcpus
     return Plan(direction=(delta > 0) - (delta < 0), steps=abs(delta))

@@ -48,8 +48,12 @@ class ProgressLog:
 
     async def begin(self, command: ScaleCommand, before: int) -> None:
         """Mark ``command`` under way; stored (retried like any event) before the hypervisor is touched."""
-        await bus.publish_durable(self.js, f"$KV.{PROGRESS_BUCKET}.{key_of(self.host, command.vm)}",
-                                  msgspec.json.encode(InProgress(command, before)), msg_id=f"progress-{command.id}")
+        await bus.publish_durable(
+            self.js,
+            f"$KV.{PROGRESS_BUCKET}.{key_of(self.host, command.vm)}",
+            msgspec.json.encode(InProgress(command, before)),
+            msg_id=f"progress-{command.id}",
+        )
 
     async def end(self, command: ScaleCommand) -> None:
         await self.kv.delete(key_of(self.host, command.vm))

@@ -69,17 +69,28 @@ class ActuatorConfig:
 class ActuatorMetrics(ServiceMetrics):
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.actions = Counter("hotplug_actuator_actions", "Commands executed, by outcome and error code",
-                               ["outcome", "error_code"], registry=self.registry)
-        self.duration = Histogram("hotplug_actuator_duration_seconds", "Wall time to execute one command",
-                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry)
-        self.end_to_end = Histogram("hotplug_actuator_end_to_end_seconds",
-                                    "From the triggering sample to the applied change (clock seconds)",
-                                    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=self.registry)
-        self.in_flight = Gauge("hotplug_actuator_in_flight", "Commands being executed now",
-                               registry=self.registry)
-        self.hotplug_calls = Counter("hotplug_actuator_hotplug_calls", "Single-vCPU driver calls by operation",
-                                     ["op"], registry=self.registry)
+        self.actions = Counter(
+            "hotplug_actuator_actions",
+            "Commands executed, by outcome and error code",
+            ["outcome", "error_code"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "hotplug_actuator_duration_seconds",
+            "Wall time to execute one command",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.end_to_end = Histogram(
+            "hotplug_actuator_end_to_end_seconds",
+            "From the triggering sample to the applied change (clock seconds)",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("hotplug_actuator_in_flight", "Commands being executed now", registry=self.registry)
+        self.hotplug_calls = Counter(
+            "hotplug_actuator_hotplug_calls", "Single-vCPU driver calls by operation", ["op"], registry=self.registry
+        )
         # Every series exists from the start (at 0), so dashboards and alerts never query a missing one.
         self.actions.labels("ok", "")
         for code in ErrorCode:
@@ -151,8 +162,11 @@ class Actuator:
                     try:
                         await self._dispatch(msg)
                     except nats.errors.Error as exc:
-                        log.warning("command at stream sequence %s not taken (%s); it will be redelivered",
-                                    msg.metadata.sequence.stream, exc or type(exc).__name__)
+                        log.warning(
+                            "command at stream sequence %s not taken (%s); it will be redelivered",
+                            msg.metadata.sequence.stream,
+                            exc or type(exc).__name__,
+                        )
         finally:
             terms.cancel()
             for worker in self._workers.values():
@@ -163,8 +177,12 @@ class Actuator:
         """The durable pull subscription, retried while JetStream is not yet available."""
         while True:
             try:
-                return await self.ctx.js.pull_subscribe(subjects.host_commands(self.ctx.host), durable=self.durable,
-                                                        stream=subjects.EVENTS_STREAM, config=consumer)
+                return await self.ctx.js.pull_subscribe(
+                    subjects.host_commands(self.ctx.host),
+                    durable=self.durable,
+                    stream=subjects.EVENTS_STREAM,
+                    config=consumer,
+                )
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("command consumer not ready (%s); retrying", exc or type(exc).__name__)
                 await asyncio.sleep(1.0)
@@ -218,8 +236,10 @@ class Actuator:
                     self._ignore_duplicate(command, "the event log has its result")
                 elif not queue.empty():
                     # a newer order for this VM is waiting: this one ends without acting, and says why
-                    result = self.refuse(command, Refusal(ErrorCode.SUPERSEDED, "a newer command for this VM arrived "
-                                                                                  "before it could run"))
+                    result = self.refuse(
+                        command,
+                        Refusal(ErrorCode.SUPERSEDED, "a newer command for this VM arrived before it could run"),
+                    )
                     await self._store(result)
                 else:
                     self.metrics.in_flight.inc()
@@ -245,12 +265,12 @@ class Actuator:
             if queue.empty():
                 self._queues.pop(vm, None)
 
-    async def _results_in_log(self, filter_subject: str,
-                              since_clock_time: float) -> AsyncGenerator[ScaleResult, None]:
+    async def _results_in_log(self, filter_subject: str, since_clock_time: float) -> AsyncGenerator[ScaleResult, None]:
         """This host's stored results on ``filter_subject`` from about ``since_clock_time`` on."""
         since = dt.datetime.fromtimestamp(self.ctx.clock.wall_time(since_clock_time), tz=dt.UTC)
-        stored = bus.read_stream(self.ctx.js, subjects.EVENTS_STREAM, [filter_subject], since=since,
-                                 name=log_reader_name(self.durable))
+        stored = bus.read_stream(
+            self.ctx.js, subjects.EVENTS_STREAM, [filter_subject], since=since, name=log_reader_name(self.durable)
+        )
         async with self._log_reads, contextlib.aclosing(stored):
             async for _, data in stored:
                 with contextlib.suppress(BadMessage):
@@ -292,9 +312,15 @@ class Actuator:
                 except DriverError as exc:
                     log.warning("%s left in progress on %s, not settled: %s", command.id, command.vm, exc.message)
                     continue
-                failure = None if now == command.target_vcpus else Refusal(
-                    ErrorCode.UNKNOWN, f"interrupted by an actuator restart: {marker.before} -> {now} vCPUs of the "
-                                       f"{command.target_vcpus} asked")
+                failure = (
+                    None
+                    if now == command.target_vcpus
+                    else Refusal(
+                        ErrorCode.UNKNOWN,
+                        f"interrupted by an actuator restart: {marker.before} -> {now} vCPUs of the "
+                        f"{command.target_vcpus} asked",
+                    )
+                )
                 await self._store(self._result(command, started, marker.before, now, failure))
             await self.progress.end(command)
 
@@ -311,19 +337,32 @@ class Actuator:
         return now
 
     async def _store(self, result: ScaleResult) -> None:
-        await bus.publish_durable(self.ctx.js, subjects.results(result.host, result.vm), encode(result),
-                                  msg_id=f"result-{result.command_id}")
+        await bus.publish_durable(
+            self.ctx.js, subjects.results(result.host, result.vm), encode(result), msg_id=f"result-{result.command_id}"
+        )
         self.answered.add(result.command_id, result.time)  # from now on, a copy of the command is a duplicate
         self._record(result)
 
     def refuse(self, command: ScaleCommand, refusal: Refusal) -> ScaleResult:
         now = self.ctx.clock.now()
-        return ScaleResult(command_id=command.id, time=now, host=command.host, vm=command.vm,
-                           ok=False, vcpus_before=None, vcpus_after=None, target_vcpus=command.target_vcpus,
-                           duration_s=0.0, actuator=self.config.name, error_code=refusal.code,
-                           error=refusal.message[:1024], sample_time=command.sample_time,
-                           retry_after=self._retry_after(command.vm, refusal, now),
-                           rate_limit_changes=self.config.max_changes, rate_limit_window_s=self.config.rate_window_s)
+        return ScaleResult(
+            command_id=command.id,
+            time=now,
+            host=command.host,
+            vm=command.vm,
+            ok=False,
+            vcpus_before=None,
+            vcpus_after=None,
+            target_vcpus=command.target_vcpus,
+            duration_s=0.0,
+            actuator=self.config.name,
+            error_code=refusal.code,
+            error=refusal.message[:1024],
+            sample_time=command.sample_time,
+            retry_after=self._retry_after(command.vm, refusal, now),
+            rate_limit_changes=self.config.max_changes,
+            rate_limit_window_s=self.config.rate_window_s,
+        )
 
     def _retry_after(self, vm: str, failure: Refusal, now: float) -> float:
         return retry_after(failure.code, vm, now=now, backoff=self.backoff, retry_at=failure.retry_at)
@@ -334,8 +373,15 @@ class Actuator:
         self.metrics.duration.observe(result.duration_s)
         if result.ok and result.sample_time is not None and result.vcpus_before != result.vcpus_after:
             self.metrics.end_to_end.observe(max(0.0, result.time - result.sample_time))
-        log.info("%s %s/%s %s -> %s%s", result.command_id, result.host, result.vm, result.vcpus_before,
-                 result.vcpus_after, "" if result.ok else f" failed: {result.error_code}: {result.error}")
+        log.info(
+            "%s %s/%s %s -> %s%s",
+            result.command_id,
+            result.host,
+            result.vm,
+            result.vcpus_before,
+            result.vcpus_after,
+            "" if result.ok else f" failed: {result.error_code}: {result.error}",
+        )
 
     async def execute(self, command: ScaleCommand, msg: Msg | None = None) -> ScaleResult:
         """Carry out one command through the driver and describe what really happened."""
@@ -356,8 +402,11 @@ class Actuator:
                 decided = plan(command, view, bounds)
                 if isinstance(decided, Refusal):
                     failure = decided
-                elif decided.steps and (limited := rate_limited(self._changes.get(command.vm, []), now,
-                                                                self.config.max_changes, self.config.rate_window_s)):
+                elif decided.steps and (
+                    limited := rate_limited(
+                        self._changes.get(command.vm, []), now, self.config.max_changes, self.config.rate_window_s
+                    )
+                ):
                     failure = limited
                 else:
                     if decided.steps:
@@ -373,8 +422,15 @@ class Actuator:
                 after = await self._reread(command.vm, after)
         return self._result(command, started, before, after, failure, sizes)
 
-    def _result(self, command: ScaleCommand, started: float, before: int | None, after: int | None,
-                failure: Refusal | None, sizes: tuple[int, int] | None = None) -> ScaleResult:
+    def _result(
+        self,
+        command: ScaleCommand,
+        started: float,
+        before: int | None,
+        after: int | None,
+        failure: Refusal | None,
+        sizes: tuple[int, int] | None = None,
+    ) -> ScaleResult:
         now = self.ctx.clock.now()
         if failure is None and before != after:
             self.backoff.succeeded(command.vm)  # the VM took a change: its back-off starts over
@@ -409,9 +465,11 @@ class Actuator:
             self.metrics.hotplug_calls.labels("plug" if decided.direction > 0 else "unplug").inc()
             now = (await self._call(self.driver.read(vm))).online_vcpus
             if now != current + decided.direction:
-                raise DriverError(ErrorCode.NOT_VERIFIED,
-                                  f"after one {'plug' if decided.direction > 0 else 'unplug'} the VM has {now} "
-                                  f"vCPUs, expected {current + decided.direction}")
+                raise DriverError(
+                    ErrorCode.NOT_VERIFIED,
+                    f"after one {'plug' if decided.direction > 0 else 'unplug'} the VM has {now} "
+                    f"vCPUs, expected {current + decided.direction}",
+                )
             current = now
         return current
 
@@ -425,5 +483,6 @@ class Actuator:
         try:
             return await asyncio.wait_for(awaitable, timeout=self.config.step_timeout_s)
         except TimeoutError as exc:
-            raise DriverError(ErrorCode.TIMEOUT,
-                              f"{self.driver.name} did not answer within {self.config.step_timeout_s} s") from exc
+            raise DriverError(
+                ErrorCode.TIMEOUT, f"{self.driver.name} did not answer within {self.config.step_timeout_s} s"
+            ) from exc

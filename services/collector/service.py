@@ -20,21 +20,36 @@ log = logging.getLogger(__name__)
 class CollectorMetrics(ServiceMetrics):
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.published = Counter("hotplug_collector_samples_published", "Metric samples published",
-                                 registry=self.registry)
-        self.read_failures = Counter("hotplug_collector_read_failures", "Source reads that failed",
-                                     ["source"], registry=self.registry)
-        self.sampling = Histogram("hotplug_collector_sampling_duration_seconds",
-                                  "Wall time to read the source and publish one round",
-                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-                                  registry=self.registry)
-        self.online = Gauge("hotplug_vm_online_vcpus", "Online vCPUs of each VM, as last sampled",
-                            ["host", "vm"], registry=self.registry)
-        self.used = Gauge("hotplug_vm_cpu_used_cores", "CPU used by each VM over the last interval, in cores",
-                          ["host", "vm"], registry=self.registry)
-        self.pressure = Gauge("hotplug_vm_pressure_cores",
-                              "Demand each VM could not run over the last interval, in cores",
-                              ["host", "vm"], registry=self.registry)
+        self.published = Counter(
+            "hotplug_collector_samples_published", "Metric samples published", registry=self.registry
+        )
+        self.read_failures = Counter(
+            "hotplug_collector_read_failures", "Source reads that failed", ["source"], registry=self.registry
+        )
+        self.sampling = Histogram(
+            "hotplug_collector_sampling_duration_seconds",
+            "Wall time to read the source and publish one round",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.online = Gauge(
+            "hotplug_vm_online_vcpus",
+            "Online vCPUs of each VM, as last sampled",
+            ["host", "vm"],
+            registry=self.registry,
+        )
+        self.used = Gauge(
+            "hotplug_vm_cpu_used_cores",
+            "CPU used by each VM over the last interval, in cores",
+            ["host", "vm"],
+            registry=self.registry,
+        )
+        self.pressure = Gauge(
+            "hotplug_vm_pressure_cores",
+            "Demand each VM could not run over the last interval, in cores",
+            ["host", "vm"],
+            registry=self.registry,
+        )
 
 
 class Collector:
@@ -93,5 +108,3 @@ class Collector:
         self.metrics.published.inc(published)
         self.metrics.sampling.observe(time.perf_counter() - started)
         return published
-
-

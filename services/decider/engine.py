@@ -92,8 +92,20 @@ _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
 class VmEngine:
-    __slots__ = ("allowed", "backoff_streak", "guard", "held", "holds", "last_time", "pending_id", "pending_target",
-                 "pending_until", "policy", "policy_state", "rails")
+    __slots__ = (
+        "allowed",
+        "backoff_streak",
+        "guard",
+        "held",
+        "holds",
+        "last_time",
+        "pending_id",
+        "pending_target",
+        "pending_until",
+        "policy",
+        "policy_state",
+        "rails",
+    )
 
     def __init__(self, policy: PolicyBase[Any, Any], rails: GuardRails) -> None:
         self.policy = policy
@@ -185,8 +197,11 @@ class VmEngine:
         if result.rate_limit_changes is not None and result.rate_limit_window_s is not None:
             self.guard.actuator_max_changes = result.rate_limit_changes
             self.guard.actuator_window_s = result.rate_limit_window_s
-        changed = result.vcpus_before is not None and result.vcpus_after is not None and (
-            result.vcpus_before != result.vcpus_after)
+        changed = (
+            result.vcpus_before is not None
+            and result.vcpus_after is not None
+            and (result.vcpus_before != result.vcpus_after)
+        )
         known = any(c.command_id == result.command_id for c in self.guard.changes)
         if changed:
             if known:
@@ -234,10 +249,21 @@ class VmEngine:
 
     def snapshot(self) -> bytes:
         policy_state = msgspec.msgpack.encode(self.policy_state, enc_hook=_enc_hook)
-        return msgspec.msgpack.encode(Snapshot(self.policy.name, msgspec.Raw(policy_state), self.guard, self.last_time,
-                                            self.pending_target, self.pending_until, self.allowed, self.holds,
-                                            self.backoff_streak, self.pending_id),
-                                   enc_hook=_enc_hook)
+        return msgspec.msgpack.encode(
+            Snapshot(
+                self.policy.name,
+                msgspec.Raw(policy_state),
+                self.guard,
+                self.last_time,
+                self.pending_target,
+                self.pending_until,
+                self.allowed,
+                self.holds,
+                self.backoff_streak,
+                self.pending_id,
+            ),
+            enc_hook=_enc_hook,
+        )
 
     def restore(self, data: bytes) -> bool:
         """Take over a snapshot of the same policy; False (and nothing changed) if it does not fit."""

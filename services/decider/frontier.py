@@ -20,7 +20,7 @@ def cost_at(points: Iterable[tuple[float, float]], level: float) -> float | None
     for i, (u1, c1) in enumerate(pts):
         if u1 <= level:
             best = c1 if best is None else min(best, c1)
-        for u2, c2 in pts[i + 1:]:
+        for u2, c2 in pts[i + 1 :]:
             if u1 <= level <= u2 and u2 > u1:
                 mixed = c1 + (c2 - c1) * (level - u1) / (u2 - u1)
                 best = mixed if best is None else min(best, mixed)

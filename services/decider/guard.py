@@ -78,8 +78,9 @@ def apply_rails(rails: GuardRails, state: GuardState, obs: Observation, rec: Rec
     if state.first_seen is None:
         state.first_seen = obs.time  # the engine sets it at the VM's first observation; this, if used alone
     if target < n and obs.time - state.first_seen < rails.warmup_s:
-        return Recommendation(n, f"{rec.reason}; warming up: {obs.time - state.first_seen:.0f} s of "
-                                 f"{rails.warmup_s:.0f} s", "warmup")
+        return Recommendation(
+            n, f"{rec.reason}; warming up: {obs.time - state.first_seen:.0f} s of {rails.warmup_s:.0f} s", "warmup"
+        )
     if target > n and obs.time - state.last_up < rails.up_cooldown_s:
         return Recommendation(n, f"{rec.reason}; held: up cooldown", "cooldown")
     if target < n and obs.time - state.last_change < rails.down_cooldown_s:
@@ -87,8 +88,9 @@ def apply_rails(rails: GuardRails, state: GuardState, obs: Observation, rec: Rec
     full = budget_full(rails, state, obs.time)
     if full is not None:
         used, limit, window = full
-        return Recommendation(n, f"{rec.reason}; held: change budget ({used} of {limit} in {window:.0f} s)",
-                              "change-budget")
+        return Recommendation(
+            n, f"{rec.reason}; held: change budget ({used} of {limit} in {window:.0f} s)", "change-budget"
+        )
     if target > n:
         target = min(target, n + rails.max_step_up)
         state.last_up = state.last_change = obs.time

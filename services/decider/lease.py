@@ -37,8 +37,7 @@ def next_lease(current: LeaseState | None, me: str, now: float, ttl_s: float) ->
 
 
 class Lease:
-    def __init__(self, kv: KeyValue, name: str, me: str, ttl_s: float,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, kv: KeyValue, name: str, me: str, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
         self.kv = kv
         self.name = name
         self.me = me

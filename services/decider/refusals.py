@@ -24,17 +24,40 @@ DEFAULT_RATE_WINDOW_S = 60.0
 UNNAMED_BOUNDS_S = 60.0
 
 # Failures of the operation itself, which may well fail again: back off, doubling per failure in a row.
-BACKOFF_CODES = frozenset({ErrorCode.GUEST_REFUSED, ErrorCode.TIMEOUT, ErrorCode.UNKNOWN, ErrorCode.NOT_VERIFIED,
-                           ErrorCode.ALREADY_ATTACHED, ErrorCode.NOT_ATTACHED})
+BACKOFF_CODES = frozenset(
+    {
+        ErrorCode.GUEST_REFUSED,
+        ErrorCode.TIMEOUT,
+        ErrorCode.UNKNOWN,
+        ErrorCode.NOT_VERIFIED,
+        ErrorCode.ALREADY_ATTACHED,
+        ErrorCode.NOT_ATTACHED,
+    }
+)
 # What only an operator changes: the VM's configuration, a hypervisor limit, a misrouted command.
-LONG_CODES = frozenset({ErrorCode.HOTPLUG_DISABLED, ErrorCode.HOTPLUG_BUDGET, ErrorCode.CPU_ID_OUT_OF_RANGE,
-                        ErrorCode.CPU0, ErrorCode.WRONG_HOST})
+LONG_CODES = frozenset(
+    {
+        ErrorCode.HOTPLUG_DISABLED,
+        ErrorCode.HOTPLUG_BUDGET,
+        ErrorCode.CPU_ID_OUT_OF_RANGE,
+        ErrorCode.CPU0,
+        ErrorCode.WRONG_HOST,
+    }
+)
 # The VM was gone or not running, or the decider's view of it stale: wait for a sample newer than the result.
 NEEDS_NEWER_SAMPLE = frozenset({ErrorCode.VM_NOT_FOUND, ErrorCode.VM_NOT_RUNNING, ErrorCode.STALE_VIEW})
 # Refusals that say something about one direction only (plugging, or unplugging); others hold any order.
-ONE_DIRECTION = frozenset({ErrorCode.GUEST_REFUSED, ErrorCode.CPU0, ErrorCode.NOT_ATTACHED,
-                           ErrorCode.CPU_ID_OUT_OF_RANGE, ErrorCode.HOTPLUG_BUDGET, ErrorCode.ALREADY_ATTACHED,
-                           ErrorCode.OUT_OF_BOUNDS})
+ONE_DIRECTION = frozenset(
+    {
+        ErrorCode.GUEST_REFUSED,
+        ErrorCode.CPU0,
+        ErrorCode.NOT_ATTACHED,
+        ErrorCode.CPU_ID_OUT_OF_RANGE,
+        ErrorCode.HOTPLUG_BUDGET,
+        ErrorCode.ALREADY_ATTACHED,
+        ErrorCode.OUT_OF_BOUNDS,
+    }
+)
 
 # The decider's own minimum hold per code, in seconds, whatever the result says (back-off codes: see backoff_s).
 FLOORS: dict[ErrorCode, float] = {

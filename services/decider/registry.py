@@ -20,8 +20,6 @@ POLICIES: dict[str, type[PolicyBase[Any, Any]]] = {
 }
 
 
-
-
 class ParamError(ValueError):
     pass
 

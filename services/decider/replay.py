@@ -18,8 +18,15 @@ from services.decider.policies.base import Observation, PolicyBase
 from services.decider.traces import VmSeries
 
 ORACLE = "oracle"
-SCORE_KEYS = ("alloc_core_hours", "oracle_core_hours", "ratio_to_oracle", "slack_pct", "unmet_pct",
-              "underprovisioned_pct", "actions_per_vm_day")
+SCORE_KEYS = (
+    "alloc_core_hours",
+    "oracle_core_hours",
+    "ratio_to_oracle",
+    "slack_pct",
+    "unmet_pct",
+    "underprovisioned_pct",
+    "actions_per_vm_day",
+)
 
 
 def oracle_allocation(demand: float, low: int, high: int) -> int:
@@ -36,8 +43,15 @@ def replay_series(series: VmSeries, policy: PolicyBase[Any, Any], rails: GuardRa
         demand = wanted if wanted < high else float(high)
         allocations.append(vcpus)
         used = demand if demand < vcpus else float(vcpus)
-        obs = Observation(time=i * step, vcpus=vcpus, min_vcpus=low, max_vcpus=high, used_cores=used,
-                          interval_s=step, pressure_cores=(demand - used) if pressure else None)
+        obs = Observation(
+            time=i * step,
+            vcpus=vcpus,
+            min_vcpus=low,
+            max_vcpus=high,
+            used_cores=used,
+            interval_s=step,
+            pressure_cores=(demand - used) if pressure else None,
+        )
         decision = engine.step(obs)
         if decision is not None:
             engine.mark_sent(decision.target, until=math.inf)
@@ -94,8 +108,9 @@ class Tally:
         }
 
 
-def score_policy(series: Iterable[VmSeries], policy: PolicyBase[Any, Any], rails: GuardRails,
-                 pressure: bool) -> dict[str, float]:
+def score_policy(
+    series: Iterable[VmSeries], policy: PolicyBase[Any, Any], rails: GuardRails, pressure: bool
+) -> dict[str, float]:
     tally = Tally()
     for s in series:
         tally.add(s, replay_series(s, policy, rails, pressure))

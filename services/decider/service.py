@@ -55,28 +55,45 @@ class DeciderConfig:
 class DeciderMetrics(ServiceMetrics):
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.decisions = Counter("hotplug_decider_decisions", "Scale decisions by policy, direction and reason class",
-                                 ["policy", "direction", "reason_class", "mode"], registry=self.registry)
-        self.latency = Histogram("hotplug_decider_decision_latency_seconds",
-                                 "From sample time to the command being published",
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-                                 registry=self.registry)
-        self.publish_failures = Counter("hotplug_decider_publish_failures",
-                                        "Commands that could not be stored in the event log",
-                                        registry=self.registry)
-        self.partitions = Gauge("hotplug_decider_partitions_owned", "Metric partitions this group member owns",
-                                registry=self.registry)
-        self.members = Gauge("hotplug_decider_group_members", "Live members of this decider's group",
-                             registry=self.registry)
-        self.resumed = Counter("hotplug_decider_state_resumed", "VMs whose decision state was taken over from KV",
-                               registry=self.registry)
+        self.decisions = Counter(
+            "hotplug_decider_decisions",
+            "Scale decisions by policy, direction and reason class",
+            ["policy", "direction", "reason_class", "mode"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "hotplug_decider_decision_latency_seconds",
+            "From sample time to the command being published",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.publish_failures = Counter(
+            "hotplug_decider_publish_failures",
+            "Commands that could not be stored in the event log",
+            registry=self.registry,
+        )
+        self.partitions = Gauge(
+            "hotplug_decider_partitions_owned", "Metric partitions this group member owns", registry=self.registry
+        )
+        self.members = Gauge(
+            "hotplug_decider_group_members", "Live members of this decider's group", registry=self.registry
+        )
+        self.resumed = Counter(
+            "hotplug_decider_state_resumed", "VMs whose decision state was taken over from KV", registry=self.registry
+        )
         self.vms = Gauge("hotplug_decider_vms", "VMs this decider keeps state for", registry=self.registry)
-        self.leader = Gauge("hotplug_decider_leader", "1 while this replica holds its lease (or has none)",
-                            registry=self.registry)
+        self.leader = Gauge(
+            "hotplug_decider_leader", "1 while this replica holds its lease (or has none)", registry=self.registry
+        )
         self.term = Gauge("hotplug_decider_lease_term", "Leadership term this replica knows", registry=self.registry)
-        self.held = Counter("hotplug_decider_held", "Orders the policy wanted but the decider held back: after a "
-                                                    "refusal (by its error code), in warm-up, or over the change "
-                                                    "budget", ["reason"], registry=self.registry)
+        self.held = Counter(
+            "hotplug_decider_held",
+            "Orders the policy wanted but the decider held back: after a "
+            "refusal (by its error code), in warm-up, or over the change "
+            "budget",
+            ["reason"],
+            registry=self.registry,
+        )
         # Every series exists from the start (at 0), so dashboards and alerts never query a missing one.
         for reason in (*(code.value for code in ErrorCode), *HELD_KINDS):
             self.held.labels(reason)
@@ -95,8 +112,9 @@ def observation_of(sample: MetricSample) -> Observation:
 
 
 class Decider:
-    def __init__(self, ctx: ServiceContext, policy: PolicyBase[Any, Any], rails: GuardRails,
-                 config: DeciderConfig) -> None:
+    def __init__(
+        self, ctx: ServiceContext, policy: PolicyBase[Any, Any], rails: GuardRails, config: DeciderConfig
+    ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.rails = rails
@@ -156,8 +174,13 @@ class Decider:
         self._tasks.add(worker)
         await self.ctx.nc.subscribe(subjects.ALL_METRICS, cb=self._on_sample)
         await self.ctx.nc.flush()
-        mode = " (dry run: no commands)" if self.config.dry_run else " (shadow: proposals only)" if (
-            self.config.shadow) else ""
+        mode = (
+            " (dry run: no commands)"
+            if self.config.dry_run
+            else " (shadow: proposals only)"
+            if (self.config.shadow)
+            else ""
+        )
         log.info("decider %s running policy %s%s", self.config.name, self.policy.name, mode)
         await asyncio.Event().wait()
 
@@ -284,16 +307,29 @@ class Decider:
             sample_time=sample.time,
         )
         if self.config.dry_run:
-            log.info("dry run: would resize %s/%s %d -> %d: %s", sample.host, sample.vm, sample.online_vcpus,
-                     decision.target, decision.reason)
+            log.info(
+                "dry run: would resize %s/%s %d -> %d: %s",
+                sample.host,
+                sample.vm,
+                sample.online_vcpus,
+                decision.target,
+                decision.reason,
+            )
             return command
         if self.lease is not None:
             if not self.lease.active:
                 return None  # a standby keeps its state warm and commands nothing
             command = msgspec.structs.replace(command, decider=self.lease.name, term=self.lease.term)
         engine.mark_sent(decision.target, command.expires_at, command.id, now)
-        log.info("resize %s/%s %d -> %d: %s [%s]", sample.host, sample.vm, sample.online_vcpus, decision.target,
-                 decision.reason, command.id)
+        log.info(
+            "resize %s/%s %d -> %d: %s [%s]",
+            sample.host,
+            sample.vm,
+            sample.online_vcpus,
+            decision.target,
+            decision.reason,
+            command.id,
+        )
         # Publishing waits for the event log's acknowledgement; other samples must not wait behind it.
         task = asyncio.ensure_future(self._publish(command))
         self._publishing.add(task)
@@ -308,9 +344,16 @@ class Decider:
             self.metrics.decisions.labels(self.policy.name, direction, decision.kind, "shadow").inc()
         self._seq += 1
         proposal = ScaleCommand(
-            id=f"{self._id_prefix}-{self._seq}", time=now, host=sample.host, vm=sample.vm,
-            target_vcpus=max(1, target), seen_vcpus=sample.online_vcpus, decider=self.config.name,
-            reason=(decision.reason if decision else "hold")[:1024], expires_at=now, sample_time=sample.time,
+            id=f"{self._id_prefix}-{self._seq}",
+            time=now,
+            host=sample.host,
+            vm=sample.vm,
+            target_vcpus=max(1, target),
+            seen_vcpus=sample.online_vcpus,
+            decider=self.config.name,
+            reason=(decision.reason if decision else "hold")[:1024],
+            expires_at=now,
+            sample_time=sample.time,
         )
         subject = subjects.proposals(self.config.name, sample.host, sample.vm)
         task = asyncio.ensure_future(self.ctx.nc.publish(subject, encode(proposal)))
@@ -319,8 +362,9 @@ class Decider:
 
     async def _publish(self, command: ScaleCommand) -> None:
         try:
-            await bus.publish_durable(self.ctx.js, subjects.commands(command.host, command.vm), encode(command),
-                                      msg_id=command.id)
+            await bus.publish_durable(
+                self.ctx.js, subjects.commands(command.host, command.vm), encode(command), msg_id=command.id
+            )
             self.metrics.latency.observe(max(0.0, self.ctx.clock.now() - (command.sample_time or command.time)))
         except Exception as exc:
             self.metrics.publish_failures.inc()
@@ -337,5 +381,11 @@ class Decider:
         # Allowed sizes, the actuator's rate limit, the change budget, and a hold after a refusal (engine.py).
         hold = engine.learn_result(result, self.ctx.clock.now())
         if hold is not None:
-            log.info("%s/%s refused (%s): held for %.0f s%s", result.host, result.vm, hold.code,
-                     hold.until - result.time, " and until a newer sample" if hold.after_sample is not None else "")
+            log.info(
+                "%s/%s refused (%s): held for %.0f s%s",
+                result.host,
+                result.vm,
+                hold.code,
+                hold.until - result.time,
+                " and until a newer sample" if hold.after_sample is not None else "",
+            )

@@ -35,6 +35,7 @@ HEARTBEAT_S = 1.0
 
 def owner(members: list[str], partition: int) -> str:
     """Rendezvous (highest random weight) hashing: the member that owns ``partition``."""
+
     def weight(member: str) -> bytes:
         return hashlib.blake2b(f"{member}/{partition}".encode(), digest_size=8).digest()
 
@@ -54,9 +55,14 @@ def state_key(group: str, host: str, vm: str) -> str:
 class ShardedIntake:
     """Feeds one member's share of the samples to ``handle(subject, data)``; keeps its share current."""
 
-    def __init__(self, js: JetStreamContext, group: str, member: str,
-                 handle: Callable[[str, bytes], Awaitable[None]],
-                 on_share: Callable[[frozenset[int]], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        group: str,
+        member: str,
+        handle: Callable[[str, bytes], Awaitable[None]],
+        on_share: Callable[[frozenset[int]], Awaitable[None]],
+    ) -> None:
         self.js = js
         self.group = group
         self.member = member
@@ -90,7 +96,7 @@ class ShardedIntake:
         except nats.js.errors.NoKeysError:
             keys = []
         prefix = f"{self.group}."
-        members = sorted(k[len(prefix):] for k in keys if k.startswith(prefix))
+        members = sorted(k[len(prefix) :] for k in keys if k.startswith(prefix))
         share = owned_partitions(members, self.member)
         self.members = members
         if share != self.share:
@@ -105,14 +111,20 @@ class ShardedIntake:
                 log.warning("membership of %s/%s not refreshed: %s", self.group, self.member, exc)
 
     async def _reshard(self, share: frozenset[int]) -> None:
-        log.info("%s/%s of %d member(s) now owns partitions %s", self.group, self.member, len(self.members),
-                 sorted(share))
+        log.info(
+            "%s/%s of %d member(s) now owns partitions %s", self.group, self.member, len(self.members), sorted(share)
+        )
         self.share = share
         await self.on_share(share)  # hand over state of the partitions lost before reading new ones
         filters = [subjects.metrics_partition(p) for p in sorted(share)] or [f"{subjects.METRICS}.none.>"]
-        config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.NONE,
-                                deliver_policy=DeliverPolicy.NEW, filter_subjects=filters,
-                                inactive_threshold=60.0, max_waiting=512)
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.NEW,
+            filter_subjects=filters,
+            inactive_threshold=60.0,
+            max_waiting=512,
+        )
         await self.js.add_consumer(subjects.METRICS_STREAM, config)
         if self._psub is None:
             self._psub = await self.js.pull_subscribe_bind(durable=self.durable, stream=subjects.METRICS_STREAM)

@@ -36,8 +36,13 @@ def _files(paths: Iterable[Path]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            out.extend(sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                              and p.suffix not in (".md", ".tsv")))
+            out.extend(
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.is_file() and not p.name.startswith(".") and p.suffix not in (".md", ".tsv")
+                )
+            )
         elif path.is_file():
             out.append(path)
         else:

@@ -101,8 +101,9 @@ class SimVm:
         if t < self.busy_until:
             raise HotplugRefused(ErrorCode.UNKNOWN, f"another CPU operation on '{self.name}' is in progress")
         if op == "plug" and self.online_vcpus >= self.max_vcpus:
-            raise HotplugRefused(ErrorCode.CPU_ID_OUT_OF_RANGE,
-                                 f"CPU id exceeds number of possible CPUs [0:{self.max_vcpus - 1}]")
+            raise HotplugRefused(
+                ErrorCode.CPU_ID_OUT_OF_RANGE, f"CPU id exceeds number of possible CPUs [0:{self.max_vcpus - 1}]"
+            )
         if op == "unplug" and self.online_vcpus <= 1:
             raise HotplugRefused(ErrorCode.CPU0, "It is not possible to detach CPU 0")
 
@@ -125,8 +126,9 @@ class MiniCloud:
         self.vms = {vm.name: vm for vm in vms}
 
     @classmethod
-    def generate(cls, count: int, seed: int, start: float, profiles: list[str] | None = None,
-                 max_vcpus: int | None = None) -> MiniCloud:
+    def generate(
+        cls, count: int, seed: int, start: float, profiles: list[str] | None = None, max_vcpus: int | None = None
+    ) -> MiniCloud:
         """``count`` VMs cycling through the AI-like profiles, each booted at its requested size and able
         to grow to twice that (the hot-plug maximum it was prepared with)."""
         mix = profiles or ["training", "inference", "notebook", "batch"]
@@ -138,8 +140,15 @@ class MiniCloud:
             requested, maximum = SIZES[i % len(SIZES)] if max_vcpus is None else (max(1, max_vcpus // 2), max_vcpus)
             profile = mix[i % len(mix)]
             workload = Workload(profile, maximum, seed=seed * 7919 + i, start=start)
-            vms.append(SimVm(name=f"vm-{i + 1:02d}", max_vcpus=maximum, online_vcpus=requested,
-                             workload=workload, last_time=start))
+            vms.append(
+                SimVm(
+                    name=f"vm-{i + 1:02d}",
+                    max_vcpus=maximum,
+                    online_vcpus=requested,
+                    workload=workload,
+                    last_time=start,
+                )
+            )
         return cls(vms)
 
     @classmethod
@@ -153,24 +162,31 @@ class MiniCloud:
         """
         if not series:
             raise ValueError("the trace has no VMs")
-        timed = [(s, s.times if s.times is not None else [i * s.step_s for i in range(len(s.demand))])
-                 for s in series]
+        timed = [(s, s.times if s.times is not None else [i * s.step_s for i in range(len(s.demand))]) for s in series]
         origin = min(times[0] for _, times in timed)
         # The whole file plays once per period: up to the last value of any VM, plus that VM's step (its last
         # value lasts one step, as in replay).
         period = max(times[-1] + s.step_s for s, times in timed) - origin
-        vms = [SimVm(name=s.name, max_vcpus=s.max_vcpus, online_vcpus=s.max_vcpus, min_vcpus=s.min_vcpus,
-                     workload=TraceWorkload(times, s.demand, origin, period, start),
-                     last_time=start if now is None else now)
-               for s, times in timed]
+        vms = [
+            SimVm(
+                name=s.name,
+                max_vcpus=s.max_vcpus,
+                online_vcpus=s.max_vcpus,
+                min_vcpus=s.min_vcpus,
+                workload=TraceWorkload(times, s.demand, origin, period, start),
+                last_time=start if now is None else now,
+            )
+            for s, times in timed
+        ]
         return cls(vms)
 
     def get(self, name: str) -> SimVm:
         try:
             return self.vms[name]
         except KeyError:
-            raise HotplugRefused(ErrorCode.VM_NOT_FOUND,
-                                 f"Could not find a registered machine named '{name}'") from None
+            raise HotplugRefused(
+                ErrorCode.VM_NOT_FOUND, f"Could not find a registered machine named '{name}'"
+            ) from None
 
     def snapshot(self, t: float) -> list[SimVmCounters]:
         for vm in self.vms.values():

@@ -36,15 +36,27 @@ class SimulatorConfig:
 class SimulatorMetrics(ServiceMetrics):
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.vcpus = Gauge("hotplug_sim_vm_online_vcpus", "Online vCPUs of each simulated VM", ["vm"],
-                           registry=self.registry)
-        self.demand = Gauge("hotplug_sim_vm_demand_cores", "Current demand of each simulated VM, in cores",
-                            ["vm"], registry=self.registry)
-        self.hotplugs = Counter("hotplug_sim_hotplug_operations", "Hot-plug operations by kind and outcome",
-                                ["op", "outcome"], registry=self.registry)
-        self.hotplugs_under_way = Gauge("hotplug_sim_hotplugs_in_progress",
-                                        "Hot-plug operations begun and not yet finished", ["op"],
-                                        registry=self.registry)
+        self.vcpus = Gauge(
+            "hotplug_sim_vm_online_vcpus", "Online vCPUs of each simulated VM", ["vm"], registry=self.registry
+        )
+        self.demand = Gauge(
+            "hotplug_sim_vm_demand_cores",
+            "Current demand of each simulated VM, in cores",
+            ["vm"],
+            registry=self.registry,
+        )
+        self.hotplugs = Counter(
+            "hotplug_sim_hotplug_operations",
+            "Hot-plug operations by kind and outcome",
+            ["op", "outcome"],
+            registry=self.registry,
+        )
+        self.hotplugs_under_way = Gauge(
+            "hotplug_sim_hotplugs_in_progress",
+            "Hot-plug operations begun and not yet finished",
+            ["op"],
+            registry=self.registry,
+        )
 
 
 _encoder = msgspec.json.Encoder()
@@ -59,13 +71,14 @@ class SimulatorService:
         assert isinstance(ctx.metrics, SimulatorMetrics)
         self.metrics: SimulatorMetrics = ctx.metrics
         if config.trace is not None:
-            series = sorted(load_trace(config.trace), key=lambda s: s.name)[:config.trace_vms]
+            series = sorted(load_trace(config.trace), key=lambda s: s.name)[: config.trace_vms]
             # The trace's start plays at the run's start: the shared clock's epoch, which every service of a run
             # (and `hotplug up`) agrees on, so a trace's minute 10 is the run's minute 10 at any --speed.
             self.cloud = MiniCloud.from_trace(series, ctx.clock.epoch, ctx.clock.now())
         else:
-            self.cloud = MiniCloud.generate(config.vms, config.seed, ctx.clock.now(), list(config.profiles) or None,
-                                            config.max_vcpus)
+            self.cloud = MiniCloud.generate(
+                config.vms, config.seed, ctx.clock.now(), list(config.profiles) or None, config.max_vcpus
+            )
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -74,8 +87,12 @@ class SimulatorService:
         await self.ctx.nc.subscribe(subjects.simulator(host, "hotplug"), cb=self._on_hotplug)
         await self.ctx.nc.subscribe(subjects.simulator(host, "load"), cb=self._on_load)
         await self.ctx.nc.flush()
-        log.info("simulator on host %s with %d VMs: %s", host, len(self.cloud.vms),
-                 ", ".join(f"{vm.name}({vm.workload.profile},{vm.max_vcpus})" for vm in self.cloud.vms.values()))
+        log.info(
+            "simulator on host %s with %d VMs: %s",
+            host,
+            len(self.cloud.vms),
+            ", ".join(f"{vm.name}({vm.workload.profile},{vm.max_vcpus})" for vm in self.cloud.vms.values()),
+        )
         while True:
             now = self.ctx.clock.now()
             for vm in self.cloud.vms.values():
@@ -124,8 +141,11 @@ class SimulatorService:
             return
         vm.advance(self.ctx.clock.now())
         vm.demand_override = request.demand_cores
-        log.info("load on %s set to %s", vm.name,
-                 "its workload" if request.demand_cores is None else f"{request.demand_cores} cores")
+        log.info(
+            "load on %s set to %s",
+            vm.name,
+            "its workload" if request.demand_cores is None else f"{request.demand_cores} cores",
+        )
         await msg.respond(_encoder.encode(LoadReply(ok=True)))
 
     def _count_bad(self, kind: str, exc: Exception) -> None:

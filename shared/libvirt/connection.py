@@ -37,7 +37,8 @@ def libvirt_module() -> Any:
     except ImportError as exc:
         raise LibvirtMissing(
             "libvirt-python is not installed: install libvirt-dev, pkg-config and gcc (Debian 12: libvirt 11.3 from "
-            "bookworm-backports; .ci/install-debian-packages does it), then run bin/bootstrap again") from exc
+            "bookworm-backports; .ci/install-debian-packages does it), then run bin/bootstrap again"
+        ) from exc
     if not _handler_installed:
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         _handler_installed = True
@@ -53,9 +54,10 @@ def is_connection_error(exc: BaseException) -> bool:
     libvirt = libvirt_module()
     if not isinstance(exc, libvirt.libvirtError):
         return False
-    return bool(exc.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
-                or exc.get_error_code() in (libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_NO_CONNECT,
-                                            libvirt.VIR_ERR_RPC))
+    return bool(
+        exc.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
+        or exc.get_error_code() in (libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC)
+    )
 
 
 class Connection:

@@ -128,8 +128,11 @@ def parse_settings(element: ET.Element | None) -> Settings:
     if element is None:
         return Settings()
     enabled = element.get("enabled")
-    return Settings(enabled=None if enabled is None else enabled.lower() in ("yes", "true", "1", "on"),
-                    min_vcpus=_attr_int(element, "min-vcpus"), max_vcpus=_attr_int(element, "max-vcpus"))
+    return Settings(
+        enabled=None if enabled is None else enabled.lower() in ("yes", "true", "1", "on"),
+        min_vcpus=_attr_int(element, "min-vcpus"),
+        max_vcpus=_attr_int(element, "max-vcpus"),
+    )
 
 
 def parse_settings_xml(text: str | None) -> Settings:
@@ -154,8 +157,9 @@ def settings_xml(settings: Settings) -> str:
 
 
 def budget_xml(budget: Budget) -> str:
-    element = ET.Element("tcg", {"domain-id": str(budget.domain_id), "boot-vcpus": str(budget.boot_vcpus),
-                                 "adds": str(budget.adds)})
+    element = ET.Element(
+        "tcg", {"domain-id": str(budget.domain_id), "boot-vcpus": str(budget.boot_vcpus), "adds": str(budget.adds)}
+    )
     return ET.tostring(element, encoding="unicode")
 
 
@@ -168,8 +172,10 @@ def parse_domain(xml: str) -> DomainInfo:
     current = maximum if current is None else current
     layout = root.find("vcpus")
     if layout is not None:
-        vcpus = tuple(Vcpu(int(v.get("id", "0")), v.get("enabled") == "yes", v.get("hotpluggable") == "yes")
-                      for v in layout.findall("vcpu"))
+        vcpus = tuple(
+            Vcpu(int(v.get("id", "0")), v.get("enabled") == "yes", v.get("hotpluggable") == "yes")
+            for v in layout.findall("vcpu")
+        )
     else:
         # No <vcpus> element: libvirt's default layout, boot vCPUs fixed and the rest hotpluggable.
         vcpus = tuple(Vcpu(i, i < current, i >= current) for i in range(maximum))
@@ -191,10 +197,18 @@ def parse_domain(xml: str) -> DomainInfo:
             control_log = log.get("file")
             source = serial.find("source")
             control_socket = source.get("path") if source is not None else None
-    return DomainInfo(name=root.findtext("name") or "", uuid=root.findtext("uuid") or "",
-                      domain_id=int(root.get("id", "-1")), kind=root.get("type", ""), maximum=maximum,
-                      vcpus=tuple(sorted(vcpus, key=lambda v: v.id)), settings=settings, budget=budget,
-                      control_log=control_log, control_socket=control_socket)
+    return DomainInfo(
+        name=root.findtext("name") or "",
+        uuid=root.findtext("uuid") or "",
+        domain_id=int(root.get("id", "-1")),
+        kind=root.get("type", ""),
+        maximum=maximum,
+        vcpus=tuple(sorted(vcpus, key=lambda v: v.id)),
+        settings=settings,
+        budget=budget,
+        control_log=control_log,
+        control_socket=control_socket,
+    )
 
 
 def classify(code: int, message: str, op: str = "") -> ErrorCode:
@@ -244,6 +258,9 @@ def hotpluggable_layout(xml: str, boot: int) -> str:
     layout.clear()
     layout.tail = "\n  "
     for i in range(maximum):
-        ET.SubElement(layout, "vcpu", {"id": str(i), "enabled": "yes" if i < boot else "no",
-                                       "hotpluggable": "no" if i == 0 else "yes"}).tail = "\n  "
+        ET.SubElement(
+            layout,
+            "vcpu",
+            {"id": str(i), "enabled": "yes" if i < boot else "no", "hotpluggable": "no" if i == 0 else "yes"},
+        ).tail = "\n  "
     return ET.tostring(root, encoding="unicode")

@@ -39,8 +39,16 @@ def guest_dir(name: str, root: Path | None = None) -> Path:
     return (root or default_root()) / hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
-def domain_xml(name: str, image: GuestImage, directory: Path, *, max_vcpus: int, vcpus: int,
-               memory_mb: int = 256, maximum: int | None = None) -> str:
+def domain_xml(
+    name: str,
+    image: GuestImage,
+    directory: Path,
+    *,
+    max_vcpus: int,
+    vcpus: int,
+    memory_mb: int = 256,
+    maximum: int | None = None,
+) -> str:
     """A TCG domain booting the test guest, its consoles in ``directory``. ``maximum`` is the ``<vcpu>`` maximum
     (default: large, for the hot-add budget); ``max_vcpus`` the project's bound, in the metadata."""
     maximum = maximum or max(max_vcpus, LIFETIME_MAXIMUM)
@@ -48,8 +56,11 @@ def domain_xml(name: str, image: GuestImage, directory: Path, *, max_vcpus: int,
     ET.SubElement(d, "name").text = name
     metadata = ET.SubElement(d, "metadata")
     ET.register_namespace(SETTINGS_PREFIX, SETTINGS_NS)
-    ET.SubElement(metadata, f"{{{SETTINGS_NS}}}settings",
-                  {"enabled": "yes", "min-vcpus": "1", "max-vcpus": str(max_vcpus), "started-by": STARTED_BY})
+    ET.SubElement(
+        metadata,
+        f"{{{SETTINGS_NS}}}settings",
+        {"enabled": "yes", "min-vcpus": "1", "max-vcpus": str(max_vcpus), "started-by": STARTED_BY},
+    )
     ET.SubElement(d, "memory", unit="MiB").text = str(memory_mb)
     ET.SubElement(d, "vcpu", placement="static", current=str(vcpus)).text = str(maximum)
     os_ = ET.SubElement(d, "os")

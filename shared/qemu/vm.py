@@ -77,8 +77,10 @@ def default_root() -> Path:
 def find_qemu() -> str:
     found = os.environ.get("HOTPLUG_QEMU") or shutil.which("qemu-system-x86_64")
     if not found:
-        raise QemuError("qemu-system-x86_64 not found: install QEMU ≥ 8 (on Debian 12: qemu-system-x86 from "
-                        "bookworm-backports; bookworm's 7.2 crashes on re-plug)")
+        raise QemuError(
+            "qemu-system-x86_64 not found: install QEMU ≥ 8 (on Debian 12: qemu-system-x86 from "
+            "bookworm-backports; bookworm's 7.2 crashes on re-plug)"
+        )
     return found
 
 
@@ -98,8 +100,13 @@ def parse_stat(line: str) -> GuestStat | None:
     fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
     try:
         busy = {int(k[3:]): int(v) for k, v in fields.items() if k.startswith("cpu") and k[3:].isdigit()}
-        return GuestStat(float(fields["up"]), parse_cpu_list(fields["online"]), int(fields["running"]), busy,
-                         int(fields.get("hz", "100")))
+        return GuestStat(
+            float(fields["up"]),
+            parse_cpu_list(fields["online"]),
+            int(fields["running"]),
+            busy,
+            int(fields.get("hz", "100")),
+        )
     except (KeyError, ValueError):
         return None
 
@@ -139,9 +146,18 @@ class QemuVm:
     # ---- lifecycle ------------------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, name: str, image: GuestImage, *, max_vcpus: int, vcpus: int = 1, memory_mb: int = 256,
-              root: Path | None = None, boot_timeout_s: float = BOOT_TIMEOUT_S,
-              maxcpus: int = LIFETIME_MAXCPUS) -> QemuVm:
+    def start(
+        cls,
+        name: str,
+        image: GuestImage,
+        *,
+        max_vcpus: int,
+        vcpus: int = 1,
+        memory_mb: int = 256,
+        root: Path | None = None,
+        boot_timeout_s: float = BOOT_TIMEOUT_S,
+        maxcpus: int = LIFETIME_MAXCPUS,
+    ) -> QemuVm:
         """Boot a guest. ``maxcpus`` is QEMU's: under TCG it also bounds the hot-adds of this run."""
         vm = cls(name, root)
         if not 1 <= vcpus <= max_vcpus <= maxcpus <= 255:
@@ -153,27 +169,53 @@ class QemuVm:
         shutil.rmtree(vm.dir, ignore_errors=True)
         vm.dir.mkdir(parents=True)
         args = [
-            find_qemu(), "-accel", "tcg,thread=multi", "-machine", "q35",
-            "-smp", f"{vcpus},maxcpus={maxcpus}", "-m", f"{memory_mb}M",
-            "-nodefaults", "-display", "none", "-no-reboot", "-name", f"{name},debug-threads=on",
-            "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-            "-append", "console=ttyS0 panic=-1 quiet",
-            "-serial", f"file:{vm.console_log}",
-            "-chardev", f"socket,id=ctl,path={vm.ctl_path},server=on,wait=off,logfile={vm.ctl_log}",
-            "-serial", "chardev:ctl",
-            "-qmp", f"unix:{vm.qmp_path},server=on,wait=off",
-            "-qmp", f"unix:{vm.monitor_path},server=on,wait=off",
+            find_qemu(),
+            "-accel",
+            "tcg,thread=multi",
+            "-machine",
+            "q35",
+            "-smp",
+            f"{vcpus},maxcpus={maxcpus}",
+            "-m",
+            f"{memory_mb}M",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-name",
+            f"{name},debug-threads=on",
+            "-kernel",
+            str(image.kernel),
+            "-initrd",
+            str(image.initrd),
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
+            "-serial",
+            f"file:{vm.console_log}",
+            "-chardev",
+            f"socket,id=ctl,path={vm.ctl_path},server=on,wait=off,logfile={vm.ctl_log}",
+            "-serial",
+            "chardev:ctl",
+            "-qmp",
+            f"unix:{vm.qmp_path},server=on,wait=off",
+            "-qmp",
+            f"unix:{vm.monitor_path},server=on,wait=off",
         ]
         with (vm.dir / "qemu.log").open("wb") as log:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        vm._write_state(VmState(name=name, pid=proc.pid, max_vcpus=max_vcpus, boot_vcpus=vcpus,
-                                maxcpus=maxcpus, started_at=time.time()))
+            proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        vm._write_state(
+            VmState(
+                name=name, pid=proc.pid, max_vcpus=max_vcpus, boot_vcpus=vcpus, maxcpus=maxcpus, started_at=time.time()
+            )
+        )
         deadline = time.monotonic() + boot_timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise QemuError(f"QEMU exited with {proc.returncode}: "
-                                f"{(vm.dir / 'qemu.log').read_text(errors='replace')[-800:]}")
+                raise QemuError(
+                    f"QEMU exited with {proc.returncode}: {(vm.dir / 'qemu.log').read_text(errors='replace')[-800:]}"
+                )
             if vm.ctl_log.exists() and "INIT-READY" in vm.ctl_log.read_text(errors="replace"):
                 return vm
             time.sleep(0.05)
@@ -313,4 +355,3 @@ async def connect_qmp(name: str, path: Path, attempts: int = QMP_CONNECT_ATTEMPT
         with contextlib.suppress(Exception):
             await client.disconnect()
         attempt += 1
-

@@ -22,6 +22,7 @@ STATE = Path(sys.argv[1])
 @dataclass
 class VmState:
     """What the EMT threads read: written by the main thread from the state file."""
+
     attached: list[int] = field(default_factory=lambda: [0])
     load: float = 0.0
 

@@ -73,13 +73,16 @@ def err(text: str) -> None:
 def api_error(text: str, kind: str, component: str, interface: str, context: str, line: int, file: str) -> Exit:
     xpcom, win, value = API[kind]
     err(text)
-    err(f"Details: code {win if windows() else xpcom} ({value}), component {component}, interface {interface}, "
-        f"callee {'IUnknown' if windows() else 'nsISupports'}")
+    err(
+        f"Details: code {win if windows() else xpcom} ({value}), component {component}, interface {interface}, "
+        f"callee {'IUnknown' if windows() else 'nsISupports'}"
+    )
     err(f'Context: "{context}" at line {line} of file {file}')
     return Exit(1)
 
 
 # ---- state -------------------------------------------------------------------------------------------------
+
 
 def _vm_files() -> list[Path]:
     return sorted((home() / "vms").glob("*.json"))
@@ -109,8 +112,9 @@ def write_settings(vm: dict[str, Any]) -> None:
     Path(vm["cfgfile"]).write_text(
         '<?xml version="1.0"?>\n<VirtualBox xmlns="http://www.virtualbox.org/" version="1.19-linux">\n'
         f'  <Machine uuid="{{{vm["uuid"]}}}" name="{name}" OSType="Ubuntu_64">\n'
-        f"    <Hardware>\n      {cpu}\n      <Memory RAMSize=\"1024\"/>\n    </Hardware>\n"
-        "  </Machine>\n</VirtualBox>\n")
+        f'    <Hardware>\n      {cpu}\n      <Memory RAMSize="1024"/>\n    </Hardware>\n'
+        "  </Machine>\n</VirtualBox>\n"
+    )
 
 
 def find_vm(arg: str) -> dict[str, Any] | None:
@@ -144,12 +148,20 @@ def require_vm(arg: str, file: str, line: int) -> dict[str, Any]:
             text = f"Could not find a registered machine with UUID {{{arg.strip('{}').lower()}}}"
         else:
             text = f"Could not find a registered machine named '{arg}'"
-        raise api_error(text, "not_found", "VirtualBoxWrap", "IVirtualBox",
-                        "FindMachine(Bstr(a->argv[0]).raw(), machine.asOutParam())", line, file)
+        raise api_error(
+            text,
+            "not_found",
+            "VirtualBoxWrap",
+            "IVirtualBox",
+            "FindMachine(Bstr(a->argv[0]).raw(), machine.asOutParam())",
+            line,
+            file,
+        )
     return vm
 
 
 # ---- commands ----------------------------------------------------------------------------------------------
+
 
 def cmd_list(args: list[str]) -> None:
     if not args or args[0] not in ("vms", "runningvms"):
@@ -174,9 +186,20 @@ def cmd_showvminfo(args: list[str]) -> None:
         out.append("Encryption:     disabled")
     elif not version().startswith("6."):
         out.append('encryption="disabled"')
-    out += ['groups="/"', 'ostype="Ubuntu (64-bit)"', f"UUID={_q(vm['uuid'])}", f"CfgFile={_q(vm['cfgfile'])}",
-            'memory=1024', f"cpus={vm['cpus']}", "cpuexecutioncap=100", 'chipset="piix3"', 'acpi="on"',
-            'ioapic="on"', f"VMState={_q(vm['state'])}", f'VMStateChangeTime="{vm.get("changed", "")}"']
+    out += [
+        'groups="/"',
+        'ostype="Ubuntu (64-bit)"',
+        f"UUID={_q(vm['uuid'])}",
+        f"CfgFile={_q(vm['cfgfile'])}",
+        "memory=1024",
+        f"cpus={vm['cpus']}",
+        "cpuexecutioncap=100",
+        'chipset="piix3"',
+        'acpi="on"',
+        'ioapic="on"',
+        f"VMState={_q(vm['state'])}",
+        f'VMStateChangeTime="{vm.get("changed", "")}"',
+    ]
     if vm["state"] in RUNNING_STATES:
         out.append('SessionName="headless"')
     print("\n".join(out))
@@ -194,8 +217,15 @@ def _api_plug(vm: dict[str, Any], cpu: int, context: str, line: int, file: str) 
     if not vm["hotplug"]:
         raise api_error("CPU hotplug is not enabled", "invalidarg", "SessionMachine", "IMachine", context, line, file)
     if cpu >= vm["cpus"]:
-        raise api_error(f"CPU id exceeds number of possible CPUs [0:{vm['cpus'] - 1}]", "invalidarg",
-                        "SessionMachine", "IMachine", context, line, file)
+        raise api_error(
+            f"CPU id exceeds number of possible CPUs [0:{vm['cpus'] - 1}]",
+            "invalidarg",
+            "SessionMachine",
+            "IMachine",
+            context,
+            line,
+            file,
+        )
     if cpu in vm["attached"]:
         raise api_error(f"CPU {cpu} is already attached", "in_use", "SessionMachine", "IMachine", context, line, file)
 
@@ -204,13 +234,21 @@ def _api_unplug(vm: dict[str, Any], cpu: int, context: str, line: int, file: str
     if not vm["hotplug"]:
         raise api_error("CPU hotplug is not enabled", "invalidarg", "SessionMachine", "IMachine", context, line, file)
     if cpu >= 64:
-        raise api_error("CPU index exceeds maximum CPU count (must be in range [0:64])", "invalidarg",
-                        "SessionMachine", "IMachine", context, line, file)
+        raise api_error(
+            "CPU index exceeds maximum CPU count (must be in range [0:64])",
+            "invalidarg",
+            "SessionMachine",
+            "IMachine",
+            context,
+            line,
+            file,
+        )
     if cpu not in vm["attached"]:
         raise api_error(f"CPU {cpu} is not attached", "not_found", "SessionMachine", "IMachine", context, line, file)
     if cpu == 0:
-        raise api_error("It is not possible to detach CPU 0", "invalidarg", "SessionMachine", "IMachine",
-                        context, line, file)
+        raise api_error(
+            "It is not possible to detach CPU 0", "invalidarg", "SessionMachine", "IMachine", context, line, file
+        )
 
 
 def cmd_controlvm(args: list[str]) -> None:
@@ -244,8 +282,15 @@ def cmd_controlvm(args: list[str]) -> None:
     cpu = _parse_cpu_number(args[2])
     old = version().startswith("6.")
     if vm["state"] == "paused":
-        raise api_error("Invalid machine state: Paused", "invalid_vm_state", "ConsoleWrap", "IConsole",
-                        "HotPlugCPU(n)" if sub == "plugcpu" else "HotUnplugCPU(n)", 428, file)
+        raise api_error(
+            "Invalid machine state: Paused",
+            "invalid_vm_state",
+            "ConsoleWrap",
+            "IConsole",
+            "HotPlugCPU(n)" if sub == "plugcpu" else "HotUnplugCPU(n)",
+            428,
+            file,
+        )
     if sub == "plugcpu":
         _api_plug(vm, cpu, "HotPlugCPU(n)", 440 if old else 428, file)
         vm["attached"] = sorted({*vm["attached"], cpu})
@@ -255,23 +300,39 @@ def cmd_controlvm(args: list[str]) -> None:
         if guest != "additions":
             if guest == "stuck":  # VirtualBox polls ~10 s for the guest; the stand-in waits less by default
                 time.sleep(float(os.environ.get("FAKE_VBOX_STUCK_S", "1.0")))
-            raise api_error("Hot-Remove was aborted because the CPU may still be used by the guest", "vm_error",
-                            "ConsoleWrap", "IConsole", "HotUnplugCPU(n)", 427 if old else 414, file)
+            raise api_error(
+                "Hot-Remove was aborted because the CPU may still be used by the guest",
+                "vm_error",
+                "ConsoleWrap",
+                "IConsole",
+                "HotUnplugCPU(n)",
+                427 if old else 414,
+                file,
+            )
         vm["attached"] = sorted(set(vm["attached"]) - {cpu})
     save_vm(vm)
 
 
 def _logo() -> str:
     if version().startswith("6."):
-        return ("Oracle VM VirtualBox Command Line Management Interface Version 6.1.36\n"
-                "(C) 2005-2022 Oracle Corporation\nAll rights reserved.\n\n")
-    return ("Oracle VM VirtualBox Command Line Management Interface Version 7.0.14\n"
-            "Copyright (C) 2005-2024 Oracle and/or its affiliates\n\n")
+        return (
+            "Oracle VM VirtualBox Command Line Management Interface Version 6.1.36\n"
+            "(C) 2005-2022 Oracle Corporation\nAll rights reserved.\n\n"
+        )
+    return (
+        "Oracle VM VirtualBox Command Line Management Interface Version 7.0.14\n"
+        "Copyright (C) 2005-2024 Oracle and/or its affiliates\n\n"
+    )
 
 
 OPTION_SPELLINGS = {
-    "--cpus": "cpus", "--cpuhotplug": "hotplug", "--cpu-hotplug": "hotplug",
-    "--plugcpu": "plug", "--plug-cpu": "plug", "--unplugcpu": "unplug", "--unplug-cpu": "unplug",
+    "--cpus": "cpus",
+    "--cpuhotplug": "hotplug",
+    "--cpu-hotplug": "hotplug",
+    "--plugcpu": "plug",
+    "--plug-cpu": "plug",
+    "--unplugcpu": "unplug",
+    "--unplug-cpu": "unplug",
 }
 NEW_ONLY = {"--cpu-hotplug", "--plug-cpu", "--unplug-cpu"}
 
@@ -283,9 +344,15 @@ def cmd_modifyvm(args: list[str]) -> None:
         raise Exit(2)
     vm = require_vm(args[0], file, 630)
     if vm["state"] in RUNNING_STATES:
-        raise api_error(f"The machine '{vm['name']}' is already locked for a session (or being unlocked)",
-                        "invalid_object_state", "MachineWrap", "IMachine", "LockMachine(a->session, LockType_Write)",
-                        641, file)
+        raise api_error(
+            f"The machine '{vm['name']}' is already locked for a session (or being unlocked)",
+            "invalid_object_state",
+            "MachineWrap",
+            "IMachine",
+            "LockMachine(a->session, LockType_Write)",
+            641,
+            file,
+        )
     options: list[tuple[str, str]] = []
     rest = args[1:]
     i = 0
@@ -311,12 +378,25 @@ def cmd_modifyvm(args: list[str]) -> None:
         if key == "cpus":
             count = int(value)
             if not 1 <= count <= 64:
-                raise api_error(f"Invalid virtual CPU count: {count} (must be in range [1, 64])", "invalidarg",
-                                "SessionMachine", "IMachine", "COMSETTER(CPUCount)(ValueUnion.u32)", 700, file)
+                raise api_error(
+                    f"Invalid virtual CPU count: {count} (must be in range [1, 64])",
+                    "invalidarg",
+                    "SessionMachine",
+                    "IMachine",
+                    "COMSETTER(CPUCount)(ValueUnion.u32)",
+                    700,
+                    file,
+                )
             if changed["hotplug"] and any(c >= count for c in changed["attached"]):
-                raise api_error(f"There is still a CPU attached to socket {count}."
-                                "Detach the CPU before removing the socket", "invalidarg", "SessionMachine",
-                                "IMachine", "COMSETTER(CPUCount)(ValueUnion.u32)", 700, file)
+                raise api_error(
+                    f"There is still a CPU attached to socket {count}.Detach the CPU before removing the socket",
+                    "invalidarg",
+                    "SessionMachine",
+                    "IMachine",
+                    "COMSETTER(CPUCount)(ValueUnion.u32)",
+                    700,
+                    file,
+                )
             changed["cpus"] = count
         elif key == "hotplug":
             if value.lower() not in ("on", "off"):
@@ -326,9 +406,16 @@ def cmd_modifyvm(args: list[str]) -> None:
             if on and not changed["hotplug"]:
                 changed["attached"] = list(range(changed["cpus"]))
             if not on and changed["hotplug"] and sorted(changed["attached"]) != list(range(changed["cpus"])):
-                raise api_error("CPU hotplug can't be disabled because the maximum number of CPUs is not equal "
-                                "to the amount of CPUs attached", "invalidarg", "SessionMachine", "IMachine",
-                                "COMSETTER(CPUHotPlugEnabled)(ValueUnion.f)", 716, file)
+                raise api_error(
+                    "CPU hotplug can't be disabled because the maximum number of CPUs is not equal "
+                    "to the amount of CPUs attached",
+                    "invalidarg",
+                    "SessionMachine",
+                    "IMachine",
+                    "COMSETTER(CPUHotPlugEnabled)(ValueUnion.f)",
+                    716,
+                    file,
+                )
             changed["hotplug"] = on
         elif key == "plug":
             cpu = int(value)
@@ -378,10 +465,23 @@ def _start_process(vm: dict[str, Any]) -> int:
     if not binary.exists():
         binary.symlink_to(sys.executable)
     state = home() / "vms" / f"{vm['uuid']}.json"
-    proc = subprocess.Popen([str(binary), str(HERE / "vbox_vm_process.py"), str(state), "--comment", vm["name"],
-                             "--startvm", vm["uuid"], "--vrde", "config"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(binary),
+            str(HERE / "vbox_vm_process.py"),
+            str(state),
+            "--comment",
+            vm["name"],
+            "--startvm",
+            vm["uuid"],
+            "--vrde",
+            "config",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     return proc.pid
 
 
@@ -397,13 +497,25 @@ def _stop_process(vm: dict[str, Any]) -> None:
 
 # ---- helpers for tests -------------------------------------------------------------------------------------
 
+
 def create_vm(name: str, cpus: int = 1) -> str:
     vm_uuid = str(uuidlib.uuid4())
     safe = re.sub(r"[/\\]", "_", name)
     folder = home() / "VirtualBox VMs" / safe
-    save_vm({"name": name, "uuid": vm_uuid, "state": "poweroff", "cpus": cpus, "hotplug": False,
-             "attached": list(range(cpus)), "guest": "additions", "load": 0.0,
-             "cfgfile": str(folder / f"{safe}.vbox"), "changed": _now()})
+    save_vm(
+        {
+            "name": name,
+            "uuid": vm_uuid,
+            "state": "poweroff",
+            "cpus": cpus,
+            "hotplug": False,
+            "attached": list(range(cpus)),
+            "guest": "additions",
+            "load": 0.0,
+            "cfgfile": str(folder / f"{safe}.vbox"),
+            "changed": _now(),
+        }
+    )
     return vm_uuid
 
 
@@ -426,8 +538,14 @@ def set_guest(name: str, mode: str) -> None:
     _update(name, guest=mode)
 
 
-COMMANDS = {"list": cmd_list, "showvminfo": cmd_showvminfo, "controlvm": cmd_controlvm, "modifyvm": cmd_modifyvm,
-            "createvm": cmd_createvm, "startvm": cmd_startvm}
+COMMANDS = {
+    "list": cmd_list,
+    "showvminfo": cmd_showvminfo,
+    "controlvm": cmd_controlvm,
+    "modifyvm": cmd_modifyvm,
+    "createvm": cmd_createvm,
+    "startvm": cmd_startvm,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -97,8 +97,9 @@ class LibvirtDriver:
         def get(conn: Any) -> DomainInfo:
             dom = conn.lookupByName(vm)
             if not dom.isActive():
-                raise DriverError(ErrorCode.VM_NOT_RUNNING,
-                                  f"Requested operation is not valid: domain '{vm}' is not running")
+                raise DriverError(
+                    ErrorCode.VM_NOT_RUNNING, f"Requested operation is not valid: domain '{vm}' is not running"
+                )
             return parse_domain(dom.XMLDesc(0))
 
         try:
@@ -106,9 +107,11 @@ class LibvirtDriver:
         except self.libvirt.libvirtError as exc:
             raise self._error(exc) from exc
         if info.settings.enabled is False or (self.opt_in and info.settings.enabled is not True):
-            raise DriverError(ErrorCode.HOTPLUG_DISABLED,
-                              f"domain '{vm}' is not opted in to hot-plug (its hotplug settings metadata: "
-                              f"enabled={'no' if info.settings.enabled is False else 'unset'})")
+            raise DriverError(
+                ErrorCode.HOTPLUG_DISABLED,
+                f"domain '{vm}' is not opted in to hot-plug (its hotplug settings metadata: "
+                f"enabled={'no' if info.settings.enabled is False else 'unset'})",
+            )
         return info
 
     async def read(self, vm: str) -> VmView:
@@ -132,8 +135,9 @@ class LibvirtDriver:
     async def _plug(self, vm: str) -> None:
         info = await self.info(vm)
         if info.online >= info.max_vcpus:
-            raise DriverError(ErrorCode.CPU_ID_OUT_OF_RANGE,
-                              f"domain '{vm}' already has {info.online} vCPUs, its maximum")
+            raise DriverError(
+                ErrorCode.CPU_ID_OUT_OF_RANGE, f"domain '{vm}' already has {info.online} vCPUs, its maximum"
+            )
         free = [v for v in info.vcpus if not v.enabled and v.hotpluggable]
         if not free:
             raise DriverError(ErrorCode.CPU_ID_OUT_OF_RANGE, f"domain '{vm}' has no hotpluggable vCPU left to enable")
@@ -142,10 +146,12 @@ class LibvirtDriver:
             left = info.adds_left()
             if left is not None and left <= 0:
                 budget = info.current_budget()
-                raise DriverError(ErrorCode.HOTPLUG_BUDGET,
-                                  f"domain '{vm}' has used all {info.maximum - budget.boot_vcpus} hot-adds QEMU allows "
-                                  f"it under TCG in one run (<vcpu> maximum {info.maximum} - {budget.boot_vcpus} "
-                                  f"booted); restart the domain to plug again")
+                raise DriverError(
+                    ErrorCode.HOTPLUG_BUDGET,
+                    f"domain '{vm}' has used all {info.maximum - budget.boot_vcpus} hot-adds QEMU allows "
+                    f"it under TCG in one run (<vcpu> maximum {info.maximum} - {budget.boot_vcpus} "
+                    f"booted); restart the domain to plug again",
+                )
             await self._count_add(vm, info)
         channel = self._channel(info)
         mark = channel.size() if channel else 0
@@ -163,8 +169,9 @@ class LibvirtDriver:
         element = self.libvirt.VIR_DOMAIN_METADATA_ELEMENT
         flags = self.libvirt.VIR_DOMAIN_AFFECT_LIVE
         try:
-            await self.conn.call(lambda conn: conn.lookupByName(vm).setMetadata(
-                element, counted, RUNTIME_PREFIX, RUNTIME_NS, flags))
+            await self.conn.call(
+                lambda conn: conn.lookupByName(vm).setMetadata(element, counted, RUNTIME_PREFIX, RUNTIME_NS, flags)
+            )
         except self.libvirt.libvirtError as exc:
             raise self._error(exc, "plug") from exc
 
@@ -201,7 +208,8 @@ class LibvirtDriver:
                 news = channel.lines_since(mark)
                 stats = [s for s in (parse_stat_line(line) for line in news) if s is not None]
                 guest_says = any(line.startswith("HP onlined") for line in news) or bool(
-                    stats and len(stats[-1]) >= expected)
+                    stats and len(stats[-1]) >= expected
+                )
             elif use_agent:
                 online = await self._agent_online(vm)
                 guest_says = online is not None and online >= expected
@@ -211,8 +219,9 @@ class LibvirtDriver:
                 return
             await asyncio.sleep(0.02)
         what = "libvirt did not count it" if not counted else "the guest did not report it online"
-        raise DriverError(ErrorCode.NOT_VERIFIED,
-                          f"domain '{vm}': after the plug {what} within {GUEST_ONLINE_TIMEOUT_S:.0f} s")
+        raise DriverError(
+            ErrorCode.NOT_VERIFIED, f"domain '{vm}': after the plug {what} within {GUEST_ONLINE_TIMEOUT_S:.0f} s"
+        )
 
     # ---- unplug -----------------------------------------------------------------------------------------------
 
@@ -226,8 +235,11 @@ class LibvirtDriver:
         if not removable:
             if info.online <= 1:
                 raise DriverError(ErrorCode.CPU0, f"domain '{vm}' has only vCPU 0, which never leaves")
-            raise DriverError(ErrorCode.CPU0, f"domain '{vm}': its {info.online} vCPUs were present at boot and are "
-                                              f"not hotpluggable (hotplug libvirt prepare marks them so)")
+            raise DriverError(
+                ErrorCode.CPU0,
+                f"domain '{vm}': its {info.online} vCPUs were present at boot and are "
+                f"not hotpluggable (hotplug libvirt prepare marks them so)",
+            )
         victim = max(removable, key=lambda v: v.id).id
         try:
             await self._set_vcpu(vm, victim, False)
@@ -241,12 +253,15 @@ class LibvirtDriver:
         """libvirt gave up waiting (68). Whether the vCPU left is told by its thread, never by trying again."""
         gone = await self._thread_gone(info, victim)
         if gone is None:
-            raise DriverError(ErrorCode.NOT_VERIFIED,
-                              f"{message} (cannot tell whether vCPU {victim} left: QEMU's threads cannot be read "
-                              f"here)")
+            raise DriverError(
+                ErrorCode.NOT_VERIFIED,
+                f"{message} (cannot tell whether vCPU {victim} left: QEMU's threads cannot be read here)",
+            )
         if not gone:
-            raise DriverError(ErrorCode.GUEST_REFUSED,
-                              f"{message} (vCPU {victim}'s thread is still there: the guest did not release it)")
+            raise DriverError(
+                ErrorCode.GUEST_REFUSED,
+                f"{message} (vCPU {victim}'s thread is still there: the guest did not release it)",
+            )
         # It left: one more call makes libvirt see so (it returns in ms); "already in requested state" is fine too.
         try:
             await self._set_vcpu(vm, victim, False)
@@ -285,8 +300,10 @@ class LibvirtDriver:
             if now.online < before.online:
                 return
             if time.monotonic() >= deadline:
-                raise DriverError(ErrorCode.NOT_VERIFIED,
-                                  f"domain '{vm}' still counts {now.online} vCPUs after vCPU {victim} was unplugged")
+                raise DriverError(
+                    ErrorCode.NOT_VERIFIED,
+                    f"domain '{vm}' still counts {now.online} vCPUs after vCPU {victim} was unplugged",
+                )
             await asyncio.sleep(0.05)
 
     async def close(self) -> None:

@@ -69,15 +69,20 @@ class QemuDriver:
         vm = self._vm(vm_name)
         state = vm.state()
         if state.adds_left <= 0:
-            raise DriverError(ErrorCode.HOTPLUG_BUDGET,
-                              f"{vm_name} has used all {state.maxcpus - state.boot_vcpus} hot-adds QEMU allows "
-                              f"it under TCG in one run; restart the VM to plug again")
+            raise DriverError(
+                ErrorCode.HOTPLUG_BUDGET,
+                f"{vm_name} has used all {state.maxcpus - state.boot_vcpus} hot-adds QEMU allows "
+                f"it under TCG in one run; restart the VM to plug again",
+            )
         slots = cast(list[dict[str, Any]], await self._execute(vm, "query-hotpluggable-cpus"))
-        free = sorted((s for s in slots if "qom-path" not in s and s["props"].get("core-id", 0) < state.max_vcpus),
-                      key=lambda s: (s["props"].get("socket-id", 0), s["props"].get("core-id", 0)))
+        free = sorted(
+            (s for s in slots if "qom-path" not in s and s["props"].get("core-id", 0) < state.max_vcpus),
+            key=lambda s: (s["props"].get("socket-id", 0), s["props"].get("core-id", 0)),
+        )
         if not free:
-            raise DriverError(ErrorCode.CPU_ID_OUT_OF_RANGE, f"{vm_name} has no free CPU slot below its maximum "
-                                                             f"of {state.max_vcpus}")
+            raise DriverError(
+                ErrorCode.CPU_ID_OUT_OF_RANGE, f"{vm_name} has no free CPU slot below its maximum of {state.max_vcpus}"
+            )
         expected = len(await self._cpus(vm)) + 1
 
         def count_add(s: VmState) -> None:
@@ -98,8 +103,11 @@ class QemuDriver:
             if stats and len(stats[-1].online) >= expected:
                 return
             await asyncio.sleep(0.01)
-        raise DriverError(ErrorCode.NOT_VERIFIED, f"QEMU added the CPU but the guest of {vm_name} did not report it "
-                                                  f"online within {GUEST_ONLINE_TIMEOUT_S:.0f} s")
+        raise DriverError(
+            ErrorCode.NOT_VERIFIED,
+            f"QEMU added the CPU but the guest of {vm_name} did not report it "
+            f"online within {GUEST_ONLINE_TIMEOUT_S:.0f} s",
+        )
 
     async def unplug(self, vm_name: str) -> None:
         vm = self._vm(vm_name)
@@ -118,8 +126,9 @@ class QemuDriver:
                 if not any(s.get("qom-path") == path for s in slots):
                     return
                 await asyncio.sleep(0.02)
-        raise DriverError(ErrorCode.TIMEOUT, f"{vm_name}: the guest did not release {path} within "
-                                             f"{UNPLUG_TIMEOUT_S:.0f} s")
+        raise DriverError(
+            ErrorCode.TIMEOUT, f"{vm_name}: the guest did not release {path} within {UNPLUG_TIMEOUT_S:.0f} s"
+        )
 
     async def close(self) -> None:
         return None

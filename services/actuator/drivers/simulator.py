@@ -39,8 +39,12 @@ class SimulatorDriver:
         reply = _stats.decode(await self._request("stats", b"{}", 5.0))
         for counters in reply.vms:
             if counters.vm == vm:
-                return VmView(vm=vm, online_vcpus=counters.online_vcpus, min_vcpus=counters.min_vcpus,
-                              max_vcpus=counters.max_vcpus)
+                return VmView(
+                    vm=vm,
+                    online_vcpus=counters.online_vcpus,
+                    min_vcpus=counters.min_vcpus,
+                    max_vcpus=counters.max_vcpus,
+                )
         raise DriverError(ErrorCode.VM_NOT_FOUND, f"Could not find a registered machine named '{vm}'")
 
     async def _hotplug_op(self, vm: str, op: str) -> None:

@@ -23,11 +23,14 @@ class VirtualBoxDriver:
         except VBoxError as exc:
             raise DriverError(exc.code, exc.message) from exc
         if not info.running:
-            raise DriverError(ErrorCode.VM_NOT_RUNNING, f"Machine '{vm}' is not currently running (state "
-                                                        f"{info.state or 'unknown'})")
+            raise DriverError(
+                ErrorCode.VM_NOT_RUNNING, f"Machine '{vm}' is not currently running (state {info.state or 'unknown'})"
+            )
         if not info.hotplug:
-            raise DriverError(ErrorCode.HOTPLUG_DISABLED, f"CPU hotplug is not enabled on '{vm}': run "
-                                                          f"hotplug vbox prepare while it is powered off")
+            raise DriverError(
+                ErrorCode.HOTPLUG_DISABLED,
+                f"CPU hotplug is not enabled on '{vm}': run hotplug vbox prepare while it is powered off",
+            )
         return info
 
     async def read(self, vm: str) -> VmView:
@@ -38,8 +41,10 @@ class VirtualBoxDriver:
         info = await self._info(vm)
         free = [cpu for cpu in range(1, min(info.cpus, 32)) if cpu not in info.attached]
         if not free:
-            raise DriverError(ErrorCode.CPU_ID_OUT_OF_RANGE,
-                              f"no free CPU id on '{vm}': all {info.cpus} (at most 32 live) are attached")
+            raise DriverError(
+                ErrorCode.CPU_ID_OUT_OF_RANGE,
+                f"no free CPU id on '{vm}': all {info.cpus} (at most 32 live) are attached",
+            )
         try:
             await self.vbox.plugcpu(vm, free[0])
         except VBoxError as exc:

@@ -115,9 +115,19 @@ class GuestSource:
         # procs_running counts this agent too; what is runnable beyond the online CPUs had to wait.
         waiting = self._waiting.add(now, max(0, runnable - 1 - len(online)))
         per_cpu = {f"{cpu:04d}": busy[cpu] for cpu in online if cpu in busy}
-        return [Reading(vm=self.vm, time=now, online_vcpus=len(online), min_vcpus=1,
-                        max_vcpus=max(possible, len(online)), cpu_seconds=sum(per_cpu.values()),
-                        per_vcpu_seconds=per_cpu, waiting_core_seconds=waiting, psi_some_seconds=psi)]
+        return [
+            Reading(
+                vm=self.vm,
+                time=now,
+                online_vcpus=len(online),
+                min_vcpus=1,
+                max_vcpus=max(possible, len(online)),
+                cpu_seconds=sum(per_cpu.values()),
+                per_vcpu_seconds=per_cpu,
+                waiting_core_seconds=waiting,
+                psi_some_seconds=psi,
+            )
+        ]
 
     async def close(self) -> None:
         return None

@@ -49,21 +49,39 @@ class _Domain:
 class LibvirtSource:
     name = "libvirt"
 
-    def __init__(self, clock: Clock, uri: str | None = None, *, domains: Iterable[str] = (), opt_in: bool = False,
-                 registry: CollectorRegistry | None = None, connection: Connection | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        uri: str | None = None,
+        *,
+        domains: Iterable[str] = (),
+        opt_in: bool = False,
+        registry: CollectorRegistry | None = None,
+        connection: Connection | None = None,
+    ) -> None:
         self.clock = clock
         self.conn = connection or Connection(uri, read_only=True)
         self.libvirt = self.conn.libvirt
         self.selected = set(domains)
         self.opt_in = opt_in
         self._domains: dict[str, _Domain] = {}
-        self.host_wait = Gauge("hotplug_collector_host_wait_seconds",
-                               "Cumulative host run-queue wait of a VM's vCPU threads (libvirt vcpu.N.delay): host "
-                               "contention, not VM demand", ["vm"], registry=registry) if registry else None
+        self.host_wait = (
+            Gauge(
+                "hotplug_collector_host_wait_seconds",
+                "Cumulative host run-queue wait of a VM's vCPU threads (libvirt vcpu.N.delay): host "
+                "contention, not VM demand",
+                ["vm"],
+                registry=registry,
+            )
+            if registry
+            else None
+        )
 
     def _stats(self, conn: Any) -> list[tuple[str, str, dict[str, Any], str | None, Settings | None]]:
-        flags = (self.libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
-                 | self.libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+        flags = (
+            self.libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
+            | self.libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+        )
         out = []
         for dom, stats in conn.getAllDomainStats(self.libvirt.VIR_DOMAIN_STATS_VCPU, flags):
             name = dom.name()
@@ -164,9 +182,16 @@ class LibvirtSource:
             if stat is not None:
                 # the STAT line's running count includes the guest's own stats reader
                 waiting = state.pressure.add(now, max(0, stat.running - 1 - len(stat.online)))
-        return Reading(vm=name, time=now, online_vcpus=current, min_vcpus=state.info.min_vcpus,
-                       max_vcpus=state.info.max_vcpus,
-                       cpu_seconds=state.total, per_vcpu_seconds=per_vcpu, waiting_core_seconds=waiting)
+        return Reading(
+            vm=name,
+            time=now,
+            online_vcpus=current,
+            min_vcpus=state.info.min_vcpus,
+            max_vcpus=state.info.max_vcpus,
+            cpu_seconds=state.total,
+            per_vcpu_seconds=per_vcpu,
+            waiting_core_seconds=waiting,
+        )
 
     async def close(self) -> None:
         self.conn.close()

@@ -35,8 +35,11 @@ class QemuSource:
             cpus = cast(list[dict[str, Any]], await qmp.execute("query-cpus-fast"))
         threads = {t.tid: t for t in read_threads(state.pid) or []}
         now = self.clock.now()
-        per_vcpu = {f"{c['cpu-index']:04d}-{c['thread-id']}": threads[c["thread-id"]].cpu_seconds
-                    for c in cpus if c.get("thread-id") in threads}
+        per_vcpu = {
+            f"{c['cpu-index']:04d}-{c['thread-id']}": threads[c["thread-id"]].cpu_seconds
+            for c in cpus
+            if c.get("thread-id") in threads
+        }
         if not per_vcpu:
             return None
         stat = vm.guest_stat()
@@ -44,8 +47,16 @@ class QemuSource:
         if stat is not None:
             integral = self._pressure.setdefault(vm.name, RunQueueIntegral())
             waiting = integral.add(now, max(0, stat.running - 1 - len(stat.online)))
-        return Reading(vm=vm.name, time=now, online_vcpus=len(cpus), min_vcpus=1, max_vcpus=state.max_vcpus,
-                       cpu_seconds=sum(per_vcpu.values()), per_vcpu_seconds=per_vcpu, waiting_core_seconds=waiting)
+        return Reading(
+            vm=vm.name,
+            time=now,
+            online_vcpus=len(cpus),
+            min_vcpus=1,
+            max_vcpus=state.max_vcpus,
+            cpu_seconds=sum(per_vcpu.values()),
+            per_vcpu_seconds=per_vcpu,
+            waiting_core_seconds=waiting,
+        )
 
     async def read(self) -> list[Reading]:
         readings = []

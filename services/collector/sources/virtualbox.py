@@ -91,11 +91,17 @@ class VirtualBoxSource:
                 if match:
                     emts[int(match.group(1) or 0)] = t
             per_vcpu = {f"{i:04d}": emts[i].cpu_seconds for i in attached if i in emts}
-            readings.append(Reading(
-                vm=name, time=now, online_vcpus=len(attached), min_vcpus=1, max_vcpus=min(info.cpus, 32),
-                cpu_seconds=cpu.user + cpu.system,
-                per_vcpu_seconds=per_vcpu or None,
-            ))
+            readings.append(
+                Reading(
+                    vm=name,
+                    time=now,
+                    online_vcpus=len(attached),
+                    min_vcpus=1,
+                    max_vcpus=min(info.cpus, 32),
+                    cpu_seconds=cpu.user + cpu.system,
+                    per_vcpu_seconds=per_vcpu or None,
+                )
+            )
         gone = set(self._info) - {uuid for _, uuid in running}
         for uuid in gone:  # a VM that stopped may come back reconfigured: ask again then
             self._info.pop(uuid, None)

@@ -157,7 +157,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._windows = sorted({max(w, params.stabilise_s) for w in params.windows_s})
         self._multipliers = sorted(set(params.multipliers))
         self.arms: list[str] = [f"peak of {w:g} s x{k:g}" for w in self._windows for k in self._multipliers] + [
-            f"cheapest size over {h:g} s" for h in self._half_lives]
+            f"cheapest size over {h:g} s" for h in self._half_lives
+        ]
         self._target = params.target_unmet_pct / 100
         self._start_log_price = math.log(1 + PRICE_SCALE / self._target**2)
         self._start_price = math.exp(self._start_log_price)
@@ -186,8 +187,10 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         elif state.demand_s > 0:
             error = min(4.0, state.unmet_s / state.demand_s / self._target - 1)
             spread = math.log(PRICE_RANGE)
-            state.log_price = min(self._start_log_price + spread, max(
-                self._start_log_price - spread, state.log_price + self.params.feedback_gain * error * dt / 3600))
+            state.log_price = min(
+                self._start_log_price + spread,
+                max(self._start_log_price - spread, state.log_price + self.params.feedback_gain * error * dt / 3600),
+            )
         return math.exp(state.log_price)
 
     def _charge(self, state: DefaultState, demand: float, dt: float, price: float) -> None:
@@ -287,8 +290,11 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         if target < n and held > target:
             target = min(n, held)
             if target == n:
-                return Recommendation(n, f"{why}: {recs[best]}; held: {n} vCPUs were wanted within the last "
-                                         f"{p.stabilise_s:g} s", "stabilising")
+                return Recommendation(
+                    n,
+                    f"{why}: {recs[best]}; held: {n} vCPUs were wanted within the last {p.stabilise_s:g} s",
+                    "stabilising",
+                )
         # Never grow back after a shrink on old evidence: only demand seen since the shrink may undo it.
         if target > n and state.last_move < 0 and state.peak_since_move <= n:
             return Recommendation(n, f"hold: no demand above {n} vCPUs since the last shrink", "hold")

@@ -45,5 +45,4 @@ class FusdPolicy(PolicyBase[FusdParams, FusdState]):
             alpha = p.alpha_up if observed > state.estimate else p.alpha_down ** (obs.interval_s / p.step_s)
             state.estimate = max(0.0, alpha * state.estimate + (1 - alpha) * observed)
         target = max(1, math.ceil(state.estimate / p.warm - 1e-9))
-        return Recommendation(target, f"predicted {state.estimate:.2f} cores at {p.warm:.0%} warm",
-                              "prediction")
+        return Recommendation(target, f"predicted {state.estimate:.2f} cores at {p.warm:.0%} warm", "prediction")

@@ -50,5 +50,4 @@ class HpaPolicy(PolicyBase[HpaParams, HpaState]):
         target = up_rec if n < up_rec else down_rec if n > down_rec else n
         limit = max(n + p.up_limit_vcpus, math.floor(n * (1 + p.up_limit_pct / 100)))
         target = min(target, limit)
-        return Recommendation(target, f"cpu {obs.utilisation:.0%} vs target {p.target:.0%}: {rec} vCPUs",
-                              "utilisation")
+        return Recommendation(target, f"cpu {obs.utilisation:.0%} vs target {p.target:.0%}: {rec} vCPUs", "utilisation")

@@ -47,9 +47,7 @@ class ThresholdPolicy(PolicyBase[ThresholdParams, ThresholdState]):
         else:
             state.above_s = state.below_s = 0.0
         if state.above_s > 0 and state.above_s >= p.sustain_s:
-            return Recommendation(n + 1, f"cpu {rho:.0%} > {p.upper:.0%} for {state.above_s:g} s",
-                                  "above-upper")
+            return Recommendation(n + 1, f"cpu {rho:.0%} > {p.upper:.0%} for {state.above_s:g} s", "above-upper")
         if state.below_s > 0 and state.below_s >= p.sustain_s and n > 1 and rho * n / (n - 1) < p.upper:
-            return Recommendation(n - 1, f"cpu {rho:.0%} < {p.lower:.0%} for {state.below_s:g} s",
-                                  "below-lower")
+            return Recommendation(n - 1, f"cpu {rho:.0%} < {p.lower:.0%} for {state.below_s:g} s", "below-lower")
         return Recommendation(n, f"cpu {rho:.0%} within [{p.lower:.0%}, {p.upper:.0%}]")

@@ -61,7 +61,7 @@ class VpaPolicy(PolicyBase[VpaParams, VpaState]):
         # Newer samples weigh more, instead of decaying every old one; renormalise before overflow.
         exponent = (t - state.reference) / self.params.half_life_s
         if exponent > 60:
-            scale = 2.0 ** -exponent
+            scale = 2.0**-exponent
             state.weights = {b: w * scale for b, w in state.weights.items() if w * scale > 1e-12}
             state.total = sum(state.weights.values())
             state.reference = t
@@ -101,6 +101,10 @@ class VpaPolicy(PolicyBase[VpaParams, VpaState]):
         drift = abs(wanted - n) / n >= p.update_threshold and age_s >= p.min_age_s
         if outside or drift:
             why = "outside bounds" if outside else "drift"
-            return Recommendation(wanted, f"P{p.target_percentile * 100:.0f} {target / factor:.2f} cores "
-                                          f"+{p.margin:.0%} → {wanted} vCPUs ({why})", why.replace(" ", "-"))
+            return Recommendation(
+                wanted,
+                f"P{p.target_percentile * 100:.0f} {target / factor:.2f} cores "
+                f"+{p.margin:.0%} → {wanted} vCPUs ({why})",
+                why.replace(" ", "-"),
+            )
         return Recommendation(n, f"within [{lower:.2f}, {upper:.2f}] cores")

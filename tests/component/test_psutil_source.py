@@ -1,0 +1,56 @@
+"""Collector source ``psutil`` on real host processes: CPU time per process and thread, run-queue waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from services.collector.rates import sample_from
+from services.collector.sources.procs import ProcessSource, ProcessSpec, schedstat_wait_seconds
+from shared.clock import Clock
+
+BUSY = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
+
+
+@pytest.fixture
+def busy_process() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([sys.executable, "-c", BUSY, "hotplug-test-busy-marker"])
+    yield proc
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+async def test_a_busy_process_reads_as_about_one_core(busy_process: subprocess.Popen[bytes]) -> None:
+    source = ProcessSource(
+        [
+            ProcessSpec.parse(f"busy={busy_process.pid}"),
+            ProcessSpec.parse("byname=hotplug-test-busy-marker"),
+            ProcessSpec.parse("absent=999999999"),
+        ],
+        Clock(),
+    )
+    first = {r.vm: r for r in await source.read()}
+    await asyncio.sleep(1.0)
+    second = {r.vm: r for r in await source.read()}
+    assert set(second) == {"busy", "byname"}  # a process that is not there is left out, never "idle"
+    for vm in ("busy", "byname"):
+        sample = sample_from(first[vm], second[vm], "h", source.name)
+        assert sample is not None
+        assert 0.5 < sample.cpu_used_cores <= 1.2
+        assert sample.per_vcpu_busy is not None
+        assert max(sample.per_vcpu_busy) > 0.5
+        assert sample.online_vcpus >= 1
+        assert sample.pressure_cores is not None
+
+
+def test_schedstat_of_missing_process_is_unknown() -> None:
+    assert schedstat_wait_seconds(999999999) is None
+
+
+def test_bad_process_spec_is_refused() -> None:
+    with pytest.raises(ValueError, match="NAME=PID"):
+        ProcessSpec.parse("nothing")

@@ -1,0 +1,1 @@
+"""System tier: several real processes or real guests working together; marked slow."""

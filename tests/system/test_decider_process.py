@@ -1,0 +1,98 @@
+"""The decider as a process on a real nats-server: dry run, stale samples, command shape."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from shared import subjects
+from shared.broker import EmbeddedBroker
+from shared.codec import encode
+from shared.messages import MetricSample, ScaleCommand
+from tests.conftest import ServiceProcess, eventually, metric
+
+
+def busy_sample(t: float, vm: str = "vm a") -> MetricSample:
+    return MetricSample(
+        time=t,
+        host="h1",
+        vm=vm,
+        online_vcpus=2,
+        min_vcpus=1,
+        max_vcpus=4,
+        cpu_used_cores=2.0,
+        interval_s=1.0,
+        source="test",
+    )
+
+
+async def publish_busy(nc: Client, vm: str, count: int, age: float = 0.0) -> None:
+    for _ in range(count):
+        sample = busy_sample(time.time() - age, vm)
+        await nc.publish(subjects.metrics(sample.host, sample.vm), encode(sample))
+        await asyncio.sleep(0.05)
+    await nc.flush()
+
+
+async def test_commands_carry_reason_expiry_and_sample_time(
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+) -> None:
+    commands: list[ScaleCommand] = []
+
+    async def on_command(msg: Msg) -> None:
+        commands.append(msgspec.json.decode(msg.data, type=ScaleCommand))
+
+    await nc.subscribe(subjects.ALL_COMMANDS, cb=on_command)
+    await nc.flush()
+    start_service(
+        "decider",
+        "--nats",
+        broker.url,
+        "--policy",
+        "threshold",
+        "--param",
+        "threshold.sustain_s=2",
+        "--command-ttl",
+        "30",
+    )
+    await publish_busy(nc, "vm a; $(x)", 3)
+    await eventually(lambda: commands, timeout=15, what="a command")
+    command = commands[0]
+    assert (command.vm, command.host, command.seen_vcpus, command.target_vcpus) == ("vm a; $(x)", "h1", 2, 3)
+    assert command.reason == "cpu 100% > 80% for 2 s"
+    assert command.expires_at == command.time + 30
+    assert command.sample_time is not None
+    assert command.sample_time <= command.time
+    await asyncio.sleep(0.5)
+    assert len(commands) == 1  # the order is pending: no second one
+
+
+async def test_dry_run_decides_but_commands_nothing_and_stale_samples_decide_nothing(
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+) -> None:
+    commands: list[bytes] = []
+
+    async def on_command(msg: Msg) -> None:
+        commands.append(msg.data)
+
+    await nc.subscribe(subjects.ALL_COMMANDS, cb=on_command)
+    await nc.flush()
+    dry = start_service(
+        "decider", "--nats", broker.url, "--policy", "threshold", "--param", "threshold.sustain_s=2", "--dry-run"
+    )
+    await publish_busy(nc, "stale", 4, age=60.0)
+    await eventually(
+        lambda: metric(dry.metrics_url, "hotplug_messages_dropped_total", reason="stale") >= 4,
+        what="stale samples dropped",
+    )
+    await publish_busy(nc, "fresh", 3)
+    await eventually(lambda: "dry run: would resize h1/fresh 2 -> 3" in dry.log(), what="the dry-run log line")
+    assert metric(dry.metrics_url, "hotplug_decider_decisions_total", mode="dry-run") >= 1
+    assert "stale" not in [line.split("/")[-1].split(" ")[0] for line in dry.log().splitlines() if "would" in line]
+    await asyncio.sleep(0.5)
+    assert commands == []

@@ -1,0 +1,87 @@
+"""Decider high availability: two replicas, one active by a lease in JetStream KV; the standby takes over
+within a bounded time when the active one is killed, and the actuator refuses the old term's orders."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from services.decider.lease import LeaseState, next_lease
+from shared import subjects
+from shared.broker import EmbeddedBroker
+from shared.messages import ErrorCode, ScaleCommand, ScaleResult
+from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually, metric
+from tests.system.test_faults import order, send
+
+
+def test_lease_rules() -> None:
+    assert next_lease(None, "a", now=10, ttl_s=5) == LeaseState("a", 1, 15)
+    assert next_lease(LeaseState("a", 3, 12), "a", now=11, ttl_s=5) == LeaseState("a", 3, 16)  # renewal
+    assert next_lease(LeaseState("a", 3, 12), "b", now=11, ttl_s=5) is None  # a live lease is respected
+    assert next_lease(LeaseState("a", 3, 12), "b", now=12, ttl_s=5) == LeaseState("b", 4, 17)  # takeover, new term
+
+
+async def test_standby_takes_over_and_old_terms_are_refused(
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+) -> None:
+    commands: list[ScaleCommand] = []
+    results: list[ScaleResult] = []
+
+    async def on(msg: Msg) -> None:
+        if msg.subject.startswith(subjects.COMMANDS):
+            commands.append(msgspec.json.decode(msg.data, type=ScaleCommand))
+        else:
+            results.append(msgspec.json.decode(msg.data, type=ScaleResult))
+
+    await nc.subscribe(subjects.ALL_COMMANDS, cb=on)
+    await nc.subscribe(subjects.ALL_RESULTS, cb=on)
+    await nc.flush()
+    common = ["--nats", broker.url, "--speed", "4", "--epoch", repr(time.time())]
+    start_service("simulator", *common, "--vms", "6")
+    start_service("collector", *common)
+    start_service("actuator", *common)
+    replicas = {
+        name: start_service("decider", *common, *LIVELY_DECIDER, "--lease", "main", "--name", name, "--lease-ttl", "2")
+        for name in ("a", "b")
+    }
+
+    def leads(replica: ServiceProcess) -> bool:
+        try:
+            return replica.proc.poll() is None and metric(replica.metrics_url, "hotplug_decider_leader") == 1
+        except OSError:
+            return False  # killed, and not yet reaped
+
+    def leaders() -> list[str]:
+        return [name for name, replica in replicas.items() if leads(replica)]
+
+    await eventually(lambda: len(leaders()) == 1, what="exactly one leader")
+    await eventually(lambda: any(c.term == 1 for c in commands), timeout=30, what="orders in term 1")
+    assert {c.decider for c in commands} == {"main"}
+    [leader] = leaders()
+    os.kill(replicas[leader].proc.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    await eventually(
+        lambda: leaders() == [n for n in replicas if n != leader],
+        timeout=15,
+        interval=0.05,
+        what="the standby taking over",
+    )
+    takeover_s = time.monotonic() - killed_at
+    assert takeover_s < 2 + 2  # the lease's time to live, plus one renewal period and slack
+    survivor = replicas[next(n for n in replicas if n != leader)]
+    assert metric(survivor.metrics_url, "hotplug_decider_lease_term") == 2
+    await eventually(lambda: any(c.term == 2 for c in commands), timeout=30, what="orders in term 2")
+    # a late order of the deposed leader's term is refused
+    await asyncio.sleep(1.5)  # the actuator reads the lease's term once a second
+    # (a long time to live: the actuator's clock runs 4 times faster than the wall clock the order is stamped with)
+    await send(nc, late := order("vm-01", 1, 1, decider="main", term=1, ttl=3600))
+    await eventually(lambda: [r for r in results if r.command_id == late.id], what="the late order's result")
+    [result] = [r for r in results if r.command_id == late.id]
+    assert result.error_code is ErrorCode.STALE_TERM

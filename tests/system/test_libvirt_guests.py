@@ -1,0 +1,503 @@
+"""Real libvirt (libvirtd 11.3, ``qemu:///system``) with real QEMU TCG guests booted from the project's image.
+
+Needs root, libvirt-python (the ``libvirt`` extra: bin/bootstrap adds it where libvirt-dev is installed), a running
+libvirtd and QEMU: ``.ci/install-debian-packages`` then ``.ci/libvirt-daemons start`` (as root) provide them, as
+.ci/run does. In CI (CI=true) they must run; elsewhere they skip and say what is missing. At most two guests run at
+once; every test destroys (and undefines) what it made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.actuator.drivers.base import DriverError
+from shared.messages import ErrorCode
+from tests.conftest import REPO
+from tests.system.test_up import Output
+
+pytestmark = pytest.mark.external  # needs a tool from the OS (see require_tool)
+
+URI = os.environ.get("HOTPLUG_LIBVIRT_URI", "qemu:///system")
+DAEMONS = REPO / ".ci" / "libvirt-daemons"
+# Names as users give them: spaces, quotes, shell syntax. Nothing may ever run them.
+HOSTILE = f"hp t{os.getpid()} \"q\" 'x' $(touch pwned) `id`; ls"
+
+
+def _missing() -> str | None:
+    try:
+        from shared.libvirt.connection import Connection, LibvirtMissing
+    except ImportError as exc:  # pragma: no cover - the package itself is importable without libvirt
+        return str(exc)
+    try:
+        conn = Connection(URI)
+    except LibvirtMissing as exc:
+        return str(exc)
+    try:
+        conn.run(lambda c: c.getVersion())
+    except Exception as exc:
+        return (
+            f"libvirtd does not answer at {URI} ({exc}): start it as root with .ci/libvirt-daemons start "
+            f"(after .ci/install-debian-packages)"
+        )
+    finally:
+        conn.close()
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 not found: .ci/install-debian-packages installs QEMU 10 from bookworm-backports"
+    try:
+        from shared.qemu.image import ensure_image
+
+        ensure_image()
+    except Exception as exc:
+        return f"cannot build the guest image: {exc}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def ready() -> None:
+    reason = _missing()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    path = Path(f"/tmp/hl-test-{os.getpid()}")  # short: unix socket paths
+    shutil.rmtree(path, ignore_errors=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Guests:
+    """Starts test domains and destroys (and undefines) every one of them at the end."""
+
+    def __init__(self, root: Path) -> None:
+        from shared.libvirt.connection import Connection
+
+        self.root = root
+        self.conn = Connection(URI)
+        self.libvirt = self.conn.libvirt
+        self.names: list[str] = []
+
+    def start(self, name: str, *, max_vcpus: int = 3, vcpus: int = 1) -> None:
+        from hotplug import libvirt_cmd
+
+        self.names.append(name)
+        libvirt_cmd.start(self.conn, name, max_vcpus, vcpus, 256, self.root)
+
+    def define(self, name: str, *, vcpus: int, maximum: int, metadata: bool = True) -> Any:
+        """A persistent, shut-off domain booting the test guest (a user's VM stands in for)."""
+        from shared.libvirt.guest import domain_xml, guest_dir
+        from shared.qemu.image import ensure_image
+
+        directory = guest_dir(name, self.root)
+        directory.mkdir(parents=True, exist_ok=True)
+        root = ET.fromstring(
+            domain_xml(name, ensure_image(), directory, max_vcpus=maximum, vcpus=vcpus, maximum=maximum)
+        )
+        if not metadata:
+            element = root.find("metadata")
+            assert element is not None
+            root.remove(element)
+        self.names.append(name)
+        return self.conn.run(lambda c: c.defineXML(ET.tostring(root, encoding="unicode")))
+
+    def channel(self, name: str) -> Any:
+        from shared.libvirt.guest import GuestChannel, guest_dir
+
+        directory = guest_dir(name, self.root)
+        return GuestChannel(directory / "ctl.log", directory / "ctl.sock")
+
+    def online(self, name: str) -> str | None:
+        """The guest's own answer: its online CPU list."""
+        answer: str | None = self.channel(name).ask("cat /sys/devices/system/cpu/online")
+        return answer
+
+    def running(self, name: str) -> bool:
+        from shared.libvirt.connection import is_connection_error
+
+        for _ in range(2):  # a second try on a new connection if libvirtd restarted under the first
+            try:
+                return bool(self.conn.run(lambda c: c.lookupByName(name).isActive()))
+            except self.libvirt.libvirtError as exc:
+                if not is_connection_error(exc):
+                    return False
+        return False
+
+    @staticmethod
+    def _lookup(name: str) -> Callable[[Any], Any]:
+        return lambda conn: conn.lookupByName(name)
+
+    def close(self) -> None:
+        for name in self.names:
+            try:
+                dom = self.conn.run(self._lookup(name))
+            except self.libvirt.libvirtError:
+                continue
+            persistent = dom.isPersistent()  # a transient domain is gone once destroyed
+            if dom.isActive():
+                dom.destroy()
+            if persistent:
+                dom.undefine()
+        self.conn.close()
+
+
+@pytest.fixture
+def guests(ready: None, root: Path) -> Iterator[Guests]:
+    g = Guests(root)
+    try:
+        yield g
+    finally:
+        g.close()
+
+
+def hotplug(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hotplug", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def driver() -> Any:
+    from services.actuator.drivers.libvirt import LibvirtDriver
+
+    return LibvirtDriver(URI)
+
+
+async def test_plug_and_unplug_one_at_a_time_and_the_guest_reports_each_count(guests: Guests) -> None:
+    await asyncio.to_thread(guests.start, HOSTILE, max_vcpus=3)
+    d = driver()
+    try:
+        view = await d.read(HOSTILE)
+        assert (view.online_vcpus, view.min_vcpus, view.max_vcpus) == (1, 1, 3)
+        seen = []
+        for _ in range(2):
+            await d.plug(HOSTILE)
+            seen.append(((await d.read(HOSTILE)).online_vcpus, await asyncio.to_thread(guests.online, HOSTILE)))
+        with pytest.raises(DriverError) as full:
+            await d.plug(HOSTILE)
+        assert full.value.code is ErrorCode.CPU_ID_OUT_OF_RANGE  # the project's bound (3), below libvirt's 32
+        for _ in range(2):
+            await d.unplug(HOSTILE)  # under TCG libvirt says "timed out" each time; the vCPU did leave
+            seen.append(((await d.read(HOSTILE)).online_vcpus, await asyncio.to_thread(guests.online, HOSTILE)))
+        assert seen == [(2, "0-1"), (3, "0-2"), (2, "0-1"), (1, "0")]
+        with pytest.raises(DriverError) as last:
+            await d.unplug(HOSTILE)
+        assert last.value.code is ErrorCode.CPU0  # vCPU 0 never leaves
+        assert not Path("pwned").exists() and not (REPO / "pwned").exists()
+    finally:
+        await d.close()
+
+
+async def test_a_refusing_guest_ends_as_guest_refused_and_keeps_its_vcpu(guests: Guests) -> None:
+    name = f"hp-refuse-{os.getpid()}"
+    await asyncio.to_thread(guests.start, name, max_vcpus=2)
+    d = driver()
+    try:
+        await d.plug(name)
+        # The guest disables ACPI CPU eject: its kernel then declines the unplug request.
+        await asyncio.to_thread(
+            guests.channel(name).ask, "echo 0 > /sys/firmware/acpi/hotplug/processor/enabled; echo done"
+        )
+        with pytest.raises(DriverError) as refused:
+            await asyncio.wait_for(d.unplug(name), timeout=60)  # bounded: one libvirt timeout and a thread check
+        assert refused.value.code is ErrorCode.GUEST_REFUSED
+        assert "vcpu unplug request timed out" in refused.value.message  # libvirt's own words are kept
+        assert await asyncio.to_thread(guests.online, name) == "0-1"  # the guest still has it
+        assert guests.running(name)
+    finally:
+        await d.close()
+
+
+async def test_the_tcg_hotadd_budget_is_refused_before_qemu_aborts(guests: Guests) -> None:
+    name = f"hp-budget-{os.getpid()}"
+    dom = await asyncio.to_thread(guests.define, name, vcpus=1, maximum=3)  # 3 - 1 boot vCPU = 2 hot-adds
+    await asyncio.to_thread(dom.create)
+    deadline = time.monotonic() + 60
+    while not guests.channel(name).ready():
+        assert time.monotonic() < deadline, "the guest did not boot"
+        await asyncio.sleep(0.1)
+    d = driver()
+    try:
+        await d.plug(name)
+        await d.unplug(name)
+        await d.plug(name)
+        with pytest.raises(DriverError) as spent:
+            await d.plug(name)  # a third add would abort QEMU
+        assert spent.value.code is ErrorCode.HOTPLUG_BUDGET
+        assert guests.running(name)
+        assert (await d.read(name)).online_vcpus == 2
+        assert await asyncio.to_thread(guests.online, name) == "0-1"
+    finally:
+        await d.close()
+
+
+async def test_each_error_case_gives_its_code_with_libvirts_message(guests: Guests) -> None:
+    from shared.libvirt.connection import Connection
+    from shared.libvirt.domain import classify
+
+    running, stopped = f"hp-err {os.getpid()}", f"hp-off '{os.getpid()}'"
+    await asyncio.to_thread(guests.start, running, max_vcpus=2)
+    await asyncio.to_thread(guests.define, stopped, vcpus=1, maximum=4)
+
+    # through the command users run
+    cases = {
+        ("nope-" + str(os.getpid()), "2"): "vm-not-found",
+        (stopped, "2"): "vm-not-running",
+        (running, "3"): "out-of-bounds",
+        (running, "0"): "cpu0",
+    }
+    for (name, count), want in cases.items():
+        done = await asyncio.to_thread(hotplug, "libvirt", "--uri", URI, "set", name, "--vcpus", count)
+        assert done.returncode == 1, done.stdout
+        assert done.stderr.startswith(f"{want}: "), (name, count, done.stderr)
+    stopped_text = (await asyncio.to_thread(hotplug, "libvirt", "set", stopped, "--vcpus", "2")).stderr
+    assert "not running" in stopped_text
+
+    # libvirt's own refusals, each through the mapping the driver uses
+    libvirt = guests.libvirt
+    live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+    dom = guests.conn.run(lambda c: c.lookupByName(running))
+    off = guests.conn.run(lambda c: c.lookupByName(stopped))
+    calls: list[tuple[Callable[[], object], str, int, str, ErrorCode]] = [
+        (lambda: guests.conn.run(lambda c: c.lookupByName("nope")), "", 42, "Domain not found", ErrorCode.VM_NOT_FOUND),
+        (lambda: off.setVcpusFlags(2, live), "plug", 55, "domain is not running", ErrorCode.VM_NOT_RUNNING),
+        (lambda: dom.setVcpusFlags(33, live), "plug", 8, "greater than max allowable", ErrorCode.OUT_OF_BOUNDS),
+        (lambda: dom.setVcpusFlags(0, live), "unplug", 8, "must not be zero", ErrorCode.CPU0),
+        (lambda: dom.setVcpu("0", 0, live), "unplug", 84, "can't be unplugged", ErrorCode.CPU0),
+        (lambda: dom.setVcpu("0", 1, live), "plug", 8, "already in requested state", ErrorCode.ALREADY_ATTACHED),
+    ]
+    for call, op, code, words, expected in calls:
+        with pytest.raises(libvirt.libvirtError) as info:
+            await asyncio.to_thread(call)
+        assert (info.value.get_error_code(), classify(info.value.get_error_code(), str(info.value), op)) == (
+            code,
+            expected,
+        ), str(info.value)
+        assert words in str(info.value)
+    reader = Connection(URI, read_only=True)
+    try:
+        with pytest.raises(libvirt.libvirtError) as denied:
+            reader.run(lambda c: c.lookupByName(running).setVcpusFlags(2, live))
+        assert denied.value.get_error_code() == 29 and "read only" in str(denied.value)
+    finally:
+        reader.close()
+    nowhere = Connection("qemu:///system?socket=/nonexistent/libvirt-sock")
+    with pytest.raises(libvirt.libvirtError) as down:
+        nowhere.run(lambda c: c.getVersion())
+    assert down.value.get_error_code() == 38 and "Failed to connect socket" in str(down.value)
+    assert classify(38, str(down.value)) is ErrorCode.UNKNOWN
+    # nothing of it changed the guest
+    assert await asyncio.to_thread(guests.online, running) == "0"
+
+    # an admin opts the running domain out in its metadata: the actuator's driver refuses it from then on
+    from shared.libvirt.domain import SETTINGS_NS, SETTINGS_PREFIX, Settings, settings_xml
+
+    await asyncio.to_thread(
+        dom.setMetadata,
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+        settings_xml(Settings(enabled=False)),
+        SETTINGS_PREFIX,
+        SETTINGS_NS,
+        live,
+    )
+    done = await asyncio.to_thread(hotplug, "libvirt", "--uri", URI, "set", running, "--vcpus", "2")
+    assert done.returncode == 1 and done.stderr.startswith("hotplug-disabled: "), done.stderr
+
+
+async def test_the_collector_reads_a_busy_guests_vcpu_time_and_its_run_queue(guests: Guests) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from services.collector.rates import sample_from
+    from services.collector.sources.libvirt import LibvirtSource
+    from shared.clock import Clock
+
+    name = f'hp-busy "{os.getpid()}" '
+    await asyncio.to_thread(guests.start, name, max_vcpus=2)
+    guests.channel(name).send("busy 2")  # two loops on one vCPU: one of them waits
+    registry = CollectorRegistry()
+    source = LibvirtSource(Clock(), URI, domains=[name], registry=registry)
+    try:
+        await asyncio.sleep(1.5)
+        first = {r.vm: r for r in await source.read()}
+        await asyncio.sleep(2.5)
+        second = {r.vm: r for r in await source.read()}
+    finally:
+        await source.close()
+    assert set(second) == {name}  # only the selected domain
+    sample = sample_from(first[name], second[name], "h", source.name)
+    assert sample is not None
+    assert (sample.online_vcpus, sample.min_vcpus, sample.max_vcpus) == (1, 1, 2)
+    assert sample.cpu_used_cores > 0.5  # its vCPU thread is busy on the host
+    assert sample.pressure_cores is not None and sample.pressure_cores > 0.3  # the guest's own run queue
+    assert registry.get_sample_value("hotplug_collector_host_wait_seconds", {"vm": name}) is not None
+
+
+async def test_a_libvirtd_restart_mid_run_is_survived(guests: Guests) -> None:
+    from services.collector.sources.libvirt import LibvirtSource
+    from shared.clock import Clock
+
+    if not Path("/run/hotplug-heaven-libvirt/libvirtd").exists():
+        reason = "libvirtd was not started by .ci/libvirt-daemons start, so this test may not restart it"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    name = f"hp-restart-{os.getpid()}"
+    await asyncio.to_thread(guests.start, name, max_vcpus=2)
+    d = driver()
+    source = LibvirtSource(Clock(), URI, domains=[name])
+    try:
+        assert (await d.read(name)).online_vcpus == 1
+        assert [r.vm for r in await source.read()] == [name]
+        done = await asyncio.to_thread(
+            subprocess.run, [str(DAEMONS), "restart-libvirtd"], capture_output=True, text=True, timeout=180, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert guests.running(name)  # guests outlive their daemon
+        # the same driver and source, their connections now broken: they reconnect
+        await d.plug(name)
+        assert (await d.read(name)).online_vcpus == 2
+        assert await asyncio.to_thread(guests.online, name) == "0-1"
+        assert [r.vm for r in await source.read()] == [name]
+    finally:
+        await d.close()
+        await source.close()
+
+
+async def test_prepare_sets_up_a_shut_off_domain_and_refuses_a_running_one(guests: Guests) -> None:
+    from shared.libvirt.domain import parse_domain
+
+    name = f"hp-prep $(x) {os.getpid()}"
+    dom = await asyncio.to_thread(guests.define, name, vcpus=2, maximum=2, metadata=False)
+    done = await asyncio.to_thread(hotplug, "libvirt", "prepare", name, "--max-vcpus", "3", "--start-vcpus", "2")
+    assert done.returncode == 0, done.stderr
+    info = parse_domain(dom.XMLDesc(guests.libvirt.VIR_DOMAIN_XML_INACTIVE))
+    assert (info.maximum, info.online, info.settings.max_vcpus, info.settings.enabled) == (32, 2, 3, True)
+    assert [(v.id, v.enabled, v.hotpluggable) for v in info.vcpus[:3]] == [
+        (0, True, False),
+        (1, True, True),
+        (2, False, True),
+    ]  # boot vCPU 1 may leave later
+    await asyncio.to_thread(dom.create)
+    deadline = time.monotonic() + 60
+    while not guests.channel(name).ready():
+        assert time.monotonic() < deadline, "the guest did not boot"
+        await asyncio.sleep(0.1)
+    again = await asyncio.to_thread(hotplug, "libvirt", "prepare", name, "--max-vcpus", "4")
+    assert again.returncode == 1 and "shut it down first" in again.stderr
+    d = driver()
+    try:
+        view = await d.read(name)
+        assert (view.online_vcpus, view.min_vcpus, view.max_vcpus) == (2, 1, 3)
+        await d.unplug(name)  # a vCPU it booted with
+        assert await asyncio.to_thread(guests.online, name) == "0"
+    finally:
+        await d.close()
+
+
+@pytest.mark.timeout(420)
+def test_whole_loop_scales_two_real_domains_up_and_down_with_one_result_per_command(ready: None) -> None:
+    data_dir = Path(f"/tmp/hl-up-{os.getpid()}")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hotplug",
+            "up",
+            "--hypervisor",
+            "libvirt",
+            "--libvirt-uri",
+            URI,
+            "--vms",
+            "2",
+            "--max-vcpus",
+            "3",
+            "--data-dir",
+            str(data_dir),
+            "--no-view",
+            "--policy",
+            "threshold",
+            "--param",
+            "threshold.sustain_s=2",
+            "--param",
+            "threshold.upper=0.6",
+            "--param",
+            "threshold.lower=0.2",
+            "--param",
+            "guard.up_cooldown_s=1",
+            "--param",
+            "guard.down_cooldown_s=2",
+            "--param",
+            "guard.warmup_s=0",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    out = Output(proc)
+
+    def guest_online(vm: str) -> int | None:
+        done = hotplug("libvirt", "--uri", URI, "status", "--json", timeout=60)
+        rows = {r["name"]: r for r in json.loads(done.stdout or "[]")}
+        return rows[vm]["guest_online_vcpus"] if vm in rows else None
+
+    def wait_guest(vm: str, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if guest_online(vm) == count:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{vm} never reported {count} CPUs online; output:\n{out.text()}")
+
+    try:
+        out.wait_for(r"^actuator metrics: ", timeout=120)
+        wait_guest("vm-01", 1, 30)
+        load = hotplug("libvirt", "--uri", URI, "load", "vm-01", "--busy", "3")
+        assert load.returncode == 0, load.stderr
+        wait_guest("vm-01", 3, 120)
+        out.wait_for(r"^vm-01: 2 -> 3 ok$", timeout=10)
+        hotplug("libvirt", "--uri", URI, "load", "vm-01", "--busy", "0")
+        wait_guest("vm-01", 1, 150)
+        assert guest_online("vm-02") == 1  # idle: left alone
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=90)
+    try:
+        assert proc.returncode == 0, out.text()
+        text = out.text()
+        assert "vm-01: 1 -> 2 ok" in text
+        assert "vm-01: 2 -> 1 ok" in text
+        events = hotplug("events", "--data-dir", str(data_dir), "--format", "jsonl")
+        assert events.returncode == 0, events.stderr
+        records = [json.loads(line) for line in events.stdout.splitlines() if line]
+        commands = {r["id"] for r in records if r["kind"] == "command"}
+        results = [r["command_id"] for r in records if r["kind"] == "result"]
+        assert commands and sorted(results) == sorted(commands)  # every command exactly one result
+        listed = hotplug("libvirt", "--uri", URI, "status", "--json")
+        assert not {"vm-01", "vm-02"} & {r["name"] for r in json.loads(listed.stdout or "[]")}  # stopped at the end
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,0 +1,211 @@
+"""The services as separate processes on a real nats-server: a load step plugs, its end unplugs, and bad
+input on every subject is counted and dropped while the loop keeps working."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from hotplug.events import read_events
+from shared import bus, subjects
+from shared.broker import EmbeddedBroker, free_port
+from shared.codec import encode
+from shared.messages import MetricSample, ScaleCommand, ScaleResult
+from tests.conftest import REPO, ServiceProcess, eventually, metric
+
+SPEED = "4"
+
+
+@dataclass
+class Loop:
+    url: str
+    services: dict[str, ServiceProcess]
+    logs: Path
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    tmp = tmp_path_factory.mktemp("loop")
+    with EmbeddedBroker(tmp / "nats") as broker:
+        common = ["--nats", broker.url, "--host", "local", "--speed", SPEED]
+        specs = {
+            "simulator": ["--vms", "3", "--profiles", "idle", "--hotplug-delay", "0.2"],
+            "collector": ["--interval", "1"],
+            "decider": [
+                "--policy",
+                "threshold",
+                "--param",
+                "threshold.sustain_s=2",
+                "--param",
+                "guard.up_cooldown_s=2",
+                "--param",
+                "guard.down_cooldown_s=4",
+            ],
+            "actuator": [],
+        }
+        services: dict[str, ServiceProcess] = {}
+        try:
+            for name, extra in specs.items():
+                proc = ServiceProcess([name, *common, *extra], tmp / f"{name}.log", free_port())
+                proc.wait_ready()
+                services[name] = proc
+            yield Loop(broker.url, services, tmp)
+        finally:
+            for proc in services.values():
+                proc.stop()
+
+
+@dataclass
+class Recorder:
+    commands: list[ScaleCommand] = field(default_factory=list)
+    results: list[ScaleResult] = field(default_factory=list)
+    samples: list[MetricSample] = field(default_factory=list)
+
+    async def on_command(self, msg: Msg) -> None:
+        self.commands.append(msgspec.json.decode(msg.data, type=ScaleCommand))
+
+    async def on_result(self, msg: Msg) -> None:
+        self.results.append(msgspec.json.decode(msg.data, type=ScaleResult))
+
+    async def on_sample(self, msg: Msg) -> None:
+        self.samples.append(msgspec.json.decode(msg.data, type=MetricSample))
+
+    def results_for(self, vm: str, pred: Callable[[ScaleResult], bool]) -> list[ScaleResult]:
+        return [r for r in self.results if r.vm == vm and pred(r)]
+
+
+@pytest.fixture
+async def client(loop: Loop) -> AsyncIterator[tuple[Client, Recorder]]:
+    nc = await bus.connect(loop.url, "test", forever=False)
+    rec = Recorder()
+    await nc.subscribe(subjects.ALL_COMMANDS, cb=rec.on_command)
+    await nc.subscribe(subjects.ALL_RESULTS, cb=rec.on_result)
+    await nc.subscribe(subjects.ALL_METRICS, cb=rec.on_sample)
+    await nc.flush()
+    yield nc, rec
+    await nc.close()
+
+
+def hotplug_load(url: str, vm: str, cores: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hotplug", "load", vm, cores, "--nats", url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+async def test_load_step_plugs_and_its_end_unplugs(loop: Loop, client: tuple[Client, Recorder]) -> None:
+    nc, rec = client
+    vm = "vm-01"  # boots with 2 of 4 vCPUs; its idle workload first shrinks it to 1
+    await asyncio.to_thread(hotplug_load, loop.url, vm, "4")
+    await eventually(
+        lambda: rec.results_for(vm, lambda r: r.ok and (r.vcpus_after or 0) > (r.vcpus_before or 0)),
+        timeout=40,
+        what="a plug after the load step",
+    )
+    await eventually(
+        lambda: any(s.vm == vm and s.online_vcpus == 4 for s in rec.samples),
+        timeout=40,
+        what="the VM reaching its maximum under full load",
+    )
+    await asyncio.to_thread(hotplug_load, loop.url, vm, "0.05")
+    await eventually(
+        lambda: rec.results_for(vm, lambda r: r.ok and (r.vcpus_after or 9) < (r.vcpus_before or 0)),
+        timeout=40,
+        what="an unplug after the load ends",
+    )
+    # the event log holds every command of this VM, each with exactly one result
+    await asyncio.sleep(1.0)
+    logged = [event async for _, event in read_events(nc.jetstream())]
+    ids = [e.id for e in logged if isinstance(e, ScaleCommand) and e.vm == vm]
+    result_ids = [e.command_id for e in logged if isinstance(e, ScaleResult) and e.vm == vm]
+    assert ids
+    assert sorted(result_ids) == sorted(ids)
+    plug = rec.results_for(vm, lambda r: r.ok and (r.vcpus_after or 0) > (r.vcpus_before or 0))[0]
+    command = next(c for c in rec.commands if c.id == plug.command_id)
+    assert plug.vcpus_after == command.target_vcpus
+    assert command.reason.startswith("cpu ")
+
+
+@pytest.mark.parametrize(
+    ("subject_kind", "service", "kind"),
+    [("metrics", "decider", "metric"), ("commands", "actuator", "command"), ("results", "decider", "result")],
+)
+async def test_malformed_messages_are_counted_dropped_and_survived(
+    loop: Loop, client: tuple[Client, Recorder], subject_kind: str, service: str, kind: str
+) -> None:
+    nc, rec = client
+    url = loop.services[service].metrics_url
+    subject = f"hotplug.{subject_kind}.local.vm-02"
+    before = metric(url, "hotplug_messages_dropped_total", kind=kind)
+    bad_payloads = [b"garbage", b'{"type":"x","v":1}', b'{"v":99}', b"{" + b" " * 70_000 + b"}"]
+    js = nc.jetstream()
+    for payload in bad_payloads:
+        if subject_kind == "commands":
+            await js.publish(subject, payload)  # the actuator reads commands from the event log
+        else:
+            await nc.publish(subject, payload)
+    # a well-formed message whose body names another VM than its subject is dropped too
+    sample = MetricSample(
+        time=1.0,
+        host="local",
+        vm="vm-03",
+        online_vcpus=1,
+        min_vcpus=1,
+        max_vcpus=2,
+        cpu_used_cores=0.0,
+        interval_s=1.0,
+        source="t",
+    )
+    if subject_kind == "metrics":
+        await nc.publish(subject, encode(sample))
+    await nc.flush()
+    expected = len(bad_payloads) + (1 if subject_kind == "metrics" else 0)
+    await eventually(
+        lambda: metric(url, "hotplug_messages_dropped_total", kind=kind) >= before + expected,
+        timeout=20,
+        what=f"{expected} drops counted by the {service}",
+    )
+    assert loop.services[service].proc.poll() is None
+    assert "dropped" in loop.services[service].log()
+    # ... and the loop still works: the decider still takes samples, the actuator still answers commands
+    decider_url = loop.services["decider"].metrics_url
+    received = metric(decider_url, "hotplug_messages_received_total", kind="metric")
+    await eventually(
+        lambda: metric(decider_url, "hotplug_messages_received_total", kind="metric") > received + 3,
+        timeout=20,
+        what="the decider still receiving samples",
+    )
+    latest = [s for s in rec.samples if s.vm == "vm-02"][-1]
+    probe = ScaleCommand(
+        id=f"probe-{subject_kind}",
+        time=latest.time,
+        host="local",
+        vm="vm-02",
+        target_vcpus=latest.online_vcpus,
+        seen_vcpus=latest.online_vcpus,
+        decider="test",
+        reason="probe",
+        expires_at=latest.time + 3600,
+    )
+    await js.publish(subjects.commands("local", "vm-02"), encode(probe), headers={"Nats-Msg-Id": probe.id})
+    await eventually(
+        lambda: [r for r in rec.results if r.command_id == probe.id],
+        timeout=20,
+        what="a result for a valid command after the bad ones",
+    )
+    await asyncio.sleep(0.5)
+    assert len([r for r in rec.results if r.command_id == probe.id]) == 1

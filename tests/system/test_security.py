@@ -1,0 +1,225 @@
+"""Broker security from ``hotplug auth init``: the loop runs with one user per service, and only the decider
+user may publish commands; the broker refuses everyone else (real nats-server with the generated config)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgspec
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from hotplug.events import read_events
+from shared import bus, subjects
+from shared.broker import EmbeddedBroker, find_nats_server, free_port
+from shared.codec import encode
+from shared.messages import ScaleCommand, ScaleResult
+from tests.conftest import LIVELY_DECIDER, REPO, ServiceProcess, eventually
+from tests.system.test_faults import order
+
+
+def credentials(out: Path, user: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in (out / "credentials" / f"{user}.env").read_text().splitlines() if line)
+    return dict(pairs)
+
+
+def auth_init(out: Path, port: int, *extra: str) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hotplug",
+            "auth",
+            "init",
+            "--out",
+            str(out),
+            "--hosts",
+            "local,h2",
+            "--port",
+            str(port),
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[tuple[Path, EmbeddedBroker]]:
+    port = free_port()
+    out = tmp_path / "auth"
+    auth_init(out, port)
+    check = subprocess.run(
+        [find_nats_server(), "-t", "-c", str(out / "nats.conf")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+    assert oct((out / "credentials" / "decider.env").stat().st_mode)[-3:] == "600"
+    with EmbeddedBroker(tmp_path / "nats", port=port, config_file=out / "nats.conf") as broker:
+        streams = subprocess.run(
+            [sys.executable, "-m", "hotplug", "streams"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, **credentials(out, "admin")},
+        )
+        assert streams.returncode == 0, streams.stderr
+        yield out, broker
+
+
+async def connect_as(out: Path, user: str, errors: list[str]) -> Client:
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    return await nats.connect(
+        credentials(out, user)["HOTPLUG_NATS_URL"], error_cb=on_error, max_reconnect_attempts=1, reconnect_time_wait=0.1
+    )
+
+
+async def test_the_loop_runs_with_one_user_per_service_and_only_the_decider_commands(
+    secured: tuple[Path, EmbeddedBroker], start_service: Callable[..., ServiceProcess]
+) -> None:
+    out, _ = secured
+    for service, user in (
+        ("simulator", "simulator-local"),
+        ("collector", "collector-local"),
+        ("actuator", "actuator-local"),
+        ("decider", "decider"),
+    ):
+        extra = {"simulator": ["--vms", "4"], "decider": LIVELY_DECIDER}.get(service, [])
+        start_service(service, "--speed", "4", *extra, env=credentials(out, user))
+    viewer_errors: list[str] = []
+    viewer = await connect_as(out, "viewer", viewer_errors)
+    results: list[ScaleResult] = []
+
+    async def on_result(msg: Msg) -> None:
+        results.append(msgspec.json.decode(msg.data, type=ScaleResult))
+
+    await viewer.subscribe(subjects.ALL_RESULTS, cb=on_result)
+    await viewer.flush()
+    await eventually(lambda: any(r.ok for r in results), timeout=40, what="the secured loop acting")
+
+    # anyone but the decider publishing an order is refused by the broker, and the order goes nowhere
+    refused_ids = []
+    for user in ("collector-local", "actuator-local", "viewer", "simulator-local", "agent-local"):
+        errors: list[str] = []
+        client = await connect_as(out, user, errors)
+        command = order("vm-01", 4, 2, decider=user)
+        refused_ids.append(command.id)
+        await client.publish(subjects.commands("local", "vm-01"), encode(command))
+        await client.flush()
+        await eventually(lambda: errors, timeout=5, what=f"the broker refusing {user}")  # noqa: B023
+        assert "permissions violation for publish" in errors[0].lower()
+        await client.close()
+    # a collector may publish its own host's metrics only
+    errors = []
+    client = await connect_as(out, "collector-h2", errors)
+    await client.publish(subjects.metrics("local", "vm-01"), b"{}")
+    await client.flush()
+    await eventually(lambda: errors, timeout=5, what="the broker refusing another host's metrics")
+    await client.close()
+    await asyncio.sleep(1.0)
+    logged = [e async for _, e in read_events(viewer.jetstream()) if isinstance(e, ScaleCommand)]
+    assert logged
+    assert {c.decider for c in logged} == {"decider"}
+    assert not {r.command_id for r in results} & set(refused_ids)
+    await viewer.close()
+
+
+def stored_result(host: str) -> ScaleResult:
+    return ScaleResult(
+        command_id=f"c-{host}",
+        time=time.time(),
+        host=host,
+        vm="vm-01",
+        ok=True,
+        vcpus_before=2,
+        vcpus_after=3,
+        target_vcpus=3,
+        duration_s=0.1,
+        actuator="actuator",
+    )
+
+
+async def test_an_actuator_reads_back_its_own_hosts_results_and_no_others(secured: tuple[Path, EmbeddedBroker]) -> None:
+    """At startup an actuator reads back the commands it has answered; its user may do that under one consumer
+    name, filtered to its own host's results."""
+    out, _ = secured
+    admin = await connect_as(out, "admin", [])
+    for host in ("local", "h2"):
+        await admin.jetstream().publish(subjects.results(host, "vm-01"), encode(stored_result(host)))
+    await admin.close()
+    errors: list[str] = []
+    actuator = await connect_as(out, "actuator-local", errors)
+    js = actuator.jetstream(timeout=1.0)
+    own = [
+        subject
+        async for subject, _ in bus.read_stream(
+            js, subjects.EVENTS_STREAM, [f"{subjects.RESULTS}.local.>"], name="actuator-local-recall"
+        )
+    ]
+    assert own == [subjects.results("local", "vm-01")]
+    for reader in ("actuator-local-recall", "actuator-h2-recall"):
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):  # refused: the request gets no answer
+            [_ async for _ in bus.read_stream(js, subjects.EVENTS_STREAM, [f"{subjects.RESULTS}.h2.>"], name=reader)]
+    await eventually(lambda: errors, timeout=5, what="the broker refusing another host's results")
+    assert "permissions violation" in errors[0].lower()
+    await actuator.close()
+
+
+async def test_wrong_password_is_refused(secured: tuple[Path, EmbeddedBroker]) -> None:
+    out, _ = secured
+    url = credentials(out, "decider")["HOTPLUG_NATS_URL"]
+    user_part, host_part = url.rsplit("@", 1)
+    with pytest.raises(Exception, match=r"Authorization|NoServers|nats: "):
+        await nats.connect(
+            user_part.rsplit(":", 1)[0] + ":wrong@" + host_part,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.1,
+            connect_timeout=2,
+            allow_reconnect=False,
+        )
+
+
+async def test_tls_with_the_generated_ca(tmp_path: Path) -> None:
+    port = free_port()
+    out = tmp_path / "auth"
+    auth_init(out, port, "--tls")
+    with EmbeddedBroker(tmp_path / "nats", port=port, config_file=out / "nats.conf"):
+        env = credentials(out, "viewer")
+        assert env["HOTPLUG_NATS_URL"].startswith("tls://")
+        from shared import bus
+
+        os.environ[bus.CA_ENV] = env["HOTPLUG_NATS_CA"]
+        try:
+            client = await bus.connect(env["HOTPLUG_NATS_URL"], "tls-test", forever=False)
+            assert client.is_connected
+            await client.close()
+        finally:
+            del os.environ[bus.CA_ENV]
+        with pytest.raises(Exception):  # noqa: B017,PT011 (any failure will do: no CA, no trust)
+            await nats.connect(
+                env["HOTPLUG_NATS_URL"],
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                connect_timeout=2,
+                allow_reconnect=False,
+            )

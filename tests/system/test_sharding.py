@@ -1,0 +1,97 @@
+"""Scale-out: deciders in a group share the VMs through the metrics stream's partitions. Three deciders
+(two, then a third joining) over two simulated hosts: every VM is decided by exactly one, the one rendezvous
+hashing assigns, and the joining decider takes its VMs over with the state the others kept in KV."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from services.decider.sharding import owned_partitions, owner
+from shared import subjects
+from shared.broker import EmbeddedBroker
+from shared.messages import ScaleCommand
+from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually, metric
+
+
+def test_rendezvous_assignment_moves_only_the_newcomers_share() -> None:
+    two = {p: owner(["d1", "d2"], p) for p in range(subjects.PARTITIONS)}
+    three = {p: owner(["d1", "d2", "d3"], p) for p in range(subjects.PARTITIONS)}
+    moved = [p for p in two if two[p] != three[p]]
+    assert all(three[p] == "d3" for p in moved)  # nothing moves between the old members
+    assert set(two.values()) == {"d1", "d2"}
+    assert set(three.values()) == {"d1", "d2", "d3"}
+    shares = [owned_partitions(["d1", "d2", "d3"], m) for m in ("d1", "d2", "d3")]
+    assert sorted(p for share in shares for p in share) == list(range(subjects.PARTITIONS))
+    assert owned_partitions(["d1"], "d9") == frozenset()
+
+
+async def test_each_vm_is_decided_by_exactly_one_member(
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+) -> None:
+    commands: list[tuple[float, ScaleCommand]] = []
+
+    async def on_command(msg: Msg) -> None:
+        commands.append((time.monotonic(), msgspec.json.decode(msg.data, type=ScaleCommand)))
+
+    await nc.subscribe(subjects.ALL_COMMANDS, cb=on_command)
+    await nc.flush()
+    clock = ["--speed", "6", "--epoch", repr(time.time())]
+    common = ["--nats", broker.url, *clock]
+    for host in ("h1", "h2"):
+        start_service("simulator", *common, "--host", host, "--vms", "12", "--seed", host[-1])
+        start_service("collector", *common, "--host", host)
+        start_service("actuator", *common, "--host", host)
+    deciders = {
+        name: start_service("decider", *common, "--group", "g", "--name", name, *LIVELY_DECIDER)
+        for name in ("d1", "d2")
+    }
+
+    def decided_by(since: float) -> dict[tuple[str, str], set[str]]:
+        out: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for at, c in commands:
+            if at >= since:
+                out[(c.host, c.vm)].add(c.decider)
+        return out
+
+    def members(url: str) -> float:
+        return metric(url, "hotplug_decider_partitions_owned")
+
+    def held() -> list[float]:
+        return [metric(d.metrics_url, "hotplug_decider_vms") for d in deciders.values()]
+
+    await eventually(
+        lambda: all(members(d.metrics_url) > 0 for d in deciders.values()),
+        timeout=20,
+        what="two members sharing the partitions",
+    )
+    # every VM held by exactly one member: the members' VM counts add up to the fleet, none empty
+    await eventually(lambda: sum(held()) == 24 and min(held()) > 0, timeout=20, what="24 VMs split between 2")
+    phase1 = time.monotonic() + 2
+    await asyncio.sleep(12)
+    first = decided_by(phase1)
+
+    deciders["d3"] = start_service("decider", *common, "--group", "g", "--name", "d3", *LIVELY_DECIDER)
+    await eventually(lambda: members(deciders["d3"].metrics_url) > 0, timeout=20, what="d3 owning partitions")
+    await eventually(
+        lambda: sum(members(d.metrics_url) for d in deciders.values()) == subjects.PARTITIONS,
+        timeout=20,
+        what="the three shares covering every partition exactly once",
+    )
+    await eventually(lambda: sum(held()) == 24 and min(held()) > 0, timeout=20, what="24 VMs split among 3")
+    phase2 = time.monotonic() + 3
+    await asyncio.sleep(14)
+    second = decided_by(phase2)
+
+    for vms, group in ((first, ["d1", "d2"]), (second, ["d1", "d2", "d3"])):
+        assert len(vms) >= 5, f"too few VMs acted on to judge: {sorted(vms)}"
+        for (host, vm), by in vms.items():
+            assert by == {owner(group, subjects.partition_of(host, vm))}, (host, vm, by)
+    assert sum(held()) == 24
+    assert metric(deciders["d3"].metrics_url, "hotplug_decider_state_resumed_total") > 0

@@ -1,0 +1,100 @@
+"""``hotplug up --hypervisor virtualbox`` against the stand-in VBoxManage (VirtualBox cannot run here):
+a load step plugs the lowest free CPU id, its end unplugs the highest, results carry the re-read counts,
+and a VM whose guest refuses every unplug does not stop the actuator from serving the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import REPO
+from tests.standins import vboxmanage as standin
+from tests.system.test_up import Output
+from tests.vbox_fixtures import VBoxHome
+
+
+def test_up_on_virtualbox_plugs_and_unplugs_by_id(vbox: VBoxHome, tmp_path: Path) -> None:
+    vbox.create("train 1", max_vcpus=4, attached=1)
+    vbox.create("stubborn", max_vcpus=2, attached=2)
+    standin.set_guest("stubborn", "none")  # no Guest Additions: every unplug is refused
+    data_dir = str(tmp_path / "run")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hotplug",
+            "up",
+            "--hypervisor",
+            "virtualbox",
+            "--data-dir",
+            data_dir,
+            "--no-view",
+            "--policy",
+            "threshold",
+            "--param",
+            "threshold.sustain_s=2",
+            "--param",
+            "guard.up_cooldown_s=1",
+            "--param",
+            "guard.down_cooldown_s=2",
+            "--param",
+            "guard.warmup_s=0",
+        ],  # the plumbing, not warm-up
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    out = Output(proc)
+    try:
+        out.wait_for(r"^actuator metrics: ", timeout=30)
+        out.wait_for(r"^stubborn: 2 -> 2 failed \(guest-refused\)$", timeout=40)
+        standin.set_load("train 1", 2.0)
+        out.wait_for(r"^train 1: 1 -> 2 ok$", timeout=40)
+        assert vbox.attached("train 1")[:2] == [0, 1]
+        standin.set_load("train 1", 0.0)
+        mark = len(out.lines)
+        out.wait_for(r"^train 1: \d -> \d ok$", timeout=40, after=mark)
+        deadline = time.monotonic() + 40
+        while vbox.attached("train 1") != [0] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert vbox.attached("train 1") == [0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, out.text()
+
+    train_calls = [c[-2:] for c in vbox.calls() if c[:3] == ["-q", "controlvm", "train 1"]]
+    plugs = [c for c in train_calls if c[0] == "plugcpu"]
+    unplugs = [c for c in train_calls if c[0] == "unplugcpu"]
+    assert plugs[0] == ["plugcpu", "1"]  # the lowest free id
+    assert unplugs[-1] == ["unplugcpu", "1"]  # the highest attached when going back to CPU 0 alone
+    assert ["unplugcpu", "0"] not in train_calls
+
+    events = subprocess.run(
+        [sys.executable, "-m", "hotplug", "events", "--data-dir", data_dir, "--format", "jsonl"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert events.returncode == 0, events.stderr
+    records = [json.loads(line) for line in events.stdout.splitlines()]
+    results = [r for r in records if r["kind"] == "result"]
+    train = [r for r in results if r["vm"] == "train 1" and r["ok"]]
+    assert any((r["vcpus_before"], r["vcpus_after"]) == (1, 2) for r in train)
+    assert any(r["vcpus_after"] < r["vcpus_before"] for r in train)
+    stubborn = [r for r in results if r["vm"] == "stubborn"]
+    assert stubborn
+    assert all(r["error_code"] == "guest-refused" for r in stubborn)
+    assert all(r["vcpus_before"] == r["vcpus_after"] == 2 for r in stubborn)
+    assert "may still be used by the guest" in stubborn[0]["error"]
+    commands = [r for r in records if r["kind"] == "command"]
+    assert sorted(r["command_id"] for r in results) == sorted(c["id"] for c in commands)

@@ -1,0 +1,183 @@
+"""The ``default`` policy on its own: fast growth, the stabilisation window, hysteresis at whole vCPUs, memory in
+seconds at any cadence, the harm target, censored samples, warm-up and hand-over. Pure; no sockets."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from services.decider.engine import VmEngine
+from services.decider.policies.base import Observation
+from services.decider.policies.default import DefaultParams, DefaultPolicy
+from services.decider.registry import build_policy, parse_params
+from services.decider.replay import Tally, replay_series
+from services.decider.traces import VmSeries
+
+
+class Loop:
+    """A VM driven through the engine as the live decider drives it: orders take effect on the next sample."""
+
+    def __init__(self, *params: str, vcpus: int = 4, high: int = 8) -> None:
+        policy, rails = build_policy("default", parse_params(list(params)))
+        self.engine = VmEngine(policy, rails)
+        self.vcpus, self.high = vcpus, high
+        self.changes: list[tuple[float, int, int]] = []
+
+    def step(self, t: float, wanted: float, interval: float = 1.0, pressure: bool = True) -> int:
+        used = min(wanted, float(self.vcpus))
+        decision = self.engine.step(
+            Observation(
+                time=t,
+                vcpus=self.vcpus,
+                min_vcpus=1,
+                max_vcpus=self.high,
+                used_cores=used,
+                interval_s=interval,
+                pressure_cores=wanted - used if pressure else None,
+            )
+        )
+        if decision is not None:
+            self.engine.mark_sent(decision.target, until=t + 3600)
+            self.changes.append((t, self.vcpus, decision.target))
+            self.vcpus = decision.target
+        return self.vcpus
+
+
+def test_it_grows_on_the_sample_that_shows_more_demand() -> None:
+    loop = Loop("guard.warmup_s=0", vcpus=2)
+    for t in range(30):
+        loop.step(t, 1.0)
+    assert loop.step(30, 5.2) >= 5  # one sample of evidence is enough to grow, and by more than one vCPU
+
+
+def test_it_shrinks_only_after_a_quiet_stabilisation_window_at_any_cadence() -> None:
+    """The window is seconds: sampled every second or every 20 s, the shrink after a burst comes once
+    ``stabilise_s`` of quiet has passed, never before."""
+    stabilise = DefaultParams().stabilise_s
+    for interval in (1.0, 20.0):
+        loop = Loop("guard.warmup_s=0", vcpus=1)
+        t = 0.0
+        while t < 600:
+            loop.step(t, 3.6, interval)
+            t += interval
+        assert loop.vcpus == 4
+        quiet_from = t
+        while t < 3000 and loop.vcpus == 4:
+            loop.step(t, 0.3, interval)
+            t += interval
+        shrink_at = loop.changes[-1][0]
+        assert loop.vcpus < 4, f"never shrank at {interval} s sampling"
+        assert shrink_at >= quiet_from + stabilise - interval, (interval, shrink_at - quiet_from)
+
+
+def test_noise_around_a_whole_vcpu_does_not_toggle_it() -> None:
+    """An hour of demand wobbling around 2.0 cores: it settles at 3 vCPUs and stays, instead of 2↔3."""
+    rng = random.Random(7)
+    loop = Loop("guard.warmup_s=0", vcpus=2)
+    for t in range(3600):
+        loop.step(t, 2.0 + rng.uniform(-0.08, 0.08))
+    assert loop.vcpus == 3
+    assert len(loop.changes) <= 2, loop.changes
+
+
+def _bursty(seed: int, steps: int = 4000) -> VmSeries:
+    rng = random.Random(seed)
+    demand, level = [], 1.0
+    for _ in range(steps):
+        if rng.random() < 0.02:
+            level = rng.choice([0.5, 1.0, 2.5, 5.0])
+        demand.append(max(0.0, level * (1 + rng.gauss(0, 0.15)) + (3.0 if rng.random() < 0.01 else 0.0)))
+    return VmSeries(f"bursty-{seed}", demand, 8, 60.0)
+
+
+def _score(series: list[VmSeries], *params: str) -> dict[str, float]:
+    policy, rails = build_policy("default", parse_params(list(params)))
+    tally = Tally()
+    for s in series:
+        tally.add(s, replay_series(s, policy, rails, pressure=True))
+    return tally.scores()
+
+
+def test_a_lower_harm_target_buys_less_unmet_demand_with_more_cores() -> None:
+    series = [_bursty(seed) for seed in range(6)]
+    scores = [_score(series, f"default.target_unmet_pct={pct}") for pct in (0.25, 1.0, 4.0, 16.0)]
+    unmet = [s["unmet_pct"] for s in scores]
+    cost = [s["alloc_core_hours"] for s in scores]
+    assert unmet == sorted(unmet) and unmet[0] < unmet[-1], unmet
+    assert cost == sorted(cost, reverse=True) and cost[0] > cost[-1], cost
+
+
+def test_a_saturated_sample_without_pressure_makes_it_grow() -> None:
+    """Without a pressure signal a VM using all it has wanted at least that much, by an unknown amount."""
+    loop = Loop("guard.warmup_s=0", vcpus=2)
+    for t in range(20):
+        loop.step(t, 1.0, pressure=False)
+    assert loop.step(20, 2.0, pressure=False) > 2
+
+
+def test_warm_up_grows_with_the_price_of_unmet_demand() -> None:
+    """A lower harm target holds a new VM longer before its first shrink; the reason says how far along it is."""
+    _, rails_1 = build_policy("default")
+    _, rails_01 = build_policy("default", parse_params(["default.target_unmet_pct=0.1"]))
+    assert 60 <= rails_1.warmup_s <= 300
+    assert rails_01.warmup_s > 10 * rails_1.warmup_s
+    assert build_policy("default", parse_params(["guard.warmup_s=5"]))[1].warmup_s == 5  # the user's word wins
+    loop = Loop(vcpus=8)
+    for t in range(int(rails_1.warmup_s) - 1):
+        loop.step(t, 0.5)
+    assert loop.vcpus == 8 and loop.engine.held is not None and "warming up" in loop.engine.held.reason
+    for t in range(int(rails_1.warmup_s), int(rails_1.warmup_s) + 10):
+        loop.step(t, 0.5)
+    assert loop.vcpus < 8
+
+
+def test_it_never_grows_back_after_a_shrink_without_new_demand() -> None:
+    """A memory that still holds an old burst may become the cheapest after a shorter one shrank the VM;
+    growing back on its memory alone would re-plug a vCPU with no new load. Here that switch is forced."""
+    loop = Loop("guard.warmup_s=0", "default.stabilise_s=10", vcpus=4)
+    for t in range(5):
+        loop.step(t, 3.5)
+    t = 5
+    while loop.vcpus > 1 and t < 4000:
+        loop.step(t, 0.05)
+        t += 1
+    assert loop.vcpus == 1
+    policy = loop.engine.policy
+    assert isinstance(policy, DefaultPolicy)
+    state = loop.engine.policy_state
+    generous = policy.arms.index(next(a for a in policy.arms if a.startswith("peak of 86400 s x3")))
+    state.costs = [1e9] * len(state.costs)
+    state.costs[generous] = 0.0  # the memory that still sees the burst is now the cheapest by far
+    for _ in range(5):
+        assert loop.step(t, 0.05) == 1, "grew back with no new demand"
+        t += 1
+    assert loop.step(t, 3.0) > 1  # new demand does bring vCPUs back
+
+
+def test_its_state_survives_a_hand_over() -> None:
+    loop = Loop("guard.warmup_s=0", vcpus=4)
+    for t in range(400):
+        loop.step(t, 1.5 + math.sin(t / 30))
+    policy, rails = build_policy("default", parse_params(["guard.warmup_s=0"]))
+    other = VmEngine(policy, rails)
+    assert other.restore(loop.engine.snapshot())
+    assert other.policy_state == loop.engine.policy_state
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "default.target_unmet_pct=0",
+        "default.target_unmet_pct=60",
+        "default.hysteresis=1",
+        "default.censored_excess=2",
+        "default.stabilise_s=-1",
+    ],
+)
+def test_bad_parameters_are_refused(bad: str) -> None:
+    from services.decider.registry import ParamError
+
+    with pytest.raises(ParamError):
+        build_policy("default", parse_params([bad]))

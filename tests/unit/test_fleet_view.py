@@ -1,0 +1,87 @@
+"""The run totals and live table of ``hotplug up``, fed the same messages the bus carries."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+
+from hotplug.fleet import Fleet
+from hotplug.view import render
+from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
+
+
+def test_totals_and_rows_follow_the_messages() -> None:
+    fleet = Fleet()
+    for t in range(10):
+        fleet.on_sample(
+            MetricSample(
+                time=float(t),
+                host="h",
+                vm="a",
+                online_vcpus=4,
+                min_vcpus=1,
+                max_vcpus=8,
+                cpu_used_cores=1.0,
+                interval_s=360.0,
+                source="s",
+                pressure_cores=0.5,
+            )
+        )
+    fleet.on_command(
+        ScaleCommand(
+            id="c1",
+            time=1,
+            host="h",
+            vm="a",
+            target_vcpus=3,
+            seen_vcpus=4,
+            decider="d",
+            reason="cpu 25% < 30% for 3 samples",
+            expires_at=9,
+        )
+    )
+    fleet.on_result(
+        ScaleResult(
+            command_id="c1",
+            time=2,
+            host="h",
+            vm="a",
+            ok=True,
+            vcpus_before=4,
+            vcpus_after=3,
+            target_vcpus=3,
+            duration_s=0.1,
+            actuator="x",
+        )
+    )
+    fleet.on_result(
+        ScaleResult(
+            command_id="c2",
+            time=3,
+            host="h",
+            vm="a",
+            ok=False,
+            vcpus_before=3,
+            vcpus_after=3,
+            target_vcpus=2,
+            duration_s=0.1,
+            actuator="x",
+            error_code=ErrorCode.EXPIRED,
+            error="late",
+        )
+    )
+    totals = fleet.totals
+    assert totals.allocated_core_hours == pytest.approx(4.0)  # 10 samples x 4 vCPUs x 0.1 h
+    assert totals.used_core_hours == pytest.approx(1.0)
+    assert (totals.commands, totals.results_ok, totals.results_failed, totals.unplugs) == (1, 1, 1, 1)
+    assert totals.errors == {"expired": 1}
+    lines = fleet.summary_lines()
+    assert "core-hours allocated: 4.000; used: 1.000 (25% of allocated)" in lines[2]
+    row = fleet.rows[("h", "a")]
+    assert row.last_action == "failed: expired"
+
+    console = Console(width=160, record=True)
+    console.print(render(fleet, "title"))
+    text = console.export_text()
+    assert "4/8 ████····" in text
+    assert "failed: expired" in text
