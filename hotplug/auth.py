@@ -5,23 +5,28 @@ Authority comes from these permissions, never from a message field: only the dec
 ``hotplug.commands.>``; a collector may publish metrics of its own host only; an actuator may read only its own
 host's commands (its JetStream consumer's filter is part of the permitted API subject), and publish and read back
 only its own host's results; a viewer may read but not publish. The admin user (``hotplug up``, operators)
-creates the streams. Passwords are random; the files are written readable by their owner only.
+creates the streams.
+
+An actuator's consumers are named after its ``--name`` and host (``shared.topology``), so each host's actuator
+user is granted the consumers of the names ``--actuator-names`` lists (``actuator`` by default), name by name: a
+consumer name is one token of the API subject, and no pattern could confine it to one host's.
+
+Passwords are random; the files are written readable by their owner only.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.actuator.answered import log_reader_name
-from services.actuator.progress import PROGRESS_BUCKET
-from shared import subjects
+from shared import subjects, topology
 
-EVENTS, METRICS = subjects.EVENTS_STREAM, subjects.METRICS_STREAM
-KV_BUCKETS = ("hotplug_leases", "hotplug_deciders", "hotplug_decider_state")
-PROGRESS = PROGRESS_BUCKET
+EVENTS, METRICS = topology.EVENTS_STREAM, topology.METRICS_STREAM
+PROGRESS = topology.ACTUATOR_PROGRESS_BUCKET
+LEASES = topology.LEASES_BUCKET
 API = "$JS.API"
 
 
@@ -46,25 +51,47 @@ def _read_stream(stream: str) -> list[str]:
     ]
 
 
-def users(hosts: list[str]) -> list[User]:
+def _actuator_consumers(host: str, name: str) -> list[str]:
+    """What the actuator called ``name`` on ``host`` does through its own consumers: take the host's commands
+    and read back the host's results (services.actuator.service), under the names shared.topology derives."""
+    durable = topology.actuator_consumer(name, host)
+    reader = topology.actuator_log_reader(durable)
+    return [
+        f"{API}.CONSUMER.INFO.{EVENTS}.{durable}",
+        f"{API}.CONSUMER.CREATE.{EVENTS}.{durable}.{subjects.host_commands(host)}",
+        f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{durable}",
+        f"$JS.ACK.{EVENTS}.{durable}.>",
+        f"{API}.CONSUMER.CREATE.{EVENTS}.{reader}.{subjects.RESULTS}.{host}.>",
+        f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{reader}",
+        f"{API}.CONSUMER.DELETE.{EVENTS}.{reader}",
+    ]
+
+
+def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_NAME,)) -> list[User]:
+    """Every user of the deployment. Each host's actuator user may use the consumers of the actuators named
+    ``actuator_names`` on that host (their ``--name``; a consumer name is one subject token, so it is granted
+    by name, not by pattern)."""
+    if not actuator_names or not all(topology.valid_name(n) for n in actuator_names):
+        raise ValueError(f"actuator names must be letters, digits, '_' and '-': {list(actuator_names)}")
+    buckets = topology.DECIDER_BUCKETS
     out = [
-        User("admin", publish=[">"], subscribe=[">"]),
+        User(topology.ADMIN_USER, publish=[">"], subscribe=[">"]),
         User(
-            "decider",
+            topology.DECIDER_USER,
             publish=[
                 f"{subjects.COMMANDS}.>",
                 f"{subjects.PROPOSALS}.>",
                 f"{API}.STREAM.INFO.*",
-                *[f"{API}.STREAM.CREATE.KV_{b}" for b in KV_BUCKETS],
-                *[f"$KV.{b}.>" for b in KV_BUCKETS],
-                *[f"{API}.DIRECT.GET.KV_{b}.>" for b in KV_BUCKETS],
+                *[f"{API}.STREAM.CREATE.{topology.kv_stream(b)}" for b in buckets],
+                *[topology.kv_subject(b) for b in buckets],
+                *[f"{API}.DIRECT.GET.{topology.kv_stream(b)}.>" for b in buckets],
                 f"{API}.CONSUMER.>",
             ],  # group members' consumers on the metrics stream, KV key listings
             subscribe=[f"{subjects.METRICS}.>", f"{subjects.RESULTS}.>", "_INBOX.>"],
             deny_publish=[f"{API}.CONSUMER.DELETE.{EVENTS}.>"],
         ),
         User(
-            "viewer",
+            topology.VIEWER_USER,
             publish=[*_read_stream(EVENTS), *_read_stream(METRICS)],
             subscribe=[
                 f"{subjects.METRICS}.>",
@@ -76,39 +103,36 @@ def users(hosts: list[str]) -> list[User]:
         ),
     ]
     for host in hosts:
-        durable = f"actuator-{host}"
-        reader = log_reader_name(durable)
         out += [
-            User(f"simulator-{host}", publish=[], subscribe=[subjects.simulator(host, "*")], allow_responses=True),
             User(
-                f"collector-{host}",
+                topology.host_user("simulator", host),
+                publish=[],
+                subscribe=[subjects.simulator(host, "*")],
+                allow_responses=True,
+            ),
+            User(
+                topology.host_user("collector", host),
                 publish=[f"{subjects.METRICS}.{host}.>", subjects.simulator(host, "stats")],
                 subscribe=["_INBOX.>"],
             ),
-            User(f"agent-{host}", publish=[f"{subjects.METRICS}.{host}.>"], subscribe=["_INBOX.>"]),
+            User(topology.host_user("agent", host), publish=[f"{subjects.METRICS}.{host}.>"], subscribe=["_INBOX.>"]),
             User(
-                f"actuator-{host}",
+                topology.host_user("actuator", host),
                 publish=[
                     f"{subjects.RESULTS}.{host}.>",
                     subjects.simulator(host, "stats"),
                     subjects.simulator(host, "hotplug"),
                     f"{API}.STREAM.INFO.*",
-                    f"{API}.CONSUMER.INFO.{EVENTS}.{durable}",
-                    f"{API}.CONSUMER.CREATE.{EVENTS}.{durable}.{subjects.host_commands(host)}",
-                    f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{durable}",
-                    f"$JS.ACK.{EVENTS}.{durable}.>",
-                    # reading back its own host's results (the commands it has answered), under one name
-                    f"{API}.CONSUMER.CREATE.{EVENTS}.{reader}.{subjects.RESULTS}.{host}.>",
-                    f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{reader}",
-                    f"{API}.CONSUMER.DELETE.{EVENTS}.{reader}",
-                    f"{API}.CONSUMER.CREATE.KV_hotplug_leases.>",
-                    f"{API}.DIRECT.GET.KV_hotplug_leases.>",
-                    f"{API}.CONSUMER.DELETE.KV_hotplug_leases.>",
+                    *[grant for name in dict.fromkeys(actuator_names) for grant in _actuator_consumers(host, name)],
+                    # the leases, read for the term check (services.actuator.service: _follow_terms)
+                    f"{API}.CONSUMER.CREATE.{topology.kv_stream(LEASES)}.>",
+                    f"{API}.DIRECT.GET.{topology.kv_stream(LEASES)}.>",
+                    f"{API}.CONSUMER.DELETE.{topology.kv_stream(LEASES)}.>",
                     # its own host's progress markers (services/actuator/progress.py)
-                    f"{API}.STREAM.CREATE.KV_{PROGRESS}",
-                    f"$KV.{PROGRESS}.{host}.>",
-                    f"{API}.CONSUMER.*.KV_{PROGRESS}",
-                    f"{API}.CONSUMER.*.KV_{PROGRESS}.>",
+                    f"{API}.STREAM.CREATE.{topology.kv_stream(PROGRESS)}",
+                    topology.kv_subject(PROGRESS, topology.progress_keys(host)),
+                    f"{API}.CONSUMER.*.{topology.kv_stream(PROGRESS)}",
+                    f"{API}.CONSUMER.*.{topology.kv_stream(PROGRESS)}.>",
                 ],
                 subscribe=["_INBOX.>"],
             ),
@@ -196,12 +220,19 @@ def make_certificates(out: Path, days: int = 825) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
-def write(out: Path, hosts: list[str], address: str, ports: list[int], tls: bool) -> list[Path]:
+def write(
+    out: Path,
+    hosts: list[str],
+    address: str,
+    ports: list[int],
+    tls: bool,
+    actuator_names: Sequence[str] = (topology.ACTUATOR_NAME,),
+) -> list[Path]:
     """Write nats.conf and credentials/<user>.env under ``out``; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "credentials").mkdir(exist_ok=True)
     certs = make_certificates(out) if tls else None
-    all_users = users(hosts)
+    all_users = users(hosts, actuator_names)
     conf = out / "nats.conf"
     conf.write_text(server_config(all_users, (certs[1], certs[2]) if certs else None))
     conf.chmod(0o600)

@@ -31,7 +31,7 @@ from hotplug.bench.common import scrape_total
 from hotplug.observer import Observer, hypervisor_ops, settle
 from hotplug.supervisor import Supervisor
 from hotplug.up import UpOptions, child_argv
-from shared import bus, subjects
+from shared import bus, subjects, topology
 from shared.broker import free_port
 from shared.clock import Clock
 from shared.cluster import EmbeddedCluster
@@ -42,10 +42,10 @@ CHAOS_POLICY = ("threshold", ("guard.warmup_s=0",))
 HOST = "local"
 BOUNDED_VM, BOUNDS = "vm-01", (1, 2)
 SERVICE_USERS = {
-    "simulator": f"simulator-{HOST}",
-    "collector": f"collector-{HOST}",
-    "actuator": f"actuator-{HOST}",
-    "decider": "decider",
+    "simulator": topology.host_user("simulator", HOST),
+    "collector": topology.host_user("collector", HOST),
+    "actuator": topology.host_user("actuator", HOST),
+    "decider": topology.DECIDER_USER,
 }
 
 
@@ -161,7 +161,7 @@ class Chaos:
     async def _result_stored_since(self, host: str, vm: str, since: float) -> bool:
         admin = await self.client("admin")
         try:
-            stored = await admin.jetstream().get_last_msg(subjects.EVENTS_STREAM, subjects.results(host, vm))
+            stored = await admin.jetstream().get_last_msg(topology.EVENTS_STREAM, subjects.results(host, vm))
             return stored.data is not None and _decode_result(stored.data).time >= since
         except (nats.errors.Error, TimeoutError, msgspec.DecodeError):
             return False  # not stored yet, or the stream is electing its leader
@@ -226,7 +226,7 @@ class Chaos:
 
     async def node_loss(self) -> tuple[str, Check]:
         admin = await self.client("admin")
-        info = await admin.jetstream().stream_info(subjects.EVENTS_STREAM)
+        info = await admin.jetstream().stream_info(topology.EVENTS_STREAM)
         leader = info.cluster.leader if info.cluster and info.cluster.leader else "n1"
         index = int(leader.removeprefix("n")) - 1
         since = self.clock.now()
@@ -422,7 +422,7 @@ class Chaos:
         nc = await nats.connect(bus.servers(self.url_of(user)), error_cb=on_error, max_reconnect_attempts=1)
         command = self.order("vm-01", 1, 2)
         await nc.publish(subjects.commands(HOST, "vm-01"), encode(command))
-        await nc.publish(f"$JS.API.STREAM.PURGE.{subjects.EVENTS_STREAM}", b"")
+        await nc.publish(f"$JS.API.STREAM.PURGE.{topology.EVENTS_STREAM}", b"")
         await nc.flush()
         refused = await _within(5, lambda: sum("permissions violation" in e.lower() for e in errors) >= 2)
         await nc.close()

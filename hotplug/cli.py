@@ -407,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     ainit.add_argument("--address", default="127.0.0.1", help="the broker's address in the client URLs")
     ainit.add_argument("--port", default="4222", help="the broker's client port; a cluster's, comma-separated")
     ainit.add_argument("--tls", action="store_true", help="also make a CA and a server certificate (openssl)")
+    ainit.add_argument(
+        "--actuator-names", default="actuator", help="comma-separated --name of the hosts' actuators (actuator)"
+    )
 
     streams = sub.add_parser("streams", help="create the streams, or bring them up to date (as the admin user)")
     streams.add_argument("--nats", default=None)
@@ -962,13 +965,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_auth(args: argparse.Namespace) -> int:
     from hotplug.auth import write
+    from shared.topology import valid_name
 
     hosts = [h for h in args.hosts.split(",") if h]
+    names = [n for n in args.actuator_names.split(",") if n]
+    if not names or not all(valid_name(n) for n in names):
+        raise UsageError("--actuator-names takes names of letters, digits, '_' and '-', comma-separated")
     try:
         ports = [int(p) for p in args.port.split(",") if p]
     except ValueError:
         raise UsageError(f"--port takes port numbers, comma-separated, not {args.port!r}") from None
-    for path in write(args.out, hosts, args.address, ports, args.tls):
+    for path in write(args.out, hosts, args.address, ports, args.tls, names):
         print(path)
     print(
         f"start the broker with -c {args.out / 'nats.conf'}; create the streams once as admin:\n"

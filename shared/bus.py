@@ -39,7 +39,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from shared import subjects
+from shared import subjects, topology
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def stream_configs() -> list[StreamConfig]:
     copies = replicas()
     return [
         StreamConfig(
-            name=subjects.EVENTS_STREAM,
+            name=topology.EVENTS_STREAM,
             description="Every scale command and result, kept for later study",
             subjects=[subjects.ALL_COMMANDS, subjects.ALL_RESULTS],
             retention=RetentionPolicy.LIMITS,
@@ -108,7 +108,7 @@ def stream_configs() -> list[StreamConfig]:
             num_replicas=copies,
         ),
         StreamConfig(
-            name=subjects.METRICS_STREAM,
+            name=topology.METRICS_STREAM,
             description="Metric samples (stored by partition) and shadow deciders' proposals, kept one day",
             subjects=[subjects.ALL_METRICS, subjects.ALL_PROPOSALS],
             subject_transform=SubjectTransform(src=f"{subjects.METRICS}.*.*", dest=subjects.PARTITIONED_METRICS),

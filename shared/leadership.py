@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import msgspec
 
-LEASE_BUCKET = "hotplug_leases"
+from shared import topology
+
+LEASE_BUCKET = topology.LEASES_BUCKET
 
 
 class LeaseState(msgspec.Struct, frozen=True):

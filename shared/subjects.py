@@ -1,4 +1,5 @@
-"""Every NATS subject the project uses, and the one way to turn a VM name into a subject token.
+"""Every NATS subject the project uses, and the one way to turn a VM name into a subject token (the subject half
+of the topology: streams, buckets, consumers and users are named in ``shared.topology``).
 
 VM names may contain characters NATS gives meaning to (``.``, ``*``, ``>``, white space), so a name is
 carried in the message body and only its escaped form goes into the subject. The escape is reversible
@@ -8,6 +9,8 @@ and stable, so partitioning by VM (subject mapping ``partition()``) sees one tok
 from __future__ import annotations
 
 import re
+
+from shared import topology
 
 PREFIX = "hotplug"
 METRICS = f"{PREFIX}.metrics"
@@ -21,8 +24,9 @@ ALL_COMMANDS = f"{COMMANDS}.>"
 ALL_RESULTS = f"{RESULTS}.>"
 ALL_PROPOSALS = f"{PROPOSALS}.>"
 
-EVENTS_STREAM = "HOTPLUG_EVENTS"
-METRICS_STREAM = "HOTPLUG_METRICS"
+# The streams' names are shared.topology's; hotplug/cli.py still reads them from here.
+EVENTS_STREAM = topology.EVENTS_STREAM
+METRICS_STREAM = topology.METRICS_STREAM
 
 # The metrics stream stores each sample under a partition of its (host, VM): the partitions sharded deciders
 # share out. Core subscribers still see the original subject.

@@ -3,18 +3,13 @@
 The actuator admits only commands that expire within ``keep_s`` of their arrival (``checks.admit``), so a copy
 of a command answered at time t is expired by t + ``keep_s``: remembering each id for ``keep_s`` after its
 answer is enough to give every command exactly one result, and no more is kept. After a restart the memory is
-filled again from the results in the event log, through a reader named by ``log_reader_name`` (the actuator
-user's permissions allow that one). Pure: times are arguments.
+filled again from the results in the event log, through a reader named by ``topology.actuator_log_reader`` (the
+actuator user's permissions allow that one). Pure: times are arguments.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-
-
-def log_reader_name(durable: str) -> str:
-    """The consumer through which the actuator with command consumer ``durable`` reads back its results."""
-    return f"{durable}-recall"
 
 
 class AnsweredCommands:

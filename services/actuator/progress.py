@@ -10,17 +10,15 @@ first and blur what happened; when JetStream redelivers it later, it is a duplic
 
 from __future__ import annotations
 
-import hashlib
-
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
-from shared import bus
+from shared import bus, topology
 from shared.messages import ScaleCommand
 
-PROGRESS_BUCKET = "hotplug_actuator_progress"
+PROGRESS_BUCKET = topology.ACTUATOR_PROGRESS_BUCKET
 
 
 class InProgress(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -29,11 +27,6 @@ class InProgress(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 _decode = msgspec.json.Decoder(InProgress).decode
-
-
-def key_of(host: str, vm: str) -> str:
-    """A KV key for a VM of a host (VM names may hold characters keys may not)."""
-    return f"{host}.{hashlib.sha256(vm.encode()).hexdigest()[:32]}"
 
 
 class ProgressLog:
@@ -50,17 +43,17 @@ class ProgressLog:
         """Mark ``command`` under way; stored (retried like any event) before the hypervisor is touched."""
         await bus.publish_durable(
             self.js,
-            f"$KV.{PROGRESS_BUCKET}.{key_of(self.host, command.vm)}",
+            topology.kv_subject(PROGRESS_BUCKET, topology.progress_key(self.host, command.vm)),
             msgspec.json.encode(InProgress(command, before)),
             msg_id=f"progress-{command.id}",
         )
 
     async def end(self, command: ScaleCommand) -> None:
-        await self.kv.delete(key_of(self.host, command.vm))
+        await self.kv.delete(topology.progress_key(self.host, command.vm))
 
     async def left_over(self) -> list[InProgress]:
         """The markers a dead actuator of this host left."""
-        watcher = await self.kv.watch(f"{self.host}.>", ignore_deletes=True)
+        watcher = await self.kv.watch(topology.progress_keys(self.host), ignore_deletes=True)
         found: list[InProgress] = []
         try:
             async for entry in watcher:

@@ -28,12 +28,12 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.actuator.answered import AnsweredCommands, log_reader_name
+from services.actuator.answered import AnsweredCommands
 from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, plan, rate_limited
 from services.actuator.drivers.base import Driver, DriverError
 from services.actuator.progress import ProgressLog
 from services.actuator.retry import Backoff, retry_after
-from shared import bus, subjects
+from shared import bus, subjects, topology
 from shared.codec import BadMessage, Decoder, encode
 from shared.inbox import Inbox
 from shared.leadership import LEASE_BUCKET, LeaseState
@@ -53,7 +53,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ActuatorConfig:
-    name: str = "actuator"
+    name: str = topology.ACTUATOR_NAME
     bounds: Bounds = field(default_factory=Bounds)
     vm_bounds: dict[str, Bounds] = field(default_factory=dict)
     step_timeout_s: float = 30.0
@@ -123,7 +123,7 @@ class Actuator:
 
     @property
     def durable(self) -> str:
-        return f"{self.config.name}-{self.ctx.host}"
+        return topology.actuator_consumer(self.config.name, self.ctx.host)
 
     async def run(self) -> None:
         await bus.ensure_streams(self.ctx.js)
@@ -180,7 +180,7 @@ class Actuator:
                 return await self.ctx.js.pull_subscribe(
                     subjects.host_commands(self.ctx.host),
                     durable=self.durable,
-                    stream=subjects.EVENTS_STREAM,
+                    stream=topology.EVENTS_STREAM,
                     config=consumer,
                 )
             except (nats.errors.Error, TimeoutError) as exc:
@@ -269,7 +269,11 @@ class Actuator:
         """This host's stored results on ``filter_subject`` from about ``since_clock_time`` on."""
         since = dt.datetime.fromtimestamp(self.ctx.clock.wall_time(since_clock_time), tz=dt.UTC)
         stored = bus.read_stream(
-            self.ctx.js, subjects.EVENTS_STREAM, [filter_subject], since=since, name=log_reader_name(self.durable)
+            self.ctx.js,
+            topology.EVENTS_STREAM,
+            [filter_subject],
+            since=since,
+            name=topology.actuator_log_reader(self.durable),
         )
         async with self._log_reads, contextlib.aclosing(stored):
             async for _, data in stored:

@@ -20,7 +20,7 @@ from services.decider.lease import LEASE_BUCKET, Lease
 from services.decider.mailbox import LatestPerKey
 from services.decider.policies.base import Observation, PolicyBase
 from services.decider.sharding import ShardedIntake, load_state, state_key
-from shared import bus, subjects
+from shared import bus, subjects, topology
 from shared.codec import encode
 from shared.inbox import Inbox
 from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
@@ -35,7 +35,7 @@ STOP_GRACE_S = 25.0
 
 @dataclass(frozen=True)
 class DeciderConfig:
-    name: str = "decider"
+    name: str = topology.DECIDER_NAME
     dry_run: bool = False
     # Shadow: publish every recommendation as a proposal (hotplug.proposals.<name>.<host>.<vm>), command nothing.
     shadow: bool = False

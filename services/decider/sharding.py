@@ -23,12 +23,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from shared import bus, subjects
+from shared import bus, subjects, topology
 
 log = logging.getLogger(__name__)
 
-MEMBERS_BUCKET = "hotplug_deciders"
-STATE_BUCKET = "hotplug_decider_state"
+MEMBERS_BUCKET = topology.DECIDER_MEMBERS_BUCKET
+STATE_BUCKET = topology.DECIDER_STATE_BUCKET
 MEMBER_TTL_S = 6.0
 HEARTBEAT_S = 1.0
 
@@ -70,7 +70,7 @@ class ShardedIntake:
         self.on_share = on_share
         self.share: frozenset[int] = frozenset()
         self.members: list[str] = []
-        self.durable = f"decider-{group}-{member}"
+        self.durable = topology.decider_member_consumer(group, member)
         self._members_kv: KeyValue | None = None
         self._psub: JetStreamContext.PullSubscription | None = None
 
@@ -125,9 +125,9 @@ class ShardedIntake:
             inactive_threshold=60.0,
             max_waiting=512,
         )
-        await self.js.add_consumer(subjects.METRICS_STREAM, config)
+        await self.js.add_consumer(topology.METRICS_STREAM, config)
         if self._psub is None:
-            self._psub = await self.js.pull_subscribe_bind(durable=self.durable, stream=subjects.METRICS_STREAM)
+            self._psub = await self.js.pull_subscribe_bind(durable=self.durable, stream=topology.METRICS_STREAM)
 
     async def _fetch_loop(self) -> None:
         while True:

@@ -15,7 +15,7 @@ from nats.aio.client import Client
 
 from hotplug.audit import audit
 from hotplug.observer import Observer, hypervisor_ops, settle
-from shared import bus, subjects
+from shared import bus, topology
 from shared.cluster import EmbeddedCluster
 from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually
 
@@ -33,7 +33,7 @@ async def test_streams_are_kept_on_three_nodes(cluster: EmbeddedCluster) -> None
     nc = await bus.connect(cluster.url, "test", forever=False)
     try:
         await bus.ensure_streams(nc.jetstream(), reconcile=True)
-        info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
+        info = await nc.jetstream().stream_info(topology.EVENTS_STREAM)
         assert info.config.num_replicas == 3
         assert info.cluster is not None and info.cluster.leader
         assert len(info.cluster.replicas or []) == 2  # the leader and two followers
@@ -42,7 +42,7 @@ async def test_streams_are_kept_on_three_nodes(cluster: EmbeddedCluster) -> None
 
 
 async def leader_of_events(nc: Client, cluster: EmbeddedCluster) -> int:
-    info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
+    info = await nc.jetstream().stream_info(topology.EVENTS_STREAM)
     assert info.cluster is not None and info.cluster.leader
     return int(info.cluster.leader.removeprefix("n")) - 1
 
