@@ -4,6 +4,7 @@ user may publish commands; the broker refuses everyone else (real nats-server wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from hotplug.events import read_events
-from shared import bus, subjects
+from shared import bus, subjects, topology
 from shared.broker import EmbeddedBroker, find_nats_server, free_port
 from shared.codec import encode
 from shared.messages import ScaleCommand, ScaleResult
@@ -57,11 +58,12 @@ def auth_init(out: Path, port: int, *extra: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.fixture
-def secured(tmp_path: Path) -> Iterator[tuple[Path, EmbeddedBroker]]:
+@contextlib.contextmanager
+def secured_broker(tmp_path: Path, *auth_args: str) -> Iterator[tuple[Path, EmbeddedBroker]]:
+    """A nats-server under the config of ``hotplug auth init *auth_args``, its streams made by the admin user."""
     port = free_port()
     out = tmp_path / "auth"
-    auth_init(out, port)
+    auth_init(out, port, *auth_args)
     check = subprocess.run(
         [find_nats_server(), "-t", "-c", str(out / "nats.conf")],
         capture_output=True,
@@ -83,6 +85,12 @@ def secured(tmp_path: Path) -> Iterator[tuple[Path, EmbeddedBroker]]:
         )
         assert streams.returncode == 0, streams.stderr
         yield out, broker
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[tuple[Path, EmbeddedBroker]]:
+    with secured_broker(tmp_path) as found:
+        yield found
 
 
 async def connect_as(out: Path, user: str, errors: list[str]) -> Client:
@@ -144,6 +152,43 @@ async def test_the_loop_runs_with_one_user_per_service_and_only_the_decider_comm
     await viewer.close()
 
 
+async def test_every_service_runs_under_its_own_user_with_a_non_default_name(
+    tmp_path: Path, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """Permissions follow a service's real name: an actuator started as ``--name edge`` takes its commands through
+    the consumer ``edge-local`` that ``hotplug auth init --actuator-names edge`` grants, and the loop goes round."""
+    with secured_broker(tmp_path, "--actuator-names", "edge,actuator") as (out, _):
+        start_service("simulator", "--speed", "4", "--vms", "4", env=credentials(out, "simulator-local"))
+        start_service("collector", "--speed", "4", env=credentials(out, "collector-local"))
+        actuator = start_service("actuator", "--speed", "4", "--name", "edge", env=credentials(out, "actuator-local"))
+        start_service("decider", "--speed", "4", "--name", "brain", *LIVELY_DECIDER, env=credentials(out, "decider"))
+        viewer = await connect_as(out, "viewer", [])
+        results: list[ScaleResult] = []
+
+        async def on_result(msg: Msg) -> None:
+            results.append(msgspec.json.decode(msg.data, type=ScaleResult))
+
+        await viewer.subscribe(subjects.ALL_RESULTS, cb=on_result)
+        await viewer.flush()
+        await eventually(lambda: any(r.ok for r in results), timeout=40, what="the loop acting under the new names")
+        done = next(r for r in results if r.ok)
+        assert done.actuator == "edge"
+        logged = [e async for _, e in read_events(viewer.jetstream()) if isinstance(e, ScaleCommand)]
+        assert done.command_id in {c.id for c in logged}
+        assert {c.decider for c in logged} == {"brain"}
+        durable = topology.actuator_consumer("edge", "local")
+        info = await viewer.jetstream().consumer_info(topology.EVENTS_STREAM, durable)
+        assert info.config.filter_subject == subjects.host_commands("local")
+        assert info.delivered.stream_seq > 0  # the commands came through the consumer of the real name
+        assert "permissions violation" not in actuator.log().lower()
+        await viewer.close()
+
+
+def default_reader(host: str) -> str:
+    """The consumer through which the actuator of ``host`` with the default --name reads back its results."""
+    return topology.actuator_log_reader(topology.actuator_consumer(topology.ACTUATOR_NAME, host))
+
+
 def stored_result(host: str) -> ScaleResult:
     return ScaleResult(
         command_id=f"c-{host}",
@@ -173,13 +218,13 @@ async def test_an_actuator_reads_back_its_own_hosts_results_and_no_others(secure
     own = [
         subject
         async for subject, _ in bus.read_stream(
-            js, subjects.EVENTS_STREAM, [f"{subjects.RESULTS}.local.>"], name="actuator-local-recall"
+            js, topology.EVENTS_STREAM, [f"{subjects.RESULTS}.local.>"], name=default_reader("local")
         )
     ]
     assert own == [subjects.results("local", "vm-01")]
-    for reader in ("actuator-local-recall", "actuator-h2-recall"):
+    for reader in (default_reader("local"), default_reader("h2")):
         with pytest.raises((nats.errors.TimeoutError, TimeoutError)):  # refused: the request gets no answer
-            [_ async for _ in bus.read_stream(js, subjects.EVENTS_STREAM, [f"{subjects.RESULTS}.h2.>"], name=reader)]
+            [_ async for _ in bus.read_stream(js, topology.EVENTS_STREAM, [f"{subjects.RESULTS}.h2.>"], name=reader)]
     await eventually(lambda: errors, timeout=5, what="the broker refusing another host's results")
     assert "permissions violation" in errors[0].lower()
     await actuator.close()
