@@ -230,7 +230,7 @@ class Chaos:
         leader = info.cluster.leader if info.cluster and info.cluster.leader else "n1"
         index = int(leader.removeprefix("n")) - 1
         since = self.clock.now()
-        self.cluster.kill(index)
+        await asyncio.to_thread(self.cluster.kill, index)
         acted = await self.loop_acts(since)
         await asyncio.to_thread(self.cluster.restart, index)
         return f"SIGKILL to node {leader}, the event log's stream leader; restarted after the loop acted", {

@@ -35,11 +35,11 @@ def load(name: str, busy: int, root: Path | None = None) -> int:
 
 async def _status_rows(root: Path | None) -> list[dict[str, Any]]:
     rows = []
-    for vm in running_vms(root):
-        state = vm.state()
+    for vm in await asyncio.to_thread(running_vms, root):
+        state = await asyncio.to_thread(vm.state)
         async with vm.qmp(monitor=True) as qmp:
             cpus = cast(list[dict[str, Any]], await qmp.execute("query-cpus-fast"))
-        stat = vm.guest_stat()
+        stat = await asyncio.to_thread(vm.guest_stat)
         rows.append(
             {
                 "name": vm.name,

@@ -133,7 +133,7 @@ async def run_up(options: UpOptions) -> Fleet:
     env = dict(os.environ)
     if url is None:
         broker = embedded_broker(data_dir / BROKER_DIR, options.cluster)
-        url = broker.start()
+        url = await asyncio.to_thread(broker.start)  # waits for the broker to be ready
         assert broker.pid is not None
         write_broker_file(data_dir, url, broker.pid)
         kind = f"embedded cluster of {options.cluster} nodes" if options.cluster > 1 else "embedded"
@@ -167,14 +167,14 @@ async def run_up(options: UpOptions) -> Fleet:
     finally:
         await supervisor.stop()
         for guest in guests:
-            guest.stop()
+            await asyncio.to_thread(guest.stop)
         if domains:
             await asyncio.to_thread(_stop_domains, options, domains, data_dir / "libvirt")
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
         if broker is not None:
-            broker.stop()
+            await asyncio.to_thread(broker.stop)
             (data_dir / BROKER_FILE).unlink(missing_ok=True)
     for child in supervisor.children.values():
         if child.restarts:
@@ -201,10 +201,11 @@ async def _boot_guests(options: UpOptions, root: Path) -> list[QemuVm]:
     failures = [g for g in booted if isinstance(g, BaseException)]
     if failures:
         for guest in guests:
-            guest.stop()
+            await asyncio.to_thread(guest.stop)
         raise failures[0]
     for guest in guests:
-        print(f"{guest.name}: QEMU guest up (pid {guest.state().pid}), 1 of {options.max_vcpus} vCPUs", flush=True)
+        pid = (await asyncio.to_thread(guest.state)).pid
+        print(f"{guest.name}: QEMU guest up (pid {pid}), 1 of {options.max_vcpus} vCPUs", flush=True)
     return list(guests)
 
 

@@ -271,7 +271,7 @@ class QemuVm:
     @contextlib.asynccontextmanager
     async def qmp(self, monitor: bool = False) -> AsyncIterator[QMPClient]:
         """A QMP session on the control socket (or the monitoring one), closed on exit."""
-        if not self.running():
+        if not await asyncio.to_thread(self.running):  # reads state.json and /proc
             raise QemuError(f"VM {self.name} is not running")
         client = await connect_qmp(self.name, self.monitor_path if monitor else self.qmp_path)
         try:

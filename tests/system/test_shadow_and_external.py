@@ -42,14 +42,15 @@ async def test_external_decider_drives_the_loop_and_a_shadow_is_scored(
     start_service("collector", *common, "--interval", "0.5")
     start_service("actuator", *common)
     start_service("decider", *common, "--policy", "default", "--name", "shadow-default", "--shadow")
-    external = subprocess.Popen(
+    external = subprocess.Popen(  # noqa: ASYNC220 (a start does not wait; the child is awaited below)
         [sys.executable, str(REPO / "examples" / "external_decider.py"), broker.url, "ext"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        load = subprocess.run(
+        load = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "hotplug", "load", "vm-01", "4", "--nats", broker.url],
             cwd=REPO,
             capture_output=True,
@@ -66,7 +67,7 @@ async def test_external_decider_drives_the_loop_and_a_shadow_is_scored(
         await eventually(lambda: len(proposals) >= 10, timeout=20, what="shadow proposals")
     finally:
         external.terminate()
-        external.wait(timeout=10)
+        await asyncio.to_thread(external.wait, timeout=10)
     assert commands
     assert {c.decider for c in commands} == {"ext"}  # the shadow commands nothing
     assert {p.decider for p in proposals} == {"shadow-default"}

@@ -153,8 +153,8 @@ class LibvirtDriver:
                     f"booted); restart the domain to plug again",
                 )
             await self._count_add(vm, info)
-        channel = self._channel(info)
-        mark = channel.size() if channel else 0
+        channel = await asyncio.to_thread(self._channel, info)  # reads the guest's control log
+        mark = await asyncio.to_thread(channel.size) if channel else 0
         expected = info.online + 1
         try:
             await self._set_vcpu(vm, target.id, True)
@@ -205,7 +205,7 @@ class LibvirtDriver:
             if not counted:
                 counted = (await self.info(vm)).online >= expected
             if channel is not None:
-                news = channel.lines_since(mark)
+                news = await asyncio.to_thread(channel.lines_since, mark)
                 stats = [s for s in (parse_stat_line(line) for line in news) if s is not None]
                 guest_says = any(line.startswith("HP onlined") for line in news) or bool(
                     stats and len(stats[-1]) >= expected

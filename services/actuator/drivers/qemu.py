@@ -4,6 +4,9 @@ Plug the lowest free slot of ``query-hotpluggable-cpus``; done when the guest it
 (a hypervisor-side count alone is not enough). Unplug the highest hot-added CPU; under TCG QEMU never sends
 ``DEVICE_DELETED`` for the CPU itself, so completion is its slot becoming free. The lifetime hot-add budget
 (``maxcpus`` − boot vCPUs under TCG) is counted and refused with a clear error before QEMU would abort.
+
+The VM's files (state.json and its lock, the guest's control log, /proc) are read in a worker thread, never on the
+event loop: the lock may be held by ``hotplug qemu set``, and a slow disk must not stall other VMs' commands.
 """
 
 from __future__ import annotations
@@ -31,15 +34,19 @@ class QemuDriver:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root
 
-    def _vm(self, name: str) -> QemuVm:
+    def _find(self, name: str) -> tuple[QemuVm, VmState]:
         try:
             vm = QemuVm(name, self.root)
-            vm.state()
+            state = vm.state()
         except QemuError as exc:
             raise DriverError(ErrorCode.VM_NOT_FOUND, str(exc)) from exc
         if not vm.running():
             raise DriverError(ErrorCode.VM_NOT_RUNNING, f"QEMU VM {name} is not running")
-        return vm
+        return vm, state
+
+    async def _vm(self, name: str) -> tuple[QemuVm, VmState]:
+        """The running VM called ``name`` and its state.json."""
+        return await asyncio.to_thread(self._find, name)
 
     @staticmethod
     @contextlib.asynccontextmanager
@@ -61,13 +68,12 @@ class QemuDriver:
         return cast(list[dict[str, Any]], await self._execute(vm, "query-cpus-fast"))
 
     async def read(self, vm_name: str) -> VmView:
-        vm = self._vm(vm_name)
+        vm, state = await self._vm(vm_name)
         cpus = await self._cpus(vm)
-        return VmView(vm=vm_name, online_vcpus=len(cpus), min_vcpus=1, max_vcpus=vm.state().max_vcpus)
+        return VmView(vm=vm_name, online_vcpus=len(cpus), min_vcpus=1, max_vcpus=state.max_vcpus)
 
     async def plug(self, vm_name: str) -> None:
-        vm = self._vm(vm_name)
-        state = vm.state()
+        vm, state = await self._vm(vm_name)
         if state.adds_left <= 0:
             raise DriverError(
                 ErrorCode.HOTPLUG_BUDGET,
@@ -89,14 +95,14 @@ class QemuDriver:
             s.adds += 1
 
         # Counted before the call: if QEMU accepts it and we die, the budget must still know.
-        state = vm.update_state(count_add)
+        state = await asyncio.to_thread(vm.update_state, count_add)
         slot = free[0]
-        mark = vm.guest_log_size()
+        mark = await asyncio.to_thread(vm.guest_log_size)
         await self._execute(vm, "device_add", {"driver": slot["type"], "id": f"hp{state.adds}", **slot["props"]})
         deadline = time.monotonic() + GUEST_ONLINE_TIMEOUT_S
         while time.monotonic() < deadline:
             # the guest's uevent handler says "HP onlined cpuN" at once; its STAT line comes once a second
-            news = vm.guest_lines_since(mark)
+            news = await asyncio.to_thread(vm.guest_lines_since, mark)
             if any(line.startswith("HP onlined") for line in news):
                 return
             stats = [st for st in map(parse_stat, news) if st is not None]
@@ -110,7 +116,7 @@ class QemuDriver:
         )
 
     async def unplug(self, vm_name: str) -> None:
-        vm = self._vm(vm_name)
+        vm, _ = await self._vm(vm_name)
         cpus = await self._cpus(vm)
         hot = [c for c in cpus if str(c.get("qom-path", "")).startswith("/machine/peripheral/")]
         if not hot:

@@ -9,6 +9,7 @@ where the guest does not do it itself (no Guest Additions, no udev rule).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -99,9 +100,12 @@ class GuestSource:
         return done
 
     async def read(self) -> list[Reading]:
+        # /proc and /sys are files: read (and written) in a worker thread, off the event loop
+        return await asyncio.to_thread(self._read, self.clock.now())
+
+    def _read(self, now: float) -> list[Reading]:
         if self.online_new_cpus:
             self.bring_cpus_online()
-        now = self.clock.now()
         busy, runnable = parse_proc_stat((self.root / "proc/stat").read_text(), self.hz)
         online = parse_cpu_list((self._cpu_dir() / "online").read_text())
         try:

@@ -13,6 +13,7 @@ comes from the guest's own run queue on its control port, as for the ``qemu`` so
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -28,6 +29,7 @@ from shared.clock import Clock
 from shared.libvirt.connection import Connection
 from shared.libvirt.domain import SETTINGS_NS, DomainInfo, Settings, parse_domain, parse_settings_xml
 from shared.libvirt.guest import GuestChannel
+from shared.qemu.vm import GuestStat
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +134,19 @@ class LibvirtSource:
             settings = state.info.settings
             if settings.enabled is False or (self.opt_in and settings.enabled is not True):
                 continue
-            reading = self._reading(name, state, stats, now)
+            log_file = state.info.control_log
+            guest = await asyncio.to_thread(GuestChannel(log_file).last_stat) if log_file is not None else None
+            reading = self._reading(name, state, stats, now, guest)
             if reading is not None:
                 readings.append(reading)
         for uuid in set(self._domains) - seen:
             del self._domains[uuid]
         return readings
 
-    def _reading(self, name: str, state: _Domain, stats: dict[str, Any], now: float) -> Reading | None:
+    def _reading(
+        self, name: str, state: _Domain, stats: dict[str, Any], now: float, stat: GuestStat | None
+    ) -> Reading | None:
+        """One domain's reading from its libvirt stats and its guest's last STAT line (the project's test guest)."""
         current = int(stats.get("vcpu.current", 0))
         if current < 1:
             return None
@@ -177,11 +184,9 @@ class LibvirtSource:
         if not per_vcpu:
             return None
         waiting = None
-        if state.info.control_log is not None:
-            stat = GuestChannel(state.info.control_log).last_stat()
-            if stat is not None:
-                # the STAT line's running count includes the guest's own stats reader
-                waiting = state.pressure.add(now, max(0, stat.running - 1 - len(stat.online)))
+        if stat is not None:
+            # the STAT line's running count includes the guest's own stats reader
+            waiting = state.pressure.add(now, max(0, stat.running - 1 - len(stat.online)))
         return Reading(
             vm=name,
             time=now,

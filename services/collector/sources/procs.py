@@ -7,6 +7,7 @@ A process's vCPUs are the CPUs it may run on (its affinity).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from dataclasses import dataclass
@@ -97,10 +98,13 @@ class ProcessSource:
             waiting_core_seconds=schedstat_wait_seconds(proc.pid),
         )
 
-    async def read(self) -> list[Reading]:
-        now = self.clock.now()
+    def _read_all(self, now: float) -> list[Reading]:
         readings = (self._read_one(spec, now) for spec in self.specs)
         return [r for r in readings if r is not None]
+
+    async def read(self) -> list[Reading]:
+        # psutil reads /proc (and may walk every process to find one): in a worker thread, off the event loop
+        return await asyncio.to_thread(self._read_all, self.clock.now())
 
     async def close(self) -> None:
         self._procs.clear()

@@ -3,11 +3,13 @@
 Busy time per vCPU is its host thread's CPU time (thread ids from QMP ``query-cpus-fast`` on the monitoring
 socket): it is what each vCPU received, and under TCG the guest's own load figures say only what it wanted.
 Pressure comes from the guest's report: runnable tasks beyond its online CPUs (the STAT line's
-``running`` counts the guest's own stats reader, which is discounted).
+``running`` counts the guest's own stats reader, which is discounted). Files (state.json, /proc, the guest's
+control log) are read in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any, cast
@@ -30,10 +32,10 @@ class QemuSource:
         self._pressure: dict[str, RunQueueIntegral] = {}
 
     async def _read_vm(self, vm: QemuVm) -> Reading | None:
-        state = vm.state()
+        state = await asyncio.to_thread(vm.state)
         async with vm.qmp(monitor=True) as qmp:
             cpus = cast(list[dict[str, Any]], await qmp.execute("query-cpus-fast"))
-        threads = {t.tid: t for t in read_threads(state.pid) or []}
+        threads = {t.tid: t for t in await asyncio.to_thread(read_threads, state.pid) or []}
         now = self.clock.now()
         per_vcpu = {
             f"{c['cpu-index']:04d}-{c['thread-id']}": threads[c["thread-id"]].cpu_seconds
@@ -42,7 +44,7 @@ class QemuSource:
         }
         if not per_vcpu:
             return None
-        stat = vm.guest_stat()
+        stat = await asyncio.to_thread(vm.guest_stat)
         waiting = None
         if stat is not None:
             integral = self._pressure.setdefault(vm.name, RunQueueIntegral())
@@ -60,7 +62,7 @@ class QemuSource:
 
     async def read(self) -> list[Reading]:
         readings = []
-        for vm in running_vms(self.root):
+        for vm in await asyncio.to_thread(running_vms, self.root):
             try:
                 reading = await self._read_vm(vm)
             except (QemuError, OSError, TimeoutError) as exc:

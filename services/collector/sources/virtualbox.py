@@ -10,6 +10,7 @@ which CPUs are attached; ``showvminfo`` is asked once per VM (for the file and t
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -17,7 +18,7 @@ import re
 import psutil
 
 from services.collector.sources.base import Reading
-from services.collector.sources.threads import read_threads
+from services.collector.sources.threads import ThreadStat, read_threads
 from shared.clock import Clock
 from shared.virtualbox import VBoxError, VBoxManage, VmInfo, read_cpu_tree
 
@@ -68,23 +69,35 @@ class VirtualBoxSource:
             self._procs[uuid] = proc
         return proc
 
+    def _read_host_side(
+        self, name: str, uuid: str, cfgfile: str
+    ) -> tuple[tuple[int, ...], float, list[ThreadStat]] | None:
+        """The VM's attached vCPUs (its settings file), its process's CPU seconds and its threads."""
+        proc = self._process(uuid, name)
+        if proc is None:
+            return None
+        try:
+            _, attached = read_cpu_tree(cfgfile)
+            cpu = proc.cpu_times()
+        except (OSError, psutil.Error) as exc:
+            log.warning("cannot read %s: %s", name, exc)
+            self._procs.pop(uuid, None)
+            return None
+        return attached, cpu.user + cpu.system, read_threads(proc.pid) or []
+
     async def read(self) -> list[Reading]:
         running = await self.vbox.list("runningvms")
         now = self.clock.now()
         readings = []
         for name, uuid in running:
             info = await self._vm_info(name, uuid)
-            proc = self._process(uuid, name)
-            if info is None or proc is None:
+            if info is None:
                 continue  # unknown, not idle: no sample
-            try:
-                _, attached = read_cpu_tree(info.cfgfile)
-                cpu = proc.cpu_times()
-            except (OSError, psutil.Error) as exc:
-                log.warning("cannot read %s: %s", name, exc)
-                self._procs.pop(uuid, None)
+            # psutil, /proc and the VM's settings file: read in a worker thread, off the event loop
+            found = await asyncio.to_thread(self._read_host_side, name, uuid, info.cfgfile)
+            if found is None:
                 continue
-            threads = read_threads(proc.pid) or []
+            attached, cpu_seconds, threads = found
             emts = {}
             for t in threads:
                 match = _EMT.match(t.name)
@@ -98,7 +111,7 @@ class VirtualBoxSource:
                     online_vcpus=len(attached),
                     min_vcpus=1,
                     max_vcpus=min(info.cpus, 32),
-                    cpu_seconds=cpu.user + cpu.system,
+                    cpu_seconds=cpu_seconds,
                     per_vcpu_seconds=per_vcpu or None,
                 )
             )
