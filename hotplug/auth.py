@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import subjects, topology
+from shared.errors import UsageError
 
 EVENTS, METRICS = topology.EVENTS_STREAM, topology.METRICS_STREAM
 PROGRESS = topology.ACTUATOR_PROGRESS_BUCKET
@@ -72,7 +73,7 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
     ``actuator_names`` on that host (their ``--name``; a consumer name is one subject token, so it is granted
     by name, not by pattern)."""
     if not actuator_names or not all(topology.valid_name(n) for n in actuator_names):
-        raise ValueError(f"actuator names must be letters, digits, '_' and '-': {list(actuator_names)}")
+        raise UsageError(f"actuator names are letters, digits, '_' and '-', comma-separated: {list(actuator_names)}")
     buckets = topology.DECIDER_BUCKETS
     out = [
         User(topology.ADMIN_USER, publish=[">"], subscribe=[">"]),

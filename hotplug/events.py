@@ -18,9 +18,10 @@ from typing import Any
 import msgspec
 from nats.js import JetStreamContext
 
-from shared import subjects
+from shared import subjects, topology
 from shared.bus import read_stream
 from shared.cluster import embedded_broker, nodes_in
+from shared.errors import NotFound
 from shared.messages import ScaleCommand, ScaleResult
 
 Event = ScaleCommand | ScaleResult
@@ -52,7 +53,7 @@ def broker_for(data_dir: Path) -> Iterator[str]:
         yield url
         return
     if not (data_dir / BROKER_DIR).is_dir():
-        raise FileNotFoundError(f"no event log in {data_dir} (expected {data_dir / BROKER_DIR}/)")
+        raise NotFound(f"no event log in {data_dir} (expected {data_dir / BROKER_DIR}/)")
     broker = embedded_broker(data_dir / BROKER_DIR, nodes_in(data_dir / BROKER_DIR))
     try:
         yield broker.start()
@@ -62,7 +63,7 @@ def broker_for(data_dir: Path) -> Iterator[str]:
 
 async def read_events(js: JetStreamContext) -> AsyncIterator[tuple[str, Event | None]]:
     """Every command and result of the event log in order; undecodable ones as (subject, None)."""
-    async for subject, data in read_stream(js, subjects.EVENTS_STREAM, [subjects.ALL_COMMANDS, subjects.ALL_RESULTS]):
+    async for subject, data in read_stream(js, topology.EVENTS_STREAM, [subjects.ALL_COMMANDS, subjects.ALL_RESULTS]):
         try:
             yield subject, _decoder.decode(data)
         except msgspec.DecodeError:

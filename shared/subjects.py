@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 
-from shared import topology
-
 PREFIX = "hotplug"
 METRICS = f"{PREFIX}.metrics"
 COMMANDS = f"{PREFIX}.commands"
@@ -23,10 +21,6 @@ ALL_METRICS = f"{METRICS}.>"
 ALL_COMMANDS = f"{COMMANDS}.>"
 ALL_RESULTS = f"{RESULTS}.>"
 ALL_PROPOSALS = f"{PROPOSALS}.>"
-
-# The streams' names are shared.topology's; hotplug/cli.py still reads them from here.
-EVENTS_STREAM = topology.EVENTS_STREAM
-METRICS_STREAM = topology.METRICS_STREAM
 
 # The metrics stream stores each sample under a partition of its (host, VM): the partitions sharded deciders
 # share out. Core subscribers still see the original subject.

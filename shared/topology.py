@@ -2,8 +2,7 @@
 
 Each is declared once here, with how it derives from a host and a service's ``--name``; the services,
 ``hotplug streams`` and ``hotplug auth`` all read them from here, so a permission always names what the service
-really uses. The wire subjects are the other half, in ``shared.subjects``; this module imports nothing of the
-project, so that one may re-export from it.
+really uses. The wire subjects are the other half, in ``shared.subjects``.
 
 Service names matter to permissions only where a broker user is confined to one consumer: each actuator reads
 its host's commands through the consumer ``<name>-<host>`` and reads its results back through
