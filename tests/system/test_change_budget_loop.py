@@ -11,7 +11,7 @@ from collections.abc import Callable
 import msgspec
 from nats.aio.client import Client
 
-from hotplug.observer import Observer, settle
+from hotplug.harness.recorder import Recorder, settle
 from shared import subjects
 from shared.broker import EmbeddedBroker
 from shared.messages import ErrorCode, ScaleCommand, ScaleResult
@@ -37,7 +37,7 @@ def most_in_a_window(times: list[float], window: float) -> int:
 async def test_the_decider_never_meets_a_lowered_actuator_rate_limit(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    watch = Observer()
+    watch = Recorder()
     await watch.attach(nc)
     common = ["--nats", broker.url, "--speed", str(SPEED), "--epoch", repr(time.time())]
     start_service(
