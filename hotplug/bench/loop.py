@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 
 from hotplug.bench.common import machine, percentile, ready_service
+from hotplug.harness.processes import policy_args
 from hotplug.harness.recorder import Recorder
 from shared import bus, subjects
 from shared.broker import EmbeddedBroker
@@ -59,22 +60,18 @@ async def run(vms: int, trials: int, work: Path) -> dict[str, object]:
                 [
                     "decider",
                     *common,
-                    "--policy",
-                    "threshold",
-                    "--param",
-                    "threshold.sustain_s=0",
-                    "--param",
-                    "threshold.upper=0.1",
-                    "--param",
-                    "threshold.lower=0.05",
-                    "--param",
-                    "guard.up_cooldown_s=0",
-                    "--param",
-                    "guard.down_cooldown_s=0",
-                    "--param",
-                    "guard.warmup_s=0",
-                    "--param",
-                    "guard.max_changes=1000",
+                    *policy_args(
+                        "threshold",
+                        {
+                            "threshold.sustain_s": 0,
+                            "threshold.upper": 0.1,
+                            "threshold.lower": 0.05,
+                            "guard.up_cooldown_s": 0,
+                            "guard.down_cooldown_s": 0,
+                            "guard.warmup_s": 0,
+                            "guard.max_changes": 1000,
+                        },
+                    ),
                 ],
                 work,
             )

@@ -223,3 +223,8 @@ async def await_exit(proc: asyncio.subprocess.Process, timeout_s: float) -> None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
+
+
+def policy_args(policy: str, params: Mapping[str, object]) -> list[str]:
+    """``--policy P --param k=v ...``: the policy options of ``hotplug decider``, ``up`` and ``bench``."""
+    return ["--policy", policy, *(arg for key, value in params.items() for arg in ("--param", f"{key}={value}"))]

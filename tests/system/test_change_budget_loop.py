@@ -11,6 +11,7 @@ from collections.abc import Callable
 import msgspec
 from nats.aio.client import Client
 
+from hotplug.harness.processes import policy_args
 from hotplug.harness.recorder import Recorder, settle
 from shared import subjects
 from shared.broker import EmbeddedBroker
@@ -50,18 +51,16 @@ async def test_the_decider_never_meets_a_lowered_actuator_rate_limit(
     decider = start_service(
         "decider",
         *common,
-        "--policy",
-        "threshold",
-        "--param",
-        "threshold.sustain_s=1",
-        "--param",
-        "guard.up_cooldown_s=0",
-        "--param",
-        "guard.down_cooldown_s=0",
-        "--param",
-        "guard.warmup_s=0",
-        "--param",
-        "guard.max_changes=100",
+        *policy_args(
+            "threshold",
+            {
+                "threshold.sustain_s": 1,
+                "guard.up_cooldown_s": 0,
+                "guard.down_cooldown_s": 0,
+                "guard.warmup_s": 0,
+                "guard.max_changes": 100,
+            },
+        ),
     )
     await eventually(lambda: set(VMS) <= watch.online.keys(), what="samples of every VM")
     # Load that flips between all cores busy and idle every 15 simulated seconds, for 3 windows.

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from nats.aio.client import Client
 
+from hotplug.harness.processes import policy_args
 from hotplug.harness.recorder import Recorder
 from shared import subjects
 from shared.broker import EmbeddedBroker
@@ -48,10 +49,12 @@ async def test_commands_carry_reason_expiry_and_sample_time(
         "decider",
         "--nats",
         broker.url,
-        "--policy",
-        "threshold",
-        "--param",
-        "threshold.sustain_s=2",
+        *policy_args(
+            "threshold",
+            {
+                "threshold.sustain_s": 2,
+            },
+        ),
         "--command-ttl",
         "30",
     )

@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from hotplug.audit import audit
 from hotplug.events import read_events
 from hotplug.harness import faults
-from hotplug.harness.processes import run_hotplug
+from hotplug.harness.processes import policy_args, run_hotplug
 from hotplug.harness.recorder import Recorder, hypervisor_ops, settle
 from shared import bus
 from shared.broker import EmbeddedBroker, free_port
@@ -201,12 +201,13 @@ async def test_a_decider_does_not_repeat_an_order_the_actuator_refused_as_out_of
         "decider",
         "--nats",
         broker.url,
-        "--policy",
-        "threshold",
-        "--param",
-        "threshold.sustain_s=1",
-        "--param",
-        "guard.up_cooldown_s=1",
+        *policy_args(
+            "threshold",
+            {
+                "threshold.sustain_s": 1,
+                "guard.up_cooldown_s": 1,
+            },
+        ),
     )
     await eventually(lambda: watch.results, what="the decider's first order")
     await asyncio.sleep(6.0)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hotplug.harness.poll import wait_until
-from hotplug.harness.processes import OutputProcess, run_hotplug
+from hotplug.harness.processes import OutputProcess, policy_args, run_hotplug
 from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.qemu import QemuDriver
 from services.collector.rates import sample_from
@@ -191,18 +191,16 @@ def test_whole_loop_takes_a_real_guest_from_1_to_3_vcpus_and_back(image: GuestIm
         "--data-dir",
         str(data_dir),
         "--no-view",
-        "--policy",
-        "threshold",
-        "--param",
-        "threshold.sustain_s=2",
-        "--param",
-        "threshold.upper=0.6",
-        "--param",
-        "threshold.lower=0.2",
-        "--param",
-        "guard.up_cooldown_s=1",
-        "--param",
-        "guard.down_cooldown_s=2",
+        *policy_args(
+            "threshold",
+            {
+                "threshold.sustain_s": 2,
+                "threshold.upper": 0.6,
+                "threshold.lower": 0.2,
+                "guard.up_cooldown_s": 1,
+                "guard.down_cooldown_s": 2,
+            },
+        ),
         env=env,
     )
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from hotplug.harness.poll import wait_until
-from hotplug.harness.processes import OutputProcess, run_hotplug
+from hotplug.harness.processes import OutputProcess, policy_args, run_hotplug
 from tests.standins import vboxmanage as standin
 from tests.vbox_fixtures import VBoxHome
 
@@ -25,16 +25,16 @@ def test_up_on_virtualbox_plugs_and_unplugs_by_id(vbox: VBoxHome, tmp_path: Path
         "--data-dir",
         data_dir,
         "--no-view",
-        "--policy",
-        "threshold",
-        "--param",
-        "threshold.sustain_s=2",
-        "--param",
-        "guard.up_cooldown_s=1",
-        "--param",
-        "guard.down_cooldown_s=2",
-        "--param",
-        "guard.warmup_s=0",  # the plumbing, not warm-up
+        # the plumbing, not warm-up
+        *policy_args(
+            "threshold",
+            {
+                "threshold.sustain_s": 2,
+                "guard.up_cooldown_s": 1,
+                "guard.down_cooldown_s": 2,
+                "guard.warmup_s": 0,
+            },
+        ),
     )
     try:
         out.wait_for(r"^actuator metrics: ", timeout=30)
