@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from nats.aio.client import Client
 
+from hotplug.harness import faults
 from hotplug.harness.processes import policy_args
 from hotplug.harness.recorder import Recorder
 from shared import subjects
@@ -18,17 +19,7 @@ from tests.conftest import ServiceProcess, eventually, metric
 
 
 def busy_sample(t: float, vm: str = "vm a") -> MetricSample:
-    return MetricSample(
-        time=t,
-        host="h1",
-        vm=vm,
-        online_vcpus=2,
-        min_vcpus=1,
-        max_vcpus=4,
-        cpu_used_cores=2.0,
-        interval_s=1.0,
-        source="test",
-    )
+    return faults.sample("h1", vm, t, source="test", used=2.0)  # both of its 2 vCPUs busy
 
 
 async def publish_busy(nc: Client, vm: str, count: int, age: float = 0.0) -> None:
