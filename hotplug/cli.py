@@ -16,8 +16,7 @@ import msgspec
 from shared import bus
 from shared.clock import Clock, make_clock
 from shared.messages import MESSAGE_TYPES
-from shared.runtime import ServiceContext, ServiceOptions, resolve_nats_url, run_service, setup_logging
-from shared.telemetry import ServiceMetrics
+from shared.runtime import M, ServiceContext, ServiceOptions, resolve_nats_url, run_service, setup_logging
 
 
 class UsageError(Exception):
@@ -434,7 +433,7 @@ def _options(args: argparse.Namespace, name: str) -> ServiceOptions:
     )
 
 
-def _run(options: ServiceOptions, metrics: ServiceMetrics, body: Callable[[ServiceContext], Awaitable[None]]) -> int:
+def _run(options: ServiceOptions, metrics: M, body: Callable[[ServiceContext[M]], Awaitable[None]]) -> int:
     asyncio.run(run_service(options, body, metrics))
     return 0
 
@@ -459,7 +458,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         trace_vms=args.vms,
     )
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[SimulatorMetrics]) -> None:
         await SimulatorService(ctx, config).run()
 
     return _run(options, SimulatorMetrics("simulator"), body)
@@ -487,7 +486,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
     if args.source == "psutil" and not specs:
         raise UsageError("the psutil source needs at least one --process VM=PID|VM=REGEX")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
         source: Source
         if args.source == "simulator":
             source = SimulatorSource(ctx.nc, ctx.host)
@@ -539,7 +538,7 @@ def cmd_decider(args: argparse.Namespace) -> int:
     if config.intake_capacity < 1:
         raise UsageError("--intake-capacity must be at least 1")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[DeciderMetrics]) -> None:
         await Decider(ctx, policy, rails, config).run()
 
     return _run(options, DeciderMetrics("decider"), body)
@@ -576,7 +575,7 @@ def cmd_actuator(args: argparse.Namespace) -> int:
     if args.driver != "simulator" and args.speed != 1.0:
         raise UsageError("--speed applies to the simulator only; real hypervisors run on the wall clock")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[ActuatorMetrics]) -> None:
         driver: Driver
         if args.driver == "virtualbox":
             from services.actuator.drivers.virtualbox import VirtualBoxDriver
@@ -603,7 +602,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     options = _options(args, "agent")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
         source = GuestSource(args.vm, ctx.clock, online_new_cpus=not args.no_online)
         await Collector(ctx, source, args.interval).run()
 
