@@ -24,6 +24,7 @@ from services.decider.policies.base import Observation, PolicyBase
 from services.decider.sharding import ShardedIntake, load_state, state_key
 from shared import bus, subjects
 from shared.codec import encode
+from shared.errors import UsageError
 from shared.inbox import Inbox
 from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
 from shared.runtime import ServiceContext
@@ -55,9 +56,9 @@ class DeciderConfig:
 
     def __post_init__(self) -> None:
         if self.shadow and self.dry_run:
-            raise ValueError("--shadow and --dry-run exclude each other")
+            raise UsageError("--shadow and --dry-run exclude each other")
         if self.intake_capacity < 1:
-            raise ValueError("--intake-capacity must be at least 1")
+            raise UsageError("--intake-capacity must be at least 1")
 
 
 class DeciderMetrics(ServiceMetrics):
