@@ -1,11 +1,10 @@
 """Step-and-verify (services/actuator/steps.py), shared by the actuator and ``hotplug vbox|qemu|libvirt set``,
-against a fake driver whose hypervisor can be told to misbehave."""
+against a fake driver whose hypervisor can be told to misbehave (tests/stubs.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given
@@ -14,45 +13,9 @@ from hypothesis import strategies as st
 from hotplug.resize import resize as resize_command
 from services.actuator import steps
 from services.actuator.checks import Bounds, Plan, Refusal
-from services.actuator.drivers.base import DriverError, VmView
+from services.actuator.drivers.base import DriverError
 from shared.messages import ErrorCode
-
-
-@dataclass
-class FakeDriver:
-    """One VM. ``moves`` says how far each plug or unplug really moves the count (1 by default, taken in order);
-    ``fail`` makes every hot-plug call raise; ``hang`` makes them never return."""
-
-    online: int = 2
-    low: int = 1
-    high: int = 8
-    moves: list[int] = field(default_factory=list)
-    fail: DriverError | None = None
-    hang: bool = False
-    calls: list[str] = field(default_factory=list)
-    name: str = "fake"
-
-    async def read(self, vm: str) -> VmView:
-        if vm != "vm":
-            raise DriverError(ErrorCode.VM_NOT_FOUND, f"Could not find a registered machine named '{vm}'")
-        return VmView(vm=vm, online_vcpus=self.online, min_vcpus=self.low, max_vcpus=self.high)
-
-    async def _step(self, op: str, sign: int) -> None:
-        self.calls.append(op)
-        if self.hang:
-            await asyncio.Event().wait()
-        if self.fail is not None:
-            raise self.fail
-        self.online += sign * (self.moves.pop(0) if self.moves else 1)
-
-    async def plug(self, vm: str) -> None:
-        await self._step("plug", 1)
-
-    async def unplug(self, vm: str) -> None:
-        await self._step("unplug", -1)
-
-    async def close(self) -> None:
-        return None
+from tests.stubs import FakeDriver
 
 
 @given(start=st.integers(1, 8), target=st.integers(1, 8))
@@ -116,7 +79,7 @@ async def test_the_drivers_error_is_the_outcome_with_its_code_and_message() -> N
 
 
 async def test_a_driver_call_past_its_deadline_is_a_timeout() -> None:
-    failed = await steps.resize(FakeDriver(hang=True), "vm", 3, timeout_s=0.01)
+    failed = await steps.resize(FakeDriver(gate=asyncio.Event()), "vm", 3, timeout_s=0.01)
     assert isinstance(failed, Refusal) and failed.code is ErrorCode.TIMEOUT
     assert "fake did not answer" in failed.message
 

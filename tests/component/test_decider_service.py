@@ -1,0 +1,185 @@
+"""The decider service in this process (an asyncio task) against a real nats-server, fed samples on the bus, in
+each of its modes: commands go to the event log, a dry run sends nothing, a shadow sends only proposals.
+
+The seed's threshold rule with no sustain acts on the first busy sample, so one sample makes one order. A calm
+sample for another VM is the probe: the decider takes its samples in order, so once it has counted a probe sent
+after the busy sample, it has handled the busy one, and whatever that made it send has left on its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from services.decider.registry import build_policy
+from services.decider.service import Decider, DeciderConfig, DeciderMetrics
+from shared import bus, subjects
+from shared.broker import EmbeddedBroker
+from shared.codec import Decoder, encode
+from shared.messages import MetricSample, ScaleCommand
+from shared.runtime import ServiceContext, ServiceOptions
+from tests.conftest import eventually
+
+HOST = "h1"
+VM = "vm"
+PROBE = "probe"
+
+
+def sample(vm: str, used: float, online: int = 2) -> MetricSample:
+    return MetricSample(
+        time=time.time(),
+        host=HOST,
+        vm=vm,
+        online_vcpus=online,
+        min_vcpus=1,
+        max_vcpus=8,
+        cpu_used_cores=used,
+        interval_s=1.0,
+        source="test",
+    )
+
+
+class Orders:
+    """Every command and proposal on the bus, in arrival order."""
+
+    def __init__(self) -> None:
+        self.commands: list[ScaleCommand] = []
+        self.proposals: list[ScaleCommand] = []
+        self._decode = Decoder(ScaleCommand).decode
+
+    async def attach(self, nc: Client) -> None:
+        await nc.subscribe(subjects.ALL_COMMANDS, cb=self._on_command)
+        await nc.subscribe(subjects.ALL_PROPOSALS, cb=self._on_proposal)
+        await nc.flush()  # subscribed at the server before anything is sent
+
+    async def _on_command(self, msg: Msg) -> None:
+        self.commands.append(self._decode(msg.data))
+
+    async def _on_proposal(self, msg: Msg) -> None:
+        self.proposals.append(self._decode(msg.data))
+
+    def proposed(self, vm: str) -> list[ScaleCommand]:
+        return [p for p in self.proposals if p.vm == vm]
+
+
+class Running:
+    def __init__(self, decider: Decider, task: asyncio.Task[None], nc: Client, feed: Client) -> None:
+        self.decider = decider
+        self.task = task
+        self.nc = nc
+        self.feed = feed  # the collector's side of the bus
+
+    def received(self) -> float:
+        value = self.decider.metrics.registry.get_sample_value(
+            "hotplug_messages_received_total", {"service": "decider", "kind": "metric"}
+        )
+        return value or 0.0
+
+    def decisions(self, mode: str) -> float:
+        total = 0.0
+        for family in self.decider.metrics.registry.collect():
+            for s in family.samples:
+                if s.name == "hotplug_decider_decisions_total" and s.labels["mode"] == mode:
+                    total += s.value
+        return total
+
+    async def send(self, *samples: MetricSample) -> None:
+        for one in samples:
+            await self.feed.publish(subjects.metrics(one.host, one.vm), encode(one))
+        await self.feed.flush()
+
+    async def handled(self) -> None:
+        """Wait until the decider has handled every sample sent so far, and what it sent meanwhile is out."""
+        before = self.received()
+        await self.send(sample(PROBE, used=1.0))
+        await eventually(lambda: self.received() > before, timeout=10, what="the probe sample")
+        await self.nc.flush()  # what the decider published before the probe reached the server
+        await self.feed.flush()  # and was passed on to the test's subscribers before this returns
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.nc.close()
+
+
+Start = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_decider(broker: EmbeddedBroker, nc: Client) -> AsyncIterator[Start]:
+    running: list[Running] = []
+
+    async def start(**config: object) -> Running:
+        own = await bus.connect(broker.url, "decider", forever=False)
+        ctx = ServiceContext(
+            options=ServiceOptions(name="decider", nats_url=broker.url, host=HOST),
+            nc=own,
+            js=own.jetstream(),
+            metrics=DeciderMetrics("decider"),
+        )
+        policy, rails = build_policy("threshold", {"threshold": {"sustain_s": "0"}, "guard": {"warmup_s": "0"}})
+        decider = Decider(ctx, policy, rails, DeciderConfig(name="d1", **config))  # type: ignore[arg-type]
+        started = Running(decider, asyncio.ensure_future(decider.run()), own, nc)
+        running.append(started)
+        # Ready once it takes samples: probes until one is counted (samples sent before it subscribed are lost).
+        while started.received() == 0:
+            await started.send(sample(PROBE, used=1.0))
+            await asyncio.sleep(0.05)
+        return started
+
+    yield start
+    for started in running:
+        await started.stop()
+
+
+@pytest.fixture
+async def orders(nc: Client) -> Orders:
+    watched = Orders()
+    await watched.attach(nc)
+    return watched
+
+
+async def test_commands_mode_stores_one_command_in_the_event_log_and_proposes_nothing(
+    nc: Client, orders: Orders, start_decider: Start
+) -> None:
+    decider = await start_decider()
+    await decider.send(sample(VM, used=2.0))
+    await eventually(lambda: orders.commands, timeout=10, what="a command")
+    await decider.handled()
+    [command] = orders.commands
+    assert (command.vm, command.seen_vcpus, command.target_vcpus, command.decider) == (VM, 2, 3, "d1")
+    stored = await nc.jetstream().get_last_msg(subjects.EVENTS_STREAM, subjects.commands(HOST, VM))
+    assert Decoder(ScaleCommand).decode(stored.data or b"") == command
+    assert orders.proposals == []
+    assert decider.decisions("command") == 1
+
+
+async def test_dry_run_decides_but_sends_nothing(orders: Orders, start_decider: Start) -> None:
+    decider = await start_decider(dry_run=True)
+    await decider.send(sample(VM, used=2.0))
+    await decider.handled()
+    assert decider.decisions("dry-run") == 1  # it did decide to grow the VM
+    assert orders.commands == []
+    assert orders.proposals == []
+
+
+async def test_shadow_proposes_for_every_sample_holding_included_and_commands_nothing(
+    orders: Orders, start_decider: Start
+) -> None:
+    decider = await start_decider(shadow=True)
+    await decider.send(sample(VM, used=2.0))
+    await decider.handled()
+    await decider.send(sample(VM, used=1.0, online=3))
+    await decider.handled()
+    grow, hold = orders.proposed(VM)
+    assert (grow.vm, grow.seen_vcpus, grow.target_vcpus) == (VM, 2, 3)
+    assert (hold.seen_vcpus, hold.target_vcpus, hold.reason) == (3, 3, "hold")
+    assert decider.decisions("shadow") == 1
+    assert orders.commands == []
