@@ -125,7 +125,7 @@ async def start_decider(broker: EmbeddedBroker, nc: Client) -> AsyncIterator[Sta
             metrics=DeciderMetrics("decider"),
         )
         policy, rails = build_policy("threshold", {"threshold": {"sustain_s": "0"}, "guard": {"warmup_s": "0"}})
-        decider = Decider(ctx, policy, rails, DeciderConfig(name="d1", **config))  # type: ignore[arg-type]
+        decider = Decider(ctx, policy, rails, DeciderConfig(**{"name": "d1", **config}))  # type: ignore[arg-type]
         started = Running(decider, asyncio.ensure_future(decider.run()), own, nc)
         running.append(started)
         # Ready once it takes samples: probes until one is counted (samples sent before it subscribed are lost).
@@ -183,3 +183,19 @@ async def test_shadow_proposes_for_every_sample_holding_included_and_commands_no
     assert (hold.seen_vcpus, hold.target_vcpus, hold.reason) == (3, 3, "hold")
     assert decider.decisions("shadow") == 1
     assert orders.commands == []
+
+
+async def test_of_two_replicas_sharing_a_lease_only_the_leader_commands_naming_its_term(
+    orders: Orders, start_decider: Start
+) -> None:
+    leader = await start_decider(lease="fleet")
+    standby = await start_decider(lease="fleet", name="d2")  # a replica has a name of its own
+    assert leader.decider.leadership.active and not standby.decider.leadership.active
+    await leader.send(sample(VM, used=2.0))
+    await eventually(lambda: orders.commands, timeout=10, what="a command")
+    await leader.handled()
+    await standby.handled()
+    [command] = orders.commands
+    assert (command.decider, command.term) == ("fleet", leader.decider.leadership.term)
+    assert command.term >= 1
+    assert standby.decisions("command") == 1  # the standby decided the same, and kept it to itself
