@@ -1,5 +1,6 @@
 """The decider service in this process (an asyncio task) against a real nats-server, fed samples on the bus, in
-each of its modes: commands go to the event log, a dry run sends nothing, a shadow sends only proposals.
+each of its modes: commands go to the event log, a dry run sends nothing, a shadow sends only proposals; of
+replicas sharing a lease, only the leader commands.
 
 The seed's threshold rule with no sustain acts on the first busy sample, so one sample makes one order. A calm
 sample for another VM is the probe: the decider takes its samples in order, so once it has counted a probe sent
