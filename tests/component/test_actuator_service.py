@@ -9,71 +9,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
+from hotplug.harness import faults
+from hotplug.harness.poll import eventually
+from hotplug.harness.recorder import Recorder
 from services.actuator.drivers.base import DriverError
 from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
-from shared import bus, subjects
+from shared import bus
 from shared.broker import EmbeddedBroker
-from shared.codec import Decoder, encode
 from shared.messages import ErrorCode, ScaleCommand, ScaleResult
 from shared.runtime import ServiceContext, ServiceOptions
-from tests.conftest import eventually
 from tests.stubs import FakeDriver
 
 HOST = "h1"
 VM = "vm"
-_ids = itertools.count(1)
 
 
 def order(target: int, seen: int) -> ScaleCommand:
-    now = time.time()
-    return ScaleCommand(
-        id=f"test-{next(_ids)}",
-        time=now,
-        host=HOST,
-        vm=VM,
-        target_vcpus=target,
-        seen_vcpus=seen,
-        decider="test",
-        reason="component test",
-        expires_at=now + 30,
-    )
+    return faults.order(HOST, VM, target, seen, ttl_s=30.0)
 
 
-async def store(nc: Client, command: ScaleCommand, copy: str = "") -> None:
-    """Store ``command`` as a decider does; a ``copy`` is stored again under another message id, as a copy that
-    got past the event log's de-duplication would be."""
-    msg_id = f"{command.id}{copy}"
-    await bus.publish_durable(nc.jetstream(), subjects.commands(command.host, command.vm), encode(command), msg_id)
+async def store(nc: Client, command: ScaleCommand, *, copy: bool = False) -> None:
+    """Store ``command`` as a decider does; a ``copy`` is stored again, as one that got past the event log's
+    de-duplication would be."""
+    if copy:
+        await faults.store(nc, command)
+    else:
+        await faults.store_durably(nc, command)
 
 
-class Results:
-    """Every result on the bus, in arrival order."""
-
-    def __init__(self) -> None:
-        self.seen: list[ScaleResult] = []
-        self._decode = Decoder(ScaleResult).decode
-
-    async def attach(self, nc: Client) -> None:
-        await nc.subscribe(subjects.ALL_RESULTS, cb=self._on_result)
-        await nc.flush()  # subscribed at the server before anything is sent
-
-    async def _on_result(self, msg: Msg) -> None:
-        self.seen.append(self._decode(msg.data))
-
-    def of(self, command: ScaleCommand) -> list[ScaleResult]:
-        return [r for r in self.seen if r.command_id == command.id]
-
-    async def one(self, command: ScaleCommand) -> ScaleResult:
-        await eventually(lambda: self.of(command), timeout=10, what=f"the result of {command.id}")
-        return self.of(command)[0]
+async def result(results: Recorder, command: ScaleCommand) -> ScaleResult:
+    found = await results.result_of(command.id, timeout_s=10)
+    assert found is not None, f"no result of {command.id}"
+    return found
 
 
 class Running:
@@ -122,37 +94,37 @@ async def start_actuator(broker: EmbeddedBroker) -> AsyncIterator[Start]:
 
 
 @pytest.fixture
-async def results(nc: Client) -> Results:
-    watched = Results()
-    await watched.attach(nc)
+async def results(nc: Client) -> Recorder:
+    watched = Recorder()
+    await watched.attach(nc, samples=False, commands=False)
     return watched
 
 
 async def test_a_command_gets_exactly_one_result_saying_what_happened(
-    nc: Client, results: Results, start_actuator: Start
+    nc: Client, results: Recorder, start_actuator: Start
 ) -> None:
     driver = FakeDriver(online=2)
     await start_actuator(driver)
     grow = order(4, seen=2)
     await store(nc, grow)
-    done = await results.one(grow)
+    done = await result(results, grow)
     assert (done.ok, done.vcpus_before, done.vcpus_after, done.target_vcpus) == (True, 2, 4, 4), done
     assert (done.allowed_min_vcpus, done.allowed_max_vcpus) == (1, 8)
     last = order(3, seen=4)
     await store(nc, last)
-    await results.one(last)
-    assert len(results.of(grow)) == 1
+    await result(results, last)
+    assert len(results.results_of(grow.id)) == 1
     assert driver.calls == ["plug", "plug", "unplug"]
 
 
 async def test_a_step_the_vm_does_not_take_ends_the_command_not_verified(
-    nc: Client, results: Results, start_actuator: Start
+    nc: Client, results: Recorder, start_actuator: Start
 ) -> None:
     driver = FakeDriver(online=2, moves=[1, 0])
     await start_actuator(driver)
     grow = order(5, seen=2)
     await store(nc, grow)
-    failed = await results.one(grow)
+    failed = await result(results, grow)
     assert (failed.ok, failed.error_code) == (False, ErrorCode.NOT_VERIFIED), failed
     # the result reports the change that did happen, and no step follows the one that failed
     assert (failed.vcpus_before, failed.vcpus_after) == (2, 3)
@@ -160,34 +132,34 @@ async def test_a_step_the_vm_does_not_take_ends_the_command_not_verified(
 
 
 async def test_a_copy_of_a_command_is_not_executed_again_while_under_way_or_once_answered(
-    nc: Client, results: Results, start_actuator: Start
+    nc: Client, results: Recorder, start_actuator: Start
 ) -> None:
     driver = FakeDriver(online=2, gate=asyncio.Event())
     actuator = await start_actuator(driver)
     grow = order(3, seen=2)
     await store(nc, grow)
     await driver.entered.wait()  # under way: the hypervisor is plugging
-    await store(nc, grow, copy="-while-under-way")
+    await store(nc, grow, copy=True)
     duplicates = "hotplug_messages_dropped_total"
     await eventually(
         lambda: actuator.count(duplicates, kind="command", reason="duplicate") == 1, timeout=10, what="the copy"
     )
     assert driver.gate is not None
     driver.gate.set()
-    assert (await results.one(grow)).ok
-    await store(nc, grow, copy="-once-answered")
+    assert (await result(results, grow)).ok
+    await store(nc, grow, copy=True)
     await eventually(
         lambda: actuator.count(duplicates, kind="command", reason="duplicate") == 2, timeout=10, what="the copy"
     )
     last = order(2, seen=3)
     await store(nc, last)
-    await results.one(last)
-    assert len(results.of(grow)) == 1
+    await result(results, last)
+    assert len(results.results_of(grow.id)) == 1
     assert driver.calls == ["plug", "unplug"]
 
 
 async def test_a_command_redelivered_after_its_actuator_died_mid_step_is_settled_not_executed_again(
-    nc: Client, results: Results, start_actuator: Start
+    nc: Client, results: Recorder, start_actuator: Start
 ) -> None:
     # short enough for JetStream to redeliver within the test; the same for both actuators (one consumer)
     config = {"ack_wait_s": 1.0, "settle_s": 0.3}
@@ -200,7 +172,7 @@ async def test_a_command_redelivered_after_its_actuator_died_mid_step_is_settled
 
     driver = FakeDriver(online=2)  # the step never happened
     second = await start_actuator(driver, **config)
-    settled = await results.one(grow)
+    settled = await result(results, grow)
     assert not settled.ok and (settled.vcpus_before, settled.vcpus_after) == (2, 2), settled
     # JetStream redelivers the unacknowledged command: the new actuator takes it for the duplicate it is
     dropped = "hotplug_messages_dropped_total"
@@ -209,13 +181,13 @@ async def test_a_command_redelivered_after_its_actuator_died_mid_step_is_settled
     )
     last = order(4, seen=2)
     await store(nc, last)
-    assert (await results.one(last)).ok
-    assert len(results.of(grow)) == 1
+    assert (await result(results, last)).ok
+    assert len(results.results_of(grow.id)) == 1
     assert driver.calls == ["plug", "plug"]  # the later command's only
 
 
 async def test_a_command_with_a_newer_one_waiting_is_superseded_and_says_so(
-    nc: Client, results: Results, start_actuator: Start
+    nc: Client, results: Recorder, start_actuator: Start
 ) -> None:
     driver = FakeDriver(online=2, gate=asyncio.Event())
     actuator = await start_actuator(driver)
@@ -230,26 +202,26 @@ async def test_a_command_with_a_newer_one_waiting_is_superseded_and_says_so(
     )
     assert driver.gate is not None
     driver.gate.set()
-    assert (await results.one(first)).ok
-    superseded = await results.one(older)
+    assert (await result(results, first)).ok
+    superseded = await result(results, older)
     assert (superseded.ok, superseded.error_code, superseded.retry_after) == (False, ErrorCode.SUPERSEDED, 0.0)
-    done = await results.one(newer)
+    done = await result(results, newer)
     assert (done.ok, done.vcpus_before, done.vcpus_after) == (True, 3, 5), done
-    assert [len(results.of(c)) for c in (first, older, newer)] == [1, 1, 1]
+    assert [len(results.results_of(c.id)) for c in (first, older, newer)] == [1, 1, 1]
     assert driver.calls == ["plug", "plug", "plug"]
 
 
 async def test_a_resize_beyond_the_rate_limit_is_refused_with_when_to_ask_again(
-    nc: Client, results: Results, start_actuator: Start
+    nc: Client, results: Recorder, start_actuator: Start
 ) -> None:
     driver = FakeDriver(online=2)
     await start_actuator(driver, max_changes=1, rate_window_s=60.0)
     grow = order(3, seen=2)
     await store(nc, grow)
-    assert (await results.one(grow)).ok
+    assert (await result(results, grow)).ok
     again = order(4, seen=3)
     await store(nc, again)
-    refused = await results.one(again)
+    refused = await result(results, again)
     assert (refused.ok, refused.error_code) == (False, ErrorCode.RATE_LIMITED), refused
     assert refused.retry_after is not None and 0 < refused.retry_after <= 60
     assert refused.vcpus_before == refused.vcpus_after == 3
@@ -257,12 +229,12 @@ async def test_a_resize_beyond_the_rate_limit_is_refused_with_when_to_ask_again(
 
 
 async def test_a_driver_error_is_the_result_with_the_hypervisors_code(
-    nc: Client, results: Results, start_actuator: Start
+    nc: Client, results: Recorder, start_actuator: Start
 ) -> None:
     driver = FakeDriver(online=3, fail=DriverError(ErrorCode.GUEST_REFUSED, "Hot-Remove was aborted"))
     await start_actuator(driver)
     shrink = order(2, seen=3)
     await store(nc, shrink)
-    refused = await results.one(shrink)
+    refused = await result(results, shrink)
     assert (refused.ok, refused.error_code, refused.error) == (False, ErrorCode.GUEST_REFUSED, "Hot-Remove was aborted")
     assert refused.retry_after is not None and refused.retry_after > 0  # a back-off, not an immediate retry

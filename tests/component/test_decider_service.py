@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
+from hotplug.harness import faults
+from hotplug.harness.poll import eventually
+from hotplug.harness.recorder import Recorder
 from services.decider.registry import build_policy
 from services.decider.service import Decider, DeciderConfig, DeciderMetrics
 from shared import bus, subjects
@@ -25,7 +27,6 @@ from shared.broker import EmbeddedBroker
 from shared.codec import Decoder, encode
 from shared.messages import MetricSample, ScaleCommand
 from shared.runtime import ServiceContext, ServiceOptions
-from tests.conftest import eventually
 
 HOST = "h1"
 VM = "vm"
@@ -33,40 +34,7 @@ PROBE = "probe"
 
 
 def sample(vm: str, used: float, online: int = 2) -> MetricSample:
-    return MetricSample(
-        time=time.time(),
-        host=HOST,
-        vm=vm,
-        online_vcpus=online,
-        min_vcpus=1,
-        max_vcpus=8,
-        cpu_used_cores=used,
-        interval_s=1.0,
-        source="test",
-    )
-
-
-class Orders:
-    """Every command and proposal on the bus, in arrival order."""
-
-    def __init__(self) -> None:
-        self.commands: list[ScaleCommand] = []
-        self.proposals: list[ScaleCommand] = []
-        self._decode = Decoder(ScaleCommand).decode
-
-    async def attach(self, nc: Client) -> None:
-        await nc.subscribe(subjects.ALL_COMMANDS, cb=self._on_command)
-        await nc.subscribe(subjects.ALL_PROPOSALS, cb=self._on_proposal)
-        await nc.flush()  # subscribed at the server before anything is sent
-
-    async def _on_command(self, msg: Msg) -> None:
-        self.commands.append(self._decode(msg.data))
-
-    async def _on_proposal(self, msg: Msg) -> None:
-        self.proposals.append(self._decode(msg.data))
-
-    def proposed(self, vm: str) -> list[ScaleCommand]:
-        return [p for p in self.proposals if p.vm == vm]
+    return faults.sample(HOST, vm, time.time(), source="test", online=online, used=used)
 
 
 class Running:
@@ -141,14 +109,18 @@ async def start_decider(broker: EmbeddedBroker, nc: Client) -> AsyncIterator[Sta
 
 
 @pytest.fixture
-async def orders(nc: Client) -> Orders:
-    watched = Orders()
-    await watched.attach(nc)
+async def orders(nc: Client) -> Recorder:
+    watched = Recorder()
+    await watched.attach(nc, samples=False, results=False, proposals=True)
     return watched
 
 
+def proposed(orders: Recorder, vm: str) -> list[ScaleCommand]:
+    return [p for p in orders.proposals if p.vm == vm]
+
+
 async def test_commands_mode_stores_one_command_in_the_event_log_and_proposes_nothing(
-    nc: Client, orders: Orders, start_decider: Start
+    nc: Client, orders: Recorder, start_decider: Start
 ) -> None:
     decider = await start_decider()
     await decider.send(sample(VM, used=2.0))
@@ -162,7 +134,7 @@ async def test_commands_mode_stores_one_command_in_the_event_log_and_proposes_no
     assert decider.decisions("command") == 1
 
 
-async def test_dry_run_decides_but_sends_nothing(orders: Orders, start_decider: Start) -> None:
+async def test_dry_run_decides_but_sends_nothing(orders: Recorder, start_decider: Start) -> None:
     decider = await start_decider(dry_run=True)
     await decider.send(sample(VM, used=2.0))
     await decider.handled()
@@ -172,14 +144,14 @@ async def test_dry_run_decides_but_sends_nothing(orders: Orders, start_decider: 
 
 
 async def test_shadow_proposes_for_every_sample_holding_included_and_commands_nothing(
-    orders: Orders, start_decider: Start
+    orders: Recorder, start_decider: Start
 ) -> None:
     decider = await start_decider(shadow=True)
     await decider.send(sample(VM, used=2.0))
     await decider.handled()
     await decider.send(sample(VM, used=1.0, online=3))
     await decider.handled()
-    grow, hold = orders.proposed(VM)
+    grow, hold = proposed(orders, VM)
     assert (grow.vm, grow.seen_vcpus, grow.target_vcpus) == (VM, 2, 3)
     assert (hold.seen_vcpus, hold.target_vcpus, hold.reason) == (3, 3, "hold")
     assert decider.decisions("shadow") == 1
@@ -187,7 +159,7 @@ async def test_shadow_proposes_for_every_sample_holding_included_and_commands_no
 
 
 async def test_of_two_replicas_sharing_a_lease_only_the_leader_commands_naming_its_term(
-    orders: Orders, start_decider: Start
+    orders: Recorder, start_decider: Start
 ) -> None:
     leader = await start_decider(lease="fleet")
     standby = await start_decider(lease="fleet", name="d2")  # a replica has a name of its own
