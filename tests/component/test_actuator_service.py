@@ -8,8 +8,7 @@ and waits for its result: the actuator answers one VM's commands in order, so an
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client
@@ -19,10 +18,9 @@ from hotplug.harness.poll import eventually
 from hotplug.harness.recorder import Recorder
 from services.actuator.drivers.base import DriverError
 from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
-from shared import bus
-from shared.broker import EmbeddedBroker
 from shared.messages import ErrorCode, ScaleCommand, ScaleResult
-from shared.runtime import ServiceContext, ServiceOptions
+from shared.runtime import ServiceContext
+from tests.component.conftest import InProcess, Serve
 from tests.stubs import FakeDriver
 
 HOST = "h1"
@@ -48,49 +46,18 @@ async def result(results: Recorder, command: ScaleCommand) -> ScaleResult:
     return found
 
 
-class Running:
-    """One actuator task with its own connection, as one actuator process would have."""
-
-    def __init__(self, actuator: Actuator, task: asyncio.Task[None], nc: Client) -> None:
-        self.actuator = actuator
-        self.task = task
-        self.nc = nc
-
-    def count(self, name: str, **labels: str) -> float:
-        return self.actuator.metrics.registry.get_sample_value(name, {"service": "actuator", **labels}) or 0.0
-
-    async def stop(self) -> None:
-        """Stop it as a crash would: no result or acknowledgement after this."""
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        await self.nc.close()
-
-
-Start = Callable[..., Awaitable[Running]]
+Start = Callable[..., Awaitable[InProcess[ActuatorMetrics]]]
 
 
 @pytest.fixture
-async def start_actuator(broker: EmbeddedBroker) -> AsyncIterator[Start]:
-    running: list[Running] = []
+def start_actuator(serve: Serve) -> Start:
+    async def start(driver: FakeDriver, config: ActuatorConfig | None = None) -> InProcess[ActuatorMetrics]:
+        async def body(ctx: ServiceContext[ActuatorMetrics]) -> None:
+            await Actuator(ctx, driver, config or ActuatorConfig()).run()
 
-    async def start(driver: FakeDriver, **config: float) -> Running:
-        nc = await bus.connect(broker.url, "actuator", forever=False)
-        ctx = ServiceContext(
-            options=ServiceOptions(name="actuator", nats_url=broker.url, host=HOST),
-            nc=nc,
-            js=nc.jetstream(),
-            metrics=ActuatorMetrics("actuator"),
-        )
-        actuator = Actuator(ctx, driver, ActuatorConfig(**config))  # type: ignore[arg-type]
-        started = Running(actuator, asyncio.ensure_future(actuator.run()), nc)
-        running.append(started)
-        return started
+        return await serve(ActuatorMetrics("actuator"), body, HOST)
 
-    yield start
-    for started in running:
-        if not started.task.done():
-            await started.stop()
+    return start
 
 
 @pytest.fixture
@@ -162,16 +129,16 @@ async def test_a_command_redelivered_after_its_actuator_died_mid_step_is_settled
     nc: Client, results: Recorder, start_actuator: Start
 ) -> None:
     # short enough for JetStream to redeliver within the test; the same for both actuators (one consumer)
-    config = {"ack_wait_s": 1.0, "settle_s": 0.3}
+    config = ActuatorConfig(ack_wait_s=1.0, settle_s=0.3)
     hung = FakeDriver(online=2, gate=asyncio.Event())
-    first = await start_actuator(hung, **config)
+    first = await start_actuator(hung, config)
     grow = order(3, seen=2)
     await store(nc, grow)
     await hung.entered.wait()
     await first.stop()  # died mid-step: no result, no acknowledgement
 
     driver = FakeDriver(online=2)  # the step never happened
-    second = await start_actuator(driver, **config)
+    second = await start_actuator(driver, config)
     settled = await result(results, grow)
     assert not settled.ok and (settled.vcpus_before, settled.vcpus_after) == (2, 2), settled
     # JetStream redelivers the unacknowledged command: the new actuator takes it for the duplicate it is
@@ -215,7 +182,7 @@ async def test_a_resize_beyond_the_rate_limit_is_refused_with_when_to_ask_again(
     nc: Client, results: Recorder, start_actuator: Start
 ) -> None:
     driver = FakeDriver(online=2)
-    await start_actuator(driver, max_changes=1, rate_window_s=60.0)
+    await start_actuator(driver, ActuatorConfig(max_changes=1, rate_window_s=60.0))
     grow = order(3, seen=2)
     await store(nc, grow)
     assert (await result(results, grow)).ok

@@ -10,9 +10,8 @@ after the busy sample, it has handled the busy one, and whatever that made it se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client
@@ -22,11 +21,11 @@ from hotplug.harness.poll import eventually
 from hotplug.harness.recorder import Recorder
 from services.decider.registry import build_policy
 from services.decider.service import Decider, DeciderConfig, DeciderMetrics
-from shared import bus, subjects
-from shared.broker import EmbeddedBroker
+from shared import subjects
 from shared.codec import Decoder, encode
 from shared.messages import MetricSample, ScaleCommand
-from shared.runtime import ServiceContext, ServiceOptions
+from shared.runtime import ServiceContext
+from tests.component.conftest import InProcess, Serve
 
 HOST = "h1"
 VM = "vm"
@@ -38,25 +37,18 @@ def sample(vm: str, used: float, online: int = 2) -> MetricSample:
 
 
 class Running:
-    def __init__(self, decider: Decider, task: asyncio.Task[None], nc: Client, feed: Client) -> None:
+    """A decider in this process, and the collector's side of the bus that feeds it."""
+
+    def __init__(self, service: InProcess[DeciderMetrics], decider: Decider, feed: Client) -> None:
+        self.service = service
         self.decider = decider
-        self.task = task
-        self.nc = nc
-        self.feed = feed  # the collector's side of the bus
+        self.feed = feed
 
     def received(self) -> float:
-        value = self.decider.metrics.registry.get_sample_value(
-            "hotplug_messages_received_total", {"service": "decider", "kind": "metric"}
-        )
-        return value or 0.0
+        return self.service.count("hotplug_messages_received_total", kind="metric")
 
     def decisions(self, mode: str) -> float:
-        total = 0.0
-        for family in self.decider.metrics.registry.collect():
-            for s in family.samples:
-                if s.name == "hotplug_decider_decisions_total" and s.labels["mode"] == mode:
-                    total += s.value
-        return total
+        return self.service.count("hotplug_decider_decisions_total", mode=mode)
 
     async def send(self, *samples: MetricSample) -> None:
         for one in samples:
@@ -68,44 +60,32 @@ class Running:
         before = self.received()
         await self.send(sample(PROBE, used=1.0))
         await eventually(lambda: self.received() > before, timeout=10, what="the probe sample")
-        await self.nc.flush()  # what the decider published before the probe reached the server
+        await self.service.nc.flush()  # what the decider published before the probe reached the server
         await self.feed.flush()  # and was passed on to the test's subscribers before this returns
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        await self.nc.close()
 
 
 Start = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
-async def start_decider(broker: EmbeddedBroker, nc: Client) -> AsyncIterator[Start]:
-    running: list[Running] = []
-
-    async def start(**config: object) -> Running:
-        own = await bus.connect(broker.url, "decider", forever=False)
-        ctx = ServiceContext(
-            options=ServiceOptions(name="decider", nats_url=broker.url, host=HOST),
-            nc=own,
-            js=own.jetstream(),
-            metrics=DeciderMetrics("decider"),
-        )
+def start_decider(serve: Serve, nc: Client) -> Start:
+    async def start(settings: DeciderConfig | None = None) -> Running:
+        settings = settings or DeciderConfig(name="d1")
         policy, rails = build_policy("threshold", {"threshold": {"sustain_s": "0"}, "guard": {"warmup_s": "0"}})
-        decider = Decider(ctx, policy, rails, DeciderConfig(**{"name": "d1", **config}))  # type: ignore[arg-type]
-        started = Running(decider, asyncio.ensure_future(decider.run()), own, nc)
-        running.append(started)
-        # Ready once it takes samples: probes until one is counted (samples sent before it subscribed are lost).
-        while started.received() == 0:
-            await started.send(sample(PROBE, used=1.0))
-            await asyncio.sleep(0.05)
-        return started
+        made: list[Decider] = []
 
-    yield start
-    for started in running:
-        await started.stop()
+        async def body(ctx: ServiceContext[DeciderMetrics]) -> None:
+            made.append(Decider(ctx, policy, rails, settings))
+            await made[0].run()
+
+        service = await serve(DeciderMetrics("decider"), body, HOST)
+        # Ready once it takes samples: probes until one is counted (samples sent before it subscribed are lost).
+        while service.count("hotplug_messages_received_total", kind="metric") == 0:
+            await nc.publish(subjects.metrics(HOST, PROBE), encode(sample(PROBE, used=1.0)))
+            await asyncio.sleep(0.05)
+        return Running(service, made[0], nc)
+
+    return start
 
 
 @pytest.fixture
@@ -135,7 +115,7 @@ async def test_commands_mode_stores_one_command_in_the_event_log_and_proposes_no
 
 
 async def test_dry_run_decides_but_sends_nothing(orders: Recorder, start_decider: Start) -> None:
-    decider = await start_decider(dry_run=True)
+    decider = await start_decider(DeciderConfig(name="d1", dry_run=True))
     await decider.send(sample(VM, used=2.0))
     await decider.handled()
     assert decider.decisions("dry-run") == 1  # it did decide to grow the VM
@@ -146,7 +126,7 @@ async def test_dry_run_decides_but_sends_nothing(orders: Recorder, start_decider
 async def test_shadow_proposes_for_every_sample_holding_included_and_commands_nothing(
     orders: Recorder, start_decider: Start
 ) -> None:
-    decider = await start_decider(shadow=True)
+    decider = await start_decider(DeciderConfig(name="d1", shadow=True))
     await decider.send(sample(VM, used=2.0))
     await decider.handled()
     await decider.send(sample(VM, used=1.0, online=3))
@@ -161,8 +141,8 @@ async def test_shadow_proposes_for_every_sample_holding_included_and_commands_no
 async def test_of_two_replicas_sharing_a_lease_only_the_leader_commands_naming_its_term(
     orders: Recorder, start_decider: Start
 ) -> None:
-    leader = await start_decider(lease="fleet")
-    standby = await start_decider(lease="fleet", name="d2")  # a replica has a name of its own
+    leader = await start_decider(DeciderConfig(name="d1", lease="fleet"))
+    standby = await start_decider(DeciderConfig(name="d2", lease="fleet"))  # a replica has a name of its own
     assert leader.decider.leadership.active and not standby.decider.leadership.active
     await leader.send(sample(VM, used=2.0))
     await eventually(lambda: orders.commands, timeout=10, what="a command")
