@@ -1,0 +1,192 @@
+"""Pause and resume, the pure core: durations, keys, expiry, last writer wins, what the decider holds and what the
+actuator advises after a ``paused`` refusal."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.actuator.checks import not_paused
+from services.actuator.retry import LONG_S, Backoff, retry_after
+from services.decider import refusals
+from shared.codec import BadMessage, Decoder, encode
+from shared.messages import MESSAGE_TYPES, ErrorCode, PauseAction, PauseEvent, ScaleResult
+from shared.pauses import (
+    MAX_PAUSE_S,
+    TTL_MARGIN_S,
+    PauseBook,
+    active,
+    describe,
+    key,
+    parse_duration,
+    parse_key,
+    split_expired,
+    ttl_s,
+)
+from tests.unit.test_refusals import busy, engine, first_order_after, idle, result
+
+
+def pause(
+    vm: str = "vm-01", *, at: float = 100.0, until: float | None = 200.0, by: str = "alice", **kw: str
+) -> PauseEvent:
+    return PauseEvent(id=f"p-{by}-{at}", time=at, host="h", vm=vm, action=PauseAction.PAUSE, by=by, until=until, **kw)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("10m", 600), ("2h", 7200), ("1d", 86400), ("1.5h", 5400), (" 3 M ", 180), ("30d", MAX_PAUSE_S)],
+)
+def test_durations_take_seconds_minutes_hours_and_days(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "2 hours", "h", "-1h", "0s", "1w", "31d", "1e3s"])
+def test_a_bad_or_overlong_duration_is_refused_with_what_to_write(text: str) -> None:
+    with pytest.raises(ValueError, match=r"duration|more than 0|at most 30d"):
+        parse_duration(text)
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF), min_size=1, max_size=40))
+def test_any_vm_name_has_one_key_of_key_characters_and_comes_back(vm: str) -> None:
+    k = key("host-1", vm)
+    assert all(ch.isascii() and (ch.isalnum() or ch in "-_=.") for ch in k)
+    assert k.count(".") == 1  # one token for the host, one for the VM: a host's keys are "host-1.>"
+    assert parse_key(k) == ("host-1", vm)
+
+
+def test_what_is_not_a_pause_key_is_refused() -> None:
+    for bad in ("nodot", ".vm", "h.", "h.a.b"):
+        with pytest.raises(ValueError, match="not a pause key"):
+            parse_key(bad)
+
+
+def test_an_expired_pause_is_no_pause() -> None:
+    p = pause(until=200.0)
+    assert active(p, 100.0) and active(p, 199.999)
+    assert not active(p, 200.0) and not active(p, 1e9)
+    assert active(pause(until=None), 1e12)  # until resumed
+    resumed = msgspec.structs.replace(p, action=PauseAction.RESUME)
+    assert not active(resumed, 150.0)
+
+
+def test_the_broker_keeps_an_entry_past_its_end_and_an_open_ended_one_for_good() -> None:
+    assert ttl_s(pause(until=200.0), 100.0) == 100 + TTL_MARGIN_S
+    assert ttl_s(pause(until=200.0), 150.5) == 50 + TTL_MARGIN_S  # whole seconds, rounded up
+    assert ttl_s(pause(until=200.0), 10_000.0) == 1  # already over: the broker's smallest TTL
+    assert ttl_s(pause(until=None), 100.0) is None
+
+
+def test_the_held_reason_says_who_until_when_and_why() -> None:
+    assert describe(pause(until=0.0, reason="kernel upgrade")) == (
+        "paused by alice until 1970-01-01 00:00:00 UTC: kernel upgrade"
+    )
+    assert describe(pause(until=None, by="bob")) == "paused by bob until resumed"
+
+
+def test_the_last_writer_wins_and_expired_pauses_are_forgotten() -> None:
+    book = PauseBook()
+    book.put(pause(by="alice", until=300.0))
+    book.put(pause(by="bob", at=101.0, until=150.0))
+    found = book.paused("h", "vm-01", 120.0)
+    assert found is not None and found.by == "bob"
+    assert book.count(120.0) == 1
+    assert book.paused("h", "vm-01", 150.0) is None  # bob's pause is over; alice's was replaced, not resumed
+    assert book.count(120.0) == 0
+    assert book.paused("other", "vm-01", 120.0) is None
+
+
+def test_a_resume_removes_the_pause_and_a_listing_shows_only_those_in_force() -> None:
+    book = PauseBook()
+    book.put(pause("vm-02", until=None))
+    book.put(pause("vm-01", until=500.0))
+    book.put(pause("vm-03", until=110.0))
+    assert [p.vm for p in book.in_force(120.0)] == ["vm-01", "vm-02"]
+    removed = book.remove("h", "vm-02")
+    assert removed is not None and removed.vm == "vm-02"
+    assert book.remove("h", "vm-02") is None
+    assert [p.vm for p in book.in_force(120.0)] == ["vm-01"]
+    live, expired = split_expired([pause("b", until=None), pause("a", until=110.0), pause("c", until=999.0)], 120.0)
+    assert [p.vm for p in live] == ["b", "c"] and [p.vm for p in expired] == ["a"]
+
+
+def test_a_pause_event_is_a_strict_bus_message_with_its_schema() -> None:
+    p = pause(until=None, reason="benchmark")
+    assert Decoder(PauseEvent).decode(encode(p)) == p
+    assert b'"type":"pause"' in encode(p)
+    with pytest.raises(BadMessage):
+        Decoder(PauseEvent).decode(encode(p).replace(b'"action":"pause"', b'"action":"freeze"'))
+    with pytest.raises(BadMessage):
+        Decoder(PauseEvent).decode(encode(pause(by="x")).replace(b'"by":"x"', b'"by":""'))
+    assert PauseEvent in MESSAGE_TYPES
+    schema = msgspec.json.schema(PauseEvent)["$defs"]["PauseEvent"]
+    assert {"by", "action", "until", "reason", "time", "host", "vm"} <= set(schema["properties"])
+    codes = msgspec.json.schema(ScaleResult)["$defs"]["ErrorCode"]["enum"]
+    assert "paused" in codes
+
+
+def test_the_decider_holds_a_paused_vm_counted_as_paused_and_keeps_its_state() -> None:
+    """A paused engine and one never paused see the same samples: the paused one orders nothing and says why;
+    once resumed it orders what the other does, from the same policy state."""
+    paused, free = engine(), engine()
+    why = describe(pause(until=None, reason="maintenance"))
+    for t in (0.0, 1.0, 2.0):
+        assert paused.step(busy(t), paused=why) is None
+        assert paused.held is not None
+        assert paused.held.label == ErrorCode.PAUSED.value == "paused"
+        assert paused.held.reason == "paused by alice until resumed: maintenance"
+        free.step(busy(t))
+    assert paused.guard.changes == [] and paused.pending_target is None
+    assert msgspec.msgpack.encode(paused.policy_state) == msgspec.msgpack.encode(free.policy_state)
+    again, other = paused.step(busy(3.0)), free.step(busy(3.0))
+    assert again is not None and other is not None and again.target == other.target == 3
+
+
+def test_a_paused_vm_with_nothing_to_do_is_not_counted_as_held() -> None:
+    e = engine()
+    steady = busy(0.0, vcpus=8, hi=8)  # wants more, but is at its maximum: no order to hold
+    assert e.step(steady, paused="paused by x until resumed") is None
+    assert e.held is None
+
+
+def test_a_paused_refusal_holds_until_the_pause_ends_and_a_resume_lifts_it() -> None:
+    e = engine()
+    assert e.step(busy(0.0)) is not None
+    e.mark_sent(3, until=1000.0, command_id="c1", time=0.0)
+    e.learn_result(result(ErrorCode.PAUSED, 10.0, retry_after=120.0), now=10.0)
+    assert first_order_after(e, 10.5, 100.0) is None
+    assert e.held is not None and e.held.label == "paused"
+    e.lift_holds(ErrorCode.PAUSED)  # the decider saw the VM resumed
+    assert e.step(busy(101.0)) is not None
+    # an actuator that says nothing: the decider's own minimum
+    assert refusals.hold_s(result(ErrorCode.PAUSED, 0.0), 0) == refusals.POLL_S
+
+
+def test_lifting_one_code_keeps_other_holds() -> None:
+    e = engine()
+    assert e.step(idle(0.0)) is not None
+    e.mark_sent(3, until=1000.0, command_id="c1", time=0.0)
+    e.learn_result(result(ErrorCode.HOTPLUG_DISABLED, 1.0, before=4, after=4, target=3), now=1.0)
+    e.lift_holds(ErrorCode.PAUSED)
+    assert e.step(idle(2.0)) is None and e.held is not None and e.held.label == "hotplug-disabled"
+
+
+def test_the_actuator_advises_asking_again_when_the_pause_ends_and_within_ten_minutes() -> None:
+    backoff = Backoff()
+    assert retry_after(ErrorCode.PAUSED, "v", now=100.0, backoff=backoff, retry_at=130.0) == 30.0
+    assert retry_after(ErrorCode.PAUSED, "v", now=100.0, backoff=backoff, retry_at=100.0 + 7200) == LONG_S
+    assert retry_after(ErrorCode.PAUSED, "v", now=100.0, backoff=backoff, retry_at=None) == LONG_S
+    assert retry_after(ErrorCode.PAUSED, "v", now=100.0, backoff=backoff, retry_at=50.0) == 0.0
+
+
+def test_the_actuator_refuses_a_paused_vm_until_the_pause_ends() -> None:
+    p = pause(until=200.0, reason="benchmark")
+    refusal = not_paused(p, 150.0)
+    assert refusal is not None
+    assert refusal.code is ErrorCode.PAUSED
+    assert refusal.message == "paused by alice until 1970-01-01 00:03:20 UTC: benchmark"
+    assert refusal.retry_at == 200.0
+    # the pause ends while the command waits: at its turn it is admitted (one result either way)
+    assert not_paused(p, 200.0) is None
+    assert not_paused(None, 150.0) is None
