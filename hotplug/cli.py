@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from hotplug import pause_cmd
 from shared import bus
 from shared.clock import Clock, make_clock
 from shared.messages import MESSAGE_TYPES
@@ -297,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     lprep.add_argument("--start-vcpus", type=int, default=None)
     lprep.add_argument("--min-vcpus", type=int, default=1)
 
-    ev = sub.add_parser("events", help="print the event log (commands and results)")
+    ev = sub.add_parser("events", help="print the event log (commands, results, pauses and resumes)")
     ev.add_argument("--data-dir", type=Path, default=None)
     ev.add_argument("--nats", default=None)
     ev.add_argument("--format", choices=["table", "jsonl", "csv"], default="table")
@@ -410,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     streams = sub.add_parser("streams", help="create the streams, or bring them up to date (as the admin user)")
     streams.add_argument("--nats", default=None)
+
+    pause_cmd.add_parsers(sub)
 
     load = sub.add_parser("load", help="pin a simulated VM's demand (cores), or 'clear' to restore its workload")
     load.add_argument("vm")
@@ -747,10 +750,10 @@ def cmd_events(args: argparse.Namespace) -> int:
     async def collect(url: str) -> list[dict[str, object]]:
         nc = await bus.connect(url, "hotplug-events", forever=False)
         try:
-            from hotplug.events import read_events
+            from hotplug.events import read_all_events
 
             records = []
-            async for subject, event in read_events(nc.jetstream()):
+            async for subject, event in read_all_events(nc.jetstream()):
                 if event is None:
                     print(f"skipped an undecodable event on {subject}", file=sys.stderr)
                 else:
@@ -790,6 +793,15 @@ def _print_event_table(records: list[dict[str, object]]) -> None:
                 f"{r['seen_vcpus']}→{r['target_vcpus']}",
                 str(r["reason"]),
             )
+        elif r["kind"] in ("pause", "resume"):
+            from shared.pauses import when as pause_end
+
+            end = "until resumed" if r["until"] is None else f"until {pause_end(float(r['until']))}"  # type: ignore[arg-type]
+            if r["kind"] == "resume":
+                detail = f"by {r['by']}, lifting a pause {end}"
+            else:
+                detail = f"by {r['by']} {end}" + (f": {r['reason']}" if r["reason"] else "")
+            table.add_row(when, str(r["kind"]), str(r["host"]), str(r["vm"]), str(r["id"]), "", detail)
         else:
             detail = "ok" if r["ok"] else f"{r['error_code']}: {r['error']}"
             table.add_row(
@@ -1121,6 +1133,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "auth": cmd_auth,
     "streams": cmd_streams,
     "chaos": cmd_chaos,
+    **pause_cmd.COMMANDS,
 }
 
 

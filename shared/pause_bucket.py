@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared import bus
@@ -26,8 +26,14 @@ log = logging.getLogger(__name__)
 _decode = msgspec.json.Decoder(PauseEvent).decode
 
 
-async def open_bucket(js: JetStreamContext) -> KeyValue:
-    """The pause bucket, created with this deployment's replica count if missing."""
+async def open_bucket(js: JetStreamContext, *, create: bool = True) -> KeyValue:
+    """The pause bucket; if missing, created with this deployment's replica count (``create``), else
+    BucketNotFoundError. It is looked up first: a viewer may read the bucket but not create it."""
+    try:
+        return await js.key_value(PAUSE_BUCKET)
+    except BucketNotFoundError:
+        if not create:
+            raise
     return await bus.key_value(js, PAUSE_BUCKET)
 
 
