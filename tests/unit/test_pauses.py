@@ -29,9 +29,11 @@ from tests.unit.test_refusals import busy, engine, first_order_after, idle, resu
 
 
 def pause(
-    vm: str = "vm-01", *, at: float = 100.0, until: float | None = 200.0, by: str = "alice", **kw: str
+    vm: str = "vm-01", *, at: float = 100.0, until: float | None = 200.0, by: str = "alice", reason: str = ""
 ) -> PauseEvent:
-    return PauseEvent(id=f"p-{by}-{at}", time=at, host="h", vm=vm, action=PauseAction.PAUSE, by=by, until=until, **kw)
+    return PauseEvent(
+        id=f"p-{by}-{at}", time=at, host="h", vm=vm, action=PauseAction.PAUSE, by=by, until=until, reason=reason
+    )
 
 
 @pytest.mark.parametrize(
