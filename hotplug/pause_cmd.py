@@ -1,28 +1,20 @@
-"""``hotplug pause``, ``resume`` and ``paused``: an operator stops autoscaling of one VM for a while, and lets it go.
+"""What ``hotplug pause``, ``resume`` and ``paused`` do on the bus (their options are in ``hotplug.cli.pausing``).
 
 A pause is the VM's entry in the pause bucket (``shared.pauses``), and both pause and resume are events in the event
 log (``hotplug events`` shows them). Under ``hotplug auth`` only the operator (and admin) user may pause and resume;
 a viewer may list. Who paused is the NATS user under auth, else the OS user.
-
-The argument parsers are here as well as the commands, so ``hotplug/cli.py`` only registers them.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import getpass
-import json
 import os
 import secrets
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError
@@ -30,66 +22,9 @@ from nats.js.kv import KeyValue
 
 from shared import bus, pause_bucket, subjects
 from shared.codec import encode
+from shared.errors import NotFound, UsageError, UserError
 from shared.messages import PauseAction, PauseEvent
-from shared.pauses import active, describe, parse_duration, split_expired, when
-from shared.runtime import resolve_nats_url
-
-
-class PauseUsageError(ValueError):
-    """Bad input to a pause command: one line and exit 2 (``hotplug.cli.main`` prints it)."""
-
-
-def _default_host() -> str:
-    return os.environ.get("HOTPLUG_HOST", "local")
-
-
-def add_parsers(sub: Any) -> None:
-    """The ``pause``, ``resume`` and ``paused`` sub-commands."""
-
-    def connection(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--nats", default=None, help=f"NATS URL (default: ${bus.DEFAULT_URL_ENV}, or the running up's)")
-        p.add_argument(
-            "--data-dir", type=Path, default=None, help="without --nats: the broker of the hotplug up using DIR"
-        )
-
-    pause = sub.add_parser(
-        "pause",
-        help="stop autoscaling one VM (the decider holds it, the actuator refuses its commands) until resumed or --for",
-    )
-    pause.add_argument("vm")
-    pause.add_argument("--host", default=_default_host(), help="the VM's host ($HOTPLUG_HOST; local)")
-    pause.add_argument(
-        "--for",
-        dest="duration",
-        default=None,
-        metavar="DURATION",
-        help="how long: 90s, 10m, 2h, 1d (at most 30d); default: until hotplug resume",
-    )
-    pause.add_argument("--reason", default="", help="why, for the event log and the decider's held reason")
-    pause.add_argument(
-        "--force", action="store_true", help="pause a VM the metrics stream has no sample of (not running yet)"
-    )
-    connection(pause)
-    resume = sub.add_parser("resume", help="let autoscaling move a paused VM again")
-    resume.add_argument("vm")
-    resume.add_argument("--host", default=_default_host(), help="the VM's host ($HOTPLUG_HOST; local)")
-    connection(resume)
-    paused = sub.add_parser("paused", help="the VMs paused now: by whom, since and until when, why")
-    paused.add_argument("--json", action="store_true", help="one JSON array")
-    connection(paused)
-
-
-def _url(args: argparse.Namespace) -> str:
-    from hotplug.events import live_broker_url
-
-    url = resolve_nats_url(args.nats)
-    if url is None:
-        url = live_broker_url(args.data_dir or Path(".hotplug"))
-    if url is None:
-        raise PauseUsageError(
-            f"no NATS server: --nats URL, ${bus.DEFAULT_URL_ENV}, or a running hotplug up in --data-dir"
-        )
-    return url
+from shared.pauses import active, split_expired
 
 
 def who(url: str) -> str:
@@ -121,14 +56,14 @@ def _checked(event: PauseEvent) -> PauseEvent:
     try:
         return msgspec.json.decode(encode(event), type=PauseEvent)
     except msgspec.ValidationError as exc:
-        raise PauseUsageError(f"not a valid pause: {exc}") from None
+        raise UsageError(f"not a valid pause: {exc}") from None
 
 
 async def _session(url: str, name: str) -> Client:
     try:
         return await bus.connect(url, name, forever=False)
     except Exception as exc:
-        raise PauseUsageError(f"cannot reach NATS at {bus.servers(url)}: {exc or type(exc).__name__}") from None
+        raise NotFound(f"cannot reach NATS at {bus.servers(url)}: {exc or type(exc).__name__}") from None
 
 
 async def _known_vm(js: JetStreamContext, host: str, vm: str) -> bool:
@@ -146,7 +81,7 @@ async def _events_stored(js: JetStreamContext) -> None:
     await bus.ensure_streams(js)
     info = await js.stream_info(subjects.EVENTS_STREAM)
     if subjects.ALL_PAUSES not in (info.config.subjects or []):
-        raise PauseUsageError(
+        raise UserError(
             f"the event log ({subjects.EVENTS_STREAM}) does not keep pause events yet: run hotplug streams once "
             "(as the admin user under hotplug auth) to bring it up to date"
         )
@@ -185,7 +120,7 @@ async def pause(
     try:
         js = nc.jetstream()
         if not force and not await _known_vm(js, host, vm):
-            raise PauseUsageError(
+            raise NotFound(
                 f"no VM {vm!r} on host {host!r}: the metrics stream has no sample of it (check the name and "
                 "--host; --force pauses it all the same)"
             )
@@ -243,58 +178,3 @@ async def listing(url: str) -> list[PauseEvent]:
     finally:
         await nc.close()
     return live
-
-
-def _refused(command: str, by: str, exc: Exception) -> int:
-    print(
-        f"hotplug {command}: not done ({exc or type(exc).__name__}): {by} may not write the pause bucket or the "
-        "event log here; under hotplug auth only the operator (or admin) user may pause and resume",
-        file=sys.stderr,
-    )
-    return 1
-
-
-def cmd_pause(args: argparse.Namespace) -> int:
-    duration_s = None if args.duration is None else parse_duration(args.duration)
-    url = _url(args)
-    by = who(url)
-    try:
-        event, replaced = asyncio.run(
-            pause(url, args.host, args.vm, duration_s=duration_s, reason=args.reason, force=args.force, by=by)
-        )
-    except (nats.errors.Error, TimeoutError) as exc:
-        return _refused("pause", by, exc)
-    if replaced is not None:
-        print(f"{args.host}/{args.vm}: replacing the pause {describe(replaced)}", file=sys.stderr)
-    print(f"{args.host}/{args.vm} {describe(event)}")
-    return 0
-
-
-def cmd_resume(args: argparse.Namespace) -> int:
-    url = _url(args)
-    by = who(url)
-    try:
-        lifted = asyncio.run(resume(url, args.host, args.vm, by=by))
-    except (nats.errors.Error, TimeoutError) as exc:
-        return _refused("resume", by, exc)
-    if lifted is None:
-        print(f"{args.host}/{args.vm} is not paused", file=sys.stderr)
-        return 0
-    print(f"{args.host}/{args.vm} resumed (it was {describe(lifted)})")
-    return 0
-
-
-def cmd_paused(args: argparse.Namespace) -> int:
-    pauses = asyncio.run(listing(_url(args)))
-    if args.json:
-        print(json.dumps([record(p) for p in pauses], indent=1))
-        return 0
-    if not pauses:
-        print("no VM is paused")
-        return 0
-    for p in pauses:
-        print(f"{p.host}/{p.vm}  {describe(p)}  (since {when(p.time)})")
-    return 0
-
-
-COMMANDS = {"pause": cmd_pause, "resume": cmd_resume, "paused": cmd_paused}
