@@ -7,6 +7,9 @@ from the event log at startup; a copy of a command older than that is looked up 
 A copy of an answered command is acknowledged without acting or answering again. A command interrupted by a
 crash in the middle of its hot-plug steps is settled by the next actuator before anything else (progress.py):
 its result reports the change that did happen.
+
+A VM an operator paused (``hotplug pause``) is refused with ``paused`` whatever the decider knows: the actuator
+watches its host's keys of the pause bucket and takes no command before it knows the pauses in force.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, N
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.actuator.answered import AnsweredCommands, log_reader_name
-from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, plan, rate_limited
+from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, not_paused, plan, rate_limited
 from services.actuator.drivers.base import Driver, DriverError
 from services.actuator.progress import ProgressLog
 from services.actuator.retry import Backoff, retry_after
@@ -37,7 +40,9 @@ from shared import bus, subjects
 from shared.codec import BadMessage, Decoder, encode
 from shared.inbox import Inbox
 from shared.leadership import LEASE_BUCKET, LeaseState
-from shared.messages import ErrorCode, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult
+from shared.pause_bucket import PauseWatch
+from shared.pauses import describe, host_keys
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
 
@@ -97,6 +102,11 @@ class ActuatorMetrics(ServiceMetrics):
             self.actions.labels("error", code.value)
         for op in ("plug", "unplug"):
             self.hotplug_calls.labels(op)
+        self.paused = Gauge(
+            "hotplug_actuator_paused_vms",
+            "VMs of this actuator's host paused by an operator now (hotplug pause)",
+            registry=self.registry,
+        )
 
 
 class Actuator:
@@ -120,6 +130,9 @@ class Actuator:
         self.backoff = Backoff()
         # The highest leadership term seen per decider: commands from an older term are refused.
         self.terms: dict[str, int] = {}
+        # Pauses of this host's VMs, from the pause bucket's watch; wall-clock times, as operators give them.
+        self.pauses = PauseWatch(ctx.js, host_keys(ctx.host), on_change=self._on_pause_change)
+        self.metrics.paused.set_function(lambda: self.pauses.book.count(time.time()))
 
     @property
     def durable(self) -> str:
@@ -130,6 +143,7 @@ class Actuator:
         self.progress = await ProgressLog.open(self.ctx.js, self.ctx.host)
         await self._recall_answered()
         await self._settle_left_over()
+        await self.pauses.start()  # no command is taken before the pauses in force are known
         start = dt.datetime.fromtimestamp(time.time() - 300, tz=dt.UTC)
         consumer = ConsumerConfig(
             durable_name=self.durable,
@@ -169,6 +183,7 @@ class Actuator:
                         )
         finally:
             terms.cancel()
+            await self.pauses.stop()
             for worker in self._workers.values():
                 worker.cancel()
             await self.driver.close()
@@ -221,6 +236,17 @@ class Actuator:
         self._pending_ids.add(command.id)
         if command.vm not in self._workers:
             self._workers[command.vm] = asyncio.ensure_future(self._work(command.vm, queue))
+
+    def _on_pause_change(self, host: str, vm: str, pause: PauseEvent | None) -> None:
+        log.info("%s/%s %s", host, vm, "resumed" if pause is None else describe(pause))
+
+    def _paused(self, command: ScaleCommand) -> Refusal | None:
+        """The refusal of a command for a VM paused now; its ``retry_at`` on the shared clock, like every other."""
+        wall = time.time()
+        refusal = not_paused(self.pauses.book.paused(command.host, command.vm, wall), wall)
+        if refusal is None or refusal.retry_at is None:
+            return refusal
+        return refusal._replace(retry_at=self.ctx.clock.now() + (refusal.retry_at - wall))
 
     def _ignore_duplicate(self, command: ScaleCommand, why: str) -> None:
         self.metrics.dropped.labels(self.metrics.service, "command", "duplicate").inc()
@@ -393,6 +419,8 @@ class Actuator:
         failure: Refusal | None = admit(command, self.ctx.host, now, self.terms.get(command.decider, 0))
         if failure is None and command.term:
             self.terms[command.decider] = max(command.term, self.terms.get(command.decider, 0))
+        if failure is None:
+            failure = self._paused(command)  # at its turn: a pause that ended while it waited no longer stands
         if failure is None:
             try:
                 view = await self._call(self.driver.read(command.vm))

@@ -3,16 +3,23 @@ actuator advises after a ``paused`` refusal."""
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.actuator.checks import not_paused
+from services.actuator.drivers.base import VmView
 from services.actuator.retry import LONG_S, Backoff, retry_after
 from services.decider import refusals
+from services.decider.guard import GuardRails
+from services.decider.registry import build_policy, parse_params
+from services.decider.service import Decider, DeciderConfig, DeciderMetrics
 from shared.codec import BadMessage, Decoder, encode
-from shared.messages import MESSAGE_TYPES, ErrorCode, PauseAction, PauseEvent, ScaleResult
+from shared.messages import MESSAGE_TYPES, ErrorCode, MetricSample, PauseAction, PauseEvent, ScaleCommand, ScaleResult
+from shared.pause_bucket import PauseWatch
 from shared.pauses import (
     MAX_PAUSE_S,
     TTL_MARGIN_S,
@@ -25,7 +32,8 @@ from shared.pauses import (
     split_expired,
     ttl_s,
 )
-from tests.unit.test_refusals import busy, engine, first_order_after, idle, result
+from tests.stubs import FixedClock, StubContext, StubOptions
+from tests.unit.test_refusals import FREE, busy, engine, first_order_after, idle, result
 
 
 def pause(
@@ -192,3 +200,105 @@ def test_the_actuator_refuses_a_paused_vm_until_the_pause_ends() -> None:
     # the pause ends while the command waits: at its turn it is admitted (one result either way)
     assert not_paused(p, 200.0) is None
     assert not_paused(None, 150.0) is None
+
+
+def _sample(t: float, vm: str = "vm-01", vcpus: int = 2) -> MetricSample:
+    return MetricSample(
+        time=t,
+        host="h",
+        vm=vm,
+        online_vcpus=vcpus,
+        min_vcpus=1,
+        max_vcpus=8,
+        cpu_used_cores=float(vcpus),
+        interval_s=1.0,
+        source="t",
+    )
+
+
+def test_the_decider_service_holds_a_paused_vm_counts_it_and_moves_it_once_resumed() -> None:
+    policy, rails = build_policy("threshold", parse_params(FREE))
+    assert isinstance(rails, GuardRails)
+    clock = FixedClock(0.0)
+    metrics = DeciderMetrics("decider")
+    decider = Decider(StubContext(StubOptions(clock, host="h"), metrics), policy, rails, DeciderConfig(dry_run=True))  # type: ignore[arg-type]
+    decider.pauses = PauseWatch(None)  # type: ignore[arg-type]  # fed by hand: no bucket in the unit tier
+    decider.pauses.book.put(
+        msgspec.structs.replace(pause(until=time.time() + 3600, reason="maintenance"), host="h", time=time.time())
+    )
+
+    def held(reason: str) -> float:
+        return metrics.registry.get_sample_value("hotplug_decider_held_total", {"reason": reason}) or 0.0
+
+    assert held("paused") == 0.0  # the series is there from the start
+    clock.t = 1.0
+    assert decider.handle_sample(_sample(1.0, vm="vm-02")) is not None  # another VM is not held
+    for t in (1.0, 2.0, 3.0):
+        clock.t = t
+        assert decider.handle_sample(_sample(t)) is None
+    assert held("paused") == 3.0
+    engine = decider.engines[("h", "vm-01")]
+    assert engine.held is not None and engine.held.reason.startswith("paused by alice until 20")
+    assert engine.held.reason.endswith(": maintenance")
+    decider.pauses.book.remove("h", "vm-01")
+    decider._on_pause_change("h", "vm-01", None)
+    clock.t = 4.0
+    command = decider.handle_sample(_sample(4.0))
+    assert command is not None and command.target_vcpus == 3
+
+
+class _Driver:
+    """Reads a VM at 2 vCPUs and plugs without complaint; counts its calls."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.vcpus = 2
+
+    async def read(self, vm: str) -> VmView:
+        self.calls += 1
+        return VmView(vm=vm, online_vcpus=self.vcpus, min_vcpus=1, max_vcpus=8)
+
+    async def plug(self, vm: str) -> None:
+        self.calls += 1
+        self.vcpus += 1
+
+
+async def test_the_actuator_refuses_a_paused_vm_without_touching_it_and_takes_it_once_the_pause_is_over() -> None:
+    from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
+
+    metrics = ActuatorMetrics("actuator")
+    driver = _Driver()
+    actuator = Actuator(StubContext(StubOptions(FixedClock(1000.0), host="h"), metrics), driver, ActuatorConfig())  # type: ignore[arg-type]
+    actuator.progress = _NoProgress()  # type: ignore[assignment]
+    order = ScaleCommand(
+        id="c1",
+        time=1000.0,
+        host="h",
+        vm="vm-01",
+        target_vcpus=3,
+        seen_vcpus=2,
+        decider="ignorant",
+        reason="r",
+        expires_at=2000.0,
+    )
+    now = time.time()
+    actuator.pauses.book.put(msgspec.structs.replace(pause(until=now + 30, reason="benchmark"), host="h", time=now))
+    assert metrics.registry.get_sample_value("hotplug_actuator_paused_vms") == 1.0
+    refused = await actuator.execute(order)
+    assert refused.error_code is ErrorCode.PAUSED and not refused.ok
+    assert refused.error is not None and refused.error.startswith("paused by alice until ")
+    assert refused.error.endswith(": benchmark")
+    assert refused.retry_after is not None and 25 < refused.retry_after <= 30  # when the pause ends, clock seconds
+    assert driver.calls == 0  # the VM was not even read
+    # the pause ends (here: it is replaced by one already over) before the next command's turn: it runs
+    actuator.pauses.book.put(msgspec.structs.replace(pause(until=now - 1), host="h", time=now - 2))
+    assert metrics.registry.get_sample_value("hotplug_actuator_paused_vms") == 0.0
+    done = await actuator.execute(msgspec.structs.replace(order, id="c2"))
+    assert done.ok and done.vcpus_after == 3
+
+
+class _NoProgress:
+    async def begin(self, command: ScaleCommand, before: int) -> None:
+        return None
