@@ -205,7 +205,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         trace_vms=args.vms,
     )
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[SimulatorMetrics]) -> None:
         await SimulatorService(ctx, config).run()
 
     return run(options, SimulatorMetrics("simulator"), body)
@@ -226,7 +226,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
     if args.source == "psutil" and not specs:
         raise UsageError("the psutil source needs at least one --process VM=PID|VM=REGEX")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
         source: Source
         if args.source == "simulator":
             source = SimulatorSource(ctx.nc, ctx.host)
@@ -262,8 +262,6 @@ def cmd_decider(args: argparse.Namespace) -> int:
 
     options = service_options(args, "decider")
     policy, rails = build_policy(args.policy, parse_params(args.param))
-    if args.shadow and args.dry_run:
-        raise UsageError("--shadow and --dry-run exclude each other")
     config = DeciderConfig(
         name=args.name,
         dry_run=args.dry_run,
@@ -275,10 +273,8 @@ def cmd_decider(args: argparse.Namespace) -> int:
         command_ttl_s=args.command_ttl,
         intake_capacity=args.intake_capacity,
     )
-    if config.intake_capacity < 1:
-        raise UsageError("--intake-capacity must be at least 1")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[DeciderMetrics]) -> None:
         await Decider(ctx, policy, rails, config).run()
 
     return run(options, DeciderMetrics("decider"), body)
@@ -315,7 +311,7 @@ def cmd_actuator(args: argparse.Namespace) -> int:
     if args.driver != "simulator" and args.speed != 1.0:
         raise UsageError("--speed applies to the simulator only; real hypervisors run on the wall clock")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[ActuatorMetrics]) -> None:
         driver: Driver
         if args.driver == "virtualbox":
             from services.actuator.drivers.virtualbox import VirtualBoxDriver
@@ -342,7 +338,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     options = service_options(args, "agent")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
         source = GuestSource(args.vm, ctx.clock, online_new_cpus=not args.no_online)
         await Collector(ctx, source, args.interval).run()
 

@@ -302,3 +302,24 @@ async def test_the_actuator_refuses_a_paused_vm_without_touching_it_and_takes_it
 class _NoProgress:
     async def begin(self, command: ScaleCommand, before: int) -> None:
         return None
+
+
+def test_the_ledger_refuses_a_paused_vm_before_raising_the_term_and_advises_on_its_own_clock() -> None:
+    from services.actuator.ledger import Ledger
+    from tests.unit.test_ledger import command, rules
+
+    ledger: Ledger[str] = Ledger(rules())
+    p = msgspec.structs.replace(pause("a", until=1_000_000.0 + 120), host="h")
+    # a simulated clock 4x faster, far from the wall clock: the pause ends 120 wall seconds from now
+    refused = ledger.admit(command("c1", decider="ha", term=5, at=50.0), 100.0, p, wall=1_000_000.0)
+    assert refused is not None and refused.code is ErrorCode.PAUSED
+    assert refused.retry_at == 100.0 + 120
+    assert ledger.terms == {}  # a refused command raises no term
+    result = ledger.refuse(command("c1"), refused, 100.0)
+    assert result.error_code is ErrorCode.PAUSED and result.retry_after == 120
+    # over: admitted, and now the term is raised
+    assert ledger.admit(command("c2", decider="ha", term=5, at=50.0), 100.0, p, wall=1_000_000.0 + 120) is None
+    assert ledger.terms == {"ha": 5}
+    # other checks come first: an expired command is expired, paused or not
+    late = ledger.admit(command("c3", at=0.0, ttl=1.0), 100.0, p, wall=1_000_000.0)
+    assert late is not None and late.code is ErrorCode.EXPIRED
