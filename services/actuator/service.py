@@ -8,6 +8,9 @@ from the event log at startup; a copy of a command older than that is looked up 
 A copy of an answered command is acknowledged without acting or answering again. A command interrupted by a
 crash in the middle of its hot-plug steps is settled by the next actuator before anything else (progress.py):
 its result reports the change that did happen.
+
+A VM an operator paused (``hotplug pause``) is refused with ``paused`` whatever the decider knows: the actuator
+watches its host's keys of the pause bucket and takes no command before it knows the pauses in force.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from shared import bus, subjects
 from shared.codec import BadMessage, Decoder, encode
 from shared.inbox import Inbox
 from shared.leadership import LEASE_BUCKET, LeaseState
-from shared.messages import ErrorCode, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult
+from shared.pause_bucket import PauseWatch
+from shared.pauses import describe, host_keys
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
 
@@ -98,6 +103,11 @@ class ActuatorMetrics(ServiceMetrics):
             self.actions.labels("error", code.value)
         for op in ("plug", "unplug"):
             self.hotplug_calls.labels(op)
+        self.paused = Gauge(
+            "hotplug_actuator_paused_vms",
+            "VMs of this actuator's host paused by an operator now (hotplug pause)",
+            registry=self.registry,
+        )
 
 
 class Actuator:
@@ -120,6 +130,9 @@ class Actuator:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._log_reads = asyncio.Lock()  # one reader of the event log at a time: it has one permitted name
         self.progress: ProgressLog
+        # Pauses of this host's VMs, from the pause bucket's watch; wall-clock times, as operators give them.
+        self.pauses = PauseWatch(ctx.js, host_keys(ctx.host), on_change=self._on_pause_change)
+        self.metrics.paused.set_function(lambda: self.pauses.book.count(time.time()))
 
     @property
     def durable(self) -> str:
@@ -130,6 +143,7 @@ class Actuator:
         self.progress = await ProgressLog.open(self.ctx.js, self.ctx.host)
         await self._recall_answered()
         await self._settle_left_over()
+        await self.pauses.start()  # no command is taken before the pauses in force are known
         start = dt.datetime.fromtimestamp(time.time() - 300, tz=dt.UTC)
         consumer = ConsumerConfig(
             durable_name=self.durable,
@@ -169,6 +183,7 @@ class Actuator:
                         )
         finally:
             terms.cancel()
+            await self.pauses.stop()
             for worker in self._workers.values():
                 worker.cancel()
             await self.driver.close()
@@ -216,6 +231,9 @@ class Actuator:
                 await msg.ack()
         elif received.start_worker:
             self._workers[command.vm] = asyncio.ensure_future(self._work(command.vm))
+
+    def _on_pause_change(self, host: str, vm: str, pause: PauseEvent | None) -> None:
+        log.info("%s/%s %s", host, vm, "resumed" if pause is None else describe(pause))
 
     def _ignore_duplicate(self, command: ScaleCommand, why: str) -> None:
         self.metrics.dropped.labels(self.metrics.service, "command", "duplicate").inc()
@@ -347,7 +365,9 @@ class Actuator:
         after: int | None = None
         sizes: tuple[int, int] | None = None
         now = self.ctx.clock.now()
-        failure = self.ledger.admit(command, now)
+        # At its turn: a pause that ended while the command waited no longer stands.
+        wall = time.time()
+        failure = self.ledger.admit(command, now, self.pauses.book.paused(command.host, command.vm, wall), wall)
         if failure is None:
             try:
                 view = await self._call(self.driver.read(command.vm))
