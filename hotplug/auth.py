@@ -4,8 +4,9 @@ and one credentials file per user.
 Authority comes from these permissions, never from a message field: only the decider user may publish on
 ``hotplug.commands.>``; a collector may publish metrics of its own host only; an actuator may read only its own
 host's commands (its JetStream consumer's filter is part of the permitted API subject), and publish and read back
-only its own host's results; a viewer may read but not publish. The admin user (``hotplug up``, operators)
-creates the streams.
+only its own host's results; a viewer may read but not publish. The operator user may pause and resume VMs
+(``hotplug pause``: the pause bucket and pause events) and read what a viewer reads; deciders and actuators read
+pauses and may not change them. The admin user (``hotplug up``) creates the streams.
 
 An actuator's consumers are named after its ``--name`` and host (``shared.topology``), so each host's actuator
 user is granted the consumers of the names ``--actuator-names`` lists (``actuator`` by default), name by name: a
@@ -28,6 +29,7 @@ from shared.errors import UsageError
 EVENTS, METRICS = topology.EVENTS_STREAM, topology.METRICS_STREAM
 PROGRESS = topology.ACTUATOR_PROGRESS_BUCKET
 LEASES = topology.LEASES_BUCKET
+PAUSES = topology.PAUSES_BUCKET
 API = "$JS.API"
 
 
@@ -50,6 +52,29 @@ def _read_stream(stream: str) -> list[str]:
         f"{API}.CONSUMER.DELETE.{stream}.>",
         f"{API}.CONSUMER.INFO.{stream}.>",
     ]
+
+
+def _read_pauses(create: bool) -> list[str]:
+    """What watching and reading the pause bucket takes (and creating it, empty, when missing)."""
+    bucket = topology.kv_stream(PAUSES)
+    return [
+        f"{API}.STREAM.INFO.{bucket}",
+        *([f"{API}.STREAM.CREATE.{bucket}"] if create else []),
+        f"{API}.DIRECT.GET.{bucket}.>",
+        f"{API}.STREAM.MSG.GET.{bucket}",  # a bucket made without direct get is read through its stream
+        f"{API}.CONSUMER.*.{bucket}",
+        f"{API}.CONSUMER.*.{bucket}.>",
+        f"$JS.FC.{bucket}.>",  # a long-running watch's flow control replies
+    ]
+
+
+def _operator(viewer: User) -> User:
+    """Pauses and resumes VMs: writes the pause bucket and the pause events, and reads what a viewer reads."""
+    return User(
+        topology.OPERATOR_USER,
+        publish=[*viewer.publish, *_read_pauses(create=True), topology.kv_subject(PAUSES), f"{subjects.PAUSES}.>"],
+        subscribe=[*viewer.subscribe, f"{subjects.PAUSES}.>"],
+    )
 
 
 def _actuator_consumers(host: str, name: str) -> list[str]:
@@ -87,13 +112,14 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
                 *[topology.kv_subject(b) for b in buckets],
                 *[f"{API}.DIRECT.GET.{topology.kv_stream(b)}.>" for b in buckets],
                 f"{API}.CONSUMER.>",
+                *_read_pauses(create=True),
             ],  # group members' consumers on the metrics stream, KV key listings
             subscribe=[f"{subjects.METRICS}.>", f"{subjects.RESULTS}.>", "_INBOX.>"],
             deny_publish=[f"{API}.CONSUMER.DELETE.{EVENTS}.>"],
         ),
         User(
             topology.VIEWER_USER,
-            publish=[*_read_stream(EVENTS), *_read_stream(METRICS)],
+            publish=[*_read_stream(EVENTS), *_read_stream(METRICS), *_read_pauses(create=False)],
             subscribe=[
                 f"{subjects.METRICS}.>",
                 f"{subjects.COMMANDS}.>",
@@ -103,6 +129,7 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
             ],
         ),
     ]
+    out.append(_operator(next(u for u in out if u.name == topology.VIEWER_USER)))
     for host in hosts:
         out += [
             User(
@@ -134,6 +161,7 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
                     topology.kv_subject(PROGRESS, topology.progress_keys(host)),
                     f"{API}.CONSUMER.*.{topology.kv_stream(PROGRESS)}",
                     f"{API}.CONSUMER.*.{topology.kv_stream(PROGRESS)}.>",
+                    *_read_pauses(create=True),
                 ],
                 subscribe=["_INBOX.>"],
             ),

@@ -28,9 +28,10 @@ LEASES_BUCKET = "hotplug_leases"  # decider leadership (shared.leadership); actu
 DECIDER_MEMBERS_BUCKET = "hotplug_deciders"  # live members of each decider group (services.decider.sharding)
 DECIDER_STATE_BUCKET = "hotplug_decider_state"  # per-VM decision state a group's new owner resumes from
 ACTUATOR_PROGRESS_BUCKET = "hotplug_actuator_progress"  # commands under way (services.actuator.progress)
+PAUSES_BUCKET = "hotplug_pauses"  # paused VMs (shared.pauses): operators write it, deciders and actuators read it
 # A new bucket is declared above and added to the tuple of each role that writes it (hotplug.auth grants them).
 DECIDER_BUCKETS = (LEASES_BUCKET, DECIDER_MEMBERS_BUCKET, DECIDER_STATE_BUCKET)
-BUCKETS = (*DECIDER_BUCKETS, ACTUATOR_PROGRESS_BUCKET)
+BUCKETS = (*DECIDER_BUCKETS, ACTUATOR_PROGRESS_BUCKET, PAUSES_BUCKET)
 
 
 def kv_stream(bucket: str) -> str:
@@ -83,6 +84,7 @@ def decider_member_consumer(group: str, member: str) -> str:
 ADMIN_USER = "admin"  # creates the streams (hotplug streams, hotplug up); operators
 DECIDER_USER = "decider"  # every decider, whatever its --name
 VIEWER_USER = "viewer"  # reads everything, publishes nothing
+OPERATOR_USER = "operator"  # reads what a viewer reads; pauses and resumes VMs (hotplug pause)
 HostRole = Literal["simulator", "collector", "agent", "actuator"]
 HOST_ROLES: tuple[HostRole, ...] = ("simulator", "collector", "agent", "actuator")
 

@@ -11,7 +11,8 @@ A command's life, as the shell drives it:
    command too old for the memory of answered ids comes with the time from which to look it up in the event log.
 3. ``judge``: found in the log, a ``Duplicate``; a newer command for the VM waiting behind it, ``Superseded``
    (its result says so); otherwise ``Execute``.
-4. ``admit`` then ``plan`` (with the rate limit) decide what to ask the driver; ``changed`` records a resize.
+4. ``admit`` (a VM an operator paused is refused here) then ``plan`` (with the rate limit) decide what to ask the
+   driver; ``changed`` records a resize.
 5. ``result`` describes what happened (and advises when to ask again); ``stored`` remembers it as answered;
    ``done`` releases the delivery, which the shell then acknowledges with the copies held. ``abandon`` forgets a
    failed worker's commands, unacknowledged with their copies, so that their redeliveries count as new.
@@ -28,10 +29,10 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from services.actuator.answered import AnsweredCommands
-from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, plan, rate_limited
+from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, not_paused, plan, rate_limited
 from services.actuator.drivers.base import VmView
 from services.actuator.retry import Backoff, retry_after
-from shared.messages import ErrorCode, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult
 
 # How long an answered command's id is kept in memory. A command stamped earlier than this (less a margin for
 # clock skew between decider and actuator) is looked up in the event log instead.
@@ -180,10 +181,18 @@ class Ledger(Generic[H]):
 
     # -- checks ---------------------------------------------------------------------------------------------------
 
-    def admit(self, command: ScaleCommand, now: float) -> Refusal | None:
-        """The checks before the hypervisor is asked anything; an admitted command raises its decider's term."""
+    def admit(
+        self, command: ScaleCommand, now: float, pause: PauseEvent | None = None, wall: float | None = None
+    ) -> Refusal | None:
+        """The checks before the hypervisor is asked anything; an admitted command raises its decider's term.
+        ``pause``: the VM's pause as the shell knows it, judged at wall time ``wall`` (pauses are an operator's,
+        in wall-clock time; by default ``now``); the refusal's ``retry_at`` is on the shared clock, as all are."""
         refusal = admit(command, self.rules.host, now, self.terms.get(command.decider, 0))
-        # Further admission checks (a VM paused by an operator...) go here, before the term is raised.
+        if refusal is None:
+            wall = now if wall is None else wall
+            refusal = not_paused(pause, wall)
+            if refusal is not None and refusal.retry_at is not None:
+                refusal = refusal._replace(retry_at=now + (refusal.retry_at - wall))
         if refusal is None and command.term:
             self.learn_term(command.decider, command.term)
         return refusal

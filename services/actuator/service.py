@@ -8,6 +8,9 @@ from the event log at startup; a copy of a command older than that is looked up 
 A copy of an answered command is acknowledged without acting or answering again. A command interrupted by a
 crash in the middle of its hot-plug steps is settled by the next actuator before anything else (progress.py):
 its result reports the change that did happen.
+
+A VM an operator paused (``hotplug pause``) is refused with ``paused`` whatever the decider knows: the actuator
+watches its host's keys of the pause bucket and takes no command before it knows the pauses in force.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.actuator.checks import Bounds, Plan, Refusal
+from services.actuator import steps
+from services.actuator.checks import Bounds, Refusal
 from services.actuator.drivers.base import Driver, DriverError
 from services.actuator.ledger import ANSWERED_KEEP_S, Duplicate, Execute, Ledger, LedgerRules, Superseded
 from services.actuator.progress import ProgressLog
@@ -37,7 +41,9 @@ from shared import bus, subjects, topology
 from shared.codec import BadMessage, Decoder, encode
 from shared.inbox import Inbox
 from shared.leadership import LEASE_BUCKET, LeaseState
-from shared.messages import ErrorCode, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult
+from shared.pause_bucket import PauseWatch
+from shared.pauses import describe, host_keys
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
 
@@ -51,7 +57,7 @@ class ActuatorConfig:
     name: str = topology.ACTUATOR_NAME
     bounds: Bounds = field(default_factory=Bounds)
     vm_bounds: dict[str, Bounds] = field(default_factory=dict)
-    step_timeout_s: float = 30.0
+    step_timeout_s: float = steps.STEP_TIMEOUT_S
     ack_wait_s: float = 60.0
     # At most this many resizes of one VM per window (clock seconds), whatever the deciders say.
     max_changes: int = 6
@@ -96,6 +102,11 @@ class ActuatorMetrics(ServiceMetrics):
             self.actions.labels("error", code.value)
         for op in ("plug", "unplug"):
             self.hotplug_calls.labels(op)
+        self.paused = Gauge(
+            "hotplug_actuator_paused_vms",
+            "VMs of this actuator's host paused by an operator now (hotplug pause)",
+            registry=self.registry,
+        )
 
 
 class Actuator:
@@ -118,6 +129,9 @@ class Actuator:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._log_reads = asyncio.Lock()  # one reader of the event log at a time: it has one permitted name
         self.progress: ProgressLog
+        # Pauses of this host's VMs, from the pause bucket's watch; wall-clock times, as operators give them.
+        self.pauses = PauseWatch(ctx.js, host_keys(ctx.host), on_change=self._on_pause_change)
+        self.metrics.paused.set_function(lambda: self.pauses.book.count(time.time()))
 
     @property
     def durable(self) -> str:
@@ -128,6 +142,7 @@ class Actuator:
         self.progress = await ProgressLog.open(self.ctx.js, self.ctx.host)
         await self._recall_answered()
         await self._settle_left_over()
+        await self.pauses.start()  # no command is taken before the pauses in force are known
         start = dt.datetime.fromtimestamp(time.time() - 300, tz=dt.UTC)
         consumer = ConsumerConfig(
             durable_name=self.durable,
@@ -167,6 +182,7 @@ class Actuator:
                         )
         finally:
             terms.cancel()
+            await self.pauses.stop()
             for worker in self._workers.values():
                 worker.cancel()
             await self.driver.close()
@@ -214,6 +230,9 @@ class Actuator:
                 await msg.ack()
         elif received.start_worker:
             self._workers[command.vm] = asyncio.ensure_future(self._work(command.vm))
+
+    def _on_pause_change(self, host: str, vm: str, pause: PauseEvent | None) -> None:
+        log.info("%s/%s %s", host, vm, "resumed" if pause is None else describe(pause))
 
     def _ignore_duplicate(self, command: ScaleCommand, why: str) -> None:
         self.metrics.dropped.labels(self.metrics.service, "command", "duplicate").inc()
@@ -349,7 +368,9 @@ class Actuator:
         after: int | None = None
         sizes: tuple[int, int] | None = None
         now = self.ctx.clock.now()
-        failure = self.ledger.admit(command, now)
+        # At its turn: a pause that ended while the command waited no longer stands.
+        wall = time.time()
+        failure = self.ledger.admit(command, now, self.pauses.book.paused(command.host, command.vm, wall), wall)
         if failure is None:
             try:
                 view = await self._call(self.driver.read(command.vm))
@@ -362,7 +383,16 @@ class Actuator:
                     if planned.decision.steps:
                         await self.progress.begin(command, before)
                         self.ledger.begun(command)
-                    after = await self._apply(command.vm, planned.decision, before, msg)
+                    after = await steps.take_steps(
+                        self.driver,
+                        command.vm,
+                        planned.decision,
+                        before,
+                        timeout_s=self.config.step_timeout_s,
+                        # a slow hypervisor must not make the command look abandoned
+                        before_step=msg.in_progress if msg is not None else None,
+                        after_step=self.metrics.hotplug_calls.labels(planned.decision.op).inc,
+                    )
                     if planned.decision.steps:
                         self.ledger.changed(command.vm, now)
             except DriverError as exc:
@@ -383,24 +413,6 @@ class Actuator:
         duration = time.perf_counter() - started
         return self.ledger.result(command, self.ctx.clock.now(), duration, before, after, failure, sizes)
 
-    async def _apply(self, vm: str, decided: Plan, current: int, msg: Msg | None) -> int:
-        """Take the plan's steps one vCPU at a time, verifying each; returns the re-read count."""
-        op = self.driver.plug if decided.direction > 0 else self.driver.unplug
-        for _ in range(decided.steps):
-            if msg is not None:
-                await msg.in_progress()  # a slow hypervisor must not make the command look abandoned
-            await self._call(op(vm))
-            self.metrics.hotplug_calls.labels("plug" if decided.direction > 0 else "unplug").inc()
-            now = (await self._call(self.driver.read(vm))).online_vcpus
-            if now != current + decided.direction:
-                raise DriverError(
-                    ErrorCode.NOT_VERIFIED,
-                    f"after one {'plug' if decided.direction > 0 else 'unplug'} the VM has {now} "
-                    f"vCPUs, expected {current + decided.direction}",
-                )
-            current = now
-        return current
-
     async def _reread(self, vm: str, fallback: int | None) -> int | None:
         try:
             return (await self._call(self.driver.read(vm))).online_vcpus
@@ -408,9 +420,4 @@ class Actuator:
             return fallback
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
-        try:
-            return await asyncio.wait_for(awaitable, timeout=self.config.step_timeout_s)
-        except TimeoutError as exc:
-            raise DriverError(
-                ErrorCode.TIMEOUT, f"{self.driver.name} did not answer within {self.config.step_timeout_s} s"
-            ) from exc
+        return await steps.call(self.driver, awaitable, self.config.step_timeout_s)

@@ -1,7 +1,8 @@
 """The decider service: metric samples in, scale commands out; a thin loop around ``engine.VmEngine``.
 
 Its modes are objects chosen once at start: how orders leave and who may command (modes.py), and which VMs it
-sees (``WholeFleet``, or a group member's ``GroupShare``).
+sees (``WholeFleet``, or a group member's ``GroupShare``). It watches the pause bucket (``shared.pause_bucket``)
+and holds a VM an operator paused, keeping its decision state.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +28,9 @@ from shared import bus, subjects, topology
 from shared.codec import encode
 from shared.errors import UsageError
 from shared.inbox import Inbox
-from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, MetricSample, PauseEvent, ScaleCommand, ScaleResult
+from shared.pause_bucket import PauseWatch
+from shared.pauses import describe
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
 
@@ -146,6 +150,7 @@ class Decider:
         self.engines: dict[tuple[str, str], VmEngine] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._publishing: set[asyncio.Task[None]] = set()
+        self.pauses: PauseWatch | None = None
         # The modes, chosen once.
         orders = Orders(config.name)
         self.leadership: Leadership = leadership_for(config.lease, config.name, config.lease_ttl_s)
@@ -165,6 +170,8 @@ class Decider:
         try:
             await self._run()
         finally:
+            if self.pauses is not None:
+                await self.pauses.stop()
             await self._finish_publishing()
 
     async def _finish_publishing(self) -> None:
@@ -179,6 +186,11 @@ class Decider:
         if self.outlet.stores or self.intake.stores:
             await bus.ensure_streams(self.ctx.js)
         await self.ctx.nc.subscribe(subjects.ALL_RESULTS, cb=self._on_result)
+        # The actuators enforce pauses whatever a decider knows; a decider that knows holds paused VMs instead of
+        # sending orders to be refused. It need not wait for the bucket: until the watch is in, actuators refuse.
+        self.pauses = PauseWatch(self.ctx.js, on_change=self._on_pause_change)
+        if not await self.pauses.start(patience_s=5.0):
+            log.warning("pauses not known yet (the pause bucket is not readable); actuators still refuse paused VMs")
         await self.leadership.start(self.ctx.js, self._tasks)
         await self.intake.run()
 
@@ -196,7 +208,8 @@ class Decider:
             log.debug("stale sample for %s (%.1f s old)", sample.vm, now - sample.time)
             return None
         engine = self.engine(sample.host, sample.vm)
-        decision = engine.step(observation_of(sample))
+        pause = self.pauses.book.paused(sample.host, sample.vm, time.time()) if self.pauses else None
+        decision = engine.step(observation_of(sample), paused=describe(pause) if pause else None)
         if engine.held is not None:
             self.metrics.held.labels(engine.held.label).inc()
             log.debug("held %s/%s: %s", sample.host, sample.vm, engine.held.reason)
@@ -227,6 +240,15 @@ class Decider:
             self.metrics.publish_failures.inc()
             self.engine(command.host, command.vm).unsent(command.id)
             log.error("command %s for %s not stored: %s", command.id, command.vm, exc)
+
+    def _on_pause_change(self, host: str, vm: str, pause: PauseEvent | None) -> None:
+        if pause is not None:
+            log.info("%s/%s %s", host, vm, describe(pause))
+            return
+        log.info("%s/%s resumed", host, vm)
+        engine = self.engines.get((host, vm))
+        if engine is not None:
+            engine.lift_holds(ErrorCode.PAUSED)  # a paused refusal that raced the pause no longer stands
 
     async def _on_result(self, msg: Msg) -> None:
         result = self.results.open(msg.subject, msg.data)

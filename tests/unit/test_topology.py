@@ -108,6 +108,7 @@ def test_the_default_grants_are_the_default_names() -> None:
         topology.ADMIN_USER,
         topology.DECIDER_USER,
         topology.VIEWER_USER,
+        topology.OPERATOR_USER,
         *(topology.host_user(role, "local") for role in topology.HOST_ROLES),
     }
 
