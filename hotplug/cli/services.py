@@ -11,13 +11,15 @@ from hotplug.cli.common import (
     Subparsers,
     add_command,
     check_trace,
-    need_libvirt,
     positive,
     run,
     service_options,
     service_parent,
 )
-from shared.errors import NotFound, UsageError
+from services.actuator.drivers.registry import DRIVERS
+from services.collector.sources.registry import SOURCES
+from shared.errors import UsageError
+from shared.plugins import names_in
 from shared.runtime import ServiceContext, resolve_nats_url
 
 ORDER = 10  # first in ``hotplug --help``
@@ -67,7 +69,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     up.add_argument(
         "--hypervisor",
-        choices=["simulator", "virtualbox", "qemu", "libvirt"],
+        choices=names_in([DRIVERS, SOURCES]),
         default="simulator",
         help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH); "
         "qemu: --vms real guests booted for the run; libvirt: the running domains, or --vms "
@@ -107,7 +109,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
 
     col = add_command(sub, "collector", cmd_collector, parents=[service], help="sample CPU use and publish metrics")
-    col.add_argument("--source", choices=["simulator", "psutil", "virtualbox", "qemu", "libvirt"], default="simulator")
+    col.add_argument("--source", choices=SOURCES.names(), default="simulator")
     _libvirt_options(col)
     col.add_argument(
         "--libvirt-domain",
@@ -155,7 +157,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     dec.add_argument("--command-ttl", type=positive, default=30.0)
 
     act = add_command(sub, "actuator", cmd_actuator, parents=[service], help="execute scale commands on the hypervisor")
-    act.add_argument("--driver", choices=["simulator", "virtualbox", "qemu", "libvirt"], default="simulator")
+    act.add_argument("--driver", choices=DRIVERS.names(), default="simulator")
     _libvirt_options(act)
     act.add_argument("--name", default="actuator")
     act.add_argument("--min-vcpus", type=int, default=1)
@@ -213,45 +215,12 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
 def cmd_collector(args: argparse.Namespace) -> int:
     from services.collector.service import Collector, CollectorMetrics
-    from services.collector.sources.base import Source
-    from services.collector.sources.procs import ProcessSource, ProcessSpec
-    from services.collector.sources.simulator import SimulatorSource
 
     options = service_options(args, "collector")
-    if args.source != "simulator" and args.speed != 1.0:
-        raise UsageError("--speed applies to the simulator only; real sources run on the wall clock")
-    specs = [ProcessSpec.parse(p) for p in args.process]
-    if args.source == "libvirt":
-        need_libvirt()
-    if args.source == "psutil" and not specs:
-        raise UsageError("the psutil source needs at least one --process VM=PID|VM=REGEX")
+    config = SOURCES.config(args.source, vars(args))
 
     async def body(ctx: ServiceContext) -> None:
-        source: Source
-        if args.source == "simulator":
-            source = SimulatorSource(ctx.nc, ctx.host)
-        elif args.source == "virtualbox":
-            from services.collector.sources.virtualbox import VirtualBoxSource
-            from shared.virtualbox import VBoxManage
-
-            source = VirtualBoxSource(VBoxManage(), ctx.clock)
-        elif args.source == "qemu":
-            from services.collector.sources.qemu import QemuSource
-
-            source = QemuSource(ctx.clock)
-        elif args.source == "libvirt":
-            from services.collector.sources.libvirt import LibvirtSource
-
-            source = LibvirtSource(
-                ctx.clock,
-                args.libvirt_uri,
-                domains=args.libvirt_domain,
-                opt_in=args.libvirt_opt_in,
-                registry=ctx.metrics.registry,
-            )
-        else:
-            source = ProcessSource(specs, ctx.clock)
-        await Collector(ctx, source, args.interval).run()
+        await Collector(ctx, SOURCES.build(args.source, config, ctx), args.interval).run()
 
     return run(options, CollectorMetrics("collector"), body)
 
@@ -285,19 +254,11 @@ def cmd_decider(args: argparse.Namespace) -> int:
 
 
 def cmd_actuator(args: argparse.Namespace) -> int:
-    from services.actuator.checks import Bounds
-    from services.actuator.drivers.base import Driver
-    from services.actuator.drivers.simulator import SimulatorDriver
+    from services.actuator.checks import Bounds, parse_vm_bounds
     from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
 
     options = service_options(args, "actuator")
-    vm_bounds = {}
-    for item in args.vm_bounds:
-        vm, sep, span = item.rpartition("=")
-        low, colon, high = span.partition(":")
-        if not sep or not vm or not colon or not low.isdigit() or not high.isdigit() or int(low) > int(high):
-            raise UsageError(f"--vm-bounds takes VM=MIN:MAX with MIN <= MAX, got {item!r}")
-        vm_bounds[vm] = Bounds(int(low), int(high))
+    vm_bounds = parse_vm_bounds(args.vm_bounds)
     if args.max_changes < 1:
         raise UsageError("--max-changes must be at least 1")
     config = ActuatorConfig(
@@ -309,29 +270,10 @@ def cmd_actuator(args: argparse.Namespace) -> int:
         rate_window_s=args.rate_window,
         ack_wait_s=args.ack_wait,
     )
-
-    if args.driver == "libvirt":
-        need_libvirt()
-    if args.driver != "simulator" and args.speed != 1.0:
-        raise UsageError("--speed applies to the simulator only; real hypervisors run on the wall clock")
+    driver_config = DRIVERS.config(args.driver, vars(args))
 
     async def body(ctx: ServiceContext) -> None:
-        driver: Driver
-        if args.driver == "virtualbox":
-            from services.actuator.drivers.virtualbox import VirtualBoxDriver
-
-            driver = VirtualBoxDriver()
-        elif args.driver == "qemu":
-            from services.actuator.drivers.qemu import QemuDriver
-
-            driver = QemuDriver()
-        elif args.driver == "libvirt":
-            from services.actuator.drivers.libvirt import LibvirtDriver
-
-            driver = LibvirtDriver(args.libvirt_uri, opt_in=args.libvirt_opt_in)
-        else:
-            driver = SimulatorDriver(ctx.nc, ctx.host, ctx.clock)
-        await Actuator(ctx, driver, config).run()
+        await Actuator(ctx, DRIVERS.build(args.driver, driver_config, ctx), config).run()
 
     return run(options, ActuatorMetrics("actuator"), body)
 
@@ -382,30 +324,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     if options.cluster < 1 or (options.cluster > 1 and options.nats_url is not None):
         raise UsageError("--cluster takes a node count of at least 1, and only for the embedded broker (no --nats)")
-    if options.hypervisor != "simulator" and options.speed != 1.0:
-        raise UsageError("--speed applies to the simulator only")
-    if options.hypervisor == "virtualbox":
-        from shared.virtualbox import find_vboxmanage
-
-        find_vboxmanage()
-    if options.hypervisor == "qemu":
-        from shared.qemu.vm import QemuError, find_qemu
-
-        try:
-            find_qemu()
-        except QemuError as exc:
-            raise NotFound(str(exc)) from exc
-    if options.hypervisor == "libvirt":
-        need_libvirt()
-        from shared.libvirt.connection import Connection
-
-        probe = Connection(options.libvirt_uri)
-        try:
-            probe.run(lambda conn: conn.getLibVersion())  # a clear error now, not in three children's logs
-        except probe.libvirt.libvirtError as exc:
-            raise UsageError(f"libvirt at {probe.uri}: {exc}") from exc
-        finally:
-            probe.close()
+    DRIVERS.check_speed(options.hypervisor, options.speed, note="")
+    DRIVERS.probe(options.hypervisor, DRIVERS.config(options.hypervisor, {"libvirt_uri": options.libvirt_uri}))
     # Check the policy and its parameters here, before any process starts.
     from services.decider.registry import build_policy, parse_params
 
