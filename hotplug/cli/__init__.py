@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # it imports the plug-ins named in $HOTPLUG_PLUGINS
+    except UserError as exc:
+        print(f"hotplug: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     setup_logging(getattr(args, "log_level", "WARNING"))
     handler: Handler = args.handler
     try:
