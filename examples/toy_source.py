@@ -11,6 +11,8 @@ Its config is a plain msgspec Struct that checks itself; its fields take their d
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from services.collector.sources.base import Reading, Source
@@ -52,5 +54,5 @@ class ToySource:
 
 
 @SOURCES.register("toy", ToyConfig)
-def build(config: ToyConfig, ctx: ServiceContext) -> Source:
+def build(config: ToyConfig, ctx: ServiceContext[Any]) -> Source:
     return ToySource(config, ctx.clock)

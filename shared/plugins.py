@@ -69,7 +69,7 @@ def _import_file(path: Path) -> None:
 class Plugin(Generic[C, P]):
     name: str
     config_type: type[C]
-    factory: Callable[[C, ServiceContext], P]
+    factory: Callable[[C, ServiceContext[Any]], P]
     # Runs on the simulated cloud's clock, which --speed scales; every other plug-in runs on the wall clock.
     simulated: bool = False
     # Raises a UserError if an optional extra the plug-in needs is not installed (checked before any start).
@@ -94,10 +94,10 @@ class Registry(Generic[P]):
         simulated: bool = False,
         requires: Callable[[], object] | None = None,
         probe: Callable[[C], None] | None = None,
-    ) -> Callable[[Callable[[C, ServiceContext], P]], Callable[[C, ServiceContext], P]]:
+    ) -> Callable[[Callable[[C, ServiceContext[Any]], P]], Callable[[C, ServiceContext[Any]], P]]:
         """Decorate a factory ``(config, ctx) -> plug-in`` to register it as ``name``."""
 
-        def add(factory: Callable[[C, ServiceContext], P]) -> Callable[[C, ServiceContext], P]:
+        def add(factory: Callable[[C, ServiceContext[Any]], P]) -> Callable[[C, ServiceContext[Any]], P]:
             if name in self._plugins:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")  # a bug in a plug-in, not a user error
             self._plugins[name] = Plugin(name, config_type, factory, simulated, requires, probe)
@@ -150,7 +150,7 @@ class Registry(Generic[P]):
                 raise exc.__cause__ from None  # the config's own message, word for word
             raise UsageError(f"{self.kind} {plugin.name}: {exc}") from exc
 
-    def build(self, name: str, config: Any, ctx: ServiceContext) -> P:
+    def build(self, name: str, config: Any, ctx: ServiceContext[Any]) -> P:
         """The plug-in itself, for a running service."""
         return self.get(name).factory(config, ctx)
 

@@ -207,7 +207,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         trace_vms=args.vms,
     )
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[SimulatorMetrics]) -> None:
         await SimulatorService(ctx, config).run()
 
     return run(options, SimulatorMetrics("simulator"), body)
@@ -219,7 +219,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
     options = service_options(args, "collector")
     config = SOURCES.config(args.source, vars(args))
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
         await Collector(ctx, SOURCES.build(args.source, config, ctx), args.interval).run()
 
     return run(options, CollectorMetrics("collector"), body)
@@ -231,8 +231,6 @@ def cmd_decider(args: argparse.Namespace) -> int:
 
     options = service_options(args, "decider")
     policy, rails = build_policy(args.policy, parse_params(args.param))
-    if args.shadow and args.dry_run:
-        raise UsageError("--shadow and --dry-run exclude each other")
     config = DeciderConfig(
         name=args.name,
         dry_run=args.dry_run,
@@ -244,10 +242,8 @@ def cmd_decider(args: argparse.Namespace) -> int:
         command_ttl_s=args.command_ttl,
         intake_capacity=args.intake_capacity,
     )
-    if config.intake_capacity < 1:
-        raise UsageError("--intake-capacity must be at least 1")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[DeciderMetrics]) -> None:
         await Decider(ctx, policy, rails, config).run()
 
     return run(options, DeciderMetrics("decider"), body)
@@ -272,7 +268,7 @@ def cmd_actuator(args: argparse.Namespace) -> int:
     )
     driver_config = DRIVERS.config(args.driver, vars(args))
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[ActuatorMetrics]) -> None:
         await Actuator(ctx, DRIVERS.build(args.driver, driver_config, ctx), config).run()
 
     return run(options, ActuatorMetrics("actuator"), body)
@@ -284,7 +280,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     options = service_options(args, "agent")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
         source = GuestSource(args.vm, ctx.clock, online_new_cpus=not args.no_online)
         await Collector(ctx, source, args.interval).run()
 

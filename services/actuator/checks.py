@@ -4,6 +4,7 @@
 term); ``plan`` runs on the VM's current view (the target is inside both the hypervisor's and the actuator's
 own bounds; a VM already at the target needs nothing; otherwise the decider must have seen the same count)
 and says how many single-vCPU steps to take, and in which direction. ``rate_limited`` caps resizes per VM.
+``not_paused`` refuses a VM an operator paused (``hotplug pause``), whatever the decider knows of it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import msgspec
 
 from services.actuator.drivers.base import VmView
 from shared.errors import UsageError
-from shared.messages import ErrorCode, ScaleCommand
+from shared.messages import ErrorCode, PauseEvent, ScaleCommand
+from shared.pauses import active, describe
 
 
 class Bounds(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -44,6 +46,11 @@ class Refusal(NamedTuple):
 class Plan(NamedTuple):
     direction: int  # +1 plug, -1 unplug, 0 nothing to do
     steps: int
+
+    @property
+    def op(self) -> str:
+        """The driver operation each step is: ``plug`` or ``unplug``."""
+        return "plug" if self.direction > 0 else "unplug"
 
 
 def admit(command: ScaleCommand, own_host: str, now: float, current_term: int = 0) -> Refusal | None:
@@ -79,10 +86,24 @@ def allowed(view: VmView, bounds: Bounds) -> tuple[int, int]:
     return max(bounds.min_vcpus, view.min_vcpus, 1), min(bounds.max_vcpus, view.max_vcpus)
 
 
-def plan(command: ScaleCommand, view: VmView, bounds: Bounds) -> Plan | Refusal:
+def within_bounds(target: int, view: VmView, bounds: Bounds) -> Refusal | None:
+    """Refuse a target outside the sizes the VM may take (``allowed``)."""
     low, high = allowed(view, bounds)
-    if not low <= command.target_vcpus <= high:
-        return Refusal(ErrorCode.OUT_OF_BOUNDS, f"target {command.target_vcpus} outside [{low}, {high}]")
+    if not low <= target <= high:
+        return Refusal(ErrorCode.OUT_OF_BOUNDS, f"target {target} outside [{low}, {high}]")
+    return None
+
+
+def steps_between(current: int, target: int) -> Plan:
+    """The single-vCPU steps from ``current`` to ``target`` vCPUs."""
+    delta = target - current
+    return Plan(direction=(delta > 0) - (delta < 0), steps=abs(delta))
+
+
+def plan(command: ScaleCommand, view: VmView, bounds: Bounds) -> Plan | Refusal:
+    refused = within_bounds(command.target_vcpus, view, bounds)
+    if refused is not None:
+        return refused
     if view.online_vcpus == command.target_vcpus:
         # The desired size is there already (e.g. a command redelivered after its effect): nothing to do.
         return Plan(direction=0, steps=0)
@@ -90,5 +111,11 @@ def plan(command: ScaleCommand, view: VmView, bounds: Bounds) -> Plan | Refusal:
         return Refusal(
             ErrorCode.STALE_VIEW, f"decided on {command.seen_vcpus} vCPUs but the VM has {view.online_vcpus}"
         )
-    delta = command.target_vcpus - view.online_vcpus
-    return Plan(direction=(delta > 0) - (delta < 0), steps=abs(delta))
+    return steps_between(view.online_vcpus, command.target_vcpus)
+
+
+def not_paused(pause: PauseEvent | None, now: float) -> Refusal | None:
+    """Refuse a command for a VM paused at wall time ``now``; asking again makes sense when the pause ends."""
+    if pause is None or not active(pause, now):
+        return None
+    return Refusal(ErrorCode.PAUSED, describe(pause), retry_at=pause.until)

@@ -32,6 +32,9 @@ COMMANDS = {
     "auth",
     "streams",
     "chaos",
+    "pause",
+    "resume",
+    "paused",
 }
 
 

@@ -7,6 +7,8 @@ Config fields are named after the command-line options they mirror (argparse's n
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from services.actuator.drivers.base import Driver
@@ -63,28 +65,28 @@ def _reach_libvirt(config: LibvirtDriverConfig) -> None:
 
 
 @DRIVERS.register("simulator", SimulatorDriverConfig, simulated=True)
-def _simulator(_config: SimulatorDriverConfig, ctx: ServiceContext) -> Driver:
+def _simulator(_config: SimulatorDriverConfig, ctx: ServiceContext[Any]) -> Driver:
     from services.actuator.drivers.simulator import SimulatorDriver
 
     return SimulatorDriver(ctx.nc, ctx.host, ctx.clock)
 
 
 @DRIVERS.register("virtualbox", VirtualBoxDriverConfig, probe=_find_vboxmanage)
-def _virtualbox(_config: VirtualBoxDriverConfig, _ctx: ServiceContext) -> Driver:
+def _virtualbox(_config: VirtualBoxDriverConfig, _ctx: ServiceContext[Any]) -> Driver:
     from services.actuator.drivers.virtualbox import VirtualBoxDriver
 
     return VirtualBoxDriver()
 
 
 @DRIVERS.register("qemu", QemuDriverConfig, probe=_find_qemu)
-def _qemu(_config: QemuDriverConfig, _ctx: ServiceContext) -> Driver:
+def _qemu(_config: QemuDriverConfig, _ctx: ServiceContext[Any]) -> Driver:
     from services.actuator.drivers.qemu import QemuDriver
 
     return QemuDriver()
 
 
 @DRIVERS.register("libvirt", LibvirtDriverConfig, requires=libvirt_module, probe=_reach_libvirt)
-def _libvirt(config: LibvirtDriverConfig, _ctx: ServiceContext) -> Driver:
+def _libvirt(config: LibvirtDriverConfig, _ctx: ServiceContext[Any]) -> Driver:
     from services.actuator.drivers.libvirt import LibvirtDriver
 
     return LibvirtDriver(config.libvirt_uri, opt_in=config.libvirt_opt_in)

@@ -6,6 +6,8 @@ Config fields are named after the command-line options they mirror (argparse's n
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from services.collector.sources.base import Source
@@ -49,21 +51,21 @@ class LibvirtSourceConfig(msgspec.Struct, frozen=True):
 
 
 @SOURCES.register("simulator", SimulatorSourceConfig, simulated=True)
-def _simulator(_config: SimulatorSourceConfig, ctx: ServiceContext) -> Source:
+def _simulator(_config: SimulatorSourceConfig, ctx: ServiceContext[Any]) -> Source:
     from services.collector.sources.simulator import SimulatorSource
 
     return SimulatorSource(ctx.nc, ctx.host)
 
 
 @SOURCES.register("psutil", ProcessSourceConfig)
-def _psutil(config: ProcessSourceConfig, ctx: ServiceContext) -> Source:
+def _psutil(config: ProcessSourceConfig, ctx: ServiceContext[Any]) -> Source:
     from services.collector.sources.procs import ProcessSource
 
     return ProcessSource(config.specs(), ctx.clock)
 
 
 @SOURCES.register("virtualbox", VirtualBoxSourceConfig)
-def _virtualbox(_config: VirtualBoxSourceConfig, ctx: ServiceContext) -> Source:
+def _virtualbox(_config: VirtualBoxSourceConfig, ctx: ServiceContext[Any]) -> Source:
     from services.collector.sources.virtualbox import VirtualBoxSource
     from shared.virtualbox import VBoxManage
 
@@ -71,14 +73,14 @@ def _virtualbox(_config: VirtualBoxSourceConfig, ctx: ServiceContext) -> Source:
 
 
 @SOURCES.register("qemu", QemuSourceConfig)
-def _qemu(_config: QemuSourceConfig, ctx: ServiceContext) -> Source:
+def _qemu(_config: QemuSourceConfig, ctx: ServiceContext[Any]) -> Source:
     from services.collector.sources.qemu import QemuSource
 
     return QemuSource(ctx.clock)
 
 
 @SOURCES.register("libvirt", LibvirtSourceConfig, requires=libvirt_module)
-def _libvirt(config: LibvirtSourceConfig, ctx: ServiceContext) -> Source:
+def _libvirt(config: LibvirtSourceConfig, ctx: ServiceContext[Any]) -> Source:
     from services.collector.sources.libvirt import LibvirtSource
 
     return LibvirtSource(
