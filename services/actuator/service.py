@@ -39,7 +39,8 @@ from services.actuator.drivers.base import Driver, DriverError
 from services.actuator.ledger import ANSWERED_KEEP_S, Duplicate, Execute, Ledger, LedgerRules, Superseded
 from services.actuator.progress import ProgressLog
 from shared import bus, subjects
-from shared.codec import BadMessage, Decoder, encode
+from shared.codec import encode
+from shared.eventlog import read_results
 from shared.inbox import Inbox
 from shared.leadership import LEASE_BUCKET, LeaseState
 from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult
@@ -117,7 +118,6 @@ class Actuator:
         self.config = config
         self.metrics = ctx.metrics
         self.commands: Inbox[ScaleCommand] = Inbox("command", ScaleCommand, ctx.metrics)
-        self._result_decoder = Decoder(ScaleResult)
         self.ledger: Ledger[Msg] = Ledger(
             LedgerRules(
                 actuator=config.name,
@@ -272,13 +272,10 @@ class Actuator:
     async def _results_in_log(self, filter_subject: str, since_clock_time: float) -> AsyncGenerator[ScaleResult, None]:
         """This host's stored results on ``filter_subject`` from about ``since_clock_time`` on."""
         since = dt.datetime.fromtimestamp(self.ctx.clock.wall_time(since_clock_time), tz=dt.UTC)
-        stored = bus.read_stream(
-            self.ctx.js, subjects.EVENTS_STREAM, [filter_subject], since=since, name=log_reader_name(self.durable)
-        )
+        stored = read_results(self.ctx.js, filter_subject, since=since, name=log_reader_name(self.durable))
         async with self._log_reads, contextlib.aclosing(stored):
-            async for _, data in stored:
-                with contextlib.suppress(BadMessage):
-                    yield self._result_decoder.decode(data)
+            async for result in stored:
+                yield result
 
     async def _recall_answered(self) -> None:
         """Fill the memory of answered commands from the event log, before taking any command."""
