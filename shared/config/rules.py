@@ -27,10 +27,10 @@ class Defaults(NamedTuple):
 
 
 class VmSettings(NamedTuple):
-    """One VM's resolved settings: the rule it falls under (``index`` None: no rule) and what that gives it."""
+    """One VM's resolved settings: the rule it falls under (``rule_index`` None: no rule) and what that gives it."""
 
     rule: str
-    index: int | None
+    rule_index: int | None
     autoscale: Autoscale
     policy: str
     params: Params
@@ -79,7 +79,7 @@ def settings_of(rules: Sequence[VmRule], index: int | None, defaults: Defaults) 
     policy = rule.policy if rule.policy is not None else defaults.policy
     return VmSettings(
         rule=rule_name(rule),
-        index=index,
+        rule_index=index,
         autoscale=rule.autoscale,
         policy=policy,
         params=merge_params(policy, defaults.params, rule.param),

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.config.load import ConfigError, dotted, error_location, key_lines, load, parse
-from shared.config.schema import ConfigFile, VmRule, param_flags, section_values
+from shared.config.schema import ConfigFile, Params, VmRule, param_flags, section_values
 
 FILE = Path("hotplug.toml")
 
@@ -131,7 +131,7 @@ def test_section_values_put_the_service_section_under_the_commands_own() -> None
 
 
 def test_param_tables_become_param_flags() -> None:
-    params = {"threshold": {"upper": 0.9, "sustain_s": 3}, "guard": {"x": True, "y": "z"}}
+    params: Params = {"threshold": {"upper": 0.9, "sustain_s": 3}, "guard": {"x": True, "y": "z"}}
     assert param_flags(params) == ["threshold.upper=0.9", "threshold.sustain_s=3", "guard.x=true", "guard.y=z"]
 
 
@@ -171,7 +171,9 @@ keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
 @given(st.lists(st.tuples(keys, st.lists(st.tuples(keys, st.integers()), max_size=4)), max_size=5))
 def test_key_lines_find_every_key_of_an_array_of_tables(tables: list[tuple[str, list[tuple[str, int]]]]) -> None:
     """Each ``[[t]]`` element's keys are found on the line they were written, with the element's index."""
-    text, expected, seen = "", {}, {}
+    text = ""
+    expected: dict[tuple[str | int, ...], int] = {}
+    seen: dict[str, int] = {}
     line = 0
     for name, pairs in tables:
         index = seen[name] = seen.get(name, -1) + 1

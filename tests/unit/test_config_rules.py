@@ -53,7 +53,7 @@ def test_a_vm_no_rule_matches_runs_under_the_defaults() -> None:
     defaults = Defaults("threshold", {"threshold": {"upper": 0.9}}, 1, 32)
     settings = resolve([VmRule(match="db-*", autoscale="off")], "h", "vm-01", defaults)
     assert settings.rule == DEFAULT_RULE
-    assert settings.index is None
+    assert settings.rule_index is None
     assert settings.autoscale == "auto"
     assert (settings.policy, settings.params) == ("threshold", {"threshold": {"upper": 0.9}})
     assert (settings.min_vcpus, settings.max_vcpus) == (1, 32)
