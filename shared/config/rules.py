@@ -8,11 +8,14 @@ the service's default, and a VM that no rule matches runs under the defaults alo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import NamedTuple
 
-from shared.config.schema import Autoscale, Params, VmRule
+from shared.config.schema import Autoscale, Params, ParamValue, VmRule
+
+# Parameters as given: the file's typed values, or --param's strings.
+ParamsIn = Mapping[str, Mapping[str, ParamValue]]
 
 DEFAULT_RULE = "default"
 
@@ -21,7 +24,7 @@ class Defaults(NamedTuple):
     """What a service uses for a VM that no rule sets otherwise."""
 
     policy: str = "default"
-    params: Params = {}
+    params: ParamsIn = {}
     min_vcpus: int | None = None
     max_vcpus: int | None = None
 
@@ -59,7 +62,7 @@ def rule_name(rule: VmRule) -> str:
     return rule.name if rule.name is not None else ",".join(rule.patterns)
 
 
-def merge_params(policy: str, base: Params, over: Params) -> Params:
+def merge_params(policy: str, base: ParamsIn, over: ParamsIn) -> Params:
     """``over`` on top of ``base``, key by key, keeping only what applies to ``policy``: its own scope and
     ``guard`` from ``base`` (a service's parameters for another policy do not follow a VM to its rule's policy),
     and every scope of ``over`` (so the registry can refuse one that does not apply)."""
@@ -73,7 +76,13 @@ def settings_of(rules: Sequence[VmRule], index: int | None, defaults: Defaults) 
     """The settings rule ``index`` (None: no rule) gives a VM, over ``defaults``."""
     if index is None:
         return VmSettings(
-            DEFAULT_RULE, None, "auto", defaults.policy, defaults.params, defaults.min_vcpus, defaults.max_vcpus
+            DEFAULT_RULE,
+            None,
+            "auto",
+            defaults.policy,
+            merge_params(defaults.policy, defaults.params, {}),
+            defaults.min_vcpus,
+            defaults.max_vcpus,
         )
     rule = rules[index]
     policy = rule.policy if rule.policy is not None else defaults.policy

@@ -190,6 +190,25 @@ SECTIONS: dict[str, type[Section]] = {
     "agent": AgentSection,
     "up": UpSection,
 }
+# Keys an environment variable also sets; the variable comes before the file (and the flag before both).
+SERVICE_ENV = {
+    "nats": "HOTPLUG_NATS_URL",
+    "host": "HOTPLUG_HOST",
+    "metrics_port": "HOTPLUG_METRICS_PORT",
+    "metrics_addr": "HOTPLUG_METRICS_ADDR",
+    "speed": "HOTPLUG_SPEED",
+    "log_level": "HOTPLUG_LOG_LEVEL",
+    "libvirt_uri": "HOTPLUG_LIBVIRT_URI",
+}
+UP_ENV = {"nats": "HOTPLUG_NATS_URL", "libvirt_uri": "HOTPLUG_LIBVIRT_URI"}
+CONFIG_ENV = "HOTPLUG_CONFIG"
+
+
+def env_of(command: str) -> dict[str, str]:
+    """The environment variable of each key of ``command``'s section that has one."""
+    return UP_ENV if command == "up" else SERVICE_ENV
+
+
 # Keys that hold a path: relative paths are taken from the config file's folder, not the working directory.
 PATH_KEYS = frozenset({"trace", "data_dir"})
 
