@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from shared import subjects
 from shared.bus import read_stream
 from shared.cluster import embedded_broker, nodes_in
+from shared.errors import NotFound
 from shared.messages import ScaleCommand, ScaleResult
 
 Event = ScaleCommand | ScaleResult
@@ -52,7 +53,7 @@ def broker_for(data_dir: Path) -> Iterator[str]:
         yield url
         return
     if not (data_dir / BROKER_DIR).is_dir():
-        raise FileNotFoundError(f"no event log in {data_dir} (expected {data_dir / BROKER_DIR}/)")
+        raise NotFound(f"no event log in {data_dir} (expected {data_dir / BROKER_DIR}/)")
     broker = embedded_broker(data_dir / BROKER_DIR, nodes_in(data_dir / BROKER_DIR))
     try:
         yield broker.start()

@@ -16,6 +16,7 @@ from services.decider.frontier import frontier
 from services.decider.registry import POLICIES, build_policy
 from services.decider.replay import ORACLE, SCORE_KEYS, replay_series, score_oracle, score_policy
 from services.decider.traces import VmSeries
+from shared.errors import MissingDependency, UsageError
 
 # The parameter that moves each policy along its cost/unmet trade-off, and the values a sweep tries: wide
 # enough that each policy's curve runs from generous to stingy (the frontier reads cost at levels of unmet).
@@ -41,7 +42,7 @@ def policy_names(spec: str) -> list[str]:
     names = list(POLICIES) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
     for name in names:
         if name not in POLICIES:
-            raise ValueError(f"unknown policy {name!r}; choose from all, {', '.join(sorted(POLICIES))}")
+            raise UsageError(f"unknown policy {name!r}; choose from all, {', '.join(sorted(POLICIES))}")
     return names
 
 
@@ -200,7 +201,7 @@ def write_plots(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise RuntimeError("--plot needs matplotlib: pip install 'hotplug-heaven[plot]'") from exc
+        raise MissingDependency("--plot needs matplotlib: pip install 'hotplug-heaven[plot]'") from exc
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
 

@@ -40,6 +40,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from shared import subjects
+from shared.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def replicas() -> int:
     except ValueError:
         count = 0
     if not 1 <= count <= 5:  # JetStream's own limit
-        raise ValueError(f"${REPLICAS_ENV} must be a whole number from 1 to 5, not {text!r}")
+        raise InputError(f"${REPLICAS_ENV} must be a whole number from 1 to 5, not {text!r}")
     return count
 
 
@@ -81,7 +82,7 @@ def credentials_apart(url: str) -> tuple[list[str], str | None, str | None]:
         parts = urllib.parse.urlsplit(server)
         if parts.username is not None:
             if user is not None and (parts.username, parts.password) != (user, password):
-                raise ValueError("every server in a NATS URL list must carry the same credentials")
+                raise InputError("every server in a NATS URL list must carry the same credentials")
             user, password = parts.username, parts.password
             netloc = parts.hostname or ""
             if parts.port is not None:

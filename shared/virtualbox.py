@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.errors import NotFound
 from shared.messages import ErrorCode
 
 ENV_BINARY = "HOTPLUG_VBOXMANAGE"
@@ -145,7 +146,7 @@ def find_vboxmanage() -> str:
     for candidate in (os.environ.get(ENV_BINARY), shutil.which("VBoxManage"), shutil.which("vboxmanage")):
         if candidate:
             return candidate
-    raise FileNotFoundError(f"VBoxManage not found: install VirtualBox or set ${ENV_BINARY}")
+    raise NotFound(f"VBoxManage not found: install VirtualBox or set ${ENV_BINARY}")
 
 
 class VBoxManage:

@@ -15,14 +15,15 @@ from services.decider.policies.fusd import FusdPolicy
 from services.decider.policies.hpa import HpaPolicy
 from services.decider.policies.threshold import ThresholdPolicy
 from services.decider.policies.vpa import VpaPolicy
+from shared.errors import UsageError
 
 POLICIES: dict[str, type[PolicyBase[Any, Any]]] = {
     p.name: p for p in (ThresholdPolicy, HpaPolicy, VpaPolicy, FusdPolicy, CaptainPolicy, DefaultPolicy)
 }
 
 
-class ParamError(ValueError):
-    pass
+class ParamError(UsageError):
+    """A policy name or ``--param`` that does not fit."""
 
 
 def parse_params(items: list[str]) -> dict[str, dict[str, str]]:

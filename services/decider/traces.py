@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.errors import InputError
+
 FORMATS = ("csv", "bitbrains", "planetlab")
 
 
@@ -28,8 +30,8 @@ class VmSeries:
     times: list[float] | None = None
 
 
-class TraceError(ValueError):
-    pass
+class TraceError(InputError):
+    """A trace file that is missing or not in the format named."""
 
 
 def _files(paths: Iterable[Path]) -> list[Path]:
@@ -74,15 +76,19 @@ def load_bitbrains(paths: Iterable[Path], step_s: float = 300.0) -> list[VmSerie
             header = next(lines, "")
             if "CPU cores" not in header:
                 raise TraceError(f"{path}: not a Bitbrains file (header {header.strip()[:60]!r})")
-            for line in lines:
+            for n, line in enumerate(lines, start=2):
                 fields = line.split(";")
                 if len(fields) < 4:
                     continue
-                cores = int(float(fields[1]))
-                capacity = float(fields[2])
+                try:
+                    cores = int(float(fields[1]))
+                    capacity = float(fields[2])
+                    usage = float(fields[3])
+                except ValueError as exc:
+                    raise TraceError(f"{path}:{n}: {exc}") from exc
                 if cores <= 0 or capacity <= 0:
                     continue  # the VM was not present
-                demand.append(max(0.0, float(fields[3])) / (capacity / cores))
+                demand.append(max(0.0, usage) / (capacity / cores))
                 cores_max = max(cores_max, cores)
         if demand:
             series.append(VmSeries(path.stem, demand, cores_max, step_s))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from services.decider.traces import TraceError, VmSeries, load_csv
 from services.simulator.workloads import PROFILES, Demand, TraceWorkload, Workload
+from shared.errors import UsageError
 from shared.messages import ErrorCode
 from shared.sim_api import SimVmCounters
 
@@ -134,7 +135,7 @@ class MiniCloud:
         mix = profiles or ["training", "inference", "notebook", "batch"]
         for name in mix:
             if name not in PROFILES:
-                raise ValueError(f"unknown workload profile {name!r}; choose from {', '.join(PROFILES)}")
+                raise UsageError(f"unknown workload profile {name!r}; choose from {', '.join(PROFILES)}")
         vms = []
         for i in range(count):
             requested, maximum = SIZES[i % len(SIZES)] if max_vcpus is None else (max(1, max_vcpus // 2), max_vcpus)

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from shared.errors import MissingDependency
+
 DEFAULT_URI = "qemu:///system"
 URI_ENV = "HOTPLUG_LIBVIRT_URI"
 
@@ -24,7 +26,7 @@ T = TypeVar("T")
 _handler_installed = False
 
 
-class LibvirtMissing(RuntimeError):
+class LibvirtMissing(MissingDependency):
     """libvirt-python is not installed (it needs libvirt-dev, pkg-config and gcc to build)."""
 
 

@@ -16,6 +16,7 @@ import psutil
 from services.collector.sources.base import Reading
 from services.collector.sources.threads import read_threads
 from shared.clock import Clock
+from shared.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,13 @@ class ProcessSpec:
     def parse(cls, text: str) -> ProcessSpec:
         vm, sep, target = text.partition("=")
         if not sep or not vm or not target:
-            raise ValueError(f"expected NAME=PID or NAME=REGEX, got {text!r}")
+            raise UsageError(f"expected NAME=PID or NAME=REGEX, got {text!r}")
         if target.isdigit():
             return cls(vm=vm, pid=int(target))
-        re.compile(target)
+        try:
+            re.compile(target)
+        except re.error as exc:
+            raise UsageError(f"{text!r}: not a regular expression ({exc})") from exc
         return cls(vm=vm, pattern=target)
 
 

@@ -1,0 +1,117 @@
+"""What several command groups share: option types, the service options, and how a service is started."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from shared import bus
+from shared.clock import Clock, make_clock
+from shared.errors import UsageError
+from shared.runtime import ServiceContext, ServiceOptions, resolve_nats_url, run_service
+from shared.telemetry import ServiceMetrics
+
+Handler = Callable[[argparse.Namespace], int]
+Subparsers = argparse._SubParsersAction
+
+
+def add_command(
+    sub: Subparsers[argparse.ArgumentParser], name: str, handler: Handler, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """A subcommand whose parsed arguments ``main`` hands to ``handler``."""
+    parser = sub.add_parser(name, **kwargs)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"HOTPLUG_{name}", default)
+
+
+def service_parent() -> argparse.ArgumentParser:
+    """Options every service takes; each defaults to an environment variable (for containers)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--nats", help=f"NATS URL (default: ${bus.DEFAULT_URL_ENV})")
+    p.add_argument("--host", default=_env("HOST", "local"), help="hypervisor host name ($HOTPLUG_HOST; local)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", "0")),
+        help="Prometheus port ($HOTPLUG_METRICS_PORT; default: any free port)",
+    )
+    p.add_argument(
+        "--metrics-addr",
+        default=_env("METRICS_ADDR", "127.0.0.1"),
+        help="address the metrics endpoint binds ($HOTPLUG_METRICS_ADDR; 127.0.0.1)",
+    )
+    p.add_argument(
+        "--speed",
+        type=positive,
+        default=float(_env("SPEED", "1")),
+        help="simulated seconds per wall second ($HOTPLUG_SPEED)",
+    )
+    p.add_argument("--epoch", type=float, default=None, help="wall time at which simulated time starts")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    return p
+
+
+def service_options(args: argparse.Namespace, name: str) -> ServiceOptions:
+    url = nats_url(args, name)
+    clock: Clock = make_clock(args.speed, args.epoch)
+    return ServiceOptions(
+        name=name,
+        nats_url=url,
+        host=args.host,
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+        clock=clock,
+    )
+
+
+def run(options: ServiceOptions, metrics: ServiceMetrics, body: Callable[[ServiceContext], Awaitable[None]]) -> int:
+    asyncio.run(run_service(options, body, metrics))
+    return 0
+
+
+def check_trace(path: Path) -> int:
+    """Read a ``--trace`` file before anything starts, so a bad one fails at once with one line; its VM count."""
+    from services.simulator.cloud import load_trace
+
+    return len(load_trace(path))
+
+
+def need_libvirt() -> None:
+    """libvirt-python is an optional extra: say how to get it (a user error) instead of a traceback."""
+    from shared.libvirt.connection import libvirt_module
+
+    libvirt_module()
+
+
+def nats_url(args: argparse.Namespace, command: str) -> str:
+    """``--nats`` or $HOTPLUG_NATS_URL, which a command that talks to the bus cannot do without."""
+    url = resolve_nats_url(args.nats)
+    if url is None:
+        raise UsageError(f"{command} needs a NATS server: --nats URL or ${bus.DEFAULT_URL_ENV}")
+    return url
+
+
+def with_stream_access(args: argparse.Namespace, work: Callable[[str], Coroutine[Any, Any, Any]]) -> Any:
+    """Run ``work(url)`` against ``--nats``/$HOTPLUG_NATS_URL, or the data dir's broker (live or private)."""
+    from hotplug.events import broker_for
+
+    url = resolve_nats_url(args.nats)
+    if url is not None and args.data_dir is None:
+        return asyncio.run(work(url))
+    with broker_for(args.data_dir or Path(".hotplug")) as data_url:
+        return asyncio.run(work(data_url))

@@ -1,0 +1,414 @@
+"""Commands that run the services: ``up`` (all of them at once), ``simulator``, ``collector``, ``decider``,
+``actuator`` and ``agent``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from hotplug.cli.common import (
+    Subparsers,
+    add_command,
+    check_trace,
+    need_libvirt,
+    positive,
+    run,
+    service_options,
+    service_parent,
+)
+from shared.errors import NotFound, UsageError
+from shared.runtime import ServiceContext, resolve_nats_url
+
+ORDER = 10  # first in ``hotplug --help``
+
+
+def _libvirt_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--libvirt-uri", default=None, help="libvirt URI ($HOTPLUG_LIBVIRT_URI; default qemu:///system)")
+    p.add_argument(
+        "--libvirt-opt-in",
+        action="store_true",
+        help="libvirt: only domains whose hotplug metadata says enabled (hotplug libvirt prepare)",
+    )
+
+
+def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    service = service_parent()
+
+    up = add_command(sub, "up", cmd_up, help="run broker, simulator, collector, decider and actuator together")
+    up.add_argument(
+        "--vms",
+        type=int,
+        default=None,
+        help="simulator: VMs (default 6; with --trace, the first N of the trace's VMs by name, default "
+        "all); qemu: guests to boot (default 6); libvirt: test domains to start for the run "
+        "(default: none, the running domains are used)",
+    )
+    up.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="simulated VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]) from the "
+        "run's start, repeating at its end",
+    )
+    up.add_argument("--duration", type=positive, default=None, help="stop after this many simulated seconds")
+    up.add_argument("--speed", type=positive, default=1.0, help="simulated seconds per wall second")
+    up.add_argument("--policy", default="default")
+    up.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
+    up.add_argument("--data-dir", type=Path, default=Path(".hotplug"))
+    up.add_argument("--nats", help="use this NATS server instead of starting one")
+    up.add_argument(
+        "--cluster",
+        type=int,
+        default=1,
+        metavar="NODES",
+        help="start a NATS cluster of this many nodes on loopback (streams kept on three)",
+    )
+    up.add_argument(
+        "--hypervisor",
+        choices=["simulator", "virtualbox", "qemu", "libvirt"],
+        default="simulator",
+        help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH); "
+        "qemu: --vms real guests booted for the run; libvirt: the running domains, or --vms "
+        "test domains started for the run",
+    )
+    up.add_argument("--max-vcpus", type=int, default=4, help="qemu, libvirt: each guest's maximum (it boots with 1)")
+    up.add_argument("--libvirt-uri", default=None, help="libvirt: the URI ($HOTPLUG_LIBVIRT_URI; qemu:///system)")
+    up.add_argument("--seed", type=int, default=1)
+    up.add_argument("--interval", type=positive, default=1.0, help="sampling interval, simulated seconds")
+    up.add_argument("--dry-run", action="store_true", help="decide and log, but command nothing")
+    up.add_argument("--no-view", action="store_true", help="no live table (it is off anyway without a terminal)")
+    up.add_argument("--log-level", default="INFO")
+
+    sim = add_command(sub, "simulator", cmd_simulator, parents=[service], help="the simulated mini-cloud")
+    sim.add_argument(
+        "--vms",
+        type=int,
+        default=None,
+        help="VMs to simulate (default 6); with --trace, the first N of the trace's VMs by name",
+    )
+    sim.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]), from the run's start, "
+        "repeating at its end, instead of the seeded profiles",
+    )
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--hotplug-delay", type=float, default=0.3, help="simulated seconds per plug or unplug")
+    sim.add_argument("--profiles", default="", help="comma-separated workload profiles to cycle through")
+    sim.add_argument(
+        "--max-vcpus",
+        type=int,
+        default=None,
+        help="every VM's maximum (it boots with half); default: 4, 8, 16, 8 in turn",
+    )
+
+    col = add_command(sub, "collector", cmd_collector, parents=[service], help="sample CPU use and publish metrics")
+    col.add_argument("--source", choices=["simulator", "psutil", "virtualbox", "qemu", "libvirt"], default="simulator")
+    _libvirt_options(col)
+    col.add_argument(
+        "--libvirt-domain",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="libvirt source: watch only this domain (repeatable; default: every running domain)",
+    )
+    col.add_argument("--interval", type=positive, default=1.0)
+    col.add_argument(
+        "--process",
+        action="append",
+        default=[],
+        metavar="VM=PID|VM=REGEX",
+        help="psutil source: a host process to watch as a VM",
+    )
+
+    dec = add_command(sub, "decider", cmd_decider, parents=[service], help="turn metrics into scale commands")
+    dec.add_argument("--policy", default="default")
+    dec.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
+    dec.add_argument("--name", default="decider", help="this decider's name in commands")
+    dec.add_argument("--dry-run", action="store_true", help="log what it would do; command nothing")
+    dec.add_argument(
+        "--lease", default=None, help="replicas with the same lease elect one active decider (commands carry its term)"
+    )
+    dec.add_argument("--lease-ttl", type=positive, default=5.0, help="seconds a lease lasts without renewal")
+    dec.add_argument(
+        "--group",
+        default=None,
+        help="share the VMs with the other live deciders of this group (each needs its own --name)",
+    )
+    dec.add_argument(
+        "--shadow",
+        action="store_true",
+        help="publish proposals on hotplug.proposals.<name>.<host>.<vm> instead of commands",
+    )
+    dec.add_argument("--max-sample-age", type=positive, default=10.0)
+    dec.add_argument(
+        "--intake-capacity",
+        type=int,
+        default=100_000,
+        metavar="VMS",
+        help="VMs whose newest sample may wait at once; a flood sheds the oldest samples",
+    )
+    dec.add_argument("--command-ttl", type=positive, default=30.0)
+
+    act = add_command(sub, "actuator", cmd_actuator, parents=[service], help="execute scale commands on the hypervisor")
+    act.add_argument("--driver", choices=["simulator", "virtualbox", "qemu", "libvirt"], default="simulator")
+    _libvirt_options(act)
+    act.add_argument("--name", default="actuator")
+    act.add_argument("--min-vcpus", type=int, default=1)
+    act.add_argument("--max-vcpus", type=int, default=1024)
+    act.add_argument("--step-timeout", type=positive, default=30.0)
+    act.add_argument(
+        "--vm-bounds",
+        action="append",
+        default=[],
+        metavar="VM=MIN:MAX",
+        help="this VM's own bounds (the last '=' separates the name); repeatable",
+    )
+    act.add_argument("--max-changes", type=int, default=6, help="resizes allowed per VM per --rate-window")
+    act.add_argument("--rate-window", type=positive, default=60.0, help="seconds (of the shared clock)")
+    act.add_argument(
+        "--ack-wait",
+        type=positive,
+        default=60.0,
+        help="seconds before an unacknowledged command is redelivered (e.g. after a crash)",
+    )
+
+    agent = add_command(
+        sub, "agent", cmd_agent, parents=[service], help="inside a Linux guest: publish its own CPU view"
+    )
+    agent.add_argument("--vm", required=True, help="the VM's name as the hypervisor knows it")
+    agent.add_argument("--interval", type=positive, default=1.0)
+    agent.add_argument("--no-online", action="store_true", help="do not bring newly plugged CPUs online")
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from services.simulator.service import SimulatorConfig, SimulatorMetrics, SimulatorService
+
+    options = service_options(args, "simulator")
+    if args.vms is not None and args.vms < 1:
+        raise UsageError("--vms must be at least 1")
+    if args.trace is not None:
+        if args.profiles or args.max_vcpus is not None:
+            raise UsageError("--trace gives each VM its demand and size; it excludes --profiles and --max-vcpus")
+        check_trace(args.trace)
+    config = SimulatorConfig(
+        vms=args.vms or 6,
+        seed=args.seed,
+        hotplug_delay_s=args.hotplug_delay,
+        profiles=tuple(p for p in args.profiles.split(",") if p),
+        max_vcpus=args.max_vcpus,
+        trace=args.trace,
+        trace_vms=args.vms,
+    )
+
+    async def body(ctx: ServiceContext) -> None:
+        await SimulatorService(ctx, config).run()
+
+    return run(options, SimulatorMetrics("simulator"), body)
+
+
+def cmd_collector(args: argparse.Namespace) -> int:
+    from services.collector.service import Collector, CollectorMetrics
+    from services.collector.sources.base import Source
+    from services.collector.sources.procs import ProcessSource, ProcessSpec
+    from services.collector.sources.simulator import SimulatorSource
+
+    options = service_options(args, "collector")
+    if args.source != "simulator" and args.speed != 1.0:
+        raise UsageError("--speed applies to the simulator only; real sources run on the wall clock")
+    specs = [ProcessSpec.parse(p) for p in args.process]
+    if args.source == "libvirt":
+        need_libvirt()
+    if args.source == "psutil" and not specs:
+        raise UsageError("the psutil source needs at least one --process VM=PID|VM=REGEX")
+
+    async def body(ctx: ServiceContext) -> None:
+        source: Source
+        if args.source == "simulator":
+            source = SimulatorSource(ctx.nc, ctx.host)
+        elif args.source == "virtualbox":
+            from services.collector.sources.virtualbox import VirtualBoxSource
+            from shared.virtualbox import VBoxManage
+
+            source = VirtualBoxSource(VBoxManage(), ctx.clock)
+        elif args.source == "qemu":
+            from services.collector.sources.qemu import QemuSource
+
+            source = QemuSource(ctx.clock)
+        elif args.source == "libvirt":
+            from services.collector.sources.libvirt import LibvirtSource
+
+            source = LibvirtSource(
+                ctx.clock,
+                args.libvirt_uri,
+                domains=args.libvirt_domain,
+                opt_in=args.libvirt_opt_in,
+                registry=ctx.metrics.registry,
+            )
+        else:
+            source = ProcessSource(specs, ctx.clock)
+        await Collector(ctx, source, args.interval).run()
+
+    return run(options, CollectorMetrics("collector"), body)
+
+
+def cmd_decider(args: argparse.Namespace) -> int:
+    from services.decider.registry import build_policy, parse_params
+    from services.decider.service import Decider, DeciderConfig, DeciderMetrics
+
+    options = service_options(args, "decider")
+    policy, rails = build_policy(args.policy, parse_params(args.param))
+    if args.shadow and args.dry_run:
+        raise UsageError("--shadow and --dry-run exclude each other")
+    config = DeciderConfig(
+        name=args.name,
+        dry_run=args.dry_run,
+        shadow=args.shadow,
+        group=args.group,
+        lease=args.lease,
+        lease_ttl_s=args.lease_ttl,
+        max_sample_age_s=args.max_sample_age,
+        command_ttl_s=args.command_ttl,
+        intake_capacity=args.intake_capacity,
+    )
+    if config.intake_capacity < 1:
+        raise UsageError("--intake-capacity must be at least 1")
+
+    async def body(ctx: ServiceContext) -> None:
+        await Decider(ctx, policy, rails, config).run()
+
+    return run(options, DeciderMetrics("decider"), body)
+
+
+def cmd_actuator(args: argparse.Namespace) -> int:
+    from services.actuator.checks import Bounds
+    from services.actuator.drivers.base import Driver
+    from services.actuator.drivers.simulator import SimulatorDriver
+    from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
+
+    options = service_options(args, "actuator")
+    vm_bounds = {}
+    for item in args.vm_bounds:
+        vm, sep, span = item.rpartition("=")
+        low, colon, high = span.partition(":")
+        if not sep or not vm or not colon or not low.isdigit() or not high.isdigit() or int(low) > int(high):
+            raise UsageError(f"--vm-bounds takes VM=MIN:MAX with MIN <= MAX, got {item!r}")
+        vm_bounds[vm] = Bounds(int(low), int(high))
+    if args.max_changes < 1:
+        raise UsageError("--max-changes must be at least 1")
+    config = ActuatorConfig(
+        name=args.name,
+        bounds=Bounds(args.min_vcpus, args.max_vcpus),
+        vm_bounds=vm_bounds,
+        step_timeout_s=args.step_timeout,
+        max_changes=args.max_changes,
+        rate_window_s=args.rate_window,
+        ack_wait_s=args.ack_wait,
+    )
+
+    if args.driver == "libvirt":
+        need_libvirt()
+    if args.driver != "simulator" and args.speed != 1.0:
+        raise UsageError("--speed applies to the simulator only; real hypervisors run on the wall clock")
+
+    async def body(ctx: ServiceContext) -> None:
+        driver: Driver
+        if args.driver == "virtualbox":
+            from services.actuator.drivers.virtualbox import VirtualBoxDriver
+
+            driver = VirtualBoxDriver()
+        elif args.driver == "qemu":
+            from services.actuator.drivers.qemu import QemuDriver
+
+            driver = QemuDriver()
+        elif args.driver == "libvirt":
+            from services.actuator.drivers.libvirt import LibvirtDriver
+
+            driver = LibvirtDriver(args.libvirt_uri, opt_in=args.libvirt_opt_in)
+        else:
+            driver = SimulatorDriver(ctx.nc, ctx.host, ctx.clock)
+        await Actuator(ctx, driver, config).run()
+
+    return run(options, ActuatorMetrics("actuator"), body)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from services.collector.service import Collector, CollectorMetrics
+    from services.collector.sources.guest import GuestSource
+
+    options = service_options(args, "agent")
+
+    async def body(ctx: ServiceContext) -> None:
+        source = GuestSource(args.vm, ctx.clock, online_new_cpus=not args.no_online)
+        await Collector(ctx, source, args.interval).run()
+
+    return run(options, CollectorMetrics("agent"), body)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from hotplug.up import UpOptions, run_up
+
+    if args.vms is not None and args.vms < 1:
+        raise UsageError("--vms must be at least 1")
+    if args.trace is not None:
+        if args.hypervisor != "simulator":
+            raise UsageError("--trace drives simulated VMs; it needs --hypervisor simulator")
+        args.trace = args.trace.resolve()  # the simulator child must find it whatever its working directory
+        check_trace(args.trace)
+    vms, guests = (None, args.vms or 0) if args.hypervisor == "libvirt" else (args.vms, 0)
+    options = UpOptions(
+        vms=vms,
+        libvirt_guests=guests,
+        libvirt_uri=args.libvirt_uri,
+        trace=args.trace,
+        duration_s=args.duration,
+        speed=args.speed,
+        policy=args.policy,
+        params=tuple(args.param),
+        data_dir=args.data_dir,
+        nats_url=resolve_nats_url(args.nats),
+        seed=args.seed,
+        interval_s=args.interval,
+        dry_run=args.dry_run,
+        view=not args.no_view,
+        log_level=args.log_level,
+        hypervisor=args.hypervisor,
+        max_vcpus=args.max_vcpus,
+        cluster=args.cluster,
+    )
+    if options.cluster < 1 or (options.cluster > 1 and options.nats_url is not None):
+        raise UsageError("--cluster takes a node count of at least 1, and only for the embedded broker (no --nats)")
+    if options.hypervisor != "simulator" and options.speed != 1.0:
+        raise UsageError("--speed applies to the simulator only")
+    if options.hypervisor == "virtualbox":
+        from shared.virtualbox import find_vboxmanage
+
+        find_vboxmanage()
+    if options.hypervisor == "qemu":
+        from shared.qemu.vm import QemuError, find_qemu
+
+        try:
+            find_qemu()
+        except QemuError as exc:
+            raise NotFound(str(exc)) from exc
+    if options.hypervisor == "libvirt":
+        need_libvirt()
+        from shared.libvirt.connection import Connection
+
+        probe = Connection(options.libvirt_uri)
+        try:
+            probe.run(lambda conn: conn.getLibVersion())  # a clear error now, not in three children's logs
+        except probe.libvirt.libvirtError as exc:
+            raise UsageError(f"libvirt at {probe.uri}: {exc}") from exc
+        finally:
+            probe.close()
+    # Check the policy and its parameters here, before any process starts.
+    from services.decider.registry import build_policy, parse_params
+
+    build_policy(options.policy, parse_params(list(options.params)))
+    asyncio.run(run_up(options))
+    return 0

@@ -1,0 +1,247 @@
+"""Commands that study policies and the loop: ``replay`` (traces against an oracle), ``bench`` and ``chaos``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import msgspec
+
+from hotplug.cli.common import Subparsers, add_command, check_trace, positive
+from shared.errors import UsageError
+
+ORDER = 40
+
+
+def _levels(text: str) -> list[float]:
+    try:
+        levels = sorted({float(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected percentages separated by commas, got {text!r}") from None
+    if not levels or levels[0] <= 0:
+        raise argparse.ArgumentTypeError(f"levels must be positive percentages, got {text!r}")
+    return levels
+
+
+def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    rep = add_command(sub, "replay", cmd_replay, help="score policies on recorded CPU traces against an oracle")
+    rep.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="trace files or directories")
+    rep.add_argument("--format", choices=["csv", "bitbrains", "planetlab"], required=True)
+    rep.add_argument("--vm-size", type=int, default=None, help="planetlab: the vCPUs each VM was given")
+    rep.add_argument("--step", type=positive, default=None, help="seconds per trace step (default: 300)")
+    rep.add_argument("--policy", default="all", help="all, or a comma-separated list of policy names")
+    rep.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
+    rep.add_argument("--pressure", action="store_true", help="let policies see demand beyond their vCPUs")
+    rep.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rep.add_argument("--plot", type=Path, default=None, metavar="DIR", help="write PNG plots and a sweep here")
+    rep.add_argument(
+        "--frontier",
+        action="store_true",
+        help="sweep each policy's trade-off parameter; print its cost at each level of unmet demand",
+    )
+    rep.add_argument(
+        "--levels",
+        type=_levels,
+        default=None,
+        metavar="PCT,PCT,...",
+        help="with --frontier: the levels of unmet demand, in %% (default 0.25,0.5,1,2,4,8)",
+    )
+
+    bench = add_command(
+        sub,
+        "bench",
+        cmd_bench,
+        help="benchmarks, printed as JSON: decider, loop, collector, replay; decisions (a table, or JSON with --json)",
+    )
+    bench.add_argument("which", choices=["decider", "loop", "collector", "replay", "decisions"])
+    bench.add_argument(
+        "--vms",
+        type=int,
+        default=None,
+        help="decider: 1000 and 10000; loop: 4; collector: 10, 100 and 1000; decisions: 8 "
+        "(with --trace: all of its VMs)",
+    )
+    bench.add_argument("--seconds", type=positive, default=None, help="how long each measurement runs")
+    bench.add_argument("--json", action="store_true", help="one line of JSON (default: indented)")
+    bench.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="P",
+        help="decisions: a policy to run, repeatable, or 'all' (default: default)",
+    )
+    bench.add_argument("--seeds", default=None, help="decisions: comma-separated simulator seeds (default: 11,12)")
+    bench.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="decisions: VMs follow this replay CSV instead of seeded profiles (each seed then runs the same trace)",
+    )
+    bench.add_argument(
+        "--duration",
+        type=positive,
+        default=3600.0,
+        help="decisions: simulated seconds measured per seed (default 3600)",
+    )
+    bench.add_argument(
+        "--speed", type=positive, default=30.0, help="decisions: simulated seconds per wall second (default 30)"
+    )
+    bench.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="decisions: keep each run's event log and logs in DIR/<policy>-seed<seed>/",
+    )
+
+    chaos = add_command(
+        sub,
+        "chaos",
+        cmd_chaos,
+        help="inject faults into a live loop (3-node cluster, one user per service) and report what survived",
+    )
+    chaos.add_argument("--json", action="store_true", help="print the report as JSON")
+    chaos.add_argument("--vms", type=int, default=4)
+    chaos.add_argument("--speed", type=positive, default=4.0, help="simulated seconds per wall second")
+    chaos.add_argument("--window", type=positive, default=5.0, help="wall seconds the loop runs under each fault")
+    chaos.add_argument("--nodes", type=int, default=3, help="NATS cluster nodes")
+    chaos.add_argument("--only", default="", help="comma-separated faults to inject (default: all)")
+    chaos.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep the run's logs, credentials and streams here (default: a temporary directory)",
+    )
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from hotplug.replay_cmd import (
+        frontier_report,
+        policy_names,
+        render_frontier,
+        render_table,
+        replay_table,
+        sweep,
+        write_plots,
+    )
+    from services.decider.frontier import DEFAULT_LEVELS
+    from services.decider.registry import parse_params
+    from services.decider.traces import load
+
+    names = policy_names(args.policy)
+    params = parse_params(args.param)
+    unknown = set(params) - set(names) - {"guard"}
+    if unknown:
+        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not among the replayed policies")
+    series = load(args.paths, args.format, vm_size=args.vm_size, step_s=args.step)
+    if not series:
+        raise UsageError("no VM series found in the given paths")
+    if args.levels is not None and not args.frontier:
+        raise UsageError("--levels goes with --frontier")
+    if args.frontier:
+        levels = args.levels or list(DEFAULT_LEVELS)
+        frontier = frontier_report(series, names, params, args.pressure, levels)
+        if args.json:
+            print(json.dumps(frontier, indent=1))
+        else:
+            render_frontier(
+                frontier,
+                f"{frontier['vms']} VMs, {frontier['steps']} steps"
+                f"{' (with pressure)' if args.pressure else ''}: cost at each level of unmet "
+                "demand, from a sweep of each policy's trade-off parameter",
+            )
+        return 0
+    report = replay_table(series, names, params, args.pressure)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        render_table(
+            report, f"{report['vms']} VMs, {report['steps']} steps{' (with pressure)' if args.pressure else ''}"
+        )
+    if args.plot is not None:
+        for path in write_plots(
+            args.plot, series, names, params, args.pressure, sweep(series, names, params, args.pressure), report
+        ):
+            print(path, file=sys.stderr)
+    return 0
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from hotplug.chaos import FAULTS, ChaosOptions, print_report, run_chaos
+
+    only = tuple(f for f in args.only.split(",") if f)
+    if set(only) - set(FAULTS):
+        raise UsageError(f"unknown fault in --only; choose from {', '.join(FAULTS)}")
+    if args.nodes < 1 or args.vms < 4:
+        raise UsageError("chaos needs at least one node and four VMs")
+    options = ChaosOptions(
+        vms=args.vms, speed=args.speed, window_s=args.window, nodes=args.nodes, data_dir=args.data_dir, only=only
+    )
+    report = asyncio.run(run_chaos(options, progress=lambda line: print(line, file=sys.stderr, flush=True)))
+    if args.json:
+        print(msgspec.json.encode(report).decode())
+    else:
+        print_report(report)
+    return 0 if report.ok else 1
+
+
+def _bench_decisions(args: argparse.Namespace) -> int:
+    from hotplug.bench.decisions import DEFAULT_SEEDS, DecisionsOptions, bench_decisions, render_table
+    from hotplug.replay_cmd import policy_names
+
+    policies = policy_names(",".join(args.policy) if args.policy else "default")
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip()) if args.seeds else DEFAULT_SEEDS
+    except ValueError:
+        raise UsageError(f"--seeds takes whole numbers, comma-separated, not {args.seeds!r}") from None
+    if not seeds:
+        raise UsageError("--seeds names no seed")
+    if args.vms is not None and args.vms < 1:
+        raise UsageError("--vms must be at least 1")
+    if args.trace is not None:
+        args.trace = args.trace.resolve()
+        check_trace(args.trace)
+    options = DecisionsOptions(
+        policies=tuple(policies),
+        seeds=seeds,
+        duration_s=args.duration,
+        speed=args.speed,
+        vms=args.vms,
+        trace=args.trace,
+        data_dir=args.data_dir,
+    )
+    report = bench_decisions(options, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        render_table(report)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    out: object
+    if args.which == "decisions":
+        return _bench_decisions(args)
+    if args.which == "decider":
+        from hotplug.bench.decider import bench_decider
+
+        sizes = [args.vms] if args.vms else [1000, 10000]
+        runs = [bench_decider(n, args.seconds or 8.0) for n in sizes]
+        out = runs[0] if len(runs) == 1 else {"bench": "decider", "runs": runs, **runs[-1]}
+    elif args.which == "loop":
+        from hotplug.bench.loop import bench_loop
+
+        out = bench_loop(args.vms or 4)
+    elif args.which == "collector":
+        from hotplug.bench.collector import bench_collector
+
+        out = bench_collector((args.vms,) if args.vms else (10, 100, 1000), args.seconds or 10.0)
+    else:
+        from hotplug.bench.replay import bench_replay
+
+        out = bench_replay()
+    print(json.dumps(out) if args.json else json.dumps(out, indent=1))
+    return 0
