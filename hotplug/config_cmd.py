@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from shared.config.load import ConfigError, LoadedConfig, load
+from shared.config.reload import Reloader
 from shared.config.rules import Defaults, resolve
 from shared.config.schema import (
     CONFIG_ENV,
@@ -32,6 +33,7 @@ from shared.config.schema import (
     param_flags,
     section_values,
 )
+from shared.runtime import ServiceContext
 
 ACTUATOR_MIN, ACTUATOR_MAX = 1, 1024  # the actuator's --min-vcpus/--max-vcpus defaults
 
@@ -118,6 +120,20 @@ def loaded_of(args: argparse.Namespace) -> LoadedConfig | None:
     """The config file ``main`` loaded for this command, if any."""
     loaded = getattr(args, "config_file", None)
     return loaded if isinstance(loaded, LoadedConfig) else None
+
+
+def watch_config(
+    ctx: ServiceContext, args: argparse.Namespace, command: str, apply: Callable[[LoadedConfig], str] | None = None
+) -> Reloader:
+    """Re-read the service's config file on SIGHUP; ``apply`` takes the new rules (None: the service has none to
+    take, and a reload only checks the file)."""
+
+    def nothing(_: LoadedConfig) -> str:
+        return f"nothing the {command} changes while running"
+
+    reloader = Reloader(loaded_of(args), command, apply or nothing, ctx.metrics.registry)
+    reloader.install()
+    return reloader
 
 
 # --- hotplug config check -------------------------------------------------------------------------------------

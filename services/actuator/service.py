@@ -33,8 +33,10 @@ from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, plan
 from services.actuator.drivers.base import Driver, DriverError
 from services.actuator.progress import ProgressLog
 from services.actuator.retry import Backoff, retry_after
+from services.actuator.vmbounds import bounds_for
 from shared import bus, subjects
 from shared.codec import BadMessage, Decoder, encode
+from shared.config.schema import VmRule
 from shared.inbox import Inbox
 from shared.leadership import LEASE_BUCKET, LeaseState
 from shared.messages import ErrorCode, ScaleCommand, ScaleResult
@@ -100,10 +102,14 @@ class ActuatorMetrics(ServiceMetrics):
 
 
 class Actuator:
-    def __init__(self, ctx: ServiceContext, driver: Driver, config: ActuatorConfig) -> None:
+    def __init__(
+        self, ctx: ServiceContext, driver: Driver, config: ActuatorConfig, rules: tuple[VmRule, ...] = ()
+    ) -> None:
         self.ctx = ctx
         self.driver = driver
         self.config = config
+        # The config file's [[vm]] rules, for each VM's bounds; replaced whole on a reload (SIGHUP).
+        self.rules = rules
         assert isinstance(ctx.metrics, ActuatorMetrics)
         self.metrics: ActuatorMetrics = ctx.metrics
         self.commands: Inbox[ScaleCommand] = Inbox("command", ScaleCommand, ctx.metrics)
@@ -397,7 +403,7 @@ class Actuator:
             try:
                 view = await self._call(self.driver.read(command.vm))
                 before = after = view.online_vcpus
-                bounds = self.config.vm_bounds.get(command.vm, self.config.bounds)
+                bounds = bounds_for(command.host, command.vm, self.config.bounds, self.rules, self.config.vm_bounds)
                 sizes = allowed(view, bounds)
                 decided = plan(command, view, bounds)
                 if isinstance(decided, Refusal):

@@ -19,6 +19,7 @@ from services.decider.guard import GuardRails
 from services.decider.lease import LEASE_BUCKET, Lease
 from services.decider.mailbox import LatestPerKey
 from services.decider.policies.base import Observation, PolicyBase
+from services.decider.rulebook import RuleBook, VmPlan
 from services.decider.sharding import ShardedIntake, load_state, state_key
 from shared import bus, subjects
 from shared.codec import encode
@@ -97,6 +98,12 @@ class DeciderMetrics(ServiceMetrics):
         # Every series exists from the start (at 0), so dashboards and alerts never query a missing one.
         for reason in (*(code.value for code in ErrorCode), *HELD_KINDS):
             self.held.labels(reason)
+        self.vm_rule = Gauge(
+            "hotplug_decider_vm_rule_info",
+            "The [[vm]] rule each VM runs under (rule 'default': none matches), its autoscale mode and policy",
+            ["host", "vm", "rule", "autoscale", "policy"],
+            registry=self.registry,
+        )
 
 
 def observation_of(sample: MetricSample) -> Observation:
@@ -113,12 +120,20 @@ def observation_of(sample: MetricSample) -> Observation:
 
 class Decider:
     def __init__(
-        self, ctx: ServiceContext, policy: PolicyBase[Any, Any], rails: GuardRails, config: DeciderConfig
+        self,
+        ctx: ServiceContext,
+        policy: PolicyBase[Any, Any],
+        rails: GuardRails,
+        config: DeciderConfig,
+        rules: RuleBook | None = None,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.rails = rails
         self.config = config
+        # Each VM's rule, policy and bounds ([[vm]] rules); without rules every VM runs `policy` with `rails`.
+        self.rules = rules if rules is not None else RuleBook.single(policy, rails)
+        self._plans: dict[tuple[str, str], VmPlan] = {}
         assert isinstance(ctx.metrics, DeciderMetrics)
         self.metrics: DeciderMetrics = ctx.metrics
         self.samples: Inbox[MetricSample] = Inbox("metric", MetricSample, ctx.metrics)
@@ -181,7 +196,13 @@ class Decider:
             if (self.config.shadow)
             else ""
         )
-        log.info("decider %s running policy %s%s", self.config.name, self.policy.name, mode)
+        log.info(
+            "decider %s running policy %s%s; %d [[vm]] rules",
+            self.config.name,
+            self.policy.name,
+            mode,
+            len(self.rules.rules),
+        )
         await asyncio.Event().wait()
 
     async def _run_in_group(self, group: str) -> None:
@@ -231,6 +252,7 @@ class Decider:
             await self._save(lost)
         for key in lost:
             self.engines.pop(key, None)
+            self._forget_plan(key)
             self._partition_of.pop(key, None)
             self._touched.discard(key)
 
@@ -247,8 +269,46 @@ class Decider:
         key = (host, vm)
         engine = self.engines.get(key)
         if engine is None:
-            engine = self.engines[key] = VmEngine(self.policy, self.rails)
+            plan = self.plan(host, vm)
+            engine = self.engines[key] = VmEngine(plan.policy, plan.rails)
         return engine
+
+    def plan(self, host: str, vm: str) -> VmPlan:
+        """The VM's rule, mode, bounds and policy (cached until the rules change)."""
+        key = (host, vm)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self.rules.plan(host, vm)
+            s = plan.settings
+            self.metrics.vm_rule.labels(host, vm, s.rule, s.autoscale, s.policy).set(1)
+        return plan
+
+    def _forget_plan(self, key: tuple[str, str]) -> None:
+        plan = self._plans.pop(key, None)
+        if plan is not None:
+            s = plan.settings
+            with contextlib.suppress(KeyError):
+                self.metrics.vm_rule.remove(*key, s.rule, s.autoscale, s.policy)
+
+    def use_rules(self, rules: RuleBook) -> str:
+        """Take new rules (a SIGHUP reload): each VM keeps its engine, and with it its decision state, under its
+        new bounds, mode and rails; a VM whose policy changes starts that policy's memory afresh (engine.py)."""
+        self.rules = rules
+        for key in list(self._plans):
+            self._forget_plan(key)
+        fresh = []
+        for (host, vm), engine in self.engines.items():
+            plan = self.plan(host, vm)
+            if plan.policy.name != engine.policy.name:
+                log.info("%s/%s: policy %s -> %s, started afresh", host, vm, engine.policy.name, plan.policy.name)
+                engine.switch_policy(plan.policy, plan.rails)
+                fresh.append(vm)
+            else:
+                engine.policy, engine.rails = plan.policy, plan.rails
+        kept = len(self.engines) - len(fresh)
+        return f"{len(rules.rules)} [[vm]] rules; {kept} VMs keep their decision state" + (
+            f", {len(fresh)} start a new policy afresh ({', '.join(sorted(fresh))})" if fresh else ""
+        )
 
     async def _on_sample(self, msg: Msg) -> None:
         if self.intake.put(msg.subject, msg.data):
@@ -280,8 +340,11 @@ class Decider:
             self.metrics.dropped.labels(self.metrics.service, "metric", "stale").inc()
             log.debug("stale sample for %s (%.1f s old)", sample.vm, now - sample.time)
             return None
+        plan = self.plan(sample.host, sample.vm)
+        if plan.settings.autoscale == "off":
+            return None  # its rule leaves it alone: no state, no proposal, no command
         engine = self.engine(sample.host, sample.vm)
-        decision = engine.step(observation_of(sample))
+        decision = engine.step(plan.observe(observation_of(sample)))
         if engine.held is not None:
             self.metrics.held.labels(engine.held.label).inc()
             log.debug("held %s/%s: %s", sample.host, sample.vm, engine.held.reason)
@@ -291,8 +354,9 @@ class Decider:
         if decision is None:
             return None
         direction = "up" if decision.target > sample.online_vcpus else "down"
-        mode = "dry-run" if self.config.dry_run else "command"
-        self.metrics.decisions.labels(self.policy.name, direction, decision.kind, mode).inc()
+        recommend = plan.settings.autoscale == "recommend"
+        mode = "dry-run" if self.config.dry_run else "recommend" if recommend else "command"
+        self.metrics.decisions.labels(engine.policy.name, direction, decision.kind, mode).inc()
         self._seq += 1
         command = ScaleCommand(
             id=f"{self._id_prefix}-{self._seq}",
@@ -316,6 +380,17 @@ class Decider:
                 decision.reason,
             )
             return command
+        if recommend:
+            log.info(
+                "recommend (rule %s): %s/%s %d -> %d: %s",
+                plan.settings.rule,
+                sample.host,
+                sample.vm,
+                sample.online_vcpus,
+                decision.target,
+                decision.reason,
+            )
+            return None
         if self.lease is not None:
             if not self.lease.active:
                 return None  # a standby keeps its state warm and commands nothing
@@ -341,7 +416,9 @@ class Decider:
         target = sample.online_vcpus if decision is None else decision.target
         if decision is not None:
             direction = "up" if decision.target > sample.online_vcpus else "down"
-            self.metrics.decisions.labels(self.policy.name, direction, decision.kind, "shadow").inc()
+            self.metrics.decisions.labels(
+                self.engine(sample.host, sample.vm).policy.name, direction, decision.kind, "shadow"
+            ).inc()
         self._seq += 1
         proposal = ScaleCommand(
             id=f"{self._id_prefix}-{self._seq}",

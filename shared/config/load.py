@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 
 from shared.config.schema import ConfigFile
+from shared.errors import InputError
 
 KeyPath = tuple[str | int, ...]
 
@@ -25,7 +26,7 @@ _UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<name>[^`]+)`")
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file that cannot be used: where, and why."""
 
     def __init__(self, path: Path, line: int | None, reason: str) -> None:
