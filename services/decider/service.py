@@ -294,11 +294,18 @@ class Decider:
         """Take new rules (a SIGHUP reload): each VM keeps its engine, and with it its decision state, under its
         new bounds, mode and rails; a VM whose policy changes starts that policy's memory afresh (engine.py)."""
         self.rules = rules
+        old = dict(self._plans)
         for key in list(self._plans):
             self._forget_plan(key)
         fresh = []
         for (host, vm), engine in self.engines.items():
             plan = self.plan(host, vm)
+            was = old.get((host, vm))
+            if was is None or (was.settings.min_vcpus, was.settings.max_vcpus) != (
+                plan.settings.min_vcpus,
+                plan.settings.max_vcpus,
+            ):
+                engine.allowed = None  # the sizes an actuator allowed under the old bounds: ask again
             if plan.policy.name != engine.policy.name:
                 log.info("%s/%s: policy %s -> %s, started afresh", host, vm, engine.policy.name, plan.policy.name)
                 engine.switch_policy(plan.policy, plan.rails)

@@ -106,6 +106,7 @@ def error_location(message: str) -> tuple[KeyPath, str]:
             keys.append(int(part.group(2)))
         else:
             break  # a dict key msgspec does not name: the enclosing table is as near as we can point
+    reason = reason.replace(" | null", "")  # every key may be left out; `null` is no value TOML can write
     unknown = _UNKNOWN_FIELD.match(reason)
     if unknown is not None:
         keys.append(unknown["name"])

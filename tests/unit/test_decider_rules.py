@@ -156,6 +156,9 @@ async def test_a_reload_keeps_each_vms_engine_and_its_state_and_says_who_starts_
     capped, scaled = h.decider.engines[("h", "capped-1")], h.decider.engines[("h", "scaled")]
     capped_state, capped_first_seen = capped.policy_state, capped.guard.first_seen
     capped.mark_sent(3, until=100.0, command_id="c1")
+    capped.learn_allowed(1, 5, now=2.0)  # what the actuator said under the old bound
+    h.sample("free", 2, 0.5, 2.0)
+    h.decider.engines[("h", "free")].learn_allowed(1, 8, now=2.0)
 
     changed = RULES.replace("max_vcpus = 5", "max_vcpus = 3").replace('policy = "hpa"', 'policy = "vpa"')
     summary = h.decider.use_rules(book(changed))
@@ -163,6 +166,8 @@ async def test_a_reload_keeps_each_vms_engine_and_its_state_and_says_who_starts_
     assert h.decider.engines[("h", "capped-1")] is capped
     assert capped.policy_state is capped_state and capped.guard.first_seen == capped_first_seen
     assert capped.pending_target == 3  # an order in flight is still waited for
+    assert capped.allowed is None  # its bounds moved: what an actuator allowed under the old ones is asked again
+    assert h.decider.engines[("h", "free")].allowed is not None  # its bounds did not
     assert h.decider.plan("h", "capped-1").settings.max_vcpus == 3
     assert scaled.policy.name == "vpa"
     assert scaled.guard.first_seen is None  # a new policy warms up afresh
