@@ -106,7 +106,7 @@ async def test_a_sighup_reload_moves_a_bound_and_an_invalid_one_is_refused(
         os.kill(service.proc.pid, signal.SIGHUP)
     for service in (decider, actuator):
         await eventually(
-            lambda s=service: metric(s.metrics_url, "hotplug_config_reloads_total", outcome="invalid") == 1,  # type: ignore[misc]
+            lambda s=service: metric(s.metrics_url, "hotplug_config_reloads_total", outcome="invalid") == 1,
             what="the invalid reload counted",
         )
         assert lines_matching(service.log(), rf"config reload refused.*{config}:4: vm\[0\].max_vcpus: Expected `int`")
