@@ -175,3 +175,40 @@ def test_every_service_help_states_the_settings_order() -> None:
         sub = _subparser(build_parser(), command)
         assert "default < config file" in (sub.epilog or ""), command
         assert "< environment variable < command-line flag" in (sub.epilog or ""), command
+
+
+def test_up_hands_the_file_to_every_child() -> None:
+    from hotplug.up import SERVICES, UpOptions, child_argv
+
+    options = UpOptions(config=Path("/etc/hotplug.toml"))
+    for service in SERVICES:
+        argv = child_argv(service, options, "nats://x", 0.0, 1)
+        assert argv[argv.index("--config") + 1] == "/etc/hotplug.toml", service
+    assert "--config" not in child_argv("decider", UpOptions(), "nats://x", 0.0, 1)
+
+
+def test_ups_summary_names_each_vms_rule() -> None:
+    from hotplug.fleet import Fleet
+    from shared.config.load import load
+    from shared.messages import MetricSample
+
+    fleet = Fleet(load(REPO / "examples/hotplug.toml").config, "default")
+    for vm in ("vm-01", "vm-02", "vm-03"):
+        fleet.on_sample(
+            MetricSample(
+                time=1.0,
+                host="local",
+                vm=vm,
+                online_vcpus=2,
+                min_vcpus=1,
+                max_vcpus=8,
+                cpu_used_cores=1.0,
+                interval_s=1.0,
+                source="t",
+            )
+        )
+    assert fleet.summary_lines()[-1] == (
+        "VM rules: #1 frozen (off): vm-01; #2 lively (auto, threshold, 2-6 vCPUs): vm-02; "
+        "default (auto, default, 1-64 vCPUs): vm-03"
+    )
+    assert not any(line.startswith("VM rules") for line in Fleet().summary_lines())
