@@ -4,8 +4,10 @@ and one credentials file per user.
 Authority comes from these permissions, never from a message field: only the decider user may publish on
 ``hotplug.commands.>``; a collector may publish metrics of its own host only; an actuator may read only its own
 host's commands (its JetStream consumer's filter is part of the permitted API subject), and publish and read back
-only its own host's results; a viewer may read but not publish. The admin user (``hotplug up``, operators)
-creates the streams. Passwords are random; the files are written readable by their owner only.
+only its own host's results; a viewer may read but not publish. The operator user may pause and resume VMs
+(``hotplug pause``: the pause bucket and pause events) and read what a viewer reads; deciders and actuators read
+pauses and may not change them. The admin user (``hotplug up``) creates the streams. Passwords are random; the
+files are written readable by their owner only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from services.actuator.answered import log_reader_name
 from services.actuator.progress import PROGRESS_BUCKET
 from shared import subjects
+from shared.pauses import PAUSE_BUCKET
 
 EVENTS, METRICS = subjects.EVENTS_STREAM, subjects.METRICS_STREAM
 KV_BUCKETS = ("hotplug_leases", "hotplug_deciders", "hotplug_decider_state")
@@ -46,6 +49,29 @@ def _read_stream(stream: str) -> list[str]:
     ]
 
 
+def _read_pauses(create: bool) -> list[str]:
+    """What watching and reading the pause bucket takes (and creating it, empty, when missing)."""
+    bucket = f"KV_{PAUSE_BUCKET}"
+    return [
+        f"{API}.STREAM.INFO.{bucket}",
+        *([f"{API}.STREAM.CREATE.{bucket}"] if create else []),
+        f"{API}.DIRECT.GET.{bucket}.>",
+        f"{API}.STREAM.MSG.GET.{bucket}",  # a bucket made without direct get is read through its stream
+        f"{API}.CONSUMER.*.{bucket}",
+        f"{API}.CONSUMER.*.{bucket}.>",
+        f"$JS.FC.{bucket}.>",  # a long-running watch's flow control replies
+    ]
+
+
+def _operator(viewer: User) -> User:
+    """Pauses and resumes VMs: writes the pause bucket and the pause events, and reads what a viewer reads."""
+    return User(
+        "operator",
+        publish=[*viewer.publish, *_read_pauses(create=True), f"$KV.{PAUSE_BUCKET}.>", f"{subjects.PAUSES}.>"],
+        subscribe=[*viewer.subscribe, f"{subjects.PAUSES}.>"],
+    )
+
+
 def users(hosts: list[str]) -> list[User]:
     out = [
         User("admin", publish=[">"], subscribe=[">"]),
@@ -59,13 +85,14 @@ def users(hosts: list[str]) -> list[User]:
                 *[f"$KV.{b}.>" for b in KV_BUCKETS],
                 *[f"{API}.DIRECT.GET.KV_{b}.>" for b in KV_BUCKETS],
                 f"{API}.CONSUMER.>",
+                *_read_pauses(create=True),
             ],  # group members' consumers on the metrics stream, KV key listings
             subscribe=[f"{subjects.METRICS}.>", f"{subjects.RESULTS}.>", "_INBOX.>"],
             deny_publish=[f"{API}.CONSUMER.DELETE.{EVENTS}.>"],
         ),
         User(
             "viewer",
-            publish=[*_read_stream(EVENTS), *_read_stream(METRICS)],
+            publish=[*_read_stream(EVENTS), *_read_stream(METRICS), *_read_pauses(create=False)],
             subscribe=[
                 f"{subjects.METRICS}.>",
                 f"{subjects.COMMANDS}.>",
@@ -75,6 +102,7 @@ def users(hosts: list[str]) -> list[User]:
             ],
         ),
     ]
+    out.append(_operator(next(u for u in out if u.name == "viewer")))
     for host in hosts:
         durable = f"actuator-{host}"
         reader = log_reader_name(durable)
@@ -109,6 +137,7 @@ def users(hosts: list[str]) -> list[User]:
                     f"$KV.{PROGRESS}.{host}.>",
                     f"{API}.CONSUMER.*.KV_{PROGRESS}",
                     f"{API}.CONSUMER.*.KV_{PROGRESS}.>",
+                    *_read_pauses(create=True),
                 ],
                 subscribe=["_INBOX.>"],
             ),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -27,8 +26,11 @@ from nats.aio.client import Client
 
 from hotplug import auth
 from hotplug.audit import Audit, audit
-from hotplug.bench.common import scrape_total
-from hotplug.observer import Observer, hypervisor_ops, settle
+from hotplug.harness import faults
+from hotplug.harness.poll import within
+from hotplug.harness.processes import sigkill
+from hotplug.harness.recorder import Recorder, hypervisor_ops, settle
+from hotplug.harness.scrape import metric_or_zero
 from hotplug.supervisor import Supervisor
 from hotplug.up import UpOptions, child_argv
 from shared import bus, subjects
@@ -36,7 +38,7 @@ from shared.broker import free_port
 from shared.clock import Clock
 from shared.cluster import EmbeddedCluster
 from shared.codec import encode
-from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, ScaleCommand, ScaleResult
 
 CHAOS_POLICY = ("threshold", ("guard.warmup_s=0",))
 HOST = "local"
@@ -95,8 +97,7 @@ class Chaos:
         auth.write(root / "auth", [HOST], "127.0.0.1", [node.port for node in self.cluster.nodes], tls=False)
         self.clock = Clock(speed=options.speed, epoch=time.time())
         self.supervisor = Supervisor(root / "logs", initial_backoff_s=0.2, max_backoff_s=2.0)
-        self.observer = Observer()
-        self._seq = 0
+        self.observer = Recorder()
         self._clients: dict[str, Client] = {}
 
     def url_of(self, user: str) -> str:
@@ -166,39 +167,30 @@ class Chaos:
         except (nats.errors.Error, TimeoutError, msgspec.DecodeError):
             return False  # not stored yet, or the stream is electing its leader
 
-    def metric(self, service: str, name: str, **labels: str) -> float:
+    async def metric(self, service: str, name: str, **labels: str) -> float:
+        """A service's metric (0 while it restarts), scraped on a thread: the loop keeps recording meanwhile."""
         port = self.supervisor.children[service].metrics_port
-        try:
-            return scrape_total(f"http://127.0.0.1:{port}/metrics", name, **labels)
-        except OSError:
-            return 0.0
+        return await asyncio.to_thread(metric_or_zero, f"http://127.0.0.1:{port}/metrics", name, **labels)
 
     def order(self, vm: str, target: int, seen: int, *, ttl_s: float = 30.0) -> ScaleCommand:
-        self._seq += 1
-        now = self.clock.now()
-        return ScaleCommand(
-            id=f"chaos-{os.getpid()}-{self._seq}",
-            time=now,
-            host=HOST,
-            vm=vm,
-            target_vcpus=target,
-            seen_vcpus=seen,
+        return faults.order(
+            HOST,
+            vm,
+            target,
+            seen,
+            now=self.clock.now(),
+            ttl_s=ttl_s,
             decider="chaos",
             reason="injected by hotplug chaos",
-            expires_at=now + ttl_s,
+            prefix="chaos",
         )
 
     async def send(self, command: ScaleCommand) -> None:
         """Store a command as the decider user would (the only user allowed to)."""
-        nc = await self.client("decider")
-        await bus.publish_durable(
-            nc.jetstream(), subjects.commands(command.host, command.vm), encode(command), msg_id=command.id
-        )
+        await faults.store_durably(await self.client("decider"), command)
 
     async def result_of(self, command: ScaleCommand) -> ScaleResult | None:
-        if await _within(30, lambda: bool(self.observer.results_of(command.id))):
-            return self.observer.results_of(command.id)[0]
-        return None
+        return await self.observer.result_of(command.id, timeout_s=30)
 
     # --- faults ---------------------------------------------------------------------------------------------
 
@@ -207,15 +199,17 @@ class Chaos:
         child = self.supervisor.children[service]
         assert child.process is not None
         pid, restarts = child.process.pid, child.restarts
-        os.kill(pid, signal.SIGKILL)
-        return pid, await _within(30, lambda: child.restarts > restarts)
+        sigkill(pid)
+        return pid, await within(30, lambda: child.restarts > restarts)
 
     async def kill(self, service: str) -> tuple[str, Check]:
         mid_action = False
         if service == "actuator":  # best when the hypervisor is in the middle of a hot-plug it was asked for
-            mid_action = await _within(
-                10, lambda: self.metric("simulator", "hotplug_sim_hotplugs_in_progress") > 0, interval_s=0.02
-            )
+
+            async def plugging() -> bool:
+                return await self.metric("simulator", "hotplug_sim_hotplugs_in_progress") > 0
+
+            mid_action = await within(10, plugging, interval_s=0.02)
         since = self.clock.now()
         pid, restarted = await self.kill_and_await_restart(service)
         note = " while a hot-plug was under way" if mid_action else ""
@@ -257,13 +251,11 @@ class Chaos:
         if command is None:
             return "no executed command to repeat", {"a command to repeat": False}
         nc = await self.client("decider")
-        ack = await nc.jetstream().publish(
-            subjects.commands(command.host, command.vm), encode(command), headers={"Nats-Msg-Id": command.id}
-        )
-        await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command))
+        retry_was_duplicate = await faults.store(nc, command, retry_id=True)
+        await faults.store(nc, command)
         await asyncio.sleep(self.clock.wall_seconds(4.0))
         return f"command {command.id} sent again: once as a retry (same Nats-Msg-Id), once as a new message", {
-            "retry stored once": bool(ack.duplicate),
+            "retry stored once": retry_was_duplicate,
             "one result": len(self.observer.results_of(command.id)) == 1,
         }
 
@@ -272,12 +264,14 @@ class Chaos:
         if command is None:
             return "no executed command to repeat", {"a command to repeat": False}
         _, restarted = await self.kill_and_await_restart("actuator")
-        nc = await self.client("decider")
-        await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command))
-        counted = await _within(
-            30,
-            lambda: self.metric("actuator", "hotplug_messages_dropped_total", kind="command", reason="duplicate") >= 1,
-        )
+        await faults.store(await self.client("decider"), command)
+
+        async def counted_as_duplicate() -> bool:
+            return (
+                await self.metric("actuator", "hotplug_messages_dropped_total", kind="command", reason="duplicate") >= 1
+            )
+
+        counted = await within(30, counted_as_duplicate)
         return f"SIGKILL to the actuator, then command {command.id}, answered before, stored again", {
             "restarted": restarted,
             "the new actuator knew it as answered": counted,
@@ -326,28 +320,19 @@ class Chaos:
         )
 
     async def malformed_messages(self) -> tuple[str, Check]:
-        def dropped(service: str, kind: str) -> float:
+        async def dropped(service: str, kind: str) -> float:
             return sum(
-                self.metric(service, "hotplug_messages_dropped_total", kind=kind, reason=reason)
-                for reason in ("malformed", "oversized", "unknown-version")
+                [
+                    await self.metric(service, "hotplug_messages_dropped_total", kind=kind, reason=reason)
+                    for reason in ("malformed", "oversized", "unknown-version")
+                ]
             )
 
-        before = dropped("decider", "metric"), dropped("actuator", "command")
+        before = await dropped("decider", "metric"), await dropped("actuator", "command")
         restarts = {name: c.restarts for name, c in self.supervisor.children.items()}
-        sample = MetricSample(
-            time=self.clock.now(),
-            host=HOST,
-            vm="vm-04",
-            online_vcpus=2,
-            min_vcpus=1,
-            max_vcpus=4,
-            cpu_used_cores=1.0,
-            interval_s=1.0,
-            source="chaos",
-        )
-        future = msgspec.json.encode(sample).replace(b'"v":1', b'"v":99')
+        future = faults.future_version(faults.sample(HOST, "vm-04", self.clock.now(), source="chaos"))
         # one VM each: the decider's intake keeps only a VM's newest sample, and these must all be judged
-        bad = {"vm-02": b"not json at all", "vm-03": b"{" * 100_000, "vm-04": future}
+        bad = {"vm-02": faults.GARBAGE, "vm-03": faults.OVERSIZED, "vm-04": future}
         agent = await self.client(f"agent-{HOST}")
         for vm, body in bad.items():
             await agent.publish(subjects.metrics(HOST, vm), body)
@@ -358,10 +343,14 @@ class Chaos:
                 subjects.commands(HOST, vm), body.replace(b'"type":"metric"', b'"type":"command"')
             )
         since = self.clock.now()
-        counted = await _within(
-            20,
-            lambda: dropped("decider", "metric") >= before[0] + 3 and dropped("actuator", "command") >= before[1] + 3,
-        )
+
+        async def all_counted() -> bool:
+            return (
+                await dropped("decider", "metric") >= before[0] + 3
+                and await dropped("actuator", "command") >= before[1] + 3
+            )
+
+        counted = await within(20, all_counted)
         acted = await self.loop_acts(since)
         return "garbage, a 100 kB body and schema version 99, as metrics and as stored commands", {
             "all six counted and dropped": counted,
@@ -370,40 +359,17 @@ class Chaos:
         }
 
     async def metric_flood(self) -> tuple[str, Check]:
-        shed_before = self.metric("decider", "hotplug_messages_dropped_total", kind="metric", reason="shed")
+        async def shed() -> float:
+            return await self.metric("decider", "hotplug_messages_dropped_total", kind="metric", reason="shed")
+
+        shed_before = await shed()
         agent = await self.client(f"agent-{HOST}")
-        ghosts = [f"ghost-{i:04d}" for i in range(1000)]
-        sent = 0
-        for _ in range(50):
-            now = self.clock.now()
-            for vm in ghosts:
-                await agent.publish(
-                    subjects.metrics(HOST, vm),
-                    encode(
-                        MetricSample(
-                            time=now,
-                            host=HOST,
-                            vm=vm,
-                            online_vcpus=2,
-                            min_vcpus=1,
-                            max_vcpus=4,
-                            cpu_used_cores=1.0,
-                            interval_s=1.0,
-                            source="chaos-flood",
-                        )
-                    ),
-                )
-                sent += 1
-            await agent.flush()
+        ghosts = faults.ghosts(1000)
+        sent = await faults.flood(agent, HOST, ghosts, 50, source="chaos-flood", now=self.clock.now)
         since = self.clock.now()
-        shed = await _within(
-            20,
-            lambda: (
-                self.metric("decider", "hotplug_messages_dropped_total", kind="metric", reason="shed") > shed_before
-            ),
-        )
+        more_shed = await within(20, lambda: _above(shed(), shed_before))
         return f"{sent} samples of {len(ghosts)} made-up VMs as fast as the broker took them", {
-            "oldest samples shed": shed,
+            "oldest samples shed": more_shed,
             "loop acted after": await self.loop_acts(since),
         }
 
@@ -424,7 +390,7 @@ class Chaos:
         await nc.publish(subjects.commands(HOST, "vm-01"), encode(command))
         await nc.publish(f"$JS.API.STREAM.PURGE.{subjects.EVENTS_STREAM}", b"")
         await nc.flush()
-        refused = await _within(5, lambda: sum("permissions violation" in e.lower() for e in errors) >= 2)
+        refused = await within(5, lambda: sum("permissions violation" in e.lower() for e in errors) >= 2)
         await nc.close()
         await asyncio.sleep(0.5)
         return refused and command.id not in self.observer.seen
@@ -447,13 +413,8 @@ FAULTS: dict[str, Callable[[Chaos], Awaitable[tuple[str, Check]]]] = {
 }
 
 
-async def _within(timeout_s: float, predicate: Callable[[], bool], interval_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(interval_s)
-    return True
+async def _above(value: Awaitable[float], floor: float) -> bool:
+    return await value > floor
 
 
 def _window_report(
@@ -464,7 +425,7 @@ def _window_report(
     seconds: float,
     commands: list[ScaleCommand],
     results: list[ScaleResult],
-    observer: Observer,
+    observer: Recorder,
 ) -> FaultReport:
     start, end = window
     mine = [c for c in commands if start <= c.time < end]

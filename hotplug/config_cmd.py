@@ -123,7 +123,7 @@ def loaded_of(args: argparse.Namespace) -> LoadedConfig | None:
 
 
 def watch_config(
-    ctx: ServiceContext, args: argparse.Namespace, command: str, apply: Callable[[LoadedConfig], str] | None = None
+    ctx: ServiceContext[Any], args: argparse.Namespace, command: str, apply: Callable[[LoadedConfig], str] | None = None
 ) -> Reloader:
     """Re-read the service's config file on SIGHUP; ``apply`` takes the new rules (None: the service has none to
     take, and a reload only checks the file)."""

@@ -1,4 +1,5 @@
-"""Reading the event log (every command and result) back out of JetStream, and printing it.
+"""Reading the event log (every command and result, and every pause and resume) back out of JetStream, and
+printing it.
 
 With ``--data-dir`` the log of a run that has stopped is read by starting a private broker on that data
 dir; if the run is still going (its ``broker.json`` names a live process) its broker is used instead.
@@ -22,10 +23,11 @@ from shared import subjects
 from shared.bus import read_stream
 from shared.cluster import embedded_broker, nodes_in
 from shared.errors import NotFound
-from shared.messages import ScaleCommand, ScaleResult
+from shared.messages import PauseEvent, ScaleCommand, ScaleResult
 
 Event = ScaleCommand | ScaleResult
 _decoder = msgspec.json.Decoder(Event)
+_with_pauses = msgspec.json.Decoder(ScaleCommand | ScaleResult | PauseEvent)
 
 BROKER_FILE = "broker.json"
 BROKER_DIR = "nats"
@@ -70,8 +72,29 @@ async def read_events(js: JetStreamContext) -> AsyncIterator[tuple[str, Event | 
             yield subject, None
 
 
-def event_record(event: Event) -> dict[str, Any]:
+async def read_all_events(js: JetStreamContext) -> AsyncIterator[tuple[str, Event | PauseEvent | None]]:
+    """Every command, result, pause and resume of the event log in order; undecodable ones as (subject, None)."""
+    filters = [subjects.ALL_COMMANDS, subjects.ALL_RESULTS, subjects.ALL_PAUSES]
+    async for subject, data in read_stream(js, subjects.EVENTS_STREAM, filters):
+        try:
+            yield subject, _with_pauses.decode(data)
+        except msgspec.DecodeError:
+            yield subject, None
+
+
+def event_record(event: Event | PauseEvent) -> dict[str, Any]:
     """The flat JSON Lines / CSV record of one event."""
+    if isinstance(event, PauseEvent):
+        return {
+            "kind": event.action.value,
+            "time": event.time,
+            "host": event.host,
+            "vm": event.vm,
+            "id": event.id,
+            "by": event.by,
+            "reason": event.reason,
+            "until": event.until,
+        }
     if isinstance(event, ScaleCommand):
         return {
             "kind": "command",
@@ -120,6 +143,8 @@ CSV_FIELDS = [
     "error_code",
     "error",
     "duration_s",
+    "by",
+    "until",
 ]
 
 

@@ -8,13 +8,13 @@ for ``healthy_after_s``. Each child's output goes to ``<log_dir>/<name>.log``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hotplug.harness import processes
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,7 @@ class Supervisor:
         return child
 
     async def _spawn(self, child: Child) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with (self.log_dir / f"{child.name}.log").open("ab") as out:
-            child.process = await asyncio.create_subprocess_exec(
-                *child.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                # Ctrl-C reaches the supervisor only; it stops the children
-                env=self._env_of(child),
-                start_new_session=True,
-            )
+        child.process = await processes.spawn(child.argv, self.log_dir / f"{child.name}.log", self._env_of(child))
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
@@ -82,10 +72,8 @@ class Supervisor:
         """Stop one child for good: it is not restarted."""
         child = self.children[name]
         child.retired = True
-        if child.process is not None and child.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.process.send_signal(signal.SIGTERM)
-            await _await_exit(child.process, timeout_s)
+        if child.process is not None:
+            await processes.terminate(child.process, timeout_s)
 
     async def _watch(self, child: Child) -> None:
         backoff = self.initial_backoff_s
@@ -122,20 +110,5 @@ class Supervisor:
         self._stopping = True
         for watcher in self._watchers:
             watcher.cancel()
-        procs = [c.process for c in self.children.values() if c.process and c.process.returncode is None]
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            await _await_exit(proc, timeout_s)
-
-
-async def _await_exit(proc: asyncio.subprocess.Process, timeout_s: float) -> None:
-    """Wait for a child told to stop; kill its process group if it takes longer than ``timeout_s``."""
-    try:
-        await asyncio.wait_for(proc.wait(), timeout=timeout_s)
-    except TimeoutError:
-        log.warning("pid %d did not stop in %.0f s; killing it", proc.pid, timeout_s)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        procs = [c.process for c in self.children.values() if c.process is not None]
+        await asyncio.gather(*(processes.terminate(proc, timeout_s) for proc in procs))

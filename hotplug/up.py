@@ -16,9 +16,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
-from hotplug.buswatch import BusWatcher
 from hotplug.events import BROKER_DIR, BROKER_FILE, write_broker_file
 from hotplug.fleet import Fleet
+from hotplug.harness.processes import hotplug_argv
+from hotplug.harness.recorder import BusWatcher
 from hotplug.supervisor import Supervisor
 from hotplug.view import render
 from shared import bus
@@ -65,10 +66,7 @@ class UpOptions:
 def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, port: int) -> list[str]:
     """A service's command line; without ``url`` it reads $HOTPLUG_NATS_URL (a URL with credentials stays out
     of the process list)."""
-    argv = [
-        sys.executable,
-        "-m",
-        "hotplug",
+    argv = hotplug_argv(
         service,
         *(["--nats", url] if url else []),
         "--host",
@@ -82,7 +80,7 @@ def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, 
         "--log-level",
         options.log_level,
         *(["--config", str(options.config)] if options.config is not None else []),
-    ]
+    )
     if service == "simulator":
         argv += ["--seed", str(options.seed)]
         if options.vms is not None or options.trace is None:

@@ -70,6 +70,8 @@ class ErrorCode(StrEnum):
     STALE_TERM = "stale-term"
     TIMEOUT = "timeout"
     UNKNOWN = "unknown"
+    # An operator paused autoscaling of the VM (``hotplug pause``): refused whatever the decider knows.
+    PAUSED = "paused"
 
 
 class _Message(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -167,5 +169,34 @@ class ScaleResult(_Message, tag="result", frozen=True, kw_only=True, forbid_unkn
     ) = None
 
 
-BusMessage = MetricSample | ScaleCommand | ScaleResult
-MESSAGE_TYPES: tuple[type[BusMessage], ...] = (MetricSample, ScaleCommand, ScaleResult)
+class PauseAction(StrEnum):
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+class PauseEvent(_Message, tag="pause", frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An operator paused or resumed autoscaling of one VM, published on ``hotplug.pauses.<host>.<vm>`` (kept in
+    the event log). A pause is also the value of the VM's key in the pause bucket while it lasts
+    (``shared.pauses``). Times are wall-clock POSIX seconds: a pause is an operator's, in real time."""
+
+    id: Identifier
+    time: Timestamp
+    host: HostName
+    vm: VmName
+    action: PauseAction
+    by: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=128,
+            pattern=r"^[^\x00-\x1f\x7f]+$",
+            description="who: the NATS user under broker auth, else the OS user",
+        ),
+    ]
+    reason: ShortText = ""
+    # A pause's end (absent: until resumed); a resume carries the end of the pause it lifted, if it had one.
+    until: Timestamp | None = None
+
+
+BusMessage = MetricSample | ScaleCommand | ScaleResult | PauseEvent
+MESSAGE_TYPES: tuple[type[BusMessage], ...] = (MetricSample, ScaleCommand, ScaleResult, PauseEvent)

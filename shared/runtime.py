@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -23,6 +24,9 @@ from shared.clock import Clock
 from shared.telemetry import MetricsServer, ServiceMetrics
 
 log = logging.getLogger(__name__)
+
+# A service's own metrics type: the context carries it typed, so a service needs no isinstance check to use it.
+M = TypeVar("M", bound=ServiceMetrics)
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,11 @@ class ServiceOptions:
 
 
 @dataclass
-class ServiceContext:
+class ServiceContext(Generic[M]):
     options: ServiceOptions
     nc: Client
     js: JetStreamContext
-    metrics: ServiceMetrics
+    metrics: M
 
     @property
     def clock(self) -> Clock:
@@ -65,10 +69,9 @@ def resolve_nats_url(url: str | None) -> str | None:
 
 async def run_service(
     options: ServiceOptions,
-    body: Callable[[ServiceContext], Awaitable[None]],
-    metrics: ServiceMetrics | None = None,
+    body: Callable[[ServiceContext[M]], Awaitable[None]],
+    metrics: M,
 ) -> None:
-    metrics = metrics or ServiceMetrics(options.name)
     server = MetricsServer(metrics.registry, options.metrics_port, options.metrics_addr)
     url = server.start()
     log.info("%s metrics: %s", options.name, url)

@@ -15,11 +15,13 @@ COMMANDS = f"{PREFIX}.commands"
 RESULTS = f"{PREFIX}.results"
 SIMULATOR = f"{PREFIX}.sim"
 PROPOSALS = f"{PREFIX}.proposals"
+PAUSES = f"{PREFIX}.pauses"
 
 ALL_METRICS = f"{METRICS}.>"
 ALL_COMMANDS = f"{COMMANDS}.>"
 ALL_RESULTS = f"{RESULTS}.>"
 ALL_PROPOSALS = f"{PROPOSALS}.>"
+ALL_PAUSES = f"{PAUSES}.>"
 
 EVENTS_STREAM = "HOTPLUG_EVENTS"
 METRICS_STREAM = "HOTPLUG_METRICS"
@@ -63,6 +65,11 @@ def commands(host: str, vm: str) -> str:
 
 def results(host: str, vm: str) -> str:
     return f"{RESULTS}.{host}.{vm_token(vm)}"
+
+
+def pauses(host: str, vm: str) -> str:
+    """Where ``hotplug pause`` and ``resume`` record what they did (a PauseEvent, kept in the event log)."""
+    return f"{PAUSES}.{host}.{vm_token(vm)}"
 
 
 def proposals(decider: str, host: str, vm: str) -> str:

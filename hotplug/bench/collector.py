@@ -12,18 +12,24 @@ from pathlib import Path
 
 import psutil
 
-from hotplug.bench.common import Service, machine, scrape_total
+from hotplug.bench.common import machine, service
+from hotplug.harness.poll import wait_until
+from hotplug.harness.scrape import metric
 from shared.broker import EmbeddedBroker
 
 
 def measure(vms: int, seconds: float, work: Path) -> float:
     """CPU % of one core the collector used, for ``vms`` VMs at 1 Hz."""
     with EmbeddedBroker(work / f"nats-{vms}") as broker:
-        simulator = Service(["simulator", "--nats", broker.url, "--vms", str(vms), "--profiles", "idle"], work)
-        collector = Service(["collector", "--nats", broker.url, "--interval", "1"], work)
+        simulator = service(["simulator", "--nats", broker.url, "--vms", str(vms), "--profiles", "idle"], work)
+        collector = service(["collector", "--nats", broker.url, "--interval", "1"], work)
         try:
-            while scrape_total(collector.metrics_url, "hotplug_collector_samples_published_total") < vms:
-                time.sleep(0.2)
+            simulator.wait_ready(30)
+            collector.wait_ready(30)
+            if not wait_until(
+                lambda: metric(collector.metrics_url, "hotplug_collector_samples_published_total") >= vms, 60
+            ):
+                raise RuntimeError(f"the collector did not sample {vms} VMs within a minute")
             proc = psutil.Process(collector.proc.pid)
             before, started = proc.cpu_times(), time.monotonic()
             time.sleep(seconds)

@@ -1,17 +1,13 @@
-"""What the benchmarks share: percentiles, a real broker and service processes, metric scraping."""
+"""What the benchmarks share: percentiles, the machine's description, and a service process started the
+benchmarks' way (the processes, scraping and recording themselves are ``hotplug.harness``'s)."""
 
 from __future__ import annotations
 
 import os
 import platform
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from hotplug.harness.processes import ServiceProcess
 from shared.broker import free_port
 
 
@@ -26,53 +22,25 @@ def machine() -> dict[str, object]:
     return {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
 
 
-def scrape_total(url: str, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
-        text = response.read().decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
+def service(args: list[str], log_dir: Path) -> ServiceProcess:
+    """``python -m hotplug <args>`` with its own metrics port, logging at $HOTPLUG_BENCH_LOG_LEVEL (WARNING) and
+    run under $HOTPLUG_BENCH_PROFILE_PREFIX (e.g. "-m cProfile -o x.prof"); started, not yet ready: await its
+    ``ready()`` or call its ``wait_ready()``."""
+    port = free_port()
+    return ServiceProcess(
+        [*args, "--log-level", os.environ.get("HOTPLUG_BENCH_LOG_LEVEL", "WARNING")],
+        log_dir / f"{args[0]}-{port}.log",
+        port,
+        prefix=os.environ.get("HOTPLUG_BENCH_PROFILE_PREFIX", "").split(),
+    )
 
 
-class Service:
-    """``python -m hotplug <args>`` as a child process with its own metrics port."""
-
-    def __init__(self, args: list[str], log_dir: Path) -> None:
-        self.port = free_port()
-        self.metrics_url = f"http://127.0.0.1:{self.port}/metrics"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with (log_dir / f"{args[0]}-{self.port}.log").open("wb") as log:
-            prefix = os.environ.get("HOTPLUG_BENCH_PROFILE_PREFIX", "").split()  # e.g. "-m cProfile -o x.prof"
-            argv = [
-                sys.executable,
-                *prefix,
-                "-m",
-                "hotplug",
-                *args,
-                "--metrics-port",
-                str(self.port),
-                "--log-level",
-                os.environ.get("HOTPLUG_BENCH_LOG_LEVEL", "WARNING"),
-            ]
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                scrape_total(self.metrics_url, "hotplug_service_up")
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{args[0]} exited with {self.proc.returncode}") from None
-                time.sleep(0.1)
-        raise RuntimeError(f"{args[0]} did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+async def ready_service(args: list[str], log_dir: Path, timeout_s: float = 30.0) -> ServiceProcess:
+    """``service``, once its metrics endpoint answers (stopped again if it never does)."""
+    proc = service(args, log_dir)
+    try:
+        await proc.ready(timeout_s)
+    except BaseException:
+        await proc.stop_async()
+        raise
+    return proc

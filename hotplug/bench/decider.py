@@ -18,10 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import msgspec
-from nats.aio.msg import Msg
-
-from hotplug.bench.common import Service, machine, percentile, scrape_total
+from hotplug.bench.common import machine, percentile, ready_service
+from hotplug.harness.recorder import BusWatcher
+from hotplug.harness.scrape import metric_async
 from shared import bus, subjects
 from shared.broker import EmbeddedBroker
 from shared.codec import encode
@@ -59,36 +58,39 @@ def sample(vm: str, vcpus: int, busy: bool, now: float, starved: bool = False) -
 
 async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
     with EmbeddedBroker(work / "nats") as broker:
-        decider = Service(["decider", "--nats", broker.url, "--policy", "default", "--max-sample-age", "3600"], work)
+        decider = await ready_service(
+            ["decider", "--nats", broker.url, "--policy", "default", "--max-sample-age", "3600"], work
+        )
         try:
             nc = await bus.connect(broker.url, "bench", forever=False)
             names = [f"vm{i:05d}" for i in range(vms)]
             sizes = dict.fromkeys(names, 4)
             latencies: list[float] = []
-            decode = msgspec.json.Decoder(ScaleCommand).decode
 
-            async def on_command(msg: Msg) -> None:
-                received = time.time()
-                command = decode(msg.data)
-                sizes[command.vm] = command.target_vcpus
-                if command.sample_time is not None:
-                    latencies.append(received - command.sample_time)
+            class Actuator(BusWatcher):
+                """Plays the actuator: a command's target becomes the VM's size in its next sample."""
 
-            await nc.subscribe(subjects.ALL_COMMANDS, cb=on_command)
-            await nc.flush()
+                def on_command(self, command: ScaleCommand) -> None:
+                    sizes[command.vm] = command.target_vcpus
+                    if command.sample_time is not None:
+                        latencies.append(time.time() - command.sample_time)
+
+            await Actuator().attach(nc, samples=False, results=False)
             subject = {vm: subjects.metrics("bench", vm) for vm in names}
 
-            def counts() -> tuple[float, float]:
+            async def counts() -> tuple[float, float]:
                 return (
-                    scrape_total(decider.metrics_url, "hotplug_messages_received_total", kind="metric"),
-                    scrape_total(decider.metrics_url, "hotplug_messages_dropped_total", kind="metric", reason="shed"),
+                    await metric_async(decider.metrics_url, "hotplug_messages_received_total", kind="metric"),
+                    await metric_async(
+                        decider.metrics_url, "hotplug_messages_dropped_total", kind="metric", reason="shed"
+                    ),
                 )
 
             async def offer(rate: float | None, duration: float) -> tuple[int, float, float, float]:
                 """Samples at ``rate`` per second (None: as fast as the broker takes them), at a steady load (as
                 most of a fleet is most of the time: after a first resize per VM, samples cost the decider a
                 decision but rarely a command). Returns (published, decided, shed, seconds until caught up)."""
-                received0, shed0 = counts()
+                received0, shed0 = await counts()
                 started = time.perf_counter()
                 published = 0
                 while (elapsed := time.perf_counter() - started) < duration:
@@ -101,10 +103,10 @@ async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
                     await nc.flush()
                     if rate is not None:
                         await asyncio.sleep(0.005)
-                last, last_change = counts(), time.perf_counter()
+                last, last_change = await counts(), time.perf_counter()
                 while time.perf_counter() - last_change < 1.0:  # until the decider has caught up
                     await asyncio.sleep(0.2)
-                    current = counts()
+                    current = await counts()
                     if current != last:
                         last, last_change = current, time.perf_counter()
                 return published, last[0] - received0, last[1] - shed0, last_change - started
@@ -146,7 +148,7 @@ async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
             await asyncio.sleep(1.0)
             await nc.close()
         finally:
-            decider.stop()
+            await decider.stop_async()
     return {
         "bench": "decider",
         "vms": vms,

@@ -22,9 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hotplug.bench.common import Service, machine, percentile, scrape_total
-from hotplug.buswatch import BusWatcher
+from hotplug.bench.common import machine, percentile, ready_service
 from hotplug.decisions import UNDO_WINDOW_S, in_window, sample_health, score_run
+from hotplug.harness.processes import ServiceProcess
+from hotplug.harness.recorder import Recorder
+from hotplug.harness.scrape import metric_async
 from shared import bus
 from shared.broker import EmbeddedBroker
 from shared.clock import Clock
@@ -49,35 +51,26 @@ class DecisionsOptions:
     data_dir: Path | None = None  # keep each run's event log and logs here (default: a temporary directory)
 
 
-class Recorder(BusWatcher):
+class LagRecorder(Recorder):
     """Everything the bus carried during one run, and how late each sample arrived on the run's clock."""
 
     def __init__(self, clock: Clock) -> None:
         super().__init__()
         self.clock = clock
-        self.samples: list[MetricSample] = []
-        self.commands: list[ScaleCommand] = []
-        self.results: list[ScaleResult] = []
         self.lags: list[float] = []
 
     def on_sample(self, sample: MetricSample) -> None:
         self.lags.append(self.clock.now() - sample.time)
-        self.samples.append(sample)
-
-    def on_command(self, command: ScaleCommand) -> None:
-        self.commands.append(command)
-
-    def on_result(self, result: ScaleResult) -> None:
-        self.results.append(result)
+        super().on_sample(sample)
 
 
-def _dropped(decider: Service) -> dict[str, int]:
+async def _dropped(decider: ServiceProcess) -> dict[str, int]:
     """Samples the decider dropped, by reason (stale: older than --max-sample-age; shed: its intake was full)."""
     out = {}
     for reason in ("stale", "shed", "malformed"):
         with contextlib.suppress(OSError):
             out[reason] = int(
-                scrape_total(decider.metrics_url, "hotplug_messages_dropped_total", kind="metric", reason=reason)
+                await metric_async(decider.metrics_url, "hotplug_messages_dropped_total", kind="metric", reason=reason)
             )
     return out
 
@@ -98,12 +91,12 @@ async def run_one(policy: str, seed: int, options: DecisionsOptions, work: Path)
     started = time.monotonic()
     with EmbeddedBroker(work / "nats") as broker:
         nc = await bus.connect(broker.url, "bench-decisions", forever=False)
-        services: dict[str, Service] = {}
+        services: dict[str, ServiceProcess] = {}
         try:
             await bus.ensure_streams(nc.jetstream())
             epoch = time.time()
             clock = Clock(speed=options.speed, epoch=epoch)
-            recorder = Recorder(clock)
+            recorder = LagRecorder(clock)
             await recorder.attach(nc)
             common = ["--nats", broker.url, "--host", host, "--speed", repr(options.speed), "--epoch", repr(epoch)]
             sim = ["simulator", *common, "--seed", str(seed)]
@@ -118,7 +111,7 @@ async def run_one(policy: str, seed: int, options: DecisionsOptions, work: Path)
                 ("decider", ["decider", *common, "--policy", policy]),
                 ("collector", ["collector", *common, "--interval", repr(INTERVAL_S)]),
             ):
-                services[name] = await asyncio.to_thread(Service, argv, logs)
+                services[name] = await ready_service(argv, logs)
 
             # Measure from the first sample, for duration_s of the shared clock; a loop that cannot keep up fails
             # here instead of reporting a short run.
@@ -133,12 +126,12 @@ async def run_one(policy: str, seed: int, options: DecisionsOptions, work: Path)
                 await asyncio.sleep(0.2)
             start = recorder.samples[0].time
             end = start + options.duration_s
-            dropped = _dropped(services["decider"])
+            dropped = await _dropped(services["decider"])
             read_failures = int(
-                scrape_total(services["collector"].metrics_url, "hotplug_collector_read_failures_total")
+                await metric_async(services["collector"].metrics_url, "hotplug_collector_read_failures_total")
             )
             for name in ("collector", "decider"):  # no new samples, no new commands
-                await asyncio.to_thread(services.pop(name).stop)
+                await services.pop(name).stop_async()
             ids = {c.id for c in recorder.commands if start <= c.time <= end}
             for _ in range(int(DRAIN_S / 0.1)):  # until each is answered, or DRAIN_S
                 if not ids - {r.command_id for r in recorder.results}:
@@ -147,7 +140,7 @@ async def run_one(policy: str, seed: int, options: DecisionsOptions, work: Path)
             samples, commands, results = in_window(recorder.samples, recorder.commands, recorder.results, start, end)
         finally:
             for service in services.values():
-                await asyncio.to_thread(service.stop)
+                await service.stop_async()
             with contextlib.suppress(Exception):
                 await nc.close()
     score = score_run(samples, commands, results)

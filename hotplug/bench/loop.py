@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 import msgspec
-from nats.aio.msg import Msg
 
-from hotplug.bench.common import Service, machine, percentile
+from hotplug.bench.common import machine, percentile, ready_service
+from hotplug.harness.processes import policy_args
+from hotplug.harness.recorder import Recorder
 from shared import bus, subjects
 from shared.broker import EmbeddedBroker
-from shared.messages import MetricSample, ScaleResult
+from shared.messages import ScaleResult
 from shared.sim_api import LoadRequest
 
 HOTPLUG_DELAY_S = 0.05
@@ -33,7 +34,7 @@ async def run(vms: int, trials: int, work: Path) -> dict[str, object]:
     with EmbeddedBroker(work / "nats") as broker:
         common = ["--nats", broker.url]
         services = [
-            Service(
+            await ready_service(
                 [
                     "simulator",
                     *common,
@@ -49,58 +50,52 @@ async def run(vms: int, trials: int, work: Path) -> dict[str, object]:
                 work,
             )
         ]
-        services.append(Service(["collector", *common, "--interval", str(INTERVAL_S)], work))
+        services.append(await ready_service(["collector", *common, "--interval", str(INTERVAL_S)], work))
         # The reaction is the loop's (sample, decision, command, hot-plug, result), not a policy's patience: the
         # seed's rule with no wait and low thresholds grows on the first sample that shows the load (even the
         # part of a second after the step) and shrinks as soon as it is gone, so trials follow each other quickly
         # (the calm default would hold each VM for minutes).
         services.append(
-            Service(
+            await ready_service(
                 [
                     "decider",
                     *common,
-                    "--policy",
-                    "threshold",
-                    "--param",
-                    "threshold.sustain_s=0",
-                    "--param",
-                    "threshold.upper=0.1",
-                    "--param",
-                    "threshold.lower=0.05",
-                    "--param",
-                    "guard.up_cooldown_s=0",
-                    "--param",
-                    "guard.down_cooldown_s=0",
-                    "--param",
-                    "guard.warmup_s=0",
-                    "--param",
-                    "guard.max_changes=1000",
+                    *policy_args(
+                        "threshold",
+                        {
+                            "threshold.sustain_s": 0,
+                            "threshold.upper": 0.1,
+                            "threshold.lower": 0.05,
+                            "guard.up_cooldown_s": 0,
+                            "guard.down_cooldown_s": 0,
+                            "guard.warmup_s": 0,
+                            "guard.max_changes": 1000,
+                        },
+                    ),
                 ],
                 work,
             )
         )
-        services.append(Service(["actuator", *common, "--max-changes", "1000"], work))  # trials follow quickly
+        services.append(
+            await ready_service(["actuator", *common, "--max-changes", "1000"], work)
+        )  # trials follow quickly
         try:
             nc = await bus.connect(broker.url, "bench", forever=False)
             plugs: dict[str, asyncio.Event] = {}
             plugged_at: dict[str, float] = {}
-            online: dict[str, int] = {}
-            decode = msgspec.json.Decoder(ScaleResult).decode
-            decode_sample = msgspec.json.Decoder(MetricSample).decode
 
-            async def on_result(msg: Msg) -> None:
-                result = decode(msg.data)
-                if result.ok and (result.vcpus_after or 0) > (result.vcpus_before or 0) and result.vm in plugs:
-                    plugged_at[result.vm] = time.time()
-                    plugs[result.vm].set()
+            class Plugs(Recorder):
+                """The VMs' online counts, and the moment each awaited plug's result arrives."""
 
-            async def on_sample(msg: Msg) -> None:
-                sample = decode_sample(msg.data)
-                online[sample.vm] = sample.online_vcpus
+                def on_result(self, result: ScaleResult) -> None:
+                    super().on_result(result)
+                    if result.ok and (result.vcpus_after or 0) > (result.vcpus_before or 0) and result.vm in plugs:
+                        plugged_at[result.vm] = time.time()
+                        plugs[result.vm].set()
 
-            await nc.subscribe(subjects.ALL_RESULTS, cb=on_result)
-            await nc.subscribe(subjects.ALL_METRICS, cb=on_sample)
-            await nc.flush()
+            recorder = Plugs()
+            await recorder.attach(nc, commands=False)
+            online = recorder.online
             load = subjects.simulator("local", "load")
             reactions: list[float] = []
             names = [f"vm-{i + 1:02d}" for i in range(vms)]
@@ -125,7 +120,7 @@ async def run(vms: int, trials: int, work: Path) -> dict[str, object]:
             await nc.close()
         finally:
             for service in services:
-                service.stop()
+                await service.stop_async()
     return {
         "bench": "loop",
         "trials": len(reactions),

@@ -12,8 +12,7 @@ from typing import Any
 from shared import bus
 from shared.clock import Clock, make_clock
 from shared.errors import UsageError
-from shared.runtime import ServiceContext, ServiceOptions, resolve_nats_url, run_service
-from shared.telemetry import ServiceMetrics
+from shared.runtime import M, ServiceContext, ServiceOptions, resolve_nats_url, run_service
 
 Handler = Callable[[argparse.Namespace], int]
 Subparsers = argparse._SubParsersAction
@@ -79,7 +78,7 @@ def service_options(args: argparse.Namespace, name: str) -> ServiceOptions:
     )
 
 
-def run(options: ServiceOptions, metrics: ServiceMetrics, body: Callable[[ServiceContext], Awaitable[None]]) -> int:
+def run(options: ServiceOptions, metrics: M, body: Callable[[ServiceContext[M]], Awaitable[None]]) -> int:
     asyncio.run(run_service(options, body, metrics))
     return 0
 

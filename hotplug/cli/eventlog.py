@@ -16,7 +16,7 @@ ORDER = 30
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    ev = add_command(sub, "events", cmd_events, help="print the event log (commands and results)")
+    ev = add_command(sub, "events", cmd_events, help="print the event log (commands, results, pauses and resumes)")
     ev.add_argument("--data-dir", type=Path, default=None)
     ev.add_argument("--nats", default=None)
     ev.add_argument("--format", choices=["table", "jsonl", "csv"], default="table")
@@ -40,10 +40,10 @@ def cmd_events(args: argparse.Namespace) -> int:
     async def collect(url: str) -> list[dict[str, object]]:
         nc = await bus.connect(url, "hotplug-events", forever=False)
         try:
-            from hotplug.events import read_events
+            from hotplug.events import read_all_events
 
             records = []
-            async for subject, event in read_events(nc.jetstream()):
+            async for subject, event in read_all_events(nc.jetstream()):
                 if event is None:
                     print(f"skipped an undecodable event on {subject}", file=sys.stderr)
                 else:
@@ -83,6 +83,15 @@ def _print_event_table(records: list[dict[str, object]]) -> None:
                 f"{r['seen_vcpus']}→{r['target_vcpus']}",
                 str(r["reason"]),
             )
+        elif r["kind"] in ("pause", "resume"):
+            from shared.pauses import when as pause_end
+
+            end = "until resumed" if r["until"] is None else f"until {pause_end(float(r['until']))}"  # type: ignore[arg-type]
+            if r["kind"] == "resume":
+                detail = f"by {r['by']}, lifting a pause {end}"
+            else:
+                detail = f"by {r['by']} {end}" + (f": {r['reason']}" if r["reason"] else "")
+            table.add_row(when, str(r["kind"]), str(r["host"]), str(r["vm"]), str(r["id"]), "", detail)
         else:
             detail = "ok" if r["ok"] else f"{r['error_code']}: {r['error']}"
             table.add_row(

@@ -240,7 +240,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         trace_vms=args.vms,
     )
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[SimulatorMetrics]) -> None:
         watch_config(ctx, args, "simulator")
         await SimulatorService(ctx, config).run()
 
@@ -262,7 +262,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
     if args.source == "psutil" and not specs:
         raise UsageError("the psutil source needs at least one --process VM=PID|VM=REGEX")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
         source: Source
         if args.source == "simulator":
             source = SimulatorSource(ctx.nc, ctx.host)
@@ -302,8 +302,6 @@ def cmd_decider(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     policy, rails = build_policy(args.policy, params)
     rules = build_rulebook(loaded_of(args), args.policy, params)
-    if args.shadow and args.dry_run:
-        raise UsageError("--shadow and --dry-run exclude each other")
     config = DeciderConfig(
         name=args.name,
         dry_run=args.dry_run,
@@ -315,10 +313,8 @@ def cmd_decider(args: argparse.Namespace) -> int:
         command_ttl_s=args.command_ttl,
         intake_capacity=args.intake_capacity,
     )
-    if config.intake_capacity < 1:
-        raise UsageError("--intake-capacity must be at least 1")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[DeciderMetrics]) -> None:
         decider = Decider(ctx, policy, rails, config, rules)
         watch_config(ctx, args, "decider", lambda new: decider.use_rules(build_rulebook(new, args.policy, params)))
         await decider.run()
@@ -357,7 +353,7 @@ def cmd_actuator(args: argparse.Namespace) -> int:
     if args.driver != "simulator" and args.speed != 1.0:
         raise UsageError("--speed applies to the simulator only; real hypervisors run on the wall clock")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[ActuatorMetrics]) -> None:
         driver: Driver
         if args.driver == "virtualbox":
             from services.actuator.drivers.virtualbox import VirtualBoxDriver
@@ -394,7 +390,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         raise UsageError("agent needs --vm NAME (or vm in the config file's [agent] section)")
     options = service_options(args, "agent")
 
-    async def body(ctx: ServiceContext) -> None:
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
         watch_config(ctx, args, "agent")
         source = GuestSource(args.vm, ctx.clock, online_new_cpus=not args.no_online)
         await Collector(ctx, source, args.interval).run()

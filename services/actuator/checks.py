@@ -4,6 +4,7 @@
 term); ``plan`` runs on the VM's current view (the target is inside both the hypervisor's and the actuator's
 own bounds; a VM already at the target needs nothing; otherwise the decider must have seen the same count)
 and says how many single-vCPU steps to take, and in which direction. ``rate_limited`` caps resizes per VM.
+``not_paused`` refuses a VM an operator paused (``hotplug pause``), whatever the decider knows of it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Annotated, NamedTuple
 import msgspec
 
 from services.actuator.drivers.base import VmView
-from shared.messages import ErrorCode, ScaleCommand
+from shared.messages import ErrorCode, PauseEvent, ScaleCommand
+from shared.pauses import active, describe
 
 
 class Bounds(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -79,3 +81,10 @@ def plan(command: ScaleCommand, view: VmView, bounds: Bounds) -> Plan | Refusal:
         )
     delta = command.target_vcpus - view.online_vcpus
     return Plan(direction=(delta > 0) - (delta < 0), steps=abs(delta))
+
+
+def not_paused(pause: PauseEvent | None, now: float) -> Refusal | None:
+    """Refuse a command for a VM paused at wall time ``now``; asking again makes sense when the pause ends."""
+    if pause is None or not active(pause, now):
+        return None
+    return Refusal(ErrorCode.PAUSED, describe(pause), retry_at=pause.until)

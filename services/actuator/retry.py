@@ -14,6 +14,8 @@ complaint of neon autoscaling #572). The rule per error code, in ``RULES``:
   soon; deciders also wait for a sample newer than the result, which shows it back.
 * ``LONG`` (``LONG_S``): what only an operator changes (VM configuration, a hypervisor limit, a misrouted
   command): ``hotplug-disabled``, ``hotplug-budget-exhausted``, ``cpu-id-out-of-range``, ``cpu0``, ``wrong-host``.
+* ``PAUSE``: ``paused``, when the pause ends, and at most ``LONG_S`` (an open-ended pause: ``LONG_S``), so a decider
+  that does not watch the pause bucket still asks again within ``LONG_S`` of a resume.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Rule(Enum):
     BACKOFF = "backoff"
     POLL = "poll"
     LONG = "long"
+    PAUSE = "pause"
 
 
 RULES: dict[ErrorCode, Rule] = {
@@ -56,6 +59,7 @@ RULES: dict[ErrorCode, Rule] = {
     ErrorCode.CPU_ID_OUT_OF_RANGE: Rule.LONG,
     ErrorCode.CPU0: Rule.LONG,
     ErrorCode.WRONG_HOST: Rule.LONG,
+    ErrorCode.PAUSED: Rule.PAUSE,
 }
 
 
@@ -79,8 +83,8 @@ class Backoff:
 
 def retry_after(code: ErrorCode, vm: str, *, now: float, backoff: Backoff, retry_at: float | None = None) -> float:
     """Seconds after ``now`` (the result's time) before the same VM should be asked again, after a refusal with
-    ``code``. ``retry_at`` is the check's own answer where it has one (the rate window); a back-off code counts
-    one more failure of ``vm``."""
+    ``code``. ``retry_at`` is the check's own answer where it has one (the rate window, a pause's end); a back-off
+    code counts one more failure of ``vm``."""
     rule = RULES[code]
     if rule is Rule.RATE_WINDOW:
         return max(0.0, retry_at - now) if retry_at is not None else 0.0
@@ -90,4 +94,6 @@ def retry_after(code: ErrorCode, vm: str, *, now: float, backoff: Backoff, retry
         return POLL_S
     if rule is Rule.LONG:
         return LONG_S
+    if rule is Rule.PAUSE:
+        return LONG_S if retry_at is None else min(LONG_S, max(0.0, retry_at - now))
     return 0.0

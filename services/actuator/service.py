@@ -1,12 +1,16 @@
 """The actuator service: durable command intake, one command at a time per VM, exactly one result each.
 
-Commands come from a durable JetStream consumer (explicit ack), so a restarted actuator resumes where it
+A thin shell around the command ledger (ledger.py), which holds every rule: receive -> ledger -> driver -> store
+-> ack. Commands come from a durable JetStream consumer (explicit ack), so a restarted actuator resumes where it
 stopped. A command is acknowledged only after its result is stored. Every command gets exactly one result, across
 restarts too: the ids answered in the last ``ANSWERED_KEEP_S`` are kept in memory (answered.py) and read back
 from the event log at startup; a copy of a command older than that is looked up in the log before it is judged.
 A copy of an answered command is acknowledged without acting or answering again. A command interrupted by a
 crash in the middle of its hot-plug steps is settled by the next actuator before anything else (progress.py):
 its result reports the change that did happen.
+
+A VM an operator paused (``hotplug pause``) is refused with ``paused`` whatever the decider knows: the actuator
+watches its host's keys of the pause bucket and takes no command before it knows the pauses in force.
 """
 
 from __future__ import annotations
@@ -28,27 +32,24 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.actuator.answered import AnsweredCommands, log_reader_name
-from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, plan, rate_limited
+from services.actuator.answered import log_reader_name
+from services.actuator.checks import Bounds, Plan, Refusal
 from services.actuator.drivers.base import Driver, DriverError
+from services.actuator.ledger import ANSWERED_KEEP_S, Duplicate, Execute, Ledger, LedgerRules, Superseded
 from services.actuator.progress import ProgressLog
-from services.actuator.retry import Backoff, retry_after
 from services.actuator.vmbounds import bounds_for
 from shared import bus, subjects
 from shared.codec import BadMessage, Decoder, encode
 from shared.config.schema import VmRule
 from shared.inbox import Inbox
 from shared.leadership import LEASE_BUCKET, LeaseState
-from shared.messages import ErrorCode, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult
+from shared.pause_bucket import PauseWatch
+from shared.pauses import describe, host_keys
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
 
 log = logging.getLogger(__name__)
-
-# How long an answered command's id is kept in memory. A command stamped earlier than this (less a margin for
-# clock skew between decider and actuator) is looked up in the event log instead.
-ANSWERED_KEEP_S = 600.0
-CLOCK_SKEW_MARGIN_S = 60.0
 
 T = TypeVar("T")
 
@@ -66,6 +67,10 @@ class ActuatorConfig:
     # After a restart: how long the VM of an interrupted command must stay unchanged before its count is taken
     # as final (a step the dead actuator asked for may still be under way in the hypervisor).
     settle_s: float = 5.0
+
+    def bounds_for(self, vm: str) -> Bounds:
+        """The sizes the actuator allows ``vm``: its own bounds if it has any, else the default."""
+        return self.vm_bounds.get(vm, self.bounds)
 
 
 class ActuatorMetrics(ServiceMetrics):
@@ -99,33 +104,48 @@ class ActuatorMetrics(ServiceMetrics):
             self.actions.labels("error", code.value)
         for op in ("plug", "unplug"):
             self.hotplug_calls.labels(op)
+        self.paused = Gauge(
+            "hotplug_actuator_paused_vms",
+            "VMs of this actuator's host paused by an operator now (hotplug pause)",
+            registry=self.registry,
+        )
 
 
 class Actuator:
     def __init__(
-        self, ctx: ServiceContext, driver: Driver, config: ActuatorConfig, rules: tuple[VmRule, ...] = ()
+        self,
+        ctx: ServiceContext[ActuatorMetrics],
+        driver: Driver,
+        config: ActuatorConfig,
+        rules: tuple[VmRule, ...] = (),
     ) -> None:
         self.ctx = ctx
         self.driver = driver
         self.config = config
         # The config file's [[vm]] rules, for each VM's bounds; replaced whole on a reload (SIGHUP).
         self.rules = rules
-        assert isinstance(ctx.metrics, ActuatorMetrics)
-        self.metrics: ActuatorMetrics = ctx.metrics
+        self.metrics = ctx.metrics
         self.commands: Inbox[ScaleCommand] = Inbox("command", ScaleCommand, ctx.metrics)
         self._result_decoder = Decoder(ScaleResult)
-        self._queues: dict[str, asyncio.Queue[tuple[ScaleCommand, Msg]]] = {}
+        self.ledger: Ledger[Msg] = Ledger(
+            LedgerRules(
+                actuator=config.name,
+                host=ctx.host,
+                bounds=self.bounds_for,
+                max_changes=config.max_changes,
+                rate_window_s=config.rate_window_s,
+            )
+        )
         self._workers: dict[str, asyncio.Task[None]] = {}
-        self.answered = AnsweredCommands(ANSWERED_KEEP_S)
         self._log_reads = asyncio.Lock()  # one reader of the event log at a time: it has one permitted name
-        self._pending_ids: set[str] = set()  # queued or being executed: a second copy is a duplicate
-        self._marked: set[str] = set()  # commands with a progress marker (progress.py) to remove after the result
         self.progress: ProgressLog
-        self._changes: dict[str, list[float]] = {}
-        # Per VM: failures in a row that call for a back-off (guest-refused, timeouts...), until a change succeeds.
-        self.backoff = Backoff()
-        # The highest leadership term seen per decider: commands from an older term are refused.
-        self.terms: dict[str, int] = {}
+        # Pauses of this host's VMs, from the pause bucket's watch; wall-clock times, as operators give them.
+        self.pauses = PauseWatch(ctx.js, host_keys(ctx.host), on_change=self._on_pause_change)
+        self.metrics.paused.set_function(lambda: self.pauses.book.count(time.time()))
+
+    def bounds_for(self, vm: str) -> Bounds:
+        """The sizes the actuator allows ``vm``: --vm-bounds, else its [[vm]] rule's, else its own (vmbounds.py)."""
+        return bounds_for(self.ctx.host, vm, self.config.bounds, self.rules, self.config.vm_bounds)
 
     @property
     def durable(self) -> str:
@@ -136,6 +156,7 @@ class Actuator:
         self.progress = await ProgressLog.open(self.ctx.js, self.ctx.host)
         await self._recall_answered()
         await self._settle_left_over()
+        await self.pauses.start()  # no command is taken before the pauses in force are known
         start = dt.datetime.fromtimestamp(time.time() - 300, tz=dt.UTC)
         consumer = ConsumerConfig(
             durable_name=self.durable,
@@ -175,6 +196,7 @@ class Actuator:
                         )
         finally:
             terms.cancel()
+            await self.pauses.stop()
             for worker in self._workers.values():
                 worker.cancel()
             await self.driver.close()
@@ -203,8 +225,7 @@ class Actuator:
                 for name in await kv.keys():
                     entry = await kv.get(name)
                     if entry.value:
-                        term = decode(entry.value).term
-                        self.terms[name] = max(term, self.terms.get(name, 0))
+                        self.ledger.learn_term(name, decode(entry.value).term)
             except (BucketNotFoundError, NoKeysError, KeyNotFoundError, msgspec.DecodeError):
                 pass  # no leases in use
             except Exception as exc:
@@ -216,60 +237,50 @@ class Actuator:
         if command is None:
             await msg.term()  # malformed: never redeliver
             return
-        if command.id in self.answered or command.id in self._pending_ids:
-            self._ignore_duplicate(command, "it is answered or under way")
-            await msg.ack()
-            return
-        queue = self._queues.get(command.vm)
-        if queue is None:
-            queue = self._queues[command.vm] = asyncio.Queue()
-        queue.put_nowait((command, msg))
-        self._pending_ids.add(command.id)
-        if command.vm not in self._workers:
-            self._workers[command.vm] = asyncio.ensure_future(self._work(command.vm, queue))
+        received = self.ledger.receive(command, msg)
+        if isinstance(received, Duplicate):
+            self._ignore_duplicate(command, received.why)
+            if not received.held:
+                await msg.ack()
+        elif received.start_worker:
+            self._workers[command.vm] = asyncio.ensure_future(self._work(command.vm))
+
+    def _on_pause_change(self, host: str, vm: str, pause: PauseEvent | None) -> None:
+        log.info("%s/%s %s", host, vm, "resumed" if pause is None else describe(pause))
 
     def _ignore_duplicate(self, command: ScaleCommand, why: str) -> None:
         self.metrics.dropped.labels(self.metrics.service, "command", "duplicate").inc()
         log.warning("duplicate command %s for %s ignored: %s", command.id, command.vm, why)
 
-    async def _work(self, vm: str, queue: asyncio.Queue[tuple[ScaleCommand, Msg]]) -> None:
-        """Run one VM's commands in order, one at a time; exits when the queue is empty."""
+    async def _work(self, vm: str) -> None:
+        """Run one VM's commands in order, one at a time; exits when the ledger has none left for it."""
         command: ScaleCommand | None = None
         try:
-            while not queue.empty():
-                command, msg = queue.get_nowait()
-                if await self._answered_long_ago(command):
-                    self._ignore_duplicate(command, "the event log has its result")
-                elif not queue.empty():
-                    # a newer order for this VM is waiting: this one ends without acting, and says why
-                    result = self.refuse(
-                        command,
-                        Refusal(ErrorCode.SUPERSEDED, "a newer command for this VM arrived before it could run"),
-                    )
-                    await self._store(result)
+            while (turn := self.ledger.take(vm, self.ctx.clock.now())) is not None:
+                command, msg = turn.delivery.command, turn.delivery.handle
+                in_log = turn.look_up_since is not None and await self._in_log(command, turn.look_up_since)
+                judged = self.ledger.judge(command, self.ctx.clock.now(), in_log)
+                if isinstance(judged, Duplicate):
+                    self._ignore_duplicate(command, judged.why)
+                elif isinstance(judged, Superseded):
+                    await self._store(judged.result)
                 else:
+                    assert isinstance(judged, Execute)
                     self.metrics.in_flight.inc()
                     try:
                         result = await self.execute(command, msg)
                     finally:
                         self.metrics.in_flight.dec()
-                    await self._store(result)
-                    if command.id in self._marked:
-                        self._marked.discard(command.id)
+                    if await self._store(result):
                         await self.progress.end(command)
-                self._pending_ids.discard(command.id)
-                await msg.ack()
+                for delivery in (msg, *self.ledger.done(command)):
+                    await delivery.ack()
+                command = None
         except Exception:
             log.exception("actuator worker for %s failed; unacknowledged commands will be redelivered", vm)
-            # forget them here, so their redeliveries are taken as new, not as duplicates
-            if command is not None:
-                self._pending_ids.discard(command.id)
-            while not queue.empty():
-                self._pending_ids.discard(queue.get_nowait()[0].id)
+            self.ledger.abandon(vm, command)
         finally:
             self._workers.pop(vm, None)
-            if queue.empty():
-                self._queues.pop(vm, None)
 
     async def _results_in_log(self, filter_subject: str, since_clock_time: float) -> AsyncGenerator[ScaleResult, None]:
         """This host's stored results on ``filter_subject`` from about ``since_clock_time`` on."""
@@ -284,22 +295,20 @@ class Actuator:
 
     async def _recall_answered(self) -> None:
         """Fill the memory of answered commands from the event log, before taking any command."""
-        since = self.ctx.clock.now() - ANSWERED_KEEP_S - CLOCK_SKEW_MARGIN_S
+        since = self.ledger.recall_since(self.ctx.clock.now())
         while True:
             try:
                 async for result in self._results_in_log(f"{subjects.RESULTS}.{self.ctx.host}.>", since):
-                    self.answered.add(result.command_id, result.time)
+                    self.ledger.recall([result])
                 break
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("answered commands not read back yet (%s); retrying", exc or type(exc).__name__)
                 await asyncio.sleep(1.0)
-        log.info("%d commands answered in the last %.0f s", len(self.answered), ANSWERED_KEEP_S)
+        log.info("%d commands answered in the last %.0f s", len(self.ledger.answered), ANSWERED_KEEP_S)
 
-    async def _answered_long_ago(self, command: ScaleCommand) -> bool:
-        """Whether a command too old for the memory already has its result in the event log."""
-        if command.time >= self.ctx.clock.now() - ANSWERED_KEEP_S + CLOCK_SKEW_MARGIN_S:
-            return False  # were it answered, the memory would know
-        results = self._results_in_log(subjects.results(command.host, command.vm), command.time - CLOCK_SKEW_MARGIN_S)
+    async def _in_log(self, command: ScaleCommand, since: float) -> bool:
+        """Whether the event log holds a result of ``command`` (too old for the memory of answered ids)."""
+        results = self._results_in_log(subjects.results(command.host, command.vm), since)
         async with contextlib.aclosing(results):  # leaving early must free the reader (and its lock) at once
             async for result in results:
                 if result.command_id == command.id:
@@ -311,23 +320,15 @@ class Actuator:
         progress.py), as things are, before taking any new command."""
         for marker in await self.progress.left_over():
             command = marker.command
-            if command.id not in self.answered:
+            if command.id not in self.ledger.answered:
                 started = time.perf_counter()
                 try:
                     now = await self._wait_for_quiet(command)
                 except DriverError as exc:
                     log.warning("%s left in progress on %s, not settled: %s", command.id, command.vm, exc.message)
                     continue
-                failure = (
-                    None
-                    if now == command.target_vcpus
-                    else Refusal(
-                        ErrorCode.UNKNOWN,
-                        f"interrupted by an actuator restart: {marker.before} -> {now} vCPUs of the "
-                        f"{command.target_vcpus} asked",
-                    )
-                )
-                await self._store(self._result(command, started, marker.before, now, failure))
+                duration = time.perf_counter() - started
+                await self._store(self.ledger.settled(command, marker.before, now, self.ctx.clock.now(), duration))
             await self.progress.end(command)
 
     async def _wait_for_quiet(self, command: ScaleCommand) -> int:
@@ -342,36 +343,17 @@ class Actuator:
                 now, quiet_since = latest, time.monotonic()
         return now
 
-    async def _store(self, result: ScaleResult) -> None:
+    async def _store(self, result: ScaleResult) -> bool:
+        """Store a result in the event log; whether its command's progress marker is to be removed."""
         await bus.publish_durable(
             self.ctx.js, subjects.results(result.host, result.vm), encode(result), msg_id=f"result-{result.command_id}"
         )
-        self.answered.add(result.command_id, result.time)  # from now on, a copy of the command is a duplicate
+        marked = self.ledger.stored(result)  # from now on, a copy of the command is a duplicate
         self._record(result)
+        return marked
 
     def refuse(self, command: ScaleCommand, refusal: Refusal) -> ScaleResult:
-        now = self.ctx.clock.now()
-        return ScaleResult(
-            command_id=command.id,
-            time=now,
-            host=command.host,
-            vm=command.vm,
-            ok=False,
-            vcpus_before=None,
-            vcpus_after=None,
-            target_vcpus=command.target_vcpus,
-            duration_s=0.0,
-            actuator=self.config.name,
-            error_code=refusal.code,
-            error=refusal.message[:1024],
-            sample_time=command.sample_time,
-            retry_after=self._retry_after(command.vm, refusal, now),
-            rate_limit_changes=self.config.max_changes,
-            rate_limit_window_s=self.config.rate_window_s,
-        )
-
-    def _retry_after(self, vm: str, failure: Refusal, now: float) -> float:
-        return retry_after(failure.code, vm, now=now, backoff=self.backoff, retry_at=failure.retry_at)
+        return self.ledger.refuse(command, refusal, self.ctx.clock.now())
 
     def _record(self, result: ScaleResult) -> None:
         outcome = "ok" if result.ok else "error"
@@ -396,32 +378,24 @@ class Actuator:
         after: int | None = None
         sizes: tuple[int, int] | None = None
         now = self.ctx.clock.now()
-        failure: Refusal | None = admit(command, self.ctx.host, now, self.terms.get(command.decider, 0))
-        if failure is None and command.term:
-            self.terms[command.decider] = max(command.term, self.terms.get(command.decider, 0))
+        # At its turn: a pause that ended while the command waited no longer stands.
+        wall = time.time()
+        failure = self.ledger.admit(command, now, self.pauses.book.paused(command.host, command.vm, wall), wall)
         if failure is None:
             try:
                 view = await self._call(self.driver.read(command.vm))
                 before = after = view.online_vcpus
-                bounds = bounds_for(command.host, command.vm, self.config.bounds, self.rules, self.config.vm_bounds)
-                sizes = allowed(view, bounds)
-                decided = plan(command, view, bounds)
-                if isinstance(decided, Refusal):
-                    failure = decided
-                elif decided.steps and (
-                    limited := rate_limited(
-                        self._changes.get(command.vm, []), now, self.config.max_changes, self.config.rate_window_s
-                    )
-                ):
-                    failure = limited
+                planned = self.ledger.plan(command, view, now)
+                sizes = planned.sizes
+                if isinstance(planned.decision, Refusal):
+                    failure = planned.decision
                 else:
-                    if decided.steps:
+                    if planned.decision.steps:
                         await self.progress.begin(command, before)
-                        self._marked.add(command.id)
-                    after = await self._apply(command.vm, decided, before, msg)
-                    if decided.steps:
-                        history = self._changes.setdefault(command.vm, [])
-                        history[:] = [t for t in history if now - t < self.config.rate_window_s] + [now]
+                        self.ledger.begun(command)
+                    after = await self._apply(command.vm, planned.decision, before, msg)
+                    if planned.decision.steps:
+                        self.ledger.changed(command.vm, now)
             except DriverError as exc:
                 failure = Refusal(exc.code, exc.message)
             if failure is not None and before is not None:
@@ -437,29 +411,8 @@ class Actuator:
         failure: Refusal | None,
         sizes: tuple[int, int] | None = None,
     ) -> ScaleResult:
-        now = self.ctx.clock.now()
-        if failure is None and before != after:
-            self.backoff.succeeded(command.vm)  # the VM took a change: its back-off starts over
-        return ScaleResult(
-            command_id=command.id,
-            time=now,
-            host=command.host,
-            vm=command.vm,
-            ok=failure is None,
-            vcpus_before=before,
-            vcpus_after=after,
-            target_vcpus=command.target_vcpus,
-            duration_s=time.perf_counter() - started,
-            actuator=self.config.name,
-            error_code=failure.code if failure else None,
-            error=failure.message[:1024] if failure else None,
-            sample_time=command.sample_time,
-            allowed_min_vcpus=sizes[0] if sizes else None,
-            allowed_max_vcpus=sizes[1] if sizes else None,
-            retry_after=self._retry_after(command.vm, failure, now) if failure else None,
-            rate_limit_changes=self.config.max_changes,
-            rate_limit_window_s=self.config.rate_window_s,
-        )
+        duration = time.perf_counter() - started
+        return self.ledger.result(command, self.ctx.clock.now(), duration, before, after, failure, sizes)
 
     async def _apply(self, vm: str, decided: Plan, current: int, msg: Msg | None) -> int:
         """Take the plan's steps one vCPU at a time, verifying each; returns the re-read count."""

@@ -53,13 +53,12 @@ class CollectorMetrics(ServiceMetrics):
 
 
 class Collector:
-    def __init__(self, ctx: ServiceContext, source: Source, interval_s: float = 1.0) -> None:
+    def __init__(self, ctx: ServiceContext[CollectorMetrics], source: Source, interval_s: float = 1.0) -> None:
         if interval_s <= 0:
             raise ValueError("interval must be positive")
         self.ctx = ctx
         self.source = source
         self.interval_s = interval_s
-        assert isinstance(ctx.metrics, CollectorMetrics)
         self.metrics: CollectorMetrics = ctx.metrics
         self._previous: dict[str, Reading] = {}
 

@@ -13,8 +13,9 @@ Results teach the engine three more things (``learn_result``; replay has no resu
 * the actuator's advertised rate limit, which the guard's change budget keeps within from then on;
 * whether a sent order changed anything: if not, it no longer counts against the change budget.
 
-``step`` returns no decision while a VM is held (by a refusal, its warm-up or its change budget) and says why in
-``held``, for the decider's ``hotplug_decider_held_total``.
+``step`` returns no decision while a VM is held (by a refusal, an operator's pause, its warm-up or its change
+budget) and says why in ``held``, for the decider's ``hotplug_decider_held_total``. A paused VM keeps its whole
+decision state: the policy sees every observation, and only the order is withheld.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from services.decider import refusals
 from services.decider.guard import Change, GuardRails, GuardState, apply_rails, budgets
 from services.decider.policies.base import Observation, PolicyBase
 from services.decider.refusals import Hold
-from shared.messages import ScaleResult
+from shared.messages import ErrorCode, ScaleResult
 
 ALLOWED_SIZES_TTL_S = 600.0
 # Rail kinds that withhold an order the policy wanted, counted as held (cooldowns are the policy's own pace).
@@ -91,6 +92,11 @@ def _dec_hook(kind: type, obj: Any) -> Any:
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
+def _clamped(obs: Observation, wanted: int) -> int:
+    """The size an order towards ``wanted`` would ask for, within the VM's range."""
+    return max(obs.min_vcpus, min(obs.max_vcpus, wanted))
+
+
 class VmEngine:
     __slots__ = (
         "allowed",
@@ -122,8 +128,9 @@ class VmEngine:
         self.backoff_streak = 0
         self.held: Held | None = None
 
-    def step(self, obs: Observation) -> Decision | None:
-        """The order to give after this observation, if any. Late or repeated observations are ignored."""
+    def step(self, obs: Observation, paused: str | None = None) -> Decision | None:
+        """The order to give after this observation, if any. Late or repeated observations are ignored.
+        ``paused``: the VM is paused by an operator (the text says by whom, until when and why): no order."""
         self.held = None
         if obs.time <= self.last_time:
             return None
@@ -142,6 +149,9 @@ class VmEngine:
         rec = self.policy.recommend(self.policy_state, obs)
         if self.pending_target is not None:
             return None
+        if paused is not None and _clamped(obs, rec.target) != obs.vcpus:
+            self.held = Held(ErrorCode.PAUSED.value, paused)
+            return None
         hold = self._holding(obs, rec.target)
         if hold is not None:
             wait = f"{hold.until - obs.time:.0f} s more" if obs.time < hold.until else "a newer sample"
@@ -159,11 +169,15 @@ class VmEngine:
         if not self.holds:
             return None
         self.holds = [h for h in self.holds if not h.over(obs.time)]
-        target = max(obs.min_vcpus, min(obs.max_vcpus, wanted))
+        target = _clamped(obs, wanted)
         if target == obs.vcpus:
             return None
         direction = 1 if target > obs.vcpus else -1
         return next((h for h in self.holds if h.holds(obs.time, direction)), None)
+
+    def lift_holds(self, code: ErrorCode) -> None:
+        """Drop the refusal holds of ``code``: what caused them is over (a paused VM was resumed)."""
+        self.holds = [h for h in self.holds if h.code != code.value]
 
     def _within_allowed(self, obs: Observation) -> Observation:
         allowed = self.allowed

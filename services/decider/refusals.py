@@ -5,7 +5,9 @@ The actuator says when asking again makes sense (``ScaleResult.retry_after``); t
 that long, and at least its own minimum for the error code (``FLOORS``), so an older actuator that sends no
 ``retry_after``, or a third-party one, cannot make it repeat an order on every sample. Some holds also wait for a
 sample newer than the result (the VM shown back, or its true size seen), and some hold only orders in the refused
-direction (a guest that will not give up a vCPU may still take one).
+direction (a guest that will not give up a vCPU may still take one). A ``paused`` refusal holds until the
+actuator's ``retry_after`` (the pause's end, at most 10 minutes) and at least ``POLL_S``; the decider also lifts
+it at once when it sees the VM resumed (it watches the pause bucket, ``shared.pause_bucket``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ FLOORS: dict[ErrorCode, float] = {
     ErrorCode.RATE_LIMITED: 1.0,  # the window frees when retry_after says; never sooner than a second
     ErrorCode.VM_NOT_FOUND: POLL_S,
     ErrorCode.VM_NOT_RUNNING: POLL_S,
+    ErrorCode.PAUSED: POLL_S,  # an operator paused the VM; a resume, seen in the bucket, lifts the hold sooner
     **{code: LONG_S for code in LONG_CODES},
     **{code: BACKOFF_START_S for code in BACKOFF_CODES},
 }

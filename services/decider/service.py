@@ -1,30 +1,37 @@
-"""The decider service: metric samples in, scale commands out; a thin loop around ``engine.VmEngine``."""
+"""The decider service: metric samples in, scale commands out; a thin loop around ``engine.VmEngine``.
+
+Its modes are objects chosen once at start: how orders leave and who may command (modes.py), and which VMs it
+sees (``WholeFleet``, or a group member's ``GroupShare``). It watches the pause bucket (``shared.pause_bucket``)
+and holds a VM an operator paused, keeping its decision state.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import secrets
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import msgspec
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.decider.engine import HELD_KINDS, Decision, VmEngine
+from services.decider.engine import HELD_KINDS, VmEngine
 from services.decider.guard import GuardRails
-from services.decider.lease import LEASE_BUCKET, Lease
 from services.decider.mailbox import LatestPerKey
+from services.decider.modes import Commands, DryRun, Leadership, Orders, Outlet, Recommend, Shadow, leadership_for
 from services.decider.policies.base import Observation, PolicyBase
 from services.decider.rulebook import RuleBook, VmPlan
 from services.decider.sharding import ShardedIntake, load_state, state_key
 from shared import bus, subjects
 from shared.codec import encode
+from shared.errors import UsageError
 from shared.inbox import Inbox
-from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, MetricSample, PauseEvent, ScaleCommand, ScaleResult
+from shared.pause_bucket import PauseWatch
+from shared.pauses import describe
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
 
@@ -51,6 +58,12 @@ class DeciderConfig:
     command_ttl_s: float = 30.0
     # VMs whose newest sample may wait at once; beyond, the longest-waiting is shed (see mailbox.py).
     intake_capacity: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.shadow and self.dry_run:
+            raise UsageError("--shadow and --dry-run exclude each other")
+        if self.intake_capacity < 1:
+            raise UsageError("--intake-capacity must be at least 1")
 
 
 class DeciderMetrics(ServiceMetrics):
@@ -118,10 +131,18 @@ def observation_of(sample: MetricSample) -> Observation:
     )
 
 
+class Intake(Protocol):
+    """Which VMs this decider sees, and how their samples reach ``Decider.handle_sample``."""
+
+    stores: bool  # whether it reads or writes JetStream (so the streams must exist)
+
+    async def run(self) -> None: ...
+
+
 class Decider:
     def __init__(
         self,
-        ctx: ServiceContext,
+        ctx: ServiceContext[DeciderMetrics],
         policy: PolicyBase[Any, Any],
         rails: GuardRails,
         config: DeciderConfig,
@@ -134,32 +155,36 @@ class Decider:
         # Each VM's rule, policy and bounds ([[vm]] rules); without rules every VM runs `policy` with `rails`.
         self.rules = rules if rules is not None else RuleBook.single(policy, rails)
         self._plans: dict[tuple[str, str], VmPlan] = {}
-        assert isinstance(ctx.metrics, DeciderMetrics)
-        self.metrics: DeciderMetrics = ctx.metrics
+        self.metrics = ctx.metrics
         self.samples: Inbox[MetricSample] = Inbox("metric", MetricSample, ctx.metrics)
         self.results: Inbox[ScaleResult] = Inbox("result", ScaleResult, ctx.metrics)
-        # Raw samples by subject (one per VM): decoded only when their turn comes, so a flood costs little.
-        self.intake: LatestPerKey[str, bytes] = LatestPerKey(config.intake_capacity)
-        self._intake_ready = asyncio.Event()
-        self._shed = ctx.metrics.dropped.labels(ctx.metrics.service, "metric", "shed")
         self.engines: dict[tuple[str, str], VmEngine] = {}
-        # Ids must differ across restarts (the event log de-duplicates by id), and stay fixed across retries.
-        self._id_prefix = f"{config.name}-{secrets.token_hex(4)}"
-        self._seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._publishing: set[asyncio.Task[None]] = set()
-        self._partition_of: dict[tuple[str, str], int] = {}
-        self._touched: set[tuple[str, str]] = set()
-        self._state: KeyValue | None = None
-        self.lease: Lease | None = None
+        self.pauses: PauseWatch | None = None
+        # The modes, chosen once.
+        orders = Orders(config.name)
+        self.leadership: Leadership = leadership_for(config.lease, config.name, config.lease_ttl_s)
+        self.outlet: Outlet
+        if config.shadow:
+            self.outlet = Shadow(orders, self._propose)
+        elif config.dry_run:
+            self.outlet = DryRun(orders, config.command_ttl_s)
+        else:
+            self.outlet = Commands(orders, self.leadership, config.command_ttl_s, self._send)
+        # VMs whose rule says `recommend`: decided on and logged, never commanded (dry run and shadow send nothing).
+        self.recommend: Outlet = Recommend(self.outlet)
+        self.intake: Intake = GroupShare(self, config.group) if config.group else WholeFleet(self)
         self.metrics.vms.set_function(lambda: len(self.engines))
-        self.metrics.leader.set_function(lambda: 1.0 if self.lease is None or self.lease.active else 0.0)
-        self.metrics.term.set_function(lambda: float(self.lease.term) if self.lease else 0.0)
+        self.metrics.leader.set_function(lambda: 1.0 if self.leadership.active else 0.0)
+        self.metrics.term.set_function(lambda: float(self.leadership.term))
 
     async def run(self) -> None:
         try:
             await self._run()
         finally:
+            if self.pauses is not None:
+                await self.pauses.stop()
             await self._finish_publishing()
 
     async def _finish_publishing(self) -> None:
@@ -171,99 +196,16 @@ class Decider:
             await asyncio.wait(publishing, timeout=STOP_GRACE_S)
 
     async def _run(self) -> None:
-        if self.config.shadow and self.config.dry_run:
-            raise ValueError("--shadow and --dry-run exclude each other")
-        if not self.config.dry_run or self.config.group:
+        if self.outlet.stores or self.intake.stores:
             await bus.ensure_streams(self.ctx.js)
         await self.ctx.nc.subscribe(subjects.ALL_RESULTS, cb=self._on_result)
-        if self.config.lease:
-            kv = await bus.key_value(self.ctx.js, LEASE_BUCKET)
-            self.lease = Lease(kv, self.config.lease, self.config.name, self.config.lease_ttl_s)
-            await self.lease.tick()
-            lease_task = asyncio.ensure_future(self.lease.run())
-            self._tasks.add(lease_task)
-        if self.config.group:
-            await self._run_in_group(self.config.group)
-            return
-        worker = asyncio.ensure_future(self._drain_intake())
-        self._tasks.add(worker)
-        await self.ctx.nc.subscribe(subjects.ALL_METRICS, cb=self._on_sample)
-        await self.ctx.nc.flush()
-        mode = (
-            " (dry run: no commands)"
-            if self.config.dry_run
-            else " (shadow: proposals only)"
-            if (self.config.shadow)
-            else ""
-        )
-        log.info(
-            "decider %s running policy %s%s; %d [[vm]] rules",
-            self.config.name,
-            self.policy.name,
-            mode,
-            len(self.rules.rules),
-        )
-        await asyncio.Event().wait()
-
-    async def _run_in_group(self, group: str) -> None:
-        intake = ShardedIntake(self.ctx.js, group, self.config.name, self._on_stored_sample, self._on_share)
-        self._state = await intake.open_state()
-        saver = asyncio.ensure_future(self._save_state_periodically(group))
-        log.info("decider %s joins group %s (policy %s)", self.config.name, group, self.policy.name)
-        try:
-            await intake.run()
-        finally:
-            saver.cancel()
-
-    async def _on_stored_sample(self, subject: str, data: bytes) -> None:
-        sample = self.samples.open(subject, data)
-        if sample is None:
-            return
-        key = (sample.host, sample.vm)
-        if key not in self.engines:
-            await self._resume(key)
-            self._partition_of[key] = int(subject.split(".")[2])
-        self._touched.add(key)
-        if self.handle_sample(sample) is not None:
-            await asyncio.sleep(0)
-
-    async def _resume(self, key: tuple[str, str]) -> None:
-        assert self._state is not None
-        assert self.config.group is not None
-        engine = self.engine(*key)
-        data = await load_state(self._state, state_key(self.config.group, *key))
-        if data is not None and engine.restore(data):
-            self.metrics.resumed.inc()
-            log.info("took over %s/%s with its decision state", *key)
-
-    async def _save(self, keys: list[tuple[str, str]]) -> None:
-        assert self._state is not None
-        assert self.config.group is not None
-        for key in keys:
-            engine = self.engines.get(key)
-            if engine is not None:
-                await self._state.put(state_key(self.config.group, *key), engine.snapshot())
-
-    async def _on_share(self, share: frozenset[int]) -> None:
-        """Hand over the VMs of partitions this member no longer owns: save their state, then forget them."""
-        self.metrics.partitions.set(len(share))
-        lost = [key for key, p in self._partition_of.items() if p not in share]
-        with contextlib.suppress(Exception):
-            await self._save(lost)
-        for key in lost:
-            self.engines.pop(key, None)
-            self._forget_plan(key)
-            self._partition_of.pop(key, None)
-            self._touched.discard(key)
-
-    async def _save_state_periodically(self, group: str) -> None:
-        while True:
-            await asyncio.sleep(self.config.state_save_every_s)
-            touched, self._touched = list(self._touched), set()
-            try:
-                await self._save(touched)
-            except Exception as exc:
-                log.warning("decision state of %d VMs not saved: %s", len(touched), exc)
+        # The actuators enforce pauses whatever a decider knows; a decider that knows holds paused VMs instead of
+        # sending orders to be refused. It need not wait for the bucket: until the watch is in, actuators refuse.
+        self.pauses = PauseWatch(self.ctx.js, on_change=self._on_pause_change)
+        if not await self.pauses.start(patience_s=5.0):
+            log.warning("pauses not known yet (the pause bucket is not readable); actuators still refuse paused VMs")
+        await self.leadership.start(self.ctx.js, self._tasks)
+        await self.intake.run()
 
     def engine(self, host: str, vm: str) -> VmEngine:
         key = (host, vm)
@@ -283,7 +225,9 @@ class Decider:
             self.metrics.vm_rule.labels(host, vm, s.rule, s.autoscale, s.policy).set(1)
         return plan
 
-    def _forget_plan(self, key: tuple[str, str]) -> None:
+    def forget(self, key: tuple[str, str]) -> None:
+        """Drop a VM handed over to another decider: its engine and its rule's series."""
+        self.engines.pop(key, None)
         plan = self._plans.pop(key, None)
         if plan is not None:
             s = plan.settings
@@ -295,8 +239,11 @@ class Decider:
         new bounds, mode and rails; a VM whose policy changes starts that policy's memory afresh (engine.py)."""
         self.rules = rules
         old = dict(self._plans)
-        for key in list(self._plans):
-            self._forget_plan(key)
+        for (host, vm), plan in old.items():
+            s = plan.settings
+            with contextlib.suppress(KeyError):
+                self.metrics.vm_rule.remove(host, vm, s.rule, s.autoscale, s.policy)
+        self._plans.clear()
         fresh = []
         for (host, vm), engine in self.engines.items():
             plan = self.plan(host, vm)
@@ -312,34 +259,12 @@ class Decider:
                 fresh.append(vm)
             else:
                 engine.policy, engine.rails = plan.policy, plan.rails
+        for host, vm in old.keys() - self.engines.keys():
+            self.plan(host, vm)  # VMs without an engine (off): their rule's series anew
         kept = len(self.engines) - len(fresh)
         return f"{len(rules.rules)} [[vm]] rules; {kept} VMs keep their decision state" + (
             f", {len(fresh)} start a new policy afresh ({', '.join(sorted(fresh))})" if fresh else ""
         )
-
-    async def _on_sample(self, msg: Msg) -> None:
-        if self.intake.put(msg.subject, msg.data):
-            self._shed.inc()
-        self._intake_ready.set()
-
-    async def _drain_intake(self) -> None:
-        """Decide on each VM's newest sample, in the order the VMs arrived."""
-        while True:
-            await self._intake_ready.wait()
-            self._intake_ready.clear()
-            handled = 0
-            while (item := self.intake.pop()) is not None:
-                handled += 1
-                try:
-                    sample = self.samples.open(*item)
-                    acted = sample is not None and self.handle_sample(sample) is not None
-                except Exception:
-                    log.exception("sample on %s not handled", item[0])
-                    acted = False
-                if acted or handled % 64 == 0:
-                    # Let a command go out now, and let the intake take in what arrived meanwhile (replacing
-                    # what is now stale), rather than working through a backlog first.
-                    await asyncio.sleep(0)
 
     def handle_sample(self, sample: MetricSample) -> ScaleCommand | None:
         now = self.ctx.clock.now()
@@ -351,95 +276,25 @@ class Decider:
         if plan.settings.autoscale == "off":
             return None  # its rule leaves it alone: no state, no proposal, no command
         engine = self.engine(sample.host, sample.vm)
-        decision = engine.step(plan.observe(observation_of(sample)))
+        pause = self.pauses.book.paused(sample.host, sample.vm, time.time()) if self.pauses else None
+        decision = engine.step(plan.observe(observation_of(sample)), paused=describe(pause) if pause else None)
         if engine.held is not None:
             self.metrics.held.labels(engine.held.label).inc()
             log.debug("held %s/%s: %s", sample.host, sample.vm, engine.held.reason)
-        if self.config.shadow:
-            self._propose(sample, decision, now)
-            return None
-        if decision is None:
-            return None
-        direction = "up" if decision.target > sample.online_vcpus else "down"
-        recommend = plan.settings.autoscale == "recommend"
-        mode = "dry-run" if self.config.dry_run else "recommend" if recommend else "command"
-        self.metrics.decisions.labels(engine.policy.name, direction, decision.kind, mode).inc()
-        self._seq += 1
-        command = ScaleCommand(
-            id=f"{self._id_prefix}-{self._seq}",
-            time=now,
-            host=sample.host,
-            vm=sample.vm,
-            target_vcpus=decision.target,
-            seen_vcpus=sample.online_vcpus,
-            decider=self.config.name,
-            reason=decision.reason[:1024],
-            expires_at=now + self.config.command_ttl_s,
-            sample_time=sample.time,
-        )
-        if self.config.dry_run:
-            log.info(
-                "dry run: would resize %s/%s %d -> %d: %s",
-                sample.host,
-                sample.vm,
-                sample.online_vcpus,
-                decision.target,
-                decision.reason,
-            )
-            return command
-        if recommend:
-            log.info(
-                "recommend (rule %s): %s/%s %d -> %d: %s",
-                plan.settings.rule,
-                sample.host,
-                sample.vm,
-                sample.online_vcpus,
-                decision.target,
-                decision.reason,
-            )
-            return None
-        if self.lease is not None:
-            if not self.lease.active:
-                return None  # a standby keeps its state warm and commands nothing
-            command = msgspec.structs.replace(command, decider=self.lease.name, term=self.lease.term)
-        engine.mark_sent(decision.target, command.expires_at, command.id, now)
-        log.info(
-            "resize %s/%s %d -> %d: %s [%s]",
-            sample.host,
-            sample.vm,
-            sample.online_vcpus,
-            decision.target,
-            decision.reason,
-            command.id,
-        )
+        outlet = self.recommend if plan.settings.autoscale == "recommend" else self.outlet
+        if decision is not None:
+            direction = "up" if decision.target > sample.online_vcpus else "down"
+            self.metrics.decisions.labels(engine.policy.name, direction, decision.kind, outlet.mode).inc()
+        return outlet.emit(sample, engine, decision, now)
+
+    def _send(self, command: ScaleCommand) -> None:
         # Publishing waits for the event log's acknowledgement; other samples must not wait behind it.
         task = asyncio.ensure_future(self._publish(command))
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
-        return command
 
-    def _propose(self, sample: MetricSample, decision: Decision | None, now: float) -> None:
-        """A shadow's recommendation for every sample (holding included), so it can be scored like a replay."""
-        target = sample.online_vcpus if decision is None else decision.target
-        if decision is not None:
-            direction = "up" if decision.target > sample.online_vcpus else "down"
-            self.metrics.decisions.labels(
-                self.engine(sample.host, sample.vm).policy.name, direction, decision.kind, "shadow"
-            ).inc()
-        self._seq += 1
-        proposal = ScaleCommand(
-            id=f"{self._id_prefix}-{self._seq}",
-            time=now,
-            host=sample.host,
-            vm=sample.vm,
-            target_vcpus=max(1, target),
-            seen_vcpus=sample.online_vcpus,
-            decider=self.config.name,
-            reason=(decision.reason if decision else "hold")[:1024],
-            expires_at=now,
-            sample_time=sample.time,
-        )
-        subject = subjects.proposals(self.config.name, sample.host, sample.vm)
+    def _propose(self, proposal: ScaleCommand) -> None:
+        subject = subjects.proposals(self.config.name, proposal.host, proposal.vm)
         task = asyncio.ensure_future(self.ctx.nc.publish(subject, encode(proposal)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -454,6 +309,15 @@ class Decider:
             self.metrics.publish_failures.inc()
             self.engine(command.host, command.vm).unsent(command.id)
             log.error("command %s for %s not stored: %s", command.id, command.vm, exc)
+
+    def _on_pause_change(self, host: str, vm: str, pause: PauseEvent | None) -> None:
+        if pause is not None:
+            log.info("%s/%s %s", host, vm, describe(pause))
+            return
+        log.info("%s/%s resumed", host, vm)
+        engine = self.engines.get((host, vm))
+        if engine is not None:
+            engine.lift_holds(ErrorCode.PAUSED)  # a paused refusal that raced the pause no longer stands
 
     async def _on_result(self, msg: Msg) -> None:
         result = self.results.open(msg.subject, msg.data)
@@ -473,3 +337,123 @@ class Decider:
                 hold.until - result.time,
                 " and until a newer sample" if hold.after_sample is not None else "",
             )
+
+
+class WholeFleet:
+    """Every VM's samples, from the core subscription; each VM's newest sample waits its turn (mailbox.py)."""
+
+    stores = False
+
+    def __init__(self, decider: Decider) -> None:
+        self.decider = decider
+        # Raw samples by subject (one per VM): decoded only when their turn comes, so a flood costs little.
+        self.mailbox: LatestPerKey[str, bytes] = LatestPerKey(decider.config.intake_capacity)
+        self._ready = asyncio.Event()
+        metrics = decider.metrics
+        self._shed = metrics.dropped.labels(metrics.service, "metric", "shed")
+
+    async def run(self) -> None:
+        d = self.decider
+        worker = asyncio.ensure_future(self._drain())
+        d._tasks.add(worker)
+        await d.ctx.nc.subscribe(subjects.ALL_METRICS, cb=self._on_sample)
+        await d.ctx.nc.flush()
+        mode = {"dry-run": " (dry run: no commands)", "shadow": " (shadow: proposals only)"}.get(d.outlet.mode, "")
+        log.info(
+            "decider %s running policy %s%s; %d [[vm]] rules", d.config.name, d.policy.name, mode, len(d.rules.rules)
+        )
+        await asyncio.Event().wait()
+
+    async def _on_sample(self, msg: Msg) -> None:
+        if self.mailbox.put(msg.subject, msg.data):
+            self._shed.inc()
+        self._ready.set()
+
+    async def _drain(self) -> None:
+        """Decide on each VM's newest sample, in the order the VMs arrived."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            handled = 0
+            while (item := self.mailbox.pop()) is not None:
+                handled += 1
+                try:
+                    sample = self.decider.samples.open(*item)
+                    acted = sample is not None and self.decider.handle_sample(sample) is not None
+                except Exception:
+                    log.exception("sample on %s not handled", item[0])
+                    acted = False
+                if acted or handled % 64 == 0:
+                    # Let a command go out now, and let the intake take in what arrived meanwhile (replacing
+                    # what is now stale), rather than working through a backlog first.
+                    await asyncio.sleep(0)
+
+
+class GroupShare:
+    """The share of the VMs this member of a group owns (sharding.py), with their decision state handed over
+    through KV when the share changes."""
+
+    stores = True
+
+    def __init__(self, decider: Decider, group: str) -> None:
+        self.decider = decider
+        self.group = group
+        self._partition_of: dict[tuple[str, str], int] = {}
+        self._touched: set[tuple[str, str]] = set()
+        self._state: KeyValue  # the decision state bucket, open before the first sample is taken
+
+    async def run(self) -> None:
+        d = self.decider
+        intake = ShardedIntake(d.ctx.js, self.group, d.config.name, self._on_stored_sample, self._on_share)
+        self._state = await intake.open_state()
+        saver = asyncio.ensure_future(self._save_periodically())
+        log.info("decider %s joins group %s (policy %s)", d.config.name, self.group, d.policy.name)
+        try:
+            await intake.run()
+        finally:
+            saver.cancel()
+
+    async def _on_stored_sample(self, subject: str, data: bytes) -> None:
+        sample = self.decider.samples.open(subject, data)
+        if sample is None:
+            return
+        key = (sample.host, sample.vm)
+        if key not in self.decider.engines:
+            await self._resume(key)
+            self._partition_of[key] = int(subject.split(".")[2])
+        self._touched.add(key)
+        if self.decider.handle_sample(sample) is not None:
+            await asyncio.sleep(0)
+
+    async def _resume(self, key: tuple[str, str]) -> None:
+        engine = self.decider.engine(*key)
+        data = await load_state(self._state, state_key(self.group, *key))
+        if data is not None and engine.restore(data):
+            self.decider.metrics.resumed.inc()
+            log.info("took over %s/%s with its decision state", *key)
+
+    async def _save(self, keys: list[tuple[str, str]]) -> None:
+        for key in keys:
+            engine = self.decider.engines.get(key)
+            if engine is not None:
+                await self._state.put(state_key(self.group, *key), engine.snapshot())
+
+    async def _on_share(self, share: frozenset[int]) -> None:
+        """Hand over the VMs of partitions this member no longer owns: save their state, then forget them."""
+        self.decider.metrics.partitions.set(len(share))
+        lost = [key for key, p in self._partition_of.items() if p not in share]
+        with contextlib.suppress(Exception):
+            await self._save(lost)
+        for key in lost:
+            self.decider.forget(key)
+            self._partition_of.pop(key, None)
+            self._touched.discard(key)
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.decider.config.state_save_every_s)
+            touched, self._touched = list(self._touched), set()
+            try:
+                await self._save(touched)
+            except Exception as exc:
+                log.warning("decision state of %d VMs not saved: %s", len(touched), exc)

@@ -65,10 +65,9 @@ _load_decoder = msgspec.json.Decoder(LoadRequest)
 
 
 class SimulatorService:
-    def __init__(self, ctx: ServiceContext, config: SimulatorConfig) -> None:
+    def __init__(self, ctx: ServiceContext[SimulatorMetrics], config: SimulatorConfig) -> None:
         self.ctx = ctx
         self.config = config
-        assert isinstance(ctx.metrics, SimulatorMetrics)
         self.metrics: SimulatorMetrics = ctx.metrics
         if config.trace is not None:
             series = sorted(load_trace(config.trace), key=lambda s: s.name)[: config.trace_vms]

@@ -83,20 +83,13 @@ async def test_reads_this_machine() -> None:
 async def test_agent_command_publishes_the_guests_view(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., object]
 ) -> None:
-    import msgspec
-    from nats.aio.msg import Msg
-
+    from hotplug.harness.recorder import Recorder
     from shared import subjects
-    from shared.messages import MetricSample
     from tests.conftest import eventually
 
-    got: list[MetricSample] = []
-
-    async def on(msg: Msg) -> None:
-        got.append(msgspec.json.decode(msg.data, type=MetricSample))
-
-    await nc.subscribe(subjects.metrics("node1", "my vm"), cb=on)
-    await nc.flush()
+    watch = Recorder()
+    await watch.attach(nc, commands=False, results=False, metrics_subject=subjects.metrics("node1", "my vm"))
+    got = watch.samples
     start_service(
         "agent",
         "--nats",

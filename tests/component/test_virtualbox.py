@@ -5,13 +5,12 @@ VirtualBox itself cannot run on these machines."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from hotplug.harness.processes import run_hotplug
 from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.virtualbox import VirtualBoxDriver
 from services.collector.rates import sample_from
@@ -19,7 +18,6 @@ from services.collector.sources.virtualbox import VirtualBoxSource
 from shared.clock import Clock
 from shared.messages import ErrorCode
 from shared.virtualbox import VBoxManage, classify, parse_list, parse_machinereadable
-from tests.conftest import REPO
 from tests.standins import vboxmanage as standin
 from tests.vbox_fixtures import STANDIN, VBoxHome
 
@@ -141,33 +139,27 @@ async def test_vm_names_cannot_inject_anything(vbox: VBoxHome) -> None:
     canary.parent.rmdir()
 
 
-def hotplug(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hotplug", *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 def test_admin_commands(vbox: VBoxHome) -> None:
     standin.create_vm("db", cpus=1)
-    done = hotplug("vbox", "prepare", "db", "--max-vcpus", "8", "--start-vcpus", "2")
+    done = run_hotplug("vbox", "prepare", "db", "--max-vcpus", "8", "--start-vcpus", "2")
     assert done.returncode == 0, done.stderr
     assert "2 of 8 vCPUs attached" in done.stdout
     assert vbox.attached("db") == [0, 1]
     assert vbox.run("startvm", "db").returncode == 0
-    refused = hotplug("vbox", "prepare", "db", "--max-vcpus", "8")
+    refused = run_hotplug("vbox", "prepare", "db", "--max-vcpus", "8")
     assert refused.returncode == 1
     assert "power it off first" in refused.stderr
-    grown = hotplug("vbox", "set", "db", "--vcpus", "4")
+    grown = run_hotplug("vbox", "set", "db", "--vcpus", "4")
     assert grown.returncode == 0, grown.stderr
     assert json.loads(grown.stdout) == {"vm": "db", "ok": True, "vcpus_before": 2, "vcpus_after": 4}
-    status = hotplug("vbox", "status", "--json")
+    status = run_hotplug("vbox", "status", "--json")
     [row] = json.loads(status.stdout)
     assert (row["name"], row["state"], row["vcpus"], row["max_vcpus"], row["hotplug"]) == ("db", "running", 4, 8, True)
     standin.set_guest("db", "none")
-    failed = hotplug("vbox", "set", "db", "--vcpus", "3")
+    failed = run_hotplug("vbox", "set", "db", "--vcpus", "3")
     assert failed.returncode == 1
     assert "guest-refused: Hot-Remove was aborted because the CPU may still be used by the guest" in failed.stderr
-    missing = hotplug("vbox", "set", "nope", "--vcpus", "3")
+    missing = run_hotplug("vbox", "set", "nope", "--vcpus", "3")
     assert missing.returncode == 1
     assert "vm-not-found: Could not find a registered machine named 'nope'" in missing.stderr
 

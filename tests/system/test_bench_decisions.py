@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.system.test_up import hotplug
+from hotplug.harness.processes import run_hotplug
 
 # Not one of the benchmark's default seeds (11, 12): those stay unseen by tests.
 SEED = "5"
@@ -14,7 +14,7 @@ SEED = "5"
 
 def test_bench_decisions_reports_what_the_event_log_holds(tmp_path: Path) -> None:
     data_dir = tmp_path / "bench"
-    done = hotplug(
+    done = run_hotplug(
         "bench",
         "decisions",
         "--policy",
@@ -65,7 +65,7 @@ def test_bench_decisions_reports_what_the_event_log_holds(tmp_path: Path) -> Non
 
     # the counts are those of the kept event log, over the window on the run's clock
     start, end = one["window"]
-    events = hotplug("events", "--data-dir", str(data_dir / f"default-seed{SEED}"), "--format", "jsonl")
+    events = run_hotplug("events", "--data-dir", str(data_dir / f"default-seed{SEED}"), "--format", "jsonl")
     assert events.returncode == 0, events.stderr
     records = [json.loads(line) for line in events.stdout.splitlines() if line]
     commands = {r["id"] for r in records if r["kind"] == "command" and start <= r["time"] <= end}
@@ -89,5 +89,5 @@ def test_bench_decisions_refuses_bad_options_before_starting() -> None:
         (["--seeds", "a,b"], "--seeds takes"),
         (["--trace", "/nonexistent/trace.csv"], "no such file"),
     ):
-        done = hotplug("bench", "decisions", *args)
+        done = run_hotplug("bench", "decisions", *args)
         assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -11,7 +11,8 @@ from collections.abc import Callable
 import msgspec
 from nats.aio.client import Client
 
-from hotplug.observer import Observer, settle
+from hotplug.harness.processes import policy_args
+from hotplug.harness.recorder import Recorder, settle
 from shared import subjects
 from shared.broker import EmbeddedBroker
 from shared.messages import ErrorCode, ScaleCommand, ScaleResult
@@ -37,7 +38,7 @@ def most_in_a_window(times: list[float], window: float) -> int:
 async def test_the_decider_never_meets_a_lowered_actuator_rate_limit(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    watch = Observer()
+    watch = Recorder()
     await watch.attach(nc)
     common = ["--nats", broker.url, "--speed", str(SPEED), "--epoch", repr(time.time())]
     start_service(
@@ -50,18 +51,16 @@ async def test_the_decider_never_meets_a_lowered_actuator_rate_limit(
     decider = start_service(
         "decider",
         *common,
-        "--policy",
-        "threshold",
-        "--param",
-        "threshold.sustain_s=1",
-        "--param",
-        "guard.up_cooldown_s=0",
-        "--param",
-        "guard.down_cooldown_s=0",
-        "--param",
-        "guard.warmup_s=0",
-        "--param",
-        "guard.max_changes=100",
+        *policy_args(
+            "threshold",
+            {
+                "threshold.sustain_s": 1,
+                "guard.up_cooldown_s": 0,
+                "guard.down_cooldown_s": 0,
+                "guard.warmup_s": 0,
+                "guard.max_changes": 100,
+            },
+        ),
     )
     await eventually(lambda: set(VMS) <= watch.online.keys(), what="samples of every VM")
     # Load that flips between all cores busy and idle every 15 simulated seconds, for 3 windows.

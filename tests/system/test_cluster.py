@@ -14,7 +14,7 @@ import pytest
 from nats.aio.client import Client
 
 from hotplug.audit import audit
-from hotplug.observer import Observer, hypervisor_ops, settle
+from hotplug.harness.recorder import Recorder, hypervisor_ops, settle
 from shared import bus, subjects
 from shared.cluster import EmbeddedCluster
 from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually
@@ -57,7 +57,7 @@ async def test_node_loss_and_cluster_restart_mid_run_lose_nothing_and_double_not
     for service in ("collector", "actuator"):
         start_service(service, *common, env=REPLICAS)
     decider = start_service("decider", *common, *LIVELY_DECIDER, env=REPLICAS)
-    observer = Observer()
+    observer = Recorder()
     await observer.attach(nc)
 
     def results() -> int:

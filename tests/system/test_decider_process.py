@@ -6,29 +6,20 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
+from hotplug.harness import faults
+from hotplug.harness.processes import policy_args
+from hotplug.harness.recorder import Recorder
 from shared import subjects
 from shared.broker import EmbeddedBroker
 from shared.codec import encode
-from shared.messages import MetricSample, ScaleCommand
+from shared.messages import MetricSample
 from tests.conftest import ServiceProcess, eventually, metric
 
 
 def busy_sample(t: float, vm: str = "vm a") -> MetricSample:
-    return MetricSample(
-        time=t,
-        host="h1",
-        vm=vm,
-        online_vcpus=2,
-        min_vcpus=1,
-        max_vcpus=4,
-        cpu_used_cores=2.0,
-        interval_s=1.0,
-        source="test",
-    )
+    return faults.sample("h1", vm, t, source="test", used=2.0)  # both of its 2 vCPUs busy
 
 
 async def publish_busy(nc: Client, vm: str, count: int, age: float = 0.0) -> None:
@@ -42,21 +33,19 @@ async def publish_busy(nc: Client, vm: str, count: int, age: float = 0.0) -> Non
 async def test_commands_carry_reason_expiry_and_sample_time(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    commands: list[ScaleCommand] = []
-
-    async def on_command(msg: Msg) -> None:
-        commands.append(msgspec.json.decode(msg.data, type=ScaleCommand))
-
-    await nc.subscribe(subjects.ALL_COMMANDS, cb=on_command)
-    await nc.flush()
+    watch = Recorder()
+    await watch.attach(nc, samples=False, results=False)
+    commands = watch.commands
     start_service(
         "decider",
         "--nats",
         broker.url,
-        "--policy",
-        "threshold",
-        "--param",
-        "threshold.sustain_s=2",
+        *policy_args(
+            "threshold",
+            {
+                "threshold.sustain_s": 2,
+            },
+        ),
         "--command-ttl",
         "30",
     )
@@ -75,13 +64,8 @@ async def test_commands_carry_reason_expiry_and_sample_time(
 async def test_dry_run_decides_but_commands_nothing_and_stale_samples_decide_nothing(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    commands: list[bytes] = []
-
-    async def on_command(msg: Msg) -> None:
-        commands.append(msg.data)
-
-    await nc.subscribe(subjects.ALL_COMMANDS, cb=on_command)
-    await nc.flush()
+    watch = Recorder()
+    await watch.attach(nc, samples=False, results=False)
     dry = start_service(
         "decider", "--nats", broker.url, "--policy", "threshold", "--param", "threshold.sustain_s=2", "--dry-run"
     )
@@ -95,4 +79,4 @@ async def test_dry_run_decides_but_commands_nothing_and_stale_samples_decide_not
     assert metric(dry.metrics_url, "hotplug_decider_decisions_total", mode="dry-run") >= 1
     assert "stale" not in [line.split("/")[-1].split(" ")[0] for line in dry.log().splitlines() if "would" in line]
     await asyncio.sleep(0.5)
-    assert commands == []
+    assert watch.commands == [] and watch.undecodable == 0  # not one message on a command subject

@@ -282,7 +282,9 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(
         assert {r["metric"]["instance"] for r in up if r["value"][1] == "1"} == set(targets.values())
         # the held and refused panels show a series per reason and per refusal code (at 0 until one happens)
         held = query(base, "sum by (reason) (hotplug_decider_held_total)")
-        assert {r["metric"]["reason"] for r in held} >= {"warmup", "change-budget", "rate-limited"}
+        assert {r["metric"]["reason"] for r in held} >= {"warmup", "change-budget", "rate-limited", "paused"}
+        # the paused panel: the actuator says how many of its VMs are paused, 0 when none is
+        assert [r["value"][1] for r in query(base, "hotplug_actuator_paused_vms")] == ["0"]
         refused = query(base, 'sum by (error_code) (hotplug_actuator_actions_total{outcome="error"})')
         assert {r["metric"]["error_code"] for r in refused} == {code.value for code in ErrorCode}
         check_alert_rules(base)

@@ -4,73 +4,46 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from hotplug.audit import audit
 from hotplug.events import read_events
-from hotplug.observer import Observer, hypervisor_ops, settle
-from shared import bus, subjects
+from hotplug.harness import faults
+from hotplug.harness.processes import policy_args, run_hotplug
+from hotplug.harness.recorder import Recorder, hypervisor_ops, settle
+from shared import bus
 from shared.broker import EmbeddedBroker, free_port
 from shared.clock import make_clock
-from shared.codec import encode
-from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
-from tests.conftest import LIVELY_DECIDER, REPO, ServiceProcess, eventually, metric
+from shared.messages import ErrorCode, ScaleCommand, ScaleResult
+from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually, metric
 
-_seq = 0
-
-
-def order(
-    vm: str,
-    target: int,
-    seen: int,
-    *,
-    decider: str = "test",
-    term: int = 0,
-    ttl: float = 60.0,
-    expires_at: float | None = None,
-    at: float | None = None,
-) -> ScaleCommand:
-    global _seq
-    _seq += 1
-    now = time.time() if at is None else at
-    return ScaleCommand(
-        id=f"t{os.getpid()}-{_seq}",
-        time=now,
-        host="local",
-        vm=vm,
-        target_vcpus=target,
-        seen_vcpus=seen,
-        decider=decider,
-        reason="test",
-        expires_at=expires_at or now + ttl,
-        term=term,
-    )
+# Orders for host ``local``, stored as a decider would (no Nats-Msg-Id: a repeat is stored again, as a
+# duplicate would be).
+order = functools.partial(faults.order, "local")
+send = faults.store
 
 
-async def send(nc: Client, command: ScaleCommand) -> None:
-    """Store a command as a decider would (no Nats-Msg-Id: a repeat is stored again, as a duplicate would be)."""
-    await nc.jetstream().publish(subjects.commands(command.host, command.vm), encode(command))
+async def result_of(watch: Recorder, command: ScaleCommand) -> ScaleResult:
+    result = await watch.result_of(command.id, timeout_s=20)
+    assert result is not None, f"timed out after 20 s waiting for the result of {command.id}"
+    return result
 
 
-async def result_of(watch: Observer, command: ScaleCommand) -> ScaleResult:
-    await eventually(lambda: watch.results_of(command.id), timeout=20, what=f"the result of {command.id}")
-    return watch.results_of(command.id)[0]
-
-
-async def answered(nc: Client, watch: Observer, command: ScaleCommand) -> ScaleResult:
+async def answered(nc: Client, watch: Recorder, command: ScaleCommand) -> ScaleResult:
     """Store ``command`` and wait for its result."""
     await send(nc, command)
     return await result_of(watch, command)
+
+
+def hotplug_load(url: str, vm: str, cores: str) -> None:
+    load = run_hotplug("load", vm, cores, "--nats", url)
+    assert load.returncode == 0, load.stderr
 
 
 @dataclass
@@ -85,8 +58,7 @@ class SimulatedHost:
             lambda: metric(self.simulator.metrics_url, "hotplug_sim_hotplugs_in_progress", op="plug") == 1,
             what="a plug under way in the simulator",
         )
-        os.kill(self.actuator.proc.pid, signal.SIGKILL)
-        self.actuator.proc.wait(timeout=10)
+        await asyncio.to_thread(self.actuator.kill)
 
 
 async def simulated_host(
@@ -113,7 +85,7 @@ async def simulated_host(
 async def test_actuator_safety_whatever_the_decider_says(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    watch = Observer()
+    watch = Recorder()
     await watch.attach(nc)
     host = await simulated_host(start_service, broker.url, 5, "0.4", "--vm-bounds", "vm-02=1:2", "--max-changes", "2")
     actuator = host.actuator
@@ -175,7 +147,7 @@ async def test_actuator_safety_whatever_the_decider_says(
 async def test_actuator_killed_mid_action_neither_loses_nor_doubles(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    watch = Observer()
+    watch = Recorder()
     await watch.attach(nc)
     host = await simulated_host(start_service, broker.url, 1, "3", "--ack-wait", "4")
     await eventually(lambda: watch.online.get("vm-01") == 2, what="vm-01 at 2 vCPUs")
@@ -197,7 +169,7 @@ async def test_a_command_interrupted_part_way_is_settled_first_and_reports_its_c
 ) -> None:
     """2 -> 4 vCPUs, the actuator killed during the first plug: its successor settles the command before taking
     any other (a newer one is already waiting), and the result says what happened: 2 -> 3, not the 4 asked."""
-    watch = Observer()
+    watch = Recorder()
     await watch.attach(nc)
     host = await simulated_host(start_service, broker.url, 1, "2", "--ack-wait", "30")
     await eventually(lambda: watch.online.get("vm-01") == 2, what="vm-01 at 2 vCPUs")
@@ -221,28 +193,21 @@ async def test_a_decider_does_not_repeat_an_order_the_actuator_refused_as_out_of
     """vm-01 busy on all 4 cores, but its actuator allows it 2 vCPUs at most: the decider orders more once, learns
     the allowed sizes from the refusal, and holds there, where without them it would ask again after each
     1 s up-cooldown."""
-    watch = Observer()
+    watch = Recorder()
     await watch.attach(nc)
     await simulated_host(start_service, broker.url, 1, "0.2", "--vm-bounds", "vm-01=1:2")
-    load = subprocess.run(
-        [sys.executable, "-m", "hotplug", "load", "vm-01", "4", "--nats", broker.url],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert load.returncode == 0, load.stderr
+    await asyncio.to_thread(hotplug_load, broker.url, "vm-01", "4")
     start_service(
         "decider",
         "--nats",
         broker.url,
-        "--policy",
-        "threshold",
-        "--param",
-        "threshold.sustain_s=1",
-        "--param",
-        "guard.up_cooldown_s=1",
+        *policy_args(
+            "threshold",
+            {
+                "threshold.sustain_s": 1,
+                "guard.up_cooldown_s": 1,
+            },
+        ),
     )
     await eventually(lambda: watch.results, what="the decider's first order")
     await asyncio.sleep(6.0)
@@ -256,7 +221,7 @@ async def test_a_copy_of_a_command_answered_before_a_restart_gets_no_second_resu
     """The actuator reads back the commands it has answered when it starts. A second stored copy of one answered
     before the restart (after a newer command undid its effect, so acting on it again would plug twice) is
     acknowledged without acting or answering."""
-    watch = Observer()
+    watch = Recorder()
     await watch.attach(nc)
     host = await simulated_host(start_service, broker.url, 1, "0.2")
     await eventually(lambda: watch.online.get("vm-01") == 2, what="vm-01 at 2 vCPUs")
@@ -285,14 +250,14 @@ async def test_a_copy_of_a_command_older_than_the_actuators_memory_is_found_in_t
     left its memory, and its copy must be found in the log."""
     clock = make_clock(200.0, time.time())
     host = await simulated_host(start_service, broker.url, 1, "0.2", "--speed", "200", "--epoch", repr(clock.epoch))
-    watch = Observer()
+    watch = Recorder()
     await watch.attach(nc)
 
     far = clock.now() + 1e6
-    grow = order("vm-01", 3, 2, at=clock.now(), expires_at=far)
+    grow = order("vm-01", 3, 2, now=clock.now(), expires_at=far)
     assert (await answered(nc, watch, grow)).vcpus_after == 3
     await asyncio.sleep(4.0)
-    assert (await answered(nc, watch, order("vm-01", 2, 3, at=clock.now(), expires_at=far))).vcpus_after == 2
+    assert (await answered(nc, watch, order("vm-01", 2, 3, now=clock.now(), expires_at=far))).vcpus_after == 2
     await send(nc, grow)
     await eventually(
         lambda: (
@@ -319,18 +284,14 @@ async def test_broker_restart_mid_run_loses_no_event(
             for service in ("simulator", "collector", "decider", "actuator")
         }
         nc = await bus.connect(broker.url, "test", forever=True)
-        counts: dict[str, int] = {"results": 0}
-
-        async def on_result(msg: Msg) -> None:
-            counts["results"] += 1
-
-        await nc.subscribe(subjects.ALL_RESULTS, cb=on_result)
-        await eventually(lambda: counts["results"] >= 2, timeout=30, what="the loop acting before the restart")
+        watch = Recorder()
+        await watch.attach(nc, samples=False, commands=False)
+        await eventually(lambda: len(watch.results) >= 2, timeout=30, what="the loop acting before the restart")
         broker.stop()
         await asyncio.sleep(2.0)
         broker.start()  # same port, same store
-        before = counts["results"]
-        await eventually(lambda: counts["results"] >= before + 2, timeout=60, what="the loop acting after it")
+        before = len(watch.results)
+        await eventually(lambda: len(watch.results) >= before + 2, timeout=60, what="the loop acting after it")
         started["decider"].stop()  # no new commands: those sent get the time to end in their result
         await settle(nc, timeout_s=60)
         events = [e async for _, e in read_events(nc.jetstream())]
@@ -352,47 +313,17 @@ async def test_a_flood_of_metrics_sheds_old_samples_never_commands(
     """A runaway agent floods the decider with samples of 2,000 made-up VMs; the decider's intake holds at most
     500 VMs' newest samples and sheds the rest, and a real VM's load step is still acted on, with every command
     ending in one result."""
-    observer = Observer()
+    observer = Recorder()
     await observer.attach(nc)
     await simulated_host(start_service, broker.url, 2, "0.2")
     decider = start_service("decider", "--nats", broker.url, "--intake-capacity", "500")
     await eventually(lambda: {"vm-01", "vm-02"} <= observer.online.keys(), what="samples of both VMs")
-    ghosts = [f"ghost-{i:04d}" for i in range(2000)]
-    published = 0
-    for _ in range(60):
-        now = time.time()
-        for vm in ghosts:
-            await nc.publish(
-                subjects.metrics("local", vm),
-                encode(
-                    MetricSample(
-                        time=now,
-                        host="local",
-                        vm=vm,
-                        online_vcpus=2,
-                        min_vcpus=1,
-                        max_vcpus=4,
-                        cpu_used_cores=1.0,
-                        interval_s=1.0,
-                        source="flood",
-                    )
-                ),
-            )
-            published += 1
-        await nc.flush()
+    published = await faults.flood(nc, "local", faults.ghosts(2000), 60, source="flood")
     shed = metric(decider.metrics_url, "hotplug_messages_dropped_total", kind="metric", reason="shed")
     assert shed > 0
     # the decider still answers a real VM's need, on its newest sample
     step_at = time.time()
-    load = subprocess.run(
-        [sys.executable, "-m", "hotplug", "load", "vm-01", "4", "--nats", broker.url],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert load.returncode == 0, load.stderr
+    await asyncio.to_thread(hotplug_load, broker.url, "vm-01", "4")
     await eventually(
         lambda: any(
             r.vm == "vm-01" and r.ok and (r.vcpus_after or 0) > (r.vcpus_before or 0) and r.time > step_at

@@ -4,19 +4,17 @@ within a bounded time when the active one is killed, and the actuator refuses th
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import Callable
 
-import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
+from hotplug.harness.processes import sigkill
+from hotplug.harness.recorder import Recorder
+from hotplug.harness.scrape import metric_or_zero
 from services.decider.lease import LeaseState, next_lease
-from shared import subjects
 from shared.broker import EmbeddedBroker
-from shared.messages import ErrorCode, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode
 from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually, metric
 from tests.system.test_faults import order, send
 
@@ -31,18 +29,9 @@ def test_lease_rules() -> None:
 async def test_standby_takes_over_and_old_terms_are_refused(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    commands: list[ScaleCommand] = []
-    results: list[ScaleResult] = []
-
-    async def on(msg: Msg) -> None:
-        if msg.subject.startswith(subjects.COMMANDS):
-            commands.append(msgspec.json.decode(msg.data, type=ScaleCommand))
-        else:
-            results.append(msgspec.json.decode(msg.data, type=ScaleResult))
-
-    await nc.subscribe(subjects.ALL_COMMANDS, cb=on)
-    await nc.subscribe(subjects.ALL_RESULTS, cb=on)
-    await nc.flush()
+    watch = Recorder()
+    await watch.attach(nc, samples=False)
+    commands, results = watch.commands, watch.results
     common = ["--nats", broker.url, "--speed", "4", "--epoch", repr(time.time())]
     start_service("simulator", *common, "--vms", "6")
     start_service("collector", *common)
@@ -53,10 +42,8 @@ async def test_standby_takes_over_and_old_terms_are_refused(
     }
 
     def leads(replica: ServiceProcess) -> bool:
-        try:
-            return replica.proc.poll() is None and metric(replica.metrics_url, "hotplug_decider_leader") == 1
-        except OSError:
-            return False  # killed, and not yet reaped
+        # a killed replica not yet reaped has no endpoint: it leads nothing
+        return replica.proc.poll() is None and metric_or_zero(replica.metrics_url, "hotplug_decider_leader") == 1
 
     def leaders() -> list[str]:
         return [name for name, replica in replicas.items() if leads(replica)]
@@ -65,7 +52,7 @@ async def test_standby_takes_over_and_old_terms_are_refused(
     await eventually(lambda: any(c.term == 1 for c in commands), timeout=30, what="orders in term 1")
     assert {c.decider for c in commands} == {"main"}
     [leader] = leaders()
-    os.kill(replicas[leader].proc.pid, signal.SIGKILL)
+    sigkill(replicas[leader].pid)
     killed_at = time.monotonic()
     await eventually(
         lambda: leaders() == [n for n in replicas if n != leader],
@@ -81,7 +68,7 @@ async def test_standby_takes_over_and_old_terms_are_refused(
     # a late order of the deposed leader's term is refused
     await asyncio.sleep(1.5)  # the actuator reads the lease's term once a second
     # (a long time to live: the actuator's clock runs 4 times faster than the wall clock the order is stamped with)
-    await send(nc, late := order("vm-01", 1, 1, decider="main", term=1, ttl=3600))
+    await send(nc, late := order("vm-01", 1, 1, decider="main", term=1, ttl_s=3600))
     await eventually(lambda: [r for r in results if r.command_id == late.id], what="the late order's result")
     [result] = [r for r in results if r.command_id == late.id]
     assert result.error_code is ErrorCode.STALE_TERM

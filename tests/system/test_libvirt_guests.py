@@ -12,10 +12,7 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,10 +20,11 @@ from typing import Any
 
 import pytest
 
+from hotplug.harness.poll import wait_until
+from hotplug.harness.processes import OutputProcess, policy_args, run_hotplug
 from services.actuator.drivers.base import DriverError
 from shared.messages import ErrorCode
-from tests.conftest import REPO
-from tests.system.test_up import Output
+from tests.conftest import REPO, eventually
 
 pytestmark = pytest.mark.external  # needs a tool from the OS (see require_tool)
 
@@ -167,15 +165,7 @@ def guests(ready: None, root: Path) -> Iterator[Guests]:
 
 
 def hotplug(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hotplug", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
+    return run_hotplug(*args, timeout=timeout, env=env)
 
 
 def driver() -> Any:
@@ -233,10 +223,7 @@ async def test_the_tcg_hotadd_budget_is_refused_before_qemu_aborts(guests: Guest
     name = f"hp-budget-{os.getpid()}"
     dom = await asyncio.to_thread(guests.define, name, vcpus=1, maximum=3)  # 3 - 1 boot vCPU = 2 hot-adds
     await asyncio.to_thread(dom.create)
-    deadline = time.monotonic() + 60
-    while not guests.channel(name).ready():
-        assert time.monotonic() < deadline, "the guest did not boot"
-        await asyncio.sleep(0.1)
+    await eventually(lambda: guests.channel(name).ready(), timeout=60, what="the guest booting")
     d = driver()
     try:
         await d.plug(name)
@@ -399,10 +386,7 @@ async def test_prepare_sets_up_a_shut_off_domain_and_refuses_a_running_one(guest
         (2, False, True),
     ]  # boot vCPU 1 may leave later
     await asyncio.to_thread(dom.create)
-    deadline = time.monotonic() + 60
-    while not guests.channel(name).ready():
-        assert time.monotonic() < deadline, "the guest did not boot"
-        await asyncio.sleep(0.1)
+    await eventually(lambda: guests.channel(name).ready(), timeout=60, what="the guest booting")
     again = await asyncio.to_thread(hotplug, "libvirt", "prepare", name, "--max-vcpus", "4")
     assert again.returncode == 1 and "shut it down first" in again.stderr
     d = driver()
@@ -419,46 +403,31 @@ async def test_prepare_sets_up_a_shut_off_domain_and_refuses_a_running_one(guest
 def test_whole_loop_scales_two_real_domains_up_and_down_with_one_result_per_command(ready: None) -> None:
     data_dir = Path(f"/tmp/hl-up-{os.getpid()}")
     shutil.rmtree(data_dir, ignore_errors=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hotplug",
-            "up",
-            "--hypervisor",
-            "libvirt",
-            "--libvirt-uri",
-            URI,
-            "--vms",
-            "2",
-            "--max-vcpus",
-            "3",
-            "--data-dir",
-            str(data_dir),
-            "--no-view",
-            "--policy",
+    out = OutputProcess.hotplug(
+        "up",
+        "--hypervisor",
+        "libvirt",
+        "--libvirt-uri",
+        URI,
+        "--vms",
+        "2",
+        "--max-vcpus",
+        "3",
+        "--data-dir",
+        str(data_dir),
+        "--no-view",
+        *policy_args(
             "threshold",
-            "--param",
-            "threshold.sustain_s=2",
-            "--param",
-            "threshold.upper=0.6",
-            "--param",
-            "threshold.lower=0.2",
-            "--param",
-            "guard.up_cooldown_s=1",
-            "--param",
-            "guard.down_cooldown_s=2",
-            "--param",
-            "guard.warmup_s=0",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
+            {
+                "threshold.sustain_s": 2,
+                "threshold.upper": 0.6,
+                "threshold.lower": 0.2,
+                "guard.up_cooldown_s": 1,
+                "guard.down_cooldown_s": 2,
+                "guard.warmup_s": 0,
+            },
+        ),
     )
-    out = Output(proc)
 
     def guest_online(vm: str) -> int | None:
         done = hotplug("libvirt", "--uri", URI, "status", "--json", timeout=60)
@@ -466,12 +435,8 @@ def test_whole_loop_scales_two_real_domains_up_and_down_with_one_result_per_comm
         return rows[vm]["guest_online_vcpus"] if vm in rows else None
 
     def wait_guest(vm: str, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if guest_online(vm) == count:
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"{vm} never reported {count} CPUs online; output:\n{out.text()}")
+        if not wait_until(lambda: guest_online(vm) == count, timeout, 0.5):
+            raise AssertionError(f"{vm} never reported {count} CPUs online; output:\n{out.text()}")
 
     try:
         out.wait_for(r"^actuator metrics: ", timeout=120)
@@ -484,10 +449,9 @@ def test_whole_loop_scales_two_real_domains_up_and_down_with_one_result_per_comm
         wait_guest("vm-01", 1, 150)
         assert guest_online("vm-02") == 1  # idle: left alone
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=90)
+        code = out.interrupt(timeout_s=90)
     try:
-        assert proc.returncode == 0, out.text()
+        assert code == 0, out.text()
         text = out.text()
         assert "vm-01: 1 -> 2 ok" in text
         assert "vm-01: 2 -> 1 ok" in text

@@ -4,23 +4,21 @@ input on every subject is counted and dropped while the loop keeps working."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from hotplug.events import read_events
+from hotplug.harness import recorder as harness_recorder
+from hotplug.harness.processes import run_hotplug
 from shared import bus, subjects
 from shared.broker import EmbeddedBroker, free_port
 from shared.codec import encode
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
-from tests.conftest import REPO, ServiceProcess, eventually, metric
+from tests.conftest import ServiceProcess, eventually, metric
 
 SPEED = "4"
 
@@ -64,21 +62,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
                 proc.stop()
 
 
-@dataclass
-class Recorder:
-    commands: list[ScaleCommand] = field(default_factory=list)
-    results: list[ScaleResult] = field(default_factory=list)
-    samples: list[MetricSample] = field(default_factory=list)
-
-    async def on_command(self, msg: Msg) -> None:
-        self.commands.append(msgspec.json.decode(msg.data, type=ScaleCommand))
-
-    async def on_result(self, msg: Msg) -> None:
-        self.results.append(msgspec.json.decode(msg.data, type=ScaleResult))
-
-    async def on_sample(self, msg: Msg) -> None:
-        self.samples.append(msgspec.json.decode(msg.data, type=MetricSample))
-
+class Recorder(harness_recorder.Recorder):
     def results_for(self, vm: str, pred: Callable[[ScaleResult], bool]) -> list[ScaleResult]:
         return [r for r in self.results if r.vm == vm and pred(r)]
 
@@ -87,23 +71,13 @@ class Recorder:
 async def client(loop: Loop) -> AsyncIterator[tuple[Client, Recorder]]:
     nc = await bus.connect(loop.url, "test", forever=False)
     rec = Recorder()
-    await nc.subscribe(subjects.ALL_COMMANDS, cb=rec.on_command)
-    await nc.subscribe(subjects.ALL_RESULTS, cb=rec.on_result)
-    await nc.subscribe(subjects.ALL_METRICS, cb=rec.on_sample)
-    await nc.flush()
+    await rec.attach(nc)
     yield nc, rec
     await nc.close()
 
 
 def hotplug_load(url: str, vm: str, cores: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "hotplug", "load", vm, cores, "--nats", url],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_hotplug("load", vm, cores, "--nats", url, timeout=30)
     assert done.returncode == 0, done.stderr
 
 

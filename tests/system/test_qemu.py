@@ -11,15 +11,13 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hotplug.harness.poll import wait_until
+from hotplug.harness.processes import OutputProcess, policy_args, run_hotplug
 from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.qemu import QemuDriver
 from services.collector.rates import sample_from
@@ -28,8 +26,6 @@ from shared.clock import Clock
 from shared.messages import ErrorCode
 from shared.qemu.image import GuestImage, ImageError, ensure_image
 from shared.qemu.vm import QemuVm, connect_qmp, parse_stat
-from tests.conftest import REPO
-from tests.system.test_up import Output
 
 pytestmark = pytest.mark.external  # needs a tool from the OS (see require_tool)
 
@@ -68,13 +64,15 @@ def guest_says(vm: QemuVm, command: str, timeout: float = 10.0) -> str:
     """Run a command in the guest over its control channel; its first output line."""
     mark = vm.guest_log_size()
     vm.send(command)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in vm.guest_lines_since(mark):
-            if line.startswith("OUT "):
-                return line[4:].strip()
-        time.sleep(0.05)
-    raise AssertionError(f"no answer from the guest to {command!r}")
+    answers: list[str] = []
+
+    def answered() -> bool:
+        answers.extend(line[4:].strip() for line in vm.guest_lines_since(mark) if line.startswith("OUT "))
+        return bool(answers)
+
+    if not wait_until(answered, timeout, 0.05):
+        raise AssertionError(f"no answer from the guest to {command!r}")
+    return answers[0]
 
 
 def test_stat_lines_parse() -> None:
@@ -181,93 +179,53 @@ async def test_source_measures_vcpu_threads_and_guest_run_queue(image: GuestImag
 def test_whole_loop_takes_a_real_guest_from_1_to_3_vcpus_and_back(image: GuestImage) -> None:
     data_dir = Path(f"/tmp/hq-up-{os.getpid()}")
     shutil.rmtree(data_dir, ignore_errors=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOTPLUG_QEMU_DIR": str(data_dir / "qemu")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hotplug",
-            "up",
-            "--hypervisor",
-            "qemu",
-            "--vms",
-            "1",
-            "--max-vcpus",
-            "3",
-            "--data-dir",
-            str(data_dir),
-            "--no-view",
-            "--policy",
+    env = {"HOTPLUG_QEMU_DIR": str(data_dir / "qemu")}
+    out = OutputProcess.hotplug(
+        "up",
+        "--hypervisor",
+        "qemu",
+        "--vms",
+        "1",
+        "--max-vcpus",
+        "3",
+        "--data-dir",
+        str(data_dir),
+        "--no-view",
+        *policy_args(
             "threshold",
-            "--param",
-            "threshold.sustain_s=2",
-            "--param",
-            "threshold.upper=0.6",
-            "--param",
-            "threshold.lower=0.2",
-            "--param",
-            "guard.up_cooldown_s=1",
-            "--param",
-            "guard.down_cooldown_s=2",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+            {
+                "threshold.sustain_s": 2,
+                "threshold.upper": 0.6,
+                "threshold.lower": 0.2,
+                "guard.up_cooldown_s": 1,
+                "guard.down_cooldown_s": 2,
+            },
+        ),
         env=env,
     )
-    out = Output(proc)
 
     def guest_online() -> int | None:
-        done = subprocess.run(
-            [sys.executable, "-m", "hotplug", "qemu", "status", "--json"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = run_hotplug("qemu", "status", "--json", timeout=30, env=env)
         rows = json.loads(done.stdout or "[]")
         return rows[0]["guest_online_vcpus"] if rows else None
 
     def wait_guest(count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if guest_online() == count:
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"the guest never reported {count} CPUs online; output:\n{out.text()}")
+        if not wait_until(lambda: guest_online() == count, timeout, 0.5):
+            raise AssertionError(f"the guest never reported {count} CPUs online; output:\n{out.text()}")
 
     try:
         out.wait_for(r"^actuator metrics: ", timeout=90)
         wait_guest(1, 30)
-        load = subprocess.run(
-            [sys.executable, "-m", "hotplug", "qemu", "load", "vm-01", "--busy", "3"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        load = run_hotplug("qemu", "load", "vm-01", "--busy", "3", timeout=30, env=env)
         assert load.returncode == 0, load.stderr
         wait_guest(3, 90)
         out.wait_for(r"^vm-01: 2 -> 3 ok$", timeout=5)
-        subprocess.run(
-            [sys.executable, "-m", "hotplug", "qemu", "load", "vm-01", "--busy", "0"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
+        unload = run_hotplug("qemu", "load", "vm-01", "--busy", "0", timeout=30, env=env)
+        assert unload.returncode == 0, unload.stderr
         wait_guest(1, 90)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        code = out.interrupt(timeout_s=60)
         shutil.rmtree(data_dir, ignore_errors=True)
-    assert proc.returncode == 0, out.text()
+    assert code == 0, out.text()
     assert "vm-01: 1 -> 2 ok" in out.text()
     assert "vm-01: 2 -> 1 ok" in out.text()

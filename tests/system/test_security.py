@@ -6,24 +6,23 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import msgspec
 import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from hotplug.events import read_events
+from hotplug.harness.processes import run_hotplug
+from hotplug.harness.recorder import Recorder
 from shared import bus, subjects
 from shared.broker import EmbeddedBroker, find_nats_server, free_port
 from shared.codec import encode
 from shared.messages import ScaleCommand, ScaleResult
-from tests.conftest import LIVELY_DECIDER, REPO, ServiceProcess, eventually
+from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually
 from tests.system.test_faults import order
 
 
@@ -33,27 +32,7 @@ def credentials(out: Path, user: str) -> dict[str, str]:
 
 
 def auth_init(out: Path, port: int, *extra: str) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hotplug",
-            "auth",
-            "init",
-            "--out",
-            str(out),
-            "--hosts",
-            "local,h2",
-            "--port",
-            str(port),
-            *extra,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_hotplug("auth", "init", "--out", str(out), "--hosts", "local,h2", "--port", str(port), *extra)
     assert done.returncode == 0, done.stderr
 
 
@@ -72,15 +51,7 @@ def secured(tmp_path: Path) -> Iterator[tuple[Path, EmbeddedBroker]]:
     assert check.returncode == 0, check.stderr
     assert oct((out / "credentials" / "decider.env").stat().st_mode)[-3:] == "600"
     with EmbeddedBroker(tmp_path / "nats", port=port, config_file=out / "nats.conf") as broker:
-        streams = subprocess.run(
-            [sys.executable, "-m", "hotplug", "streams"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env={**os.environ, **credentials(out, "admin")},
-        )
+        streams = run_hotplug("streams", env=credentials(out, "admin"))
         assert streams.returncode == 0, streams.stderr
         yield out, broker
 
@@ -108,13 +79,9 @@ async def test_the_loop_runs_with_one_user_per_service_and_only_the_decider_comm
         start_service(service, "--speed", "4", *extra, env=credentials(out, user))
     viewer_errors: list[str] = []
     viewer = await connect_as(out, "viewer", viewer_errors)
-    results: list[ScaleResult] = []
-
-    async def on_result(msg: Msg) -> None:
-        results.append(msgspec.json.decode(msg.data, type=ScaleResult))
-
-    await viewer.subscribe(subjects.ALL_RESULTS, cb=on_result)
-    await viewer.flush()
+    watch = Recorder()
+    await watch.attach(viewer, samples=False, commands=False)
+    results = watch.results
     await eventually(lambda: any(r.ok for r in results), timeout=40, what="the secured loop acting")
 
     # anyone but the decider publishing an order is refused by the broker, and the order goes nowhere

@@ -9,34 +9,20 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
-from shared import subjects
+from hotplug.harness.processes import run_hotplug, stop_popen
+from hotplug.harness.recorder import Recorder
 from shared.broker import EmbeddedBroker
-from shared.messages import ScaleCommand, ScaleResult
 from tests.conftest import REPO, ServiceProcess, eventually
 
 
 async def test_external_decider_drives_the_loop_and_a_shadow_is_scored(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    commands: list[ScaleCommand] = []
-    results: list[ScaleResult] = []
-    proposals: list[ScaleCommand] = []
-
-    async def on(msg: Msg) -> None:
-        if msg.subject.startswith(subjects.PROPOSALS):
-            proposals.append(msgspec.json.decode(msg.data, type=ScaleCommand))
-        elif msg.subject.startswith(subjects.COMMANDS):
-            commands.append(msgspec.json.decode(msg.data, type=ScaleCommand))
-        else:
-            results.append(msgspec.json.decode(msg.data, type=ScaleResult))
-
-    for subject in (subjects.ALL_COMMANDS, subjects.ALL_RESULTS, subjects.ALL_PROPOSALS):
-        await nc.subscribe(subject, cb=on)
-    await nc.flush()
+    watch = Recorder()
+    await watch.attach(nc, samples=False, proposals=True)
+    commands, results, proposals = watch.commands, watch.results, watch.proposals
     common = ["--nats", broker.url]
     start_service("simulator", *common, "--vms", "2", "--profiles", "idle", "--hotplug-delay", "0.05")
     start_service("collector", *common, "--interval", "0.5")
@@ -49,14 +35,7 @@ async def test_external_decider_drives_the_loop_and_a_shadow_is_scored(
         text=True,
     )
     try:
-        load = subprocess.run(
-            [sys.executable, "-m", "hotplug", "load", "vm-01", "4", "--nats", broker.url],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        load = await asyncio.to_thread(run_hotplug, "load", "vm-01", "4", "--nats", broker.url, timeout=30)
         assert load.returncode == 0, load.stderr
         await eventually(
             lambda: any(r.ok and (r.vcpus_after or 0) > (r.vcpus_before or 0) for r in results),
@@ -65,8 +44,7 @@ async def test_external_decider_drives_the_loop_and_a_shadow_is_scored(
         )
         await eventually(lambda: len(proposals) >= 10, timeout=20, what="shadow proposals")
     finally:
-        external.terminate()
-        external.wait(timeout=10)
+        await asyncio.to_thread(stop_popen, external)
     assert commands
     assert {c.decider for c in commands} == {"ext"}  # the shadow commands nothing
     assert {p.decider for p in proposals} == {"shadow-default"}
@@ -75,15 +53,7 @@ async def test_external_decider_drives_the_loop_and_a_shadow_is_scored(
     await asyncio.sleep(0.5)
     assert {r.command_id for r in results} <= command_ids
 
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "hotplug", "compare", "--nats", broker.url, "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = await asyncio.to_thread(run_hotplug, "compare", "--nats", broker.url, "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert set(report["policies"]) == {"active", "shadow-default", "oracle"}

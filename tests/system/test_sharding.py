@@ -9,14 +9,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
+from hotplug.harness.recorder import Recorder
 from services.decider.sharding import owned_partitions, owner
 from shared import subjects
 from shared.broker import EmbeddedBroker
-from shared.messages import ScaleCommand
 from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually, metric
 
 
@@ -35,13 +33,8 @@ def test_rendezvous_assignment_moves_only_the_newcomers_share() -> None:
 async def test_each_vm_is_decided_by_exactly_one_member(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    commands: list[tuple[float, ScaleCommand]] = []
-
-    async def on_command(msg: Msg) -> None:
-        commands.append((time.monotonic(), msgspec.json.decode(msg.data, type=ScaleCommand)))
-
-    await nc.subscribe(subjects.ALL_COMMANDS, cb=on_command)
-    await nc.flush()
+    watch = Recorder()
+    await watch.attach(nc, samples=False, results=False)
     clock = ["--speed", "6", "--epoch", repr(time.time())]
     common = ["--nats", broker.url, *clock]
     for host in ("h1", "h2"):
@@ -55,7 +48,7 @@ async def test_each_vm_is_decided_by_exactly_one_member(
 
     def decided_by(since: float) -> dict[tuple[str, str], set[str]]:
         out: dict[tuple[str, str], set[str]] = defaultdict(set)
-        for at, c in commands:
+        for at, c in zip(watch.command_arrivals, watch.commands, strict=True):
             if at >= since:
                 out[(c.host, c.vm)].add(c.decider)
         return out

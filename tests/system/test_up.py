@@ -3,77 +3,31 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
-from tests.conftest import LIVELY_DECIDER, REPO, metric
-
-
-class Output:
-    """Collects a child's combined output on a thread, so the test can wait for lines."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pattern: str, timeout: float, after: int = 0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines[after:]:
-                match = re.search(pattern, line)
-                if match:
-                    return match
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r} in {timeout} s; output:\n" + "\n".join(self.lines))
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
-def hotplug(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hotplug", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
-    )
+from hotplug.harness.poll import wait_until
+from hotplug.harness.processes import OutputProcess, run_hotplug, sigkill
+from hotplug.harness.scrape import metric_or_zero
+from tests.conftest import LIVELY_DECIDER
 
 
 def test_up_restarts_a_killed_child_and_keeps_its_event_log(tmp_path: Path) -> None:
     data_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hotplug",
-            "up",
-            "--vms",
-            "4",
-            "--speed",
-            "5",
-            "--duration",
-            "100",
-            "--data-dir",
-            str(data_dir),
-            "--no-view",
-            *LIVELY_DECIDER,
-        ],  # the plumbing under test, in motion
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    out = OutputProcess.hotplug(
+        "up",
+        "--vms",
+        "4",
+        "--speed",
+        "5",
+        "--duration",
+        "100",
+        "--data-dir",
+        str(data_dir),
+        "--no-view",
+        *LIVELY_DECIDER,  # the plumbing under test, in motion
     )
-    out = Output(proc)
+    proc = out.proc
     try:
         for service in ("simulator", "collector", "decider", "actuator"):
             out.wait_for(rf"^{service} metrics: http://127\.0\.0\.1:\d+/metrics$", timeout=30)
@@ -82,28 +36,20 @@ def test_up_restarts_a_killed_child_and_keeps_its_event_log(tmp_path: Path) -> N
         out.wait_for(r"^vm-\d+: \d+ -> \d+ ok$", timeout=30)  # the loop acts
 
         mark = len(out.lines)
-        os.kill(pid, signal.SIGKILL)
+        sigkill(pid)
         out.wait_for(r"collector exited with code -9; restarting", timeout=10, after=mark)
         new_pid = int(out.wait_for(r"started collector \(pid (\d+)\)", timeout=10, after=mark).group(1))
         assert new_pid != pid
         # the restarted collector publishes again, and the loop goes on acting
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if metric(collector_url, "hotplug_collector_samples_published_total") > 0:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise AssertionError("restarted collector published nothing")
+        published = wait_until(
+            lambda: metric_or_zero(collector_url, "hotplug_collector_samples_published_total") > 0, 20
+        )
+        assert published, "restarted collector published nothing"
         after_restart = len(out.lines)
         out.wait_for(r"^vm-\d+: \d+ -> \d+ ok$", timeout=30, after=after_restart)
         assert proc.wait(timeout=60) == 0, out.text()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=30)
+        out.interrupt(timeout_s=30)
     text = out.text()
     assert "collector was restarted 1 time(s)" in text
     summary = out.wait_for(r"commands: (\d+); results: (\d+) ok, (\d+) failed", 1)
@@ -111,7 +57,7 @@ def test_up_restarts_a_killed_child_and_keeps_its_event_log(tmp_path: Path) -> N
     assert re.search(r"core-hours allocated: [\d.]+; used: [\d.]+", text)
     assert not (data_dir / "broker.json").exists()
 
-    events = hotplug("events", "--data-dir", str(data_dir), "--format", "jsonl")
+    events = run_hotplug("events", "--data-dir", str(data_dir), "--format", "jsonl")
     assert events.returncode == 0, events.stderr
     records = [json.loads(line) for line in events.stdout.splitlines()]
     commands = {r["id"]: r for r in records if r["kind"] == "command"}
@@ -128,16 +74,16 @@ def test_up_restarts_a_killed_child_and_keeps_its_event_log(tmp_path: Path) -> N
     assert any(a < b for b, a in changes), "expected an unplug"
     assert int(summary.group(2)) + int(summary.group(3)) == len(results)
 
-    as_csv = hotplug("events", "--data-dir", str(data_dir), "--format", "csv")
+    as_csv = run_hotplug("events", "--data-dir", str(data_dir), "--format", "csv")
     assert as_csv.returncode == 0
     assert len(as_csv.stdout.strip().splitlines()) == len(records) + 1
-    table = hotplug("events", "--data-dir", str(data_dir))
+    table = run_hotplug("events", "--data-dir", str(data_dir))
     assert table.returncode == 0
     assert f"{len(records)} events" in table.stdout
 
     # the HTML report of the same run agrees with its event log
     report_path = tmp_path / "report.html"
-    report = hotplug("report", "--data-dir", str(data_dir), "--out", str(report_path))
+    report = run_hotplug("report", "--data-dir", str(data_dir), "--out", str(report_path))
     assert report.returncode == 0, report.stderr
     page = report_path.read_text()
     embedded = re.search(r'<script type="application/json" id="run-data">(.*?)</script>', page, re.S)
@@ -158,13 +104,13 @@ def test_up_restarts_a_killed_child_and_keeps_its_event_log(tmp_path: Path) -> N
 
 
 def test_events_without_a_log_says_so(tmp_path: Path) -> None:
-    done = hotplug("events", "--data-dir", str(tmp_path / "none"))
+    done = run_hotplug("events", "--data-dir", str(tmp_path / "none"))
     assert done.returncode == 2
     assert "no event log" in done.stderr
 
 
 def test_schema_writes_one_json_schema_per_message(tmp_path: Path) -> None:
-    done = hotplug("schema", "--out", str(tmp_path))
+    done = run_hotplug("schema", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["MetricSample.schema.json", "ScaleCommand.schema.json", "ScaleResult.schema.json"]
@@ -173,7 +119,7 @@ def test_schema_writes_one_json_schema_per_message(tmp_path: Path) -> None:
 
 
 def test_bad_policy_parameters_fail_before_anything_starts(tmp_path: Path) -> None:
-    done = hotplug("up", "--policy", "threshold", "--param", "threshold.nope=1", "--data-dir", str(tmp_path / "d"))
+    done = run_hotplug("up", "--policy", "threshold", "--param", "threshold.nope=1", "--data-dir", str(tmp_path / "d"))
     assert done.returncode == 2
     assert "bad parameter" in done.stderr
     assert not (tmp_path / "d").exists()
@@ -183,7 +129,7 @@ def test_up_on_a_three_node_cluster_keeps_a_replicated_event_log(tmp_path: Path)
     """``hotplug up --cluster 3``: three nats-server nodes from the wheel, the loop on them, and afterwards the
     stopped cluster's stores read back by ``hotplug events``: every command with its one result."""
     data_dir = tmp_path / "run"
-    done = hotplug(
+    done = run_hotplug(
         "up",
         "--cluster",
         "3",
@@ -201,7 +147,7 @@ def test_up_on_a_three_node_cluster_keeps_a_replicated_event_log(tmp_path: Path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "embedded cluster of 3 nodes" in done.stdout
     assert sorted(p.name for p in (data_dir / "nats").glob("n[0-9]")) == ["n1", "n2", "n3"]
-    events = hotplug("events", "--data-dir", str(data_dir), "--format", "jsonl", timeout=120)
+    events = run_hotplug("events", "--data-dir", str(data_dir), "--format", "jsonl", timeout=120)
     assert events.returncode == 0, events.stderr[-2000:]
     records = [json.loads(line) for line in events.stdout.splitlines() if line]
     commands = {r["id"] for r in records if r["kind"] == "command"}
@@ -217,7 +163,7 @@ def test_up_on_a_trace_runs_one_vm_per_trace_vm_and_sums_up_per_vm(tmp_path: Pat
     trace = tmp_path / "trace.csv"
     trace.write_text(TRACE)
     data_dir = tmp_path / "run"
-    done = hotplug(
+    done = run_hotplug(
         "up",
         "--trace",
         str(trace),
@@ -235,7 +181,7 @@ def test_up_on_a_trace_runs_one_vm_per_trace_vm_and_sums_up_per_vm(tmp_path: Pat
     changes = re.search(r"^changes per VM: db (\d+), web (\d+); (\d+) of (\d+) undone within 60 s$", done.stdout, re.M)
     assert changes is not None, done.stdout
     assert re.search(r"^refused commands: \d+", done.stdout, re.M)
-    events = hotplug("events", "--data-dir", str(data_dir), "--format", "jsonl")
+    events = run_hotplug("events", "--data-dir", str(data_dir), "--format", "jsonl")
     records = [json.loads(line) for line in events.stdout.splitlines() if line]
     assert {r["vm"] for r in records} <= {"web", "db"}
     applied = [r for r in records if r["kind"] == "result" and r["ok"] and r["vcpus_before"] != r["vcpus_after"]]
@@ -250,7 +196,7 @@ def test_up_refuses_a_bad_trace_in_one_line_before_starting(tmp_path: Path) -> N
         (bad, "header must name demand_vcpus, time_s, vm"),
         (tmp_path / "none.csv", "no such file or directory"),
     ):
-        done = hotplug("up", "--trace", str(path), "--data-dir", str(tmp_path / "d"))
+        done = run_hotplug("up", "--trace", str(path), "--data-dir", str(tmp_path / "d"))
         assert done.returncode == 2
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "d").exists()

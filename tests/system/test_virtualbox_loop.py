@@ -5,16 +5,11 @@ and a VM whose guest refuses every unplug does not stop the actuator from servin
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from tests.conftest import REPO
+from hotplug.harness.poll import wait_until
+from hotplug.harness.processes import OutputProcess, policy_args, run_hotplug
 from tests.standins import vboxmanage as standin
-from tests.system.test_up import Output
 from tests.vbox_fixtures import VBoxHome
 
 
@@ -23,35 +18,24 @@ def test_up_on_virtualbox_plugs_and_unplugs_by_id(vbox: VBoxHome, tmp_path: Path
     vbox.create("stubborn", max_vcpus=2, attached=2)
     standin.set_guest("stubborn", "none")  # no Guest Additions: every unplug is refused
     data_dir = str(tmp_path / "run")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hotplug",
-            "up",
-            "--hypervisor",
-            "virtualbox",
-            "--data-dir",
-            data_dir,
-            "--no-view",
-            "--policy",
+    out = OutputProcess.hotplug(
+        "up",
+        "--hypervisor",
+        "virtualbox",
+        "--data-dir",
+        data_dir,
+        "--no-view",
+        # the plumbing, not warm-up
+        *policy_args(
             "threshold",
-            "--param",
-            "threshold.sustain_s=2",
-            "--param",
-            "guard.up_cooldown_s=1",
-            "--param",
-            "guard.down_cooldown_s=2",
-            "--param",
-            "guard.warmup_s=0",
-        ],  # the plumbing, not warm-up
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            {
+                "threshold.sustain_s": 2,
+                "guard.up_cooldown_s": 1,
+                "guard.down_cooldown_s": 2,
+                "guard.warmup_s": 0,
+            },
+        ),
     )
-    out = Output(proc)
     try:
         out.wait_for(r"^actuator metrics: ", timeout=30)
         out.wait_for(r"^stubborn: 2 -> 2 failed \(guest-refused\)$", timeout=40)
@@ -61,14 +45,11 @@ def test_up_on_virtualbox_plugs_and_unplugs_by_id(vbox: VBoxHome, tmp_path: Path
         standin.set_load("train 1", 0.0)
         mark = len(out.lines)
         out.wait_for(r"^train 1: \d -> \d ok$", timeout=40, after=mark)
-        deadline = time.monotonic() + 40
-        while vbox.attached("train 1") != [0] and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: vbox.attached("train 1") == [0], 40)
         assert vbox.attached("train 1") == [0]
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    assert proc.returncode == 0, out.text()
+        code = out.interrupt(timeout_s=60)
+    assert code == 0, out.text()
 
     train_calls = [c[-2:] for c in vbox.calls() if c[:3] == ["-q", "controlvm", "train 1"]]
     plugs = [c for c in train_calls if c[0] == "plugcpu"]
@@ -77,14 +58,7 @@ def test_up_on_virtualbox_plugs_and_unplugs_by_id(vbox: VBoxHome, tmp_path: Path
     assert unplugs[-1] == ["unplugcpu", "1"]  # the highest attached when going back to CPU 0 alone
     assert ["unplugcpu", "0"] not in train_calls
 
-    events = subprocess.run(
-        [sys.executable, "-m", "hotplug", "events", "--data-dir", data_dir, "--format", "jsonl"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    events = run_hotplug("events", "--data-dir", data_dir, "--format", "jsonl")
     assert events.returncode == 0, events.stderr
     records = [json.loads(line) for line in events.stdout.splitlines()]
     results = [r for r in records if r["kind"] == "result"]

@@ -33,6 +33,9 @@ COMMANDS = {
     "streams",
     "chaos",
     "config",
+    "pause",
+    "resume",
+    "paused",
 }
 
 

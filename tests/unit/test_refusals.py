@@ -112,6 +112,7 @@ OLD_ACTUATOR_HOLDS: dict[ErrorCode, tuple[float, bool]] = {
     ErrorCode.HOTPLUG_BUDGET: (600, False),
     ErrorCode.TIMEOUT: (30, False),
     ErrorCode.UNKNOWN: (30, False),
+    ErrorCode.PAUSED: (10, False),
 }
 
 

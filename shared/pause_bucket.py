@@ -1,0 +1,149 @@
+"""The pause bucket's I/O: storing, lifting and watching pauses (the rules are in ``shared.pauses``).
+
+Services learn pauses from a KV watch, not by asking per command: ``PauseWatch.start`` returns once the bucket's
+current entries are known, and a task keeps the book up to date from then on (re-watching after a failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from shared import bus
+from shared.codec import encode
+from shared.messages import PauseEvent
+from shared.pauses import PAUSE_BUCKET, PauseBook, key, parse_key, ttl_s
+
+log = logging.getLogger(__name__)
+
+_decode = msgspec.json.Decoder(PauseEvent).decode
+
+
+async def open_bucket(js: JetStreamContext, *, create: bool = True) -> KeyValue:
+    """The pause bucket; if missing, created with this deployment's replica count (``create``), else
+    BucketNotFoundError. It is looked up first: a viewer may read the bucket but not create it."""
+    try:
+        return await js.key_value(PAUSE_BUCKET)
+    except BucketNotFoundError:
+        if not create:
+            raise
+    return await bus.key_value(js, PAUSE_BUCKET)
+
+
+async def store(js: JetStreamContext, pause: PauseEvent, now: float) -> None:
+    """Store a pause as its VM's entry (replacing any: last writer wins); the broker drops it after its end."""
+    subject = f"$KV.{PAUSE_BUCKET}.{key(pause.host, pause.vm)}"
+    await js.publish(subject, encode(pause), msg_ttl=ttl_s(pause, now))
+
+
+async def lift(kv: KeyValue, host: str, vm: str) -> None:
+    """Delete the VM's entry: resumed, or cleaned up after its end."""
+    await kv.delete(key(host, vm))
+
+
+async def entry(kv: KeyValue, host: str, vm: str) -> PauseEvent | None:
+    """The VM's stored pause, expired or not; None when it has none."""
+    try:
+        found = await kv.get(key(host, vm))
+    except KeyNotFoundError:
+        return None
+    return _decode(found.value) if found.value else None
+
+
+async def entries(kv: KeyValue) -> list[PauseEvent]:
+    """Every stored pause, expired or not (an undecodable entry is skipped, and logged)."""
+    try:
+        names = await kv.keys()
+    except NoKeysError:
+        return []
+    out = []
+    for name in names:
+        with contextlib.suppress(KeyNotFoundError):
+            found = await kv.get(name)
+            if found.value:
+                try:
+                    out.append(_decode(found.value))
+                except msgspec.DecodeError as exc:
+                    log.warning("pause entry %s not understood: %s", name, exc)
+    return out
+
+
+class PauseWatch:
+    """A service's view of the pause bucket: a ``PauseBook`` kept current by a KV watch.
+
+    ``on_change(host, vm, pause)`` is called for every change after the first load (``pause`` None: lifted)."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        keys: str = ">",
+        on_change: Callable[[str, str, PauseEvent | None], None] | None = None,
+    ) -> None:
+        self.js = js
+        self.keys = keys
+        self.book = PauseBook()
+        self.on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+        self._loaded = asyncio.Event()
+
+    async def start(self, patience_s: float | None = None) -> bool:
+        """Begin watching; return once the current entries are known (True), or after ``patience_s`` (False:
+        the watch keeps trying in the background)."""
+        self._task = asyncio.ensure_future(self._follow())
+        try:
+            await asyncio.wait_for(self._loaded.wait(), timeout=patience_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                kv = await open_bucket(self.js)
+                watcher = await kv.watch(self.keys)
+                try:
+                    await self._consume(watcher)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()  # type: ignore[no-untyped-call]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("pause bucket not watched (%s); retrying", exc or type(exc).__name__)
+            await asyncio.sleep(1.0)
+
+    async def _consume(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for update in watcher:
+            if update is None:  # the current entries are all in: from here on, changes
+                self._loaded.set()
+                continue
+            try:
+                host, vm = parse_key(update.key)
+            except ValueError:
+                continue
+            pause: PauseEvent | None = None
+            if update.operation not in (KV_DEL, KV_PURGE) and update.value:
+                try:
+                    pause = _decode(update.value)
+                except msgspec.DecodeError as exc:
+                    log.warning("pause entry %s not understood: %s", update.key, exc)
+                    continue
+            if pause is None:
+                self.book.remove(host, vm)
+            else:
+                self.book.put(pause)
+            if self._loaded.is_set() and self.on_change is not None:
+                self.on_change(host, vm, pause)
