@@ -1,10 +1,14 @@
-"""In-process stand-ins for a service's runtime context (clock, options, JetStream), for tests that drive a
-service object directly without a broker."""
+"""In-process stand-ins: a service's runtime context (clock, options, JetStream), for tests that drive a service
+object directly without a broker; and an actuator driver with a fake hypervisor."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
+
+from services.actuator.drivers.base import DriverError, VmView
+from shared.messages import ErrorCode
 
 
 @dataclass
@@ -44,3 +48,45 @@ class StubContext:
     @property
     def host(self) -> str:
         return self.options.host
+
+
+@dataclass
+class FakeDriver:
+    """An actuator driver for one VM, whose hypervisor can be told to misbehave. ``moves`` says how far each plug
+    or unplug really moves the count (1 when empty, taken in order); ``fail`` makes every hot-plug call raise it;
+    with a ``gate``, hot-plug calls wait until it is set (never: a hung hypervisor). ``entered`` is set once a
+    hot-plug call has started, so a test knows a command is under way."""
+
+    online: int = 2
+    low: int = 1
+    high: int = 8
+    vm: str = "vm"
+    moves: list[int] = field(default_factory=list)
+    fail: DriverError | None = None
+    gate: asyncio.Event | None = None
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: list[str] = field(default_factory=list)
+    name: str = "fake"
+
+    async def read(self, vm: str) -> VmView:
+        if vm != self.vm:
+            raise DriverError(ErrorCode.VM_NOT_FOUND, f"Could not find a registered machine named '{vm}'")
+        return VmView(vm=vm, online_vcpus=self.online, min_vcpus=self.low, max_vcpus=self.high)
+
+    async def _step(self, op: str, sign: int) -> None:
+        self.calls.append(op)
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.online += sign * (self.moves.pop(0) if self.moves else 1)
+
+    async def plug(self, vm: str) -> None:
+        await self._step("plug", 1)
+
+    async def unplug(self, vm: str) -> None:
+        await self._step("unplug", -1)
+
+    async def close(self) -> None:
+        return None

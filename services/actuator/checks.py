@@ -34,6 +34,11 @@ class Plan(NamedTuple):
     direction: int  # +1 plug, -1 unplug, 0 nothing to do
     steps: int
 
+    @property
+    def op(self) -> str:
+        """The driver operation each step is: ``plug`` or ``unplug``."""
+        return "plug" if self.direction > 0 else "unplug"
+
 
 def admit(command: ScaleCommand, own_host: str, now: float, current_term: int = 0) -> Refusal | None:
     if command.host != own_host:
@@ -68,10 +73,24 @@ def allowed(view: VmView, bounds: Bounds) -> tuple[int, int]:
     return max(bounds.min_vcpus, view.min_vcpus, 1), min(bounds.max_vcpus, view.max_vcpus)
 
 
-def plan(command: ScaleCommand, view: VmView, bounds: Bounds) -> Plan | Refusal:
+def within_bounds(target: int, view: VmView, bounds: Bounds) -> Refusal | None:
+    """Refuse a target outside the sizes the VM may take (``allowed``)."""
     low, high = allowed(view, bounds)
-    if not low <= command.target_vcpus <= high:
-        return Refusal(ErrorCode.OUT_OF_BOUNDS, f"target {command.target_vcpus} outside [{low}, {high}]")
+    if not low <= target <= high:
+        return Refusal(ErrorCode.OUT_OF_BOUNDS, f"target {target} outside [{low}, {high}]")
+    return None
+
+
+def steps_between(current: int, target: int) -> Plan:
+    """The single-vCPU steps from ``current`` to ``target`` vCPUs."""
+    delta = target - current
+    return Plan(direction=(delta > 0) - (delta < 0), steps=abs(delta))
+
+
+def plan(command: ScaleCommand, view: VmView, bounds: Bounds) -> Plan | Refusal:
+    refused = within_bounds(command.target_vcpus, view, bounds)
+    if refused is not None:
+        return refused
     if view.online_vcpus == command.target_vcpus:
         # The desired size is there already (e.g. a command redelivered after its effect): nothing to do.
         return Plan(direction=0, steps=0)
@@ -79,8 +98,7 @@ def plan(command: ScaleCommand, view: VmView, bounds: Bounds) -> Plan | Refusal:
         return Refusal(
             ErrorCode.STALE_VIEW, f"decided on {command.seen_vcpus} vCPUs but the VM has {view.online_vcpus}"
         )
-    delta = command.target_vcpus - view.online_vcpus
-    return Plan(direction=(delta > 0) - (delta < 0), steps=abs(delta))
+    return steps_between(view.online_vcpus, command.target_vcpus)
 
 
 def not_paused(pause: PauseEvent | None, now: float) -> Refusal | None:

@@ -32,8 +32,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.actuator import steps
 from services.actuator.answered import log_reader_name
-from services.actuator.checks import Bounds, Plan, Refusal
+from services.actuator.checks import Bounds, Refusal
 from services.actuator.drivers.base import Driver, DriverError
 from services.actuator.ledger import ANSWERED_KEEP_S, Duplicate, Execute, Ledger, LedgerRules, Superseded
 from services.actuator.progress import ProgressLog
@@ -59,7 +60,7 @@ class ActuatorConfig:
     name: str = "actuator"
     bounds: Bounds = field(default_factory=Bounds)
     vm_bounds: dict[str, Bounds] = field(default_factory=dict)
-    step_timeout_s: float = 30.0
+    step_timeout_s: float = steps.STEP_TIMEOUT_S
     ack_wait_s: float = 60.0
     # At most this many resizes of one VM per window (clock seconds), whatever the deciders say.
     max_changes: int = 6
@@ -393,7 +394,16 @@ class Actuator:
                     if planned.decision.steps:
                         await self.progress.begin(command, before)
                         self.ledger.begun(command)
-                    after = await self._apply(command.vm, planned.decision, before, msg)
+                    after = await steps.take_steps(
+                        self.driver,
+                        command.vm,
+                        planned.decision,
+                        before,
+                        timeout_s=self.config.step_timeout_s,
+                        # a slow hypervisor must not make the command look abandoned
+                        before_step=msg.in_progress if msg is not None else None,
+                        after_step=self.metrics.hotplug_calls.labels(planned.decision.op).inc,
+                    )
                     if planned.decision.steps:
                         self.ledger.changed(command.vm, now)
             except DriverError as exc:
@@ -414,24 +424,6 @@ class Actuator:
         duration = time.perf_counter() - started
         return self.ledger.result(command, self.ctx.clock.now(), duration, before, after, failure, sizes)
 
-    async def _apply(self, vm: str, decided: Plan, current: int, msg: Msg | None) -> int:
-        """Take the plan's steps one vCPU at a time, verifying each; returns the re-read count."""
-        op = self.driver.plug if decided.direction > 0 else self.driver.unplug
-        for _ in range(decided.steps):
-            if msg is not None:
-                await msg.in_progress()  # a slow hypervisor must not make the command look abandoned
-            await self._call(op(vm))
-            self.metrics.hotplug_calls.labels("plug" if decided.direction > 0 else "unplug").inc()
-            now = (await self._call(self.driver.read(vm))).online_vcpus
-            if now != current + decided.direction:
-                raise DriverError(
-                    ErrorCode.NOT_VERIFIED,
-                    f"after one {'plug' if decided.direction > 0 else 'unplug'} the VM has {now} "
-                    f"vCPUs, expected {current + decided.direction}",
-                )
-            current = now
-        return current
-
     async def _reread(self, vm: str, fallback: int | None) -> int | None:
         try:
             return (await self._call(self.driver.read(vm))).online_vcpus
@@ -439,9 +431,4 @@ class Actuator:
             return fallback
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
-        try:
-            return await asyncio.wait_for(awaitable, timeout=self.config.step_timeout_s)
-        except TimeoutError as exc:
-            raise DriverError(
-                ErrorCode.TIMEOUT, f"{self.driver.name} did not answer within {self.config.step_timeout_s} s"
-            ) from exc
+        return await steps.call(self.driver, awaitable, self.config.step_timeout_s)

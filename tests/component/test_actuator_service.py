@@ -1,0 +1,207 @@
+"""The actuator service in this process (an asyncio task) against a real nats-server, with a fake driver
+(tests/stubs.py): commands are stored in the event log as a decider stores them, results are watched on the bus.
+
+To show that something did *not* happen (no second result), each test ends with a later command for the same VM
+and waits for its result: the actuator answers one VM's commands in order, so anything owed before it is out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from nats.aio.client import Client
+
+from hotplug.harness import faults
+from hotplug.harness.poll import eventually
+from hotplug.harness.recorder import Recorder
+from services.actuator.drivers.base import DriverError
+from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
+from shared.messages import ErrorCode, ScaleCommand, ScaleResult
+from shared.runtime import ServiceContext
+from tests.component.conftest import InProcess, Serve
+from tests.stubs import FakeDriver
+
+HOST = "h1"
+VM = "vm"
+
+
+def order(target: int, seen: int) -> ScaleCommand:
+    return faults.order(HOST, VM, target, seen, ttl_s=30.0)
+
+
+async def store(nc: Client, command: ScaleCommand, *, copy: bool = False) -> None:
+    """Store ``command`` as a decider does; a ``copy`` is stored again, as one that got past the event log's
+    de-duplication would be."""
+    if copy:
+        await faults.store(nc, command)
+    else:
+        await faults.store_durably(nc, command)
+
+
+async def result(results: Recorder, command: ScaleCommand) -> ScaleResult:
+    found = await results.result_of(command.id, timeout_s=10)
+    assert found is not None, f"no result of {command.id}"
+    return found
+
+
+Start = Callable[..., Awaitable[InProcess[ActuatorMetrics]]]
+
+
+@pytest.fixture
+def start_actuator(serve: Serve) -> Start:
+    async def start(driver: FakeDriver, config: ActuatorConfig | None = None) -> InProcess[ActuatorMetrics]:
+        async def body(ctx: ServiceContext[ActuatorMetrics]) -> None:
+            await Actuator(ctx, driver, config or ActuatorConfig()).run()
+
+        return await serve(ActuatorMetrics("actuator"), body, HOST)
+
+    return start
+
+
+@pytest.fixture
+async def results(nc: Client) -> Recorder:
+    watched = Recorder()
+    await watched.attach(nc, samples=False, commands=False)
+    return watched
+
+
+async def test_a_command_gets_exactly_one_result_saying_what_happened(
+    nc: Client, results: Recorder, start_actuator: Start
+) -> None:
+    driver = FakeDriver(online=2)
+    await start_actuator(driver)
+    grow = order(4, seen=2)
+    await store(nc, grow)
+    done = await result(results, grow)
+    assert (done.ok, done.vcpus_before, done.vcpus_after, done.target_vcpus) == (True, 2, 4, 4), done
+    assert (done.allowed_min_vcpus, done.allowed_max_vcpus) == (1, 8)
+    last = order(3, seen=4)
+    await store(nc, last)
+    await result(results, last)
+    assert len(results.results_of(grow.id)) == 1
+    assert driver.calls == ["plug", "plug", "unplug"]
+
+
+async def test_a_step_the_vm_does_not_take_ends_the_command_not_verified(
+    nc: Client, results: Recorder, start_actuator: Start
+) -> None:
+    driver = FakeDriver(online=2, moves=[1, 0])
+    await start_actuator(driver)
+    grow = order(5, seen=2)
+    await store(nc, grow)
+    failed = await result(results, grow)
+    assert (failed.ok, failed.error_code) == (False, ErrorCode.NOT_VERIFIED), failed
+    # the result reports the change that did happen, and no step follows the one that failed
+    assert (failed.vcpus_before, failed.vcpus_after) == (2, 3)
+    assert driver.calls == ["plug", "plug"]
+
+
+async def test_a_copy_of_a_command_is_not_executed_again_while_under_way_or_once_answered(
+    nc: Client, results: Recorder, start_actuator: Start
+) -> None:
+    driver = FakeDriver(online=2, gate=asyncio.Event())
+    actuator = await start_actuator(driver)
+    grow = order(3, seen=2)
+    await store(nc, grow)
+    await driver.entered.wait()  # under way: the hypervisor is plugging
+    await store(nc, grow, copy=True)
+    duplicates = "hotplug_messages_dropped_total"
+    await eventually(
+        lambda: actuator.count(duplicates, kind="command", reason="duplicate") == 1, timeout=10, what="the copy"
+    )
+    assert driver.gate is not None
+    driver.gate.set()
+    assert (await result(results, grow)).ok
+    await store(nc, grow, copy=True)
+    await eventually(
+        lambda: actuator.count(duplicates, kind="command", reason="duplicate") == 2, timeout=10, what="the copy"
+    )
+    last = order(2, seen=3)
+    await store(nc, last)
+    await result(results, last)
+    assert len(results.results_of(grow.id)) == 1
+    assert driver.calls == ["plug", "unplug"]
+
+
+async def test_a_command_redelivered_after_its_actuator_died_mid_step_is_settled_not_executed_again(
+    nc: Client, results: Recorder, start_actuator: Start
+) -> None:
+    # short enough for JetStream to redeliver within the test; the same for both actuators (one consumer)
+    config = ActuatorConfig(ack_wait_s=1.0, settle_s=0.3)
+    hung = FakeDriver(online=2, gate=asyncio.Event())
+    first = await start_actuator(hung, config)
+    grow = order(3, seen=2)
+    await store(nc, grow)
+    await hung.entered.wait()
+    await first.stop()  # died mid-step: no result, no acknowledgement
+
+    driver = FakeDriver(online=2)  # the step never happened
+    second = await start_actuator(driver, config)
+    settled = await result(results, grow)
+    assert not settled.ok and (settled.vcpus_before, settled.vcpus_after) == (2, 2), settled
+    # JetStream redelivers the unacknowledged command: the new actuator takes it for the duplicate it is
+    dropped = "hotplug_messages_dropped_total"
+    await eventually(
+        lambda: second.count(dropped, kind="command", reason="duplicate") >= 1, timeout=10, what="the redelivery"
+    )
+    last = order(4, seen=2)
+    await store(nc, last)
+    assert (await result(results, last)).ok
+    assert len(results.results_of(grow.id)) == 1
+    assert driver.calls == ["plug", "plug"]  # the later command's only
+
+
+async def test_a_command_with_a_newer_one_waiting_is_superseded_and_says_so(
+    nc: Client, results: Recorder, start_actuator: Start
+) -> None:
+    driver = FakeDriver(online=2, gate=asyncio.Event())
+    actuator = await start_actuator(driver)
+    first, older, newer = order(3, seen=2), order(4, seen=3), order(5, seen=3)
+    await store(nc, first)
+    await driver.entered.wait()
+    await store(nc, older)
+    await store(nc, newer)
+    received = "hotplug_messages_received_total"
+    await eventually(
+        lambda: actuator.count(received, kind="command") == 3, timeout=10, what="both later commands taken in"
+    )
+    assert driver.gate is not None
+    driver.gate.set()
+    assert (await result(results, first)).ok
+    superseded = await result(results, older)
+    assert (superseded.ok, superseded.error_code, superseded.retry_after) == (False, ErrorCode.SUPERSEDED, 0.0)
+    done = await result(results, newer)
+    assert (done.ok, done.vcpus_before, done.vcpus_after) == (True, 3, 5), done
+    assert [len(results.results_of(c.id)) for c in (first, older, newer)] == [1, 1, 1]
+    assert driver.calls == ["plug", "plug", "plug"]
+
+
+async def test_a_resize_beyond_the_rate_limit_is_refused_with_when_to_ask_again(
+    nc: Client, results: Recorder, start_actuator: Start
+) -> None:
+    driver = FakeDriver(online=2)
+    await start_actuator(driver, ActuatorConfig(max_changes=1, rate_window_s=60.0))
+    grow = order(3, seen=2)
+    await store(nc, grow)
+    assert (await result(results, grow)).ok
+    again = order(4, seen=3)
+    await store(nc, again)
+    refused = await result(results, again)
+    assert (refused.ok, refused.error_code) == (False, ErrorCode.RATE_LIMITED), refused
+    assert refused.retry_after is not None and 0 < refused.retry_after <= 60
+    assert refused.vcpus_before == refused.vcpus_after == 3
+    assert driver.calls == ["plug"]
+
+
+async def test_a_driver_error_is_the_result_with_the_hypervisors_code(
+    nc: Client, results: Recorder, start_actuator: Start
+) -> None:
+    driver = FakeDriver(online=3, fail=DriverError(ErrorCode.GUEST_REFUSED, "Hot-Remove was aborted"))
+    await start_actuator(driver)
+    shrink = order(2, seen=3)
+    await store(nc, shrink)
+    refused = await result(results, shrink)
+    assert (refused.ok, refused.error_code, refused.error) == (False, ErrorCode.GUEST_REFUSED, "Hot-Remove was aborted")
+    assert refused.retry_after is not None and refused.retry_after > 0  # a back-off, not an immediate retry
