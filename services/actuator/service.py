@@ -38,8 +38,10 @@ from services.actuator.checks import Bounds, Refusal
 from services.actuator.drivers.base import Driver, DriverError
 from services.actuator.ledger import ANSWERED_KEEP_S, Duplicate, Execute, Ledger, LedgerRules, Superseded
 from services.actuator.progress import ProgressLog
+from services.actuator.vmbounds import bounds_for
 from shared import bus, subjects
 from shared.codec import encode
+from shared.config.schema import VmRule
 from shared.eventlog import read_results
 from shared.inbox import Inbox
 from shared.leadership import LEASE_BUCKET, LeaseState
@@ -112,17 +114,25 @@ class ActuatorMetrics(ServiceMetrics):
 
 
 class Actuator:
-    def __init__(self, ctx: ServiceContext[ActuatorMetrics], driver: Driver, config: ActuatorConfig) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext[ActuatorMetrics],
+        driver: Driver,
+        config: ActuatorConfig,
+        rules: tuple[VmRule, ...] = (),
+    ) -> None:
         self.ctx = ctx
         self.driver = driver
         self.config = config
+        # The config file's [[vm]] rules, for each VM's bounds; replaced whole on a reload (SIGHUP).
+        self.rules = rules
         self.metrics = ctx.metrics
         self.commands: Inbox[ScaleCommand] = Inbox("command", ScaleCommand, ctx.metrics)
         self.ledger: Ledger[Msg] = Ledger(
             LedgerRules(
                 actuator=config.name,
                 host=ctx.host,
-                bounds=config.bounds_for,
+                bounds=self.bounds_for,
                 max_changes=config.max_changes,
                 rate_window_s=config.rate_window_s,
             )
@@ -133,6 +143,10 @@ class Actuator:
         # Pauses of this host's VMs, from the pause bucket's watch; wall-clock times, as operators give them.
         self.pauses = PauseWatch(ctx.js, host_keys(ctx.host), on_change=self._on_pause_change)
         self.metrics.paused.set_function(lambda: self.pauses.book.count(time.time()))
+
+    def bounds_for(self, vm: str) -> Bounds:
+        """The sizes the actuator allows ``vm``: --vm-bounds, else its [[vm]] rule's, else its own (vmbounds.py)."""
+        return bounds_for(self.ctx.host, vm, self.config.bounds, self.rules, self.config.vm_bounds)
 
     @property
     def durable(self) -> str:

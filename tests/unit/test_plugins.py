@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from hotplug import cli
 from services.actuator.checks import Bounds, parse_vm_bounds
@@ -160,7 +161,8 @@ def test_the_cli_builds_and_runs_a_plugin_source(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(service, "Collector", Collector)
     monkeypatch.setattr(service_commands, "run", run)
     assert cli.main(["collector", "--nats", "nats://127.0.0.1:1", "--source", "toy", "--interval", "2"]) == 0
-    asyncio.run(started[0](SimpleNamespace(clock=Clock(speed=1.0, epoch=0.0))))
+    metrics = SimpleNamespace(registry=CollectorRegistry())  # the config reloader counts reloads there
+    asyncio.run(started[0](SimpleNamespace(clock=Clock(speed=1.0, epoch=0.0), metrics=metrics)))
     ((source, interval_s),) = sources
     assert (source.name, interval_s) == ("toy", 2.0)
     readings = asyncio.run(source.read())
