@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 from nats.aio.client import Client
 
-from hotplug.observer import Observer
+from hotplug.harness.recorder import Recorder
 from shared import subjects
 from shared.broker import EmbeddedBroker
 from shared.messages import ErrorCode
@@ -65,7 +65,7 @@ async def test_an_off_vm_is_never_commanded_and_the_actuator_holds_a_vm_to_its_m
     actuator_file.write_text(
         '[[vm]]\nmatch = "vm-01"\nautoscale = "off"\n\n[[vm]]\nmatch = "local/vm-02"\nmax_vcpus = 3\n'
     )
-    watch = Observer()
+    watch = Recorder()
     await watch.attach(nc)
     decider, actuator = await start_loop(broker, nc, start_service, decider_file, actuator_file, busy=VMS)
     await eventually(lambda: watch.online.get("vm-03") == 8, timeout=60, what="vm-03 growing to 8")
@@ -91,7 +91,7 @@ async def test_a_sighup_reload_moves_a_bound_and_an_invalid_one_is_refused(
 ) -> None:
     config = tmp_path / "hotplug.toml"
     config.write_text('[[vm]]\nname = "capped"\nmatch = "vm-02"\nmax_vcpus = 5\n')
-    watch = Observer()
+    watch = Recorder()
     await watch.attach(nc)
     decider, actuator = await start_loop(broker, nc, start_service, config, config, busy=("vm-02",))
     await eventually(lambda: watch.online.get("vm-02") == 5, timeout=60, what="vm-02 growing to its max of 5")
