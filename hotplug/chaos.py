@@ -33,7 +33,7 @@ from hotplug.harness.recorder import Recorder, hypervisor_ops, settle
 from hotplug.harness.scrape import metric_or_zero
 from hotplug.supervisor import Supervisor
 from hotplug.up import UpOptions, child_argv
-from shared import bus, subjects, topology
+from shared import bus, eventlog, subjects, topology
 from shared.broker import free_port
 from shared.clock import Clock
 from shared.cluster import EmbeddedCluster
@@ -84,7 +84,6 @@ class ChaosOptions:
 
 
 Check = dict[str, bool]
-_decode_result = msgspec.json.Decoder(ScaleResult).decode
 
 
 class Chaos:
@@ -162,9 +161,9 @@ class Chaos:
     async def _result_stored_since(self, host: str, vm: str, since: float) -> bool:
         admin = await self.client("admin")
         try:
-            stored = await admin.jetstream().get_last_msg(topology.EVENTS_STREAM, subjects.results(host, vm))
-            return stored.data is not None and _decode_result(stored.data).time >= since
-        except (nats.errors.Error, TimeoutError, msgspec.DecodeError):
+            result = await eventlog.last_result(admin.jetstream(), host, vm)
+            return result is not None and result.time >= since
+        except (nats.errors.Error, TimeoutError):
             return False  # not stored yet, or the stream is electing its leader
 
     async def metric(self, service: str, name: str, **labels: str) -> float:

@@ -1,5 +1,5 @@
-"""Reading the event log (every command and result, and every pause and resume) back out of JetStream, and
-printing it.
+"""Where a run's event log is (a live run's broker, or a private one on its data dir) and how it is printed; the
+reading itself is ``shared.eventlog``'s (``read_events`` and ``read_all_events`` are re-exported from it).
 
 With ``--data-dir`` the log of a run that has stopped is read by starting a private broker on that data
 dir; if the run is still going (its ``broker.json`` names a live process) its broker is used instead.
@@ -12,22 +12,16 @@ import csv
 import io
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
-from nats.js import JetStreamContext
-
-from shared import subjects, topology
-from shared.bus import read_stream
 from shared.cluster import embedded_broker, nodes_in
 from shared.errors import NotFound
-from shared.messages import PauseEvent, ScaleCommand, ScaleResult
-
-Event = ScaleCommand | ScaleResult
-_decoder = msgspec.json.Decoder(Event)
-_with_pauses = msgspec.json.Decoder(ScaleCommand | ScaleResult | PauseEvent)
+from shared.eventlog import Event as Event
+from shared.eventlog import read_all_events as read_all_events
+from shared.eventlog import read_events as read_events
+from shared.messages import PauseEvent, ScaleCommand
 
 BROKER_FILE = "broker.json"
 BROKER_DIR = "nats"
@@ -61,25 +55,6 @@ def broker_for(data_dir: Path) -> Iterator[str]:
         yield broker.start()
     finally:
         broker.stop()
-
-
-async def read_events(js: JetStreamContext) -> AsyncIterator[tuple[str, Event | None]]:
-    """Every command and result of the event log in order; undecodable ones as (subject, None)."""
-    async for subject, data in read_stream(js, topology.EVENTS_STREAM, [subjects.ALL_COMMANDS, subjects.ALL_RESULTS]):
-        try:
-            yield subject, _decoder.decode(data)
-        except msgspec.DecodeError:
-            yield subject, None
-
-
-async def read_all_events(js: JetStreamContext) -> AsyncIterator[tuple[str, Event | PauseEvent | None]]:
-    """Every command, result, pause and resume of the event log in order; undecodable ones as (subject, None)."""
-    filters = [subjects.ALL_COMMANDS, subjects.ALL_RESULTS, subjects.ALL_PAUSES]
-    async for subject, data in read_stream(js, topology.EVENTS_STREAM, filters):
-        try:
-            yield subject, _with_pauses.decode(data)
-        except msgspec.DecodeError:
-            yield subject, None
 
 
 def event_record(event: Event | PauseEvent) -> dict[str, Any]:

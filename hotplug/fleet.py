@@ -9,6 +9,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from hotplug.decisions import Change, applied_changes, undone_changes
+from shared.config.rules import Defaults, resolve
+from shared.config.schema import ConfigFile
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
 
 
@@ -48,7 +50,10 @@ class RunTotals:
 
 
 class Fleet:
-    def __init__(self) -> None:
+    def __init__(self, config: ConfigFile | None = None, policy: str = "default") -> None:
+        # The run's config file, for the rule each VM falls under (the summary's "VM rules" line).
+        self.config = config
+        self.policy = policy
         self.rows: dict[tuple[str, str], VmRow] = {}
         self.totals = RunTotals()
         self._reasons: dict[str, str] = {}
@@ -113,7 +118,28 @@ class Fleet:
         if t.errors:
             refused += " (" + ", ".join(f"{k}={v}" for k, v in sorted(t.errors.items())) + ")"
         lines.append(refused)
+        if self.config is not None:
+            lines.append(self._rules_line(self.config))
         return lines
+
+    def _rules_line(self, config: ConfigFile) -> str:
+        """Each rule with its settings and the VMs under it: "VM rules: #1 vm-01 (off): vm-01; default: ..."."""
+        actuator = config.actuator
+        defaults = Defaults(self.policy, {}, actuator.min_vcpus, actuator.max_vcpus)
+        under: dict[str, list[str]] = {}
+        for host, vm in sorted(self.rows):
+            s = resolve(config.vm, host, vm, defaults)
+            label = "default" if s.rule_index is None else f"#{s.rule_index + 1} {s.rule}"
+            bounds = (
+                ""
+                if s.min_vcpus is None and s.max_vcpus is None
+                else f", {s.min_vcpus or 1}-{s.max_vcpus if s.max_vcpus is not None else 'max'} vCPUs"
+            )
+            detail = "off" if s.autoscale == "off" else f"{s.autoscale}, {s.policy}{bounds}"
+            under.setdefault(f"{label} ({detail})", []).append(vm)
+        if not under:
+            return "VM rules: no VM seen"
+        return "VM rules: " + "; ".join(f"{rule}: {', '.join(vms)}" for rule, vms in under.items())
 
     # Beyond this many VMs the per-VM list would flood the terminal; a spread says as much.
     MAX_LISTED_VMS = 12

@@ -25,6 +25,7 @@ from hotplug.view import render
 from shared import bus
 from shared.broker import EmbeddedBroker, free_port
 from shared.cluster import EmbeddedCluster, embedded_broker
+from shared.config.load import load
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
 from shared.qemu.vm import QemuVm
 
@@ -58,6 +59,8 @@ class UpOptions:
     # libvirt: test domains to start for the run (0: the domains already running), and the URI (None: default).
     libvirt_guests: int = 0
     libvirt_uri: str | None = None
+    # Every child also reads this config file (its own section and the [[vm]] rules); what up passes comes first.
+    config: Path | None = None
 
 
 def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, port: int) -> list[str]:
@@ -76,6 +79,7 @@ def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, 
         str(port),
         "--log-level",
         options.log_level,
+        *(["--config", str(options.config)] if options.config is not None else []),
     )
     if service == "simulator":
         argv += ["--seed", str(options.seed)]
@@ -145,7 +149,8 @@ async def run_up(options: UpOptions) -> Fleet:
     if options.hypervisor == "libvirt":
         env["HOTPLUG_LIBVIRT_DIR"] = str(data_dir / "libvirt")
     supervisor = Supervisor(data_dir / "logs", env=env)
-    fleet = Fleet()
+    config = (await asyncio.to_thread(load, options.config)).config if options.config is not None else None
+    fleet = Fleet(config, options.policy)
     nc = None
     try:
         if options.hypervisor == "qemu":

@@ -228,16 +228,21 @@ async def read_stream(
     since: dt.datetime | None = None,
     name: str | None = None,
     batch: int = 256,
+    last_per_subject: bool = False,
 ) -> AsyncGenerator[tuple[str, bytes], None]:
     """The stored messages of ``stream`` matching ``filters`` (all, or those stored from ``since`` on), oldest
-    first, as (subject, data).
+    first, as (subject, data); with ``last_per_subject``, only the newest message of each subject.
 
     They are read through a short-lived consumer. ``name`` fixes its name, so that a user's permissions can
     allow this reader and nothing else; with a single filter, the filter is part of the permitted API subject.
     """
     config = ConsumerConfig(
         name=name or f"read-{secrets.token_hex(8)}",
-        deliver_policy=DeliverPolicy.ALL if since is None else DeliverPolicy.BY_START_TIME,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
+        if last_per_subject
+        else DeliverPolicy.ALL
+        if since is None
+        else DeliverPolicy.BY_START_TIME,
         opt_start_time=since,
         ack_policy=AckPolicy.NONE,
         inactive_threshold=30.0,

@@ -15,6 +15,7 @@ import sys
 from types import ModuleType
 
 from hotplug.cli.common import Handler
+from hotplug.config_cmd import apply_file
 from shared.errors import UsageError, UserError
 from shared.runtime import setup_logging
 
@@ -39,7 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        parser = build_parser()  # it imports the plug-ins named in $HOTPLUG_PLUGINS
+        # The config file's keys become the command's defaults, before the command line is read (config_cmd.py).
+        loaded = apply_file(parser, argv)
+    except UserError as exc:
+        print(f"hotplug: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    args.config_file = loaded
     setup_logging(getattr(args, "log_level", "WARNING"))
     handler: Handler = args.handler
     try:

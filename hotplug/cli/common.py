@@ -90,13 +90,6 @@ def check_trace(path: Path) -> int:
     return len(load_trace(path))
 
 
-def need_libvirt() -> None:
-    """libvirt-python is an optional extra: say how to get it (a user error) instead of a traceback."""
-    from shared.libvirt.connection import libvirt_module
-
-    libvirt_module()
-
-
 def nats_url(args: argparse.Namespace, command: str) -> str:
     """``--nats`` or $HOTPLUG_NATS_URL, which a command that talks to the bus cannot do without."""
     url = resolve_nats_url(args.nats)

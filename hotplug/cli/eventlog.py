@@ -40,7 +40,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     async def collect(url: str) -> list[dict[str, object]]:
         nc = await bus.connect(url, "hotplug-events", forever=False)
         try:
-            from hotplug.events import read_all_events
+            from shared.eventlog import read_all_events
 
             records = []
             async for subject, event in read_all_events(nc.jetstream()):
@@ -108,29 +108,13 @@ def _print_event_table(records: list[dict[str, object]]) -> None:
 
 async def _read_run(url: str) -> tuple[list[Any], list[Any], list[Any]]:
     """Metric samples, commands and results of a run, from its streams."""
-    from hotplug.events import read_events
-    from shared import subjects, topology
-    from shared.bus import read_stream
-    from shared.codec import BadMessage, Decoder
-    from shared.messages import MetricSample, ScaleCommand
+    from shared.eventlog import read_run
 
-    samples, commands, results = [], [], []
-    decoder = Decoder(MetricSample)
     nc = await bus.connect(url, "hotplug-read", forever=False)
     try:
-        async for _, data in read_stream(nc.jetstream(), topology.METRICS_STREAM, [subjects.ALL_METRICS]):
-            try:
-                samples.append(decoder.decode(data))
-            except BadMessage:
-                continue
-        async for _, event in read_events(nc.jetstream()):
-            if isinstance(event, ScaleCommand):
-                commands.append(event)
-            elif event is not None:
-                results.append(event)
+        return await read_run(nc.jetstream())
     finally:
         await nc.close()
-    return samples, commands, results
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -147,29 +131,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from hotplug.replay_cmd import render_table
     from services.decider.shadow import score_shadows
-    from shared import subjects, topology
-    from shared.bus import read_stream
-    from shared.codec import BadMessage, Decoder
+    from shared.eventlog import read_metrics
     from shared.messages import MetricSample, ScaleCommand
 
     async def collect(url: str) -> tuple[list[MetricSample], list[ScaleCommand]]:
-        samples, proposals = [], []
-        sample_decoder, proposal_decoder = Decoder(MetricSample), Decoder(ScaleCommand)
         nc = await bus.connect(url, "hotplug-compare", forever=False)
         try:
-            async for subject, data in read_stream(
-                nc.jetstream(), topology.METRICS_STREAM, [subjects.ALL_METRICS, subjects.ALL_PROPOSALS]
-            ):
-                try:
-                    if subject.startswith(subjects.PROPOSALS):
-                        proposals.append(proposal_decoder.decode(data))
-                    else:
-                        samples.append(sample_decoder.decode(data))
-                except BadMessage:
-                    continue
+            return await read_metrics(nc.jetstream(), proposals=True)
         finally:
             await nc.close()
-        return samples, proposals
 
     samples, proposals = with_stream_access(args, collect)
     if not proposals:

@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 
 from hotplug.cli.common import Subparsers, add_command, nats_url
-from shared import bus
+from shared import bus, topology
 from shared.errors import NotFound, UsageError
 from shared.messages import MESSAGE_TYPES
 
@@ -32,7 +32,9 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     ainit.add_argument("--port", default="4222", help="the broker's client port; a cluster's, comma-separated")
     ainit.add_argument("--tls", action="store_true", help="also make a CA and a server certificate (openssl)")
     ainit.add_argument(
-        "--actuator-names", default="actuator", help="comma-separated --name of the hosts' actuators (actuator)"
+        "--actuator-names",
+        default=topology.ACTUATOR_NAME,
+        help=f"comma-separated --name of the hosts' actuators ({topology.ACTUATOR_NAME})",
     )
 
     streams = add_command(

@@ -11,13 +11,18 @@ from hotplug.cli.common import (
     Subparsers,
     add_command,
     check_trace,
-    need_libvirt,
     positive,
     run,
     service_options,
     service_parent,
 )
-from shared.errors import NotFound, UsageError
+from hotplug.config_cmd import add_config_option, epilog, loaded_of, watch_config
+from services.actuator.drivers.registry import DRIVERS
+from services.collector.sources.registry import SOURCES
+from shared import topology
+from shared.config.load import LoadedConfig
+from shared.errors import UsageError
+from shared.plugins import names_in
 from shared.runtime import ServiceContext, resolve_nats_url
 
 ORDER = 10  # first in ``hotplug --help``
@@ -34,8 +39,12 @@ def _libvirt_options(p: argparse.ArgumentParser) -> None:
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     service = service_parent()
+    add_config_option(service)
 
-    up = add_command(sub, "up", cmd_up, help="run broker, simulator, collector, decider and actuator together")
+    up = add_command(
+        sub, "up", cmd_up, epilog=epilog("up"), help="run broker, simulator, collector, decider and actuator together"
+    )
+    add_config_option(up)
     up.add_argument(
         "--vms",
         type=int,
@@ -54,7 +63,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     up.add_argument("--duration", type=positive, default=None, help="stop after this many simulated seconds")
     up.add_argument("--speed", type=positive, default=1.0, help="simulated seconds per wall second")
-    up.add_argument("--policy", default="default")
+    up.add_argument("--policy", default=None, help="the decider's (default: the file's [decider] policy, or default)")
     up.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
     up.add_argument("--data-dir", type=Path, default=Path(".hotplug"))
     up.add_argument("--nats", help="use this NATS server instead of starting one")
@@ -67,7 +76,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     up.add_argument(
         "--hypervisor",
-        choices=["simulator", "virtualbox", "qemu", "libvirt"],
+        choices=names_in([DRIVERS, SOURCES]),
         default="simulator",
         help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH); "
         "qemu: --vms real guests booted for the run; libvirt: the running domains, or --vms "
@@ -81,7 +90,9 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     up.add_argument("--no-view", action="store_true", help="no live table (it is off anyway without a terminal)")
     up.add_argument("--log-level", default="INFO")
 
-    sim = add_command(sub, "simulator", cmd_simulator, parents=[service], help="the simulated mini-cloud")
+    sim = add_command(
+        sub, "simulator", cmd_simulator, parents=[service], epilog=epilog("simulator"), help="the simulated mini-cloud"
+    )
     sim.add_argument(
         "--vms",
         type=int,
@@ -106,8 +117,15 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         help="every VM's maximum (it boots with half); default: 4, 8, 16, 8 in turn",
     )
 
-    col = add_command(sub, "collector", cmd_collector, parents=[service], help="sample CPU use and publish metrics")
-    col.add_argument("--source", choices=["simulator", "psutil", "virtualbox", "qemu", "libvirt"], default="simulator")
+    col = add_command(
+        sub,
+        "collector",
+        cmd_collector,
+        parents=[service],
+        epilog=epilog("collector"),
+        help="sample CPU use and publish metrics",
+    )
+    col.add_argument("--source", choices=SOURCES.names(), default="simulator")
     _libvirt_options(col)
     col.add_argument(
         "--libvirt-domain",
@@ -125,10 +143,17 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         help="psutil source: a host process to watch as a VM",
     )
 
-    dec = add_command(sub, "decider", cmd_decider, parents=[service], help="turn metrics into scale commands")
+    dec = add_command(
+        sub,
+        "decider",
+        cmd_decider,
+        parents=[service],
+        epilog=epilog("decider"),
+        help="turn metrics into scale commands",
+    )
     dec.add_argument("--policy", default="default")
     dec.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
-    dec.add_argument("--name", default="decider", help="this decider's name in commands")
+    dec.add_argument("--name", default=topology.DECIDER_NAME, help="this decider's name in commands")
     dec.add_argument("--dry-run", action="store_true", help="log what it would do; command nothing")
     dec.add_argument(
         "--lease", default=None, help="replicas with the same lease elect one active decider (commands carry its term)"
@@ -154,10 +179,17 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     dec.add_argument("--command-ttl", type=positive, default=30.0)
 
-    act = add_command(sub, "actuator", cmd_actuator, parents=[service], help="execute scale commands on the hypervisor")
-    act.add_argument("--driver", choices=["simulator", "virtualbox", "qemu", "libvirt"], default="simulator")
+    act = add_command(
+        sub,
+        "actuator",
+        cmd_actuator,
+        parents=[service],
+        epilog=epilog("actuator"),
+        help="execute scale commands on the hypervisor",
+    )
+    act.add_argument("--driver", choices=DRIVERS.names(), default="simulator")
     _libvirt_options(act)
-    act.add_argument("--name", default="actuator")
+    act.add_argument("--name", default=topology.ACTUATOR_NAME)
     act.add_argument("--min-vcpus", type=int, default=1)
     act.add_argument("--max-vcpus", type=int, default=1024)
     act.add_argument("--step-timeout", type=positive, default=30.0)
@@ -178,9 +210,15 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
 
     agent = add_command(
-        sub, "agent", cmd_agent, parents=[service], help="inside a Linux guest: publish its own CPU view"
+        sub,
+        "agent",
+        cmd_agent,
+        parents=[service],
+        epilog=epilog("agent"),
+        help="inside a Linux guest: publish its own CPU view",
     )
-    agent.add_argument("--vm", required=True, help="the VM's name as the hypervisor knows it")
+    # Required, from the command line or the config file (which argparse's own "required" cannot see).
+    agent.add_argument("--vm", default=None, help="the VM's name as the hypervisor knows it (required)")
     agent.add_argument("--interval", type=positive, default=1.0)
     agent.add_argument("--no-online", action="store_true", help="do not bring newly plugged CPUs online")
 
@@ -206,6 +244,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     )
 
     async def body(ctx: ServiceContext[SimulatorMetrics]) -> None:
+        watch_config(ctx, args, "simulator")
         await SimulatorService(ctx, config).run()
 
     return run(options, SimulatorMetrics("simulator"), body)
@@ -213,55 +252,26 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
 def cmd_collector(args: argparse.Namespace) -> int:
     from services.collector.service import Collector, CollectorMetrics
-    from services.collector.sources.base import Source
-    from services.collector.sources.procs import ProcessSource, ProcessSpec
-    from services.collector.sources.simulator import SimulatorSource
 
     options = service_options(args, "collector")
-    if args.source != "simulator" and args.speed != 1.0:
-        raise UsageError("--speed applies to the simulator only; real sources run on the wall clock")
-    specs = [ProcessSpec.parse(p) for p in args.process]
-    if args.source == "libvirt":
-        need_libvirt()
-    if args.source == "psutil" and not specs:
-        raise UsageError("the psutil source needs at least one --process VM=PID|VM=REGEX")
+    config = SOURCES.config(args.source, vars(args))
 
     async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
-        source: Source
-        if args.source == "simulator":
-            source = SimulatorSource(ctx.nc, ctx.host)
-        elif args.source == "virtualbox":
-            from services.collector.sources.virtualbox import VirtualBoxSource
-            from shared.virtualbox import VBoxManage
-
-            source = VirtualBoxSource(VBoxManage(), ctx.clock)
-        elif args.source == "qemu":
-            from services.collector.sources.qemu import QemuSource
-
-            source = QemuSource(ctx.clock)
-        elif args.source == "libvirt":
-            from services.collector.sources.libvirt import LibvirtSource
-
-            source = LibvirtSource(
-                ctx.clock,
-                args.libvirt_uri,
-                domains=args.libvirt_domain,
-                opt_in=args.libvirt_opt_in,
-                registry=ctx.metrics.registry,
-            )
-        else:
-            source = ProcessSource(specs, ctx.clock)
-        await Collector(ctx, source, args.interval).run()
+        watch_config(ctx, args, "collector")
+        await Collector(ctx, SOURCES.build(args.source, config, ctx), args.interval).run()
 
     return run(options, CollectorMetrics("collector"), body)
 
 
 def cmd_decider(args: argparse.Namespace) -> int:
     from services.decider.registry import build_policy, parse_params
+    from services.decider.rulebook import build_rulebook
     from services.decider.service import Decider, DeciderConfig, DeciderMetrics
 
     options = service_options(args, "decider")
-    policy, rails = build_policy(args.policy, parse_params(args.param))
+    params = parse_params(args.param)
+    policy, rails = build_policy(args.policy, params)
+    rules = build_rulebook(loaded_of(args), args.policy, params)
     config = DeciderConfig(
         name=args.name,
         dry_run=args.dry_run,
@@ -275,25 +285,19 @@ def cmd_decider(args: argparse.Namespace) -> int:
     )
 
     async def body(ctx: ServiceContext[DeciderMetrics]) -> None:
-        await Decider(ctx, policy, rails, config).run()
+        decider = Decider(ctx, policy, rails, config, rules)
+        watch_config(ctx, args, "decider", lambda new: decider.use_rules(build_rulebook(new, args.policy, params)))
+        await decider.run()
 
     return run(options, DeciderMetrics("decider"), body)
 
 
 def cmd_actuator(args: argparse.Namespace) -> int:
-    from services.actuator.checks import Bounds
-    from services.actuator.drivers.base import Driver
-    from services.actuator.drivers.simulator import SimulatorDriver
+    from services.actuator.checks import Bounds, parse_vm_bounds
     from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
 
     options = service_options(args, "actuator")
-    vm_bounds = {}
-    for item in args.vm_bounds:
-        vm, sep, span = item.rpartition("=")
-        low, colon, high = span.partition(":")
-        if not sep or not vm or not colon or not low.isdigit() or not high.isdigit() or int(low) > int(high):
-            raise UsageError(f"--vm-bounds takes VM=MIN:MAX with MIN <= MAX, got {item!r}")
-        vm_bounds[vm] = Bounds(int(low), int(high))
+    vm_bounds = parse_vm_bounds(args.vm_bounds)
     if args.max_changes < 1:
         raise UsageError("--max-changes must be at least 1")
     config = ActuatorConfig(
@@ -305,29 +309,20 @@ def cmd_actuator(args: argparse.Namespace) -> int:
         rate_window_s=args.rate_window,
         ack_wait_s=args.ack_wait,
     )
-
-    if args.driver == "libvirt":
-        need_libvirt()
-    if args.driver != "simulator" and args.speed != 1.0:
-        raise UsageError("--speed applies to the simulator only; real hypervisors run on the wall clock")
+    driver_config = DRIVERS.config(args.driver, vars(args))
 
     async def body(ctx: ServiceContext[ActuatorMetrics]) -> None:
-        driver: Driver
-        if args.driver == "virtualbox":
-            from services.actuator.drivers.virtualbox import VirtualBoxDriver
+        loaded = loaded_of(args)
+        actuator = Actuator(
+            ctx, DRIVERS.build(args.driver, driver_config, ctx), config, tuple(loaded.config.vm) if loaded else ()
+        )
 
-            driver = VirtualBoxDriver()
-        elif args.driver == "qemu":
-            from services.actuator.drivers.qemu import QemuDriver
+        def use_rules(new: LoadedConfig) -> str:
+            actuator.rules = tuple(new.config.vm)
+            return f"{len(actuator.rules)} [[vm]] rules bound the VMs"
 
-            driver = QemuDriver()
-        elif args.driver == "libvirt":
-            from services.actuator.drivers.libvirt import LibvirtDriver
-
-            driver = LibvirtDriver(args.libvirt_uri, opt_in=args.libvirt_opt_in)
-        else:
-            driver = SimulatorDriver(ctx.nc, ctx.host, ctx.clock)
-        await Actuator(ctx, driver, config).run()
+        watch_config(ctx, args, "actuator", use_rules)
+        await actuator.run()
 
     return run(options, ActuatorMetrics("actuator"), body)
 
@@ -336,9 +331,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from services.collector.service import Collector, CollectorMetrics
     from services.collector.sources.guest import GuestSource
 
+    if not args.vm:
+        raise UsageError("agent needs --vm NAME (or vm in the config file's [agent] section)")
     options = service_options(args, "agent")
 
     async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
+        watch_config(ctx, args, "agent")
         source = GuestSource(args.vm, ctx.clock, online_new_cpus=not args.no_online)
         await Collector(ctx, source, args.interval).run()
 
@@ -356,6 +354,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         args.trace = args.trace.resolve()  # the simulator child must find it whatever its working directory
         check_trace(args.trace)
     vms, guests = (None, args.vms or 0) if args.hypervisor == "libvirt" else (args.vms, 0)
+    loaded = loaded_of(args)
+    # The decider child reads the file too: without --policy (or [up] policy) its own section says.
+    policy = args.policy or (loaded.config.decider.policy if loaded else None) or "default"
     options = UpOptions(
         vms=vms,
         libvirt_guests=guests,
@@ -363,7 +364,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         trace=args.trace,
         duration_s=args.duration,
         speed=args.speed,
-        policy=args.policy,
+        policy=policy,
         params=tuple(args.param),
         data_dir=args.data_dir,
         nats_url=resolve_nats_url(args.nats),
@@ -375,36 +376,26 @@ def cmd_up(args: argparse.Namespace) -> int:
         hypervisor=args.hypervisor,
         max_vcpus=args.max_vcpus,
         cluster=args.cluster,
+        config=loaded.path.resolve() if loaded else None,
     )
     if options.cluster < 1 or (options.cluster > 1 and options.nats_url is not None):
         raise UsageError("--cluster takes a node count of at least 1, and only for the embedded broker (no --nats)")
-    if options.hypervisor != "simulator" and options.speed != 1.0:
-        raise UsageError("--speed applies to the simulator only")
-    if options.hypervisor == "virtualbox":
-        from shared.virtualbox import find_vboxmanage
-
-        find_vboxmanage()
-    if options.hypervisor == "qemu":
-        from shared.qemu.vm import QemuError, find_qemu
-
-        try:
-            find_qemu()
-        except QemuError as exc:
-            raise NotFound(str(exc)) from exc
-    if options.hypervisor == "libvirt":
-        need_libvirt()
-        from shared.libvirt.connection import Connection
-
-        probe = Connection(options.libvirt_uri)
-        try:
-            probe.run(lambda conn: conn.getLibVersion())  # a clear error now, not in three children's logs
-        except probe.libvirt.libvirtError as exc:
-            raise UsageError(f"libvirt at {probe.uri}: {exc}") from exc
-        finally:
-            probe.close()
+    DRIVERS.check_speed(options.hypervisor, options.speed, note="")
+    DRIVERS.probe(options.hypervisor, DRIVERS.config(options.hypervisor, {"libvirt_uri": options.libvirt_uri}))
     # Check the policy and its parameters here, before any process starts.
     from services.decider.registry import build_policy, parse_params
+    from services.decider.rulebook import build_rulebook
 
-    build_policy(options.policy, parse_params(list(options.params)))
+    params = parse_params([*_decider_params(loaded), *options.params])
+    build_policy(options.policy, params)
+    build_rulebook(loaded, options.policy, params)
     asyncio.run(run_up(options))
     return 0
+
+
+def _decider_params(loaded: LoadedConfig | None) -> list[str]:
+    """The ``--param`` items the decider child takes from the file's [service]/[decider] sections."""
+    from shared.config.schema import param_flags
+
+    section = loaded.config.decider.param if loaded else None
+    return param_flags(section) if section else []

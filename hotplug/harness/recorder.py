@@ -16,9 +16,8 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from hotplug.events import read_events
 from hotplug.harness.poll import within
-from shared import subjects
+from shared import eventlog, subjects
 from shared.codec import BadMessage, Decoder
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
 from shared.sim_api import StatsReply
@@ -134,14 +133,7 @@ class Recorder(BusWatcher):
 
 async def stored_events(nc: Client) -> tuple[list[ScaleCommand], list[ScaleResult]]:
     """Every command and result in the event log, oldest first."""
-    commands: list[ScaleCommand] = []
-    results: list[ScaleResult] = []
-    async for _, event in read_events(nc.jetstream()):
-        if isinstance(event, ScaleCommand):
-            commands.append(event)
-        elif isinstance(event, ScaleResult):
-            results.append(event)
-    return commands, results
+    return await eventlog.stored_events(nc.jetstream())
 
 
 async def hypervisor_ops(nc: Client, host: str, timeout_s: float = 5.0) -> dict[str, int]:

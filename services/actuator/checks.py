@@ -14,6 +14,7 @@ from typing import Annotated, NamedTuple
 import msgspec
 
 from services.actuator.drivers.base import VmView
+from shared.errors import UsageError
 from shared.messages import ErrorCode, PauseEvent, ScaleCommand
 from shared.pauses import active, describe
 
@@ -21,6 +22,18 @@ from shared.pauses import active, describe
 class Bounds(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_vcpus: Annotated[int, msgspec.Meta(ge=1)] = 1
     max_vcpus: Annotated[int, msgspec.Meta(ge=1)] = 1024
+
+
+def parse_vm_bounds(items: list[str]) -> dict[str, Bounds]:
+    """``["vm-01=1:2"]`` (``--vm-bounds VM=MIN:MAX``; the last '=' separates the name) -> each VM's own bounds."""
+    out = {}
+    for item in items:
+        vm, sep, span = item.rpartition("=")
+        low, colon, high = span.partition(":")
+        if not sep or not vm or not colon or not low.isdigit() or not high.isdigit() or int(low) > int(high):
+            raise UsageError(f"--vm-bounds takes VM=MIN:MAX with MIN <= MAX, got {item!r}")
+        out[vm] = Bounds(int(low), int(high))
+    return out
 
 
 class Refusal(NamedTuple):

@@ -37,8 +37,11 @@ from services.actuator.checks import Bounds, Refusal
 from services.actuator.drivers.base import Driver, DriverError
 from services.actuator.ledger import ANSWERED_KEEP_S, Duplicate, Execute, Ledger, LedgerRules, Superseded
 from services.actuator.progress import ProgressLog
+from services.actuator.vmbounds import bounds_for
 from shared import bus, subjects, topology
-from shared.codec import BadMessage, Decoder, encode
+from shared.codec import encode
+from shared.config.schema import VmRule
+from shared.eventlog import read_results
 from shared.inbox import Inbox
 from shared.leadership import LEASE_BUCKET, LeaseState
 from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult
@@ -110,18 +113,25 @@ class ActuatorMetrics(ServiceMetrics):
 
 
 class Actuator:
-    def __init__(self, ctx: ServiceContext[ActuatorMetrics], driver: Driver, config: ActuatorConfig) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext[ActuatorMetrics],
+        driver: Driver,
+        config: ActuatorConfig,
+        rules: tuple[VmRule, ...] = (),
+    ) -> None:
         self.ctx = ctx
         self.driver = driver
         self.config = config
+        # The config file's [[vm]] rules, for each VM's bounds; replaced whole on a reload (SIGHUP).
+        self.rules = rules
         self.metrics = ctx.metrics
         self.commands: Inbox[ScaleCommand] = Inbox("command", ScaleCommand, ctx.metrics)
-        self._result_decoder = Decoder(ScaleResult)
         self.ledger: Ledger[Msg] = Ledger(
             LedgerRules(
                 actuator=config.name,
                 host=ctx.host,
-                bounds=config.bounds_for,
+                bounds=self.bounds_for,
                 max_changes=config.max_changes,
                 rate_window_s=config.rate_window_s,
             )
@@ -132,6 +142,10 @@ class Actuator:
         # Pauses of this host's VMs, from the pause bucket's watch; wall-clock times, as operators give them.
         self.pauses = PauseWatch(ctx.js, host_keys(ctx.host), on_change=self._on_pause_change)
         self.metrics.paused.set_function(lambda: self.pauses.book.count(time.time()))
+
+    def bounds_for(self, vm: str) -> Bounds:
+        """The sizes the actuator allows ``vm``: --vm-bounds, else its [[vm]] rule's, else its own (vmbounds.py)."""
+        return bounds_for(self.ctx.host, vm, self.config.bounds, self.rules, self.config.vm_bounds)
 
     @property
     def durable(self) -> str:
@@ -271,17 +285,10 @@ class Actuator:
     async def _results_in_log(self, filter_subject: str, since_clock_time: float) -> AsyncGenerator[ScaleResult, None]:
         """This host's stored results on ``filter_subject`` from about ``since_clock_time`` on."""
         since = dt.datetime.fromtimestamp(self.ctx.clock.wall_time(since_clock_time), tz=dt.UTC)
-        stored = bus.read_stream(
-            self.ctx.js,
-            topology.EVENTS_STREAM,
-            [filter_subject],
-            since=since,
-            name=topology.actuator_log_reader(self.durable),
-        )
+        stored = read_results(self.ctx.js, filter_subject, since=since, name=topology.actuator_log_reader(self.durable))
         async with self._log_reads, contextlib.aclosing(stored):
-            async for _, data in stored:
-                with contextlib.suppress(BadMessage):
-                    yield self._result_decoder.decode(data)
+            async for result in stored:
+                yield result
 
     async def _recall_answered(self) -> None:
         """Fill the memory of answered commands from the event log, before taking any command."""

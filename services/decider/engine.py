@@ -251,6 +251,14 @@ class VmEngine:
     def mark_done(self) -> None:
         self.pending_target = None
 
+    def switch_policy(self, policy: PolicyBase[Any, Any], rails: GuardRails) -> None:
+        """Run another policy from now on: its memory and the warm-up start afresh, while the order in flight,
+        the holds after refusals and the change budget stay, so a switch never lets an order out sooner."""
+        self.policy = policy
+        self.rails = rails
+        self.policy_state = policy.new_state()
+        self.guard.first_seen = None
+
     def unsent(self, command_id: str) -> None:
         """The order could not be stored, so it will never run: not pending, and no change against the budget."""
         if command_id == self.pending_id:

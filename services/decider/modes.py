@@ -194,6 +194,33 @@ class DryRun:
         return self.orders.make(sample, decision.target, decision.reason, now, now + self.ttl_s)
 
 
+class Recommend:
+    """For a VM whose ``[[vm]]`` rule says ``recommend``: orders are decided and logged, never sent. Under a dry
+    run or a shadow, which send no command anyway, theirs is the way."""
+
+    stores = False
+
+    def __init__(self, inner: Outlet) -> None:
+        self.inner = inner
+        self.mode = "recommend" if inner.mode == "command" else inner.mode
+
+    def emit(
+        self, sample: MetricSample, engine: VmEngine, decision: Decision | None, now: float
+    ) -> ScaleCommand | None:
+        if self.inner.mode != "command":
+            return self.inner.emit(sample, engine, decision, now)
+        if decision is not None:
+            log.info(
+                "recommend: would resize %s/%s %d -> %d: %s",
+                sample.host,
+                sample.vm,
+                sample.online_vcpus,
+                decision.target,
+                decision.reason,
+            )
+        return None
+
+
 class Shadow:
     """A recommendation for every sample (holding included), published as a proposal and never commanded, so the
     decider can be scored like a replay (shadow.py)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -37,7 +38,9 @@ def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def build_policy(name: str, params: dict[str, dict[str, str]] | None = None) -> tuple[PolicyBase[Any, Any], GuardRails]:
+def build_policy(
+    name: str, params: Mapping[str, Mapping[str, object]] | None = None
+) -> tuple[PolicyBase[Any, Any], GuardRails]:
     """The named policy with its parameters, and the guard rails (policy defaults, then ``guard.*``)."""
     params = params or {}
     if name not in POLICIES:

@@ -21,8 +21,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.decider.engine import HELD_KINDS, VmEngine
 from services.decider.guard import GuardRails
 from services.decider.mailbox import LatestPerKey
-from services.decider.modes import Commands, DryRun, Leadership, Orders, Outlet, Shadow, leadership_for
+from services.decider.modes import Commands, DryRun, Leadership, Orders, Outlet, Recommend, Shadow, leadership_for
 from services.decider.policies.base import Observation, PolicyBase
+from services.decider.rulebook import RuleBook, VmPlan
 from services.decider.sharding import ShardedIntake, load_state, state_key
 from shared import bus, subjects, topology
 from shared.codec import encode
@@ -110,6 +111,12 @@ class DeciderMetrics(ServiceMetrics):
         # Every series exists from the start (at 0), so dashboards and alerts never query a missing one.
         for reason in (*(code.value for code in ErrorCode), *HELD_KINDS):
             self.held.labels(reason)
+        self.vm_rule = Gauge(
+            "hotplug_decider_vm_rule_info",
+            "The [[vm]] rule each VM runs under (rule 'default': none matches), its autoscale mode and policy",
+            ["host", "vm", "rule", "autoscale", "policy"],
+            registry=self.registry,
+        )
 
 
 def observation_of(sample: MetricSample) -> Observation:
@@ -139,11 +146,15 @@ class Decider:
         policy: PolicyBase[Any, Any],
         rails: GuardRails,
         config: DeciderConfig,
+        rules: RuleBook | None = None,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.rails = rails
         self.config = config
+        # Each VM's rule, policy and bounds ([[vm]] rules); without rules every VM runs `policy` with `rails`.
+        self.rules = rules if rules is not None else RuleBook.single(policy, rails)
+        self._plans: dict[tuple[str, str], VmPlan] = {}
         self.metrics = ctx.metrics
         self.samples: Inbox[MetricSample] = Inbox("metric", MetricSample, ctx.metrics)
         self.results: Inbox[ScaleResult] = Inbox("result", ScaleResult, ctx.metrics)
@@ -161,6 +172,8 @@ class Decider:
             self.outlet = DryRun(orders, config.command_ttl_s)
         else:
             self.outlet = Commands(orders, self.leadership, config.command_ttl_s, self._send)
+        # VMs whose rule says `recommend`: decided on and logged, never commanded (dry run and shadow send nothing).
+        self.recommend: Outlet = Recommend(self.outlet)
         self.intake: Intake = GroupShare(self, config.group) if config.group else WholeFleet(self)
         self.metrics.vms.set_function(lambda: len(self.engines))
         self.metrics.leader.set_function(lambda: 1.0 if self.leadership.active else 0.0)
@@ -198,8 +211,60 @@ class Decider:
         key = (host, vm)
         engine = self.engines.get(key)
         if engine is None:
-            engine = self.engines[key] = VmEngine(self.policy, self.rails)
+            plan = self.plan(host, vm)
+            engine = self.engines[key] = VmEngine(plan.policy, plan.rails)
         return engine
+
+    def plan(self, host: str, vm: str) -> VmPlan:
+        """The VM's rule, mode, bounds and policy (cached until the rules change)."""
+        key = (host, vm)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self.rules.plan(host, vm)
+            s = plan.settings
+            self.metrics.vm_rule.labels(host, vm, s.rule, s.autoscale, s.policy).set(1)
+        return plan
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """Drop a VM handed over to another decider: its engine and its rule's series."""
+        self.engines.pop(key, None)
+        plan = self._plans.pop(key, None)
+        if plan is not None:
+            s = plan.settings
+            with contextlib.suppress(KeyError):
+                self.metrics.vm_rule.remove(*key, s.rule, s.autoscale, s.policy)
+
+    def use_rules(self, rules: RuleBook) -> str:
+        """Take new rules (a SIGHUP reload): each VM keeps its engine, and with it its decision state, under its
+        new bounds, mode and rails; a VM whose policy changes starts that policy's memory afresh (engine.py)."""
+        self.rules = rules
+        old = dict(self._plans)
+        for (host, vm), plan in old.items():
+            s = plan.settings
+            with contextlib.suppress(KeyError):
+                self.metrics.vm_rule.remove(host, vm, s.rule, s.autoscale, s.policy)
+        self._plans.clear()
+        fresh = []
+        for (host, vm), engine in self.engines.items():
+            plan = self.plan(host, vm)
+            was = old.get((host, vm))
+            if was is None or (was.settings.min_vcpus, was.settings.max_vcpus) != (
+                plan.settings.min_vcpus,
+                plan.settings.max_vcpus,
+            ):
+                engine.allowed = None  # the sizes an actuator allowed under the old bounds: ask again
+            if plan.policy.name != engine.policy.name:
+                log.info("%s/%s: policy %s -> %s, started afresh", host, vm, engine.policy.name, plan.policy.name)
+                engine.switch_policy(plan.policy, plan.rails)
+                fresh.append(vm)
+            else:
+                engine.policy, engine.rails = plan.policy, plan.rails
+        for host, vm in old.keys() - self.engines.keys():
+            self.plan(host, vm)  # VMs without an engine (off): their rule's series anew
+        kept = len(self.engines) - len(fresh)
+        return f"{len(rules.rules)} [[vm]] rules; {kept} VMs keep their decision state" + (
+            f", {len(fresh)} start a new policy afresh ({', '.join(sorted(fresh))})" if fresh else ""
+        )
 
     def handle_sample(self, sample: MetricSample) -> ScaleCommand | None:
         now = self.ctx.clock.now()
@@ -207,16 +272,20 @@ class Decider:
             self.metrics.dropped.labels(self.metrics.service, "metric", "stale").inc()
             log.debug("stale sample for %s (%.1f s old)", sample.vm, now - sample.time)
             return None
+        plan = self.plan(sample.host, sample.vm)
+        if plan.settings.autoscale == "off":
+            return None  # its rule leaves it alone: no state, no proposal, no command
         engine = self.engine(sample.host, sample.vm)
         pause = self.pauses.book.paused(sample.host, sample.vm, time.time()) if self.pauses else None
-        decision = engine.step(observation_of(sample), paused=describe(pause) if pause else None)
+        decision = engine.step(plan.observe(observation_of(sample)), paused=describe(pause) if pause else None)
         if engine.held is not None:
             self.metrics.held.labels(engine.held.label).inc()
             log.debug("held %s/%s: %s", sample.host, sample.vm, engine.held.reason)
+        outlet = self.recommend if plan.settings.autoscale == "recommend" else self.outlet
         if decision is not None:
             direction = "up" if decision.target > sample.online_vcpus else "down"
-            self.metrics.decisions.labels(self.policy.name, direction, decision.kind, self.outlet.mode).inc()
-        return self.outlet.emit(sample, engine, decision, now)
+            self.metrics.decisions.labels(engine.policy.name, direction, decision.kind, outlet.mode).inc()
+        return outlet.emit(sample, engine, decision, now)
 
     def _send(self, command: ScaleCommand) -> None:
         # Publishing waits for the event log's acknowledgement; other samples must not wait behind it.
@@ -290,7 +359,9 @@ class WholeFleet:
         await d.ctx.nc.subscribe(subjects.ALL_METRICS, cb=self._on_sample)
         await d.ctx.nc.flush()
         mode = {"dry-run": " (dry run: no commands)", "shadow": " (shadow: proposals only)"}.get(d.outlet.mode, "")
-        log.info("decider %s running policy %s%s", d.config.name, d.policy.name, mode)
+        log.info(
+            "decider %s running policy %s%s; %d [[vm]] rules", d.config.name, d.policy.name, mode, len(d.rules.rules)
+        )
         await asyncio.Event().wait()
 
     async def _on_sample(self, msg: Msg) -> None:
@@ -374,7 +445,7 @@ class GroupShare:
         with contextlib.suppress(Exception):
             await self._save(lost)
         for key in lost:
-            self.decider.engines.pop(key, None)
+            self.decider.forget(key)
             self._partition_of.pop(key, None)
             self._touched.discard(key)
 

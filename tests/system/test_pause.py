@@ -19,7 +19,7 @@ from pathlib import Path
 import nats.errors
 from nats.aio.client import Client
 
-from hotplug.observer import Observer, settle
+from hotplug.harness.recorder import Recorder, settle
 from shared import pause_bucket, subjects
 from shared.broker import EmbeddedBroker
 from shared.codec import encode
@@ -51,7 +51,7 @@ def held_paused(decider: ServiceProcess) -> float:
 async def test_a_paused_vm_is_refused_held_and_moves_again_once_resumed(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    watch = Observer()
+    watch = Recorder()
     await watch.attach(nc)
     # idle VMs at 2 of at most 4 vCPUs: the lively decider shrinks every one it may
     host = await simulated_host(start_service, broker.url, 2, "0.2")
@@ -102,7 +102,7 @@ async def test_a_paused_vm_is_refused_held_and_moves_again_once_resumed(
 async def test_a_pause_that_ends_while_commands_are_in_flight_leaves_each_exactly_one_result(
     broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    watch = Observer()
+    watch = Recorder()
     await watch.attach(nc)
     host = await simulated_host(start_service, broker.url, 1, "3")
     await eventually(lambda: watch.online.get("vm-01") == 2, what="vm-01 at 2 vCPUs")
@@ -141,7 +141,7 @@ async def test_under_auth_a_viewer_lists_but_cannot_pause_and_only_the_operator_
     actuator = start_service("actuator", env=credentials(out, "actuator-local"))
     viewer = credentials(out, "viewer")
     operator = credentials(out, "operator")
-    watch = Observer()
+    watch = Recorder()
     viewer_nc = await connect_as(out, "viewer", [])
     await watch.attach(viewer_nc)
     await eventually(lambda: watch.online.get("vm-01") == 2, what="samples under auth")
@@ -206,6 +206,6 @@ async def stored_pause(nc: Client, vm: str) -> bool:
     return await pause_bucket.entry(kv, "local", vm) is not None
 
 
-async def _first_result(watch: Observer, vm: str) -> ScaleResult:
+async def _first_result(watch: Recorder, vm: str) -> ScaleResult:
     await eventually(lambda: [r for r in watch.results if r.vm == vm], what=f"a result for {vm}")
     return next(r for r in watch.results if r.vm == vm)

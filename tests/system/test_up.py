@@ -113,7 +113,14 @@ def test_schema_writes_one_json_schema_per_message(tmp_path: Path) -> None:
     done = run_hotplug("schema", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["MetricSample.schema.json", "ScaleCommand.schema.json", "ScaleResult.schema.json"]
+    assert names == [
+        "MetricSample.schema.json",
+        "PauseEvent.schema.json",
+        "ScaleCommand.schema.json",
+        "ScaleResult.schema.json",
+    ]
+    pause = json.loads((tmp_path / "PauseEvent.schema.json").read_text())
+    assert {"vm", "host"} <= set(pause["$defs"]["PauseEvent"]["required"])
     command = json.loads((tmp_path / "ScaleCommand.schema.json").read_text())
     assert set(command["$defs"]["ScaleCommand"]["required"]) >= {"id", "vm", "target_vcpus", "expires_at"}
 

@@ -32,6 +32,7 @@ COMMANDS = {
     "auth",
     "streams",
     "chaos",
+    "config",
     "pause",
     "resume",
     "paused",

@@ -1,0 +1,58 @@
+"""A collector source from outside Hot-Plug Heaven, in one file: VMs that keep a steady share of their vCPUs busy.
+
+Importing this module registers the source ``toy``; no line of the command line changes. Name the file in
+``$HOTPLUG_PLUGINS`` and it is one of ``--source``'s choices:
+
+    HOTPLUG_PLUGINS=examples/toy_source.py hotplug collector --source toy --nats nats://127.0.0.1:4222
+
+Its config is a plain msgspec Struct that checks itself; its fields take their defaults from the command line
+(they mirror no option of it) and can be set from a config file's ``[collector]`` section.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from services.collector.sources.base import Reading, Source
+from services.collector.sources.registry import SOURCES
+from shared.clock import Clock
+from shared.errors import UsageError
+from shared.runtime import ServiceContext
+
+
+class ToyConfig(msgspec.Struct, frozen=True):
+    toy_vms: int = 2
+    toy_load: float = 0.5  # the share of its vCPUs each VM keeps busy
+
+    def __post_init__(self) -> None:
+        if self.toy_vms < 1:
+            raise UsageError(f"toy_vms must be at least 1, got {self.toy_vms}")
+        if not 0.0 <= self.toy_load <= 1.0:
+            raise UsageError(f"toy_load is a share of the vCPUs, from 0 to 1, got {self.toy_load}")
+
+
+class ToySource:
+    name = "toy"
+
+    def __init__(self, config: ToyConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.start = clock.now()
+
+    async def read(self) -> list[Reading]:
+        now, vcpus = self.clock.now(), 2
+        busy = self.config.toy_load * vcpus * (now - self.start)  # counters, not rates: seconds since start
+        return [
+            Reading(vm=f"toy-{i:02d}", time=now, online_vcpus=vcpus, min_vcpus=1, max_vcpus=4, cpu_seconds=busy)
+            for i in range(1, self.config.toy_vms + 1)
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+@SOURCES.register("toy", ToyConfig)
+def build(config: ToyConfig, ctx: ServiceContext[Any]) -> Source:
+    return ToySource(config, ctx.clock)
