@@ -298,8 +298,6 @@ def cmd_actuator(args: argparse.Namespace) -> int:
 
     options = service_options(args, "actuator")
     vm_bounds = parse_vm_bounds(args.vm_bounds)
-    if args.max_changes < 1:
-        raise UsageError("--max-changes must be at least 1")
     config = ActuatorConfig(
         name=args.name,
         bounds=Bounds(args.min_vcpus, args.max_vcpus),

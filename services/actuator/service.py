@@ -41,6 +41,7 @@ from services.actuator.vmbounds import bounds_for
 from shared import bus, subjects, topology
 from shared.codec import encode
 from shared.config.schema import VmRule
+from shared.errors import UsageError
 from shared.eventlog import read_results
 from shared.inbox import Inbox
 from shared.leadership import LEASE_BUCKET, LeaseState
@@ -68,6 +69,10 @@ class ActuatorConfig:
     # After a restart: how long the VM of an interrupted command must stay unchanged before its count is taken
     # as final (a step the dead actuator asked for may still be under way in the hypervisor).
     settle_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_changes < 1:
+            raise UsageError("--max-changes must be at least 1")
 
     def bounds_for(self, vm: str) -> Bounds:
         """The sizes the actuator allows ``vm``: its own bounds if it has any, else the default."""

@@ -81,7 +81,27 @@ def parse(text: str, path: Path) -> LoadedConfig:
         loaded = LoadedConfig(path, ConfigFile(), lines)
         keys, reason = error_location(str(exc))
         raise loaded.error(keys, reason) from None
-    return LoadedConfig(path, config, lines)
+    loaded = LoadedConfig(path, config, lines)
+    _check_plugin_names(loaded)
+    return loaded
+
+
+def _check_plugin_names(loaded: LoadedConfig) -> None:
+    """Source and driver names are open-ended in the types (plug-ins register more), so they are checked here,
+    against the registries as they stand once $HOTPLUG_PLUGINS is imported, with the key's line."""
+    from services.actuator.drivers.registry import DRIVERS
+    from services.collector.sources.registry import SOURCES
+    from shared.plugins import names_in
+
+    config = loaded.config
+    wanted = [
+        (("collector", "source"), config.collector.source, "source", SOURCES.names()),
+        (("actuator", "driver"), config.actuator.driver, "driver", DRIVERS.names()),
+        (("up", "hypervisor"), config.up.hypervisor, "hypervisor", names_in([DRIVERS, SOURCES])),
+    ]
+    for keys, name, kind, names in wanted:
+        if name is not None and name not in names:
+            raise loaded.error(keys, f"unknown {kind} {name!r}; choose from {', '.join(names)}")
 
 
 def load(path: Path) -> LoadedConfig:

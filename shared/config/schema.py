@@ -22,8 +22,10 @@ AUTOSCALE_MODES: tuple[Autoscale, ...] = ("auto", "off", "recommend")
 ParamValue = bool | int | float | str
 # ``param.<policy or guard>.<key> = value``: the file's form of ``--param NAME.KEY=VALUE``.
 Params = dict[str, dict[str, ParamValue]]
-Hypervisor = Literal["simulator", "virtualbox", "qemu", "libvirt"]
-SourceName = Literal["simulator", "psutil", "virtualbox", "qemu", "libvirt"]
+# Source and driver names are the registries' (plug-ins add their own: shared/plugins.py), so the file takes any
+# name and the registry refuses an unknown one when the service starts, naming the choices.
+Hypervisor = str
+SourceName = str
 
 _PARAM_DOC = (
     "policy and guard parameters, as --param NAME.KEY=VALUE: write param.NAME.KEY = VALUE "
@@ -62,7 +64,10 @@ class SimulatorSection(ServiceSection):
 class CollectorSection(ServiceSection):
     """``hotplug collector``."""
 
-    source: Annotated[SourceName | None, Meta(description="where CPU use is read")] = None
+    source: Annotated[
+        SourceName | None,
+        Meta(description="where CPU use is read: simulator, psutil, virtualbox, qemu, libvirt, or a plug-in's source"),
+    ] = None
     libvirt_uri: Annotated[str | None, Meta(description="libvirt URI")] = None
     libvirt_opt_in: Annotated[bool | None, Meta(description="libvirt: only domains opted in")] = None
     libvirt_domain: Annotated[list[str] | None, Meta(description="libvirt: watch only these domains")] = None
@@ -89,7 +94,10 @@ class DeciderSection(ServiceSection):
 class ActuatorSection(ServiceSection):
     """``hotplug actuator``: the bounds of VMs that no ``[[vm]]`` rule bounds."""
 
-    driver: Annotated[Hypervisor | None, Meta(description="how the hypervisor is driven")] = None
+    driver: Annotated[
+        Hypervisor | None,
+        Meta(description="how the hypervisor is driven: simulator, virtualbox, qemu, libvirt, or a plug-in's driver"),
+    ] = None
     libvirt_uri: Annotated[str | None, Meta(description="libvirt URI")] = None
     libvirt_opt_in: Annotated[bool | None, Meta(description="libvirt: only domains opted in")] = None
     name: Annotated[str | None, Meta(description="this actuator's name")] = None
@@ -123,7 +131,10 @@ class UpSection(Section):
     data_dir: Annotated[str | None, Meta(description="event log and logs (relative to this file)")] = None
     nats: Annotated[str | None, Meta(description="use this NATS server instead of starting one")] = None
     cluster: Annotated[PosInt | None, Meta(description="embedded NATS cluster nodes")] = None
-    hypervisor: Annotated[Hypervisor | None, Meta(description="what the VMs run on")] = None
+    hypervisor: Annotated[
+        Hypervisor | None,
+        Meta(description="what the VMs run on: a source and driver name (simulator, virtualbox, qemu, libvirt)"),
+    ] = None
     max_vcpus: Annotated[PosInt | None, Meta(description="qemu, libvirt: each guest's maximum")] = None
     libvirt_uri: Annotated[str | None, Meta(description="libvirt URI")] = None
     seed: Annotated[int | None, Meta(description="simulator seed")] = None
