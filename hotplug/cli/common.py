@@ -34,6 +34,17 @@ def positive(text: str) -> float:
     return value
 
 
+def at_least_one(text: str) -> int:
+    """A count of things (VMs, guests): a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"HOTPLUG_{name}", default)
 

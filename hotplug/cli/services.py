@@ -10,6 +10,7 @@ from pathlib import Path
 from hotplug.cli.common import (
     Subparsers,
     add_command,
+    at_least_one,
     check_trace,
     positive,
     run,
@@ -47,7 +48,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     add_config_option(up)
     up.add_argument(
         "--vms",
-        type=int,
+        type=at_least_one,
         default=None,
         help="simulator: VMs (default 6; with --trace, the first N of the trace's VMs by name, default "
         "all); qemu: guests to boot (default 6); libvirt: test domains to start for the run "
@@ -95,7 +96,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     sim.add_argument(
         "--vms",
-        type=int,
+        type=at_least_one,
         default=None,
         help="VMs to simulate (default 6); with --trace, the first N of the trace's VMs by name",
     )
@@ -227,8 +228,6 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     from services.simulator.service import SimulatorConfig, SimulatorMetrics, SimulatorService
 
     options = service_options(args, "simulator")
-    if args.vms is not None and args.vms < 1:
-        raise UsageError("--vms must be at least 1")
     if args.trace is not None:
         if args.profiles or args.max_vcpus is not None:
             raise UsageError("--trace gives each VM its demand and size; it excludes --profiles and --max-vcpus")
@@ -344,8 +343,6 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from hotplug.up import UpOptions, run_up
 
-    if args.vms is not None and args.vms < 1:
-        raise UsageError("--vms must be at least 1")
     if args.trace is not None:
         if args.hypervisor != "simulator":
             raise UsageError("--trace drives simulated VMs; it needs --hypervisor simulator")

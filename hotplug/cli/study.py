@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from hotplug.cli.common import Subparsers, add_command, check_trace, positive
+from hotplug.cli.common import Subparsers, add_command, at_least_one, check_trace, positive
 from shared.errors import UsageError
 
 ORDER = 40
@@ -59,7 +59,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     bench.add_argument("which", choices=["decider", "loop", "collector", "replay", "decisions"])
     bench.add_argument(
         "--vms",
-        type=int,
+        type=at_least_one,
         default=None,
         help="decider: 1000 and 10000; loop: 4; collector: 10, 100 and 1000; decisions: 8 "
         "(with --trace: all of its VMs)",
@@ -199,8 +199,6 @@ def _bench_decisions(args: argparse.Namespace) -> int:
         raise UsageError(f"--seeds takes whole numbers, comma-separated, not {args.seeds!r}") from None
     if not seeds:
         raise UsageError("--seeds names no seed")
-    if args.vms is not None and args.vms < 1:
-        raise UsageError("--vms must be at least 1")
     if args.trace is not None:
         args.trace = args.trace.resolve()
         check_trace(args.trace)
