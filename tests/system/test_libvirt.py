@@ -1,6 +1,6 @@
 """The libvirt parts that need no daemon: the domain XML read into data, the error table mapped to the contract's
 codes, the settings metadata, the prepared layout, the test guest's XML with hostile names, the source's counters
-across a re-plug, and how the driver finds QEMU's vCPU threads. Real guests: tests/test_libvirt_guests.py."""
+across a re-plug, and how the driver finds QEMU's vCPU threads. Real guests: tests/system/test_libvirt_guests.py."""
 
 from __future__ import annotations
 
