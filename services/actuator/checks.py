@@ -87,11 +87,14 @@ def allowed(view: VmView, bounds: Bounds) -> tuple[int, int]:
 
 
 def within_bounds(target: int, view: VmView, bounds: Bounds) -> Refusal | None:
-    """Refuse a target outside the sizes the VM may take (``allowed``)."""
+    """Refuse a target outside the sizes the VM may take (``allowed``), unless the VM is itself outside them and
+    the target brings it closer: bounds narrowed under a running VM (a reloaded config file, new --vm-bounds) must
+    not strand it at a size no order may leave."""
     low, high = allowed(view, bounds)
-    if not low <= target <= high:
-        return Refusal(ErrorCode.OUT_OF_BOUNDS, f"target {target} outside [{low}, {high}]")
-    return None
+    current = view.online_vcpus
+    if low <= target <= high or high < target < current or current < target < low:
+        return None
+    return Refusal(ErrorCode.OUT_OF_BOUNDS, f"target {target} outside [{low}, {high}]")
 
 
 def steps_between(current: int, target: int) -> Plan:

@@ -76,3 +76,20 @@ def test_rate_limit_counts_only_the_window() -> None:
 
 def test_a_vm_already_at_the_target_needs_nothing_whatever_was_seen() -> None:
     assert plan(command(2, seen=3), VIEW, Bounds()) == Plan(direction=0, steps=0)
+
+
+def test_a_vm_outside_narrowed_bounds_may_step_towards_them_and_no_further_out() -> None:
+    """Bounds lowered under a running VM (a reloaded config file) must not strand it: a shrink towards the new
+    maximum is taken, one that stays as far out or goes further is refused."""
+    above = VmView(vm="v", online_vcpus=8, min_vcpus=1, max_vcpus=16)
+    narrowed = Bounds(min_vcpus=2, max_vcpus=6)
+    assert plan(command(7, seen=8), above, narrowed) == Plan(direction=-1, steps=1)
+    assert plan(command(6, seen=8), above, narrowed) == Plan(direction=-1, steps=2)
+    for target in (9, 8):
+        refusal = plan(command(target, seen=8), above, narrowed)
+        assert isinstance(refusal, Refusal) and refusal.code is ErrorCode.OUT_OF_BOUNDS, target
+    below = VmView(vm="v", online_vcpus=2, min_vcpus=1, max_vcpus=16)
+    raised = Bounds(min_vcpus=4, max_vcpus=8)
+    assert plan(command(3, seen=2), below, raised) == Plan(direction=1, steps=1)
+    refusal = plan(command(1, seen=2), below, raised)
+    assert isinstance(refusal, Refusal) and refusal.code is ErrorCode.OUT_OF_BOUNDS
