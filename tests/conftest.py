@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client
 
 from hotplug.harness.poll import eventually
-from hotplug.harness.processes import REPO, ServiceProcess
+from hotplug.harness.processes import REPO, ServiceProcess, policy_args
 from hotplug.harness.scrape import metric, scrape
 from shared import bus
 from shared.broker import EmbeddedBroker, free_port
@@ -58,6 +58,20 @@ def start_service(tmp_path: Path) -> Iterator[object]:
 # A decider that acts every few seconds (the seed's threshold rule, no warm-up), for tests of the plumbing that
 # need a loop in motion; the calm default may not act for minutes on the simulator's workloads.
 LIVELY_DECIDER = ["--policy", "threshold", "--param", "threshold.sustain_s=1", "--param", "guard.warmup_s=0"]
+
+# The decider of the real-guest loops (QEMU, libvirt): the threshold rule with bands a busy loop in a 1-to-3 vCPU
+# TCG guest crosses, short cool-downs and no warm-up, so a plug and an unplug happen within the test's minutes.
+GUEST_LOOP_DECIDER = policy_args(
+    "threshold",
+    {
+        "threshold.sustain_s": 2,
+        "threshold.upper": 0.6,
+        "threshold.lower": 0.2,
+        "guard.up_cooldown_s": 1,
+        "guard.down_cooldown_s": 2,
+        "guard.warmup_s": 0,
+    },
+)
 
 
 def require_tool(tool: str, package: str) -> str:

@@ -30,17 +30,12 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
     qemu = add_command(sub, "qemu", cmd_qemu, help="real QEMU guests with live vCPU hot-plug (TCG)")
     qsub = qemu.add_subparsers(dest="qemu_command", required=True)
-    qstart = qsub.add_parser("start", help="boot a guest (the image is built on first use)")
-    qstart.add_argument("name")
-    qstart.add_argument("--max-vcpus", type=int, required=True)
-    qstart.add_argument("--vcpus", type=int, default=1)
-    qstart.add_argument("--memory", type=int, default=256, help="MiB")
-    qset = qsub.add_parser("set", help="resize a guest now")
-    qset.add_argument("name")
-    qset.add_argument("--vcpus", type=int, required=True)
-    qload = qsub.add_parser("load", help="run N busy loops in the guest (0 stops them)")
-    qload.add_argument("name")
-    qload.add_argument("--busy", type=int, required=True)
+    _guest_commands(
+        qsub,
+        start="boot a guest (the image is built on first use)",
+        resize="resize a guest now",
+        load="run N busy loops in the guest (0 stops them)",
+    )
     qstatus = qsub.add_parser("status", help="every guest: vCPUs as QMP sees them and as the guest does")
     qstatus.add_argument("--json", action="store_true")
     qstop = qsub.add_parser("stop")
@@ -51,19 +46,14 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     lv.add_argument("--uri", default=None, help="libvirt URI ($HOTPLUG_LIBVIRT_URI; default qemu:///system)")
     lsub = lv.add_subparsers(dest="libvirt_command", required=True)
-    lstart = lsub.add_parser("start", help="start a transient test domain from the project's guest image")
-    lstart.add_argument("name")
-    lstart.add_argument("--max-vcpus", type=int, required=True)
-    lstart.add_argument("--vcpus", type=int, default=1)
-    lstart.add_argument("--memory", type=int, default=256, help="MiB")
+    _guest_commands(
+        lsub,
+        start="start a transient test domain from the project's guest image",
+        resize="resize a running domain now",
+        load="test domains: run N busy loops in the guest (0 stops them)",
+    )
     lstop = lsub.add_parser("stop", help="destroy a test domain started by 'hotplug libvirt start'")
     lstop.add_argument("name")
-    lset = lsub.add_parser("set", help="resize a running domain now")
-    lset.add_argument("name")
-    lset.add_argument("--vcpus", type=int, required=True)
-    lload = lsub.add_parser("load", help="test domains: run N busy loops in the guest (0 stops them)")
-    lload.add_argument("name")
-    lload.add_argument("--busy", type=int, required=True)
     lstatus = lsub.add_parser("status", help="every domain: state, vCPUs as libvirt and as the guest sees them")
     lstatus.add_argument("--json", action="store_true")
     lprep = lsub.add_parser("prepare", help="one-time set-up of a shut-off domain for hot-plug")
@@ -71,6 +61,21 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     lprep.add_argument("--max-vcpus", type=int, required=True)
     lprep.add_argument("--start-vcpus", type=int, default=None)
     lprep.add_argument("--min-vcpus", type=int, default=1)
+
+
+def _guest_commands(gsub: Subparsers[argparse.ArgumentParser], *, start: str, resize: str, load: str) -> None:
+    """``start``, ``set`` and ``load``, which the QEMU and libvirt groups share (same options, their own help)."""
+    started = gsub.add_parser("start", help=start)
+    started.add_argument("name")
+    started.add_argument("--max-vcpus", type=int, required=True)
+    started.add_argument("--vcpus", type=int, default=1)
+    started.add_argument("--memory", type=int, default=256, help="MiB")
+    resized = gsub.add_parser("set", help=resize)
+    resized.add_argument("name")
+    resized.add_argument("--vcpus", type=int, required=True)
+    loaded = gsub.add_parser("load", help=load)
+    loaded.add_argument("name")
+    loaded.add_argument("--busy", type=int, required=True)
 
 
 def cmd_vbox(args: argparse.Namespace) -> int:

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from hotplug.harness.poll import wait_until
-from hotplug.harness.processes import OutputProcess, policy_args, run_hotplug
+from hotplug.harness.processes import OutputProcess, run_hotplug
 from services.actuator.drivers.base import DriverError
 from shared.messages import ErrorCode
-from tests.conftest import REPO, eventually
+from tests.conftest import GUEST_LOOP_DECIDER, REPO, eventually
 
 pytestmark = pytest.mark.external  # needs a tool from the OS (see require_tool)
 
@@ -416,17 +416,7 @@ def test_whole_loop_scales_two_real_domains_up_and_down_with_one_result_per_comm
         "--data-dir",
         str(data_dir),
         "--no-view",
-        *policy_args(
-            "threshold",
-            {
-                "threshold.sustain_s": 2,
-                "threshold.upper": 0.6,
-                "threshold.lower": 0.2,
-                "guard.up_cooldown_s": 1,
-                "guard.down_cooldown_s": 2,
-                "guard.warmup_s": 0,
-            },
-        ),
+        *GUEST_LOOP_DECIDER,
     )
 
     def guest_online(vm: str) -> int | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hotplug.harness.poll import wait_until
-from hotplug.harness.processes import OutputProcess, policy_args, run_hotplug
+from hotplug.harness.processes import OutputProcess, run_hotplug
 from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.qemu import QemuDriver
 from services.collector.rates import sample_from
@@ -26,6 +26,7 @@ from shared.clock import Clock
 from shared.messages import ErrorCode
 from shared.qemu.image import GuestImage, ImageError, ensure_image
 from shared.qemu.vm import QemuVm, connect_qmp, parse_stat
+from tests.conftest import GUEST_LOOP_DECIDER
 
 pytestmark = pytest.mark.external  # needs a tool from the OS (see require_tool)
 
@@ -191,16 +192,7 @@ def test_whole_loop_takes_a_real_guest_from_1_to_3_vcpus_and_back(image: GuestIm
         "--data-dir",
         str(data_dir),
         "--no-view",
-        *policy_args(
-            "threshold",
-            {
-                "threshold.sustain_s": 2,
-                "threshold.upper": 0.6,
-                "threshold.lower": 0.2,
-                "guard.up_cooldown_s": 1,
-                "guard.down_cooldown_s": 2,
-            },
-        ),
+        *GUEST_LOOP_DECIDER,
         env=env,
     )
 
