@@ -5,8 +5,9 @@ Importing this module registers the source ``toy``; no line of the command line 
 
     HOTPLUG_PLUGINS=examples/toy_source.py hotplug collector --source toy --nats nats://127.0.0.1:4222
 
-Its config is a plain msgspec Struct that checks itself; its fields take their defaults from the command line
-(they mirror no option of it) and can be set from a config file's ``[collector]`` section.
+Its config is a plain msgspec Struct that checks itself. A field named like a collector option takes that option's
+value; these two mirror none, so they keep their defaults (the config file's ``[collector]`` section takes only the
+collector's own options, and refuses others).
 """
 
 from __future__ import annotations
