@@ -11,7 +11,7 @@ from typing import Literal
 
 import msgspec
 
-from shared.messages import VmName
+from shared.messages import Cores, VmName
 
 
 class SimVmCounters(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,7 +51,7 @@ class LoadRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Pin a VM's demand (in cores) until cleared with ``demand_cores: null``: a load step for tests and demos."""
 
     vm: VmName
-    demand_cores: float | None
+    demand_cores: Cores | None
 
 
 class LoadReply(msgspec.Struct, frozen=True, kw_only=True):
