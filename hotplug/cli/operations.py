@@ -110,13 +110,15 @@ def cmd_load(args: argparse.Namespace) -> int:
     url = nats_url(args, "load")
     try:
         cores = None if args.cores == "clear" else float(args.cores)
-    except ValueError:
-        raise UsageError(f"cores takes a number or 'clear', not {args.cores!r}") from None
+        # The request's own type says which demands are valid (NaN and infinities are not: JSON has no such number).
+        load = msgspec.convert({"vm": args.vm, "demand_cores": cores}, LoadRequest)
+    except (ValueError, msgspec.ValidationError):
+        raise UsageError(f"cores takes a number from 0 to 4096 or 'clear', not {args.cores!r}") from None
 
     async def send() -> LoadReply:
         nc = await bus.connect(url, "hotplug-load", forever=False)
         try:
-            request = msgspec.json.encode(LoadRequest(vm=args.vm, demand_cores=cores))
+            request = msgspec.json.encode(load)
             reply = await nc.request(subjects.simulator(args.host, "load"), request, timeout=5)
             return msgspec.json.decode(reply.data, type=LoadReply)
         finally:

@@ -105,7 +105,9 @@ def test_user_errors_are_still_the_builtin_errors_they_refine() -> None:
         (["bench", "decisions", "--policy", "nope"], "unknown policy 'nope'"),
         (["collector", "--nats", "nats://127.0.0.1:1", "--source", "psutil"], "needs at least one --process"),
         (["collector", "--nats", "nats://127.0.0.1:1", "--process", "vm=("], "not a regular expression"),
-        (["load", "vm-01", "lots", "--nats", "nats://127.0.0.1:1"], "cores takes a number or 'clear'"),
+        (["load", "vm-01", "lots", "--nats", "nats://127.0.0.1:1"], "cores takes a number from 0 to 4096 or 'clear'"),
+        (["load", "vm-01", "nan", "--nats", "nats://127.0.0.1:1"], "cores takes a number from 0 to 4096 or 'clear'"),
+        (["load", "vm-01", "-4", "--nats", "nats://127.0.0.1:1"], "cores takes a number from 0 to 4096 or 'clear'"),
     ],
 )
 def test_real_mistakes_end_in_one_line_before_anything_starts(
