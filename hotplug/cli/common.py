@@ -11,7 +11,7 @@ from typing import Any
 
 from shared import bus
 from shared.clock import Clock, make_clock
-from shared.errors import UsageError
+from shared.errors import NotFound, UsageError
 from shared.runtime import M, ServiceContext, ServiceOptions, resolve_nats_url, run_service
 
 Handler = Callable[[argparse.Namespace], int]
@@ -106,6 +106,26 @@ def nats_url(args: argparse.Namespace, command: str) -> str:
     url = resolve_nats_url(args.nats)
     if url is None:
         raise UsageError(f"{command} needs a NATS server: --nats URL or ${bus.DEFAULT_URL_ENV}")
+    return url
+
+
+def live_bus_options(parser: argparse.ArgumentParser) -> None:
+    """``--nats`` and ``--data-dir`` for a command that talks to a live loop (load, pause, resume, paused)."""
+    parser.add_argument("--nats", default=None, help=f"NATS URL (default: ${bus.DEFAULT_URL_ENV}, or the running up's)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="without --nats: the broker of the hotplug up using DIR"
+    )
+
+
+def live_bus_url(args: argparse.Namespace) -> str:
+    """``--nats``, $HOTPLUG_NATS_URL, or the broker of a ``hotplug up`` running in the data dir."""
+    from hotplug.events import live_broker_url
+
+    url = resolve_nats_url(args.nats)
+    if url is None:
+        url = live_broker_url(args.data_dir or Path(".hotplug"))
+    if url is None:
+        raise NotFound(f"no NATS server: --nats URL, ${bus.DEFAULT_URL_ENV}, or a running hotplug up in --data-dir")
     return url
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from hotplug.cli.common import Subparsers, add_command, nats_url
+from hotplug.cli.common import Subparsers, add_command, live_bus_options, live_bus_url, nats_url
 from shared import bus, topology
 from shared.errors import NotFound, UsageError
 from shared.messages import MESSAGE_TYPES
@@ -47,7 +47,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     load.add_argument("vm")
     load.add_argument("cores")
-    load.add_argument("--nats", default=None)
+    live_bus_options(load)
     load.add_argument("--host", default="local")
 
 
@@ -107,7 +107,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from shared import subjects
     from shared.sim_api import LoadReply, LoadRequest
 
-    url = nats_url(args, "load")
+    url = live_bus_url(args)
     try:
         cores = None if args.cores == "clear" else float(args.cores)
         # The request's own type says which demands are valid (NaN and infinities are not: JSON has no such number).

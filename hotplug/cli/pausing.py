@@ -7,26 +7,17 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 
 import nats.errors
 
-from hotplug.cli.common import Subparsers, _env, add_command
-from shared import bus
-from shared.errors import NotFound, UsageError
+from hotplug.cli.common import Subparsers, _env, add_command, live_bus_options, live_bus_url
+from shared.errors import UsageError
 from shared.pauses import describe, parse_duration, when
-from shared.runtime import resolve_nats_url
 
 ORDER = 55
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    def connection(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--nats", default=None, help=f"NATS URL (default: ${bus.DEFAULT_URL_ENV}, or the running up's)")
-        p.add_argument(
-            "--data-dir", type=Path, default=None, help="without --nats: the broker of the hotplug up using DIR"
-        )
-
     pause = add_command(
         sub,
         "pause",
@@ -46,26 +37,14 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     pause.add_argument(
         "--force", action="store_true", help="pause a VM the metrics stream has no sample of (not running yet)"
     )
-    connection(pause)
+    live_bus_options(pause)
     resume = add_command(sub, "resume", cmd_resume, help="let autoscaling move a paused VM again")
     resume.add_argument("vm")
     resume.add_argument("--host", default=_env("HOST", "local"), help="the VM's host ($HOTPLUG_HOST; local)")
-    connection(resume)
+    live_bus_options(resume)
     paused = add_command(sub, "paused", cmd_paused, help="the VMs paused now: by whom, since and until when, why")
     paused.add_argument("--json", action="store_true", help="one JSON array")
-    connection(paused)
-
-
-def _url(args: argparse.Namespace) -> str:
-    """``--nats``, $HOTPLUG_NATS_URL, or the broker of a ``hotplug up`` running in the data dir."""
-    from hotplug.events import live_broker_url
-
-    url = resolve_nats_url(args.nats)
-    if url is None:
-        url = live_broker_url(args.data_dir or Path(".hotplug"))
-    if url is None:
-        raise NotFound(f"no NATS server: --nats URL, ${bus.DEFAULT_URL_ENV}, or a running hotplug up in --data-dir")
-    return url
+    live_bus_options(paused)
 
 
 def _refused(command: str, by: str, exc: Exception) -> int:
@@ -84,7 +63,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
         duration_s = None if args.duration is None else parse_duration(args.duration)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    url = _url(args)
+    url = live_bus_url(args)
     by = who(url)
     try:
         event, replaced = asyncio.run(
@@ -101,7 +80,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from hotplug.pause_cmd import resume, who
 
-    url = _url(args)
+    url = live_bus_url(args)
     by = who(url)
     try:
         lifted = asyncio.run(resume(url, args.host, args.vm, by=by))
@@ -117,7 +96,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_paused(args: argparse.Namespace) -> int:
     from hotplug.pause_cmd import listing, record
 
-    pauses = asyncio.run(listing(_url(args)))
+    pauses = asyncio.run(listing(live_bus_url(args)))
     if args.json:
         print(json.dumps([record(p) for p in pauses], indent=1))
         return 0
