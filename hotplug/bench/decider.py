@@ -29,20 +29,6 @@ from shared.messages import MetricSample, ScaleCommand
 
 def sample(vm: str, vcpus: int, busy: bool, now: float, starved: bool = False) -> MetricSample:
     """A steady VM (97 % busy, or 10 %); ``starved``: all its vCPUs busy and as much demand again waiting."""
-    if starved:
-        return MetricSample(
-            time=now,
-            host="bench",
-            vm=vm,
-            online_vcpus=vcpus,
-            min_vcpus=1,
-            max_vcpus=16,
-            cpu_used_cores=float(vcpus),
-            interval_s=1.0,
-            source="bench",
-            pressure_cores=float(vcpus),
-        )
-    used = vcpus * (0.97 if busy else 0.1)
     return MetricSample(
         time=now,
         host="bench",
@@ -50,9 +36,10 @@ def sample(vm: str, vcpus: int, busy: bool, now: float, starved: bool = False) -
         online_vcpus=vcpus,
         min_vcpus=1,
         max_vcpus=16,
-        cpu_used_cores=used,
+        cpu_used_cores=float(vcpus) if starved else vcpus * (0.97 if busy else 0.1),
         interval_s=1.0,
         source="bench",
+        pressure_cores=float(vcpus) if starved else None,
     )
 
 
