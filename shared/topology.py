@@ -21,7 +21,6 @@ _NAME = re.compile(r"[A-Za-z0-9_-]+")
 # ---- streams -------------------------------------------------------------------------------------------------
 EVENTS_STREAM = "HOTPLUG_EVENTS"  # every command and result (shared.bus.stream_configs: subjects and limits)
 METRICS_STREAM = "HOTPLUG_METRICS"  # samples by partition, and shadow deciders' proposals
-STREAMS = (EVENTS_STREAM, METRICS_STREAM)
 
 # ---- KV buckets ----------------------------------------------------------------------------------------------
 LEASES_BUCKET = "hotplug_leases"  # decider leadership (shared.leadership); actuators read it for the term check
@@ -31,7 +30,6 @@ ACTUATOR_PROGRESS_BUCKET = "hotplug_actuator_progress"  # commands under way (se
 PAUSES_BUCKET = "hotplug_pauses"  # paused VMs (shared.pauses): operators write it, deciders and actuators read it
 # A new bucket is declared above and added to the tuple of each role that writes it (hotplug.auth grants them).
 DECIDER_BUCKETS = (LEASES_BUCKET, DECIDER_MEMBERS_BUCKET, DECIDER_STATE_BUCKET)
-BUCKETS = (*DECIDER_BUCKETS, ACTUATOR_PROGRESS_BUCKET, PAUSES_BUCKET)
 
 
 def kv_stream(bucket: str) -> str:

@@ -16,10 +16,10 @@ from types import ModuleType
 
 from hotplug.cli.common import Handler
 from hotplug.config_cmd import apply_file
-from shared.errors import UsageError, UserError
+from shared.errors import UserError
 from shared.runtime import setup_logging
 
-__all__ = ["UsageError", "build_parser", "main"]
+__all__ = ["build_parser", "main"]
 
 _LAST = 1000  # a group without ORDER comes after the others
 

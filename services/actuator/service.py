@@ -74,10 +74,6 @@ class ActuatorConfig:
         if self.max_changes < 1:
             raise UsageError("--max-changes must be at least 1")
 
-    def bounds_for(self, vm: str) -> Bounds:
-        """The sizes the actuator allows ``vm``: its own bounds if it has any, else the default."""
-        return self.vm_bounds.get(vm, self.bounds)
-
 
 class ActuatorMetrics(ServiceMetrics):
     def __post_init__(self) -> None:

@@ -79,8 +79,3 @@ def build_rulebook(loaded: LoadedConfig | None, policy: str, params: ParamsIn) -
             raise loaded.error(("vm", index, key), str(exc)) from None
         plans.append(VmPlan(settings, built, rails))
     return RuleBook(rules, plans, default)
-
-
-def same_policy(a: VmPlan, b: VmPlan) -> bool:
-    """Whether two plans run the same policy with the same parameters (their rails may differ)."""
-    return a.settings.policy == b.settings.policy and a.policy.params == b.policy.params

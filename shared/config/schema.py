@@ -17,7 +17,6 @@ PosInt = Annotated[int, Meta(ge=1)]
 PosFloat = Annotated[float, Meta(gt=0)]
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Autoscale = Literal["auto", "off", "recommend"]
-AUTOSCALE_MODES: tuple[Autoscale, ...] = ("auto", "off", "recommend")
 # A policy or guard parameter's value, as ``--param NAME.KEY=VALUE`` would give it.
 ParamValue = bool | int | float | str
 # ``param.<policy or guard>.<key> = value``: the file's form of ``--param NAME.KEY=VALUE``.
