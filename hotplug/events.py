@@ -1,5 +1,5 @@
 """Where a run's event log is (a live run's broker, or a private one on its data dir) and how it is printed; the
-reading itself is ``shared.eventlog``'s (``read_events`` and ``read_all_events`` are re-exported from it).
+reading itself is ``shared.eventlog``'s.
 
 With ``--data-dir`` the log of a run that has stopped is read by starting a private broker on that data
 dir; if the run is still going (its ``broker.json`` names a live process) its broker is used instead.
@@ -18,9 +18,7 @@ from typing import Any
 
 from shared.cluster import embedded_broker, nodes_in
 from shared.errors import NotFound
-from shared.eventlog import Event as Event
-from shared.eventlog import read_all_events as read_all_events
-from shared.eventlog import read_events as read_events
+from shared.eventlog import Event
 from shared.messages import PauseEvent, ScaleCommand
 
 BROKER_FILE = "broker.json"

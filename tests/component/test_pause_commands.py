@@ -54,7 +54,8 @@ async def _stored(url: str, host: str, vm: str) -> PauseEvent | None:
 
 
 async def _pause_events(url: str) -> list[dict[str, object]]:
-    from hotplug.events import event_record, read_all_events
+    from hotplug.events import event_record
+    from shared.eventlog import read_all_events
 
     nc = await bus.connect(url, "test", forever=False)
     try:

@@ -13,13 +13,13 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from hotplug.audit import audit
-from hotplug.events import read_events
 from hotplug.harness import faults
 from hotplug.harness.processes import policy_args, run_hotplug
 from hotplug.harness.recorder import Recorder, hypervisor_ops, settle
 from shared import bus
 from shared.broker import EmbeddedBroker, free_port
 from shared.clock import make_clock
+from shared.eventlog import read_events
 from shared.messages import ErrorCode, ScaleCommand, ScaleResult
 from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually, metric
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from hotplug.events import read_events
 from hotplug.harness import recorder as harness_recorder
 from hotplug.harness.processes import run_hotplug
 from shared import bus, subjects
 from shared.broker import EmbeddedBroker, free_port
 from shared.codec import encode
+from shared.eventlog import read_events
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
 from tests.conftest import ServiceProcess, eventually, metric
 

@@ -16,12 +16,12 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 
-from hotplug.events import read_events
 from hotplug.harness.processes import run_hotplug
 from hotplug.harness.recorder import Recorder
 from shared import bus, subjects, topology
 from shared.broker import EmbeddedBroker, find_nats_server, free_port
 from shared.codec import encode
+from shared.eventlog import read_events
 from shared.messages import ScaleCommand, ScaleResult
 from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually
 from tests.system.test_faults import order
