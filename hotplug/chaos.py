@@ -113,7 +113,7 @@ class Chaos:
     async def start(self) -> None:
         os.environ[bus.REPLICAS_ENV] = str(self.cluster.replicas)
         await asyncio.to_thread(self.cluster.start)
-        admin = await self.client("admin")
+        admin = await self.client(topology.ADMIN_USER)
         await bus.ensure_streams(admin.jetstream(), reconcile=True)
         await self.observer.attach(admin)
         # Chaos tests the plumbing, not the decisions: the seed's threshold rule, which acts every few seconds,
@@ -159,7 +159,7 @@ class Chaos:
         return False
 
     async def _result_stored_since(self, host: str, vm: str, since: float) -> bool:
-        admin = await self.client("admin")
+        admin = await self.client(topology.ADMIN_USER)
         try:
             result = await eventlog.last_result(admin.jetstream(), host, vm)
             return result is not None and result.time >= since
@@ -186,7 +186,7 @@ class Chaos:
 
     async def send(self, command: ScaleCommand) -> None:
         """Store a command as the decider user would (the only user allowed to)."""
-        await faults.store_durably(await self.client("decider"), command)
+        await faults.store_durably(await self.client(topology.DECIDER_USER), command)
 
     async def result_of(self, command: ScaleCommand) -> ScaleResult | None:
         return await self.observer.result_of(command.id, timeout_s=30)
@@ -218,7 +218,7 @@ class Chaos:
         }
 
     async def node_loss(self) -> tuple[str, Check]:
-        admin = await self.client("admin")
+        admin = await self.client(topology.ADMIN_USER)
         info = await admin.jetstream().stream_info(topology.EVENTS_STREAM)
         leader = info.cluster.leader if info.cluster and info.cluster.leader else "n1"
         index = int(leader.removeprefix("n")) - 1
@@ -249,7 +249,7 @@ class Chaos:
         command = await self.answered_command()
         if command is None:
             return "no executed command to repeat", {"a command to repeat": False}
-        nc = await self.client("decider")
+        nc = await self.client(topology.DECIDER_USER)
         retry_was_duplicate = await faults.store(nc, command, retry_id=True)
         await faults.store(nc, command)
         await asyncio.sleep(self.clock.wall_seconds(4.0))
@@ -263,7 +263,7 @@ class Chaos:
         if command is None:
             return "no executed command to repeat", {"a command to repeat": False}
         _, restarted = await self.kill_and_await_restart("actuator")
-        await faults.store(await self.client("decider"), command)
+        await faults.store(await self.client(topology.DECIDER_USER), command)
 
         async def counted_as_duplicate() -> bool:
             return (
@@ -332,11 +332,11 @@ class Chaos:
         future = faults.future_version(faults.sample(HOST, "vm-04", self.clock.now(), source="chaos"))
         # one VM each: the decider's intake keeps only a VM's newest sample, and these must all be judged
         bad = {"vm-02": faults.GARBAGE, "vm-03": faults.OVERSIZED, "vm-04": future}
-        agent = await self.client(f"agent-{HOST}")
+        agent = await self.client(topology.host_user("agent", HOST))
         for vm, body in bad.items():
             await agent.publish(subjects.metrics(HOST, vm), body)
         await agent.flush()
-        decider = await self.client("decider")
+        decider = await self.client(topology.DECIDER_USER)
         for vm, body in bad.items():
             await decider.jetstream().publish(
                 subjects.commands(HOST, vm), body.replace(b'"type":"metric"', b'"type":"command"')
@@ -362,7 +362,7 @@ class Chaos:
             return await self.metric("decider", "hotplug_messages_dropped_total", kind="metric", reason="shed")
 
         shed_before = await shed()
-        agent = await self.client(f"agent-{HOST}")
+        agent = await self.client(topology.host_user("agent", HOST))
         ghosts = faults.ghosts(1000)
         sent = await faults.flood(agent, HOST, ghosts, 50, source="chaos-flood", now=self.clock.now)
         since = self.clock.now()
@@ -373,7 +373,7 @@ class Chaos:
         }
 
     async def unauthorised_publish(self) -> tuple[str, Check]:
-        users = (f"collector-{HOST}", "viewer")
+        users = (topology.host_user("collector", HOST), topology.VIEWER_USER)
         checks = {f"{user} refused": await self._refused(user) for user in users}
         return "a command and a purge of the event log, published as the collector and as the viewer", checks
 
@@ -477,7 +477,7 @@ async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] = lam
                 progress(f"  {injected}: {survived}")
             progress("stopping the decider; waiting for every command's result")
             await chaos.supervisor.retire("decider")
-            admin = await chaos.client("admin")
+            admin = await chaos.client(topology.ADMIN_USER)
             commands, results = await settle(admin, timeout_s=90)
             ops = await hypervisor_ops(admin, HOST)
             restarts = {name: c.restarts for name, c in chaos.supervisor.children.items()}

@@ -68,9 +68,8 @@ async def _session(url: str, name: str) -> Client:
 
 async def _known_vm(js: JetStreamContext, host: str, vm: str) -> bool:
     """Whether the metrics stream holds a sample of the VM (it keeps a day of them)."""
-    stored = f"{subjects.METRICS}.{subjects.partition_of(host, vm)}.{host}.{subjects.vm_token(vm)}"
     try:
-        info = await js.stream_info(topology.METRICS_STREAM, subjects_filter=stored)
+        info = await js.stream_info(topology.METRICS_STREAM, subjects_filter=subjects.stored_metrics(host, vm))
     except NotFoundError:
         return False
     return bool(info.state.subjects)

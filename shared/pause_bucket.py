@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from shared import bus
+from shared import bus, topology
 from shared.codec import encode
 from shared.messages import PauseEvent
 from shared.pauses import PAUSE_BUCKET, PauseBook, key, parse_key, ttl_s
@@ -39,7 +39,7 @@ async def open_bucket(js: JetStreamContext, *, create: bool = True) -> KeyValue:
 
 async def store(js: JetStreamContext, pause: PauseEvent, now: float) -> None:
     """Store a pause as its VM's entry (replacing any: last writer wins); the broker drops it after its end."""
-    subject = f"$KV.{PAUSE_BUCKET}.{key(pause.host, pause.vm)}"
+    subject = topology.kv_subject(PAUSE_BUCKET, key(pause.host, pause.vm))
     await js.publish(subject, encode(pause), msg_ttl=ttl_s(pause, now))
 
 

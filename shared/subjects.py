@@ -75,6 +75,12 @@ def proposals(decider: str, host: str, vm: str) -> str:
     return f"{PROPOSALS}.{decider}.{host}.{vm_token(vm)}"
 
 
+def stored_metrics(host: str, vm: str) -> str:
+    """The subject the metrics stream stores a VM's samples under (``PARTITIONED_METRICS`` applied to its
+    ``metrics`` subject)."""
+    return f"{METRICS}.{partition_of(host, vm)}.{host}.{vm_token(vm)}"
+
+
 def metrics_partition(partition: int) -> str:
     """The stored subjects of one partition of the metrics stream."""
     return f"{METRICS}.{partition}.>"
