@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from services.actuator.checks import Bounds
 from shared.config.load import ConfigError, LoadedConfig, load
 from shared.config.reload import Reloader
 from shared.config.rules import Defaults, resolve
@@ -35,7 +36,7 @@ from shared.config.schema import (
 )
 from shared.runtime import ServiceContext
 
-ACTUATOR_MIN, ACTUATOR_MAX = 1, 1024  # the actuator's --min-vcpus/--max-vcpus defaults
+ACTUATOR_DEFAULT = Bounds()  # the actuator's --min-vcpus/--max-vcpus defaults
 
 
 def epilog(command: str) -> str:
@@ -181,8 +182,8 @@ def rule_table(config: ConfigFile, vms: list[tuple[str, str]]) -> list[str]:
     defaults = Defaults(
         decider.policy or "default",
         decider.param or {},
-        actuator.min_vcpus or ACTUATOR_MIN,
-        actuator.max_vcpus or ACTUATOR_MAX,
+        actuator.min_vcpus or ACTUATOR_DEFAULT.min_vcpus,
+        actuator.max_vcpus or ACTUATOR_DEFAULT.max_vcpus,
     )
     out = []
     used: set[int] = set()

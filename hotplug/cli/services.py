@@ -18,6 +18,7 @@ from hotplug.cli.common import (
     service_parent,
 )
 from hotplug.config_cmd import add_config_option, epilog, loaded_of, watch_config
+from services.actuator.checks import Bounds
 from services.actuator.drivers.registry import DRIVERS
 from services.collector.sources.registry import SOURCES
 from shared import topology
@@ -191,8 +192,8 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     act.add_argument("--driver", choices=DRIVERS.names(), default="simulator")
     _libvirt_options(act)
     act.add_argument("--name", default=topology.ACTUATOR_NAME)
-    act.add_argument("--min-vcpus", type=int, default=1)
-    act.add_argument("--max-vcpus", type=int, default=1024)
+    act.add_argument("--min-vcpus", type=int, default=Bounds().min_vcpus)
+    act.add_argument("--max-vcpus", type=int, default=Bounds().max_vcpus)
     act.add_argument("--step-timeout", type=positive, default=30.0)
     act.add_argument(
         "--vm-bounds",
@@ -292,7 +293,7 @@ def cmd_decider(args: argparse.Namespace) -> int:
 
 
 def cmd_actuator(args: argparse.Namespace) -> int:
-    from services.actuator.checks import Bounds, parse_vm_bounds
+    from services.actuator.checks import parse_vm_bounds
     from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
 
     options = service_options(args, "actuator")
