@@ -1,10 +1,12 @@
-"""The decider's run modes, each a small object chosen once at start (``outlet_for``, ``leadership_for``).
+"""The decider's run modes, each a small object chosen once at start (the outlet in ``Decider.__init__``,
+``leadership_for``).
 
 How an order leaves (an ``Outlet``): as a command stored in the event log (``Commands``), as a line in the log
-(``DryRun``), or as a proposal for every sample, holding included (``Shadow``). Who may command: any decider
-(``Unled``), or only the replica holding a lease, whose commands name the lease and its term (``Leased``). Which
-VMs a decider sees (all of them, or its group's share) is the intake's business (service.py). Every
-``ScaleCommand`` is built by ``Orders.make``.
+(``DryRun``), or as a proposal for every sample, holding included (``Shadow``); a VM whose rule says ``recommend``
+has its orders logged, never commanded (``Recommend``). Who may command: any decider (``Unled``), or only the
+replica holding a lease, whose commands name the lease and its term (``Leased``). Which VMs a decider sees (all of
+them, or its group's share) is the intake's business (service.py). Every ``ScaleCommand`` is built by
+``Orders.make``.
 """
 
 from __future__ import annotations

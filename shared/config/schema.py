@@ -21,8 +21,8 @@ Autoscale = Literal["auto", "off", "recommend"]
 ParamValue = bool | int | float | str
 # ``param.<policy or guard>.<key> = value``: the file's form of ``--param NAME.KEY=VALUE``.
 Params = dict[str, dict[str, ParamValue]]
-# Source and driver names are the registries' (plug-ins add their own: shared/plugins.py), so the file takes any
-# name and the registry refuses an unknown one when the service starts, naming the choices.
+# Source and driver names are the registries' (plug-ins add their own: shared/plugins.py), so the type takes any
+# name; loading the file refuses an unknown one at its key's line, naming the choices (load._check_plugin_names).
 Hypervisor = str
 SourceName = str
 
