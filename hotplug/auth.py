@@ -87,7 +87,7 @@ def _actuator_consumers(host: str, name: str) -> list[str]:
         f"{API}.CONSUMER.CREATE.{EVENTS}.{durable}.{subjects.host_commands(host)}",
         f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{durable}",
         f"$JS.ACK.{EVENTS}.{durable}.>",
-        f"{API}.CONSUMER.CREATE.{EVENTS}.{reader}.{subjects.RESULTS}.{host}.>",
+        f"{API}.CONSUMER.CREATE.{EVENTS}.{reader}.{subjects.host_results(host)}",
         f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.{reader}",
         f"{API}.CONSUMER.DELETE.{EVENTS}.{reader}",
     ]
@@ -140,14 +140,14 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
             ),
             User(
                 topology.host_user("collector", host),
-                publish=[f"{subjects.METRICS}.{host}.>", subjects.simulator(host, "stats")],
+                publish=[subjects.host_metrics(host), subjects.simulator(host, "stats")],
                 subscribe=["_INBOX.>"],
             ),
-            User(topology.host_user("agent", host), publish=[f"{subjects.METRICS}.{host}.>"], subscribe=["_INBOX.>"]),
+            User(topology.host_user("agent", host), publish=[subjects.host_metrics(host)], subscribe=["_INBOX.>"]),
             User(
                 topology.host_user("actuator", host),
                 publish=[
-                    f"{subjects.RESULTS}.{host}.>",
+                    subjects.host_results(host),
                     subjects.simulator(host, "stats"),
                     subjects.simulator(host, "hotplug"),
                     f"{API}.STREAM.INFO.*",

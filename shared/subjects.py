@@ -102,6 +102,16 @@ def host_commands(host: str) -> str:
     return f"{COMMANDS}.{host}.>"
 
 
+def host_results(host: str) -> str:
+    """Every result of one host's VMs: what its actuator publishes and reads back."""
+    return f"{RESULTS}.{host}.>"
+
+
+def host_metrics(host: str) -> str:
+    """Every sample of one host's VMs: what its collector and agents publish."""
+    return f"{METRICS}.{host}.>"
+
+
 def simulator(host: str, operation: str) -> str:
     """Request subject of the simulated mini-cloud on ``host`` (``stats``, ``hotplug``, ``load``)."""
     return f"{SIMULATOR}.{host}.{operation}"

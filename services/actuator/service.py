@@ -296,7 +296,7 @@ class Actuator:
         since = self.ledger.recall_since(self.ctx.clock.now())
         while True:
             try:
-                async for result in self._results_in_log(f"{subjects.RESULTS}.{self.ctx.host}.>", since):
+                async for result in self._results_in_log(subjects.host_results(self.ctx.host), since):
                     self.ledger.recall([result])
                 break
             except (nats.errors.Error, TimeoutError) as exc:
