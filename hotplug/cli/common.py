@@ -45,6 +45,11 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def host_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--host``, defaulting to $HOTPLUG_HOST and then ``local``: one default for every command that names a host."""
+    parser.add_argument("--host", default=_env("HOST", "local"), help=f"{what} ($HOTPLUG_HOST; local)")
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"HOTPLUG_{name}", default)
 
@@ -53,7 +58,7 @@ def service_parent() -> argparse.ArgumentParser:
     """Options every service takes; each defaults to an environment variable (for containers)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--nats", help=f"NATS URL (default: ${bus.DEFAULT_URL_ENV})")
-    p.add_argument("--host", default=_env("HOST", "local"), help="hypervisor host name ($HOTPLUG_HOST; local)")
+    host_option(p, "hypervisor host name")
     p.add_argument(
         "--metrics-port",
         type=int,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hotplug.cli.common import Subparsers, add_command
+from hotplug.cli.common import Subparsers, add_command, host_option
 from shared.runtime import resolve_nats_url
 
 ORDER = 15  # after the services
@@ -29,7 +29,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     check.add_argument(
         "--vm", action="append", default=[], metavar="NAME", help="a VM to list (HOST/VM, or VM on --host); repeatable"
     )
-    check.add_argument("--host", default="local", help="the host of --vm names given without one")
+    host_option(check, "the host of --vm names given without one")
     csub.add_parser("reference", help="print every key of the config file, as Markdown")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from hotplug.cli.common import Subparsers, add_command, live_bus_options, live_bus_url, nats_url
+from hotplug.cli.common import Subparsers, add_command, host_option, live_bus_options, live_bus_url, nats_url
 from shared import bus, topology
 from shared.errors import NotFound, UsageError
 from shared.messages import MESSAGE_TYPES
@@ -48,7 +48,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     load.add_argument("vm")
     load.add_argument("cores")
     live_bus_options(load)
-    load.add_argument("--host", default="local")
+    host_option(load, "the simulated VM's host")
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

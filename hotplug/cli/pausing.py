@@ -10,7 +10,7 @@ import sys
 
 import nats.errors
 
-from hotplug.cli.common import Subparsers, _env, add_command, live_bus_options, live_bus_url
+from hotplug.cli.common import Subparsers, add_command, host_option, live_bus_options, live_bus_url
 from shared.errors import UsageError
 from shared.pauses import describe, parse_duration, when
 
@@ -25,7 +25,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         help="stop autoscaling one VM (the decider holds it, the actuator refuses its commands) until resumed or --for",
     )
     pause.add_argument("vm")
-    pause.add_argument("--host", default=_env("HOST", "local"), help="the VM's host ($HOTPLUG_HOST; local)")
+    host_option(pause, "the VM's host")
     pause.add_argument(
         "--for",
         dest="duration",
@@ -40,7 +40,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     live_bus_options(pause)
     resume = add_command(sub, "resume", cmd_resume, help="let autoscaling move a paused VM again")
     resume.add_argument("vm")
-    resume.add_argument("--host", default=_env("HOST", "local"), help="the VM's host ($HOTPLUG_HOST; local)")
+    host_option(resume, "the VM's host")
     live_bus_options(resume)
     paused = add_command(sub, "paused", cmd_paused, help="the VMs paused now: by whom, since and until when, why")
     paused.add_argument("--json", action="store_true", help="one JSON array")
