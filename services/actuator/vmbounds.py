@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from services.actuator.checks import Bounds
-from shared.config.rules import first_match
+from shared.config.rules import first_match, rule_bounds
 from shared.config.schema import VmRule
 
 
@@ -18,7 +18,5 @@ def bounds_for(
     index = first_match(rules, host, vm)
     if index is None:
         return default
-    rule = rules[index]
-    high = rule.max_vcpus if rule.max_vcpus is not None else default.max_vcpus
-    low = rule.min_vcpus if rule.min_vcpus is not None else min(default.min_vcpus, high)
-    return Bounds(low, max(low, high))
+    low, high = rule_bounds(rules[index], default.min_vcpus, default.max_vcpus)
+    return Bounds(default.min_vcpus if low is None else low, default.max_vcpus if high is None else high)

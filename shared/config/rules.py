@@ -72,6 +72,19 @@ def merge_params(policy: str, base: ParamsIn, over: ParamsIn) -> Params:
     return merged
 
 
+def rule_bounds(rule: VmRule, low: int | None, high: int | None) -> tuple[int | None, int | None]:
+    """A rule's bounds over the defaults ``low``/``high`` (None: none known). A bound the rule leaves out keeps the
+    default, the minimum lowered to the rule's maximum if need be, so that the pair always leaves a size. The one
+    rule for the decider (what it may ask) and the actuator (what it enforces)."""
+    new_high = rule.max_vcpus if rule.max_vcpus is not None else high
+    new_low = rule.min_vcpus if rule.min_vcpus is not None else low
+    if rule.min_vcpus is None and new_low is not None and new_high is not None:
+        new_low = min(new_low, new_high)
+    if new_low is not None and new_high is not None:
+        new_high = max(new_low, new_high)
+    return new_low, new_high
+
+
 def settings_of(rules: Sequence[VmRule], index: int | None, defaults: Defaults) -> VmSettings:
     """The settings rule ``index`` (None: no rule) gives a VM, over ``defaults``."""
     if index is None:
@@ -86,14 +99,15 @@ def settings_of(rules: Sequence[VmRule], index: int | None, defaults: Defaults) 
         )
     rule = rules[index]
     policy = rule.policy if rule.policy is not None else defaults.policy
+    low, high = rule_bounds(rule, defaults.min_vcpus, defaults.max_vcpus)
     return VmSettings(
         rule=rule_name(rule),
         rule_index=index,
         autoscale=rule.autoscale,
         policy=policy,
         params=merge_params(policy, defaults.params, rule.param),
-        min_vcpus=rule.min_vcpus if rule.min_vcpus is not None else defaults.min_vcpus,
-        max_vcpus=rule.max_vcpus if rule.max_vcpus is not None else defaults.max_vcpus,
+        min_vcpus=low,
+        max_vcpus=high,
     )
 
 

@@ -122,3 +122,30 @@ def test_narrow_stays_within_the_hypervisors_range(low: int, span: int, lo: int,
     settings = resolve([VmRule(match="*", min_vcpus=lo, max_vcpus=lo + hi_span)], "h", "v", Defaults())
     new_low, new_high = narrow(low, high, settings)
     assert low <= new_low <= new_high <= high
+
+
+@given(
+    rule_min=st.none() | st.integers(1, 16),
+    rule_max=st.none() | st.integers(1, 16),
+    default_min=st.integers(1, 16),
+    default_max=st.integers(1, 16),
+)
+def test_the_decider_and_the_actuator_read_a_rules_bounds_alike(
+    rule_min: int | None, rule_max: int | None, default_min: int, default_max: int
+) -> None:
+    """What the decider may ask (settings_of) and what the actuator enforces (vmbounds) come from one rule, and
+    always leave a size: a rule's maximum under the service's minimum is not a VM with no size."""
+    from services.actuator.checks import Bounds
+    from services.actuator.vmbounds import bounds_for
+    from shared.config.rules import Defaults, settings_of
+
+    default_max = max(default_min, default_max)
+    if rule_min is not None and rule_max is not None:
+        rule_max = max(rule_min, rule_max)
+    rules = [VmRule(match="vm-1", min_vcpus=rule_min, max_vcpus=rule_max)]
+    enforced = bounds_for("h", "vm-1", Bounds(default_min, default_max), rules)
+    settings = settings_of(rules, 0, Defaults("default", min_vcpus=default_min, max_vcpus=default_max))
+    assert (settings.min_vcpus, settings.max_vcpus) == (enforced.min_vcpus, enforced.max_vcpus)
+    assert enforced.min_vcpus <= enforced.max_vcpus
+    if rule_max is not None:
+        assert enforced.max_vcpus == max(rule_max, enforced.min_vcpus)
