@@ -69,11 +69,14 @@ async def test_dry_run_decides_but_commands_nothing_and_stale_samples_decide_not
     dry = start_service(
         "decider", "--nats", broker.url, "--policy", "threshold", "--param", "threshold.sustain_s=2", "--dry-run"
     )
-    await publish_busy(nc, "stale", 4, age=60.0)
-    await eventually(
-        lambda: metric(dry.metrics_url, "hotplug_messages_dropped_total", reason="stale") >= 4,
-        what="stale samples dropped",
-    )
+
+    async def stale_ones_dropped() -> bool:
+        # A decider serves its metrics before its intake subscribes (it first learns the pauses in force, for up to
+        # 5 s), and core NATS keeps nothing for a late subscriber: publish until four have been seen and dropped.
+        await publish_busy(nc, "stale", 1, age=60.0)
+        return metric(dry.metrics_url, "hotplug_messages_dropped_total", reason="stale") >= 4
+
+    await eventually(stale_ones_dropped, what="stale samples dropped")
     await publish_busy(nc, "fresh", 3)
     await eventually(lambda: "dry run: would resize h1/fresh 2 -> 3" in dry.log(), what="the dry-run log line")
     assert metric(dry.metrics_url, "hotplug_decider_decisions_total", mode="dry-run") >= 1
