@@ -187,6 +187,11 @@ class Decider:
                 await self.pauses.stop()
             await self._finish_publishing()
 
+    @staticmethod
+    async def _learn_pauses(pauses: PauseWatch) -> None:
+        if not await pauses.start(patience_s=5.0):
+            log.warning("pauses not known yet (the pause bucket is not readable); actuators still refuse paused VMs")
+
     async def _finish_publishing(self) -> None:
         """On the way out, let the commands already sent reach the event log: a command seen on the bus must
         be stored, so that it ends in a result."""
@@ -200,10 +205,12 @@ class Decider:
             await bus.ensure_streams(self.ctx.js)
         await self.ctx.nc.subscribe(subjects.ALL_RESULTS, cb=self._on_result)
         # The actuators enforce pauses whatever a decider knows; a decider that knows holds paused VMs instead of
-        # sending orders to be refused. It need not wait for the bucket: until the watch is in, actuators refuse.
+        # sending orders to be refused. So samples are taken at once, not after the watch is in: until then, the
+        # actuators' `paused` refusals hold those VMs.
         self.pauses = PauseWatch(self.ctx.js, on_change=self._on_pause_change)
-        if not await self.pauses.start(patience_s=5.0):
-            log.warning("pauses not known yet (the pause bucket is not readable); actuators still refuse paused VMs")
+        learning = asyncio.ensure_future(self._learn_pauses(self.pauses))
+        self._tasks.add(learning)
+        learning.add_done_callback(self._tasks.discard)
         await self.leadership.start(self.ctx.js, self._tasks)
         await self.intake.run()
 

@@ -71,8 +71,8 @@ async def test_dry_run_decides_but_commands_nothing_and_stale_samples_decide_not
     )
 
     async def stale_ones_dropped() -> bool:
-        # A decider serves its metrics before its intake subscribes (it first learns the pauses in force, for up to
-        # 5 s), and core NATS keeps nothing for a late subscriber: publish until four have been seen and dropped.
+        # A decider serves its metrics before its intake subscribes, and core NATS keeps nothing for a late
+        # subscriber: publish until four have been seen and dropped.
         await publish_busy(nc, "stale", 1, age=60.0)
         return metric(dry.metrics_url, "hotplug_messages_dropped_total", reason="stale") >= 4
 
