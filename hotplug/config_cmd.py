@@ -242,7 +242,7 @@ def reference() -> str:
     for section, prop in top.items():
         name = prop.get("$ref", "").rsplit("/", 1)[-1] or prop["items"]["$ref"].rsplit("/", 1)[-1]
         struct = defs[name]
-        header = "[[vm]]" if section == "vm" else f"[{section}]"
+        header = f"[[{section}]]" if section in ("vm", "host") else f"[{section}]"
         text = " ".join(struct.get("description", "").split()).replace("``", "`")
         inherits = section in SECTIONS and issubclass(SECTIONS[section], ServiceSection)
         if inherits:

@@ -99,8 +99,8 @@ def stream_configs() -> list[StreamConfig]:
     return [
         StreamConfig(
             name=topology.EVENTS_STREAM,
-            description="Every scale command and result, and every pause and resume, kept for later study",
-            subjects=[subjects.ALL_COMMANDS, subjects.ALL_RESULTS, subjects.ALL_PAUSES],
+            description="Every scale command and result, pause and resume, and deferred grow, kept for later study",
+            subjects=[subjects.ALL_COMMANDS, subjects.ALL_RESULTS, subjects.ALL_PAUSES, subjects.ALL_DEFERRALS],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=EVENTS_MAX_AGE_S,

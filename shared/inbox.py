@@ -1,7 +1,8 @@
 """The one way a service takes a message off the bus: decode strictly, or count, log and drop it.
 
 A message is also dropped when its body disagrees with its subject (host or VM): authority comes from
-who may publish on a subject, so the body may not claim another VM than the subject it came on.
+who may publish on a subject, so the body may not claim another VM than the subject it came on. A per-host
+message (HostState, on ``hotplug.hosts.<host>``) may not claim another host.
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ class Inbox(Generic[T]):
         except BadMessage as exc:
             self._drop(subject, exc.reason, exc.detail)
             return None
-        try:
-            _, host, vm = subjects.split(subject)
-        except ValueError:
-            host, vm = message.host, message.vm  # not a per-VM subject (e.g. a test's direct publish)
-        if host != message.host or vm != message.vm:
-            self._drop(subject, "subject-mismatch", f"body names {message.host}/{message.vm!r}")
+        body_vm: str | None = getattr(message, "vm", None)  # a per-host message names no VM
+        said = subjects.origin(subject)
+        # not a per-VM or per-host subject (e.g. a test's direct publish): nothing to compare
+        host, vm = said if said is not None else (message.host, body_vm)
+        if host != message.host or (vm is not None and vm != body_vm):
+            self._drop(subject, "subject-mismatch", f"body names {message.host}/{body_vm!r}")
             return None
         self._received.inc()
         return message

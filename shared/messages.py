@@ -72,6 +72,9 @@ class ErrorCode(StrEnum):
     UNKNOWN = "unknown"
     # An operator paused autoscaling of the VM (``hotplug pause``): refused whatever the decider knows.
     PAUSED = "paused"
+    # The host has no room for the grow: its committed vCPUs would pass its capacity (shared.pool). A grow of which
+    # only part fits is carried out in part: ``vcpus_after`` says how far, ``retry_after`` when to ask again.
+    HOST_FULL = "host-full"
 
 
 class _Message(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -167,6 +170,18 @@ class ScaleResult(_Message, tag="result", frozen=True, kw_only=True, forbid_unkn
         ]
         | None
     ) = None
+    # The host's capacity and what was committed on it when the actuator judged a grow (shared.pool): a decider
+    # learns from a host-full refusal how much room there really was.
+    host_capacity_vcpus: (
+        Annotated[int, msgspec.Meta(ge=0, description="the host's capacity in vCPUs when the grow was judged")] | None
+    ) = None
+    host_committed_vcpus: (
+        Annotated[
+            int,
+            msgspec.Meta(ge=0, description="vCPUs committed on the host (every running VM's, and grows under way)"),
+        ]
+        | None
+    ) = None
 
 
 class PauseAction(StrEnum):
@@ -198,5 +213,58 @@ class PauseEvent(_Message, tag="pause", frozen=True, kw_only=True, forbid_unknow
     until: Timestamp | None = None
 
 
-BusMessage = MetricSample | ScaleCommand | ScaleResult | PauseEvent
-MESSAGE_TYPES: tuple[type[BusMessage], ...] = (MetricSample, ScaleCommand, ScaleResult, PauseEvent)
+class HostState(_Message, tag="host", frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One host's capacity and what is committed on it, published by its collector every interval on
+    ``hotplug.hosts.<host>``. Capacity is ``(cpus - reserve_cpus) × overcommit``, floored (``shared.pool``)."""
+
+    time: Timestamp
+    host: HostName
+    cpus: Annotated[int, msgspec.Meta(ge=1, le=65536, description="the host's CPUs (the source's, or the config's)")]
+    capacity_vcpus: Annotated[int, msgspec.Meta(ge=0, le=1_048_576, description="vCPUs the host may commit")]
+    committed_vcpus: Annotated[
+        int, msgspec.Meta(ge=0, le=1_048_576, description="online vCPUs of every running VM, managed or not")
+    ]
+    # Negative when more is committed than the capacity (a capacity lowered under running VMs).
+    free_vcpus: Annotated[int, msgspec.Meta(ge=-1_048_576, le=1_048_576, description="capacity - committed")]
+    watermark: Annotated[
+        float,
+        msgspec.Meta(gt=0, le=1, description="share of capacity that cores held against a burst (not in use) may take"),
+    ] = 1.0
+    used_cores: Cores | None = None
+    # Demand of running vCPUs that the host's cores could not run (more runnable vCPUs than cores), apart from the
+    # VMs' own pressure (demand above their vCPUs): the wait an overcommitted host causes.
+    host_wait_cores: Cores | None = None
+    # VMs (jobs) waiting to start on this host until it can commit their requested size, where the source knows.
+    waiting_vms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    waiting_vcpus: Annotated[int, msgspec.Meta(ge=0, description="the waiting VMs' requested vCPUs in total")] = 0
+    next_waiting_vcpus: (
+        Annotated[int, msgspec.Meta(ge=1, description="requested vCPUs of the first VM in the queue")] | None
+    ) = None
+    source: Identifier = "unknown"
+
+
+class DeferralAction(StrEnum):
+    DEFERRED = "deferred"  # the VM wants more than its host can give it now
+    GRANTED = "granted"  # a deferred grow was granted in full
+    DROPPED = "dropped"  # the VM no longer wants it (or is gone)
+
+
+class Deferral(_Message, tag="deferral", frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A grow a decider could not grant in full for want of room on the host, and its end, published on
+    ``hotplug.deferrals.<host>.<vm>`` and kept in the event log (only when its state changes)."""
+
+    time: Timestamp
+    host: HostName
+    vm: VmName
+    action: DeferralAction
+    decider: Identifier
+    vcpus: VcpuCount
+    wanted_vcpus: VcpuCount
+    granted_vcpus: VcpuCount
+    since: Annotated[float, msgspec.Meta(ge=0, description="when the grow was first deferred (shared clock)")]
+    priority: int = 0
+    reason: ShortText = ""
+
+
+BusMessage = MetricSample | ScaleCommand | ScaleResult | PauseEvent | HostState | Deferral
+MESSAGE_TYPES: tuple[type[BusMessage], ...] = (MetricSample, ScaleCommand, ScaleResult, PauseEvent, HostState, Deferral)

@@ -30,9 +30,24 @@ class SimVmCounters(msgspec.Struct, frozen=True, kw_only=True):
     hotplug_ops: int = 0
 
 
+class SimHost(msgspec.Struct, frozen=True, kw_only=True):
+    """The simulated host: its cores, the capacity it admits VMs against, and the jobs waiting to start."""
+
+    cores: int
+    capacity_vcpus: int
+    # Cumulative core-seconds that running vCPUs could not run for want of a free core (more runnable than cores).
+    host_wait_core_seconds: float = 0.0
+    waiting_vms: int = 0
+    waiting_vcpus: int = 0
+    next_waiting_vcpus: int | None = None
+    jobs_started: int = 0
+    jobs_finished: int = 0
+
+
 class StatsReply(msgspec.Struct, frozen=True, kw_only=True):
     time: float
-    vms: list[SimVmCounters]
+    vms: list[SimVmCounters]  # the running VMs
+    host: SimHost | None = None
 
 
 class HotplugRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,12 +17,16 @@ RESULTS = f"{PREFIX}.results"
 SIMULATOR = f"{PREFIX}.sim"
 PROPOSALS = f"{PREFIX}.proposals"
 PAUSES = f"{PREFIX}.pauses"
+HOSTS = f"{PREFIX}.hosts"
+DEFERRALS = f"{PREFIX}.deferrals"
 
 ALL_METRICS = f"{METRICS}.>"
 ALL_COMMANDS = f"{COMMANDS}.>"
 ALL_RESULTS = f"{RESULTS}.>"
 ALL_PROPOSALS = f"{PROPOSALS}.>"
 ALL_PAUSES = f"{PAUSES}.>"
+ALL_HOSTS = f"{HOSTS}.*"
+ALL_DEFERRALS = f"{DEFERRALS}.>"
 
 # The metrics stream stores each sample under a partition of its (host, VM): the partitions sharded deciders
 # share out. Core subscribers still see the original subject.
@@ -68,6 +72,16 @@ def results(host: str, vm: str) -> str:
 def pauses(host: str, vm: str) -> str:
     """Where ``hotplug pause`` and ``resume`` record what they did (a PauseEvent, kept in the event log)."""
     return f"{PAUSES}.{host}.{vm_token(vm)}"
+
+
+def hosts(host: str) -> str:
+    """Where a host's collector publishes its HostState (capacity, committed, waiting) every interval."""
+    return f"{HOSTS}.{host}"
+
+
+def deferrals(host: str, vm: str) -> str:
+    """Where a decider records a grow it deferred for want of room, and its end (kept in the event log)."""
+    return f"{DEFERRALS}.{host}.{vm_token(vm)}"
 
 
 def proposals(decider: str, host: str, vm: str) -> str:
@@ -125,3 +139,16 @@ def split(subject: str) -> tuple[str, str, str]:
     if parts[0] != PREFIX or not (len(parts) == 4 or five):
         raise ValueError(f"not a per-VM subject: {subject!r}")
     return parts[1], parts[-2], vm_from_token(parts[-1])
+
+
+def origin(subject: str) -> tuple[str, str | None] | None:
+    """The (host, VM) a subject speaks for: a per-VM subject's host and VM, a per-host subject's
+    (``hotplug.hosts.<host>``) host and None; None for any other shape."""
+    parts = subject.split(".")
+    if len(parts) == 3 and parts[0] == PREFIX and f"{PREFIX}.{parts[1]}" == HOSTS:
+        return parts[2], None
+    try:
+        _, host, vm = split(subject)
+    except ValueError:
+        return None
+    return host, vm

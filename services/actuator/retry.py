@@ -14,6 +14,8 @@ complaint of neon autoscaling #572). The rule per error code, in ``RULES``:
   soon; deciders also wait for a sample newer than the result, which shows it back.
 * ``LONG`` (``LONG_S``): what only an operator changes (VM configuration, a hypervisor limit, a misrouted
   command): ``hotplug-disabled``, ``hotplug-budget-exhausted``, ``cpu-id-out-of-range``, ``cpu0``, ``wrong-host``.
+* ``ROOM`` (``ROOM_S``): ``host-full``, the host had no room for the grow; cores may free at any moment (a shrink,
+  a VM that stops), so deciders ask again soon, as neon's agents re-ask a denied upscale after 2 s.
 * ``PAUSE``: ``paused``, when the pause ends, and at most ``LONG_S`` (an open-ended pause: ``LONG_S``), so a decider
   that does not watch the pause bucket still asks again within ``LONG_S`` of a resume.
 """
@@ -28,6 +30,7 @@ BACKOFF_START_S = 30.0
 BACKOFF_MAX_S = 600.0
 POLL_S = 10.0
 LONG_S = 600.0
+ROOM_S = 2.0
 
 
 class Rule(Enum):
@@ -37,6 +40,7 @@ class Rule(Enum):
     POLL = "poll"
     LONG = "long"
     PAUSE = "pause"
+    ROOM = "room"
 
 
 RULES: dict[ErrorCode, Rule] = {
@@ -60,6 +64,7 @@ RULES: dict[ErrorCode, Rule] = {
     ErrorCode.CPU0: Rule.LONG,
     ErrorCode.WRONG_HOST: Rule.LONG,
     ErrorCode.PAUSED: Rule.PAUSE,
+    ErrorCode.HOST_FULL: Rule.ROOM,
 }
 
 
@@ -94,6 +99,8 @@ def retry_after(code: ErrorCode, vm: str, *, now: float, backoff: Backoff, retry
         return POLL_S
     if rule is Rule.LONG:
         return LONG_S
+    if rule is Rule.ROOM:
+        return ROOM_S
     if rule is Rule.PAUSE:
         return LONG_S if retry_at is None else min(LONG_S, max(0.0, retry_at - now))
     return 0.0

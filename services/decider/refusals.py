@@ -58,6 +58,7 @@ ONE_DIRECTION = frozenset(
         ErrorCode.HOTPLUG_BUDGET,
         ErrorCode.ALREADY_ATTACHED,
         ErrorCode.OUT_OF_BOUNDS,
+        ErrorCode.HOST_FULL,  # a full host holds grows only: a shrink frees room
     }
 )
 
@@ -72,6 +73,9 @@ FLOORS: dict[ErrorCode, float] = {
     ErrorCode.VM_NOT_FOUND: POLL_S,
     ErrorCode.VM_NOT_RUNNING: POLL_S,
     ErrorCode.PAUSED: POLL_S,  # an operator paused the VM; a resume, seen in the bucket, lifts the hold sooner
+    # The host had no room: ask again when the actuator says (neon's denied upscale is re-asked after 2 s); the
+    # decider's own host plan (services.decider.pool) keeps it from asking while it knows there is none.
+    ErrorCode.HOST_FULL: 2.0,
     **{code: LONG_S for code in LONG_CODES},
     **{code: BACKOFF_START_S for code in BACKOFF_CODES},
 }

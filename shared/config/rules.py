@@ -39,6 +39,11 @@ class VmSettings(NamedTuple):
     params: Params
     min_vcpus: int | None
     max_vcpus: int | None
+    # On a full host (shared.pool): served by priority, then in proportion to weight; preemptible VMs may be shrunk
+    # to what they use for a higher priority.
+    priority: int = 0
+    weight: float = 1.0
+    preemptible: bool = False
 
 
 def pattern_matches(pattern: str, host: str, vm: str) -> bool:
@@ -108,6 +113,9 @@ def settings_of(rules: Sequence[VmRule], index: int | None, defaults: Defaults) 
         params=merge_params(policy, defaults.params, rule.param),
         min_vcpus=low,
         max_vcpus=high,
+        priority=rule.priority,
+        weight=rule.weight,
+        preemptible=rule.preemptible,
     )
 
 

@@ -1,6 +1,6 @@
-"""The config file's types: one section per command (keys are its flags' names, ``-`` written ``_``) and the
-``[[vm]]`` rules. Every key is optional; a key the file leaves out keeps the flag's default. Unknown keys are
-refused, never silently ignored (a limit that is not read is worse than none).
+"""The config file's types: one section per command (keys are its flags' names, ``-`` written ``_``), the
+``[[vm]]`` rules and the ``[[host]]`` rules (capacity). Every key is optional; a key the file leaves out keeps
+the flag's default. Unknown keys are refused, never silently ignored (a limit that is not read is worse than none).
 
 The README's config reference is generated from these Structs (``hotplug config reference``), and a unit test
 checks each section against its command's flags, so the file, the flags and the docs cannot drift apart.
@@ -163,6 +163,22 @@ class VmRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_vcpus: Annotated[PosInt | None, Meta(description="largest size (decider and actuator)")] = None
     policy: Annotated[str | None, Meta(description="the VM's policy (default: the decider's)")] = None
     param: Annotated[Params, Meta(description=_PARAM_DOC)] = {}
+    priority: Annotated[
+        int,
+        Meta(
+            ge=-1000,
+            le=1000,
+            description="on a full host, VMs of higher priority are served first (default 0)",
+        ),
+    ] = 0
+    weight: Annotated[
+        float,
+        Meta(gt=0, le=1000, description="on a full host, VMs of one priority share cores in proportion to it"),
+    ] = 1.0
+    preemptible: Annotated[
+        bool,
+        Meta(description="on a full host, may be shrunk to what it uses now to make room for a higher priority"),
+    ] = False
 
     def __post_init__(self) -> None:
         patterns = self.patterns
@@ -172,6 +188,43 @@ class VmRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
             raise ValueError(f"min_vcpus {self.min_vcpus} is above max_vcpus {self.max_vcpus}")
         if self.name == "":
             raise ValueError("name, when given, must not be empty")
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        return (self.match,) if isinstance(self.match, str) else tuple(self.match)
+
+
+class HostRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """One ``[[host]]`` rule: a host's capacity in vCPUs is ``(cpus - reserve_cpus) × overcommit``, floored
+    (``shared.pool``). The first rule whose ``match`` fits a host's name is its rule; a host no rule matches keeps
+    the defaults (its source's CPUs, no reserve, overcommit 1)."""
+
+    match: Annotated[
+        str | list[str], Meta(description='glob on the host\'s name ("node*"); a list matches any of its patterns')
+    ]
+    cpus: Annotated[
+        PosInt | None, Meta(description="the host's CPUs, in place of what its source or driver reports")
+    ] = None
+    reserve_cpus: Annotated[
+        float, Meta(ge=0, description="CPUs kept for the host itself (its OS, the hypervisor's own threads)")
+    ] = 0.0
+    overcommit: Annotated[
+        float, Meta(gt=0, le=64, description="vCPUs committed per CPU: 1 means no vCPU ever waits for a core")
+    ] = 1.0
+    watermark: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=1,
+            description="share of capacity that cores held against a burst (not in use) may take; "
+            "present need may take it all",
+        ),
+    ] = 1.0
+
+    def __post_init__(self) -> None:
+        patterns = self.patterns
+        if not patterns or any(not p for p in patterns):
+            raise ValueError("match needs at least one non-empty pattern")
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -189,6 +242,7 @@ class ConfigFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
     up: UpSection = msgspec.field(default_factory=UpSection)
     vm: list[VmRule] = []
+    host: list[HostRule] = []
 
 
 # The section each command reads, with [service] under it for the services.

@@ -113,6 +113,7 @@ OLD_ACTUATOR_HOLDS: dict[ErrorCode, tuple[float, bool]] = {
     ErrorCode.TIMEOUT: (30, False),
     ErrorCode.UNKNOWN: (30, False),
     ErrorCode.PAUSED: (10, False),
+    ErrorCode.HOST_FULL: (2, False),
 }
 
 
