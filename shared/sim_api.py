@@ -28,6 +28,9 @@ class SimVmCounters(msgspec.Struct, frozen=True, kw_only=True):
     # vCPUs plugged or unplugged since the simulator started: the hypervisor's own count, against which an
     # audit checks that no command took effect twice.
     hotplug_ops: int = 0
+    # Cumulative core-seconds its runnable vCPUs waited for a host core (the host had more runnable than cores):
+    # the steal time a guest would see, apart from ``waiting_core_seconds`` (demand above its own vCPUs).
+    host_wait_core_seconds: float = 0.0
 
 
 class SimHost(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,12 +45,56 @@ class SimHost(msgspec.Struct, frozen=True, kw_only=True):
     next_waiting_vcpus: int | None = None
     jobs_started: int = 0
     jobs_finished: int = 0
+    # Online vCPUs of the running VMs, plus vCPUs being plugged: what the capacity is judged against.
+    committed_vcpus: int = 0
+    # Cumulative core-seconds the VMs ran, and the cores they run now.
+    used_core_seconds: float = 0.0
+    used_cores: float = 0.0
+    # Jobs refused at arrival because they asked for more than the host's whole capacity.
+    jobs_rejected: int = 0
+
+
+class SimJob(msgspec.Struct, frozen=True, kw_only=True):
+    """One job that arrived at the simulated host, and what became of it. Times are seconds from the run's start;
+    ``start_s`` None: still waiting; ``end_s`` None: still running (or waiting)."""
+
+    name: VmName
+    profile: str
+    requested_vcpus: int
+    max_vcpus: int
+    arrival_s: float
+    lifetime_s: float | None = None
+    work_s: float | None = None  # seconds of work at full demand
+    start_s: float | None = None
+    end_s: float | None = None
+    work_done_s: float = 0.0  # of work_s
+    rejected: bool = False  # asked for more than the host's whole capacity: never started
+
+    @property
+    def wait_s(self) -> float | None:
+        return None if self.start_s is None else self.start_s - self.arrival_s
+
+    @property
+    def slowdown(self) -> float | None:
+        """A finished work job's run time over its work: 1 when it always got the CPU it wanted."""
+        if self.work_s is None or self.start_s is None or self.end_s is None:
+            return None
+        return (self.end_s - self.start_s) / self.work_s
 
 
 class StatsReply(msgspec.Struct, frozen=True, kw_only=True):
     time: float
     vms: list[SimVmCounters]  # the running VMs
     host: SimHost | None = None
+
+
+class JobsReply(msgspec.Struct, frozen=True, kw_only=True):
+    """``hotplug.sim.<host>.jobs``: every job that arrived, in arrival order, and the host's totals."""
+
+    time: float
+    origin: float  # the shared clock's time of the run's start, from which job times count
+    host: SimHost
+    jobs: list[SimJob]
 
 
 class HotplugRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,6 +18,8 @@ from shared.messages import ErrorCode
 from shared.sim_api import SimVmCounters
 
 MAX_INTEGRATION_STEP_S = 0.25
+# Times this close count as equal: float sums of steps must not leave an event a hair in the future.
+EPSILON_S = 1e-9
 # (requested vCPUs at boot, hot-plug maximum) of generated VMs, in turn.
 SIZES = ((2, 4), (4, 8), (8, 16), (4, 8))
 
@@ -48,6 +50,16 @@ class HotplugRefused(Exception):
 
 
 @dataclass
+class Resize:
+    """A resize under way: one vCPU every ``step_s`` towards ``target`` (VirtualBox plugs one per call); the next
+    step completes at ``next_at``."""
+
+    target: int
+    step_s: float
+    next_at: float
+
+
+@dataclass(eq=False)
 class SimVm:
     name: str
     max_vcpus: int
@@ -56,33 +68,76 @@ class SimVm:
     min_vcpus: int = 1
     last_time: float = 0.0
     demand_override: float | None = None
-    busy_until: float = float("-inf")
     cpu_seconds: float = 0.0
     waiting_core_seconds: float = 0.0
+    host_wait_core_seconds: float = 0.0
     hotplug_ops: int = 0
-    per_vcpu_seconds: list[float] = field(default_factory=list)
+    resize: Resize | None = None
+    # What it asked and ran over the last integration step, in cores.
+    demand_now: float = 0.0
+    used_now: float = 0.0
+    # Busy seconds per vCPU slot, kept lazily: the guest spreads its work evenly over its online vCPUs, so one
+    # running total per online vCPU (_share) and, per slot, what it had when it went offline (_slot_done) and
+    # the total when it came online (_slot_mark) give every slot's count without a loop per step.
+    _share: float = field(default=0.0, repr=False)
+    _slot_done: list[float] = field(default_factory=list, repr=False)
+    _slot_mark: list[float] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_vcpus <= self.online_vcpus <= self.max_vcpus:
             raise ValueError(f"{self.name}: need 1 <= min <= online <= max")
-        self.per_vcpu_seconds = [0.0] * self.max_vcpus
+        self._slot_done = [0.0] * self.max_vcpus
+        self._slot_mark = [0.0] * self.max_vcpus
+
+    @property
+    def per_vcpu_seconds(self) -> list[float]:
+        """Cumulative busy seconds of each vCPU slot (len = max_vcpus); a slot offline keeps its count."""
+        online, share = self.online_vcpus, self._share
+        return [
+            done + (share - mark if i < online else 0.0)
+            for i, (done, mark) in enumerate(zip(self._slot_done, self._slot_mark, strict=True))
+        ]
 
     def demand(self, t: float) -> float:
         return self.demand_override if self.demand_override is not None else self.workload.demand(t)
 
+    def account(self, dt: float, demand: float, ran: float) -> None:
+        """Count ``dt`` seconds in which it wanted ``demand`` cores and ran ``ran`` (at most its online vCPUs):
+        demand above its vCPUs is its own pressure, runnable vCPUs that found no host core are host wait."""
+        online = self.online_vcpus
+        runnable = demand if demand < online else float(online)
+        self.cpu_seconds += ran * dt
+        self.waiting_core_seconds += (demand - runnable) * dt
+        self.host_wait_core_seconds += (runnable - ran) * dt
+        self._share += ran / online * dt
+        self.demand_now = demand
+        self.used_now = ran
+
     def advance(self, t: float) -> None:
-        """Integrate CPU use from the last call up to ``t``."""
+        """Integrate CPU use from the last call up to ``t``, alone on a host with a core for every vCPU (a
+        :class:`services.simulator.host.Host` integrates its VMs together instead)."""
         while self.last_time < t:
             dt = min(MAX_INTEGRATION_STEP_S, t - self.last_time)
             demand = self.demand(self.last_time)
-            used = min(demand, float(self.online_vcpus))
-            self.cpu_seconds += used * dt
-            self.waiting_core_seconds += (demand - used) * dt
-            # The guest scheduler spreads runnable work over all online vCPUs.
-            share = used / self.online_vcpus * dt
-            for cpu in range(self.online_vcpus):
-                self.per_vcpu_seconds[cpu] += share
+            self.account(dt, demand, min(demand, float(self.online_vcpus)))
             self.last_time += dt
+
+    def set_online(self, vcpus: int) -> None:
+        """Bring its online count to ``vcpus`` (one slot at a time, so each slot's count carries on)."""
+        while self.online_vcpus < vcpus:
+            self._slot_mark[self.online_vcpus] = self._share
+            self.online_vcpus += 1
+            self.hotplug_ops += 1
+        while self.online_vcpus > vcpus:
+            self.online_vcpus -= 1
+            slot = self.online_vcpus
+            self._slot_done[slot] += self._share - self._slot_mark[slot]
+            self.hotplug_ops += 1
+
+    @property
+    def plugging(self) -> int:
+        """vCPUs a resize under way has yet to plug (committed to it already)."""
+        return max(0, self.resize.target - self.online_vcpus) if self.resize is not None else 0
 
     def counters(self) -> SimVmCounters:
         return SimVmCounters(
@@ -91,35 +146,45 @@ class SimVm:
             min_vcpus=self.min_vcpus,
             max_vcpus=self.max_vcpus,
             cpu_seconds=self.cpu_seconds,
-            per_vcpu_seconds=list(self.per_vcpu_seconds),
+            per_vcpu_seconds=self.per_vcpu_seconds,
             waiting_core_seconds=self.waiting_core_seconds,
             profile=self.workload.profile,
             hotplug_ops=self.hotplug_ops,
+            host_wait_core_seconds=self.host_wait_core_seconds,
         )
 
-    def check_hotplug(self, op: str, t: float) -> None:
-        """Raise HotplugRefused when VirtualBox would refuse ``op`` now."""
-        if t < self.busy_until:
+    def check_resize(self, target: int) -> None:
+        """Raise HotplugRefused when VirtualBox would refuse to take it to ``target`` vCPUs now."""
+        if self.resize is not None:
             raise HotplugRefused(ErrorCode.UNKNOWN, f"another CPU operation on '{self.name}' is in progress")
-        if op == "plug" and self.online_vcpus >= self.max_vcpus:
+        if target > self.max_vcpus:
             raise HotplugRefused(
                 ErrorCode.CPU_ID_OUT_OF_RANGE, f"CPU id exceeds number of possible CPUs [0:{self.max_vcpus - 1}]"
             )
-        if op == "unplug" and self.online_vcpus <= 1:
+        if target < 1:
             raise HotplugRefused(ErrorCode.CPU0, "It is not possible to detach CPU 0")
 
-    def begin_hotplug(self, op: str, t: float, delay_s: float) -> float:
-        """Start ``op``; returns the time it completes. Call :meth:`finish_hotplug` then."""
-        self.check_hotplug(op, t)
-        self.busy_until = t + delay_s
-        return self.busy_until
+    def begin_resize(self, target: int, t: float, step_s: float) -> float:
+        """Start taking it to ``target`` vCPUs, one every ``step_s``; returns when the last step completes.
+        :meth:`step` carries it out as time passes."""
+        self.check_resize(target)
+        if target == self.online_vcpus:
+            return t
+        self.resize = Resize(target, step_s, t + step_s)
+        return t + step_s * abs(target - self.online_vcpus)
 
-    def finish_hotplug(self, op: str, t: float) -> int:
-        self.advance(t)
-        self.online_vcpus += 1 if op == "plug" else -1
-        self.hotplug_ops += 1
-        self.busy_until = float("-inf")
-        return self.online_vcpus
+    def step(self, t: float, force: bool = False) -> bool:
+        """Complete the steps of its resize due by ``t`` (``force``: all that remain); True if any did."""
+        resize = self.resize
+        changed = False
+        while resize is not None and (force or resize.next_at <= t + EPSILON_S):
+            self.set_online(self.online_vcpus + (1 if resize.target > self.online_vcpus else -1))
+            changed = True
+            if self.online_vcpus == resize.target:
+                self.resize = resize = None
+            else:
+                resize.next_at += resize.step_s
+        return changed
 
 
 class MiniCloud:
@@ -188,8 +253,3 @@ class MiniCloud:
             raise HotplugRefused(
                 ErrorCode.VM_NOT_FOUND, f"Could not find a registered machine named '{name}'"
             ) from None
-
-    def snapshot(self, t: float) -> list[SimVmCounters]:
-        for vm in self.vms.values():
-            vm.advance(t)
-        return [vm.counters() for vm in self.vms.values()]

@@ -1,36 +1,29 @@
-"""The simulator service: a MiniCloud on the bus, answering the requests of ``shared.sim_api``."""
+"""The simulator service: a simulated host (``services.simulator.host``) on the bus, answering the requests of
+``shared.sim_api``: stats (the running VMs' counters and the host), hotplug, load, and jobs (what became of every
+job that arrived). Job times count from the simulator's start."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
-from services.simulator.cloud import HotplugRefused, MiniCloud, load_trace
+from services.simulator import scenario
+from services.simulator.cloud import HotplugRefused
+from services.simulator.host import Host
+from services.simulator.scenario import SimulatorConfig
 from shared import subjects
+from shared.config.schema import HostRule
 from shared.runtime import ServiceContext
-from shared.sim_api import HotplugReply, HotplugRequest, LoadReply, LoadRequest, StatsReply
+from shared.sim_api import HotplugReply, HotplugRequest, JobsReply, LoadReply, LoadRequest, StatsReply
 from shared.telemetry import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class SimulatorConfig:
-    vms: int = 6
-    seed: int = 1
-    hotplug_delay_s: float = 0.3
-    profiles: tuple[str, ...] = ()
-    max_vcpus: int | None = None
-    # A replay CSV: one VM per trace VM, its demand following the recording (instead of the seeded profiles).
-    trace: Path | None = None
-    # With a trace: keep only the first this many of its VMs (by name); None keeps them all.
-    trace_vms: int | None = None
+__all__ = ["SimulatorConfig", "SimulatorMetrics", "SimulatorService"]
 
 
 class SimulatorMetrics(ServiceMetrics):
@@ -57,6 +50,30 @@ class SimulatorMetrics(ServiceMetrics):
             ["op"],
             registry=self.registry,
         )
+        self.host_cores = Gauge(
+            "hotplug_sim_host_cores", "Physical cores of the simulated host", registry=self.registry
+        )
+        self.host_capacity = Gauge(
+            "hotplug_sim_host_capacity_vcpus", "vCPUs the simulated host may commit", registry=self.registry
+        )
+        self.host_committed = Gauge(
+            "hotplug_sim_host_committed_vcpus",
+            "Online vCPUs of the running VMs, plus vCPUs being plugged",
+            registry=self.registry,
+        )
+        self.host_wait = Counter(
+            "hotplug_sim_host_wait_core_seconds",
+            "Core-seconds runnable vCPUs waited for a host core (more runnable than cores)",
+            registry=self.registry,
+        )
+        self.jobs_waiting = Gauge(
+            "hotplug_sim_jobs_waiting", "Jobs waiting for room on the host to start", registry=self.registry
+        )
+        self.jobs_started = Counter("hotplug_sim_jobs_started", "Jobs started", registry=self.registry)
+        self.jobs_finished = Counter("hotplug_sim_jobs_finished", "Jobs finished", registry=self.registry)
+        self.jobs_rejected = Counter(
+            "hotplug_sim_jobs_rejected", "Jobs larger than the host's whole capacity", registry=self.registry
+        )
 
 
 _encoder = msgspec.json.Encoder()
@@ -69,39 +86,93 @@ class SimulatorService:
         self.ctx = ctx
         self.config = config
         self.metrics: SimulatorMetrics = ctx.metrics
-        if config.trace is not None:
-            series = sorted(load_trace(config.trace), key=lambda s: s.name)[: config.trace_vms]
-            # The trace's start plays at the run's start: the shared clock's epoch, which every service of a run
-            # (and `hotplug up`) agrees on, so a trace's minute 10 is the run's minute 10 at any --speed.
-            self.cloud = MiniCloud.from_trace(series, ctx.clock.epoch, ctx.clock.now())
-        else:
-            self.cloud = MiniCloud.generate(
-                config.vms, config.seed, ctx.clock.now(), list(config.profiles) or None, config.max_vcpus
-            )
+        now = ctx.clock.now()
+        # A trace's start plays at the run's start: the shared clock's epoch, which every service of a run (and
+        # `hotplug up`) agrees on, so a trace's minute 10 is the run's minute 10 at any --speed.
+        resident = scenario.resident_vms(config, ctx.clock.epoch if config.trace is not None else now, now)
+        cores = scenario.host_cores(config, resident)
+        capacity = scenario.capacity(config.host_rules, ctx.host, cores)
+        jobs = scenario.arrivals(config)
+        if config.arrivals_file is not None:
+            jobs = iter(listed := list(jobs))
+            for job in scenario.too_large(listed, capacity):
+                log.warning(
+                    "job %s asks for %d vCPUs, more than the host's capacity of %d: it will be rejected",
+                    job.name,
+                    job.requested_vcpus,
+                    capacity,
+                )
+        self.host = Host(cores, capacity, jobs=jobs, resident=resident, origin=now)
+        self._exported = self.host.state()
+        self._labelled: set[str] = set()  # the VMs the per-VM gauges have a series for
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def use_host_rules(self, rules: tuple[HostRule, ...]) -> str:
+        """Take the [[host]] rules of a reloaded config file: the capacity follows them from now on."""
+        self.host.capacity_vcpus = scenario.capacity(rules, self.ctx.host, self.host.cores)
+        return f"host capacity {self.host.capacity_vcpus} vCPUs on {self.host.cores} cores"
 
     async def run(self) -> None:
         host = self.ctx.host
         await self.ctx.nc.subscribe(subjects.simulator(host, "stats"), cb=self._on_stats)
         await self.ctx.nc.subscribe(subjects.simulator(host, "hotplug"), cb=self._on_hotplug)
         await self.ctx.nc.subscribe(subjects.simulator(host, "load"), cb=self._on_load)
+        await self.ctx.nc.subscribe(subjects.simulator(host, "jobs"), cb=self._on_jobs)
         await self.ctx.nc.flush()
+        model = self.host
         log.info(
-            "simulator on host %s with %d VMs: %s",
+            "simulator on host %s (%d cores, capacity %d vCPUs) with %d VMs: %s%s",
             host,
-            len(self.cloud.vms),
-            ", ".join(f"{vm.name}({vm.workload.profile},{vm.max_vcpus})" for vm in self.cloud.vms.values()),
+            model.cores,
+            model.capacity_vcpus,
+            len(model.vms),
+            ", ".join(f"{vm.name}({vm.workload.profile},{vm.max_vcpus})" for vm in model.vms),
+            "; jobs arrive " + self._arrivals_text() if self.config.has_arrivals else "",
         )
         while True:
             now = self.ctx.clock.now()
-            for vm in self.cloud.vms.values():
-                self.metrics.vcpus.labels(vm.name).set(vm.online_vcpus)
-                self.metrics.demand.labels(vm.name).set(vm.demand(now))
+            model.advance(now)  # jobs start and end though nobody asks
+            self._export(now)
             await asyncio.sleep(1.0)
+
+    def _arrivals_text(self) -> str:
+        if self.config.arrivals_file is not None:
+            return f"from {self.config.arrivals_file}"
+        return f"at {self.config.arrivals_rate:g} per hour"
+
+    def _export(self, now: float) -> None:
+        m = self.metrics
+        running = set()
+        for vm in self.host.vms:
+            running.add(vm.name)
+            m.vcpus.labels(vm.name).set(vm.online_vcpus)
+            m.demand.labels(vm.name).set(vm.demand(now))
+        for gone in self._labelled - running:
+            m.vcpus.remove(gone)
+            m.demand.remove(gone)
+        self._labelled = running
+        state, before = self.host.state(), self._exported
+        m.host_cores.set(state.cores)
+        m.host_capacity.set(state.capacity_vcpus)
+        m.host_committed.set(state.committed_vcpus)
+        m.jobs_waiting.set(state.waiting_vms)
+        m.host_wait.inc(state.host_wait_core_seconds - before.host_wait_core_seconds)
+        m.jobs_started.inc(state.jobs_started - before.jobs_started)
+        m.jobs_finished.inc(state.jobs_finished - before.jobs_finished)
+        m.jobs_rejected.inc(state.jobs_rejected - before.jobs_rejected)
+        self._exported = state
 
     async def _on_stats(self, msg: Msg) -> None:
         now = self.ctx.clock.now()
-        await msg.respond(_encoder.encode(StatsReply(time=now, vms=self.cloud.snapshot(now))))
+        self.host.advance(now)
+        reply = StatsReply(time=now, vms=self.host.counters(), host=self.host.state())
+        await msg.respond(_encoder.encode(reply))
+
+    async def _on_jobs(self, msg: Msg) -> None:
+        now = self.ctx.clock.now()
+        self.host.advance(now)
+        reply = JobsReply(time=now, origin=self.host.origin, host=self.host.state(), jobs=self.host.jobs())
+        await msg.respond(_encoder.encode(reply))
 
     async def _on_hotplug(self, msg: Msg) -> None:
         try:
@@ -118,11 +189,11 @@ class SimulatorService:
     async def _hotplug(self, msg: Msg, request: HotplugRequest) -> None:
         clock = self.ctx.clock
         try:
-            vm = self.cloud.get(request.vm)
-            done_at = vm.begin_hotplug(request.op, clock.now(), self.config.hotplug_delay_s)
+            vm = self.host.vm(request.vm)
+            done_at = self.host.begin_hotplug(request.vm, request.op, clock.now(), self.config.hotplug_delay_s)
             with self.metrics.hotplugs_under_way.labels(request.op).track_inprogress():
                 await clock.sleep(done_at - clock.now())
-                online = vm.finish_hotplug(request.op, clock.now())
+                online = self.host.finish_resize(vm, clock.now())
             reply = HotplugReply(ok=True, online_vcpus=online)
             self.metrics.hotplugs.labels(request.op, "ok").inc()
         except HotplugRefused as exc:
@@ -133,12 +204,12 @@ class SimulatorService:
     async def _on_load(self, msg: Msg) -> None:
         try:
             request = _load_decoder.decode(msg.data)
-            vm = self.cloud.get(request.vm)
+            vm = self.host.vm(request.vm)
         except (msgspec.DecodeError, HotplugRefused) as exc:
             self._count_bad("load", exc)
             await msg.respond(_encoder.encode(LoadReply(ok=False, error=str(exc))))
             return
-        vm.advance(self.ctx.clock.now())
+        self.host.advance(self.ctx.clock.now())
         vm.demand_override = request.demand_cores
         log.info(
             "load on %s set to %s",

@@ -28,13 +28,10 @@ def _splitmix(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _ripple(seed: int, t: float) -> float:
-    """Deterministic noise in [-1, 1], piecewise linear between whole seconds."""
-    i = math.floor(t)
-    a = _splitmix(seed * 1_000_003 + i) / 2**64
-    b = _splitmix(seed * 1_000_003 + i + 1) / 2**64
-    frac = t - i
-    return 2 * (a + (b - a) * frac) - 1
+def _knot(seed: int, i: int) -> float:
+    """The ripple's value in [0, 1) at whole second ``i``: the ripple (deterministic noise in [-1, 1]) is
+    piecewise linear between whole seconds."""
+    return _splitmix(seed * 1_000_003 + i) / 2**64
 
 
 def training(rng: random.Random) -> Iterator[Phase]:
@@ -98,6 +95,9 @@ class Workload:
         self._phase_end = start
         self._level = 0.0
         self.label = ""
+        # The ripple's knots around the second last asked (a host asks each VM several times a second).
+        self._second = -1
+        self._knots = (_knot(seed, -1), _knot(seed, 0))
 
     def demand(self, t: float) -> float:
         """Demand at time ``t``; ``t`` may jump forward but should not go far backwards."""
@@ -108,8 +108,15 @@ class Workload:
         level = self._level
         if self.profile == "inference":
             level *= 0.6 + 0.4 * math.sin(2 * math.pi * t / DAY_S)
-        level *= 1 + 0.08 * _ripple(self.seed, t)
-        return max(0.0, min(1.0, level)) * self.size
+        i = math.floor(t)
+        if i != self._second:
+            a = self._knots[1] if i == self._second + 1 else _knot(self.seed, i)
+            self._knots = (a, _knot(self.seed, i + 1))
+            self._second = i
+        a, b = self._knots
+        level *= 1 + 0.08 * (2 * (a + (b - a) * (t - i)) - 1)
+        # max(0, min(1, level)), spelt out: this is the host model's innermost call
+        return (0.0 if level < 0.0 else 1.0 if level > 1.0 else level) * self.size
 
 
 class Demand(Protocol):

@@ -32,15 +32,28 @@ def test_a_vm_never_uses_more_than_it_has_and_the_rest_is_pressure() -> None:
 def test_hotplug_follows_virtualbox_rules() -> None:
     v = vm(online=1, maximum=2)
     with pytest.raises(HotplugRefused) as info:
-        v.check_hotplug("unplug", 0.0)
+        v.check_resize(0)
     assert info.value.code is ErrorCode.CPU0
-    done = v.begin_hotplug("plug", 0.0, delay_s=0.5)
+    done = v.begin_resize(2, 0.0, step_s=0.5)
     with pytest.raises(HotplugRefused):
-        v.check_hotplug("plug", 0.2)  # one operation at a time
-    assert v.finish_hotplug("plug", done) == 2
+        v.check_resize(1)  # one operation at a time
+    assert not v.step(0.4)
+    assert v.step(done) and v.online_vcpus == 2
     with pytest.raises(HotplugRefused) as info:
-        v.check_hotplug("plug", 1.0)
+        v.check_resize(3)
     assert info.value.code is ErrorCode.CPU_ID_OUT_OF_RANGE
+
+
+def test_each_vcpu_keeps_its_busy_seconds_across_unplug_and_plug() -> None:
+    v = vm(online=2, maximum=4, demand=2.0)
+    v.advance(10.0)  # 10 s on each of 2
+    v.set_online(3)
+    v.advance(16.0)  # 2 cores over 3 vCPUs for 6 s: 4 s each
+    v.set_online(2)
+    v.advance(20.0)  # 4 s on each of 2; the third keeps its 4 s
+    assert v.per_vcpu_seconds == pytest.approx([18.0, 18.0, 4.0, 0.0])
+    assert v.cpu_seconds == pytest.approx(sum(v.per_vcpu_seconds))
+    assert v.hotplug_ops == 2
 
 
 def test_unknown_vm_is_reported_as_virtualbox_would() -> None:
