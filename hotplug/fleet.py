@@ -9,9 +9,12 @@ import statistics
 from dataclasses import dataclass, field
 
 from hotplug.decisions import Change, applied_changes, undone_changes
+from hotplug.waits import job_waits
+from services.simulator.host import Outcome
 from shared.config.rules import Defaults, resolve
 from shared.config.schema import ConfigFile
-from shared.messages import MetricSample, ScaleCommand, ScaleResult
+from shared.messages import HostState, MetricSample, ScaleCommand, ScaleResult
+from shared.sim_api import JobsReply
 
 
 @dataclass
@@ -26,6 +29,8 @@ class VmRow:
     last_reason: str = ""
     last_action_time: float = 0.0
     changes: int = 0  # applied resizes (an ok result that moved the vCPU count)
+    sampled_at: float = 0.0  # the time of its latest sample, and that sample's interval
+    interval_s: float = 0.0
 
 
 @dataclass
@@ -58,6 +63,11 @@ class Fleet:
         self.totals = RunTotals()
         self._reasons: dict[str, str] = {}
         self.changes: list[Change] = []
+        self.hosts: dict[str, HostState] = {}  # each host's latest state
+        self.latest_sample = 0.0
+        # The simulated host's jobs at the end of the run, and the same arrivals with fixed sizes.
+        self.jobs: JobsReply | None = None
+        self.fixed: Outcome | None = None
 
     def _row(self, host: str, vm: str) -> VmRow:
         key = (host, vm)
@@ -72,10 +82,33 @@ class Fleet:
         row.max_vcpus = sample.max_vcpus
         row.used_cores = sample.cpu_used_cores
         row.pressure_cores = sample.pressure_cores
+        row.sampled_at = max(row.sampled_at, sample.time)
+        row.interval_s = sample.interval_s
+        self.latest_sample = max(self.latest_sample, sample.time)
         t = self.totals
         t.allocated_core_seconds += sample.online_vcpus * sample.interval_s
         t.used_core_seconds += sample.cpu_used_cores * sample.interval_s
         t.waiting_core_seconds += (sample.pressure_cores or 0.0) * sample.interval_s
+
+    # A VM not sampled for this many of its intervals has left its host (a job that ended): out of the live view.
+    GONE_AFTER_INTERVALS = 5
+
+    def live_rows(self) -> dict[tuple[str, str], VmRow]:
+        """The rows of VMs still sampled (all of them stay in the totals and the summary)."""
+        return {
+            key: row
+            for key, row in self.rows.items()
+            if row.sampled_at == 0.0
+            or row.sampled_at >= self.latest_sample - self.GONE_AFTER_INTERVALS * row.interval_s
+        }
+
+    def on_host_state(self, state: HostState) -> None:
+        self.hosts[state.host] = state
+
+    def on_jobs(self, live: JobsReply, fixed: Outcome | None) -> None:
+        """What became of the simulated host's jobs, and (``fixed``) of the same arrivals with fixed sizes."""
+        self.jobs = live
+        self.fixed = fixed
 
     def on_command(self, command: ScaleCommand) -> None:
         self.totals.commands += 1
@@ -118,8 +151,26 @@ class Fleet:
         if t.errors:
             refused += " (" + ", ".join(f"{k}={v}" for k, v in sorted(t.errors.items())) + ")"
         lines.append(refused)
+        lines.extend(self._jobs_lines())
         if self.config is not None:
             lines.append(self._rules_line(self.config))
+        return lines
+
+    def _jobs_lines(self) -> list[str]:
+        """The jobs' waits with hot-plug, against the same arrivals with fixed sizes."""
+        live = self.jobs
+        if live is None:
+            return []
+        span = live.time - live.origin
+        host = live.host
+        lines = [
+            f"host: {host.cores} cores, capacity {host.capacity_vcpus} vCPUs; host wait "
+            f"{host.host_wait_core_seconds / 3600:.3f} core-hours"
+            + (f" (fixed sizes: {self.fixed.host.host_wait_core_seconds / 3600:.3f})" if self.fixed else ""),
+            f"jobs with hot-plug: {job_waits(live.jobs, span).line()}",
+        ]
+        if self.fixed is not None:
+            lines.append(f"jobs with fixed sizes (same arrivals): {job_waits(self.fixed.jobs, span).line()}")
         return lines
 
     def _rules_line(self, config: ConfigFile) -> str:

@@ -13,21 +13,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+import nats.errors
+from nats.aio.client import Client
 from rich.console import Console
 from rich.live import Live
 
+from hotplug.counterfactual import fixed_size_run, simulator_config
 from hotplug.events import BROKER_DIR, BROKER_FILE, write_broker_file
 from hotplug.fleet import Fleet
 from hotplug.harness.processes import hotplug_argv
 from hotplug.harness.recorder import BusWatcher
 from hotplug.supervisor import Supervisor
 from hotplug.view import render
-from shared import bus
+from shared import bus, subjects
 from shared.broker import EmbeddedBroker, free_port
 from shared.cluster import EmbeddedCluster, embedded_broker
 from shared.config.load import load
-from shared.messages import MetricSample, ScaleCommand, ScaleResult
+from shared.config.schema import ConfigFile
+from shared.messages import HostState, MetricSample, ScaleCommand, ScaleResult
 from shared.qemu.vm import QemuVm
+from shared.sim_api import JobsReply
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,14 @@ class UpOptions:
     libvirt_uri: str | None = None
     # Every child also reads this config file (its own section and the [[vm]] rules); what up passes comes first.
     config: Path | None = None
+    # The simulated host's cores (None: the simulator's default) and the jobs that arrive at it.
+    host_cores: int | None = None
+    arrivals_rate: float = 0.0
+    arrivals_file: Path | None = None
+
+    @property
+    def has_arrivals(self) -> bool:
+        return self.hypervisor == "simulator" and (self.arrivals_rate > 0 or self.arrivals_file is not None)
 
 
 def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, port: int) -> list[str]:
@@ -87,6 +101,12 @@ def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, 
             argv += ["--vms", str(options.vms or DEFAULT_VMS)]
         if options.trace is not None:
             argv += ["--trace", str(options.trace)]
+        if options.host_cores is not None:
+            argv += ["--host-cores", str(options.host_cores)]
+        if options.arrivals_rate > 0:
+            argv += ["--arrivals-rate", repr(options.arrivals_rate)]
+        if options.arrivals_file is not None:
+            argv += ["--arrivals-file", str(options.arrivals_file)]
     elif service == "collector":
         argv += ["--source", options.hypervisor, "--interval", repr(options.interval_s)]
         if options.hypervisor == "libvirt" and options.libvirt_uri:
@@ -116,6 +136,9 @@ class _Watcher(BusWatcher):
 
     def on_command(self, command: ScaleCommand) -> None:
         self.fleet.on_command(command)
+
+    def on_host_state(self, state: HostState) -> None:
+        self.fleet.on_host_state(state)
 
     def on_result(self, result: ScaleResult) -> None:
         self.fleet.on_result(result)
@@ -159,7 +182,7 @@ async def run_up(options: UpOptions) -> Fleet:
             domains = await _start_domains(options, data_dir / "libvirt")
         nc = await bus.connect(url, "hotplug-up")
         await bus.ensure_streams(nc.jetstream(), reconcile=True)
-        await _Watcher(fleet).attach(nc)
+        await _Watcher(fleet).attach(nc, hosts=True)
         epoch = time.time()
         # With a real hypervisor its VMs are the cloud: no simulator.
         for service in (s for s in SERVICES if s != "simulator" or options.hypervisor == "simulator"):
@@ -167,6 +190,8 @@ async def run_up(options: UpOptions) -> Fleet:
             await supervisor.start(service, child_argv(service, options, url, epoch, port), port)
             print(f"{service} metrics: http://127.0.0.1:{port}/metrics", flush=True)
         await _wait(options, fleet)
+        if options.has_arrivals:
+            await _job_outcomes(nc, options, config, fleet)
     finally:
         await supervisor.stop()
         for guest in guests:
@@ -185,6 +210,27 @@ async def run_up(options: UpOptions) -> Fleet:
     print("\n".join(fleet.summary_lines()))
     print(f"event log kept in {data_dir}; read it with: hotplug events --data-dir {options.data_dir}")
     return fleet
+
+
+async def _job_outcomes(nc: Client, options: UpOptions, config: ConfigFile | None, fleet: Fleet) -> None:
+    """Ask the simulator what became of its jobs (before it stops), and run the same arrivals with fixed sizes."""
+    try:
+        msg = await nc.request(subjects.simulator(options.host, "jobs"), b"{}", timeout=10)
+        live = msgspec.json.decode(msg.data, type=JobsReply)
+    except (nats.errors.Error, TimeoutError, msgspec.DecodeError) as exc:
+        print(f"could not read the jobs from the simulator: {exc}", flush=True)
+        return
+    sim_config = simulator_config(
+        vms=options.vms,
+        seed=options.seed,
+        trace=options.trace,
+        host_cores=options.host_cores,
+        arrivals_rate=options.arrivals_rate,
+        arrivals_file=options.arrivals_file,
+        file=config,
+        file_dir=options.config.parent if options.config is not None else Path("."),
+    )
+    fleet.on_jobs(live, await asyncio.to_thread(fixed_size_run, sim_config, live))
 
 
 async def _boot_guests(options: UpOptions, root: Path) -> list[QemuVm]:

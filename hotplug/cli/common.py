@@ -34,6 +34,13 @@ def positive(text: str) -> float:
     return value
 
 
+def non_negative(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def at_least_one(text: str) -> int:
     """A count of things (VMs, guests): a whole number, 1 or more."""
     try:
@@ -104,6 +111,17 @@ def check_trace(path: Path) -> int:
     from services.simulator.cloud import load_trace
 
     return len(load_trace(path))
+
+
+def check_arrivals(rate: float, path: Path | None) -> None:
+    """Read an ``--arrivals-file`` before anything starts (a bad one fails at once with one line), and refuse a
+    rate and a file together."""
+    from services.simulator.jobs import load_arrivals
+
+    if path is not None:
+        if rate > 0:
+            raise UsageError("jobs arrive at --arrivals-rate or from --arrivals-file, not both")
+        load_arrivals(path)
 
 
 def nats_url(args: argparse.Namespace, command: str) -> str:

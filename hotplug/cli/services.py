@@ -11,7 +11,9 @@ from hotplug.cli.common import (
     Subparsers,
     add_command,
     at_least_one,
+    check_arrivals,
     check_trace,
+    non_negative,
     positive,
     run,
     service_options,
@@ -36,6 +38,32 @@ def _libvirt_options(p: argparse.ArgumentParser) -> None:
         "--libvirt-opt-in",
         action="store_true",
         help="libvirt: only domains whose hotplug metadata says enabled (hotplug libvirt prepare)",
+    )
+
+
+def _pool_options(p: argparse.ArgumentParser) -> None:
+    """The simulated host's cores and the jobs that arrive at it (``up`` passes them to its simulator)."""
+    p.add_argument(
+        "--host-cores",
+        type=at_least_one,
+        default=None,
+        help="the simulated host's physical cores (default: the VMs' maximums together, so they never contend); "
+        "its capacity in vCPUs is the config file's [[host]] rule's reading of them",
+    )
+    p.add_argument(
+        "--arrivals-rate",
+        type=non_negative,
+        default=0.0,
+        metavar="JOBS_PER_HOUR",
+        help="jobs (VMs to start) arriving per hour, a seeded Poisson process of the mix in "
+        "services/simulator/jobs.py (default 0: none)",
+    )
+    p.add_argument(
+        "--arrivals-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="jobs arriving from this CSV: arrival_s,name,requested_vcpus,max_vcpus,profile,lifetime_s,work_s",
     )
 
 
@@ -86,7 +114,8 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     up.add_argument("--max-vcpus", type=int, default=4, help="qemu, libvirt: each guest's maximum (it boots with 1)")
     up.add_argument("--libvirt-uri", default=None, help="libvirt: the URI ($HOTPLUG_LIBVIRT_URI; qemu:///system)")
-    up.add_argument("--seed", type=int, default=1)
+    up.add_argument("--seed", type=int, default=1, help="simulator: workload and arrivals seed")
+    _pool_options(up)
     up.add_argument("--interval", type=positive, default=1.0, help="sampling interval, simulated seconds")
     up.add_argument("--dry-run", action="store_true", help="decide and log, but command nothing")
     up.add_argument("--no-view", action="store_true", help="no live table (it is off anyway without a terminal)")
@@ -110,6 +139,8 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         "repeating at its end, instead of the seeded profiles",
     )
     sim.add_argument("--seed", type=int, default=1)
+    _pool_options(sim)
+    sim.add_argument("--arrivals-seed", type=int, default=None, help="the arrivals' seed (default: --seed)")
     sim.add_argument("--hotplug-delay", type=float, default=0.3, help="simulated seconds per plug or unplug")
     sim.add_argument("--profiles", default="", help="comma-separated workload profiles to cycle through")
     sim.add_argument(
@@ -233,6 +264,8 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         if args.profiles or args.max_vcpus is not None:
             raise UsageError("--trace gives each VM its demand and size; it excludes --profiles and --max-vcpus")
         check_trace(args.trace)
+    check_arrivals(args.arrivals_rate, args.arrivals_file)
+    loaded = loaded_of(args)
     config = SimulatorConfig(
         vms=args.vms or 6,
         seed=args.seed,
@@ -241,11 +274,17 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         max_vcpus=args.max_vcpus,
         trace=args.trace,
         trace_vms=args.vms,
+        host_cores=args.host_cores,
+        arrivals_rate=args.arrivals_rate,
+        arrivals_file=args.arrivals_file,
+        arrivals_seed=args.arrivals_seed,
+        host_rules=tuple(loaded.config.host) if loaded else (),
     )
 
     async def body(ctx: ServiceContext[SimulatorMetrics]) -> None:
-        watch_config(ctx, args, "simulator")
-        await SimulatorService(ctx, config).run()
+        service = SimulatorService(ctx, config)
+        watch_config(ctx, args, "simulator", lambda new: service.use_host_rules(tuple(new.config.host)))
+        await service.run()
 
     return run(options, SimulatorMetrics("simulator"), body)
 
@@ -349,6 +388,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise UsageError("--trace drives simulated VMs; it needs --hypervisor simulator")
         args.trace = args.trace.resolve()  # the simulator child must find it whatever its working directory
         check_trace(args.trace)
+    if args.hypervisor != "simulator" and (args.host_cores or args.arrivals_rate or args.arrivals_file):
+        raise UsageError("--host-cores and arrivals shape the simulated host; they need --hypervisor simulator")
+    check_arrivals(args.arrivals_rate, args.arrivals_file)
+    if args.arrivals_file is not None:
+        args.arrivals_file = args.arrivals_file.resolve()  # as --trace: the child's working directory may differ
     vms, guests = (None, args.vms or 0) if args.hypervisor == "libvirt" else (args.vms, 0)
     loaded = loaded_of(args)
     # The decider child reads the file too: without --policy (or [up] policy) its own section says.
@@ -373,6 +417,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         max_vcpus=args.max_vcpus,
         cluster=args.cluster,
         config=loaded.path.resolve() if loaded else None,
+        host_cores=args.host_cores,
+        arrivals_rate=args.arrivals_rate,
+        arrivals_file=args.arrivals_file,
     )
     if options.cluster < 1 or (options.cluster > 1 and options.nats_url is not None):
         raise UsageError("--cluster takes a node count of at least 1, and only for the embedded broker (no --nats)")

@@ -1,4 +1,4 @@
-"""Recording the bus: every metric sample, command, proposal and result, decoded, as a dashboard would see
+"""Recording the bus: every metric sample, command, proposal, result and host state, decoded, as a dashboard would see
 them (core NATS subscriptions); and what the event log and the simulated hypervisor kept, for an audit.
 
 ``BusWatcher`` is the base (subclasses say what to do with each message: ``hotplug up`` feeds its live view);
@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from hotplug.harness.poll import within
 from shared import eventlog, subjects
 from shared.codec import BadMessage, Decoder
-from shared.messages import MetricSample, ScaleCommand, ScaleResult
+from shared.messages import HostState, MetricSample, ScaleCommand, ScaleResult
 from shared.sim_api import StatsReply
 
 
@@ -30,6 +30,7 @@ class BusWatcher:
         self._sample = Decoder(MetricSample)
         self._command = Decoder(ScaleCommand)
         self._result = Decoder(ScaleResult)
+        self._host = Decoder(HostState)
         self.undecodable = 0
 
     async def attach(
@@ -40,6 +41,7 @@ class BusWatcher:
         commands: bool = True,
         results: bool = True,
         proposals: bool = False,
+        hosts: bool = False,
         metrics_subject: str = subjects.ALL_METRICS,
     ) -> None:
         """Subscribe to the kinds asked for (``metrics_subject``: one VM's samples, say) and wait until the
@@ -52,6 +54,8 @@ class BusWatcher:
             await nc.subscribe(subjects.ALL_RESULTS, cb=self._on_result)
         if proposals:
             await nc.subscribe(subjects.ALL_PROPOSALS, cb=self._on_proposal)
+        if hosts:
+            await nc.subscribe(subjects.ALL_HOSTS, cb=self._on_host_state)
         await nc.flush()
 
     def on_sample(self, sample: MetricSample) -> None:
@@ -64,6 +68,9 @@ class BusWatcher:
         pass
 
     def on_result(self, result: ScaleResult) -> None:
+        pass
+
+    def on_host_state(self, state: HostState) -> None:
         pass
 
     async def _on_sample(self, msg: Msg) -> None:
@@ -87,6 +94,12 @@ class BusWatcher:
     async def _on_result(self, msg: Msg) -> None:
         try:
             self.on_result(self._result.decode(msg.data))
+        except BadMessage:
+            self.undecodable += 1
+
+    async def _on_host_state(self, msg: Msg) -> None:
+        try:
+            self.on_host_state(self._host.decode(msg.data))
         except BadMessage:
             self.undecodable += 1
 

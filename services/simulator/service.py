@@ -18,7 +18,7 @@ from services.simulator.scenario import SimulatorConfig
 from shared import subjects
 from shared.config.schema import HostRule
 from shared.runtime import ServiceContext
-from shared.sim_api import HotplugReply, HotplugRequest, JobsReply, LoadReply, LoadRequest, StatsReply
+from shared.sim_api import HotplugReply, HotplugRequest, JobsReply, LoadReply, LoadRequest, SimHost, StatsReply
 from shared.telemetry import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class SimulatorService:
                     capacity,
                 )
         self.host = Host(cores, capacity, jobs=jobs, resident=resident, origin=now)
-        self._exported = self.host.state()
+        self._exported = SimHost(cores=cores, capacity_vcpus=capacity)  # the counters' totals exported so far
         self._labelled: set[str] = set()  # the VMs the per-VM gauges have a series for
         self._tasks: set[asyncio.Task[None]] = set()
 

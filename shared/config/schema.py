@@ -15,6 +15,7 @@ from msgspec import Meta
 
 PosInt = Annotated[int, Meta(ge=1)]
 PosFloat = Annotated[float, Meta(gt=0)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Autoscale = Literal["auto", "off", "recommend"]
 # A policy or guard parameter's value, as ``--param NAME.KEY=VALUE`` would give it.
@@ -58,6 +59,12 @@ class SimulatorSection(ServiceSection):
     hotplug_delay: Annotated[float | None, Meta(description="simulated seconds per plug or unplug")] = None
     profiles: Annotated[str | None, Meta(description="comma-separated workload profiles")] = None
     max_vcpus: Annotated[PosInt | None, Meta(description="every VM's maximum")] = None
+    host_cores: Annotated[
+        PosInt | None, Meta(description="the host's physical cores (default: the VMs' maximums together)")
+    ] = None
+    arrivals_rate: Annotated[NonNegFloat | None, Meta(description="jobs arriving per hour (Poisson, seeded)")] = None
+    arrivals_file: Annotated[str | None, Meta(description="CSV of arriving jobs (relative to this file)")] = None
+    arrivals_seed: Annotated[int | None, Meta(description="the arrivals' seed (default: seed)")] = None
 
 
 class CollectorSection(ServiceSection):
@@ -137,6 +144,15 @@ class UpSection(Section):
     max_vcpus: Annotated[PosInt | None, Meta(description="qemu, libvirt: each guest's maximum")] = None
     libvirt_uri: Annotated[str | None, Meta(description="libvirt URI")] = None
     seed: Annotated[int | None, Meta(description="simulator seed")] = None
+    host_cores: Annotated[
+        PosInt | None, Meta(description="simulator: the host's physical cores (default: the VMs' maximums together)")
+    ] = None
+    arrivals_rate: Annotated[
+        NonNegFloat | None, Meta(description="simulator: jobs arriving per hour (Poisson, seeded)")
+    ] = None
+    arrivals_file: Annotated[
+        str | None, Meta(description="simulator: CSV of arriving jobs (relative to this file)")
+    ] = None
     interval: Annotated[PosFloat | None, Meta(description="sampling interval, simulated seconds")] = None
     dry_run: Annotated[bool | None, Meta(description="decide and log, but command nothing")] = None
     no_view: Annotated[bool | None, Meta(description="no live table")] = None
@@ -274,7 +290,7 @@ def env_of(command: str) -> dict[str, str]:
 
 
 # Keys that hold a path: relative paths are taken from the config file's folder, not the working directory.
-PATH_KEYS = frozenset({"trace", "data_dir"})
+PATH_KEYS = frozenset({"trace", "data_dir", "arrivals_file"})
 
 
 def section_values(config: ConfigFile, command: str) -> dict[str, object]:

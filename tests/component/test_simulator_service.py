@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import msgspec
 import nats.errors
@@ -23,12 +24,13 @@ from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.simulator import SimulatorDriver
 from services.collector.rates import sample_from
 from services.collector.sources.simulator import SimulatorSource
+from services.simulator.jobs import COLUMNS
 from services.simulator.service import SimulatorConfig, SimulatorMetrics, SimulatorService
 from shared import subjects
 from shared.clock import Clock
 from shared.messages import ErrorCode, MetricSample
 from shared.runtime import ServiceContext
-from shared.sim_api import HotplugReply, LoadReply, LoadRequest
+from shared.sim_api import HotplugReply, JobsReply, LoadReply, LoadRequest, StatsReply
 from tests.component.conftest import InProcess, Serve
 
 HOST = "h1"
@@ -82,7 +84,7 @@ async def load(nc: Client, vm: str, cores: float | None) -> LoadReply:
     return msgspec.json.decode(reply.data, type=LoadReply)
 
 
-async def refused(operation: Awaitable[None]) -> DriverError:
+async def refused(operation: Awaitable[object]) -> DriverError:
     with pytest.raises(DriverError) as info:
         await operation
     return info.value
@@ -199,3 +201,45 @@ async def test_a_malformed_request_gets_an_error_reply_is_counted_and_the_servic
     await driver.plug(VM)
     assert (await driver.read(VM)).online_vcpus == 2
     assert not simulator.task.done()
+
+
+async def stats(nc: Client) -> StatsReply:
+    reply = await nc.request(subjects.simulator(HOST, "stats"), b"{}", timeout=5)
+    return msgspec.json.decode(reply.data, type=StatsReply)
+
+
+async def jobs(nc: Client) -> JobsReply:
+    reply = await nc.request(subjects.simulator(HOST, "jobs"), b"{}", timeout=5)
+    return msgspec.json.decode(reply.data, type=JobsReply)
+
+
+async def test_a_waiting_job_starts_once_a_vm_shrinks_and_a_finished_one_leaves_the_host(
+    nc: Client, start_simulator: Start, driver: SimulatorDriver, tmp_path: Path
+) -> None:
+    arrivals = tmp_path / "arrivals.csv"
+    arrivals.write_text(
+        ",".join(COLUMNS) + "\n"
+        "0,short,1,1,idle,0.5,\n"  # 2 + 1 of 3: starts at once, and stops half a second later
+        "0,big,2,4,idle,3600,\n"  # 3 + 2 > 3: waits, and still 2 + 2 > 3 once short has gone
+    )
+    # vm-01 boots at 2 of 4 vCPUs on a host of 3 cores: capacity 3 vCPUs
+    simulator = await start_simulator(
+        SimulatorConfig(vms=1, max_vcpus=4, hotplug_delay_s=0.0, host_cores=3, arrivals_file=arrivals)
+    )
+    first = await stats(nc)
+    assert first.host is not None and (first.host.cores, first.host.capacity_vcpus) == (3, 3)
+    await eventually(lambda: simulator.count("hotplug_sim_jobs_finished_total") == 1, timeout=10, what="short's end")
+    after = await stats(nc)
+    assert [vm.vm for vm in after.vms] == [VM]  # the finished VM left the host; big waits
+    assert after.host is not None and (after.host.waiting_vms, after.host.committed_vcpus) == (1, 2)
+    assert (await refused(driver.read("short"))).code is ErrorCode.VM_NOT_FOUND
+    assert simulator.count("hotplug_sim_vm_online_vcpus", vm="short") == 0  # its series went with it
+
+    await driver.unplug(VM)  # 1 + 2 of 3: room for big
+    await eventually(lambda: simulator.count("hotplug_sim_jobs_started_total") == 2, timeout=10, what="big's start")
+    assert {vm.vm: vm.online_vcpus for vm in (await stats(nc)).vms} == {VM: 1, "big": 2}
+    big = next(j for j in (await jobs(nc)).jobs if j.name == "big")
+    assert big.start_s is not None and big.end_s is None and big.wait_s is not None and big.wait_s > 0
+    # the host is full: the hypervisor refuses a plug, as VirtualBox refuses what it cannot do
+    full = await refused(driver.plug(VM))
+    assert full.code is ErrorCode.HOST_FULL and "committed 3 of its 3 vCPUs" in full.message
