@@ -1,4 +1,5 @@
-"""The mini-cloud model: VMs whose demand follows a workload and whose vCPUs change by hot-plug.
+"""The mini-cloud's VMs: demand that follows a workload, vCPUs that change by hot-plug, and the fleet a run starts
+with (seeded, or from a trace). The host they share (cores, capacity, arriving jobs) is ``host.py``.
 
 Pure and clock-free: every call takes the simulated time. A VM never uses more cores than it has online;
 the rest of its demand waits and is counted as pressure. Hot-plug follows VirtualBox's rules: one vCPU
