@@ -16,7 +16,7 @@ from services.simulator import scenario
 from services.simulator.host import Outcome, fixed_sizes
 from services.simulator.jobs import arrivals_until
 from services.simulator.scenario import SimulatorConfig
-from shared.config.schema import ConfigFile
+from shared.config.schema import ConfigFile, SimulatorSection
 from shared.sim_api import JobsReply
 
 
@@ -31,25 +31,25 @@ def simulator_config(
     file: ConfigFile | None = None,
     file_dir: Path = Path("."),
 ) -> SimulatorConfig:
-    """The simulator child's configuration: ``up``'s own options first, then the file's ``[simulator]``."""
-    own = file.simulator if file is not None else None
-    profiles = own.profiles if own is not None and own.profiles else ""
-    file_arrivals = own.arrivals_file if own is not None else None
-    rate = arrivals_rate or (own.arrivals_rate if own is not None and own.arrivals_rate else 0.0)
-    path = arrivals_file
-    if path is None and not arrivals_rate and file_arrivals is not None:
-        path = file_dir / file_arrivals
+    """The simulator child's configuration: each key as ``up`` passes it (``child_argv``), else as the file's
+    ``[simulator]`` section sets it (its paths taken from ``file_dir``), else the simulator's default."""
+    own = file.simulator if file is not None else SimulatorSection()
+    default_vms = SimulatorConfig().vms
+    # up names --vms unless it replays a trace of its own and was given no count; then the file's count holds
+    count = (vms or default_vms) if vms is not None or trace is None else own.vms
+    if trace is None and own.trace is not None:
+        trace = file_dir / own.trace
     return SimulatorConfig(
-        vms=vms or SimulatorConfig().vms,
+        vms=count or default_vms,
         seed=seed,
-        profiles=tuple(p for p in profiles.split(",") if p),
-        max_vcpus=own.max_vcpus if own is not None else None,
+        profiles=tuple(p for p in (own.profiles or "").split(",") if p),
+        max_vcpus=own.max_vcpus,
         trace=trace,
-        trace_vms=vms,
-        host_cores=host_cores if host_cores is not None else (own.host_cores if own is not None else None),
-        arrivals_rate=0.0 if path is not None else rate,
-        arrivals_file=path,
-        arrivals_seed=own.arrivals_seed if own is not None else None,
+        trace_vms=count,
+        host_cores=host_cores if host_cores is not None else own.host_cores,
+        arrivals_rate=arrivals_rate or own.arrivals_rate or 0.0,
+        arrivals_file=arrivals_file or (file_dir / own.arrivals_file if own.arrivals_file is not None else None),
+        arrivals_seed=own.arrivals_seed,
     )
 
 

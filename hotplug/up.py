@@ -26,6 +26,7 @@ from hotplug.harness.processes import hotplug_argv
 from hotplug.harness.recorder import BusWatcher
 from hotplug.supervisor import Supervisor
 from hotplug.view import render
+from services.simulator.scenario import SimulatorConfig
 from shared import bus, subjects
 from shared.broker import EmbeddedBroker, free_port
 from shared.cluster import EmbeddedCluster, embedded_broker
@@ -71,10 +72,6 @@ class UpOptions:
     host_cores: int | None = None
     arrivals_rate: float = 0.0
     arrivals_file: Path | None = None
-
-    @property
-    def has_arrivals(self) -> bool:
-        return self.hypervisor == "simulator" and (self.arrivals_rate > 0 or self.arrivals_file is not None)
 
 
 def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, port: int) -> list[str]:
@@ -190,8 +187,9 @@ async def run_up(options: UpOptions) -> Fleet:
             await supervisor.start(service, child_argv(service, options, url, epoch, port), port)
             print(f"{service} metrics: http://127.0.0.1:{port}/metrics", flush=True)
         await _wait(options, fleet)
-        if options.has_arrivals:
-            await _job_outcomes(nc, options, config, fleet)
+        simulator = simulator_of(options, config)
+        if simulator is not None and simulator.has_arrivals:
+            await _job_outcomes(nc, options.host, simulator, fleet)
     finally:
         await supervisor.stop()
         for guest in guests:
@@ -212,15 +210,11 @@ async def run_up(options: UpOptions) -> Fleet:
     return fleet
 
 
-async def _job_outcomes(nc: Client, options: UpOptions, config: ConfigFile | None, fleet: Fleet) -> None:
-    """Ask the simulator what became of its jobs (before it stops), and run the same arrivals with fixed sizes."""
-    try:
-        msg = await nc.request(subjects.simulator(options.host, "jobs"), b"{}", timeout=10)
-        live = msgspec.json.decode(msg.data, type=JobsReply)
-    except (nats.errors.Error, TimeoutError, msgspec.DecodeError) as exc:
-        print(f"could not read the jobs from the simulator: {exc}", flush=True)
-        return
-    sim_config = simulator_config(
+def simulator_of(options: UpOptions, config: ConfigFile | None) -> SimulatorConfig | None:
+    """What the simulator child runs (None: no simulator), as ``child_argv`` and the config file set it up."""
+    if options.hypervisor != "simulator":
+        return None
+    return simulator_config(
         vms=options.vms,
         seed=options.seed,
         trace=options.trace,
@@ -230,7 +224,17 @@ async def _job_outcomes(nc: Client, options: UpOptions, config: ConfigFile | Non
         file=config,
         file_dir=options.config.parent if options.config is not None else Path("."),
     )
-    fleet.on_jobs(live, await asyncio.to_thread(fixed_size_run, sim_config, live))
+
+
+async def _job_outcomes(nc: Client, host: str, simulator: SimulatorConfig, fleet: Fleet) -> None:
+    """Ask the simulator what became of its jobs (before it stops), and run the same arrivals with fixed sizes."""
+    try:
+        msg = await nc.request(subjects.simulator(host, "jobs"), b"{}", timeout=10)
+        live = msgspec.json.decode(msg.data, type=JobsReply)
+    except (nats.errors.Error, TimeoutError, msgspec.DecodeError) as exc:
+        print(f"could not read the jobs from the simulator: {exc}", flush=True)
+        return
+    fleet.on_jobs(live, await asyncio.to_thread(fixed_size_run, simulator, live))
 
 
 async def _boot_guests(options: UpOptions, root: Path) -> list[QemuVm]:

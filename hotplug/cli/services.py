@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hotplug.cli.common import (
     Subparsers,
@@ -28,6 +29,9 @@ from shared.config.load import LoadedConfig
 from shared.errors import UsageError
 from shared.plugins import names_in
 from shared.runtime import ServiceContext, resolve_nats_url
+
+if TYPE_CHECKING:
+    from services.simulator.scenario import SimulatorConfig
 
 ORDER = 10  # first in ``hotplug --help``
 
@@ -257,7 +261,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from services.simulator.service import SimulatorConfig, SimulatorMetrics, SimulatorService
+    from services.simulator.service import SimulatorMetrics, SimulatorService
 
     options = service_options(args, "simulator")
     if args.trace is not None:
@@ -265,9 +269,23 @@ def cmd_simulator(args: argparse.Namespace) -> int:
             raise UsageError("--trace gives each VM its demand and size; it excludes --profiles and --max-vcpus")
         check_trace(args.trace)
     check_arrivals(args.arrivals_rate, args.arrivals_file)
+    config = simulator_config_of(args)
+
+    async def body(ctx: ServiceContext[SimulatorMetrics]) -> None:
+        service = SimulatorService(ctx, config)
+        watch_config(ctx, args, "simulator", lambda new: service.use_host_rules(tuple(new.config.host)))
+        await service.run()
+
+    return run(options, SimulatorMetrics("simulator"), body)
+
+
+def simulator_config_of(args: argparse.Namespace) -> SimulatorConfig:
+    """The simulator's settings from its parsed options (and the config file's [[host]] rules)."""
+    from services.simulator.scenario import SimulatorConfig
+
     loaded = loaded_of(args)
-    config = SimulatorConfig(
-        vms=args.vms or 6,
+    return SimulatorConfig(
+        vms=args.vms or SimulatorConfig().vms,
         seed=args.seed,
         hotplug_delay_s=args.hotplug_delay,
         profiles=tuple(p for p in args.profiles.split(",") if p),
@@ -280,13 +298,6 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         arrivals_seed=args.arrivals_seed,
         host_rules=tuple(loaded.config.host) if loaded else (),
     )
-
-    async def body(ctx: ServiceContext[SimulatorMetrics]) -> None:
-        service = SimulatorService(ctx, config)
-        watch_config(ctx, args, "simulator", lambda new: service.use_host_rules(tuple(new.config.host)))
-        await service.run()
-
-    return run(options, SimulatorMetrics("simulator"), body)
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
@@ -381,7 +392,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from hotplug.up import UpOptions, run_up
+    from hotplug.up import UpOptions, run_up, simulator_of
 
     if args.trace is not None:
         if args.hypervisor != "simulator":
@@ -423,6 +434,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     if options.cluster < 1 or (options.cluster > 1 and options.nats_url is not None):
         raise UsageError("--cluster takes a node count of at least 1, and only for the embedded broker (no --nats)")
+    try:  # the simulator child's own settings, as up will rebuild them to compare its jobs' waits
+        simulator_of(options, loaded.config if loaded else None)
+    except ValueError as exc:
+        raise UsageError(f"the simulator's settings (flags and [simulator]) do not go together: {exc}") from exc
     DRIVERS.check_speed(options.hypervisor, options.speed, note="")
     DRIVERS.probe(options.hypervisor, DRIVERS.config(options.hypervisor, {"libvirt_uri": options.libvirt_uri}))
     # Check the policy and its parameters here, before any process starts.

@@ -4,20 +4,24 @@ line, and the summary sets the jobs' waits against the same arrivals with fixed 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from hotplug.cli import main
+from hotplug.cli import build_parser, main
+from hotplug.cli.services import simulator_config_of
+from hotplug.config_cmd import apply_file
 from hotplug.counterfactual import fixed_size_run, simulator_config
 from hotplug.fleet import Fleet
-from hotplug.up import UpOptions, child_argv
+from hotplug.up import UpOptions, child_argv, simulator_of
 from hotplug.view import render
 from hotplug.waits import job_waits
 from services.simulator import scenario
 from services.simulator.host import Host
 from services.simulator.jobs import COLUMNS
+from services.simulator.scenario import SimulatorConfig
 from shared.config.load import load
 from shared.messages import HostState, MetricSample
 from shared.sim_api import JobsReply, SimJob
@@ -70,7 +74,9 @@ def test_up_passes_the_host_and_arrivals_to_the_simulator_only() -> None:
     assert "--host-cores" not in child_argv("collector", options, "nats://x", 0.0, 1)
     plain = child_argv("simulator", UpOptions(), "nats://x", 0.0, 1)  # no new flag: the simulator as before
     assert not any(a.startswith(("--host-cores", "--arrivals")) for a in plain)
-    assert not UpOptions().has_arrivals and options.has_arrivals
+    assert not simulator_of(UpOptions(), None).has_arrivals  # type: ignore[union-attr]
+    assert simulator_of(options, None) == SimulatorConfig(host_cores=12, arrivals_rate=4.5, trace_vms=6)
+    assert simulator_of(UpOptions(hypervisor="qemu"), None) is None
 
 
 def test_a_rate_and_a_file_together_are_refused_before_anything_starts(
@@ -102,13 +108,9 @@ def test_the_fixed_size_run_is_the_simulators_run_rebuilt_from_ups_options_and_t
     )
     assert (config.vms, config.seed, config.profiles, config.max_vcpus) == (2, 3, ("idle",), 4)
     assert config.arrivals_file == tmp_path / "jobs.csv"
-    # up's own rate comes before the file's
-    assert (
-        simulator_config(
-            vms=2, seed=3, trace=None, host_cores=None, arrivals_rate=2.0, arrivals_file=None, file=file
-        ).arrivals_file
-        is None
-    )
+    # a rate from up and a file from [simulator] reach the child together, which refuses them
+    with pytest.raises(ValueError, match="not both"):
+        simulator_config(vms=2, seed=3, trace=None, host_cores=None, arrivals_rate=2.0, arrivals_file=None, file=file)
     # the simulator's live run, which resized nothing, is what the fixed-size run rebuilds
     live = Host(8, 8, jobs=scenario.arrivals(config), resident=scenario.resident_vms(config, 0.0))
     live.advance(300.0)
@@ -184,3 +186,31 @@ def test_a_vm_that_left_its_host_leaves_the_live_view_but_stays_in_the_summary()
     assert fleet.summary_lines()[0] == "VMs: 2"
     sample("job-0002", 9.5)
     assert ("local", "job-0002") in fleet.live_rows()
+
+
+@pytest.mark.parametrize(
+    ("options", "section"),
+    [
+        (UpOptions(), ""),
+        (UpOptions(vms=3, seed=9, host_cores=20, arrivals_rate=6.0), ""),
+        (UpOptions(vms=2), '[simulator]\nprofiles = "batch,idle"\nmax_vcpus = 6\narrivals_file = "jobs.csv"\n'),
+        (UpOptions(arrivals_rate=3.0), "[simulator]\nhost_cores = 12\narrivals_seed = 5\nvms = 4\n"),
+        (UpOptions(trace=Path("TRACE")), "[simulator]\nvms = 1\n"),
+        (UpOptions(), '[simulator]\ntrace = "trace.csv"\n'),
+    ],
+)
+def test_up_rebuilds_exactly_what_its_simulator_child_runs(options: UpOptions, section: str, tmp_path: Path) -> None:
+    (tmp_path / "jobs.csv").write_text(",".join(COLUMNS) + "\n0,a,4,8,batch,,600\n")
+    (tmp_path / "trace.csv").write_text("time_s,vm,demand_vcpus\n0,a,1\n0,b,2\n")
+    config_file = tmp_path / "hotplug.toml"
+    config_file.write_text(section)
+    if options.trace is not None:
+        options = replace(options, trace=tmp_path / "trace.csv")
+    options = replace(options, config=config_file)
+    argv = child_argv("simulator", options, "nats://127.0.0.1:1", 0.0, 1)[3:]  # after "python -m hotplug"
+    parser = build_parser()
+    loaded = apply_file(parser, argv)
+    args = parser.parse_args(argv)
+    args.config_file = loaded
+    child = replace(simulator_config_of(args), hotplug_delay_s=SimulatorConfig().hotplug_delay_s)
+    assert simulator_of(options, load(config_file).config) == child
