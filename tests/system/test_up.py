@@ -207,3 +207,34 @@ def test_up_refuses_a_bad_trace_in_one_line_before_starting(tmp_path: Path) -> N
         assert done.returncode == 2
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "d").exists()
+
+
+ARRIVALS = (
+    "arrival_s,name,requested_vcpus,max_vcpus,profile,lifetime_s,work_s\n"
+    "0,svc,1,2,notebook,20,\n"
+    "5,train,2,4,training,,600\n"
+)
+
+
+def test_up_with_a_full_host_and_arriving_jobs_sets_their_waits_against_fixed_sizes(tmp_path: Path) -> None:
+    arrivals = tmp_path / "arrivals.csv"
+    arrivals.write_text(ARRIVALS)
+    done = run_hotplug(
+        "up",
+        *("--vms", "1", "--host-cores", "4", "--arrivals-file", str(arrivals)),
+        *("--speed", "10", "--duration", "60", "--data-dir", str(tmp_path / "run"), "--no-view"),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert re.search(
+        r"^host: 4 cores, capacity 4 vCPUs; host wait [\d.]+ core-hours \(fixed sizes: [\d.]+\)$", done.stdout, re.M
+    )
+    live = re.search(
+        r"^jobs with hot-plug: 2 arrived, (\d) started, (\d) finished, (\d) waiting; wait p50", done.stdout, re.M
+    )
+    fixed = re.search(r"^jobs with fixed sizes \(same arrivals\): 2 arrived, (\d) started", done.stdout, re.M)
+    assert live is not None and fixed is not None, done.stdout
+    assert int(live.group(1)) + int(live.group(3)) == 2
+    assert int(live.group(2)) >= 1  # svc lives 20 s of the 60
+    # vm-01 boots at 2 of 4 vCPUs: with fixed sizes svc (1) starts at once, then train (2) once svc has gone
+    assert fixed.group(1) == "2"
