@@ -93,11 +93,8 @@ class SimVm:
     @property
     def per_vcpu_seconds(self) -> list[float]:
         """Cumulative busy seconds of each vCPU slot (len = max_vcpus); a slot offline keeps its count."""
-        online, share = self.online_vcpus, self._share
-        return [
-            done + (share - mark if i < online else 0.0)
-            for i, (done, mark) in enumerate(zip(self._slot_done, self._slot_mark, strict=True))
-        ]
+        online, share, done, mark = self.online_vcpus, self._share, self._slot_done, self._slot_mark
+        return [done[i] + (share - mark[i]) for i in range(online)] + done[online:]
 
     def demand(self, t: float) -> float:
         return self.demand_override if self.demand_override is not None else self.workload.demand(t)
