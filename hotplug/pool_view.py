@@ -77,11 +77,13 @@ def pool_report(
     deferrals: Iterable[Deferral],
     *,
     expected: Iterable[str] = (),
+    wait_s: float,
     waited_s: float,
     now: float,
 ) -> dict[str, Any]:
     """The JSON document of ``hotplug pool --json``: every host heard from, expected (``expected``) or with a grow
-    deferred now, by name. ``deferrals`` are Deferral events in any order (only the newest of a VM counts)."""
+    deferred now, by name. ``deferrals`` are Deferral events in any order (only the newest of a VM counts);
+    ``wait_s`` is the longest it would wait for a host's state, ``waited_s`` how long it did."""
     deferred = deferred_now(deferrals)
     hosts = sorted(set(states) | set(expected) | {d.host for d in deferred})
     out = []
@@ -106,18 +108,18 @@ def pool_report(
             for d in mine
         ]
         out.append(entry)
-    return {"waited_s": waited_s, "hosts": out}
+    return {"wait_s": wait_s, "waited_s": round(waited_s, 3), "hosts": out}
 
 
 def _cores(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.2f}"
 
 
-def _host_lines(entry: Mapping[str, Any], waited_s: float) -> list[str]:
+def _host_lines(entry: Mapping[str, Any], wait_s: float) -> list[str]:
     host = entry["host"]
     if not entry["reported"]:
         lines = [
-            f"{host}: no HostState within {waited_s:g} s (is its collector running, and does its source read the "
+            f"{host}: no HostState within {wait_s:g} s (is its collector running, and does its source read the "
             "host? a plug-in source may not)"
         ]
     else:
@@ -147,10 +149,10 @@ def _host_lines(entry: Mapping[str, Any], waited_s: float) -> list[str]:
 def render_text(report: Mapping[str, Any]) -> str:
     """The report as ``hotplug pool`` prints it."""
     hosts: Sequence[Mapping[str, Any]] = report["hosts"]
-    waited_s = float(report["waited_s"])
+    wait_s = float(report["wait_s"])
     if not hosts:
         return (
-            f"no host reported within {waited_s:g} s (no HostState on hotplug.hosts.*) and no grow is deferred: is a "
+            f"no host reported within {wait_s:g} s (no HostState on hotplug.hosts.*) and no grow is deferred: is a "
             "collector running, with a source that reads its host?\n"
         )
-    return "".join(line + "\n" for entry in hosts for line in _host_lines(entry, waited_s))
+    return "".join(line + "\n" for entry in hosts for line in _host_lines(entry, wait_s))

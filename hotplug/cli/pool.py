@@ -46,7 +46,7 @@ def cmd_pool(args: argparse.Namespace) -> int:
     from hotplug.pool_view import pool_report, render_text
 
     states, deferrals, expected, waited = asyncio.run(gather(live_bus_url(args), hosts=args.host, wait_s=args.wait))
-    report = pool_report(states, deferrals, expected=expected, waited_s=round(waited, 3), now=time.time())
+    report = pool_report(states, deferrals, expected=expected, wait_s=args.wait, waited_s=waited, now=time.time())
     if args.json:
         print(json.dumps(report, indent=1))
     else:

@@ -79,8 +79,15 @@ def test_whatever_the_source_reports_the_message_is_valid() -> None:
         4096.0,
     )
     assert (checked.waiting_vms, checked.waiting_vcpus) == (0, 0)
-    tiny = host_state(None, msgspec.structs.replace(wild, cpus=0), host="h", rules=(), used_cores=None, source="s")
-    assert tiny.cpus == 1
+    tiny = host_state(
+        None,
+        msgspec.structs.replace(wild, cpus=0, vms={"a": 2, "b": -3}),
+        host="h",
+        rules=(),
+        used_cores=None,
+        source="s",
+    )
+    assert (tiny.cpus, tiny.committed_vcpus) == (1, 2)  # a count below zero is no count
 
 
 def vm(name: str, online: int, maximum: int) -> SimVmCounters:

@@ -57,9 +57,9 @@ def test_the_report_gives_each_host_its_state_and_its_deferred_grows_aged_on_the
         deferral("a", DEFERRED, T0 + 10, since=T0 + 10, priority=5, reason="host full: 3 of 6"),
         deferral("b", DEFERRED, T0, host="h9", since=T0),  # a host that sent no HostState
     ]
-    report = pool_report(states, events, expected=["h1", "h2"], waited_s=2.5, now=T0 + 1000)
+    report = pool_report(states, events, expected=["h1", "h2"], wait_s=2.5, waited_s=2.5004, now=T0 + 1000)
     assert json.loads(json.dumps(report)) == report  # plain JSON
-    assert report["waited_s"] == 2.5
+    assert (report["wait_s"], report["waited_s"]) == (2.5, 2.5)
     h1, h2, h9 = report["hosts"]
     assert (h1["host"], h1["reported"], h1["source"], h1["time"]) == ("h1", True, "simulator", T0 + 200)
     assert (h1["cpus"], h1["capacity_vcpus"], h1["committed_vcpus"], h1["free_vcpus"]) == (16, 16, 14, 2)
@@ -86,7 +86,7 @@ def test_the_report_gives_each_host_its_state_and_its_deferred_grows_aged_on_the
 def test_the_text_names_every_number_and_says_which_hosts_did_not_report() -> None:
     states = {"h1": state(used_cores=9.25, waiting_vms=2, waiting_vcpus=6, next_waiting_vcpus=4)}
     events = [deferral("web.01", DEFERRED, T0 + 10, since=T0 + 10, reason="host full")]
-    text = render_text(pool_report(states, events, expected=["h2"], waited_s=2.5, now=T0))
+    text = render_text(pool_report(states, events, expected=["h2"], wait_s=2.5, waited_s=2.6, now=T0))
     lines = text.splitlines()
     assert lines[0].startswith("h1 (simulator, ")
     assert lines[0].endswith("16 CPUs, capacity 16 vCPUs, committed 14, free 2")
@@ -100,7 +100,7 @@ def test_the_text_names_every_number_and_says_which_hosts_did_not_report() -> No
 
 
 def test_with_nothing_heard_the_text_says_so() -> None:
-    text = render_text(pool_report({}, [], waited_s=2.0, now=T0))
+    text = render_text(pool_report({}, [], wait_s=2.0, waited_s=2.01, now=T0))
     assert text.startswith("no host reported within 2 s (no HostState on hotplug.hosts.*)")
 
 
