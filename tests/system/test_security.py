@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -101,6 +102,9 @@ async def test_the_loop_runs_with_one_user_per_service_and_only_the_decider_comm
     # the collector publishes its host's state, and the viewer may read it
     await eventually(lambda: host_states, timeout=10, what="the viewer hearing the collector's HostState")
     assert set(host_states) == {subjects.hosts("local")}
+    pool = await asyncio.to_thread(run_hotplug, "pool", "--json", env=credentials(out, "viewer"))
+    assert pool.returncode == 0, pool.stderr
+    assert [(h["host"], h["reported"]) for h in json.loads(pool.stdout)["hosts"]] == [("local", True)]
 
     # anyone but the decider publishing an order is refused by the broker, and the order goes nowhere
     refused_ids = []
