@@ -120,7 +120,7 @@ class VirtualBoxSource:
                 match = _EMT.match(t.name)
                 if match:
                     emts[int(match.group(1) or 0)] = t
-            wait.update({f"{uuid}:{t.tid}": t.wait_seconds for t in emts.values()})
+            wait.update({f"{uuid}:{emts[i].tid}": emts[i].wait_seconds for i in attached if i in emts})
             per_vcpu = {f"{i:04d}": emts[i].cpu_seconds for i in attached if i in emts}
             readings.append(
                 Reading(
