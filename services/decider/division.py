@@ -126,7 +126,7 @@ def divide(shares: Sequence[Share], capacity: int, insurance: int, head: int | N
 def whole(shares: Sequence[Share], division: Division, previous: Mapping[str, int]) -> dict[str, int]:
     """Each VM's cap in whole vCPUs: its share rounded down, the vCPUs that leaves over given to the largest
     remainders (higher priority, then name, on a tie), and its ``previous`` cap kept while its share is within
-    one vCPU of it. The caps never add up to more than the shares do."""
+    one vCPU of it. The caps add up to the shares, rounded down."""
     alloc = division.shares
     total = math.floor(sum(alloc[s.vm] for s in shares) + 1e-6)
     caps = {s.vm: max(s.floor, math.floor(alloc[s.vm] + 1e-6)) for s in shares}
@@ -140,15 +140,18 @@ def whole(shares: Sequence[Share], division: Division, previous: Mapping[str, in
         if old is not None and old >= s.floor and abs(alloc[s.vm] - old) < 1 - 1e-6:
             caps[s.vm] = old
     over = sum(caps.values()) - total
-    if over > 0:
-        # Keeping old caps must not promise more than there is: those kept above their fresh cap, furthest
-        # above their share first, go back to it.
-        kept_high = sorted(
-            (s for s in shares if caps[s.vm] > fresh[s.vm]), key=lambda s: (alloc[s.vm] - caps[s.vm], s.vm)
-        )
-        for s in kept_high:
-            if over <= 0:
-                break
-            over -= caps[s.vm] - fresh[s.vm]
-            caps[s.vm] = fresh[s.vm]
+    # Keeping old caps must not promise more than there is: those kept above their fresh cap, furthest above
+    # their share first, go back to it. Nor leave vCPUs to no one: those furthest below their share get one more.
+    kept_high = sorted((s for s in shares if caps[s.vm] > fresh[s.vm]), key=lambda s: (alloc[s.vm] - caps[s.vm], s.vm))
+    for s in kept_high:
+        if over <= 0:
+            break
+        over -= caps[s.vm] - fresh[s.vm]
+        caps[s.vm] = fresh[s.vm]
+    while over < 0:
+        below = min(shares, key=lambda s: (caps[s.vm] - alloc[s.vm], -s.priority, s.vm))
+        if alloc[below.vm] - caps[below.vm] <= 1e-6:
+            break
+        caps[below.vm] += 1
+        over += 1
     return caps

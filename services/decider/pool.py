@@ -19,8 +19,9 @@ host-full result); a host without one is planned as before, VM by VM. All times 
   or is being given: an order in flight, or a grow granted at its last sample). Cores a reclaim frees count
   once the VM's samples show them; meanwhile the grow waits, deferred.
 
-A VM's capacity view is the collector's: VMs the decider does not plan (another decider's, or ones whose rule
-is ``off``) are ``committed`` minus what the planned VMs have, as of the last HostState.
+The capacity left to the planned VMs is the collector's view: what VMs without a claim (another decider's, ones
+whose rule is ``off``, or not sampled yet) have is ``committed`` minus what the planned VMs had at the last
+HostState; a VM's first claim takes its vCPUs out of it, a VM forgotten puts them back until the next view.
 """
 
 from __future__ import annotations
@@ -182,6 +183,8 @@ class HostPlanner:
         vm = self.vms.get(claim.vm)
         if vm is None:
             vm = self.vms[claim.vm] = _Vm(claim, claim.online, now)
+            # Its vCPUs were among those committed by VMs without a claim.
+            self.other = max(0, self.other - claim.online)
             self.online += claim.online
             self.held += claim.online
             self.claimed += vm.claimed
@@ -215,6 +218,7 @@ class HostPlanner:
         if entry is None:
             return ()
         self.online -= entry.claim.online
+        self.other += entry.claim.online  # committed until the host's next view says otherwise
         self.held -= entry.held
         self.claimed -= entry.claimed
         self.caps.pop(vm, None)
