@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import msgspec
+
 from services.decider.division import Share, divide, whole
 from services.decider.engine import Limit, Proposal
 from shared.config.rules import VmSettings
@@ -57,7 +59,7 @@ class HostView(NamedTuple):
         )
 
 
-class Claim(NamedTuple):
+class Claim(msgspec.Struct, frozen=True):
     """One VM's claim at one sample: ``online`` vCPUs, an order in flight to ``pending``, and what its policy
     wants and needs (``minimum ≤ need ≤ want``); priority, weight and preemptible from its ``[[vm]]`` rule."""
 
@@ -76,20 +78,15 @@ class Claim(NamedTuple):
 def claim_of(vm: str, proposal: Proposal, settings: VmSettings, pending: int | None, *, pinned: bool = False) -> Claim:
     """The claim of ``vm`` after ``proposal``. ``pinned``: the VM will not be resized whatever it wants (paused,
     or its rule only recommends), so it claims what it has."""
-    obs = proposal.obs
+    obs, rec = proposal
+    n = obs.vcpus
     if pinned:
-        return Claim(vm, obs.vcpus, obs.vcpus, obs.vcpus, obs.vcpus, pending, interval_s=obs.interval_s)
+        return Claim(vm, n, n, n, n, pending, interval_s=obs.interval_s)
+    low, high = obs.min_vcpus, obs.max_vcpus
+    want = low if rec.target < low else high if rec.target > high else rec.target
+    need = want if rec.need is None or rec.need > want else low if rec.need < low else rec.need
     return Claim(
-        vm,
-        obs.vcpus,
-        obs.min_vcpus,
-        proposal.need,
-        proposal.want,
-        pending,
-        settings.priority,
-        settings.weight,
-        settings.preemptible,
-        obs.interval_s,
+        vm, n, low, need, want, pending, settings.priority, settings.weight, settings.preemptible, obs.interval_s
     )
 
 
@@ -111,6 +108,9 @@ class Answer(NamedTuple):
     events: tuple[DeferralEvent, ...] = ()
 
 
+FREE = Answer(None)  # no limit, nothing to record
+
+
 class _Deferred:
     __slots__ = ("granted", "reason", "since", "wanted")
 
@@ -119,15 +119,13 @@ class _Deferred:
 
 
 class _Vm:
-    __slots__ = ("claim", "deferred", "held", "seen")
+    """A VM's last claim, what it holds (``held``), and ``claimed``: the larger of what it wants and holds."""
 
-    def __init__(self, claim: Claim, held: int, seen: float) -> None:
-        self.claim, self.held, self.seen = claim, held, seen
+    __slots__ = ("claim", "claimed", "deferred", "held", "seen")
+
+    def __init__(self, claim: Claim, seen: float) -> None:
+        self.claim, self.held, self.claimed, self.seen = claim, claim.online, max(claim.want, claim.online), seen
         self.deferred: _Deferred | None = None
-
-    @property
-    def claimed(self) -> int:
-        return max(self.claim.want, self.held)
 
 
 class HostPlanner:
@@ -140,6 +138,9 @@ class HostPlanner:
         self.held = 0  # Σ held: online, or more while an order or a granted grow is under way
         self.claimed = 0  # Σ max(want, held)
         self.other = 0  # committed on the host by VMs without a claim, as of the last view
+        self.capacity = 0  # the vCPUs the planned VMs may have in all: the host's capacity less the other VMs'
+        self.insurance = 0  # ... and the insurance limit, less the other VMs'
+        self.head = 0  # the requested size of the first waiting job (0: none)
         self.caps: dict[str, int] = {}  # the last division's caps
         self.divided_at = float("-inf")
         self.head_admitted = False
@@ -161,20 +162,17 @@ class HostPlanner:
 
     def _observe(self, view: HostView) -> None:
         self.view = view
-        self.other = max(0, view.committed - self.online)
+        self.head = view.head or 0
+        self._set_other(max(0, view.committed - self.online))
 
-    @property
-    def capacity(self) -> int:
-        """The vCPUs the planned VMs may have in all."""
-        return self.view.capacity - self.other
-
-    @property
-    def insurance(self) -> int:
-        return min(self.view.insurance, self.view.capacity) - self.other
+    def _set_other(self, other: int) -> None:
+        self.other = other
+        self.capacity = self.view.capacity - other
+        self.insurance = min(self.view.insurance, self.view.capacity) - other
 
     @property
     def contended(self) -> bool:
-        return self.claimed + (self.view.head or 0) > self.insurance
+        return self.claimed + self.head > self.insurance
 
     # The VMs
 
@@ -182,33 +180,39 @@ class HostPlanner:
         """Take ``claim`` for its VM; what the VM may have now (no limit: whatever its range allows)."""
         vm = self.vms.get(claim.vm)
         if vm is None:
-            vm = self.vms[claim.vm] = _Vm(claim, claim.online, now)
+            vm = self.vms[claim.vm] = _Vm(claim, now)
             # Its vCPUs were among those committed by VMs without a claim.
-            self.other = max(0, self.other - claim.online)
+            self._set_other(max(0, self.other - claim.online))
             self.online += claim.online
             self.held += claim.online
             self.claimed += vm.claimed
-        held = max(claim.online, claim.pending or 0)
-        self._set(vm, claim, held)
-        vm.seen = now
+        online, pending, want = claim.online, claim.pending, claim.want
+        held = online if pending is None or pending < online else pending
+        claimed = want if want > held else held
+        self.online += online - vm.claim.online
+        self.held += held - vm.held
+        self.claimed += claimed - vm.claimed
+        vm.claim, vm.held, vm.claimed, vm.seen = claim, held, claimed, now
         room = self.capacity - self.held  # free now
         cap: int | None = None
-        if self.contended:
+        if self.claimed + self.head > self.insurance:  # contended
             if now - self.divided_at >= claim.interval_s:
                 self._divide(now)
             cap = self.caps.get(claim.vm)
             if cap is None:  # came after the division: it grows once the next one counts it
-                limited = claim.want > held
-                return Answer(
-                    Limit(held, "host full: its share comes with the next plan", claim.preemptible) if limited else None
-                )
-        allowed = claim.want if cap is None else min(claim.want, cap)
+                if want <= held:
+                    return FREE
+                return Answer(Limit(held, "host full: its share comes with the next plan", claim.preemptible))
+        allowed = want if cap is None or cap > want else cap
         if allowed > held:
-            allowed = min(allowed, held + max(0, room))
-        if allowed > held:  # a grant: its room is taken until the VM's next sample says what became of it
-            self._set(vm, claim, allowed)
-        if allowed >= claim.want:
-            return Answer(None, self._track(vm, held, allowed, "", now))
+            if allowed > held + room:
+                allowed = held + room if room > 0 else held
+            # A grant: its room is taken until the VM's next sample says what became of it.
+            self.held += allowed - held
+            vm.held = allowed
+            vm.claimed = want if want > allowed else allowed
+        if allowed >= want:
+            return FREE if vm.deferred is None else Answer(None, self._track(vm, held, allowed, "", now))
         reason = self._why(claim, held, allowed, cap)
         return Answer(Limit(allowed, reason, claim.preemptible), self._track(vm, held, allowed, reason, now))
 
@@ -218,7 +222,7 @@ class HostPlanner:
         if entry is None:
             return ()
         self.online -= entry.claim.online
-        self.other += entry.claim.online  # committed until the host's next view says otherwise
+        self._set_other(self.other + entry.claim.online)  # committed until the host's next view says otherwise
         self.held -= entry.held
         self.claimed -= entry.claimed
         self.caps.pop(vm, None)
@@ -233,13 +237,6 @@ class HostPlanner:
         since = [vm.deferred.since for vm in self.vms.values() if vm.deferred is not None]
         return max(0.0, now - min(since)) if since else 0.0
 
-    def _set(self, vm: _Vm, claim: Claim, held: int) -> None:
-        self.online += claim.online - vm.claim.online
-        self.claimed -= vm.claimed
-        self.held += held - vm.held
-        vm.claim, vm.held = claim, held
-        self.claimed += vm.claimed
-
     def _purge(self, now: float) -> tuple[DeferralEvent, ...]:
         gone = [name for name, vm in self.vms.items() if now - vm.seen > STALE_INTERVALS * vm.claim.interval_s]
         return tuple(event for name in gone for event in self.forget(name))
@@ -251,15 +248,15 @@ class HostPlanner:
             for name, vm in self.vms.items()
             for c in (vm.claim,)
         ]
-        division = divide(shares, self.capacity, self.insurance, self.view.head)
+        division = divide(shares, self.capacity, self.insurance, self.head)
         self.caps = whole(shares, division, self.caps)
         self.divided_at = now
         self.head_admitted = division.head_admitted
 
     def _why(self, claim: Claim, held: int, allowed: int, cap: int | None) -> str:
         c = self.view.capacity
-        wanted = self.other + self.claimed + (self.view.head or 0)
-        queue = f" and the next waiting job's {self.view.head}" if self.head_admitted and self.view.head else ""
+        wanted = self.other + self.claimed + self.head
+        queue = f" and the next waiting job's {self.head}" if self.head_admitted and self.head else ""
         if allowed >= held:
             deferred = f"{claim.want - allowed} of {claim.want - held} wanted vCPUs deferred"
             if cap is not None and allowed == cap:

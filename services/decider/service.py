@@ -319,9 +319,9 @@ class Decider:
             if planner is not None:
                 pinned = pause is not None or plan.settings.autoscale == "recommend"
                 claim = claim_of(sample.vm, proposal, plan.settings, engine.pending_target, pinned=pinned)
-                answer = planner.claim(claim, now)
-                limit = answer.limit
-                self._deferrals(sample.host, answer.events, now)
+                limit, events = planner.claim(claim, now)
+                if events:
+                    self._deferrals(sample.host, events, now)
             decision = engine.decide(proposal, paused=describe(pause) if pause else None, limit=limit)
         if engine.held is not None:
             self.metrics.held.labels(engine.held.label).inc()

@@ -4,6 +4,7 @@ that hold still for noise, and (hypothesis) never more than the capacity. Pure."
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,7 +173,7 @@ def test_planned_sizes_fit_the_capacity_and_only_preemptible_vms_lose_what_they_
     sizes = {c.vm: c.online for c in claims}
     for t in (0.0, 1.0, 2.0):  # every VM claims, each interval, and is resized as far as it may be at once
         for c in claims:
-            answer = host.claim(c._replace(online=sizes[c.vm]), t)
+            answer = host.claim(msgspec.structs.replace(c, online=sizes[c.vm]), t)
             allowed = c.want if answer.limit is None else answer.limit.vcpus
             if answer.limit is not None and not c.preemptible:
                 assert allowed >= min(sizes[c.vm], c.need)
