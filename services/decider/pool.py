@@ -20,8 +20,10 @@ host-full result); a host without one is planned as before, VM by VM. All times 
   once the VM's samples show them; meanwhile the grow waits, deferred.
 
 The capacity left to the planned VMs is the collector's view: what VMs without a claim (another decider's, ones
-whose rule is ``off``, or not sampled yet) have is ``committed`` minus what the planned VMs had at the last
-HostState; a VM's first claim takes its vCPUs out of it, a VM forgotten puts them back until the next view.
+whose rule is ``off``, or not sampled yet) have is ``committed`` minus what the planned VMs had at the moment of
+the last HostState. A VM whose sample of that moment comes after the HostState corrects it then (the order in
+which a host's samples and its HostState are handled does not matter); a VM's first claim takes its vCPUs out
+of it, and a VM forgotten puts them back until the next view.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ STALE_INTERVALS = 5.0
 
 
 class HostView(NamedTuple):
-    """What the decider knows of a host: its capacity, what is committed on it, the insurance limit, and the
-    requested vCPUs of the first job waiting to start on it (None: no queue)."""
+    """What the decider knows of a host at ``time``: its capacity, what is committed on it, the insurance limit,
+    and the requested vCPUs of the first job waiting to start on it (None: no queue)."""
 
     capacity: int
     committed: int
     insurance: int
     head: int | None = None
+    time: float = 0.0
 
     @classmethod
     def of(cls, state: HostState) -> HostView:
@@ -56,6 +59,7 @@ class HostView(NamedTuple):
             state.committed_vcpus,
             insurance_of(state.capacity_vcpus, state.watermark),
             state.next_waiting_vcpus if state.waiting_vms else None,
+            state.time,
         )
 
 
@@ -73,6 +77,7 @@ class Claim(msgspec.Struct, frozen=True):
     weight: float = 1.0
     preemptible: bool = False
     interval_s: float = 1.0
+    time: float = 0.0  # the sample's
 
 
 def claim_of(vm: str, proposal: Proposal, settings: VmSettings, pending: int | None, *, pinned: bool = False) -> Claim:
@@ -81,12 +86,22 @@ def claim_of(vm: str, proposal: Proposal, settings: VmSettings, pending: int | N
     obs, rec = proposal
     n = obs.vcpus
     if pinned:
-        return Claim(vm, n, n, n, n, pending, interval_s=obs.interval_s)
+        return Claim(vm, n, n, n, n, pending, interval_s=obs.interval_s, time=obs.time)
     low, high = obs.min_vcpus, obs.max_vcpus
     want = low if rec.target < low else high if rec.target > high else rec.target
     need = want if rec.need is None or rec.need > want else low if rec.need < low else rec.need
     return Claim(
-        vm, n, low, need, want, pending, settings.priority, settings.weight, settings.preemptible, obs.interval_s
+        vm,
+        n,
+        low,
+        need,
+        want,
+        pending,
+        settings.priority,
+        settings.weight,
+        settings.preemptible,
+        obs.interval_s,
+        obs.time,
     )
 
 
@@ -119,12 +134,14 @@ class _Deferred:
 
 
 class _Vm:
-    """A VM's last claim, what it holds (``held``), and ``claimed``: the larger of what it wants and holds."""
+    """A VM's last claim, what it holds (``held``), and ``claimed``: the larger of what it wants and holds.
+    ``counted``: the online vCPUs the last view of the host was taken against, when its sample was older."""
 
-    __slots__ = ("claim", "claimed", "deferred", "held", "seen")
+    __slots__ = ("claim", "claimed", "counted", "deferred", "held", "seen")
 
     def __init__(self, claim: Claim, seen: float) -> None:
         self.claim, self.held, self.claimed, self.seen = claim, claim.online, max(claim.want, claim.online), seen
+        self.counted: int | None = None
         self.deferred: _Deferred | None = None
 
 
@@ -138,6 +155,7 @@ class HostPlanner:
         self.held = 0  # Σ held: online, or more while an order or a granted grow is under way
         self.claimed = 0  # Σ max(want, held)
         self.other = 0  # committed on the host by VMs without a claim, as of the last view
+        self._unclaimed = 0  # the same before it is floored at 0 (corrections after a view add up exactly)
         self.capacity = 0  # the vCPUs the planned VMs may have in all: the host's capacity less the other VMs'
         self.insurance = 0  # ... and the insurance limit, less the other VMs'
         self.head = 0  # the requested size of the first waiting job (0: none)
@@ -153,20 +171,25 @@ class HostPlanner:
         end."""
         events = self._purge(now)
         self._observe(view)
+        # A VM whose sample of the view's moment is still to come: what it has then corrects the other VMs' share.
+        for vm in self.vms.values():
+            vm.counted = vm.claim.online if vm.claim.time < view.time - vm.claim.interval_s / 2 else None
         return events
 
-    def learn_full(self, capacity: int, committed: int) -> None:
-        """An actuator refused a grow for want of room and said what it saw: believe it, and divide afresh."""
-        self._observe(self.view._replace(capacity=capacity, committed=committed))
+    def learn_full(self, capacity: int, committed: int, time: float) -> None:
+        """An actuator refused a grow for want of room and said what it saw at ``time``: believe it, and divide
+        afresh."""
+        self._observe(self.view._replace(capacity=capacity, committed=committed, time=time))
         self.divided_at = float("-inf")
 
     def _observe(self, view: HostView) -> None:
         self.view = view
         self.head = view.head or 0
-        self._set_other(max(0, view.committed - self.online))
+        self._set_other(view.committed - self.online)
 
-    def _set_other(self, other: int) -> None:
-        self.other = other
+    def _set_other(self, unclaimed: int) -> None:
+        self._unclaimed = unclaimed
+        self.other = other = unclaimed if unclaimed > 0 else 0
         self.capacity = self.view.capacity - other
         self.insurance = min(self.view.insurance, self.view.capacity) - other
 
@@ -181,11 +204,15 @@ class HostPlanner:
         vm = self.vms.get(claim.vm)
         if vm is None:
             vm = self.vms[claim.vm] = _Vm(claim, now)
-            # Its vCPUs were among those committed by VMs without a claim.
-            self._set_other(max(0, self.other - claim.online))
+            # The last view counted its vCPUs among those of VMs without a claim (if it started since, the next
+            # view puts that right; meanwhile the division still keeps the room for it as the queue's head).
+            self._set_other(self._unclaimed - claim.online)
             self.online += claim.online
             self.held += claim.online
             self.claimed += vm.claimed
+        elif vm.counted is not None:
+            self._set_other(self._unclaimed + vm.counted - claim.online)
+            vm.counted = None
         online, pending, want = claim.online, claim.pending, claim.want
         held = online if pending is None or pending < online else pending
         claimed = want if want > held else held
@@ -222,7 +249,7 @@ class HostPlanner:
         if entry is None:
             return ()
         self.online -= entry.claim.online
-        self._set_other(self.other + entry.claim.online)  # committed until the host's next view says otherwise
+        self._set_other(self._unclaimed + entry.claim.online)  # committed until the next view says otherwise
         self.held -= entry.held
         self.claimed -= entry.claimed
         self.caps.pop(vm, None)

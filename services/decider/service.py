@@ -455,9 +455,9 @@ class Decider:
             return
         planner = self.planners.get(result.host)
         if planner is None:
-            self._plan_host(result.host, HostView(capacity, committed, capacity))
+            self._plan_host(result.host, HostView(capacity, committed, capacity, time=result.time))
         else:
-            planner.learn_full(capacity, committed)
+            planner.learn_full(capacity, committed, result.time)
 
 
 class WholeFleet:

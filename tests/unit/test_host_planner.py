@@ -106,7 +106,7 @@ def test_a_host_full_result_redivides_at_once() -> None:
     host = planner(12, committed=8)
     host.claim(Claim("a", 4, 1, 6, 6), 0.0)
     assert host.claim(Claim("b", 4, 1, 6, 6), 0.0).limit is None
-    host.learn_full(capacity=10, committed=10)  # an actuator saw 2 more committed than this plan knew
+    host.learn_full(capacity=10, committed=10, time=0.0)  # an actuator saw 2 more committed than this plan knew
     limited = host.claim(Claim("b", 4, 1, 6, 6), 0.1)
     assert limited.limit is not None and limited.limit.vcpus == 4
 
@@ -119,11 +119,27 @@ def test_a_vm_that_came_after_the_division_waits_for_the_next() -> None:
     assert host.claim(Claim("b", 4, 1, 8, 8), 1.0).events != ()  # counted now: its grow is deferred
 
 
+def test_a_shrink_the_host_state_shows_before_the_vms_sample_does_is_counted_once() -> None:
+    """The HostState of t=10 already counts a's shrink to 4; a's sample of t=10 comes after it. Room must be 4
+    once that sample is in, whatever the order: not 8 (the shrink counted twice), not 0."""
+    for state_first in (True, False):
+        host = planner(12, committed=12)
+        host.claim(Claim("a", 8, 1, 8, 8, time=9.0), 9.0)
+        host.claim(Claim("b", 4, 1, 4, 4, time=9.0), 9.0)
+        if state_first:
+            host.observe_host(HostView(12, 8, 12, time=10.0), 10.0)
+        host.claim(Claim("a", 4, 1, 4, 4, time=10.0), 10.0)
+        host.claim(Claim("b", 4, 1, 4, 4, time=10.0), 10.0)
+        if not state_first:
+            host.observe_host(HostView(12, 8, 12, time=10.0), 10.0)
+        assert (host.other, host.capacity - host.held) == (0, 4), state_first
+
+
 def test_the_view_of_a_host_state() -> None:
     state = HostState(
         time=0, host="h", cpus=8, capacity_vcpus=16, committed_vcpus=12, free_vcpus=4, watermark=0.9, waiting_vms=0
     )
-    assert HostView.of(state) == HostView(16, 12, 14, None)
+    assert HostView.of(state) == HostView(16, 12, 14, None, 0.0)
     queued = HostState(
         time=0,
         host="h",
