@@ -120,19 +120,20 @@ def test_a_vm_that_came_after_the_division_waits_for_the_next() -> None:
 
 
 def test_a_shrink_the_host_state_shows_before_the_vms_sample_does_is_counted_once() -> None:
-    """The HostState of t=10 already counts a's shrink to 4; a's sample of t=10 comes after it. Room must be 4
-    once that sample is in, whatever the order: not 8 (the shrink counted twice), not 0."""
+    """A VM no one plans holds 2 of 14. The HostState of t=10 already counts a's shrink from 8 to 4; a's sample
+    of t=10 may come after it. Once that sample is in, the room is 4 whatever the order: not 6 (the shrink
+    counted twice), not 2."""
     for state_first in (True, False):
-        host = planner(12, committed=12)
+        host = planner(14, committed=14)
         host.claim(Claim("a", 8, 1, 8, 8, time=9.0), 9.0)
         host.claim(Claim("b", 4, 1, 4, 4, time=9.0), 9.0)
         if state_first:
-            host.observe_host(HostView(12, 8, 12, time=10.0), 10.0)
+            host.observe_host(HostView(14, 10, 14, time=10.0), 10.0)
         host.claim(Claim("a", 4, 1, 4, 4, time=10.0), 10.0)
         host.claim(Claim("b", 4, 1, 4, 4, time=10.0), 10.0)
         if not state_first:
-            host.observe_host(HostView(12, 8, 12, time=10.0), 10.0)
-        assert (host.other, host.capacity - host.held) == (0, 4), state_first
+            host.observe_host(HostView(14, 10, 14, time=10.0), 10.0)
+        assert (host.other, host.capacity - host.held) == (2, 4), state_first
 
 
 def test_the_view_of_a_host_state() -> None:
