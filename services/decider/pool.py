@@ -7,7 +7,8 @@ host-full result); a host without one is planned as before, VM by VM. All times 
     answer = planner.claim(claim_of(proposal, settings, engine.pending_target), now)
     decision = engine.decide(proposal, paused, answer.limit)          # the limit, then holds and rails
 
-``answer.events`` are the VM's deferrals that start, are granted or are dropped (``Deferral`` messages).
+``answer.events`` say when a deferral starts, is granted or is dropped (``Deferral`` messages): the VM's, and
+those of VMs found gone meanwhile.
 
 * **No contention** (every VM's ``max(want, held)`` and the head of the waiting queue fit within the
   insurance limit, capacity × watermark): no limit at all, so decisions are those of a decider that knows no
@@ -220,16 +221,17 @@ class HostPlanner:
         self.held += held - vm.held
         self.claimed += claimed - vm.claimed
         vm.claim, vm.held, vm.claimed, vm.seen = claim, held, claimed, now
-        room = self.capacity - self.held  # free now
         cap: int | None = None
+        gone: tuple[DeferralEvent, ...] = ()
         if self.claimed + self.head > self.insurance:  # contended
             if now - self.divided_at >= claim.interval_s:
-                self._divide(now)
+                gone = self._divide(now)
             cap = self.caps.get(claim.vm)
             if cap is None:  # came after the division: it grows once the next one counts it
                 if want <= held:
-                    return FREE
-                return Answer(Limit(held, "host full: its share comes with the next plan", claim.preemptible))
+                    return Answer(None, gone)
+                return Answer(Limit(held, "host full: its share comes with the next plan", claim.preemptible), gone)
+        room = self.capacity - self.held  # free now
         allowed = want if cap is None or cap > want else cap
         if allowed > held:
             if allowed > held + room:
@@ -239,9 +241,11 @@ class HostPlanner:
             vm.held = allowed
             vm.claimed = want if want > allowed else allowed
         if allowed >= want:
-            return FREE if vm.deferred is None else Answer(None, self._track(vm, held, allowed, "", now))
+            if vm.deferred is None and not gone:
+                return FREE
+            return Answer(None, gone + self._track(vm, held, allowed, "", now))
         reason = self._why(claim, held, allowed, cap)
-        return Answer(Limit(allowed, reason, claim.preemptible), self._track(vm, held, allowed, reason, now))
+        return Answer(Limit(allowed, reason, claim.preemptible), gone + self._track(vm, held, allowed, reason, now))
 
     def forget(self, vm: str) -> tuple[DeferralEvent, ...]:
         """``vm`` is gone (stopped, or handed over to another decider): its claim leaves, its deferral ends."""
@@ -268,8 +272,9 @@ class HostPlanner:
         gone = [name for name, vm in self.vms.items() if now - vm.seen > STALE_INTERVALS * vm.claim.interval_s]
         return tuple(event for name in gone for event in self.forget(name))
 
-    def _divide(self, now: float) -> None:
-        self._purge(now)
+    def _divide(self, now: float) -> tuple[DeferralEvent, ...]:
+        """Divide the host afresh among the VMs still sampled; the deferrals of those that are not end."""
+        gone = self._purge(now)
         shares = [
             Share(name, vm.held, c.minimum, c.need, c.want, c.priority, c.weight, c.preemptible)
             for name, vm in self.vms.items()
@@ -279,6 +284,7 @@ class HostPlanner:
         self.caps = whole(shares, division, self.caps)
         self.divided_at = now
         self.head_admitted = division.head_admitted
+        return gone
 
     def _why(self, claim: Claim, held: int, allowed: int, cap: int | None) -> str:
         c = self.view.capacity

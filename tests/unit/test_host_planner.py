@@ -75,6 +75,16 @@ def test_a_vm_no_longer_sampled_leaves_the_host_and_its_deferral_ends() -> None:
     assert host.vms == {} and host.held == 0
 
 
+def test_a_vm_gone_from_a_host_known_only_by_refusals_is_dropped_at_the_next_division() -> None:
+    host = planner(8, committed=8)  # no HostState comes: only observe_host would sweep
+    host.claim(Claim("a", 4, 1, 4, 4), 0.0)
+    host.claim(Claim("b", 4, 1, 4, 4), 0.0)
+    assert host.claim(Claim("b", 4, 1, 6, 6), 1.0).events[0].action is DeferralAction.DEFERRED
+    answer = host.claim(Claim("a", 4, 1, 4, 4), 10.0)  # b has not been sampled since
+    assert [(e.vm, e.action) for e in answer.events] == [("b", DeferralAction.DROPPED)]
+    assert "b" not in host.vms
+
+
 def test_grows_granted_in_one_interval_never_pass_the_capacity() -> None:
     """Each granted grow holds its room until the VM's next sample, so two VMs cannot take the same room."""
     host = planner(10, committed=8)
