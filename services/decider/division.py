@@ -148,10 +148,11 @@ def whole(shares: Sequence[Share], division: Division, previous: Mapping[str, in
             break
         over -= caps[s.vm] - fresh[s.vm]
         caps[s.vm] = fresh[s.vm]
-    while over < 0:
-        below = min(shares, key=lambda s: (caps[s.vm] - alloc[s.vm], -s.priority, s.vm))
-        if alloc[below.vm] - caps[below.vm] <= 1e-6:
-            break
-        caps[below.vm] += 1
-        over += 1
+    if over < 0:
+        # Every cap is within one vCPU of its share, so one more each, furthest below first, is enough.
+        for s in sorted(shares, key=lambda s: (caps[s.vm] - alloc[s.vm], -s.priority, s.vm)):
+            if over >= 0 or alloc[s.vm] - caps[s.vm] <= 1e-6:
+                break
+            caps[s.vm] += 1
+            over += 1
     return caps
