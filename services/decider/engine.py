@@ -17,11 +17,12 @@ Results teach the engine three more things (``learn_result``; replay has no resu
 budget or a full host) and says why in ``held``, for the decider's ``hotplug_decider_held_total``. A paused VM
 keeps its whole decision state: the policy sees every observation, and only the order is withheld.
 
-On a full host ``step`` runs in two phases, so that the host's plan (``services.decider.pool``) sees what the
-policy wants before the order is made: ``propose`` (the policy's recommendation: what the VM wants and needs) and
-``decide`` (the host's ``Limit``, then the refusal holds and the rails). ``step`` is both at once; without a
-limit its decisions are exactly those of the one phase it replaces. A reclaim a limit asks for is a shrink like
-any other (warm-up, change budget, the pending order), except that a preemptible VM's is not held by its warm-up.
+For a host planned as a whole, ``step`` runs in two phases, so that the host's plan (``services.decider.pool``)
+sees what the policy wants before the order is made: ``propose`` (the policy's recommendation: what the VM wants
+and needs) and ``decide`` (the host's ``Limit``, then the refusal holds and the rails). ``step`` is both at once;
+without a limit its decisions are exactly those of the one phase it replaces. A reclaim a limit asks for is a
+shrink like any other (warm-up, change budget, the pending order), except that a preemptible VM's is not held by
+its warm-up.
 """
 
 from __future__ import annotations

@@ -84,19 +84,16 @@ class Claim(msgspec.Struct, frozen=True):
 def claim_of(vm: str, proposal: Proposal, settings: VmSettings, pending: int | None, *, pinned: bool = False) -> Claim:
     """The claim of ``vm`` after ``proposal``. ``pinned``: the VM will not be resized whatever it wants (paused,
     or its rule only recommends), so it claims what it has."""
-    obs, rec = proposal
+    obs = proposal.obs
     n = obs.vcpus
     if pinned:
         return Claim(vm, n, n, n, n, pending, interval_s=obs.interval_s, time=obs.time)
-    low, high = obs.min_vcpus, obs.max_vcpus
-    want = low if rec.target < low else high if rec.target > high else rec.target
-    need = want if rec.need is None or rec.need > want else low if rec.need < low else rec.need
     return Claim(
         vm,
         n,
-        low,
-        need,
-        want,
+        obs.min_vcpus,
+        proposal.need,
+        proposal.want,
         pending,
         settings.priority,
         settings.weight,
