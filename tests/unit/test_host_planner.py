@@ -180,7 +180,7 @@ vm_claims = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     vms=vm_claims,
     spare=st.integers(0, 8),
