@@ -1,0 +1,333 @@
+"""Each host planned as a whole: its VMs' claims, its capacity, and what each VM may have now. Pure.
+
+One ``HostPlanner`` per host whose capacity the decider knows (the host's ``HostState``, or an actuator's
+host-full result); a host without one is planned as before, VM by VM. All times are arguments. Per sample:
+
+    proposal = engine.propose(obs)                                    # what the policy wants and needs
+    answer = planner.claim(claim_of(proposal, settings, engine.pending_target), now)
+    decision = engine.decide(proposal, paused, answer.limit)          # the limit, then holds and rails
+
+``answer.events`` say when a deferral starts, is granted or is dropped (``Deferral`` messages): the VM's, and
+those of VMs found gone meanwhile.
+
+* **No contention** (every VM's ``max(want, held)`` and the head of the waiting queue fit within the
+  insurance limit, capacity × watermark): no limit at all, so decisions are those of a decider that knows no
+  host. Running sums make this check O(1) per sample.
+* **Contention**: the host is divided (``services.decider.division``: floors, present need by priority and
+  weighted fairness, then insurance) at most once per sampling interval, with hysteresis on the caps. A VM
+  above its cap is reclaimed (a shrink through the engine's rails); a VM below it may grow towards it.
+* **Shrinks before grows**: a grow is granted only into room free now, capacity − Σ ``held`` (what each VM has,
+  or is being given: an order in flight, or a grow granted at its last sample). Cores a reclaim frees count
+  once the VM's samples show them; meanwhile the grow waits, deferred.
+
+The capacity left to the planned VMs is the collector's view: what VMs without a claim (another decider's, ones
+whose rule is ``off``, or not sampled yet) have is ``committed`` minus what the planned VMs had at the moment of
+the last HostState. A VM whose sample of that moment comes after the HostState corrects it then (the order in
+which a host's samples and its HostState are handled does not matter); a VM's first claim takes its vCPUs out
+of it, and a VM forgotten puts them back until the next view.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import msgspec
+
+from services.decider.division import Share, divide, whole
+from services.decider.engine import Limit, Proposal
+from shared.config.rules import VmSettings
+from shared.messages import DeferralAction, HostState
+from shared.pool import insurance_of
+
+# A VM with no sample for this many of its sampling intervals is gone (stopped, or another decider's now).
+STALE_INTERVALS = 5.0
+
+
+class HostView(NamedTuple):
+    """What the decider knows of a host at ``time``: its capacity, what is committed on it, the insurance limit,
+    and the requested vCPUs of the first job waiting to start on it (None: no queue)."""
+
+    capacity: int
+    committed: int
+    insurance: int
+    head: int | None = None
+    time: float = 0.0
+
+    @classmethod
+    def of(cls, state: HostState) -> HostView:
+        return cls(
+            state.capacity_vcpus,
+            state.committed_vcpus,
+            insurance_of(state.capacity_vcpus, state.watermark),
+            state.next_waiting_vcpus if state.waiting_vms else None,
+            state.time,
+        )
+
+
+class Claim(msgspec.Struct, frozen=True):
+    """One VM's claim at one sample: ``online`` vCPUs, an order in flight to ``pending``, and what its policy
+    wants and needs (``minimum ≤ need ≤ want``); priority, weight and preemptible from its ``[[vm]]`` rule."""
+
+    vm: str
+    online: int
+    minimum: int
+    need: int
+    want: int
+    pending: int | None = None
+    priority: int = 0
+    weight: float = 1.0
+    preemptible: bool = False
+    interval_s: float = 1.0
+    time: float = 0.0  # the sample's
+
+
+def claim_of(vm: str, proposal: Proposal, settings: VmSettings, pending: int | None, *, pinned: bool = False) -> Claim:
+    """The claim of ``vm`` after ``proposal``. ``pinned``: the VM will not be resized whatever it wants (paused,
+    or its rule only recommends), so it claims what it has."""
+    obs = proposal.obs
+    n = obs.vcpus
+    if pinned:
+        return Claim(vm, n, n, n, n, pending, interval_s=obs.interval_s, time=obs.time)
+    return Claim(
+        vm,
+        n,
+        obs.min_vcpus,
+        proposal.need,
+        proposal.want,
+        pending,
+        settings.priority,
+        settings.weight,
+        settings.preemptible,
+        obs.interval_s,
+        obs.time,
+    )
+
+
+class DeferralEvent(NamedTuple):
+    """A VM's deferred grow started, was granted in full, or was dropped (``shared.messages.Deferral``)."""
+
+    vm: str
+    action: DeferralAction
+    vcpus: int
+    wanted: int
+    granted: int
+    since: float
+    priority: int
+    reason: str
+
+
+class Answer(NamedTuple):
+    limit: Limit | None
+    events: tuple[DeferralEvent, ...] = ()
+
+
+FREE = Answer(None)  # no limit, nothing to record
+
+
+class _Deferred:
+    __slots__ = ("granted", "reason", "since", "wanted")
+
+    def __init__(self, since: float, wanted: int, granted: int, reason: str) -> None:
+        self.since, self.wanted, self.granted, self.reason = since, wanted, granted, reason
+
+
+class _Vm:
+    """A VM's last claim, what it holds (``held``), and ``claimed``: the larger of what it wants and holds.
+    ``counted``: the online vCPUs the last view of the host was taken against, when its sample was older."""
+
+    __slots__ = ("claim", "claimed", "counted", "deferred", "held", "seen")
+
+    def __init__(self, claim: Claim, seen: float) -> None:
+        self.claim, self.held, self.claimed, self.seen = claim, claim.online, max(claim.want, claim.online), seen
+        self.counted: int | None = None
+        self.deferred: _Deferred | None = None
+
+
+class HostPlanner:
+    """One host's plan: its VMs' claims, running sums over them, and the division while the host is full."""
+
+    def __init__(self, view: HostView) -> None:
+        self.view = view
+        self.vms: dict[str, _Vm] = {}
+        self.online = 0  # Σ online vCPUs of the claims
+        self.held = 0  # Σ held: online, or more while an order or a granted grow is under way
+        self.claimed = 0  # Σ max(want, held)
+        self.other = 0  # committed on the host by VMs without a claim, as of the last view
+        self._unclaimed = 0  # the same before it is floored at 0 (corrections after a view add up exactly)
+        self.capacity = 0  # the vCPUs the planned VMs may have in all: the host's capacity less the other VMs'
+        self.insurance = 0  # ... and the insurance limit, less the other VMs'
+        self.head = 0  # the requested size of the first waiting job (0: none)
+        self.caps: dict[str, int] = {}  # the last division's caps
+        self.divided_at = float("-inf")
+        self.head_admitted = False
+        self._observe(view)
+
+    # The host
+
+    def observe_host(self, view: HostView, now: float) -> tuple[DeferralEvent, ...]:
+        """A new view of the host (its collector's HostState). VMs no longer sampled are dropped: their deferrals
+        end."""
+        events = self._purge(now)
+        self._observe(view)
+        # A VM whose sample of the view's moment is still to come: what it has then corrects the other VMs' share.
+        for vm in self.vms.values():
+            vm.counted = vm.claim.online if vm.claim.time < view.time - vm.claim.interval_s / 2 else None
+        return events
+
+    def learn_full(self, capacity: int, committed: int, time: float) -> None:
+        """An actuator refused a grow for want of room and said what it saw at ``time``: believe it, and divide
+        afresh."""
+        self._observe(self.view._replace(capacity=capacity, committed=committed, time=time))
+        self.divided_at = float("-inf")
+
+    def _observe(self, view: HostView) -> None:
+        self.view = view
+        self.head = view.head or 0
+        self._set_other(view.committed - self.online)
+
+    def _set_other(self, unclaimed: int) -> None:
+        self._unclaimed = unclaimed
+        self.other = other = unclaimed if unclaimed > 0 else 0
+        self.capacity = self.view.capacity - other
+        self.insurance = min(self.view.insurance, self.view.capacity) - other
+
+    @property
+    def contended(self) -> bool:
+        return self.claimed + self.head > self.insurance
+
+    # The VMs
+
+    def claim(self, claim: Claim, now: float) -> Answer:
+        """Take ``claim`` for its VM; what the VM may have now (no limit: whatever its range allows)."""
+        vm = self.vms.get(claim.vm)
+        if vm is None:
+            vm = self.vms[claim.vm] = _Vm(claim, now)
+            # The last view counted its vCPUs among those of VMs without a claim (if it started since, the next
+            # view puts that right; meanwhile the division still keeps the room for it as the queue's head).
+            self._set_other(self._unclaimed - claim.online)
+            self.online += claim.online
+            self.held += claim.online
+            self.claimed += vm.claimed
+        elif vm.counted is not None:
+            self._set_other(self._unclaimed + vm.counted - claim.online)
+            vm.counted = None
+        online, pending, want = claim.online, claim.pending, claim.want
+        held = online if pending is None or pending < online else pending
+        claimed = want if want > held else held
+        self.online += online - vm.claim.online
+        self.held += held - vm.held
+        self.claimed += claimed - vm.claimed
+        vm.claim, vm.held, vm.claimed, vm.seen = claim, held, claimed, now
+        cap: int | None = None
+        gone: tuple[DeferralEvent, ...] = ()
+        if self.claimed + self.head > self.insurance:  # contended
+            if now - self.divided_at >= claim.interval_s:
+                gone = self._divide(now)
+            cap = self.caps.get(claim.vm)
+            if cap is None:  # came after the division: it grows once the next one counts it
+                if want <= held:
+                    return Answer(None, gone)
+                return Answer(Limit(held, "host full: its share comes with the next plan", claim.preemptible), gone)
+        room = self.capacity - self.held  # free now
+        allowed = want if cap is None or cap > want else cap
+        if allowed > held:
+            if allowed > held + room:
+                allowed = held + room if room > 0 else held
+            # A grant: its room is taken until the VM's next sample says what became of it.
+            self.held += allowed - held
+            vm.held = allowed
+            vm.claimed = want if want > allowed else allowed
+        if allowed >= want:
+            if vm.deferred is None and not gone:
+                return FREE
+            return Answer(None, gone + self._track(vm, held, allowed, "", now))
+        reason = self._why(claim, held, allowed, cap)
+        return Answer(Limit(allowed, reason, claim.preemptible), gone + self._track(vm, held, allowed, reason, now))
+
+    def forget(self, vm: str) -> tuple[DeferralEvent, ...]:
+        """``vm`` is gone (stopped, or handed over to another decider): its claim leaves, its deferral ends."""
+        entry = self.vms.pop(vm, None)
+        if entry is None:
+            return ()
+        self.online -= entry.claim.online
+        self._set_other(self._unclaimed + entry.claim.online)  # committed until the next view says otherwise
+        self.held -= entry.held
+        self.claimed -= entry.claimed
+        self.caps.pop(vm, None)
+        return self._end(entry, DeferralAction.DROPPED, "gone")
+
+    def deferred(self) -> int:
+        """Grows deferred now."""
+        return sum(1 for vm in self.vms.values() if vm.deferred is not None)
+
+    def oldest_deferral(self, now: float) -> float:
+        """Seconds the longest-deferred grow has waited (0: none)."""
+        since = [vm.deferred.since for vm in self.vms.values() if vm.deferred is not None]
+        return max(0.0, now - min(since)) if since else 0.0
+
+    def _purge(self, now: float) -> tuple[DeferralEvent, ...]:
+        gone = [name for name, vm in self.vms.items() if now - vm.seen > STALE_INTERVALS * vm.claim.interval_s]
+        return tuple(event for name in gone for event in self.forget(name))
+
+    def _divide(self, now: float) -> tuple[DeferralEvent, ...]:
+        """Divide the host afresh among the VMs still sampled; the deferrals of those that are not end."""
+        gone = self._purge(now)
+        shares = [
+            Share(name, vm.held, c.minimum, c.need, c.want, c.priority, c.weight, c.preemptible)
+            for name, vm in self.vms.items()
+            for c in (vm.claim,)
+        ]
+        division = divide(shares, self.capacity, self.insurance, self.head)
+        self.caps = whole(shares, division, self.caps)
+        self.divided_at = now
+        self.head_admitted = division.head_admitted
+        return gone
+
+    def _why(self, claim: Claim, held: int, allowed: int, cap: int | None) -> str:
+        c = self.view.capacity
+        wanted = self.other + self.claimed + self.head
+        queue = f" and the next waiting job's {self.head}" if self.head_admitted and self.head else ""
+        if allowed >= held:
+            deferred = f"{claim.want - allowed} of {claim.want - held} wanted vCPUs deferred"
+            if cap is not None and allowed == cap:
+                return f"host full: capacity {c}, {wanted} wanted; its share is {cap}; {deferred}"
+            committed = self.other + self.held
+            return f"host full: capacity {c}, {committed} committed; {deferred}"
+        if allowed < max(claim.minimum, min(held, claim.need)):
+            return f"host full: capacity {c}, {wanted} wanted; preempted for a higher priority's need{queue}"
+        burst = f"{held - allowed} vCPUs held against a burst go to present need"
+        return f"host full: capacity {c}, {wanted} wanted; {burst}{queue}"
+
+    def _track(self, vm: _Vm, held: int, allowed: int, reason: str, now: float) -> tuple[DeferralEvent, ...]:
+        want = vm.claim.want
+        if want > held and allowed < want:
+            if vm.deferred is None:
+                vm.deferred = _Deferred(now, want, allowed, reason)
+                return (self._event(vm, DeferralAction.DEFERRED, vm.deferred),)
+            vm.deferred.wanted, vm.deferred.granted, vm.deferred.reason = want, allowed, reason
+            return ()
+        if vm.deferred is None:
+            return ()
+        if want > held:
+            return self._end(vm, DeferralAction.GRANTED, f"granted: {allowed} vCPUs")
+        return self._end(vm, DeferralAction.DROPPED, f"no longer wanted: {want} vCPUs")
+
+    def _end(self, vm: _Vm, action: DeferralAction, reason: str) -> tuple[DeferralEvent, ...]:
+        deferred = vm.deferred
+        if deferred is None:
+            return ()
+        vm.deferred = None
+        granted = vm.claim.want if action is DeferralAction.GRANTED else deferred.granted
+        return (self._event(vm, action, _Deferred(deferred.since, vm.claim.want, granted, reason)),)
+
+    def _event(self, vm: _Vm, action: DeferralAction, deferred: _Deferred) -> DeferralEvent:
+        return DeferralEvent(
+            vm.claim.vm,
+            action,
+            vm.claim.online,
+            deferred.wanted,
+            deferred.granted,
+            deferred.since,
+            vm.claim.priority,
+            deferred.reason,
+        )
