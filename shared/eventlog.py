@@ -29,7 +29,6 @@ _deferral_decoder = Decoder(Deferral)
 _result_decoder = Decoder(ScaleResult)
 _sample_decoder = Decoder(MetricSample)
 _proposal_decoder = Decoder(ScaleCommand)
-_deferral_decoder = Decoder(Deferral)
 
 
 async def read_events(js: JetStreamContext) -> AsyncIterator[tuple[str, Event | None]]:
@@ -98,15 +97,6 @@ async def last_result(js: JetStreamContext, host: str, vm: str) -> ScaleResult |
         return _result_decoder.decode(stored.data)
     except BadMessage:
         return None
-
-
-async def read_deferrals(js: JetStreamContext) -> list[Deferral]:
-    """Every deferred grow in the event log, its grant and its drop, oldest first (undecodable ones left out)."""
-    found: list[Deferral] = []
-    async for _, data in read_stream(js, topology.EVENTS_STREAM, [subjects.ALL_DEFERRALS]):
-        with contextlib.suppress(BadMessage):
-            found.append(_deferral_decoder.decode(data))
-    return found
 
 
 async def read_metrics(
