@@ -107,6 +107,7 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
             publish=[
                 f"{subjects.COMMANDS}.>",
                 f"{subjects.PROPOSALS}.>",
+                subjects.ALL_DEFERRALS,
                 f"{API}.STREAM.INFO.*",
                 *[f"{API}.STREAM.CREATE.{topology.kv_stream(b)}" for b in buckets],
                 *[topology.kv_subject(b) for b in buckets],
@@ -114,7 +115,7 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
                 f"{API}.CONSUMER.>",
                 *_read_pauses(create=True),
             ],  # group members' consumers on the metrics stream, KV key listings
-            subscribe=[f"{subjects.METRICS}.>", f"{subjects.RESULTS}.>", "_INBOX.>"],
+            subscribe=[f"{subjects.METRICS}.>", f"{subjects.RESULTS}.>", subjects.ALL_HOSTS, "_INBOX.>"],
             deny_publish=[f"{API}.CONSUMER.DELETE.{EVENTS}.>"],
         ),
         User(

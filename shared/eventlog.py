@@ -1,5 +1,5 @@
-"""Reading a run back out of JetStream, for everyone: the event log (commands, results, pauses and resumes) and the
-metrics stream (samples, shadow proposals).
+"""Reading a run back out of JetStream, for everyone: the event log (commands, results, pauses and resumes, deferred
+grows) and the metrics stream (samples, shadow proposals).
 
 ``hotplug events``, ``report`` and ``compare``, the actuator's look-ups of past results, ``hotplug chaos`` and the
 test harness all read through here, so a message that does not decode is treated the same way everywhere: the
@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from shared import subjects, topology
 from shared.bus import read_stream
 from shared.codec import BadMessage, Decoder
-from shared.messages import MetricSample, PauseEvent, ScaleCommand, ScaleResult
+from shared.messages import Deferral, MetricSample, PauseEvent, ScaleCommand, ScaleResult
 
 Event = ScaleCommand | ScaleResult
 _event_decoder = msgspec.json.Decoder(Event)
@@ -27,6 +27,7 @@ _with_pauses = msgspec.json.Decoder(ScaleCommand | ScaleResult | PauseEvent)
 _result_decoder = Decoder(ScaleResult)
 _sample_decoder = Decoder(MetricSample)
 _proposal_decoder = Decoder(ScaleCommand)
+_deferral_decoder = Decoder(Deferral)
 
 
 async def read_events(js: JetStreamContext) -> AsyncIterator[tuple[str, Event | None]]:
@@ -82,6 +83,15 @@ async def last_result(js: JetStreamContext, host: str, vm: str) -> ScaleResult |
         return _result_decoder.decode(stored.data)
     except BadMessage:
         return None
+
+
+async def read_deferrals(js: JetStreamContext) -> list[Deferral]:
+    """Every deferred grow in the event log, its grant and its drop, oldest first (undecodable ones left out)."""
+    found: list[Deferral] = []
+    async for _, data in read_stream(js, topology.EVENTS_STREAM, [subjects.ALL_DEFERRALS]):
+        with contextlib.suppress(BadMessage):
+            found.append(_deferral_decoder.decode(data))
+    return found
 
 
 async def read_metrics(

@@ -32,7 +32,12 @@ class HostCapacity(NamedTuple):
     @property
     def insurance_vcpus(self) -> int:
         """The vCPUs that cores held against a burst (not in use now) may take: the watermark's share."""
-        return math.floor(self.capacity_vcpus * self.watermark + 1e-9)
+        return insurance_of(self.capacity_vcpus, self.watermark)
+
+
+def insurance_of(capacity_vcpus: int, watermark: float) -> int:
+    """The watermark's share of ``capacity_vcpus``, whole (what a HostState's capacity and watermark allow)."""
+    return math.floor(capacity_vcpus * watermark + 1e-9)
 
 
 def host_rule(rules: Sequence[HostRule], host: str) -> int | None:

@@ -3,7 +3,7 @@ of the topology: streams, buckets, consumers and users are named in ``shared.top
 
 VM names may contain characters NATS gives meaning to (``.``, ``*``, ``>``, white space), so a name is
 carried in the message body and only its escaped form goes into the subject. The escape is reversible
-and stable, so partitioning by VM (subject mapping ``partition()``) sees one token per VM.
+and stable: one token per VM.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ ALL_PAUSES = f"{PAUSES}.>"
 ALL_HOSTS = f"{HOSTS}.*"
 ALL_DEFERRALS = f"{DEFERRALS}.>"
 
-# The metrics stream stores each sample under a partition of its (host, VM): the partitions sharded deciders
-# share out. Core subscribers still see the original subject.
+# The metrics stream stores each sample under a partition of its host: the partitions sharded deciders share
+# out, so one decider sees every VM of a host and plans the host as a whole. Core subscribers still see the
+# original subject.
 PARTITIONS = 16
-PARTITIONED_METRICS = f"{METRICS}.{{{{partition({PARTITIONS},1,2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
+PARTITIONED_METRICS = f"{METRICS}.{{{{partition({PARTITIONS},1)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
 
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
 
@@ -92,7 +93,7 @@ def proposals(decider: str, host: str, vm: str) -> str:
 def stored_metrics(host: str, vm: str) -> str:
     """The subject the metrics stream stores a VM's samples under (``PARTITIONED_METRICS`` applied to its
     ``metrics`` subject)."""
-    return f"{METRICS}.{partition_of(host, vm)}.{host}.{vm_token(vm)}"
+    return f"{METRICS}.{partition_of(host)}.{host}.{vm_token(vm)}"
 
 
 def metrics_partition(partition: int) -> str:
@@ -107,9 +108,9 @@ def fnv1a32(data: bytes) -> int:
     return h
 
 
-def partition_of(host: str, vm: str, partitions: int = PARTITIONS) -> int:
-    """The partition nats-server's ``partition()`` puts a VM's samples in: FNV-1a of the joined tokens."""
-    return fnv1a32((host + vm_token(vm)).encode()) % partitions
+def partition_of(host: str, partitions: int = PARTITIONS) -> int:
+    """The partition nats-server's ``partition()`` puts a host's samples in: FNV-1a of its token."""
+    return fnv1a32(host.encode()) % partitions
 
 
 def host_commands(host: str) -> str:

@@ -22,9 +22,11 @@ class FixedClock:
 @dataclass
 class RecordingJetStream:
     published: list[bytes] = field(default_factory=list)
+    subjects: list[str] = field(default_factory=list)  # each one's subject, in the same order
 
     async def publish(self, subject: str, payload: bytes, **_: Any) -> None:
         self.published.append(payload)
+        self.subjects.append(subject)
 
 
 @dataclass

@@ -13,9 +13,15 @@ Results teach the engine three more things (``learn_result``; replay has no resu
 * the actuator's advertised rate limit, which the guard's change budget keeps within from then on;
 * whether a sent order changed anything: if not, it no longer counts against the change budget.
 
-``step`` returns no decision while a VM is held (by a refusal, an operator's pause, its warm-up or its change
-budget) and says why in ``held``, for the decider's ``hotplug_decider_held_total``. A paused VM keeps its whole
-decision state: the policy sees every observation, and only the order is withheld.
+``step`` returns no decision while a VM is held (by a refusal, an operator's pause, its warm-up, its change
+budget or a full host) and says why in ``held``, for the decider's ``hotplug_decider_held_total``. A paused VM
+keeps its whole decision state: the policy sees every observation, and only the order is withheld.
+
+On a full host ``step`` runs in two phases, so that the host's plan (``services.decider.pool``) sees what the
+policy wants before the order is made: ``propose`` (the policy's recommendation: what the VM wants and needs) and
+``decide`` (the host's ``Limit``, then the refusal holds and the rails). ``step`` is both at once; without a
+limit its decisions are exactly those of the one phase it replaces. A reclaim a limit asks for is a shrink like
+any other (warm-up, change budget, the pending order), except that a preemptible VM's is not held by its warm-up.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import msgspec
 
 from services.decider import refusals
 from services.decider.guard import Change, GuardRails, GuardState, apply_rails, budgets
-from services.decider.policies.base import Observation, PolicyBase
+from services.decider.policies.base import Observation, PolicyBase, Recommendation
 from services.decider.refusals import Hold
 from shared.messages import ErrorCode, ScaleResult
 
@@ -49,6 +55,35 @@ class Decision(NamedTuple):
     target: int
     reason: str
     kind: str = "hold"
+
+
+class Proposal(NamedTuple):
+    """What the policy wants after one observation (``VmEngine.propose``), before the host's limit and the rails.
+    ``obs`` is within the sizes the actuator allows."""
+
+    obs: Observation
+    rec: Recommendation
+
+    @property
+    def want(self) -> int:
+        """The size the policy wants, within the VM's range."""
+        return _clamped(self.obs, self.rec.target)
+
+    @property
+    def need(self) -> int:
+        """The part of ``want`` the demand seen now needs (the rest is insurance), within the VM's range."""
+        want = self.want
+        need = self.rec.need
+        return want if need is None else max(self.obs.min_vcpus, min(want, need))
+
+
+class Limit(NamedTuple):
+    """What the VM's host allows it now (``services.decider.pool``): at most ``vcpus`` (below its size: a reclaim).
+    ``reason`` says why, for the order's reason; a ``preempt`` reclaim is not held by the VM's warm-up."""
+
+    vcpus: int
+    reason: str
+    preempt: bool = False
 
 
 class Held(NamedTuple):
@@ -128,9 +163,16 @@ class VmEngine:
         self.backoff_streak = 0
         self.held: Held | None = None
 
-    def step(self, obs: Observation, paused: str | None = None) -> Decision | None:
+    def step(self, obs: Observation, paused: str | None = None, limit: Limit | None = None) -> Decision | None:
         """The order to give after this observation, if any. Late or repeated observations are ignored.
-        ``paused``: the VM is paused by an operator (the text says by whom, until when and why): no order."""
+        ``paused``: the VM is paused by an operator (the text says by whom, until when and why): no order.
+        ``limit``: what the VM's host allows it (None: as much as its range)."""
+        proposal = self.propose(obs)
+        return None if proposal is None else self.decide(proposal, paused, limit)
+
+    def propose(self, obs: Observation) -> Proposal | None:
+        """The policy's recommendation after this observation (its state moves on); None for a late or repeated
+        observation, which is ignored. Follow it with ``decide``."""
         self.held = None
         if obs.time <= self.last_time:
             return None
@@ -146,9 +188,19 @@ class VmEngine:
                 # expired: had it run, it would have started before its expiry
                 self._took_effect(self.pending_id, self.pending_until)
                 self.pending_target = None
-        rec = self.policy.recommend(self.policy_state, obs)
+        return Proposal(obs, self.policy.recommend(self.policy_state, obs))
+
+    def decide(self, proposal: Proposal, paused: str | None = None, limit: Limit | None = None) -> Decision | None:
+        """The order to give for ``proposal`` (see ``step``), within ``limit``."""
+        obs, rec = proposal
         if self.pending_target is not None:
             return None
+        warm = True
+        if limit is not None and limit.vcpus < proposal.want:
+            n, target = obs.vcpus, max(obs.min_vcpus, limit.vcpus)
+            kind = "host-full" if target >= n else "preempt" if limit.preempt else "reclaim"
+            warm = not (limit.preempt and target < n)
+            rec = Recommendation(target, f"{rec.reason}; {limit.reason}", kind, rec.need)
         if paused is not None and _clamped(obs, rec.target) != obs.vcpus:
             self.held = Held(ErrorCode.PAUSED.value, paused)
             return None
@@ -157,10 +209,12 @@ class VmEngine:
             wait = f"{hold.until - obs.time:.0f} s more" if obs.time < hold.until else "a newer sample"
             self.held = Held(hold.code, f"{rec.reason}; held after {hold.code}: {wait}")
             return None
-        rec = apply_rails(self.rails, self.guard, obs, rec)
+        rec = apply_rails(self.rails, self.guard, obs, rec, warm=warm)
         if rec.target == obs.vcpus:
             if rec.kind in HELD_KINDS:
                 self.held = Held(rec.kind, rec.reason)
+            elif rec.kind == "host-full" and proposal.want > obs.vcpus:
+                self.held = Held(ErrorCode.HOST_FULL.value, rec.reason)  # the grow waits for room
             return None
         return Decision(rec.target, rec.reason, rec.kind)
 

@@ -69,15 +69,18 @@ def budget_full(rails: GuardRails, state: GuardState, now: float) -> tuple[int, 
     return None
 
 
-def apply_rails(rails: GuardRails, state: GuardState, obs: Observation, rec: Recommendation) -> Recommendation:
-    """The recommendation after the rails; ``target == obs.vcpus`` means hold. Updates ``state`` on a change."""
+def apply_rails(
+    rails: GuardRails, state: GuardState, obs: Observation, rec: Recommendation, *, warm: bool = True
+) -> Recommendation:
+    """The recommendation after the rails; ``target == obs.vcpus`` means hold. Updates ``state`` on a change.
+    ``warm``: whether the warm-up holds a shrink (not for a preemptible VM's cores taken for a higher priority)."""
     n = obs.vcpus
     target = max(obs.min_vcpus, min(obs.max_vcpus, rec.target))
     if target == n:
         return Recommendation(target, rec.reason, rec.kind)
     if state.first_seen is None:
         state.first_seen = obs.time  # the engine sets it at the VM's first observation; this, if used alone
-    if target < n and obs.time - state.first_seen < rails.warmup_s:
+    if target < n and warm and obs.time - state.first_seen < rails.warmup_s:
         return Recommendation(
             n, f"{rec.reason}; warming up: {obs.time - state.first_seen:.0f} s of {rails.warmup_s:.0f} s", "warmup"
         )

@@ -3,6 +3,10 @@
 Its modes are objects chosen once at start: how orders leave and who may command (modes.py), and which VMs it
 sees (``WholeFleet``, or a group member's ``GroupShare``). It watches the pause bucket (``shared.pause_bucket``)
 and holds a VM an operator paused, keeping its decision state.
+
+It plans each host whose capacity it knows as a whole (``pool.HostPlanner``): from the HostState each host's
+collector publishes on ``hotplug.hosts.<host>``, and from an actuator's host-full results. A grow the host has
+no room for is deferred; each deferral's start, grant or drop is stored in the event log as a ``Deferral``.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,13 +28,14 @@ from services.decider.guard import GuardRails
 from services.decider.mailbox import LatestPerKey
 from services.decider.modes import Commands, DryRun, Leadership, Orders, Outlet, Recommend, Shadow, leadership_for
 from services.decider.policies.base import Observation, PolicyBase
+from services.decider.pool import DeferralEvent, HostPlanner, HostView, claim_of
 from services.decider.rulebook import RuleBook, VmPlan
 from services.decider.sharding import ShardedIntake, load_state, state_key
 from shared import bus, subjects, topology
 from shared.codec import encode
 from shared.errors import UsageError
 from shared.inbox import Inbox
-from shared.messages import ErrorCode, MetricSample, PauseEvent, ScaleCommand, ScaleResult
+from shared.messages import Deferral, ErrorCode, HostState, MetricSample, PauseEvent, ScaleCommand, ScaleResult
 from shared.pause_bucket import PauseWatch
 from shared.pauses import describe
 from shared.runtime import ServiceContext
@@ -111,6 +117,18 @@ class DeciderMetrics(ServiceMetrics):
         # Every series exists from the start (at 0), so dashboards and alerts never query a missing one.
         for reason in (*(code.value for code in ErrorCode), *HELD_KINDS):
             self.held.labels(reason)
+        self.deferred_grows = Gauge(
+            "hotplug_decider_deferred_grows",
+            "Grows deferred now for want of room on the host",
+            ["host"],
+            registry=self.registry,
+        )
+        self.oldest_deferral = Gauge(
+            "hotplug_decider_oldest_deferral_seconds",
+            "How long the host's longest-deferred grow has waited (0: none)",
+            ["host"],
+            registry=self.registry,
+        )
         self.vm_rule = Gauge(
             "hotplug_decider_vm_rule_info",
             "The [[vm]] rule each VM runs under (rule 'default': none matches), its autoscale mode and policy",
@@ -158,7 +176,12 @@ class Decider:
         self.metrics = ctx.metrics
         self.samples: Inbox[MetricSample] = Inbox("metric", MetricSample, ctx.metrics)
         self.results: Inbox[ScaleResult] = Inbox("result", ScaleResult, ctx.metrics)
+        self.host_states: Inbox[HostState] = Inbox("host", HostState, ctx.metrics)
         self.engines: dict[tuple[str, str], VmEngine] = {}
+        # Each host whose capacity is known, planned as a whole; other hosts' VMs are decided on one by one.
+        self.planners: dict[str, HostPlanner] = {}
+        self._deferral_ids = f"{config.name}-{secrets.token_hex(4)}-deferral"
+        self._deferral_seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._publishing: set[asyncio.Task[None]] = set()
         self.pauses: PauseWatch | None = None
@@ -204,6 +227,7 @@ class Decider:
         if self.outlet.stores or self.intake.stores:
             await bus.ensure_streams(self.ctx.js)
         await self.ctx.nc.subscribe(subjects.ALL_RESULTS, cb=self._on_result)
+        await self.ctx.nc.subscribe(subjects.ALL_HOSTS, cb=self._on_host)
         # The actuators enforce pauses whatever a decider knows; a decider that knows holds paused VMs instead of
         # sending orders to be refused. So samples are taken at once, not after the watch is in: until then, the
         # actuators' `paused` refusals hold those VMs.
@@ -233,8 +257,11 @@ class Decider:
         return plan
 
     def forget(self, key: tuple[str, str]) -> None:
-        """Drop a VM handed over to another decider: its engine and its rule's series."""
+        """Drop a VM handed over to another decider: its engine, its claim on its host and its rule's series."""
         self.engines.pop(key, None)
+        planner = self.planners.get(key[0])
+        if planner is not None:
+            self._deferrals(key[0], planner.forget(key[1]), self.ctx.clock.now())
         plan = self._plans.pop(key, None)
         if plan is not None:
             s = plan.settings
@@ -284,7 +311,18 @@ class Decider:
             return None  # its rule leaves it alone: no state, no proposal, no command
         engine = self.engine(sample.host, sample.vm)
         pause = self.pauses.book.paused(sample.host, sample.vm, time.time()) if self.pauses else None
-        decision = engine.step(plan.observe(observation_of(sample)), paused=describe(pause) if pause else None)
+        proposal = engine.propose(plan.observe(observation_of(sample)))
+        decision = None
+        if proposal is not None:
+            limit = None
+            planner = self.planners.get(sample.host)
+            if planner is not None:
+                pinned = pause is not None or plan.settings.autoscale == "recommend"
+                claim = claim_of(sample.vm, proposal, plan.settings, engine.pending_target, pinned=pinned)
+                answer = planner.claim(claim, now)
+                limit = answer.limit
+                self._deferrals(sample.host, answer.events, now)
+            decision = engine.decide(proposal, paused=describe(pause) if pause else None, limit=limit)
         if engine.held is not None:
             self.metrics.held.labels(engine.held.label).inc()
             log.debug("held %s/%s: %s", sample.host, sample.vm, engine.held.reason)
@@ -299,6 +337,69 @@ class Decider:
         task = asyncio.ensure_future(self._publish(command))
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
+
+    def handle_host(self, state: HostState) -> None:
+        """A host's capacity and what is committed on it: plan its VMs as a whole from now on."""
+        now = self.ctx.clock.now()
+        planner = self.planners.get(state.host)
+        if planner is None:
+            self._plan_host(state.host, HostView.of(state))
+        else:
+            self._deferrals(state.host, planner.observe_host(HostView.of(state), now), now)
+
+    def _plan_host(self, host: str, view: HostView) -> HostPlanner:
+        planner = self.planners[host] = HostPlanner(view)
+        log.info("planning host %s as a whole: capacity %d vCPUs, %d committed", host, view.capacity, view.committed)
+        self.metrics.deferred_grows.labels(host).set_function(planner.deferred)
+        self.metrics.oldest_deferral.labels(host).set_function(lambda: planner.oldest_deferral(self.ctx.clock.now()))
+        return planner
+
+    def _deferrals(self, host: str, events: tuple[DeferralEvent, ...], now: float) -> None:
+        """Record deferrals that start, are granted or are dropped: in the event log when this decider commands,
+        in its log otherwise (a dry run, a shadow, a standby)."""
+        for event in events:
+            log.info(
+                "%s/%s grow %s: %d -> %d wanted, %d granted: %s",
+                host,
+                event.vm,
+                event.action.value,
+                event.vcpus,
+                event.wanted,
+                event.granted,
+                event.reason,
+            )
+            if self.outlet.mode != "command" or not self.leadership.active:
+                continue
+            self._deferral_seq += 1
+            deferral = Deferral(
+                time=now,
+                host=host,
+                vm=event.vm,
+                action=event.action,
+                decider=self.config.name,
+                vcpus=event.vcpus,
+                wanted_vcpus=event.wanted,
+                granted_vcpus=event.granted,
+                since=max(0.0, event.since),
+                priority=event.priority,
+                reason=event.reason[:1024],
+            )
+            task = asyncio.ensure_future(self._store(deferral, f"{self._deferral_ids}-{self._deferral_seq}"))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+
+    async def _store(self, deferral: Deferral, msg_id: str) -> None:
+        try:
+            await bus.publish_durable(
+                self.ctx.js, subjects.deferrals(deferral.host, deferral.vm), encode(deferral), msg_id=msg_id
+            )
+        except Exception as exc:
+            log.error("deferral of %s/%s not stored: %s", deferral.host, deferral.vm, exc)
+
+    async def _on_host(self, msg: Msg) -> None:
+        state = self.host_states.open(msg.subject, msg.data)
+        if state is not None:
+            self.handle_host(state)
 
     def _propose(self, proposal: ScaleCommand) -> None:
         subject = subjects.proposals(self.config.name, proposal.host, proposal.vm)
@@ -330,6 +431,8 @@ class Decider:
         result = self.results.open(msg.subject, msg.data)
         if result is None:
             return
+        if result.error_code is ErrorCode.HOST_FULL:
+            self._learn_full(result)
         engine = self.engines.get((result.host, result.vm))
         if engine is None:
             return
@@ -344,6 +447,17 @@ class Decider:
                 hold.until - result.time,
                 " and until a newer sample" if hold.after_sample is not None else "",
             )
+
+    def _learn_full(self, result: ScaleResult) -> None:
+        """A host-full refusal says how much room the host really had: plan the host from it."""
+        capacity, committed = result.host_capacity_vcpus, result.host_committed_vcpus
+        if capacity is None or committed is None:
+            return
+        planner = self.planners.get(result.host)
+        if planner is None:
+            self._plan_host(result.host, HostView(capacity, committed, capacity))
+        else:
+            planner.learn_full(capacity, committed)
 
 
 class WholeFleet:

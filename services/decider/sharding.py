@@ -1,12 +1,13 @@
-"""Sharded deciders: the members of a group share the metrics stream's partitions; each VM has one owner.
+"""Sharded deciders: the members of a group share the metrics stream's partitions; each host has one owner.
 
 The metrics stream stores every sample under ``hotplug.metrics.<partition>.<host>.<vm>`` (nats-server's
-``partition()`` of host and VM). Members announce themselves in the JetStream KV bucket ``hotplug_deciders``
-(entries expire unless refreshed), and each takes the partitions that rendezvous hashing gives it among the
-live members: adding or losing a member moves only its share. A member reads its partitions through one
-durable pull consumer whose filter follows its share. Per-VM decision state is kept in the KV bucket
-``hotplug_decider_state``, saved when a VM is decided on and periodically, and a new owner resumes from it.
-"""
+``partition()`` of the host), so one member sees every VM of a host and plans the host as a whole
+(``services.decider.pool``): hosts, not VMs, are what the members share out. Members announce themselves in the
+JetStream KV bucket ``hotplug_deciders`` (entries expire unless refreshed), and each takes the partitions that
+rendezvous hashing gives it among the live members: adding or losing a member moves only its share. A member
+reads its partitions through one durable pull consumer whose filter follows its share. Per-VM decision state is
+kept in the KV bucket ``hotplug_decider_state``, saved when a VM is decided on and periodically, and a new owner
+resumes from it."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from hotplug.harness import faults
 from hotplug.harness.poll import eventually
@@ -23,7 +24,8 @@ from services.decider.registry import build_policy
 from services.decider.service import Decider, DeciderConfig, DeciderMetrics
 from shared import subjects, topology
 from shared.codec import Decoder, encode
-from shared.messages import MetricSample, ScaleCommand
+from shared.eventlog import read_deferrals
+from shared.messages import Deferral, DeferralAction, HostState, MetricSample, ScaleCommand
 from shared.runtime import ServiceContext
 from tests.component.conftest import InProcess, Serve
 
@@ -152,3 +154,48 @@ async def test_of_two_replicas_sharing_a_lease_only_the_leader_commands_naming_i
     assert (command.decider, command.term) == ("fleet", leader.decider.leadership.term)
     assert command.term >= 1
     assert standby.decisions("command") == 1  # the standby decided the same, and kept it to itself
+
+
+async def test_a_full_hosts_grow_is_deferred_in_the_event_log_and_granted_once_a_shrink_shows(
+    nc: Client, orders: Recorder, start_decider: Start
+) -> None:
+    """On a host of 4 vCPUs, all committed: an idle VM is shrunk at once, a busy one's grow waits (a Deferral
+    stored in the event log) until the idle one's samples show the shrink, then is granted."""
+    decider = await start_decider()
+    full = "h2"
+    seen: list[Deferral] = []
+    decoder = Decoder(Deferral)
+
+    async def on_deferral(msg: Msg) -> None:
+        seen.append(decoder.decode(msg.data))
+
+    await nc.subscribe(subjects.ALL_DEFERRALS, cb=on_deferral)
+    state = HostState(time=time.time(), host=full, cpus=4, capacity_vcpus=4, committed_vcpus=4, free_vcpus=0)
+    await nc.publish(subjects.hosts(full), encode(state))
+    await eventually(
+        lambda: decider.service.count("hotplug_messages_received_total", kind="host") >= 1,
+        timeout=10,
+        what="the host's state",
+    )
+
+    def on_full(vm: str, used: float, online: int) -> MetricSample:
+        return faults.sample(full, vm, time.time(), source="test", online=online, used=used)
+
+    await decider.send(on_full("idle", 0.1, 2), on_full("busy", 2.0, 2))
+    await eventually(lambda: seen, timeout=10, what="a deferral")
+    await decider.handled()
+    assert [(c.vm, c.target_vcpus) for c in orders.commands] == [("idle", 1)]  # the shrink goes out at once
+    [deferred] = seen
+    assert (deferred.vm, deferred.action, deferred.wanted_vcpus, deferred.granted_vcpus) == (
+        "busy",
+        DeferralAction.DEFERRED,
+        3,
+        2,
+    )
+    await decider.send(on_full("idle", 0.1, 1), on_full("busy", 2.0, 2))  # the shrink shows
+    await eventually(lambda: len(seen) == 2, timeout=10, what="the grant")
+    await eventually(lambda: len(orders.commands) == 2, timeout=10, what="the grow")
+    assert (orders.commands[1].vm, orders.commands[1].target_vcpus) == ("busy", 3)
+    stored = await read_deferrals(nc.jetstream())
+    assert [(d.vm, d.action) for d in stored] == [("busy", DeferralAction.DEFERRED), ("busy", DeferralAction.GRANTED)]
+    assert stored == seen

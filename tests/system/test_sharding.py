@@ -1,6 +1,7 @@
-"""Scale-out: deciders in a group share the VMs through the metrics stream's partitions. Three deciders
-(two, then a third joining) over two simulated hosts: every VM is decided by exactly one, the one rendezvous
-hashing assigns, and the joining decider takes its VMs over with the state the others kept in KV."""
+"""Scale-out: deciders in a group share the hosts through the metrics stream's partitions (one partition per
+host, so one decider plans each host whole). Three deciders (two, then a third joining) over two simulated
+hosts: every VM is decided by exactly one, the one rendezvous hashing assigns its host, and the joining decider
+takes its VMs over with the state the others kept in KV."""
 
 from __future__ import annotations
 
@@ -16,6 +17,19 @@ from services.decider.sharding import owned_partitions, owner
 from shared import subjects
 from shared.broker import EmbeddedBroker
 from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually, metric
+
+
+def two_hosts() -> tuple[str, str]:
+    """Two host names whose partitions d1 and d2 own one each, the second of which d3 takes when it joins (a
+    fixed choice: the hashing is fixed)."""
+    names = [f"h{i}" for i in range(1, 100)]
+    two, three = ["d1", "d2"], ["d1", "d2", "d3"]
+
+    def owners(host: str) -> tuple[str, str]:
+        p = subjects.partition_of(host)
+        return owner(two, p), owner(three, p)
+
+    return next(n for n in names if owners(n) == ("d1", "d1")), next(n for n in names if owners(n) == ("d2", "d3"))
 
 
 def test_rendezvous_assignment_moves_only_the_newcomers_share() -> None:
@@ -37,8 +51,9 @@ async def test_each_vm_is_decided_by_exactly_one_member(
     await watch.attach(nc, samples=False, results=False)
     clock = ["--speed", "6", "--epoch", repr(time.time())]
     common = ["--nats", broker.url, *clock]
-    for host in ("h1", "h2"):
-        start_service("simulator", *common, "--host", host, "--vms", "12", "--seed", host[-1])
+    hosts = two_hosts()
+    for seed, host in enumerate(hosts, start=1):
+        start_service("simulator", *common, "--host", host, "--vms", "12", "--seed", str(seed))
         start_service("collector", *common, "--host", host)
         start_service("actuator", *common, "--host", host)
     deciders = {
@@ -77,7 +92,8 @@ async def test_each_vm_is_decided_by_exactly_one_member(
         timeout=20,
         what="the three shares covering every partition exactly once",
     )
-    await eventually(lambda: sum(held()) == 24 and min(held()) > 0, timeout=20, what="24 VMs split among 3")
+    # d3 took the second host over; d2 holds none now
+    await eventually(lambda: held() == [12, 0, 12], timeout=20, what="24 VMs split by host among 3")
     phase2 = time.monotonic() + 3
     await asyncio.sleep(14)
     second = decided_by(phase2)
@@ -85,6 +101,6 @@ async def test_each_vm_is_decided_by_exactly_one_member(
     for vms, group in ((first, ["d1", "d2"]), (second, ["d1", "d2", "d3"])):
         assert len(vms) >= 5, f"too few VMs acted on to judge: {sorted(vms)}"
         for (host, vm), by in vms.items():
-            assert by == {owner(group, subjects.partition_of(host, vm))}, (host, vm, by)
+            assert by == {owner(group, subjects.partition_of(host))}, (host, vm, by)
     assert sum(held()) == 24
     assert metric(deciders["d3"].metrics_url, "hotplug_decider_state_resumed_total") > 0

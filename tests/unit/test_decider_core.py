@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.decider.engine import ALLOWED_SIZES_TTL_S, VmEngine
+from services.decider.engine import ALLOWED_SIZES_TTL_S, Limit, VmEngine
 from services.decider.guard import GuardRails, GuardState, apply_rails
 from services.decider.policies.base import Observation, Recommendation
 from services.decider.policies.threshold import ThresholdParams, ThresholdPolicy
@@ -97,3 +97,55 @@ def test_unknown_parameters_and_policies_are_refused() -> None:
     policy, rails = build_policy("threshold", parse_params(["threshold.upper=0.9", "guard.down_cooldown_s=5"]))
     assert isinstance(policy, ThresholdPolicy) and policy.params.upper == 0.9
     assert rails.down_cooldown_s == 5 and rails.up_cooldown_s == ThresholdPolicy.default_rails["up_cooldown_s"]
+
+
+def busy_engine(*extra: str) -> VmEngine:
+    policy, rails = build_policy(
+        "threshold", parse_params(["threshold.sustain_s=0", "guard.up_cooldown_s=0", "guard.down_cooldown_s=0", *extra])
+    )
+    return VmEngine(policy, rails)
+
+
+def test_a_hosts_limit_cuts_a_grow_and_says_why() -> None:
+    policy, rails = build_policy("default", parse_params(["guard.warmup_s=0"]))
+    starved = Observation(time=1, vcpus=2, min_vcpus=1, max_vcpus=8, used_cores=2.0, interval_s=1.0, pressure_cores=4)
+    alone = VmEngine(policy, rails).step(starved)
+    assert alone is not None and alone.target == 6
+    grown = VmEngine(policy, rails).step(starved, limit=Limit(3, "host full: 3 of 4 wanted vCPUs deferred"))
+    assert grown is not None and (grown.target, grown.kind) == (3, "host-full")
+    assert grown.reason == f"{alone.reason}; host full: 3 of 4 wanted vCPUs deferred"
+    roomy = VmEngine(policy, rails).step(starved, limit=Limit(7, "host full"))
+    assert roomy == alone  # a limit above what it wants changes nothing
+
+
+def test_a_grow_with_no_room_at_all_is_held_as_host_full() -> None:
+    engine = busy_engine()
+    assert engine.step(obs(1, 2, 2.0), limit=Limit(2, "host full: no room")) is None
+    assert engine.held is not None and engine.held.label == "host-full"
+    assert engine.step(obs(2, 2, 2.0)) is not None  # no limit: it grows as before
+
+
+def test_a_reclaim_is_a_shrink_through_the_rails_and_only_a_preemptible_vm_skips_its_warm_up() -> None:
+    calm = Observation(time=1, vcpus=6, min_vcpus=1, max_vcpus=8, used_cores=3.0, interval_s=1.0)  # 50 %: hold
+    warming = busy_engine("guard.warmup_s=60")
+    assert warming.step(calm, limit=Limit(4, "host full: 2 vCPUs go to present need")) is None
+    assert warming.held is not None and warming.held.label == "warmup"
+    preempted = busy_engine("guard.warmup_s=60", "guard.max_step_down=8")
+    taken = preempted.step(calm, limit=Limit(4, "host full: preempted", preempt=True))
+    assert taken is not None and (taken.target, taken.kind) == (4, "preempt")
+    budgeted = busy_engine("guard.warmup_s=0", "guard.max_changes=1", "guard.max_step_down=8")
+    budgeted.mark_sent(6, until=0.5, time=0.5)  # a change half a second ago fills the budget
+    assert budgeted.step(calm, limit=Limit(4, "host full")) is None
+    assert budgeted.held is not None and budgeted.held.label == "change-budget"
+    reclaimed = busy_engine("guard.warmup_s=0")
+    one = reclaimed.step(calm, limit=Limit(4, "host full"))
+    assert one is not None and (one.target, one.kind) == (5, "reclaim")  # the policy's rails: one vCPU a step
+
+
+def test_propose_then_decide_is_step() -> None:
+    one, two = busy_engine(), busy_engine()
+    for t, used in enumerate([2.0, 2.0, 0.1, 1.0, 2.0]):
+        proposal = two.propose(obs(t + 1, 2, used))
+        assert proposal is not None
+        assert one.step(obs(t + 1, 2, used)) == two.decide(proposal)
+    assert two.propose(obs(1, 2, 2.0)) is None  # a late observation is ignored

@@ -156,6 +156,40 @@ def test_it_never_grows_back_after_a_shrink_without_new_demand() -> None:
     assert loop.step(t, 3.0) > 1  # new demand does bring vCPUs back
 
 
+def test_its_need_is_the_recent_peak_and_the_rest_of_its_target_is_insurance() -> None:
+    """After a burst the VM holds more for a while (stabilisation, longer windows): that is insurance, and its
+    need falls to what the last ``stabilise_s`` showed, with the hysteresis of a whole vCPU."""
+    policy = DefaultPolicy(DefaultParams())
+    state = policy.new_state()
+
+    def rec(t: float, demand: float, vcpus: int = 8) -> tuple[int, int | None]:
+        used = min(demand, float(vcpus))
+        r = policy.recommend(
+            state,
+            Observation(
+                time=t,
+                vcpus=vcpus,
+                min_vcpus=1,
+                max_vcpus=16,
+                used_cores=used,
+                interval_s=1.0,
+                pressure_cores=demand - used,
+            ),
+        )
+        return r.target, r.need
+
+    for t in range(100):
+        rec(t, 6.5)
+    assert rec(100, 6.5)[1] == 7
+    for t in range(101, 399):
+        rec(t, 1.0)
+    target, need = rec(399, 1.0)
+    assert need == 7  # the burst is 299 s old: still within the window
+    target, need = rec(420, 1.0)
+    assert need == 2 and target > need  # ceil(1.0 + 0.1): the rest is held against the burst's return
+    assert rec(421, 10.0)[1] == 10  # present demand is need at once
+
+
 def test_its_state_survives_a_hand_over() -> None:
     loop = Loop("guard.warmup_s=0", vcpus=4)
     for t in range(400):

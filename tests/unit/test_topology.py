@@ -128,6 +128,8 @@ def test_the_decider_user_may_keep_every_decider_bucket_and_group_consumer() -> 
     assert intake.durable == topology.decider_member_consumer("g", "brain")
     assert may_publish(decider, f"{API}.CONSUMER.CREATE.{topology.METRICS_STREAM}.{intake.durable}")
     assert not may_publish(decider, f"{API}.CONSUMER.DELETE.{EVENTS}.anything")
+    assert may_publish(decider, subjects.deferrals("node1", "vm 1"))  # it records the grows it defers
+    assert any(matches(p, subjects.hosts("node1")) for p in decider.subscribe)  # and plans from HostState
 
 
 def test_an_actuator_writes_only_its_own_hosts_progress_markers() -> None:
@@ -135,6 +137,13 @@ def test_an_actuator_writes_only_its_own_hosts_progress_markers() -> None:
     bucket = topology.ACTUATOR_PROGRESS_BUCKET
     assert may_publish(local, topology.kv_subject(bucket, topology.progress_key("local", "vm.01 *")))
     assert not may_publish(local, topology.kv_subject(bucket, topology.progress_key("h2", "vm-01")))
+
+
+def test_a_hosts_samples_are_stored_in_one_partition_so_one_group_member_plans_the_host() -> None:
+    partitions = {subjects.stored_metrics("node7", f"vm {i}").split(".")[2] for i in range(50)}
+    assert partitions == {str(subjects.partition_of("node7"))}
+    assert len({subjects.partition_of(f"node{i}") for i in range(50)}) > 8  # hosts spread over the partitions
+    assert "partition(16,1)" in subjects.PARTITIONED_METRICS  # the stream's transform hashes the host token alone
 
 
 async def cast_handler(_subject: str, _data: bytes) -> None:

@@ -35,6 +35,9 @@ class Recommendation(NamedTuple):
     target: int
     reason: str  # for people: "cpu 92% > 80% for 3 samples"
     kind: str = "hold"  # for metrics: a short, low-cardinality class of the reason
+    # The vCPUs the demand seen now needs; the rest of ``target`` is insurance against a burst that may return,
+    # which on a full host yields to other VMs' present need (services.decider.pool). None: all of it is need.
+    need: int | None = None
 
 
 class Params(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

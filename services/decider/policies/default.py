@@ -27,6 +27,11 @@ demand then tracks the target from 0.25 % to 4 %, and checked on PlanetLab and t
 unmet share that VM really had (as Autothrottle's Captain steers to a throttling target); it is off by
 default because it spends cores evening out VMs rather than serving the fleet (measured in the docs).
 
+**Need.** Every recommendation also says what the demand seen now needs: the size for the highest demand of
+the shortest window (``stabilise_s``) ×1, with the same hysteresis. The rest of the target (longer windows,
+multipliers, memories) is insurance against a burst that may return; on a full host it yields to other VMs'
+present need (``services.decider.pool``). It never changes the target.
+
 **Censoring.** Demand is what ran plus the pressure when the source reports it. Without pressure a
 saturated sample only says the VM wanted at least its vCPUs; it is taken to want ``censored_excess`` of
 the room above them (at least a quarter core), both to charge the arms and to grow, so a saturated VM
@@ -268,6 +273,12 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             last_peak, last_recs = peak, window_recs
         recs += [cheapest_size(m, price, low, high, n, p.hysteresis) for m in state.memories]
         state.before, state.previous = state.previous, recs
+        # Present need (see the module's docstring): the shortest window's arm at ×1.
+        recent = state.peaks[0][0][1]
+        need = ceil(recent - 1e-9)
+        if need < n:
+            need = min(n, ceil(recent + h - 1e-9))
+        need = high if need > high else low if need < low else need
 
         # Keep the memory in charge unless another is cheaper by more than a change costs (Autopilot's
         # model-switch term): memories that nearly tie must not take turns, each undoing the other's order.
@@ -294,9 +305,10 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
                     n,
                     f"{why}: {recs[best]}; held: {n} vCPUs were wanted within the last {p.stabilise_s:g} s",
                     "stabilising",
+                    need,
                 )
         # Never grow back after a shrink on old evidence: only demand seen since the shrink may undo it.
         if target > n and state.last_move < 0 and state.peak_since_move <= n:
-            return Recommendation(n, f"hold: no demand above {n} vCPUs since the last shrink", "hold")
+            return Recommendation(n, f"hold: no demand above {n} vCPUs since the last shrink", "hold", need)
         kind = "grow" if target > n else "shrink" if target < n else "hold"
-        return Recommendation(target, f"{why}: {target} vCPUs", kind)
+        return Recommendation(target, f"{why}: {target} vCPUs", kind, need)

@@ -1,0 +1,185 @@
+"""One host planned as a whole (services.decider.pool.HostPlanner): no limit while the host has room, shrinks
+before grows, deferrals that start, are granted and are dropped, a division at most once per interval, caps
+that hold still for noise, and (hypothesis) never more than the capacity. Pure."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.decider.pool import Claim, HostPlanner, HostView
+from shared.messages import DeferralAction, HostState
+
+
+def planner(capacity: int, committed: int = 0, insurance: int | None = None, head: int | None = None) -> HostPlanner:
+    return HostPlanner(HostView(capacity, committed, capacity if insurance is None else insurance, head))
+
+
+def test_no_limit_and_no_deferral_while_the_host_has_room() -> None:
+    host = planner(16, committed=8)
+    assert host.claim(Claim("a", 4, 1, 8, 8), 0.0) == (None, ())
+    assert host.claim(Claim("b", 4, 1, 4, 4), 0.0) == (None, ())
+    assert not host.contended
+    assert host.deferred() == 0
+
+
+def test_a_grow_waits_for_a_reclaim_to_show_then_is_granted() -> None:
+    host = planner(16, committed=16)
+    assert host.claim(Claim("idle", 8, 1, 2, 8), 0.0).limit is None  # fits until busy wants more
+    busy = host.claim(Claim("busy", 8, 1, 12, 12), 0.0)
+    assert busy.limit is not None and busy.limit.vcpus == 8  # no room now: nothing yet
+    assert busy.limit.reason == "host full: capacity 16, 16 committed; 4 of 4 wanted vCPUs deferred"
+    [started] = busy.events
+    assert (started.action, started.vcpus, started.wanted, started.granted, started.since) == (
+        DeferralAction.DEFERRED,
+        8,
+        12,
+        8,
+        0.0,
+    )
+    reclaim = host.claim(Claim("idle", 8, 1, 2, 8), 1.0).limit
+    assert reclaim is not None and reclaim.vcpus == 4
+    assert "4 vCPUs held against a burst go to present need" in reclaim.reason
+    # the order to shrink went out, its sample has not shown it yet: the grow still waits
+    assert host.claim(Claim("idle", 8, 1, 2, 8, pending=4), 1.5).limit is not None
+    still = host.claim(Claim("busy", 8, 1, 12, 12), 2.0)
+    assert still.limit is not None and still.limit.vcpus == 8 and still.events == ()
+    assert host.deferred() == 1 and host.oldest_deferral(2.0) == 2.0
+    host.claim(Claim("idle", 4, 1, 2, 4), 3.0)  # the shrink shows (and its policy holds it there)
+    granted = host.claim(Claim("busy", 8, 1, 12, 12), 3.0)
+    assert granted.limit is None
+    [ended] = granted.events
+    assert (ended.action, ended.wanted, ended.granted, ended.since) == (DeferralAction.GRANTED, 12, 12, 0.0)
+    assert host.deferred() == 0
+
+
+def test_a_deferral_is_dropped_when_the_vm_no_longer_wants_it_or_is_gone() -> None:
+    host = planner(8, committed=8)
+    host.claim(Claim("a", 4, 1, 4, 4), 0.0)
+    assert host.claim(Claim("b", 4, 1, 6, 6), 0.0).events[0].action is DeferralAction.DEFERRED
+    [dropped] = host.claim(Claim("b", 4, 1, 4, 4), 1.0).events
+    assert dropped.action is DeferralAction.DROPPED
+    host.claim(Claim("b", 4, 1, 6, 6), 2.0)
+    [gone] = host.forget("b")
+    assert gone.action is DeferralAction.DROPPED and gone.since == 2.0
+
+
+def test_a_vm_no_longer_sampled_leaves_the_host_and_its_deferral_ends() -> None:
+    host = planner(8, committed=8)
+    host.claim(Claim("a", 4, 1, 4, 4), 0.0)
+    host.claim(Claim("b", 4, 1, 6, 6), 0.0)
+    assert host.observe_host(HostView(8, 8, 8), 2.0) == ()
+    [gone] = host.observe_host(HostView(8, 4, 8), 10.0)  # b stopped; a is sampled no more either
+    assert gone.vm == "b" and gone.action is DeferralAction.DROPPED
+    assert host.vms == {} and host.held == 0
+
+
+def test_grows_granted_in_one_interval_never_pass_the_capacity() -> None:
+    """Each granted grow holds its room until the VM's next sample, so two VMs cannot take the same room."""
+    host = planner(10, committed=8)
+    host.claim(Claim("a", 4, 1, 4, 4), 0.0)
+    host.claim(Claim("b", 4, 1, 4, 4), 0.0)
+    first = host.claim(Claim("a", 4, 1, 6, 6), 1.0)
+    second = host.claim(Claim("b", 4, 1, 6, 6), 1.0)
+    given = [6 if first.limit is None else first.limit.vcpus, 6 if second.limit is None else second.limit.vcpus]
+    assert sum(given) <= 10 and max(given) == 6
+
+
+def test_the_division_is_made_at_most_once_per_interval_and_caps_hold_still_for_noise() -> None:
+    host = planner(12, committed=12)
+    for t in (0.0, 1.0):
+        for vm in ("a", "b", "c"):
+            host.claim(Claim(vm, 4, 1, 8, 8), t)
+    assert host.divided_at == 1.0
+    caps = dict(host.caps)
+    host.claim(Claim("a", 4, 1, 4, 4), 1.5)  # within the interval: the same division
+    assert host.divided_at == 1.0 and host.caps == caps
+    for t, need in ((2.0, 8), (3.0, 9), (4.0, 8), (5.0, 9)):  # a's need flickers by one vCPU
+        host.claim(Claim("a", 4, 1, need, need), t)
+        assert host.divided_at == t
+        assert host.caps == caps
+    assert caps == {"a": 4, "b": 4, "c": 4}
+
+
+def test_a_host_full_result_redivides_at_once() -> None:
+    host = planner(12, committed=8)
+    host.claim(Claim("a", 4, 1, 6, 6), 0.0)
+    assert host.claim(Claim("b", 4, 1, 6, 6), 0.0).limit is None
+    host.learn_full(capacity=10, committed=10)  # an actuator saw 2 more committed than this plan knew
+    limited = host.claim(Claim("b", 4, 1, 6, 6), 0.1)
+    assert limited.limit is not None and limited.limit.vcpus == 4
+
+
+def test_a_vm_that_came_after_the_division_waits_for_the_next() -> None:
+    host = planner(8, committed=8)
+    host.claim(Claim("a", 4, 1, 8, 8), 0.0)
+    late = host.claim(Claim("b", 4, 1, 8, 8), 0.5)
+    assert late.limit is not None and late.limit.vcpus == 4 and late.events == ()
+    assert host.claim(Claim("b", 4, 1, 8, 8), 1.0).events != ()  # counted now: its grow is deferred
+
+
+def test_the_view_of_a_host_state() -> None:
+    state = HostState(
+        time=0, host="h", cpus=8, capacity_vcpus=16, committed_vcpus=12, free_vcpus=4, watermark=0.9, waiting_vms=0
+    )
+    assert HostView.of(state) == HostView(16, 12, 14, None)
+    queued = HostState(
+        time=0,
+        host="h",
+        cpus=8,
+        capacity_vcpus=16,
+        committed_vcpus=12,
+        free_vcpus=4,
+        waiting_vms=2,
+        waiting_vcpus=6,
+        next_waiting_vcpus=4,
+    )
+    assert HostView.of(queued).head == 4
+
+
+vm_claims = st.lists(
+    st.tuples(
+        st.integers(1, 8),  # online
+        st.integers(1, 3),  # minimum
+        st.integers(0, 12),  # need above the minimum
+        st.integers(0, 6),  # want above the need
+        st.integers(-2, 2),  # priority
+        st.sampled_from([0.5, 1.0, 2.0]),  # weight
+        st.booleans(),  # preemptible
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    vms=vm_claims,
+    spare=st.integers(0, 8),
+    watermark=st.sampled_from([1.0, 0.8]),
+    head=st.one_of(st.none(), st.integers(1, 8)),
+)
+def test_planned_sizes_fit_the_capacity_and_only_preemptible_vms_lose_what_they_use(
+    vms: list[tuple[int, int, int, int, int, float, bool]], spare: int, watermark: float, head: int | None
+) -> None:
+    claims = []
+    for i, (online, low, over_min, over_need, priority, weight, preemptible) in enumerate(vms):
+        low = min(low, online)
+        need = low + over_min
+        claims.append(Claim(f"vm{i}", online, low, need, need + over_need, None, priority, weight, preemptible))
+    capacity = sum(c.online for c in claims) + spare  # the current sizes fit
+    host = planner(capacity, committed=capacity - spare, insurance=int(capacity * watermark), head=head)
+    sizes = {c.vm: c.online for c in claims}
+    for t in (0.0, 1.0, 2.0):  # every VM claims, each interval, and is resized as far as it may be at once
+        for c in claims:
+            answer = host.claim(c._replace(online=sizes[c.vm]), t)
+            allowed = c.want if answer.limit is None else answer.limit.vcpus
+            if answer.limit is not None and not c.preemptible:
+                assert allowed >= min(sizes[c.vm], c.need)
+            cap = host.caps.get(c.vm)
+            if cap is not None and not c.preemptible:
+                assert cap >= min(sizes[c.vm], c.need)
+            sizes[c.vm] = allowed  # the actuator obeys at once (the planner keeps a grant's room meanwhile)
+            assert sum(sizes.values()) <= capacity
+        if host.contended:
+            assert sum(host.caps.values()) <= capacity
