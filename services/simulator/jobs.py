@@ -26,7 +26,8 @@ from pathlib import Path
 from services.simulator.workloads import PROFILES
 from shared.errors import InputError
 
-# Requested vCPUs and their weight in the generated mix; each job may grow to twice what it asked for.
+# Requested vCPUs and their weight in the generated mix. A job's VM boots at what its user asked for and may not
+# grow past it (its hot-plug maximum): what the pool gains is what users asked for and do not use.
 SIZES: tuple[tuple[int, float], ...] = ((2, 0.5), (4, 0.35), (8, 0.15))
 # (profile, weight, "work" or "lifetime", low, high seconds): the generated mix of jobs.
 KINDS: tuple[tuple[str, float, str, float, float], ...] = (
@@ -93,7 +94,7 @@ def poisson_arrivals(rate_per_hour: float, seed: int) -> Iterator[Job]:
         yield Job(
             name=f"job-{index:04d}",
             requested_vcpus=requested,
-            max_vcpus=2 * requested,
+            max_vcpus=requested,
             profile=profile,
             arrival_s=round(t, 3),
             lifetime_s=length if ends == "lifetime" else None,

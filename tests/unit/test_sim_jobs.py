@@ -26,7 +26,7 @@ def test_arrivals_follow_the_rate_and_the_mix() -> None:
     assert 9_500 < len(jobs) < 10_500  # 20 an hour for 500 hours
     assert all(a.arrival_s < b.arrival_s for a, b in itertools.pairwise(jobs))
     assert {j.requested_vcpus for j in jobs} == {2, 4, 8}
-    assert all(j.max_vcpus == 2 * j.requested_vcpus for j in jobs)
+    assert all(j.max_vcpus == j.requested_vcpus for j in jobs)
     ends = {profile: kind for profile, _, kind, _, _ in KINDS}
     for j in jobs:
         assert (j.work_s is not None) == (ends[j.profile] == "work")
