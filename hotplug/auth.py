@@ -2,11 +2,12 @@
 and one credentials file per user.
 
 Authority comes from these permissions, never from a message field: only the decider user may publish on
-``hotplug.commands.>``; a collector may publish metrics of its own host only; an actuator may read only its own
-host's commands (its JetStream consumer's filter is part of the permitted API subject), and publish and read back
-only its own host's results; a viewer may read but not publish. The operator user may pause and resume VMs
-(``hotplug pause``: the pause bucket and pause events) and read what a viewer reads; deciders and actuators read
-pauses and may not change them. The admin user (``hotplug up``) creates the streams.
+``hotplug.commands.>`` and record deferred grows (``hotplug.deferrals.>``); a collector may publish the metrics and
+the HostState of its own host only; deciders read every host's state, an actuator its own host's; an actuator may
+read only its own host's commands (its JetStream consumer's filter is part of the permitted API subject), and publish
+and read back only its own host's results; a viewer may read (host states and deferrals too) but not publish. The
+operator user may pause and resume VMs (``hotplug pause``: the pause bucket and pause events) and read what a viewer
+reads; deciders and actuators read pauses and may not change them. The admin user (``hotplug up``) creates the streams.
 
 An actuator's consumers are named after its ``--name`` and host (``shared.topology``), so each host's actuator
 user is granted the consumers of the names ``--actuator-names`` lists (``actuator`` by default), name by name: a
@@ -126,6 +127,8 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
                 f"{subjects.COMMANDS}.>",
                 f"{subjects.RESULTS}.>",
                 f"{subjects.PROPOSALS}.>",
+                subjects.ALL_HOSTS,
+                subjects.ALL_DEFERRALS,
                 "_INBOX.>",
             ],
         ),
@@ -141,7 +144,7 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
             ),
             User(
                 topology.host_user("collector", host),
-                publish=[subjects.host_metrics(host), subjects.simulator(host, "stats")],
+                publish=[subjects.host_metrics(host), subjects.hosts(host), subjects.simulator(host, "stats")],
                 subscribe=["_INBOX.>"],
             ),
             User(topology.host_user("agent", host), publish=[subjects.host_metrics(host)], subscribe=["_INBOX.>"]),
@@ -164,7 +167,7 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
                     f"{API}.CONSUMER.*.{topology.kv_stream(PROGRESS)}.>",
                     *_read_pauses(create=True),
                 ],
-                subscribe=["_INBOX.>"],
+                subscribe=[subjects.hosts(host), "_INBOX.>"],  # its host's state, for the capacity it enforces
             ),
         ]
     return out

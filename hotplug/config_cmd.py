@@ -41,7 +41,11 @@ ACTUATOR_DEFAULT = Bounds()  # the actuator's --min-vcpus/--max-vcpus defaults
 
 def epilog(command: str) -> str:
     """The settings order, for the command's ``--help``."""
-    rules = " and its [[vm]] rules (re-read on SIGHUP)" if command in ("decider", "actuator") else ""
+    rules = {
+        "decider": " and its [[vm]] rules (re-read on SIGHUP)",
+        "actuator": " and its [[vm]] rules (re-read on SIGHUP)",
+        "collector": " and its [[host]] rules (re-read on SIGHUP)",
+    }.get(command, "")
     sections = f"[{command}]" if command == "up" else f"[service] and [{command}]"
     return (
         f"Settings, lowest first: built-in default < config file (--config FILE or ${CONFIG_ENV}: its {sections} "

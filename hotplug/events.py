@@ -18,8 +18,8 @@ from typing import Any
 
 from shared.cluster import embedded_broker, nodes_in
 from shared.errors import NotFound
-from shared.eventlog import Event
-from shared.messages import PauseEvent, ScaleCommand
+from shared.eventlog import AnyEvent
+from shared.messages import Deferral, PauseEvent, ScaleCommand
 
 BROKER_FILE = "broker.json"
 BROKER_DIR = "nats"
@@ -55,8 +55,23 @@ def broker_for(data_dir: Path) -> Iterator[str]:
         broker.stop()
 
 
-def event_record(event: Event | PauseEvent) -> dict[str, Any]:
+def event_record(event: AnyEvent) -> dict[str, Any]:
     """The flat JSON Lines / CSV record of one event."""
+    if isinstance(event, Deferral):
+        return {
+            "kind": "deferral",
+            "action": event.action.value,
+            "time": event.time,
+            "host": event.host,
+            "vm": event.vm,
+            "decider": event.decider,
+            "vcpus": event.vcpus,
+            "wanted_vcpus": event.wanted_vcpus,
+            "granted_vcpus": event.granted_vcpus,
+            "since": event.since,
+            "priority": event.priority,
+            "reason": event.reason,
+        }
     if isinstance(event, PauseEvent):
         return {
             "kind": event.action.value,
@@ -118,6 +133,12 @@ CSV_FIELDS = [
     "duration_s",
     "by",
     "until",
+    "action",
+    "vcpus",
+    "wanted_vcpus",
+    "granted_vcpus",
+    "since",
+    "priority",
 ]
 
 

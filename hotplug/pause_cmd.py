@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 import msgspec
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
@@ -57,13 +56,6 @@ def _checked(event: PauseEvent) -> PauseEvent:
         return msgspec.json.decode(encode(event), type=PauseEvent)
     except msgspec.ValidationError as exc:
         raise UsageError(f"not a valid pause: {exc}") from None
-
-
-async def _session(url: str, name: str) -> Client:
-    try:
-        return await bus.connect(url, name, forever=False)
-    except Exception as exc:
-        raise NotFound(f"cannot reach NATS at {bus.servers(url)}: {exc or type(exc).__name__}") from None
 
 
 async def _known_vm(js: JetStreamContext, host: str, vm: str) -> bool:
@@ -115,7 +107,7 @@ async def pause(
             until=None if duration_s is None else now + duration_s,
         )
     )
-    nc = await _session(url, "hotplug-pause")
+    nc = await bus.session(url, "hotplug-pause")
     try:
         js = nc.jetstream()
         if not force and not await _known_vm(js, host, vm):
@@ -137,7 +129,7 @@ async def pause(
 async def resume(url: str, host: str, vm: str, *, by: str) -> PauseEvent | None:
     """Lift the VM's pause; returns the pause lifted, or None when it had none in force."""
     now = time.time()
-    nc = await _session(url, "hotplug-resume")
+    nc = await bus.session(url, "hotplug-resume")
     try:
         js = nc.jetstream()
         kv = await pause_bucket.open_bucket(js)
@@ -167,7 +159,7 @@ async def resume(url: str, host: str, vm: str, *, by: str) -> PauseEvent | None:
 
 async def listing(url: str) -> list[PauseEvent]:
     """The pauses in force now, by host and VM."""
-    nc = await _session(url, "hotplug-paused")
+    nc = await bus.session(url, "hotplug-paused")
     try:
         try:
             kv = await pause_bucket.open_bucket(nc.jetstream(), create=False)

@@ -40,7 +40,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from shared import subjects, topology
-from shared.errors import InputError
+from shared.errors import InputError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,14 @@ async def connect(
         disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb,
     )
+
+
+async def session(url: str, name: str) -> Client:
+    """A short connection for a command (no endless reconnects); an unreachable server is a clear ``NotFound``."""
+    try:
+        return await connect(url, name, forever=False)
+    except Exception as exc:
+        raise NotFound(f"cannot reach NATS at {servers(url)}: {exc or type(exc).__name__}") from None
 
 
 async def publish_durable(

@@ -22,8 +22,10 @@ from shared.codec import BadMessage, Decoder
 from shared.messages import Deferral, MetricSample, PauseEvent, ScaleCommand, ScaleResult
 
 Event = ScaleCommand | ScaleResult
+AnyEvent = ScaleCommand | ScaleResult | PauseEvent | Deferral
 _event_decoder = msgspec.json.Decoder(Event)
-_with_pauses = msgspec.json.Decoder(ScaleCommand | ScaleResult | PauseEvent)
+_any_event_decoder = msgspec.json.Decoder(AnyEvent)
+_deferral_decoder = Decoder(Deferral)
 _result_decoder = Decoder(ScaleResult)
 _sample_decoder = Decoder(MetricSample)
 _proposal_decoder = Decoder(ScaleCommand)
@@ -39,14 +41,27 @@ async def read_events(js: JetStreamContext) -> AsyncIterator[tuple[str, Event | 
             yield subject, None
 
 
-async def read_all_events(js: JetStreamContext) -> AsyncIterator[tuple[str, Event | PauseEvent | None]]:
-    """Every command, result, pause and resume of the event log in order; undecodable ones as (subject, None)."""
-    filters = [subjects.ALL_COMMANDS, subjects.ALL_RESULTS, subjects.ALL_PAUSES]
+async def read_all_events(js: JetStreamContext) -> AsyncIterator[tuple[str, AnyEvent | None]]:
+    """Every command, result, pause, resume and deferral of the event log in order; undecodable ones as
+    (subject, None)."""
+    filters = [subjects.ALL_COMMANDS, subjects.ALL_RESULTS, subjects.ALL_PAUSES, subjects.ALL_DEFERRALS]
     async for subject, data in read_stream(js, topology.EVENTS_STREAM, filters):
         try:
-            yield subject, _with_pauses.decode(data)
+            yield subject, _any_event_decoder.decode(data)
         except msgspec.DecodeError:
             yield subject, None
+
+
+async def read_deferrals(js: JetStreamContext, *, latest: bool = False) -> list[Deferral]:
+    """The deciders' Deferral events (deferred, granted, dropped grows), oldest first; with ``latest``, only the
+    newest of each VM, which says whether its grow is deferred now. Undecodable ones are left out."""
+    found: list[Deferral] = []
+    stored = read_stream(js, topology.EVENTS_STREAM, [subjects.ALL_DEFERRALS], last_per_subject=latest)
+    async with contextlib.aclosing(stored):
+        async for _, data in stored:
+            with contextlib.suppress(BadMessage):
+                found.append(_deferral_decoder.decode(data))
+    return found
 
 
 async def stored_events(js: JetStreamContext) -> tuple[list[ScaleCommand], list[ScaleResult]]:

@@ -16,7 +16,9 @@ ORDER = 30
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    ev = add_command(sub, "events", cmd_events, help="print the event log (commands, results, pauses and resumes)")
+    ev = add_command(
+        sub, "events", cmd_events, help="print the event log (commands, results, pauses and resumes, deferred grows)"
+    )
     ev.add_argument("--data-dir", type=Path, default=None)
     ev.add_argument("--nats", default=None)
     ev.add_argument("--format", choices=["table", "jsonl", "csv"], default="table")
@@ -92,6 +94,11 @@ def _print_event_table(records: list[dict[str, object]]) -> None:
             else:
                 detail = f"by {r['by']} {end}" + (f": {r['reason']}" if r["reason"] else "")
             table.add_row(when, str(r["kind"]), str(r["host"]), str(r["vm"]), str(r["id"]), "", detail)
+        elif r["kind"] == "deferral":
+            from hotplug.pool_view import deferral_detail
+
+            change = f"{r['vcpus']}→{r['wanted_vcpus']}"
+            table.add_row(when, f"grow {r['action']}", str(r["host"]), str(r["vm"]), "", change, deferral_detail(r))
         else:
             detail = "ok" if r["ok"] else f"{r['error_code']}: {r['error']}"
             table.add_row(

@@ -307,8 +307,11 @@ def cmd_collector(args: argparse.Namespace) -> int:
     config = SOURCES.config(args.source, vars(args))
 
     async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
-        watch_config(ctx, args, "collector")
-        await Collector(ctx, SOURCES.build(args.source, config, ctx), args.interval).run()
+        loaded = loaded_of(args)
+        source = SOURCES.build(args.source, config, ctx)
+        collector = Collector(ctx, source, args.interval, host_rules=loaded.config.host if loaded else ())
+        watch_config(ctx, args, "collector", lambda new: collector.use_host_rules(new.config.host))
+        await collector.run()
 
     return run(options, CollectorMetrics("collector"), body)
 

@@ -1,16 +1,22 @@
-"""The collector service: every interval, read the source and publish one MetricSample per VM."""
+"""The collector service: every interval, read the source and publish one MetricSample per VM, then, where the
+source reads its host, one HostState (capacity under the config's ``[[host]]`` rules, committed, free, waiting) on
+``hotplug.hosts.<host>``. The rules are replaced on SIGHUP (``use_host_rules``)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.collector.hoststate import host_state
 from services.collector.rates import sample_from
-from services.collector.sources.base import Reading, Source
+from services.collector.sources.base import HostReading, Reading, Source, host_reader
 from shared import subjects
 from shared.codec import encode
+from shared.config.schema import HostRule
+from shared.messages import HostState
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
 
@@ -50,17 +56,88 @@ class CollectorMetrics(ServiceMetrics):
             ["host", "vm"],
             registry=self.registry,
         )
+        self.host_capacity = Gauge(
+            "hotplug_host_capacity_vcpus",
+            "vCPUs the host may commit: (cpus - reserve_cpus) x overcommit, floored ([[host]] rules)",
+            ["host"],
+            registry=self.registry,
+        )
+        self.host_committed = Gauge(
+            "hotplug_host_committed_vcpus",
+            "Online vCPUs of every running VM of the host, managed or not",
+            ["host"],
+            registry=self.registry,
+        )
+        self.host_free = Gauge(
+            "hotplug_host_free_vcpus",
+            "Capacity minus committed (negative: overcommitted)",
+            ["host"],
+            registry=self.registry,
+        )
+        self.host_used = Gauge(
+            "hotplug_host_used_cores",
+            "Cores the host's sampled VMs used over the last interval",
+            ["host"],
+            registry=self.registry,
+        )
+        self.host_waiting = Gauge(
+            "hotplug_host_waiting_vms", "VMs (jobs) waiting to start on the host", ["host"], registry=self.registry
+        )
+        self.host_wait = Gauge(
+            "hotplug_host_wait_cores",
+            "Running vCPUs that found no free host core over the last interval, in cores (overcommit's cost)",
+            ["host"],
+            registry=self.registry,
+        )
+
+    def show_host(self, state: HostState) -> None:
+        self.host_capacity.labels(state.host).set(state.capacity_vcpus)
+        self.host_committed.labels(state.host).set(state.committed_vcpus)
+        self.host_free.labels(state.host).set(state.free_vcpus)
+        self.host_waiting.labels(state.host).set(state.waiting_vms)
+        if state.used_cores is not None:
+            self.host_used.labels(state.host).set(state.used_cores)
+        if state.host_wait_cores is not None:
+            self.host_wait.labels(state.host).set(state.host_wait_cores)
+
+    def host_series(self, host: str) -> None:
+        """Every host series at 0 from the start, so a dashboard has data before the first HostState."""
+        for gauge in (
+            self.host_capacity,
+            self.host_committed,
+            self.host_free,
+            self.host_used,
+            self.host_waiting,
+            self.host_wait,
+        ):
+            gauge.labels(host)
 
 
 class Collector:
-    def __init__(self, ctx: ServiceContext[CollectorMetrics], source: Source, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext[CollectorMetrics],
+        source: Source,
+        interval_s: float = 1.0,
+        host_rules: Sequence[HostRule] = (),
+    ) -> None:
         if interval_s <= 0:
             raise ValueError("interval must be positive")
         self.ctx = ctx
         self.source = source
         self.interval_s = interval_s
         self.metrics: CollectorMetrics = ctx.metrics
+        self.host_rules: tuple[HostRule, ...] = tuple(host_rules)
         self._previous: dict[str, Reading] = {}
+        self._read_host = host_reader(source)
+        self._previous_host: HostReading | None = None
+        if self._read_host is not None:
+            self.metrics.host_series(ctx.host)
+
+    def use_host_rules(self, rules: Sequence[HostRule]) -> str:
+        """Take the ``[[host]]`` rules of a reloaded config file from the next round on; a summary for the log."""
+        self.host_rules = tuple(rules)
+        return f"{len(self.host_rules)} [[host]] rules set the host's capacity"
 
     async def run(self) -> None:
         clock = self.ctx.clock
@@ -86,6 +163,7 @@ class Collector:
             log.warning("source %s failed: %s", self.source.name, exc)
             return 0
         published = 0
+        used = 0.0
         seen = set()
         for reading in readings:
             seen.add(reading.vm)
@@ -102,8 +180,35 @@ class Collector:
             if sample.pressure_cores is not None:
                 self.metrics.pressure.labels(sample.host, sample.vm).set(sample.pressure_cores)
             published += 1
+            used += sample.cpu_used_cores
         for gone in set(self._previous) - seen:
             del self._previous[gone]
         self.metrics.published.inc(published)
+        await self.publish_host(used if published or not readings else None)  # None: no interval yet
         self.metrics.sampling.observe(time.perf_counter() - started)
         return published
+
+    async def publish_host(self, used_cores: float | None) -> HostState | None:
+        """Read the host (if the source can) and publish its HostState; a failed read is counted and skipped."""
+        if self._read_host is None:
+            return None
+        try:
+            reading = await self._read_host()
+        except Exception as exc:  # as for read(): the host is unknown this round, sampling goes on
+            self.metrics.read_failures.labels(self.source.name).inc()
+            log.warning("source %s failed to read the host: %s", self.source.name, exc)
+            return None
+        if reading is None:
+            return None
+        state = host_state(
+            self._previous_host,
+            reading,
+            host=self.ctx.host,
+            rules=self.host_rules,
+            used_cores=used_cores,
+            source=self.source.name,
+        )
+        self._previous_host = reading
+        await self.ctx.nc.publish(subjects.hosts(state.host), encode(state))
+        self.metrics.show_host(state)
+        return state

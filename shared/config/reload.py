@@ -2,8 +2,8 @@
 is refused (file, line and reason in the log) and the settings in force stay. Both are counted
 (``hotplug_config_reloads_total{outcome="ok|invalid"}``).
 
-Only what the service can change while running is taken (the ``[[vm]]`` rules); a changed section is said to
-take effect at the next start.
+Only what the service can change while running is taken (the ``[[vm]]`` rules, and the collector's ``[[host]]``
+rules); a changed section is said to take effect at the next start.
 """
 
 from __future__ import annotations

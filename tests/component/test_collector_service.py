@@ -6,6 +6,8 @@ The fake source keeps a clock of its own: read number ``n`` happens at time ``n`
 read made it, whatever the wall clock did. The collector publishes a read's samples in order on one connection, so
 once the test has a sample of read ``n``, every sample of the reads before it has arrived: the tests wait for a
 later read and then assert on the earlier ones, which is also how they show that something was *not* published.
+A source that also reads its host has each round's HostState published on the host's subject, its capacity from
+the ``[[host]]`` rules the collector holds.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from hotplug.harness.poll import eventually
 from hotplug.harness.recorder import Recorder
 from services.collector.service import Collector, CollectorMetrics
-from services.collector.sources.base import Reading
+from services.collector.sources.base import HostReading, Reading
 from shared import subjects
-from shared.messages import MetricSample
+from shared.codec import Decoder
+from shared.config.schema import HostRule
+from shared.messages import HostState, MetricSample
 from shared.runtime import ServiceContext
 from tests.component.conftest import InProcess, Serve
 
@@ -182,3 +187,104 @@ async def test_a_vm_that_vanishes_is_no_longer_published_and_on_return_starts_fr
     assert times(everything, DB, 8) == [2, 3, 7, 8]
     assert of(everything, DB, 7).cpu_used_cores == pytest.approx(0.25)
     assert times(everything, WEB, 8) == [2, 3, 4, 5, 6, 7, 8]
+
+
+class HostSource(FakeSource):
+    """A fake source that also reads its host: 8 CPUs, web's 2 vCPUs and db's 1 plus an unsampled VM's 3 (a VM
+    the collector leaves alone still holds its vCPUs), one vCPU's worth of host wait a second, two jobs waiting;
+    the host read of ``fail_host_at`` raises."""
+
+    def __init__(self, script: Script, fail_host_at: int = 0) -> None:
+        super().__init__(script)
+        self.fail_host_at = fail_host_at
+
+    async def host(self) -> HostReading | None:
+        n = self.reads
+        if n == self.fail_host_at:
+            raise RuntimeError("node info unavailable")
+        return HostReading(
+            time=float(n),
+            cpus=8,
+            vms={WEB: 2, DB: 1, "unmanaged": 3},
+            host_wait_seconds={"all": 1.0 * n},
+            waiting_vms=2,
+            waiting_vcpus=5,
+            next_waiting_vcpus=4,
+        )
+
+
+async def watch_hosts(nc: Client) -> list[HostState]:
+    """HostStates published on any host's subject from now on (each checked against its subject's host)."""
+    heard: list[HostState] = []
+    decoder = Decoder(HostState)
+
+    async def on_state(msg: Msg) -> None:
+        state = decoder.decode(msg.data)
+        assert msg.subject == subjects.hosts(state.host)
+        heard.append(state)
+
+    await nc.subscribe(subjects.ALL_HOSTS, cb=on_state)
+    await nc.flush()
+    return heard
+
+
+async def test_each_round_publishes_the_hosts_state_with_the_capacity_its_host_rule_gives(
+    nc: Client, serve: Serve
+) -> None:
+    heard = await watch_hosts(nc)
+    samples = await watch(nc)
+    source = HostSource(lambda n: [web(n), db(n)], fail_host_at=4)
+    rules = [HostRule(match="other"), HostRule(match="h*", reserve_cpus=1, overcommit=2.0, watermark=0.75)]
+    collector_task: list[Collector] = []
+
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
+        collector_task.append(Collector(ctx, source, INTERVAL_S, host_rules=rules))
+        await collector_task[0].run()
+
+    collector = await serve(CollectorMetrics("collector"), body, HOST)
+    await eventually(lambda: any(s.time >= 6 for s in heard), timeout=10, what="a HostState of read 6")
+
+    # one HostState per round, the failed host read left out (and counted), the samples going on regardless
+    assert [s.time for s in heard if s.time <= 6] == [1, 2, 3, 5, 6]
+    await past_read(samples, 6)
+    assert collector.count("hotplug_collector_read_failures_total", source="fake") == 1
+    first, second = heard[0], heard[1]
+    # (8 - 1) x 2 = 14 vCPUs of capacity; 6 committed, the unsampled VM's included
+    assert (second.host, second.source, second.cpus, second.capacity_vcpus, second.watermark) == (
+        HOST,
+        "fake",
+        8,
+        14,
+        0.75,
+    )
+    assert (second.committed_vcpus, second.free_vcpus) == (6, 8)
+    assert (second.waiting_vms, second.waiting_vcpus, second.next_waiting_vcpus) == (2, 5, 4)
+    # what needs an interval is unknown at the first round, then a rate: the VMs' samples' use, and host wait
+    assert (first.used_cores, first.host_wait_cores) == (None, None)
+    assert second.used_cores == pytest.approx(0.1 * 3 + 0.25)
+    assert second.host_wait_cores == pytest.approx(1.0)
+    later = next(s for s in heard if s.time == 5)  # against read 3, the last host read before the failed one
+    assert later.host_wait_cores == pytest.approx(1.0)
+    assert collector.count("hotplug_host_capacity_vcpus", host=HOST) == 14
+    assert collector.count("hotplug_host_committed_vcpus", host=HOST) == 6
+    assert collector.count("hotplug_host_free_vcpus", host=HOST) == 8
+    assert collector.count("hotplug_host_waiting_vms", host=HOST) == 2
+    assert collector.count("hotplug_host_wait_cores", host=HOST) == pytest.approx(1.0)
+
+    # new rules (a SIGHUP's reload) set the capacity from the next round on
+    assert "1 [[host]] rules" in collector_task[0].use_host_rules([HostRule(match=HOST, cpus=3)])
+    await eventually(lambda: heard[-1].capacity_vcpus == 3, timeout=10, what="the reloaded rule's capacity")
+    assert (heard[-1].cpus, heard[-1].free_vcpus) == (3, -3)
+
+
+async def test_a_source_that_reads_no_host_publishes_no_host_state(nc: Client, start_collector: Start) -> None:
+    heard = await watch_hosts(nc)
+    samples = await watch(nc)
+    collector, _ = await start_collector(lambda n: [web(n), db(n)])  # FakeSource: read() only, as old plug-ins
+    await past_read(samples, 5)
+    await nc.flush()
+    assert heard == []
+    assert collector.count("hotplug_host_capacity_vcpus", host=HOST) == 0
+    assert "hotplug_host_capacity_vcpus" not in {
+        s.name for family in collector.ctx.metrics.registry.collect() for s in family.samples
+    }

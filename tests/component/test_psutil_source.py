@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from services.collector.rates import sample_from
@@ -45,6 +46,11 @@ async def test_a_busy_process_reads_as_about_one_core(busy_process: subprocess.P
         assert max(sample.per_vcpu_busy) > 0.5
         assert sample.online_vcpus >= 1
         assert sample.pressure_cores is not None
+    host = await source.host()  # this machine, each process found holding the CPUs its affinity allows
+    assert host is not None
+    assert host.cpus == psutil.cpu_count()
+    assert dict(host.vms) == {vm: second[vm].online_vcpus for vm in ("busy", "byname")}
+    assert host.host_wait_seconds is None  # the processes' run-queue wait is their pressure
 
 
 def test_schedstat_of_missing_process_is_unknown() -> None:

@@ -5,6 +5,7 @@ VirtualBox itself cannot run on these machines."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -181,5 +182,11 @@ async def test_source_reads_the_vm_process_per_attached_vcpu(vbox: VBoxHome) -> 
     assert len(sample.per_vcpu_busy) == 2  # EMT-0 and EMT-1, the attached ones
     assert sum(sample.per_vcpu_busy) > 0.4
     assert sample.pressure_cores is None  # host-side waiting is contention, not demand
+    host = await source.host()  # this machine, and the VM's attached CPUs as the driver reads them
+    assert host is not None
+    assert (host.cpus, dict(host.vms)) == (os.cpu_count(), {"busy vm": 2})
+    assert host.host_wait_seconds is not None and len(host.host_wait_seconds) == 2  # its two EMT threads
     assert vbox.run("controlvm", "busy vm", "poweroff").returncode == 0
     assert await source.read() == []
+    host = await source.host()
+    assert host is not None and dict(host.vms) == {}

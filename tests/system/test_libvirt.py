@@ -234,6 +234,9 @@ class _FakeConnection:
         self.flags.append(flags)
         return [(_FakeDomain(), self.rounds.pop(0))]
 
+    def getInfo(self) -> list[object]:
+        return ["x86_64", 15_872, 12, 2400, 1, 1, 6, 2]  # model, MiB, CPUs, MHz, nodes, sockets, cores, threads
+
     def close(self) -> None:
         pass
 
@@ -281,6 +284,11 @@ async def test_source_counts_a_replugged_vcpu_as_a_new_series_and_host_wait_not_
     assert sample is not None
     assert sample.cpu_used_cores == pytest.approx(1.5)
     assert sample.pressure_cores is None
+    # the host: the node's CPUs, the domain's vCPUs, and its vCPUs' host wait as the host's (not the VM's)
+    host = await source.host()
+    assert host is not None
+    assert (host.cpus, dict(host.vms)) == (12, {"web 1": 2})
+    assert sum((host.host_wait_seconds or {}).values()) == pytest.approx(11)
 
 
 async def test_source_rereads_only_the_settings_and_honours_an_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -292,3 +300,5 @@ async def test_source_rereads_only_the_settings_and_honours_an_opt_out(monkeypat
     assert [r.vm for r in await source.read()] == ["web 1"]
     monkeypatch.setattr(source_module, "DEFINITION_TTL_S", 0.0)  # due now: metadata, not the whole definition
     assert await source.read() == []
+    host = await source.host()  # left alone, the domain still holds its vCPU on the host
+    assert host is not None and dict(host.vms) == {"web 1": 1}

@@ -175,6 +175,10 @@ async def test_source_measures_vcpu_threads_and_guest_run_queue(image: GuestImag
     assert sample.cpu_used_cores > 0.5  # its one vCPU thread is busy on the host
     assert sample.pressure_cores is not None
     assert sample.pressure_cores > 0.3  # the guest reports runnable work beyond its vCPU
+    host = await source.host()  # this machine, the guest's one vCPU, that vCPU thread's host run-queue wait
+    assert host is not None
+    assert (host.cpus, dict(host.vms)) == (os.cpu_count(), {"g3": 1})
+    assert host.host_wait_seconds is not None and len(host.host_wait_seconds) == 1
 
 
 def test_whole_loop_takes_a_real_guest_from_1_to_3_vcpus_and_back(image: GuestImage) -> None:

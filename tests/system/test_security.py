@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -15,6 +16,7 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from hotplug.harness.processes import run_hotplug
 from hotplug.harness.recorder import Recorder
@@ -89,8 +91,20 @@ async def test_the_loop_runs_with_one_user_per_service_and_only_the_decider_comm
     viewer = await connect_as(out, "viewer", viewer_errors)
     watch = Recorder()
     await watch.attach(viewer, samples=False, commands=False)
+    host_states: list[str] = []
+
+    async def on_host_state(msg: Msg) -> None:
+        host_states.append(msg.subject)
+
+    await viewer.subscribe(subjects.ALL_HOSTS, cb=on_host_state)
     results = watch.results
     await eventually(lambda: any(r.ok for r in results), timeout=40, what="the secured loop acting")
+    # the collector publishes its host's state, and the viewer may read it
+    await eventually(lambda: host_states, timeout=10, what="the viewer hearing the collector's HostState")
+    assert set(host_states) == {subjects.hosts("local")}
+    pool = await asyncio.to_thread(run_hotplug, "pool", "--json", env=credentials(out, "viewer"))
+    assert pool.returncode == 0, pool.stderr
+    assert [(h["host"], h["reported"]) for h in json.loads(pool.stdout)["hosts"]] == [("local", True)]
 
     # anyone but the decider publishing an order is refused by the broker, and the order goes nowhere
     refused_ids = []
@@ -104,13 +118,14 @@ async def test_the_loop_runs_with_one_user_per_service_and_only_the_decider_comm
         await eventually(lambda: errors, timeout=5, what=f"the broker refusing {user}")  # noqa: B023
         assert "permissions violation for publish" in errors[0].lower()
         await client.close()
-    # a collector may publish its own host's metrics only
-    errors = []
-    client = await connect_as(out, "collector-h2", errors)
-    await client.publish(subjects.metrics("local", "vm-01"), b"{}")
-    await client.flush()
-    await eventually(lambda: errors, timeout=5, what="the broker refusing another host's metrics")
-    await client.close()
+    # a collector may publish its own host's metrics and state only
+    for subject in (subjects.metrics("local", "vm-01"), subjects.hosts("local")):
+        errors = []
+        client = await connect_as(out, "collector-h2", errors)
+        await client.publish(subject, b"{}")
+        await client.flush()
+        await eventually(lambda: errors, timeout=5, what=f"the broker refusing another host's {subject}")  # noqa: B023
+        await client.close()
     await asyncio.sleep(1.0)
     logged = [e async for _, e in read_events(viewer.jetstream()) if isinstance(e, ScaleCommand)]
     assert logged

@@ -36,6 +36,7 @@ COMMANDS = {
     "pause",
     "resume",
     "paused",
+    "pool",
 }
 
 

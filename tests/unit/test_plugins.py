@@ -146,8 +146,12 @@ def test_the_cli_builds_and_runs_a_plugin_source(monkeypatch: pytest.MonkeyPatch
     sources: list[Any] = []
 
     class Collector:
-        def __init__(self, _ctx: object, source: Any, interval_s: float) -> None:
+        def __init__(self, _ctx: object, source: Any, interval_s: float, host_rules: Any = ()) -> None:
             sources.append((source, interval_s))
+            assert tuple(host_rules) == ()  # no config file: no [[host]] rules
+
+        def use_host_rules(self, _rules: object) -> str:
+            return ""
 
         async def run(self) -> None:
             pass

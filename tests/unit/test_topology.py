@@ -152,3 +152,28 @@ async def cast_handler(_subject: str, _data: bytes) -> None:
 
 async def cast_share(_share: frozenset[int]) -> None:
     return None
+
+
+def may_subscribe(user: auth.User, subject: str) -> bool:
+    return any(matches(p, subject) for p in user.subscribe)
+
+
+def test_host_states_come_from_their_own_hosts_collector_and_deferrals_from_deciders() -> None:
+    users = auth.users(["local", "h2"])
+    collector = user_named(users, topology.host_user("collector", "local"))
+    assert may_publish(collector, subjects.hosts("local"))
+    assert not may_publish(collector, subjects.hosts("h2"))
+    assert not may_publish(collector, subjects.deferrals("local", "vm-01"))
+    decider = user_named(users, topology.DECIDER_USER)
+    assert may_publish(decider, subjects.deferrals("local", "vm.01 *"))
+    assert not may_publish(decider, subjects.hosts("local"))
+    assert may_subscribe(decider, subjects.hosts("h2"))
+    for reader in (topology.VIEWER_USER, topology.OPERATOR_USER):
+        user = user_named(users, reader)
+        assert may_subscribe(user, subjects.hosts("local")) and may_subscribe(user, subjects.deferrals("h2", "a"))
+        assert not may_publish(user, subjects.hosts("local")) and not may_publish(user, subjects.deferrals("h2", "a"))
+    actuator = user_named(users, topology.host_user("actuator", "local"))
+    assert may_subscribe(actuator, subjects.hosts("local")) and not may_subscribe(actuator, subjects.hosts("h2"))
+    others: tuple[topology.HostRole, ...] = ("agent", "actuator", "simulator")
+    for role in others:
+        assert not may_publish(user_named(users, topology.host_user(role, "local")), subjects.hosts("local")), role

@@ -1,12 +1,16 @@
-"""The collector's plug-in interface: a source reads cumulative CPU counters for the VMs it can see.
+"""The collector's plug-in interface: a source reads cumulative CPU counters for the VMs it can see, and may
+read its host (CPUs, and the vCPUs every running VM holds).
 
 Sources report counters (seconds since some origin), never rates: one pure function
-(``services.collector.rates``) turns two readings into a MetricSample, whatever the source.
+(``services.collector.rates``) turns two readings into a MetricSample, and another
+(``services.collector.hoststate``) two host readings into a HostState, whatever the source. The host reading is
+optional (:func:`host_reader`): a source without one, such as an older plug-in, publishes no HostState.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol, cast
 
 import msgspec
 
@@ -38,3 +42,29 @@ class Source(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class HostReading(msgspec.Struct, frozen=True, kw_only=True):
+    """The host at one instant (``time`` on the shared clock): its CPUs and every running VM's online vCPUs, managed
+    or not (a VM the collector does not sample still holds its vCPUs), and where the source knows them, counters of
+    host wait and the queue of VMs waiting to start."""
+
+    time: float
+    cpus: int
+    vms: Mapping[str, int]  # VM name -> online vCPUs
+    # Cumulative core-seconds that running vCPUs waited for a host core, keyed by a stable id (a vCPU thread, a VM,
+    # or one key for the whole host): each key's increase counts, so a key that appears or vanishes adds nothing.
+    host_wait_seconds: Mapping[str, float] | None = None
+    waiting_vms: int = 0
+    waiting_vcpus: int = 0
+    next_waiting_vcpus: int | None = None
+
+
+HostReader = Callable[[], Awaitable[HostReading | None]]
+
+
+def host_reader(source: object) -> HostReader | None:
+    """The source's ``async def host() -> HostReading | None``, called right after its ``read()`` each round (so it
+    may answer from what that read saw); None for a source without one."""
+    reader = getattr(source, "host", None)
+    return cast(HostReader, reader) if callable(reader) else None

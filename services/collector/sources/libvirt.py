@@ -9,6 +9,9 @@ metric (``hotplug_collector_host_wait_seconds``) and not as pressure, as the oth
 and opt-in/out come from the domain's metadata (``shared.libvirt.domain``), re-read every 10 s; the whole definition
 only once per run of a domain, as ``XMLDesc`` waits behind a running unplug. For the project's test guest, pressure
 comes from the guest's own run queue on its control port, as for the ``qemu`` source.
+
+The host reading comes from the same round: the node's CPUs (``getInfo``), and the vCPUs and ``vcpu.N.delay`` of
+every running domain, selected, opted out or not (a domain the collector leaves alone still holds its vCPUs).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from services.collector.sources.base import Reading
+from services.collector.sources.base import HostReading, Reading
 from services.collector.sources.guest import RunQueueIntegral
 from shared.clock import Clock
 from shared.libvirt.connection import Connection
@@ -34,6 +37,27 @@ from shared.qemu.vm import GuestStat
 log = logging.getLogger(__name__)
 
 DEFINITION_TTL_S = 10.0  # metadata (bounds, opt-in) is re-read this often: an admin may change it live
+
+
+Row = tuple[str, str, dict[str, Any], str | None, Settings | None]
+
+
+@dataclass
+class _Host:
+    """The node as one round saw it: its CPUs, every running domain's vCPUs and its vCPUs' host wait."""
+
+    cpus: int
+    vms: dict[str, int] = field(default_factory=dict)
+    wait: dict[str, float] = field(default_factory=dict)
+
+
+def _host_side(name: str, domain_id: int, stats: dict[str, Any], host: _Host) -> None:
+    """Add one running domain's vCPUs and per-vCPU host wait (``vcpu.N.delay``, ns) to ``host``."""
+    host.vms[name] = int(stats.get("vcpu.current", 0))
+    for key, value in stats.items():
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "vcpu" and parts[1].isdigit() and parts[2] == "delay":
+            host.wait[f"{name}:{domain_id}:{parts[1]}"] = float(value) / 1e9
 
 
 @dataclass
@@ -67,6 +91,8 @@ class LibvirtSource:
         self.selected = set(domains)
         self.opt_in = opt_in
         self._domains: dict[str, _Domain] = {}
+        self._host: _Host | None = None
+        self._read_at: float | None = None
         self.host_wait = (
             Gauge(
                 "hotplug_collector_host_wait_seconds",
@@ -79,14 +105,16 @@ class LibvirtSource:
             else None
         )
 
-    def _stats(self, conn: Any) -> list[tuple[str, str, dict[str, Any], str | None, Settings | None]]:
+    def _stats(self, conn: Any) -> tuple[list[Row], _Host]:
         flags = (
             self.libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
             | self.libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
         )
-        out = []
+        out: list[Row] = []
+        host = _Host(cpus=int(conn.getInfo()[2]))  # [model, memory MiB, active CPUs, MHz, nodes, sockets, ...]
         for dom, stats in conn.getAllDomainStats(self.libvirt.VIR_DOMAIN_STATS_VCPU, flags):
             name = dom.name()
+            _host_side(name, dom.ID(), stats, host)
             if self.selected and name not in self.selected:
                 continue
             uuid, domain_id = dom.UUIDString(), dom.ID()
@@ -103,7 +131,7 @@ class LibvirtSource:
                 log.warning("cannot read the definition of domain %s: %s", name, exc)
                 continue
             out.append((name, uuid, stats, xml, settings))
-        return out
+        return out, host
 
     def _settings(self, dom: Any) -> Settings:
         try:
@@ -114,12 +142,13 @@ class LibvirtSource:
             raise
 
     async def read(self) -> list[Reading]:
+        self._host = None
         try:
-            rows = await self.conn.call(self._stats, read=True)
+            rows, self._host = await self.conn.call(self._stats, read=True)
         except self.libvirt.libvirtError as exc:
             log.warning("libvirt %s: %s", self.conn.uri, exc)
             return []
-        now = self.clock.now()
+        now = self._read_at = self.clock.now()
         readings = []
         seen = set()
         for name, uuid, stats, xml, settings in rows:
@@ -197,6 +226,13 @@ class LibvirtSource:
             per_vcpu_seconds=per_vcpu,
             waiting_core_seconds=waiting,
         )
+
+    async def host(self) -> HostReading | None:
+        """The node as this round's read saw it (None when that read failed)."""
+        if self._host is None or self._read_at is None:
+            return None
+        h = self._host
+        return HostReading(time=self._read_at, cpus=max(1, h.cpus), vms=h.vms, host_wait_seconds=h.wait)
 
     async def close(self) -> None:
         self.conn.close()

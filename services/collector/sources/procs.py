@@ -3,6 +3,9 @@
 CPU time comes from psutil per process and per thread; waiting time from the kernel's per-thread
 schedstat (nanoseconds spent runnable on a run queue), the host-side sign of demand that found no CPU.
 A process's vCPUs are the CPUs it may run on (its affinity).
+
+The host is this machine (``psutil.cpu_count()`` CPUs), and the watched processes are its VMs, each holding the
+vCPUs its affinity allows. Their run-queue wait is already their pressure, so host wait is left unknown.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from services.collector.sources.base import Reading
+from services.collector.sources.base import HostReading, Reading
 from services.collector.sources.threads import read_threads
 from shared.clock import Clock
 from shared.errors import UsageError
@@ -55,6 +58,7 @@ class ProcessSource:
         self.specs = specs
         self.clock = clock
         self._procs: dict[str, psutil.Process] = {}
+        self._host: HostReading | None = None
 
     def _find(self, spec: ProcessSpec) -> psutil.Process | None:
         cached = self._procs.get(spec.vm)
@@ -108,7 +112,15 @@ class ProcessSource:
 
     async def read(self) -> list[Reading]:
         # psutil reads /proc (and may walk every process to find one): in a worker thread, off the event loop
-        return await asyncio.to_thread(self._read_all, self.clock.now())
+        now, self._host = self.clock.now(), None
+        readings = await asyncio.to_thread(self._read_all, now)
+        vms = {r.vm: r.online_vcpus for r in readings}
+        self._host = HostReading(time=now, cpus=psutil.cpu_count() or os.cpu_count() or 1, vms=vms)
+        return readings
+
+    async def host(self) -> HostReading | None:
+        """This machine and the watched processes this round's read found."""
+        return self._host
 
     async def close(self) -> None:
         self._procs.clear()

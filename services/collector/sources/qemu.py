@@ -5,16 +5,21 @@ socket): it is what each vCPU received, and under TCG the guest's own load figur
 Pressure comes from the guest's report: runnable tasks beyond its online CPUs (the STAT line's
 ``running`` counts the guest's own stats reader, which is discounted). Files (state.json, /proc, the guest's
 control log) are read in a worker thread, off the event loop.
+
+The host is this machine (``os.cpu_count()`` CPUs) with its running guests' vCPUs; host wait is the run-queue wait
+of their vCPU threads (schedstat), the sign of more runnable vCPUs than cores. A guest that could not be read this
+round keeps the vCPU count it last had: it still holds them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any, cast
 
-from services.collector.sources.base import Reading
+from services.collector.sources.base import HostReading, Reading
 from services.collector.sources.guest import RunQueueIntegral
 from services.collector.sources.threads import read_threads
 from shared.clock import Clock
@@ -30,6 +35,9 @@ class QemuSource:
         self.clock = clock
         self.root = root
         self._pressure: dict[str, RunQueueIntegral] = {}
+        self._online: dict[str, int] = {}  # each running guest's vCPUs, as last read
+        self._wait: dict[str, float] = {}  # each vCPU thread's run-queue wait this round
+        self._read_at: float | None = None
 
     async def _read_vm(self, vm: QemuVm) -> Reading | None:
         state = await asyncio.to_thread(vm.state)
@@ -42,6 +50,14 @@ class QemuSource:
             for c in cpus
             if c.get("thread-id") in threads
         }
+        self._online[vm.name] = len(cpus)
+        self._wait.update(
+            {
+                f"{vm.name}:{c['thread-id']}": threads[c["thread-id"]].wait_seconds
+                for c in cpus
+                if c.get("thread-id") in threads
+            }
+        )
         if not per_vcpu:
             return None
         stat = await asyncio.to_thread(vm.guest_stat)
@@ -62,7 +78,11 @@ class QemuSource:
 
     async def read(self) -> list[Reading]:
         readings = []
-        for vm in await asyncio.to_thread(running_vms, self.root):
+        running = await asyncio.to_thread(running_vms, self.root)
+        self._online = {vm.name: self._online[vm.name] for vm in running if vm.name in self._online}
+        self._wait = {}
+        self._read_at = self.clock.now()
+        for vm in running:
             try:
                 reading = await self._read_vm(vm)
             except (QemuError, OSError, TimeoutError) as exc:
@@ -71,6 +91,14 @@ class QemuSource:
             if reading is not None:
                 readings.append(reading)
         return readings
+
+    async def host(self) -> HostReading | None:
+        """This machine and the guests this round's read found running."""
+        if self._read_at is None:
+            return None
+        return HostReading(
+            time=self._read_at, cpus=os.cpu_count() or 1, vms=dict(self._online), host_wait_seconds=dict(self._wait)
+        )
 
     async def close(self) -> None:
         return None

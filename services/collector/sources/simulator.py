@@ -1,4 +1,9 @@
-"""Collector source ``simulator``: asks the simulated mini-cloud for its counters over NATS."""
+"""Collector source ``simulator``: asks the simulated mini-cloud for its counters over NATS.
+
+One request a round: the reply's running VMs are the readings, and its host (cores, host wait, the queue of jobs
+waiting to start) is the host reading. A simulator that models no host is read as a host with as many cores as its
+running VMs' maximum vCPUs together.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,30 @@ import logging
 import msgspec
 from nats.aio.client import Client
 
-from services.collector.sources.base import Reading
+from services.collector.sources.base import HostReading, Reading
 from shared import subjects
 from shared.sim_api import StatsReply
 
 log = logging.getLogger(__name__)
 
 _decoder = msgspec.json.Decoder(StatsReply)
+
+
+def host_reading(reply: StatsReply) -> HostReading:
+    """The host in a stats reply. Pure."""
+    vms = {vm.vm: vm.online_vcpus for vm in reply.vms}
+    host = reply.host
+    if host is None:
+        return HostReading(time=reply.time, cpus=max(1, sum(vm.max_vcpus for vm in reply.vms)), vms=vms)
+    return HostReading(
+        time=reply.time,
+        cpus=max(1, host.cores),
+        vms=vms,
+        host_wait_seconds={"host": host.host_wait_core_seconds},
+        waiting_vms=host.waiting_vms,
+        waiting_vcpus=host.waiting_vcpus,
+        next_waiting_vcpus=host.next_waiting_vcpus,
+    )
 
 
 class SimulatorSource:
@@ -23,9 +45,12 @@ class SimulatorSource:
         self.nc = nc
         self.subject = subjects.simulator(host, "stats")
         self.timeout_s = timeout_s
+        self._last: StatsReply | None = None
 
     async def read(self) -> list[Reading]:
+        self._last = None
         reply = _decoder.decode((await self.nc.request(self.subject, b"{}", timeout=self.timeout_s)).data)
+        self._last = reply
         return [
             Reading(
                 vm=vm.vm,
@@ -39,6 +64,10 @@ class SimulatorSource:
             )
             for vm in reply.vms
         ]
+
+    async def host(self) -> HostReading | None:
+        """The host as this round's read saw it (None when that read failed)."""
+        return None if self._last is None else host_reading(self._last)
 
     async def close(self) -> None:
         return None

@@ -6,6 +6,10 @@ thread's CPU time. Demand beyond the attached vCPUs is invisible from the host (
 host's run queue is host contention, which more vCPUs would not cure): the guest agent reports it. The
 settings file says
 which CPUs are attached; ``showvminfo`` is asked once per VM (for the file and the maximum), not every round.
+
+The host is this machine (``os.cpu_count()``: VirtualBox runs its VMs here) with every running VM's attached CPUs,
+read from its settings file as the actuator's driver reads them, also for a VM whose process is not found; host
+wait is the run-queue wait of the VMs' EMT threads (schedstat).
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import re
+import xml.etree.ElementTree as ET
 
 import psutil
 
-from services.collector.sources.base import Reading
+from services.collector.sources.base import HostReading, Reading
 from services.collector.sources.threads import ThreadStat, read_threads
 from shared.clock import Clock
 from shared.virtualbox import VBoxError, VBoxManage, VmInfo, read_cpu_tree
@@ -48,6 +54,7 @@ class VirtualBoxSource:
         self.clock = clock
         self._info: dict[str, VmInfo] = {}
         self._procs: dict[str, psutil.Process] = {}
+        self._host: HostReading | None = None
 
     async def _vm_info(self, name: str, uuid: str) -> VmInfo | None:
         info = self._info.get(uuid)
@@ -71,38 +78,49 @@ class VirtualBoxSource:
 
     def _read_host_side(
         self, name: str, uuid: str, cfgfile: str
-    ) -> tuple[tuple[int, ...], float, list[ThreadStat]] | None:
-        """The VM's attached vCPUs (its settings file), its process's CPU seconds and its threads."""
-        proc = self._process(uuid, name)
-        if proc is None:
-            return None
+    ) -> tuple[tuple[int, ...] | None, tuple[float, list[ThreadStat]] | None]:
+        """The VM's attached vCPUs (its settings file), and its process's CPU seconds and threads; None for what
+        cannot be read."""
         try:
             _, attached = read_cpu_tree(cfgfile)
+        except (OSError, ET.ParseError) as exc:
+            log.warning("cannot read the settings of %s: %s", name, exc)
+            return None, None
+        proc = self._process(uuid, name)
+        if proc is None:
+            return attached, None
+        try:
             cpu = proc.cpu_times()
         except (OSError, psutil.Error) as exc:
             log.warning("cannot read %s: %s", name, exc)
             self._procs.pop(uuid, None)
-            return None
-        return attached, cpu.user + cpu.system, read_threads(proc.pid) or []
+            return attached, None
+        return attached, (cpu.user + cpu.system, read_threads(proc.pid) or [])
 
     async def read(self) -> list[Reading]:
+        self._host = None
         running = await self.vbox.list("runningvms")
         now = self.clock.now()
         readings = []
+        online: dict[str, int] = {}
+        wait: dict[str, float] = {}
         for name, uuid in running:
             info = await self._vm_info(name, uuid)
             if info is None:
                 continue  # unknown, not idle: no sample
             # psutil, /proc and the VM's settings file: read in a worker thread, off the event loop
-            found = await asyncio.to_thread(self._read_host_side, name, uuid, info.cfgfile)
-            if found is None:
+            attached, measured = await asyncio.to_thread(self._read_host_side, name, uuid, info.cfgfile)
+            if attached is not None:
+                online[name] = len(attached)
+            if attached is None or measured is None:
                 continue
-            attached, cpu_seconds, threads = found
+            cpu_seconds, threads = measured
             emts = {}
             for t in threads:
                 match = _EMT.match(t.name)
                 if match:
                     emts[int(match.group(1) or 0)] = t
+            wait.update({f"{uuid}:{emts[i].tid}": emts[i].wait_seconds for i in attached if i in emts})
             per_vcpu = {f"{i:04d}": emts[i].cpu_seconds for i in attached if i in emts}
             readings.append(
                 Reading(
@@ -119,7 +137,12 @@ class VirtualBoxSource:
         for uuid in gone:  # a VM that stopped may come back reconfigured: ask again then
             self._info.pop(uuid, None)
             self._procs.pop(uuid, None)
+        self._host = HostReading(time=now, cpus=os.cpu_count() or 1, vms=online, host_wait_seconds=wait)
         return readings
+
+    async def host(self) -> HostReading | None:
+        """This machine and its running VMs as this round's read saw them (None when that read failed)."""
+        return self._host
 
     async def close(self) -> None:
         return None
