@@ -312,7 +312,7 @@ class Host:
             name=job.name,
             max_vcpus=job.max_vcpus,
             online_vcpus=job.requested_vcpus,
-            workload=Workload(job.profile, job.max_vcpus, job.seed, now),
+            workload=Workload(job.profile, job.size, job.seed, now),
             last_time=now,
         )
         self._job_of[job.name] = state

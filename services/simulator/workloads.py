@@ -82,9 +82,9 @@ PROFILES: dict[str, Callable[[random.Random], Iterator[Phase]]] = {
 
 
 class Workload:
-    """Demand in cores over simulated time for one VM of ``size`` requested vCPUs."""
+    """Demand in cores over simulated time for one VM whose demand peaks at ``size`` cores (levels are shares)."""
 
-    def __init__(self, profile: str, size: int, seed: int, start: float) -> None:
+    def __init__(self, profile: str, size: float, seed: int, start: float) -> None:
         if profile not in PROFILES:
             raise ValueError(f"unknown workload profile {profile!r}; choose from {', '.join(PROFILES)}")
         self.profile = profile
