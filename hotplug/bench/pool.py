@@ -2,9 +2,10 @@
 (today's IaaS: every VM keeps what it asked for), under each policy, and under ``default`` with priorities.
 
 Two arrival rates: ``busy``, at which fixed sizes commit about 90 % of the host over the span (their queue still
-drains), found by bisection on a calibration seed that is not among the measured ones; and ``overload``, twice
-four times that, more than fixed sizes can ever admit and enough to fill a host with hot-plug too. Each run is ``hotplug.bench.pool_run.run_pool``: the simulator's
-host model, the decider's engine and host planner, and the actuator's arbitration, in this process at 1-s steps.
+drains), found by bisection on a calibration seed that is not among the measured ones; and ``overload``, four
+times that, more than fixed sizes can ever admit and enough to fill a host with hot-plug too. Each run is
+``hotplug.bench.pool_run.run_pool``: the simulator's host model, the decider's engine and host planner, and the
+actuator's arbitration, in this process at 1-s steps.
 Figures pool the jobs of every seed. The targets of issue 23 are checked and printed with the table.
 """
 
