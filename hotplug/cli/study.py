@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -54,9 +55,10 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         sub,
         "bench",
         cmd_bench,
-        help="benchmarks, printed as JSON: decider, loop, collector, replay; decisions (a table, or JSON with --json)",
+        help="benchmarks, printed as JSON: decider, loop, collector, replay; decisions and pool (a table, or JSON "
+        "with --json)",
     )
-    bench.add_argument("which", choices=["decider", "loop", "collector", "replay", "decisions"])
+    bench.add_argument("which", choices=["decider", "loop", "collector", "replay", "decisions", "pool"])
     bench.add_argument(
         "--vms",
         type=at_least_one,
@@ -71,9 +73,23 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         metavar="P",
-        help="decisions: a policy to run, repeatable, or 'all' (default: default)",
+        help="decisions, pool: a policy to run, repeatable, or 'all' (default: default)",
     )
-    bench.add_argument("--seeds", default=None, help="decisions: comma-separated simulator seeds (default: 11,12)")
+    bench.add_argument(
+        "--seeds",
+        default=None,
+        help="decisions: comma-separated simulator seeds (default: 11,12); pool: arrival seeds (default: 101,102)",
+    )
+    bench.add_argument(
+        "--rates",
+        default=None,
+        help="pool: comma-separated arrival rates in jobs per hour (default: the busy rate, at which fixed sizes "
+        "commit 90%% of the host, and twice it)",
+    )
+    bench.add_argument("--cores", type=at_least_one, default=None, help="pool: the host's cores (default 48)")
+    bench.add_argument(
+        "--hours", type=positive, default=None, help="pool: simulated hours of arrivals per run (default 4)"
+    )
     bench.add_argument(
         "--trace",
         type=Path,
@@ -188,17 +204,43 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _numbers(text: str | None, flag: str, default: tuple[float, ...], kind: type = int) -> tuple[Any, ...]:
+    """A comma-separated list of positive numbers given to ``flag``, or ``default``."""
+    if text is None:
+        return default
+    try:
+        values = tuple(kind(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UsageError(f"{flag} takes numbers, comma-separated, not {text!r}") from None
+    if not values:
+        raise UsageError(f"{flag} names nothing")
+    if kind is float and any(not (v > 0) or v == float("inf") for v in values):
+        raise UsageError(f"{flag} takes positive numbers, not {text!r}")
+    return values
+
+
+def _bench_pool(args: argparse.Namespace) -> int:
+    from hotplug.bench.pool import DEFAULT_CORES, DEFAULT_SEEDS, DEFAULT_SPAN_S, PoolOptions, bench_pool, render_table
+    from hotplug.replay_cmd import policy_names
+
+    options = PoolOptions(
+        policies=tuple(policy_names(",".join(args.policy) if args.policy else "default")),
+        seeds=_numbers(args.seeds, "--seeds", DEFAULT_SEEDS),
+        cores=args.cores or DEFAULT_CORES,
+        span_s=args.hours * 3600 if args.hours else DEFAULT_SPAN_S,
+        rates=_numbers(args.rates, "--rates", (), float) or None,
+    )
+    report = bench_pool(options, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(report) if args.json else render_table(report))
+    return 0
+
+
 def _bench_decisions(args: argparse.Namespace) -> int:
     from hotplug.bench.decisions import DEFAULT_SEEDS, DecisionsOptions, bench_decisions, render_table
     from hotplug.replay_cmd import policy_names
 
     policies = policy_names(",".join(args.policy) if args.policy else "default")
-    try:
-        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip()) if args.seeds else DEFAULT_SEEDS
-    except ValueError:
-        raise UsageError(f"--seeds takes whole numbers, comma-separated, not {args.seeds!r}") from None
-    if not seeds:
-        raise UsageError("--seeds names no seed")
+    seeds = _numbers(args.seeds, "--seeds", DEFAULT_SEEDS)
     if args.trace is not None:
         args.trace = args.trace.resolve()
         check_trace(args.trace)
@@ -223,6 +265,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out: object
     if args.which == "decisions":
         return _bench_decisions(args)
+    if args.which == "pool":
+        return _bench_pool(args)
     if args.which == "decider":
         from hotplug.bench.decider import bench_decider
 
