@@ -125,10 +125,8 @@ def run_pool(
         running = host.vms
         if setup.policy is not None:
             waiting = host.waiting
-            planner.observe_host(
-                HostView(capacity, committed, planner.view.insurance, waiting[0].requested_vcpus if waiting else None),
-                now,
-            )
+            head = waiting[0].requested_vcpus if waiting else None
+            planner.observe_host(HostView(capacity, committed, planner.view.insurance, head, now), now)
         for vm in running:
             track = tracks.get(vm.name)
             if track is None:
@@ -194,7 +192,7 @@ def _decide(
         if granted < target:
             run.host_full += 1
             engine.learn_result(_host_full(vm.name, before, granted, target, host, now), now)
-            planner.learn_full(host.capacity_vcpus, host.committed_vcpus)
+            planner.learn_full(host.capacity_vcpus, host.committed_vcpus, now)
             if granted == before:
                 return
         target = granted

@@ -1,0 +1,83 @@
+"""The pool benchmark's run (hotplug.bench.pool_run): one host, arriving jobs, and the decider's and actuator's
+pure code at 1-s steps. Short spans on a small host, so the unit tier stays fast."""
+
+from __future__ import annotations
+
+from hotplug.bench.pool import PLAIN, PRIORITIES, render_table, setups, targets
+from hotplug.bench.pool_run import FIXED, Setup, run_pool
+from services.decider.registry import build_policy
+from services.simulator.jobs import Job
+
+SPAN_S = 1800.0
+
+
+def idle_jobs(count: int, size: int, gap_s: float) -> list[Job]:
+    """Jobs that ask for ``size`` vCPUs and sit idle (a notebook nobody uses) for the whole span."""
+    return [Job(f"job-{i:02d}", size, size, "idle", i * gap_s, lifetime_s=SPAN_S * 2, seed=i) for i in range(count)]
+
+
+def default_setup() -> Setup:
+    return Setup("default", lambda: build_policy("default"), lambda job: PLAIN)
+
+
+def test_fixed_sizes_leave_jobs_waiting_for_cores_that_idle_vms_hold() -> None:
+    run = run_pool(Setup(FIXED, None, lambda job: PLAIN), idle_jobs(4, 4, 10.0), cores=8, capacity=8, span_s=SPAN_S)
+    scores = run.scores()
+    assert scores["started"] == 2  # two 4-vCPU jobs fill the 8-vCPU host; the other two wait the whole span
+    assert scores["wait_p95_s"] > SPAN_S / 2
+    assert scores["orders"] == 0 and scores["changes_per_vm_hour"] == 0
+
+
+def test_default_gives_idle_cores_back_so_waiting_jobs_start() -> None:
+    run = run_pool(default_setup(), idle_jobs(4, 4, 10.0), cores=8, capacity=8, span_s=SPAN_S)
+    scores = run.scores()
+    assert scores["started"] == 4
+    assert scores["wait_p95_s"] < SPAN_S / 2
+    assert scores["max_over_capacity"] == 0
+    assert scores["unmet_pct"] < 1.0
+
+
+def test_nothing_is_ever_committed_above_capacity_under_load() -> None:
+    busy = [Job(f"b-{i}", 4, 4, "batch", i * 30.0, work_s=900.0, seed=i) for i in range(8)]
+    for setup in setups(["default"]):
+        scores = run_pool(setup, busy, cores=12, capacity=12, span_s=SPAN_S).scores()
+        assert scores["max_over_capacity"] == 0, setup.name
+
+
+def test_priorities_reach_the_planner_by_profile() -> None:
+    named = {s.name: s for s in setups(["default"])}
+    batch = Job("b", 2, 2, "batch", 0.0, work_s=60.0)
+    assert named["default+priorities"].settings(batch) is PRIORITIES["batch"]
+    assert PRIORITIES["batch"].preemptible and PRIORITIES["inference"].priority > PRIORITIES["batch"].priority
+    assert named["default"].settings(batch) is PLAIN
+
+
+def test_the_targets_compare_default_with_fixed_sizes() -> None:
+    row = {
+        "wait_p95_s": 10.0,
+        "completed": 20,
+        "host_use_pct": 40.0,
+        "unmet_pct": 0.5,
+        "slowdown_p95": 1.1,
+        "max_over_capacity": 0,
+    }
+    fixed = {**row, "wait_p95_s": 1000.0, "completed": 10, "host_use_pct": 20.0}
+    table = {"busy": {FIXED: fixed, "default": row}, "overload": {FIXED: fixed, "default": row}}
+    met = targets(table, ["busy", "overload"])
+    assert all(met.values())
+    table["overload"]["default"] = {**row, "completed": 17}
+    assert not targets(table, ["busy", "overload"])["overload: completed >= 1.8x fixed"]
+    report = {"results": table, "rates_per_hour": {"busy": 1.0, "overload": 4.0}, "targets": met}
+    assert "| busy (1/h) | default |" in render_table({**report, "results": {"busy": {"default": full(row)}}})
+
+
+def full(row: dict[str, float]) -> dict[str, float]:
+    return {
+        "wait_p50_s": 0,
+        "slowdown_p50": 1,
+        "committed_pct": 50,
+        "changes_per_vm_hour": 1,
+        "undone_pct": 0,
+        "host_full": 0,
+        **row,
+    }
