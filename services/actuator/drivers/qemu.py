@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 from qemu.qmp import ExecuteError, QMPClient
 
 from services.actuator.drivers.base import DriverError, HostView, VmView
@@ -79,11 +80,15 @@ class QemuDriver:
 
     def _host(self) -> HostView:
         vms = {}
-        for vm in running_vms(self.root):
+        try:
+            running = running_vms(self.root)
+        except (OSError, msgspec.DecodeError) as exc:
+            raise DriverError(ErrorCode.UNKNOWN, f"cannot list the QEMU guests: {exc}") from exc
+        for vm in running:
             try:
                 state = vm.state()
-            except QemuError:
-                continue  # stopped between the listing and now
+            except (QemuError, OSError, msgspec.DecodeError):
+                continue  # stopped since the listing, or its state is unreadable: it holds no known count
             threads = vcpu_threads(state.pid)
             vms[vm.name] = len(threads) if threads else state.max_vcpus
         return HostView(cpus=os.cpu_count() or 1, vms=vms)
