@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from hotplug import libvirt_cmd
-from services.actuator.drivers.libvirt import LibvirtDriver, qemu_pid, vcpu_threads
+from services.actuator.drivers.libvirt import LibvirtDriver, qemu_pid
 from shared.libvirt.connection import Connection
 from shared.libvirt.domain import parse_domain
 from shared.libvirt.guest import GuestChannel, guest_dir
+from shared.qemu.vm import vcpu_threads
 
 
 def summary(values: list[float]) -> dict[str, float]:

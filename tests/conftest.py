@@ -74,6 +74,15 @@ GUEST_LOOP_DECIDER = policy_args(
 )
 
 
+def roomy_host_config(directory: Path) -> Path:
+    """A config file whose ``[[host]]`` rule commits 8 vCPUs per CPU. On this 2-core machine the default (overcommit 1)
+    makes the host's capacity 2 vCPUs, which real-guest loops that grow a guest to 3 would meet (host-full): they
+    test the loop, and test_libvirt_guests.py and test_host_capacity_loop.py test the capacity."""
+    path = directory / "roomy-host.toml"
+    path.write_text('[[host]]\nmatch = "*"\novercommit = 8\n')
+    return path
+
+
 def require_tool(tool: str, package: str) -> str:
     """The path of an external tool the test needs; outside CI a missing one skips the test, in CI it fails it."""
     import shutil

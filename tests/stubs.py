@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.actuator.drivers.base import DriverError, VmView
+from services.actuator.drivers.base import DriverError, HostView, VmView
 from shared.messages import ErrorCode
 
 
@@ -92,3 +92,17 @@ class FakeDriver:
 
     async def close(self) -> None:
         return None
+
+
+@dataclass
+class FakeHostDriver(FakeDriver):
+    """A :class:`FakeDriver` that reports its host: ``cpus`` CPUs, its VM, and ``others`` (VM -> online vCPUs)
+    running beside it that no command moves."""
+
+    cpus: int = 4
+    others: dict[str, int] = field(default_factory=dict)
+    views: int = 0  # host views read
+
+    async def host_view(self) -> HostView:
+        self.views += 1
+        return HostView(cpus=self.cpus, vms={self.vm: self.online, **self.others})

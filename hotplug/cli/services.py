@@ -365,12 +365,20 @@ def cmd_actuator(args: argparse.Namespace) -> int:
     async def body(ctx: ServiceContext[ActuatorMetrics]) -> None:
         loaded = loaded_of(args)
         actuator = Actuator(
-            ctx, DRIVERS.build(args.driver, driver_config, ctx), config, tuple(loaded.config.vm) if loaded else ()
+            ctx,
+            DRIVERS.build(args.driver, driver_config, ctx),
+            config,
+            tuple(loaded.config.vm) if loaded else (),
+            tuple(loaded.config.host) if loaded else (),
         )
 
         def use_rules(new: LoadedConfig) -> str:
             actuator.rules = tuple(new.config.vm)
-            return f"{len(actuator.rules)} [[vm]] rules bound the VMs"
+            actuator.host_rules = tuple(new.config.host)
+            return (
+                f"{len(actuator.rules)} [[vm]] rules bound the VMs, "
+                f"{len(actuator.host_rules)} [[host]] rules the host's capacity"
+            )
 
         watch_config(ctx, args, "actuator", use_rules)
         await actuator.run()

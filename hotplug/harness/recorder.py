@@ -149,10 +149,19 @@ async def stored_events(nc: Client) -> tuple[list[ScaleCommand], list[ScaleResul
     return await eventlog.stored_events(nc.jetstream())
 
 
+async def _stats(nc: Client, host: str, timeout_s: float) -> StatsReply:
+    reply = await nc.request(subjects.simulator(host, "stats"), b"{}", timeout=timeout_s)
+    return msgspec.json.decode(reply.data, type=StatsReply)
+
+
 async def hypervisor_ops(nc: Client, host: str, timeout_s: float = 5.0) -> dict[str, int]:
     """The simulated hypervisor's count of vCPU operations per VM since it started."""
-    reply = await nc.request(subjects.simulator(host, "stats"), b"{}", timeout=timeout_s)
-    return {vm.vm: vm.hotplug_ops for vm in msgspec.json.decode(reply.data, type=StatsReply).vms}
+    return {vm.vm: vm.hotplug_ops for vm in (await _stats(nc, host, timeout_s)).vms}
+
+
+async def hypervisor_online(nc: Client, host: str, timeout_s: float = 5.0) -> dict[str, int]:
+    """The simulated hypervisor's online vCPUs per running VM, now."""
+    return {vm.vm: vm.online_vcpus for vm in (await _stats(nc, host, timeout_s)).vms}
 
 
 async def settle(nc: Client, timeout_s: float = 60.0) -> tuple[list[ScaleCommand], list[ScaleResult]]:

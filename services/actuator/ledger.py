@@ -12,7 +12,8 @@ A command's life, as the shell drives it:
 3. ``judge``: found in the log, a ``Duplicate``; a newer command for the VM waiting behind it, ``Superseded``
    (its result says so); otherwise ``Execute``.
 4. ``admit`` (a VM an operator paused is refused here) then ``plan`` (with the rate limit) decide what to ask the
-   driver; ``changed`` records a resize.
+   driver; ``room`` cuts a grow to what fits on the host (reservations.py: the shell first hands ``host`` a fresh
+   view of it), ``changed`` records a resize and ``ended`` releases the VM's reservation with its count.
 5. ``result`` describes what happened (and advises when to ask again); ``stored`` remembers it as answered;
    ``done`` releases the delivery, which the shell then acknowledges with the copies held. ``abandon`` forgets a
    failed worker's commands, unacknowledged with their copies, so that their redeliveries count as new.
@@ -31,6 +32,7 @@ from typing import Generic, TypeVar
 from services.actuator.answered import AnsweredCommands
 from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, not_paused, plan, rate_limited
 from services.actuator.drivers.base import VmView
+from services.actuator.reservations import Grant, Reservations
 from services.actuator.retry import Backoff, retry_after
 from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult
 
@@ -118,6 +120,8 @@ class Ledger(Generic[H]):
         self.backoff = Backoff()
         # The highest leadership term seen per decider: commands from an older term are refused.
         self.terms: dict[str, int] = {}
+        # The host's commitments, from the driver's host views: grows are granted only what fits its capacity.
+        self.host = Reservations(rules.host)
 
     # -- intake ---------------------------------------------------------------------------------------------------
 
@@ -214,6 +218,19 @@ class Ledger(Generic[H]):
                 decided = limited
         return Planned(decided, allowed(view, bounds))
 
+    def room(self, command: ScaleCommand, decided: Plan, before: int) -> tuple[Plan, Grant | None]:
+        """A grow cut to the whole vCPUs that fit on the host, with the grant to report (reserved until ``ended``);
+        anything else, or any command while the host is unknown (no view: a driver that reports none), as it is."""
+        if decided.direction <= 0 or not decided.steps or not self.host.known:
+            return decided, None
+        grant = self.host.grant(command.vm, before, before + decided.steps)
+        return Plan(decided.direction, grant.steps), grant
+
+    def ended(self, vm: str, after: int | None) -> None:
+        """A command that resized ``vm`` or was granted room ended with ``after`` vCPUs (None: unsure, a step failed
+        part-way): its reservation is released."""
+        self.host.release(vm, after)
+
     def begun(self, command: ScaleCommand) -> None:
         """A progress marker was written for the command: it is removed once the result is stored."""
         self._marked.add(command.id)
@@ -259,10 +276,12 @@ class Ledger(Generic[H]):
         after: int | None,
         failure: Refusal | None,
         sizes: tuple[int, int] | None = None,
+        grant: Grant | None = None,
     ) -> ScaleResult:
-        """The result of a command as carried out: what really happened, and when to ask again after a failure."""
-        if failure is None and before != after:
-            self.backoff.succeeded(command.vm)  # the VM took a change: its back-off starts over
+        """The result of a command as carried out: what really happened, and when to ask again after a failure.
+        A grow judged against the host (``grant``) states the host's capacity and what was committed then."""
+        if (failure is None or failure.code is ErrorCode.HOST_FULL) and before != after:
+            self.backoff.succeeded(command.vm)  # the VM took a change (a partial grant too): its back-off starts over
         return ScaleResult(
             command_id=command.id,
             time=now,
@@ -282,6 +301,8 @@ class Ledger(Generic[H]):
             retry_after=self._retry_after(command.vm, failure, now) if failure else None,
             rate_limit_changes=self.rules.max_changes,
             rate_limit_window_s=self.rules.rate_window_s,
+            host_capacity_vcpus=grant.capacity if grant else None,
+            host_committed_vcpus=grant.committed if grant else None,
         )
 
     def _retry_after(self, vm: str, failure: Refusal, now: float) -> float:

@@ -11,6 +11,11 @@ its result reports the change that did happen.
 
 A VM an operator paused (``hotplug pause``) is refused with ``paused`` whatever the decider knows: the actuator
 watches its host's keys of the pause bucket and takes no command before it knows the pauses in force.
+
+The actuator keeps its host within its capacity (the ``[[host]]`` rules, ``shared.pool``), whichever decider sent the
+grow: before each grow it reads its driver's view of the host and grants the vCPUs that fit (reservations.py), all,
+part (``host-full`` with the size reached) or none; a shrink always passes. It also reads the view every
+``host_refresh_s`` for its metrics. A driver that reports no host (an older plug-in) leaves the host unarbitrated.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, field
@@ -34,13 +40,14 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.actuator import steps
 from services.actuator.checks import Bounds, Refusal
-from services.actuator.drivers.base import Driver, DriverError
+from services.actuator.drivers.base import Driver, DriverError, HostAware, host_aware
 from services.actuator.ledger import ANSWERED_KEEP_S, Duplicate, Execute, Ledger, LedgerRules, Superseded
 from services.actuator.progress import ProgressLog
+from services.actuator.reservations import Grant
 from services.actuator.vmbounds import bounds_for
 from shared import bus, subjects, topology
 from shared.codec import encode
-from shared.config.schema import VmRule
+from shared.config.schema import HostRule, VmRule
 from shared.errors import UsageError
 from shared.eventlog import read_results
 from shared.inbox import Inbox
@@ -48,6 +55,7 @@ from shared.leadership import LEASE_BUCKET, LeaseState
 from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult
 from shared.pause_bucket import PauseWatch
 from shared.pauses import describe, host_keys
+from shared.pool import HostCapacity, host_capacity
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
 
@@ -69,6 +77,8 @@ class ActuatorConfig:
     # After a restart: how long the VM of an interrupted command must stay unchanged before its count is taken
     # as final (a step the dead actuator asked for may still be under way in the hypervisor).
     settle_s: float = 5.0
+    # How often the host view is read for the metrics (wall seconds); every grow reads it afresh anyway.
+    host_refresh_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_changes < 1:
@@ -111,6 +121,18 @@ class ActuatorMetrics(ServiceMetrics):
             "VMs of this actuator's host paused by an operator now (hotplug pause)",
             registry=self.registry,
         )
+        # NaN while the host is unknown (no view yet, or a driver that reports none).
+        self.host_capacity = Gauge(
+            "hotplug_actuator_host_capacity_vcpus",
+            "vCPUs this actuator's host may commit ([[host]] rules over the driver's CPUs)",
+            registry=self.registry,
+        )
+        self.host_committed = Gauge(
+            "hotplug_actuator_host_committed_vcpus",
+            "vCPUs committed on this actuator's host: every running VM's online vCPUs, or the size granted to a "
+            "grow under way",
+            registry=self.registry,
+        )
 
 
 class Actuator:
@@ -120,12 +142,17 @@ class Actuator:
         driver: Driver,
         config: ActuatorConfig,
         rules: tuple[VmRule, ...] = (),
+        host_rules: tuple[HostRule, ...] = (),
     ) -> None:
         self.ctx = ctx
         self.driver = driver
         self.config = config
-        # The config file's [[vm]] rules, for each VM's bounds; replaced whole on a reload (SIGHUP).
+        # The config file's [[vm]] rules, for each VM's bounds, and its [[host]] rules, for the host's capacity;
+        # replaced whole on a reload (SIGHUP), and in force from the next host view.
         self.rules = rules
+        self.host_rules = host_rules
+        self.host_driver: HostAware | None = host_aware(driver)
+        self._capacity: HostCapacity | None = None
         self.metrics = ctx.metrics
         self.commands: Inbox[ScaleCommand] = Inbox("command", ScaleCommand, ctx.metrics)
         self.ledger: Ledger[Msg] = Ledger(
@@ -143,6 +170,9 @@ class Actuator:
         # Pauses of this host's VMs, from the pause bucket's watch; wall-clock times, as operators give them.
         self.pauses = PauseWatch(ctx.js, host_keys(ctx.host), on_change=self._on_pause_change)
         self.metrics.paused.set_function(lambda: self.pauses.book.count(time.time()))
+        room = self.ledger.host
+        self.metrics.host_capacity.set_function(lambda: math.nan if room.capacity is None else room.capacity)
+        self.metrics.host_committed.set_function(lambda: room.committed() if room.known else math.nan)
 
     def bounds_for(self, vm: str) -> Bounds:
         """The sizes the actuator allows ``vm``: --vm-bounds, else its [[vm]] rule's, else its own (vmbounds.py)."""
@@ -170,7 +200,10 @@ class Actuator:
         )
         psub = await self._subscribe(consumer)
         log.info("actuator %s on host %s with driver %s", self.config.name, self.ctx.host, self.driver.name)
+        if self.host_driver is None:
+            log.warning("driver %s reports no host view: grows are not held to the host's capacity", self.driver.name)
         terms = asyncio.ensure_future(self._follow_terms())
+        refresh = asyncio.ensure_future(self._refresh_host())
         try:
             while True:
                 try:
@@ -197,6 +230,7 @@ class Actuator:
                         )
         finally:
             terms.cancel()
+            refresh.cancel()
             await self.pauses.stop()
             for worker in self._workers.values():
                 worker.cancel()
@@ -245,6 +279,44 @@ class Actuator:
                 await msg.ack()
         elif received.start_worker:
             self._workers[command.vm] = asyncio.ensure_future(self._work(command.vm))
+
+    async def _look(self) -> None:
+        """Read the driver's host view now and take it, with the capacity the [[host]] rules give its CPUs."""
+        assert self.host_driver is not None
+        ticket = self.ledger.host.ticket()
+        view = await self._call(self.host_driver.host_view())
+        capacity = host_capacity(self.host_rules, self.ctx.host, view.cpus)
+        if self.ledger.host.observe(view, capacity.capacity_vcpus, ticket) and capacity != self._capacity:
+            self._capacity = capacity
+            rule = "no [[host]] rule" if capacity.rule_index is None else f"[[host]] rule {capacity.rule_index + 1}"
+            log.info(
+                "host %s: capacity %d vCPUs (%d CPUs, %g reserved, overcommit %g; %s), %d committed by %d VMs",
+                self.ctx.host,
+                capacity.capacity_vcpus,
+                capacity.cpus,
+                capacity.reserve_cpus,
+                capacity.overcommit,
+                rule,
+                self.ledger.host.committed(),
+                len(view.vms),
+            )
+
+    async def _refresh_host(self) -> None:
+        """Keep the host view fresh for the metrics; grows read their own."""
+        if self.host_driver is None:
+            return
+        failing = False
+        while True:
+            try:
+                await self._look()
+                failing = False
+            except DriverError as exc:
+                if not failing:  # once per spell, not every few seconds
+                    log.warning("host view of %s not read: %s: %s", self.ctx.host, exc.code, exc.message)
+                failing = True
+            except Exception:
+                log.exception("host view of %s not read", self.ctx.host)
+            await asyncio.sleep(self.config.host_refresh_s)
 
     def _on_pause_change(self, host: str, vm: str, pause: PauseEvent | None) -> None:
         log.info("%s/%s %s", host, vm, "resumed" if pause is None else describe(pause))
@@ -375,39 +447,52 @@ class Actuator:
         before: int | None = None
         after: int | None = None
         sizes: tuple[int, int] | None = None
+        grant: Grant | None = None
+        stepping = False  # a step is under way: should it fail, the VM's count is not sure
         now = self.ctx.clock.now()
         # At its turn: a pause that ended while the command waited no longer stands.
         wall = time.time()
         failure = self.ledger.admit(command, now, self.pauses.book.paused(command.host, command.vm, wall), wall)
         if failure is None:
             try:
-                view = await self._call(self.driver.read(command.vm))
-                before = after = view.online_vcpus
-                planned = self.ledger.plan(command, view, now)
-                sizes = planned.sizes
-                if isinstance(planned.decision, Refusal):
-                    failure = planned.decision
-                else:
-                    if planned.decision.steps:
-                        await self.progress.begin(command, before)
-                        self.ledger.begun(command)
-                    after = await steps.take_steps(
-                        self.driver,
-                        command.vm,
-                        planned.decision,
-                        before,
-                        timeout_s=self.config.step_timeout_s,
-                        # a slow hypervisor must not make the command look abandoned
-                        before_step=msg.in_progress if msg is not None else None,
-                        after_step=self.metrics.hotplug_calls.labels(planned.decision.op).inc,
-                    )
-                    if planned.decision.steps:
-                        self.ledger.changed(command.vm, now)
-            except DriverError as exc:
-                failure = Refusal(exc.code, exc.message)
-            if failure is not None and before is not None:
-                after = await self._reread(command.vm, after)
-        return self._result(command, started, before, after, failure, sizes)
+                try:
+                    view = await self._call(self.driver.read(command.vm))
+                    before = after = view.online_vcpus
+                    planned = self.ledger.plan(command, view, now)
+                    sizes = planned.sizes
+                    if isinstance(planned.decision, Refusal):
+                        failure = planned.decision
+                    else:
+                        decided = planned.decision
+                        if decided.direction > 0 and decided.steps and self.host_driver is not None:
+                            await self._look()  # judged on the host as it is now, not as it was
+                        decided, grant = self.ledger.room(command, decided, before)
+                        if decided.steps:
+                            await self.progress.begin(command, before)
+                            self.ledger.begun(command)
+                            stepping = True
+                            after = await steps.take_steps(
+                                self.driver,
+                                command.vm,
+                                decided,
+                                before,
+                                timeout_s=self.config.step_timeout_s,
+                                # a slow hypervisor must not make the command look abandoned
+                                before_step=msg.in_progress if msg is not None else None,
+                                after_step=self.metrics.hotplug_calls.labels(decided.op).inc,
+                            )
+                            stepping = False
+                            self.ledger.changed(command.vm, now)
+                        failure = grant.refusal() if grant is not None else None
+                except DriverError as exc:
+                    failure = Refusal(exc.code, exc.message)
+                if failure is not None and before is not None:
+                    after = await self._reread(command.vm, after)
+            finally:
+                # Until now the grant's room stayed reserved, whatever happened (cancelled too).
+                if grant is not None or (before is not None and after != before):
+                    self.ledger.ended(command.vm, None if stepping else after)
+        return self._result(command, started, before, after, failure, sizes, grant)
 
     def _result(
         self,
@@ -417,9 +502,10 @@ class Actuator:
         after: int | None,
         failure: Refusal | None,
         sizes: tuple[int, int] | None = None,
+        grant: Grant | None = None,
     ) -> ScaleResult:
         duration = time.perf_counter() - started
-        return self.ledger.result(command, self.ctx.clock.now(), duration, before, after, failure, sizes)
+        return self.ledger.result(command, self.ctx.clock.now(), duration, before, after, failure, sizes, grant)
 
     async def _reread(self, vm: str, fallback: int | None) -> int | None:
         try:

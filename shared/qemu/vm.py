@@ -323,6 +323,26 @@ class QemuVm:
         return None
 
 
+def vcpu_threads(pid: int, proc: Path = Path("/proc")) -> set[int] | None:
+    """The vCPU ids whose QEMU thread exists (``CPU <id>/TCG`` or ``/KVM``, named so by ``debug-threads=on``, which
+    ``hotplug qemu`` and libvirt both set); None when QEMU cannot be read."""
+    try:
+        tasks = list((proc / str(pid) / "task").iterdir())
+    except OSError:
+        return None
+    out = set()
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:
+            continue  # the thread ended between listing and reading
+        if name.startswith("CPU ") and "/" in name:
+            index = name[4:].split("/", 1)[0]
+            if index.isdigit():
+                out.add(int(index))
+    return out
+
+
 def running_vms(root: Path | None = None) -> list[QemuVm]:
     root = root or default_root()
     if not root.is_dir():

@@ -8,6 +8,7 @@ and waits for its result: the actuator answers one VM's commands in order, so an
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -18,10 +19,11 @@ from hotplug.harness.poll import eventually
 from hotplug.harness.recorder import Recorder
 from services.actuator.drivers.base import DriverError
 from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
+from shared.config.schema import HostRule
 from shared.messages import ErrorCode, ScaleCommand, ScaleResult
 from shared.runtime import ServiceContext
 from tests.component.conftest import InProcess, Serve
-from tests.stubs import FakeDriver
+from tests.stubs import FakeDriver, FakeHostDriver
 
 HOST = "h1"
 VM = "vm"
@@ -51,9 +53,11 @@ Start = Callable[..., Awaitable[InProcess[ActuatorMetrics]]]
 
 @pytest.fixture
 def start_actuator(serve: Serve) -> Start:
-    async def start(driver: FakeDriver, config: ActuatorConfig | None = None) -> InProcess[ActuatorMetrics]:
+    async def start(
+        driver: FakeDriver, config: ActuatorConfig | None = None, host_rules: tuple[HostRule, ...] = ()
+    ) -> InProcess[ActuatorMetrics]:
         async def body(ctx: ServiceContext[ActuatorMetrics]) -> None:
-            await Actuator(ctx, driver, config or ActuatorConfig()).run()
+            await Actuator(ctx, driver, config or ActuatorConfig(), host_rules=host_rules).run()
 
         return await serve(ActuatorMetrics("actuator"), body, HOST)
 
@@ -205,3 +209,59 @@ async def test_a_driver_error_is_the_result_with_the_hypervisors_code(
     refused = await result(results, shrink)
     assert (refused.ok, refused.error_code, refused.error) == (False, ErrorCode.GUEST_REFUSED, "Hot-Remove was aborted")
     assert refused.retry_after is not None and refused.retry_after > 0  # a back-off, not an immediate retry
+
+
+async def test_a_grow_gets_what_fits_on_the_host_then_none_and_a_shrink_always_passes(
+    nc: Client, results: Recorder, start_actuator: Start
+) -> None:
+    # 8 CPUs, but the [[host]] rule keeps 2 for the host: capacity 6, of which 2 + 3 (a VM no command moves) are taken
+    driver = FakeHostDriver(online=2, cpus=8, others={"unmanaged": 3})
+    actuator = await start_actuator(driver, host_rules=(HostRule(match="h*", reserve_cpus=2),))
+    grow = order(5, seen=2)
+    await store(nc, grow)
+    part = await result(results, grow)
+    assert (part.ok, part.error_code, part.vcpus_before, part.vcpus_after) == (False, ErrorCode.HOST_FULL, 2, 3), part
+    assert part.error == "granted 1 of 3 vCPUs asked: host h1 has capacity 6, 5 committed"
+    assert (part.host_capacity_vcpus, part.host_committed_vcpus, part.retry_after) == (6, 5, 2.0)
+    again = order(4, seen=3)
+    await store(nc, again)
+    full = await result(results, again)
+    assert (full.ok, full.error_code, full.vcpus_before, full.vcpus_after) == (False, ErrorCode.HOST_FULL, 3, 3), full
+    assert (full.host_committed_vcpus, full.retry_after) == (6, 2.0)
+    assert full.error == "granted 0 of 1 vCPUs asked: host h1 has capacity 6, 6 committed"
+    shrink = order(2, seen=3)
+    await store(nc, shrink)
+    done = await result(results, shrink)
+    assert (done.ok, done.vcpus_after, done.host_capacity_vcpus) == (True, 2, None), done
+    assert driver.calls == ["plug", "unplug"]
+    assert actuator.count("hotplug_actuator_actions_total", outcome="error", error_code="host-full") == 2
+    assert actuator.count("hotplug_actuator_host_capacity_vcpus") == 6
+    await eventually(
+        lambda: actuator.count("hotplug_actuator_host_committed_vcpus") == 5, timeout=10, what="the freed vCPU"
+    )
+
+
+async def test_the_host_is_read_afresh_before_each_grow(nc: Client, results: Recorder, start_actuator: Start) -> None:
+    driver = FakeHostDriver(online=2, cpus=4, others={"other": 2})
+    # a refresh for the metrics only once an hour: what each grow sees is its own reading
+    await start_actuator(driver, ActuatorConfig(host_refresh_s=3600))
+    grow = order(3, seen=2)
+    await store(nc, grow)
+    assert (await result(results, grow)).error_code is ErrorCode.HOST_FULL
+    driver.others = {"other": 1}  # the other VM shrank (or stopped) meanwhile
+    again = order(3, seen=2)
+    await store(nc, again)
+    grown = await result(results, again)
+    assert (grown.ok, grown.vcpus_after, grown.host_committed_vcpus) == (True, 3, 3), grown
+
+
+async def test_a_driver_that_reports_no_host_leaves_grows_unheld(
+    nc: Client, results: Recorder, start_actuator: Start
+) -> None:
+    driver = FakeDriver(online=2)  # as an older plug-in: no host_view
+    actuator = await start_actuator(driver, host_rules=(HostRule(match="*", cpus=1),))
+    grow = order(6, seen=2)
+    await store(nc, grow)
+    done = await result(results, grow)
+    assert (done.ok, done.vcpus_after, done.host_capacity_vcpus) == (True, 6, None), done
+    assert math.isnan(actuator.count("hotplug_actuator_host_capacity_vcpus"))

@@ -93,6 +93,16 @@ async def test_driver_plugs_lowest_free_and_unplugs_highest(
     assert (view.online_vcpus, view.max_vcpus, view.min_vcpus) == (2, 4, 1)
 
 
+async def test_driver_reports_its_host_every_running_vm_managed_or_not(vbox: VBoxHome) -> None:
+    vbox.create("web1", max_vcpus=4, attached=2)
+    vbox.create("idle", max_vcpus=4, attached=1, running=False)  # powered off: takes no core
+    standin.create_vm("fixed", cpus=3)  # hot-plug off: all its CPUs are its
+    assert vbox.run("startvm", "fixed").returncode == 0
+    host = await VirtualBoxDriver(VBoxManage(str(STANDIN))).host_view()
+    assert host.vms == {"web1": 2, "fixed": 3}
+    assert host.cpus == os.cpu_count()
+
+
 @pytest.mark.parametrize(
     ("setup", "op", "code"),
     [

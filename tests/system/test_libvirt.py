@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from services.actuator.drivers.libvirt import qemu_pid, vcpu_threads
+from services.actuator.drivers.libvirt import qemu_pid
 from shared.libvirt.domain import (
     RUNTIME_NS,
     SETTINGS_NS,
@@ -26,6 +26,7 @@ from shared.libvirt.domain import (
 from shared.libvirt.guest import domain_xml, guest_dir, started_by_us
 from shared.messages import ErrorCode
 from shared.qemu.image import GuestImage
+from shared.qemu.vm import vcpu_threads
 
 HOSTILE = ["a b", 'it\'s "quoted"', "$(touch pwned)", "`id`; rm -rf x", "<tag>&amp;", "ümlaut ∆"]
 

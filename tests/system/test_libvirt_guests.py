@@ -19,12 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.aio.client import Client
 
+from hotplug.harness import faults
 from hotplug.harness.poll import wait_until
-from hotplug.harness.processes import OutputProcess, run_hotplug
+from hotplug.harness.processes import OutputProcess, ServiceProcess, run_hotplug
+from hotplug.harness.recorder import Recorder
 from services.actuator.drivers.base import DriverError
-from shared.messages import ErrorCode
-from tests.conftest import GUEST_LOOP_DECIDER, REPO, eventually
+from shared.broker import EmbeddedBroker
+from shared.messages import ErrorCode, ScaleResult
+from tests.conftest import GUEST_LOOP_DECIDER, REPO, eventually, roomy_host_config
 
 pytestmark = pytest.mark.external  # needs a tool from the OS (see require_tool)
 
@@ -399,8 +403,59 @@ async def test_prepare_sets_up_a_shut_off_domain_and_refuses_a_running_one(guest
         await d.close()
 
 
+async def test_the_actuator_keeps_two_guests_within_a_host_of_3_vcpus(
+    guests: Guests, broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess], tmp_path: Path
+) -> None:
+    first, second = f"hp-cap-a-{os.getpid()}", f"hp-cap-b-{os.getpid()}"
+    for name in (first, second):
+        await asyncio.to_thread(guests.start, name, max_vcpus=4)
+    d = driver()
+    try:
+        host = await d.host_view()
+    finally:
+        await d.close()
+    assert (host.vms[first], host.vms[second]) == (1, 1)
+    # Every running domain takes cores, ours or not: any other on this libvirtd is given its own CPUs on top of 3.
+    others = sum(n for vm, n in host.vms.items() if vm not in (first, second))
+    capacity = 3 + others
+    config = tmp_path / "host.toml"
+    config.write_text(f'[[host]]\nmatch = "lv"\ncpus = {capacity}\n')
+    watch = Recorder()
+    await watch.attach(nc, samples=False, commands=False)
+    common = ["--nats", broker.url, "--host", "lv"]
+    start_service("actuator", *common, "--driver", "libvirt", "--libvirt-uri", URI, "--config", str(config))
+
+    async def resize(vm: str, target: int, seen: int) -> ScaleResult:
+        command = faults.order("lv", vm, target, seen, ttl_s=120.0)
+        await faults.store_durably(nc, command)
+        result = await watch.result_of(command.id, timeout_s=90)  # a TCG unplug takes 5 s, and its resync
+        assert result is not None, f"no result for {vm} {seen} -> {target}"
+        return result
+
+    grown = await resize(first, 2, 1)  # fits: 3 committed
+    assert (grown.ok, grown.vcpus_after, grown.host_capacity_vcpus, grown.host_committed_vcpus) == (
+        True,
+        2,
+        capacity,
+        2 + others,
+    ), grown
+    refused = await resize(second, 3, 1)
+    assert (refused.ok, refused.error_code, refused.vcpus_after) == (False, ErrorCode.HOST_FULL, 1), refused
+    assert refused.error == f"granted 0 of 2 vCPUs asked: host lv has capacity {capacity}, {capacity} committed"
+    assert refused.retry_after == 2.0
+    shrunk = await resize(first, 1, 2)  # a shrink always passes
+    assert (shrunk.ok, shrunk.vcpus_after) == (True, 1), shrunk
+    part = await resize(second, 3, 1)  # room for one of the two now
+    assert (part.ok, part.error_code, part.vcpus_before, part.vcpus_after) == (False, ErrorCode.HOST_FULL, 1, 2), part
+    assert part.error == f"granted 1 of 2 vCPUs asked: host lv has capacity {capacity}, {capacity - 1} committed"
+    assert await asyncio.to_thread(guests.online, second) == "0-1"  # the guest's own view of the grant
+    assert await asyncio.to_thread(guests.online, first) == "0"
+
+
 @pytest.mark.timeout(420)
-def test_whole_loop_scales_two_real_domains_up_and_down_with_one_result_per_command(ready: None) -> None:
+def test_whole_loop_scales_two_real_domains_up_and_down_with_one_result_per_command(
+    ready: None, tmp_path: Path
+) -> None:
     data_dir = Path(f"/tmp/hl-up-{os.getpid()}")
     shutil.rmtree(data_dir, ignore_errors=True)
     out = OutputProcess.hotplug(
@@ -416,6 +471,8 @@ def test_whole_loop_scales_two_real_domains_up_and_down_with_one_result_per_comm
         "--data-dir",
         str(data_dir),
         "--no-view",
+        "--config",
+        str(roomy_host_config(tmp_path)),
         *GUEST_LOOP_DECIDER,
     )
 

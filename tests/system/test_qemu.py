@@ -26,7 +26,7 @@ from shared.clock import Clock
 from shared.messages import ErrorCode
 from shared.qemu.image import GuestImage, ImageError, ensure_image
 from shared.qemu.vm import QemuVm, connect_qmp, parse_stat
-from tests.conftest import GUEST_LOOP_DECIDER
+from tests.conftest import GUEST_LOOP_DECIDER, roomy_host_config
 
 pytestmark = pytest.mark.external  # needs a tool from the OS (see require_tool)
 
@@ -138,6 +138,8 @@ async def test_plug_is_seen_online_by_the_guest_and_unplug_completes(image: Gues
     await driver.plug("g1")
     assert (await driver.read("g1")).online_vcpus == 3
     assert guest_says(vm, "cat /sys/devices/system/cpu/online") == "0-2"  # the guest's own view
+    host = await driver.host_view()  # counted by its vCPU threads, as the actuator judges a grow
+    assert (host.cpus, host.vms) == (os.cpu_count(), {"g1": 3})
     await driver.unplug("g1")
     assert (await driver.read("g1")).online_vcpus == 2
     assert guest_says(vm, "cat /sys/devices/system/cpu/online") == "0-1"
@@ -181,7 +183,7 @@ async def test_source_measures_vcpu_threads_and_guest_run_queue(image: GuestImag
     assert host.host_wait_seconds is not None and len(host.host_wait_seconds) == 1
 
 
-def test_whole_loop_takes_a_real_guest_from_1_to_3_vcpus_and_back(image: GuestImage) -> None:
+def test_whole_loop_takes_a_real_guest_from_1_to_3_vcpus_and_back(image: GuestImage, tmp_path: Path) -> None:
     data_dir = Path(f"/tmp/hq-up-{os.getpid()}")
     shutil.rmtree(data_dir, ignore_errors=True)
     env = {"HOTPLUG_QEMU_DIR": str(data_dir / "qemu")}
@@ -196,6 +198,8 @@ def test_whole_loop_takes_a_real_guest_from_1_to_3_vcpus_and_back(image: GuestIm
         "--data-dir",
         str(data_dir),
         "--no-view",
+        "--config",
+        str(roomy_host_config(tmp_path)),
         *GUEST_LOOP_DECIDER,
         env=env,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hotplug.harness.poll import wait_until
 from hotplug.harness.processes import OutputProcess, policy_args, run_hotplug
+from tests.conftest import roomy_host_config
 from tests.standins import vboxmanage as standin
 from tests.vbox_fixtures import VBoxHome
 
@@ -25,6 +26,8 @@ def test_up_on_virtualbox_plugs_and_unplugs_by_id(vbox: VBoxHome, tmp_path: Path
         "--data-dir",
         data_dir,
         "--no-view",
+        "--config",
+        str(roomy_host_config(tmp_path)),
         # the plumbing, not warm-up
         *policy_args(
             "threshold",

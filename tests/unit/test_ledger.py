@@ -1,8 +1,10 @@
 """The actuator's command ledger (services/actuator/ledger.py), tested directly and with hypothesis.
 
 The main property drives the ledger as the service does, through any interleaving of stored copies, deliveries
-and redeliveries, worker steps, worker failures, actuator restarts and the passing of time, against a model of
-the event log and the hypervisor: once every copy is acknowledged, every command has exactly one result.
+and redeliveries, worker steps (one hot-plug call at a time), failed calls, worker failures, actuator restarts, host
+views read and taken late, capacity changes and the passing of time, against a model of the event log and the
+host: once every copy is acknowledged, every command has exactly one result; and no grow is granted room that takes
+the host's true commitment above its capacity, nor steps beyond its grant.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.actuator.checks import Bounds, Plan, Refusal
-from services.actuator.drivers.base import VmView
+from services.actuator.drivers.base import HostView, VmView
 from services.actuator.ledger import (
     Delivery,
     Duplicate,
@@ -25,9 +27,11 @@ from services.actuator.ledger import (
     Superseded,
     Turn,
 )
+from services.actuator.reservations import Grant
 from shared.messages import ErrorCode, ScaleCommand, ScaleResult
 
 VMS = ("a", "b")
+CAPACITIES = (4, 5, 6, 7, 8, 10)
 
 
 def rules(max_changes: int = 6, window_s: float = 60.0, bounds: dict[str, Bounds] | None = None) -> LedgerRules:
@@ -165,32 +169,62 @@ def test_a_command_left_in_progress_is_settled_as_things_are() -> None:
 
 @dataclass
 class Worker:
-    phase: str = "idle"  # idle -> taken -> store -> finish -> idle
+    phase: str = "idle"  # idle -> taken -> [look ->] step... -> store -> finish -> idle
     turn: Turn[int] | None = None
     result: ScaleResult | None = None
+    # an admitted command under way: its plan, the count it started from, its start, and the room it got
+    plan: Plan | None = None
+    before: int = 0
+    started: float = 0.0
+    sizes: tuple[int, int] | None = None
+    grant: Grant | None = None
+    ticket: int = 0  # a grow's host view: asked for with this ticket, answered with this snapshot
+    snapshot: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class World:
-    """The event log, the stream's unacknowledged copies, the hypervisor, and one actuator process."""
+    """The event log, the stream's unacknowledged copies, the host (its VMs, one of them unmanaged, and its
+    capacity), and one actuator process."""
 
     commands: list[ScaleCommand]
     now: float = 0.0
     log: list[ScaleResult] = field(default_factory=list)
     unacked: dict[int, ScaleCommand] = field(default_factory=dict)  # stream sequence -> the copy stored there
     vcpus: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VMS, 2))
+    unmanaged: dict[str, int] = field(default_factory=lambda: {"x": 1})  # no command moves it; it takes cores
+    capacity: int = 6
     markers: dict[str, tuple[ScaleCommand, int]] = field(default_factory=dict)  # progress.py's, per VM
     workers: dict[str, Worker] = field(default_factory=dict)
     ledger: Ledger[int] = field(default_factory=lambda: Ledger(rules()))
     seq: int = 0
     # Changes made per VM, by time, with the ledger that made them (a restart forgets the rate history).
     changes: dict[str, list[float]] = field(default_factory=dict)
+    views: list[tuple[int, dict[str, int]]] = field(default_factory=list)  # the metrics refresh's views in flight
+    granted: int = 0  # grows granted room (at least one step)
+    refused: int = 0  # grows granted less than they asked
+
+    def snapshot(self) -> dict[str, int]:
+        return {**self.vcpus, **self.unmanaged}
 
     def store(self, i: int) -> None:
         self.seq += 1
         template = self.commands[i % len(self.commands)]
         # A command is stamped when first stored; copies repeat it exactly.
         self.unacked[self.seq] = template
+
+    def decide(self, i: int) -> None:
+        """A decider orders a resize of a VM, decided on its count now, once the VM's last order is answered (so
+        that most orders are carried out)."""
+        vm = VMS[i % len(VMS)]
+        answered = {r.command_id for r in self.log}
+        if any(c.vm == vm and c.id not in answered for c in self.commands[1:]):
+            return
+        self.seq += 1
+        target = max(1, min(8, self.vcpus[vm] + (1, 2, 3, -1, -2)[i // len(VMS) % 5]))
+        order = command(f"d{self.seq}", vm, at=self.now, target=target, seen=self.vcpus[vm])
+        self.commands.append(order)
+        self.unacked[self.seq] = order
 
     def deliver(self, i: int) -> None:
         if not self.unacked:
@@ -227,7 +261,12 @@ class World:
             elif isinstance(judged, Superseded):
                 worker.result, worker.phase = judged.result, "store"
             else:
-                worker.result, worker.phase = self.execute(cmd), "store"
+                self.begin(worker, cmd)
+        elif worker.phase == "look":
+            if i % 3 == 0:  # the driver answers slowly: other workers may grow and end meanwhile
+                self.look(worker)
+        elif worker.phase == "step":
+            self.step(worker)
         elif worker.phase == "store":
             assert worker.result is not None and worker.turn is not None
             self.log.append(worker.result)
@@ -240,34 +279,111 @@ class World:
                 self.ack(seq)
             self.workers[vm] = Worker()
 
-    def execute(self, cmd: ScaleCommand) -> ScaleResult:
+    # -- one command carried out, as Actuator.execute does it ------------------------------------------------------
+
+    def begin(self, worker: Worker, cmd: ScaleCommand) -> None:
         failure = self.ledger.admit(cmd, self.now)
-        before = after = self.vcpus[cmd.vm]
-        sizes = None
+        worker.before, worker.started = self.vcpus[cmd.vm], self.now
         if failure is None:
-            planned = self.ledger.plan(cmd, view(before, cmd.vm), self.now)
-            sizes = planned.sizes
+            planned = self.ledger.plan(cmd, view(worker.before, cmd.vm), self.now)
+            worker.sizes = planned.sizes
             if isinstance(planned.decision, Refusal):
                 failure = planned.decision
-            elif planned.decision.steps:
-                self.markers[cmd.vm] = (cmd, before)
-                self.ledger.begun(cmd)
-                after = self.vcpus[cmd.vm] = cmd.target_vcpus
-                self.ledger.changed(cmd.vm, self.now)
-                self.changes.setdefault(cmd.vm, []).append(self.now)
-        return self.ledger.result(cmd, self.now, 0.0, before, after, failure, sizes)
+            else:
+                worker.plan = planned.decision
+                if worker.plan.direction > 0 and worker.plan.steps:
+                    # the host view is asked for now and answered later: as stale as a view can be
+                    worker.ticket, worker.snapshot, worker.phase = self.ledger.host.ticket(), self.snapshot(), "look"
+                else:
+                    self.start_steps(worker, cmd)
+                return
+        self.finish(worker, cmd, failure)
+
+    def look(self, worker: Worker) -> None:
+        assert worker.turn is not None and worker.plan is not None
+        cmd = worker.turn.delivery.command
+        view_ = HostView(cpus=self.capacity, vms=worker.snapshot)
+        self.ledger.host.observe(view_, self.capacity, worker.ticket)
+        worker.plan, worker.grant = self.ledger.room(cmd, worker.plan, worker.before)
+        assert worker.grant is not None
+        if worker.grant.steps:
+            self.granted += 1
+            # the host as it truly is, with the room every grow under way holds (this one's too)
+            stepping = [w for w in self.workers.values() if w.phase == "step" or w is worker]
+            held = {w.turn.delivery.command.vm: w.grant.size for w in stepping if w.grant and w.turn}
+            true = {vm: max(n, held.get(vm, 0)) for vm, n in self.snapshot().items()}
+            assert sum(true.values()) <= self.capacity, (true, self.capacity, worker.grant)
+        if worker.grant.size < worker.grant.asked:
+            self.refused += 1
+        self.start_steps(worker, cmd)
+
+    def start_steps(self, worker: Worker, cmd: ScaleCommand) -> None:
+        assert worker.plan is not None
+        if not worker.plan.steps:
+            self.finish(worker, cmd, worker.grant.refusal() if worker.grant else None)
+            return
+        self.markers[cmd.vm] = (cmd, worker.before)
+        self.ledger.begun(cmd)
+        worker.phase = "step"
+
+    def step(self, worker: Worker) -> None:
+        assert worker.turn is not None and worker.plan is not None
+        cmd = worker.turn.delivery.command
+        self.vcpus[cmd.vm] += worker.plan.direction
+        if worker.grant is not None:
+            assert self.vcpus[cmd.vm] <= worker.grant.size, "a step beyond the room granted"
+        if self.vcpus[cmd.vm] == worker.before + worker.plan.direction * worker.plan.steps:
+            self.ledger.changed(cmd.vm, worker.started)
+            self.changes.setdefault(cmd.vm, []).append(worker.started)
+            self.finish(worker, cmd, worker.grant.refusal() if worker.grant else None)
+
+    def step_fails(self, i: int) -> None:
+        """A hot-plug call fails (timeout, not verified); an odd ``i``: it moved the VM all the same."""
+        stepping = [vm for vm in sorted(self.workers) if self.workers[vm].phase == "step"]
+        if not stepping:
+            return
+        worker = self.workers[stepping[i % len(stepping)]]
+        assert worker.turn is not None and worker.plan is not None
+        cmd = worker.turn.delivery.command
+        if i % 2:
+            self.vcpus[cmd.vm] += worker.plan.direction
+        self.finish(worker, cmd, Refusal(ErrorCode.TIMEOUT, "the hypervisor did not answer"), sure=False)
+
+    def finish(self, worker: Worker, cmd: ScaleCommand, failure: Refusal | None, sure: bool = True) -> None:
+        after = self.vcpus[cmd.vm]
+        if worker.grant is not None or after != worker.before:
+            self.ledger.ended(cmd.vm, after if sure else None)
+        worker.result = self.ledger.result(
+            cmd, self.now, 0.0, worker.before, after, failure, worker.sizes, worker.grant
+        )
+        worker.phase = "store"
+
+    # -- the host's side ------------------------------------------------------------------------------------------
+
+    def look_for_metrics(self) -> None:
+        self.views.append((self.ledger.host.ticket(), self.snapshot()))
+
+    def see(self, i: int) -> None:
+        """A view of the metrics refresh is answered (in any order), on the capacity in force now."""
+        if self.views:
+            ticket, seen = self.views.pop(i % len(self.views))
+            self.ledger.host.observe(HostView(cpus=self.capacity, vms=seen), self.capacity, ticket)
 
     def fail(self, i: int) -> None:
-        """A worker's I/O fails (the log, the bus): it forgets its commands, unacknowledged."""
+        """A worker's I/O fails (the log, the bus): it forgets its commands, unacknowledged; a grow's room is
+        released unsure of the count, as the service's ``finally`` does."""
         if not self.workers:
             return
         vm = sorted(self.workers)[i % len(self.workers)]
         worker = self.workers.pop(vm)
+        if worker.phase == "step":
+            self.ledger.ended(vm, None)
         self.ledger.abandon(vm, worker.turn.delivery.command if worker.turn else None)
 
     def restart(self) -> None:
         self.ledger = Ledger(rules())
         self.workers.clear()
+        self.views.clear()
         since = self.ledger.recall_since(self.now)
         self.ledger.recall(r for r in self.log if r.time >= since)
         for vm, (cmd, before) in list(self.markers.items()):
@@ -291,7 +407,12 @@ class World:
 
 
 OPS = st.lists(
-    st.tuples(st.sampled_from(["store", "deliver", "advance", "work", "fail", "restart", "tick"]), st.integers(0, 50)),
+    st.tuples(
+        st.sampled_from(
+            ["store", "deliver", "advance", "work", "fail", "restart", "tick", "stepfail", "look", "see", "capacity"]
+        ),
+        st.integers(0, 50),
+    ),
     max_size=80,
 )
 
@@ -332,6 +453,19 @@ def run(world: World, ops: list[tuple[str, int]], restarts: bool = True) -> None
             world.fail(arg)
         elif op == "restart" and restarts:
             world.restart()
+        elif op == "stepfail":
+            world.step_fails(arg)
+        elif op == "look":
+            world.look_for_metrics()
+        elif op == "see":
+            world.see(arg)
+        elif op == "decide":
+            world.decide(arg)
+        elif op == "fetch":  # every copy waiting, as the consumer's batch brings them
+            for i in range(len(world.unacked)):
+                world.deliver(i)
+        elif op == "capacity":  # a [[host]] rule reloaded: raised, or lowered under running VMs
+            world.capacity = CAPACITIES[arg % len(CAPACITIES)]
         elif op == "tick":
             # Short steps, and long ones that take answered ids out of the memory (and commands past expiry).
             world.now += (0.5, 5.0, 45.0, 700.0)[arg % 4]
@@ -349,17 +483,62 @@ def test_any_interleaving_ends_with_exactly_one_result_per_command(case: tuple[W
     # ... and every command stored at least once has its result
     ever_stored = {world.commands[i % len(world.commands)].id for op, i in ops if op == "store"}
     assert ever_stored <= set(answered)
+    for result in world.log:
+        if result.error_code is ErrorCode.HOST_FULL:  # a grow cut short says how far it went, and the host's numbers
+            assert result.retry_after == 2.0 and result.host_capacity_vcpus is not None, result
+            assert result.vcpus_before is not None and result.vcpus_after is not None
+            assert result.vcpus_before <= result.vcpus_after < result.target_vcpus, result
+
+
+# Weighted towards what races for room: fresh orders, workers' steps, host views answered late, failed calls.
+HOST_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            (
+                *("decide", "decide", "decide", "fetch", "fetch", "advance", "advance", "advance", "work", "work"),
+                *("look", "see", "see", "stepfail", "capacity", "capacity", "fail", "restart", "tick"),
+            )
+        ),
+        st.integers(0, 50),
+    ),
+    min_size=20,
+    max_size=100,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(HOST_OPS)
+def test_no_grow_is_granted_room_above_the_capacity_and_every_order_has_one_result(ops: list[tuple[str, int]]) -> None:
+    """The checks are the model's own (World.look and World.step, on the host's true counts); here: they ran."""
+    world = World([command("c0")])
+    run(world, ops)
+    world.drain()
+    answered = [r.command_id for r in world.log]
+    assert len(answered) == len(set(answered))
+    assert {c.id for c in world.commands[1:]} <= set(answered)
+
+
+def test_two_grows_judged_together_on_the_last_cores_share_them_and_no_more() -> None:
+    world = World([command("c0", "a", target=4), command("c1", "b", target=4)])  # 5 of 6 committed, x included
+    run(world, [("store", 0), ("store", 1), ("deliver", 0), ("deliver", 1)])
+    run(world, [("advance", 0), ("advance", 0), ("advance", 1), ("advance", 1)])  # both asked for a host view
+    run(world, [("advance", 0), ("advance", 3)])  # a is granted the last core, b nothing (3: b, answered now)
+    world.drain()
+    a, b = world.log
+    assert (a.error_code, a.vcpus_before, a.vcpus_after, a.host_committed_vcpus) == (ErrorCode.HOST_FULL, 2, 3, 5)
+    assert (b.error_code, b.vcpus_before, b.vcpus_after, b.host_committed_vcpus) == (ErrorCode.HOST_FULL, 2, 2, 6)
+    assert (world.granted, world.refused) == (1, 2)
 
 
 def test_a_copy_answered_before_a_restart_and_the_memory_is_found_in_the_log() -> None:
     world = World([command("c0"), command("c1", "b")])
-    once = [("store", 0), ("deliver", 0), ("work", 4)]
-    run(world, [*once, ("store", 0), ("tick", 3), ("restart", 0), ("deliver", 0), ("work", 4)])
+    once = [("store", 0), ("deliver", 0), ("work", 6)]
+    run(world, [*once, ("store", 0), ("tick", 3), ("restart", 0), ("deliver", 0), ("work", 6)])
     assert not world.unacked and [r.command_id for r in world.log] == ["c0"]
     # without a restart: a newer answer takes it out of the memory
     world = World([command("c0"), command("c1", "b")])
-    run(world, [*once, ("tick", 3), ("store", 1), ("deliver", 0), ("work", 4), ("store", 0), ("deliver", 0)])
-    run(world, [("work", 4)])
+    run(world, [*once, ("tick", 3), ("store", 1), ("deliver", 0), ("work", 6), ("store", 0), ("deliver", 0)])
+    run(world, [("work", 6)])
     assert not world.unacked and [r.command_id for r in world.log] == ["c0", "c1"]
 
 

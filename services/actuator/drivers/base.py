@@ -3,11 +3,16 @@
 One vCPU per call matches the hypervisors (VBoxManage plugcpu/unplugcpu, QMP device_add/device_del). A
 driver raises :class:`DriverError` with a stable code and the hypervisor's own message; it never decides
 whether a change is wise (that is ``services.actuator.checks``).
+
+A driver may also report its host (``host_view``): the host's CPUs and the online vCPUs of every VM running on it,
+managed or not, so the actuator can keep the host within its capacity (``services.actuator.reservations``). It is
+optional: a driver without it (a plug-in written before) means "host unknown", and the actuator arbitrates nothing,
+as before.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, cast
 
 import msgspec
 
@@ -19,6 +24,14 @@ class VmView(msgspec.Struct, frozen=True, kw_only=True):
     online_vcpus: int
     min_vcpus: int
     max_vcpus: int
+
+
+class HostView(msgspec.Struct, frozen=True, kw_only=True):
+    """A driver's host as the hypervisor reports it now: its CPUs, and the online vCPUs of every running VM on it
+    (managed or not: what the actuator does not move still takes cores)."""
+
+    cpus: int
+    vms: dict[str, int]
 
 
 class DriverError(Exception):
@@ -44,3 +57,16 @@ class Driver(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class HostAware(Protocol):
+    """A driver that reports its host (every built-in one does)."""
+
+    async def host_view(self) -> HostView:
+        """The host's CPUs and every running VM's online vCPUs, read now (cheap: read before each grow)."""
+        ...
+
+
+def host_aware(driver: Driver) -> HostAware | None:
+    """The driver as one that reports its host, or None: a driver without ``host_view`` leaves the host unknown."""
+    return cast(HostAware, driver) if callable(getattr(driver, "host_view", None)) else None

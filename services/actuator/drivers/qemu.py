@@ -7,22 +7,28 @@ Plug the lowest free slot of ``query-hotpluggable-cpus``; done when the guest it
 
 The VM's files (state.json and its lock, the guest's control log, /proc) are read in a worker thread, never on the
 event loop: the lock may be held by ``hotplug qemu set``, and a slow disk must not stall other VMs' commands.
+
+The host view is this machine's CPUs and every guest running under the driver's directory, each counted by its
+vCPU threads in /proc (no QMP session: the control socket may be held by a 5 s unplug); a guest whose threads
+cannot be read counts at its maximum.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 from qemu.qmp import ExecuteError, QMPClient
 
-from services.actuator.drivers.base import DriverError, VmView
+from services.actuator.drivers.base import DriverError, HostView, VmView
 from shared.messages import ErrorCode
-from shared.qemu.vm import QemuError, QemuVm, VmState, parse_stat
+from shared.qemu.vm import QemuError, QemuVm, VmState, parse_stat, running_vms, vcpu_threads
 
 GUEST_ONLINE_TIMEOUT_S = 10.0
 UNPLUG_TIMEOUT_S = 5.0
@@ -71,6 +77,24 @@ class QemuDriver:
         vm, state = await self._vm(vm_name)
         cpus = await self._cpus(vm)
         return VmView(vm=vm_name, online_vcpus=len(cpus), min_vcpus=1, max_vcpus=state.max_vcpus)
+
+    def _host(self) -> HostView:
+        vms = {}
+        try:
+            running = running_vms(self.root)
+        except (OSError, msgspec.DecodeError) as exc:
+            raise DriverError(ErrorCode.UNKNOWN, f"cannot list the QEMU guests: {exc}") from exc
+        for vm in running:
+            try:
+                state = vm.state()
+            except (QemuError, OSError, msgspec.DecodeError):
+                continue  # stopped since the listing, or its state is unreadable: it holds no known count
+            threads = vcpu_threads(state.pid)
+            vms[vm.name] = len(threads) if threads else state.max_vcpus
+        return HostView(cpus=os.cpu_count() or 1, vms=vms)
+
+    async def host_view(self) -> HostView:
+        return await asyncio.to_thread(self._host)
 
     async def plug(self, vm_name: str) -> None:
         vm, state = await self._vm(vm_name)

@@ -1,4 +1,8 @@
-"""Actuator driver ``simulator``: resizes VMs of the simulated mini-cloud over NATS request/reply."""
+"""Actuator driver ``simulator``: resizes VMs of the simulated mini-cloud over NATS request/reply.
+
+Its host view is the simulator's stats reply: the host's cores and its running VMs. A simulator that reports no
+host (``StatsReply.host`` None) is taken to have a core for every vCPU its VMs may reach (the sum of their maxima),
+so with the default overcommit of 1 no grow is ever held for room, as before hosts had a capacity."""
 
 from __future__ import annotations
 
@@ -7,14 +11,14 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from services.actuator.drivers.base import DriverError, VmView
+from services.actuator.drivers.base import DriverError, HostView, VmView
 from shared import subjects
 from shared.clock import Clock
 from shared.messages import ErrorCode
 from shared.sim_api import HotplugReply, HotplugRequest, StatsReply
 
 _encoder = msgspec.json.Encoder()
-_stats = msgspec.json.Decoder(StatsReply)
+_decode_stats = msgspec.json.Decoder(StatsReply)
 _hotplug = msgspec.json.Decoder(HotplugReply)
 
 
@@ -35,8 +39,11 @@ class SimulatorDriver:
         except NoRespondersError as exc:
             raise DriverError(ErrorCode.VM_NOT_RUNNING, f"no simulator is running on host {self.host}") from exc
 
+    async def _stats(self) -> StatsReply:
+        return _decode_stats.decode(await self._request("stats", b"{}", 5.0))
+
     async def read(self, vm: str) -> VmView:
-        reply = _stats.decode(await self._request("stats", b"{}", 5.0))
+        reply = await self._stats()
         for counters in reply.vms:
             if counters.vm == vm:
                 return VmView(
@@ -46,6 +53,11 @@ class SimulatorDriver:
                     max_vcpus=counters.max_vcpus,
                 )
         raise DriverError(ErrorCode.VM_NOT_FOUND, f"Could not find a registered machine named '{vm}'")
+
+    async def host_view(self) -> HostView:
+        reply = await self._stats()
+        cores = reply.host.cores if reply.host is not None else sum(c.max_vcpus for c in reply.vms)
+        return HostView(cpus=max(1, cores), vms={c.vm: c.online_vcpus for c in reply.vms})
 
     async def _hotplug_op(self, vm: str, op: str) -> None:
         payload = _encoder.encode(HotplugRequest(vm=vm, op=op))  # type: ignore[arg-type]

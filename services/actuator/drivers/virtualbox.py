@@ -2,11 +2,17 @@
 
 To grow, plug the lowest free CPU id; to shrink, unplug the highest attached one; never CPU 0. The attached
 set comes from the VM's settings file, re-read before every step, and each step is verified there.
+
+The host view is this machine's CPUs (VBoxManage drives the local VBoxSVC; ``list hostinfo`` is not in the VirtualBox
+notes the stand-in follows) and every VM of ``list runningvms`` (paused ones too), counted by its attached CPUs (all
+its CPUs when hot-plug is off). A VM that stops between the listing and its ``showvminfo`` is left out.
 """
 
 from __future__ import annotations
 
-from services.actuator.drivers.base import DriverError, VmView
+import os
+
+from services.actuator.drivers.base import DriverError, HostView, VmView
 from shared.messages import ErrorCode
 from shared.virtualbox import VBoxError, VBoxManage, VmInfo
 
@@ -36,6 +42,22 @@ class VirtualBoxDriver:
     async def read(self, vm: str) -> VmView:
         info = await self._info(vm)
         return VmView(vm=vm, online_vcpus=len(info.attached), min_vcpus=1, max_vcpus=min(info.cpus, 32))
+
+    async def host_view(self) -> HostView:
+        vms = {}
+        try:
+            running = await self.vbox.list("runningvms")
+            for name, uuid in running:
+                try:
+                    info = await self.vbox.info(uuid)
+                except VBoxError as exc:
+                    if exc.code in (ErrorCode.VM_NOT_FOUND, ErrorCode.VM_NOT_RUNNING):
+                        continue  # gone since the listing
+                    raise
+                vms[name] = len(info.attached)  # a paused VM holds its CPUs too
+        except VBoxError as exc:
+            raise DriverError(exc.code, exc.message) from exc
+        return HostView(cpus=os.cpu_count() or 1, vms=vms)
 
     async def plug(self, vm: str) -> None:
         info = await self._info(vm)
