@@ -4,7 +4,7 @@ The simulated host (``services.simulator.host.Host``: physical cores, a capacity
 start) is stepped once per ``interval_s`` as the collector samples it; each running VM's sample goes through the
 decider's own code (``VmEngine.propose``, the host's ``HostPlanner``, ``VmEngine.decide``) and each order
 through the actuator's host arbitration (a grow only into the room its host has, in whole vCPUs, as
-``services.actuator.reservations`` grants it) before the host carries it out, one vCPU per ``hotplug_delay_s``.
+``services.actuator.reservations`` grants it, on a fresh view of the host) before the host carries it out, one vCPU per ``hotplug_delay_s``.
 The same arrivals with no decider at all are today's IaaS: every VM keeps the size it asked for.
 
 Nothing here waits on a clock or a bus, so hours of a host take seconds, and a run is the same on every machine.
@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hotplug.bench.common import percentile
+from services.actuator.drivers.base import HostView
+from services.actuator.reservations import Reservations
 from services.decider.engine import VmEngine
 from services.decider.guard import GuardRails
 from services.decider.policies.base import Observation, PolicyBase
-from services.decider.pool import HostPlanner, HostView, claim_of
+from services.decider.pool import HostPlanner, claim_of
+from services.decider.pool import HostView as PlannerView
 from services.simulator.cloud import HotplugRefused, SimVm
 from services.simulator.host import Host
 from services.simulator.jobs import Job
@@ -111,7 +114,7 @@ def run_pool(
 ) -> PoolRun:
     """``jobs`` arriving at a host of ``cores`` and ``capacity`` for ``span_s`` seconds under ``setup``."""
     host = Host(cores, capacity, jobs=jobs, origin=0.0)
-    planner = HostPlanner(HostView(capacity, 0, insurance_of(capacity, watermark)))
+    planner = HostPlanner(PlannerView(capacity, 0, insurance_of(capacity, watermark)))
     tracks: dict[str, _VmTrack] = {}
     settings_of = {job.name: job for job in jobs}
     run = PoolRun(setup.name, span_s, capacity)
@@ -126,7 +129,7 @@ def run_pool(
         if setup.policy is not None:
             waiting = host.waiting
             head = waiting[0].requested_vcpus if waiting else None
-            planner.observe_host(HostView(capacity, committed, planner.view.insurance, head, now), now)
+            planner.observe_host(PlannerView(capacity, committed, planner.view.insurance, head, now), now)
         for vm in running:
             track = tracks.get(vm.name)
             if track is None:
@@ -186,9 +189,15 @@ def _decide(
     target = decision.target
     before = vm.online_vcpus
     if target > before:
-        # The actuator's arbitration: a grow only into the room the host has, in whole vCPUs.
-        room = host.capacity_vcpus - host.committed_vcpus
-        granted = before + max(0, min(target - before, room))
+        # The actuator's own arbitration (services.actuator.reservations) on a fresh view of the host, whose counts
+        # include the vCPUs being plugged: the grant needs no reservation beyond this step.
+        ledger = Reservations("bench")
+        ledger.observe(
+            HostView(cpus=host.cores, vms={v.name: v.online_vcpus + v.plugging for v in host.vms}),
+            host.capacity_vcpus,
+            ledger.ticket(),
+        )
+        granted = ledger.grant(vm.name, before, target).size
         if granted < target:
             run.host_full += 1
             engine.learn_result(_host_full(vm.name, before, granted, target, host, now), now)
