@@ -4,8 +4,8 @@ The simulated host (``services.simulator.host.Host``: physical cores, a capacity
 start) is stepped once per ``interval_s`` as the collector samples it; each running VM's sample goes through the
 decider's own code (``VmEngine.propose``, the host's ``HostPlanner``, ``VmEngine.decide``) and each order
 through the actuator's host arbitration (a grow only into the room its host has, in whole vCPUs, as
-``services.actuator.reservations`` grants it, on a fresh view of the host) before the host carries it out, one vCPU per ``hotplug_delay_s``.
-The same arrivals with no decider at all are today's IaaS: every VM keeps the size it asked for.
+``services.actuator.reservations`` grants it on a fresh view of the host) before the host carries it out, one vCPU
+per ``HOTPLUG_DELAY_S``. The same arrivals with no decider at all are today's IaaS: every VM keeps what it asked for.
 
 Nothing here waits on a clock or a bus, so hours of a host take seconds, and a run is the same on every machine.
 What it measures is the decisions and the arbitration, not the plumbing (``hotplug bench decisions`` runs the
