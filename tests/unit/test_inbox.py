@@ -35,14 +35,14 @@ def _newer_version() -> bytes:
     return msgspec.json.encode(body)
 
 
-def _counts(metrics: ServiceMetrics) -> dict[str, float]:
-    """Drops by reason and ``received``, as the service's metrics report them."""
+def _counts(metrics: ServiceMetrics) -> dict[str, float | None]:
+    """Drops by reason and ``received``, as the service's metrics report them (None: no such series)."""
     labels = {"service": "svc", "kind": "metric"}
     counts = {
-        r: metrics.registry.get_sample_value("hotplug_messages_dropped_total", {**labels, "reason": r}) or 0.0
+        r: metrics.registry.get_sample_value("hotplug_messages_dropped_total", {**labels, "reason": r})
         for r in DROP_REASONS
     }
-    counts["received"] = metrics.registry.get_sample_value("hotplug_messages_received_total", labels) or 0.0
+    counts["received"] = metrics.registry.get_sample_value("hotplug_messages_received_total", labels)
     return counts
 
 
