@@ -77,7 +77,7 @@ LOGGERS = {"log", "logger", "logging"}
 
 @dataclass(frozen=True)
 class Mutant:
-    id: str  # path:line:column:operator
+    id: str  # path:line:column:operator, and /2, /3... for further ones of the same kind at the same place
     path: str
     line: int
     original: str
@@ -204,11 +204,12 @@ def mutants_of(path: str) -> list[Mutant]:
     raw = (ROOT / path).read_bytes()
     tree = ast.parse(raw)
     starts = _offsets(raw)
-    sites = _Sites()
-    sites.visit(tree)
+    visitor = _Sites()
+    visitor.visit(tree)
     seen: set[bytes] = set()
+    sites: dict[str, int] = {}
     out = []
-    for node, text, operator in sites.found:
+    for node, text, operator in visitor.found:
         assert node.end_lineno is not None
         assert node.end_col_offset is not None
         start = starts[node.lineno] + node.col_offset
@@ -222,9 +223,11 @@ def mutants_of(path: str) -> list[Mutant]:
             continue
         seen.add(mutated)
         original = " ".join(raw[start:end].decode().split())
-        out.append(
-            Mutant(f"{path}:{node.lineno}:{node.col_offset}:{operator}", path, node.lineno, original, text, start, end)
-        )
+        name = f"{path}:{node.lineno}:{node.col_offset}:{operator}"
+        sites[name] = n = sites.get(name, 0) + 1
+        if n > 1:  # another mutant of the same kind at the same place: number it
+            name = f"{name}/{n}"
+        out.append(Mutant(name, path, node.lineno, original, text, start, end))
     return out
 
 
