@@ -221,6 +221,45 @@ def test_a_saturated_sample_without_pressure_makes_it_grow() -> None:
     assert loop.step(20, 2.0, pressure=False) > 2
 
 
+def test_a_saturated_sample_without_pressure_is_taken_to_want_a_share_of_the_room_above() -> None:
+    """``censored_excess`` (0.25) of the vCPUs between the VM's and its maximum, at least a quarter core."""
+    policy = DefaultPolicy(DefaultParams())
+
+    def demand(vcpus: int, used: float, pressure: float | None = None) -> tuple[float, bool]:
+        obs = Observation(
+            time=0, vcpus=vcpus, min_vcpus=1, max_vcpus=8, used_cores=used, interval_s=1, pressure_cores=pressure
+        )
+        return policy.demand_of(obs)
+
+    assert demand(2, 2.0) == (2 + 0.25 * 6, True)
+    assert demand(8, 8.0) == (8 + 0.25, True)  # no room above: the quarter core
+    assert demand(2, 1.5) == (1.5, False)  # not saturated: what ran
+    assert demand(2, 2.0, pressure=0.7) == (2.7, False)  # pressure says how much more
+
+
+def test_feedback_steers_the_price_by_the_unmet_share_the_vm_really_had() -> None:
+    """With ``feedback_gain``, a VM held at 1 vCPU whose demand beyond it is 1 % of its demand (the target) keeps
+    its price; one starved four times as much is priced up to the limit (x2), one never starved down to it (/2)."""
+    policy = DefaultPolicy(DefaultParams(feedback_gain=1.0))
+    start = 1 + PRICE_SCALE / 0.01**2
+
+    def price_after(spike: float) -> float:
+        """Two hours of demand 1.0 with a spike every 100 s that leaves ``spike`` cores unmet."""
+        state = policy.new_state()
+        for t in range(7200):
+            unmet = spike if t % 100 == 99 else 0.0
+            obs = Observation(
+                time=t, vcpus=1, min_vcpus=1, max_vcpus=4, used_cores=1.0, interval_s=1, pressure_cores=unmet
+            )
+            policy.recommend(state, obs)
+        assert state.log_price is not None
+        return math.exp(state.log_price) / start
+
+    assert 0.9 < price_after(1.0) < 1.1  # 1 core unmet in 101 core-seconds of demand: 0.99 %
+    assert price_after(4.0) == pytest.approx(2.0)
+    assert price_after(0.0) == pytest.approx(0.5)
+
+
 def test_warm_up_grows_with_the_price_of_unmet_demand() -> None:
     """A lower harm target holds a new VM longer before its first shrink; the reason says how far along it is."""
     _, rails_1 = build_policy("default")
