@@ -32,6 +32,7 @@ class Loop:
         self.engine = VmEngine(policy, rails)
         self.vcpus, self.high = vcpus, high
         self.changes: list[tuple[float, int, int]] = []
+        self.kinds: list[str] = []  # each change's kind, as the decider's metrics label it
 
     def step(self, t: float, wanted: float, interval: float = 1.0, pressure: bool = True) -> int:
         used = min(wanted, float(self.vcpus))
@@ -49,6 +50,7 @@ class Loop:
         if decision is not None:
             self.engine.mark_sent(decision.target, until=t + 3600)
             self.changes.append((t, self.vcpus, decision.target))
+            self.kinds.append(decision.kind)
             self.vcpus = decision.target
         return self.vcpus
 
@@ -58,6 +60,7 @@ def test_it_grows_on_the_sample_that_shows_more_demand() -> None:
     for t in range(30):
         loop.step(t, 1.0)
     assert loop.step(30, 5.2) >= 5  # one sample of evidence is enough to grow, and by more than one vCPU
+    assert loop.kinds[-1] == "grow"
 
 
 def test_it_shrinks_only_after_a_quiet_stabilisation_window_at_any_cadence() -> None:
@@ -116,6 +119,7 @@ def test_a_lower_ordering_arm_put_in_charge_after_a_grow_waits_out_the_window() 
         loop.step(t, 2.5)
         t += 1
     assert loop.changes[-1] == (30 + stabilise, 8, 4)  # once the window has passed: at most halved per order
+    assert loop.kinds[-2:] == ["grow", "shrink"]
 
 
 def _arms_at(vcpus: int, demand: Callable[[int], float], seconds: int) -> tuple[DefaultPolicy, DefaultState]:
@@ -158,6 +162,41 @@ def test_demand_just_under_a_whole_vcpu_keeps_the_peak_arms_at_their_size() -> N
     assert policy.recommend(state, obs).target == 3
     policy, state = _arms_at(3, lambda t: 1.85, 600)
     assert min(_peak_sizes(policy, state)) == 2  # 0.15 of headroom left: enough
+
+
+def test_demand_of_exactly_two_cores_needs_two_vcpus() -> None:
+    policy, state = _arms_at(2, lambda t: 2.0, 60)
+    assert min(_peak_sizes(policy, state)) == 2, _peak_sizes(policy, state)
+
+
+def test_each_arm_is_charged_for_every_vcpu_it_moves() -> None:
+    """Autopilot's limit-change term: besides its cores and the unmet demand, an arm pays ``change_cost_s`` per
+    vCPU its size moved. Demand 1 -> 2 cores moves the x1 arm by 1 vCPU (2 -> 3) and the x3 arm by 3 (4 -> 7),
+    so with a change cost of 60 s the x3 arm's lead in cost grows by 2 x 60 more than without one."""
+
+    def x3_over_x1(change_cost_s: float) -> float:
+        params = DefaultParams(windows_s=(0.0,), multipliers=(1.0, 3.0), memories_s=(), change_cost_s=change_cost_s)
+        policy = DefaultPolicy(params)
+        state = policy.new_state()
+        for t, demand in enumerate([1.0, 1.0, 2.0, 2.0]):
+            obs = Observation(
+                time=t, vcpus=8, min_vcpus=1, max_vcpus=8, used_cores=demand, interval_s=1, pressure_cores=0.0
+            )
+            policy.recommend(state, obs)
+        assert state.previous == [3, 7] and state.before == [3, 7]
+        return state.costs[policy.arms.index("peak of 300 s x3")] - state.costs[policy.arms.index("peak of 300 s x1")]
+
+    assert x3_over_x1(60.0) - x3_over_x1(0.0) == pytest.approx(2 * 60.0)
+
+
+def test_the_cheapest_size_arms_may_be_left_out_but_not_given_a_zero_half_life() -> None:
+    policy = DefaultPolicy(DefaultParams(memories_s=()))
+    assert policy.arms and all(arm.startswith("peak of") for arm in policy.arms)
+    state = policy.new_state()
+    obs = Observation(time=0, vcpus=2, min_vcpus=1, max_vcpus=8, used_cores=1.0, interval_s=1, pressure_cores=0.0)
+    assert policy.recommend(state, obs).target >= 1
+    with pytest.raises(ValueError, match="positive half-lives"):
+        DefaultParams(memories_s=(0.0,))
 
 
 def test_demand_just_under_a_whole_vcpu_keeps_the_cheapest_size_arms_at_their_size() -> None:
