@@ -172,7 +172,7 @@ def test_demand_of_exactly_two_cores_needs_two_vcpus() -> None:
 def test_each_arm_is_charged_for_every_vcpu_it_moves() -> None:
     """Autopilot's limit-change term: besides its cores and the unmet demand, an arm pays ``change_cost_s`` per
     vCPU its size moved. Demand 1 -> 2 cores moves the x1 arm by 1 vCPU (2 -> 3) and the x3 arm by 3 (4 -> 7),
-    so with a change cost of 60 s the x3 arm's lead in cost grows by 2 x 60 more than without one."""
+    so a change cost of 60 s adds 2 x 60 to what the x3 arm costs more than the x1 arm."""
 
     def x3_over_x1(change_cost_s: float) -> float:
         params = DefaultParams(windows_s=(0.0,), multipliers=(1.0, 3.0), memories_s=(), change_cost_s=change_cost_s)
