@@ -3,14 +3,17 @@ systemd package, installed by .ci/install-debian-packages; no running systemd ne
 environment files against the real CLI and the variables the code reads.
 
 `verify` checks that ExecStart's program exists, so each unit is verified from a copy whose installed path
-(/opt/hotplug-heaven/bin/hotplug, README "systemd") names this checkout's .venv/bin/hotplug instead.
+(/opt/hotplug-heaven/bin/hotplug, README "systemd") names the hotplug of the interpreter that runs the tests
+instead (this checkout's .venv/bin/hotplug under `make test`, whatever virtualenv runs the suite otherwise).
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,10 +54,17 @@ def env_file(path: Path) -> dict[str, str]:
     return out
 
 
+def hotplug_executable() -> Path:
+    """The ``hotplug`` console script installed beside the interpreter that runs these tests."""
+    bin_dir = Path(sys.executable).parent  # not resolved: a virtualenv's python is a link out of its bin/
+    found = shutil.which("hotplug", path=str(bin_dir))
+    assert found is not None, f"no hotplug in {bin_dir}: install the project into this environment (bin/bootstrap)"
+    return Path(found)
+
+
 def installable(tmp_path: Path, name: str, text: str | None = None) -> Path:
-    """A copy of the template whose ExecStart runs this checkout's hotplug (verify wants it to exist)."""
-    hotplug = REPO / ".venv" / "bin" / "hotplug"
-    assert hotplug.is_file(), "run bin/bootstrap first"
+    """A copy of the template whose ExecStart runs the tests' own hotplug (verify wants it to exist)."""
+    hotplug = hotplug_executable()
     text = (UNITS / f"hotplug-{name}@.service").read_text() if text is None else text
     assert INSTALLED in text
     copy = tmp_path / f"hotplug-{name}@.service"

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
 from services.decider.engine import VmEngine
 from services.decider.policies.base import Observation
-from services.decider.policies.default import DefaultParams, DefaultPolicy
+from services.decider.policies.default import (
+    PRICE_SCALE,
+    DefaultParams,
+    DefaultPolicy,
+    DefaultState,
+    Memory,
+    cheapest_size,
+)
 from services.decider.registry import build_policy, parse_params
 from services.decider.replay import Tally, replay_series
 from services.decider.traces import VmSeries
@@ -24,6 +32,7 @@ class Loop:
         self.engine = VmEngine(policy, rails)
         self.vcpus, self.high = vcpus, high
         self.changes: list[tuple[float, int, int]] = []
+        self.kinds: list[str] = []  # each change's kind, as the decider's metrics label it
 
     def step(self, t: float, wanted: float, interval: float = 1.0, pressure: bool = True) -> int:
         used = min(wanted, float(self.vcpus))
@@ -41,6 +50,7 @@ class Loop:
         if decision is not None:
             self.engine.mark_sent(decision.target, until=t + 3600)
             self.changes.append((t, self.vcpus, decision.target))
+            self.kinds.append(decision.kind)
             self.vcpus = decision.target
         return self.vcpus
 
@@ -50,6 +60,7 @@ def test_it_grows_on_the_sample_that_shows_more_demand() -> None:
     for t in range(30):
         loop.step(t, 1.0)
     assert loop.step(30, 5.2) >= 5  # one sample of evidence is enough to grow, and by more than one vCPU
+    assert loop.kinds[-1] == "grow"
 
 
 def test_it_shrinks_only_after_a_quiet_stabilisation_window_at_any_cadence() -> None:
@@ -80,6 +91,138 @@ def test_noise_around_a_whole_vcpu_does_not_toggle_it() -> None:
         loop.step(t, 2.0 + rng.uniform(-0.08, 0.08))
     assert loop.vcpus == 3
     assert len(loop.changes) <= 2, loop.changes
+
+
+def _put_in_charge(loop: Loop, arm: str) -> None:
+    """Make ``arm`` the cheapest by far, so the policy hands it the VM on the next sample."""
+    policy, state = loop.engine.policy, loop.engine.policy_state
+    assert isinstance(policy, DefaultPolicy)
+    state.costs = [1e9] * len(state.costs)
+    state.costs[policy.arms.index(arm)] = 0.0
+
+
+def test_a_lower_ordering_arm_put_in_charge_after_a_grow_waits_out_the_window() -> None:
+    """The window holds whatever arm is in charge: a generous arm grows the VM, a frugal one takes over on the
+    next sample with the same demand, and the VM keeps its size for ``stabilise_s``, then shrinks."""
+    stabilise = DefaultParams().stabilise_s
+    loop = Loop("guard.warmup_s=0", vcpus=2)
+    for t in range(30):
+        loop.step(t, 1.0)
+    _put_in_charge(loop, "peak of 300 s x3")
+    assert loop.step(30, 2.5) == 8  # ceil(2.5 × 3)
+    _put_in_charge(loop, "peak of 300 s x1")  # would order ceil(2.5) = 3 at once
+    t = 31
+    while t < 30 + stabilise:
+        assert loop.step(t, 2.5) == 8, f"shrank {t - 30:g} s after the grow, within the {stabilise:g}-s window"
+        t += 1
+    while t < 30 + 2 * stabilise and loop.vcpus == 8:
+        loop.step(t, 2.5)
+        t += 1
+    assert loop.changes[-1] == (30 + stabilise, 8, 4)  # once the window has passed: at most halved per order
+    assert loop.kinds[-2:] == ["grow", "shrink"]
+
+
+def _arms_at(vcpus: int, demand: Callable[[int], float], seconds: int) -> tuple[DefaultPolicy, DefaultState]:
+    """The default policy fed ``demand(t)`` once a second (with pressure) while the VM stays at ``vcpus``."""
+    policy = DefaultPolicy(DefaultParams())
+    state = policy.new_state()
+    for t in range(seconds):
+        used = min(demand(t), float(vcpus))
+        policy.recommend(
+            state,
+            Observation(
+                time=t,
+                vcpus=vcpus,
+                min_vcpus=1,
+                max_vcpus=8,
+                used_cores=used,
+                interval_s=1.0,
+                pressure_cores=demand(t) - used,
+            ),
+        )
+    return policy, state
+
+
+def _peak_sizes(policy: DefaultPolicy, state: DefaultState) -> list[int]:
+    return [r for arm, r in zip(policy.arms, state.previous, strict=True) if arm.startswith("peak of")]
+
+
+def _cheapest_sizes(policy: DefaultPolicy, state: DefaultState) -> list[int]:
+    return [r for arm, r in zip(policy.arms, state.previous, strict=True) if arm.startswith("cheapest size")]
+
+
+def test_demand_just_under_a_whole_vcpu_keeps_the_peak_arms_at_their_size() -> None:
+    """1.95 cores at 3 vCPUs: a shrink to 2 would leave less than ``hysteresis`` (0.1) of headroom, so no peak
+    arm asks for it, and the policy holds 3 with the plainest one in charge. At 1.85 the x1 arms do shrink."""
+    policy, state = _arms_at(3, lambda t: 1.95, 600)
+    assert min(_peak_sizes(policy, state)) == 3, _peak_sizes(policy, state)
+    state.costs = [1e9] * len(state.costs)
+    state.costs[policy.arms.index("peak of 300 s x1")] = 0.0
+    obs = Observation(time=600, vcpus=3, min_vcpus=1, max_vcpus=8, used_cores=1.95, interval_s=1, pressure_cores=0)
+    assert policy.recommend(state, obs).target == 3
+    policy, state = _arms_at(3, lambda t: 1.85, 600)
+    assert min(_peak_sizes(policy, state)) == 2  # 0.15 of headroom left: enough
+
+
+def test_demand_of_exactly_two_cores_needs_two_vcpus() -> None:
+    policy, state = _arms_at(2, lambda t: 2.0, 60)
+    assert min(_peak_sizes(policy, state)) == 2, _peak_sizes(policy, state)
+
+
+def test_each_arm_is_charged_for_every_vcpu_it_moves() -> None:
+    """Autopilot's limit-change term: besides its cores and the unmet demand, an arm pays ``change_cost_s`` per
+    vCPU its size moved. Demand 1 -> 2 cores moves the x1 arm by 1 vCPU (2 -> 3) and the x3 arm by 3 (4 -> 7),
+    so a change cost of 60 s adds 2 x 60 to what the x3 arm costs more than the x1 arm."""
+
+    def x3_over_x1(change_cost_s: float) -> float:
+        params = DefaultParams(windows_s=(0.0,), multipliers=(1.0, 3.0), memories_s=(), change_cost_s=change_cost_s)
+        policy = DefaultPolicy(params)
+        state = policy.new_state()
+        for t, demand in enumerate([1.0, 1.0, 2.0, 2.0]):
+            obs = Observation(
+                time=t, vcpus=8, min_vcpus=1, max_vcpus=8, used_cores=demand, interval_s=1, pressure_cores=0.0
+            )
+            policy.recommend(state, obs)
+        assert state.previous == [3, 7] and state.before == [3, 7]
+        return state.costs[policy.arms.index("peak of 300 s x3")] - state.costs[policy.arms.index("peak of 300 s x1")]
+
+    assert x3_over_x1(60.0) - x3_over_x1(0.0) == pytest.approx(2 * 60.0)
+
+
+def test_the_cheapest_size_arms_may_be_left_out_but_not_given_a_zero_half_life() -> None:
+    policy = DefaultPolicy(DefaultParams(memories_s=()))
+    assert policy.arms and all(arm.startswith("peak of") for arm in policy.arms)
+    state = policy.new_state()
+    obs = Observation(time=0, vcpus=2, min_vcpus=1, max_vcpus=8, used_cores=1.0, interval_s=1, pressure_cores=0.0)
+    assert policy.recommend(state, obs).target >= 1
+    with pytest.raises(ValueError, match="positive half-lives"):
+        DefaultParams(memories_s=(0.0,))
+
+
+def test_demand_just_under_a_whole_vcpu_keeps_the_cheapest_size_arms_at_their_size() -> None:
+    """At 3 vCPUs, demand 1.95 with a spike above 2 every 20 s whose unmet cost eats 0.95 of the vCPU a shrink to
+    2 would save: it saves 0.05 < ``hysteresis`` on average, so neither cheapest-size arm shrinks. When the
+    spikes eat only 0.8 of it, the shrink saves 0.2 and both take it."""
+    price = 1 + PRICE_SCALE / (DefaultParams().target_unmet_pct / 100) ** 2  # 51 at the default 1 %
+
+    def spiky(eaten: float) -> Callable[[int], float]:
+        return lambda t: 2 + eaten * 20 / price if t % 20 == 19 else 1.95
+
+    policy, state = _arms_at(3, spiky(0.95), 3600)
+    assert _cheapest_sizes(policy, state) == [3, 3]
+    policy, state = _arms_at(3, spiky(0.8), 3600)
+    assert _cheapest_sizes(policy, state) == [2, 2]
+
+
+def test_the_cheapest_size_shrinks_only_when_it_saves_the_hysteresis() -> None:
+    # Per unit weight, at price 10: size 3 costs 3, size 2 costs 2 + 10 × excess[2], size 1 costs 1 + 6.
+    memory = Memory(weight=1.0, excess=[1.5, 0.6, 0.095, 0.0])  # size 2 saves 0.05
+    assert cheapest_size(memory, 10.0, 1, 8, 3, hysteresis=0.1) == 3
+    assert cheapest_size(memory, 10.0, 1, 8, 3, hysteresis=0.04) == 2
+    assert cheapest_size(Memory(weight=1.0, excess=[1.5, 0.6, 0.05, 0.0]), 10.0, 1, 8, 3, 0.1) == 2  # saves 0.5
+    # A growth needs no margin: at 2 vCPUs, size 3 is cheaper by only 0.05 and is still taken.
+    assert cheapest_size(Memory(weight=1.0, excess=[1.5, 0.6, 0.105, 0.0]), 10.0, 1, 8, 2, 0.1) == 3
+    assert cheapest_size(Memory(), 10.0, 1, 8, 5, 0.1) == 5  # no evidence: no change
 
 
 def _bursty(seed: int, steps: int = 4000) -> VmSeries:
@@ -115,6 +258,45 @@ def test_a_saturated_sample_without_pressure_makes_it_grow() -> None:
     for t in range(20):
         loop.step(t, 1.0, pressure=False)
     assert loop.step(20, 2.0, pressure=False) > 2
+
+
+def test_a_saturated_sample_without_pressure_is_taken_to_want_a_share_of_the_room_above() -> None:
+    """``censored_excess`` (0.25) of the vCPUs between the VM's and its maximum, at least a quarter core."""
+    policy = DefaultPolicy(DefaultParams())
+
+    def demand(vcpus: int, used: float, pressure: float | None = None) -> tuple[float, bool]:
+        obs = Observation(
+            time=0, vcpus=vcpus, min_vcpus=1, max_vcpus=8, used_cores=used, interval_s=1, pressure_cores=pressure
+        )
+        return policy.demand_of(obs)
+
+    assert demand(2, 2.0) == (2 + 0.25 * 6, True)
+    assert demand(8, 8.0) == (8 + 0.25, True)  # no room above: the quarter core
+    assert demand(2, 1.5) == (1.5, False)  # not saturated: what ran
+    assert demand(2, 2.0, pressure=0.7) == (2.7, False)  # pressure says how much more
+
+
+def test_feedback_steers_the_price_by_the_unmet_share_the_vm_really_had() -> None:
+    """With ``feedback_gain``, a VM held at 1 vCPU whose demand beyond it is 1 % of its demand (the target) keeps
+    its price; one starved four times as much is priced up to the limit (x2), one never starved down to it (/2)."""
+    policy = DefaultPolicy(DefaultParams(feedback_gain=1.0))
+    start = 1 + PRICE_SCALE / 0.01**2
+
+    def price_after(spike: float) -> float:
+        """Two hours of demand 1.0 with a spike every 100 s that leaves ``spike`` cores unmet."""
+        state = policy.new_state()
+        for t in range(7200):
+            unmet = spike if t % 100 == 99 else 0.0
+            obs = Observation(
+                time=t, vcpus=1, min_vcpus=1, max_vcpus=4, used_cores=1.0, interval_s=1, pressure_cores=unmet
+            )
+            policy.recommend(state, obs)
+        assert state.log_price is not None
+        return math.exp(state.log_price) / start
+
+    assert 0.9 < price_after(1.0) < 1.1  # 1 core unmet in 101 core-seconds of demand: 0.99 %
+    assert price_after(4.0) == pytest.approx(2.0)
+    assert price_after(0.0) == pytest.approx(0.5)
 
 
 def test_warm_up_grows_with_the_price_of_unmet_demand() -> None:

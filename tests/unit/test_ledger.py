@@ -121,6 +121,20 @@ def test_a_command_older_than_the_memory_is_looked_up_in_the_log() -> None:
     assert turn is not None and turn.look_up_since is None
 
 
+def test_a_restart_recalls_every_answer_the_memory_is_trusted_with() -> None:
+    """A command stamped at the memory's edge (``keep_s - skew_s`` ago) is not looked up in the log: the memory is
+    trusted with it. Its answer may carry a time up to ``skew_s`` earlier (the actuator's clock behind the
+    decider's), so a restarted actuator reads back from ``keep_s + skew_s`` ago and a copy is a duplicate."""
+    r, now = rules(), 1000.0
+    edge = command("c1", at=now - r.keep_s + r.skew_s)
+    log = [Ledger[str](r).result(edge, edge.time - r.skew_s, 0.0, 2, 3, None)]
+    restarted: Ledger[str] = Ledger(r)
+    since = restarted.recall_since(now)
+    restarted.recall(x for x in log if x.time >= since)
+    assert restarted.look_up_since(edge, now) is None
+    assert isinstance(restarted.receive(edge, "copy"), Duplicate)
+
+
 def test_a_failed_worker_forgets_its_commands_so_their_redeliveries_are_new() -> None:
     ledger: Ledger[str] = Ledger(rules())
     first, second = command("c1"), command("c2")

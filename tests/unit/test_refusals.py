@@ -11,6 +11,7 @@ import pytest
 from services.actuator.checks import rate_limited
 from services.actuator.retry import RULES, Backoff, Rule, retry_after
 from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
+from services.decider import refusals
 from services.decider.engine import Snapshot, VmEngine
 from services.decider.guard import GuardRails, GuardState
 from services.decider.policies.base import Observation
@@ -158,6 +159,33 @@ def test_a_decider_holds_as_long_as_the_actuator_says_when_that_is_longer() -> N
     # ... and never shorter than its own minimum, whatever the actuator says
     e = refused_once(ErrorCode.HOTPLUG_DISABLED, retry_after=0.0)
     assert first_order_after(e, 10.5, 100.0) is None
+
+
+def test_only_a_refusal_that_names_its_code_holds_the_vm() -> None:
+    """``ok`` and ``error_code`` are separate fields, and an actuator of another build may set one without the
+    other: an ok result never holds the VM, whatever code it carries, and a failure without a code holds nothing
+    (there is no rule to hold it by) rather than stopping the decider."""
+    refused = result(ErrorCode.RATE_LIMITED, 10.0)
+    assert refusals.hold_for(refused, 1) is not None
+    assert refusals.hold_for(result(None, 10.0), 1) is None
+    assert refusals.hold_for(msgspec.structs.replace(refused, ok=True), 1) is None
+    assert refusals.hold_for(msgspec.structs.replace(result(None, 10.0), ok=False), 1) is None
+
+
+def test_a_one_direction_refusal_holds_the_way_it_was_asked_and_any_other_holds_both() -> None:
+    """A guest that refused a plug may still take an unplug: that refusal holds only plugs. A refusal of an order
+    that asked no change, or of one whose size before is unknown, names no way: it holds both, as every refusal
+    whose code is not one-directional does."""
+
+    def direction(code: ErrorCode, before: int | None, target: int) -> int:
+        hold = refusals.hold_for(result(code, 10.0, before=before, target=target), 1)
+        assert hold is not None
+        return hold.direction
+
+    refused = ErrorCode.GUEST_REFUSED
+    assert (direction(refused, 2, 3), direction(refused, 3, 2)) == (1, -1)
+    assert (direction(refused, 3, 3), direction(refused, None, 3)) == (0, 0)
+    assert direction(ErrorCode.RATE_LIMITED, 2, 3) == 0
 
 
 def test_rate_limited_with_the_window_named_holds_for_that_window() -> None:
@@ -333,6 +361,18 @@ def test_an_order_that_changed_nothing_does_not_count_against_the_budget() -> No
     e.mark_sent(3, until=30.0, command_id="c2", time=2.0)
     e.learn_result(result(None, 2.5, command_id="c2", before=2, after=3, target=3), now=2.5)
     assert e.step(busy(3.0, vcpus=3)) is None and e.held is not None and e.held.label == "change-budget"
+
+
+def test_an_order_that_expired_unseen_counts_against_the_budget_from_its_expiry() -> None:
+    """No sample showed the order's size before it expired: had it run, it ran by then, and the actuator counts a
+    change from when it ran; so the decider counts it from the expiry, not from when it was sent."""
+    e = engine("guard.max_changes=1", "guard.budget_window_s=60")
+    assert e.step(busy(0.0)) is not None
+    e.mark_sent(3, until=30.0, command_id="c1", time=0.0)
+    assert e.step(busy(10.0)) is None  # pending: the sample still shows 2 vCPUs
+    assert e.step(busy(30.0)) is None  # expired: the budget's one change, counted from 30 s
+    assert e.held is not None and e.held.label == "change-budget"
+    assert first_order_after(e, 30.5, 200.0) == 90.0
 
 
 def test_an_order_that_was_never_stored_does_not_count_against_the_budget() -> None:

@@ -1,0 +1,95 @@
+"""``shared.inbox``: every message a service takes off the bus is decoded strictly and agrees with its subject,
+or it is counted and logged with its reason and dropped. The metrics are a private in-memory registry. Pure."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+import pytest
+
+from shared import subjects
+from shared.codec import MAX_MESSAGE_BYTES, encode
+from shared.inbox import DROP_REASONS, Inbox
+from shared.messages import MetricSample
+from shared.telemetry import ServiceMetrics
+
+
+def _sample(host: str = "h1", vm: str = "web 1") -> MetricSample:
+    return MetricSample(
+        time=100.0,
+        host=host,
+        vm=vm,
+        online_vcpus=2,
+        min_vcpus=1,
+        max_vcpus=4,
+        cpu_used_cores=1.5,
+        interval_s=1.0,
+        source="test",
+    )
+
+
+def _newer_version() -> bytes:
+    body = msgspec.json.decode(encode(_sample()))
+    body["v"] += 1
+    return msgspec.json.encode(body)
+
+
+def _counts(metrics: ServiceMetrics) -> dict[str, float | None]:
+    """Drops by reason and ``received``, as the service's metrics report them (None: no such series)."""
+    labels = {"service": "svc", "kind": "metric"}
+    counts = {
+        r: metrics.registry.get_sample_value("hotplug_messages_dropped_total", {**labels, "reason": r})
+        for r in DROP_REASONS
+    }
+    counts["received"] = metrics.registry.get_sample_value("hotplug_messages_received_total", labels)
+    return counts
+
+
+def test_a_message_that_agrees_with_its_subject_is_received() -> None:
+    metrics = ServiceMetrics("svc")
+    inbox = Inbox("metric", MetricSample, metrics)
+    assert _counts(metrics) == dict.fromkeys([*DROP_REASONS, "received"], 0.0)  # every series exists from the start
+    assert inbox.open(subjects.metrics("h1", "web 1"), encode(_sample())) == _sample()
+    assert inbox.open("direct", encode(_sample())) == _sample()  # not a per-VM subject: the body alone
+    assert _counts(metrics) == {**dict.fromkeys(DROP_REASONS, 0.0), "received": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"{" + b" " * MAX_MESSAGE_BYTES + b"}", "oversized"),
+        (b"not json", "malformed"),
+        (encode(_sample()).replace(b'"cpu_used_cores":1.5', b'"cpu_used_cores":-1'), "malformed"),
+        (_newer_version(), "unknown-version"),
+        (encode(_sample(host="h2")), "subject-mismatch"),
+        (encode(_sample(vm="web 2")), "subject-mismatch"),
+    ],
+    ids=["oversized", "not-json", "out-of-range", "unknown-version", "other-host", "other-vm"],
+)
+def test_every_drop_is_counted_and_logged_with_its_reason(
+    data: bytes, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = ServiceMetrics("svc")
+    inbox = Inbox("metric", MetricSample, metrics)
+    subject = subjects.metrics("h1", "web 1")
+    with caplog.at_level(logging.WARNING, logger="shared.inbox"):
+        assert inbox.open(subject, data) is None
+    assert _counts(metrics) == {**dict.fromkeys(DROP_REASONS, 0.0), reason: 1.0, "received": 0.0}
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert f"dropped metric on {subject}: {reason}: " in record.getMessage()
+    assert len(record.getMessage()) < 500  # the detail is cut short: a 64-KiB body is not logged whole
+
+
+def test_a_body_naming_another_host_or_vm_than_its_subject_is_dropped() -> None:
+    """Authority comes from who may publish on a subject: host h2 may not speak for h1's VM, nor one VM for
+    another on the same host, whatever the body says."""
+    metrics = ServiceMetrics("svc")
+    inbox = Inbox("metric", MetricSample, metrics)
+    assert inbox.open(subjects.metrics("h1", "web 1"), encode(_sample(host="h2"))) is None
+    assert inbox.open(subjects.metrics("h1", "web 1"), encode(_sample(vm="web 2"))) is None
+    assert inbox.open(subjects.metrics("h2", "web 2"), encode(_sample())) is None  # both differ
+    assert inbox.open(subjects.stored_metrics("h1", "web 1"), encode(_sample(host="h2"))) is None  # as stored
+    assert inbox.open(subjects.stored_metrics("h1", "web 1"), encode(_sample())) == _sample()
+    assert _counts(metrics) == {**dict.fromkeys(DROP_REASONS, 0.0), "subject-mismatch": 4.0, "received": 1.0}
