@@ -41,6 +41,9 @@ from shared.pool import insurance_of
 
 # A VM with no sample for this many of its sampling intervals is gone (stopped, or another decider's now).
 STALE_INTERVALS = 5.0
+# A VM cut below what it held (reclaimed, or preempted) is not given back more than its cut for this long after the
+# last division that still cut it (the default policy's stabilisation window after a shrink, ``stabilise_s``).
+CUT_HOLD_S = 300.0
 
 
 class HostView(NamedTuple):
@@ -135,19 +138,23 @@ class _Vm:
     """A VM's last claim, what it holds (``held``), and ``claimed``: the larger of what it wants and holds.
     ``counted``: the online vCPUs the last view of the host was taken against, when its sample was older."""
 
-    __slots__ = ("claim", "claimed", "counted", "deferred", "held", "seen")
+    __slots__ = ("claim", "claimed", "counted", "cut", "cut_until", "deferred", "held", "seen")
 
     def __init__(self, claim: Claim, seen: float) -> None:
         self.claim, self.held, self.claimed, self.seen = claim, claim.online, max(claim.want, claim.online), seen
         self.counted: int | None = None
         self.deferred: _Deferred | None = None
+        # The cap of its last cut (None: not cut), kept until ``cut_until`` (see ``CUT_HOLD_S``).
+        self.cut: int | None = None
+        self.cut_until = float("-inf")
 
 
 class HostPlanner:
     """One host's plan: its VMs' claims, running sums over them, and the division while the host is full."""
 
-    def __init__(self, view: HostView) -> None:
+    def __init__(self, view: HostView, cut_hold_s: float = CUT_HOLD_S) -> None:
         self.view = view
+        self.cut_hold_s = cut_hold_s
         self.vms: dict[str, _Vm] = {}
         self.online = 0  # Σ online vCPUs of the claims
         self.held = 0  # Σ held: online, or more while an order or a granted grow is under way
@@ -228,6 +235,11 @@ class HostPlanner:
                 if want <= held:
                     return Answer(None, gone)
                 return Answer(Limit(held, "host full: its share comes with the next plan", claim.preemptible), gone)
+        if vm.cut is not None:
+            if now >= vm.cut_until:
+                vm.cut = None
+            else:
+                cap = self._held_back(vm, cap)
         room = self.capacity - self.held  # free now
         allowed = want if cap is None or cap > want else cap
         if allowed > held:
@@ -277,11 +289,29 @@ class HostPlanner:
             for name, vm in self.vms.items()
             for c in (vm.claim,)
         ]
-        division = divide(shares, self.capacity, self.insurance, self.head)
+        # A VM whose sample of the view's moment is still to come may be counted in the view with the vCPUs this
+        # planner granted it (an order in flight): they are its, not another VM's, so they are not cut for.
+        granted = sum(vm.held - vm.counted for vm in self.vms.values() if vm.counted is not None and vm.held > vm.counted)
+        mine = min(self.other, granted)
+        division = divide(shares, self.capacity + mine, self.insurance + mine, self.head)
         self.caps = whole(shares, division, self.caps)
         self.divided_at = now
+        for name, vm in self.vms.items():
+            cap = self.caps[name]
+            if cap < vm.held or (vm.cut is not None and cap <= vm.cut and now < vm.cut_until):
+                # Cut now, or still wanted at its cut: the cores it lost stay with the claim that took them.
+                vm.cut = cap if vm.cut is None or now >= vm.cut_until else min(cap, vm.cut)
+                vm.cut_until = now + self.cut_hold_s
         self.head_admitted = division.head_admitted
         return gone
+
+    def _held_back(self, vm: _Vm, cap: int | None) -> int:
+        """The cap of a VM cut within the hold: no more than its cut (a VM that is not preemptible lost only what
+        it held above its need, so it may still grow to what it needs now)."""
+        assert vm.cut is not None
+        c = vm.claim
+        limit = vm.cut if c.preemptible else max(vm.cut, c.need)
+        return limit if cap is None or cap > limit else cap
 
     def _why(self, claim: Claim, held: int, allowed: int, cap: int | None) -> str:
         c = self.view.capacity
