@@ -235,11 +235,16 @@ class HostPlanner:
                 if want <= held:
                     return Answer(None, gone)
                 return Answer(Limit(held, "host full: its share comes with the next plan", claim.preemptible), gone)
+        back: int | None = None
         if vm.cut is not None:
             if now >= vm.cut_until:
                 vm.cut = None
             else:
-                cap = self._held_back(vm, cap)
+                back = self._held_back(vm)
+                if cap is None or back < cap:
+                    cap = back
+                else:
+                    back = None  # the division's own cap is lower: it says why
         room = self.capacity - self.held  # free now
         allowed = want if cap is None or cap > want else cap
         if allowed > held:
@@ -253,7 +258,11 @@ class HostPlanner:
             if vm.deferred is None and not gone:
                 return FREE
             return Answer(None, gone + self._track(vm, held, allowed, "", now))
-        reason = self._why(claim, held, allowed, cap)
+        if back is not None and allowed == back and allowed >= held:
+            left = vm.cut_until - now
+            reason = f"host full: cut to {back} vCPUs for a higher priority's claim; regrows {left:.0f} s after it is gone"
+        else:
+            reason = self._why(claim, held, allowed, cap)
         return Answer(Limit(allowed, reason, claim.preemptible), gone + self._track(vm, held, allowed, reason, now))
 
     def forget(self, vm: str) -> tuple[DeferralEvent, ...]:
@@ -298,20 +307,19 @@ class HostPlanner:
         self.divided_at = now
         for name, vm in self.vms.items():
             cap = self.caps[name]
-            if cap < vm.held or (vm.cut is not None and cap <= vm.cut and now < vm.cut_until):
-                # Cut now, or still wanted at its cut: the cores it lost stay with the claim that took them.
+            if cap < vm.claim.want and (cap < vm.held or (vm.cut is not None and cap <= vm.cut and now < vm.cut_until)):
+                # Cut now, or still kept at its cut: the cores it lost stay with the claim that took them.
                 vm.cut = cap if vm.cut is None or now >= vm.cut_until else min(cap, vm.cut)
                 vm.cut_until = now + self.cut_hold_s
         self.head_admitted = division.head_admitted
         return gone
 
-    def _held_back(self, vm: _Vm, cap: int | None) -> int:
+    def _held_back(self, vm: _Vm) -> int:
         """The cap of a VM cut within the hold: no more than its cut (a VM that is not preemptible lost only what
         it held above its need, so it may still grow to what it needs now)."""
         assert vm.cut is not None
         c = vm.claim
-        limit = vm.cut if c.preemptible else max(vm.cut, c.need)
-        return limit if cap is None or cap > limit else cap
+        return vm.cut if c.preemptible else max(vm.cut, c.need)
 
     def _why(self, claim: Claim, held: int, allowed: int, cap: int | None) -> str:
         c = self.view.capacity
