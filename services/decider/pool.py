@@ -260,7 +260,7 @@ class HostPlanner:
             return Answer(None, gone + self._track(vm, held, allowed, "", now))
         if back is not None and allowed == back and allowed >= held:
             left = vm.cut_until - now
-            reason = f"host full: cut to {back} vCPUs for a higher priority's claim; regrows {left:.0f} s after it is gone"
+            reason = f"host full: its cores went to another's claim; at most {back} vCPUs for {left:.0f} s after it is gone"
         else:
             reason = self._why(claim, held, allowed, cap)
         return Answer(Limit(allowed, reason, claim.preemptible), gone + self._track(vm, held, allowed, reason, now))
