@@ -19,6 +19,9 @@ those of VMs found gone meanwhile.
 * **Shrinks before grows**: a grow is granted only into room free now, capacity − Σ ``held`` (what each VM has,
   or is being given: an order in flight, or a grow granted at its last sample). Cores a reclaim frees count
   once the VM's samples show them; meanwhile the grow waits, deferred.
+* **A cut holds**: a VM cut below what it held gets no more than its cut (a VM that is not preemptible: no more
+  than the larger of its cut and its need) until ``CUT_HOLD_S`` after the last division that still cut it, so
+  the cores it lost are not regrown into the room the next second, with or without contention.
 
 The capacity left to the planned VMs is the collector's view: what VMs without a claim (another decider's, ones
 whose rule is ``off``, or not sampled yet) have is ``committed`` minus what the planned VMs had at the moment of
@@ -260,7 +263,7 @@ class HostPlanner:
             return Answer(None, gone + self._track(vm, held, allowed, "", now))
         if back is not None and allowed == back and allowed >= held:
             left = vm.cut_until - now
-            reason = f"host full: its cores went to another's claim; at most {back} vCPUs for {left:.0f} s after it is gone"
+            reason = f"host full: its cores went to another's claim; at most {back} vCPUs for {left:.0f} s more while it lasts"
         else:
             reason = self._why(claim, held, allowed, cap)
         return Answer(Limit(allowed, reason, claim.preemptible), gone + self._track(vm, held, allowed, reason, now))
@@ -300,7 +303,9 @@ class HostPlanner:
         ]
         # A VM whose sample of the view's moment is still to come may be counted in the view with the vCPUs this
         # planner granted it (an order in flight): they are its, not another VM's, so they are not cut for.
-        granted = sum(vm.held - vm.counted for vm in self.vms.values() if vm.counted is not None and vm.held > vm.counted)
+        granted = sum(
+            vm.held - vm.counted for vm in self.vms.values() if vm.counted is not None and vm.held > vm.counted
+        )
         mine = min(self.other, granted)
         division = divide(shares, self.capacity + mine, self.insurance + mine, self.head)
         self.caps = whole(shares, division, self.caps)
