@@ -263,7 +263,7 @@ class HostPlanner:
             return Answer(None, gone + self._track(vm, held, allowed, "", now))
         if back is not None and allowed == back and allowed >= held:
             left = vm.cut_until - now
-            reason = f"host full: its cores went to another's claim; at most {back} vCPUs for {left:.0f} s more while it lasts"
+            reason = f"host full: its cores went to another's claim; at most {back} vCPUs for {left:.0f} s more"
         else:
             reason = self._why(claim, held, allowed, cap)
         return Answer(Limit(allowed, reason, claim.preemptible), gone + self._track(vm, held, allowed, reason, now))
