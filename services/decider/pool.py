@@ -257,6 +257,9 @@ class HostPlanner:
             self.held += allowed - held
             vm.held = allowed
             vm.claimed = want if want > allowed else allowed
+        if allowed < held:  # a cut: the cores it loses stay with the claim that took them
+            vm.cut = allowed if vm.cut is None or now >= vm.cut_until or allowed < vm.cut else vm.cut
+            vm.cut_until = now + self.cut_hold_s
         if allowed >= want:
             if vm.deferred is None and not gone:
                 return FREE
@@ -312,10 +315,8 @@ class HostPlanner:
         self.divided_at = now
         for name, vm in self.vms.items():
             cap = self.caps[name]
-            if cap < vm.claim.want and (cap < vm.held or (vm.cut is not None and cap <= vm.cut and now < vm.cut_until)):
-                # Cut now, or still kept at its cut: the cores it lost stay with the claim that took them.
-                vm.cut = cap if vm.cut is None or now >= vm.cut_until else min(cap, vm.cut)
-                vm.cut_until = now + self.cut_hold_s
+            if vm.cut is not None and cap <= vm.cut and cap < vm.claim.want and now < vm.cut_until:
+                vm.cut_until = now + self.cut_hold_s  # still kept at its cut: the claim that took its cores lasts
         self.head_admitted = division.head_admitted
         return gone
 
