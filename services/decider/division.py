@@ -8,7 +8,8 @@
    to what it has and needs now (only a higher priority may take that), then the VMs' needs are shared by
    weighted max-min fairness (each VM's share grows in proportion to its weight until its need is met). The
    head of the host's waiting queue is a claim at priority 0 for its whole requested size, all or nothing
-   (a job starts only at its requested size).
+   (a job starts only at its requested size); while it does not fit, the room it would take is kept from
+   lower priorities (need and insurance), not lent to them and preempted back when it fits.
 3. **Insurance** (what a VM wants above its need, against a burst that may return): by priority and weight
    again, with what is left up to the insurance limit (capacity × watermark).
 
