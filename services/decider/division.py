@@ -8,7 +8,8 @@
    to what it has and needs now (only a higher priority may take that), then the VMs' needs are shared by
    weighted max-min fairness (each VM's share grows in proportion to its weight until its need is met). The
    head of the host's waiting queue is a claim at priority 0 for its whole requested size, all or nothing
-   (a job starts only at its requested size).
+   (a job starts only at its requested size); while it does not fit, the room it would take is kept from
+   lower priorities (need and insurance), not lent to them and preempted back when it fits.
 3. **Insurance** (what a VM wants above its need, against a burst that may return): by priority and weight
    again, with what is left up to the insurance limit (capacity × watermark).
 
@@ -98,11 +99,13 @@ def divide(shares: Sequence[Share], capacity: int, insurance: int, head: int | N
     levels = sorted({s.priority for s in shares} | ({0} if head else set()), reverse=True)
     by_level = {p: [s for s in shares if s.priority == p] for p in levels}
     admitted = False
+    reserved = 0.0  # kept from lower priorities for the head while it does not fit yet
     for p in levels:
         group = by_level[p]
-        if room <= EPS:
+        kept_back = min(room, reserved) if p < 0 else 0.0
+        if room - kept_back <= EPS:
             break
-        room = _fill(alloc, group, [float(s.kept) for s in group], room)
+        room = kept_back + _fill(alloc, group, [float(s.kept) for s in group], room - kept_back)
         if p == 0 and head:
             trial = dict(alloc)
             trial[HEAD] = 0.0
@@ -112,14 +115,16 @@ def divide(shares: Sequence[Share], capacity: int, insurance: int, head: int | N
                 admitted, room = True, left
                 alloc.update((s.vm, trial[s.vm]) for s in group)
                 continue
-        room = _fill(alloc, group, [float(s.need) for s in group], room)
+            reserved = float(head)
+        room = kept_back + _fill(alloc, group, [float(s.need) for s in group], room - kept_back)
     spent = capacity - room
     extra = min(room, insurance - spent)
     for p in levels:
-        if extra <= EPS:
-            break
         group = by_level[p]
-        extra = _fill(alloc, group, [float(s.want) for s in group], extra)
+        kept_back = min(extra, reserved) if p < 0 else 0.0
+        if extra - kept_back <= EPS:
+            break
+        extra = kept_back + _fill(alloc, group, [float(s.want) for s in group], extra - kept_back)
     return Division(alloc, admitted)
 
 

@@ -19,6 +19,9 @@ those of VMs found gone meanwhile.
 * **Shrinks before grows**: a grow is granted only into room free now, capacity − Σ ``held`` (what each VM has,
   or is being given: an order in flight, or a grow granted at its last sample). Cores a reclaim frees count
   once the VM's samples show them; meanwhile the grow waits, deferred.
+* **A cut holds**: a VM cut below what it held gets no more than its cut (a VM that is not preemptible: no more
+  than the larger of its cut and its need) until ``CUT_HOLD_S`` after the last division that still cut it, so
+  the cores it lost are not regrown into the room the next second, with or without contention.
 
 The capacity left to the planned VMs is the collector's view: what VMs without a claim (another decider's, ones
 whose rule is ``off``, or not sampled yet) have is ``committed`` minus what the planned VMs had at the moment of
@@ -41,6 +44,9 @@ from shared.pool import insurance_of
 
 # A VM with no sample for this many of its sampling intervals is gone (stopped, or another decider's now).
 STALE_INTERVALS = 5.0
+# A VM cut below what it held (reclaimed, or preempted) is not given back more than its cut for this long after the
+# last division that still cut it (the default policy's stabilisation window after a shrink, ``stabilise_s``).
+CUT_HOLD_S = 300.0
 
 
 class HostView(NamedTuple):
@@ -135,19 +141,23 @@ class _Vm:
     """A VM's last claim, what it holds (``held``), and ``claimed``: the larger of what it wants and holds.
     ``counted``: the online vCPUs the last view of the host was taken against, when its sample was older."""
 
-    __slots__ = ("claim", "claimed", "counted", "deferred", "held", "seen")
+    __slots__ = ("claim", "claimed", "counted", "cut", "cut_until", "deferred", "held", "seen")
 
     def __init__(self, claim: Claim, seen: float) -> None:
         self.claim, self.held, self.claimed, self.seen = claim, claim.online, max(claim.want, claim.online), seen
         self.counted: int | None = None
         self.deferred: _Deferred | None = None
+        # The cap of its last cut (None: not cut), kept until ``cut_until`` (see ``CUT_HOLD_S``).
+        self.cut: int | None = None
+        self.cut_until = float("-inf")
 
 
 class HostPlanner:
     """One host's plan: its VMs' claims, running sums over them, and the division while the host is full."""
 
-    def __init__(self, view: HostView) -> None:
+    def __init__(self, view: HostView, cut_hold_s: float = CUT_HOLD_S) -> None:
         self.view = view
+        self.cut_hold_s = cut_hold_s
         self.vms: dict[str, _Vm] = {}
         self.online = 0  # Σ online vCPUs of the claims
         self.held = 0  # Σ held: online, or more while an order or a granted grow is under way
@@ -228,6 +238,16 @@ class HostPlanner:
                 if want <= held:
                     return Answer(None, gone)
                 return Answer(Limit(held, "host full: its share comes with the next plan", claim.preemptible), gone)
+        back: int | None = None
+        if vm.cut is not None:
+            if now >= vm.cut_until:
+                vm.cut = None
+            else:
+                back = self._held_back(vm)
+                if cap is None or back < cap:
+                    cap = back
+                else:
+                    back = None  # the division's own cap is lower: it says why
         room = self.capacity - self.held  # free now
         allowed = want if cap is None or cap > want else cap
         if allowed > held:
@@ -237,11 +257,18 @@ class HostPlanner:
             self.held += allowed - held
             vm.held = allowed
             vm.claimed = want if want > allowed else allowed
+        if allowed < held:  # a cut: the cores it loses stay with the claim that took them
+            vm.cut = allowed if vm.cut is None or now >= vm.cut_until or allowed < vm.cut else vm.cut
+            vm.cut_until = now + self.cut_hold_s
         if allowed >= want:
             if vm.deferred is None and not gone:
                 return FREE
             return Answer(None, gone + self._track(vm, held, allowed, "", now))
-        reason = self._why(claim, held, allowed, cap)
+        if back is not None and allowed == back and allowed >= held:
+            left = vm.cut_until - now
+            reason = f"host full: its cores went to another's claim; at most {back} vCPUs for {left:.0f} s more"
+        else:
+            reason = self._why(claim, held, allowed, cap)
         return Answer(Limit(allowed, reason, claim.preemptible), gone + self._track(vm, held, allowed, reason, now))
 
     def forget(self, vm: str) -> tuple[DeferralEvent, ...]:
@@ -277,11 +304,28 @@ class HostPlanner:
             for name, vm in self.vms.items()
             for c in (vm.claim,)
         ]
-        division = divide(shares, self.capacity, self.insurance, self.head)
+        # A VM whose sample of the view's moment is still to come may be counted in the view with the vCPUs this
+        # planner granted it (an order in flight): they are its, not another VM's, so they are not cut for.
+        granted = sum(
+            vm.held - vm.counted for vm in self.vms.values() if vm.counted is not None and vm.held > vm.counted
+        )
+        mine = min(self.other, granted)
+        division = divide(shares, self.capacity + mine, self.insurance + mine, self.head)
         self.caps = whole(shares, division, self.caps)
         self.divided_at = now
+        for name, vm in self.vms.items():
+            cap = self.caps[name]
+            if vm.cut is not None and cap <= vm.cut and cap < vm.claim.want and now < vm.cut_until:
+                vm.cut_until = now + self.cut_hold_s  # still kept at its cut: the claim that took its cores lasts
         self.head_admitted = division.head_admitted
         return gone
+
+    def _held_back(self, vm: _Vm) -> int:
+        """The cap of a VM cut within the hold: no more than its cut (a VM that is not preemptible lost only what
+        it held above its need, so it may still grow to what it needs now)."""
+        assert vm.cut is not None
+        c = vm.claim
+        return vm.cut if c.preemptible else max(vm.cut, c.need)
 
     def _why(self, claim: Claim, held: int, allowed: int, cap: int | None) -> str:
         c = self.view.capacity

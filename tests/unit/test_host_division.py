@@ -116,3 +116,17 @@ def test_kept_caps_never_promise_more_than_the_shares() -> None:
     previous = {"a": 5, "b": 5}
     kept = whole(shares, Division({"a": 4.2, "b": 4.8}, False), previous)  # 9 in all now, both within 1
     assert sum(kept.values()) == 9
+
+
+def test_room_the_queue_head_does_not_fit_in_yet_is_kept_from_lower_priorities_not_lent() -> None:
+    shares = [
+        Share("batch", 4, 1, 4, 4, priority=-10, preemptible=True),
+        Share("a", 2, 1, 2, 2),
+        Share("b", 2, 1, 3, 3),
+    ]
+    # 8 vCPUs: a and b need 5, the head 6 does not fit; the 3 left wait for it rather than go to the batch job.
+    waiting = divide(shares, 8, 8, head=6)
+    assert not waiting.head_admitted
+    assert waiting.shares["batch"] == 1 and waiting.shares["b"] == 3
+    # No queue: the batch job has the room.
+    assert divide(shares, 8, 8).shares["batch"] == 3

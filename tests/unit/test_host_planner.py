@@ -8,7 +8,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.decider.pool import Claim, HostPlanner, HostView
+from services.decider.pool import CUT_HOLD_S, Claim, HostPlanner, HostView
 from shared.messages import DeferralAction, HostState
 
 
@@ -211,3 +211,48 @@ def test_planned_sizes_fit_the_capacity_and_only_preemptible_vms_lose_what_they_
             assert sum(sizes.values()) <= capacity
         if host.contended:
             assert sum(host.caps.values()) <= capacity
+
+
+def test_a_preempted_vm_regrows_only_after_the_claim_that_took_its_cores_is_gone_for_the_hold() -> None:
+    host = planner(8, committed=8)
+    batch = Claim("batch", 6, 1, 6, 6, priority=-10, preemptible=True)
+    host.claim(batch, 0.0)
+    cut = host.claim(Claim("serve", 2, 1, 4, 4, priority=10), 0.0)
+    assert cut.limit is not None  # deferred until the batch job's cores are free
+    preempt = host.claim(batch, 1.0).limit
+    assert preempt is not None and preempt.vcpus == 4 and preempt.preempt
+    host.claim(Claim("serve", 2, 1, 4, 4, priority=10), 2.0)
+    host.claim(msgspec.structs.replace(batch, online=4), 2.0)
+    host.claim(Claim("serve", 4, 1, 4, 4, priority=10), 3.0)
+    # The serving VM's claim is gone (its demand fell, it shrank): the host has room again...
+    host.claim(Claim("serve", 2, 1, 2, 2, priority=10), 10.0)
+    assert not host.contended
+    # ... but the batch job is not grown back into it at once, only when the claim has been gone for the hold.
+    held = host.claim(msgspec.structs.replace(batch, online=4), 11.0).limit
+    assert held is not None and held.vcpus == 4 and "at most 4 vCPUs" in held.reason
+    assert host.claim(msgspec.structs.replace(batch, online=4), 2.0 + CUT_HOLD_S - 1).limit is not None
+    assert host.claim(msgspec.structs.replace(batch, online=4), 3.0 + CUT_HOLD_S).limit is None
+
+
+def test_a_vm_reclaimed_of_its_insurance_still_grows_to_what_it_needs_during_the_hold() -> None:
+    host = planner(8, committed=8)
+    host.claim(Claim("a", 6, 1, 2, 6), 0.0)
+    host.claim(Claim("b", 2, 1, 6, 6), 0.0)
+    reclaim = host.claim(Claim("a", 6, 1, 2, 6), 1.0).limit
+    assert reclaim is not None and reclaim.vcpus == 2 and not reclaim.preempt
+    host.claim(Claim("a", 2, 1, 2, 6), 2.0)
+    host.claim(Claim("b", 2, 1, 2, 2), 2.0)  # b's need is gone; a's present need rises
+    need = host.claim(Claim("a", 2, 1, 5, 6), 3.0).limit
+    assert need is not None and need.vcpus == 5  # its need at once, its insurance only after the hold
+    assert host.claim(Claim("a", 5, 1, 5, 6), 1.0 + CUT_HOLD_S + 1).limit is None
+
+
+def test_the_division_does_not_cut_a_vm_for_its_own_grant_that_a_host_view_counts_before_its_sample() -> None:
+    host = planner(8, committed=6)
+    assert host.claim(Claim("a", 2, 1, 4, 4, preemptible=True), 0.0).limit is None  # granted 2 more
+    assert host.claim(Claim("b", 4, 1, 4, 4), 0.0).limit is None
+    # The collector's view counts a's plugged vCPUs; a's sample of that moment comes after b's, which wants more.
+    host.observe_host(HostView(8, 8, 8, None, 1.0), 1.0)
+    host.claim(Claim("b", 4, 1, 5, 5, time=1.0), 1.0)
+    assert host.contended
+    assert host.claim(Claim("a", 4, 1, 4, 4, preemptible=True, time=1.0), 1.0).limit is None
