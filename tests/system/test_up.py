@@ -114,11 +114,15 @@ def test_schema_writes_one_json_schema_per_message(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
+        "Deferral.schema.json",
+        "HostState.schema.json",
         "MetricSample.schema.json",
         "PauseEvent.schema.json",
         "ScaleCommand.schema.json",
         "ScaleResult.schema.json",
     ]
+    host = json.loads((tmp_path / "HostState.schema.json").read_text())
+    assert {"host", "capacity_vcpus", "committed_vcpus", "free_vcpus"} <= set(host["$defs"]["HostState"]["required"])
     pause = json.loads((tmp_path / "PauseEvent.schema.json").read_text())
     assert {"vm", "host"} <= set(pause["$defs"]["PauseEvent"]["required"])
     command = json.loads((tmp_path / "ScaleCommand.schema.json").read_text())
