@@ -1,5 +1,6 @@
 """Whole-trace sweeps on the recorded traces in ../shared/traces: ``default`` against every other policy at each
-level of unmet demand (``hotplug replay --frontier``). About a minute per trace set, hence the system tier."""
+level of unmet demand (``hotplug replay --frontier``). One to four minutes per trace set on 2 cores, hence the
+system tier; the timeout only guards against a hang (the replay's speed is ``hotplug bench replay``'s business)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def _require_traces() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     ("fmt", "path", "vm_size"), [("planetlab", "planetlab/20110303", 4), ("bitbrains", "bitbrains_rnd/2013-7", None)]
 )
