@@ -60,9 +60,13 @@ async def test_two_deciders_never_take_the_host_above_its_capacity(
         return sums[-1] == capacity and any(r.error_code is ErrorCode.HOST_FULL for r in watch.results)
 
     await eventually(lambda: full(CAPACITY), timeout=90, interval=0.1, what="the host full and a grow refused")
-    for _ in range(20):  # the deciders keep asking for more while it is full
+    refused_before = sum(r.error_code is ErrorCode.HOST_FULL for r in watch.results)
+
+    async def refused_again() -> bool:  # the deciders keep asking for more while it is full; sums read each time
         sums.append(sum((await hypervisor_online(nc, HOST)).values()))
-        await asyncio.sleep(0.1)
+        return sum(r.error_code is ErrorCode.HOST_FULL for r in watch.results) >= refused_before + 2
+
+    await eventually(refused_again, timeout=60, interval=0.1, what="more grows refused while the host is full")
     assert max(sums) <= CAPACITY, sums
     # the operator gives the host 2 more CPUs: a reload, no restart, and the deciders' grows take them
     config.write_text(f'[[host]]\nmatch = "{HOST}"\ncpus = {RAISED}\n')

@@ -76,7 +76,7 @@ class Harness:
         )
 
     async def deferrals(self) -> list[Deferral]:
-        await asyncio.sleep(0)  # deferrals are stored by tasks of their own
+        await asyncio.gather(*self.decider._publishing)  # deferrals are stored by tasks of their own
         decoder = Decoder(Deferral)
         return [
             decoder.decode(data)
