@@ -78,66 +78,126 @@ class ErrorCode(StrEnum):
 
 
 class _Message(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    v: int = SCHEMA_VERSION
+    v: Annotated[
+        int,
+        msgspec.Meta(
+            description="schema version of the message; this build writes and reads 1 only (any other is dropped)"
+        ),
+    ] = SCHEMA_VERSION
 
 
 class MetricSample(_Message, tag="metric", frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One VM's CPU use over the last sampling interval, published on ``hotplug.metrics.<host>.<vm>``."""
 
-    time: Timestamp
+    time: Annotated[Timestamp, msgspec.Meta(description="end of the sampling interval, on the shared clock")]
     host: HostName
     vm: VmName
-    online_vcpus: VcpuCount
-    min_vcpus: VcpuCount
-    max_vcpus: VcpuCount
-    cpu_used_cores: Cores
-    interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)]
-    source: Identifier
-    per_vcpu_busy: list[Fraction] | None = None
+    online_vcpus: Annotated[VcpuCount, msgspec.Meta(description="vCPUs online in the VM at the end of the interval")]
+    min_vcpus: Annotated[VcpuCount, msgspec.Meta(description="the fewest vCPUs the hypervisor lets the VM have")]
+    max_vcpus: Annotated[VcpuCount, msgspec.Meta(description="the most vCPUs the VM can be hot-plugged to")]
+    cpu_used_cores: Annotated[Cores, msgspec.Meta(description="CPU the VM used over the interval, in cores")]
+    interval_s: Annotated[
+        float, msgspec.Meta(gt=0, le=3600, description="length of the sampling interval, in shared-clock seconds")
+    ]
+    source: Annotated[Identifier, msgspec.Meta(description="the collector source that measured it (e.g. simulator)")]
+    per_vcpu_busy: Annotated[
+        list[Fraction] | None,
+        msgspec.Meta(description="busy share of each vCPU over the interval, where the source knows it"),
+    ] = None
     # Demand the VM could not run, in cores (run-queue excess over online vCPUs), where the source knows it.
-    pressure_cores: Cores | None = None
+    pressure_cores: Annotated[
+        Cores | None,
+        msgspec.Meta(description="demand the VM could not run, in cores (runnable tasks beyond its online vCPUs)"),
+    ] = None
     # PSI cpu.some share of the interval (some runnable task waited), where the source knows it.
-    psi_some: Fraction | None = None
+    psi_some: Annotated[
+        Fraction | None,
+        msgspec.Meta(description="share of the interval in which some runnable task waited for a CPU (PSI cpu some)"),
+    ] = None
 
 
 class ScaleCommand(_Message, tag="command", frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A decider's order to resize one VM, published on ``hotplug.commands.<host>.<vm>``."""
 
-    id: Identifier
-    time: Timestamp
+    id: Annotated[
+        Identifier,
+        msgspec.Meta(
+            description="unique per command, never reused (also across the sender's restarts); published as its "
+            "Nats-Msg-Id, so a retried publish is stored once, and named by the result as command_id"
+        ),
+    ]
+    time: Annotated[Timestamp, msgspec.Meta(description="when the decider sent it, on the shared clock")]
     host: HostName
     vm: VmName
-    target_vcpus: Annotated[int, msgspec.Meta(ge=1, le=1024)]
-    seen_vcpus: VcpuCount
-    decider: Identifier
-    reason: ShortText
-    expires_at: Timestamp
+    target_vcpus: Annotated[int, msgspec.Meta(ge=1, le=1024, description="the vCPU count the VM is to have")]
+    seen_vcpus: Annotated[
+        VcpuCount,
+        msgspec.Meta(
+            description="the online vCPUs the decider saw (the sample's online_vcpus): a VM that has another count "
+            "by then is refused as stale-view"
+        ),
+    ]
+    decider: Annotated[
+        Identifier, msgspec.Meta(description="who sent it: the decider's name, or the lease's name under a lease")
+    ]
+    reason: Annotated[ShortText, msgspec.Meta(description="why, for people reading the event log")]
+    expires_at: Annotated[
+        Timestamp,
+        msgspec.Meta(description="shared-clock time from which the actuator refuses it as expired (time + a TTL)"),
+    ]
     # Time of the sample that triggered the decision: the start of the end-to-end latency.
-    sample_time: Timestamp | None = None
+    sample_time: Annotated[
+        Timestamp | None,
+        msgspec.Meta(description="time of the sample the decision was made on: the start of the end-to-end latency"),
+    ] = None
     # Leadership term of the decider that sent it (0 = no leader election in use).
-    term: Annotated[int, msgspec.Meta(ge=0)] = 0
+    term: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description="leadership term of the lease named in decider (0: no lease); the actuator refuses a term "
+            "older than the newest it knows for that name as stale-term",
+        ),
+    ] = 0
 
 
 class ScaleResult(_Message, tag="result", frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The one outcome of one command, published on ``hotplug.results.<host>.<vm>``."""
 
-    command_id: Identifier
-    time: Timestamp
+    command_id: Annotated[Identifier, msgspec.Meta(description="the id of the command this result answers")]
+    time: Annotated[Timestamp, msgspec.Meta(description="when the actuator finished with it, on the shared clock")]
     host: HostName
     vm: VmName
-    ok: bool
-    vcpus_before: VcpuCount | None
-    vcpus_after: VcpuCount | None
-    target_vcpus: Annotated[int, msgspec.Meta(ge=0, le=1024)]
-    duration_s: Annotated[float, msgspec.Meta(ge=0)]
-    actuator: Identifier
-    error_code: ErrorCode | None = None
-    error: ShortText | None = None
-    sample_time: Timestamp | None = None
+    ok: Annotated[
+        bool, msgspec.Meta(description="true: the VM has the target (or had it already); false: see error_code")
+    ]
+    vcpus_before: Annotated[
+        VcpuCount | None, msgspec.Meta(description="online vCPUs before (null: refused before the VM was read)")
+    ]
+    vcpus_after: Annotated[
+        VcpuCount | None,
+        msgspec.Meta(description="online vCPUs after, as verified (null: refused before the VM was read, or unsure)"),
+    ]
+    target_vcpus: Annotated[int, msgspec.Meta(ge=0, le=1024, description="the command's target_vcpus")]
+    duration_s: Annotated[float, msgspec.Meta(ge=0, description="wall seconds the actuator spent on it")]
+    actuator: Annotated[Identifier, msgspec.Meta(description="the name of the actuator that answered")]
+    error_code: Annotated[
+        ErrorCode | None, msgspec.Meta(description="why it failed or was refused (null when ok); stable codes")
+    ] = None
+    error: Annotated[
+        ShortText | None, msgspec.Meta(description="the failure in words (the hypervisor's own message)")
+    ] = None
+    sample_time: Annotated[Timestamp | None, msgspec.Meta(description="the command's sample_time, carried over")] = None
     # The sizes this actuator allows the VM (its own bounds within the hypervisor's), when it read the VM.
     # Deciders keep their orders inside them instead of repeating refused ones.
-    allowed_min_vcpus: VcpuCount | None = None
-    allowed_max_vcpus: VcpuCount | None = None
+    allowed_min_vcpus: Annotated[
+        VcpuCount | None,
+        msgspec.Meta(description="the fewest vCPUs this actuator allows the VM (when it read the VM); order within"),
+    ] = None
+    allowed_max_vcpus: Annotated[
+        VcpuCount | None,
+        msgspec.Meta(description="the most vCPUs this actuator allows the VM (when it read the VM); order within"),
+    ] = None
     # When asking again makes sense, for a refusal: without it, deciders would repeat a refused order on their
     # next sample. Deciders hold the VM at least this long (and apply their own minimum per error code).
     retry_after: (
@@ -194,11 +254,13 @@ class PauseEvent(_Message, tag="pause", frozen=True, kw_only=True, forbid_unknow
     the event log). A pause is also the value of the VM's key in the pause bucket while it lasts
     (``shared.pauses``). Times are wall-clock POSIX seconds: a pause is an operator's, in real time."""
 
-    id: Identifier
-    time: Timestamp
+    id: Annotated[Identifier, msgspec.Meta(description="unique per pause or resume (its Nats-Msg-Id)")]
+    time: Annotated[
+        Timestamp, msgspec.Meta(description="when the operator paused or resumed, wall-clock POSIX seconds")
+    ]
     host: HostName
     vm: VmName
-    action: PauseAction
+    action: Annotated[PauseAction, msgspec.Meta(description="pause or resume")]
     by: Annotated[
         str,
         msgspec.Meta(
@@ -208,16 +270,19 @@ class PauseEvent(_Message, tag="pause", frozen=True, kw_only=True, forbid_unknow
             description="who: the NATS user under broker auth, else the OS user",
         ),
     ]
-    reason: ShortText = ""
+    reason: Annotated[ShortText, msgspec.Meta(description="the operator's reason")] = ""
     # A pause's end (absent: until resumed); a resume carries the end of the pause it lifted, if it had one.
-    until: Timestamp | None = None
+    until: Annotated[
+        Timestamp | None,
+        msgspec.Meta(description="wall-clock end of the pause (null: until resumed); on a resume, the lifted pause's"),
+    ] = None
 
 
 class HostState(_Message, tag="host", frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One host's capacity and what is committed on it, published by its collector every interval on
     ``hotplug.hosts.<host>``. Capacity is ``(cpus - reserve_cpus) × overcommit``, floored (``shared.pool``)."""
 
-    time: Timestamp
+    time: Annotated[Timestamp, msgspec.Meta(description="when the collector read the host, on the shared clock")]
     host: HostName
     cpus: Annotated[int, msgspec.Meta(ge=1, le=65536, description="the host's CPUs (the source's, or the config's)")]
     capacity_vcpus: Annotated[int, msgspec.Meta(ge=0, le=1_048_576, description="vCPUs the host may commit")]
@@ -230,17 +295,24 @@ class HostState(_Message, tag="host", frozen=True, kw_only=True, forbid_unknown_
         float,
         msgspec.Meta(gt=0, le=1, description="share of capacity that cores held against a burst (not in use) may take"),
     ] = 1.0
-    used_cores: Cores | None = None
+    used_cores: Annotated[Cores | None, msgspec.Meta(description="CPU the host's VMs used, in cores")] = None
     # Demand of running vCPUs that the host's cores could not run (more runnable vCPUs than cores), apart from the
     # VMs' own pressure (demand above their vCPUs): the wait an overcommitted host causes.
-    host_wait_cores: Cores | None = None
+    host_wait_cores: Annotated[
+        Cores | None,
+        msgspec.Meta(
+            description="demand of running vCPUs the host's cores could not run (an overcommitted host's wait)"
+        ),
+    ] = None
     # VMs (jobs) waiting to start on this host until it can commit their requested size, where the source knows.
-    waiting_vms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    waiting_vms: Annotated[
+        int, msgspec.Meta(ge=0, description="VMs (jobs) waiting to start until the host can commit their size")
+    ] = 0
     waiting_vcpus: Annotated[int, msgspec.Meta(ge=0, description="the waiting VMs' requested vCPUs in total")] = 0
     next_waiting_vcpus: (
         Annotated[int, msgspec.Meta(ge=1, description="requested vCPUs of the first VM in the queue")] | None
     ) = None
-    source: Identifier = "unknown"
+    source: Annotated[Identifier, msgspec.Meta(description="the collector source that read the host")] = "unknown"
 
 
 class DeferralAction(StrEnum):
@@ -253,18 +325,33 @@ class Deferral(_Message, tag="deferral", frozen=True, kw_only=True, forbid_unkno
     """A grow a decider could not grant in full for want of room on the host, and its end, published on
     ``hotplug.deferrals.<host>.<vm>`` and kept in the event log (only when its state changes)."""
 
-    time: Timestamp
+    time: Annotated[Timestamp, msgspec.Meta(description="when the deferral started, was granted or dropped")]
     host: HostName
     vm: VmName
-    action: DeferralAction
-    decider: Identifier
-    vcpus: VcpuCount
-    wanted_vcpus: VcpuCount
-    granted_vcpus: VcpuCount
+    action: Annotated[DeferralAction, msgspec.Meta(description="deferred, granted (in full) or dropped")]
+    decider: Annotated[Identifier, msgspec.Meta(description="the decider that deferred the grow")]
+    vcpus: Annotated[VcpuCount, msgspec.Meta(description="the VM's online vCPUs then")]
+    wanted_vcpus: Annotated[VcpuCount, msgspec.Meta(description="the size the decider wanted for the VM")]
+    granted_vcpus: Annotated[VcpuCount, msgspec.Meta(description="the size the host had room for")]
     since: Annotated[float, msgspec.Meta(ge=0, description="when the grow was first deferred (shared clock)")]
-    priority: int = 0
-    reason: ShortText = ""
+    priority: Annotated[
+        int, msgspec.Meta(description="the VM's priority in the host's plan (higher: served first)")
+    ] = 0
+    reason: Annotated[ShortText, msgspec.Meta(description="why, in words")] = ""
 
 
 BusMessage = MetricSample | ScaleCommand | ScaleResult | PauseEvent | HostState | Deferral
 MESSAGE_TYPES: tuple[type[BusMessage], ...] = (MetricSample, ScaleCommand, ScaleResult, PauseEvent, HostState, Deferral)
+
+
+def json_schemas() -> dict[str, dict[str, object]]:
+    """The JSON Schema of each message, by name (what ``hotplug schema`` writes): msgspec's, with the tag field
+    ``type`` described too (msgspec gives a tag no description of its own)."""
+    schemas: dict[str, dict[str, object]] = {}
+    for message_type in MESSAGE_TYPES:
+        schema = msgspec.json.schema(message_type)
+        tag = message_type.__struct_config__.tag
+        properties = schema["$defs"][message_type.__name__]["properties"]
+        properties["type"]["description"] = f'message kind: always "{tag}" for a {message_type.__name__}'
+        schemas[message_type.__name__] = schema
+    return schemas

@@ -14,7 +14,7 @@ import msgspec
 from hotplug.cli.common import Subparsers, add_command, host_option, live_bus_options, live_bus_url, nats_url
 from shared import bus, topology
 from shared.errors import NotFound, UsageError
-from shared.messages import MESSAGE_TYPES
+from shared.messages import json_schemas
 
 ORDER = 50
 
@@ -52,7 +52,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    schemas = {t.__name__: msgspec.json.schema(t) for t in MESSAGE_TYPES}
+    schemas = json_schemas()
     if args.out is None:
         print(json.dumps(schemas, indent=2))
         return 0

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from shared import subjects
 from shared.codec import MAX_MESSAGE_BYTES, BadMessage, Decoder, encode
-from shared.messages import MESSAGE_TYPES, ErrorCode, MetricSample, ScaleCommand, ScaleResult
+from shared.messages import MESSAGE_TYPES, ErrorCode, MetricSample, ScaleCommand, ScaleResult, json_schemas
 
 
 def sample(**overrides: object) -> MetricSample:
@@ -101,6 +101,29 @@ def test_json_schema_describes_each_message() -> None:
         assert "type" in definition["required"]
     command_schema = msgspec.json.schema(ScaleCommand)["$defs"]["ScaleCommand"]
     assert command_schema["properties"]["target_vcpus"]["minimum"] == 1
+
+
+def _description(prop: dict[str, object]) -> str:
+    """A property's description, on it or on one branch of its ``anyOf`` (msgspec puts it on either)."""
+    branches = prop.get("anyOf")
+    found = [prop.get("description")] + ([b.get("description") for b in branches] if isinstance(branches, list) else [])
+    return next((str(text) for text in found if text), "")
+
+
+def test_every_field_of_every_message_is_described_in_its_schema() -> None:
+    """A decider author in another language reads the fields' meaning from ``hotplug schema`` alone."""
+    schemas = json_schemas()
+    assert set(schemas) == {t.__name__ for t in MESSAGE_TYPES}
+    for name, schema in schemas.items():
+        definition = schema["$defs"][name]  # type: ignore[index]
+        assert definition.get("description"), f"{name} has no description"
+        for field, prop in definition["properties"].items():
+            assert _description(prop), f"{name}.{field} has no description in its JSON Schema"
+    command = schemas["ScaleCommand"]["$defs"]["ScaleCommand"]["properties"]  # type: ignore[index]
+    assert "stale-view" in _description(command["seen_vcpus"])
+    assert "stale-term" in _description(command["term"])
+    assert "Nats-Msg-Id" in _description(command["id"])
+    assert '"command"' in _description(command["type"])
 
 
 def test_results_say_when_to_ask_again_and_the_actuators_rate_limit_in_their_schema() -> None:
