@@ -64,8 +64,11 @@ class EmbeddedBroker:
         monitor_port: int | None = None,
         config_file: Path | None = None,
         extra_args: list[str] | None = None,
+        jetstream: bool = True,
     ) -> None:
         self.store_dir = Path(store_dir)
+        # False only to see how the project meets a server without it (the tests): every service needs it.
+        self.jetstream = jetstream
         self.port = port
         self.monitor_port = monitor_port
         self.config_file = config_file
@@ -92,10 +95,9 @@ class EmbeddedBroker:
             str(self.port),
             "--ports_file_dir",
             str(self._ports_dir),
-            "-js",
-            "-sd",
-            str(self.store_dir / "jetstream"),
         ]
+        if self.jetstream:
+            args += ["-js", "-sd", str(self.store_dir / "jetstream")]
         if self.monitor_port is not None:
             args += ["-m", str(self.monitor_port)]
         if self.config_file is not None:

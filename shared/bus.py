@@ -20,7 +20,7 @@ import secrets
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 
 import nats
 from nats.aio.client import Client
@@ -36,7 +36,7 @@ from nats.js.api import (
     StreamConfig,
     SubjectTransform,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from shared import subjects, topology
@@ -52,6 +52,10 @@ METRICS_MAX_AGE_S = 24 * 3600.0
 METRICS_MAX_BYTES = 1 << 30
 DUPLICATE_WINDOW_S = 600.0
 STORE_PATIENCE_S = 120.0
+NO_JETSTREAM = (
+    "the NATS server has no JetStream (nothing answers its JetStream API): Hot-Plug Heaven keeps commands, "
+    "results and its buckets there; start nats-server with -js (and -sd DIR for its store)"
+)
 
 
 def replicas() -> int:
@@ -123,12 +127,34 @@ def stream_configs() -> list[StreamConfig]:
     ]
 
 
+@contextlib.contextmanager
+def jetstream_required() -> Iterator[None]:
+    """Turn "no JetStream on this server" into one line for the user (``NotFound``) instead of a traceback.
+
+    nats-py reports a JetStream request nobody answers as a ``ServiceUnavailableError`` raised while handling the
+    server's no-responders reply; a JetStream that answers with an error of its own (a cluster electing its leader)
+    has no such cause and is raised as it is.
+    """
+    try:
+        yield
+    except ServiceUnavailableError as exc:
+        if isinstance(exc.__context__, nats.errors.NoRespondersError):
+            raise NotFound(NO_JETSTREAM) from None
+        raise
+
+
 async def ensure_streams(js: JetStreamContext, reconcile: bool = False) -> None:
     """Create missing streams; with ``reconcile`` (an admin's call) also bring existing ones up to date.
 
     Services call it without ``reconcile``: where permissions are in force they may look streams up but not
-    create or change them (``hotplug streams`` as the admin user does that once).
+    create or change them (``hotplug streams`` as the admin user does that once). A server without JetStream is a
+    ``NotFound`` (``jetstream_required``).
     """
+    with jetstream_required():
+        await _ensure_streams(js, reconcile)
+
+
+async def _ensure_streams(js: JetStreamContext, reconcile: bool) -> None:
     for config in stream_configs():
         assert config.name is not None
         try:
@@ -146,8 +172,10 @@ async def ensure_streams(js: JetStreamContext, reconcile: bool = False) -> None:
 
 
 async def key_value(js: JetStreamContext, bucket: str, *, ttl_s: float | None = None) -> KeyValue:
-    """Open a KV bucket (one value per key), creating it with this deployment's replica count if missing."""
-    return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=ttl_s, replicas=replicas()))
+    """Open a KV bucket (one value per key), creating it with this deployment's replica count if missing; a server
+    without JetStream is a ``NotFound``."""
+    with jetstream_required():
+        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=ttl_s, replicas=replicas()))
 
 
 async def connect(
