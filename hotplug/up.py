@@ -39,6 +39,7 @@ from shared.sim_api import JobsReply
 log = logging.getLogger(__name__)
 
 SERVICES = ("simulator", "collector", "decider", "actuator")
+EXTERNAL_DECIDER_DOC = "docs/deciders-any-language.md"
 DEFAULT_VMS = 6
 
 
@@ -57,6 +58,8 @@ class UpOptions:
     seed: int = 1
     interval_s: float = 1.0
     dry_run: bool = False
+    # False: no decider child; one from outside (any language) commands the loop.
+    decider: bool = True
     view: bool = True
     log_level: str = "INFO"
     hypervisor: str = "simulator"
@@ -72,6 +75,24 @@ class UpOptions:
     host_cores: int | None = None
     arrivals_rate: float = 0.0
     arrivals_file: Path | None = None
+
+
+def services_of(options: UpOptions) -> list[str]:
+    """The children ``up`` runs: no simulator with a real hypervisor (its VMs are the cloud), no decider with
+    ``--no-decider``."""
+    return [
+        s
+        for s in SERVICES
+        if (s != "simulator" or options.hypervisor == "simulator") and (s != "decider" or options.decider)
+    ]
+
+
+def clock_line(speed: float, epoch: float) -> str:
+    """The run's shared clock, as a process started by hand beside it must be given it."""
+    return (
+        f"clock: x{speed:g} from epoch {epoch!r}; a service started beside this run takes "
+        f"--speed {speed:g} --epoch {epoch!r}"
+    )
 
 
 def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, port: int) -> list[str]:
@@ -181,11 +202,13 @@ async def run_up(options: UpOptions) -> Fleet:
         await bus.ensure_streams(nc.jetstream(), reconcile=True)
         await _Watcher(fleet).attach(nc, hosts=True)
         epoch = time.time()
-        # With a real hypervisor its VMs are the cloud: no simulator.
-        for service in (s for s in SERVICES if s != "simulator" or options.hypervisor == "simulator"):
+        for service in services_of(options):
             port = free_port()
             await supervisor.start(service, child_argv(service, options, url, epoch, port), port)
             print(f"{service} metrics: http://127.0.0.1:{port}/metrics", flush=True)
+        print(clock_line(options.speed, epoch), flush=True)
+        if not options.decider:
+            print(f"decider: none (--no-decider); yours commands the loop: {EXTERNAL_DECIDER_DOC}", flush=True)
         await _wait(options, fleet)
         simulator = simulator_of(options, config)
         if simulator is not None and simulator.has_arrivals:
@@ -307,7 +330,8 @@ async def _wait(options: UpOptions, fleet: Fleet) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     wall_deadline = None if options.duration_s is None else time.monotonic() + options.duration_s / options.speed
-    title = f"Hot-Plug Heaven: policy {options.policy}, speed x{options.speed:g} (Ctrl-C to stop)"
+    decider = f"policy {options.policy}" if options.decider else "your decider"
+    title = f"Hot-Plug Heaven: {decider}, speed x{options.speed:g} (Ctrl-C to stop)"
     live = (
         Live(render(fleet, title), refresh_per_second=2, console=Console())
         if (options.view and sys.stdout.isatty())

@@ -122,6 +122,12 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     _pool_options(up)
     up.add_argument("--interval", type=positive, default=1.0, help="sampling interval, simulated seconds")
     up.add_argument("--dry-run", action="store_true", help="decide and log, but command nothing")
+    up.add_argument(
+        "--no-decider",
+        action="store_true",
+        help="run no decider: the broker, simulator, collector and actuator wait for yours, in any language "
+        "(docs/deciders-any-language.md); up prints the clock's --speed and --epoch for it",
+    )
     up.add_argument("--no-view", action="store_true", help="no live table (it is off anyway without a terminal)")
     up.add_argument("--log-level", default="INFO")
 
@@ -415,6 +421,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     check_arrivals(args.arrivals_rate, args.arrivals_file)
     if args.arrivals_file is not None:
         args.arrivals_file = args.arrivals_file.resolve()  # as --trace: the child's working directory may differ
+    if args.no_decider and (args.dry_run or args.param or args.policy):
+        raise UsageError("--no-decider runs no decider: --policy, --param and --dry-run have none to go to")
     vms, guests = (None, args.vms or 0) if args.hypervisor == "libvirt" else (args.vms, 0)
     loaded = loaded_of(args)
     # The decider child reads the file too: without --policy (or [up] policy) its own section says.
@@ -433,6 +441,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         seed=args.seed,
         interval_s=args.interval,
         dry_run=args.dry_run,
+        decider=not args.no_decider,
         view=not args.no_view,
         log_level=args.log_level,
         hypervisor=args.hypervisor,
@@ -451,15 +460,20 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UsageError(f"the simulator's settings (flags and [simulator]) do not go together: {exc}") from exc
     DRIVERS.check_speed(options.hypervisor, options.speed, note="")
     DRIVERS.probe(options.hypervisor, DRIVERS.config(options.hypervisor, {"libvirt_uri": options.libvirt_uri}))
-    # Check the policy and its parameters here, before any process starts.
+    if options.decider:
+        _check_policy(options.policy, options.params, loaded)
+    asyncio.run(run_up(options))
+    return 0
+
+
+def _check_policy(policy: str, flags: tuple[str, ...], loaded: LoadedConfig | None) -> None:
+    """Check the decider child's policy and its parameters here, before any process starts."""
     from services.decider.registry import build_policy, parse_params
     from services.decider.rulebook import build_rulebook
 
-    params = parse_params([*_decider_params(loaded), *options.params])
-    build_policy(options.policy, params)
-    build_rulebook(loaded, options.policy, params)
-    asyncio.run(run_up(options))
-    return 0
+    params = parse_params([*_decider_params(loaded), *flags])
+    build_policy(policy, params)
+    build_rulebook(loaded, policy, params)
 
 
 def _decider_params(loaded: LoadedConfig | None) -> list[str]:

@@ -155,6 +155,9 @@ class UpSection(Section):
     ] = None
     interval: Annotated[PosFloat | None, Meta(description="sampling interval, simulated seconds")] = None
     dry_run: Annotated[bool | None, Meta(description="decide and log, but command nothing")] = None
+    no_decider: Annotated[
+        bool | None, Meta(description="run no decider: the loop waits for yours (docs/deciders-any-language.md)")
+    ] = None
     no_view: Annotated[bool | None, Meta(description="no live table")] = None
     log_level: Annotated[str | None, Meta(description="the services' log level")] = None
 
