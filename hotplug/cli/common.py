@@ -83,7 +83,13 @@ def service_parent() -> argparse.ArgumentParser:
         default=float(_env("SPEED", "1")),
         help="simulated seconds per wall second ($HOTPLUG_SPEED)",
     )
-    p.add_argument("--epoch", type=float, default=None, help="wall time at which simulated time starts")
+    p.add_argument(
+        "--epoch",
+        type=float,
+        default=None,
+        help="wall time (POSIX seconds) from which the shared clock runs --speed times faster (default: this "
+        "service's start); under --speed every service of a run needs the same one (hotplug up prints its own)",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p
 

@@ -20,7 +20,13 @@ ORDER = 50
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    sch = add_command(sub, "schema", cmd_schema, help="write the JSON Schema of every message")
+    sch = add_command(
+        sub,
+        "schema",
+        cmd_schema,
+        help="write the JSON Schema of every message, each field described (for deciders in any language: "
+        "docs/deciders-any-language.md)",
+    )
     sch.add_argument("--out", type=Path, default=None, help="directory (default: print one JSON document)")
 
     auth = add_command(sub, "auth", cmd_auth, help="broker security: users, permissions, credentials")
