@@ -12,8 +12,8 @@ Figures pool the jobs of every seed. The targets of issue 23 are checked and pri
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from hotplug.bench.common import machine
@@ -23,6 +23,7 @@ from services.simulator.host import Host
 from services.simulator.jobs import Job, arrivals_until, poisson_arrivals
 from shared.config.rules import VmSettings
 
+Params = Mapping[str, Mapping[str, object]]
 DEFAULT_SEEDS = (101, 102)  # no test uses them
 CALIBRATION_SEED = 97
 CALIBRATION_STEP_S = 10.0
@@ -49,17 +50,20 @@ PRIORITIES: dict[str, VmSettings] = {
 }
 
 
-def setups(policies: Sequence[str]) -> list[Setup]:
-    """Fixed sizes, each policy with plain rules, and ``default`` with the priorities above."""
+def setups(policies: Sequence[str], params: Params | None = None) -> list[Setup]:
+    """Fixed sizes, each policy with plain rules, and ``default`` with the priorities above; ``params`` as
+    ``--param`` gives them (each policy takes its own scope and ``guard``)."""
+    params = params or {}
     out = [Setup(FIXED, None, lambda job: PLAIN)]
     for name in policies:
-        out.append(Setup(name, _factory(name), lambda job: PLAIN))
-    out.append(Setup(PRIORITISED, _factory("default"), lambda job: PRIORITIES.get(job.profile, PLAIN)))
+        out.append(Setup(name, _factory(name, params), lambda job: PLAIN))
+    out.append(Setup(PRIORITISED, _factory("default", params), lambda job: PRIORITIES.get(job.profile, PLAIN)))
     return out
 
 
-def _factory(name: str) -> Callable[[], tuple[Any, Any]]:
-    return lambda: build_policy(name)
+def _factory(name: str, params: Params) -> Callable[[], tuple[Any, Any]]:
+    own = {scope: values for scope, values in params.items() if scope in (name, "guard")}
+    return lambda: build_policy(name, own)
 
 
 def jobs_for(rate_per_hour: float, seed: int, span_s: float) -> list[Job]:
@@ -98,6 +102,7 @@ class PoolOptions:
     cores: int = DEFAULT_CORES
     span_s: float = DEFAULT_SPAN_S
     rates: tuple[float, ...] | None = None  # jobs per hour; None: busy and overload, calibrated
+    params: Params = field(default_factory=dict)  # policy parameters, by scope (``--param``)
 
 
 def pooled(runs: Sequence[PoolRun]) -> PoolRun:
@@ -126,6 +131,9 @@ def bench_pool(options: PoolOptions, progress: Callable[[str], None] = lambda li
     for name in options.policies:
         if name not in POLICIES:
             raise ValueError(f"unknown policy {name!r}; choose from {', '.join(sorted(POLICIES))}")
+    for setup in setups(options.policies, options.params):
+        if setup.policy is not None:
+            setup.policy()  # a bad --param fails here, before any run
     if options.rates is None:
         busy = busy_rate(options.cores, max(options.span_s, 4 * 3600.0))
         rates = {"busy": busy, "overload": round(busy * OVERLOAD_FACTOR, 2)}
@@ -135,7 +143,7 @@ def bench_pool(options: PoolOptions, progress: Callable[[str], None] = lambda li
     table: dict[str, dict[str, dict[str, float]]] = {}
     for label, rate in rates.items():
         table[label] = {}
-        for setup in setups(options.policies):
+        for setup in setups(options.policies, options.params):
             runs = []
             for seed in options.seeds:
                 jobs = jobs_for(rate, seed, options.span_s)
@@ -148,6 +156,7 @@ def bench_pool(options: PoolOptions, progress: Callable[[str], None] = lambda li
         "span_s": options.span_s,
         "seeds": list(options.seeds),
         "rates_per_hour": rates,
+        "params": {scope: dict(values) for scope, values in options.params.items()},
         "results": table,
         "targets": targets(table, list(rates)) if options.rates is None else {},
         **machine(),

@@ -84,7 +84,14 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         "--rates",
         default=None,
         help="pool: comma-separated arrival rates in jobs per hour (default: the busy rate, at which fixed sizes "
-        "commit 90%% of the host, and twice it)",
+        "commit 90%% of the host, and four times it)",
+    )
+    bench.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="pool: a policy parameter for the runs of that policy (and default+priorities), as replay takes it",
     )
     bench.add_argument("--cores", type=at_least_one, default=None, help="pool: the host's cores (default 48)")
     bench.add_argument(
@@ -222,9 +229,16 @@ def _numbers(text: str | None, flag: str, default: tuple[float, ...], kind: type
 def _bench_pool(args: argparse.Namespace) -> int:
     from hotplug.bench.pool import DEFAULT_CORES, DEFAULT_SEEDS, DEFAULT_SPAN_S, PoolOptions, bench_pool, render_table
     from hotplug.replay_cmd import policy_names
+    from services.decider.registry import parse_params
 
+    policies = tuple(policy_names(",".join(args.policy) if args.policy else "default"))
+    params = parse_params(args.param)
+    unknown = set(params) - {*policies, "default", "guard"}
+    if unknown:
+        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not among the benchmarked policies")
     options = PoolOptions(
-        policies=tuple(policy_names(",".join(args.policy) if args.policy else "default")),
+        policies=policies,
+        params=params,
         seeds=_numbers(args.seeds, "--seeds", DEFAULT_SEEDS),
         cores=args.cores or DEFAULT_CORES,
         span_s=args.hours * 3600 if args.hours else DEFAULT_SPAN_S,

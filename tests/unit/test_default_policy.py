@@ -372,6 +372,26 @@ def test_its_need_is_the_recent_peak_and_the_rest_of_its_target_is_insurance() -
     assert rec(421, 10.0)[1] == 10  # present demand is need at once
 
 
+def test_a_shorter_need_window_lets_need_fall_sooner_and_never_moves_the_target() -> None:
+    """``need_window_s`` only says how long a burst counts as present need (what a full host divides by first):
+    with 60 s the need falls a minute after the burst, with the default it waits out ``stabilise_s``; the
+    target (what the VM holds when nobody else needs the cores) is the same sample by sample."""
+    short, default = DefaultPolicy(DefaultParams(need_window_s=60.0)), DefaultPolicy(DefaultParams())
+    states = short.new_state(), default.new_state()
+
+    def both(t: float, demand: float) -> tuple[tuple[int, int | None], tuple[int, int | None]]:
+        obs = Observation(time=t, vcpus=8, min_vcpus=1, max_vcpus=16, used_cores=demand, interval_s=1.0)
+        a, b = short.recommend(states[0], obs), default.recommend(states[1], obs)
+        return (a.target, a.need), (b.target, b.need)
+
+    for t in range(100):
+        both(t, 6.5)
+    for t in range(100, 170):
+        (target_short, need_short), (target_default, need_default) = both(t, 1.0)
+        assert target_short == target_default
+    assert need_short == 2 and need_default == 7
+
+
 def test_its_state_survives_a_hand_over() -> None:
     loop = Loop("guard.warmup_s=0", vcpus=4)
     for t in range(400):

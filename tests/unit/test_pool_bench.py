@@ -3,6 +3,8 @@ pure code at 1-s steps. Short spans on a small host, so the unit tier stays fast
 
 from __future__ import annotations
 
+import pytest
+
 from hotplug.bench.pool import PLAIN, PRIORITIES, render_table, setups, targets
 from hotplug.bench.pool_run import FIXED, Setup, run_pool
 from services.decider.registry import build_policy
@@ -81,3 +83,26 @@ def full(row: dict[str, float]) -> dict[str, float]:
         "host_full": 0,
         **row,
     }
+
+
+def test_param_reaches_the_named_policys_runs_only() -> None:
+    """``--param default.KEY=VALUE`` builds ``default`` and ``default+priorities`` with it; fixed sizes have no
+    policy and other policies keep their own parameters."""
+    made = {s.name: s for s in setups(["default", "threshold"], {"default": {"need_window_s": "150"}})}
+    default_policy, _ = made["default"].policy()  # type: ignore[misc]
+    prioritised, _ = made["default+priorities"].policy()  # type: ignore[misc]
+    threshold, _ = made["threshold"].policy()  # type: ignore[misc]
+    assert default_policy.params.need_window_s == 150.0
+    assert prioritised.params.need_window_s == 150.0
+    assert made[FIXED].policy is None
+    assert threshold.params == build_policy("threshold")[0].params
+
+
+def test_a_bad_param_fails_before_any_run() -> None:
+    from hotplug.bench.pool import PoolOptions, bench_pool
+    from services.decider.registry import ParamError
+
+    runs: list[str] = []
+    with pytest.raises(ParamError, match="need_window_s"):
+        bench_pool(PoolOptions(rates=(1.0,), params={"default": {"need_window_s": "-1"}}), progress=runs.append)
+    assert runs == []

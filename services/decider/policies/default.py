@@ -28,9 +28,11 @@ unmet share that VM really had (as Autothrottle's Captain steers to a throttling
 default because it spends cores evening out VMs rather than serving the fleet (measured in the docs).
 
 **Need.** Every recommendation also says what the demand seen now needs: the size for the highest demand of
-the shortest window (``stabilise_s``) ×1, with the same hysteresis. The rest of the target (longer windows,
-multipliers, memories) is insurance against a burst that may return; on a full host it yields to other VMs'
-present need (``services.decider.pool``). It never changes the target.
+the shortest window (``stabilise_s``, or ``need_window_s`` when set) ×1, with the same hysteresis. The rest of
+the target (longer windows, multipliers, memories) is insurance against a burst that may return; on a full host it
+yields to other VMs' present need (``services.decider.pool``). It never changes the target. A shorter
+``need_window_s`` packs a full host tighter at the price of more changes and unmet demand (README, "Host capacity
+and overcommit", has the measured trade).
 
 **Censoring.** Demand is what ran plus the pressure when the source reports it. Without pressure a
 saturated sample only says the VM wanted at least its vCPUs; it is taken to want ``censored_excess`` of
@@ -77,6 +79,8 @@ class DefaultParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     # A VM first seen is not shrunk for caution_s × the price of an unmet core (its warm-up): 2 min at the
     # default 1 %, 3.3 h at 0.1 %. The lower the harm a user accepts, the more evidence a shrink needs.
     caution_s: Annotated[float, msgspec.Meta(ge=0)] = 2.4
+    # Present need (what a full host divides by first) is the peak of this many seconds (None: stabilise_s).
+    need_window_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
     def __post_init__(self) -> None:
         if self.memories_s and min(self.memories_s) <= 0:
@@ -108,6 +112,7 @@ class DefaultState(msgspec.Struct):
     demand_s: float = 0.0  # faded core-seconds of demand
     log_price: float | None = None
     orders: deque[tuple[float, float]] = msgspec.field(default_factory=deque)  # monotone queue of recent sizes
+    need_peak: deque[tuple[float, float]] = msgspec.field(default_factory=deque)  # the need window's queue
     vcpus: int = 0  # the allocation at the previous sample
     last_move: int = 0  # direction of the last change seen: +1 grown, -1 shrunk
     peak_since_move: float = 0.0  # highest demand since that change
@@ -161,6 +166,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._half_lives = sorted(set(params.memories_s))
         self._windows = sorted({max(w, params.stabilise_s) for w in params.windows_s})
         self._multipliers = sorted(set(params.multipliers))
+        w = params.need_window_s
+        self._need_window = None if w is None or w == self._windows[0] else w
         self.arms: list[str] = [f"peak of {w:g} s x{k:g}" for w in self._windows for k in self._multipliers] + [
             f"cheapest size over {h:g} s" for h in self._half_lives
         ]
@@ -274,7 +281,10 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         recs += [cheapest_size(m, price, low, high, n, p.hysteresis) for m in state.memories]
         state.before, state.previous = state.previous, recs
         # Present need (see the module's docstring): the shortest window's arm at ×1.
-        recent = state.peaks[0][0][1]
+        if self._need_window is None:
+            recent = state.peaks[0][0][1]
+        else:
+            recent = _push(state.need_peak, obs.time, demand, obs.time - self._need_window)
         need = ceil(recent - 1e-9)
         if need < n:
             need = min(n, ceil(recent + h - 1e-9))
