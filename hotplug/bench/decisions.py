@@ -49,6 +49,7 @@ class DecisionsOptions:
     vms: int | None = None  # None: DEFAULT_VMS seeded VMs, or every VM of the trace
     trace: Path | None = None
     data_dir: Path | None = None  # keep each run's event log and logs here (default: a temporary directory)
+    params: tuple[str, ...] = ()  # ``--param NAME.KEY=VALUE``: each goes to the deciders of policy NAME (guard: all)
 
 
 class LagRecorder(Recorder):
@@ -85,6 +86,11 @@ class Run:
     results: list[ScaleResult] = field(default_factory=list)
 
 
+def params_for(policy: str, params: tuple[str, ...]) -> list[str]:
+    """The decider's ``--param`` arguments for ``policy``: those of its own scope and ``guard``."""
+    return [arg for item in params if item.split(".", 1)[0] in (policy, "guard") for arg in ("--param", item)]
+
+
 async def run_one(policy: str, seed: int, options: DecisionsOptions, work: Path) -> Run:
     host = f"seed-{seed}"
     logs = work / "logs"
@@ -108,7 +114,7 @@ async def run_one(policy: str, seed: int, options: DecisionsOptions, work: Path)
             for name, argv in (
                 ("simulator", sim),
                 ("actuator", ["actuator", *common]),
-                ("decider", ["decider", *common, "--policy", policy]),
+                ("decider", ["decider", *common, "--policy", policy, *params_for(policy, options.params)]),
                 ("collector", ["collector", *common, "--interval", repr(INTERVAL_S)]),
             ):
                 services[name] = await ready_service(argv, logs)

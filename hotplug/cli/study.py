@@ -91,7 +91,8 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         metavar="NAME.KEY=VALUE",
-        help="pool: a policy parameter for the runs of that policy (and default+priorities), as replay takes it",
+        help="decisions, pool: a policy parameter for the runs of that policy (pool: default's also for "
+        "default+priorities), as replay takes it",
     )
     bench.add_argument("--cores", type=at_least_one, default=None, help="pool: the host's cores (default 48)")
     bench.add_argument(
@@ -252,8 +253,12 @@ def _bench_pool(args: argparse.Namespace) -> int:
 def _bench_decisions(args: argparse.Namespace) -> int:
     from hotplug.bench.decisions import DEFAULT_SEEDS, DecisionsOptions, bench_decisions, render_table
     from hotplug.replay_cmd import policy_names
+    from services.decider.registry import parse_params
 
     policies = policy_names(",".join(args.policy) if args.policy else "default")
+    unknown = set(parse_params(args.param)) - {*policies, "guard"}
+    if unknown:
+        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not among the benchmarked policies")
     seeds = _numbers(args.seeds, "--seeds", DEFAULT_SEEDS)
     if args.trace is not None:
         args.trace = args.trace.resolve()
@@ -266,6 +271,7 @@ def _bench_decisions(args: argparse.Namespace) -> int:
         vms=args.vms,
         trace=args.trace,
         data_dir=args.data_dir,
+        params=tuple(args.param),
     )
     report = bench_decisions(options, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:

@@ -106,3 +106,11 @@ def test_a_bad_param_fails_before_any_run() -> None:
     with pytest.raises(ParamError, match="need_window_s"):
         bench_pool(PoolOptions(rates=(1.0,), params={"default": {"need_window_s": "-1"}}), progress=runs.append)
     assert runs == []
+
+
+def test_the_live_decisions_bench_hands_each_decider_its_own_params() -> None:
+    from hotplug.bench.decisions import params_for
+
+    given = ("default.caution_s=5.9", "threshold.upper=0.9", "guard.max_changes=4")
+    assert params_for("default", given) == ["--param", "default.caution_s=5.9", "--param", "guard.max_changes=4"]
+    assert params_for("hpa", given) == ["--param", "guard.max_changes=4"]
