@@ -64,6 +64,8 @@ class Proposal(NamedTuple):
 
     obs: Observation
     rec: Recommendation
+    # In its warm-up (``GuardRails.warmup_s``): the rails keep what it has whatever it wants (unless it is preempted).
+    warming: bool = False
 
     @property
     def want(self) -> int:
@@ -79,8 +81,9 @@ class Proposal(NamedTuple):
 
 
 class Limit(NamedTuple):
-    """What the VM's host allows it now (``services.decider.pool``): at most ``vcpus`` (below its size: a reclaim).
-    ``reason`` says why, for the order's reason; a ``preempt`` reclaim is not held by the VM's warm-up."""
+    """What the VM's host allows it now (``services.decider.pool``): at most ``vcpus`` (below its size: a reclaim,
+    even if the policy wants less still). ``reason`` says why, for the order's reason; a ``preempt`` reclaim is not
+    held by the VM's warm-up."""
 
     vcpus: int
     reason: str
@@ -189,15 +192,16 @@ class VmEngine:
                 # expired: had it run, it would have started before its expiry
                 self._took_effect(self.pending_id, self.pending_until)
                 self.pending_target = None
-        return Proposal(obs, self.policy.recommend(self.policy_state, obs))
+        warming = obs.time - self.guard.first_seen < self.rails.warmup_s
+        return Proposal(obs, self.policy.recommend(self.policy_state, obs), warming)
 
     def decide(self, proposal: Proposal, paused: str | None = None, limit: Limit | None = None) -> Decision | None:
         """The order to give for ``proposal`` (see ``step``), within ``limit``."""
-        obs, rec = proposal
+        obs, rec = proposal.obs, proposal.rec
         if self.pending_target is not None:
             return None
         warm = True
-        if limit is not None and limit.vcpus < proposal.want:
+        if limit is not None and (limit.vcpus < proposal.want or limit.vcpus < obs.vcpus):
             n, target = obs.vcpus, max(obs.min_vcpus, limit.vcpus)
             kind = "host-full" if target >= n else "preempt" if limit.preempt else "reclaim"
             warm = not (limit.preempt and target < n)

@@ -19,6 +19,9 @@ those of VMs found gone meanwhile.
 * **Shrinks before grows**: a grow is granted only into room free now, capacity − Σ ``held`` (what each VM has,
   or is being given: an order in flight, or a grow granted at its last sample). Cores a reclaim frees count
   once the VM's samples show them; meanwhile the grow waits, deferred.
+* **A warming VM needs what it has** (``claim_of``): its rails keep it and its demand is barely known, so the
+  division counts on no cut of it; a cut of any other VM reaches its engine as a reclaim even when its policy
+  wants less still, so no rail of its own keeps cores the division gave away.
 * **A cut holds**: a VM cut below what it held gets no more than its cut (a VM that is not preemptible: no more
   than the larger of its cut and its need) until ``CUT_HOLD_S`` after the last division that still cut it, so
   the cores it lost are not regrown into the room the next second, with or without contention.
@@ -89,17 +92,22 @@ class Claim(msgspec.Struct, frozen=True):
 
 def claim_of(vm: str, proposal: Proposal, settings: VmSettings, pending: int | None, *, pinned: bool = False) -> Claim:
     """The claim of ``vm`` after ``proposal``. ``pinned``: the VM will not be resized whatever it wants (paused,
-    or its rule only recommends), so it claims what it has."""
+    or its rule only recommends), so it claims what it has. A VM in its warm-up needs what it has: its demand is
+    not known yet (its need would be an underestimate, and a cut on it is undone by the first burst), and its
+    rails keep it anyway; only a higher priority may take it if it is preemptible."""
     obs = proposal.obs
     n = obs.vcpus
     if pinned:
         return Claim(vm, n, n, n, n, pending, interval_s=obs.interval_s, time=obs.time)
+    need, want = proposal.need, proposal.want
+    if proposal.warming:
+        need, want = max(need, n), max(want, n)
     return Claim(
         vm,
         n,
         obs.min_vcpus,
-        proposal.need,
-        proposal.want,
+        need,
+        want,
         pending,
         settings.priority,
         settings.weight,
@@ -238,6 +246,7 @@ class HostPlanner:
                 if want <= held:
                     return Answer(None, gone)
                 return Answer(Limit(held, "host full: its share comes with the next plan", claim.preemptible), gone)
+        share = cap  # the division's cap (None: not divided)
         back: int | None = None
         if vm.cut is not None:
             if now >= vm.cut_until:
@@ -261,6 +270,12 @@ class HostPlanner:
             vm.cut = allowed if vm.cut is None or now >= vm.cut_until or allowed < vm.cut else vm.cut
             vm.cut_until = now + self.cut_hold_s
         if allowed >= want:
+            if share is not None and share < held:
+                # The division gave cores the VM holds to another claim, and its policy would give them back anyway:
+                # a cut all the same, so that no rail of its own keeps them from the claim they were divided to.
+                reason = self._why(claim, held, allowed, share)
+                limit = Limit(allowed, reason, claim.preemptible)
+                return Answer(limit, gone + self._track(vm, held, allowed, reason, now))
             if vm.deferred is None and not gone:
                 return FREE
             return Answer(None, gone + self._track(vm, held, allowed, "", now))

@@ -256,3 +256,53 @@ def test_the_division_does_not_cut_a_vm_for_its_own_grant_that_a_host_view_count
     host.claim(Claim("b", 4, 1, 5, 5, time=1.0), 1.0)
     assert host.contended
     assert host.claim(Claim("a", 4, 1, 4, 4, preemptible=True, time=1.0), 1.0).limit is None
+
+
+def test_a_vm_that_wants_less_than_its_share_is_still_cut_to_it_when_its_cores_were_divided_away() -> None:
+    """Its policy would shrink it anyway, but a rail of its own could keep the cores another claim was promised:
+    the planner says it is a cut, and to what the policy wants (one order, not two)."""
+    host = planner(16, committed=16)
+    host.claim(Claim("idle", 8, 1, 2, 8), 0.0)
+    host.claim(Claim("busy", 8, 1, 12, 12), 0.0)  # deferred: the host is divided
+    cut = host.claim(Claim("idle", 8, 1, 2, 3), 1.0).limit  # its policy now wants 3, its share is 4
+    assert cut is not None and cut.vcpus == 3
+    assert "held against a burst go to present need" in cut.reason
+
+
+def test_claim_of_a_warming_vm_needs_what_it_has() -> None:
+    """In its warm-up the rails keep a VM's vCPUs whatever its policy wants, and the demand seen so far
+    underestimates it: its claim needs what it has, so the host counts on no cut of it (a preemptible one may
+    still lose them to a higher priority: its floor is its minimum)."""
+    from services.decider.engine import Proposal
+    from services.decider.policies.base import Observation, Recommendation
+    from services.decider.pool import claim_of
+    from shared.config.rules import VmSettings
+
+    obs = Observation(time=5.0, vcpus=8, min_vcpus=1, max_vcpus=8, used_cores=1.0, interval_s=1.0)
+    rec = Recommendation(3, "cheapest size", "shrink", 2)
+    settings = VmSettings("t", None, "auto", "default", {}, None, None)
+    warming = claim_of("new", Proposal(obs, rec, warming=True), settings, None)
+    settled = claim_of("new", Proposal(obs, rec, warming=False), settings, None)
+    assert (warming.need, warming.want) == (8, 8)
+    assert (settled.need, settled.want) == (2, 3)
+    host = planner(12, committed=12)
+    host.claim(warming, 5.0)
+    busy = host.claim(Claim("busy", 4, 1, 6, 6), 5.0)
+    assert busy.limit is not None and busy.limit.vcpus == 4  # deferred: no room is promised from the new VM
+    assert host.claim(warming, 6.0).limit is None
+
+
+def test_the_engine_says_when_a_vm_is_warming() -> None:
+    from services.decider.engine import VmEngine
+    from services.decider.policies.base import Observation
+    from services.decider.registry import build_policy
+
+    engine = VmEngine(*build_policy("default", {"guard": {"warmup_s": "60"}}))
+
+    def proposal(t: float) -> bool:
+        p = engine.propose(Observation(time=t, vcpus=4, min_vcpus=1, max_vcpus=8, used_cores=1.0, interval_s=1.0))
+        assert p is not None
+        return p.warming
+
+    assert proposal(100.0) and proposal(159.0)
+    assert not proposal(160.0)
