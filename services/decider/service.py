@@ -62,6 +62,10 @@ class DeciderConfig:
     # A sample older than this (clock seconds) describes a VM that may have changed since: never act on it.
     max_sample_age_s: float = 10.0
     command_ttl_s: float = 30.0
+    # A VM with no sample for this long (clock seconds) is gone (a job that ended, a VM stopped or moved): its
+    # decision state, host claim and series are dropped. Long enough that a collector restart or a paused VM keeps
+    # its memory; a VM that comes back starts afresh, with a warm-up.
+    forget_after_s: float = 3600.0
     # VMs whose newest sample may wait at once; beyond, the longest-waiting is shed (see mailbox.py).
     intake_capacity: int = 100_000
 
@@ -184,6 +188,7 @@ class Decider:
         self._deferral_seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._publishing: set[asyncio.Task[None]] = set()
+        self._next_sweep = float("-inf")
         self.pauses: PauseWatch | None = None
         # The modes, chosen once.
         orders = Orders(config.name)
@@ -257,7 +262,7 @@ class Decider:
         return plan
 
     def forget(self, key: tuple[str, str]) -> None:
-        """Drop a VM handed over to another decider: its engine, its claim on its host and its rule's series."""
+        """Drop a VM handed over to another decider, or gone: its engine, its host claim and its rule's series."""
         self.engines.pop(key, None)
         planner = self.planners.get(key[0])
         if planner is not None:
@@ -267,6 +272,16 @@ class Decider:
             s = plan.settings
             with contextlib.suppress(KeyError):
                 self.metrics.vm_rule.remove(*key, s.rule, s.autoscale, s.policy)
+
+    def forget_departed(self, now: float) -> list[tuple[str, str]]:
+        """Forget the VMs not sampled for ``forget_after_s`` (checked every tenth of it, as samples come)."""
+        horizon = now - self.config.forget_after_s
+        gone = [key for key, engine in self.engines.items() if engine.last_time < horizon]
+        for key in gone:
+            self.forget(key)
+        if gone:
+            log.info("forgot %d VMs not sampled for %.0f s: %s", len(gone), self.config.forget_after_s, gone[:10])
+        return gone
 
     def use_rules(self, rules: RuleBook) -> str:
         """Take new rules (a SIGHUP reload): each VM keeps its engine, and with it its decision state, under its
@@ -306,6 +321,9 @@ class Decider:
             self.metrics.dropped.labels(self.metrics.service, "metric", "stale").inc()
             log.debug("stale sample for %s (%.1f s old)", sample.vm, now - sample.time)
             return None
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.config.forget_after_s / 10
+            self.forget_departed(now)
         plan = self.plan(sample.host, sample.vm)
         if plan.settings.autoscale == "off":
             return None  # its rule leaves it alone: no state, no proposal, no command

@@ -199,3 +199,21 @@ async def test_a_host_full_result_teaches_the_hosts_capacity() -> None:
     assert h.decider.planners["h"].view.capacity == 3
     h.sample("b", 1, 1.0, 2.0)  # a VM the actuator counted in its 3: wants 2, and 2 + 2 > 3
     assert h.decider.planners["h"].deferred() == 1
+
+
+async def test_a_vm_not_sampled_for_an_hour_is_forgotten_with_its_claim_and_series() -> None:
+    """Jobs end and VMs move: a VM the collector no longer samples leaves the decider's state, its host's plan and
+    the VM gauge, instead of piling up for the decider's lifetime."""
+    h = Harness()
+    h.host(capacity=8, committed=4)
+    h.sample("ended", 2, 0.5, 1.0)
+    h.sample("running", 2, 0.5, 1.0)
+    assert set(h.decider.engines) == {("h", "ended"), ("h", "running")}
+    for t in range(2, 3600, 60):
+        h.sample("running", 2, 0.5, float(t))
+    assert ("h", "ended") in h.decider.engines  # not an hour yet
+    for t in range(3600, 3600 + 400, 60):
+        h.sample("running", 2, 0.5, float(t))
+    assert set(h.decider.engines) == {("h", "running")}
+    assert "ended" not in h.decider.planners["h"].vms
+    assert h.decider.metrics.registry.get_sample_value("hotplug_decider_vms") == 1
