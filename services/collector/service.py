@@ -4,6 +4,8 @@ source reads its host, one HostState (capacity under the config's ``[[host]]`` r
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import time
 from collections.abc import Sequence
@@ -56,6 +58,7 @@ class CollectorMetrics(ServiceMetrics):
             ["host", "vm"],
             registry=self.registry,
         )
+        self.per_vm = (self.online, self.used, self.pressure)
         self.host_capacity = Gauge(
             "hotplug_host_capacity_vcpus",
             "vCPUs the host may commit: (cpus - reserve_cpus) x overcommit, floored ([[host]] rules)",
@@ -111,6 +114,12 @@ class CollectorMetrics(ServiceMetrics):
             self.host_wait,
         ):
             gauge.labels(host)
+
+    def forget_vm(self, host: str, vm: str) -> None:
+        """End the series of a VM the source no longer reports."""
+        for gauge in self.per_vm:
+            with contextlib.suppress(KeyError):
+                gauge.remove(host, vm)
 
 
 class Collector:
@@ -183,6 +192,7 @@ class Collector:
             used += sample.cpu_used_cores
         for gone in set(self._previous) - seen:
             del self._previous[gone]
+            self.metrics.forget_vm(self.ctx.host, gone)  # a job that ended, a VM stopped: its series end too
         self.metrics.published.inc(published)
         await self.publish_host(used if published or not readings else None)  # None: no interval yet
         self.metrics.sampling.observe(time.perf_counter() - started)

@@ -189,6 +189,24 @@ async def test_a_vm_that_vanishes_is_no_longer_published_and_on_return_starts_fr
     assert times(everything, WEB, 8) == [2, 3, 4, 5, 6, 7, 8]
 
 
+async def test_the_series_of_a_vm_the_source_no_longer_reports_end(nc: Client, start_collector: Start) -> None:
+    """A job that ended or a VM stopped leaves no gauge behind showing its last vCPUs and load for ever."""
+    everything = await watch(nc)
+    collector, _ = await start_collector(lambda n: [web(n), db(n)] if n <= 3 else [web(n)])
+    await past_read(everything, 6)
+
+    def series(vm: str) -> set[str]:
+        return {
+            s.name
+            for family in collector.ctx.metrics.registry.collect()
+            for s in family.samples
+            if s.labels.get("vm") == vm
+        }
+
+    assert series(DB) == set()
+    assert series(WEB) >= {"hotplug_vm_online_vcpus", "hotplug_vm_cpu_used_cores", "hotplug_vm_pressure_cores"}
+
+
 class HostSource(FakeSource):
     """A fake source that also reads its host: 8 CPUs, web's 2 vCPUs and db's 1 plus an unsampled VM's 3 (a VM
     the collector leaves alone still holds its vCPUs), one vCPU's worth of host wait a second, two jobs waiting;
