@@ -5,7 +5,6 @@ source reads its host, one HostState (capacity under the config's ``[[host]]`` r
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import time
 from collections.abc import Sequence
