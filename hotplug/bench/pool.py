@@ -206,7 +206,8 @@ def render_table(report: dict[str, Any]) -> str:
         rate = report["rates_per_hour"][label]
         for setup, scores in rows.items():
             cells = " | ".join(fmt.format(scores[key]) for key, _, fmt in COLUMNS)
-            lines.append(f"| {label} ({rate:g}/h) | {setup} | {cells} |")
+            named = label if label.startswith("rate ") else f"{label} ({rate:g}/h)"
+            lines.append(f"| {named} | {setup} | {cells} |")
     if report["targets"]:
         lines.append("")
         lines += [f"- {'met' if ok else 'MISSED'}: {name}" for name, ok in report["targets"].items()]
