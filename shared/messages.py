@@ -45,7 +45,13 @@ Timestamp = Annotated[float, msgspec.Meta(ge=0, description="POSIX seconds on th
 VcpuCount = Annotated[int, msgspec.Meta(ge=0, le=1024)]
 Cores = Annotated[float, msgspec.Meta(ge=0, le=4096, description="CPU in cores (1.0 = one busy vCPU)")]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
-ShortText = Annotated[str, msgspec.Meta(max_length=1024)]
+MAX_TEXT = 1024  # the longest reason or error a message carries
+ShortText = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+
+
+def short_text(text: str) -> str:
+    """``text`` cut to what a ``ShortText`` field takes: a long reason or error is kept in part, never refused."""
+    return text[:MAX_TEXT]
 
 
 class ErrorCode(StrEnum):

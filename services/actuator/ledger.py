@@ -34,7 +34,7 @@ from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, not_
 from services.actuator.drivers.base import VmView
 from services.actuator.reservations import Grant, Reservations
 from services.actuator.retry import Backoff, retry_after
-from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult, short_text
 
 # How long an answered command's id is kept in memory. A command stamped earlier than this (less a margin for
 # clock skew between decider and actuator) is looked up in the event log instead.
@@ -260,7 +260,7 @@ class Ledger(Generic[H]):
             duration_s=0.0,
             actuator=self.rules.actuator,
             error_code=refusal.code,
-            error=refusal.message[:1024],
+            error=short_text(refusal.message),
             sample_time=command.sample_time,
             retry_after=self._retry_after(command.vm, refusal, now),
             rate_limit_changes=self.rules.max_changes,
@@ -294,7 +294,7 @@ class Ledger(Generic[H]):
             duration_s=duration_s,
             actuator=self.rules.actuator,
             error_code=failure.code if failure else None,
-            error=failure.message[:1024] if failure else None,
+            error=short_text(failure.message) if failure else None,
             sample_time=command.sample_time,
             allowed_min_vcpus=sizes[0] if sizes else None,
             allowed_max_vcpus=sizes[1] if sizes else None,

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from services.decider.engine import Decision, VmEngine
 from services.decider.lease import LEASE_BUCKET, Lease
 from shared import bus
-from shared.messages import MetricSample, ScaleCommand
+from shared.messages import MetricSample, ScaleCommand, short_text
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Orders:
             target_vcpus=target,
             seen_vcpus=sample.online_vcpus,
             decider=self.decider,
-            reason=reason[:1024],
+            reason=short_text(reason),
             expires_at=expires_at,
             sample_time=sample.time,
         )

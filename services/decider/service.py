@@ -35,7 +35,16 @@ from shared import bus, subjects, topology
 from shared.codec import encode
 from shared.errors import UsageError
 from shared.inbox import Inbox
-from shared.messages import Deferral, ErrorCode, HostState, MetricSample, PauseEvent, ScaleCommand, ScaleResult
+from shared.messages import (
+    Deferral,
+    ErrorCode,
+    HostState,
+    MetricSample,
+    PauseEvent,
+    ScaleCommand,
+    ScaleResult,
+    short_text,
+)
 from shared.pause_bucket import PauseWatch
 from shared.pauses import describe
 from shared.runtime import ServiceContext
@@ -400,7 +409,7 @@ class Decider:
                 granted_vcpus=event.granted,
                 since=max(0.0, event.since),
                 priority=event.priority,
-                reason=event.reason[:1024],
+                reason=short_text(event.reason),
             )
             task = asyncio.ensure_future(self._store(deferral, f"{self._deferral_ids}-{self._deferral_seq}"))
             self._publishing.add(task)

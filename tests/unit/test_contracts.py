@@ -161,3 +161,25 @@ def test_results_say_when_to_ask_again_and_the_actuators_rate_limit_in_their_sch
         }
     ).encode()
     assert Decoder(ScaleResult).decode(old).retry_after is None
+
+
+def test_a_long_reason_is_cut_to_what_the_message_takes_never_refused() -> None:
+    from shared.messages import MAX_TEXT, short_text
+
+    long = "host full: " + "x" * 5000
+    assert short_text(long) == long[:MAX_TEXT]
+    assert short_text("ok") == "ok"
+    result = ScaleResult(
+        command_id="c",
+        time=1.0,
+        host="h",
+        vm="v",
+        ok=False,
+        vcpus_before=1,
+        vcpus_after=1,
+        target_vcpus=2,
+        duration_s=0.0,
+        actuator="a",
+        error=short_text(long),
+    )
+    assert msgspec.json.decode(msgspec.json.encode(result), type=ScaleResult).error == long[:MAX_TEXT]
