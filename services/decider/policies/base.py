@@ -56,13 +56,19 @@ class Policy(Protocol[S]):
     def recommend(self, state: S, obs: Observation) -> Recommendation: ...
 
 
+# The rails of a policy that holds its own calm: no cooldowns and no step limit of the rails' own, which would only
+# delay what its windows and hysteresis already decided.
+OWN_CALM: dict[str, float] = {"up_cooldown_s": 0.0, "down_cooldown_s": 0.0, "max_step_down": 1024}
+
+
 class PolicyBase(Generic[P, S]):
     """Convenience base: holds validated params; subclasses set ``name``, ``params_type`` and ``state_type``."""
 
     name: ClassVar[str]
     params_type: ClassVar[type[Params]]
     state_type: ClassVar[type[msgspec.Struct]]
-    # Guard-rail defaults that suit this rule (see guard.GuardRails); users may override each.
+    # Guard-rail defaults that suit this rule (see guard.GuardRails); users may override each. A rule that holds its
+    # own calm (a stabilisation window, hysteresis) takes OWN_CALM.
     default_rails: ClassVar[dict[str, float]] = {}
 
     def __init__(self, params: P) -> None:

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import msgspec
 
-from services.decider.policies.base import Observation, Params, PolicyBase, Recommendation
+from services.decider.policies.base import OWN_CALM, Observation, Params, PolicyBase, Recommendation
 
 
 class FusdParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -34,7 +34,7 @@ class FusdPolicy(PolicyBase[FusdParams, FusdState]):
     name = "fusd"
     params_type = FusdParams
     state_type = FusdState
-    default_rails = {"up_cooldown_s": 0.0, "down_cooldown_s": 0.0, "max_step_down": 1024}
+    default_rails = OWN_CALM
 
     def recommend(self, state: FusdState, obs: Observation) -> Recommendation:
         p = self.params
