@@ -74,10 +74,6 @@ def refusals(results: Iterable[ScaleResult]) -> dict[str, int]:
     return dict(Counter(r.error_code.value if r.error_code else "unknown" for r in results if not r.ok))
 
 
-def changes_per_vm(changes: Iterable[Change]) -> dict[tuple[str, str], int]:
-    return dict(Counter((c.host, c.vm) for c in changes))
-
-
 def _pct(part: float, whole: float) -> float:
     return 100 * part / whole if whole else 0.0
 

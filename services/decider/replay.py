@@ -92,10 +92,6 @@ class Tally:
         self.steps += len(allocations)
         self.vm_seconds += len(allocations) * dt
 
-    def merge(self, other: Tally) -> None:
-        for key, value in vars(other).items():
-            setattr(self, key, getattr(self, key) + value)
-
     def scores(self) -> dict[str, float]:
         return {
             "alloc_core_hours": self.alloc_core_s / 3600,

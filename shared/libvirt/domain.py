@@ -22,15 +22,11 @@ RUNTIME_PREFIX = "hotplugrun"
 
 # libvirt error codes and domains used here (libvirt's virerror.h; stable ABI numbers).
 ERR_INVALID_ARG = 8
-ERR_OPERATION_DENIED = 29
 ERR_SYSTEM_ERROR = 38
 ERR_NO_DOMAIN = 42
 ERR_OPERATION_INVALID = 55
 ERR_OPERATION_TIMEOUT = 68
-ERR_NO_DOMAIN_METADATA = 80
 ERR_OPERATION_UNSUPPORTED = 84
-FROM_RPC = 7
-FROM_REMOTE = 13
 
 
 @dataclass(frozen=True)
