@@ -119,10 +119,17 @@ TIERS = ("unit", "component", "system")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test carries its tier's marker (its folder), and the system tier is slow: ``-m "not slow"`` skips it."""
+    """Each test carries its tier's marker (its folder), and the system tier is slow: ``-m "not slow"`` skips it.
+
+    Under pytest-xdist (``-n``, as bin/test runs) the system tier is handed out first: its tests are the long ones
+    (minutes of real guests and whole-trace sweeps), and started last they would keep one worker busy while the
+    others sit idle. The order within each tier, and so each module's tests, stays as collected."""
     for item in items:
         tier = item.path.parent.name
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
         if tier == "system":
             item.add_marker(pytest.mark.slow)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # every worker collects, and must collect the same order: a stable sort on the tier alone
+        items.sort(key=lambda item: TIERS[::-1].index(item.path.parent.name) if item.path.parent.name in TIERS else 3)
