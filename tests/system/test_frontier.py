@@ -14,6 +14,10 @@ from tests.conftest import REPO
 
 TRACES = REPO.parent / "shared" / "traces"
 
+# Each sweep keeps every core busy (a process pool of os.cpu_count()): under `-n` (bin/test) the two run on one
+# worker, one after the other, rather than halving each other's CPU for twice as long.
+pytestmark = pytest.mark.xdist_group("frontier")
+
 
 def _require_traces() -> None:
     import os

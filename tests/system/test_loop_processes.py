@@ -22,6 +22,10 @@ from tests.conftest import ServiceProcess, eventually, metric
 
 SPEED = "4"
 
+# The module's tests share one loop (the module-scoped fixture below); under `-n` (bin/test) they run on one worker,
+# in order, so it is started once and not once per worker.
+pytestmark = pytest.mark.xdist_group("loop-processes")
+
 
 @dataclass
 class Loop:

@@ -28,7 +28,10 @@ from shared.qemu.image import GuestImage, ImageError, ensure_image
 from shared.qemu.vm import QemuVm, connect_qmp, parse_stat
 from tests.conftest import GUEST_LOOP_DECIDER, roomy_host_config
 
-pytestmark = pytest.mark.external  # needs a tool from the OS (see require_tool)
+# external: needs a tool from the OS (see require_tool). xdist_group "guests": under `-n` (bin/test) every real-guest
+# test (QEMU and libvirt) runs on one worker, one after another: TCG guests are CPU-bound, libvirt's domains and
+# its daemon (which one test restarts) are shared by the whole machine, and this module's fixtures are made once.
+pytestmark = [pytest.mark.external, pytest.mark.xdist_group("guests")]
 
 
 @pytest.fixture(scope="module")
