@@ -30,10 +30,10 @@ from shared.broker import EmbeddedBroker
 from shared.messages import ErrorCode, ScaleResult
 from tests.conftest import GUEST_LOOP_DECIDER, REPO, eventually, roomy_host_config
 
-# external: needs a tool from the OS (see require_tool). xdist_group "guests": under `-n` (bin/test) every real-guest
-# test (QEMU and libvirt) runs on one worker, one after another: TCG guests are CPU-bound, libvirt's domains and
-# its daemon (which one test restarts) are shared by the whole machine, and this module's fixtures are made once.
-pytestmark = [pytest.mark.external, pytest.mark.xdist_group("guests")]
+# external: needs a tool from the OS (see require_tool). xdist_group "libvirt": under `-n` (bin/test) these tests
+# run on one worker, one after another: libvirtd and its domains are the whole machine's (one test restarts the
+# daemon, another counts every running domain's vCPUs), and this module's fixtures are made once.
+pytestmark = [pytest.mark.external, pytest.mark.xdist_group("libvirt")]
 
 URI = os.environ.get("HOTPLUG_LIBVIRT_URI", "qemu:///system")
 DAEMONS = REPO / ".ci" / "libvirt-daemons"
@@ -331,13 +331,22 @@ async def test_the_collector_reads_a_busy_guests_vcpu_time_and_its_run_queue(gue
     guests.channel(name).send("busy 2")  # two loops on one vCPU: one of them waits
     registry = CollectorRegistry()
     source = LibvirtSource(Clock(), URI, domains=[name], registry=registry)
-    try:
-        await asyncio.sleep(1.5)
+    windows: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    async def a_busy_window() -> bool:
+        """A 2.5-s window of readings in which the loops run; on a loaded machine a window may find them starved."""
         first = {r.vm: r for r in await source.read()}
         await asyncio.sleep(2.5)
         second = {r.vm: r for r in await source.read()}
+        windows.append((first, second))
+        s = sample_from(first[name], second[name], "h", source.name) if name in first and name in second else None
+        return s is not None and s.cpu_used_cores > 0.5 and (s.pressure_cores or 0) > 0.3
+
+    try:
+        await eventually(a_busy_window, timeout=90, interval=0, what="a window with the guest's loops running")
     finally:
         await source.close()
+    first, second = windows[-1]
     assert set(second) == {name}  # only the selected domain
     sample = sample_from(first[name], second[name], "h", source.name)
     assert sample is not None

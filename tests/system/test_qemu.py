@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from hotplug.harness.poll import wait_until
+from hotplug.harness.poll import eventually, wait_until
 from hotplug.harness.processes import OutputProcess, run_hotplug
 from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.qemu import QemuDriver
 from services.collector.rates import sample_from
+from services.collector.sources.base import Reading
 from services.collector.sources.qemu import QemuSource
 from shared.clock import Clock
 from shared.messages import ErrorCode
@@ -28,10 +29,10 @@ from shared.qemu.image import GuestImage, ImageError, ensure_image
 from shared.qemu.vm import QemuVm, connect_qmp, parse_stat
 from tests.conftest import GUEST_LOOP_DECIDER, roomy_host_config
 
-# external: needs a tool from the OS (see require_tool). xdist_group "guests": under `-n` (bin/test) every real-guest
-# test (QEMU and libvirt) runs on one worker, one after another: TCG guests are CPU-bound, libvirt's domains and
-# its daemon (which one test restarts) are shared by the whole machine, and this module's fixtures are made once.
-pytestmark = [pytest.mark.external, pytest.mark.xdist_group("guests")]
+# external: needs a tool from the OS (see require_tool). xdist_group "qemu": under `-n` (bin/test) this module's
+# guests run on one worker, one after another (each boots a CPU-bound TCG guest; the image fixture is made once),
+# beside the libvirt group's.
+pytestmark = [pytest.mark.external, pytest.mark.xdist_group("qemu")]
 
 
 @pytest.fixture(scope="module")
@@ -170,10 +171,19 @@ async def test_source_measures_vcpu_threads_and_guest_run_queue(image: GuestImag
     vm = await asyncio.to_thread(QemuVm.start, "g3", image, max_vcpus=2, vcpus=1, root=root)
     vm.send("busy 2")  # two loops on one vCPU: one waits
     source = QemuSource(Clock(), root)
-    await asyncio.sleep(1.5)
-    first = {r.vm: r for r in await source.read()}
-    await asyncio.sleep(2.5)
-    second = {r.vm: r for r in await source.read()}
+    windows: list[tuple[dict[str, Reading], dict[str, Reading]]] = []
+
+    async def a_busy_window() -> bool:
+        """A 2.5-s window of readings in which the loops run; on a loaded machine a window may find them starved."""
+        first = {r.vm: r for r in await source.read()}
+        await asyncio.sleep(2.5)
+        second = {r.vm: r for r in await source.read()}
+        windows.append((first, second))
+        s = sample_from(first["g3"], second["g3"], "h", source.name) if "g3" in first and "g3" in second else None
+        return s is not None and s.cpu_used_cores > 0.5 and (s.pressure_cores or 0) > 0.3
+
+    await eventually(a_busy_window, timeout=90, interval=0, what="a window with the guest's loops running")
+    first, second = windows[-1]
     sample = sample_from(first["g3"], second["g3"], "h", source.name)
     assert sample is not None
     assert sample.online_vcpus == 1
