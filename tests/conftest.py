@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from nats.aio.client import Client
@@ -20,6 +21,10 @@ from hotplug.harness.scrape import metric, scrape
 from shared import bus
 from shared.broker import EmbeddedBroker, free_port
 from tests.vbox_fixtures import STANDIN, VBoxHome
+
+if TYPE_CHECKING:
+    from xdist.remote import Producer
+    from xdist.scheduler.protocol import Scheduling
 
 # The harness's, named here for the tests that import them from the fixtures' module.
 __all__ = ["REPO", "ServiceProcess", "eventually", "metric", "scrape"]
@@ -116,6 +121,37 @@ def vbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[VBoxHome]:
 
 
 TIERS = ("unit", "component", "system")
+
+# pytest-xdist (`-n`, pyproject's addopts) runs each group on one worker, its tests one after another in collection
+# order; a test of no group goes to any worker. Groups are named here, by module: xdist's own `xdist_group` mark does
+# not work with pytest 9.2 (xdist 3.8 renames an item by setting `_nodeid`, which pytest 9.2 no longer reads).
+XDIST_GROUPS = {
+    # libvirtd and its domains are the machine's: one test restarts the daemon, another counts every running
+    # domain's vCPUs against a capacity; two of its tests at once would see each other's guests
+    "tests/system/test_libvirt_guests.py": "libvirt",
+    # each test boots a CPU-bound TCG guest; one at a time here, beside the libvirt group's
+    "tests/system/test_qemu.py": "qemu",
+    # each sweep keeps every core busy (a process pool of os.cpu_count()): one after the other, rather than halving
+    # each other's CPU for twice as long (and each within its hang guard)
+    "tests/system/test_frontier.py": "frontier",
+    # the tests share one running loop (a module-scoped fixture): started once, not once per worker
+    "tests/system/test_loop_processes.py": "loop-processes",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> Scheduling | None:
+    """With ``--dist loadgroup``, xdist's group scheduler with the groups of ``XDIST_GROUPS``."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ModuleGroupScheduling(LoadGroupScheduling):  # type: ignore[misc]  # xdist ships no types
+        def _split_scope(self, nodeid: str) -> str:
+            group = XDIST_GROUPS.get(nodeid.split("::", 1)[0])
+            return group if group is not None else super()._split_scope(nodeid)
+
+    return ModuleGroupScheduling(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

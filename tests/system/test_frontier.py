@@ -14,9 +14,7 @@ from tests.conftest import REPO
 
 TRACES = REPO.parent / "shared" / "traces"
 
-# Each sweep keeps every core busy (a process pool of os.cpu_count()): under `-n` (bin/test) the two run on one
-# worker, one after the other, rather than halving each other's CPU for twice as long.
-pytestmark = pytest.mark.xdist_group("frontier")
+# Under `-n` (bin/test) this module is xdist group "frontier": see XDIST_GROUPS in tests/conftest.py.
 
 
 def _require_traces() -> None:

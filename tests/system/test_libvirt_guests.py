@@ -30,10 +30,8 @@ from shared.broker import EmbeddedBroker
 from shared.messages import ErrorCode, ScaleResult
 from tests.conftest import GUEST_LOOP_DECIDER, REPO, eventually, roomy_host_config
 
-# external: needs a tool from the OS (see require_tool). xdist_group "libvirt": under `-n` (bin/test) these tests
-# run on one worker, one after another: libvirtd and its domains are the whole machine's (one test restarts the
-# daemon, another counts every running domain's vCPUs), and this module's fixtures are made once.
-pytestmark = [pytest.mark.external, pytest.mark.xdist_group("libvirt")]
+pytestmark = pytest.mark.external  # needs a tool from the OS (see require_tool)
+# Under `-n` (bin/test) this module is xdist group "libvirt": see XDIST_GROUPS in tests/conftest.py.
 
 URI = os.environ.get("HOTPLUG_LIBVIRT_URI", "qemu:///system")
 DAEMONS = REPO / ".ci" / "libvirt-daemons"

@@ -22,9 +22,7 @@ from tests.conftest import ServiceProcess, eventually, metric
 
 SPEED = "4"
 
-# The module's tests share one loop (the module-scoped fixture below); under `-n` (bin/test) they run on one worker,
-# in order, so it is started once and not once per worker.
-pytestmark = pytest.mark.xdist_group("loop-processes")
+# Under `-n` (bin/test) this module is xdist group "loop-processes": see XDIST_GROUPS in tests/conftest.py.
 
 
 @dataclass

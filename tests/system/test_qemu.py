@@ -29,10 +29,8 @@ from shared.qemu.image import GuestImage, ImageError, ensure_image
 from shared.qemu.vm import QemuVm, connect_qmp, parse_stat
 from tests.conftest import GUEST_LOOP_DECIDER, roomy_host_config
 
-# external: needs a tool from the OS (see require_tool). xdist_group "qemu": under `-n` (bin/test) this module's
-# guests run on one worker, one after another (each boots a CPU-bound TCG guest; the image fixture is made once),
-# beside the libvirt group's.
-pytestmark = [pytest.mark.external, pytest.mark.xdist_group("qemu")]
+pytestmark = pytest.mark.external  # needs a tool from the OS (see require_tool)
+# Under `-n` (bin/test) this module is xdist group "qemu": see XDIST_GROUPS in tests/conftest.py.
 
 
 @pytest.fixture(scope="module")
