@@ -126,11 +126,12 @@ TIERS = ("unit", "component", "system")
 # order; a test of no group goes to any worker. Groups are named here, by module: xdist's own `xdist_group` mark does
 # not work with pytest 9.2 (xdist 3.8 renames an item by setting `_nodeid`, which pytest 9.2 no longer reads).
 XDIST_GROUPS = {
-    # libvirtd and its domains are the machine's: one test restarts the daemon, another counts every running
-    # domain's vCPUs against a capacity; two of its tests at once would see each other's guests
-    "tests/system/test_libvirt_guests.py": "libvirt",
-    # each test boots a CPU-bound TCG guest; one at a time here, beside the libvirt group's
-    "tests/system/test_qemu.py": "qemu",
+    # Real guests, one test at a time. libvirtd and its domains are the machine's: one test restarts the daemon,
+    # another counts every running domain's vCPUs against a capacity. Each guest is CPU-bound TCG, and the whole
+    # loops need a busy guest to get its cores: with QEMU's and libvirt's loops side by side (two groups) neither
+    # guest got enough on 2 loaded cores to be grown to 3 vCPUs.
+    "tests/system/test_libvirt_guests.py": "guests",
+    "tests/system/test_qemu.py": "guests",
     # each sweep keeps every core busy (a process pool of os.cpu_count()): one after the other, rather than halving
     # each other's CPU for twice as long (and each within its hang guard)
     "tests/system/test_frontier.py": "frontier",
