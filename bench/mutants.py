@@ -267,7 +267,9 @@ class Runner:
     def pytest(self, tests: list[str]) -> tuple[str, str]:
         """(status, first failure): passed, failed or timeout."""
         shutil.rmtree(self.tree / ".hypothesis", ignore_errors=True)  # no examples carried between mutants
-        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests]
+        # -n 0: in one process, as before pyproject's addopts asked for xdist workers (-x stops at the first failure)
+        command = [sys.executable, "-m", "pytest", "-n", "0", "-x", "-q", "-p", "no:cacheprovider"]
+        command += ["--hypothesis-seed=0", *tests]
         try:
             done = subprocess.run(
                 command, cwd=self.tree, env=self.env, capture_output=True, text=True, timeout=self.timeout, check=False

@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from nats.aio.client import Client
@@ -20,6 +21,10 @@ from hotplug.harness.scrape import metric, scrape
 from shared import bus
 from shared.broker import EmbeddedBroker, free_port
 from tests.vbox_fixtures import STANDIN, VBoxHome
+
+if TYPE_CHECKING:
+    from xdist.remote import Producer
+    from xdist.scheduler.protocol import Scheduling
 
 # The harness's, named here for the tests that import them from the fixtures' module.
 __all__ = ["REPO", "ServiceProcess", "eventually", "metric", "scrape"]
@@ -117,12 +122,51 @@ def vbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[VBoxHome]:
 
 TIERS = ("unit", "component", "system")
 
+# pytest-xdist (`-n`, pyproject's addopts) runs each group on one worker, its tests one after another in collection
+# order; a test of no group goes to any worker. Groups are named here, by module: xdist's own `xdist_group` mark does
+# not work with pytest 9.2 (xdist 3.8 renames an item by setting `_nodeid`, which pytest 9.2 no longer reads).
+XDIST_GROUPS = {
+    # Real guests, one test at a time. libvirtd and its domains are the machine's: one test restarts the daemon,
+    # another counts every running domain's vCPUs against a capacity. Each guest is CPU-bound TCG, and the whole
+    # loops need a busy guest to get its cores: with QEMU's and libvirt's loops side by side (two groups) neither
+    # guest got enough on 2 loaded cores to be grown to 3 vCPUs.
+    "tests/system/test_libvirt_guests.py": "guests",
+    "tests/system/test_qemu.py": "guests",
+    # each sweep keeps every core busy (a process pool of os.cpu_count()): one after the other, rather than halving
+    # each other's CPU for twice as long (and each within its hang guard)
+    "tests/system/test_frontier.py": "frontier",
+    # the tests share one running loop (a module-scoped fixture): started once, not once per worker
+    "tests/system/test_loop_processes.py": "loop-processes",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> Scheduling | None:
+    """With ``--dist loadgroup``, xdist's group scheduler with the groups of ``XDIST_GROUPS``."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ModuleGroupScheduling(LoadGroupScheduling):  # type: ignore[misc]  # xdist ships no types
+        def _split_scope(self, nodeid: str) -> str:
+            group = XDIST_GROUPS.get(nodeid.split("::", 1)[0])
+            return group if group is not None else super()._split_scope(nodeid)
+
+    return ModuleGroupScheduling(config, log)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test carries its tier's marker (its folder), and the system tier is slow: ``-m "not slow"`` skips it."""
+    """Each test carries its tier's marker (its folder), and the system tier is slow: ``-m "not slow"`` skips it.
+
+    Under pytest-xdist (``-n``, as bin/test runs) the system tier is handed out first: its tests are the long ones
+    (minutes of real guests and whole-trace sweeps), and started last they would keep one worker busy while the
+    others sit idle. The order within each tier, and so each module's tests, stays as collected."""
     for item in items:
         tier = item.path.parent.name
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
         if tier == "system":
             item.add_marker(pytest.mark.slow)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # every worker collects, and must collect the same order: a stable sort on the tier alone
+        items.sort(key=lambda item: TIERS[::-1].index(item.path.parent.name) if item.path.parent.name in TIERS else 3)

@@ -14,6 +14,8 @@ from tests.conftest import REPO
 
 TRACES = REPO.parent / "shared" / "traces"
 
+# Under `-n` (bin/test) this module is xdist group "frontier": see XDIST_GROUPS in tests/conftest.py.
+
 
 def _require_traces() -> None:
     import os

@@ -22,6 +22,8 @@ from tests.conftest import ServiceProcess, eventually, metric
 
 SPEED = "4"
 
+# Under `-n` (bin/test) this module is xdist group "loop-processes": see XDIST_GROUPS in tests/conftest.py.
+
 
 @dataclass
 class Loop:
