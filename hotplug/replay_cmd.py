@@ -88,8 +88,13 @@ def replay_table(
 
 
 def sweep(
-    series: list[VmSeries], names: list[str], params: dict[str, dict[str, str]], pressure: bool
+    series: list[VmSeries],
+    names: list[str],
+    params: dict[str, dict[str, str]],
+    pressure: bool,
+    workers: int | None = None,
 ) -> dict[str, list[tuple[float, dict[str, float]]]]:
+    """Each policy along its trade-off knob (``SWEEPS``), in ``workers`` processes (None: one per CPU)."""
     jobs = []
     for name in names:
         key, values = SWEEPS[name]
@@ -97,7 +102,7 @@ def sweep(
             p = scoped(params, name)
             p = {**p, name: {**p.get(name, {}), key: repr(value)}}
             jobs.append(Job(f"{name}:{value!r}", name, p, pressure))
-    scores = run_jobs(series, jobs)
+    scores = run_jobs(series, jobs, workers)
     out: dict[str, list[tuple[float, dict[str, float]]]] = {}
     for job in jobs:
         out.setdefault(job.policy, []).append((float(job.label.split(":", 1)[1]), scores[job.label]))
@@ -105,10 +110,15 @@ def sweep(
 
 
 def frontier_report(
-    series: list[VmSeries], names: list[str], params: dict[str, dict[str, str]], pressure: bool, levels: list[float]
+    series: list[VmSeries],
+    names: list[str],
+    params: dict[str, dict[str, str]],
+    pressure: bool,
+    levels: list[float],
+    workers: int | None = None,
 ) -> dict[str, object]:
     """Each policy's sweep, and from it the cost (× oracle) it reaches at each level of unmet demand."""
-    sweeps = sweep(series, names, params, pressure)
+    sweeps = sweep(series, names, params, pressure, workers)
     policies: dict[str, object] = {}
     for name, points in sweeps.items():
         pairs = [(scores["unmet_pct"], scores["ratio_to_oracle"]) for _, scores in points]

@@ -132,8 +132,10 @@ XDIST_GROUPS = {
     # guest got enough on 2 loaded cores to be grown to 3 vCPUs.
     "tests/system/test_libvirt_guests.py": "guests",
     "tests/system/test_qemu.py": "guests",
-    # each sweep keeps every core busy (a process pool of os.cpu_count()): one after the other, rather than halving
-    # each other's CPU for twice as long (and each within its hang guard)
+    # the VirtualBox stand-in's guest load is real CPU too: judged beside the guests' loops, not beside a sweep
+    "tests/system/test_virtualbox_loop.py": "guests",
+    # the two sweeps one after the other, each in one process under xdist (test_frontier.py), so that together they
+    # take one core and the guests' loops keep the other
     "tests/system/test_frontier.py": "frontier",
     # the tests share one running loop (a module-scoped fixture): started once, not once per worker
     "tests/system/test_loop_processes.py": "loop-processes",
