@@ -77,8 +77,10 @@ class Reservations:
 
     def observe(self, view: HostView, capacity: int, ticket: int) -> bool:
         """Take a host view asked for at ``ticket``, on a host of ``capacity`` vCPUs; False if it was ignored (a
-        newer view was taken already)."""
+        newer view was taken already; its capacity is taken all the same: that is today's rule, not the view's)."""
         if ticket < self._seen:
+            # A capacity lowered since the newer view (a [[host]] rule reloaded) binds the next grant at once.
+            self.capacity = capacity
             return False
         self._seen = ticket
         self.capacity, self.cpus = capacity, view.cpus

@@ -67,6 +67,18 @@ def test_a_view_older_than_one_taken_is_ignored() -> None:
     assert room.commitments() == {"a": 2, "c": 3}
 
 
+def test_an_ignored_old_view_still_brings_a_capacity_lowered_since() -> None:
+    """The capacity is today's [[host]] rule, not the view's: a grow judged after a late answer to an old view
+    request must not be granted room of the capacity before the rule was lowered (found by the hypothesis
+    property in test_ledger.py)."""
+    room = host(8, a=2, b=2)
+    old = room.ticket()
+    room.release("a", after=2)
+    assert room.observe(HostView(cpus=8, vms={"a": 2, "b": 2}), 8, room.ticket())
+    assert not room.observe(HostView(cpus=8, vms={"a": 2}), 4, old)
+    assert room.grant("b", 2, 4).size == 2  # 4 − a's 2: no room above the lowered capacity
+
+
 def test_a_release_unsure_of_the_count_keeps_the_room_until_a_newer_view() -> None:
     room = host(6, a=2, b=1)
     room.grant("a", before=2, asked=4)
