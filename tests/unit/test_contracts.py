@@ -72,8 +72,9 @@ def test_subject_token_is_one_safe_token_and_reversible(name: str) -> None:
     assert subjects.split(subjects.metrics("h1", name)) == ("metrics", "h1", name)
 
 
-def test_error_codes_decode_and_unknown_codes_do_not() -> None:
-    result = ScaleResult(
+def refused(error: str, code: ErrorCode | None = None) -> ScaleResult:
+    """A grow of v from 1 to 2 vCPUs that did not happen, for ``error``."""
+    return ScaleResult(
         command_id="c1",
         time=1.0,
         host="h",
@@ -84,9 +85,13 @@ def test_error_codes_decode_and_unknown_codes_do_not() -> None:
         target_vcpus=2,
         duration_s=0.1,
         actuator="a",
-        error_code=ErrorCode.CPU0,
-        error="x",
+        error_code=code,
+        error=error,
     )
+
+
+def test_error_codes_decode_and_unknown_codes_do_not() -> None:
+    result = refused("x", ErrorCode.CPU0)
     assert Decoder(ScaleResult).decode(encode(result)).error_code is ErrorCode.CPU0
     bad = encode(result).replace(b'"cpu0"', b'"no-such-code"')
     with pytest.raises(BadMessage):
@@ -169,17 +174,5 @@ def test_a_long_reason_is_cut_to_what_the_message_takes_never_refused() -> None:
     long = "host full: " + "x" * 5000
     assert short_text(long) == long[:MAX_TEXT]
     assert short_text("ok") == "ok"
-    result = ScaleResult(
-        command_id="c",
-        time=1.0,
-        host="h",
-        vm="v",
-        ok=False,
-        vcpus_before=1,
-        vcpus_after=1,
-        target_vcpus=2,
-        duration_s=0.0,
-        actuator="a",
-        error=short_text(long),
-    )
+    result = refused(short_text(long))
     assert msgspec.json.decode(msgspec.json.encode(result), type=ScaleResult).error == long[:MAX_TEXT]
