@@ -6,9 +6,11 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 # A condition may be plain or a coroutine function (one that scrapes metrics on a thread, for instance).
 Predicate = Callable[[], object] | Callable[[], Awaitable[object]]
+R = TypeVar("R")  # a reading
 
 
 async def _holds(predicate: Predicate) -> bool:
@@ -47,3 +49,31 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, interval_s: fl
             return False
         time.sleep(interval_s)
     return True
+
+
+async def a_window(
+    read: Callable[[], Awaitable[R]],
+    seconds: float,
+    holds: Callable[[R, R], bool],
+    timeout: float,  # noqa: ASYNC109 (bounds the polling, as eventually's)
+    what: str,
+) -> tuple[R, R]:
+    """Two readings at least ``seconds`` apart (a window a rate is measured over) for which ``holds``: windows
+    are read back to back, each from the end of the last, until one holds; an ``AssertionError`` naming ``what``
+    after ``timeout`` seconds. On a loaded machine a window may find a busy process starved: the next one is read."""
+    start, since = await read(), time.monotonic()
+    found: list[tuple[R, R]] = []
+
+    async def window_holds() -> bool:
+        nonlocal start, since
+        if time.monotonic() - since < seconds:
+            return False
+        end = await read()
+        if holds(start, end):
+            found.append((start, end))
+            return True
+        start, since = end, time.monotonic()
+        return False
+
+    await eventually(window_holds, timeout=timeout, interval=0.1, what=what)
+    return found[0]

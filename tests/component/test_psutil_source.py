@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,7 +9,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from hotplug.harness.poll import eventually
+from hotplug.harness.poll import a_window
 from services.collector.rates import sample_from
 from services.collector.sources.base import Reading
 from services.collector.sources.procs import ProcessSource, ProcessSpec, schedstat_wait_seconds
@@ -36,23 +35,20 @@ async def test_a_busy_process_reads_as_about_one_core(busy_process: subprocess.P
         ],
         Clock(),
     )
+
     # The busy loop is given a core only when the machine has one to spare: on a loaded machine (the other tests,
     # other work) a window may read less. Windows of 1 s are read until one shows it busy, within a deadline.
-    windows: list[tuple[dict[str, Reading], dict[str, Reading]]] = []
+    async def read() -> dict[str, Reading]:
+        return {r.vm: r for r in await source.read()}
 
-    async def a_busy_window() -> bool:
-        first = {r.vm: r for r in await source.read()}
-        await asyncio.sleep(1.0)
-        second = {r.vm: r for r in await source.read()}
-        windows.append((first, second))
+    def busy(first: dict[str, Reading], second: dict[str, Reading]) -> bool:
         return all(
             (s := sample_from(first[vm], second[vm], "h", source.name)) is not None and s.cpu_used_cores > 0.5
             for vm in ("busy", "byname")
             if vm in first and vm in second
         )
 
-    await eventually(a_busy_window, timeout=40, interval=0, what="a 1-s window with the busy process on a core")
-    first, second = windows[-1]
+    first, second = await a_window(read, 1.0, busy, timeout=40, what="a 1-s window with the busy process on a core")
     assert set(second) == {"busy", "byname"}  # a process that is not there is left out, never "idle"
     for vm in ("busy", "byname"):
         sample = sample_from(first[vm], second[vm], "h", source.name)

@@ -22,7 +22,7 @@ import pytest
 from nats.aio.client import Client
 
 from hotplug.harness import faults
-from hotplug.harness.poll import wait_until
+from hotplug.harness.poll import a_window, wait_until
 from hotplug.harness.processes import OutputProcess, ServiceProcess, run_hotplug
 from hotplug.harness.recorder import Recorder
 from services.actuator.drivers.base import DriverError
@@ -329,22 +329,19 @@ async def test_the_collector_reads_a_busy_guests_vcpu_time_and_its_run_queue(gue
     guests.channel(name).send("busy 2")  # two loops on one vCPU: one of them waits
     registry = CollectorRegistry()
     source = LibvirtSource(Clock(), URI, domains=[name], registry=registry)
-    windows: list[tuple[dict[str, Any], dict[str, Any]]] = []
 
-    async def a_busy_window() -> bool:
-        """A 2.5-s window of readings in which the loops run; on a loaded machine a window may find them starved."""
-        first = {r.vm: r for r in await source.read()}
-        await asyncio.sleep(2.5)
-        second = {r.vm: r for r in await source.read()}
-        windows.append((first, second))
+    async def read() -> dict[str, Any]:
+        return {r.vm: r for r in await source.read()}
+
+    def running(first: dict[str, Any], second: dict[str, Any]) -> bool:
+        """The loops ran over the window: on a loaded machine a window may find them starved."""
         s = sample_from(first[name], second[name], "h", source.name) if name in first and name in second else None
         return s is not None and s.cpu_used_cores > 0.5 and (s.pressure_cores or 0) > 0.3
 
     try:
-        await eventually(a_busy_window, timeout=90, interval=0, what="a window with the guest's loops running")
+        first, second = await a_window(read, 2.5, running, timeout=90, what="a window with the guest's loops running")
     finally:
         await source.close()
-    first, second = windows[-1]
     assert set(second) == {name}  # only the selected domain
     sample = sample_from(first[name], second[name], "h", source.name)
     assert sample is not None

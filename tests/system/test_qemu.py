@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hotplug.harness.poll import eventually, wait_until
+from hotplug.harness.poll import a_window, wait_until
 from hotplug.harness.processes import OutputProcess, run_hotplug
 from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.qemu import QemuDriver
@@ -169,19 +169,16 @@ async def test_source_measures_vcpu_threads_and_guest_run_queue(image: GuestImag
     vm = await asyncio.to_thread(QemuVm.start, "g3", image, max_vcpus=2, vcpus=1, root=root)
     vm.send("busy 2")  # two loops on one vCPU: one waits
     source = QemuSource(Clock(), root)
-    windows: list[tuple[dict[str, Reading], dict[str, Reading]]] = []
 
-    async def a_busy_window() -> bool:
-        """A 2.5-s window of readings in which the loops run; on a loaded machine a window may find them starved."""
-        first = {r.vm: r for r in await source.read()}
-        await asyncio.sleep(2.5)
-        second = {r.vm: r for r in await source.read()}
-        windows.append((first, second))
+    async def read() -> dict[str, Reading]:
+        return {r.vm: r for r in await source.read()}
+
+    def running(first: dict[str, Reading], second: dict[str, Reading]) -> bool:
+        """The loops ran over the window: on a loaded machine a window may find them starved."""
         s = sample_from(first["g3"], second["g3"], "h", source.name) if "g3" in first and "g3" in second else None
         return s is not None and s.cpu_used_cores > 0.5 and (s.pressure_cores or 0) > 0.3
 
-    await eventually(a_busy_window, timeout=90, interval=0, what="a window with the guest's loops running")
-    first, second = windows[-1]
+    first, second = await a_window(read, 2.5, running, timeout=90, what="a window with the guest's loops running")
     sample = sample_from(first["g3"], second["g3"], "h", source.name)
     assert sample is not None
     assert sample.online_vcpus == 1
