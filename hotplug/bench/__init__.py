@@ -1,1 +1,1 @@
-"""``hotplug bench``: benchmarks that print JSON. Targets live here and in the README, never in tests."""
+"""``hotplug bench``: benchmarks that print JSON. Targets live here and in docs/performance.md, never in tests."""

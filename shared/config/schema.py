@@ -2,7 +2,7 @@
 ``[[vm]]`` rules and the ``[[host]]`` rules (capacity). Every key is optional; a key the file leaves out keeps
 the flag's default. Unknown keys are refused, never silently ignored (a limit that is not read is worse than none).
 
-The README's config reference is generated from these Structs (``hotplug config reference``), and a unit test
+docs/configuration.md's reference is generated from these Structs (``hotplug config reference``), and a unit test
 checks each section against its command's flags, so the file, the flags and the docs cannot drift apart.
 """
 

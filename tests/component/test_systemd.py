@@ -3,7 +3,7 @@ systemd package, installed by .ci/install-debian-packages; no running systemd ne
 environment files against the real CLI and the variables the code reads.
 
 `verify` checks that ExecStart's program exists, so each unit is verified from a copy whose installed path
-(/opt/hotplug-heaven/bin/hotplug, README "systemd") names the hotplug of the interpreter that runs the tests
+(/opt/hotplug-heaven/bin/hotplug, docs/operations.md "systemd") names the hotplug of the interpreter that runs the tests
 instead (this checkout's .venv/bin/hotplug under `make test`, whatever virtualenv runs the suite otherwise).
 """
 

@@ -157,13 +157,13 @@ def test_the_example_file_is_valid_and_has_an_off_rule_and_a_bounded_one(capsys:
     assert re.search(r"vm-02\s+#2 lively\s+auto\s+threshold\s+2\.\.6", out)
 
 
-def test_the_readme_reference_is_the_generated_one() -> None:
-    readme = (REPO / "README.md").read_text()
+def test_the_docs_reference_is_the_generated_one() -> None:
+    readme = (REPO / "docs" / "configuration.md").read_text()
     begin, end = "<!-- config-reference: begin -->\n", "<!-- config-reference: end -->"
-    assert begin in readme and end in readme, "README lacks the config reference markers"
+    assert begin in readme and end in readme, "docs/configuration.md lacks the config reference markers"
     written = readme.split(begin, 1)[1].split(end, 1)[0]
     assert written.strip() == reference().strip(), (
-        "README's config reference is stale: paste `hotplug config reference`"
+        "docs/configuration.md's config reference is stale: paste `hotplug config reference`"
     )
 
 
