@@ -85,9 +85,20 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not() -> None:
 @pytest.mark.parametrize("alert", alert_names())
 def test_breaking_the_rule_fails_its_tests(alert: str, tmp_path: Path) -> None:
     """The unit tests can fail: the rule made to never fire fails a firing case, made to always fire fails a
-    silent one."""
+    silent one. Only the cases that check this alert run (the whole file runs, unbroken, in the test above): each
+    promtool run then takes a fraction of a second instead of seconds."""
     promtool = need("promtool")
-    shutil.copy(PROMETHEUS / "alerts_test.yml", tmp_path / "alerts_test.yml")
+    tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())
+    tests["tests"] = [
+        case for case in tests["tests"] if any(check["alertname"] == alert for check in case["alert_rule_test"])
+    ]
+    assert tests["tests"], f"no case checks {alert}"
+    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
+    unbroken = promtool_test(promtool, tmp_path)
+    assert unbroken.returncode == 0, (
+        unbroken.stdout + unbroken.stderr
+    )  # the cases alone pass: failures below are the rule's
     for broken in ("vector(1) == 2", "vector(1)"):
         data = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
         for group in data["groups"]:
