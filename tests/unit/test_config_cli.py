@@ -14,7 +14,8 @@ import pytest
 from hotplug.cli import build_parser, main
 from hotplug.config_cmd import _subparser, apply_file, config_path, reference
 from shared import bus
-from shared.config.schema import CONFIG_ENV, SECTIONS, SERVICE_ENV, UP_ENV, ServiceSection
+from shared.config.schema import CONFIG_ENV, SECTIONS, SETTINGS, ServiceSection, ServiceSettings, UpSettings
+from shared.config.settings import env_of
 from shared.libvirt.connection import URI_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +24,7 @@ NOT_MIRRORED = {"help", "handler", "config"}
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (*SERVICE_ENV.values(), CONFIG_ENV):
+    for name in (*env_of(ServiceSettings).values(), CONFIG_ENV):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -70,20 +71,26 @@ def test_each_key_takes_what_its_flag_takes(command: str) -> None:
             assert kinds == {"boolean"}, dest
         elif isinstance(action, argparse._AppendAction):
             assert kinds <= {"array", "object"}, dest
-        elif action.type is int:
+        elif action.type is int or getattr(action.type, "__name__", "") == "int":
             assert kinds == {"integer"}, dest
         elif action.type is not None and action.type is not Path:
             assert kinds <= {"number", "integer"}, dest  # float and positive
 
 
 def test_the_environment_variables_named_are_those_the_code_reads() -> None:
-    assert SERVICE_ENV["nats"] == UP_ENV["nats"] == bus.DEFAULT_URL_ENV
-    assert SERVICE_ENV["libvirt_uri"] == UP_ENV["libvirt_uri"] == URI_ENV
-    for key, variable in SERVICE_ENV.items():
-        if key in ("nats", "libvirt_uri"):
-            continue
-        help_text = actions("decider")[key].help or ""
-        assert f"${variable}" in help_text or key == "log_level", key
+    service, up = env_of(ServiceSettings), env_of(UpSettings)
+    assert service["nats"] == up["nats"] == bus.DEFAULT_URL_ENV
+    assert env_of(SETTINGS["collector"])["libvirt_uri"] == up["libvirt_uri"] == URI_ENV
+    assert service == {
+        "nats": "HOTPLUG_NATS_URL",
+        "host": "HOTPLUG_HOST",
+        "metrics_port": "HOTPLUG_METRICS_PORT",
+        "metrics_addr": "HOTPLUG_METRICS_ADDR",
+        "speed": "HOTPLUG_SPEED",
+        "log_level": "HOTPLUG_LOG_LEVEL",
+    }
+    for key, variable in service.items():
+        assert f"${variable}" in (actions("decider")[key].help or ""), key
 
 
 def test_the_settings_order_is_default_file_environment_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

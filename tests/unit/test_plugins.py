@@ -62,13 +62,13 @@ def test_a_config_takes_its_own_options_and_ignores_the_others() -> None:
 @pytest.mark.parametrize(
     ("name", "options", "message"),
     [
-        ("psutil", {}, "the psutil source needs at least one --process VM=PID|VM=REGEX"),
+        ("psutil", {}, "the psutil source needs at least one process (VM=PID or VM=REGEX)"),
         ("psutil", {"process": ["vm="]}, "expected NAME=PID or NAME=REGEX, got 'vm='"),
         ("psutil", {"process": ["vm=("]}, "not a regular expression"),
         # An option only another plug-in takes is checked all the same (a typo found before the run).
         ("simulator", {"process": ["vm=("]}, "not a regular expression"),
         ("libvirt", {"libvirt_domain": "one"}, "source libvirt: Expected `array`, got `str`"),
-        ("qemu", {"speed": 2.0}, "--speed applies to the simulator only; real sources run on the wall clock"),
+        ("qemu", {"speed": 2.0}, "speed applies to the simulator only; real sources run on the wall clock"),
         ("nope", {}, "unknown source 'nope'; choose from simulator, psutil"),
     ],
 )
@@ -90,9 +90,9 @@ def test_the_psutil_config_keeps_the_parsed_processes() -> None:
 def test_speed_is_for_the_simulator_only(driver: str) -> None:
     DRIVERS.check_speed("simulator", 8.0)
     DRIVERS.check_speed(driver, 1.0)
-    with pytest.raises(UsageError, match=r"^--speed applies to the simulator only; real hypervisors run on the wall"):
+    with pytest.raises(UsageError, match=r"^speed applies to the simulator only; real hypervisors run on the wall"):
         DRIVERS.check_speed(driver, 2.0)
-    with pytest.raises(UsageError, match=r"^--speed applies to the simulator only$"):
+    with pytest.raises(UsageError, match=r"^speed applies to the simulator only$"):
         DRIVERS.check_speed(driver, 2.0, note="")  # up's wording
 
 
@@ -107,7 +107,7 @@ def test_a_missing_extra_is_reported_before_the_config(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("item", ["x", "vm=1", "vm=2:1", "=1:2", "vm=a:2", "vm=1:"])
 def test_vm_bounds_that_do_not_parse(item: str) -> None:
-    with pytest.raises(UsageError, match=r"^--vm-bounds takes VM=MIN:MAX with MIN <= MAX, got "):
+    with pytest.raises(UsageError, match=r"^vm_bounds takes VM=MIN:MAX with MIN <= MAX, got "):
         parse_vm_bounds([item])
 
 
