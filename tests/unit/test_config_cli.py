@@ -14,8 +14,18 @@ import pytest
 from hotplug.cli import build_parser, main
 from hotplug.config_cmd import _subparser, apply_file, config_path, reference
 from shared import bus
-from shared.config.schema import CONFIG_ENV, SECTIONS, SETTINGS, ServiceSection, ServiceSettings, UpSettings
-from shared.config.settings import env_of
+from shared.config.schema import (
+    CONFIG_ENV,
+    SECTIONS,
+    SETTINGS,
+    ActuatorSettings,
+    DeciderSettings,
+    ServiceSection,
+    ServiceSettings,
+    SimulatorSettings,
+    UpSettings,
+)
+from shared.config.settings import env_of, param_flags, specs
 from shared.libvirt.connection import URI_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -226,3 +236,66 @@ def test_ups_summary_names_each_vms_rule() -> None:
         "default (auto, default, 1-64 vCPUs): vm-03"
     )
     assert not any(line.startswith("VM rules") for line in Fleet().summary_lines())
+
+
+@pytest.mark.parametrize("command", sorted(SETTINGS))
+def test_no_flag_holds_a_default_of_its_own(command: str) -> None:
+    """Every flag defaults to "not given": what a command starts from is its settings Struct's defaults (then the
+    file, then the environment), so a flag's default cannot differ from its setting's."""
+    sub = _subparser(build_parser(), command)
+    for action in sub._actions:
+        if action.dest not in NOT_MIRRORED:
+            assert action.default is argparse.SUPPRESS, (command, action.dest)
+    args = parse([command])
+    for spec in specs(SETTINGS[command]):
+        expected = Path(spec.default) if spec.is_path and spec.default is not None else spec.default
+        assert getattr(args, spec.name) == (param_flags(expected) if spec.kind is dict else expected), spec.name
+
+
+def test_the_services_own_configs_take_the_settings_defaults() -> None:
+    from services.actuator.checks import Bounds
+    from services.actuator.service import ActuatorConfig
+    from services.decider.service import DeciderConfig
+    from services.simulator.scenario import SimulatorConfig
+
+    actuator, decider, simulator = ActuatorSettings(), DeciderSettings(), SimulatorSettings()
+    assert Bounds() == Bounds(actuator.min_vcpus, actuator.max_vcpus)
+    config = ActuatorConfig()
+    assert (config.max_changes, config.rate_window_s, config.ack_wait_s, config.step_timeout_s) == (
+        actuator.max_changes,
+        actuator.rate_window,
+        actuator.ack_wait,
+        actuator.step_timeout,
+    )
+    d = DeciderConfig()
+    assert (d.command_ttl_s, d.lease_ttl_s, d.max_sample_age_s, d.intake_capacity, d.name) == (
+        decider.command_ttl,
+        decider.lease_ttl,
+        decider.max_sample_age,
+        decider.intake_capacity,
+        decider.name,
+    )
+    s = SimulatorConfig()
+    assert (s.seed, s.hotplug_delay_s, s.arrivals_rate) == (simulator.seed, simulator.hotplug_delay, 0.0)
+
+
+def test_an_environment_variable_is_checked_as_its_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOTPLUG_METRICS_PORT", "8123")
+    assert parse(["collector"]).metrics_port == 8123
+    monkeypatch.setenv("HOTPLUG_METRICS_PORT", "70000")
+    assert main(["collector"]) == 2
+    assert "$HOTPLUG_METRICS_PORT: Expected `int` <= 65535" in capsys.readouterr().err
+
+
+def test_a_nats_url_in_the_environment_is_left_for_the_bus_to_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$HOTPLUG_NATS_URL beats the file's nats, but is not copied into the options (it stays out of up's children's
+    command lines, with any credentials it holds)."""
+    path = write(tmp_path, '[service]\nnats = "nats://file:4222"\n[up]\nnats = "nats://file:4222"\n')
+    assert parse(["decider", "--config", str(path)]).nats == "nats://file:4222"
+    monkeypatch.setenv(bus.DEFAULT_URL_ENV, "nats://env:4222")
+    assert parse(["decider", "--config", str(path)]).nats is None
+    assert parse(["up", "--config", str(path)]).nats is None

@@ -171,3 +171,60 @@ def test_the_cli_builds_and_runs_a_plugin_source(monkeypatch: pytest.MonkeyPatch
     assert (source.name, interval_s) == ("toy", 2.0)
     readings = asyncio.run(source.read())
     assert [r.vm for r in readings] == ["toy-01", "toy-02"]  # the config's defaults
+
+
+def _toy_run(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Any:
+    """The toy source ``hotplug collector ARGV`` builds (its service stubbed out)."""
+    from hotplug.cli import services as service_commands
+    from services.collector import service
+
+    built: list[Any] = []
+
+    class Collector:
+        def __init__(self, _ctx: object, source: Any, _interval_s: float, host_rules: Any = ()) -> None:
+            built.append(source)
+
+        def use_host_rules(self, _rules: object) -> str:
+            return ""
+
+        async def run(self) -> None:
+            pass
+
+    def run(_options: object, _metrics: object, body: Any) -> int:
+        metrics = SimpleNamespace(registry=CollectorRegistry())
+        asyncio.run(body(SimpleNamespace(clock=Clock(speed=1.0, epoch=0.0), metrics=metrics)))
+        return 0
+
+    monkeypatch.setattr(service, "Collector", Collector)
+    monkeypatch.setattr(service_commands, "run", run)
+    assert cli.main(["collector", "--nats", "nats://127.0.0.1:1", "--source", "toy", *argv]) == 0
+    return built[0]
+
+
+@pytest.mark.usefixtures("toy_plugin")
+def test_a_plugin_takes_its_options_from_a_flag_and_from_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The toy config's fields are collector flags (``--toy-load``) and keys of ``[plugins.toy]``; the flag beats
+    the file, the file the field's default."""
+    assert "--toy-load" in _subcommand(cli.build_parser(), "collector").format_help()
+    assert _toy_run(monkeypatch, []).config.toy_load == 0.5
+    assert _toy_run(monkeypatch, ["--toy-load", "0.8"]).config.toy_load == 0.8
+    path = tmp_path / "hotplug.toml"
+    path.write_text("[plugins.toy]\ntoy_load = 0.25\ntoy_vms = 3\n")
+    from_file = _toy_run(monkeypatch, ["--config", str(path)]).config
+    assert (from_file.toy_load, from_file.toy_vms) == (0.25, 3)
+    assert _toy_run(monkeypatch, ["--config", str(path), "--toy-load", "0.9"]).config.toy_load == 0.9
+
+
+@pytest.mark.usefixtures("toy_plugin")
+def test_a_plugin_table_is_checked_at_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "hotplug.toml"
+    for text, error in [
+        ("[plugins.toy]\ntoy_load = 1.5\n", "hotplug.toml:1: plugins.toy: toy_load is a share of the vCPUs"),
+        ("[plugins.toy]\n\ntoy_lod = 1\n", "hotplug.toml:3: plugins.toy.toy_lod: unknown key; toy takes toy_vms, "),
+        ("[plugins.nope]\nx = 1\n", "hotplug.toml:1: plugins.nope: no plug-in 'nope'; choose from "),
+    ]:
+        path.write_text(text)
+        assert cli.main(["collector", "--config", str(path)]) == 2
+        assert error in capsys.readouterr().err
