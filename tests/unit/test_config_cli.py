@@ -248,8 +248,12 @@ def test_no_flag_holds_a_default_of_its_own(command: str) -> None:
             assert action.default is argparse.SUPPRESS, (command, action.dest)
     args = parse([command])
     for spec in specs(SETTINGS[command]):
-        expected = Path(spec.default) if spec.is_path and spec.default is not None else spec.default
-        assert getattr(args, spec.name) == (param_flags(expected) if spec.kind is dict else expected), spec.name
+        expected: Any = spec.default
+        if spec.is_path and expected is not None:
+            expected = Path(expected)
+        elif spec.kind is dict:
+            expected = param_flags(expected)
+        assert getattr(args, spec.name) == expected, spec.name
 
 
 def test_the_services_own_configs_take_the_settings_defaults() -> None:
