@@ -16,6 +16,7 @@ file), ``metavar``, ``path`` (a file or folder: relative paths in the config fil
 from __future__ import annotations
 
 import argparse
+import operator
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -191,9 +192,8 @@ def _parser_of(spec: Spec) -> Callable[[str], Any]:
 
 
 def _within(value: float, bounds: Mapping[str, float]) -> bool:
-    checks = {"gt": value > bounds.get("gt", 0), "ge": value >= bounds.get("ge", 0)}
-    checks |= {"lt": value < bounds.get("lt", 0), "le": value <= bounds.get("le", 0)}
-    return value == value and all(checks[b] for b in bounds)  # NaN is in no range
+    tests = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
+    return value == value and all(tests[b](value, n) for b, n in bounds.items())  # NaN is in no range
 
 
 def _range_words(bounds: Mapping[str, float]) -> str:
