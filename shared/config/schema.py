@@ -19,10 +19,12 @@ import msgspec
 from msgspec import Meta
 
 from shared import topology
+from shared.bus import DEFAULT_URL_ENV as NATS_URL_ENV  # read where the bus connects
 from shared.config.settings import Params as Params
 from shared.config.settings import ParamValue as ParamValue
 from shared.config.settings import param_flags as param_flags
 from shared.config.settings import section_of
+from shared.libvirt.connection import URI_ENV as LIBVIRT_URI_ENV  # read where libvirt connects
 
 PosInt = Annotated[int, Meta(ge=1)]
 PosFloat = Annotated[float, Meta(gt=0)]
@@ -38,10 +40,13 @@ _PARAM_DOC = (
     "policy and guard parameters, as --param NAME.KEY=VALUE: write param.NAME.KEY = VALUE "
     "(e.g. param.guard.up_cooldown_s = 5); --param on the command line overrides the same key"
 )
-NATS_URL_ENV = "HOTPLUG_NATS_URL"  # shared.bus reads it where it connects
-LIBVIRT_URI_ENV = "HOTPLUG_LIBVIRT_URI"  # shared.libvirt reads it where it connects
 
-# Settings more than one command takes: one declaration each.
+# Settings more than one command takes (up passes its own to its children): one declaration each, and one
+# default.
+INTERVAL_S = 1.0
+SPEED = 1.0
+LOG_LEVEL = "INFO"
+SEED = 1
 NatsUrl = Annotated[str | None, Meta(description="NATS URL", extra={"env": NATS_URL_ENV, "env_read_later": True})]
 LibvirtUri = Annotated[
     str | None,
@@ -103,7 +108,7 @@ class ServiceSettings(Settings):
     metrics_addr: Annotated[
         str, Meta(description="address the metrics endpoint binds", extra={"env": "HOTPLUG_METRICS_ADDR"})
     ] = "127.0.0.1"
-    speed: Annotated[Speed, Meta(extra={"env": "HOTPLUG_SPEED"})] = 1.0
+    speed: Annotated[Speed, Meta(extra={"env": "HOTPLUG_SPEED"})] = SPEED
     epoch: Annotated[
         float | None,
         Meta(
@@ -112,7 +117,7 @@ class ServiceSettings(Settings):
             "own)"
         ),
     ] = None
-    log_level: Annotated[LogLevel, Meta(extra={"env": "HOTPLUG_LOG_LEVEL"})] = "INFO"
+    log_level: Annotated[LogLevel, Meta(extra={"env": "HOTPLUG_LOG_LEVEL"})] = LOG_LEVEL
 
 
 class SimulatorSettings(ServiceSettings):
@@ -123,7 +128,7 @@ class SimulatorSettings(ServiceSettings):
         Meta(description="VMs to simulate (default 6); with trace, the first N of the trace's VMs by name"),
     ] = None
     trace: TraceFile = None
-    seed: Annotated[int, Meta(description="workload and arrivals seed")] = 1
+    seed: Annotated[int, Meta(description="workload and arrivals seed")] = SEED
     host_cores: HostCores = None
     arrivals_rate: ArrivalsRate = 0.0
     arrivals_file: ArrivalsFile = None
@@ -151,7 +156,7 @@ class CollectorSettings(ServiceSettings):
             extra={"metavar": "NAME"},
         ),
     ] = []
-    interval: Interval = 1.0
+    interval: Interval = INTERVAL_S
     process: Annotated[
         list[str],
         Meta(description="psutil: a host process to watch as a VM", extra={"metavar": "VM=PID|VM=REGEX"}),
@@ -218,7 +223,7 @@ class AgentSettings(ServiceSettings):
     """``hotplug agent`` (inside a guest): publishes its own CPU view."""
 
     vm: Annotated[str | None, Meta(description="the VM's name as the hypervisor knows it (required)")] = None
-    interval: Interval = 1.0
+    interval: Interval = INTERVAL_S
     no_online: Annotated[bool, Meta(description="do not bring newly plugged CPUs online")] = False
 
 
@@ -236,7 +241,7 @@ class UpSettings(Settings):
     ] = None
     trace: TraceFile = None
     duration: Annotated[PosFloat | None, Meta(description="stop after this many simulated seconds")] = None
-    speed: Speed = 1.0
+    speed: Speed = SPEED
     policy: Annotated[
         str | None, Meta(description="the decider's policy (default: the file's [decider] policy, or default)")
     ] = None
@@ -258,11 +263,11 @@ class UpSettings(Settings):
     ] = "simulator"
     max_vcpus: Annotated[PosInt, Meta(description="qemu, libvirt: each guest's maximum (it boots with 1)")] = 4
     libvirt_uri: LibvirtUri = None
-    seed: Annotated[int, Meta(description="simulator: workload and arrivals seed")] = 1
+    seed: Annotated[int, Meta(description="simulator: workload and arrivals seed")] = SEED
     host_cores: HostCores = None
     arrivals_rate: ArrivalsRate = 0.0
     arrivals_file: ArrivalsFile = None
-    interval: Interval = 1.0
+    interval: Interval = INTERVAL_S
     dry_run: Annotated[bool, Meta(description="decide and log, but command nothing")] = False
     no_decider: Annotated[
         bool,
@@ -272,7 +277,7 @@ class UpSettings(Settings):
         ),
     ] = False
     no_view: Annotated[bool, Meta(description="no live table (it is off anyway without a terminal)")] = False
-    log_level: Annotated[LogLevel, Meta(description="the services' log level")] = "INFO"
+    log_level: Annotated[LogLevel, Meta(description="the services' log level")] = LOG_LEVEL
 
 
 # Each command's settings.
