@@ -3,16 +3,16 @@
 Importing this module registers the source ``toy``; no line of the command line changes. Name the file in
 ``$HOTPLUG_PLUGINS`` and it is one of ``--source``'s choices:
 
-    HOTPLUG_PLUGINS=examples/toy_source.py hotplug collector --source toy --nats nats://127.0.0.1:4222
+    HOTPLUG_PLUGINS=examples/toy_source.py hotplug collector --source toy --toy-load 0.8 --nats nats://127.0.0.1:4222
 
-Its config is a plain msgspec Struct that checks itself. A field named like a collector option takes that option's
-value; these two mirror none, so they keep their defaults (the config file's ``[collector]`` section takes only the
-collector's own options, and refuses others).
+Its config is a msgspec Struct that checks itself, and each of its fields is an option of the collector: a flag
+(``--toy-vms``, ``--toy-load``, with the field's description as its help) and a key of the config file's
+``[plugins.toy]`` table (``toy_load = 0.8``); the flag beats the file, the file the field's default.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -24,8 +24,8 @@ from shared.runtime import ServiceContext
 
 
 class ToyConfig(msgspec.Struct, frozen=True):
-    toy_vms: int = 2
-    toy_load: float = 0.5  # the share of its vCPUs each VM keeps busy
+    toy_vms: Annotated[int, msgspec.Meta(description="the toy VMs to report")] = 2
+    toy_load: Annotated[float, msgspec.Meta(description="the share of its vCPUs each VM keeps busy")] = 0.5
 
     def __post_init__(self) -> None:
         if self.toy_vms < 1:

@@ -1,9 +1,10 @@
-"""``--config FILE`` for every service and ``up`` (the file's keys become the flags' defaults), and the ``hotplug
-config`` commands: ``check`` (validate; the rule each known VM falls under) and ``reference`` (the README's table).
+"""``--config FILE`` for every service and ``up``, the settings order, and the ``hotplug config`` commands:
+``check`` (validate; the rule each known VM falls under) and ``reference`` (docs/configuration.md's table).
 
-Settings, lowest first: built-in default < config file < environment variable < command-line flag. The file's
-values are set as the parser's defaults before the command line is read, so a flag given beats them; a key whose
-environment variable is set is left out, so the variable beats the file.
+Settings, lowest first: built-in default < config file < environment variable < command-line flag. Every flag
+defaults to "not given"; :func:`apply_file` is the one place that puts the three lower layers together
+(``shared.config.settings.layered``) and makes them the command's defaults before the command line is read, so
+a flag given beats them.
 """
 
 from __future__ import annotations
@@ -19,24 +20,27 @@ from typing import Any
 
 import msgspec
 
-from services.actuator.checks import Bounds
 from shared.config.load import ConfigError, LoadedConfig, load
 from shared.config.reload import Reloader
 from shared.config.rules import Defaults, resolve
 from shared.config.schema import (
     CONFIG_ENV,
-    PATH_KEYS,
     SECTIONS,
+    SETTINGS,
+    ActuatorSettings,
     ConfigFile,
     ServiceSection,
+    ServiceSettings,
     VmRule,
-    env_of,
-    param_flags,
     section_values,
 )
+from shared.config.settings import layered, specs
+from shared.plugins import registry_of
 from shared.runtime import ServiceContext
 
-ACTUATOR_DEFAULT = Bounds()  # the actuator's --min-vcpus/--max-vcpus defaults
+ACTUATOR_DEFAULT = ActuatorSettings()  # the actuator's min_vcpus/max_vcpus for VMs no rule bounds
+# The plug-ins a command runs: their [plugins.NAME] options are its too.
+PLUGIN_KINDS = {"collector": "source", "actuator": "driver"}
 
 
 def epilog(command: str) -> str:
@@ -64,9 +68,13 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def command_of(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def config_path(argv: list[str], environ: Mapping[str, str]) -> tuple[str, Path] | None:
     """The command and its config file, when it is one that takes a file and one is named."""
-    command = next((a for a in argv if not a.startswith("-")), None)
+    command = command_of(argv)
     if command not in SECTIONS:
         return None
     path: str | None = None
@@ -79,37 +87,30 @@ def config_path(argv: list[str], environ: Mapping[str, str]) -> tuple[str, Path]
     return (command, Path(path)) if path else None
 
 
-def file_defaults(loaded: LoadedConfig, command: str, environ: Mapping[str, str]) -> dict[str, object]:
-    """The parser defaults the file gives ``command``: its section's keys, without those an environment variable
-    sets, with paths taken from the file's folder and ``param`` as ``--param`` items. Pure but for ``environ``."""
-    values = section_values(loaded.config, command)
-    env = env_of(command)
-    out: dict[str, object] = {}
-    for key, value in values.items():
-        if key in env and environ.get(env[key]):
-            continue
-        if key in PATH_KEYS and isinstance(value, str):
-            out[key] = loaded.path.parent / value
-        elif key == "param" and isinstance(value, dict):
-            out[key] = param_flags(value)
-        else:
-            out[key] = value
-    return out
+def starting_values(command: str, loaded: LoadedConfig | None, environ: Mapping[str, str]) -> dict[str, object]:
+    """What ``command``'s flags start from: built-in defaults < the file's [service] and [command] keys (and the
+    [plugins.NAME] options of the plug-ins it runs) < environment variables. Pure but for ``environ``."""
+    file = section_values(loaded.config, command) if loaded is not None else {}
+    folder = loaded.path.parent if loaded is not None else None
+    values: dict[str, object] = layered(SETTINGS[command], file, environ, folder)
+    kind = PLUGIN_KINDS.get(command)
+    registry = registry_of(kind) if kind is not None else None
+    if loaded is not None and registry is not None:
+        for name, options in loaded.config.plugins.items():
+            if name in registry.names():
+                values.update({k: v for k, v in options.items() if k not in values})
+    return values
 
 
 def apply_file(parser: argparse.ArgumentParser, argv: list[str]) -> LoadedConfig | None:
-    """Load the config file ``argv`` names (or ``$HOTPLUG_CONFIG``) and make its keys the command's defaults."""
-    found = config_path(argv, os.environ)
-    if found is None:
+    """Load the config file ``argv`` names (or ``$HOTPLUG_CONFIG``), and make the settings' layers under the
+    command line (:func:`starting_values`) the command's defaults; the file, if any."""
+    command = command_of(argv)
+    if command not in SETTINGS:
         return None
-    command, path = found
-    loaded = load(path)
-    sub = _subparser(parser, command)
-    defaults = file_defaults(loaded, command, os.environ)
-    if isinstance(defaults.get("param"), list):
-        # argparse extends an append option's default in place: hand it a list of its own
-        defaults["param"] = list(defaults["param"])  # type: ignore[call-overload]
-    sub.set_defaults(**defaults)
+    found = config_path(argv, os.environ)
+    loaded = load(found[1]) if found is not None else None
+    _subparser(parser, command).set_defaults(**starting_values(command, loaded, os.environ))
     return loaded
 
 
@@ -238,12 +239,16 @@ async def known_vms(url: str) -> set[tuple[str, str]]:
 
 
 def reference() -> str:
-    """The config file reference in Markdown, from the Structs' JSON Schema (names, types, descriptions)."""
+    """The config file reference in Markdown, from the Structs' JSON Schema (names, types, descriptions) and the
+    settings they are generated from (built-in defaults, environment variables)."""
     schema: dict[str, Any] = msgspec.json.schema(ConfigFile)
     defs: dict[str, Any] = schema["$defs"]
     top = defs["ConfigFile"]["properties"]
     lines = []
     for section, prop in top.items():
+        if section == "plugins":
+            lines += ["#### `[plugins.NAME]`", "", prop["description"].replace("``", "`") + ".", ""]
+            continue
         name = prop.get("$ref", "").rsplit("/", 1)[-1] or prop["items"]["$ref"].rsplit("/", 1)[-1]
         struct = defs[name]
         header = f"[[{section}]]" if section in ("vm", "host") else f"[{section}]"
@@ -252,15 +257,18 @@ def reference() -> str:
         if inherits:
             text += " It also takes every key of `[service]`, which it overrides."
         lines += [f"#### `{header}`", "", text, ""]
-        env = env_of(section) if section in SECTIONS or section == "service" else {}
+        settings = SETTINGS.get(section, ServiceSettings if section == "service" else None)
+        declared = {s.name: s for s in specs(settings)} if settings is not None else {}
         lines += ["| key | type | meaning |", "|---|---|---|"]
         for key, field in struct["properties"].items():
             if inherits and key in ServiceSection.__struct_fields__:
                 continue
-            variable = f" (${env[key]})" if key in env else ""
+            spec = declared.get(key)
+            variable = f" (${spec.env})" if spec is not None and spec.env is not None else ""
             required = " **required**" if key in struct.get("required", []) else ""
-            if field.get("default") not in (None, {}):
-                required += f" (default {msgspec.json.encode(field['default']).decode()})"
+            default = spec.default if spec is not None else field.get("default")
+            if default not in (None, {}, [], ""):
+                required += f" (default {msgspec.json.encode(default).decode()})"
             lines.append(f"| `{key}` | {_type(field, defs)} | {field.get('description', '')}{variable}{required} |")
         lines.append("")
     return "\n".join(lines)

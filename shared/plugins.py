@@ -8,8 +8,13 @@ rules every plug-in shares: ``--speed`` only for the simulated cloud, an optiona
 
 The command line asks a registry for its names (``--source``/``--driver`` choices), builds the chosen plug-in's
 config from the parsed options (:meth:`Registry.config`) and calls the factory (:meth:`Registry.build`); it has
-no branch per plug-in. A plug-in outside this package registers itself when its module is imported: name the
-module, or its ``.py`` file, in ``$HOTPLUG_PLUGINS`` (comma-separated); see ``examples/toy_source.py``.
+no branch per plug-in. A plug-in's config fields that its service does not already take become flags of that
+service (``--toy-load``), and keys of the config file's ``[plugins.NAME]`` table (checked when the file is read).
+A plug-in outside this package registers itself when its module is imported: name the module, or its ``.py``
+file, in ``$HOTPLUG_PLUGINS`` (comma-separated); see ``examples/toy_source.py``.
+
+Each registry registers itself here by its kind (:func:`registry_of`), so that ``shared.config`` can check the
+names and options a config file gives without importing the services that hold the registries.
 """
 
 from __future__ import annotations
@@ -34,6 +39,16 @@ P = TypeVar("P")  # what the registry's factories build: a Source, a Driver
 C = TypeVar("C", bound=msgspec.Struct)
 
 _loaded: set[str] = set()
+_registries: dict[str, Registry[Any]] = {}
+
+
+def registry_of(kind: str) -> Registry[Any] | None:
+    """The registry of ``kind`` ("source", "driver"), once the module that holds it is imported."""
+    return _registries.get(kind)
+
+
+def registries() -> list[Registry[Any]]:
+    return list(_registries.values())
 
 
 def load_plugins(env: Mapping[str, str] | None = None) -> None:
@@ -85,6 +100,7 @@ class Registry(Generic[P]):
         self.kind = kind  # "source", "driver": in messages
         self.wall_clock_note = wall_clock_note  # what ``--speed`` with a real plug-in is told
         self._plugins: dict[str, Plugin[Any, P]] = {}
+        _registries[kind] = self
 
     def register(
         self,
@@ -115,10 +131,15 @@ class Registry(Generic[P]):
             raise UsageError(f"unknown {self.kind} {name!r}; choose from {', '.join(self._plugins)}")
         return self._plugins[name]
 
+    def config_types(self) -> dict[str, type[msgspec.Struct]]:
+        """Each plug-in's config type, by name: its options (flags, ``[plugins.NAME]`` keys)."""
+        load_plugins()
+        return {name: plugin.config_type for name, plugin in self._plugins.items()}
+
     def check_speed(self, name: str, speed: float, note: str | None = None) -> None:
         """The one ``--speed`` rule: only the simulated cloud has a clock to speed up."""
         if not self.get(name).simulated and speed != 1.0:
-            raise UsageError("--speed applies to the simulator only" + (self.wall_clock_note if note is None else note))
+            raise UsageError("speed applies to the simulator only" + (self.wall_clock_note if note is None else note))
 
     def config(self, name: str, options: Mapping[str, Any]) -> Any:
         """The config of plug-in ``name`` from ``options`` (parsed options by argparse name, or a TOML section);

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         parser = build_parser()  # it imports the plug-ins named in $HOTPLUG_PLUGINS
-        # The config file's keys become the command's defaults, before the command line is read (config_cmd.py).
+        # Built-in defaults < the config file < environment variables become the command's defaults, before the
+        # command line is read, so a flag given beats them (config_cmd.py; every flag defaults to "not given").
         loaded = apply_file(parser, argv)
     except UserError as exc:
         print(f"hotplug: {exc}", file=sys.stderr)

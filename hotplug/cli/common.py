@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
 from shared import bus
 from shared.clock import Clock, make_clock
+from shared.config.schema import ServiceSettings, Settings
+from shared.config.settings import add_flags, specs
 from shared.errors import NotFound, UsageError
+from shared.plugins import Registry
 from shared.runtime import M, ServiceContext, ServiceOptions, resolve_nats_url, run_service
 
 Handler = Callable[[argparse.Namespace], int]
@@ -54,44 +58,42 @@ def at_least_one(text: str) -> int:
 
 def host_option(parser: argparse.ArgumentParser, what: str) -> None:
     """``--host``, defaulting to $HOTPLUG_HOST and then ``local``: one default for every command that names a host."""
-    parser.add_argument("--host", default=_env("HOST", "local"), help=f"{what} ($HOTPLUG_HOST; local)")
+    default = ServiceSettings().host
+    parser.add_argument("--host", default=_env("HOST", default), help=f"{what} ($HOTPLUG_HOST; {default})")
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"HOTPLUG_{name}", default)
 
 
-def service_parent() -> argparse.ArgumentParser:
-    """Options every service takes; each defaults to an environment variable (for containers)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--nats", help=f"NATS URL (default: ${bus.DEFAULT_URL_ENV})")
-    host_option(p, "hypervisor host name")
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("METRICS_PORT", "0")),
-        help="Prometheus port ($HOTPLUG_METRICS_PORT; default: any free port)",
-    )
-    p.add_argument(
-        "--metrics-addr",
-        default=_env("METRICS_ADDR", "127.0.0.1"),
-        help="address the metrics endpoint binds ($HOTPLUG_METRICS_ADDR; 127.0.0.1)",
-    )
-    p.add_argument(
-        "--speed",
-        type=positive,
-        default=float(_env("SPEED", "1")),
-        help="simulated seconds per wall second ($HOTPLUG_SPEED)",
-    )
-    p.add_argument(
-        "--epoch",
-        type=float,
-        default=None,
-        help="wall time (POSIX seconds) from which the shared clock runs --speed times faster (default: this "
-        "service's start); under --speed every service of a run needs the same one (hotplug up prints its own)",
-    )
-    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
-    return p
+def settings_flags(
+    parser: argparse.ArgumentParser,
+    settings: type[Settings],
+    choices: Mapping[str, Callable[[], list[str]]] | None = None,
+    plugins: Registry[Any] | None = None,
+) -> None:
+    """A service's flags, generated from its settings Struct (``shared.config.schema``), each defaulting to "not
+    given" (``hotplug.config_cmd.apply_file`` sets what it starts from), and the options of ``plugins``."""
+    add_flags(parser, specs(settings), choices)
+    if plugins is not None:
+        plugin_flags(parser, plugins, set(settings.__struct_fields__))
+
+
+def plugin_flags(parser: argparse.ArgumentParser, plugins: Registry[Any], taken: set[str]) -> None:
+    """A flag per option of each plug-in of ``plugins`` that the service does not take itself (plug-ins may
+    share an option, as libvirt's source and driver share ``libvirt_uri``)."""
+    for name, config_type in plugins.config_types().items():
+        new = [s for s in specs(config_type) if s.name not in taken]
+        taken |= {s.name for s in new}
+        add_flags(
+            parser,
+            [
+                dataclasses.replace(
+                    s, description=f"{plugins.kind} {name}: {s.description or s.name} ([plugins.{name}] {s.name})"
+                )
+                for s in new
+            ],
+        )
 
 
 def service_options(args: argparse.Namespace, name: str) -> ServiceOptions:

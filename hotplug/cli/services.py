@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hotplug.cli.common import (
     Subparsers,
@@ -18,16 +18,16 @@ from hotplug.cli.common import (
     positive,
     run,
     service_options,
-    service_parent,
+    settings_flags,
 )
 from hotplug.config_cmd import add_config_option, epilog, loaded_of, watch_config
 from services.actuator.checks import Bounds
 from services.actuator.drivers.registry import DRIVERS
 from services.collector.sources.registry import SOURCES
-from shared import topology
 from shared.config.load import LoadedConfig
+from shared.config.schema import SETTINGS
 from shared.errors import UsageError
-from shared.plugins import names_in
+from shared.plugins import Registry, names_in
 from shared.runtime import ServiceContext, resolve_nats_url
 
 if TYPE_CHECKING:
@@ -36,45 +36,20 @@ if TYPE_CHECKING:
 ORDER = 10  # first in ``hotplug --help``
 
 
-def _libvirt_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--libvirt-uri", default=None, help="libvirt URI ($HOTPLUG_LIBVIRT_URI; default qemu:///system)")
-    p.add_argument(
-        "--libvirt-opt-in",
-        action="store_true",
-        help="libvirt: only domains whose hotplug metadata says enabled (hotplug libvirt prepare)",
-    )
-
-
-def _pool_options(p: argparse.ArgumentParser) -> None:
-    """The simulated host's cores and the jobs that arrive at it (``up`` passes them to its simulator)."""
-    p.add_argument(
-        "--host-cores",
-        type=at_least_one,
-        default=None,
-        help="the simulated host's physical cores (default: the VMs' maximums together, so they never contend); "
-        "its capacity in vCPUs is the config file's [[host]] rule's reading of them",
-    )
-    p.add_argument(
-        "--arrivals-rate",
-        type=non_negative,
-        default=0.0,
-        metavar="JOBS_PER_HOUR",
-        help="jobs (VMs to start) arriving per hour, a seeded Poisson process of the mix in "
-        "services/simulator/jobs.py (default 0: none)",
-    )
-    p.add_argument(
-        "--arrivals-file",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="jobs arriving from this CSV: arrival_s,name,requested_vcpus,max_vcpus,profile,lifetime_s,work_s",
-    )
+# Every flag of up defaults to "not given": its value comes from UpSettings, the file and the environment
+# (hotplug.config_cmd.apply_file), in that order, below the command line.
+NOT_GIVEN = argparse.SUPPRESS
+# The services' commands: their flags and config-file sections come from their settings (shared.config.schema).
+SERVICE_COMMANDS = (
+    ("simulator", "the simulated mini-cloud"),
+    ("collector", "sample CPU use and publish metrics"),
+    ("decider", "turn metrics into scale commands"),
+    ("actuator", "execute scale commands on the hypervisor"),
+    ("agent", "inside a Linux guest: publish its own CPU view"),
+)
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    service = service_parent()
-    add_config_option(service)
-
     up = add_command(
         sub, "up", cmd_up, epilog=epilog("up"), help="run broker, simulator, collector, decider and actuator together"
     )
@@ -82,7 +57,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     up.add_argument(
         "--vms",
         type=at_least_one,
-        default=None,
+        default=NOT_GIVEN,
         help="simulator: VMs (default 6; with --trace, the first N of the trace's VMs by name, default "
         "all); qemu: guests to boot (default 6); libvirt: test domains to start for the run "
         "(default: none, the running domains are used)",
@@ -90,180 +65,88 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     up.add_argument(
         "--trace",
         type=Path,
-        default=None,
+        default=NOT_GIVEN,
         metavar="FILE",
         help="simulated VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]) from the "
         "run's start, repeating at its end",
     )
-    up.add_argument("--duration", type=positive, default=None, help="stop after this many simulated seconds")
-    up.add_argument("--speed", type=positive, default=1.0, help="simulated seconds per wall second")
-    up.add_argument("--policy", default=None, help="the decider's (default: the file's [decider] policy, or default)")
-    up.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
-    up.add_argument("--data-dir", type=Path, default=Path(".hotplug"))
-    up.add_argument("--nats", help="use this NATS server instead of starting one")
+    up.add_argument("--duration", type=positive, default=NOT_GIVEN, help="stop after this many simulated seconds")
+    up.add_argument("--speed", type=positive, default=NOT_GIVEN, help="simulated seconds per wall second")
+    up.add_argument(
+        "--policy", default=NOT_GIVEN, help="the decider's (default: the file's [decider] policy, or default)"
+    )
+    up.add_argument("--param", action="append", default=NOT_GIVEN, metavar="NAME.KEY=VALUE")
+    up.add_argument("--data-dir", type=Path, default=NOT_GIVEN)
+    up.add_argument("--nats", default=NOT_GIVEN, help="use this NATS server instead of starting one")
     up.add_argument(
         "--cluster",
         type=int,
-        default=1,
+        default=NOT_GIVEN,
         metavar="NODES",
         help="start a NATS cluster of this many nodes on loopback (streams kept on three)",
     )
     up.add_argument(
         "--hypervisor",
         choices=names_in([DRIVERS, SOURCES]),
-        default="simulator",
+        default=NOT_GIVEN,
         help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH); "
         "qemu: --vms real guests booted for the run; libvirt: the running domains, or --vms "
         "test domains started for the run",
     )
-    up.add_argument("--max-vcpus", type=int, default=4, help="qemu, libvirt: each guest's maximum (it boots with 1)")
-    up.add_argument("--libvirt-uri", default=None, help="libvirt: the URI ($HOTPLUG_LIBVIRT_URI; qemu:///system)")
-    up.add_argument("--seed", type=int, default=1, help="simulator: workload and arrivals seed")
-    _pool_options(up)
-    up.add_argument("--interval", type=positive, default=1.0, help="sampling interval, simulated seconds")
-    up.add_argument("--dry-run", action="store_true", help="decide and log, but command nothing")
+    up.add_argument(
+        "--max-vcpus", type=int, default=NOT_GIVEN, help="qemu, libvirt: each guest's maximum (it boots with 1)"
+    )
+    up.add_argument("--libvirt-uri", default=NOT_GIVEN, help="libvirt: the URI ($HOTPLUG_LIBVIRT_URI; qemu:///system)")
+    up.add_argument("--seed", type=int, default=NOT_GIVEN, help="simulator: workload and arrivals seed")
+    up.add_argument(
+        "--host-cores",
+        type=at_least_one,
+        default=NOT_GIVEN,
+        help="the simulated host's physical cores (default: the VMs' maximums together, so they never contend); "
+        "its capacity in vCPUs is the config file's [[host]] rule's reading of them",
+    )
+    up.add_argument(
+        "--arrivals-rate",
+        type=non_negative,
+        default=NOT_GIVEN,
+        metavar="JOBS_PER_HOUR",
+        help="jobs (VMs to start) arriving per hour, a seeded Poisson process of the mix in "
+        "services/simulator/jobs.py (default 0: none)",
+    )
+    up.add_argument(
+        "--arrivals-file",
+        type=Path,
+        default=NOT_GIVEN,
+        metavar="FILE",
+        help="jobs arriving from this CSV: arrival_s,name,requested_vcpus,max_vcpus,profile,lifetime_s,work_s",
+    )
+    up.add_argument("--interval", type=positive, default=NOT_GIVEN, help="sampling interval, simulated seconds")
+    up.add_argument("--dry-run", action="store_true", default=NOT_GIVEN, help="decide and log, but command nothing")
     up.add_argument(
         "--no-decider",
         action="store_true",
+        default=NOT_GIVEN,
         help="run no decider: the broker, simulator, collector and actuator wait for yours, in any language "
         "(docs/deciders-any-language.md); up prints the clock's --speed and --epoch for it",
     )
-    up.add_argument("--no-view", action="store_true", help="no live table (it is off anyway without a terminal)")
-    up.add_argument("--log-level", default="INFO")
+    up.add_argument(
+        "--no-view", action="store_true", default=NOT_GIVEN, help="no live table (it is off anyway without a terminal)"
+    )
+    up.add_argument("--log-level", default=NOT_GIVEN)
 
-    sim = add_command(
-        sub, "simulator", cmd_simulator, parents=[service], epilog=epilog("simulator"), help="the simulated mini-cloud"
-    )
-    sim.add_argument(
-        "--vms",
-        type=at_least_one,
-        default=None,
-        help="VMs to simulate (default 6); with --trace, the first N of the trace's VMs by name",
-    )
-    sim.add_argument(
-        "--trace",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]), from the run's start, "
-        "repeating at its end, instead of the seeded profiles",
-    )
-    sim.add_argument("--seed", type=int, default=1)
-    _pool_options(sim)
-    sim.add_argument("--arrivals-seed", type=int, default=None, help="the arrivals' seed (default: --seed)")
-    sim.add_argument("--hotplug-delay", type=float, default=0.3, help="simulated seconds per plug or unplug")
-    sim.add_argument("--profiles", default="", help="comma-separated workload profiles to cycle through")
-    sim.add_argument(
-        "--max-vcpus",
-        type=int,
-        default=None,
-        help="every VM's maximum (it boots with half); default: 4, 8, 16, 8 in turn",
-    )
-
-    col = add_command(
-        sub,
-        "collector",
-        cmd_collector,
-        parents=[service],
-        epilog=epilog("collector"),
-        help="sample CPU use and publish metrics",
-    )
-    col.add_argument("--source", choices=SOURCES.names(), default="simulator")
-    _libvirt_options(col)
-    col.add_argument(
-        "--libvirt-domain",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="libvirt source: watch only this domain (repeatable; default: every running domain)",
-    )
-    col.add_argument("--interval", type=positive, default=1.0)
-    col.add_argument(
-        "--process",
-        action="append",
-        default=[],
-        metavar="VM=PID|VM=REGEX",
-        help="psutil source: a host process to watch as a VM",
-    )
-
-    dec = add_command(
-        sub,
-        "decider",
-        cmd_decider,
-        parents=[service],
-        epilog=epilog("decider"),
-        help="turn metrics into scale commands",
-    )
-    dec.add_argument("--policy", default="default")
-    dec.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE")
-    dec.add_argument("--name", default=topology.DECIDER_NAME, help="this decider's name in commands")
-    dec.add_argument("--dry-run", action="store_true", help="log what it would do; command nothing")
-    dec.add_argument(
-        "--lease", default=None, help="replicas with the same lease elect one active decider (commands carry its term)"
-    )
-    dec.add_argument("--lease-ttl", type=positive, default=5.0, help="seconds a lease lasts without renewal")
-    dec.add_argument(
-        "--group",
-        default=None,
-        help="share the VMs with the other live deciders of this group (each needs its own --name)",
-    )
-    dec.add_argument(
-        "--shadow",
-        action="store_true",
-        help="publish proposals on hotplug.proposals.<name>.<host>.<vm> instead of commands",
-    )
-    dec.add_argument("--max-sample-age", type=positive, default=10.0)
-    dec.add_argument(
-        "--intake-capacity",
-        type=int,
-        default=100_000,
-        metavar="VMS",
-        help="VMs whose newest sample may wait at once; a flood sheds the oldest samples",
-    )
-    dec.add_argument("--command-ttl", type=positive, default=30.0)
-
-    act = add_command(
-        sub,
-        "actuator",
-        cmd_actuator,
-        parents=[service],
-        epilog=epilog("actuator"),
-        help="execute scale commands on the hypervisor",
-    )
-    act.add_argument("--driver", choices=DRIVERS.names(), default="simulator")
-    _libvirt_options(act)
-    act.add_argument("--name", default=topology.ACTUATOR_NAME)
-    act.add_argument("--min-vcpus", type=int, default=Bounds().min_vcpus)
-    act.add_argument("--max-vcpus", type=int, default=Bounds().max_vcpus)
-    act.add_argument("--step-timeout", type=positive, default=30.0)
-    act.add_argument(
-        "--vm-bounds",
-        action="append",
-        default=[],
-        metavar="VM=MIN:MAX",
-        help="this VM's own bounds (the last '=' separates the name); repeatable",
-    )
-    act.add_argument("--max-changes", type=int, default=6, help="resizes allowed per VM per --rate-window")
-    act.add_argument("--rate-window", type=positive, default=60.0, help="seconds (of the shared clock)")
-    act.add_argument(
-        "--ack-wait",
-        type=positive,
-        default=60.0,
-        help="seconds before an unacknowledged command is redelivered (e.g. after a crash)",
-    )
-
-    agent = add_command(
-        sub,
-        "agent",
-        cmd_agent,
-        parents=[service],
-        epilog=epilog("agent"),
-        help="inside a Linux guest: publish its own CPU view",
-    )
-    # Required, from the command line or the config file (which argparse's own "required" cannot see).
-    agent.add_argument("--vm", default=None, help="the VM's name as the hypervisor knows it (required)")
-    agent.add_argument("--interval", type=positive, default=1.0)
-    agent.add_argument("--no-online", action="store_true", help="do not bring newly plugged CPUs online")
+    handlers = {
+        "simulator": cmd_simulator,
+        "collector": cmd_collector,
+        "decider": cmd_decider,
+        "actuator": cmd_actuator,
+        "agent": cmd_agent,
+    }
+    plugins: dict[str, Registry[Any]] = {"collector": SOURCES, "actuator": DRIVERS}
+    choices = {"source": SOURCES.names, "driver": DRIVERS.names}
+    for name, what in SERVICE_COMMANDS:
+        parser = add_command(sub, name, handlers[name], epilog=epilog(name), help=what)
+        add_config_option(parser)
+        settings_flags(parser, SETTINGS[name], choices, plugins.get(name))
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:

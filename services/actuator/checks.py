@@ -14,14 +14,17 @@ from typing import Annotated, NamedTuple
 import msgspec
 
 from services.actuator.drivers.base import VmView
+from shared.config.schema import ActuatorSettings
 from shared.errors import UsageError
 from shared.messages import ErrorCode, PauseEvent, ScaleCommand
 from shared.pauses import active, describe
 
+_SETTINGS = ActuatorSettings()  # min_vcpus and max_vcpus, declared once with the flags' and the file's
+
 
 class Bounds(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    min_vcpus: Annotated[int, msgspec.Meta(ge=1)] = 1
-    max_vcpus: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    min_vcpus: Annotated[int, msgspec.Meta(ge=1)] = _SETTINGS.min_vcpus
+    max_vcpus: Annotated[int, msgspec.Meta(ge=1)] = _SETTINGS.max_vcpus
 
 
 def parse_vm_bounds(items: list[str]) -> dict[str, Bounds]:
@@ -31,7 +34,7 @@ def parse_vm_bounds(items: list[str]) -> dict[str, Bounds]:
         vm, sep, span = item.rpartition("=")
         low, colon, high = span.partition(":")
         if not sep or not vm or not colon or not low.isdigit() or not high.isdigit() or int(low) > int(high):
-            raise UsageError(f"--vm-bounds takes VM=MIN:MAX with MIN <= MAX, got {item!r}")
+            raise UsageError(f"vm_bounds takes VM=MIN:MAX with MIN <= MAX, got {item!r}")
         out[vm] = Bounds(int(low), int(high))
     return out
 

@@ -47,7 +47,7 @@ from services.actuator.reservations import Grant
 from services.actuator.vmbounds import bounds_for
 from shared import bus, subjects, topology
 from shared.codec import encode
-from shared.config.schema import HostRule, VmRule
+from shared.config.schema import ActuatorSettings, HostRule, VmRule
 from shared.errors import UsageError
 from shared.eventlog import read_results
 from shared.inbox import Inbox
@@ -64,16 +64,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+_SETTINGS = ActuatorSettings()  # the defaults, declared once with the flags' and the file's settings
+
+
 @dataclass(frozen=True)
 class ActuatorConfig:
-    name: str = topology.ACTUATOR_NAME
+    name: str = _SETTINGS.name
     bounds: Bounds = field(default_factory=Bounds)
     vm_bounds: dict[str, Bounds] = field(default_factory=dict)
-    step_timeout_s: float = steps.STEP_TIMEOUT_S
-    ack_wait_s: float = 60.0
+    step_timeout_s: float = _SETTINGS.step_timeout
+    ack_wait_s: float = _SETTINGS.ack_wait
     # At most this many resizes of one VM per window (clock seconds), whatever the deciders say.
-    max_changes: int = 6
-    rate_window_s: float = 60.0
+    max_changes: int = _SETTINGS.max_changes
+    rate_window_s: float = _SETTINGS.rate_window
     # After a restart: how long the VM of an interrupted command must stay unchanged before its count is taken
     # as final (a step the dead actuator asked for may still be under way in the hypervisor).
     settle_s: float = 5.0
@@ -82,7 +85,7 @@ class ActuatorConfig:
 
     def __post_init__(self) -> None:
         if self.max_changes < 1:
-            raise UsageError("--max-changes must be at least 1")
+            raise UsageError("max_changes must be at least 1")
 
 
 class ActuatorMetrics(ServiceMetrics):

@@ -16,12 +16,13 @@ from typing import NamedTuple, TypeVar
 
 from services.actuator.checks import Bounds, Plan, Refusal, steps_between, within_bounds
 from services.actuator.drivers.base import Driver, DriverError
+from shared.config.schema import ActuatorSettings
 from shared.messages import ErrorCode
 
 T = TypeVar("T")
 
 # How long one driver call may take before it counts as a timeout (the actuator's --step-timeout default).
-STEP_TIMEOUT_S = 30.0
+STEP_TIMEOUT_S = ActuatorSettings().step_timeout
 
 
 class Resized(NamedTuple):

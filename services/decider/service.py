@@ -31,8 +31,9 @@ from services.decider.policies.base import Observation, PolicyBase
 from services.decider.pool import DeferralEvent, HostPlanner, HostView, claim_of
 from services.decider.rulebook import RuleBook, VmPlan
 from services.decider.sharding import ShardedIntake, load_state, state_key
-from shared import bus, subjects, topology
+from shared import bus, subjects
 from shared.codec import encode
+from shared.config.schema import DeciderSettings
 from shared.errors import UsageError
 from shared.inbox import Inbox
 from shared.messages import (
@@ -56,33 +57,36 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 25.0
 
 
+_SETTINGS = DeciderSettings()  # the defaults, declared once with the flags' and the file's settings
+
+
 @dataclass(frozen=True)
 class DeciderConfig:
-    name: str = topology.DECIDER_NAME
-    dry_run: bool = False
+    name: str = _SETTINGS.name
+    dry_run: bool = _SETTINGS.dry_run
     # Shadow: publish every recommendation as a proposal (hotplug.proposals.<name>.<host>.<vm>), command nothing.
-    shadow: bool = False
+    shadow: bool = _SETTINGS.shadow
     # Group: share the VMs with the other live members of this group (see sharding.py); `name` must be unique.
     group: str | None = None
     state_save_every_s: float = 5.0
     # Lease: replicas with the same lease name elect one active decider; commands name the lease and its term.
     lease: str | None = None
-    lease_ttl_s: float = 5.0
+    lease_ttl_s: float = _SETTINGS.lease_ttl
     # A sample older than this (clock seconds) describes a VM that may have changed since: never act on it.
-    max_sample_age_s: float = 10.0
-    command_ttl_s: float = 30.0
+    max_sample_age_s: float = _SETTINGS.max_sample_age
+    command_ttl_s: float = _SETTINGS.command_ttl
     # A VM with no sample for this long (clock seconds) is gone (a job that ended, a VM stopped or moved): its
     # decision state, host claim and series are dropped. Long enough that a collector restart or a paused VM keeps
     # its memory; a VM that comes back starts afresh, with a warm-up.
     forget_after_s: float = 3600.0
     # VMs whose newest sample may wait at once; beyond, the longest-waiting is shed (see mailbox.py).
-    intake_capacity: int = 100_000
+    intake_capacity: int = _SETTINGS.intake_capacity
 
     def __post_init__(self) -> None:
         if self.shadow and self.dry_run:
-            raise UsageError("--shadow and --dry-run exclude each other")
+            raise UsageError("shadow and dry_run exclude each other")
         if self.intake_capacity < 1:
-            raise UsageError("--intake-capacity must be at least 1")
+            raise UsageError("intake_capacity must be at least 1")
 
 
 class DeciderMetrics(ServiceMetrics):

@@ -11,15 +11,17 @@ from pathlib import Path
 
 from services.simulator.cloud import MiniCloud, SimVm, load_trace
 from services.simulator.jobs import Job, load_arrivals, poisson_arrivals
-from shared.config.schema import HostRule
+from shared.config.schema import HostRule, SimulatorSettings
 from shared.pool import host_capacity
+
+_SETTINGS = SimulatorSettings()  # the defaults, declared once with the flags' and the file's settings
 
 
 @dataclass(frozen=True)
 class SimulatorConfig:
     vms: int = 6
-    seed: int = 1
-    hotplug_delay_s: float = 0.3
+    seed: int = _SETTINGS.seed
+    hotplug_delay_s: float = _SETTINGS.hotplug_delay
     profiles: tuple[str, ...] = ()
     max_vcpus: int | None = None
     # A replay CSV: one VM per trace VM, its demand following the recording (instead of the seeded profiles).
@@ -29,7 +31,7 @@ class SimulatorConfig:
     # The host's physical cores; None: the resident VMs' maximums together, so that they never contend.
     host_cores: int | None = None
     # Jobs arriving per hour (a seeded Poisson process), or from a file; 0 and None: none.
-    arrivals_rate: float = 0.0
+    arrivals_rate: float = _SETTINGS.arrivals_rate
     arrivals_file: Path | None = None
     # The arrivals' own seed; None: ``seed``.
     arrivals_seed: int | None = None

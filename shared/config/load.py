@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from shared.config.schema import ConfigFile
-from shared.errors import InputError
+from shared.errors import InputError, UserError
 
 KeyPath = tuple[str | int, ...]
 
@@ -88,20 +88,46 @@ def parse(text: str, path: Path) -> LoadedConfig:
 
 def _check_plugin_names(loaded: LoadedConfig) -> None:
     """Source and driver names are open-ended in the types (plug-ins register more), so they are checked here,
-    against the registries as they stand once $HOTPLUG_PLUGINS is imported, with the key's line."""
-    from services.actuator.drivers.registry import DRIVERS
-    from services.collector.sources.registry import SOURCES
-    from shared.plugins import names_in
+    against the registries as they stand once $HOTPLUG_PLUGINS is imported, with the key's line; so are the
+    ``[plugins.NAME]`` tables, against the plug-in's config type. A registry not imported (no command that runs
+    its plug-ins) has nothing to check against."""
+    from shared.plugins import names_in, registries, registry_of
 
     config = loaded.config
+    sources, drivers = registry_of("source"), registry_of("driver")
     wanted = [
-        (("collector", "source"), config.collector.source, "source", SOURCES.names()),
-        (("actuator", "driver"), config.actuator.driver, "driver", DRIVERS.names()),
-        (("up", "hypervisor"), config.up.hypervisor, "hypervisor", names_in([DRIVERS, SOURCES])),
+        (("collector", "source"), config.collector.source, "source", [sources]),
+        (("actuator", "driver"), config.actuator.driver, "driver", [drivers]),
+        (("up", "hypervisor"), config.up.hypervisor, "hypervisor", [drivers, sources]),
     ]
-    for keys, name, kind, names in wanted:
-        if name is not None and name not in names:
-            raise loaded.error(keys, f"unknown {kind} {name!r}; choose from {', '.join(names)}")
+    for keys, name, kind, needed in wanted:
+        known = [r for r in needed if r is not None]
+        if name is None or len(known) < len(needed):
+            continue
+        choices = names_in(known)
+        if name not in choices:
+            raise loaded.error(keys, f"unknown {kind} {name!r}; choose from {', '.join(choices)}")
+    every = registries()
+    for name, options in config.plugins.items():
+        types = [r.config_types()[name] for r in every if name in r.config_types()]
+        if not every:
+            continue
+        if not types:
+            names = sorted({n for r in every for n in r.config_types()})
+            raise loaded.error(("plugins", name), f"no plug-in {name!r}; choose from {', '.join(names)}")
+        for config_type in types:
+            for key in options:
+                if key not in config_type.__struct_fields__:
+                    raise loaded.error(("plugins", name, key), f"unknown key; {name} takes {_keys_of(config_type)}")
+            try:
+                msgspec.convert(options, config_type, strict=False)
+            except (msgspec.ValidationError, UserError) as exc:
+                cause = exc.__cause__ if isinstance(exc.__cause__, UserError) else exc
+                raise loaded.error(("plugins", name), str(cause)) from None
+
+
+def _keys_of(config_type: type[msgspec.Struct]) -> str:
+    return ", ".join(config_type.__struct_fields__) or "no options"
 
 
 def load(path: Path) -> LoadedConfig:

@@ -1,27 +1,36 @@
-"""The config file's types: one section per command (keys are its flags' names, ``-`` written ``_``), the
-``[[vm]]`` rules and the ``[[host]]`` rules (capacity). Every key is optional; a key the file leaves out keeps
-the flag's default. Unknown keys are refused, never silently ignored (a limit that is not read is worse than none).
+"""The config file's types, and each command's settings.
 
-docs/configuration.md's reference is generated from these Structs (``hotplug config reference``), and a unit test
-checks each section against its command's flags, so the file, the flags and the docs cannot drift apart.
+Each service's settings are one Struct here (``ServiceSettings`` for what every service takes, then one per
+service, and ``UpSettings``): a field per setting, with its type, range, description and built-in default. The
+command's flags, its config-file section (``[simulator]``, ``[decider]``...), its environment variables and the
+configuration reference are generated from it (``shared.config.settings``), so none of them is written twice.
+The services' own config classes take their defaults from these Structs.
+
+The file's sections keep every key optional (a key the file leaves out is None, and keeps the layer below);
+unknown keys are refused, never silently ignored (a limit that is not read is worse than none). Beside them, the
+``[[vm]]`` rules and the ``[[host]]`` rules (capacity), and ``[plugins.NAME]``: a plug-in's own options.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
+
+from shared import topology
+from shared.bus import DEFAULT_URL_ENV as NATS_URL_ENV  # read where the bus connects
+from shared.config.settings import Params as Params
+from shared.config.settings import ParamValue as ParamValue
+from shared.config.settings import param_flags as param_flags
+from shared.config.settings import section_of
+from shared.libvirt.connection import URI_ENV as LIBVIRT_URI_ENV  # read where libvirt connects
 
 PosInt = Annotated[int, Meta(ge=1)]
 PosFloat = Annotated[float, Meta(gt=0)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Autoscale = Literal["auto", "off", "recommend"]
-# A policy or guard parameter's value, as ``--param NAME.KEY=VALUE`` would give it.
-ParamValue = bool | int | float | str
-# ``param.<policy or guard>.<key> = value``: the file's form of ``--param NAME.KEY=VALUE``.
-Params = dict[str, dict[str, ParamValue]]
 # Source and driver names are the registries' (plug-ins add their own: shared/plugins.py), so the type takes any
 # name; loading the file refuses an unknown one at its key's line, naming the choices (load._check_plugin_names).
 Hypervisor = str
@@ -32,134 +41,268 @@ _PARAM_DOC = (
     "(e.g. param.guard.up_cooldown_s = 5); --param on the command line overrides the same key"
 )
 
+# Settings more than one command takes (up passes its own to its children): one declaration each, and one
+# default.
+INTERVAL_S = 1.0
+SPEED = 1.0
+LOG_LEVEL = "INFO"
+SEED = 1
+NatsUrl = Annotated[str | None, Meta(description="NATS URL", extra={"env": NATS_URL_ENV, "env_read_later": True})]
+LibvirtUri = Annotated[
+    str | None,
+    Meta(description="libvirt URI (default qemu:///system)", extra={"env": LIBVIRT_URI_ENV, "env_read_later": True}),
+]
+LibvirtOptIn = Annotated[
+    bool, Meta(description="libvirt: only domains whose hotplug metadata says enabled (hotplug libvirt prepare)")
+]
+Interval = Annotated[PosFloat, Meta(description="sampling interval, seconds (of the shared clock)")]
+Speed = Annotated[PosFloat, Meta(description="simulated seconds per wall second")]
+LogLevel = Annotated[str, Meta(description="DEBUG, INFO, WARNING or ERROR")]
+Param = Annotated[Params, Meta(description=_PARAM_DOC)]
+TraceFile = Annotated[
+    str | None,
+    Meta(
+        description="the VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]) from the run's start, "
+        "repeating at its end, instead of the seeded profiles (relative to the config file's folder)",
+        extra={"path": True, "metavar": "FILE"},
+    ),
+]
+HostCores = Annotated[
+    PosInt | None,
+    Meta(
+        description="the simulated host's physical cores (default: the VMs' maximums together, so they never "
+        "contend); its capacity in vCPUs is the config file's [[host]] rule's reading of them"
+    ),
+]
+ArrivalsRate = Annotated[
+    NonNegFloat,
+    Meta(
+        description="jobs (VMs to start) arriving per hour, a seeded Poisson process of the mix in "
+        "services/simulator/jobs.py (0: none)",
+        extra={"metavar": "JOBS_PER_HOUR"},
+    ),
+]
+ArrivalsFile = Annotated[
+    str | None,
+    Meta(
+        description="jobs arriving from this CSV: arrival_s,name,requested_vcpus,max_vcpus,profile,lifetime_s,"
+        "work_s (relative to the config file's folder)",
+        extra={"path": True, "metavar": "FILE"},
+    ),
+]
 
-class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    """Base of every section: a key left out (None) keeps the flag's own default."""
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every command's settings."""
 
 
-class ServiceSection(Section):
+class ServiceSettings(Settings):
     """Keys every service takes (simulator, collector, decider, actuator, agent); a service's own section
     overrides them."""
 
-    nats: Annotated[str | None, Meta(description="NATS URL")] = None
-    host: Annotated[str | None, Meta(description="hypervisor host name")] = None
-    metrics_port: Annotated[Port | None, Meta(description="Prometheus port (0: any free port)")] = None
-    metrics_addr: Annotated[str | None, Meta(description="address the metrics endpoint binds")] = None
-    speed: Annotated[PosFloat | None, Meta(description="simulated seconds per wall second")] = None
-    epoch: Annotated[float | None, Meta(description="wall time at which simulated time starts")] = None
-    log_level: Annotated[str | None, Meta(description="DEBUG, INFO, WARNING or ERROR")] = None
-
-
-class SimulatorSection(ServiceSection):
-    """``hotplug simulator``."""
-
-    vms: Annotated[PosInt | None, Meta(description="VMs to simulate")] = None
-    trace: Annotated[str | None, Meta(description="replay CSV the VMs follow (relative to this file)")] = None
-    seed: Annotated[int | None, Meta(description="workload seed")] = None
-    hotplug_delay: Annotated[float | None, Meta(description="simulated seconds per plug or unplug")] = None
-    profiles: Annotated[str | None, Meta(description="comma-separated workload profiles")] = None
-    max_vcpus: Annotated[PosInt | None, Meta(description="every VM's maximum")] = None
-    host_cores: Annotated[
-        PosInt | None, Meta(description="the host's physical cores (default: the VMs' maximums together)")
+    nats: NatsUrl = None
+    host: Annotated[str, Meta(description="hypervisor host name", extra={"env": "HOTPLUG_HOST"})] = "local"
+    metrics_port: Annotated[
+        Port, Meta(description="Prometheus port (0: any free port)", extra={"env": "HOTPLUG_METRICS_PORT"})
+    ] = 0
+    metrics_addr: Annotated[
+        str, Meta(description="address the metrics endpoint binds", extra={"env": "HOTPLUG_METRICS_ADDR"})
+    ] = "127.0.0.1"
+    speed: Annotated[Speed, Meta(extra={"env": "HOTPLUG_SPEED"})] = SPEED
+    epoch: Annotated[
+        float | None,
+        Meta(
+            description="wall time (POSIX seconds) from which the shared clock runs speed times faster (default: "
+            "this service's start); under speed every service of a run needs the same one (hotplug up prints its "
+            "own)"
+        ),
     ] = None
-    arrivals_rate: Annotated[NonNegFloat | None, Meta(description="jobs arriving per hour (Poisson, seeded)")] = None
-    arrivals_file: Annotated[str | None, Meta(description="CSV of arriving jobs (relative to this file)")] = None
+    log_level: Annotated[LogLevel, Meta(extra={"env": "HOTPLUG_LOG_LEVEL"})] = LOG_LEVEL
+
+
+class SimulatorSettings(ServiceSettings):
+    """``hotplug simulator``: the simulated mini-cloud."""
+
+    vms: Annotated[
+        PosInt | None,
+        Meta(description="VMs to simulate (default 6); with trace, the first N of the trace's VMs by name"),
+    ] = None
+    trace: TraceFile = None
+    seed: Annotated[int, Meta(description="workload and arrivals seed")] = SEED
+    host_cores: HostCores = None
+    arrivals_rate: ArrivalsRate = 0.0
+    arrivals_file: ArrivalsFile = None
     arrivals_seed: Annotated[int | None, Meta(description="the arrivals' seed (default: seed)")] = None
+    hotplug_delay: Annotated[float, Meta(description="simulated seconds per plug or unplug")] = 0.3
+    profiles: Annotated[str, Meta(description="comma-separated workload profiles to cycle through")] = ""
+    max_vcpus: Annotated[
+        PosInt | None, Meta(description="every VM's maximum (it boots with half); default: 4, 8, 16, 8 in turn")
+    ] = None
 
 
-class CollectorSection(ServiceSection):
-    """``hotplug collector``."""
+class CollectorSettings(ServiceSettings):
+    """``hotplug collector``: samples CPU use and publishes metrics."""
 
     source: Annotated[
-        SourceName | None,
+        SourceName,
         Meta(description="where CPU use is read: simulator, psutil, virtualbox, qemu, libvirt, or a plug-in's source"),
-    ] = None
-    libvirt_uri: Annotated[str | None, Meta(description="libvirt URI")] = None
-    libvirt_opt_in: Annotated[bool | None, Meta(description="libvirt: only domains opted in")] = None
-    libvirt_domain: Annotated[list[str] | None, Meta(description="libvirt: watch only these domains")] = None
-    interval: Annotated[PosFloat | None, Meta(description="sampling interval, seconds")] = None
-    process: Annotated[list[str] | None, Meta(description="psutil: VM=PID or VM=REGEX")] = None
+    ] = "simulator"
+    libvirt_uri: LibvirtUri = None
+    libvirt_opt_in: LibvirtOptIn = False
+    libvirt_domain: Annotated[
+        list[str],
+        Meta(
+            description="libvirt: watch only this domain (repeatable; default: every running domain)",
+            extra={"metavar": "NAME"},
+        ),
+    ] = []
+    interval: Interval = INTERVAL_S
+    process: Annotated[
+        list[str],
+        Meta(description="psutil: a host process to watch as a VM", extra={"metavar": "VM=PID|VM=REGEX"}),
+    ] = []
 
 
-class DeciderSection(ServiceSection):
+class DeciderSettings(ServiceSettings):
     """``hotplug decider``: the defaults for VMs that no ``[[vm]]`` rule sets otherwise."""
 
-    policy: Annotated[str | None, Meta(description="policy of VMs no rule gives one")] = None
-    param: Annotated[Params | None, Meta(description=_PARAM_DOC)] = None
-    name: Annotated[str | None, Meta(description="this decider's name in commands")] = None
-    dry_run: Annotated[bool | None, Meta(description="log what it would do; command nothing")] = None
-    lease: Annotated[str | None, Meta(description="lease name: replicas elect one active decider")] = None
-    lease_ttl: Annotated[PosFloat | None, Meta(description="seconds a lease lasts without renewal")] = None
-    group: Annotated[str | None, Meta(description="share the VMs with this group's live deciders")] = None
-    shadow: Annotated[bool | None, Meta(description="publish proposals instead of commands")] = None
-    max_sample_age: Annotated[PosFloat | None, Meta(description="older samples never drive a decision")] = None
-    intake_capacity: Annotated[PosInt | None, Meta(description="VMs whose newest sample may wait at once")] = None
-    command_ttl: Annotated[PosFloat | None, Meta(description="seconds a command stays valid")] = None
+    policy: Annotated[str, Meta(description="policy of VMs no rule gives one")] = "default"
+    param: Param = {}
+    name: Annotated[str, Meta(description="this decider's name in commands")] = topology.DECIDER_NAME
+    dry_run: Annotated[bool, Meta(description="log what it would do; command nothing")] = False
+    lease: Annotated[
+        str | None, Meta(description="replicas with the same lease elect one active decider (commands carry its term)")
+    ] = None
+    lease_ttl: Annotated[PosFloat, Meta(description="seconds a lease lasts without renewal")] = 5.0
+    group: Annotated[
+        str | None,
+        Meta(description="share the VMs with the other live deciders of this group (each needs its own name)"),
+    ] = None
+    shadow: Annotated[
+        bool, Meta(description="publish proposals on hotplug.proposals.<name>.<host>.<vm> instead of commands")
+    ] = False
+    max_sample_age: Annotated[PosFloat, Meta(description="older samples (seconds) never drive a decision")] = 10.0
+    intake_capacity: Annotated[
+        PosInt,
+        Meta(
+            description="VMs whose newest sample may wait at once; a flood sheds the oldest samples",
+            extra={"metavar": "VMS"},
+        ),
+    ] = 100_000
+    command_ttl: Annotated[PosFloat, Meta(description="seconds a command stays valid")] = 30.0
 
 
-class ActuatorSection(ServiceSection):
+class ActuatorSettings(ServiceSettings):
     """``hotplug actuator``: the bounds of VMs that no ``[[vm]]`` rule bounds."""
 
     driver: Annotated[
-        Hypervisor | None,
+        Hypervisor,
         Meta(description="how the hypervisor is driven: simulator, virtualbox, qemu, libvirt, or a plug-in's driver"),
-    ] = None
-    libvirt_uri: Annotated[str | None, Meta(description="libvirt URI")] = None
-    libvirt_opt_in: Annotated[bool | None, Meta(description="libvirt: only domains opted in")] = None
-    name: Annotated[str | None, Meta(description="this actuator's name")] = None
-    min_vcpus: Annotated[PosInt | None, Meta(description="smallest size of VMs no rule bounds")] = None
-    max_vcpus: Annotated[PosInt | None, Meta(description="largest size of VMs no rule bounds")] = None
-    step_timeout: Annotated[PosFloat | None, Meta(description="seconds one hypervisor call may take")] = None
-    vm_bounds: Annotated[list[str] | None, Meta(description="VM=MIN:MAX, above any rule")] = None
-    max_changes: Annotated[PosInt | None, Meta(description="resizes allowed per VM per rate_window")] = None
-    rate_window: Annotated[PosFloat | None, Meta(description="seconds (of the shared clock)")] = None
-    ack_wait: Annotated[PosFloat | None, Meta(description="seconds before a command is redelivered")] = None
+    ] = "simulator"
+    libvirt_uri: LibvirtUri = None
+    libvirt_opt_in: LibvirtOptIn = False
+    name: Annotated[str, Meta(description="this actuator's name")] = topology.ACTUATOR_NAME
+    min_vcpus: Annotated[PosInt, Meta(description="smallest size of VMs no rule bounds")] = 1
+    max_vcpus: Annotated[PosInt, Meta(description="largest size of VMs no rule bounds")] = 1024
+    step_timeout: Annotated[PosFloat, Meta(description="seconds one hypervisor call may take")] = 30.0
+    vm_bounds: Annotated[
+        list[str],
+        Meta(
+            description="this VM's own bounds, above any rule (the last '=' separates the name); repeatable",
+            extra={"metavar": "VM=MIN:MAX"},
+        ),
+    ] = []
+    max_changes: Annotated[PosInt, Meta(description="resizes allowed per VM per rate_window")] = 6
+    rate_window: Annotated[PosFloat, Meta(description="seconds (of the shared clock)")] = 60.0
+    ack_wait: Annotated[
+        PosFloat, Meta(description="seconds before an unacknowledged command is redelivered (e.g. after a crash)")
+    ] = 60.0
 
 
-class AgentSection(ServiceSection):
-    """``hotplug agent`` (inside a guest)."""
+class AgentSettings(ServiceSettings):
+    """``hotplug agent`` (inside a guest): publishes its own CPU view."""
 
-    vm: Annotated[str | None, Meta(description="the VM's name as the hypervisor knows it")] = None
-    interval: Annotated[PosFloat | None, Meta(description="sampling interval, seconds")] = None
-    no_online: Annotated[bool | None, Meta(description="do not bring newly plugged CPUs online")] = None
+    vm: Annotated[str | None, Meta(description="the VM's name as the hypervisor knows it (required)")] = None
+    interval: Interval = INTERVAL_S
+    no_online: Annotated[bool, Meta(description="do not bring newly plugged CPUs online")] = False
 
 
-class UpSection(Section):
+class UpSettings(Settings):
     """``hotplug up``: what it runs. Its children also read this file (its ``[[vm]]`` rules and their own
     sections), but what ``up`` passes them (policy, param, interval, dry_run...) comes first."""
 
-    vms: Annotated[PosInt | None, Meta(description="VMs (or guests, or test domains)")] = None
-    trace: Annotated[str | None, Meta(description="replay CSV the VMs follow (relative to this file)")] = None
+    vms: Annotated[
+        PosInt | None,
+        Meta(
+            description="simulator: VMs (default 6; with trace, the first N of the trace's VMs by name, default "
+            "all); qemu: guests to boot (default 6); libvirt: test domains to start for the run (default: none, "
+            "the running domains are used)"
+        ),
+    ] = None
+    trace: TraceFile = None
     duration: Annotated[PosFloat | None, Meta(description="stop after this many simulated seconds")] = None
-    speed: Annotated[PosFloat | None, Meta(description="simulated seconds per wall second")] = None
-    policy: Annotated[str | None, Meta(description="the decider's default policy")] = None
-    param: Annotated[Params | None, Meta(description=_PARAM_DOC)] = None
-    data_dir: Annotated[str | None, Meta(description="event log and logs (relative to this file)")] = None
-    nats: Annotated[str | None, Meta(description="use this NATS server instead of starting one")] = None
-    cluster: Annotated[PosInt | None, Meta(description="embedded NATS cluster nodes")] = None
+    speed: Speed = SPEED
+    policy: Annotated[
+        str | None, Meta(description="the decider's policy (default: the file's [decider] policy, or default)")
+    ] = None
+    param: Param = {}
+    data_dir: Annotated[
+        str, Meta(description="event log and logs (relative to the config file's folder)", extra={"path": True})
+    ] = ".hotplug"
+    nats: Annotated[NatsUrl, Meta(description="use this NATS server instead of starting one")] = None
+    cluster: Annotated[
+        PosInt,
+        Meta(
+            description="start a NATS cluster of this many nodes on loopback (streams kept on three)",
+            extra={"metavar": "NODES"},
+        ),
+    ] = 1
     hypervisor: Annotated[
-        Hypervisor | None,
+        Hypervisor,
         Meta(description="what the VMs run on: a source and driver name (simulator, virtualbox, qemu, libvirt)"),
-    ] = None
-    max_vcpus: Annotated[PosInt | None, Meta(description="qemu, libvirt: each guest's maximum")] = None
-    libvirt_uri: Annotated[str | None, Meta(description="libvirt URI")] = None
-    seed: Annotated[int | None, Meta(description="simulator seed")] = None
-    host_cores: Annotated[
-        PosInt | None, Meta(description="simulator: the host's physical cores (default: the VMs' maximums together)")
-    ] = None
-    arrivals_rate: Annotated[
-        NonNegFloat | None, Meta(description="simulator: jobs arriving per hour (Poisson, seeded)")
-    ] = None
-    arrivals_file: Annotated[
-        str | None, Meta(description="simulator: CSV of arriving jobs (relative to this file)")
-    ] = None
-    interval: Annotated[PosFloat | None, Meta(description="sampling interval, simulated seconds")] = None
-    dry_run: Annotated[bool | None, Meta(description="decide and log, but command nothing")] = None
+    ] = "simulator"
+    max_vcpus: Annotated[PosInt, Meta(description="qemu, libvirt: each guest's maximum (it boots with 1)")] = 4
+    libvirt_uri: LibvirtUri = None
+    seed: Annotated[int, Meta(description="simulator: workload and arrivals seed")] = SEED
+    host_cores: HostCores = None
+    arrivals_rate: ArrivalsRate = 0.0
+    arrivals_file: ArrivalsFile = None
+    interval: Interval = INTERVAL_S
+    dry_run: Annotated[bool, Meta(description="decide and log, but command nothing")] = False
     no_decider: Annotated[
-        bool | None, Meta(description="run no decider: the loop waits for yours (docs/deciders-any-language.md)")
-    ] = None
-    no_view: Annotated[bool | None, Meta(description="no live table")] = None
-    log_level: Annotated[str | None, Meta(description="the services' log level")] = None
+        bool,
+        Meta(
+            description="run no decider: the broker, simulator, collector and actuator wait for yours, in any "
+            "language (docs/deciders-any-language.md); up prints the clock's speed and epoch for it"
+        ),
+    ] = False
+    no_view: Annotated[bool, Meta(description="no live table (it is off anyway without a terminal)")] = False
+    log_level: Annotated[LogLevel, Meta(description="the services' log level")] = LOG_LEVEL
+
+
+# Each command's settings.
+SETTINGS: dict[str, type[Settings]] = {
+    "simulator": SimulatorSettings,
+    "collector": CollectorSettings,
+    "decider": DeciderSettings,
+    "actuator": ActuatorSettings,
+    "agent": AgentSettings,
+    "up": UpSettings,
+}
+
+
+class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Base of every section: a key left out (None) keeps the layer below."""
+
+
+# The sections, generated from the settings (typed Any for mypy: their fields exist only once generated).
+ServiceSection = section_of(ServiceSettings, "ServiceSection", Section, None)
+SimulatorSection = section_of(SimulatorSettings, "SimulatorSection", ServiceSection, ServiceSettings)
+CollectorSection = section_of(CollectorSettings, "CollectorSection", ServiceSection, ServiceSettings)
+DeciderSection = section_of(DeciderSettings, "DeciderSection", ServiceSection, ServiceSettings)
+ActuatorSection = section_of(ActuatorSettings, "ActuatorSection", ServiceSection, ServiceSettings)
+AgentSection = section_of(AgentSettings, "AgentSection", ServiceSection, ServiceSettings)
+UpSection = section_of(UpSettings, "UpSection", Section, None)
 
 
 class VmRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -251,21 +394,35 @@ class HostRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 class ConfigFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The whole file: sections for the commands, and the ``[[vm]]`` rules in order."""
+    """The whole file: sections for the commands, the ``[[vm]]`` and ``[[host]]`` rules in order, and each
+    plug-in's own options (``[plugins.NAME]``)."""
 
-    service: ServiceSection = msgspec.field(default_factory=ServiceSection)
-    simulator: SimulatorSection = msgspec.field(default_factory=SimulatorSection)
-    collector: CollectorSection = msgspec.field(default_factory=CollectorSection)
-    decider: DeciderSection = msgspec.field(default_factory=DeciderSection)
-    actuator: ActuatorSection = msgspec.field(default_factory=ActuatorSection)
-    agent: AgentSection = msgspec.field(default_factory=AgentSection)
-    up: UpSection = msgspec.field(default_factory=UpSection)
+    if TYPE_CHECKING:
+        service: Any = None
+        simulator: Any = None
+        collector: Any = None
+        decider: Any = None
+        actuator: Any = None
+        agent: Any = None
+        up: Any = None
+    else:
+        service: ServiceSection = msgspec.field(default_factory=ServiceSection)
+        simulator: SimulatorSection = msgspec.field(default_factory=SimulatorSection)
+        collector: CollectorSection = msgspec.field(default_factory=CollectorSection)
+        decider: DeciderSection = msgspec.field(default_factory=DeciderSection)
+        actuator: ActuatorSection = msgspec.field(default_factory=ActuatorSection)
+        agent: AgentSection = msgspec.field(default_factory=AgentSection)
+        up: UpSection = msgspec.field(default_factory=UpSection)
     vm: list[VmRule] = []
     host: list[HostRule] = []
+    plugins: Annotated[
+        dict[str, dict[str, Any]],
+        Meta(description="a plug-in's own options, by its name: [plugins.NAME] KEY = VALUE (its flag --KEY)"),
+    ] = {}
 
 
 # The section each command reads, with [service] under it for the services.
-SECTIONS: dict[str, type[Section]] = {
+SECTIONS: dict[str, type[Any]] = {
     "simulator": SimulatorSection,
     "collector": CollectorSection,
     "decider": DeciderSection,
@@ -273,33 +430,13 @@ SECTIONS: dict[str, type[Section]] = {
     "agent": AgentSection,
     "up": UpSection,
 }
-# Keys an environment variable also sets; the variable comes before the file (and the flag before both).
-SERVICE_ENV = {
-    "nats": "HOTPLUG_NATS_URL",
-    "host": "HOTPLUG_HOST",
-    "metrics_port": "HOTPLUG_METRICS_PORT",
-    "metrics_addr": "HOTPLUG_METRICS_ADDR",
-    "speed": "HOTPLUG_SPEED",
-    "log_level": "HOTPLUG_LOG_LEVEL",
-    "libvirt_uri": "HOTPLUG_LIBVIRT_URI",
-}
-UP_ENV = {"nats": "HOTPLUG_NATS_URL", "libvirt_uri": "HOTPLUG_LIBVIRT_URI"}
 CONFIG_ENV = "HOTPLUG_CONFIG"
-
-
-def env_of(command: str) -> dict[str, str]:
-    """The environment variable of each key of ``command``'s section that has one."""
-    return UP_ENV if command == "up" else SERVICE_ENV
-
-
-# Keys that hold a path: relative paths are taken from the config file's folder, not the working directory.
-PATH_KEYS = frozenset({"trace", "data_dir", "arrivals_file"})
 
 
 def section_values(config: ConfigFile, command: str) -> dict[str, object]:
     """The keys the file sets for ``command`` ([service] first, then the command's own section), unset ones left
     out. Pure."""
-    own: Section = getattr(config, command)
+    own = getattr(config, command)
     values: dict[str, object] = {}
     if isinstance(own, ServiceSection):
         values.update(_set_fields(config.service))
@@ -307,16 +444,5 @@ def section_values(config: ConfigFile, command: str) -> dict[str, object]:
     return values
 
 
-def _set_fields(section: Section) -> dict[str, object]:
+def _set_fields(section: Any) -> dict[str, object]:
     return {name: value for name in section.__struct_fields__ if (value := getattr(section, name)) is not None}
-
-
-def param_flags(params: Params) -> list[str]:
-    """A ``param`` table as ``--param`` items: ``{"guard": {"max_changes": 2}}`` → ``["guard.max_changes=2"]``."""
-    return [f"{scope}.{key}={_flag_value(value)}" for scope, keys in params.items() for key, value in keys.items()]
-
-
-def _flag_value(value: ParamValue) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)

@@ -104,7 +104,7 @@ def test_user_errors_are_still_the_builtin_errors_they_refine() -> None:
         (["up", "--policy", "threshold", "--param", "threshold.nope=1", "--data-dir", "{tmp}/run"], "bad parameter"),
         (["up", "--param", "nodot=1", "--data-dir", "{tmp}/run"], "expected NAME.KEY=VALUE"),
         (["bench", "decisions", "--policy", "nope"], "unknown policy 'nope'"),
-        (["collector", "--nats", "nats://127.0.0.1:1", "--source", "psutil"], "needs at least one --process"),
+        (["collector", "--nats", "nats://127.0.0.1:1", "--source", "psutil"], "needs at least one process"),
         (["collector", "--nats", "nats://127.0.0.1:1", "--process", "vm=("], "not a regular expression"),
         (["load", "vm-01", "lots", "--nats", "nats://127.0.0.1:1"], "cores takes a number from 0 to 4096 or 'clear'"),
         (["load", "vm-01", "nan", "--nats", "nats://127.0.0.1:1"], "cores takes a number from 0 to 4096 or 'clear'"),

@@ -62,13 +62,13 @@ def test_a_config_takes_its_own_options_and_ignores_the_others() -> None:
 @pytest.mark.parametrize(
     ("name", "options", "message"),
     [
-        ("psutil", {}, "the psutil source needs at least one --process VM=PID|VM=REGEX"),
+        ("psutil", {}, "the psutil source needs at least one process (VM=PID or VM=REGEX)"),
         ("psutil", {"process": ["vm="]}, "expected NAME=PID or NAME=REGEX, got 'vm='"),
         ("psutil", {"process": ["vm=("]}, "not a regular expression"),
         # An option only another plug-in takes is checked all the same (a typo found before the run).
         ("simulator", {"process": ["vm=("]}, "not a regular expression"),
         ("libvirt", {"libvirt_domain": "one"}, "source libvirt: Expected `array`, got `str`"),
-        ("qemu", {"speed": 2.0}, "--speed applies to the simulator only; real sources run on the wall clock"),
+        ("qemu", {"speed": 2.0}, "speed applies to the simulator only; real sources run on the wall clock"),
         ("nope", {}, "unknown source 'nope'; choose from simulator, psutil"),
     ],
 )
@@ -90,9 +90,9 @@ def test_the_psutil_config_keeps_the_parsed_processes() -> None:
 def test_speed_is_for_the_simulator_only(driver: str) -> None:
     DRIVERS.check_speed("simulator", 8.0)
     DRIVERS.check_speed(driver, 1.0)
-    with pytest.raises(UsageError, match=r"^--speed applies to the simulator only; real hypervisors run on the wall"):
+    with pytest.raises(UsageError, match=r"^speed applies to the simulator only; real hypervisors run on the wall"):
         DRIVERS.check_speed(driver, 2.0)
-    with pytest.raises(UsageError, match=r"^--speed applies to the simulator only$"):
+    with pytest.raises(UsageError, match=r"^speed applies to the simulator only$"):
         DRIVERS.check_speed(driver, 2.0, note="")  # up's wording
 
 
@@ -107,7 +107,7 @@ def test_a_missing_extra_is_reported_before_the_config(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("item", ["x", "vm=1", "vm=2:1", "=1:2", "vm=a:2", "vm=1:"])
 def test_vm_bounds_that_do_not_parse(item: str) -> None:
-    with pytest.raises(UsageError, match=r"^--vm-bounds takes VM=MIN:MAX with MIN <= MAX, got "):
+    with pytest.raises(UsageError, match=r"^vm_bounds takes VM=MIN:MAX with MIN <= MAX, got "):
         parse_vm_bounds([item])
 
 
@@ -171,3 +171,60 @@ def test_the_cli_builds_and_runs_a_plugin_source(monkeypatch: pytest.MonkeyPatch
     assert (source.name, interval_s) == ("toy", 2.0)
     readings = asyncio.run(source.read())
     assert [r.vm for r in readings] == ["toy-01", "toy-02"]  # the config's defaults
+
+
+def _toy_run(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Any:
+    """The toy source ``hotplug collector ARGV`` builds (its service stubbed out)."""
+    from hotplug.cli import services as service_commands
+    from services.collector import service
+
+    built: list[Any] = []
+
+    class Collector:
+        def __init__(self, _ctx: object, source: Any, _interval_s: float, host_rules: Any = ()) -> None:
+            built.append(source)
+
+        def use_host_rules(self, _rules: object) -> str:
+            return ""
+
+        async def run(self) -> None:
+            pass
+
+    def run(_options: object, _metrics: object, body: Any) -> int:
+        metrics = SimpleNamespace(registry=CollectorRegistry())
+        asyncio.run(body(SimpleNamespace(clock=Clock(speed=1.0, epoch=0.0), metrics=metrics)))
+        return 0
+
+    monkeypatch.setattr(service, "Collector", Collector)
+    monkeypatch.setattr(service_commands, "run", run)
+    assert cli.main(["collector", "--nats", "nats://127.0.0.1:1", "--source", "toy", *argv]) == 0
+    return built[0]
+
+
+@pytest.mark.usefixtures("toy_plugin")
+def test_a_plugin_takes_its_options_from_a_flag_and_from_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The toy config's fields are collector flags (``--toy-load``) and keys of ``[plugins.toy]``; the flag beats
+    the file, the file the field's default."""
+    assert "--toy-load" in _subcommand(cli.build_parser(), "collector").format_help()
+    assert _toy_run(monkeypatch, []).config.toy_load == 0.5
+    assert _toy_run(monkeypatch, ["--toy-load", "0.8"]).config.toy_load == 0.8
+    path = tmp_path / "hotplug.toml"
+    path.write_text("[plugins.toy]\ntoy_load = 0.25\ntoy_vms = 3\n")
+    from_file = _toy_run(monkeypatch, ["--config", str(path)]).config
+    assert (from_file.toy_load, from_file.toy_vms) == (0.25, 3)
+    assert _toy_run(monkeypatch, ["--config", str(path), "--toy-load", "0.9"]).config.toy_load == 0.9
+
+
+@pytest.mark.usefixtures("toy_plugin")
+def test_a_plugin_table_is_checked_at_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "hotplug.toml"
+    for text, error in [
+        ("[plugins.toy]\ntoy_load = 1.5\n", "hotplug.toml:1: plugins.toy: toy_load is a share of the vCPUs"),
+        ("[plugins.toy]\n\ntoy_lod = 1\n", "hotplug.toml:3: plugins.toy.toy_lod: unknown key; toy takes toy_vms, "),
+        ("[plugins.nope]\nx = 1\n", "hotplug.toml:1: plugins.nope: no plug-in 'nope'; choose from "),
+    ]:
+        path.write_text(text)
+        assert cli.main(["collector", "--config", str(path)]) == 2
+        assert error in capsys.readouterr().err

@@ -30,7 +30,7 @@ class ProcessSourceConfig(msgspec.Struct, frozen=True):
     def __post_init__(self) -> None:
         self.specs()  # a bad one is an error now, not when the collector first samples
         if not self.process:
-            raise UsageError("the psutil source needs at least one --process VM=PID|VM=REGEX")
+            raise UsageError("the psutil source needs at least one process (VM=PID or VM=REGEX)")
 
     def specs(self) -> list[ProcessSpec]:
         return [ProcessSpec.parse(p) for p in self.process]
