@@ -52,6 +52,33 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def simulated_host_options(p: argparse.ArgumentParser) -> None:
+    """The simulated host's cores and the jobs that arrive at it (``hotplug simulator``'s, and ``up``'s for the
+    simulated cloud, which passes them to its simulator)."""
+    p.add_argument(
+        "--host-cores",
+        type=at_least_one,
+        default=None,
+        help="the simulated host's physical cores (default: the VMs' maximums together, so they never contend); "
+        "its capacity in vCPUs is the config file's [[host]] rule's reading of them",
+    )
+    p.add_argument(
+        "--arrivals-rate",
+        type=non_negative,
+        default=0.0,
+        metavar="JOBS_PER_HOUR",
+        help="jobs (VMs to start) arriving per hour, a seeded Poisson process of the mix in "
+        "services/simulator/jobs.py (default 0: none)",
+    )
+    p.add_argument(
+        "--arrivals-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="jobs arriving from this CSV: arrival_s,name,requested_vcpus,max_vcpus,profile,lifetime_s,work_s",
+    )
+
+
 def host_option(parser: argparse.ArgumentParser, what: str) -> None:
     """``--host``, defaulting to $HOTPLUG_HOST and then ``local``: one default for every command that names a host."""
     parser.add_argument("--host", default=_env("HOST", "local"), help=f"{what} ($HOTPLUG_HOST; local)")

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from hotplug.cli.common import (
     Subparsers,
@@ -14,20 +17,20 @@ from hotplug.cli.common import (
     at_least_one,
     check_arrivals,
     check_trace,
-    non_negative,
     positive,
     run,
     service_options,
     service_parent,
+    simulated_host_options,
 )
 from hotplug.config_cmd import add_config_option, epilog, loaded_of, watch_config
+from hotplug.hypervisors import HYPERVISORS
 from services.actuator.checks import Bounds
 from services.actuator.drivers.registry import DRIVERS
 from services.collector.sources.registry import SOURCES
 from shared import topology
 from shared.config.load import LoadedConfig
 from shared.errors import UsageError
-from shared.plugins import names_in
 from shared.runtime import ServiceContext, resolve_nats_url
 
 if TYPE_CHECKING:
@@ -45,32 +48,6 @@ def _libvirt_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _pool_options(p: argparse.ArgumentParser) -> None:
-    """The simulated host's cores and the jobs that arrive at it (``up`` passes them to its simulator)."""
-    p.add_argument(
-        "--host-cores",
-        type=at_least_one,
-        default=None,
-        help="the simulated host's physical cores (default: the VMs' maximums together, so they never contend); "
-        "its capacity in vCPUs is the config file's [[host]] rule's reading of them",
-    )
-    p.add_argument(
-        "--arrivals-rate",
-        type=non_negative,
-        default=0.0,
-        metavar="JOBS_PER_HOUR",
-        help="jobs (VMs to start) arriving per hour, a seeded Poisson process of the mix in "
-        "services/simulator/jobs.py (default 0: none)",
-    )
-    p.add_argument(
-        "--arrivals-file",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="jobs arriving from this CSV: arrival_s,name,requested_vcpus,max_vcpus,profile,lifetime_s,work_s",
-    )
-
-
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     service = service_parent()
     add_config_option(service)
@@ -83,17 +60,9 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         "--vms",
         type=at_least_one,
         default=None,
-        help="simulator: VMs (default 6; with --trace, the first N of the trace's VMs by name, default "
-        "all); qemu: guests to boot (default 6); libvirt: test domains to start for the run "
-        "(default: none, the running domains are used)",
-    )
-    up.add_argument(
-        "--trace",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="simulated VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]) from the "
-        "run's start, repeating at its end",
+        help="the run's VMs, as the hypervisor makes them: simulator: VMs (default 6; with --trace, the first N of "
+        "the trace's VMs by name, default all); qemu: guests to boot (default 6); libvirt: test domains to start "
+        "for the run (default: none, the running domains are used)",
     )
     up.add_argument("--duration", type=positive, default=None, help="stop after this many simulated seconds")
     up.add_argument("--speed", type=positive, default=1.0, help="simulated seconds per wall second")
@@ -108,18 +77,19 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         metavar="NODES",
         help="start a NATS cluster of this many nodes on loopback (streams kept on three)",
     )
+    hypervisors = HYPERVISORS.all()
     up.add_argument(
         "--hypervisor",
-        choices=names_in([DRIVERS, SOURCES]),
+        choices=[h.name for h in hypervisors],
         default="simulator",
-        help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH); "
-        "qemu: --vms real guests booted for the run; libvirt: the running domains, or --vms "
-        "test domains started for the run",
+        help="; ".join(h.summary for h in hypervisors),
     )
-    up.add_argument("--max-vcpus", type=int, default=4, help="qemu, libvirt: each guest's maximum (it boots with 1)")
-    up.add_argument("--libvirt-uri", default=None, help="libvirt: the URI ($HOTPLUG_LIBVIRT_URI; qemu:///system)")
-    up.add_argument("--seed", type=int, default=1, help="simulator: workload and arrivals seed")
-    _pool_options(up)
+    up.add_argument(
+        "--max-vcpus", type=int, default=4, help="a hypervisor that boots guests for the run: each one's maximum"
+    )
+    for hypervisor in hypervisors:  # each hypervisor's own options (--trace, --libvirt-uri...)
+        if hypervisor.add_options is not None:
+            hypervisor.add_options(up)
     up.add_argument("--interval", type=positive, default=1.0, help="sampling interval, simulated seconds")
     up.add_argument("--dry-run", action="store_true", help="decide and log, but command nothing")
     up.add_argument(
@@ -149,7 +119,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         "repeating at its end, instead of the seeded profiles",
     )
     sim.add_argument("--seed", type=int, default=1)
-    _pool_options(sim)
+    simulated_host_options(sim)
     sim.add_argument("--arrivals-seed", type=int, default=None, help="the arrivals' seed (default: --seed)")
     sim.add_argument("--hotplug-delay", type=float, default=0.3, help="simulated seconds per plug or unplug")
     sim.add_argument("--profiles", default="", help="comma-separated workload profiles to cycle through")
@@ -409,57 +379,47 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from hotplug.up import UpOptions, run_up, simulator_of
+    from hotplug.up import UpOptions, run_up
 
-    if args.trace is not None:
-        if args.hypervisor != "simulator":
-            raise UsageError("--trace drives simulated VMs; it needs --hypervisor simulator")
-        args.trace = args.trace.resolve()  # the simulator child must find it whatever its working directory
-        check_trace(args.trace)
-    if args.hypervisor != "simulator" and (args.host_cores or args.arrivals_rate or args.arrivals_file):
-        raise UsageError("--host-cores and arrivals shape the simulated host; they need --hypervisor simulator")
-    check_arrivals(args.arrivals_rate, args.arrivals_file)
-    if args.arrivals_file is not None:
-        args.arrivals_file = args.arrivals_file.resolve()  # as --trace: the child's working directory may differ
+    hypervisor = HYPERVISORS.get(args.hypervisor)
+    values = vars(args)
+    for other in HYPERVISORS.all():
+        given = other.given(values) if other is not hypervisor else []
+        if given:
+            raise UsageError(f"{', '.join(given)}: options of --hypervisor {other.name}, not of {hypervisor.name}")
     if args.no_decider and (args.dry_run or args.param or args.policy):
         raise UsageError("--no-decider runs no decider: --policy, --param and --dry-run have none to go to")
-    vms, guests = (None, args.vms or 0) if args.hypervisor == "libvirt" else (args.vms, 0)
     loaded = loaded_of(args)
     # The decider child reads the file too: without --policy (or [up] policy) its own section says.
     policy = args.policy or (loaded.config.decider.policy if loaded else None) or "default"
     options = UpOptions(
-        vms=vms,
-        libvirt_guests=guests,
-        libvirt_uri=args.libvirt_uri,
-        trace=args.trace,
+        vms=args.vms,
         duration_s=args.duration,
         speed=args.speed,
         policy=policy,
         params=tuple(args.param),
         data_dir=args.data_dir,
         nats_url=resolve_nats_url(args.nats),
-        seed=args.seed,
         interval_s=args.interval,
         dry_run=args.dry_run,
         decider=not args.no_decider,
         view=not args.no_view,
         log_level=args.log_level,
-        hypervisor=args.hypervisor,
+        hypervisor=hypervisor.name,
         max_vcpus=args.max_vcpus,
         cluster=args.cluster,
         config=loaded.path.resolve() if loaded else None,
-        host_cores=args.host_cores,
-        arrivals_rate=args.arrivals_rate,
-        arrivals_file=args.arrivals_file,
+        own=hypervisor.own_from(values),
     )
     if options.cluster < 1 or (options.cluster > 1 and options.nats_url is not None):
         raise UsageError("--cluster takes a node count of at least 1, and only for the embedded broker (no --nats)")
-    try:  # the simulator child's own settings, as up will rebuild them to compare its jobs' waits
-        simulator_of(options, loaded.config if loaded else None)
-    except ValueError as exc:
-        raise UsageError(f"the simulator's settings (flags and [simulator]) do not go together: {exc}") from exc
-    DRIVERS.check_speed(options.hypervisor, options.speed, note="")
-    DRIVERS.probe(options.hypervisor, DRIVERS.config(options.hypervisor, {"libvirt_uri": options.libvirt_uri}))
+    if hypervisor.prepare is not None:
+        options = dataclasses.replace(
+            options, own=hypervisor.prepare(hypervisor.own(options), options, loaded.config if loaded else None)
+        )
+    DRIVERS.check_speed(hypervisor.driver_name, options.speed, note="")
+    own = msgspec.structs.asdict(hypervisor.own(options))
+    DRIVERS.probe(hypervisor.driver_name, DRIVERS.config(hypervisor.driver_name, own))
     if options.decider:
         _check_policy(options.policy, options.params, loaded)
     asyncio.run(run_up(options))

@@ -185,10 +185,11 @@ def test_every_service_help_states_the_settings_order() -> None:
 
 
 def test_up_hands_the_file_to_every_child() -> None:
-    from hotplug.up import SERVICES, UpOptions, child_argv
+    from hotplug.up import UpOptions, child_argv, services_of
 
     options = UpOptions(config=Path("/etc/hotplug.toml"))
-    for service in SERVICES:
+    assert services_of(options) == ["simulator", "collector", "decider", "actuator"]
+    for service in services_of(options):
         argv = child_argv(service, options, "nats://x", 0.0, 1)
         assert argv[argv.index("--config") + 1] == "/etc/hotplug.toml", service
     assert "--config" not in child_argv("decider", UpOptions(), "nats://x", 0.0, 1)
