@@ -26,7 +26,7 @@ import msgspec
 
 from services.actuator.drivers.registry import DRIVERS
 from services.collector.sources.registry import SOURCES
-from shared.errors import UsageError
+from shared.errors import UsageError, UserError
 from shared.plugins import load_plugins, names_in
 
 if TYPE_CHECKING:
@@ -104,6 +104,8 @@ class Hypervisor(Generic[U]):
         try:
             return msgspec.convert(fields, self.options, strict=False)
         except msgspec.ValidationError as exc:
+            if isinstance(exc.__cause__, UserError):
+                raise exc.__cause__ from None  # the options' own message, word for word
             raise UsageError(f"hypervisor {self.name}: {exc}") from exc
 
     def given(self, values: Mapping[str, Any]) -> list[str]:
