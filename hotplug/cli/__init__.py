@@ -15,7 +15,7 @@ import sys
 from types import ModuleType
 
 from hotplug.cli.common import Handler
-from hotplug.config_cmd import apply_file
+from hotplug.config import apply_file
 from shared.errors import UserError
 from shared.runtime import setup_logging
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         parser = build_parser()  # it imports the plug-ins named in $HOTPLUG_PLUGINS
-        # The config file's keys become the command's defaults, before the command line is read (config_cmd.py).
+        # The config file's keys become the command's defaults, before the command line is read (hotplug/config.py).
         loaded = apply_file(parser, argv)
     except UserError as exc:
         print(f"hotplug: {exc}", file=sys.stderr)

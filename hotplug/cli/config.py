@@ -34,13 +34,13 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from hotplug.config_cmd import check
+    from hotplug.config import check
 
     return check(args.file, args.vm, resolve_nats_url(args.nats), args.host)
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    from hotplug.config_cmd import reference
+    from hotplug.config import reference
 
     print(reference(), end="")
     return 0

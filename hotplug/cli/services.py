@@ -23,7 +23,7 @@ from hotplug.cli.common import (
     service_parent,
     simulated_host_options,
 )
-from hotplug.config_cmd import add_config_option, epilog, loaded_of, watch_config
+from hotplug.config import add_config_option, epilog, loaded_of, watch_config
 from hotplug.hypervisors import HYPERVISORS
 from services.actuator.checks import Bounds
 from services.actuator.drivers.registry import DRIVERS

@@ -62,8 +62,8 @@ class Hypervisor(Generic[U]):
     # Its collector source and actuator driver, by their registry names (None: the hypervisor's own name).
     source: str | None = None
     driver: str | None = None
-    # Its own ``up`` options: a Struct whose fields are named as their flags' argparse names (``--libvirt-uri``
-    # is ``libvirt_uri``, as a source's and a driver's config), and the function that adds those flags to ``up``.
+    # Its own ``up`` options: a Struct whose fields are named as their flags' argparse names (``--host-cores`` is
+    # ``host_cores``, as in a source's and a driver's config), and the function that adds those flags to ``up``.
     # A field the run's options hold (``--vms``, ``--max-vcpus``) is not its own: each record reads it its way.
     options: type[U] = NoOptions  # type: ignore[assignment]
     add_options: Callable[[argparse.ArgumentParser], None] | None = None
@@ -109,7 +109,7 @@ class Hypervisor(Generic[U]):
             raise UsageError(f"hypervisor {self.name}: {exc}") from exc
 
     def given(self, values: Mapping[str, Any]) -> list[str]:
-        """The flags of its own that ``values`` sets away from their defaults (``--trace``, ``--libvirt-uri``)."""
+        """The flags of its own that ``values`` sets away from their defaults (``--trace``, ``--host-cores``)."""
         return [
             "--" + f.name.replace("_", "-")
             for f in msgspec.structs.fields(self.options)

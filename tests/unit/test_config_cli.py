@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from hotplug.cli import build_parser, main
-from hotplug.config_cmd import _subparser, apply_file, config_path, reference
+from hotplug.config import _subparser, apply_file, config_path, reference
 from shared import bus
 from shared.config.schema import CONFIG_ENV, SECTIONS, SERVICE_ENV, UP_ENV, ServiceSection
 from shared.libvirt.connection import URI_ENV

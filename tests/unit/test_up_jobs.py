@@ -13,7 +13,7 @@ from rich.console import Console
 
 from hotplug.cli import build_parser, main
 from hotplug.cli.services import simulator_config_of
-from hotplug.config_cmd import apply_file
+from hotplug.config import apply_file
 from hotplug.counterfactual import fixed_size_run, simulator_config
 from hotplug.fleet import Fleet
 from hotplug.hypervisors.simulator import SimulatorUp, simulator_of
