@@ -9,7 +9,9 @@ rules every plug-in shares: ``--speed`` only for the simulated cloud, an optiona
 The command line asks a registry for its names (``--source``/``--driver`` choices), builds the chosen plug-in's
 config from the parsed options (:meth:`Registry.config`) and calls the factory (:meth:`Registry.build`); it has
 no branch per plug-in. A plug-in outside this package registers itself when its module is imported: name the
-module, or its ``.py`` file, in ``$HOTPLUG_PLUGINS`` (comma-separated); see ``examples/toy_source.py``.
+module, or its ``.py`` file, in ``$HOTPLUG_PLUGINS`` (comma-separated); see ``examples/toy_source.py``. A whole
+hypervisor (a source, a driver and what ``hotplug up`` does for it) is one such module too:
+``examples/toy_hypervisor.py`` and ``docs/hypervisors.md``.
 """
 
 from __future__ import annotations
