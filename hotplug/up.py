@@ -20,11 +20,11 @@ from rich.live import Live
 
 from hotplug.events import BROKER_DIR, BROKER_FILE, write_broker_file
 from hotplug.fleet import Fleet
+from hotplug.fleet_view import render
 from hotplug.harness.processes import hotplug_argv
 from hotplug.harness.recorder import BusWatcher
 from hotplug.hypervisors import HYPERVISORS, Hypervisor
 from hotplug.supervisor import Supervisor
-from hotplug.view import render
 from shared import bus
 from shared.broker import EmbeddedBroker, free_port
 from shared.cluster import EmbeddedCluster, embedded_broker

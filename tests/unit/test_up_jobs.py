@@ -16,9 +16,9 @@ from hotplug.cli.services import simulator_config_of
 from hotplug.config import apply_file
 from hotplug.counterfactual import fixed_size_run, simulator_config
 from hotplug.fleet import Fleet
+from hotplug.fleet_view import render
 from hotplug.hypervisors.simulator import SimulatorUp, simulator_of
 from hotplug.up import UpOptions, child_argv
-from hotplug.view import render
 from hotplug.waits import job_waits
 from services.simulator import scenario
 from services.simulator.host import Host
