@@ -21,12 +21,11 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from hotplug.hypervisors import HYPERVISORS, Hypervisor
-from hotplug.up import DEFAULT_VMS, UpOptions
+from hotplug.hypervisors import DEFAULT_VMS, HYPERVISORS, Hypervisor
 from services.actuator.drivers.base import Driver, DriverError, VmView
 from services.actuator.drivers.registry import DRIVERS
 from services.collector.sources.base import Reading, Source
@@ -35,6 +34,9 @@ from shared.clock import Clock
 from shared.errors import UsageError
 from shared.messages import ErrorCode
 from shared.runtime import ServiceContext
+
+if TYPE_CHECKING:
+    from hotplug.up import UpOptions
 
 NAME = "toyhv"
 DIR_ENV = "HOTPLUG_TOYHV_DIR"

@@ -34,8 +34,6 @@ from shared.messages import HostState, MetricSample, ScaleCommand, ScaleResult
 # The loop's services, which every hypervisor's run has (a hypervisor adds its own before them: the simulator).
 LOOP = ("collector", "decider", "actuator")
 EXTERNAL_DECIDER_DOC = "docs/deciders-any-language.md"
-# The run's VMs when --vms is not given, for a hypervisor that makes them (the simulator's, QEMU's guests).
-DEFAULT_VMS = 6
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ U = TypeVar("U", bound=msgspec.Struct)
 
 _LAST = 1000  # a built-in without ORDER comes after the others
 
+# The run's VMs when --vms is not given, for a hypervisor that makes them (the simulator's, QEMU's guests).
+DEFAULT_VMS = 6
+
 
 class NoOptions(msgspec.Struct, frozen=True):
     """The ``up`` options of a hypervisor that takes none of its own."""

@@ -20,15 +20,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from hotplug.cli.common import Handler, Subparsers, add_command
 from hotplug.hypervisors import Hypervisor
 from hotplug.hypervisors.resize import resize
-from hotplug.up import UpOptions
-from services.actuator.drivers.libvirt import LibvirtDriver
 from shared.libvirt.connection import Connection, LibvirtMissing
 from shared.libvirt.domain import (
     SETTINGS_NS,
@@ -42,6 +40,9 @@ from shared.libvirt.domain import (
 from shared.libvirt.guest import BOOT_TIMEOUT_S, LIFETIME_MAXIMUM, GuestChannel, domain_xml, guest_dir, started_by_us
 from shared.qemu.image import ImageError, ensure_image
 from shared.qemu.vm import parse_cpu_list
+
+if TYPE_CHECKING:  # the record is read by every command's parser: up's own modules load when up runs
+    from hotplug.up import UpOptions
 
 STATES = {
     0: "no state",
@@ -153,6 +154,8 @@ def set_vcpus(conn: Connection, name: str, target: int) -> int:
         return 1
 
     async def run() -> int:
+        from services.actuator.drivers.libvirt import LibvirtDriver
+
         driver = LibvirtDriver(connection=conn)
         return await resize(driver, name, target)
 

@@ -10,15 +10,16 @@ import json
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from hotplug.cli.common import Handler, Subparsers, add_command
-from hotplug.hypervisors import Hypervisor
+from hotplug.hypervisors import DEFAULT_VMS, Hypervisor
 from hotplug.hypervisors.resize import resize
-from hotplug.up import DEFAULT_VMS, UpOptions
-from services.actuator.drivers.qemu import QemuDriver
 from shared.qemu.image import ImageError, ensure_image
 from shared.qemu.vm import QemuError, QemuVm, running_vms
+
+if TYPE_CHECKING:  # the record is read by every command's parser: up's own modules load when up runs
+    from hotplug.up import UpOptions
 
 
 def start(name: str, max_vcpus: int, vcpus: int, memory_mb: int, root: Path | None = None) -> int:
@@ -28,6 +29,8 @@ def start(name: str, max_vcpus: int, vcpus: int, memory_mb: int, root: Path | No
 
 
 def set_vcpus(name: str, target: int, root: Path | None = None) -> int:
+    from services.actuator.drivers.qemu import QemuDriver
+
     return asyncio.run(resize(QemuDriver(root), name, target))
 
 

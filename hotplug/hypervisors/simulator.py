@@ -7,21 +7,21 @@ import argparse
 import asyncio
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
-import nats.errors
-from nats.aio.client import Client
 
 from hotplug.cli.common import check_arrivals, check_trace, simulated_host_options
-from hotplug.counterfactual import fixed_size_run, simulator_config
-from hotplug.fleet import Fleet
-from hotplug.hypervisors import Hypervisor
-from hotplug.up import DEFAULT_VMS, UpOptions
-from services.simulator.scenario import SimulatorConfig
-from shared import subjects
-from shared.config.schema import ConfigFile
+from hotplug.hypervisors import DEFAULT_VMS, Hypervisor
 from shared.errors import UsageError
-from shared.sim_api import JobsReply
+
+if TYPE_CHECKING:  # the record is read by every command's parser: what only a run needs loads when up runs
+    from nats.aio.client import Client
+
+    from hotplug.fleet import Fleet
+    from hotplug.up import UpOptions
+    from services.simulator.scenario import SimulatorConfig
+    from shared.config.schema import ConfigFile
 
 ORDER = 10  # the default, first among --hypervisor's choices
 
@@ -88,6 +88,8 @@ def service_args(service: str, options: UpOptions) -> list[str]:
 
 def simulator_of(options: UpOptions, config: ConfigFile | None) -> SimulatorConfig:
     """What the simulator child runs, as ``service_args`` and the config file set it up."""
+    from hotplug.counterfactual import simulator_config
+
     own = HYPERVISOR.own(options)
     return simulator_config(
         vms=options.vms,
@@ -103,6 +105,12 @@ def simulator_of(options: UpOptions, config: ConfigFile | None) -> SimulatorConf
 
 async def job_outcomes(nc: Client, options: UpOptions, config: ConfigFile | None, fleet: Fleet) -> None:
     """Ask the simulator what became of its jobs (before it stops), and run the same arrivals with fixed sizes."""
+    import nats.errors
+
+    from hotplug.counterfactual import fixed_size_run
+    from shared import subjects
+    from shared.sim_api import JobsReply
+
     simulator = simulator_of(options, config)
     if not simulator.has_arrivals:
         return
