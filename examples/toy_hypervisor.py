@@ -196,6 +196,7 @@ RECORD: Hypervisor[ToyHvUp] = HYPERVISORS.register(
     Hypervisor(
         name=NAME,
         summary="toyhv (examples/toy_hypervisor.py): --vms VMs that are JSON files, each keeping --toyhv-demand busy",
+        vms="VMs (files) to write for the run (default 6)",
         options=ToyHvUp,
         add_options=add_options,
         provision=provision,

@@ -56,13 +56,13 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         sub, "up", cmd_up, epilog=epilog("up"), help="run broker, simulator, collector, decider and actuator together"
     )
     add_config_option(up)
+    hypervisors = HYPERVISORS.all()
     up.add_argument(
         "--vms",
         type=at_least_one,
         default=None,
-        help="the run's VMs, as the hypervisor makes them: simulator: VMs (default 6; with --trace, the first N of "
-        "the trace's VMs by name, default all); qemu: guests to boot (default 6); libvirt: test domains to start "
-        "for the run (default: none, the running domains are used)",
+        help="the run's VMs, as the hypervisor makes them: "
+        + "; ".join(f"{h.name}: {h.vms}" for h in hypervisors if h.vms is not None),
     )
     up.add_argument("--duration", type=positive, default=None, help="stop after this many simulated seconds")
     up.add_argument("--speed", type=positive, default=1.0, help="simulated seconds per wall second")
@@ -77,7 +77,6 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         metavar="NODES",
         help="start a NATS cluster of this many nodes on loopback (streams kept on three)",
     )
-    hypervisors = HYPERVISORS.all()
     up.add_argument(
         "--hypervisor",
         choices=[h.name for h in hypervisors],

@@ -62,6 +62,8 @@ class Hypervisor(Generic[U]):
     name: str
     # One line for ``up --hypervisor``'s help: which VMs a run sees.
     summary: str
+    # What ``up --vms`` means for it, for that flag's help (None: it makes no VMs, and ignores the count).
+    vms: str | None = None
     # Its collector source and actuator driver, by their registry names (None: the hypervisor's own name).
     source: str | None = None
     driver: str | None = None

@@ -445,6 +445,7 @@ ORDER = 40
 HYPERVISOR: Hypervisor[LibvirtUp] = Hypervisor(
     name="libvirt",
     summary="libvirt: the running domains, or --vms test domains started for the run",
+    vms="test domains to start for the run (default: none, the running domains are used)",
     options=LibvirtUp,
     add_options=add_options,
     service_args=service_args,

@@ -174,6 +174,7 @@ ORDER = 30
 HYPERVISOR: Hypervisor[Any] = Hypervisor(
     name="qemu",
     summary="qemu: --vms real guests (default 6) booted for the run, each up to --max-vcpus",
+    vms="guests to boot (default 6)",
     provision=provision,
     admin=register,
 )

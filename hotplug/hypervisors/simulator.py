@@ -126,6 +126,7 @@ async def job_outcomes(nc: Client, options: UpOptions, config: ConfigFile | None
 HYPERVISOR: Hypervisor[SimulatorUp] = Hypervisor(
     name="simulator",
     summary="simulator: --vms seeded VMs (default 6), or a --trace's, in the simulated cloud this run starts",
+    vms="VMs (default 6; with --trace, the first N of the trace's VMs by name, default all)",
     options=SimulatorUp,
     add_options=add_options,
     prepare=prepare,
