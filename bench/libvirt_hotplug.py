@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hotplug import libvirt_cmd
+from hotplug.hypervisors import libvirt as libvirt_cmd
 from services.actuator.drivers.libvirt import LibvirtDriver, qemu_pid
 from shared.libvirt.connection import Connection
 from shared.libvirt.domain import parse_domain

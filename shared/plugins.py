@@ -11,7 +11,9 @@ config from the parsed options (:meth:`Registry.config`) and calls the factory (
 no branch per plug-in. A plug-in's config fields that its service does not already take become flags of that
 service (``--toy-load``), and keys of the config file's ``[plugins.NAME]`` table (checked when the file is read).
 A plug-in outside this package registers itself when its module is imported: name the module, or its ``.py``
-file, in ``$HOTPLUG_PLUGINS`` (comma-separated); see ``examples/toy_source.py``.
+file, in ``$HOTPLUG_PLUGINS`` (comma-separated); see ``examples/toy_source.py``. A whole
+hypervisor (a source, a driver and what ``hotplug up`` does for it) is one such module too:
+``examples/toy_hypervisor.py`` and ``docs/hypervisors.md``.
 
 Each registry registers itself here by its kind (:func:`registry_of`), so that ``shared.config`` can check the
 names and options a config file gives without importing the services that hold the registries.

@@ -15,7 +15,7 @@ import sys
 from types import ModuleType
 
 from hotplug.cli.common import Handler
-from hotplug.config_cmd import apply_file
+from hotplug.config import apply_file
 from shared.errors import UserError
 from shared.runtime import setup_logging
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()  # it imports the plug-ins named in $HOTPLUG_PLUGINS
         # Built-in defaults < the config file < environment variables become the command's defaults, before the
-        # command line is read, so a flag given beats them (config_cmd.py; every flag defaults to "not given").
+        # command line is read, so a flag given beats them (hotplug/config.py; every flag defaults to "not given").
         loaded = apply_file(parser, argv)
     except UserError as exc:
         print(f"hotplug: {exc}", file=sys.stderr)

@@ -13,12 +13,12 @@ ORDER = 15  # after the services
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    config = add_command(
-        sub, "config", cmd_config, help="the config file: check one, or print the reference of its keys"
-    )
+    config = sub.add_parser("config", help="the config file: check one, or print the reference of its keys")
     csub = config.add_subparsers(dest="config_command", required=True)
-    check = csub.add_parser(
+    check = add_command(
+        csub,
         "check",
+        cmd_check,
         help="validate a config file (exit 2 with file:line: reason if invalid) and print the rule each known "
         "VM falls under",
     )
@@ -30,21 +30,17 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         "--vm", action="append", default=[], metavar="NAME", help="a VM to list (HOST/VM, or VM on --host); repeatable"
     )
     host_option(check, "the host of --vm names given without one")
-    csub.add_parser("reference", help="print every key of the config file, as Markdown")
-
-
-def cmd_config(args: argparse.Namespace) -> int:
-    return cmd_check(args) if args.config_command == "check" else cmd_reference(args)
+    add_command(csub, "reference", cmd_reference, help="print every key of the config file, as Markdown")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from hotplug.config_cmd import check
+    from hotplug.config import check
 
     return check(args.file, args.vm, resolve_nats_url(args.nats), args.host)
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    from hotplug.config_cmd import reference
+    from hotplug.config import reference
 
     print(reference(), end="")
     return 0

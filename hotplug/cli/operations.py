@@ -29,9 +29,11 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     sch.add_argument("--out", type=Path, default=None, help="directory (default: print one JSON document)")
 
-    auth = add_command(sub, "auth", cmd_auth, help="broker security: users, permissions, credentials")
+    auth = sub.add_parser("auth", help="broker security: users, permissions, credentials")
     asub = auth.add_subparsers(dest="auth_command", required=True)
-    ainit = asub.add_parser("init", help="write nats.conf (one user per service) and credentials/<user>.env")
+    ainit = add_command(
+        asub, "init", cmd_auth, help="write nats.conf (one user per service) and credentials/<user>.env"
+    )
     ainit.add_argument("--out", type=Path, required=True)
     ainit.add_argument("--hosts", default="local", help="comma-separated hypervisor hosts")
     ainit.add_argument("--address", default="127.0.0.1", help="the broker's address in the client URLs")

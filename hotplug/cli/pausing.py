@@ -1,5 +1,5 @@
 """Operator commands that stop autoscaling one VM for a while: ``pause``, ``resume`` and ``paused`` (what they do on
-the bus is in ``hotplug.pause_cmd``)."""
+the bus is in ``hotplug.pausing``)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def _refused(command: str, by: str, exc: Exception) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    from hotplug.pause_cmd import pause, who
+    from hotplug.pausing import pause, who
 
     try:
         duration_s = None if args.duration is None else parse_duration(args.duration)
@@ -78,7 +78,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from hotplug.pause_cmd import resume, who
+    from hotplug.pausing import resume, who
 
     url = live_bus_url(args)
     by = who(url)
@@ -94,7 +94,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_paused(args: argparse.Namespace) -> int:
-    from hotplug.pause_cmd import listing, record
+    from hotplug.pausing import listing, record
 
     pauses = asyncio.run(listing(live_bus_url(args)))
     if args.json:

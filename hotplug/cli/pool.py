@@ -1,6 +1,6 @@
 """``hotplug pool``: each host's capacity, committed, free and used vCPUs, the jobs waiting to start, and the grows
-deferred now with their age and reason (what it does on the bus is in ``hotplug.pool_cmd``, its report in
-``hotplug.pool_view``)."""
+deferred now with their age and reason (what it does on the bus is in ``hotplug.pool``, its report in
+``hotplug.pool_report``)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
-    from hotplug.pool_cmd import gather
-    from hotplug.pool_view import pool_report, render_text
+    from hotplug.pool import gather
+    from hotplug.pool_report import pool_report, render_text
 
     states, deferrals, expected, waited = asyncio.run(gather(live_bus_url(args), hosts=args.host, wait_s=args.wait))
     report = pool_report(states, deferrals, expected=expected, wait_s=args.wait, waited_s=waited, now=time.time())

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from hotplug.cli.common import (
     Subparsers,
@@ -14,20 +17,20 @@ from hotplug.cli.common import (
     at_least_one,
     check_arrivals,
     check_trace,
-    non_negative,
     positive,
     run,
     service_options,
     settings_flags,
 )
-from hotplug.config_cmd import add_config_option, epilog, loaded_of, watch_config
+from hotplug.config import add_config_option, epilog, loaded_of, watch_config
+from hotplug.hypervisors import HYPERVISORS
 from services.actuator.checks import Bounds
 from services.actuator.drivers.registry import DRIVERS
 from services.collector.sources.registry import SOURCES
 from shared.config.load import LoadedConfig
 from shared.config.schema import SETTINGS
 from shared.errors import UsageError
-from shared.plugins import Registry, names_in
+from shared.plugins import Registry
 from shared.runtime import ServiceContext, resolve_nats_url
 
 if TYPE_CHECKING:
@@ -37,7 +40,7 @@ ORDER = 10  # first in ``hotplug --help``
 
 
 # Every flag of up defaults to "not given": its value comes from UpSettings, the file and the environment
-# (hotplug.config_cmd.apply_file), in that order, below the command line.
+# (hotplug.config.apply_file), in that order, below the command line.
 NOT_GIVEN = argparse.SUPPRESS
 # The services' commands: their flags and config-file sections come from their settings (shared.config.schema).
 SERVICE_COMMANDS = (
@@ -54,21 +57,13 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         sub, "up", cmd_up, epilog=epilog("up"), help="run broker, simulator, collector, decider and actuator together"
     )
     add_config_option(up)
+    hypervisors = HYPERVISORS.all()
     up.add_argument(
         "--vms",
         type=at_least_one,
         default=NOT_GIVEN,
-        help="simulator: VMs (default 6; with --trace, the first N of the trace's VMs by name, default "
-        "all); qemu: guests to boot (default 6); libvirt: test domains to start for the run "
-        "(default: none, the running domains are used)",
-    )
-    up.add_argument(
-        "--trace",
-        type=Path,
-        default=NOT_GIVEN,
-        metavar="FILE",
-        help="simulated VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]) from the "
-        "run's start, repeating at its end",
+        help="the run's VMs, as the hypervisor makes them: "
+        + "; ".join(f"{h.name}: {h.vms}" for h in hypervisors if h.vms is not None),
     )
     up.add_argument("--duration", type=positive, default=NOT_GIVEN, help="stop after this many simulated seconds")
     up.add_argument("--speed", type=positive, default=NOT_GIVEN, help="simulated seconds per wall second")
@@ -87,39 +82,19 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     up.add_argument(
         "--hypervisor",
-        choices=names_in([DRIVERS, SOURCES]),
+        choices=[h.name for h in hypervisors],
         default=NOT_GIVEN,
-        help="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH); "
-        "qemu: --vms real guests booted for the run; libvirt: the running domains, or --vms "
-        "test domains started for the run",
+        help="; ".join(h.summary for h in hypervisors),
     )
     up.add_argument(
-        "--max-vcpus", type=int, default=NOT_GIVEN, help="qemu, libvirt: each guest's maximum (it boots with 1)"
-    )
-    up.add_argument("--libvirt-uri", default=NOT_GIVEN, help="libvirt: the URI ($HOTPLUG_LIBVIRT_URI; qemu:///system)")
-    up.add_argument("--seed", type=int, default=NOT_GIVEN, help="simulator: workload and arrivals seed")
-    up.add_argument(
-        "--host-cores",
-        type=at_least_one,
+        "--max-vcpus",
+        type=int,
         default=NOT_GIVEN,
-        help="the simulated host's physical cores (default: the VMs' maximums together, so they never contend); "
-        "its capacity in vCPUs is the config file's [[host]] rule's reading of them",
+        help="a hypervisor that boots guests for the run: each one's maximum",
     )
-    up.add_argument(
-        "--arrivals-rate",
-        type=non_negative,
-        default=NOT_GIVEN,
-        metavar="JOBS_PER_HOUR",
-        help="jobs (VMs to start) arriving per hour, a seeded Poisson process of the mix in "
-        "services/simulator/jobs.py (default 0: none)",
-    )
-    up.add_argument(
-        "--arrivals-file",
-        type=Path,
-        default=NOT_GIVEN,
-        metavar="FILE",
-        help="jobs arriving from this CSV: arrival_s,name,requested_vcpus,max_vcpus,profile,lifetime_s,work_s",
-    )
+    for hypervisor in hypervisors:  # each hypervisor's own options (--trace, --libvirt-uri...)
+        if hypervisor.add_options is not None:
+            hypervisor.add_options(up)
     up.add_argument("--interval", type=positive, default=NOT_GIVEN, help="sampling interval, simulated seconds")
     up.add_argument("--dry-run", action="store_true", default=NOT_GIVEN, help="decide and log, but command nothing")
     up.add_argument(
@@ -292,57 +267,47 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from hotplug.up import UpOptions, run_up, simulator_of
+    from hotplug.up import UpOptions, run_up
 
-    if args.trace is not None:
-        if args.hypervisor != "simulator":
-            raise UsageError("--trace drives simulated VMs; it needs --hypervisor simulator")
-        args.trace = args.trace.resolve()  # the simulator child must find it whatever its working directory
-        check_trace(args.trace)
-    if args.hypervisor != "simulator" and (args.host_cores or args.arrivals_rate or args.arrivals_file):
-        raise UsageError("--host-cores and arrivals shape the simulated host; they need --hypervisor simulator")
-    check_arrivals(args.arrivals_rate, args.arrivals_file)
-    if args.arrivals_file is not None:
-        args.arrivals_file = args.arrivals_file.resolve()  # as --trace: the child's working directory may differ
+    hypervisor = HYPERVISORS.get(args.hypervisor)
+    values = vars(args)
+    for other in HYPERVISORS.all():
+        given = other.given(values) if other is not hypervisor else []
+        if given:
+            raise UsageError(f"{', '.join(given)}: options of --hypervisor {other.name}, not of {hypervisor.name}")
     if args.no_decider and (args.dry_run or args.param or args.policy):
         raise UsageError("--no-decider runs no decider: --policy, --param and --dry-run have none to go to")
-    vms, guests = (None, args.vms or 0) if args.hypervisor == "libvirt" else (args.vms, 0)
     loaded = loaded_of(args)
     # The decider child reads the file too: without --policy (or [up] policy) its own section says.
     policy = args.policy or (loaded.config.decider.policy if loaded else None) or "default"
     options = UpOptions(
-        vms=vms,
-        libvirt_guests=guests,
-        libvirt_uri=args.libvirt_uri,
-        trace=args.trace,
+        vms=args.vms,
         duration_s=args.duration,
         speed=args.speed,
         policy=policy,
         params=tuple(args.param),
         data_dir=args.data_dir,
         nats_url=resolve_nats_url(args.nats),
-        seed=args.seed,
         interval_s=args.interval,
         dry_run=args.dry_run,
         decider=not args.no_decider,
         view=not args.no_view,
         log_level=args.log_level,
-        hypervisor=args.hypervisor,
+        hypervisor=hypervisor.name,
         max_vcpus=args.max_vcpus,
         cluster=args.cluster,
         config=loaded.path.resolve() if loaded else None,
-        host_cores=args.host_cores,
-        arrivals_rate=args.arrivals_rate,
-        arrivals_file=args.arrivals_file,
+        own=hypervisor.own_from(values),
     )
     if options.cluster < 1 or (options.cluster > 1 and options.nats_url is not None):
         raise UsageError("--cluster takes a node count of at least 1, and only for the embedded broker (no --nats)")
-    try:  # the simulator child's own settings, as up will rebuild them to compare its jobs' waits
-        simulator_of(options, loaded.config if loaded else None)
-    except ValueError as exc:
-        raise UsageError(f"the simulator's settings (flags and [simulator]) do not go together: {exc}") from exc
-    DRIVERS.check_speed(options.hypervisor, options.speed, note="")
-    DRIVERS.probe(options.hypervisor, DRIVERS.config(options.hypervisor, {"libvirt_uri": options.libvirt_uri}))
+    if hypervisor.prepare is not None:
+        options = dataclasses.replace(
+            options, own=hypervisor.prepare(hypervisor.own(options), options, loaded.config if loaded else None)
+        )
+    DRIVERS.check_speed(hypervisor.driver_name, options.speed, note="")
+    own = msgspec.structs.asdict(hypervisor.own(options))
+    DRIVERS.probe(hypervisor.driver_name, DRIVERS.config(hypervisor.driver_name, own))
     if options.decider:
         _check_policy(options.policy, options.params, loaded)
     asyncio.run(run_up(options))

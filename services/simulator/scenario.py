@@ -11,7 +11,7 @@ from pathlib import Path
 
 from services.simulator.cloud import MiniCloud, SimVm, load_trace
 from services.simulator.jobs import Job, load_arrivals, poisson_arrivals
-from shared.config.schema import HostRule, SimulatorSettings
+from shared.config.schema import VMS, HostRule, SimulatorSettings
 from shared.pool import host_capacity
 
 _SETTINGS = SimulatorSettings()  # the defaults, declared once with the flags' and the file's settings
@@ -19,7 +19,7 @@ _SETTINGS = SimulatorSettings()  # the defaults, declared once with the flags' a
 
 @dataclass(frozen=True)
 class SimulatorConfig:
-    vms: int = 6
+    vms: int = VMS
     seed: int = _SETTINGS.seed
     hotplug_delay_s: float = _SETTINGS.hotplug_delay
     profiles: tuple[str, ...] = ()

@@ -47,6 +47,8 @@ INTERVAL_S = 1.0
 SPEED = 1.0
 LOG_LEVEL = "INFO"
 SEED = 1
+# The VMs a run makes when not told how many (the simulator's seeded VMs, QEMU's guests booted by up).
+VMS = 6
 NatsUrl = Annotated[str | None, Meta(description="NATS URL", extra={"env": NATS_URL_ENV, "env_read_later": True})]
 LibvirtUri = Annotated[
     str | None,
@@ -125,7 +127,7 @@ class SimulatorSettings(ServiceSettings):
 
     vms: Annotated[
         PosInt | None,
-        Meta(description="VMs to simulate (default 6); with trace, the first N of the trace's VMs by name"),
+        Meta(description=f"VMs to simulate (default {VMS}); with trace, the first N of the trace's VMs by name"),
     ] = None
     trace: TraceFile = None
     seed: Annotated[int, Meta(description="workload and arrivals seed")] = SEED
@@ -234,8 +236,8 @@ class UpSettings(Settings):
     vms: Annotated[
         PosInt | None,
         Meta(
-            description="simulator: VMs (default 6; with trace, the first N of the trace's VMs by name, default "
-            "all); qemu: guests to boot (default 6); libvirt: test domains to start for the run (default: none, "
+            description=f"simulator: VMs (default {VMS}; with trace, the first N of the trace's VMs by name, default "
+            f"all); qemu: guests to boot (default {VMS}); libvirt: test domains to start for the run (default: none, "
             "the running domains are used)"
         ),
     ] = None

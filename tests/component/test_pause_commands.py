@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from hotplug import pause_cmd
+from hotplug import pausing as pause_cmd  # one line changed: the merge with the suite-steadiness work stays clean
 from hotplug.cli import main
 from shared import bus, pause_bucket, subjects
 from shared.broker import EmbeddedBroker

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from hotplug.harness.poll import a_window
 from hotplug.harness.processes import run_hotplug
 from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.virtualbox import VirtualBoxDriver
 from services.collector.rates import sample_from
+from services.collector.sources.base import Reading
 from services.collector.sources.virtualbox import VirtualBoxSource
 from shared.clock import Clock
 from shared.messages import ErrorCode
@@ -176,14 +178,20 @@ def test_admin_commands(vbox: VBoxHome) -> None:
 
 
 async def test_source_reads_the_vm_process_per_attached_vcpu(vbox: VBoxHome) -> None:
-    import asyncio
-
     vbox.create("busy vm", max_vcpus=4, attached=2)
     standin.set_load("busy vm", 1.0)
     source = VirtualBoxSource(VBoxManage(str(STANDIN)), Clock())
-    first = {r.vm: r for r in await source.read()}
-    await asyncio.sleep(1.0)
-    second = {r.vm: r for r in await source.read()}
+
+    def busy(first: dict[str, Reading], second: dict[str, Reading]) -> bool:
+        sample = sample_from(first["busy vm"], second["busy vm"], "h", source.name)
+        return sample is not None and 0.4 < sample.cpu_used_cores < 1.3
+
+    async def readings() -> dict[str, Reading]:
+        return {r.vm: r for r in await source.read()}
+
+    # The stand-in's busy process gets a core only when the machine has one to give: window after window until one
+    # shows it (a_window), rather than one sleep that a loaded machine turns into a failure.
+    first, second = await a_window(readings, 1.0, busy, timeout=60, what="a window with the busy VM on a core")
     sample = sample_from(first["busy vm"], second["busy vm"], "h", source.name)
     assert sample is not None
     assert (sample.online_vcpus, sample.max_vcpus) == (2, 4)

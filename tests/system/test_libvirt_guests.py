@@ -98,10 +98,10 @@ class Guests:
         self.names: list[str] = []
 
     def start(self, name: str, *, max_vcpus: int = 3, vcpus: int = 1) -> None:
-        from hotplug import libvirt_cmd
+        from hotplug.hypervisors import libvirt as libvirt_admin
 
         self.names.append(name)
-        libvirt_cmd.start(self.conn, name, max_vcpus, vcpus, 256, self.root)
+        libvirt_admin.start(self.conn, name, max_vcpus, vcpus, 256, self.root)
 
     def define(self, name: str, *, vcpus: int, maximum: int, metadata: bool = True) -> Any:
         """A persistent, shut-off domain booting the test guest (a user's VM stands in for)."""

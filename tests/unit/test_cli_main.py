@@ -49,12 +49,30 @@ def _fail_with(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
     monkeypatch.setattr(operations, "cmd_schema", handler)
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
+def _leaves(parser: argparse.ArgumentParser, path: str = "hotplug") -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every command that runs something (``hotplug qemu start``, ``hotplug up``), by its words."""
+    sub = _subcommands(parser)
+    if not sub:
+        return [(path, parser)]
+    return [leaf for name, child in sub.items() for leaf in _leaves(child, f"{path} {name}")]
+
+
 def test_every_command_is_registered_once_with_a_handler() -> None:
     parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == COMMANDS
-    for name, command in sub.choices.items():
-        assert callable(command.get_default("handler")), name
+    assert set(_subcommands(parser)) == COMMANDS
+    leaves = _leaves(parser)
+    assert {"hotplug qemu start", "hotplug vbox set", "hotplug libvirt prepare", "hotplug config check"} <= {
+        path for path, _ in leaves
+    }
+    for path, command in leaves:
+        assert callable(command.get_default("handler")), path
+    # One dispatch: each command has its own handler, not one per group that compares the subcommand's name.
+    handlers = [command.get_default("handler") for _, command in leaves]
+    assert len(set(map(id, handlers))) == len(handlers)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from hotplug.cli import build_parser, main
-from hotplug.config_cmd import _subparser, apply_file, config_path, reference
+from hotplug.config import _subparser, apply_file, config_path, reference
 from shared import bus
 from shared.config.schema import (
     CONFIG_ENV,
@@ -202,10 +202,11 @@ def test_every_service_help_states_the_settings_order() -> None:
 
 
 def test_up_hands_the_file_to_every_child() -> None:
-    from hotplug.up import SERVICES, UpOptions, child_argv
+    from hotplug.up import UpOptions, child_argv, services_of
 
     options = UpOptions(config=Path("/etc/hotplug.toml"))
-    for service in SERVICES:
+    assert services_of(options) == ["simulator", "collector", "decider", "actuator"]
+    for service in services_of(options):
         argv = child_argv(service, options, "nats://x", 0.0, 1)
         assert argv[argv.index("--config") + 1] == "/etc/hotplug.toml", service
     assert "--config" not in child_argv("decider", UpOptions(), "nats://x", 0.0, 1)
@@ -310,7 +311,9 @@ def test_the_defaults_still_written_elsewhere_are_the_settings() -> None:
     options): held to the settings until they take them from there."""
     import dataclasses
 
-    from hotplug.up import DEFAULT_VMS, UpOptions
+    from hotplug.hypervisors import DEFAULT_VMS
+    from hotplug.hypervisors.simulator import SimulatorUp
+    from hotplug.up import UpOptions
     from services.actuator.drivers.registry import DRIVERS
     from services.actuator.ledger import LedgerRules
     from services.collector.sources.registry import SOURCES
@@ -321,9 +324,9 @@ def test_the_defaults_still_written_elsewhere_are_the_settings() -> None:
     assert (rules["max_changes"], rules["rate_window_s"]) == (actuator.max_changes, actuator.rate_window)
     assert SimulatorConfig().vms == DEFAULT_VMS
     up, options = UpSettings(), UpOptions()
-    assert (options.speed, options.seed, options.interval_s, options.max_vcpus, options.cluster) == (
+    assert SimulatorUp().seed == up.seed
+    assert (options.speed, options.interval_s, options.max_vcpus, options.cluster) == (
         up.speed,
-        up.seed,
         up.interval,
         up.max_vcpus,
         up.cluster,

@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from hotplug.fleet import Fleet
-from hotplug.view import render
+from hotplug.fleet_view import render
 from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
 
 

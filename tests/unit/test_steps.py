@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hotplug.resize import resize as resize_command
+from hotplug.hypervisors.resize import resize as resize_command
 from services.actuator import steps
 from services.actuator.checks import Bounds, Plan, Refusal
 from services.actuator.drivers.base import DriverError

@@ -7,16 +7,18 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 from rich.console import Console
 
 from hotplug.cli import build_parser, main
 from hotplug.cli.services import simulator_config_of
-from hotplug.config_cmd import apply_file
+from hotplug.config import apply_file
 from hotplug.counterfactual import fixed_size_run, simulator_config
 from hotplug.fleet import Fleet
-from hotplug.up import UpOptions, child_argv, simulator_of
-from hotplug.view import render
+from hotplug.fleet_view import render
+from hotplug.hypervisors.simulator import SimulatorUp, simulator_of
+from hotplug.up import UpOptions, child_argv
 from hotplug.waits import job_waits
 from services.simulator import scenario
 from services.simulator.host import Host
@@ -66,7 +68,7 @@ def test_waits_count_a_job_still_waiting_with_what_it_has_waited_and_rejected_on
 
 
 def test_up_passes_the_host_and_arrivals_to_the_simulator_only() -> None:
-    options = UpOptions(host_cores=12, arrivals_rate=4.5, arrivals_file=None)
+    options = UpOptions(own=SimulatorUp(host_cores=12, arrivals_rate=4.5, arrivals_file=None))
     argv = child_argv("simulator", options, "nats://x", 0.0, 1)
     assert argv[argv.index("--host-cores") + 1] == "12"
     assert argv[argv.index("--arrivals-rate") + 1] == "4.5"
@@ -74,9 +76,8 @@ def test_up_passes_the_host_and_arrivals_to_the_simulator_only() -> None:
     assert "--host-cores" not in child_argv("collector", options, "nats://x", 0.0, 1)
     plain = child_argv("simulator", UpOptions(), "nats://x", 0.0, 1)  # no new flag: the simulator as before
     assert not any(a.startswith(("--host-cores", "--arrivals")) for a in plain)
-    assert not simulator_of(UpOptions(), None).has_arrivals  # type: ignore[union-attr]
+    assert not simulator_of(UpOptions(), None).has_arrivals
     assert simulator_of(options, None) == SimulatorConfig(host_cores=12, arrivals_rate=4.5, trace_vms=6)
-    assert simulator_of(UpOptions(hypervisor="qemu"), None) is None
 
 
 def test_a_rate_and_a_file_together_are_refused_before_anything_starts(
@@ -192,10 +193,10 @@ def test_a_vm_that_left_its_host_leaves_the_live_view_but_stays_in_the_summary()
     ("options", "section"),
     [
         (UpOptions(), ""),
-        (UpOptions(vms=3, seed=9, host_cores=20, arrivals_rate=6.0), ""),
+        (UpOptions(vms=3, own=SimulatorUp(seed=9, host_cores=20, arrivals_rate=6.0)), ""),
         (UpOptions(vms=2), '[simulator]\nprofiles = "batch,idle"\nmax_vcpus = 6\narrivals_file = "jobs.csv"\n'),
-        (UpOptions(arrivals_rate=3.0), "[simulator]\nhost_cores = 12\narrivals_seed = 5\nvms = 4\n"),
-        (UpOptions(trace=Path("TRACE")), "[simulator]\nvms = 1\n"),
+        (UpOptions(own=SimulatorUp(arrivals_rate=3.0)), "[simulator]\nhost_cores = 12\narrivals_seed = 5\nvms = 4\n"),
+        (UpOptions(own=SimulatorUp(trace=Path("TRACE"))), "[simulator]\nvms = 1\n"),
         (UpOptions(), '[simulator]\ntrace = "trace.csv"\n'),
     ],
 )
@@ -204,8 +205,8 @@ def test_up_rebuilds_exactly_what_its_simulator_child_runs(options: UpOptions, s
     (tmp_path / "trace.csv").write_text("time_s,vm,demand_vcpus\n0,a,1\n0,b,2\n")
     config_file = tmp_path / "hotplug.toml"
     config_file.write_text(section)
-    if options.trace is not None:
-        options = replace(options, trace=tmp_path / "trace.csv")
+    if options.own is not None and options.own.trace is not None:
+        options = replace(options, own=msgspec.structs.replace(options.own, trace=tmp_path / "trace.csv"))
     options = replace(options, config=config_file)
     argv = child_argv("simulator", options, "nats://127.0.0.1:1", 0.0, 1)[3:]  # after "python -m hotplug"
     parser = build_parser()

@@ -1,11 +1,18 @@
-"""``hotplug vbox prepare|status|set``: the admin's VirtualBox commands, through the same client and driver
-the services use."""
+"""VirtualBox as a hypervisor: ``up`` watches and resizes the VMs ``VBoxManage`` lists as running (it starts none);
+``hotplug vbox prepare|status|set`` are its admin commands, through the same client and driver the services use."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+from hotplug.cli.common import Subparsers, add_command
+from hotplug.hypervisors import Hypervisor
+from hotplug.hypervisors.resize import resize
 from shared.virtualbox import VBoxError, VBoxManage
 
 
@@ -82,3 +89,58 @@ async def status(vbox: VBoxManage, as_json: bool) -> int:
             )
     Console().print(table)
     return 0
+
+
+async def set_vcpus(vbox: VBoxManage, vm: str, vcpus: int) -> int:
+    from services.actuator.drivers.virtualbox import VirtualBoxDriver
+
+    return await resize(VirtualBoxDriver(vbox), vm, vcpus)
+
+
+def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    vbox = sub.add_parser("vbox", help="VirtualBox admin: prepare VMs for hot-plug, status, resize now")
+    vsub = vbox.add_subparsers(dest="vbox_command", required=True)
+    prep = add_command(
+        vsub,
+        "prepare",
+        _reported(lambda v, a: prepare(v, a.vm, a.max_vcpus, a.start_vcpus)),
+        help="one-time set-up, VM powered off",
+    )
+    prep.add_argument("vm")
+    prep.add_argument("--max-vcpus", type=int, required=True)
+    prep.add_argument("--start-vcpus", type=int, default=None)
+    stat = add_command(
+        vsub,
+        "status",
+        _reported(lambda v, a: status(v, a.json)),
+        help="every VM with state, maximum and attached CPUs",
+    )
+    stat.add_argument("--json", action="store_true")
+    vset = add_command(vsub, "set", _reported(lambda v, a: set_vcpus(v, a.vm, a.vcpus)), help="resize a running VM now")
+    vset.add_argument("vm")
+    vset.add_argument("--vcpus", type=int, required=True)
+
+
+def _reported(
+    work: Callable[[VBoxManage, argparse.Namespace], Coroutine[Any, Any, int]],
+) -> Callable[[argparse.Namespace], int]:
+    """A command run against ``VBoxManage``; its failures print one line and exit 1, as VBoxManage's do."""
+
+    def handler(args: argparse.Namespace) -> int:
+        vbox = VBoxManage()
+        try:
+            return asyncio.run(work(vbox, args))
+        except VBoxError as exc:
+            print(f"{exc.code.value}: {exc.message}", file=sys.stderr)
+            return 1
+
+    return handler
+
+
+ORDER = 20
+
+HYPERVISOR: Hypervisor[Any] = Hypervisor(
+    name="virtualbox",
+    summary="virtualbox: the VMs VBoxManage lists as running ($HOTPLUG_VBOXMANAGE or PATH)",
+    admin=register,
+)

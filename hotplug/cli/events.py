@@ -95,7 +95,7 @@ def _print_event_table(records: list[dict[str, object]]) -> None:
                 detail = f"by {r['by']} {end}" + (f": {r['reason']}" if r["reason"] else "")
             table.add_row(when, str(r["kind"]), str(r["host"]), str(r["vm"]), str(r["id"]), "", detail)
         elif r["kind"] == "deferral":
-            from hotplug.pool_view import deferral_detail
+            from hotplug.pool_report import deferral_detail
 
             change = f"{r['vcpus']}→{r['wanted_vcpus']}"
             table.add_row(when, f"grow {r['action']}", str(r["host"]), str(r["vm"]), "", change, deferral_detail(r))

@@ -1,5 +1,5 @@
 """What ``hotplug pool`` does on the bus (its options are in ``hotplug.cli.pool``, its report in
-``hotplug.pool_view``): listen for one HostState per host, and read each VM's newest Deferral from the event log.
+``hotplug.pool_report``): listen for one HostState per host, and read each VM's newest Deferral from the event log.
 
 The hosts it waits for are those named, else those in the metrics stream (a day of samples) and those with a grow
 deferred now; it stops as soon as each has reported, or when the wait is over (collectors publish every interval,
@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from hotplug.harness.poll import within
-from hotplug.pool_view import deferred_now
+from hotplug.pool_report import deferred_now
 from shared import bus, subjects, topology
 from shared.codec import BadMessage, Decoder
 from shared.eventlog import read_deferrals

@@ -1,6 +1,6 @@
 """What ``hotplug pool`` shows: each host's capacity, what is committed and used on it, the jobs waiting to start,
 and the grows deferred now with their age and reason, as text or as JSON. Pure: fed the HostStates heard and the
-Deferral events read (``hotplug.pool_cmd``).
+Deferral events read (``hotplug.pool``).
 
 A VM's grow is deferred now when its newest Deferral says ``deferred``. Ages are on the shared clock, as
 ``since`` is: measured from the host's HostState (its collector's clock), or, for a host that sent none, from the

@@ -1,4 +1,5 @@
-"""``hotplug libvirt start|stop|set|load|status|prepare``: the admin's libvirt commands, through the same connection
+"""libvirt as a hypervisor: ``up`` watches and resizes the running domains, or ``--vms`` test domains it starts for
+the run; ``hotplug libvirt start|stop|set|load|status|prepare`` are its admin commands, through the same connection
 and driver the services use.
 
 ``prepare`` sets up a user's own (shut off) domain once: the maximum, the boot count, a hotpluggable layout and the
@@ -8,18 +9,25 @@ project's guest image, for demos and tests; ``stop`` refuses a domain it did not
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import shutil
 import sys
 import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hotplug.resize import resize
-from services.actuator.drivers.libvirt import LibvirtDriver
-from shared.libvirt.connection import Connection
+import msgspec
+
+from hotplug.cli.common import Handler, Subparsers, add_command
+from hotplug.hypervisors import Hypervisor
+from hotplug.hypervisors.resize import resize
+from shared.libvirt.connection import Connection, LibvirtMissing
 from shared.libvirt.domain import (
     SETTINGS_NS,
     SETTINGS_PREFIX,
@@ -30,8 +38,11 @@ from shared.libvirt.domain import (
     settings_xml,
 )
 from shared.libvirt.guest import BOOT_TIMEOUT_S, LIFETIME_MAXIMUM, GuestChannel, domain_xml, guest_dir, started_by_us
-from shared.qemu.image import ensure_image
+from shared.qemu.image import ImageError, ensure_image
 from shared.qemu.vm import parse_cpu_list
+
+if TYPE_CHECKING:  # the record is read by every command's parser: up's own modules load when up runs
+    from hotplug.up import UpOptions
 
 STATES = {
     0: "no state",
@@ -143,6 +154,8 @@ def set_vcpus(conn: Connection, name: str, target: int) -> int:
         return 1
 
     async def run() -> int:
+        from services.actuator.drivers.libvirt import LibvirtDriver
+
         driver = LibvirtDriver(connection=conn)
         return await resize(driver, name, target)
 
@@ -291,3 +304,153 @@ def prepare(conn: Connection, name: str, max_vcpus: int, start_vcpus: int | None
         f"hotpluggable: {', '.join(str(v.id) for v in info.vcpus if v.hotpluggable and v.id < max_vcpus)}"
     )
     return 0
+
+
+# --- hotplug up ---------------------------------------------------------------------------------------------------
+
+log = logging.getLogger(__name__)
+
+DIR_ENV = "HOTPLUG_LIBVIRT_DIR"  # where the source and the driver find the run's test domains' files
+
+
+class LibvirtUp(msgspec.Struct, frozen=True):
+    """``up``'s options for libvirt, named as their flags (the source's and the driver's config take the same)."""
+
+    libvirt_uri: str | None = None  # None: $HOTPLUG_LIBVIRT_URI, else qemu:///system
+
+
+def add_options(up: argparse.ArgumentParser) -> None:
+    up.add_argument(
+        "--libvirt-uri", default=argparse.SUPPRESS, help="libvirt: the URI ($HOTPLUG_LIBVIRT_URI; qemu:///system)"
+    )
+
+
+def service_args(service: str, options: UpOptions) -> list[str]:
+    """The URI, for the collector's source and the actuator's driver (their own default otherwise)."""
+    uri = HYPERVISOR.own(options).libvirt_uri
+    return ["--libvirt-uri", uri] if uri and service in ("collector", "actuator") else []
+
+
+@contextlib.asynccontextmanager
+async def provision(options: UpOptions, data_dir: Path) -> AsyncIterator[Mapping[str, str]]:
+    """``--vms`` transient test domains with 1 vCPU each (default none: the running domains are the run's), started
+    in parallel, all or none; destroyed when the run ends."""
+    root = data_dir / "libvirt"
+    uri = HYPERVISOR.own(options).libvirt_uri
+    names = await _start_domains(uri, options.vms or 0, options.max_vcpus, root)
+    try:
+        yield {DIR_ENV: str(root)}
+    finally:
+        if names:
+            await asyncio.to_thread(_stop_domains, uri, names, root)
+
+
+async def _start_domains(uri: str | None, count: int, max_vcpus: int, root: Path) -> list[str]:
+    if not count:
+        return []
+    await asyncio.to_thread(ensure_image)
+    names = [f"vm-{i + 1:02d}" for i in range(count)]
+    conn = Connection(uri)
+    try:
+        started = await asyncio.gather(
+            *(asyncio.to_thread(start, conn, name, max_vcpus, 1, 256, root) for name in names),
+            return_exceptions=True,
+        )
+    finally:
+        conn.close()
+    failures = [s for s in started if isinstance(s, BaseException)]
+    ok = [name for name, s in zip(names, started, strict=True) if not isinstance(s, BaseException)]
+    if failures:
+        await asyncio.to_thread(_stop_domains, uri, ok, root)
+        raise failures[0]
+    return names
+
+
+def _stop_domains(uri: str | None, names: list[str], root: Path) -> None:
+    conn = Connection(uri)
+    try:
+        for name in names:
+            try:
+                stop(conn, name, root)
+            except Exception as exc:  # stop the others all the same
+                log.warning("could not stop libvirt domain %s: %s", name, exc)
+    finally:
+        conn.close()
+
+
+# --- hotplug libvirt ... ------------------------------------------------------------------------------------------
+
+
+def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    from hotplug.cli.hypervisors import guest_commands
+
+    lv = sub.add_parser("libvirt", help="libvirt domains: prepare, status, resize now; test domains for demos")
+    lv.add_argument("--uri", default=None, help="libvirt URI ($HOTPLUG_LIBVIRT_URI; default qemu:///system)")
+    lsub = lv.add_subparsers(dest="libvirt_command", required=True)
+    guest_commands(
+        lsub,
+        _connected(lambda c, a: start(c, a.name, a.max_vcpus, a.vcpus, a.memory)),
+        _connected(lambda c, a: set_vcpus(c, a.name, a.vcpus)),
+        _connected(lambda c, a: load(c, a.name, a.busy)),
+        start="start a transient test domain from the project's guest image",
+        resize="resize a running domain now",
+        load="test domains: run N busy loops in the guest (0 stops them)",
+    )
+    lstop = add_command(
+        lsub,
+        "stop",
+        _connected(lambda c, a: stop(c, a.name)),
+        help="destroy a test domain started by 'hotplug libvirt start'",
+    )
+    lstop.add_argument("name")
+    lstatus = add_command(
+        lsub,
+        "status",
+        _connected(lambda c, a: status(c, a.json)),
+        help="every domain: state, vCPUs as libvirt and as the guest sees them",
+    )
+    lstatus.add_argument("--json", action="store_true")
+    lprep = add_command(
+        lsub,
+        "prepare",
+        _connected(lambda c, a: prepare(c, a.name, a.max_vcpus, a.start_vcpus, a.min_vcpus)),
+        help="one-time set-up of a shut-off domain for hot-plug",
+    )
+    lprep.add_argument("name")
+    lprep.add_argument("--max-vcpus", type=int, required=True)
+    lprep.add_argument("--start-vcpus", type=int, default=None)
+    lprep.add_argument("--min-vcpus", type=int, default=1)
+
+
+def _connected(work: Callable[[Connection, argparse.Namespace], int]) -> Handler:
+    """A command run on a connection to ``--uri``; its own failures print one line and exit 1, as virsh's do."""
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            conn = Connection(args.uri)
+            try:
+                return work(conn, args)
+            finally:
+                conn.close()
+        except LibvirtCommandError as exc:
+            print(f"{exc.code or f'hotplug libvirt {args.libvirt_command}'}: {exc.message}", file=sys.stderr)
+            return 1
+        except (LibvirtMissing, ImageError) as exc:
+            print(f"hotplug libvirt {args.libvirt_command}: {exc}", file=sys.stderr)
+            return 1
+
+    return handler
+
+
+ORDER = 40
+
+HYPERVISOR: Hypervisor[LibvirtUp] = Hypervisor(
+    name="libvirt",
+    summary="libvirt: the running domains, or --vms test domains started for the run",
+    vms="test domains to start for the run (default: none, the running domains are used)",
+    options=LibvirtUp,
+    add_options=add_options,
+    service_args=service_args,
+    provision=provision,
+    admin=register,
+)

@@ -1,4 +1,4 @@
-"""``hotplug pool``'s report (hotplug/pool_view.py): which grows are deferred now, their age on the shared clock,
+"""``hotplug pool``'s report (hotplug/pool_report.py): which grows are deferred now, their age on the shared clock,
 the JSON document and the text; and a Deferral event as ``hotplug events`` shows it."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from hotplug.events import CSV_FIELDS, event_record, format_csv
-from hotplug.pool_view import age, deferral_detail, deferred_now, pool_report, render_text
+from hotplug.pool_report import age, deferral_detail, deferred_now, pool_report, render_text
 from shared.messages import Deferral, DeferralAction, HostState
 
 T0 = 1_800_000_000.0
