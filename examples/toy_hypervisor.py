@@ -10,7 +10,7 @@ provisions it: it writes ``--vms`` files before the services start and removes t
 Each VM keeps ``demand`` cores busy, as far as its vCPUs allow: with 1 vCPU and a demand of 3 it is saturated, so
 the decider grows it, and the driver's write is what the source reads next. The collector and the actuator are
 separate processes: they meet in the folder ``up`` names in ``$HOTPLUG_TOYHV_DIR``, as QEMU's source and driver meet
-in its guests' folder. docs/hypervisors.md walks through it.
+in its guests' folder. docs/hypervisors/adding-a-hypervisor.md walks through it.
 """
 
 from __future__ import annotations

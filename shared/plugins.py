@@ -13,7 +13,7 @@ service (``--toy-load``), and keys of the config file's ``[plugins.NAME]`` table
 A plug-in outside this package registers itself when its module is imported: name the module, or its ``.py``
 file, in ``$HOTPLUG_PLUGINS`` (comma-separated); see ``examples/toy_source.py``. A whole
 hypervisor (a source, a driver and what ``hotplug up`` does for it) is one such module too:
-``examples/toy_hypervisor.py`` and ``docs/hypervisors.md``.
+``examples/toy_hypervisor.py`` and ``docs/hypervisors/adding-a-hypervisor.md``.
 
 Each registry registers itself here by its kind (:func:`registry_of`), so that ``shared.config`` can check the
 names and options a config file gives without importing the services that hold the registries.

@@ -6,8 +6,8 @@ environment the children need) and its admin command group (``hotplug qemu ...``
 on a hypervisor's name: ``up --hypervisor X`` is the record ``X``.
 
 Every module of this package that holds a ``HYPERVISOR`` is a built-in record, found here by itself; a plug-in
-named in ``$HOTPLUG_PLUGINS`` calls ``HYPERVISORS.register`` (``examples/toy_hypervisor.py``; ``docs/hypervisors.md``
-says how).
+named in ``$HOTPLUG_PLUGINS`` calls ``HYPERVISORS.register`` (``examples/toy_hypervisor.py``;
+``docs/hypervisors/adding-a-hypervisor.md`` says how).
 """
 
 from __future__ import annotations
