@@ -48,7 +48,7 @@ from typing import Annotated
 
 import msgspec
 
-from services.decider.policies.base import OWN_CALM, Observation, Params, PolicyBase, Recommendation
+from services.decider.policies.base import Observation, Params, PolicyBase, Recommendation
 
 MIN_CENSORED_EXCESS_CORES = 0.25
 SHRINK_FLOOR = 0.5  # never below this share of the vCPUs it has, in one order
@@ -158,8 +158,6 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
     name = "default"
     params_type = DefaultParams
     state_type = DefaultState
-    # The policy holds its own stabilisation window and hysteresis; the rails add no cooldown of their own.
-    default_rails = OWN_CALM
 
     def __init__(self, params: DefaultParams) -> None:
         super().__init__(params)
