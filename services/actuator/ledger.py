@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from services.actuator.answered import AnsweredCommands
 from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, not_paused, plan, rate_limited
@@ -254,11 +254,15 @@ Outcome = (
 )
 
 
+# How far a command has got; each names the next action (``Ledger.next_action``).
+Phase = Literal["new", "judge", "read", "host", "mark", "execute", "reread", "store", "unmark", "acknowledge"]
+
+
 @dataclass
 class Job:
     """How far the VM's command in turn (the head of its queue) has got: its ``phase`` names the next action."""
 
-    phase: str = "new"
+    phase: Phase = "new"
     duplicate: str | None = None  # found in the event log: acknowledged, not carried out
     now: float = 0.0  # clock time of its admission: its checks and its change count from then
     started: float = 0.0  # monotonic time of its admission, for its duration
@@ -329,7 +333,7 @@ class Ledger(Generic[H]):
             if len(queue) > 1:
                 # a newer order for this VM is waiting: this one ends without acting, and says why
                 refusal = Refusal(ErrorCode.SUPERSEDED, "a newer command for this VM arrived before it could run")
-                return Store(self.refuse(command, refusal, now))
+                return Store(self.refuse(command, refusal, now))  # retried at once: no back-off counted, pure
             return ReadPause(command)
         if phase == "read":
             return ReadVm(command)
