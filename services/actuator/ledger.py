@@ -1,22 +1,20 @@
-"""The actuator's command ledger: the rules that give every command exactly one result. Pure: no I/O, no asyncio;
-times are arguments and the shell (service.py) carries out what the ledger decides.
+"""The actuator's command ledger: the rules that give every command exactly one result, and their order. Pure: no
+I/O, no asyncio; times are arguments. As in neon's autoscaler agent (``pkg/agent/core/state.go``), the ledger only
+says what to do next and the shell (service.py) does it: ARCHITECTURE.md, beside this file, tells the whole story.
 
-A command's life, as the shell drives it:
-
-1. ``receive``: a delivery from the command consumer is a ``Duplicate`` (its id is answered, queued or under way:
-   no result) or ``Queued`` behind the VM's earlier commands (the first starts the VM's worker). A copy of an
-   answered command is acknowledged at once; a copy of one queued or under way is held, and acknowledged with the
-   original once that is answered: should the original's worker fail first, the copy is redelivered.
-2. ``take``: the VM's worker takes its next command, one at a time, in order; ``None`` ends the worker. A
-   command too old for the memory of answered ids comes with the time from which to look it up in the event log.
-3. ``judge``: found in the log, a ``Duplicate``; a newer command for the VM waiting behind it, ``Superseded``
-   (its result says so); otherwise ``Execute``.
-4. ``admit`` (a VM an operator paused is refused here) then ``plan`` (with the rate limit) decide what to ask the
-   driver; ``room`` cuts a grow to what fits on the host (reservations.py: the shell first hands ``host`` a fresh
-   view of it), ``changed`` records a resize and ``ended`` releases the VM's reservation with its count.
-5. ``result`` describes what happened (and advises when to ask again); ``stored`` remembers it as answered;
-   ``done`` releases the delivery, which the shell then acknowledges with the copies held. ``abandon`` forgets a
-   failed worker's commands, unacknowledged with their copies, so that their redeliveries count as new.
+* Intake: ``receive`` takes a delivery from the command consumer: a ``Duplicate`` (its id is answered, queued or
+  under way: no result) or ``Queued`` behind the VM's earlier commands (the first starts the VM's worker). A copy of
+  an answered command is acknowledged at once; a copy of one queued or under way is held, and acknowledged with the
+  original once that is answered: should the original's worker fail first, the copy is redelivered.
+* A VM's worker asks ``next_action(vm, now)`` and carries the action out (``Action``: look a result up in the event
+  log, read the pause, read the VM, read the host, mark progress, execute the hot-plug steps, read the count again,
+  store the result, remove the marker, acknowledge, or ``Done``), then hands its ``Outcome`` to ``outcome``. The
+  VM's commands are taken one at a time, in order: a command too old for the memory of answered ids is looked up in
+  the log first (found: a duplicate); one with a newer command for the VM behind it is ``superseded``; the rest are
+  admitted (``admit``: a VM an operator paused is refused here), planned (``plan``, with the rate limit), cut to
+  what fits on the host (``room``, reservations.py), carried out and answered (``result``: the one place a result is
+  built). ``abandon`` forgets a failed worker's commands, unacknowledged with their copies, so that their
+  redeliveries count as new.
 
 After a restart, ``recall`` refills the memory from the results in the event log, and ``settled`` gives the result
 of a command a dead actuator left in progress (progress.py).
@@ -27,7 +25,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from services.actuator.answered import AnsweredCommands
 from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, not_paused, plan, rate_limited
@@ -57,6 +55,8 @@ class LedgerRules:
     rate_window_s: float = 60.0
     keep_s: float = ANSWERED_KEEP_S
     skew_s: float = CLOCK_SKEW_MARGIN_S
+    # Whether the driver reports host views: without, grows are not held to the host's capacity (none is read).
+    host_views: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Delivery(Generic[H]):
 @dataclass(frozen=True)
 class Duplicate:
     """Answered already, or under way: no action and no second result. ``held``: the copy of a command under way,
-    acknowledged with it (``done``); otherwise acknowledge it now."""
+    acknowledged with it; otherwise acknowledge it now."""
 
     why: str
     held: bool = False
@@ -82,28 +82,200 @@ class Queued:
 
 
 @dataclass(frozen=True)
-class Turn(Generic[H]):
-    delivery: Delivery[H]
-    # Clock time from which the event log must be searched for its result first (None: the memory knows).
-    look_up_since: float | None
-
-
-@dataclass(frozen=True)
-class Superseded:
-    result: ScaleResult
-
-
-@dataclass(frozen=True)
-class Execute:
-    pass
-
-
-@dataclass(frozen=True)
 class Planned:
     """What to do with a VM for an admitted command: the steps, or why not; and the sizes the VM may take."""
 
     decision: Plan | Refusal
     sizes: tuple[int, int]
+
+
+# -- what a VM's worker is told to do next (``next_action``) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LookUp:
+    """Search the event log from clock time ``since`` for a result of ``command`` (too old for the memory of
+    answered ids). Outcome: ``Found``."""
+
+    command: ScaleCommand
+    since: float
+
+
+@dataclass(frozen=True)
+class ReadPause:
+    """Read the VM's pause as the shell knows it (an operator's, in wall-clock time). Outcome: ``PauseRead``."""
+
+    command: ScaleCommand
+
+
+@dataclass(frozen=True)
+class ReadVm:
+    """Read the VM's view from the driver. Outcome: ``VmRead``, or ``Failed``."""
+
+    command: ScaleCommand
+
+
+@dataclass(frozen=True)
+class ReadHost:
+    """Read the driver's host view afresh and hand it to ``Ledger.host`` (with a ticket), before a grow is granted
+    room. Outcome: ``HostRead``, or ``Failed``."""
+
+    command: ScaleCommand
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Write the command's progress marker (progress.py): a dead actuator's successor settles it. Outcome:
+    ``Marked``."""
+
+    command: ScaleCommand
+    before: int
+
+
+@dataclass(frozen=True)
+class Execute(Generic[H]):
+    """Take the hot-plug steps of ``plan`` from ``before`` vCPUs, keeping ``handle``'s delivery alive meanwhile;
+    ``grant``: the host room the grow holds, if judged. Outcome: ``Executed``, or ``Failed``."""
+
+    command: ScaleCommand
+    plan: Plan
+    before: int
+    grant: Grant | None
+    handle: H
+
+
+@dataclass(frozen=True)
+class Reread:
+    """A driver call failed, or a check refused: read the VM's count again, to report what really is. Outcome:
+    ``Recounted``."""
+
+    command: ScaleCommand
+
+
+@dataclass(frozen=True)
+class Store:
+    """Store ``result`` in the event log. Outcome: ``Stored`` (the same result)."""
+
+    result: ScaleResult
+
+
+@dataclass(frozen=True)
+class Unmark:
+    """Remove the command's progress marker: its result is stored. Outcome: ``Unmarked``."""
+
+    command: ScaleCommand
+
+
+@dataclass(frozen=True)
+class Acknowledge(Generic[H]):
+    """Acknowledge these deliveries (the command's, and the copies held with it); ``duplicate``: the command was not
+    carried out, and why (to count and log). Outcome: ``Acknowledged`` (the same handles)."""
+
+    command: ScaleCommand
+    handles: tuple[H, ...]
+    duplicate: str | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    """The VM has no command left: its worker ends (a later command starts another)."""
+
+
+Action = LookUp | ReadPause | ReadVm | ReadHost | Mark | Execute[H] | Reread | Store | Unmark | Acknowledge[H] | Done
+
+
+# -- what the worker hands back (``outcome``) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Found:
+    in_log: bool
+
+
+@dataclass(frozen=True)
+class PauseRead:
+    """The VM's pause (None: none), judged at wall-clock time ``wall``."""
+
+    pause: PauseEvent | None
+    wall: float
+
+
+@dataclass(frozen=True)
+class VmRead:
+    view: VmView
+
+
+@dataclass(frozen=True)
+class HostRead:
+    pass
+
+
+@dataclass(frozen=True)
+class Marked:
+    pass
+
+
+@dataclass(frozen=True)
+class Executed:
+    after: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The driver refused or failed (its error code and message)."""
+
+    refusal: Refusal
+
+
+@dataclass(frozen=True)
+class Recounted:
+    """The count read again (None: that read failed too)."""
+
+    vcpus: int | None
+
+
+@dataclass(frozen=True)
+class Stored:
+    result: ScaleResult
+
+
+@dataclass(frozen=True)
+class Unmarked:
+    pass
+
+
+@dataclass(frozen=True)
+class Acknowledged(Generic[H]):
+    handles: tuple[H, ...]
+
+
+Outcome = (
+    Found | PauseRead | VmRead | HostRead | Marked | Executed | Failed | Recounted | Stored | Unmarked | Acknowledged[H]
+)
+
+
+# How far a command has got; each names the next action (``Ledger.next_action``).
+Phase = Literal["new", "judge", "read", "host", "mark", "execute", "reread", "store", "unmark", "acknowledge"]
+
+
+@dataclass
+class Job:
+    """How far the VM's command in turn (the head of its queue) has got: its ``phase`` names the next action."""
+
+    phase: Phase = "new"
+    duplicate: str | None = None  # found in the event log: acknowledged, not carried out
+    now: float = 0.0  # clock time of its admission: its checks and its change count from then
+    started: float = 0.0  # monotonic time of its admission, for its duration
+    before: int | None = None
+    after: int | None = None
+    sizes: tuple[int, int] | None = None
+    plan: Plan | None = None
+    grant: Grant | None = None
+    failure: Refusal | None = None
+    stepping: bool = False  # a hot-plug step is under way: should it fail, the VM's count is not sure
+    released: bool = False  # its reservation (if any) is released
+    result: ScaleResult | None = None
+    acknowledged: bool = False  # its own delivery (copies held may follow)
 
 
 class Ledger(Generic[H]):
@@ -112,7 +284,8 @@ class Ledger(Generic[H]):
         self.answered = AnsweredCommands(rules.keep_s)
         self._pending: set[str] = set()  # queued or being executed: a second copy is a duplicate
         self._copies: dict[str, list[H]] = {}  # per pending command: the copies held until it is answered
-        self._queues: dict[str, deque[Delivery[H]]] = {}
+        self._queues: dict[str, deque[Delivery[H]]] = {}  # per VM: its command in turn first, then those waiting
+        self._jobs: dict[str, Job] = {}  # per VM: how far its command in turn has got (none: not begun)
         self._working: set[str] = set()  # VMs with a worker
         self._marked: set[str] = set()  # commands with a progress marker, to remove once their result is stored
         self._changes: dict[str, list[float]] = {}  # per VM: times of the recent resizes
@@ -139,15 +312,165 @@ class Ledger(Generic[H]):
         self._working.add(command.vm)
         return Queued(start_worker=start)
 
-    def take(self, vm: str, now: float) -> Turn[H] | None:
-        """The VM's next command, or None: the worker ends (a later command starts another)."""
+    # -- the order: what a VM's worker does next, and what it found -------------------------------------------------
+
+    def next_action(self, vm: str, now: float) -> Action[H]:
+        """What ``vm``'s worker is to do next, at clock time ``now``. Pure: asking twice gives the same action; only
+        ``outcome`` moves the command on."""
         queue = self._queues.get(vm)
         if not queue:
-            self._queues.pop(vm, None)
+            return Done()
+        delivery = queue[0]
+        command = delivery.command
+        job = self._jobs.get(vm) or Job()
+        phase = job.phase
+        if phase == "new":
+            since = self.look_up_since(command, now)
+            if since is not None:
+                return LookUp(command, since)
+            phase = "judge"
+        if phase == "judge":
+            if len(queue) > 1:
+                # a newer order for this VM is waiting: this one ends without acting, and says why
+                refusal = Refusal(ErrorCode.SUPERSEDED, "a newer command for this VM arrived before it could run")
+                return Store(self.refuse(command, refusal, now))  # retried at once: no back-off counted, pure
+            return ReadPause(command)
+        if phase == "read":
+            return ReadVm(command)
+        if phase == "host":
+            return ReadHost(command)
+        if phase == "mark":
+            assert job.before is not None
+            return Mark(command, job.before)
+        if phase == "execute":
+            assert job.plan is not None
+            assert job.before is not None
+            return Execute(command, job.plan, job.before, job.grant, delivery.handle)
+        if phase == "reread":
+            return Reread(command)
+        if phase == "store":
+            assert job.result is not None
+            return Store(job.result)
+        if phase == "unmark":
+            return Unmark(command)
+        assert phase == "acknowledge", phase
+        copies = tuple(self._copies.get(command.id, ()))
+        if job.acknowledged:
+            return Acknowledge(command, copies)
+        return Acknowledge(command, (delivery.handle, *copies), job.duplicate)
+
+    def outcome(self, vm: str, outcome: Outcome[H], now: float, mono: float) -> None:
+        """What carrying out ``vm``'s last action found, at clock time ``now`` and monotonic time ``mono``."""
+        queue = self._queues[vm]
+        command = queue[0].command
+        job = self._jobs.setdefault(vm, Job())
+        if isinstance(outcome, Found):
+            job.phase, job.duplicate = (
+                ("acknowledge", "the event log has its result") if outcome.in_log else ("judge", None)
+            )
+        elif isinstance(outcome, PauseRead):
+            job.now, job.started = now, mono
+            job.failure = self.admit(command, now, outcome.pause, outcome.wall)
+            if job.failure is None:
+                job.phase = "read"
+            else:
+                self._finish(job, command, now, mono)
+        elif isinstance(outcome, VmRead):
+            job.before = job.after = outcome.view.online_vcpus
+            planned = self.plan(command, outcome.view, job.now)
+            job.sizes = planned.sizes
+            if isinstance(planned.decision, Refusal):
+                job.failure, job.phase = planned.decision, "reread"
+            else:
+                job.plan = planned.decision
+                grow = job.plan.direction > 0 and job.plan.steps > 0
+                if grow and self.rules.host_views:
+                    job.phase = "host"  # judged on the host as it is now, not as it was
+                else:
+                    self._roomed(job, command, now, mono)
+        elif isinstance(outcome, HostRead):
+            self._roomed(job, command, now, mono)
+        elif isinstance(outcome, Marked):
+            self._marked.add(command.id)
+            job.stepping, job.phase = True, "execute"
+        elif isinstance(outcome, Executed):
+            job.after, job.stepping = outcome.after, False
+            self.changed(vm, job.now)
+            self._stepped(job, command, now, mono)
+        elif isinstance(outcome, Failed):
+            job.failure = outcome.refusal
+            if job.before is None:
+                self._finish(job, command, now, mono)
+            else:
+                job.phase = "reread"
+        elif isinstance(outcome, Recounted):
+            if outcome.vcpus is not None:
+                job.after = outcome.vcpus
+            self._finish(job, command, now, mono)
+        elif isinstance(outcome, Stored):
+            job.result = outcome.result
+            job.phase = "unmark" if self.stored(outcome.result) else "acknowledge"
+        elif isinstance(outcome, Unmarked):
+            job.phase = "acknowledge"
+        else:
+            self._acknowledged(vm, job, command, len(outcome.handles))
+
+    def _roomed(self, job: Job, command: ScaleCommand, now: float, mono: float) -> None:
+        """The plan cut to what fits on the host: steps to take, or nothing."""
+        assert job.plan is not None
+        assert job.before is not None
+        job.plan, job.grant = self.room(command, job.plan, job.before)
+        if job.plan.steps:
+            job.phase = "mark"
+        else:
+            self._stepped(job, command, now, mono)
+
+    def _stepped(self, job: Job, command: ScaleCommand, now: float, mono: float) -> None:
+        """The steps granted are taken (or none were): a grow cut short says so, with the count read again."""
+        job.failure = job.grant.refusal() if job.grant is not None else None
+        if job.failure is None:
+            self._finish(job, command, now, mono)
+        else:
+            job.phase = "reread"
+
+    def _finish(self, job: Job, command: ScaleCommand, now: float, mono: float) -> None:
+        """The driver is done with the command: release its room, and describe what happened."""
+        self._release(command.vm, job)
+        job.result = self.result(
+            command, now, mono - job.started, job.before, job.after, job.failure, job.sizes, job.grant
+        )
+        job.phase = "store"
+
+    def _release(self, vm: str, job: Job) -> None:
+        # Until now the grant's room stayed reserved, whatever happened (a failure too).
+        if not job.released and (job.grant is not None or (job.before is not None and job.after != job.before)):
+            self.ended(vm, None if job.stepping else job.after)
+        job.released = True
+
+    def _acknowledged(self, vm: str, job: Job, command: ScaleCommand, count: int) -> None:
+        copies = self._copies.get(command.id, [])
+        if not job.acknowledged:
+            job.acknowledged, count = True, count - 1
+        del copies[:count]  # copies only join at the end: those acknowledged are the first
+        if copies:
+            return  # a copy came in meanwhile: acknowledged next
+        self._pending.discard(command.id)
+        self._copies.pop(command.id, None)
+        del self._jobs[vm]
+        queue = self._queues[vm]
+        queue.popleft()
+        if not queue:
+            del self._queues[vm]
             self._working.discard(vm)
-            return None
-        delivery = queue.popleft()
-        return Turn(delivery, self.look_up_since(delivery.command, now))
+
+    def holding(self, vm: str) -> Grant | None:
+        """The host room ``vm``'s command in turn was granted and still holds (None: none)."""
+        job = self._jobs.get(vm)
+        return job.grant if job is not None and not job.released else None
+
+    def in_flight(self) -> int:
+        """Commands admitted and not yet answered: those the driver is working on."""
+        return sum(1 for job in self._jobs.values() if job.phase in ("read", "host", "mark", "execute", "reread"))
 
     def look_up_since(self, command: ScaleCommand, now: float) -> float | None:
         """Whether a command is too old for the memory of answered ids: then the clock time from which to search
@@ -156,28 +479,12 @@ class Ledger(Generic[H]):
             return None  # were it answered, the memory would know
         return command.time - self.rules.skew_s
 
-    def judge(self, command: ScaleCommand, now: float, in_log: bool = False) -> Duplicate | Superseded | Execute:
-        """What to do with the command just taken; ``in_log``: the event log holds its result."""
-        if in_log:
-            return Duplicate("the event log has its result")
-        if self._queues.get(command.vm):
-            # a newer order for this VM is waiting: this one ends without acting, and says why
-            refusal = Refusal(ErrorCode.SUPERSEDED, "a newer command for this VM arrived before it could run")
-            return Superseded(self.refuse(command, refusal, now))
-        return Execute()
-
-    def done(self, command: ScaleCommand) -> list[H]:
-        """The command's turn is over (answered, or a duplicate): the shell acknowledges its delivery and the
-        copies returned."""
-        self._pending.discard(command.id)
-        return self._copies.pop(command.id, [])
-
-    def abandon(self, vm: str, command: ScaleCommand | None) -> None:
-        """A worker failed: forget its command and those queued behind it, unacknowledged, so that their
-        redeliveries are taken as new, not as duplicates."""
-        if command is not None:
-            self._pending.discard(command.id)
-            self._copies.pop(command.id, None)
+    def abandon(self, vm: str) -> None:
+        """A worker failed: release the room its command held, forget it and those queued behind it,
+        unacknowledged, so that their redeliveries are taken as new, not as duplicates."""
+        job = self._jobs.pop(vm, None)
+        if job is not None:
+            self._release(vm, job)
         for delivery in self._queues.pop(vm, deque()):
             self._pending.discard(delivery.command.id)
             self._copies.pop(delivery.command.id, None)
@@ -231,10 +538,6 @@ class Ledger(Generic[H]):
         part-way): its reservation is released."""
         self.host.release(vm, after)
 
-    def begun(self, command: ScaleCommand) -> None:
-        """A progress marker was written for the command: it is removed once the result is stored."""
-        self._marked.add(command.id)
-
     def changed(self, vm: str, now: float) -> None:
         """A resize of ``vm`` was carried out at ``now``: it counts against the VM's rate limit."""
         window = self.rules.rate_window_s
@@ -245,27 +548,6 @@ class Ledger(Generic[H]):
         return list(self._changes.get(vm, []))
 
     # -- results --------------------------------------------------------------------------------------------------
-
-    def refuse(self, command: ScaleCommand, refusal: Refusal, now: float) -> ScaleResult:
-        """The result of a command that never reached the hypervisor."""
-        return ScaleResult(
-            command_id=command.id,
-            time=now,
-            host=command.host,
-            vm=command.vm,
-            ok=False,
-            vcpus_before=None,
-            vcpus_after=None,
-            target_vcpus=command.target_vcpus,
-            duration_s=0.0,
-            actuator=self.rules.actuator,
-            error_code=refusal.code,
-            error=short_text(refusal.message),
-            sample_time=command.sample_time,
-            retry_after=self._retry_after(command.vm, refusal, now),
-            rate_limit_changes=self.rules.max_changes,
-            rate_limit_window_s=self.rules.rate_window_s,
-        )
 
     def result(
         self,
@@ -278,8 +560,8 @@ class Ledger(Generic[H]):
         sizes: tuple[int, int] | None = None,
         grant: Grant | None = None,
     ) -> ScaleResult:
-        """The result of a command as carried out: what really happened, and when to ask again after a failure.
-        A grow judged against the host (``grant``) states the host's capacity and what was committed then."""
+        """The one builder of a result: what really happened, and when to ask again after a failure. A grow judged
+        against the host (``grant``) states the host's capacity and what was committed then."""
         if (failure is None or failure.code is ErrorCode.HOST_FULL) and before != after:
             self.backoff.succeeded(command.vm)  # the VM took a change (a partial grant too): its back-off starts over
         return ScaleResult(
@@ -304,6 +586,10 @@ class Ledger(Generic[H]):
             host_capacity_vcpus=grant.capacity if grant else None,
             host_committed_vcpus=grant.committed if grant else None,
         )
+
+    def refuse(self, command: ScaleCommand, refusal: Refusal, now: float) -> ScaleResult:
+        """The result of a command that never reached the hypervisor."""
+        return self.result(command, now, 0.0, None, None, refusal)
 
     def _retry_after(self, vm: str, failure: Refusal, now: float) -> float:
         return retry_after(failure.code, vm, now=now, backoff=self.backoff, retry_at=failure.retry_at)

@@ -1,13 +1,15 @@
 """The actuator service: durable command intake, one command at a time per VM, exactly one result each.
 
-A thin shell around the command ledger (ledger.py), which holds every rule: receive -> ledger -> driver -> store
--> ack. Commands come from a durable JetStream consumer (explicit ack), so a restarted actuator resumes where it
-stopped. A command is acknowledged only after its result is stored. Every command gets exactly one result, across
-restarts too: the ids answered in the last ``ANSWERED_KEEP_S`` are kept in memory (answered.py) and read back
-from the event log at startup; a copy of a command older than that is looked up in the log before it is judged.
-A copy of an answered command is acknowledged without acting or answering again. A command interrupted by a
-crash in the middle of its hot-plug steps is settled by the next actuator before anything else (progress.py):
-its result reports the change that did happen.
+A thin shell around the command ledger (ledger.py), which holds every rule and their order: each VM's worker asks
+the ledger for its next action, carries it out (the event log, the pause book, the driver, the progress markers,
+acknowledgements) and hands back what it found (ARCHITECTURE.md). Commands come from a durable JetStream consumer
+(explicit ack), so a restarted actuator resumes where it stopped. A command is acknowledged only after its result
+is stored. Every command gets exactly one result, across restarts too: the ids answered in the last
+``ANSWERED_KEEP_S`` are kept in memory (answered.py) and read back from the event log at startup; a copy of a
+command older than that is looked up in the log before it is judged. A copy of an answered command is
+acknowledged without acting or answering again. A command interrupted by a crash in the middle of its hot-plug
+steps is settled by the next actuator before anything else (progress.py): its result reports the change that
+did happen.
 
 A VM an operator paused (``hotplug pause``) is refused with ``paused`` whatever the decider knows: the actuator
 watches its host's keys of the pause bucket and takes no command before it knows the pauses in force.
@@ -41,9 +43,37 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.actuator import steps
 from services.actuator.checks import Bounds, Refusal
 from services.actuator.drivers.base import Driver, DriverError, HostAware, host_aware
-from services.actuator.ledger import ANSWERED_KEEP_S, Duplicate, Execute, Ledger, LedgerRules, Superseded
+from services.actuator.ledger import (
+    ANSWERED_KEEP_S,
+    Acknowledge,
+    Acknowledged,
+    Action,
+    Done,
+    Duplicate,
+    Execute,
+    Executed,
+    Failed,
+    Found,
+    HostRead,
+    Ledger,
+    LedgerRules,
+    LookUp,
+    Mark,
+    Marked,
+    Outcome,
+    PauseRead,
+    ReadHost,
+    ReadPause,
+    ReadVm,
+    Recounted,
+    Reread,
+    Store,
+    Stored,
+    Unmark,
+    Unmarked,
+    VmRead,
+)
 from services.actuator.progress import ProgressLog
-from services.actuator.reservations import Grant
 from services.actuator.vmbounds import bounds_for
 from shared import bus, subjects, topology
 from shared.codec import encode
@@ -165,8 +195,10 @@ class Actuator:
                 bounds=self.bounds_for,
                 max_changes=config.max_changes,
                 rate_window_s=config.rate_window_s,
+                host_views=self.host_driver is not None,
             )
         )
+        self.metrics.in_flight.set_function(self.ledger.in_flight)
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._log_reads = asyncio.Lock()  # one reader of the event log at a time: it has one permitted name
         self.progress: ProgressLog
@@ -329,34 +361,70 @@ class Actuator:
         log.warning("duplicate command %s for %s ignored: %s", command.id, command.vm, why)
 
     async def _work(self, vm: str) -> None:
-        """Run one VM's commands in order, one at a time; exits when the ledger has none left for it."""
-        command: ScaleCommand | None = None
+        """Run one VM's commands: carry out what the ledger says next, hand it what that found, until it says
+        ``Done`` (a later command starts another worker)."""
         try:
-            while (turn := self.ledger.take(vm, self.ctx.clock.now())) is not None:
-                command, msg = turn.delivery.command, turn.delivery.handle
-                in_log = turn.look_up_since is not None and await self._in_log(command, turn.look_up_since)
-                judged = self.ledger.judge(command, self.ctx.clock.now(), in_log)
-                if isinstance(judged, Duplicate):
-                    self._ignore_duplicate(command, judged.why)
-                elif isinstance(judged, Superseded):
-                    await self._store(judged.result)
-                else:
-                    assert isinstance(judged, Execute)
-                    self.metrics.in_flight.inc()
-                    try:
-                        result = await self.execute(command, msg)
-                    finally:
-                        self.metrics.in_flight.dec()
-                    if await self._store(result):
-                        await self.progress.end(command)
-                for delivery in (msg, *self.ledger.done(command)):
-                    await delivery.ack()
-                command = None
+            while not isinstance(action := self.ledger.next_action(vm, self.ctx.clock.now()), Done):
+                outcome = await self._carry_out(action)
+                self.ledger.outcome(vm, outcome, self.ctx.clock.now(), time.perf_counter())
+        except asyncio.CancelledError:
+            self.ledger.abandon(vm)
+            raise
         except Exception:
             log.exception("actuator worker for %s failed; unacknowledged commands will be redelivered", vm)
-            self.ledger.abandon(vm, command)
+            self.ledger.abandon(vm)
         finally:
             self._workers.pop(vm, None)
+
+    async def _carry_out(self, action: Action[Msg]) -> Outcome[Msg]:
+        """Do one thing the ledger said, and say what it found; a driver's error is an outcome, any other raises."""
+        if isinstance(action, LookUp):
+            return Found(await self._in_log(action.command, action.since))
+        if isinstance(action, ReadPause):
+            # At its turn: a pause that ended while the command waited no longer stands.
+            wall = time.time()
+            return PauseRead(self.pauses.book.paused(action.command.host, action.command.vm, wall), wall)
+        if isinstance(action, Store):
+            await self._store(action.result)
+            return Stored(action.result)
+        if isinstance(action, Unmark):
+            await self.progress.end(action.command)
+            return Unmarked()
+        if isinstance(action, Acknowledge):
+            if action.duplicate is not None:
+                self._ignore_duplicate(action.command, action.duplicate)
+            for msg in action.handles:
+                await msg.ack()
+            return Acknowledged(action.handles)
+        if isinstance(action, Mark):
+            await self.progress.begin(action.command, action.before)
+            return Marked()
+        if isinstance(action, Reread):
+            try:
+                return Recounted((await self._call(self.driver.read(action.command.vm))).online_vcpus)
+            except DriverError:
+                return Recounted(None)
+        try:
+            if isinstance(action, ReadVm):
+                return VmRead(await self._call(self.driver.read(action.command.vm)))
+            if isinstance(action, ReadHost):
+                await self._look()
+                return HostRead()
+            assert isinstance(action, Execute), action
+            decided = action.plan
+            after = await steps.take_steps(
+                self.driver,
+                action.command.vm,
+                decided,
+                action.before,
+                timeout_s=self.config.step_timeout_s,
+                # a slow hypervisor must not make the command look abandoned
+                before_step=action.handle.in_progress,
+                after_step=self.metrics.hotplug_calls.labels(decided.op).inc,
+            )
+            return Executed(after)
+        except DriverError as exc:
+            return Failed(Refusal(exc.code, exc.message))
 
     async def _results_in_log(self, filter_subject: str, since_clock_time: float) -> AsyncGenerator[ScaleResult, None]:
         """This host's stored results on ``filter_subject`` from about ``since_clock_time`` on."""
@@ -401,7 +469,9 @@ class Actuator:
                     log.warning("%s left in progress on %s, not settled: %s", command.id, command.vm, exc.message)
                     continue
                 duration = time.perf_counter() - started
-                await self._store(self.ledger.settled(command, marker.before, now, self.ctx.clock.now(), duration))
+                result = self.ledger.settled(command, marker.before, now, self.ctx.clock.now(), duration)
+                await self._store(result)
+                self.ledger.stored(result)
             await self.progress.end(command)
 
     async def _wait_for_quiet(self, command: ScaleCommand) -> int:
@@ -416,17 +486,12 @@ class Actuator:
                 now, quiet_since = latest, time.monotonic()
         return now
 
-    async def _store(self, result: ScaleResult) -> bool:
-        """Store a result in the event log; whether its command's progress marker is to be removed."""
+    async def _store(self, result: ScaleResult) -> None:
+        """Store a result in the event log (the ledger learns it is answered from the outcome)."""
         await bus.publish_durable(
             self.ctx.js, subjects.results(result.host, result.vm), encode(result), msg_id=f"result-{result.command_id}"
         )
-        marked = self.ledger.stored(result)  # from now on, a copy of the command is a duplicate
         self._record(result)
-        return marked
-
-    def refuse(self, command: ScaleCommand, refusal: Refusal) -> ScaleResult:
-        return self.ledger.refuse(command, refusal, self.ctx.clock.now())
 
     def _record(self, result: ScaleResult) -> None:
         outcome = "ok" if result.ok else "error"
@@ -443,78 +508,6 @@ class Actuator:
             result.vcpus_after,
             "" if result.ok else f" failed: {result.error_code}: {result.error}",
         )
-
-    async def execute(self, command: ScaleCommand, msg: Msg | None = None) -> ScaleResult:
-        """Carry out one command through the driver and describe what really happened."""
-        started = time.perf_counter()
-        before: int | None = None
-        after: int | None = None
-        sizes: tuple[int, int] | None = None
-        grant: Grant | None = None
-        stepping = False  # a step is under way: should it fail, the VM's count is not sure
-        now = self.ctx.clock.now()
-        # At its turn: a pause that ended while the command waited no longer stands.
-        wall = time.time()
-        failure = self.ledger.admit(command, now, self.pauses.book.paused(command.host, command.vm, wall), wall)
-        if failure is None:
-            try:
-                try:
-                    view = await self._call(self.driver.read(command.vm))
-                    before = after = view.online_vcpus
-                    planned = self.ledger.plan(command, view, now)
-                    sizes = planned.sizes
-                    if isinstance(planned.decision, Refusal):
-                        failure = planned.decision
-                    else:
-                        decided = planned.decision
-                        if decided.direction > 0 and decided.steps and self.host_driver is not None:
-                            await self._look()  # judged on the host as it is now, not as it was
-                        decided, grant = self.ledger.room(command, decided, before)
-                        if decided.steps:
-                            await self.progress.begin(command, before)
-                            self.ledger.begun(command)
-                            stepping = True
-                            after = await steps.take_steps(
-                                self.driver,
-                                command.vm,
-                                decided,
-                                before,
-                                timeout_s=self.config.step_timeout_s,
-                                # a slow hypervisor must not make the command look abandoned
-                                before_step=msg.in_progress if msg is not None else None,
-                                after_step=self.metrics.hotplug_calls.labels(decided.op).inc,
-                            )
-                            stepping = False
-                            self.ledger.changed(command.vm, now)
-                        failure = grant.refusal() if grant is not None else None
-                except DriverError as exc:
-                    failure = Refusal(exc.code, exc.message)
-                if failure is not None and before is not None:
-                    after = await self._reread(command.vm, after)
-            finally:
-                # Until now the grant's room stayed reserved, whatever happened (cancelled too).
-                if grant is not None or (before is not None and after != before):
-                    self.ledger.ended(command.vm, None if stepping else after)
-        return self._result(command, started, before, after, failure, sizes, grant)
-
-    def _result(
-        self,
-        command: ScaleCommand,
-        started: float,
-        before: int | None,
-        after: int | None,
-        failure: Refusal | None,
-        sizes: tuple[int, int] | None = None,
-        grant: Grant | None = None,
-    ) -> ScaleResult:
-        duration = time.perf_counter() - started
-        return self.ledger.result(command, self.ctx.clock.now(), duration, before, after, failure, sizes, grant)
-
-    async def _reread(self, vm: str, fallback: int | None) -> int | None:
-        try:
-            return (await self._call(self.driver.read(vm))).online_vcpus
-        except DriverError:
-            return fallback
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         return await steps.call(self.driver, awaitable, self.config.step_timeout_s)

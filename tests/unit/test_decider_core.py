@@ -6,9 +6,9 @@ import pytest
 
 from services.decider.engine import ALLOWED_SIZES_TTL_S, Limit, VmEngine
 from services.decider.guard import GuardRails, GuardState, apply_rails
-from services.decider.policies.base import Observation, Recommendation
+from services.decider.policies.base import OWN_CALM, Observation, Recommendation
 from services.decider.policies.threshold import ThresholdParams, ThresholdPolicy
-from services.decider.registry import ParamError, build_policy, parse_params
+from services.decider.registry import POLICIES, ParamError, build_policy, parse_params
 
 
 def obs(t: float, vcpus: int, used: float, lo: int = 1, hi: int = 8) -> Observation:
@@ -97,6 +97,17 @@ def test_unknown_parameters_and_policies_are_refused() -> None:
     policy, rails = build_policy("threshold", parse_params(["threshold.upper=0.9", "guard.down_cooldown_s=5"]))
     assert isinstance(policy, ThresholdPolicy) and policy.params.upper == 0.9
     assert rails.down_cooldown_s == 5 and rails.up_cooldown_s == ThresholdPolicy.default_rails["up_cooldown_s"]
+
+
+def test_a_policy_holds_its_own_calm_by_default_and_threshold_takes_cooldowns() -> None:
+    """The rails' default is the base's (OWN_CALM); only a rule without its own calm sets cooldowns."""
+    for name in POLICIES:
+        _, rails = build_policy(name)
+        if name == "threshold":
+            assert (rails.up_cooldown_s, rails.down_cooldown_s) == (10.0, 30.0), name
+        else:
+            assert (rails.up_cooldown_s, rails.down_cooldown_s) == (0.0, 0.0), name
+            assert rails.max_step_down == OWN_CALM["max_step_down"], name
 
 
 def busy_engine(*extra: str) -> VmEngine:

@@ -1,10 +1,12 @@
 """The actuator's command ledger (services/actuator/ledger.py), tested directly and with hypothesis.
 
-The main property drives the ledger as the service does, through any interleaving of stored copies, deliveries
-and redeliveries, worker steps (one hot-plug call at a time), failed calls, worker failures, actuator restarts, host
-views read and taken late, capacity changes and the passing of time, against a model of the event log and the
-host: once every copy is acknowledged, every command has exactly one result; and no grow is granted room that takes
-the host's true commitment above its capacity, nor steps beyond its grant.
+The direct tests carry out the ledger's actions with a small executor and check the order it gives (a grow, a
+refusal, a duplicate, an expired command, a driver failure, a host-full partial grant...). The main property drives
+the ledger as the service does, through any interleaving of stored copies, deliveries and redeliveries, worker
+actions (one hot-plug call at a time), failed calls, worker failures, actuator restarts, host views read and taken
+late, capacity changes and the passing of time, against a model of the event log and the host: once every copy is
+acknowledged, every command has exactly one result; and no grow is granted room that takes the host's true
+commitment above its capacity, nor steps beyond its grant.
 """
 
 from __future__ import annotations
@@ -17,24 +19,45 @@ from hypothesis import strategies as st
 from services.actuator.checks import Bounds, Plan, Refusal
 from services.actuator.drivers.base import HostView, VmView
 from services.actuator.ledger import (
-    Delivery,
+    Acknowledge,
+    Acknowledged,
+    Action,
+    Done,
     Duplicate,
     Execute,
+    Executed,
+    Failed,
+    Found,
+    HostRead,
     Ledger,
     LedgerRules,
+    LookUp,
+    Mark,
+    Marked,
+    Outcome,
+    PauseRead,
     Planned,
     Queued,
-    Superseded,
-    Turn,
+    ReadHost,
+    ReadPause,
+    ReadVm,
+    Recounted,
+    Reread,
+    Store,
+    Stored,
+    Unmark,
+    Unmarked,
+    VmRead,
 )
-from services.actuator.reservations import Grant
 from shared.messages import ErrorCode, ScaleCommand, ScaleResult
 
 VMS = ("a", "b")
 CAPACITIES = (4, 5, 6, 7, 8, 10)
 
 
-def rules(max_changes: int = 6, window_s: float = 60.0, bounds: dict[str, Bounds] | None = None) -> LedgerRules:
+def rules(
+    max_changes: int = 6, window_s: float = 60.0, bounds: dict[str, Bounds] | None = None, host_views: bool = True
+) -> LedgerRules:
     per_vm = bounds or {}
     return LedgerRules(
         actuator="act",
@@ -42,6 +65,7 @@ def rules(max_changes: int = 6, window_s: float = 60.0, bounds: dict[str, Bounds
         bounds=lambda vm: per_vm.get(vm, Bounds(1, 8)),
         max_changes=max_changes,
         rate_window_s=window_s,
+        host_views=host_views,
     )
 
 
@@ -77,48 +101,187 @@ def view(vcpus: int, vm: str = "a") -> VmView:
 # -- direct -----------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Shell:
+    """A small executor for the direct tests: it carries out each action the ledger gives on a host of its own (a
+    VM's count, the host's other VMs and CPUs, an event log) and records each action's name."""
+
+    ledger: Ledger[str]
+    vcpus: dict[str, int] = field(default_factory=lambda: {"a": 2})
+    others: int = 0  # vCPUs of the host's VMs no command moves
+    cpus: int = 16  # the host's capacity
+    broken: ErrorCode | None = None  # every hot-plug call fails with this, the VM unchanged
+    log: list[ScaleResult] = field(default_factory=list)
+    acked: list[str] = field(default_factory=list)
+    markers: set[str] = field(default_factory=set)
+    now: float = 0.0
+
+    def run(self, vm: str = "a") -> list[str]:
+        names = []
+        while not isinstance(action := self.ledger.next_action(vm, self.now), Done):
+            assert self.ledger.next_action(vm, self.now) == action  # asking says what to do, and changes nothing
+            names.append(type(action).__name__)
+            self.ledger.outcome(vm, self.carry_out(action), self.now, self.now)
+        return names
+
+    def carry_out(self, action: Action[str]) -> Outcome[str]:
+        if isinstance(action, LookUp):
+            return Found(any(r.command_id == action.command.id for r in self.log))
+        if isinstance(action, ReadPause):
+            return PauseRead(None, self.now)
+        if isinstance(action, ReadVm):
+            return VmRead(view(self.vcpus[action.command.vm], action.command.vm))
+        if isinstance(action, ReadHost):
+            seen = HostView(cpus=self.cpus, vms={**self.vcpus, "x": self.others})
+            self.ledger.host.observe(seen, self.cpus, self.ledger.host.ticket())
+            return HostRead()
+        if isinstance(action, Mark):
+            self.markers.add(action.command.id)
+            return Marked()
+        if isinstance(action, Execute):
+            if self.broken is not None:
+                return Failed(Refusal(self.broken, "the guest said no"))
+            self.vcpus[action.command.vm] += action.plan.direction * action.plan.steps
+            return Executed(self.vcpus[action.command.vm])
+        if isinstance(action, Reread):
+            return Recounted(self.vcpus[action.command.vm])
+        if isinstance(action, Store):
+            self.log.append(action.result)
+            return Stored(action.result)
+        if isinstance(action, Unmark):
+            self.markers.remove(action.command.id)
+            return Unmarked()
+        assert isinstance(action, Acknowledge)
+        self.acked += action.handles
+        return Acknowledged(action.handles)
+
+
+GROW = ["ReadPause", "ReadVm", "ReadHost", "Mark", "Execute", "Store", "Unmark", "Acknowledge"]
+
+
+def test_a_grow_is_admitted_read_judged_on_the_host_marked_executed_stored_and_acknowledged() -> None:
+    shell = Shell(Ledger(rules()))
+    assert shell.ledger.receive(command("c1", target=4), "m1") == Queued(start_worker=True)
+    assert shell.run() == GROW
+    (result,) = shell.log
+    assert result.ok and (result.vcpus_before, result.vcpus_after, result.target_vcpus) == (2, 4, 4)
+    assert (result.allowed_min_vcpus, result.allowed_max_vcpus, result.host_capacity_vcpus) == (1, 8, 16)
+    assert shell.acked == ["m1"] and not shell.markers and shell.ledger.in_flight() == 0
+    assert shell.ledger.changes("a") == [0.0] and shell.ledger.host.commitments()["a"] == 4
+    assert shell.ledger.receive(command("c1", target=4), "m2") == Duplicate("it is answered or under way")
+
+
+def test_a_shrink_is_never_judged_on_the_host_nor_a_grow_when_the_driver_reports_no_host() -> None:
+    shell = Shell(Ledger(rules()))
+    shell.ledger.receive(command("c1", target=1), "m1")
+    assert shell.run() == ["ReadPause", "ReadVm", "Mark", "Execute", "Store", "Unmark", "Acknowledge"]
+    shell = Shell(Ledger(rules(host_views=False)))
+    shell.ledger.receive(command("c1", target=4), "m1")
+    assert shell.run() == ["ReadPause", "ReadVm", "Mark", "Execute", "Store", "Unmark", "Acknowledge"]
+    assert shell.log[0].ok and shell.log[0].host_capacity_vcpus is None
+
+
+def test_a_command_refused_by_a_check_is_answered_with_the_count_read_again_and_never_executed() -> None:
+    shell = Shell(Ledger(rules()))
+    shell.ledger.receive(command("c1", target=9), "m1")
+    assert shell.run() == ["ReadPause", "ReadVm", "Reread", "Store", "Acknowledge"]
+    (result,) = shell.log
+    assert result.error_code is ErrorCode.OUT_OF_BOUNDS and (result.vcpus_before, result.vcpus_after) == (2, 2)
+    assert (result.allowed_min_vcpus, result.allowed_max_vcpus, result.retry_after) == (1, 8, 0)
+    shell.ledger.receive(command("c2", target=3, seen=1), "m2")  # decided on a view that is gone
+    assert shell.run() == ["ReadPause", "ReadVm", "Reread", "Store", "Acknowledge"]
+    assert shell.log[1].error_code is ErrorCode.STALE_VIEW and shell.vcpus == {"a": 2}
+
+
+def test_an_expired_command_is_refused_before_the_vm_is_even_read() -> None:
+    shell = Shell(Ledger(rules()), now=100.0)
+    shell.ledger.receive(command("c1", at=50.0, ttl=10.0), "m1")
+    assert shell.run() == ["ReadPause", "Store", "Acknowledge"]
+    (result,) = shell.log
+    assert result.error_code is ErrorCode.EXPIRED and result.vcpus_before is None and result.time == 100.0
+    assert shell.acked == ["m1"]
+
+
+def test_a_driver_failure_is_the_result_with_the_count_read_again_and_a_back_off() -> None:
+    shell = Shell(Ledger(rules()), broken=ErrorCode.GUEST_REFUSED)
+    shell.ledger.receive(command("c1", target=4), "m1")
+    assert shell.run() == [*GROW[:5], "Reread", "Store", "Unmark", "Acknowledge"]
+    (result,) = shell.log
+    assert result.error_code is ErrorCode.GUEST_REFUSED and (result.vcpus_before, result.vcpus_after) == (2, 2)
+    assert result.retry_after == 30 and shell.ledger.changes("a") == []
+    # the step may still land: the room granted stays held until a host view shows the truth
+    assert shell.ledger.host.commitments()["a"] == 4
+
+
+def test_a_grow_on_a_nearly_full_host_takes_what_fits_and_says_host_full() -> None:
+    shell = Shell(Ledger(rules()), vcpus={"a": 2}, others=3, cpus=6)
+    shell.ledger.receive(command("c1", target=5), "m1")
+    assert shell.run() == [*GROW[:5], "Reread", "Store", "Unmark", "Acknowledge"]
+    (result,) = shell.log
+    assert (result.error_code, result.vcpus_before, result.vcpus_after) == (ErrorCode.HOST_FULL, 2, 3)
+    assert (result.host_capacity_vcpus, result.host_committed_vcpus, result.retry_after) == (6, 5, 2.0)
+    assert shell.ledger.changes("a") == [0.0]  # a partial grant is a change
+    shell.ledger.receive(command("c2", target=5, seen=3), "m2")  # now nothing fits: no step at all
+    assert shell.run() == ["ReadPause", "ReadVm", "ReadHost", "Reread", "Store", "Acknowledge"]
+    assert (shell.log[1].error_code, shell.log[1].vcpus_after) == (ErrorCode.HOST_FULL, 3)
+
+
 def test_a_second_copy_is_held_while_the_first_is_under_way_and_acknowledged_with_it() -> None:
-    ledger: Ledger[str] = Ledger(rules())
+    shell = Shell(Ledger(rules()))
     first = command("c1")
-    assert ledger.receive(first, "m1") == Queued(start_worker=True)
-    assert ledger.receive(first, "m2") == Duplicate("it is answered or under way", held=True)
-    turn = ledger.take("a", 0.0)
-    assert turn == Turn(Delivery(first, "m1"), look_up_since=None)
-    assert ledger.judge(first, 0.0) == Execute()
-    ledger.stored(ledger.result(first, 1.0, 0.0, 2, 3, None))
-    assert ledger.done(first) == ["m2"]
-    assert ledger.receive(first, "m3") == Duplicate("it is answered or under way", held=False)
-    assert ledger.take("a", 1.0) is None
+    assert shell.ledger.receive(first, "m1") == Queued(start_worker=True)
+    assert isinstance(shell.ledger.next_action("a", 0.0), ReadPause)
+    assert shell.ledger.receive(first, "m2") == Duplicate("it is answered or under way", held=True)
+    assert shell.run() == GROW
+    assert shell.acked == ["m1", "m2"] and [r.command_id for r in shell.log] == ["c1"]
+    assert shell.ledger.receive(first, "m3") == Duplicate("it is answered or under way", held=False)
+    assert shell.ledger.next_action("a", 1.0) == Done()
+
+
+def test_a_copy_arriving_while_a_duplicate_is_acknowledged_is_held_and_acknowledged_next() -> None:
+    ledger: Ledger[str] = Ledger(rules())
+    shell = Shell(ledger, now=1000.0)
+    old = command("c1", at=0.0)
+    shell.log.append(ledger.result(old, 5.0, 0.0, 2, 3, None))  # answered long ago: not in the memory
+    ledger.receive(old, "m1")
+    ledger.outcome("a", shell.carry_out(ledger.next_action("a", 1000.0)), 1000.0, 0.0)
+    action = ledger.next_action("a", 1000.0)
+    assert action == Acknowledge(old, ("m1",), duplicate="the event log has its result")
+    assert ledger.receive(old, "m2") == Duplicate("it is answered or under way", held=True)  # during the ack
+    ledger.outcome("a", Acknowledged(("m1",)), 1000.0, 0.0)
+    assert ledger.next_action("a", 1000.0) == Acknowledge(old, ("m2",))
+    ledger.outcome("a", Acknowledged(("m2",)), 1000.0, 0.0)
+    assert ledger.next_action("a", 1000.0) == Done()
+    assert ledger.receive(old, "m3") == Queued(start_worker=True)  # not pending any more: looked up again
 
 
 def test_an_older_command_waiting_behind_a_newer_one_is_superseded() -> None:
-    ledger: Ledger[str] = Ledger(rules())
+    shell = Shell(Ledger(rules()), now=5.0)
     older, newer = command("c1"), command("c2", target=4)
-    assert ledger.receive(older, "m1") == Queued(start_worker=True)
-    assert ledger.receive(newer, "m2") == Queued(start_worker=False)
-    turn = ledger.take("a", 5.0)
-    assert turn is not None and turn.delivery.command == older
-    judged = ledger.judge(older, 5.0)
-    assert isinstance(judged, Superseded)
-    assert judged.result.error_code is ErrorCode.SUPERSEDED and judged.result.retry_after == 0
-    assert judged.result.command_id == "c1" and judged.result.time == 5.0
-    ledger.done(older)
-    turn = ledger.take("a", 5.0)
-    assert turn is not None and ledger.judge(turn.delivery.command, 5.0) == Execute()
+    assert shell.ledger.receive(older, "m1") == Queued(start_worker=True)
+    assert shell.ledger.receive(newer, "m2") == Queued(start_worker=False)
+    assert shell.run() == ["Store", "Acknowledge", *GROW]
+    superseded, done = shell.log
+    assert superseded.error_code is ErrorCode.SUPERSEDED and superseded.retry_after == 0
+    assert superseded.command_id == "c1" and superseded.time == 5.0 and superseded.vcpus_before is None
+    assert done.command_id == "c2" and done.ok and shell.acked == ["m1", "m2"]
 
 
-def test_a_command_older_than_the_memory_is_looked_up_in_the_log() -> None:
-    ledger: Ledger[str] = Ledger(rules())
+def test_a_command_older_than_the_memory_is_looked_up_in_the_log_and_found_there_is_a_duplicate() -> None:
+    shell = Shell(Ledger(rules()), now=1000.0)
     old = command("c1", at=0.0)
-    ledger.receive(old, "m")
-    turn = ledger.take("a", 1000.0)
-    assert turn is not None and turn.look_up_since == -60.0
-    assert ledger.judge(old, 1000.0, in_log=True) == Duplicate("the event log has its result")
+    shell.log.append(Ledger[str](rules()).result(old, 5.0, 0.0, 2, 3, None))  # answered before a restart
+    shell.ledger.receive(old, "m")
+    assert shell.ledger.next_action("a", 1000.0) == LookUp(old, since=-60.0)
+    assert shell.run() == ["LookUp", "Acknowledge"]
+    assert shell.acked == ["m"] and len(shell.log) == 1
     fresh = command("c2", at=990.0)
-    ledger.done(old)
-    ledger.receive(fresh, "m2")
-    turn = ledger.take("a", 1000.0)
-    assert turn is not None and turn.look_up_since is None
+    shell.ledger.receive(fresh, "m2")
+    assert isinstance(shell.ledger.next_action("a", 1000.0), ReadPause)  # the memory knows: no look-up
+    unseen = command("c3", at=0.0, target=2, seen=2)
+    shell.ledger.receive(unseen, "m3")
+    shell.run()
+    assert [r.command_id for r in shell.log] == ["c1", "c2", "c3"]
 
 
 def test_a_restart_recalls_every_answer_the_memory_is_trusted_with() -> None:
@@ -135,17 +298,27 @@ def test_a_restart_recalls_every_answer_the_memory_is_trusted_with() -> None:
     assert isinstance(restarted.receive(edge, "copy"), Duplicate)
 
 
-def test_a_failed_worker_forgets_its_commands_so_their_redeliveries_are_new() -> None:
+def test_a_failed_worker_forgets_its_commands_so_their_redeliveries_are_new_and_releases_its_room() -> None:
     ledger: Ledger[str] = Ledger(rules())
-    first, second = command("c1"), command("c2")
+    shell = Shell(ledger)
+    first, second = command("c1", target=4), command("c2")
     ledger.receive(first, "m1")
     ledger.receive(second, "m2")
     ledger.receive(first, "m1 again")
-    turn = ledger.take("a", 0.0)
-    assert turn is not None
-    ledger.abandon("a", turn.delivery.command)
+    while not isinstance(action := ledger.next_action("a", 0.0), Store):  # superseded: stored, then a failure
+        ledger.outcome("a", shell.carry_out(action), 0.0, 0.0)
+    ledger.abandon("a")
+    assert ledger.next_action("a", 0.0) == Done()
     assert ledger.receive(first, "m1 later") == Queued(start_worker=True)
     assert ledger.receive(second, "m2 later") == Queued(start_worker=False)
+    ledger.abandon("a")
+    ledger.receive(first, "m1 at last")
+    while not isinstance(action := ledger.next_action("a", 0.0), Execute):  # granted room, then the worker fails
+        ledger.outcome("a", shell.carry_out(action), 0.0, 0.0)
+    assert ledger.host.commitments()["a"] == 4
+    ledger.abandon("a")
+    assert ledger.host.commitments()["a"] == 4  # released unsure of the count: a step may still land
+    assert ledger.in_flight() == 0
 
 
 def test_plan_applies_the_vms_own_bounds_and_the_rate_limit_only_to_changes() -> None:
@@ -183,16 +356,11 @@ def test_a_command_left_in_progress_is_settled_as_things_are() -> None:
 
 @dataclass
 class Worker:
-    phase: str = "idle"  # idle -> taken -> [look ->] step... -> store -> finish -> idle
-    turn: Turn[int] | None = None
-    result: ScaleResult | None = None
-    # an admitted command under way: its plan, the count it started from, its start, and the room it got
-    plan: Plan | None = None
-    before: int = 0
-    started: float = 0.0
-    sizes: tuple[int, int] | None = None
-    grant: Grant | None = None
-    ticket: int = 0  # a grow's host view: asked for with this ticket, answered with this snapshot
+    """A VM's worker in the model: it carries out the ledger's next action, a slow host view or a hot-plug step at
+    a time."""
+
+    started: float = 0.0  # when its command was admitted
+    ticket: int | None = None  # a grow's host view: asked for with this ticket, answered with this snapshot
     snapshot: dict[str, int] = field(default_factory=dict)
 
 
@@ -254,123 +422,90 @@ class World:
     def ack(self, seq: int) -> None:
         self.unacked.pop(seq, None)
 
+    # -- a worker: the ledger's next action, carried out as Actuator._carry_out does it ---------------------------
+
     def advance(self, i: int) -> None:
         if not self.workers:
             return
         vm = sorted(self.workers)[i % len(self.workers)]
         worker = self.workers[vm]
-        if worker.phase == "idle":
-            worker.turn = self.ledger.take(vm, self.now)
-            if worker.turn is None:
-                del self.workers[vm]
-            else:
-                worker.phase = "taken"
-        elif worker.phase == "taken":
-            assert worker.turn is not None
-            cmd = worker.turn.delivery.command
-            in_log = worker.turn.look_up_since is not None and any(r.command_id == cmd.id for r in self.log)
-            judged = self.ledger.judge(cmd, self.now, in_log)
-            if isinstance(judged, Duplicate):
-                worker.phase = "finish"
-            elif isinstance(judged, Superseded):
-                worker.result, worker.phase = judged.result, "store"
-            else:
-                self.begin(worker, cmd)
-        elif worker.phase == "look":
-            if i % 3 == 0:  # the driver answers slowly: other workers may grow and end meanwhile
-                self.look(worker)
-        elif worker.phase == "step":
-            self.step(worker)
-        elif worker.phase == "store":
-            assert worker.result is not None and worker.turn is not None
-            self.log.append(worker.result)
-            if self.ledger.stored(worker.result):
-                del self.markers[vm]
-            worker.phase = "finish"
-        else:
-            assert worker.turn is not None
-            for seq in (worker.turn.delivery.handle, *self.ledger.done(worker.turn.delivery.command)):
-                self.ack(seq)
-            self.workers[vm] = Worker()
+        action = self.ledger.next_action(vm, self.now)
+        assert self.ledger.next_action(vm, self.now) == action  # asking changes nothing
+        outcome = self.carry_out(vm, worker, action, i)
+        if outcome is not None:
+            self.ledger.outcome(vm, outcome, self.now, self.now)
+            if isinstance(outcome, HostRead):
+                self.judged(vm)
 
-    # -- one command carried out, as Actuator.execute does it ------------------------------------------------------
+    def carry_out(self, vm: str, worker: Worker, action: Action[int], i: int) -> Outcome[int] | None:
+        """What the action found; None: not yet (a host view or a hot-plug step under way)."""
+        if isinstance(action, Done):
+            del self.workers[vm]
+            return None
+        if isinstance(action, LookUp):
+            return Found(any(r.command_id == action.command.id for r in self.log))
+        if isinstance(action, ReadPause):
+            worker.started = self.now
+            return PauseRead(None, self.now)
+        if isinstance(action, ReadVm):
+            return VmRead(view(self.vcpus[vm], vm))
+        if isinstance(action, ReadHost):
+            # the host view is asked for now and answered later: as stale as a view can be
+            if worker.ticket is None:
+                worker.ticket, worker.snapshot = self.ledger.host.ticket(), self.snapshot()
+                return None
+            if i % 3:  # the driver answers slowly: other workers may grow and end meanwhile
+                return None
+            self.ledger.host.observe(HostView(cpus=self.capacity, vms=worker.snapshot), self.capacity, worker.ticket)
+            worker.ticket = None
+            return HostRead()
+        if isinstance(action, Mark):
+            self.markers[vm] = (action.command, action.before)
+            return Marked()
+        if isinstance(action, Execute):  # one step per turn
+            self.vcpus[vm] += action.plan.direction
+            if action.grant is not None:
+                assert self.vcpus[vm] <= action.grant.size, "a step beyond the room granted"
+            if self.vcpus[vm] != action.before + action.plan.direction * action.plan.steps:
+                return None
+            self.changes.setdefault(vm, []).append(worker.started)
+            return Executed(self.vcpus[vm])
+        if isinstance(action, Reread):
+            return Recounted(self.vcpus[vm])
+        if isinstance(action, Store):
+            self.log.append(action.result)
+            return Stored(action.result)
+        if isinstance(action, Unmark):
+            del self.markers[vm]
+            return Unmarked()
+        assert isinstance(action, Acknowledge)
+        for seq in action.handles:
+            self.ack(seq)
+        return Acknowledged(action.handles)
 
-    def begin(self, worker: Worker, cmd: ScaleCommand) -> None:
-        failure = self.ledger.admit(cmd, self.now)
-        worker.before, worker.started = self.vcpus[cmd.vm], self.now
-        if failure is None:
-            planned = self.ledger.plan(cmd, view(worker.before, cmd.vm), self.now)
-            worker.sizes = planned.sizes
-            if isinstance(planned.decision, Refusal):
-                failure = planned.decision
-            else:
-                worker.plan = planned.decision
-                if worker.plan.direction > 0 and worker.plan.steps:
-                    # the host view is asked for now and answered later: as stale as a view can be
-                    worker.ticket, worker.snapshot, worker.phase = self.ledger.host.ticket(), self.snapshot(), "look"
-                else:
-                    self.start_steps(worker, cmd)
-                return
-        self.finish(worker, cmd, failure)
-
-    def look(self, worker: Worker) -> None:
-        assert worker.turn is not None and worker.plan is not None
-        cmd = worker.turn.delivery.command
-        view_ = HostView(cpus=self.capacity, vms=worker.snapshot)
-        self.ledger.host.observe(view_, self.capacity, worker.ticket)
-        worker.plan, worker.grant = self.ledger.room(cmd, worker.plan, worker.before)
-        assert worker.grant is not None
-        if worker.grant.steps:
+    def judged(self, vm: str) -> None:
+        """A grow was just judged on the host: the room it holds, and every grow's, fits the host as it truly is."""
+        grant = self.ledger.holding(vm)
+        assert grant is not None
+        if grant.steps:
             self.granted += 1
-            # the host as it truly is, with the room every grow under way holds (this one's too)
-            stepping = [w for w in self.workers.values() if w.phase == "step" or w is worker]
-            held = {w.turn.delivery.command.vm: w.grant.size for w in stepping if w.grant and w.turn}
-            true = {vm: max(n, held.get(vm, 0)) for vm, n in self.snapshot().items()}
-            assert sum(true.values()) <= self.capacity, (true, self.capacity, worker.grant)
-        if worker.grant.size < worker.grant.asked:
+            held = {other: g.size for other in self.workers if (g := self.ledger.holding(other)) is not None}
+            true = {other: max(n, held.get(other, 0)) for other, n in self.snapshot().items()}
+            assert sum(true.values()) <= self.capacity, (true, self.capacity, grant)
+        if grant.size < grant.asked:
             self.refused += 1
-        self.start_steps(worker, cmd)
-
-    def start_steps(self, worker: Worker, cmd: ScaleCommand) -> None:
-        assert worker.plan is not None
-        if not worker.plan.steps:
-            self.finish(worker, cmd, worker.grant.refusal() if worker.grant else None)
-            return
-        self.markers[cmd.vm] = (cmd, worker.before)
-        self.ledger.begun(cmd)
-        worker.phase = "step"
-
-    def step(self, worker: Worker) -> None:
-        assert worker.turn is not None and worker.plan is not None
-        cmd = worker.turn.delivery.command
-        self.vcpus[cmd.vm] += worker.plan.direction
-        if worker.grant is not None:
-            assert self.vcpus[cmd.vm] <= worker.grant.size, "a step beyond the room granted"
-        if self.vcpus[cmd.vm] == worker.before + worker.plan.direction * worker.plan.steps:
-            self.ledger.changed(cmd.vm, worker.started)
-            self.changes.setdefault(cmd.vm, []).append(worker.started)
-            self.finish(worker, cmd, worker.grant.refusal() if worker.grant else None)
 
     def step_fails(self, i: int) -> None:
         """A hot-plug call fails (timeout, not verified); an odd ``i``: it moved the VM all the same."""
-        stepping = [vm for vm in sorted(self.workers) if self.workers[vm].phase == "step"]
+        stepping = [vm for vm in sorted(self.workers) if isinstance(self.ledger.next_action(vm, self.now), Execute)]
         if not stepping:
             return
-        worker = self.workers[stepping[i % len(stepping)]]
-        assert worker.turn is not None and worker.plan is not None
-        cmd = worker.turn.delivery.command
+        vm = stepping[i % len(stepping)]
+        action = self.ledger.next_action(vm, self.now)
+        assert isinstance(action, Execute)
         if i % 2:
-            self.vcpus[cmd.vm] += worker.plan.direction
-        self.finish(worker, cmd, Refusal(ErrorCode.TIMEOUT, "the hypervisor did not answer"), sure=False)
-
-    def finish(self, worker: Worker, cmd: ScaleCommand, failure: Refusal | None, sure: bool = True) -> None:
-        after = self.vcpus[cmd.vm]
-        if worker.grant is not None or after != worker.before:
-            self.ledger.ended(cmd.vm, after if sure else None)
-        worker.result = self.ledger.result(
-            cmd, self.now, 0.0, worker.before, after, failure, worker.sizes, worker.grant
-        )
-        worker.phase = "store"
+            self.vcpus[vm] += action.plan.direction
+        self.ledger.outcome(vm, Failed(Refusal(ErrorCode.TIMEOUT, "the hypervisor did not answer")), self.now, self.now)
 
     # -- the host's side ------------------------------------------------------------------------------------------
 
@@ -384,15 +519,13 @@ class World:
             self.ledger.host.observe(HostView(cpus=self.capacity, vms=seen), self.capacity, ticket)
 
     def fail(self, i: int) -> None:
-        """A worker's I/O fails (the log, the bus): it forgets its commands, unacknowledged; a grow's room is
-        released unsure of the count, as the service's ``finally`` does."""
+        """A worker's I/O fails (the log, the bus): it forgets its commands, unacknowledged, and the room its command
+        held is released unsure of the count, as the service's worker does."""
         if not self.workers:
             return
         vm = sorted(self.workers)[i % len(self.workers)]
-        worker = self.workers.pop(vm)
-        if worker.phase == "step":
-            self.ledger.ended(vm, None)
-        self.ledger.abandon(vm, worker.turn.delivery.command if worker.turn else None)
+        del self.workers[vm]
+        self.ledger.abandon(vm)
 
     def restart(self) -> None:
         self.ledger = Ledger(rules())
@@ -460,8 +593,8 @@ def run(world: World, ops: list[tuple[str, int]], restarts: bool = True) -> None
             world.deliver(arg)
         elif op == "advance":
             world.advance(arg)
-        elif op == "work":  # one worker's whole turn, or more
-            for _ in range(1 + arg % 8):
+        elif op == "work":  # one worker's whole turn, or more (a grow is ten actions)
+            for _ in range(2 * (1 + arg % 8)):
                 world.advance(arg)
         elif op == "fail":
             world.fail(arg)
@@ -535,7 +668,7 @@ def test_no_grow_is_granted_room_above_the_capacity_and_every_order_has_one_resu
 def test_two_grows_judged_together_on_the_last_cores_share_them_and_no_more() -> None:
     world = World([command("c0", "a", target=4), command("c1", "b", target=4)])  # 5 of 6 committed, x included
     run(world, [("store", 0), ("store", 1), ("deliver", 0), ("deliver", 1)])
-    run(world, [("advance", 0), ("advance", 0), ("advance", 1), ("advance", 1)])  # both asked for a host view
+    run(world, [("advance", 0)] * 3 + [("advance", 1)] * 3)  # both admitted, read, and asked for a host view
     run(world, [("advance", 0), ("advance", 3)])  # a is granted the last core, b nothing (3: b, answered now)
     world.drain()
     a, b = world.log

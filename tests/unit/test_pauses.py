@@ -4,6 +4,7 @@ actuator advises after a ``paused`` refusal."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 import pytest
@@ -286,7 +287,7 @@ async def test_the_actuator_refuses_a_paused_vm_without_touching_it_and_takes_it
     now = time.time()
     actuator.pauses.book.put(msgspec.structs.replace(pause(until=now + 30, reason="benchmark"), host="h", time=now))
     assert metrics.registry.get_sample_value("hotplug_actuator_paused_vms") == 1.0
-    refused = await actuator.execute(order)
+    refused = await _carry_out(actuator, order)
     assert refused.error_code is ErrorCode.PAUSED and not refused.ok
     assert refused.error is not None and refused.error.startswith("paused by alice until ")
     assert refused.error.endswith(": benchmark")
@@ -295,13 +296,43 @@ async def test_the_actuator_refuses_a_paused_vm_without_touching_it_and_takes_it
     # the pause ends (here: it is replaced by one already over) before the next command's turn: it runs
     actuator.pauses.book.put(msgspec.structs.replace(pause(until=now - 1), host="h", time=now - 2))
     assert metrics.registry.get_sample_value("hotplug_actuator_paused_vms") == 0.0
-    done = await actuator.execute(msgspec.structs.replace(order, id="c2"))
+    done = await _carry_out(actuator, msgspec.structs.replace(order, id="c2"))
     assert done.ok and done.vcpus_after == 3
 
 
 class _NoProgress:
     async def begin(self, command: ScaleCommand, before: int) -> None:
         return None
+
+    async def end(self, command: ScaleCommand) -> None:
+        return None
+
+
+class _Delivery:
+    def __init__(self) -> None:
+        self.acks = 0
+
+    async def ack(self) -> None:
+        self.acks += 1
+
+    async def in_progress(self) -> None:
+        return None
+
+
+async def _carry_out(actuator: Any, order: ScaleCommand) -> ScaleResult:
+    """One command through the actuator's worker (its ledger's actions, carried out), with the event log stubbed:
+    the one result it stored, acknowledged once."""
+    stored: list[ScaleResult] = []
+
+    async def store(result: ScaleResult) -> None:
+        stored.append(result)
+
+    actuator._store = store
+    delivery = _Delivery()
+    actuator.ledger.receive(order, delivery)
+    await actuator._work(order.vm)
+    assert delivery.acks == 1 and len(stored) == 1
+    return stored[0]
 
 
 def test_the_ledger_refuses_a_paused_vm_before_raising_the_term_and_advises_on_its_own_clock() -> None:

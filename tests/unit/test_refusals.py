@@ -280,15 +280,17 @@ def test_every_actuator_result_says_when_to_ask_again_and_its_rate_limit() -> No
     from services.actuator.checks import Refusal
 
     guest = Refusal(ErrorCode.GUEST_REFUSED, "no")
-    refused = [actuator._result(order(f"c{i}"), 0.0, 2, 2, guest) for i in range(3)]
+    refused = [actuator.ledger.result(order(f"c{i}"), 100.0, 0.0, 2, 2, guest) for i in range(3)]
     assert [r.retry_after for r in refused] == [30, 60, 120]
     assert all((r.rate_limit_changes, r.rate_limit_window_s) == (3, 45.0) for r in refused)
-    ok = actuator._result(order("ok"), 0.0, 2, 3, None)
+    ok = actuator.ledger.result(order("ok"), 100.0, 0.0, 2, 3, None)
     assert ok.retry_after is None and ok.rate_limit_changes == 3
-    assert actuator._result(order("again"), 0.0, 3, 3, guest).retry_after == 30  # reset by the change
-    limited = actuator._result(order("lim"), 0.0, 2, 2, Refusal(ErrorCode.RATE_LIMITED, "x", retry_at=112.5))
+    assert actuator.ledger.result(order("again"), 100.0, 0.0, 3, 3, guest).retry_after == 30  # reset by the change
+    limited = actuator.ledger.result(
+        order("lim"), 100.0, 0.0, 2, 2, Refusal(ErrorCode.RATE_LIMITED, "x", retry_at=112.5)
+    )
     assert limited.retry_after == 12.5
-    superseded = actuator.refuse(order("sup"), Refusal(ErrorCode.SUPERSEDED, "newer"))
+    superseded = actuator.ledger.refuse(order("sup"), Refusal(ErrorCode.SUPERSEDED, "newer"), 100.0)
     assert superseded.retry_after == 0 and superseded.rate_limit_window_s == 45.0
 
 

@@ -8,7 +8,7 @@ are applied afterwards by ``services.decider.guard``, the same for every policy.
 
 from __future__ import annotations
 
-from typing import ClassVar, Generic, NamedTuple, Protocol, TypeVar
+from typing import ClassVar, Generic, NamedTuple, TypeVar
 
 import msgspec
 
@@ -48,14 +48,6 @@ P = TypeVar("P", bound=Params)
 S = TypeVar("S", bound=msgspec.Struct)
 
 
-class Policy(Protocol[S]):
-    name: ClassVar[str]
-
-    def new_state(self) -> S: ...
-
-    def recommend(self, state: S, obs: Observation) -> Recommendation: ...
-
-
 # The rails of a policy that holds its own calm: no cooldowns and no step limit of the rails' own, which would only
 # delay what its windows and hysteresis already decided.
 OWN_CALM: dict[str, float] = {"up_cooldown_s": 0.0, "down_cooldown_s": 0.0, "max_step_down": 1024}
@@ -67,9 +59,9 @@ class PolicyBase(Generic[P, S]):
     name: ClassVar[str]
     params_type: ClassVar[type[Params]]
     state_type: ClassVar[type[msgspec.Struct]]
-    # Guard-rail defaults that suit this rule (see guard.GuardRails); users may override each. A rule that holds its
-    # own calm (a stabilisation window, hysteresis) takes OWN_CALM.
-    default_rails: ClassVar[dict[str, float]] = {}
+    # Guard-rail defaults that suit this rule (see guard.GuardRails); users may override each. By default a rule
+    # holds its own calm (a stabilisation window, hysteresis): OWN_CALM. A rule without (threshold) sets its own.
+    default_rails: ClassVar[dict[str, float]] = OWN_CALM
 
     def __init__(self, params: P) -> None:
         self.params = params

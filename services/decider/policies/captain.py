@@ -19,7 +19,7 @@ from typing import Annotated
 
 import msgspec
 
-from services.decider.policies.base import OWN_CALM, Observation, Params, PolicyBase, Recommendation
+from services.decider.policies.base import Observation, Params, PolicyBase, Recommendation
 
 
 def _pstdev(count: int, total: float, squares: float) -> float:
@@ -53,7 +53,6 @@ class CaptainPolicy(PolicyBase[CaptainParams, CaptainState]):
     name = "captain"
     params_type = CaptainParams
     state_type = CaptainState
-    default_rails = OWN_CALM
 
     def starvation(self, obs: Observation) -> float:
         if obs.pressure_cores is not None:

@@ -48,7 +48,7 @@ from typing import Annotated
 
 import msgspec
 
-from services.decider.policies.base import OWN_CALM, Observation, Params, PolicyBase, Recommendation
+from services.decider.policies.base import Observation, Params, PolicyBase, Recommendation
 
 MIN_CENSORED_EXCESS_CORES = 0.25
 SHRINK_FLOOR = 0.5  # never below this share of the vCPUs it has, in one order
@@ -62,8 +62,8 @@ PRICE_SCALE = 0.005
 # The faded sums grow as 2^(age / half-life) instead of every old one being faded each sample; they are
 # scaled back before they could overflow.
 RESCALE_EXPONENT = 60.0
-ARM_MEMORY_S = 86400.0  # how long a memory's record of costs lasts (half-life)
-STEER_MEMORY_S = 86400.0  # ... and the realised unmet share's
+ARM_COSTS_HALF_LIFE_S = 86400.0  # how long an arm's record of costs lasts (Choice)
+STEER_HALF_LIFE_S = 86400.0  # ... and the realised unmet share the price is steered by (Price)
 
 
 class DefaultParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -92,22 +92,25 @@ class DefaultParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
 
 class Memory(msgspec.Struct):
-    """What each whole size would have cost, over a memory of one half-life: the weight of the samples and,
-    per size ``a``, the weighted demand above ``a`` (sizes past the end of the list had none)."""
+    """The record behind one "cheapest size over h s" arm: what each whole size would have cost, over a memory of
+    half-life h: the weight of the samples and, per size ``a``, the weighted demand above ``a`` (sizes past the end
+    of the list had none)."""
 
     weight: float = 0.0
     excess: list[float] = msgspec.field(default_factory=list)
 
 
 class DefaultState(msgspec.Struct):
+    """Per VM. Field names are kept as they are: a state is stored and handed to another decider instance."""
+
     # Monotone queues of (time, demand), one per window: the peak over each window is the head of its queue.
     peaks: list[deque[tuple[float, float]]] = msgspec.field(default_factory=list)
-    memories: list[Memory] = msgspec.field(default_factory=list)
+    memories: list[Memory] = msgspec.field(default_factory=list)  # one per "cheapest size" arm
     reference: float | None = None  # the time the memories' weights are counted from
-    costs: list[float] = msgspec.field(default_factory=list)  # each memory's faded record
-    previous: list[int] = msgspec.field(default_factory=list)  # each memory's size one sample ago
+    costs: list[float] = msgspec.field(default_factory=list)  # each arm's faded record of costs
+    previous: list[int] = msgspec.field(default_factory=list)  # each arm's size one sample ago
     before: list[int] = msgspec.field(default_factory=list)  # ... and two samples ago
-    chosen: int = -1  # the memory in charge
+    chosen: int = -1  # the arm in charge
     unmet_s: float = 0.0  # faded core-seconds of demand the VM really left unmet
     demand_s: float = 0.0  # faded core-seconds of demand
     log_price: float | None = None
@@ -158,8 +161,6 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
     name = "default"
     params_type = DefaultParams
     state_type = DefaultState
-    # The policy holds its own stabilisation window and hysteresis; the rails add no cooldown of their own.
-    default_rails = OWN_CALM
 
     def __init__(self, params: DefaultParams) -> None:
         super().__init__(params)
@@ -178,6 +179,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
     def rail_defaults(self) -> dict[str, float]:
         return {**self.default_rails, "warmup_s": self.params.caution_s * math.exp(self._start_log_price)}
 
+    # -- Censoring -----------------------------------------------------------------------------------------------------
+
     def demand_of(self, obs: Observation) -> tuple[float, bool]:
         """The demand this sample shows, and whether it is censored (a guess above the vCPUs the VM had)."""
         if obs.pressure_cores is not None:
@@ -187,11 +190,13 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             return obs.vcpus + max(MIN_CENSORED_EXCESS_CORES, self.params.censored_excess * room), True
         return obs.used_cores, False
 
-    def _steer(self, state: DefaultState, demand: float, vcpus: int, dt: float) -> float:
-        """Feedback on the unmet share the VM really had: the price of an unmet core-second."""
+    # -- Price ---------------------------------------------------------------------------------------------------------
+
+    def _price(self, state: DefaultState, demand: float, vcpus: int, dt: float) -> float:
+        """The price of an unmet core-second: from the target share, steered by the unmet share the VM really had."""
         if not self.params.feedback_gain:
             return self._start_price
-        fade = 0.5 ** (dt / STEER_MEMORY_S)
+        fade = 0.5 ** (dt / STEER_HALF_LIFE_S)
         state.unmet_s = fade * state.unmet_s + dt * (demand - vcpus if demand > vcpus else 0.0)
         state.demand_s = fade * state.demand_s + dt * demand
         if state.log_price is None:
@@ -205,8 +210,11 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             )
         return math.exp(state.log_price)
 
+    # -- Choice --------------------------------------------------------------------------------------------------------
+
     def _charge(self, state: DefaultState, demand: float, dt: float, price: float) -> None:
-        fade = 0.5 ** (dt / ARM_MEMORY_S)
+        """Each arm pays, in core-seconds, for the size it gave one sample before and the vCPUs it moved."""
+        fade = 0.5 ** (dt / ARM_COSTS_HALF_LIFE_S)
         before = state.before or state.previous
         costs, change_cost = state.costs, self.params.change_cost_s
         charge: dict[int, float] = {}  # arms mostly agree: price each distinct size once
@@ -217,7 +225,22 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             moved = r - before[i]
             costs[i] = fade * costs[i] + c + change_cost * (moved if moved >= 0 else -moved)
 
+    def _choose(self, state: DefaultState) -> int:
+        """The arm in charge: kept unless another is cheaper by more than a change costs (Autopilot's model-switch
+        term), so that arms that nearly tie do not take turns, each undoing the other's order."""
+        costs = state.costs
+        best = state.chosen
+        cheapest = min(costs)
+        if best < 0 or cheapest < costs[best] - self.params.change_cost_s:
+            # On a tie (no evidence yet) the last arm, the longest memory's: the most cautious.
+            best = max(i for i, c in enumerate(costs) if c <= cheapest)
+            state.chosen = best
+        return best
+
+    # -- Arms ----------------------------------------------------------------------------------------------------------
+
     def _remember(self, state: DefaultState, t: float, demand: float, dt: float, high: int) -> None:
+        """Each memory (a "cheapest size" arm's record) takes the sample, weighted to grow with time."""
         if state.reference is None:
             state.reference = t
         for memory, half_life in zip(state.memories, self._half_lives, strict=True):
@@ -241,79 +264,74 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             memory.excess = [e * scale for e in memory.excess]
         state.reference = t
 
-    def recommend(self, state: DefaultState, obs: Observation) -> Recommendation:
-        p = self.params
-        demand, censored = self.demand_of(obs)
-        dt, n = obs.interval_s, obs.vcpus
-        low, high = obs.min_vcpus, obs.max_vcpus
-        if not state.costs:
-            state.memories = [Memory() for _ in self._half_lives]
-            state.peaks = [deque() for _ in self._windows]
-            state.costs = [0.0] * len(self.arms)
-        price = self._steer(state, demand, n, dt)
-        if state.previous:
-            self._charge(state, demand, dt, price)
-        self._remember(state, obs.time, demand, dt, high)
+    def _arm_sizes(self, state: DefaultState, obs: Observation, demand: float, price: float) -> list[int]:
+        """The size each arm gives now: the peaks of the windows times each multiplier, then the memories'
+        cheapest sizes; any shrink leaves ``hysteresis`` of headroom."""
+        n, low, high = obs.vcpus, obs.min_vcpus, obs.max_vcpus
+        ceil, h = math.ceil, self.params.hysteresis
+        sizes: list[int] = []
+        last_peak, last_sizes = -1.0, sizes
+        for queue, window in zip(state.peaks, self._windows, strict=True):
+            peak = _push(queue, obs.time, demand, obs.time - window)
+            if peak == last_peak:  # longer windows often hold the same peak
+                sizes += last_sizes
+                continue
+            window_sizes = []
+            for k in self._multipliers:
+                wanted = peak * k
+                r = ceil(wanted - 1e-9)
+                if r < n:  # shrink only as far as leaves `hysteresis` of headroom
+                    r = min(n, ceil(wanted + h - 1e-9))
+                window_sizes.append(high if r > high else low if r < low else r)
+            sizes += window_sizes
+            last_peak, last_sizes = peak, window_sizes
+        sizes += [cheapest_size(m, price, low, high, n, h) for m in state.memories]
+        return sizes
 
+    # -- Need ----------------------------------------------------------------------------------------------------------
+
+    def _need(self, state: DefaultState, obs: Observation, demand: float) -> int:
+        """What the demand seen now needs: the shortest window's peak ×1 (or ``need_window_s``'s), with the same
+        hysteresis as the arms. Needs the windows' queues updated for this sample (``_arm_sizes``)."""
+        if self._need_window is None:
+            recent = state.peaks[0][0][1]
+        else:
+            recent = _push(state.need_peak, obs.time, demand, obs.time - self._need_window)
+        n = obs.vcpus
+        need = math.ceil(recent - 1e-9)
+        if need < n:
+            need = min(n, math.ceil(recent + self.params.hysteresis - 1e-9))
+        low, high = obs.min_vcpus, obs.max_vcpus
+        return high if need > high else low if need < low else need
+
+    # -- Calm ----------------------------------------------------------------------------------------------------------
+
+    def _calm(
+        self, state: DefaultState, obs: Observation, demand: float, size: int, why: str, need: int
+    ) -> Recommendation:
+        """The chosen arm's ``size`` as an order: a grow at once; a shrink at most halving, never below the highest
+        size ordered within ``stabilise_s``; no grow back after a shrink without demand seen since."""
+        n = obs.vcpus
         if state.vcpus and n != state.vcpus:
             state.last_move, state.peak_since_move = (1 if n > state.vcpus else -1), demand
         else:
             state.peak_since_move = max(state.peak_since_move, demand)
         state.vcpus = n
-
-        recs: list[int] = []
-        ceil, h = math.ceil, p.hysteresis
-        last_peak, last_recs = -1.0, recs
-        for queue, window in zip(state.peaks, self._windows, strict=True):
-            peak = _push(queue, obs.time, demand, obs.time - window)
-            if peak == last_peak:  # longer windows often hold the same peak
-                recs += last_recs
-                continue
-            window_recs = []
-            for k in self._multipliers:
-                need = peak * k
-                r = ceil(need - 1e-9)
-                if r < n:  # shrink only as far as leaves `hysteresis` of headroom
-                    r = min(n, ceil(need + h - 1e-9))
-                window_recs.append(high if r > high else low if r < low else r)
-            recs += window_recs
-            last_peak, last_recs = peak, window_recs
-        recs += [cheapest_size(m, price, low, high, n, p.hysteresis) for m in state.memories]
-        state.before, state.previous = state.previous, recs
-        # Present need (see the module's docstring): the shortest window's arm at ×1.
-        if self._need_window is None:
-            recent = state.peaks[0][0][1]
-        else:
-            recent = _push(state.need_peak, obs.time, demand, obs.time - self._need_window)
-        need = ceil(recent - 1e-9)
-        if need < n:
-            need = min(n, ceil(recent + h - 1e-9))
-        need = high if need > high else low if need < low else need
-
-        # Keep the memory in charge unless another is cheaper by more than a change costs (Autopilot's
-        # model-switch term): memories that nearly tie must not take turns, each undoing the other's order.
-        costs = state.costs
-        best = state.chosen
-        cheapest = min(costs)
-        if best < 0 or cheapest < costs[best] - p.change_cost_s:
-            # On a tie (no evidence yet) the longest memory: the most cautious.
-            best = max(i for i, c in enumerate(costs) if c <= cheapest)
-            state.chosen = best
-        target = recs[best]
-        why = f"{'saturated; ' if censored else ''}{self.arms[best]} with unmet demand priced {price:.0f}x"
-        # Down-stabilisation (HPA's): never below the highest size of the last window, whichever memory gave
-        # it, so a change of memory cannot shrink what was just grown.
+        target = size
+        # Down-stabilisation (HPA's): never below the highest size of the last window, whichever arm gave it, so a
+        # change of arm cannot shrink what was just grown.
         if target < n:
             # At most halve per order (Captain's rule): a shrink on thin evidence, just after warm-up, is tried
             # in steps, each a stabilisation window apart, rather than all at once.
             target = max(target, math.ceil(n * SHRINK_FLOOR))
-        held = int(_push(state.orders, obs.time, float(target), obs.time - p.stabilise_s))
+        stabilise_s = self.params.stabilise_s
+        held = int(_push(state.orders, obs.time, float(target), obs.time - stabilise_s))
         if target < n and held > target:
             target = min(n, held)
             if target == n:
                 return Recommendation(
                     n,
-                    f"{why}: {recs[best]}; held: {n} vCPUs were wanted within the last {p.stabilise_s:g} s",
+                    f"{why}: {size}; held: {n} vCPUs were wanted within the last {stabilise_s:g} s",
                     "stabilising",
                     need,
                 )
@@ -322,3 +340,22 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             return Recommendation(n, f"hold: no demand above {n} vCPUs since the last shrink", "hold", need)
         kind = "grow" if target > n else "shrink" if target < n else "hold"
         return Recommendation(target, f"{why}: {target} vCPUs", kind, need)
+
+    def recommend(self, state: DefaultState, obs: Observation) -> Recommendation:
+        """The module docstring's sections, in turn."""
+        demand, censored = self.demand_of(obs)
+        dt = obs.interval_s
+        if not state.costs:
+            state.memories = [Memory() for _ in self._half_lives]
+            state.peaks = [deque() for _ in self._windows]
+            state.costs = [0.0] * len(self.arms)
+        price = self._price(state, demand, obs.vcpus, dt)
+        if state.previous:
+            self._charge(state, demand, dt, price)
+        self._remember(state, obs.time, demand, dt, obs.max_vcpus)
+        sizes = self._arm_sizes(state, obs, demand, price)
+        state.before, state.previous = state.previous, sizes
+        need = self._need(state, obs, demand)
+        best = self._choose(state)
+        why = f"{'saturated; ' if censored else ''}{self.arms[best]} with unmet demand priced {price:.0f}x"
+        return self._calm(state, obs, demand, sizes[best], why, need)

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import msgspec
 
-from services.decider.policies.base import OWN_CALM, Observation, Params, PolicyBase, Recommendation
+from services.decider.policies.base import Observation, Params, PolicyBase, Recommendation
 
 
 class FusdParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -34,7 +34,6 @@ class FusdPolicy(PolicyBase[FusdParams, FusdState]):
     name = "fusd"
     params_type = FusdParams
     state_type = FusdState
-    default_rails = OWN_CALM
 
     def recommend(self, state: FusdState, obs: Observation) -> Recommendation:
         p = self.params

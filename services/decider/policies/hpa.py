@@ -13,7 +13,7 @@ from typing import Annotated
 
 import msgspec
 
-from services.decider.policies.base import OWN_CALM, Observation, Params, PolicyBase, Recommendation
+from services.decider.policies.base import Observation, Params, PolicyBase, Recommendation
 
 
 class HpaParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -33,7 +33,6 @@ class HpaPolicy(PolicyBase[HpaParams, HpaState]):
     name = "hpa"
     params_type = HpaParams
     state_type = HpaState
-    default_rails = OWN_CALM
 
     def recommend(self, state: HpaState, obs: Observation) -> Recommendation:
         p = self.params

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import msgspec
 
-from services.decider.policies.base import OWN_CALM, Observation, Params, PolicyBase, Recommendation
+from services.decider.policies.base import Observation, Params, PolicyBase, Recommendation
 
 FIRST_BUCKET = 0.01
 GROWTH = 0.05
@@ -53,7 +53,6 @@ class VpaPolicy(PolicyBase[VpaParams, VpaState]):
     name = "vpa"
     params_type = VpaParams
     state_type = VpaState
-    default_rails = OWN_CALM
 
     def _add(self, state: VpaState, t: float, cores: float) -> None:
         if state.reference is None:
