@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from rich.console import Console
 from rich.live import Live
 
-from hotplug.counterfactual import fixed_size_run, simulator_config
+from evaluation.counterfactual import fixed_size_run, simulator_config
 from hotplug.events import BROKER_DIR, BROKER_FILE, write_broker_file
 from hotplug.fleet import Fleet
 from hotplug.harness.processes import hotplug_argv

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from evaluation.counterfactual import fixed_size_run, simulator_config
 from hotplug.cli import build_parser, main
 from hotplug.cli.services import simulator_config_of
 from hotplug.config_cmd import apply_file
-from hotplug.counterfactual import fixed_size_run, simulator_config
 from hotplug.fleet import Fleet
 from hotplug.up import UpOptions, child_argv, simulator_of
 from hotplug.view import render

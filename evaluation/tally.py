@@ -1,23 +1,18 @@
-"""Trace replay: every VM series through a policy, with the same engine the live decider runs. Pure.
+"""The one run tally: core-seconds allocated, served, wanted and unmet, and actions, from which every score of
+replay, of live deciders (``shadow``, ``decisions``) and of ``hotplug up``'s summary is derived. Pure.
 
-A VM starts at its maximum (what was requested). At each step the policy sees only what could run,
-``min(demand, vcpus)`` (and, with ``pressure``, the excess), and its decision takes effect from the next
-step. The scores follow ``docs/deciders.md`` §9, next to a perfect-foresight oracle.
+The oracle allocates ``ceil(demand)`` within the VM's bounds in every step: perfect foresight, no cost of change.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from services.decider.engine import VmEngine
-from services.decider.guard import GuardRails
-from services.decider.policies.base import Observation, PolicyBase
-from services.decider.traces import VmSeries
+from shared.messages import MetricSample
+from shared.traces import VmSeries
 
-ORACLE = "oracle"
+ORACLE = "oracle"  # the label of the oracle's scores beside the policies'
 SCORE_KEYS = (
     "alloc_core_hours",
     "oracle_core_hours",
@@ -30,33 +25,8 @@ SCORE_KEYS = (
 
 
 def oracle_allocation(demand: float, low: int, high: int) -> int:
+    """What the oracle allocates for ``demand``: the vCPUs it needs, within ``low``..``high``."""
     return max(low, min(high, math.ceil(demand - 1e-9)))
-
-
-def replay_series(series: VmSeries, policy: PolicyBase[Any, Any], rails: GuardRails, pressure: bool) -> list[int]:
-    """The vCPUs online in each step of ``series`` under ``policy``."""
-    engine = VmEngine(policy, rails)
-    low, high, step = series.min_vcpus, series.max_vcpus, series.step_s
-    vcpus = high
-    allocations = []
-    for i, wanted in enumerate(series.demand):
-        demand = wanted if wanted < high else float(high)
-        allocations.append(vcpus)
-        used = demand if demand < vcpus else float(vcpus)
-        obs = Observation(
-            time=i * step,
-            vcpus=vcpus,
-            min_vcpus=low,
-            max_vcpus=high,
-            used_cores=used,
-            interval_s=step,
-            pressure_cores=(demand - used) if pressure else None,
-        )
-        decision = engine.step(obs)
-        if decision is not None:
-            engine.mark_sent(decision.target, until=math.inf)
-            vcpus = decision.target
-    return allocations
 
 
 @dataclass
@@ -92,6 +62,23 @@ class Tally:
         self.steps += len(allocations)
         self.vm_seconds += len(allocations) * dt
 
+    def add_sample(self, sample: MetricSample) -> None:
+        """One live sample as its source measured it: what ran is what was served, its pressure what was unmet.
+        Actions are not seen in a sample; a caller that sees the results counts them (``actions``)."""
+        dt = sample.interval_s
+        waiting = sample.pressure_cores or 0.0
+        demand = sample.cpu_used_cores + waiting
+        self.alloc_core_s += sample.online_vcpus * dt
+        self.oracle_core_s += (
+            oracle_allocation(min(demand, float(sample.max_vcpus)), max(1, sample.min_vcpus), sample.max_vcpus) * dt
+        )
+        self.served_core_s += sample.cpu_used_cores * dt
+        self.demand_core_s += demand * dt
+        self.unmet_core_s += waiting * dt
+        self.under_steps += waiting > 0
+        self.steps += 1
+        self.vm_seconds += dt
+
     def scores(self) -> dict[str, float]:
         return {
             "alloc_core_hours": self.alloc_core_s / 3600,
@@ -102,19 +89,3 @@ class Tally:
             "underprovisioned_pct": 100 * self.under_steps / self.steps if self.steps else 0.0,
             "actions_per_vm_day": self.actions / (self.vm_seconds / 86400) if self.vm_seconds else 0.0,
         }
-
-
-def score_policy(
-    series: Iterable[VmSeries], policy: PolicyBase[Any, Any], rails: GuardRails, pressure: bool
-) -> dict[str, float]:
-    tally = Tally()
-    for s in series:
-        tally.add(s, replay_series(s, policy, rails, pressure))
-    return tally.scores()
-
-
-def score_oracle(series: Iterable[VmSeries]) -> dict[str, float]:
-    tally = Tally()
-    for s in series:
-        tally.add(s, [oracle_allocation(min(d, s.max_vcpus), s.min_vcpus, s.max_vcpus) for d in s.demand])
-    return tally.scores()
