@@ -8,13 +8,14 @@ of the policy); the frontier is read from the sweep (``evaluation.frontier``).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from evaluation.frontier import frontier
 from evaluation.replay import score_oracle, score_policy
 from evaluation.tally import ORACLE
-from services.decider.registry import POLICIES, build_policy
+from services.decider.registry import POLICIES, build_policy, parse_params
 from shared.errors import UsageError
 from shared.traces import VmSeries
 
@@ -33,6 +34,16 @@ def policy_names(spec: str) -> list[str]:
         if name not in POLICIES:
             raise UsageError(f"unknown policy {name!r}; choose from all, {', '.join(sorted(POLICIES))}")
     return names
+
+
+def policy_params(items: list[str], policies: Iterable[str], run: str) -> dict[str, dict[str, str]]:
+    """``--param NAME.KEY=VALUE`` items by scope, each naming one of ``policies`` or ``guard`` (``run``: the
+    policies' role in the error, e.g. "replayed")."""
+    params = parse_params(items)
+    unknown = set(params) - {*policies, "guard"}
+    if unknown:
+        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not among the {run} policies")
+    return params
 
 
 def scoped(params: dict[str, dict[str, str]], policy: str) -> dict[str, dict[str, str]]:

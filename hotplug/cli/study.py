@@ -148,15 +148,11 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
 def cmd_replay(args: argparse.Namespace) -> int:
     from evaluation.frontier import DEFAULT_LEVELS
     from evaluation.render import render_frontier, render_table, write_plots
-    from evaluation.sweep import frontier_report, policy_names, replay_table, sweep
-    from services.decider.registry import parse_params
+    from evaluation.sweep import frontier_report, policy_names, policy_params, replay_table, sweep
     from shared.traces import load
 
     names = policy_names(args.policy)
-    params = parse_params(args.param)
-    unknown = set(params) - set(names) - {"guard"}
-    if unknown:
-        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not among the replayed policies")
+    params = policy_params(args.param, names, "replayed")
     series = load(args.paths, args.format, vm_size=args.vm_size, step_s=args.step)
     if not series:
         raise UsageError("no VM series found in the given paths")
@@ -233,14 +229,11 @@ def _bench_pool(args: argparse.Namespace) -> int:
         bench_pool,
         render_table,
     )
-    from evaluation.sweep import policy_names
-    from services.decider.registry import parse_params
+    from evaluation.sweep import policy_names, policy_params
 
     policies = tuple(policy_names(",".join(args.policy) if args.policy else "default"))
-    params = parse_params(args.param)
-    unknown = set(params) - {*policies, "default", "guard"}
-    if unknown:
-        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not among the benchmarked policies")
+    # default's parameters also reach the default+priorities setup
+    params = policy_params(args.param, {*policies, "default"}, "benchmarked")
     options = PoolOptions(
         policies=policies,
         params=params,
@@ -256,13 +249,10 @@ def _bench_pool(args: argparse.Namespace) -> int:
 
 def _bench_decisions(args: argparse.Namespace) -> int:
     from evaluation.bench.decisions import DEFAULT_SEEDS, DecisionsOptions, bench_decisions, render_table
-    from evaluation.sweep import policy_names
-    from services.decider.registry import parse_params
+    from evaluation.sweep import policy_names, policy_params
 
     policies = policy_names(",".join(args.policy) if args.policy else "default")
-    unknown = set(parse_params(args.param)) - {*policies, "guard"}
-    if unknown:
-        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not among the benchmarked policies")
+    policy_params(args.param, policies, "benchmarked")  # refused here, before any process starts
     seeds = _numbers(args.seeds, "--seeds", DEFAULT_SEEDS)
     if args.trace is not None:
         args.trace = args.trace.resolve()

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from evaluation.frontier import cost_at
-from evaluation.sweep import declared_sweep, frontier_report, sweep
+from evaluation.sweep import declared_sweep, frontier_report, policy_params, sweep
 from services.decider.policies.threshold import ThresholdPolicy
 from services.decider.registry import POLICIES, build_policy
 from shared.errors import UsageError
@@ -54,3 +54,13 @@ def test_cost_at_mixes_two_settings_along_the_line_between_them() -> None:
     assert cost_at(points, 5.0) == pytest.approx(1.5)
     assert cost_at(points, 10.0) == pytest.approx(1.0)
     assert cost_at([(1.0, 1.2)], 0.5) is None  # below the lowest point's unmet: out of reach
+
+
+def test_params_must_name_a_policy_of_the_run_or_the_guard() -> None:
+    items = ["threshold.upper=0.9", "guard.up_cooldown_s=5"]
+    assert policy_params(items, ["threshold"], "replayed") == {
+        "threshold": {"upper": "0.9"},
+        "guard": {"up_cooldown_s": "5"},
+    }
+    with pytest.raises(UsageError, match="--param names threshold, which is not among the benchmarked policies"):
+        policy_params(items, ["hpa"], "benchmarked")
