@@ -22,6 +22,8 @@ from shared.traces import VmSeries
 
 @dataclass(frozen=True)
 class Job:
+    """One worker task: a policy with its parameters over every series, reported under ``label``."""
+
     label: str
     policy: str
     params: dict[str, dict[str, str]]
@@ -29,6 +31,7 @@ class Job:
 
 
 def policy_names(spec: str) -> list[str]:
+    """The policies ``spec`` names ("all", or names separated by commas); an unknown name is refused."""
     names = list(POLICIES) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
     for name in names:
         if name not in POLICIES:

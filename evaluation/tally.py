@@ -31,7 +31,8 @@ def oracle_allocation(demand: float, low: int, high: int) -> int:
 
 @dataclass
 class Tally:
-    """Sums over steps and VMs from which every score is derived."""
+    """Sums over steps and VMs from which every score is derived: fed whole series (``add``: replay, and live
+    allocations rebuilt per VM) or one live sample at a time (``add_sample``: ``hotplug up``'s summary)."""
 
     steps: int = 0
     vm_seconds: float = 0.0
@@ -44,6 +45,7 @@ class Tally:
     actions: int = 0
 
     def add(self, series: VmSeries, allocations: list[int]) -> None:
+        """One VM's demand and the vCPUs it had in each step; demand above its size counts as its size."""
         dt = series.step_s
         low, high = series.min_vcpus, series.max_vcpus
         previous = None
@@ -64,7 +66,8 @@ class Tally:
 
     def add_sample(self, sample: MetricSample) -> None:
         """One live sample as its source measured it: what ran is what was served, its pressure what was unmet.
-        Actions are not seen in a sample; a caller that sees the results counts them (``actions``)."""
+        Actions are not seen in a sample; a caller that sees the results counts them (``actions``). Nothing is
+        clipped to the VM's size, so the sums are exactly what the samples reported."""
         dt = sample.interval_s
         waiting = sample.pressure_cores or 0.0
         demand = sample.cpu_used_cores + waiting
@@ -80,6 +83,7 @@ class Tally:
         self.vm_seconds += dt
 
     def scores(self) -> dict[str, float]:
+        """The scores named in ``SCORE_KEYS``; each 0 where its denominator is."""
         return {
             "alloc_core_hours": self.alloc_core_s / 3600,
             "oracle_core_hours": self.oracle_core_s / 3600,
