@@ -18,8 +18,8 @@ import json
 import math
 from pathlib import Path
 
-from services.decider.replay import Tally
-from services.decider.traces import VmSeries, load
+from evaluation.tally import Tally
+from shared.traces import VmSeries, load
 
 
 def ceil_clamped(x: float, s: VmSeries) -> int:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from hotplug.decisions import Change, applied_changes, undone_changes
+from evaluation.decisions import Change, applied_changes, undone_changes
+from evaluation.tally import Tally
 from hotplug.waits import job_waits
 from services.simulator.host import Outcome
 from shared.config.rules import Defaults, resolve
@@ -35,23 +36,14 @@ class VmRow:
 
 @dataclass
 class RunTotals:
+    """What the bus carried: commands and their results. The core-seconds are the run's ``Tally``."""
+
     commands: int = 0
     results_ok: int = 0
     results_failed: int = 0
     plugs: int = 0
     unplugs: int = 0
-    allocated_core_seconds: float = 0.0
-    used_core_seconds: float = 0.0
-    waiting_core_seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def allocated_core_hours(self) -> float:
-        return self.allocated_core_seconds / 3600
-
-    @property
-    def used_core_hours(self) -> float:
-        return self.used_core_seconds / 3600
 
 
 class Fleet:
@@ -61,6 +53,9 @@ class Fleet:
         self.policy = policy
         self.rows: dict[tuple[str, str], VmRow] = {}
         self.totals = RunTotals()
+        # Core-seconds allocated, used (served) and waiting (unmet), as the samples measured them; actions are the
+        # applied changes. The same tally replay and the decisions bench score with.
+        self.tally = Tally()
         self._reasons: dict[str, str] = {}
         self.changes: list[Change] = []
         self.hosts: dict[str, HostState] = {}  # each host's latest state
@@ -85,10 +80,7 @@ class Fleet:
         row.sampled_at = max(row.sampled_at, sample.time)
         row.interval_s = sample.interval_s
         self.latest_sample = max(self.latest_sample, sample.time)
-        t = self.totals
-        t.allocated_core_seconds += sample.online_vcpus * sample.interval_s
-        t.used_core_seconds += sample.cpu_used_cores * sample.interval_s
-        t.waiting_core_seconds += (sample.pressure_cores or 0.0) * sample.interval_s
+        self.tally.add_sample(sample)
 
     # A VM not sampled for this many of its intervals has left its host (a job that ended): out of the live view.
     GONE_AFTER_INTERVALS = 5
@@ -127,6 +119,7 @@ class Fleet:
             row.last_action = f"{before}→{after}"
             applied = applied_changes([result])
             row.changes += len(applied)
+            self.tally.actions += len(applied)
             self.changes.extend(applied)
         else:
             t.results_failed += 1
@@ -135,14 +128,14 @@ class Fleet:
             row.last_action = f"failed: {code}"
 
     def summary_lines(self) -> list[str]:
-        t = self.totals
-        ratio = t.used_core_seconds / t.allocated_core_seconds if t.allocated_core_seconds else 0.0
+        t, cores = self.totals, self.tally
+        ratio = cores.served_core_s / cores.alloc_core_s if cores.alloc_core_s else 0.0
         lines = [
             f"VMs: {len(self.rows)}",
             f"commands: {t.commands}; results: {t.results_ok} ok, {t.results_failed} failed; "
             f"vCPUs plugged: {t.plugs}, unplugged: {t.unplugs}",
-            f"core-hours allocated: {t.allocated_core_hours:.3f}; used: {t.used_core_hours:.3f} "
-            f"({ratio:.0%} of allocated); unmet demand: {t.waiting_core_seconds / 3600:.3f} core-hours",
+            f"core-hours allocated: {cores.alloc_core_s / 3600:.3f}; used: {cores.served_core_s / 3600:.3f} "
+            f"({ratio:.0%} of allocated); unmet demand: {cores.unmet_core_s / 3600:.3f} core-hours",
         ]
         lines.append(self._changes_line())
         # Every failed result is a refused command; by code, so a user sees at once whether it was the rate

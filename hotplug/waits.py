@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hotplug.bench.common import percentile
+from evaluation.bench.common import percentile
 from shared.sim_api import SimJob
 
 

@@ -101,7 +101,7 @@ def settings_flags(
     plugins: Registry[Any] | None = None,
 ) -> None:
     """A service's flags, generated from its settings Struct (``shared.config.schema``), each defaulting to "not
-    given" (``hotplug.config_cmd.apply_file`` sets what it starts from), and the options of ``plugins``."""
+    given" (``hotplug.config.apply_file`` sets what it starts from), and the options of ``plugins``."""
     add_flags(parser, specs(settings), choices)
     if plugins is not None:
         plugin_flags(parser, plugins, set(settings.__struct_fields__))

@@ -125,7 +125,7 @@ async def _read_run(url: str) -> tuple[list[Any], list[Any], list[Any]]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hotplug.report import assemble, render_html
+    from evaluation.report import assemble, render_html
 
     samples, commands, results = with_stream_access(args, _read_run)
     data = assemble(samples, commands, results)
@@ -136,8 +136,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from hotplug.replay_cmd import render_table
-    from services.decider.shadow import score_shadows
+    from evaluation.render import render_table
+    from evaluation.shadow import score_shadows
     from shared.eventlog import read_metrics
     from shared.messages import MetricSample, ScaleCommand
 

@@ -1,4 +1,7 @@
-"""Commands that study policies and the loop: ``replay`` (traces against an oracle), ``bench`` and ``chaos``."""
+"""Commands that study policies and the loop: ``replay`` (traces against an oracle), ``bench`` and ``chaos``.
+
+Parsing and formatting only: the work is the ``evaluation`` package's (``docs/evaluation.md``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import msgspec
 
 from hotplug.cli.common import Subparsers, add_command, at_least_one, check_trace, positive
 from shared.errors import UsageError
+from shared.traces import FORMATS
 
 ORDER = 40
 
@@ -30,7 +34,7 @@ def _levels(text: str) -> list[float]:
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     rep = add_command(sub, "replay", cmd_replay, help="score policies on recorded CPU traces against an oracle")
     rep.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="trace files or directories")
-    rep.add_argument("--format", choices=["csv", "bitbrains", "planetlab"], required=True)
+    rep.add_argument("--format", choices=FORMATS, required=True)
     rep.add_argument("--vm-size", type=int, default=None, help="planetlab: the vCPUs each VM was given")
     rep.add_argument("--step", type=positive, default=None, help="seconds per trace step (default: 300)")
     rep.add_argument("--policy", default="all", help="all, or a comma-separated list of policy names")
@@ -142,24 +146,13 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from hotplug.replay_cmd import (
-        frontier_report,
-        policy_names,
-        render_frontier,
-        render_table,
-        replay_table,
-        sweep,
-        write_plots,
-    )
-    from services.decider.frontier import DEFAULT_LEVELS
-    from services.decider.registry import parse_params
-    from services.decider.traces import load
+    from evaluation.frontier import DEFAULT_LEVELS
+    from evaluation.render import render_frontier, render_table, write_plots
+    from evaluation.sweep import frontier_report, policy_names, policy_params, replay_table, sweep
+    from shared.traces import load
 
     names = policy_names(args.policy)
-    params = parse_params(args.param)
-    unknown = set(params) - set(names) - {"guard"}
-    if unknown:
-        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not among the replayed policies")
+    params = policy_params(args.param, names, "replayed")
     series = load(args.paths, args.format, vm_size=args.vm_size, step_s=args.step)
     if not series:
         raise UsageError("no VM series found in the given paths")
@@ -194,7 +187,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from hotplug.chaos import FAULTS, ChaosOptions, print_report, run_chaos
+    from evaluation.chaos import FAULTS, ChaosOptions, print_report, run_chaos
 
     only = tuple(f for f in args.only.split(",") if f)
     if set(only) - set(FAULTS):
@@ -228,15 +221,19 @@ def _numbers(text: str | None, flag: str, default: tuple[float, ...], kind: type
 
 
 def _bench_pool(args: argparse.Namespace) -> int:
-    from hotplug.bench.pool import DEFAULT_CORES, DEFAULT_SEEDS, DEFAULT_SPAN_S, PoolOptions, bench_pool, render_table
-    from hotplug.replay_cmd import policy_names
-    from services.decider.registry import parse_params
+    from evaluation.bench.pool import (
+        DEFAULT_CORES,
+        DEFAULT_SEEDS,
+        DEFAULT_SPAN_S,
+        PoolOptions,
+        bench_pool,
+        render_table,
+    )
+    from evaluation.sweep import policy_names, policy_params
 
     policies = tuple(policy_names(",".join(args.policy) if args.policy else "default"))
-    params = parse_params(args.param)
-    unknown = set(params) - {*policies, "default", "guard"}
-    if unknown:
-        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not among the benchmarked policies")
+    # default's parameters also reach the default+priorities setup
+    params = policy_params(args.param, {*policies, "default"}, "benchmarked")
     options = PoolOptions(
         policies=policies,
         params=params,
@@ -251,14 +248,11 @@ def _bench_pool(args: argparse.Namespace) -> int:
 
 
 def _bench_decisions(args: argparse.Namespace) -> int:
-    from hotplug.bench.decisions import DEFAULT_SEEDS, DecisionsOptions, bench_decisions, render_table
-    from hotplug.replay_cmd import policy_names
-    from services.decider.registry import parse_params
+    from evaluation.bench.decisions import DEFAULT_SEEDS, DecisionsOptions, bench_decisions, render_table
+    from evaluation.sweep import policy_names, policy_params
 
     policies = policy_names(",".join(args.policy) if args.policy else "default")
-    unknown = set(parse_params(args.param)) - {*policies, "guard"}
-    if unknown:
-        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not among the benchmarked policies")
+    policy_params(args.param, policies, "benchmarked")  # refused here, before any process starts
     seeds = _numbers(args.seeds, "--seeds", DEFAULT_SEEDS)
     if args.trace is not None:
         args.trace = args.trace.resolve()
@@ -288,21 +282,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "pool":
         return _bench_pool(args)
     if args.which == "decider":
-        from hotplug.bench.decider import bench_decider
+        from evaluation.bench.decider import bench_decider
 
         sizes = [args.vms] if args.vms else [1000, 10000]
         runs = [bench_decider(n, args.seconds or 8.0) for n in sizes]
         out = runs[0] if len(runs) == 1 else {"bench": "decider", "runs": runs, **runs[-1]}
     elif args.which == "loop":
-        from hotplug.bench.loop import bench_loop
+        from evaluation.bench.loop import bench_loop
 
         out = bench_loop(args.vms or 4)
     elif args.which == "collector":
-        from hotplug.bench.collector import bench_collector
+        from evaluation.bench.collector import bench_collector
 
         out = bench_collector((args.vms,) if args.vms else (10, 100, 1000), args.seconds or 10.0)
     else:
-        from hotplug.bench.replay import bench_replay
+        from evaluation.bench.replay import bench_replay
 
         out = bench_replay()
     print(json.dumps(out) if args.json else json.dumps(out, indent=1))

@@ -89,7 +89,7 @@ def service_args(service: str, options: UpOptions) -> list[str]:
 
 def simulator_of(options: UpOptions, config: ConfigFile | None) -> SimulatorConfig:
     """What the simulator child runs, as ``service_args`` and the config file set it up."""
-    from hotplug.counterfactual import simulator_config
+    from evaluation.counterfactual import simulator_config
 
     own = HYPERVISOR.own(options)
     return simulator_config(
@@ -108,7 +108,7 @@ async def job_outcomes(nc: Client, options: UpOptions, config: ConfigFile | None
     """Ask the simulator what became of its jobs (before it stops), and run the same arrivals with fixed sizes."""
     import nats.errors
 
-    from hotplug.counterfactual import fixed_size_run
+    from evaluation.counterfactual import fixed_size_run
     from shared import subjects
     from shared.sim_api import JobsReply
 

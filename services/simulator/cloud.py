@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.decider.traces import TraceError, VmSeries, load_csv
 from services.simulator.workloads import PROFILES, Demand, TraceWorkload, Workload
 from shared.errors import UsageError
 from shared.messages import ErrorCode
 from shared.sim_api import SimVmCounters
+from shared.traces import TraceError, VmSeries, load_csv
 
 MAX_INTEGRATION_STEP_S = 0.25
 # Times this close count as equal: float sums of steps must not leave an event a hair in the future.

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hotplug.chaos import FAULTS
+from evaluation.chaos import FAULTS
 from tests.conftest import REPO
 
 

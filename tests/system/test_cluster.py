@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from hotplug.audit import audit
+from evaluation.audit import audit
 from hotplug.harness.recorder import Recorder, hypervisor_ops, settle
 from shared import bus, topology
 from shared.cluster import EmbeddedCluster

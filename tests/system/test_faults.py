@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from hotplug.audit import audit
+from evaluation.audit import audit
 from hotplug.harness import faults
 from hotplug.harness.processes import policy_args, run_hotplug
 from hotplug.harness.recorder import Recorder, hypervisor_ops, settle

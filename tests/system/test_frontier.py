@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from services.decider.registry import POLICIES
-from services.decider.traces import load
+from shared.traces import load
 from tests.conftest import REPO
 
 TRACES = REPO.parent / "shared" / "traces"
@@ -37,7 +37,7 @@ def test_default_is_the_cheapest_at_every_level_of_unmet_demand(fmt: str, path: 
     trade-off parameter, at each level of unmet demand another one reaches, and it reaches 0.5 %. No
     pressure signal: the harder case, where demand above a VM's size is hidden."""
     _require_traces()
-    from hotplug.replay_cmd import frontier_report
+    from evaluation.sweep import frontier_report
 
     series = load([TRACES / path], fmt, vm_size=vm_size)
     levels = [0.5, 1.0, 2.0, 4.0]

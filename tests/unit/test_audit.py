@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hotplug.audit import audit
+from evaluation.audit import audit
 from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
 
 

@@ -1,10 +1,10 @@
-"""The pure scoring of live decisions (``hotplug.decisions``) and ``hotplug up``'s summary, on synthetic events."""
+"""The pure scoring of live decisions (``evaluation.decisions``) and ``hotplug up``'s summary, on synthetic events."""
 
 from __future__ import annotations
 
 import pytest
 
-from hotplug.decisions import (
+from evaluation.decisions import (
     Change,
     applied_changes,
     in_window,

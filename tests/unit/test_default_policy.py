@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
+from evaluation.replay import replay_series
+from evaluation.tally import Tally
 from services.decider.engine import VmEngine
 from services.decider.policies.base import Observation
 from services.decider.policies.default import (
@@ -20,8 +22,7 @@ from services.decider.policies.default import (
     cheapest_size,
 )
 from services.decider.registry import build_policy, parse_params
-from services.decider.replay import Tally, replay_series
-from services.decider.traces import VmSeries
+from shared.traces import VmSeries
 
 
 class Loop:

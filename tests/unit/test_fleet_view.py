@@ -70,9 +70,11 @@ def test_totals_and_rows_follow_the_messages() -> None:
             error="late",
         )
     )
-    totals = fleet.totals
-    assert totals.allocated_core_hours == pytest.approx(4.0)  # 10 samples x 4 vCPUs x 0.1 h
-    assert totals.used_core_hours == pytest.approx(1.0)
+    totals, scores = fleet.totals, fleet.tally.scores()
+    assert scores["alloc_core_hours"] == pytest.approx(4.0)  # 10 samples x 4 vCPUs x 0.1 h
+    assert fleet.tally.served_core_s / 3600 == pytest.approx(1.0)
+    assert fleet.tally.actions == 1  # the one applied change; the refused command changed nothing
+    assert scores["unmet_pct"] == pytest.approx(100 * 0.5 / 1.5)  # pressure over what ran plus pressure
     assert (totals.commands, totals.results_ok, totals.results_failed, totals.unplugs) == (1, 1, 1, 1)
     assert totals.errors == {"expired": 1}
     lines = fleet.summary_lines()

@@ -1,12 +1,12 @@
-"""The pool benchmark's run (hotplug.bench.pool_run): one host, arriving jobs, and the decider's and actuator's
+"""The pool benchmark's run (evaluation.bench.pool_run): one host, arriving jobs, and the decider's and actuator's
 pure code at 1-s steps. Short spans on a small host, so the unit tier stays fast."""
 
 from __future__ import annotations
 
 import pytest
 
-from hotplug.bench.pool import PLAIN, PRIORITIES, render_table, setups, targets
-from hotplug.bench.pool_run import FIXED, Setup, run_pool
+from evaluation.bench.pool import PLAIN, PRIORITIES, render_table, setups, targets
+from evaluation.bench.pool_run import FIXED, Setup, run_pool
 from services.decider.registry import build_policy
 from services.simulator.jobs import Job
 
@@ -99,7 +99,7 @@ def test_param_reaches_the_named_policys_runs_only() -> None:
 
 
 def test_a_bad_param_fails_before_any_run() -> None:
-    from hotplug.bench.pool import PoolOptions, bench_pool
+    from evaluation.bench.pool import PoolOptions, bench_pool
     from services.decider.registry import ParamError
 
     runs: list[str] = []
@@ -109,7 +109,7 @@ def test_a_bad_param_fails_before_any_run() -> None:
 
 
 def test_the_live_decisions_bench_hands_each_decider_its_own_params() -> None:
-    from hotplug.bench.decisions import params_for
+    from evaluation.bench.decisions import params_for
 
     given = ("default.caution_s=5.9", "threshold.upper=0.9", "guard.max_changes=4")
     assert params_for("default", given) == ["--param", "default.caution_s=5.9", "--param", "guard.max_changes=4"]

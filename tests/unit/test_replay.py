@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from evaluation.replay import replay_series, score_oracle, score_policy
+from evaluation.tally import Tally, oracle_allocation
 from services.decider.registry import POLICIES, build_policy
-from services.decider.replay import Tally, oracle_allocation, replay_series, score_oracle, score_policy
-from services.decider.traces import TraceError, VmSeries, load
+from shared.traces import TraceError, VmSeries, load
 
 series_strategy = st.builds(
     lambda demand, size, low: VmSeries("vm", demand, size, 300.0, min(low, size)),

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from evaluation.replay import replay_series
 from services.decider.registry import POLICIES, build_policy
-from services.decider.replay import replay_series
 from services.decider.service import Decider, DeciderConfig, DeciderMetrics
-from services.decider.traces import VmSeries
 from shared.messages import MetricSample
+from shared.traces import VmSeries
 from tests.stubs import FixedClock, RecordingJetStream, StubContext, StubOptions
 
 

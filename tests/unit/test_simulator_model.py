@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.decider.traces import TraceError
 from services.simulator.cloud import HotplugRefused, MiniCloud, SimVm, load_trace
 from services.simulator.workloads import PROFILES, TraceWorkload, Workload
 from shared.messages import ErrorCode
+from shared.traces import TraceError
 
 
 def vm(online: int = 2, maximum: int = 4, demand: float | None = None) -> SimVm:

@@ -11,10 +11,10 @@ import msgspec
 import pytest
 from rich.console import Console
 
+from evaluation.counterfactual import fixed_size_run, simulator_config
 from hotplug.cli import build_parser, main
 from hotplug.cli.services import simulator_config_of
 from hotplug.config import apply_file
-from hotplug.counterfactual import fixed_size_run, simulator_config
 from hotplug.fleet import Fleet
 from hotplug.fleet_view import render
 from hotplug.hypervisors.simulator import SimulatorUp, simulator_of

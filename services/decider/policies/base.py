@@ -59,6 +59,9 @@ class PolicyBase(Generic[P, S]):
     name: ClassVar[str]
     params_type: ClassVar[type[Params]]
     state_type: ClassVar[type[msgspec.Struct]]
+    # The parameter that moves this rule along its cost/unmet trade-off, and the values a sweep tries (``hotplug replay
+    # --frontier``): wide enough that its curve runs from generous to stingy.
+    SWEEP: ClassVar[tuple[str, tuple[float, ...]]]
     # Guard-rail defaults that suit this rule (see guard.GuardRails); users may override each. By default a rule
     # holds its own calm (a stabilisation window, hysteresis): OWN_CALM. A rule without (threshold) sets its own.
     default_rails: ClassVar[dict[str, float]] = OWN_CALM

@@ -51,6 +51,7 @@ class CaptainState(msgspec.Struct):
 
 class CaptainPolicy(PolicyBase[CaptainParams, CaptainState]):
     name = "captain"
+    SWEEP = ("target_starvation", (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3))
     params_type = CaptainParams
     state_type = CaptainState
 

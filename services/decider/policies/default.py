@@ -159,6 +159,7 @@ def cheapest_size(memory: Memory, price: float, low: int, high: int, current: in
 
 class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
     name = "default"
+    SWEEP = ("target_unmet_pct", (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0))
     params_type = DefaultParams
     state_type = DefaultState
 

@@ -32,6 +32,7 @@ class FusdState(msgspec.Struct):
 
 class FusdPolicy(PolicyBase[FusdParams, FusdState]):
     name = "fusd"
+    SWEEP = ("warm", (0.3, 0.4, 0.5, 0.65, 0.8, 0.9, 0.95, 1.0))
     params_type = FusdParams
     state_type = FusdState
 

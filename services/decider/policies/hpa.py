@@ -31,6 +31,7 @@ class HpaState(msgspec.Struct):
 
 class HpaPolicy(PolicyBase[HpaParams, HpaState]):
     name = "hpa"
+    SWEEP = ("target", (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95))
     params_type = HpaParams
     state_type = HpaState
 

@@ -32,6 +32,7 @@ class ThresholdState(msgspec.Struct):
 
 class ThresholdPolicy(PolicyBase[ThresholdParams, ThresholdState]):
     name = "threshold"
+    SWEEP = ("upper", (0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95))
     params_type = ThresholdParams
     state_type = ThresholdState
     default_rails = {"up_cooldown_s": 10.0, "down_cooldown_s": 30.0}

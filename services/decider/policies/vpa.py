@@ -51,6 +51,7 @@ class VpaState(msgspec.Struct):
 
 class VpaPolicy(PolicyBase[VpaParams, VpaState]):
     name = "vpa"
+    SWEEP = ("target_percentile", (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995))
     params_type = VpaParams
     state_type = VpaState
 

@@ -1,147 +1,19 @@
-"""``hotplug replay``: score policies on recorded traces, side by side with the oracle.
+"""The study's output for people: replay and frontier tables (rich) and plots (matplotlib, optional).
 
-Policies run in parallel worker processes (one policy's whole replay per task); the arithmetic is
-``services.decider.replay``. ``--plot DIR`` also sweeps each policy's main parameter.
+Formatting only; the figures come from ``evaluation.sweep``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from services.decider.frontier import frontier
-from services.decider.registry import POLICIES, build_policy
-from services.decider.replay import ORACLE, SCORE_KEYS, replay_series, score_oracle, score_policy
-from services.decider.traces import VmSeries
-from shared.errors import MissingDependency, UsageError
-
-# The parameter that moves each policy along its cost/unmet trade-off, and the values a sweep tries: wide
-# enough that each policy's curve runs from generous to stingy (the frontier reads cost at levels of unmet).
-SWEEPS: dict[str, tuple[str, tuple[float, ...]]] = {
-    "threshold": ("upper", (0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)),
-    "hpa": ("target", (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)),
-    "vpa": ("target_percentile", (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)),
-    "fusd": ("warm", (0.3, 0.4, 0.5, 0.65, 0.8, 0.9, 0.95, 1.0)),
-    "captain": ("target_starvation", (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3)),
-    "default": ("target_unmet_pct", (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)),
-}
-
-
-@dataclass(frozen=True)
-class Job:
-    label: str
-    policy: str
-    params: dict[str, dict[str, str]]
-    pressure: bool
-
-
-def policy_names(spec: str) -> list[str]:
-    names = list(POLICIES) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
-    for name in names:
-        if name not in POLICIES:
-            raise UsageError(f"unknown policy {name!r}; choose from all, {', '.join(sorted(POLICIES))}")
-    return names
-
-
-def scoped(params: dict[str, dict[str, str]], policy: str) -> dict[str, dict[str, str]]:
-    """The ``--param`` entries that apply to ``policy`` (its own scope and ``guard``)."""
-    return {k: v for k, v in params.items() if k in (policy, "guard")}
-
-
-_SERIES: list[VmSeries] = []
-
-
-def _init_worker(series: list[VmSeries]) -> None:
-    _SERIES[:] = series
-
-
-def _run_job(job: Job) -> tuple[str, dict[str, float]]:
-    policy, rails = build_policy(job.policy, job.params)
-    return job.label, score_policy(_SERIES, policy, rails, job.pressure)
-
-
-def run_jobs(series: list[VmSeries], jobs: list[Job], workers: int | None = None) -> dict[str, dict[str, float]]:
-    for job in jobs:  # refuse bad parameters before forking anything
-        build_policy(job.policy, job.params)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    if workers == 1:
-        _init_worker(series)
-        return dict(map(_run_job, jobs))
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(series,)) as pool:
-        return dict(pool.map(_run_job, jobs))
-
-
-def replay_table(
-    series: list[VmSeries], names: list[str], params: dict[str, dict[str, str]], pressure: bool
-) -> dict[str, object]:
-    jobs = [Job(name, name, scoped(params, name), pressure) for name in names]
-    scores = run_jobs(series, jobs)
-    scores[ORACLE] = score_oracle(series)
-    return {
-        "vms": len(series),
-        "steps": sum(len(s.demand) for s in series),
-        "policies": {name: scores[name] for name in [*names, ORACLE]},
-    }
-
-
-def sweep(
-    series: list[VmSeries],
-    names: list[str],
-    params: dict[str, dict[str, str]],
-    pressure: bool,
-    workers: int | None = None,
-) -> dict[str, list[tuple[float, dict[str, float]]]]:
-    """Each policy along its trade-off knob (``SWEEPS``), in ``workers`` processes (None: one per CPU)."""
-    jobs = []
-    for name in names:
-        key, values = SWEEPS[name]
-        for value in values:
-            p = scoped(params, name)
-            p = {**p, name: {**p.get(name, {}), key: repr(value)}}
-            jobs.append(Job(f"{name}:{value!r}", name, p, pressure))
-    scores = run_jobs(series, jobs, workers)
-    out: dict[str, list[tuple[float, dict[str, float]]]] = {}
-    for job in jobs:
-        out.setdefault(job.policy, []).append((float(job.label.split(":", 1)[1]), scores[job.label]))
-    return out
-
-
-def frontier_report(
-    series: list[VmSeries],
-    names: list[str],
-    params: dict[str, dict[str, str]],
-    pressure: bool,
-    levels: list[float],
-    workers: int | None = None,
-) -> dict[str, object]:
-    """Each policy's sweep, and from it the cost (× oracle) it reaches at each level of unmet demand."""
-    sweeps = sweep(series, names, params, pressure, workers)
-    policies: dict[str, object] = {}
-    for name, points in sweeps.items():
-        pairs = [(scores["unmet_pct"], scores["ratio_to_oracle"]) for _, scores in points]
-        policies[name] = {
-            "parameter": f"{name}.{SWEEPS[name][0]}",
-            **frontier(pairs, levels),
-            "sweep": [
-                {
-                    "value": value,
-                    "unmet_pct": scores["unmet_pct"],
-                    "ratio_to_oracle": scores["ratio_to_oracle"],
-                    "actions_per_vm_day": scores["actions_per_vm_day"],
-                }
-                for value, scores in points
-            ],
-        }
-    return {
-        "vms": len(series),
-        "steps": sum(len(s.demand) for s in series),
-        "pressure": pressure,
-        "levels_pct": levels,
-        "policies": policies,
-    }
+from evaluation.replay import replay_series
+from evaluation.sweep import declared_sweep, scoped
+from evaluation.tally import ORACLE, SCORE_KEYS
+from services.decider.registry import build_policy
+from shared.errors import MissingDependency
+from shared.traces import VmSeries
 
 
 def render_frontier(report: dict[str, object], title: str) -> None:
@@ -240,7 +112,7 @@ def write_plots(
     fig, (full, zoom) = plt.subplots(1, 2, figsize=(15, 6))
     for ax in (full, zoom):
         for name, points in sweeps.items():
-            key = SWEEPS[name][0]
+            key = declared_sweep(name)[0]
             (line,) = ax.plot(
                 [p[1]["alloc_core_hours"] for p in points],
                 [p[1]["unmet_pct"] for p in points],

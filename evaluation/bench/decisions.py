@@ -4,7 +4,7 @@ For each policy and seed: an embedded nats-server, then the simulator, actuator,
 collector (1 s sampling) as real processes on one shared clock running ``speed`` times faster than the wall. A
 recorder on the bus keeps every sample, command and result; once the samples span ``duration_s`` simulated
 seconds the collector and decider stop, the actuator answers what is in flight, and the run is scored by the
-pure ``hotplug.decisions``. Each seed runs on its own host name, so seeds pool into one score per policy without
+pure ``evaluation.decisions``. Each seed runs on its own host name, so seeds pool into one score per policy without
 their VMs mixing.
 
 Whether the loop kept up at this speed is reported with the figures: samples received against expected, late
@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hotplug.bench.common import machine, percentile, ready_service
-from hotplug.decisions import UNDO_WINDOW_S, in_window, sample_health, score_run
+from evaluation.bench.common import machine, percentile, ready_service
+from evaluation.decisions import UNDO_WINDOW_S, in_window, sample_health, score_run
 from hotplug.harness.processes import ServiceProcess
 from hotplug.harness.recorder import Recorder
 from hotplug.harness.scrape import metric_async

@@ -1,6 +1,6 @@
 """``hotplug report``: study a run without Grafana. One self-contained HTML file from the event log and the
 metric samples: per-VM allocation against use with every action marked, and the run's totals scored with
-the same metrics as ``hotplug replay`` (via ``services.decider.shadow``).
+the same metrics as ``hotplug replay`` (via ``evaluation.shadow``).
 
 The figures and totals are also embedded as JSON (``<script id="run-data">``) for tools and tests.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from services.decider.shadow import ACTIVE, score_shadows
+from evaluation.shadow import ACTIVE, score_shadows
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from hotplug.bench.common import machine, service
+from evaluation.bench.common import machine, service
 from hotplug.harness.poll import wait_until
 from hotplug.harness.scrape import metric
 from shared.broker import EmbeddedBroker

@@ -1,7 +1,8 @@
-"""Loading CPU-demand traces for replay: the project's CSV, Bitbrains GWA-T-12, and PlanetLab (CoMon).
+"""Loading CPU-demand traces: the project's CSV, Bitbrains GWA-T-12, and PlanetLab (CoMon).
 
 Every loader returns :class:`VmSeries`: one VM's demand in vCPUs per step, with its size. This module does
-the file reading; ``replay`` does the arithmetic.
+the file reading; ``evaluation.replay`` does the arithmetic. It is shared because the simulator plays the same
+CSV files live (``hotplug up --trace``), and a service may import ``shared`` but not the study code.
 """
 
 from __future__ import annotations

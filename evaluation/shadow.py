@@ -12,9 +12,9 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from services.decider.replay import Tally, oracle_allocation
-from services.decider.traces import VmSeries
+from evaluation.tally import ORACLE, Tally, oracle_allocation
 from shared.messages import MetricSample, ScaleCommand
+from shared.traces import VmSeries
 
 ACTIVE = "active"
 
@@ -28,7 +28,7 @@ def score_shadows(samples: list[MetricSample], proposals: list[ScaleCommand]) ->
     for p in proposals:
         if p.sample_time is not None:
             proposed[p.decider][(p.host, p.vm, p.sample_time)] = p.target_vcpus
-    tallies = {name: Tally() for name in [ACTIVE, *sorted(proposed), "oracle"]}
+    tallies = {name: Tally() for name in [ACTIVE, *sorted(proposed), ORACLE]}
     for (host, vm), vm_samples in by_vm.items():
         vm_samples.sort(key=lambda s: s.time)
         demand = [s.cpu_used_cores + (s.pressure_cores or 0.0) for s in vm_samples]
@@ -37,7 +37,7 @@ def score_shadows(samples: list[MetricSample], proposals: list[ScaleCommand]) ->
         step = statistics.median(s.interval_s for s in vm_samples)
         series = VmSeries(vm, demand, size, step, low)
         tallies[ACTIVE].add(series, [s.online_vcpus for s in vm_samples])
-        tallies["oracle"].add(series, [oracle_allocation(min(d, size), low, size) for d in demand])
+        tallies[ORACLE].add(series, [oracle_allocation(min(d, size), low, size) for d in demand])
         for name, targets in proposed.items():
             allocation = [vm_samples[0].online_vcpus]
             for s in vm_samples[:-1]:

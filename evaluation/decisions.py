@@ -11,7 +11,7 @@ Used by ``hotplug bench decisions`` (per policy and seed) and by the summary of 
   (simulated) clock. That is flapping: the first change cost a hot-plug and bought nothing that lasted.
 * **Changes per VM-hour**: changes over the VM-hours observed, the sum of the samples' intervals.
 * **Cost × oracle and unmet %**: exactly as ``hotplug compare`` scores the active allocation
-  (``services.decider.shadow.score_shadows``, the replay's ``Tally``): per sample, demand = CPU used + pressure
+  (``evaluation.shadow.score_shadows``, the replay's ``Tally``): per sample, demand = CPU used + pressure
   (the simulator reports all demand beyond the online vCPUs as pressure, so this is the true demand), the
   allocation is the online vCPUs, and the oracle allocates ``ceil(demand)`` within the VM's bounds.
 """
@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from services.decider.shadow import ACTIVE, score_shadows
+from evaluation.shadow import ACTIVE, score_shadows
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
 
 UNDO_WINDOW_S = 60.0

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hotplug.bench.common import machine, percentile, ready_service
+from evaluation.bench.common import machine, percentile, ready_service
 from hotplug.harness.recorder import BusWatcher
 from hotplug.harness.scrape import metric_async
 from shared import bus, subjects

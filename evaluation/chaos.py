@@ -5,7 +5,7 @@ all three nodes, one NATS user per service (``hotplug auth init``), services sup
 die), the simulated mini-cloud, and the actuator holding ``vm-01`` to at most 2 vCPUs. Each fault has a window:
 it is injected, its own checks run (the service came back, the broker refused, the loop acted again), and the
 loop keeps running for at least ``window_s``. At the end the decider is stopped, every command is given time
-to get its result, and the event log is audited (``hotplug.audit``) per window and as a whole, against what
+to get its result, and the event log is audited (``evaluation.audit``) per window and as a whole, against what
 was seen live on the bus and what the simulated hypervisor itself did.
 """
 
@@ -24,8 +24,8 @@ import msgspec
 import nats
 from nats.aio.client import Client
 
+from evaluation.audit import Audit, audit
 from hotplug import auth
-from hotplug.audit import Audit, audit
 from hotplug.harness import faults
 from hotplug.harness.poll import within
 from hotplug.harness.processes import sigkill

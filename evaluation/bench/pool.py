@@ -4,7 +4,7 @@
 Two arrival rates: ``busy``, at which fixed sizes commit about 90 % of the host over the span (their queue still
 drains), found by bisection on a calibration seed that is not among the measured ones; and ``overload``, four
 times that, more than fixed sizes can ever admit and enough to fill a host with hot-plug too. Each run is
-``hotplug.bench.pool_run.run_pool``: the simulator's host model, the decider's engine and host planner, and the
+``evaluation.bench.pool_run.run_pool``: the simulator's host model, the decider's engine and host planner, and the
 actuator's arbitration, in this process at 1-s steps.
 Figures pool the jobs of every seed. The targets of issue 23 are checked and printed with the table.
 """
@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hotplug.bench.common import machine
-from hotplug.bench.pool_run import FIXED, PoolRun, Setup, run_pool
+from evaluation.bench.common import machine
+from evaluation.bench.pool_run import FIXED, PoolRun, Setup, run_pool
 from services.decider.registry import POLICIES, build_policy
 from services.simulator.host import Host
 from services.simulator.jobs import Job, arrivals_until, poisson_arrivals

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hotplug.bench.common import machine
+from evaluation.bench.common import machine
+from evaluation.replay import score_policy
 from services.decider.registry import POLICIES, build_policy
-from services.decider.replay import score_policy
-from services.decider.traces import load
+from shared.traces import load
 
 DEFAULT_TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces" / "bitbrains_rnd" / "2013-7"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from hotplug.bench.common import machine, percentile, ready_service
+from evaluation.bench.common import machine, percentile, ready_service
 from hotplug.harness.processes import policy_args
 from hotplug.harness.recorder import Recorder
 from shared import bus, subjects

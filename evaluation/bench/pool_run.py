@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hotplug.bench.common import percentile
+from evaluation.bench.common import percentile
 from services.actuator.drivers.base import HostView
 from services.actuator.reservations import Reservations
 from services.decider.engine import VmEngine
