@@ -12,6 +12,7 @@ import pytest
 
 from hotplug import pausing as pause_cmd  # one line changed: the merge with the suite-steadiness work stays clean
 from hotplug.cli import main
+from hotplug.harness.poll import eventually, wait_until
 from shared import bus, pause_bucket, subjects
 from shared.broker import EmbeddedBroker
 from shared.codec import encode
@@ -144,10 +145,19 @@ def test_two_operators_pausing_one_vm_the_last_writer_wins_and_both_are_logged(b
     ]
 
 
+def _wait_past_its_end(url: str, vm: str) -> None:
+    """Until the wall clock is past the stored pause's end: the condition the test needs, whatever the machine's
+    load made of the time the pause took to store (a fixed sleep after it was the flaky part)."""
+    stored = asyncio.run(_stored(url, "local", vm))
+    assert stored is not None and stored.until is not None
+    end = stored.until
+    assert wait_until(lambda: time.time() > end, timeout_s=10, interval_s=0.05), "the pause never ended"
+
+
 def test_an_expired_pause_is_no_pause_and_is_cleaned_up(broker: EmbeddedBroker) -> None:
     asyncio.run(_prepare(broker.url, "vm-01", "vm-02"))
     asyncio.run(pause_cmd.pause(broker.url, "local", "vm-01", duration_s=0.3, reason="short", force=False, by="alice"))
-    time.sleep(0.5)
+    _wait_past_its_end(broker.url, "vm-01")
     assert asyncio.run(pause_cmd.listing(broker.url)) == []
     expired = asyncio.run(_stored(broker.url, "local", "vm-01"))
     assert expired is not None and expired.until is not None and expired.until < time.time()  # still stored ...
@@ -155,7 +165,7 @@ def test_an_expired_pause_is_no_pause_and_is_cleaned_up(broker: EmbeddedBroker) 
     assert asyncio.run(_stored(broker.url, "local", "vm-01")) is None  # and now cleaned up
     # another operator's pause cleans up the expired entries it meets too
     asyncio.run(pause_cmd.pause(broker.url, "local", "vm-01", duration_s=0.3, reason="", force=False, by="alice"))
-    time.sleep(0.5)
+    _wait_past_its_end(broker.url, "vm-01")
     asyncio.run(pause_cmd.pause(broker.url, "local", "vm-02", duration_s=60, reason="", force=False, by="bob"))
     assert asyncio.run(_stored(broker.url, "local", "vm-01")) is None
     assert [p.action for p in (asyncio.run(_stored(broker.url, "local", "vm-02")),) if p] == [PauseAction.PAUSE]
@@ -175,10 +185,7 @@ async def test_a_watch_knows_the_pauses_before_it_starts_and_follows_changes(bro
         assert watch.book.paused("h2", "vm-01", time.time()) is None  # another host's: not watched here
         await pause_cmd.pause(broker.url, "local", "vm-02", duration_s=None, reason="", force=False, by="bob")
         await pause_cmd.resume(broker.url, "local", "vm-01", by="bob")
-        for _ in range(100):
-            if len(changes) >= 2:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(changes) >= 2, timeout=10, what="the watch seeing both changes")
         assert changes == [("local", "vm-02", True), ("local", "vm-01", False)]
         assert watch.book.paused("local", "vm-01", time.time()) is None
         found = watch.book.paused("local", "vm-02", time.time())

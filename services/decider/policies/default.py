@@ -31,8 +31,8 @@ default because it spends cores evening out VMs rather than serving the fleet (m
 the shortest window (``stabilise_s``, or ``need_window_s`` when set) ×1, with the same hysteresis. The rest of
 the target (longer windows, multipliers, memories) is insurance against a burst that may return; on a full host it
 yields to other VMs' present need (``services.decider.pool``). It never changes the target. A shorter
-``need_window_s`` packs a full host tighter at the price of more changes and unmet demand (README, "Host capacity
-and overcommit", has the measured trade).
+``need_window_s`` packs a full host tighter at the price of more changes and unmet demand (docs/pool.md, "Host
+capacity and overcommit", has the measured trade).
 
 **Censoring.** Demand is what ran plus the pressure when the source reports it. Without pressure a
 saturated sample only says the VM wanted at least its vCPUs; it is taken to want ``censored_excess`` of
