@@ -82,10 +82,10 @@ async def _log(js: JetStreamContext, event: PauseEvent) -> None:
     await bus.publish_durable(js, subjects.pauses(event.host, event.vm), encode(event), msg_id=event.id, patience_s=20)
 
 
-async def _clean_up(kv: KeyValue, now: float) -> None:
+async def _clean_up(js: JetStreamContext, kv: KeyValue, now: float) -> None:
     """Delete the entries of pauses that are over (best effort: the broker drops them a minute later anyway)."""
     with contextlib.suppress(Exception):
-        _, expired = split_expired(await pause_bucket.entries(kv), now)
+        _, expired = split_expired(await pause_bucket.entries(js, kv), now)
         for pause in expired:
             await pause_bucket.lift(kv, pause.host, pause.vm)
 
@@ -120,7 +120,7 @@ async def pause(
         before = await pause_bucket.entry(kv, host, vm)
         await pause_bucket.store(js, event, now)
         await _log(js, event)
-        await _clean_up(kv, now)
+        await _clean_up(js, kv, now)
     finally:
         await nc.close()
     return event, before if before is not None and active(before, now) else None
@@ -135,7 +135,7 @@ async def resume(url: str, host: str, vm: str, *, by: str) -> PauseEvent | None:
         kv = await pause_bucket.open_bucket(js)
         before = await pause_bucket.entry(kv, host, vm)
         if before is None or not active(before, now):
-            await _clean_up(kv, now)
+            await _clean_up(js, kv, now)
             return None
         await _events_stored(js)
         event = _checked(
@@ -151,7 +151,7 @@ async def resume(url: str, host: str, vm: str, *, by: str) -> PauseEvent | None:
         )
         await pause_bucket.lift(kv, host, vm)
         await _log(js, event)
-        await _clean_up(kv, now)
+        await _clean_up(js, kv, now)
     finally:
         await nc.close()
     return before
@@ -165,7 +165,7 @@ async def listing(url: str) -> list[PauseEvent]:
             kv = await pause_bucket.open_bucket(nc.jetstream(), create=False)
         except BucketNotFoundError:
             return []  # nothing was ever paused here
-        live, _ = split_expired(await pause_bucket.entries(kv), time.time())
+        live, _ = split_expired(await pause_bucket.entries(nc.jetstream(), kv), time.time())
     finally:
         await nc.close()
     return live

@@ -2,6 +2,12 @@
 
 Services learn pauses from a KV watch, not by asking per command: ``PauseWatch.start`` returns once the bucket's
 current entries are known, and a task keeps the book up to date from then on (re-watching after a failure).
+
+The bucket's keys are listed from its stream's per-subject state, not with ``KeyValue.keys()``: nats-py's watch (which
+``keys()`` is built on) can say "the current entries are all in" before the ones already on their way have been
+handed over (nats-io/nats.py#842, open in 2.16), so a watch started beside a paused VM could miss its pause, and a
+listing could leave it out. ``PauseWatch`` therefore reads every current entry by key once the watch has started,
+and keeps, per key, only the newest revision either way brought.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import Callable
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared import bus, topology
@@ -57,14 +63,19 @@ async def entry(kv: KeyValue, host: str, vm: str) -> PauseEvent | None:
     return _decode(found.value) if found.value else None
 
 
-async def entries(kv: KeyValue) -> list[PauseEvent]:
+async def stored_keys(js: JetStreamContext, keys: str = ">") -> list[str]:
+    """The bucket's keys matching ``keys`` (a deleted key's marker included), from its stream's per-subject state."""
+    info = await js.stream_info(
+        topology.kv_stream(PAUSE_BUCKET), subjects_filter=topology.kv_subject(PAUSE_BUCKET, keys)
+    )
+    prefix = topology.kv_subject(PAUSE_BUCKET, "")
+    return sorted(subject[len(prefix) :] for subject in (info.state.subjects or {}))
+
+
+async def entries(js: JetStreamContext, kv: KeyValue) -> list[PauseEvent]:
     """Every stored pause, expired or not (an undecodable entry is skipped, and logged)."""
-    try:
-        names = await kv.keys()
-    except NoKeysError:
-        return []
     out = []
-    for name in names:
+    for name in await stored_keys(js):
         with contextlib.suppress(KeyNotFoundError):
             found = await kv.get(name)
             if found.value:
@@ -92,6 +103,7 @@ class PauseWatch:
         self.on_change = on_change
         self._task: asyncio.Task[None] | None = None
         self._loaded = asyncio.Event()
+        self._revisions: dict[str, int] = {}  # per key, the newest revision the book holds
 
     async def start(self, patience_s: float | None = None) -> bool:
         """Begin watching; return once the current entries are known (True), or after ``patience_s`` (False:
@@ -115,7 +127,7 @@ class PauseWatch:
                 kv = await open_bucket(self.js)
                 watcher = await kv.watch(self.keys)
                 try:
-                    await self._consume(watcher)
+                    await self._consume(kv, watcher)
                 finally:
                     with contextlib.suppress(Exception):
                         await watcher.stop()  # type: ignore[no-untyped-call]
@@ -125,25 +137,46 @@ class PauseWatch:
                 log.warning("pause bucket not watched (%s); retrying", exc or type(exc).__name__)
             await asyncio.sleep(1.0)
 
-    async def _consume(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def _consume(self, kv: KeyValue, watcher: KeyValue.KeyWatcher) -> None:
         async for update in watcher:
-            if update is None:  # the current entries are all in: from here on, changes
-                self._loaded.set()
+            if update is None:  # the watch's "all in" (see the module's docstring: it may come early)
+                if not self._loaded.is_set():
+                    await self._read_current(kv)
+                    self._loaded.set()
                 continue
+            self._apply(update.key, update.revision, update.operation, update.value)
+
+    async def _read_current(self, kv: KeyValue) -> None:
+        """Every current entry, read by key: what the watch may not have handed over yet."""
+        for name in await stored_keys(self.js, self.keys):
             try:
-                host, vm = parse_key(update.key)
-            except ValueError:
+                found = await kv.get(name)
+            except KeyNotFoundError as exc:  # deleted: its marker's revision, where nats-py gives it
+                marker = getattr(exc, "entry", None)
+                self._apply(name, getattr(marker, "revision", None) or 0, KV_DEL, None)
                 continue
-            pause: PauseEvent | None = None
-            if update.operation not in (KV_DEL, KV_PURGE) and update.value:
-                try:
-                    pause = _decode(update.value)
-                except msgspec.DecodeError as exc:
-                    log.warning("pause entry %s not understood: %s", update.key, exc)
-                    continue
-            if pause is None:
-                self.book.remove(host, vm)
-            else:
-                self.book.put(pause)
-            if self._loaded.is_set() and self.on_change is not None:
-                self.on_change(host, vm, pause)
+            self._apply(name, found.revision or 0, found.operation, found.value)
+
+    def _apply(self, name: str, revision: int | None, operation: str | None, value: bytes | None) -> None:
+        """One entry into the book, unless the book already holds a newer revision of its key."""
+        if revision and revision <= self._revisions.get(name, 0):
+            return  # the book holds this revision or a newer one
+        try:
+            host, vm = parse_key(name)
+        except ValueError:
+            return
+        pause: PauseEvent | None = None
+        if operation not in (KV_DEL, KV_PURGE) and value:
+            try:
+                pause = _decode(value)
+            except msgspec.DecodeError as exc:
+                log.warning("pause entry %s not understood: %s", name, exc)
+                return
+        if revision:
+            self._revisions[name] = revision
+        if pause is None:
+            self.book.remove(host, vm)
+        else:
+            self.book.put(pause)
+        if self._loaded.is_set() and self.on_change is not None:
+            self.on_change(host, vm, pause)
