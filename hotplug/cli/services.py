@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -14,10 +13,8 @@ import msgspec
 from hotplug.cli.common import (
     Subparsers,
     add_command,
-    at_least_one,
     check_arrivals,
     check_trace,
-    positive,
     run,
     service_options,
     settings_flags,
@@ -28,7 +25,8 @@ from services.actuator.checks import Bounds
 from services.actuator.drivers.registry import DRIVERS
 from services.collector.sources.registry import SOURCES
 from shared.config.load import LoadedConfig
-from shared.config.schema import SETTINGS
+from shared.config.schema import SETTINGS, UpSettings
+from shared.config.settings import add_flags, specs
 from shared.errors import UsageError
 from shared.plugins import Registry
 from shared.runtime import ServiceContext, resolve_nats_url
@@ -39,9 +37,6 @@ if TYPE_CHECKING:
 ORDER = 10  # first in ``hotplug --help``
 
 
-# Every flag of up defaults to "not given": its value comes from UpSettings, the file and the environment
-# (hotplug.config.apply_file), in that order, below the command line.
-NOT_GIVEN = argparse.SUPPRESS
 # The services' commands: their flags and config-file sections come from their settings (shared.config.schema).
 SERVICE_COMMANDS = (
     ("simulator", "the simulated mini-cloud"),
@@ -58,56 +53,26 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     add_config_option(up)
     hypervisors = HYPERVISORS.all()
-    up.add_argument(
-        "--vms",
-        type=at_least_one,
-        default=NOT_GIVEN,
-        help="the run's VMs, as the hypervisor makes them: "
+    # up's flags are its settings' (UpSettings), but for each hypervisor's own options, which its record adds; the
+    # hypervisors' lines come from the records, so a new hypervisor edits nothing here.
+    own = {name for h in hypervisors for name in h.options.__struct_fields__}
+    described = {
+        "vms": "the run's VMs, as the hypervisor makes them: "
         + "; ".join(f"{h.name}: {h.vms}" for h in hypervisors if h.vms is not None),
-    )
-    up.add_argument("--duration", type=positive, default=NOT_GIVEN, help="stop after this many simulated seconds")
-    up.add_argument("--speed", type=positive, default=NOT_GIVEN, help="simulated seconds per wall second")
-    up.add_argument(
-        "--policy", default=NOT_GIVEN, help="the decider's (default: the file's [decider] policy, or default)"
-    )
-    up.add_argument("--param", action="append", default=NOT_GIVEN, metavar="NAME.KEY=VALUE")
-    up.add_argument("--data-dir", type=Path, default=NOT_GIVEN)
-    up.add_argument("--nats", default=NOT_GIVEN, help="use this NATS server instead of starting one")
-    up.add_argument(
-        "--cluster",
-        type=int,
-        default=NOT_GIVEN,
-        metavar="NODES",
-        help="start a NATS cluster of this many nodes on loopback (streams kept on three)",
-    )
-    up.add_argument(
-        "--hypervisor",
-        choices=[h.name for h in hypervisors],
-        default=NOT_GIVEN,
-        help="; ".join(h.summary for h in hypervisors),
-    )
-    up.add_argument(
-        "--max-vcpus",
-        type=int,
-        default=NOT_GIVEN,
-        help="a hypervisor that boots guests for the run: each one's maximum",
+        "hypervisor": "; ".join(h.summary for h in hypervisors),
+    }
+    add_flags(
+        up,
+        [
+            dataclasses.replace(spec, description=described.get(spec.name, spec.description))
+            for spec in specs(UpSettings)
+            if spec.name not in own
+        ],
+        {"hypervisor": lambda: [h.name for h in hypervisors]},
     )
     for hypervisor in hypervisors:  # each hypervisor's own options (--trace, --libvirt-uri...)
         if hypervisor.add_options is not None:
             hypervisor.add_options(up)
-    up.add_argument("--interval", type=positive, default=NOT_GIVEN, help="sampling interval, simulated seconds")
-    up.add_argument("--dry-run", action="store_true", default=NOT_GIVEN, help="decide and log, but command nothing")
-    up.add_argument(
-        "--no-decider",
-        action="store_true",
-        default=NOT_GIVEN,
-        help="run no decider: the broker, simulator, collector and actuator wait for yours, in any language "
-        "(docs/deciders-any-language.md); up prints the clock's --speed and --epoch for it",
-    )
-    up.add_argument(
-        "--no-view", action="store_true", default=NOT_GIVEN, help="no live table (it is off anyway without a terminal)"
-    )
-    up.add_argument("--log-level", default=NOT_GIVEN)
 
     handlers = {
         "simulator": cmd_simulator,

@@ -235,11 +235,7 @@ class UpSettings(Settings):
 
     vms: Annotated[
         PosInt | None,
-        Meta(
-            description=f"simulator: VMs (default {VMS}; with trace, the first N of the trace's VMs by name, default "
-            f"all); qemu: guests to boot (default {VMS}); libvirt: test domains to start for the run (default: none, "
-            "the running domains are used)"
-        ),
+        Meta(description="the run's VMs, as the hypervisor makes them (`hotplug up --help` says how each does)"),
     ] = None
     trace: TraceFile = None
     duration: Annotated[PosFloat | None, Meta(description="stop after this many simulated seconds")] = None
@@ -261,9 +257,11 @@ class UpSettings(Settings):
     ] = 1
     hypervisor: Annotated[
         Hypervisor,
-        Meta(description="what the VMs run on: a source and driver name (simulator, virtualbox, qemu, libvirt)"),
+        Meta(description="what the VMs run on: a hypervisor's record (`hotplug up --help` lists them)"),
     ] = "simulator"
-    max_vcpus: Annotated[PosInt, Meta(description="qemu, libvirt: each guest's maximum (it boots with 1)")] = 4
+    max_vcpus: Annotated[
+        PosInt, Meta(description="a hypervisor that boots guests for the run: each one's maximum (it boots with 1)")
+    ] = 4
     libvirt_uri: LibvirtUri = None
     seed: Annotated[int, Meta(description="simulator: workload and arrivals seed")] = SEED
     host_cores: HostCores = None
