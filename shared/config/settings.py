@@ -16,6 +16,7 @@ file), ``metavar``, ``path`` (a file or folder: relative paths in the config fil
 from __future__ import annotations
 
 import argparse
+import functools
 import operator
 import types
 import typing
@@ -73,7 +74,8 @@ def _unwrap(hint: Any) -> tuple[type, list[Meta]]:
             return (origin if origin is not None else hint), metas
 
 
-def specs(settings: type[msgspec.Struct]) -> list[Spec]:
+@functools.cache  # a pure reading of a type, asked for by every command's parser and layers at each start
+def specs(settings: type[msgspec.Struct]) -> tuple[Spec, ...]:
     """The settings ``settings`` declares, in its fields' order."""
     hints = typing.get_type_hints(settings, include_extras=True)
     out = []
@@ -86,7 +88,7 @@ def specs(settings: type[msgspec.Struct]) -> list[Spec]:
             extra.update(m.extra or {})
         default = f.default_factory() if f.default_factory is not msgspec.NODEFAULT else f.default
         out.append(Spec(f.name, kind, hints[f.name], default, description, bounds, extra))
-    return out
+    return tuple(out)
 
 
 def own_specs(settings: type[msgspec.Struct], base: type[msgspec.Struct] | None) -> list[Spec]:
