@@ -132,6 +132,7 @@ XDIST_GROUPS = {
     # guest got enough on 2 loaded cores to be grown to 3 vCPUs.
     "tests/system/test_libvirt_guests.py": "guests",
     "tests/system/test_qemu.py": "guests",
+    "tests/system/test_bench_loop.py": "guests",  # its QEMU loop bench boots a guest of its own
     # the VirtualBox stand-in's guest load is real CPU too: judged beside the guests' loops, not beside a sweep
     "tests/system/test_virtualbox_loop.py": "guests",
     # the two sweeps one after the other, each in one process under xdist (test_frontier.py), so that together they

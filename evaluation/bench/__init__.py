@@ -1,1 +1,5 @@
 """``hotplug bench``: benchmarks that print JSON. Targets live here and in docs/performance.md, never in tests."""
+
+# The VMs ``hotplug bench loop`` can put a load step on (its ``--guest``): read by the command line's parser,
+# so it lives here, away from the benchmark's own imports.
+LOOP_GUESTS = ("simulator", "qemu")

@@ -1,11 +1,18 @@
-"""``hotplug bench loop``: end-to-end reaction on the simulator, from a load step to the vCPU plugged.
+"""``hotplug bench loop``: end-to-end reaction, from a load step to the vCPU plugged, stage by stage.
 
-Real processes (simulator, collector at 1 s, decider with the seed's threshold rule and no waits, actuator)
-on an embedded nats-server; the decisions themselves are measured by ``hotplug bench decisions``.
-Each trial pins an idle VM's demand above its maximum at a random moment of the sampling second, and measures
-until the result of the plug it causes is published; then the load is released and the VM shrinks back.
-VMs have 1 vCPU at rest and 2 at most, so a result is exactly one plug, and the simulator's hot-plug delay is
-50 ms, so the figure is the loop's own.
+Real processes (collector at 1 s, decider with the seed's threshold rule and no waits, actuator) on an embedded
+nats-server, and VMs of one of two kinds (``--guest``):
+
+* ``simulator`` (default): the simulated cloud's VMs, whose hot-plug delay is 50 ms, so the figure is the
+  loop's own. Each trial pins an idle VM's demand above its maximum.
+* ``qemu``: real QEMU guests (TCG), booted for the run with 1 vCPU of 2. Each trial starts two busy loops inside
+  the guest (its control channel's ``busy 2``), and the plug counts once the guest has brought the vCPU online
+  (the QEMU driver waits for it). A guest allows ``maxcpus`` − 1 hot-adds in its life, so trials per guest are
+  capped (``MAX_QEMU_TRIALS``).
+
+Trials start at a random moment of the sampling second; the load is then released and the VM shrinks back
+before the next. The decisions themselves are measured by ``hotplug bench decisions``; the stages are
+``evaluation.bench.stages``'.
 """
 
 from __future__ import annotations
@@ -14,125 +21,195 @@ import asyncio
 import random
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import msgspec
 
-from evaluation.bench.common import machine, percentile, ready_service
-from hotplug.harness.processes import policy_args
+from evaluation.bench import LOOP_GUESTS
+from evaluation.bench.common import machine, ready_service
+from evaluation.bench.stages import Trial, stage_table
+from hotplug.harness.poll import within
+from hotplug.harness.processes import ServiceProcess, policy_args
 from hotplug.harness.recorder import Recorder
 from shared import bus, subjects
 from shared.broker import EmbeddedBroker
-from shared.messages import ScaleResult
-from shared.sim_api import LoadRequest
+from shared.messages import ScaleCommand, ScaleResult
+from shared.qemu.image import ensure_image
+from shared.qemu.vm import DIR_ENV, LIFETIME_MAXCPUS, QemuVm
 
-HOTPLUG_DELAY_S = 0.05
+HOTPLUG_DELAY_S = 0.05  # the simulated VMs' time per vCPU plugged
 INTERVAL_S = 1.0
+PLUG_TIMEOUT_S = 60.0  # a TCG guest on a busy machine can take long to show its load and online a vCPU
+MAX_QEMU_TRIALS = LIFETIME_MAXCPUS - 1  # one hot-add per trial, within a guest's lifetime budget
+QEMU_BUSY_LOOPS = 2  # more runnable tasks than the guest's 1 vCPU: use and pressure both show the step
+
+# The reaction is the loop's (sample, decision, command, hot-plug, result), not a policy's patience: the seed's
+# rule with no wait and low thresholds grows on the first sample that shows the load (even the part of a second
+# after the step) and shrinks as soon as it is gone, so trials follow each other quickly (the calm default would
+# hold each VM for minutes).
+EAGER_THRESHOLD = {
+    "threshold.sustain_s": 0,
+    "threshold.upper": 0.1,
+    "threshold.lower": 0.05,
+    "guard.up_cooldown_s": 0,
+    "guard.down_cooldown_s": 0,
+    "guard.warmup_s": 0,
+    "guard.max_changes": 1000,
+}
+
+Load = Callable[[str, bool], Awaitable[None]]  # (vm, on) → the step applied
 
 
-async def run(vms: int, trials: int, work: Path) -> dict[str, object]:
+class _Plugs(Recorder):
+    """Every command and result, and the wall time each awaited plug's result arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.awaited: dict[str, asyncio.Future[tuple[ScaleResult, float]]] = {}
+
+    def on_result(self, result: ScaleResult) -> None:
+        super().on_result(result)
+        grown = result.ok and (result.vcpus_after or 0) > (result.vcpus_before or 0)
+        waiting = self.awaited.get(result.vm)
+        if grown and waiting is not None and not waiting.done():
+            waiting.set_result((result, time.time()))
+
+    def command_of(self, result: ScaleResult) -> ScaleCommand:
+        return next(c for c in self.commands if c.id == result.command_id)
+
+
+async def _services(broker_url: str, guest: str, vms: int, work: Path, env: Mapping[str, str]) -> list[ServiceProcess]:
+    common = ["--nats", broker_url]
+    started: list[ServiceProcess] = []
+    specs: list[list[str]] = []
+    if guest == "simulator":
+        delay = str(HOTPLUG_DELAY_S)
+        specs.append(["simulator", *common, "--vms", str(vms), "--profiles", "idle", "--max-vcpus", "2"])
+        specs[-1] += ["--hotplug-delay", delay]
+    specs.append(["collector", *common, "--source", guest, "--interval", str(INTERVAL_S)])
+    specs.append(["decider", *common, *policy_args("threshold", EAGER_THRESHOLD)])
+    specs.append(["actuator", *common, "--driver", guest, "--max-changes", "1000"])  # trials follow quickly
+    try:
+        for argv in specs:
+            started.append(await ready_service(argv, work, env=env))
+    except BaseException:
+        for service in started:
+            await service.stop_async()
+        raise
+    return started
+
+
+async def _trials(broker_url: str, names: list[str], trials: int, load: Load) -> tuple[list[Trial], _Plugs]:
+    nc = await bus.connect(broker_url, "bench", forever=False)
+    plugs = _Plugs()
+    await plugs.attach(nc)
+    done: list[Trial] = []
+    rng = random.Random(7)
+
+    def at_floor(vm: str, since: float) -> bool:
+        """Back at 1 vCPU by a sample taken after ``since`` (shared clock): ready for the next step."""
+        return any(s.vm == vm and s.time > since and s.online_vcpus == 1 for s in reversed(plugs.samples[-50:]))
+
+    async def trials_of(vm: str, count: int) -> None:
+        since = 0.0
+        for _ in range(count):
+            if not await within(PLUG_TIMEOUT_S, lambda since=since: at_floor(vm, since)):
+                raise TimeoutError(f"{vm} did not shrink back to 1 vCPU within {PLUG_TIMEOUT_S:g} s")
+            await asyncio.sleep(rng.uniform(0, INTERVAL_S))  # a random moment of the sampling second
+            plugs.awaited[vm] = asyncio.get_running_loop().create_future()
+            step = time.time()
+            await load(vm, True)
+            result, arrived = await asyncio.wait_for(plugs.awaited[vm], PLUG_TIMEOUT_S)
+            done.append(Trial(step, plugs.command_of(result), result, arrived))
+            del plugs.awaited[vm]
+            await load(vm, False)
+            since = result.time
+
+    try:
+        per_vm = -(-trials // len(names))
+        await asyncio.gather(*(trials_of(vm, per_vm) for vm in names))
+    finally:
+        await nc.close()
+    return done, plugs
+
+
+async def run(guest: str, vms: int, trials: int, work: Path) -> dict[str, object]:
+    if guest not in LOOP_GUESTS:
+        raise ValueError(f"unknown guest {guest!r}; choose from {', '.join(LOOP_GUESTS)}")
+    names = [f"vm-{i + 1:02d}" for i in range(vms)]
     with EmbeddedBroker(work / "nats") as broker:
-        common = ["--nats", broker.url]
-        services = [
-            await ready_service(
-                [
-                    "simulator",
-                    *common,
-                    "--vms",
-                    str(vms),
-                    "--profiles",
-                    "idle",
-                    "--max-vcpus",
-                    "2",
-                    "--hotplug-delay",
-                    str(HOTPLUG_DELAY_S),
-                ],
-                work,
-            )
-        ]
-        services.append(await ready_service(["collector", *common, "--interval", str(INTERVAL_S)], work))
-        # The reaction is the loop's (sample, decision, command, hot-plug, result), not a policy's patience: the
-        # seed's rule with no wait and low thresholds grows on the first sample that shows the load (even the
-        # part of a second after the step) and shrinks as soon as it is gone, so trials follow each other quickly
-        # (the calm default would hold each VM for minutes).
-        services.append(
-            await ready_service(
-                [
-                    "decider",
-                    *common,
-                    *policy_args(
-                        "threshold",
-                        {
-                            "threshold.sustain_s": 0,
-                            "threshold.upper": 0.1,
-                            "threshold.lower": 0.05,
-                            "guard.up_cooldown_s": 0,
-                            "guard.down_cooldown_s": 0,
-                            "guard.warmup_s": 0,
-                            "guard.max_changes": 1000,
-                        },
-                    ),
-                ],
-                work,
-            )
-        )
-        services.append(
-            await ready_service(["actuator", *common, "--max-changes", "1000"], work)
-        )  # trials follow quickly
-        try:
-            nc = await bus.connect(broker.url, "bench", forever=False)
-            plugs: dict[str, asyncio.Event] = {}
-            plugged_at: dict[str, float] = {}
-
-            class Plugs(Recorder):
-                """The VMs' online counts, and the moment each awaited plug's result arrives."""
-
-                def on_result(self, result: ScaleResult) -> None:
-                    super().on_result(result)
-                    if result.ok and (result.vcpus_after or 0) > (result.vcpus_before or 0) and result.vm in plugs:
-                        plugged_at[result.vm] = time.time()
-                        plugs[result.vm].set()
-
-            recorder = Plugs()
-            await recorder.attach(nc, commands=False)
-            online = recorder.online
-            load = subjects.simulator("local", "load")
-            reactions: list[float] = []
-            names = [f"vm-{i + 1:02d}" for i in range(vms)]
-            rng = random.Random(7)
-
-            async def trials_of(vm: str, count: int) -> None:
-                for _ in range(count):
-                    while online.get(vm) != 1:  # noqa: ASYNC110 (back at its floor before the next step)
-                        await asyncio.sleep(0.1)
-                    await asyncio.sleep(rng.uniform(0, INTERVAL_S))  # a random moment of the sampling second
-                    plugs[vm] = asyncio.Event()
-                    started = time.time()
-                    await nc.request(load, msgspec.json.encode(LoadRequest(vm=vm, demand_cores=64.0)), timeout=5)
-                    await asyncio.wait_for(plugs[vm].wait(), timeout=30)
-                    reactions.append(plugged_at[vm] - started)
-                    del plugs[vm]
-                    await nc.request(load, msgspec.json.encode(LoadRequest(vm=vm, demand_cores=None)), timeout=5)
-                    await asyncio.sleep(INTERVAL_S * 2)
-
-            per_vm = -(-trials // vms)
-            await asyncio.wait_for(asyncio.gather(*(trials_of(vm, per_vm) for vm in names)), timeout=60 * per_vm)
-            await nc.close()
-        finally:
-            for service in services:
-                await service.stop_async()
+        if guest == "qemu":
+            if -(-trials // vms) > MAX_QEMU_TRIALS:
+                raise ValueError(f"at most {MAX_QEMU_TRIALS} trials per QEMU guest (its hot-add budget)")
+            done = await _on_qemu(broker.url, names, trials, work)
+            delay: float | None = None
+        else:
+            done = await _on_simulator(broker.url, names, trials, work)
+            delay = HOTPLUG_DELAY_S
+    totals = sorted(round(t.arrived - t.step, 3) for t in done)
     return {
         "bench": "loop",
-        "trials": len(reactions),
+        "guest": guest,
+        "vms": vms,
+        "trials": len(done),
         "interval_s": INTERVAL_S,
-        "hotplug_delay_s": HOTPLUG_DELAY_S,
-        "reaction_p50_s": round(percentile(reactions, 0.5), 3),
-        "reaction_p95_s": round(percentile(reactions, 0.95), 3),
-        "reaction_max_s": round(max(reactions), 3),
+        "hotplug_delay_s": delay,
+        "reaction_p50_s": stage_table(done)["total"]["p50_s"],
+        "reaction_p95_s": stage_table(done)["total"]["p95_s"],
+        "reaction_max_s": totals[-1] if totals else None,
+        "stages": stage_table(done),
         **machine(),
     }
 
 
-def bench_loop(vms: int = 4, trials: int = 20) -> dict[str, object]:
+async def _on_simulator(broker_url: str, names: list[str], trials: int, work: Path) -> list[Trial]:
+    from shared.sim_api import LoadRequest
+
+    services = await _services(broker_url, "simulator", len(names), work, {})
+    try:
+        nc = await bus.connect(broker_url, "bench-load", forever=False)
+        subject = subjects.simulator("local", "load")
+
+        async def load(vm: str, on: bool) -> None:
+            request = LoadRequest(vm=vm, demand_cores=64.0 if on else None)
+            await nc.request(subject, msgspec.json.encode(request), timeout=5)
+
+        try:
+            done, _ = await _trials(broker_url, names, trials, load)
+        finally:
+            await nc.close()
+        return done
+    finally:
+        for service in services:
+            await service.stop_async()
+
+
+async def _on_qemu(broker_url: str, names: list[str], trials: int, work: Path) -> list[Trial]:
+    root = work / "qemu"
+    image = await asyncio.to_thread(ensure_image)
+    guests: list[QemuVm] = []
+    try:
+        for name in names:  # one at a time: each boot is CPU-bound under TCG
+            guests.append(await asyncio.to_thread(QemuVm.start, name, image, max_vcpus=2, vcpus=1, root=root))
+        by_name = {guest.name: guest for guest in guests}
+        services = await _services(broker_url, "qemu", len(names), work, {DIR_ENV: str(root)})
+        try:
+
+            async def load(vm: str, on: bool) -> None:
+                await asyncio.to_thread(by_name[vm].send, f"busy {QEMU_BUSY_LOOPS if on else 0}")
+
+            done, _ = await _trials(broker_url, names, trials, load)
+            return done
+        finally:
+            for service in services:
+                await service.stop_async()
+    finally:
+        for guest in guests:
+            await asyncio.to_thread(guest.stop)
+
+
+def bench_loop(vms: int | None = None, trials: int = 20, guest: str = "simulator") -> dict[str, object]:
+    """``vms`` (None: 4 simulated VMs, or 1 real guest, whose boot and TCG load are the machine's)."""
     with tempfile.TemporaryDirectory(prefix="hp-bench-") as tmp:
-        return asyncio.run(run(vms, trials, Path(tmp)))
+        return asyncio.run(run(guest, vms or (4 if guest == "simulator" else 1), trials, Path(tmp)))

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from evaluation.bench import LOOP_GUESTS
 from hotplug.cli.common import Subparsers, add_command, at_least_one, check_trace, positive
 from shared.errors import UsageError
 from shared.traces import FORMATS
@@ -67,9 +68,17 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         "--vms",
         type=at_least_one,
         default=None,
-        help="decider: 1000 and 10000; loop: 4; collector: 10, 100 and 1000; decisions: 8 "
+        help="decider: 1000 and 10000; loop: 4 (--guest qemu: 1); collector: 10, 100 and 1000; decisions: 8 "
         "(with --trace: all of its VMs)",
     )
+    bench.add_argument(
+        "--guest",
+        choices=LOOP_GUESTS,
+        default="simulator",
+        help="loop: the VMs a load step is put on: the simulator's, or real QEMU guests booted for the run "
+        "(default: simulator)",
+    )
+    bench.add_argument("--trials", type=at_least_one, default=20, help="loop: load steps measured (default 20)")
     bench.add_argument("--seconds", type=positive, default=None, help="how long each measurement runs")
     bench.add_argument("--json", action="store_true", help="one line of JSON (default: indented)")
     bench.add_argument(
@@ -290,7 +299,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.which == "loop":
         from evaluation.bench.loop import bench_loop
 
-        out = bench_loop(args.vms or 4)
+        out = bench_loop(args.vms, args.trials, args.guest)
     elif args.which == "collector":
         from evaluation.bench.collector import bench_collector
 

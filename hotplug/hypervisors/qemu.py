@@ -16,7 +16,7 @@ from hotplug.cli.common import Handler, Subparsers, add_command
 from hotplug.hypervisors import DEFAULT_VMS, Hypervisor
 from hotplug.hypervisors.resize import resize
 from shared.qemu.image import ImageError, ensure_image
-from shared.qemu.vm import QemuError, QemuVm, running_vms
+from shared.qemu.vm import DIR_ENV, QemuError, QemuVm, running_vms
 
 if TYPE_CHECKING:  # the record is read by every command's parser: up's own modules load when up runs
     from hotplug.up import UpOptions
@@ -93,8 +93,6 @@ def stop(name: str, root: Path | None = None) -> int:
 
 
 # --- hotplug up ---------------------------------------------------------------------------------------------------
-
-DIR_ENV = "HOTPLUG_QEMU_DIR"  # where the source and the driver find the run's guests
 
 
 @contextlib.asynccontextmanager

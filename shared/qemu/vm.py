@@ -35,6 +35,7 @@ QMP_CONNECT_TIMEOUT_S = 10.0
 QMP_CONNECT_ATTEMPTS = 5
 LIFETIME_MAXCPUS = 32
 UNIX_PATH_MAX = 107
+DIR_ENV = "HOTPLUG_QEMU_DIR"  # where guests live: ``hotplug qemu``, the source and the driver read it
 
 
 class QemuError(RuntimeError):
@@ -67,7 +68,7 @@ class GuestStat:
 
 
 def default_root() -> Path:
-    env = os.environ.get("HOTPLUG_QEMU_DIR")
+    env = os.environ.get(DIR_ENV)
     if env:
         return Path(env)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
