@@ -32,12 +32,16 @@ from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, not_
 from services.actuator.drivers.base import VmView
 from services.actuator.reservations import Grant, Reservations
 from services.actuator.retry import Backoff, retry_after
+from shared.config.schema import ActuatorSettings
 from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult, short_text
 
 # How long an answered command's id is kept in memory. A command stamped earlier than this (less a margin for
 # clock skew between decider and actuator) is looked up in the event log instead.
 ANSWERED_KEEP_S = 600.0
 CLOCK_SKEW_MARGIN_S = 60.0
+
+# The rate limit's defaults are the actuator's settings' (its flags and [actuator] keys), declared once there.
+_SETTINGS = ActuatorSettings()
 
 H = TypeVar("H")  # the shell's handle of one delivery (a NATS message): carried along, never looked into
 
@@ -51,8 +55,8 @@ class LedgerRules:
     # Per VM: the sizes the actuator allows (the hypervisor's own come with each view).
     bounds: Callable[[str], Bounds]
     # At most this many resizes of one VM per window (clock seconds).
-    max_changes: int = 6
-    rate_window_s: float = 60.0
+    max_changes: int = _SETTINGS.max_changes
+    rate_window_s: float = _SETTINGS.rate_window
     keep_s: float = ANSWERED_KEEP_S
     skew_s: float = CLOCK_SKEW_MARGIN_S
     # Whether the driver reports host views: without, grows are not held to the host's capacity (none is read).
