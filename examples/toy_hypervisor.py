@@ -3,7 +3,8 @@
 Importing this module registers three things: the collector source ``toyhv`` (it reads the files), the actuator
 driver ``toyhv`` (it writes a VM's vCPU count into its file) and the hypervisor record ``toyhv`` (how ``hotplug up``
 provisions it: it writes ``--vms`` files before the services start and removes them after; its own ``up`` option
-``--toyhv-demand``). Name the file in ``$HOTPLUG_PLUGINS`` and ``up`` runs it, no line of Hot-Plug Heaven changed:
+``--toyhv-demand``, also ``toyhv_demand`` in the config file's ``[plugins.toyhv]`` table, the flag beating the file).
+Name the file in ``$HOTPLUG_PLUGINS`` and ``up`` runs it, no line of Hot-Plug Heaven changed:
 
     HOTPLUG_PLUGINS=examples/toy_hypervisor.py hotplug up --hypervisor toyhv --vms 2 --toyhv-demand 3
 
@@ -15,13 +16,12 @@ in its guests' folder. docs/hypervisors/adding-a-hypervisor.md walks through it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -157,23 +157,16 @@ def build_driver(_config: ToyHvConfig, _ctx: ServiceContext[Any]) -> Driver:
 
 
 class ToyHvUp(msgspec.Struct, frozen=True):
-    """``up``'s own options for toyhv, named as their flags (``--toyhv-demand`` is ``toyhv_demand``)."""
+    """``up``'s own options for toyhv, declared as settings are: a field each, named as its flag (``--toyhv-demand``
+    is ``toyhv_demand``), its description and default here, its flag and its ``[plugins.toyhv]`` key generated."""
 
-    toyhv_demand: float = 3.0
+    toyhv_demand: Annotated[float, msgspec.Meta(description="cores each VM keeps busy", extra={"metavar": "CORES"})] = (
+        3.0
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.toyhv_demand <= 64.0:
             raise UsageError(f"--toyhv-demand takes cores from 0 to 64, got {self.toyhv_demand:g}")
-
-
-def add_options(up: argparse.ArgumentParser) -> None:
-    up.add_argument(
-        "--toyhv-demand",
-        type=float,
-        default=ToyHvUp().toyhv_demand,
-        metavar="CORES",
-        help="toyhv: cores each VM keeps busy",
-    )
 
 
 @contextlib.asynccontextmanager
@@ -198,7 +191,6 @@ RECORD: Hypervisor[ToyHvUp] = HYPERVISORS.register(
         summary="toyhv (examples/toy_hypervisor.py): --vms VMs that are JSON files, each keeping --toyhv-demand busy",
         vms="VMs (files) to write for the run (default 6)",
         options=ToyHvUp,
-        add_options=add_options,
         provision=provision,
     )
 )

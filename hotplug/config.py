@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -31,16 +32,45 @@ from shared.config.schema import (
     ConfigFile,
     ServiceSection,
     ServiceSettings,
+    UpSettings,
     VmRule,
+    config_file_with,
     section_values,
 )
-from shared.config.settings import layered, specs
+from shared.config.settings import Spec, layered, specs
 from shared.plugins import registry_of
 from shared.runtime import ServiceContext
 
 ACTUATOR_DEFAULT = ActuatorSettings()  # the actuator's min_vcpus/max_vcpus for VMs no rule bounds
 # The plug-ins a command runs: their [plugins.NAME] options are its too.
 PLUGIN_KINDS = {"collector": "source", "actuator": "driver"}
+
+
+@functools.cache  # the built-in records are what they are for the process's life
+def config_type() -> type[ConfigFile]:
+    """The config file as ``hotplug`` reads it: :class:`ConfigFile` with the built-in hypervisor records' own
+    options among ``[up]``'s keys (``seed``, ``trace``, ``libvirt_uri``...), declared by the records."""
+    from hotplug.hypervisors import HYPERVISORS
+
+    return config_file_with(HYPERVISORS.option_specs(HYPERVISORS.builtins()))
+
+
+def load_file(path: Path) -> LoadedConfig:
+    """Read and check the config file ``path``, ``[up]``'s record keys included."""
+    return load(path, config_type())
+
+
+def section_type(command: str) -> type[Any]:
+    """The section ``command`` reads (``[up]`` with the records' keys)."""
+    sections: dict[str, type[Any]] = {f.name: f.type for f in msgspec.structs.fields(config_type())}
+    return sections[command]
+
+
+def up_settings() -> list[Spec]:
+    """Every setting ``up`` takes: its own (``UpSettings``), then each hypervisor record's own options."""
+    from hotplug.hypervisors import HYPERVISORS
+
+    return [*specs(UpSettings), *HYPERVISORS.option_specs()]
 
 
 def epilog(command: str) -> str:
@@ -93,12 +123,31 @@ def starting_values(command: str, loaded: LoadedConfig | None, environ: Mapping[
     file = section_values(loaded.config, command) if loaded is not None else {}
     folder = loaded.path.parent if loaded is not None else None
     values: dict[str, object] = layered(SETTINGS[command], file, environ, folder)
+    if command == "up":
+        values.update(_record_values(loaded, file, environ))
     kind = PLUGIN_KINDS.get(command)
     registry = registry_of(kind) if kind is not None else None
     if loaded is not None and registry is not None:
         for name, options in loaded.config.plugins.items():
             if name in registry.names():
                 values.update({k: v for k, v in options.items() if k not in values})
+    return values
+
+
+def _record_values(
+    loaded: LoadedConfig | None, up: Mapping[str, object], environ: Mapping[str, str]
+) -> dict[str, object]:
+    """The hypervisor records' own options, layered as every setting is: a built-in's from ``[up]`` (``up``), a
+    plug-in's from its ``[plugins.NAME]`` table. Pure but for ``environ``."""
+    from hotplug.hypervisors import HYPERVISORS
+
+    config = loaded.config if loaded is not None else None
+    folder = loaded.path.parent if loaded is not None else None
+    values: dict[str, object] = {}
+    for record in HYPERVISORS.all():
+        own = HYPERVISORS.file_options(record, config, up)
+        for key, value in layered(record.options, own, environ, folder).items():
+            values.setdefault(key, value)  # an option two records share: the first one's, as its flag is
     return values
 
 
@@ -109,7 +158,7 @@ def apply_file(parser: argparse.ArgumentParser, argv: list[str]) -> LoadedConfig
     if command not in SETTINGS:
         return None
     found = config_path(argv, os.environ)
-    loaded = load(found[1]) if found is not None else None
+    loaded = load_file(found[1]) if found is not None else None
     _subparser(parser, command).set_defaults(**starting_values(command, loaded, os.environ))
     return loaded
 
@@ -151,7 +200,7 @@ def check(path: Path, vms: list[str], nats_url: str | None, host: str) -> int:
     from services.decider.rulebook import build_rulebook
 
     try:
-        loaded = load(path)
+        loaded = load_file(path)
         decider = loaded.config.decider
         try:
             build_rulebook(loaded, decider.policy or "default", decider.param or {})
@@ -241,7 +290,7 @@ async def known_vms(url: str) -> set[tuple[str, str]]:
 def reference() -> str:
     """The config file reference in Markdown, from the Structs' JSON Schema (names, types, descriptions) and the
     settings they are generated from (built-in defaults, environment variables)."""
-    schema: dict[str, Any] = msgspec.json.schema(ConfigFile)
+    schema: dict[str, Any] = msgspec.json.schema(config_type())
     defs: dict[str, Any] = schema["$defs"]
     top = defs["ConfigFile"]["properties"]
     lines = []
@@ -258,7 +307,7 @@ def reference() -> str:
             text += " It also takes every key of `[service]`, which it overrides."
         lines += [f"#### `{header}`", "", text, ""]
         settings = SETTINGS.get(section, ServiceSettings if section == "service" else None)
-        declared = {s.name: s for s in specs(settings)} if settings is not None else {}
+        declared = {s.name: s for s in (up_settings() if section == "up" else specs(settings) if settings else [])}
         lines += ["| key | type | meaning |", "|---|---|---|"]
         for key, field in struct["properties"].items():
             if inherits and key in ServiceSection.__struct_fields__:

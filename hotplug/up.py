@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
+from hotplug.config import load_file
 from hotplug.events import BROKER_DIR, BROKER_FILE, write_broker_file
 from hotplug.fleet import Fleet
 from hotplug.fleet_view import render
@@ -28,7 +29,6 @@ from hotplug.supervisor import Supervisor
 from shared import bus
 from shared.broker import EmbeddedBroker, free_port
 from shared.cluster import EmbeddedCluster, embedded_broker
-from shared.config.load import load
 from shared.config.schema import ServiceSettings, UpSettings
 from shared.messages import HostState, MetricSample, ScaleCommand, ScaleResult
 
@@ -162,7 +162,7 @@ async def run_up(options: UpOptions) -> Fleet:
         if isinstance(broker, EmbeddedCluster):
             env[bus.REPLICAS_ENV] = os.environ[bus.REPLICAS_ENV] = str(broker.replicas)
     hypervisor = hypervisor_of(options)
-    config = (await asyncio.to_thread(load, options.config)).config if options.config is not None else None
+    config = (await asyncio.to_thread(load_file, options.config)).config if options.config is not None else None
     fleet = Fleet(config, options.policy)
     nc = None
     supervisor: Supervisor | None = None

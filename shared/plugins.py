@@ -16,7 +16,8 @@ hypervisor (a source, a driver and what ``hotplug up`` does for it) is one such 
 ``examples/toy_hypervisor.py`` and ``docs/hypervisors/adding-a-hypervisor.md``.
 
 Each registry registers itself here by its kind (:func:`registry_of`), so that ``shared.config`` can check the
-names and options a config file gives without importing the services that hold the registries.
+names and options a config file gives without importing the services that hold the registries; ``hotplug``'s
+hypervisor records add their plug-ins' options the same way (:func:`add_option_kind`), for ``[plugins.NAME]``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ C = TypeVar("C", bound=msgspec.Struct)
 
 _loaded: set[str] = set()
 _registries: dict[str, Registry[Any]] = {}
+# Plug-in kinds held above ``shared`` whose options are ``[plugins.NAME]`` keys too (``hotplug``'s hypervisor records):
+# each kind's option types by plug-in name, asked for when a file is checked.
+_option_kinds: dict[str, Callable[[], Mapping[str, type[msgspec.Struct]]]] = {}
 
 
 def registry_of(kind: str) -> Registry[Any] | None:
@@ -49,8 +53,20 @@ def registry_of(kind: str) -> Registry[Any] | None:
     return _registries.get(kind)
 
 
-def registries() -> list[Registry[Any]]:
-    return list(_registries.values())
+def add_option_kind(kind: str, option_types: Callable[[], Mapping[str, type[msgspec.Struct]]]) -> None:
+    """Plug-ins of ``kind`` take options from ``[plugins.NAME]`` too: ``option_types()`` gives their types by name."""
+    _option_kinds[kind] = option_types
+
+
+def plugin_options() -> dict[str, list[type[msgspec.Struct]]]:
+    """The option types of every plug-in known now, by plug-in name: a source, a driver and a hypervisor record of
+    one name share its ``[plugins.NAME]`` table."""
+    found: dict[str, list[type[msgspec.Struct]]] = {}
+    kinds = [r.config_types for r in _registries.values()] + list(_option_kinds.values())
+    for option_types in kinds:
+        for name, config_type in option_types().items():
+            found.setdefault(name, []).append(config_type)
+    return found
 
 
 def load_plugins(env: Mapping[str, str] | None = None) -> None:

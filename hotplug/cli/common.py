@@ -38,13 +38,6 @@ def positive(text: str) -> float:
     return value
 
 
-def non_negative(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
 def at_least_one(text: str) -> int:
     """A count of things (VMs, guests): a whole number, 1 or more."""
     try:
@@ -54,34 +47,6 @@ def at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
-
-
-def simulated_host_options(p: argparse.ArgumentParser) -> None:
-    """The simulated host's cores and the jobs that arrive at it (``hotplug simulator``'s, and ``up``'s for the
-    simulated cloud, which passes them to its simulator). Their defaults are ``UpSettings``' (the file and the
-    environment layered on them by ``hotplug.config.apply_file``): "not given" here."""
-    p.add_argument(
-        "--host-cores",
-        type=at_least_one,
-        default=argparse.SUPPRESS,
-        help="the simulated host's physical cores (default: the VMs' maximums together, so they never contend); "
-        "its capacity in vCPUs is the config file's [[host]] rule's reading of them",
-    )
-    p.add_argument(
-        "--arrivals-rate",
-        type=non_negative,
-        default=argparse.SUPPRESS,
-        metavar="JOBS_PER_HOUR",
-        help="jobs (VMs to start) arriving per hour, a seeded Poisson process of the mix in "
-        "services/simulator/jobs.py (default 0: none)",
-    )
-    p.add_argument(
-        "--arrivals-file",
-        type=Path,
-        default=argparse.SUPPRESS,
-        metavar="FILE",
-        help="jobs arriving from this CSV: arrival_s,name,requested_vcpus,max_vcpus,profile,lifetime_s,work_s",
-    )
 
 
 def host_option(parser: argparse.ArgumentParser, what: str) -> None:

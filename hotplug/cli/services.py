@@ -53,9 +53,8 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     add_config_option(up)
     hypervisors = HYPERVISORS.all()
-    # up's flags are its settings' (UpSettings), but for each hypervisor's own options, which its record adds; the
-    # hypervisors' lines come from the records, so a new hypervisor edits nothing here.
-    own = {name for h in hypervisors for name in h.options.__struct_fields__}
+    # up's flags are its settings' (UpSettings), then each hypervisor record's own options (HYPERVISORS'
+    # option_specs); the hypervisors' lines come from the records, so a new hypervisor edits nothing here.
     described = {
         "vms": "the run's VMs, as the hypervisor makes them: "
         + "; ".join(f"{h.name}: {h.vms}" for h in hypervisors if h.vms is not None),
@@ -66,13 +65,10 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         [
             dataclasses.replace(spec, description=described.get(spec.name, spec.description))
             for spec in specs(UpSettings)
-            if spec.name not in own
         ],
         {"hypervisor": lambda: [h.name for h in hypervisors]},
     )
-    for hypervisor in hypervisors:  # each hypervisor's own options (--trace, --libvirt-uri...)
-        if hypervisor.add_options is not None:
-            hypervisor.add_options(up)
+    add_flags(up, HYPERVISORS.option_specs())
 
     handlers = {
         "simulator": cmd_simulator,

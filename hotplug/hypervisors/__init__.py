@@ -1,9 +1,10 @@
 """Hypervisors by name: one record each, which ``hotplug up`` and the command line loop over.
 
-A record names its collector source and its actuator driver (in ``SOURCES`` and ``DRIVERS``), the ``up`` options
-it takes of its own, how ``up`` provisions it (its own service children, guests booted for the run and the
-environment the children need) and its admin command group (``hotplug qemu ...``). Nothing in ``hotplug/`` branches
-on a hypervisor's name: ``up --hypervisor X`` is the record ``X``.
+A record names its collector source and its actuator driver (in ``SOURCES`` and ``DRIVERS``), the ``up`` options it
+takes of its own (one Struct that declares them as settings: their flags, config-file keys and reference lines are
+generated from it, as a service's are from its settings), how ``up`` provisions it (its own service children, guests
+booted for the run and the environment the children need) and its admin command group (``hotplug qemu ...``). Nothing in
+``hotplug/`` branches on a hypervisor's name: ``up --hypervisor X`` is the record ``X``.
 
 Every module of this package that holds a ``HYPERVISOR`` is a built-in record, found here by itself; a plug-in
 named in ``$HOTPLUG_PLUGINS`` calls ``HYPERVISORS.register`` (``examples/toy_hypervisor.py``;
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import pkgutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -27,8 +29,9 @@ import msgspec
 from services.actuator.drivers.registry import DRIVERS
 from services.collector.sources.registry import SOURCES
 from shared.config.schema import VMS
+from shared.config.settings import Spec, specs
 from shared.errors import UsageError, UserError
-from shared.plugins import load_plugins, names_in
+from shared.plugins import add_option_kind, load_plugins, names_in
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -69,11 +72,13 @@ class Hypervisor(Generic[U]):
     # Its collector source and actuator driver, by their registry names (None: the hypervisor's own name).
     source: str | None = None
     driver: str | None = None
-    # Its own ``up`` options: a Struct whose fields are named as their flags' argparse names (``--host-cores`` is
-    # ``host_cores``, as in a source's and a driver's config), and the function that adds those flags to ``up``.
-    # A field the run's options hold (``--vms``, ``--max-vcpus``) is not its own: each record reads it its way.
+    # Its own ``up`` options: one Struct that declares each as a setting (``shared.config.settings``: its type, and
+    # its range, description, environment variable and built-in default in the field's ``Meta``), named as its
+    # flag's argparse name (``--host-cores`` is ``host_cores``, as in a source's and a driver's config). Its flags,
+    # its config-file keys (a built-in's in ``[up]``, a plug-in's in ``[plugins.NAME]``) and its lines of the
+    # configuration reference are generated from it. A field the run's options hold (``--vms``, ``--max-vcpus``)
+    # is not its own: each record reads it its way.
     options: type[U] = NoOptions  # type: ignore[assignment]
-    add_options: Callable[[argparse.ArgumentParser], None] | None = None
     # Checks its options before any process starts (a UserError if they do not fit) and returns them as the
     # children need them (e.g. paths made absolute).
     prepare: Callable[[U, UpOptions, ConfigFile | None], U] | None = None
@@ -106,8 +111,13 @@ class Hypervisor(Generic[U]):
         return own
 
     def own_from(self, values: Mapping[str, Any]) -> U:
-        """Its own options from parsed options by argparse name (keys it does not take are ignored)."""
-        fields = {f.name: values[f.name] for f in msgspec.structs.fields(self.options) if f.name in values}
+        """Its own options from parsed options by argparse name (keys it does not take are ignored); a path, which
+        the command line and the file give as a ``Path``, is declared as text, as in every settings Struct."""
+        fields = {
+            f.name: str(value) if isinstance(value := values[f.name], Path) else value
+            for f in msgspec.structs.fields(self.options)
+            if f.name in values
+        }
         try:
             return msgspec.convert(fields, self.options, strict=False)
         except msgspec.ValidationError as exc:
@@ -135,7 +145,10 @@ class Hypervisors:
 
     def __init__(self) -> None:
         self._records: dict[str, Hypervisor[Any]] = {}
+        self._builtins: set[str] = set()
         self._builtins_loaded = False
+        # A plug-in record's options are keys of the file's [plugins.NAME] table, beside its source's and driver's.
+        add_option_kind("hypervisor", self._plugin_options)
 
     def register(self, record: Hypervisor[Any]) -> Hypervisor[Any]:
         if record.name in self._records:
@@ -154,6 +167,7 @@ class Hypervisors:
             for module in sorted(modules, key=lambda m: getattr(m, "ORDER", _LAST)):
                 if isinstance(getattr(module, "HYPERVISOR", None), Hypervisor):  # not resize.py, a helper
                     self.register(module.HYPERVISOR)
+                    self._builtins.add(module.HYPERVISOR.name)
             for record in plugins.values():
                 self.register(record)
         load_plugins()
@@ -169,6 +183,34 @@ class Hypervisors:
 
     def names(self) -> list[str]:
         return [h.name for h in self.all()]
+
+    def builtins(self) -> list[Hypervisor[Any]]:
+        return [h for h in self.all() if h.name in self._builtins]
+
+    def option_specs(self, records: list[Hypervisor[Any]] | None = None) -> list[Spec]:
+        """The own options of ``records`` (default: every one) as settings of ``up``, each described for its
+        hypervisor (``simulator: workload and arrivals seed``; a plug-in's with its file key), once per name (two
+        records may share an option: the first one's declaration stands)."""
+        out: dict[str, Spec] = {}
+        for record in self.all() if records is None else records:
+            where = "" if record.name in self._builtins else " ([plugins.{}] {})"
+            declared: type[msgspec.Struct] = record.options
+            for spec in specs(declared):
+                text = f"{record.name}: {spec.description or spec.name}{where.format(record.name, spec.name)}"
+                out.setdefault(spec.name, dataclasses.replace(spec, description=text))
+        return list(out.values())
+
+    def file_options(
+        self, record: Hypervisor[Any], config: ConfigFile | None, up: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        """Where the file sets ``record``'s own options: a built-in's in ``[up]`` (``up``: that section's keys set),
+        a plug-in's in its ``[plugins.NAME]`` table."""
+        if record.name in self._builtins:
+            return up
+        return config.plugins.get(record.name, {}) if config is not None else {}
+
+    def _plugin_options(self) -> dict[str, type[msgspec.Struct]]:
+        return {h.name: h.options for h in self.all() if h.name not in self._builtins}
 
     def get(self, name: str) -> Hypervisor[Any]:
         self._load()

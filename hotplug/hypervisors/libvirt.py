@@ -27,6 +27,7 @@ import msgspec
 from hotplug.cli.common import Handler, Subparsers, add_command
 from hotplug.hypervisors import Hypervisor
 from hotplug.hypervisors.resize import resize
+from shared.config.schema import LibvirtUri
 from shared.libvirt.connection import Connection, LibvirtMissing
 from shared.libvirt.domain import (
     SETTINGS_NS,
@@ -316,13 +317,7 @@ DIR_ENV = "HOTPLUG_LIBVIRT_DIR"  # where the source and the driver find the run'
 class LibvirtUp(msgspec.Struct, frozen=True):
     """``up``'s options for libvirt, named as their flags (the source's and the driver's config take the same)."""
 
-    libvirt_uri: str | None = None  # None: $HOTPLUG_LIBVIRT_URI, else qemu:///system
-
-
-def add_options(up: argparse.ArgumentParser) -> None:
-    up.add_argument(
-        "--libvirt-uri", default=argparse.SUPPRESS, help="libvirt: the URI ($HOTPLUG_LIBVIRT_URI; qemu:///system)"
-    )
+    libvirt_uri: LibvirtUri = None  # None: $HOTPLUG_LIBVIRT_URI, else qemu:///system
 
 
 def service_args(service: str, options: UpOptions) -> list[str]:
@@ -449,7 +444,6 @@ HYPERVISOR: Hypervisor[LibvirtUp] = Hypervisor(
     summary="libvirt: the running domains, or --vms test domains started for the run",
     vms="test domains to start for the run (default: none, the running domains are used)",
     options=LibvirtUp,
-    add_options=add_options,
     service_args=service_args,
     provision=provision,
     admin=register,

@@ -3,7 +3,6 @@ send jobs to its host; afterwards it asks the simulator what became of them."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 from pathlib import Path
@@ -11,9 +10,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from hotplug.cli.common import check_arrivals, check_trace, simulated_host_options
+from hotplug.cli.common import check_arrivals, check_trace
 from hotplug.hypervisors import DEFAULT_VMS, Hypervisor
-from shared.config.schema import UpSettings
+from shared.config.schema import ArrivalsFile, ArrivalsRate, HostCores, Seed, SimulatorSettings, TraceFile
 from shared.errors import UsageError
 
 if TYPE_CHECKING:  # the record is read by every command's parser: what only a run needs loads when up runs
@@ -29,38 +28,29 @@ ORDER = 10  # the default, first among --hypervisor's choices
 SERVICE = "simulator"
 
 
-class SimulatorUp(msgspec.Struct, frozen=True):
-    """``up``'s options for the simulated cloud, named as their flags."""
-
-    seed: int = UpSettings().seed
-    trace: Path | None = None
-    host_cores: int | None = None
-    arrivals_rate: float = UpSettings().arrivals_rate
-    arrivals_file: Path | None = None
+_SIMULATOR = SimulatorSettings()  # up passes these to its simulator child: their defaults are the simulator's
 
 
-def add_options(up: argparse.ArgumentParser) -> None:
-    up.add_argument(
-        "--trace",
-        type=Path,
-        default=argparse.SUPPRESS,
-        metavar="FILE",
-        help="simulator: VMs follow this replay CSV (time_s,vm,demand_vcpus[,max_vcpus]) from the "
-        "run's start, repeating at its end",
-    )
-    up.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="simulator: workload and arrivals seed")
-    simulated_host_options(up)
+class SimulatorUp(msgspec.Struct, frozen=True, kw_only=True):
+    """``up``'s options for the simulated cloud, named as their flags: the simulator's own settings, declared with
+    the same types (``shared.config.schema``), which ``up`` passes on to its simulator child."""
+
+    trace: TraceFile = None
+    seed: Seed = _SIMULATOR.seed
+    host_cores: HostCores = None
+    arrivals_rate: ArrivalsRate = _SIMULATOR.arrivals_rate
+    arrivals_file: ArrivalsFile = None
 
 
 def prepare(own: SimulatorUp, options: UpOptions, config: ConfigFile | None) -> SimulatorUp:
     """Read the trace and the arrivals now (a bad one fails with one line), with paths the child finds whatever
     its working directory; and check that the simulator's settings go together."""
     if own.trace is not None:
-        check_trace(own.trace)
-        own = msgspec.structs.replace(own, trace=own.trace.resolve())
-    check_arrivals(own.arrivals_rate, own.arrivals_file)
+        check_trace(Path(own.trace))
+        own = msgspec.structs.replace(own, trace=str(Path(own.trace).resolve()))
+    check_arrivals(own.arrivals_rate, _path(own.arrivals_file))
     if own.arrivals_file is not None:
-        own = msgspec.structs.replace(own, arrivals_file=own.arrivals_file.resolve())
+        own = msgspec.structs.replace(own, arrivals_file=str(Path(own.arrivals_file).resolve()))
     try:  # the simulator child's own settings, as up will rebuild them to compare its jobs' waits
         simulator_of(dataclasses.replace(options, own=own), config)
     except ValueError as exc:
@@ -77,13 +67,13 @@ def service_args(service: str, options: UpOptions) -> list[str]:
     if options.vms is not None or own.trace is None:
         argv += ["--vms", str(options.vms or DEFAULT_VMS)]
     if own.trace is not None:
-        argv += ["--trace", str(own.trace)]
+        argv += ["--trace", own.trace]
     if own.host_cores is not None:
         argv += ["--host-cores", str(own.host_cores)]
     if own.arrivals_rate > 0:
         argv += ["--arrivals-rate", repr(own.arrivals_rate)]
     if own.arrivals_file is not None:
-        argv += ["--arrivals-file", str(own.arrivals_file)]
+        argv += ["--arrivals-file", own.arrivals_file]
     return argv
 
 
@@ -95,13 +85,17 @@ def simulator_of(options: UpOptions, config: ConfigFile | None) -> SimulatorConf
     return simulator_config(
         vms=options.vms,
         seed=own.seed,
-        trace=own.trace,
+        trace=_path(own.trace),
         host_cores=own.host_cores,
         arrivals_rate=own.arrivals_rate,
-        arrivals_file=own.arrivals_file,
+        arrivals_file=_path(own.arrivals_file),
         file=config,
         file_dir=options.config.parent if options.config is not None else Path("."),
     )
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text is not None else None
 
 
 async def job_outcomes(nc: Client, options: UpOptions, config: ConfigFile | None, fleet: Fleet) -> None:
@@ -129,7 +123,6 @@ HYPERVISOR: Hypervisor[SimulatorUp] = Hypervisor(
     summary=f"simulator: --vms seeded VMs (default {DEFAULT_VMS}), or a --trace's, in the simulated cloud of the run",
     vms=f"VMs (default {DEFAULT_VMS}; with --trace, the first N of the trace's VMs by name, default all)",
     options=SimulatorUp,
-    add_options=add_options,
     prepare=prepare,
     services=(SERVICE,),
     service_args=service_args,

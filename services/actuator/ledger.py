@@ -2,10 +2,11 @@
 I/O, no asyncio; times are arguments. As in neon's autoscaler agent (``pkg/agent/core/state.go``), the ledger only
 says what to do next and the shell (service.py) does it: ARCHITECTURE.md, beside this file, tells the whole story.
 
-* Intake: ``receive`` takes a delivery from the command consumer: a ``Duplicate`` (its id is answered, queued or
-  under way: no result) or ``Queued`` behind the VM's earlier commands (the first starts the VM's worker). A copy of
-  an answered command is acknowledged at once; a copy of one queued or under way is held, and acknowledged with the
-  original once that is answered: should the original's worker fail first, the copy is redelivered.
+* Intake: ``receive`` says what to do with each delivery from the command consumer (``Intake``): ``Terminate``
+  one that is no command; ``Ignore`` a copy of a command answered, queued or under way (no result: a copy of an
+  answered command is acknowledged at once; a copy of one queued or under way is held, and acknowledged with the
+  original once that is answered: should the original's worker fail first, the copy is redelivered);
+  ``StartWorker`` for the VM of a command first in its queue, or ``Wait`` behind its earlier commands.
 * A VM's worker asks ``next_action(vm, now)`` and carries the action out (``Action``: look a result up in the event
   log, read the pause, read the VM, read the host, mark progress, execute the hot-plug steps, read the count again,
   store the result, remove the marker, acknowledge, or ``Done``), then hands its ``Outcome`` to ``outcome``. The
@@ -16,15 +17,17 @@ says what to do next and the shell (service.py) does it: ARCHITECTURE.md, beside
   built). ``abandon`` forgets a failed worker's commands, unacknowledged with their copies, so that their
   redeliveries count as new.
 
-After a restart, ``recall`` refills the memory from the results in the event log, and ``settled`` gives the result
-of a command a dead actuator left in progress (progress.py).
+Start-up comes first, in the same way: ``start_action(now)`` says what the actuator does before it takes any
+command (``StartAction``: open its stores, ``recall`` the memory from the results in the event log, settle each
+command a dead actuator left in progress (``settled``, progress.py) or remove its marker if it is answered (in the
+memory, or, older, in the log), know the pauses in force), and ``started`` takes each outcome, until ``TakeCommands``.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
 from services.actuator.answered import AnsweredCommands
@@ -32,12 +35,18 @@ from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, not_
 from services.actuator.drivers.base import VmView
 from services.actuator.reservations import Grant, Reservations
 from services.actuator.retry import Backoff, retry_after
+from shared.config.schema import ActuatorSettings
 from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult, short_text
 
 # How long an answered command's id is kept in memory. A command stamped earlier than this (less a margin for
 # clock skew between decider and actuator) is looked up in the event log instead.
 ANSWERED_KEEP_S = 600.0
 CLOCK_SKEW_MARGIN_S = 60.0
+
+# The rate limit's defaults are the actuator's settings' (its flags and [actuator] keys), declared once there.
+_SETTINGS = ActuatorSettings()
+
+_ANSWERED = "it is answered or under way"  # why a copy is ignored
 
 H = TypeVar("H")  # the shell's handle of one delivery (a NATS message): carried along, never looked into
 
@@ -51,8 +60,8 @@ class LedgerRules:
     # Per VM: the sizes the actuator allows (the hypervisor's own come with each view).
     bounds: Callable[[str], Bounds]
     # At most this many resizes of one VM per window (clock seconds).
-    max_changes: int = 6
-    rate_window_s: float = 60.0
+    max_changes: int = _SETTINGS.max_changes
+    rate_window_s: float = _SETTINGS.rate_window
     keep_s: float = ANSWERED_KEEP_S
     skew_s: float = CLOCK_SKEW_MARGIN_S
     # Whether the driver reports host views: without, grows are not held to the host's capacity (none is read).
@@ -65,20 +74,41 @@ class Delivery(Generic[H]):
     handle: H
 
 
-@dataclass(frozen=True)
-class Duplicate:
-    """Answered already, or under way: no action and no second result. ``held``: the copy of a command under way,
-    acknowledged with it; otherwise acknowledge it now."""
+# -- what the intake is told to do with a delivery (``receive``) ----------------------------------------------------
 
+
+@dataclass(frozen=True)
+class Terminate(Generic[H]):
+    """A delivery that is no command (the inbox refused it, and counted why): terminate it, never to be
+    redelivered, and give it no result."""
+
+    handle: H
+
+
+@dataclass(frozen=True)
+class Ignore(Generic[H]):
+    """A copy of a command answered or under way: no action and no second result. Count and log it as a duplicate
+    (``why``) and acknowledge ``handles`` now; none: the copy of a command under way is held, and acknowledged with
+    the original (``Acknowledge``)."""
+
+    command: ScaleCommand
     why: str
-    held: bool = False
+    handles: tuple[H, ...] = ()
 
 
 @dataclass(frozen=True)
-class Queued:
-    """Waiting its turn; ``start_worker``: the VM has no worker yet, the shell starts one."""
+class StartWorker:
+    """The command is the first of its VM's queue: start the VM's worker (it asks ``next_action``)."""
 
-    start_worker: bool
+    vm: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Queued behind the VM's earlier commands: the VM's worker takes it in turn; nothing to do now."""
+
+
+Intake = Terminate[H] | Ignore[H] | StartWorker | Wait
 
 
 @dataclass(frozen=True)
@@ -254,6 +284,97 @@ Outcome = (
 )
 
 
+# -- what the actuator does before it takes any command (``start_action``), and what that found (``started``) ------
+
+
+@dataclass(frozen=True)
+class Open:
+    """Make sure the event log's streams and the progress markers' bucket exist. Outcome: ``Opened``."""
+
+
+@dataclass(frozen=True)
+class Recall:
+    """Read back the results stored from clock time ``since`` on: the memory of answered ids. Outcome:
+    ``Recalled``."""
+
+    since: float
+
+
+@dataclass(frozen=True)
+class FindLeftOver:
+    """Read the progress markers a dead actuator of this host left (progress.py). Outcome: ``LeftOver``."""
+
+
+@dataclass(frozen=True)
+class Settle:
+    """A command a dead actuator left in progress, unanswered: read the VM until it reaches the target or stops
+    moving (a step the dead actuator asked for may still land). Outcome: ``Settled``, or ``Failed`` (the marker
+    stays, for the next start)."""
+
+    command: ScaleCommand
+    before: int
+
+
+@dataclass(frozen=True)
+class WatchPauses:
+    """Start the pause bucket's watch, and wait until the pauses in force are known. Outcome: ``Watching``."""
+
+
+@dataclass(frozen=True)
+class TakeCommands:
+    """Started: subscribe to the command consumer and take its deliveries (``receive``)."""
+
+
+# ``LookUp``, ``Store`` and ``Unmark`` are a worker's actions, and serve a left-over command the same way.
+StartAction = Open | Recall | FindLeftOver | LookUp | Settle | Store | Unmark | WatchPauses | TakeCommands
+
+
+@dataclass(frozen=True)
+class Opened:
+    pass
+
+
+@dataclass(frozen=True)
+class Recalled:
+    results: tuple[ScaleResult, ...]
+
+
+@dataclass(frozen=True)
+class LeftOver:
+    """The markers found: each command with its VM's count before its first step."""
+
+    markers: tuple[tuple[ScaleCommand, int], ...]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The VM's count once it settled."""
+
+    vcpus: int
+
+
+@dataclass(frozen=True)
+class Watching:
+    pass
+
+
+StartOutcome = Opened | Recalled | LeftOver | Found | Settled | Failed | Stored | Unmarked | Watching
+
+StartPhase = Literal["open", "recall", "find", "settle", "store", "unmark", "started"]
+
+
+@dataclass
+class StartUp:
+    """How far the start-up has got: its ``phase`` names the next action."""
+
+    phase: StartPhase = "open"
+    markers: deque[tuple[ScaleCommand, int]] = field(default_factory=deque)  # the first is the one in turn
+    since: float = 0.0  # monotonic time the marker in turn began to settle, for its result's duration
+    in_log: bool | None = None  # the marker in turn's command, too old for the memory: found in the log (None: not
+    # looked up)
+    result: ScaleResult | None = None
+
+
 # How far a command has got; each names the next action (``Ledger.next_action``).
 Phase = Literal["new", "judge", "read", "host", "mark", "execute", "reread", "store", "unmark", "acknowledge"]
 
@@ -295,22 +416,28 @@ class Ledger(Generic[H]):
         self.terms: dict[str, int] = {}
         # The host's commitments, from the driver's host views: grows are granted only what fits its capacity.
         self.host = Reservations(rules.host)
+        self.start = StartUp()
 
     # -- intake ---------------------------------------------------------------------------------------------------
 
-    def receive(self, command: ScaleCommand, handle: H) -> Duplicate | Queued:
+    def receive(self, command: ScaleCommand | None, handle: H) -> Intake[H]:
+        """What to do with a delivery from the command consumer (``command``: as the inbox read it; None: it is no
+        command), taken in the order the consumer gives them."""
+        if command is None:
+            return Terminate(handle)
         if command.id in self.answered:
-            return Duplicate("it is answered or under way")
+            return Ignore(command, _ANSWERED, (handle,))
         if command.id in self._pending:
             # Acknowledged only once the original is answered: acknowledging a redelivered copy acknowledges the
             # original, whose result would be lost if its worker then failed.
             self._copies.setdefault(command.id, []).append(handle)
-            return Duplicate("it is answered or under way", held=True)
+            return Ignore(command, _ANSWERED)
         self._pending.add(command.id)
         self._queues.setdefault(command.vm, deque()).append(Delivery(command, handle))
-        start = command.vm not in self._working
+        if command.vm in self._working:
+            return Wait()
         self._working.add(command.vm)
-        return Queued(start_worker=start)
+        return StartWorker(command.vm)
 
     # -- the order: what a VM's worker does next, and what it found -------------------------------------------------
 
@@ -601,6 +728,63 @@ class Ledger(Generic[H]):
         marked = result.command_id in self._marked
         self._marked.discard(result.command_id)
         return marked
+
+    # -- start-up: before any command is taken --------------------------------------------------------------------
+
+    def start_action(self, now: float) -> StartAction:
+        """What the actuator is to do next before it takes any command, at clock time ``now``: open the stores,
+        recall the answered ids, settle each command a dead actuator left in progress (or only remove its marker,
+        if answered), know the pauses in force; then ``TakeCommands``. Pure, as ``next_action``."""
+        start = self.start
+        if start.phase == "open":
+            return Open()
+        if start.phase == "recall":
+            return Recall(self.recall_since(now))
+        if start.phase == "find":
+            return FindLeftOver()
+        if start.phase == "settle":
+            if not start.markers:
+                return WatchPauses()
+            command, before = start.markers[0]
+            # Answered already (the dead actuator stored its result, and died before removing the marker): only
+            # unmarked. A command older than the memory is looked up in the log first, as a worker's is: the
+            # actuator may have been down longer than the memory reaches back.
+            since = self.look_up_since(command, now)
+            if since is not None and start.in_log is None:
+                return LookUp(command, since)
+            return Unmark(command) if command.id in self.answered or start.in_log else Settle(command, before)
+        if start.phase == "store":
+            assert start.result is not None
+            return Store(start.result)
+        if start.phase == "unmark":
+            return Unmark(start.markers[0][0])
+        return TakeCommands()
+
+    def started(self, outcome: StartOutcome, now: float, mono: float) -> None:
+        """What carrying out the last start-up action found, at clock time ``now`` and monotonic time ``mono``."""
+        start = self.start
+        if isinstance(outcome, Opened):
+            start.phase = "recall"
+        elif isinstance(outcome, Recalled):
+            self.recall(outcome.results)
+            start.phase = "find"
+        elif isinstance(outcome, LeftOver):
+            start.markers, start.since, start.phase = deque(outcome.markers), mono, "settle"
+        elif isinstance(outcome, Found):
+            start.in_log = outcome.in_log
+        elif isinstance(outcome, Settled):
+            command, before = start.markers[0]
+            start.result = self.settled(command, before, outcome.vcpus, now, mono - start.since)
+            start.phase = "store"
+        elif isinstance(outcome, Stored):
+            self.stored(outcome.result)
+            start.phase = "unmark"
+        elif isinstance(outcome, (Unmarked, Failed)):  # settled, or not this time: its marker stays for the next
+            start.markers.popleft()
+            start.since, start.in_log, start.result, start.phase = mono, None, None, "settle"
+        else:
+            assert isinstance(outcome, Watching), outcome
+            start.phase = "started"
 
     # -- restart --------------------------------------------------------------------------------------------------
 

@@ -1,15 +1,17 @@
 """The actuator service: durable command intake, one command at a time per VM, exactly one result each.
 
-A thin shell around the command ledger (ledger.py), which holds every rule and their order: each VM's worker asks
-the ledger for its next action, carries it out (the event log, the pause book, the driver, the progress markers,
-acknowledgements) and hands back what it found (ARCHITECTURE.md). Commands come from a durable JetStream consumer
+A thin shell around the command ledger (ledger.py), which holds every rule and their order; the shell only carries
+out what it says (ARCHITECTURE.md): at start-up, each step before any command is taken (``_start_up``); for each
+delivery, what to do with it (``_dispatch``); and each VM's worker asks the ledger for its next action, carries it
+out (the event log, the pause book, the driver, the progress markers, acknowledgements) and hands back what it
+found. Commands come from a durable JetStream consumer
 (explicit ack), so a restarted actuator resumes where it stopped. A command is acknowledged only after its result
 is stored. Every command gets exactly one result, across restarts too: the ids answered in the last
 ``ANSWERED_KEEP_S`` are kept in memory (answered.py) and read back from the event log at startup; a copy of a
 command older than that is looked up in the log before it is judged. A copy of an answered command is
 acknowledged without acting or answering again. A command interrupted by a crash in the middle of its hot-plug
 steps is settled by the next actuator before anything else (progress.py): its result reports the change that
-did happen.
+did happen (unless the event log has its result already: the actuator had stored it when it died).
 
 A VM an operator paused (``hotplug pause``) is refused with ``paused`` whatever the decider knows: the actuator
 watches its host's keys of the pause bucket and takes no command before it knows the pauses in force.
@@ -49,29 +51,44 @@ from services.actuator.ledger import (
     Acknowledged,
     Action,
     Done,
-    Duplicate,
     Execute,
     Executed,
     Failed,
+    FindLeftOver,
     Found,
     HostRead,
+    Ignore,
     Ledger,
     LedgerRules,
+    LeftOver,
     LookUp,
     Mark,
     Marked,
+    Open,
+    Opened,
     Outcome,
     PauseRead,
     ReadHost,
     ReadPause,
     ReadVm,
+    Recall,
+    Recalled,
     Recounted,
     Reread,
+    Settle,
+    Settled,
+    StartAction,
+    StartOutcome,
+    StartWorker,
     Store,
     Stored,
+    TakeCommands,
+    Terminate,
     Unmark,
     Unmarked,
     VmRead,
+    Watching,
+    WatchPauses,
 )
 from services.actuator.progress import ProgressLog
 from services.actuator.vmbounds import bounds_for
@@ -218,11 +235,7 @@ class Actuator:
         return topology.actuator_consumer(self.config.name, self.ctx.host)
 
     async def run(self) -> None:
-        await bus.ensure_streams(self.ctx.js)
-        self.progress = await ProgressLog.open(self.ctx.js, self.ctx.host)
-        await self._recall_answered()
-        await self._settle_left_over()
-        await self.pauses.start()  # no command is taken before the pauses in force are known
+        await self._start_up()
         start = dt.datetime.fromtimestamp(time.time() - 300, tz=dt.UTC)
         consumer = ConsumerConfig(
             durable_name=self.durable,
@@ -303,17 +316,16 @@ class Actuator:
             await asyncio.sleep(1.0)
 
     async def _dispatch(self, msg: Msg) -> None:
-        command = self.commands.open(msg.subject, msg.data)
-        if command is None:
-            await msg.term()  # malformed: never redeliver
-            return
-        received = self.ledger.receive(command, msg)
-        if isinstance(received, Duplicate):
-            self._ignore_duplicate(command, received.why)
-            if not received.held:
-                await msg.ack()
-        elif received.start_worker:
-            self._workers[command.vm] = asyncio.ensure_future(self._work(command.vm))
+        """Do what the ledger says with one delivery (its order is the ledger's: ``Ledger.receive``)."""
+        intake = self.ledger.receive(self.commands.open(msg.subject, msg.data), msg)
+        if isinstance(intake, Terminate):
+            await intake.handle.term()
+        elif isinstance(intake, Ignore):
+            self._ignore_duplicate(intake.command, intake.why)
+            for handle in intake.handles:
+                await handle.ack()
+        elif isinstance(intake, StartWorker):
+            self._workers[intake.vm] = asyncio.ensure_future(self._work(intake.vm))
 
     async def _look(self) -> None:
         """Read the driver's host view now and take it, with the capacity the [[host]] rules give its CPUs."""
@@ -434,18 +446,51 @@ class Actuator:
             async for result in stored:
                 yield result
 
-    async def _recall_answered(self) -> None:
-        """Fill the memory of answered commands from the event log, before taking any command."""
-        since = self.ledger.recall_since(self.ctx.clock.now())
+    async def _start_up(self) -> None:
+        """Carry out what the ledger says to do before any command is taken, in its order, until it says to take
+        commands (``Ledger.start_action``)."""
+        while not isinstance(action := self.ledger.start_action(self.ctx.clock.now()), TakeCommands):
+            outcome = await self._carry_out_start(action)
+            self.ledger.started(outcome, self.ctx.clock.now(), time.perf_counter())
+
+    async def _carry_out_start(self, action: StartAction) -> StartOutcome:
+        if isinstance(action, Open):
+            await bus.ensure_streams(self.ctx.js)
+            self.progress = await ProgressLog.open(self.ctx.js, self.ctx.host)
+            return Opened()
+        if isinstance(action, Recall):
+            results = await self._recall(action.since)
+            log.info("%d commands answered in the last %.0f s", len(results), ANSWERED_KEEP_S)
+            return Recalled(results)
+        if isinstance(action, FindLeftOver):
+            return LeftOver(tuple((marker.command, marker.before) for marker in await self.progress.left_over()))
+        if isinstance(action, LookUp):
+            return Found(await self._in_log(action.command, action.since))
+        if isinstance(action, Settle):
+            try:
+                return Settled(await self._wait_for_quiet(action.command))
+            except DriverError as exc:
+                command = action.command
+                log.warning("%s left in progress on %s, not settled: %s", command.id, command.vm, exc.message)
+                return Failed(Refusal(exc.code, exc.message))
+        if isinstance(action, Store):
+            await self._store(action.result)
+            return Stored(action.result)
+        if isinstance(action, Unmark):
+            await self.progress.end(action.command)
+            return Unmarked()
+        assert isinstance(action, WatchPauses), action
+        await self.pauses.start()
+        return Watching()
+
+    async def _recall(self, since: float) -> tuple[ScaleResult, ...]:
+        """The results stored from clock time ``since`` on, read again from the start while the broker fails."""
         while True:
             try:
-                async for result in self._results_in_log(subjects.host_results(self.ctx.host), since):
-                    self.ledger.recall([result])
-                break
+                return tuple([r async for r in self._results_in_log(subjects.host_results(self.ctx.host), since)])
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("answered commands not read back yet (%s); retrying", exc or type(exc).__name__)
                 await asyncio.sleep(1.0)
-        log.info("%d commands answered in the last %.0f s", len(self.ledger.answered), ANSWERED_KEEP_S)
 
     async def _in_log(self, command: ScaleCommand, since: float) -> bool:
         """Whether the event log holds a result of ``command`` (too old for the memory of answered ids)."""
@@ -455,24 +500,6 @@ class Actuator:
                 if result.command_id == command.id:
                     return True
         return False
-
-    async def _settle_left_over(self) -> None:
-        """Store the result of every command a dead actuator of this host was in the middle of (see
-        progress.py), as things are, before taking any new command."""
-        for marker in await self.progress.left_over():
-            command = marker.command
-            if command.id not in self.ledger.answered:
-                started = time.perf_counter()
-                try:
-                    now = await self._wait_for_quiet(command)
-                except DriverError as exc:
-                    log.warning("%s left in progress on %s, not settled: %s", command.id, command.vm, exc.message)
-                    continue
-                duration = time.perf_counter() - started
-                result = self.ledger.settled(command, marker.before, now, self.ctx.clock.now(), duration)
-                await self._store(result)
-                self.ledger.stored(result)
-            await self.progress.end(command)
 
     async def _wait_for_quiet(self, command: ScaleCommand) -> int:
         """The VM's count once it reaches the command's target, or has not moved for ``settle_s``: a step the

@@ -65,8 +65,9 @@ def dotted(keys: KeyPath) -> str:
     return out
 
 
-def parse(text: str, path: Path) -> LoadedConfig:
-    """A config from its text (``path`` names it in errors). Pure."""
+def parse(text: str, path: Path, schema: type[ConfigFile] = ConfigFile) -> LoadedConfig:
+    """A config from its text (``path`` names it in errors), of type ``schema`` (``hotplug`` adds the hypervisor
+    records' keys to ``[up]``: ``schema.config_file_with``). Pure."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -76,9 +77,9 @@ def parse(text: str, path: Path) -> LoadedConfig:
         raise ConfigError(path, int(found["line"]), found["reason"]) from None
     lines = key_lines(text)
     try:
-        config = msgspec.convert(raw, ConfigFile)
+        config = msgspec.convert(raw, schema)
     except msgspec.ValidationError as exc:
-        loaded = LoadedConfig(path, ConfigFile(), lines)
+        loaded = LoadedConfig(path, schema(), lines)
         keys, reason = error_location(str(exc))
         raise loaded.error(keys, reason) from None
     loaded = LoadedConfig(path, config, lines)
@@ -89,9 +90,9 @@ def parse(text: str, path: Path) -> LoadedConfig:
 def _check_plugin_names(loaded: LoadedConfig) -> None:
     """Source and driver names are open-ended in the types (plug-ins register more), so they are checked here,
     against the registries as they stand once $HOTPLUG_PLUGINS is imported, with the key's line; so are the
-    ``[plugins.NAME]`` tables, against the plug-in's config type. A registry not imported (no command that runs
-    its plug-ins) has nothing to check against."""
-    from shared.plugins import names_in, registries, registry_of
+    ``[plugins.NAME]`` tables, against the option types of the plug-ins of that name (a source, a driver, a
+    hypervisor record). A registry not imported (no command that runs its plug-ins) has nothing to check against."""
+    from shared.plugins import names_in, plugin_options, registry_of
 
     config = loaded.config
     sources, drivers = registry_of("source"), registry_of("driver")
@@ -107,36 +108,36 @@ def _check_plugin_names(loaded: LoadedConfig) -> None:
         choices = names_in(known)
         if name not in choices:
             raise loaded.error(keys, f"unknown {kind} {name!r}; choose from {', '.join(choices)}")
-    every = registries()
+    every = plugin_options()
+    if not every:
+        return  # no command that runs plug-ins: nothing to check against
     for name, options in config.plugins.items():
-        types = [r.config_types()[name] for r in every if name in r.config_types()]
-        if not every:
-            continue
+        types = every.get(name)
         if not types:
-            names = sorted({n for r in every for n in r.config_types()})
-            raise loaded.error(("plugins", name), f"no plug-in {name!r}; choose from {', '.join(names)}")
+            raise loaded.error(("plugins", name), f"no plug-in {name!r}; choose from {', '.join(sorted(every))}")
+        # A source, a driver and a hypervisor record of one name share the table: a key is one of theirs, and each
+        # checks the keys it takes.
+        for key in options:
+            if not any(key in t.__struct_fields__ for t in types):
+                taken = ", ".join(dict.fromkeys(k for t in types for k in t.__struct_fields__)) or "no options"
+                raise loaded.error(("plugins", name, key), f"unknown key; {name} takes {taken}")
         for config_type in types:
-            for key in options:
-                if key not in config_type.__struct_fields__:
-                    raise loaded.error(("plugins", name, key), f"unknown key; {name} takes {_keys_of(config_type)}")
             try:
-                msgspec.convert(options, config_type, strict=False)
+                msgspec.convert(
+                    {k: v for k, v in options.items() if k in config_type.__struct_fields__}, config_type, strict=False
+                )
             except (msgspec.ValidationError, UserError) as exc:
                 cause = exc.__cause__ if isinstance(exc.__cause__, UserError) else exc
                 raise loaded.error(("plugins", name), str(cause)) from None
 
 
-def _keys_of(config_type: type[msgspec.Struct]) -> str:
-    return ", ".join(config_type.__struct_fields__) or "no options"
-
-
-def load(path: Path) -> LoadedConfig:
-    """Read and check ``path``."""
+def load(path: Path, schema: type[ConfigFile] = ConfigFile) -> LoadedConfig:
+    """Read and check ``path`` (of type ``schema``, as :func:`parse`)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, None, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    return parse(text, path)
+    return parse(text, path, schema)
 
 
 def error_location(message: str) -> tuple[KeyPath, str]:

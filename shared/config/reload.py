@@ -63,7 +63,7 @@ class Reloader:
             return False
         path: Path = self.loaded.path
         try:
-            new = await asyncio.to_thread(load, path)
+            new = await asyncio.to_thread(load, path, type(self.loaded.config))  # the keys it started with
             summary = self.apply(new)
         except ConfigError as exc:
             self.reloads.labels("invalid").inc()

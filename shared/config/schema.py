@@ -13,7 +13,8 @@ unknown keys are refused, never silently ignored (a limit that is not read is wo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import msgspec
 from msgspec import Meta
@@ -22,8 +23,8 @@ from shared import topology
 from shared.bus import DEFAULT_URL_ENV as NATS_URL_ENV  # read where the bus connects
 from shared.config.settings import Params as Params
 from shared.config.settings import ParamValue as ParamValue
+from shared.config.settings import Spec, section_of, section_with
 from shared.config.settings import param_flags as param_flags
-from shared.config.settings import section_of
 from shared.libvirt.connection import URI_ENV as LIBVIRT_URI_ENV  # read where libvirt connects
 
 PosInt = Annotated[int, Meta(ge=1)]
@@ -57,6 +58,7 @@ LibvirtUri = Annotated[
 LibvirtOptIn = Annotated[
     bool, Meta(description="libvirt: only domains whose hotplug metadata says enabled (hotplug libvirt prepare)")
 ]
+Seed = Annotated[int, Meta(description="workload and arrivals seed")]
 Interval = Annotated[PosFloat, Meta(description="sampling interval, seconds (of the shared clock)")]
 Speed = Annotated[PosFloat, Meta(description="simulated seconds per wall second")]
 LogLevel = Annotated[str, Meta(description="DEBUG, INFO, WARNING or ERROR")]
@@ -130,7 +132,7 @@ class SimulatorSettings(ServiceSettings):
         Meta(description=f"VMs to simulate (default {VMS}); with trace, the first N of the trace's VMs by name"),
     ] = None
     trace: TraceFile = None
-    seed: Annotated[int, Meta(description="workload and arrivals seed")] = SEED
+    seed: Seed = SEED
     host_cores: HostCores = None
     arrivals_rate: ArrivalsRate = 0.0
     arrivals_file: ArrivalsFile = None
@@ -231,13 +233,14 @@ class AgentSettings(ServiceSettings):
 
 class UpSettings(Settings):
     """``hotplug up``: what it runs. Its children also read this file (its ``[[vm]]`` rules and their own
-    sections), but what ``up`` passes them (policy, param, interval, dry_run...) comes first."""
+    sections), but what ``up`` passes them (policy, param, interval, dry_run...) comes first. The keys of one
+    hypervisor only (the simulator's seed and trace, libvirt's URI...) are its record's own options, each named for
+    its hypervisor."""
 
     vms: Annotated[
         PosInt | None,
         Meta(description="the run's VMs, as the hypervisor makes them (`hotplug up --help` says how each does)"),
     ] = None
-    trace: TraceFile = None
     duration: Annotated[PosFloat | None, Meta(description="stop after this many simulated seconds")] = None
     speed: Speed = SPEED
     policy: Annotated[
@@ -262,11 +265,6 @@ class UpSettings(Settings):
     max_vcpus: Annotated[
         PosInt, Meta(description="a hypervisor that boots guests for the run: each one's maximum (it boots with 1)")
     ] = 4
-    libvirt_uri: LibvirtUri = None
-    seed: Annotated[int, Meta(description="simulator: workload and arrivals seed")] = SEED
-    host_cores: HostCores = None
-    arrivals_rate: ArrivalsRate = 0.0
-    arrivals_file: ArrivalsFile = None
     interval: Interval = INTERVAL_S
     dry_run: Annotated[bool, Meta(description="decide and log, but command nothing")] = False
     no_decider: Annotated[
@@ -419,6 +417,23 @@ class ConfigFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         dict[str, dict[str, Any]],
         Meta(description="a plug-in's own options, by its name: [plugins.NAME] KEY = VALUE (its flag --KEY)"),
     ] = {}
+
+
+def config_file_with(up: Sequence[Spec]) -> type[ConfigFile]:
+    """The file's type with the settings ``up`` among ``[up]``'s keys: the built-in hypervisor records' own options,
+    which ``hotplug.hypervisors`` declares (``shared`` knows no record, so :class:`ConfigFile` alone refuses them;
+    ``hotplug`` reads every file with this type, and a service's reload keeps the type it started with)."""
+    if not up:
+        return ConfigFile
+    section = section_with("UpSection", up, UpSection, __name__)
+    section.__doc__ = UpSection.__doc__
+    field = msgspec.field(default_factory=section)
+    config = cast(
+        type[ConfigFile],
+        msgspec.defstruct("ConfigFile", [("up", section, field)], bases=(ConfigFile,), module=__name__, kw_only=True),
+    )
+    config.__doc__ = ConfigFile.__doc__
+    return config
 
 
 # The section each command reads, with [service] under it for the services.

@@ -216,8 +216,16 @@ def section_of(
     """The config-file section of ``settings``: the same keys, types, ranges and descriptions, each optional (a
     key the file leaves out is None, and keeps the layer below), under ``base``; ``inherited``'s keys are
     ``base``'s already."""
+    section = section_with(name, own_specs(settings, inherited), base, settings.__module__)
+    section.__doc__ = settings.__doc__
+    return section
+
+
+def section_with(name: str, settings: Iterable[Spec], base: type[msgspec.Struct], module: str) -> type[Any]:
+    """A section of ``base``'s keys and one optional key per setting of ``settings`` (``[up]`` is ``UpSettings``'
+    keys and each built-in hypervisor record's own options)."""
     fields = []
-    for spec in own_specs(settings, inherited):
+    for spec in settings:
         plain = typing.get_args(spec.hint)[0] if typing.get_origin(spec.hint) is Annotated else spec.hint
         if spec.kind in (list, dict):
             inner: Any = plain
@@ -226,8 +234,8 @@ def section_of(
             inner = Annotated[spec.kind, Meta(**bounds)] if bounds else spec.kind
         hint = Annotated[inner | None, Meta(description=spec.description)]
         fields.append((spec.name, hint, None))
-    section: type[Any] = msgspec.defstruct(name, fields, bases=(base,), module=settings.__module__)
-    section.__doc__ = settings.__doc__
+    section: type[Any] = msgspec.defstruct(name, fields, bases=(base,), module=module)
+    section.__doc__ = base.__doc__
     return section
 
 

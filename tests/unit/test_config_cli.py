@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from hotplug.cli import build_parser, main
-from hotplug.config import _subparser, apply_file, config_path, reference
+from hotplug.config import _subparser, apply_file, config_path, reference, section_type, up_settings
 from shared import bus
 from shared.config.schema import (
     CONFIG_ENV,
@@ -63,13 +63,13 @@ def write(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("command", sorted(SECTIONS))
 def test_each_section_has_exactly_its_commands_flags(command: str) -> None:
-    assert set(SECTIONS[command].__struct_fields__) == set(actions(command))
+    assert set(section_type(command).__struct_fields__) == set(actions(command))
 
 
 @pytest.mark.parametrize("command", sorted(SECTIONS))
 def test_each_key_takes_what_its_flag_takes(command: str) -> None:
-    schema: dict[str, Any] = msgspec.json.schema(SECTIONS[command])
-    props = schema["$defs"][SECTIONS[command].__name__]["properties"]
+    schema: dict[str, Any] = msgspec.json.schema(section_type(command))
+    props = schema["$defs"][section_type(command).__name__]["properties"]
     for dest, action in actions(command).items():
         kinds = {o.get("type") for o in props[dest].get("anyOf", [props[dest]])} - {"null"}
         enum = next((o["enum"] for o in props[dest].get("anyOf", []) if "enum" in o), None)
@@ -88,7 +88,8 @@ def test_each_key_takes_what_its_flag_takes(command: str) -> None:
 
 
 def test_the_environment_variables_named_are_those_the_code_reads() -> None:
-    service, up = env_of(ServiceSettings), env_of(UpSettings)
+    service = env_of(ServiceSettings)
+    up = {s.name: s.env for s in up_settings() if s.env is not None}  # the records' options' too (libvirt_uri)
     assert service["nats"] == up["nats"] == bus.DEFAULT_URL_ENV
     assert env_of(SETTINGS["collector"])["libvirt_uri"] == up["libvirt_uri"] == URI_ENV
     assert service == {
@@ -186,7 +187,8 @@ def test_the_docs_reference_is_the_generated_one() -> None:
 
 def test_the_reference_names_every_key() -> None:
     text = reference()
-    for command, section in SECTIONS.items():
+    for command in SECTIONS:
+        section = section_type(command)
         own = set(section.__struct_fields__) - (
             set(ServiceSection.__struct_fields__) if issubclass(section, ServiceSection) else set()
         )
@@ -242,13 +244,16 @@ def test_ups_summary_names_each_vms_rule() -> None:
 @pytest.mark.parametrize("command", sorted(SETTINGS))
 def test_no_flag_holds_a_default_of_its_own(command: str) -> None:
     """Every flag defaults to "not given": what a command starts from is its settings Struct's defaults (then the
-    file, then the environment), so a flag's default cannot differ from its setting's."""
+    file, then the environment), so a flag's default cannot differ from its setting's. For ``up``, each hypervisor
+    record's own options too: their defaults are their record's Struct's."""
     sub = _subparser(build_parser(), command)
     for action in sub._actions:
         if action.dest not in NOT_MIRRORED:
             assert action.default is argparse.SUPPRESS, (command, action.dest)
     args = parse([command])
-    for spec in specs(SETTINGS[command]):
+    declared = up_settings() if command == "up" else specs(SETTINGS[command])
+    assert {s.name for s in declared} == set(actions(command))
+    for spec in declared:
         expected: Any = spec.default
         if spec.is_path and expected is not None:
             expected = Path(expected)
@@ -307,24 +312,16 @@ def test_a_nats_url_in_the_environment_is_left_for_the_bus_to_read(
 
 
 def test_the_defaults_still_written_elsewhere_are_the_settings() -> None:
-    """Copies in modules this refactor left alone (the ledger's rules, the built-in plug-ins' configs, up's own
-    options): held to the settings until they take them from there."""
-    import dataclasses
-
+    """Copies in modules this refactor left alone (the built-in plug-ins' configs, up's options): held to the
+    settings until they take them from there."""
     from hotplug.hypervisors import DEFAULT_VMS
-    from hotplug.hypervisors.simulator import SimulatorUp
     from hotplug.up import UpOptions
     from services.actuator.drivers.registry import DRIVERS
-    from services.actuator.ledger import LedgerRules
     from services.collector.sources.registry import SOURCES
     from services.simulator.scenario import SimulatorConfig
 
-    actuator = ActuatorSettings()
-    rules = {f.name: f.default for f in dataclasses.fields(LedgerRules)}
-    assert (rules["max_changes"], rules["rate_window_s"]) == (actuator.max_changes, actuator.rate_window)
     assert SimulatorConfig().vms == DEFAULT_VMS
     up, options = UpSettings(), UpOptions()
-    assert SimulatorUp().seed == up.seed
     assert (options.speed, options.interval_s, options.max_vcpus, options.cluster) == (
         up.speed,
         up.interval,

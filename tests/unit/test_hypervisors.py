@@ -1,9 +1,11 @@
 """The hypervisor records: each names a source and a driver that exist; ``up`` builds every child's command line and
-its provisioning from the run's record, refuses another hypervisor's options in one line, and takes a plug-in's
-record (its own flag, its provisioning) from $HOTPLUG_PLUGINS; and nothing in ``hotplug/`` branches on a name."""
+its provisioning from the run's record, takes each record's own options from its flags and the config file, refuses
+another hypervisor's options in one line, and takes a plug-in's record (its own flag and file key, its provisioning)
+from $HOTPLUG_PLUGINS; and nothing in ``hotplug/`` branches on a name."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import re
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hotplug import cli
+from hotplug.config import apply_file
 from hotplug.hypervisors import HYPERVISORS, NoOptions
 from hotplug.hypervisors.libvirt import DIR_ENV as LIBVIRT_DIR_ENV
 from hotplug.hypervisors.libvirt import LibvirtUp
@@ -127,3 +130,52 @@ def test_nothing_in_hotplug_branches_on_a_hypervisors_name() -> None:
         if branch.search(line)
     ]
     assert found == []
+
+
+def _up(argv: list[str]) -> argparse.Namespace:
+    """``up ARGV`` parsed as ``main`` parses it: the config file's layers under the flags."""
+    parser = cli.build_parser()
+    apply_file(parser, ["up", *argv])
+    return parser.parse_args(["up", *argv])
+
+
+@pytest.mark.usefixtures("toy_hypervisor")
+def test_a_plugins_record_takes_its_option_from_the_file_and_the_flag_beats_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--toyhv-demand`` is also ``toyhv_demand`` in ``[plugins.toyhv]``, as a plug-in source's option is: built-in
+    default < file < flag, and the file's value is checked by the record's options at its line."""
+    toy = HYPERVISORS.get("toyhv")
+
+    def demand(*argv: str) -> float:
+        return float(toy.own_from(vars(_up(["--hypervisor", "toyhv", *argv]))).toyhv_demand)
+
+    path = tmp_path / "hotplug.toml"
+    path.write_text("[plugins.toyhv]\ntoyhv_demand = 2\n")
+    assert demand() == 3.0  # the record's default
+    assert demand("--toyhv-demand", "1.5") == 1.5
+    assert demand("--config", str(path)) == 2.0
+    assert demand("--config", str(path), "--toyhv-demand", "1.5") == 1.5
+    for text, error in [
+        ("[plugins.toyhv]\ntoyhv_demand = 100\n", "hotplug.toml:1: plugins.toyhv: --toyhv-demand takes cores from 0"),
+        (
+            "[plugins.toyhv]\n\ntoyhv_demnd = 1\n",
+            "hotplug.toml:3: plugins.toyhv.toyhv_demnd: unknown key; toyhv takes ",
+        ),
+        ("[up]\ntoyhv_demand = 2\n", "hotplug.toml:2: up.toyhv_demand: unknown key"),  # a plug-in's: not in [up]
+    ]:
+        path.write_text(text)
+        assert cli.main(["up", "--config", str(path)]) == 2
+        assert error in capsys.readouterr().err
+
+
+def test_a_built_in_records_options_are_up_keys_of_the_file_below_the_flags(tmp_path: Path) -> None:
+    """The simulator's and libvirt's own options keep their ``[up]`` keys; the records declare them."""
+    path = tmp_path / "hotplug.toml"
+    path.write_text(
+        '[up]\nseed = 7\nhost_cores = 12\narrivals_file = "jobs.csv"\nlibvirt_uri = "qemu+ssh://h/system"\n'
+    )
+    simulator = HYPERVISORS.get("simulator").own_from(vars(_up(["--config", str(path), "--seed", "9"])))
+    assert (simulator.seed, simulator.host_cores, simulator.arrivals_file) == (9, 12, str(tmp_path / "jobs.csv"))
+    libvirt = HYPERVISORS.get("libvirt").own_from(vars(_up(["--config", str(path)])))
+    assert libvirt == LibvirtUp(libvirt_uri="qemu+ssh://h/system")

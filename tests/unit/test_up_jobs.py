@@ -196,7 +196,7 @@ def test_a_vm_that_left_its_host_leaves_the_live_view_but_stays_in_the_summary()
         (UpOptions(vms=3, own=SimulatorUp(seed=9, host_cores=20, arrivals_rate=6.0)), ""),
         (UpOptions(vms=2), '[simulator]\nprofiles = "batch,idle"\nmax_vcpus = 6\narrivals_file = "jobs.csv"\n'),
         (UpOptions(own=SimulatorUp(arrivals_rate=3.0)), "[simulator]\nhost_cores = 12\narrivals_seed = 5\nvms = 4\n"),
-        (UpOptions(own=SimulatorUp(trace=Path("TRACE"))), "[simulator]\nvms = 1\n"),
+        (UpOptions(own=SimulatorUp(trace="TRACE")), "[simulator]\nvms = 1\n"),
         (UpOptions(), '[simulator]\ntrace = "trace.csv"\n'),
     ],
 )
@@ -206,7 +206,7 @@ def test_up_rebuilds_exactly_what_its_simulator_child_runs(options: UpOptions, s
     config_file = tmp_path / "hotplug.toml"
     config_file.write_text(section)
     if options.own is not None and options.own.trace is not None:
-        options = replace(options, own=msgspec.structs.replace(options.own, trace=tmp_path / "trace.csv"))
+        options = replace(options, own=msgspec.structs.replace(options.own, trace=str(tmp_path / "trace.csv")))
     options = replace(options, config=config_file)
     argv = child_argv("simulator", options, "nats://127.0.0.1:1", 0.0, 1)[3:]  # after "python -m hotplug"
     parser = build_parser()
