@@ -48,19 +48,30 @@ class Tally:
         """One VM's demand and the vCPUs it had in each step; demand above its size counts as its size."""
         dt = series.step_s
         low, high = series.min_vcpus, series.max_vcpus
+        # The sums run in locals (the same additions in the same order as into the fields: the same floats), and the
+        # oracle's size is oracle_allocation's written out: a replay's whole tally is this loop.
+        alloc, oracle, served_s = self.alloc_core_s, self.oracle_core_s, self.served_core_s
+        demand_s, unmet, under, actions = self.demand_core_s, self.unmet_core_s, self.under_steps, self.actions
+        ceil, top = math.ceil, float(high)
         previous = None
         for wanted, a in zip(series.demand, allocations, strict=True):
-            d = min(wanted, float(high))
-            served = min(d, float(a))
-            self.alloc_core_s += a * dt
-            self.oracle_core_s += oracle_allocation(d, low, high) * dt
-            self.served_core_s += served * dt
-            self.demand_core_s += d * dt
-            self.unmet_core_s += (d - served) * dt
-            self.under_steps += d > a
+            # min() and max() written out exactly as they choose: min(x, y) is y only if y < x.
+            d = top if top < wanted else wanted  # min(wanted, top)
+            fa = float(a)
+            served = fa if fa < d else d  # min(d, float(a))
+            alloc += a * dt
+            best = ceil(d - 1e-9)
+            best = best if best < high else high  # oracle_allocation: max(low, min(high, best))
+            oracle += (low if best < low else best) * dt
+            served_s += served * dt
+            demand_s += d * dt
+            unmet += (d - served) * dt
+            under += d > a
             if previous is not None and a != previous:
-                self.actions += 1
+                actions += 1
             previous = a
+        self.alloc_core_s, self.oracle_core_s, self.served_core_s = alloc, oracle, served_s
+        self.demand_core_s, self.unmet_core_s, self.under_steps, self.actions = demand_s, unmet, under, actions
         self.steps += len(allocations)
         self.vm_seconds += len(allocations) * dt
 

@@ -200,6 +200,13 @@ class VmEngine:
         obs, rec = proposal.obs, proposal.rec
         if self.pending_target is not None:
             return None
+        if limit is None and paused is None and not self.holds and _clamped(obs, rec.target) == obs.vcpus:
+            # The policy holds (most samples): what the rails would say of an order to stay, without building it.
+            if rec.kind in HELD_KINDS:
+                self.held = Held(rec.kind, rec.reason)
+            elif rec.kind == "host-full" and proposal.want > obs.vcpus:
+                self.held = Held(ErrorCode.HOST_FULL.value, rec.reason)
+            return None
         warm = True
         if limit is not None and (limit.vcpus < proposal.want or limit.vcpus < obs.vcpus):
             n, target = obs.vcpus, max(obs.min_vcpus, limit.vcpus)

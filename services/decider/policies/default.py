@@ -64,6 +64,9 @@ PRICE_SCALE = 0.005
 RESCALE_EXPONENT = 60.0
 ARM_COSTS_HALF_LIFE_S = 86400.0  # how long an arm's record of costs lasts (Choice)
 STEER_HALF_LIFE_S = 86400.0  # ... and the realised unmet share the price is steered by (Price)
+# The memo of each window's sizes by (peak, vCPUs, range) (``_arm_sizes``) is emptied when it holds this many: live,
+# peaks are any float, so it must not grow without bound; in replay a few hundred keys serve most samples.
+SIZES_MEMO_MAX = 4096
 
 
 class DefaultParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -123,9 +126,15 @@ class DefaultState(msgspec.Struct):
 
 def _push(queue: deque[tuple[float, float]], t: float, value: float, horizon: float) -> float:
     """Add ``value`` at ``t`` to a monotone max-queue, forget what is older than ``horizon``; the peak."""
+    return _push_item(queue, (t, value), horizon)
+
+
+def _push_item(queue: deque[tuple[float, float]], item: tuple[float, float], horizon: float) -> float:
+    """``_push`` of an ``item`` (time, value) made once for all of a sample's queues (tuples are immutable)."""
+    value = item[1]
     while queue and queue[-1][1] <= value:
         queue.pop()
-    queue.append((t, value))
+    queue.append(item)
     while len(queue) > 1 and queue[0][0] <= horizon:
         queue.popleft()
     return queue[0][1]
@@ -139,20 +148,27 @@ def cheapest_size(memory: Memory, price: float, low: int, high: int, current: in
     if weight <= 0:
         return current
     size = len(excess)
-
-    def cost(a: int) -> float:
-        return a * weight + price * (excess[a] if a < size else 0.0)
-
+    # cost(a) = a × weight + price × (excess[a] if a < size else 0.0), written out in place (no closure per call).
     start = min(max(current, low), high)
-    best, best_cost = start, cost(start)
-    if best > low and (c := cost(best - 1)) <= best_cost:
-        best, best_cost = best - 1, c
-        while best > low and (c := cost(best - 1)) <= best_cost:
-            best, best_cost = best - 1, c
+    best, best_cost = start, start * weight + price * (excess[start] if start < size else 0.0)
+    start_cost = best_cost
+    a = best - 1
+    if best > low and (c := a * weight + price * (excess[a] if a < size else 0.0)) <= best_cost:
+        best, best_cost = a, c
+        while best > low:
+            a = best - 1
+            c = a * weight + price * (excess[a] if a < size else 0.0)
+            if c > best_cost:
+                break
+            best, best_cost = a, c
     else:
-        while best < high and (c := cost(best + 1)) < best_cost:
-            best, best_cost = best + 1, c
-    if best < start and cost(start) - best_cost < hysteresis * weight:
+        while best < high:
+            a = best + 1
+            c = a * weight + price * (excess[a] if a < size else 0.0)
+            if c >= best_cost:
+                break
+            best, best_cost = a, c
+    if best < start and start_cost - best_cost < hysteresis * weight:
         return start  # not worth a shrink
     return best
 
@@ -176,6 +192,11 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._target = params.target_unmet_pct / 100
         self._start_log_price = math.log(1 + PRICE_SCALE / self._target**2)
         self._start_price = math.exp(self._start_log_price)
+        # Memos of pure functions of their keys, shared by every VM (no VM's state is in them): the speed of a
+        # sample's step, not its result, depends on them (docs/performance.md).
+        self._sizes_memo: dict[tuple[float, int, int, int], list[int]] = {}
+        self._why_memo: dict[tuple[bool, int, float], str] = {}
+        self._fade_dt, self._fade = 0.0, 1.0  # the costs' fade for the last interval (0.5 ** (0 / h) == 1.0)
 
     def rail_defaults(self) -> dict[str, float]:
         return {**self.default_rails, "warmup_s": self.params.caution_s * math.exp(self._start_log_price)}
@@ -215,16 +236,22 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
 
     def _charge(self, state: DefaultState, demand: float, dt: float, price: float) -> None:
         """Each arm pays, in core-seconds, for the size it gave one sample before and the vCPUs it moved."""
-        fade = 0.5 ** (dt / ARM_COSTS_HALF_LIFE_S)
-        before = state.before or state.previous
-        costs, change_cost = state.costs, self.params.change_cost_s
-        charge: dict[int, float] = {}  # arms mostly agree: price each distinct size once
-        for i, r in enumerate(state.previous):
-            c = charge.get(r)
-            if c is None:
-                c = charge[r] = dt * (r + (price * (demand - r) if demand > r else 0.0))
-            moved = r - before[i]
-            costs[i] = fade * costs[i] + c + change_cost * (moved if moved >= 0 else -moved)
+        if dt != self._fade_dt:  # the interval is mostly the same from one sample to the next
+            self._fade_dt, self._fade = dt, 0.5 ** (dt / ARM_COSTS_HALF_LIFE_S)
+        fade = self._fade
+        previous = state.previous
+        before = state.before or previous
+        change_cost = self.params.change_cost_s
+        # Arms mostly agree: price each distinct size once.
+        charge = {r: dt * (r + (price * (demand - r) if demand > r else 0.0)) for r in set(previous)}
+        if previous == before and math.isfinite(change_cost):
+            # No arm moved (most samples): each change term is change_cost × 0 = 0.0, and x + 0.0 is x.
+            state.costs[:] = [fade * cost + charge[r] for cost, r in zip(state.costs, previous, strict=True)]
+            return
+        state.costs[:] = [
+            fade * cost + charge[r] + change_cost * abs(r - b)
+            for cost, r, b in zip(state.costs, previous, before, strict=True)
+        ]
 
     def _choose(self, state: DefaultState) -> int:
         """The arm in charge: kept unless another is cheaper by more than a change costs (Autopilot's model-switch
@@ -269,25 +296,37 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         """The size each arm gives now: the peaks of the windows times each multiplier, then the memories'
         cheapest sizes; any shrink leaves ``hysteresis`` of headroom."""
         n, low, high = obs.vcpus, obs.min_vcpus, obs.max_vcpus
-        ceil, h = math.ceil, self.params.hysteresis
+        t, h, memo = obs.time, self.params.hysteresis, self._sizes_memo
+        item = (t, demand)
         sizes: list[int] = []
         last_peak, last_sizes = -1.0, sizes
         for queue, window in zip(state.peaks, self._windows, strict=True):
-            peak = _push(queue, obs.time, demand, obs.time - window)
-            if peak == last_peak:  # longer windows often hold the same peak
-                sizes += last_sizes
-                continue
-            window_sizes = []
-            for k in self._multipliers:
-                wanted = peak * k
-                r = ceil(wanted - 1e-9)
-                if r < n:  # shrink only as far as leaves `hysteresis` of headroom
-                    r = min(n, ceil(wanted + h - 1e-9))
-                window_sizes.append(high if r > high else low if r < low else r)
-            sizes += window_sizes
-            last_peak, last_sizes = peak, window_sizes
-        sizes += [cheapest_size(m, price, low, high, n, h) for m in state.memories]
+            peak = _push_item(queue, item, t - window)
+            if peak != last_peak:  # longer windows often hold the same peak
+                # A window's sizes depend on its peak, the vCPUs and the range only, and a peak lasts for a while.
+                key = (peak, n, low, high)
+                known = memo.get(key)
+                if known is None:
+                    if len(memo) >= SIZES_MEMO_MAX:
+                        memo.clear()
+                    known = memo[key] = self._window_sizes(peak, n, low, high)
+                last_peak, last_sizes = peak, known
+            sizes += last_sizes
+        for m in state.memories:
+            sizes.append(cheapest_size(m, price, low, high, n, h))
         return sizes
+
+    def _window_sizes(self, peak: float, n: int, low: int, high: int) -> list[int]:
+        """The sizes the "peak of w s × k" arms give for a window's ``peak``, one per multiplier ``k``."""
+        ceil, h = math.ceil, self.params.hysteresis
+        window_sizes = []
+        for k in self._multipliers:
+            wanted = peak * k
+            r = ceil(wanted - 1e-9)
+            if r < n:  # shrink only as far as leaves `hysteresis` of headroom
+                r = min(n, ceil(wanted + h - 1e-9))
+            window_sizes.append(high if r > high else low if r < low else r)
+        return window_sizes
 
     # -- Need ----------------------------------------------------------------------------------------------------------
 
@@ -358,5 +397,11 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         state.before, state.previous = state.previous, sizes
         need = self._need(state, obs, demand)
         best = self._choose(state)
-        why = f"{'saturated; ' if censored else ''}{self.arms[best]} with unmet demand priced {price:.0f}x"
+        why = self._why_memo.get((censored, best, price))
+        if why is None:
+            if len(self._why_memo) >= SIZES_MEMO_MAX:  # with feedback on, the price is any float
+                self._why_memo.clear()
+            why = self._why_memo[censored, best, price] = (
+                f"{'saturated; ' if censored else ''}{self.arms[best]} with unmet demand priced {price:.0f}x"
+            )
         return self._calm(state, obs, demand, sizes[best], why, need)
