@@ -281,8 +281,9 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             excess = memory.excess
             if len(excess) < high + 1:
                 excess.extend([0.0] * (high + 1 - len(excess)))
-            for a in range(min(len(excess), math.ceil(demand))):
-                excess[a] += w * (demand - a)
+            k = min(len(excess), math.ceil(demand))
+            if k > 0:  # excess[a] += w × (demand - a) for each size a below the demand, in one pass
+                excess[:k] = [e + w * (demand - a) for a, e in enumerate(excess[:k])]
 
     def _rescale(self, state: DefaultState, t: float) -> None:
         assert state.reference is not None
