@@ -302,7 +302,14 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         sizes: list[int] = []
         last_peak, last_sizes = -1.0, sizes
         for queue, window in zip(state.peaks, self._windows, strict=True):
-            peak = _push_item(queue, item, t - window)
+            # _push_item(queue, item, t - window), written out: this runs for every window of every sample.
+            while queue and queue[-1][1] <= demand:
+                queue.pop()
+            queue.append(item)
+            horizon = t - window
+            while len(queue) > 1 and queue[0][0] <= horizon:
+                queue.popleft()
+            peak = queue[0][1]
             if peak != last_peak:  # longer windows often hold the same peak
                 # A window's sizes depend on its peak, the vCPUs and the range only, and a peak lasts for a while.
                 key = (peak, n, low, high)
