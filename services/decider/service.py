@@ -131,9 +131,12 @@ class DeciderMetrics(ServiceMetrics):
             ["reason"],
             registry=self.registry,
         )
-        # Every series exists from the start (at 0), so dashboards and alerts never query a missing one.
-        for reason in (*(code.value for code in ErrorCode), *HELD_KINDS):
-            self.held.labels(reason)
+        # Every series exists from the start (at 0), so dashboards and alerts never query a missing one. Children are
+        # kept by label: ``labels()`` costs more than the policy's whole step for a held sample (docs/performance.md).
+        self._held: dict[str, Any] = {
+            reason: self.held.labels(reason) for reason in (*(code.value for code in ErrorCode), *HELD_KINDS)
+        }
+        self._decisions: dict[tuple[str, str, str, str], Any] = {}
         self.deferred_grows = Gauge(
             "hotplug_decider_deferred_grows",
             "Grows deferred now for want of room on the host",
@@ -152,6 +155,19 @@ class DeciderMetrics(ServiceMetrics):
             ["host", "vm", "rule", "autoscale", "policy"],
             registry=self.registry,
         )
+
+    def count_held(self, label: str) -> None:
+        child = self._held.get(label)
+        if child is None:
+            child = self._held[label] = self.held.labels(label)
+        child.inc()
+
+    def count_decision(self, policy: str, direction: str, kind: str, mode: str) -> None:
+        key = (policy, direction, kind, mode)
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self.decisions.labels(*key)
+        child.inc()
 
 
 def observation_of(sample: MetricSample) -> Observation:
@@ -355,12 +371,12 @@ class Decider:
                     self._deferrals(sample.host, events, now)
             decision = engine.decide(proposal, paused=describe(pause) if pause else None, limit=limit)
         if engine.held is not None:
-            self.metrics.held.labels(engine.held.label).inc()
+            self.metrics.count_held(engine.held.label)
             log.debug("held %s/%s: %s", sample.host, sample.vm, engine.held.reason)
         outlet = self.recommend if plan.settings.autoscale == "recommend" else self.outlet
         if decision is not None:
             direction = "up" if decision.target > sample.online_vcpus else "down"
-            self.metrics.decisions.labels(engine.policy.name, direction, decision.kind, outlet.mode).inc()
+            self.metrics.count_decision(engine.policy.name, direction, decision.kind, outlet.mode)
         return outlet.emit(sample, engine, decision, now)
 
     def _send(self, command: ScaleCommand) -> None:
