@@ -491,7 +491,8 @@ def test_whole_loop_scales_two_real_domains_up_and_down_with_one_result_per_comm
         return rows[vm]["guest_online_vcpus"] if vm in rows else None
 
     def wait_guest(vm: str, count: int, timeout: float) -> None:
-        if not wait_until(lambda: guest_online(vm) == count, timeout, 0.5):
+        # every 2 s: each look is a `hotplug libvirt status` process, CPU the guest's vCPUs would otherwise get
+        if not wait_until(lambda: guest_online(vm) == count, timeout, 2.0):
             raise AssertionError(f"{vm} never reported {count} CPUs online; output:\n{out.text()}")
 
     try:
