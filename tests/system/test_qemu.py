@@ -63,8 +63,9 @@ def root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def guest_says(vm: QemuVm, command: str, timeout: float = 10.0) -> str:
-    """Run a command in the guest over its control channel; its first output line."""
+def guest_says(vm: QemuVm, command: str, timeout: float = 60.0) -> str:
+    """Run a command in the guest over its control channel; its first output line (a roomy deadline: a starved TCG
+    guest may take over 10 s, and a command sent before the last is answered reaches its console mixed with it)."""
     mark = vm.guest_log_size()
     vm.send(command)
     answers: list[str] = []
