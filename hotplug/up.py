@@ -173,7 +173,9 @@ async def run_up(options: UpOptions) -> Fleet:
             supervisor = Supervisor(data_dir / "logs", env=env)
             stack.push_async_callback(supervisor.stop)
             nc = await bus.connect(url, "hotplug-up")
-            await bus.ensure_streams(nc.jetstream(), reconcile=True)
+            # a roomier deadline than nats-py's 5 s for this one-time set-up: a just-elected cluster's replicated
+            # streams answered slower than that on a loaded machine (as in `hotplug chaos`)
+            await bus.ensure_streams(nc.jetstream(timeout=30), reconcile=True)
             await _Watcher(fleet).attach(nc, hosts=True)
             epoch = time.time()
             for service in services_of(options):

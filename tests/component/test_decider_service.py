@@ -9,7 +9,6 @@ after the busy sample, it has handled the busy one, and whatever that made it se
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -81,10 +80,15 @@ def start_decider(serve: Serve, nc: Client) -> Start:
             await made[0].run()
 
         service = await serve(DeciderMetrics("decider"), body, HOST)
+
         # Ready once it takes samples: probes until one is counted (samples sent before it subscribed are lost).
-        while service.count("hotplug_messages_received_total", kind="metric") == 0:
+        async def taking_samples() -> bool:
+            if service.count("hotplug_messages_received_total", kind="metric") > 0:
+                return True
             await nc.publish(subjects.metrics(HOST, PROBE), encode(sample(PROBE, used=1.0)))
-            await asyncio.sleep(0.05)
+            return False
+
+        await eventually(taking_samples, timeout=30, interval=0.05, what="the decider taking samples")
         return Running(service, made[0], nc)
 
     return start

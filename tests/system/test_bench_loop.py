@@ -3,7 +3,7 @@ time of each stage from the messages of that plug.
 
 The QEMU test boots a real guest (``qemu-system-x86_64`` from bookworm-backports, the guest image built from
 Debian's packages); in CI it must run, elsewhere it skips and says what is missing. Under ``-n`` it is in xdist
-group "guests" (XDIST_GROUPS in tests/conftest.py): its TCG guest must not starve beside the other guests.
+group "qemu" (XDIST_GROUPS in tests/conftest.py): one TCG guest of QEMU's at a time.
 """
 
 from __future__ import annotations

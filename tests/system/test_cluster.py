@@ -20,6 +20,9 @@ from shared.cluster import EmbeddedCluster
 from tests.conftest import LIVELY_DECIDER, ServiceProcess, eventually
 
 REPLICAS = {bus.REPLICAS_ENV: "3"}
+# A replicated stream's API round trip in a just-elected cluster can take longer than nats-py's 5-s default on a
+# loaded machine (a CPU hog beside the suite): the test's own JetStream calls get a roomier deadline.
+JS_TIMEOUT_S = 30.0
 
 
 @pytest.fixture
@@ -32,8 +35,8 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Embedde
 async def test_streams_are_kept_on_three_nodes(cluster: EmbeddedCluster) -> None:
     nc = await bus.connect(cluster.url, "test", forever=False)
     try:
-        await bus.ensure_streams(nc.jetstream(), reconcile=True)
-        info = await nc.jetstream().stream_info(topology.EVENTS_STREAM)
+        await bus.ensure_streams(nc.jetstream(timeout=JS_TIMEOUT_S), reconcile=True)
+        info = await nc.jetstream(timeout=JS_TIMEOUT_S).stream_info(topology.EVENTS_STREAM)
         assert info.config.num_replicas == 3
         assert info.cluster is not None and info.cluster.leader
         assert len(info.cluster.replicas or []) == 2  # the leader and two followers
@@ -42,7 +45,7 @@ async def test_streams_are_kept_on_three_nodes(cluster: EmbeddedCluster) -> None
 
 
 async def leader_of_events(nc: Client, cluster: EmbeddedCluster) -> int:
-    info = await nc.jetstream().stream_info(topology.EVENTS_STREAM)
+    info = await nc.jetstream(timeout=JS_TIMEOUT_S).stream_info(topology.EVENTS_STREAM)
     assert info.cluster is not None and info.cluster.leader
     return int(info.cluster.leader.removeprefix("n")) - 1
 
@@ -51,7 +54,7 @@ async def test_node_loss_and_cluster_restart_mid_run_lose_nothing_and_double_not
     cluster: EmbeddedCluster, start_service: Callable[..., ServiceProcess]
 ) -> None:
     nc = await bus.connect(cluster.url, "test", forever=True)
-    await bus.ensure_streams(nc.jetstream(), reconcile=True)
+    await bus.ensure_streams(nc.jetstream(timeout=JS_TIMEOUT_S), reconcile=True)
     common = ["--nats", cluster.url, "--speed", "4", "--epoch", repr(time.time())]
     start_service("simulator", *common, "--vms", "4", "--hotplug-delay", "0.2", env=REPLICAS)
     for service in ("collector", "actuator"):

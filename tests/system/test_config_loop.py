@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 
 from hotplug.harness.recorder import Recorder
@@ -43,8 +44,18 @@ async def start_loop(
     common = ["--nats", broker.url, "--speed", str(SPEED), "--epoch", repr(time.time())]
     # Every VM boots with 4 of 8 vCPUs and idles, but the `busy` ones want all 8 from the first sample.
     start_service("simulator", *common, "--vms", str(len(VMS)), "--profiles", "idle", "--max-vcpus", "8")
+
+    async def loaded(vm: str) -> bool:
+        # ready means its metrics endpoint answers; its requests' subscriptions follow a moment later (on a loaded
+        # machine, a moment long enough for a first request to find no responder)
+        try:
+            await set_load(nc, vm, 8.0)
+        except nats.errors.NoRespondersError:
+            return False
+        return True
+
     for vm in busy:
-        await set_load(nc, vm, 8.0)
+        await eventually(lambda vm=vm: loaded(vm), timeout=30, what=f"the simulator taking {vm}'s load")
     start_service("collector", *common, "--interval", "1")
     actuator = start_service("actuator", *common, "--config", str(actuator_config))
     decider = start_service(

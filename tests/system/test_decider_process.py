@@ -50,7 +50,7 @@ async def test_commands_carry_reason_expiry_and_sample_time(
         "30",
     )
     await publish_busy(nc, "vm a; $(x)", 3)
-    await eventually(lambda: commands, timeout=15, what="a command")
+    await eventually(lambda: commands, timeout=60, what="a command")
     command = commands[0]
     assert (command.vm, command.host, command.seen_vcpus, command.target_vcpus) == ("vm a; $(x)", "h1", 2, 3)
     assert command.reason == "cpu 100% > 80% for 2 s"

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 TRACES = REPO.parent / "shared" / "traces"
 
-# Under `-n` (bin/test) this module is xdist group "frontier": see XDIST_GROUPS in tests/conftest.py.
+# Under pytest-xdist (bin/test) each sweep runs on its own worker, in one process: the two take a core each.
 
 
 def _require_traces() -> None:
@@ -28,7 +28,7 @@ def _require_traces() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)  # a hang guard: one core each, beside the other workers, a sweep takes 10-15 min
 @pytest.mark.parametrize(
     ("fmt", "path", "vm_size"), [("planetlab", "planetlab/20110303", 4), ("bitbrains", "bitbrains_rnd/2013-7", None)]
 )
@@ -41,7 +41,7 @@ def test_default_is_the_cheapest_at_every_level_of_unmet_demand(fmt: str, path: 
 
     series = load([TRACES / path], fmt, vm_size=vm_size)
     levels = [0.5, 1.0, 2.0, 4.0]
-    # Beside other tests (pytest-xdist) the sweep takes one core, not all: the real guests' loops need the other.
+    # Beside other tests (pytest-xdist) the sweep takes one core, not all: the other sweep and the tests need theirs.
     workers = 1 if os.environ.get("PYTEST_XDIST_WORKER") else None
     report = frontier_report(series, sorted(POLICIES), {}, pressure=False, levels=levels, workers=workers)
     policies: dict[str, Any] = report["policies"]  # type: ignore[assignment]

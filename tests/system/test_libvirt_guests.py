@@ -128,7 +128,9 @@ class Guests:
 
     def online(self, name: str) -> str | None:
         """The guest's own answer: its online CPU list."""
-        answer: str | None = self.channel(name).ask("cat /sys/devices/system/cpu/online")
+        # A deadline for a starved TCG guest (beside a CPU hog one took over 10 s): a command sent while the last
+        # is still unanswered reaches the guest's console mixed with it ("cat: can't open '/syscat'")
+        answer: str | None = self.channel(name).ask("cat /sys/devices/system/cpu/online", timeout_s=60)
         return answer
 
     def running(self, name: str) -> bool:
@@ -212,7 +214,7 @@ async def test_a_refusing_guest_ends_as_guest_refused_and_keeps_its_vcpu(guests:
         await d.plug(name)
         # The guest disables ACPI CPU eject: its kernel then declines the unplug request.
         await asyncio.to_thread(
-            guests.channel(name).ask, "echo 0 > /sys/firmware/acpi/hotplug/processor/enabled; echo done"
+            guests.channel(name).ask, "echo 0 > /sys/firmware/acpi/hotplug/processor/enabled; echo done", 60
         )
         with pytest.raises(DriverError) as refused:
             await asyncio.wait_for(d.unplug(name), timeout=60)  # bounded: one libvirt timeout and a thread check
@@ -491,7 +493,8 @@ def test_whole_loop_scales_two_real_domains_up_and_down_with_one_result_per_comm
         return rows[vm]["guest_online_vcpus"] if vm in rows else None
 
     def wait_guest(vm: str, count: int, timeout: float) -> None:
-        if not wait_until(lambda: guest_online(vm) == count, timeout, 0.5):
+        # every 2 s: each look is a `hotplug libvirt status` process, CPU the guest's vCPUs would otherwise get
+        if not wait_until(lambda: guest_online(vm) == count, timeout, 2.0):
             raise AssertionError(f"{vm} never reported {count} CPUs online; output:\n{out.text()}")
 
     try:

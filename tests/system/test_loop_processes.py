@@ -104,11 +104,17 @@ async def test_load_step_plugs_and_its_end_unplugs(loop: Loop, client: tuple[Cli
         what="an unplug after the load ends",
     )
     # the event log holds every command of this VM, each with exactly one result
-    await asyncio.sleep(1.0)
-    logged = [event async for _, event in read_events(nc.jetstream())]
-    ids = [e.id for e in logged if isinstance(e, ScaleCommand) and e.vm == vm]
-    result_ids = [e.command_id for e in logged if isinstance(e, ScaleResult) and e.vm == vm]
-    assert ids
+    # (the loop runs on: read until every command logged so far has its result logged too, then count them)
+    ids: list[str] = []
+    result_ids: list[str] = []
+
+    async def every_command_answered() -> bool:
+        logged = [event async for _, event in read_events(nc.jetstream())]
+        ids[:] = [e.id for e in logged if isinstance(e, ScaleCommand) and e.vm == vm]
+        result_ids[:] = [e.command_id for e in logged if isinstance(e, ScaleResult) and e.vm == vm]
+        return bool(ids) and set(ids) <= set(result_ids)
+
+    await eventually(every_command_answered, timeout=30, what="every logged command's result in the event log")
     assert sorted(result_ids) == sorted(ids)
     plug = rec.results_for(vm, lambda r: r.ok and (r.vcpus_after or 0) > (r.vcpus_before or 0))[0]
     command = next(c for c in rec.commands if c.id == plug.command_id)

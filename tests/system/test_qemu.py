@@ -63,8 +63,9 @@ def root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def guest_says(vm: QemuVm, command: str, timeout: float = 10.0) -> str:
-    """Run a command in the guest over its control channel; its first output line."""
+def guest_says(vm: QemuVm, command: str, timeout: float = 60.0) -> str:
+    """Run a command in the guest over its control channel; its first output line (a roomy deadline: a starved TCG
+    guest may take over 10 s, and a command sent before the last is answered reaches its console mixed with it)."""
     mark = vm.guest_log_size()
     vm.send(command)
     answers: list[str] = []
@@ -221,7 +222,8 @@ def test_whole_loop_takes_a_real_guest_from_1_to_3_vcpus_and_back(image: GuestIm
         return rows[0]["guest_online_vcpus"] if rows else None
 
     def wait_guest(count: int, timeout: float) -> None:
-        if not wait_until(lambda: guest_online() == count, timeout, 0.5):
+        # every 2 s: each look is a `hotplug qemu status` process, CPU the guest's vCPUs would otherwise get
+        if not wait_until(lambda: guest_online() == count, timeout, 2.0):
             raise AssertionError(f"the guest never reported {count} CPUs online; output:\n{out.text()}")
 
     try:

@@ -126,9 +126,13 @@ async def test_the_loop_runs_with_one_user_per_service_and_only_the_decider_comm
         await client.flush()
         await eventually(lambda: errors, timeout=5, what=f"the broker refusing another host's {subject}")  # noqa: B023
         await client.close()
-    await asyncio.sleep(1.0)
-    logged = [e async for _, e in read_events(viewer.jetstream()) if isinstance(e, ScaleCommand)]
-    assert logged
+    logged: list[ScaleCommand] = []
+
+    async def commands_logged() -> bool:
+        logged[:] = [e async for _, e in read_events(viewer.jetstream()) if isinstance(e, ScaleCommand)]
+        return bool(logged)
+
+    await eventually(commands_logged, timeout=30, what="the decider's commands in the event log")
     assert {c.decider for c in logged} == {"decider"}
     assert not {r.command_id for r in results} & set(refused_ids)
     await viewer.close()

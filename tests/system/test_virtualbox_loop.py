@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from hotplug.harness.poll import wait_until
 from hotplug.harness.processes import OutputProcess, policy_args, run_hotplug
 from tests.conftest import roomy_host_config
@@ -14,6 +16,7 @@ from tests.standins import vboxmanage as standin
 from tests.vbox_fixtures import VBoxHome
 
 
+@pytest.mark.timeout(480)  # a hang guard above the waits' deadlines, each of which ends as soon as its line appears
 def test_up_on_virtualbox_plugs_and_unplugs_by_id(vbox: VBoxHome, tmp_path: Path) -> None:
     vbox.create("train 1", max_vcpus=4, attached=1)
     vbox.create("stubborn", max_vcpus=2, attached=2)
@@ -28,11 +31,15 @@ def test_up_on_virtualbox_plugs_and_unplugs_by_id(vbox: VBoxHome, tmp_path: Path
         "--no-view",
         "--config",
         str(roomy_host_config(tmp_path)),
-        # the plumbing, not warm-up
+        # the plumbing, not warm-up; bands that a starved stand-in still crosses (its load is real CPU, and beside
+        # other tests and a CPU hog a busy EMT thread gets a share of 2 cores: the default upper band of 0.8 then
+        # needed the machine nearly to itself). An idle EMT thread sleeps: far below the lower band.
         *policy_args(
             "threshold",
             {
                 "threshold.sustain_s": 2,
+                "threshold.upper": 0.25,
+                "threshold.lower": 0.1,
                 "guard.up_cooldown_s": 1,
                 "guard.down_cooldown_s": 2,
                 "guard.warmup_s": 0,
@@ -50,8 +57,8 @@ def test_up_on_virtualbox_plugs_and_unplugs_by_id(vbox: VBoxHome, tmp_path: Path
         standin.set_load("train 1", 0.0)
         mark = len(out.lines)
         out.wait_for(r"^train 1: \d -> \d ok$", timeout=120, after=mark)
-        wait_until(lambda: vbox.attached("train 1") == [0], 40)
-        assert vbox.attached("train 1") == [0]
+        # one vCPU at a time: from as many as 4 if the busy threads grew it past 2 (the band is low)
+        assert wait_until(lambda: vbox.attached("train 1") == [0], 120), vbox.attached("train 1")
     finally:
         code = out.interrupt(timeout_s=60)
     assert code == 0, out.text()
