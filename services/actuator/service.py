@@ -396,12 +396,8 @@ class Actuator:
             # At its turn: a pause that ended while the command waited no longer stands.
             wall = time.time()
             return PauseRead(self.pauses.book.paused(action.command.host, action.command.vm, wall), wall)
-        if isinstance(action, Store):
-            await self._store(action.result)
-            return Stored(action.result)
-        if isinstance(action, Unmark):
-            await self.progress.end(action.command)
-            return Unmarked()
+        if isinstance(action, Store | Unmark):
+            return await self._keep(action)
         if isinstance(action, Acknowledge):
             if action.duplicate is not None:
                 self._ignore_duplicate(action.command, action.duplicate)
@@ -473,15 +469,19 @@ class Actuator:
                 command = action.command
                 log.warning("%s left in progress on %s, not settled: %s", command.id, command.vm, exc.message)
                 return Failed(Refusal(exc.code, exc.message))
-        if isinstance(action, Store):
-            await self._store(action.result)
-            return Stored(action.result)
-        if isinstance(action, Unmark):
-            await self.progress.end(action.command)
-            return Unmarked()
+        if isinstance(action, Store | Unmark):
+            return await self._keep(action)
         assert isinstance(action, WatchPauses), action
         await self.pauses.start()
         return Watching()
+
+    async def _keep(self, action: Store | Unmark) -> Stored | Unmarked:
+        """What a command's and the start-up's orders share: a result stored, or a progress marker removed."""
+        if isinstance(action, Store):
+            await self._store(action.result)
+            return Stored(action.result)
+        await self.progress.end(action.command)
+        return Unmarked()
 
     async def _recall(self, since: float) -> tuple[ScaleResult, ...]:
         """The results stored from clock time ``since`` on, read again from the start while the broker fails."""
