@@ -106,6 +106,11 @@ class Fleet:
         self.totals.commands += 1
         self._reasons[command.id] = command.reason
 
+    @property
+    def unanswered(self) -> int:
+        """Commands seen without their result yet."""
+        return len(self._reasons)
+
     def on_result(self, result: ScaleResult) -> None:
         t = self.totals
         row = self._row(result.host, result.vm)

@@ -22,6 +22,7 @@ from hotplug.config import load_file
 from hotplug.events import BROKER_DIR, BROKER_FILE, write_broker_file
 from hotplug.fleet import Fleet
 from hotplug.fleet_view import render
+from hotplug.harness.poll import within
 from hotplug.harness.processes import hotplug_argv
 from hotplug.harness.recorder import BusWatcher
 from hotplug.hypervisors import HYPERVISORS, Hypervisor
@@ -33,7 +34,10 @@ from shared.config.schema import ServiceSettings, UpSettings
 from shared.messages import HostState, MetricSample, ScaleCommand, ScaleResult
 
 # The loop's services, which every hypervisor's run has (a hypervisor adds its own before them: the simulator).
-LOOP = ("collector", "decider", "actuator")
+DECIDER = "decider"
+LOOP = ("collector", DECIDER, "actuator")
+# Wall seconds the actuator gets, once the decider has stopped, to answer the commands it was sent.
+ANSWER_GRACE_S = 10.0
 EXTERNAL_DECIDER_DOC = "docs/deciders-any-language.md"
 
 
@@ -75,7 +79,7 @@ def hypervisor_of(options: UpOptions) -> Hypervisor[Any]:
 def services_of(options: UpOptions) -> list[str]:
     """The children ``up`` runs: the hypervisor's own (the simulated cloud), the loop's, no decider with
     ``--no-decider``."""
-    return [*hypervisor_of(options).services, *(s for s in LOOP if s != "decider" or options.decider)]
+    return [*hypervisor_of(options).services, *(s for s in LOOP if s != DECIDER or options.decider)]
 
 
 def clock_line(speed: float, epoch: float) -> str:
@@ -107,7 +111,7 @@ def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, 
     )
     if service == "collector":
         argv += ["--source", hypervisor.source_name, "--interval", repr(options.interval_s)]
-    elif service == "decider":
+    elif service == DECIDER:
         argv += ["--policy", options.policy]
         for param in options.params:
             argv += ["--param", param]
@@ -186,6 +190,7 @@ async def run_up(options: UpOptions) -> Fleet:
             if not options.decider:
                 print(f"decider: none (--no-decider); yours commands the loop: {EXTERNAL_DECIDER_DOC}", flush=True)
             await _wait(options, fleet)
+            await _stop_deciding(supervisor, fleet)
             if hypervisor.finish is not None:
                 await hypervisor.finish(nc, options, config, fleet)
     finally:
@@ -202,6 +207,15 @@ async def run_up(options: UpOptions) -> Fleet:
     print("\n".join(fleet.summary_lines()))
     print(f"event log kept in {data_dir}; read it with: hotplug events --data-dir {options.data_dir}")
     return fleet
+
+
+async def _stop_deciding(supervisor: Supervisor, fleet: Fleet) -> None:
+    """The decider stops first, and the actuator gets up to ``ANSWER_GRACE_S`` to answer what it was sent: a command
+    sent in the run's last moment ends in its result in this run's log, not at the actuator's next start."""
+    if DECIDER in supervisor.children:
+        await supervisor.retire(DECIDER)
+    if not await within(ANSWER_GRACE_S, lambda: fleet.unanswered == 0, interval_s=0.1):
+        print(f"{fleet.unanswered} command(s) unanswered at the end: the actuator answers them at its next start")
 
 
 async def _wait(options: UpOptions, fleet: Fleet) -> None:
