@@ -19,7 +19,7 @@ from hotplug.harness.poll import eventually
 from hotplug.harness.processes import REPO, ServiceProcess, policy_args
 from hotplug.harness.scrape import metric, scrape
 from shared import bus
-from shared.broker import EmbeddedBroker, free_port
+from shared.broker import EmbeddedBroker
 from tests.vbox_fixtures import STANDIN, VBoxHome
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def start_service(tmp_path: Path) -> Iterator[object]:
     started: list[ServiceProcess] = []
 
     def start(service: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
-        proc = ServiceProcess([service, *args], tmp_path / f"{service}-{len(started)}.log", free_port(), env)
+        proc = ServiceProcess([service, *args], tmp_path / f"{service}-{len(started)}.log", env=env)
         started.append(proc)
         proc.wait_ready()
         return proc

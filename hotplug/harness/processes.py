@@ -21,7 +21,6 @@ from pathlib import Path
 
 from hotplug.harness.poll import wait_until, within
 from hotplug.harness.scrape import scrape
-from shared.broker import free_port
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +73,17 @@ def sigkill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+# The line every service logs once its metrics endpoint listens (shared.runtime.run_service).
+_METRICS_LINE = re.compile(r" metrics: (http://[^\s]+:(\d+)/metrics)$", re.MULTILINE)
+
+
 class ServiceProcess:
     """One ``python -m hotplug <service> ... --metrics-port N`` child, its output in a log file; ready once its
-    metrics endpoint answers."""
+    metrics endpoint answers.
+
+    Without ``metrics_port`` the child binds a port the kernel picks (``--metrics-port 0``) and says it in its log,
+    where it is read: a port chosen here and handed over could be taken by another process before the child binds
+    it, and then the other process's endpoint would answer for a child that died of ``Address already in use``."""
 
     def __init__(
         self,
@@ -88,12 +95,11 @@ class ServiceProcess:
     ) -> None:
         self.name = args[0]
         self.log_path = log_path
-        self.port = free_port() if metrics_port is None else metrics_port
-        self.metrics_url = f"http://127.0.0.1:{self.port}/metrics"
+        self._port = metrics_port
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                hotplug_argv(*args, "--metrics-port", str(self.port), prefix=prefix),
+                hotplug_argv(*args, "--metrics-port", str(metrics_port or 0), prefix=prefix),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -108,9 +114,28 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def _said_port(self) -> int | None:
+        """The metrics port: the one given, or the one the child's log says it bound (None until it says)."""
+        if self._port is None and (found := _METRICS_LINE.search(self.log())):
+            self._port = int(found.group(2))
+        return self._port
+
+    @property
+    def port(self) -> int:
+        port = self._said_port()
+        if port is None:
+            raise AssertionError(f"{self.name} has not said its metrics port yet (wait_ready first):\n{self.log()}")
+        return port
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+        if self._said_port() is None:
+            return False
         try:
             scrape(self.metrics_url)
         except OSError:

@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from hotplug.harness import recorder as harness_recorder
 from hotplug.harness.processes import run_hotplug
 from shared import bus, subjects
-from shared.broker import EmbeddedBroker, free_port
+from shared.broker import EmbeddedBroker
 from shared.codec import encode
 from shared.eventlog import read_events
 from shared.messages import MetricSample, ScaleCommand, ScaleResult
@@ -55,7 +55,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         services: dict[str, ServiceProcess] = {}
         try:
             for name, extra in specs.items():
-                proc = ServiceProcess([name, *common, *extra], tmp / f"{name}.log", free_port())
+                proc = ServiceProcess([name, *common, *extra], tmp / f"{name}.log")
                 proc.wait_ready()
                 services[name] = proc
             yield Loop(broker.url, services, tmp)
