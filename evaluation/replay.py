@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from evaluation.tally import Tally, oracle_allocation
+from evaluation.tally import Tally, oracle_allocations
 from services.decider.engine import VmEngine
 from services.decider.guard import GuardRails
 from services.decider.policies.base import Observation, PolicyBase
@@ -56,5 +56,6 @@ def score_policy(
 def score_oracle(series: Iterable[VmSeries]) -> dict[str, float]:
     tally = Tally()
     for s in series:
-        tally.add(s, [oracle_allocation(min(d, s.max_vcpus), s.min_vcpus, s.max_vcpus) for d in s.demand])
+        clipped = [min(d, s.max_vcpus) for d in s.demand]
+        tally.add(s, list(oracle_allocations(clipped, s.min_vcpus, s.max_vcpus)))
     return tally.scores()

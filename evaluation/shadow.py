@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from evaluation.tally import ORACLE, Tally, oracle_allocation
+from evaluation.tally import ORACLE, Tally, oracle_allocations
 from shared.messages import MetricSample, ScaleCommand
 from shared.traces import VmSeries
 
@@ -37,7 +37,7 @@ def score_shadows(samples: list[MetricSample], proposals: list[ScaleCommand]) ->
         step = statistics.median(s.interval_s for s in vm_samples)
         series = VmSeries(vm, demand, size, step, low)
         tallies[ACTIVE].add(series, [s.online_vcpus for s in vm_samples])
-        tallies[ORACLE].add(series, [oracle_allocation(min(d, size), low, size) for d in demand])
+        tallies[ORACLE].add(series, list(oracle_allocations([min(d, size) for d in demand], low, size)))
         for name, targets in proposed.items():
             allocation = [vm_samples[0].online_vcpus]
             for s in vm_samples[:-1]:

@@ -8,7 +8,7 @@ of the policy); the frontier is read from the sweep (``evaluation.frontier``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -106,12 +106,14 @@ def sweep(
     params: dict[str, dict[str, str]],
     pressure: bool,
     workers: int | None = None,
+    values: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, list[tuple[float, dict[str, float]]]]:
-    """Each policy along its trade-off knob (its ``SWEEP``), in ``workers`` processes (None: one per CPU)."""
+    """Each policy along its trade-off knob, at the values its ``SWEEP`` declares or those ``values`` names for
+    it, in ``workers`` processes (None: one per CPU)."""
     jobs = []
     for name in names:
-        key, values = declared_sweep(name)
-        for value in values:
+        key, declared = declared_sweep(name)
+        for value in (values or {}).get(name, declared):
             p = scoped(params, name)
             p = {**p, name: {**p.get(name, {}), key: repr(value)}}
             jobs.append(Job(f"{name}:{value!r}", name, p, pressure))
@@ -129,9 +131,10 @@ def frontier_report(
     pressure: bool,
     levels: list[float],
     workers: int | None = None,
+    values: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, object]:
-    """Each policy's sweep, and from it the cost (× oracle) it reaches at each level of unmet demand."""
-    sweeps = sweep(series, names, params, pressure, workers)
+    """Each policy's sweep (``sweep``), and from it the cost (× oracle) it reaches at each level of unmet demand."""
+    sweeps = sweep(series, names, params, pressure, workers, values)
     policies: dict[str, object] = {}
     for name, points in sweeps.items():
         pairs = [(scores["unmet_pct"], scores["ratio_to_oracle"]) for _, scores in points]

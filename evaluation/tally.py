@@ -7,7 +7,10 @@ The oracle allocates ``ceil(demand)`` within the VM's bounds in every step: perf
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice, repeat
+from operator import lt, ne, sub
 
 from shared.messages import MetricSample
 from shared.traces import VmSeries
@@ -24,9 +27,16 @@ SCORE_KEYS = (
 )
 
 
+def oracle_allocations(demand: Iterable[float], low: int, high: int) -> Iterator[int]:
+    """What the oracle allocates for each step's ``demand``: the vCPUs it needs, within ``low``..``high``. Written
+    for a whole series at a time (a sweep tallies every replay of every VM)."""
+    needed = map(math.ceil, map(sub, demand, repeat(1e-9)))
+    return (low if n < low else high if n > high else n for n in needed)
+
+
 def oracle_allocation(demand: float, low: int, high: int) -> int:
-    """What the oracle allocates for ``demand``: the vCPUs it needs, within ``low``..``high``."""
-    return max(low, min(high, math.ceil(demand - 1e-9)))
+    """``oracle_allocations`` for one step's ``demand``."""
+    return next(oracle_allocations((demand,), low, high))
 
 
 @dataclass
@@ -46,21 +56,22 @@ class Tally:
 
     def add(self, series: VmSeries, allocations: list[int]) -> None:
         """One VM's demand and the vCPUs it had in each step; demand above its size counts as its size."""
+        if len(allocations) != len(series.demand):
+            raise ValueError(f"{len(allocations)} allocations for {len(series.demand)} steps of {series.name}")
         dt = series.step_s
         low, high = series.min_vcpus, series.max_vcpus
-        previous = None
-        for wanted, a in zip(series.demand, allocations, strict=True):
-            d = min(wanted, float(high))
-            served = min(d, float(a))
-            self.alloc_core_s += a * dt
-            self.oracle_core_s += oracle_allocation(d, low, high) * dt
-            self.served_core_s += served * dt
-            self.demand_core_s += d * dt
-            self.unmet_core_s += (d - served) * dt
-            self.under_steps += d > a
-            if previous is not None and a != previous:
-                self.actions += 1
-            previous = a
+        top = float(high)
+        # A whole series at a time (a sweep tallies every policy's replay of every VM): the sums
+        # are those of the steps, each step's share as ``add_sample`` counts it.
+        demand = [d if d < top else top for d in series.demand]
+        served = [d if d < a else a for d, a in zip(demand, allocations, strict=True)]
+        self.alloc_core_s += sum(allocations) * dt
+        self.oracle_core_s += sum(oracle_allocations(demand, low, high)) * dt
+        self.served_core_s += sum(served) * dt
+        self.demand_core_s += sum(demand) * dt
+        self.unmet_core_s += sum(map(sub, demand, served)) * dt
+        self.under_steps += sum(map(lt, allocations, demand))
+        self.actions += sum(map(ne, allocations, islice(allocations, 1, None)))
         self.steps += len(allocations)
         self.vm_seconds += len(allocations) * dt
 

@@ -200,6 +200,8 @@ class VmEngine:
         obs, rec = proposal.obs, proposal.rec
         if self.pending_target is not None:
             return None
+        if limit is None and _clamped(obs, rec.target) == obs.vcpus:
+            return None  # nothing to change: no pause, hold or rail has anything to withhold (most samples)
         warm = True
         if limit is not None and (limit.vcpus < proposal.want or limit.vcpus < obs.vcpus):
             n, target = obs.vcpus, max(obs.min_vcpus, limit.vcpus)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from services.decider.policies.default import DefaultPolicy
 from services.decider.registry import POLICIES
 from shared.traces import load
 from tests.conftest import REPO
@@ -43,7 +44,13 @@ def test_default_is_the_cheapest_at_every_level_of_unmet_demand(fmt: str, path: 
     levels = [0.5, 1.0, 2.0, 4.0]
     # Beside other tests (pytest-xdist) the sweep takes one core, not all: the other sweep and the tests need theirs.
     workers = 1 if os.environ.get("PYTEST_XDIST_WORKER") else None
-    report = frontier_report(series, sorted(POLICIES), {}, pressure=False, levels=levels, workers=workers)
+    # Every rival is swept over all its declared values; ``default`` over its targets up to twice the highest level
+    # (16 % realises 20-50 %, beyond any level here: docs/deciders.md, "The target against what it gives"). Fewer
+    # points of ours can only raise our cost at a level, never lower it: the test is no weaker for them.
+    ours_values = [v for v in DefaultPolicy.SWEEP[1] if v <= 2 * levels[-1]]
+    report = frontier_report(
+        series, sorted(POLICIES), {}, pressure=False, levels=levels, workers=workers, values={"default": ours_values}
+    )
     policies: dict[str, Any] = report["policies"]  # type: ignore[assignment]
     ours = policies["default"]
     assert ours["lowest_unmet_pct"] <= 0.5

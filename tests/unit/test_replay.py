@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,28 @@ def test_scores_by_hand() -> None:
     assert scores["actions_per_vm_day"] == pytest.approx(1 / (3 / 24))
     assert oracle_allocation(0.0, 1, 4) == 1
     assert oracle_allocation(9.0, 1, 4) == 4
+
+
+@settings(max_examples=80, deadline=None)
+@given(series=series_strategy, data=st.data())
+def test_a_whole_series_tallies_as_its_steps_one_by_one(series: VmSeries, data: st.DataObject) -> None:
+    """``add`` takes a series at once (a sweep's speed); each sum is that of its steps taken one at a time, and an
+    action is a step whose size differs from the one before."""
+    sizes = st.integers(series.min_vcpus, series.max_vcpus)
+    allocations = data.draw(st.lists(sizes, min_size=len(series.demand), max_size=len(series.demand)))
+    whole, steps = Tally(), Tally()
+    whole.add(series, allocations)
+    for wanted, a in zip(series.demand, allocations, strict=True):
+        steps.add(VmSeries(series.name, [wanted], series.max_vcpus, series.step_s, series.min_vcpus), [a])
+    for field in ("alloc_core_s", "oracle_core_s", "served_core_s", "demand_core_s", "unmet_core_s"):
+        assert getattr(whole, field) == pytest.approx(getattr(steps, field), rel=1e-9, abs=1e-6), field
+    assert (whole.under_steps, whole.steps, whole.vm_seconds) == (steps.under_steps, steps.steps, steps.vm_seconds)
+    assert whole.actions == sum(1 for a, b in pairwise(allocations) if a != b)
+
+
+def test_a_tally_refuses_allocations_that_do_not_match_the_steps() -> None:
+    with pytest.raises(ValueError, match="2 allocations for 3 steps"):
+        Tally().add(VmSeries("v", [0.5, 3.0, 1.0], 4, 300.0), [2, 2])
 
 
 def test_policy_sees_only_what_ran_and_pressure_only_when_asked() -> None:

@@ -49,6 +49,16 @@ def test_the_frontier_report_runs_the_declared_values_and_reads_the_costs_from_t
     assert entry["lowest_unmet_pct"] == min(u for u, _ in points)
 
 
+def test_a_sweep_may_name_its_own_values_for_a_policy() -> None:
+    key, declared = declared_sweep("threshold")
+    chosen = [declared[0], declared[-1]]
+    points = sweep(SERIES, ["threshold", "fusd"], {}, pressure=False, workers=1, values={"threshold": chosen})
+    assert [value for value, _ in points["threshold"]] == chosen
+    assert [value for value, _ in points["fusd"]] == list(declared_sweep("fusd")[1])  # not named: as declared
+    alone = sweep(SERIES, ["threshold"], {"threshold": {key: repr(chosen[1])}}, pressure=False, workers=1)
+    assert points["threshold"][1][1] == next(s for v, s in alone["threshold"] if v == chosen[1])
+
+
 def test_cost_at_mixes_two_settings_along_the_line_between_them() -> None:
     points = [(0.0, 2.0), (10.0, 1.0)]
     assert cost_at(points, 5.0) == pytest.approx(1.5)
