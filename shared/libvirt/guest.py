@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from shared.libvirt.domain import SETTINGS_NS, SETTINGS_PREFIX, Settings, parse_xml
 from shared.qemu.image import GuestImage
-from shared.qemu.vm import GuestStat, parse_stat
+from shared.qemu.vm import GuestStat, file_size, lines_since, parse_stat, send_line
 
 LIFETIME_MAXIMUM = 32
 BOOT_TIMEOUT_S = 60.0
@@ -109,20 +108,11 @@ class GuestChannel:
         self.sock = Path(sock) if sock else None
 
     def size(self) -> int:
-        try:
-            return self.log.stat().st_size
-        except OSError:
-            return 0
+        return file_size(self.log)
 
     def lines_since(self, offset: int) -> list[str]:
         """Complete lines written after byte ``offset``."""
-        try:
-            with self.log.open("rb") as f:
-                f.seek(offset)
-                data: bytes = f.read()
-        except OSError:
-            return []
-        return data.decode(errors="replace").split("\n")[:-1]
+        return lines_since(self.log, offset)
 
     def ready(self) -> bool:
         return any(line.startswith("INIT-READY") for line in self.lines_since(0))
@@ -147,15 +137,10 @@ class GuestChannel:
         return self.last_stat()
 
     def send(self, command: str) -> None:
+        """Run ``command`` in the guest; back once the guest has read it (``shared.qemu.vm.send_line``)."""
         if self.sock is None:
             raise OSError("this guest has no control socket")
-        if "\n" in command:
-            raise ValueError("one line at a time")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(str(self.sock))
-            s.sendall(command.encode() + b"\n")
-            time.sleep(0.1)  # let QEMU pass the line on before the connection closes
+        send_line(self.sock, self.log, command)
 
     def ask(self, command: str, timeout_s: float = 10.0) -> str | None:
         """Run ``command`` in the guest; its first output line, or None when it does not answer in time."""

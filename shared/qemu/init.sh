@@ -2,7 +2,7 @@
 # /init of the Hot-Plug Heaven test guest (busybox only). ttyS0: console. ttyS1: control channel:
 #   out: INIT-READY; "HP onlined cpuN"; once a second
 #        "STAT up=<s> online=<list> running=<procs_running> cpu0=<busy ticks> cpu1=... hz=<ticks per s>";
-#        "OUT <line>" for each output line of a command
+#        "GOT <line>" as each command line is read; "OUT <line>" for each output line of a command
 #   in:  "busy N" (N busy loops; 0 stops them), anything else is run as a shell command.
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -47,6 +47,8 @@ LOOPS=""
 commands() {
   # One descriptor for the whole loop: reopening the port for each line could drop what arrived in between.
   while read -r line; do
+    # Said first: the host holds its connection open until it sees this (send_line in shared/qemu/vm.py).
+    echo "GOT $line" > $CTL
     case "$line" in
       "busy "*)
         for p in $LOOPS; do kill "$p" 2>/dev/null; done

@@ -35,6 +35,8 @@ QMP_CONNECT_TIMEOUT_S = 10.0
 QMP_CONNECT_ATTEMPTS = 5
 LIFETIME_MAXCPUS = 32
 UNIX_PATH_MAX = 107
+# How long a command may wait for a starved TCG guest to read it from its control channel (send_line).
+SEND_TIMEOUT_S = 60.0
 DIR_ENV = "HOTPLUG_QEMU_DIR"  # where guests live: ``hotplug qemu``, the source and the driver read it
 
 
@@ -110,6 +112,49 @@ def parse_stat(line: str) -> GuestStat | None:
         )
     except (KeyError, ValueError):
         return None
+
+
+def send_line(sock: Path, log: Path, line: str, timeout_s: float = SEND_TIMEOUT_S) -> None:
+    """Write one command ``line`` to the test guest's control port (``sock``) and keep the connection open until
+    the guest says, in its control ``log``, that it has read the line (``GOT <line>``: shared/qemu/init.sh).
+
+    QEMU passes a socket's bytes on only as fast as the guest's UART takes them (a 16-byte FIFO), and drops what it
+    has not passed on when the connection closes. The connection used to close 0.1 s after the write: a guest slow
+    to read (a TCG guest onlining a new vCPU on a starved machine) lost the tail of a line, and the next command
+    arrived glued to its head ("cat: can't open '/syscat'"). ``TimeoutError`` if the guest does not say it read the
+    line in ``timeout_s``."""
+    if "\n" in line:
+        raise ValueError("one line at a time")
+    mark = file_size(log)
+    ack = f"GOT {line.strip()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(sock))
+        s.sendall(line.encode() + b"\n")
+        deadline = time.monotonic() + timeout_s
+        while not any(said.strip() == ack for said in lines_since(log, mark)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the guest did not read {line!r} from its control channel in {timeout_s:g} s")
+            time.sleep(0.05)
+
+
+def file_size(path: Path) -> int:
+    """The size of ``path`` in bytes; 0 while it does not exist."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def lines_since(log: Path, offset: int) -> list[str]:
+    """Complete lines written to ``log`` after byte ``offset``."""
+    try:
+        with log.open("rb") as f:
+            f.seek(offset)
+            data: bytes = f.read()
+    except OSError:
+        return []
+    return data.decode(errors="replace").split("\n")[:-1]
 
 
 class QemuVm:
@@ -282,14 +327,8 @@ class QemuVm:
                 await client.disconnect()
 
     def send(self, command: str) -> None:
-        """Write one command line to the guest's control channel."""
-        if "\n" in command:
-            raise ValueError("one line at a time")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(str(self.ctl_path))
-            s.sendall(command.encode() + b"\n")
-            time.sleep(0.1)  # let QEMU pass the line on before the connection closes
+        """Write one command line to the guest's control channel; back once the guest has read it."""
+        send_line(self.ctl_path, self.ctl_log, command)
 
     def guest_lines(self, tail_bytes: int = 16384) -> list[str]:
         try:
@@ -301,20 +340,11 @@ class QemuVm:
         return data.decode(errors="replace").splitlines()
 
     def guest_log_size(self) -> int:
-        try:
-            return self.ctl_log.stat().st_size
-        except FileNotFoundError:
-            return 0
+        return file_size(self.ctl_log)
 
     def guest_lines_since(self, offset: int) -> list[str]:
         """Complete lines the guest wrote after byte ``offset`` of its control log."""
-        try:
-            with self.ctl_log.open("rb") as f:
-                f.seek(offset)
-                data: bytes = f.read()
-        except FileNotFoundError:
-            return []
-        return data.decode(errors="replace").split("\n")[:-1]
+        return lines_since(self.ctl_log, offset)
 
     def guest_stat(self) -> GuestStat | None:
         for line in reversed(self.guest_lines()):
