@@ -64,6 +64,10 @@ PRICE_SCALE = 0.005
 RESCALE_EXPONENT = 60.0
 ARM_COSTS_HALF_LIFE_S = 86400.0  # how long an arm's record of costs lasts (Choice)
 STEER_HALF_LIFE_S = 86400.0  # ... and the realised unmet share the price is steered by (Price)
+# The sizes a window's peak gives are a pure function of (peak, vCPUs, min, max) and the parameters, and the long
+# windows' peaks rarely change, so they are looked up in a table shared by every VM; it is emptied when full, so a
+# decider that runs for months holds a bounded one.
+WINDOW_MEMO_SIZE = 4096
 
 
 class DefaultParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -138,23 +142,24 @@ def cheapest_size(memory: Memory, price: float, low: int, high: int, current: in
     excess, weight = memory.excess, memory.weight
     if weight <= 0:
         return current
-    size = len(excess)
-
-    def cost(a: int) -> float:
-        return a * weight + price * (excess[a] if a < size else 0.0)
-
-    start = min(max(current, low), high)
-    best, best_cost = start, cost(start)
-    if best > low and (c := cost(best - 1)) <= best_cost:
+    start = high if current > high else low if current < low else current
+    best, best_cost = start, _size_cost(start, weight, price, excess)
+    start_cost = best_cost
+    if best > low and (c := _size_cost(best - 1, weight, price, excess)) <= best_cost:
         best, best_cost = best - 1, c
-        while best > low and (c := cost(best - 1)) <= best_cost:
+        while best > low and (c := _size_cost(best - 1, weight, price, excess)) <= best_cost:
             best, best_cost = best - 1, c
     else:
-        while best < high and (c := cost(best + 1)) < best_cost:
+        while best < high and (c := _size_cost(best + 1, weight, price, excess)) < best_cost:
             best, best_cost = best + 1, c
-    if best < start and cost(start) - best_cost < hysteresis * weight:
+    if best < start and start_cost - best_cost < hysteresis * weight:
         return start  # not worth a shrink
     return best
+
+
+def _size_cost(a: int, weight: float, price: float, excess: list[float]) -> float:
+    """What size ``a`` would have cost over a memory: its cores and the priced demand above it."""
+    return a * weight + price * (excess[a] if a < len(excess) else 0.0)
 
 
 class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
@@ -176,6 +181,10 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._target = params.target_unmet_pct / 100
         self._start_log_price = math.log(1 + PRICE_SCALE / self._target**2)
         self._start_price = math.exp(self._start_log_price)
+        # The reasons' beginnings at the start price (every price without feedback), plain and saturated.
+        self._whys = [self._why(arm, False, self._start_price) for arm in self.arms]
+        self._saturated_whys = [self._why(arm, True, self._start_price) for arm in self.arms]
+        self._window_memo: dict[tuple[float, int, int, int], tuple[int, ...]] = {}
 
     def rail_defaults(self) -> dict[str, float]:
         return {**self.default_rails, "warmup_s": self.params.caution_s * math.exp(self._start_log_price)}
@@ -194,9 +203,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
     # -- Price ---------------------------------------------------------------------------------------------------------
 
     def _price(self, state: DefaultState, demand: float, vcpus: int, dt: float) -> float:
-        """The price of an unmet core-second: from the target share, steered by the unmet share the VM really had."""
-        if not self.params.feedback_gain:
-            return self._start_price
+        """The price of an unmet core-second with feedback: from the target share, steered by the unmet share the
+        VM really had (without feedback it is the start price, as ``recommend`` takes it)."""
         fade = 0.5 ** (dt / STEER_HALF_LIFE_S)
         state.unmet_s = fade * state.unmet_s + dt * (demand - vcpus if demand > vcpus else 0.0)
         state.demand_s = fade * state.demand_s + dt * demand
@@ -216,15 +224,21 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
     def _charge(self, state: DefaultState, demand: float, dt: float, price: float) -> None:
         """Each arm pays, in core-seconds, for the size it gave one sample before and the vCPUs it moved."""
         fade = 0.5 ** (dt / ARM_COSTS_HALF_LIFE_S)
-        before = state.before or state.previous
-        costs, change_cost = state.costs, self.params.change_cost_s
+        previous = state.previous
+        before = state.before or previous
+        change_cost = self.params.change_cost_s
         charge: dict[int, float] = {}  # arms mostly agree: price each distinct size once
-        for i, r in enumerate(state.previous):
-            c = charge.get(r)
-            if c is None:
-                c = charge[r] = dt * (r + (price * (demand - r) if demand > r else 0.0))
-            moved = r - before[i]
-            costs[i] = fade * costs[i] + c + change_cost * (moved if moved >= 0 else -moved)
+        for r in set(previous):
+            charge[r] = dt * (r + (price * (demand - r) if demand > r else 0.0))
+        # An arm that did not move adds no change cost: the sum is the same float without the term (were
+        # change_cost_s infinite, the term would be NaN and no arm could ever take over either). Often none moved.
+        if previous == before:
+            state.costs = [fade * cost + charge[r] for cost, r in zip(state.costs, previous, strict=True)]
+            return
+        state.costs = [
+            fade * cost + charge[r] if r == b else fade * cost + charge[r] + change_cost * (r - b if r > b else b - r)
+            for cost, r, b in zip(state.costs, previous, before, strict=True)
+        ]
 
     def _choose(self, state: DefaultState) -> int:
         """The arm in charge: kept unless another is cheaper by more than a change costs (Autopilot's model-switch
@@ -242,19 +256,21 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
 
     def _remember(self, state: DefaultState, t: float, demand: float, dt: float, high: int) -> None:
         """Each memory (a "cheapest size" arm's record) takes the sample, weighted to grow with time."""
-        if state.reference is None:
-            state.reference = t
+        reference = state.reference
+        if reference is None:
+            reference = state.reference = t
+        top = math.ceil(demand)  # sizes from this one up had no demand above them
         for memory, half_life in zip(state.memories, self._half_lives, strict=True):
-            exponent = (t - state.reference) / half_life
+            exponent = (t - reference) / half_life
             if exponent > RESCALE_EXPONENT:
                 self._rescale(state, t)
-                exponent = 0.0
+                reference, exponent = t, 0.0
             w = dt * 2.0**exponent
             memory.weight += w
             excess = memory.excess
-            if len(excess) < high + 1:
+            if len(excess) <= high:
                 excess.extend([0.0] * (high + 1 - len(excess)))
-            for a in range(min(len(excess), math.ceil(demand))):
+            for a in range(top if top < len(excess) else len(excess)):
                 excess[a] += w * (demand - a)
 
     def _rescale(self, state: DefaultState, t: float) -> None:
@@ -268,26 +284,38 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
     def _arm_sizes(self, state: DefaultState, obs: Observation, demand: float, price: float) -> list[int]:
         """The size each arm gives now: the peaks of the windows times each multiplier, then the memories'
         cheapest sizes; any shrink leaves ``hysteresis`` of headroom."""
-        n, low, high = obs.vcpus, obs.min_vcpus, obs.max_vcpus
-        ceil, h = math.ceil, self.params.hysteresis
+        n, low, high, t = obs.vcpus, obs.min_vcpus, obs.max_vcpus, obs.time
+        memo = self._window_memo
         sizes: list[int] = []
-        last_peak, last_sizes = -1.0, sizes
+        last_peak = math.nan  # equal to no peak
+        window_sizes: tuple[int, ...] = ()
         for queue, window in zip(state.peaks, self._windows, strict=True):
-            peak = _push(queue, obs.time, demand, obs.time - window)
-            if peak == last_peak:  # longer windows often hold the same peak
-                sizes += last_sizes
-                continue
-            window_sizes = []
-            for k in self._multipliers:
-                wanted = peak * k
-                r = ceil(wanted - 1e-9)
-                if r < n:  # shrink only as far as leaves `hysteresis` of headroom
-                    r = min(n, ceil(wanted + h - 1e-9))
-                window_sizes.append(high if r > high else low if r < low else r)
+            peak = _push(queue, t, demand, t - window)
+            if peak != last_peak:  # longer windows often hold the same peak: then the same sizes
+                key = (peak, n, low, high)
+                found = memo.get(key)
+                if found is None:
+                    if len(memo) >= WINDOW_MEMO_SIZE:
+                        memo.clear()
+                    found = memo[key] = self._window_sizes(peak, n, low, high)
+                last_peak, window_sizes = peak, found
             sizes += window_sizes
-            last_peak, last_sizes = peak, window_sizes
-        sizes += [cheapest_size(m, price, low, high, n, h) for m in state.memories]
+        h = self.params.hysteresis
+        for memory in state.memories:
+            sizes.append(cheapest_size(memory, price, low, high, n, h))
         return sizes
+
+    def _window_sizes(self, peak: float, n: int, low: int, high: int) -> tuple[int, ...]:
+        """The size each multiplier gives a window's ``peak`` at ``n`` vCPUs, within ``low`` and ``high``."""
+        ceil, h = math.ceil, self.params.hysteresis
+        sizes = []
+        for k in self._multipliers:
+            wanted = peak * k
+            r = ceil(wanted - 1e-9)
+            if r < n:  # shrink only as far as leaves `hysteresis` of headroom
+                r = min(n, ceil(wanted + h - 1e-9))
+            sizes.append(high if r > high else low if r < low else r)
+        return tuple(sizes)
 
     # -- Need ----------------------------------------------------------------------------------------------------------
 
@@ -315,8 +343,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         n = obs.vcpus
         if state.vcpus and n != state.vcpus:
             state.last_move, state.peak_since_move = (1 if n > state.vcpus else -1), demand
-        else:
-            state.peak_since_move = max(state.peak_since_move, demand)
+        elif demand > state.peak_since_move:
+            state.peak_since_move = demand
         state.vcpus = n
         target = size
         # Down-stabilisation (HPA's): never below the highest size of the last window, whichever arm gave it, so a
@@ -324,7 +352,9 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         if target < n:
             # At most halve per order (Captain's rule): a shrink on thin evidence, just after warm-up, is tried
             # in steps, each a stabilisation window apart, rather than all at once.
-            target = max(target, math.ceil(n * SHRINK_FLOOR))
+            floor = math.ceil(n * SHRINK_FLOOR)
+            if target < floor:
+                target = floor
         stabilise_s = self.params.stabilise_s
         held = int(_push(state.orders, obs.time, float(target), obs.time - stabilise_s))
         if target < n and held > target:
@@ -350,7 +380,7 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             state.memories = [Memory() for _ in self._half_lives]
             state.peaks = [deque() for _ in self._windows]
             state.costs = [0.0] * len(self.arms)
-        price = self._price(state, demand, obs.vcpus, dt)
+        price = self._price(state, demand, obs.vcpus, dt) if self.params.feedback_gain else self._start_price
         if state.previous:
             self._charge(state, demand, dt, price)
         self._remember(state, obs.time, demand, dt, obs.max_vcpus)
@@ -358,5 +388,13 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         state.before, state.previous = state.previous, sizes
         need = self._need(state, obs, demand)
         best = self._choose(state)
-        why = f"{'saturated; ' if censored else ''}{self.arms[best]} with unmet demand priced {price:.0f}x"
+        if price == self._start_price:
+            why = (self._saturated_whys if censored else self._whys)[best]
+        else:
+            why = self._why(self.arms[best], censored, price)
         return self._calm(state, obs, demand, sizes[best], why, need)
+
+    @staticmethod
+    def _why(arm: str, censored: bool, price: float) -> str:
+        """The beginning of a recommendation's reason: the arm in charge and the price it was chosen at."""
+        return f"{'saturated; ' if censored else ''}{arm} with unmet demand priced {price:.0f}x"

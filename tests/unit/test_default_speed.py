@@ -1,0 +1,145 @@
+"""The ``default`` policy's shortcuts (a window-size table shared by VMs, prices of distinct sizes only, the change
+term left out when no arm moved, reasons prepared at the start price) give exactly what the plain formulas give.
+The plain formulas are written out here as they were before the shortcuts. Pure; no sockets."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from services.decider.policies import default as default_module
+from services.decider.policies.base import Observation, Recommendation
+from services.decider.policies.default import DefaultPolicy, DefaultState, Memory, cheapest_size
+from services.decider.registry import build_policy
+
+
+def _plain_charge(
+    costs: list[float], previous: list[int], before: list[int], demand: float, dt: float, price: float, change: float
+) -> list[float]:
+    fade = 0.5 ** (dt / default_module.ARM_COSTS_HALF_LIFE_S)
+    before = before or previous
+    out = list(costs)
+    for i, r in enumerate(previous):
+        c = dt * (r + (price * (demand - r) if demand > r else 0.0))
+        moved = r - before[i]
+        out[i] = fade * out[i] + c + change * (moved if moved >= 0 else -moved)
+    return out
+
+
+def _plain_cheapest(memory: Memory, price: float, low: int, high: int, current: int, hysteresis: float) -> int:
+    excess, weight = memory.excess, memory.weight
+    if weight <= 0:
+        return current
+    size = len(excess)
+
+    def cost(a: int) -> float:
+        return a * weight + price * (excess[a] if a < size else 0.0)
+
+    start = min(max(current, low), high)
+    best, best_cost = start, cost(start)
+    if best > low and (c := cost(best - 1)) <= best_cost:
+        best, best_cost = best - 1, c
+        while best > low and (c := cost(best - 1)) <= best_cost:
+            best, best_cost = best - 1, c
+    else:
+        while best < high and (c := cost(best + 1)) < best_cost:
+            best, best_cost = best + 1, c
+    if best < start and cost(start) - best_cost < hysteresis * weight:
+        return start
+    return best
+
+
+def test_charging_is_bit_for_bit_the_plain_sum_whether_or_not_arms_moved() -> None:
+    policy, _ = build_policy("default", {})
+    assert isinstance(policy, DefaultPolicy)
+    rng = random.Random(7)
+    arms = len(policy.arms)
+    for _ in range(2000):
+        previous = [rng.randint(1, 8) for _ in range(arms)]
+        before = rng.choice([[], list(previous), [r if rng.random() < 0.8 else rng.randint(1, 8) for r in previous]])
+        costs = [rng.uniform(0, 1e6) for _ in range(arms)]
+        demand, dt, price = rng.uniform(0, 9), rng.choice([1.0, 300.0, 301.0]), rng.uniform(1, 5000)
+        state = DefaultState(costs=list(costs), previous=previous, before=before)
+        policy._charge(state, demand, dt, price)
+        plain = _plain_charge(costs, previous, before, demand, dt, price, policy.params.change_cost_s)
+        assert [c.hex() for c in state.costs] == [c.hex() for c in plain]
+
+
+def test_the_cheapest_size_is_the_plain_walks() -> None:
+    rng = random.Random(11)
+    for _ in range(3000):
+        length = rng.randint(0, 10)
+        excess = sorted((rng.uniform(0, 50) for _ in range(length)), reverse=True)
+        memory = Memory(weight=rng.choice([0.0, rng.uniform(0.1, 20)]), excess=excess)
+        low = rng.randint(1, 3)
+        high = rng.randint(low, 12)
+        args = (memory, rng.uniform(1, 500), low, high, rng.randint(1, 12), rng.choice([0.0, 0.1, 0.5]))
+        assert cheapest_size(*args) == _plain_cheapest(*args)
+
+
+def _series(rng: random.Random, steps: int) -> list[float]:
+    level, out = rng.uniform(0, 3), []
+    for _ in range(steps):
+        level = max(0.0, level + rng.gauss(0, 0.4)) if rng.random() < 0.9 else rng.uniform(0, 8)
+        out.append(level)
+    return out
+
+
+def _drive(policy: DefaultPolicy, vms: list[tuple[int, int, list[float]]]) -> list[list[Recommendation]]:
+    """Every VM's recommendations, the VMs' steps interleaved as a decider serving them all takes them."""
+    states = [DefaultState() for _ in vms]
+    sizes = [high for _, high, _ in vms]
+    out: list[list[Recommendation]] = [[] for _ in vms]
+    for i in range(max(len(d) for _, _, d in vms)):
+        for v, (low, high, demand) in enumerate(vms):
+            if i >= len(demand):
+                continue
+            used = min(demand[i], float(sizes[v]))
+            obs = Observation(
+                time=i * 60.0, vcpus=sizes[v], min_vcpus=low, max_vcpus=high, used_cores=used, interval_s=60.0
+            )
+            rec = policy.recommend(states[v], obs)
+            out[v].append(rec)
+            sizes[v] = rec.target
+    return out
+
+
+@pytest.mark.parametrize("memo_size", [2, default_module.WINDOW_MEMO_SIZE])
+def test_a_policy_serving_many_vms_tells_each_what_a_policy_of_its_own_would(
+    monkeypatch: pytest.MonkeyPatch, memo_size: int
+) -> None:
+    """The window-size table is shared by every VM a policy serves and emptied when full: it must key on all the
+    sizes depend on (vCPUs, bounds), so that no VM is given another's sizes."""
+    rng = random.Random(3)
+    vms = [(rng.randint(1, 2), rng.choice([2, 4, 8]), _series(rng, 400)) for _ in range(6)]
+    params = {"default": {"target_unmet_pct": "0.5", "feedback_gain": "1"}}
+    alone = []
+    for vm in vms:
+        policy, _ = build_policy("default", params)
+        assert isinstance(policy, DefaultPolicy)
+        alone.append(_drive(policy, [vm])[0])
+    monkeypatch.setattr(default_module, "WINDOW_MEMO_SIZE", memo_size)
+    shared, _ = build_policy("default", params)
+    assert isinstance(shared, DefaultPolicy)
+    assert _drive(shared, vms) == alone
+    assert len(shared._window_memo) <= memo_size
+
+
+def test_a_reason_names_the_price_it_was_chosen_at_with_or_without_feedback() -> None:
+    for gain in ("0", "2"):
+        policy, _ = build_policy("default", {"default": {"target_unmet_pct": "0.25", "feedback_gain": gain}})
+        assert isinstance(policy, DefaultPolicy)
+        state = DefaultState()
+        prices = set()
+        for i, wanted in enumerate([4.0] * 30 + [0.5] * 30):
+            obs = Observation(
+                time=i * 300.0, vcpus=2, min_vcpus=1, max_vcpus=8, used_cores=min(wanted, 2.0), interval_s=300.0
+            )
+            rec = policy.recommend(state, obs)
+            price = math.exp(state.log_price) if state.log_price is not None else policy._start_price
+            prefix = "saturated; " if wanted >= 2 else ""
+            assert rec.reason.startswith(f"{prefix}{policy.arms[state.chosen]} with unmet demand priced {price:.0f}x")
+            prices.add(f"{price:.0f}")
+        assert len(prices) == 1 if gain == "0" else len(prices) > 1  # feedback moves the price, and the text
