@@ -230,11 +230,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         charge: dict[int, float] = {}  # arms mostly agree: price each distinct size once
         for r in set(previous):
             charge[r] = dt * (r + (price * (demand - r) if demand > r else 0.0))
-        # An arm that did not move adds no change cost: the sum is the same float without the term (were
-        # change_cost_s infinite, the term would be NaN and no arm could ever take over either). Often none moved.
-        if previous == before:
-            state.costs = [fade * cost + charge[r] for cost, r in zip(state.costs, previous, strict=True)]
-            return
+        # An arm that did not move (most, most of the time) adds no change cost: the sum is the same float without
+        # the term (were change_cost_s infinite, the term would be NaN and no arm could ever take over either).
         state.costs = [
             fade * cost + charge[r] if r == b else fade * cost + charge[r] + change_cost * (r - b if r > b else b - r)
             for cost, r, b in zip(state.costs, previous, before, strict=True)
