@@ -331,9 +331,11 @@ class Chaos:
 
         before = await dropped("decider", "metric"), await dropped("actuator", "command")
         restarts = {name: c.restarts for name, c in self.supervisor.children.items()}
-        future = faults.future_version(faults.sample(HOST, "vm-04", self.clock.now(), source="chaos"))
-        # one VM each: the decider's intake keeps only a VM's newest sample, and these must all be judged
-        bad = {"vm-02": faults.GARBAGE, "vm-03": faults.OVERSIZED, "vm-04": future}
+        future = faults.future_version(faults.sample(HOST, "chaos-future", self.clock.now(), source="chaos"))
+        # One VM each, and VMs no collector samples: the decider's intake keeps only a VM's newest sample, undecoded
+        # until its turn, so a bad sample on a real VM's subject is replaced unjudged when the VM's next sample
+        # comes first (as it did on a loaded machine), and these must all be judged.
+        bad = {"chaos-garbage": faults.GARBAGE, "chaos-oversized": faults.OVERSIZED, "chaos-future": future}
         agent = await self.client(topology.host_user("agent", HOST))
         for vm, body in bad.items():
             await agent.publish(subjects.metrics(HOST, vm), body)
