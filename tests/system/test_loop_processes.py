@@ -131,7 +131,9 @@ async def test_malformed_messages_are_counted_dropped_and_survived(
 ) -> None:
     nc, rec = client
     url = loop.services[service].metrics_url
-    subject = f"hotplug.{subject_kind}.local.vm-02"
+    # A VM the loop's simulator does not run: the decider's intake keeps each VM's newest sample undecoded until its
+    # turn, so bad samples on a running VM's subject could all be replaced, unjudged, by its next real sample.
+    subject = f"hotplug.{subject_kind}.local.vm-bad"
     before = metric(url, "hotplug_messages_dropped_total", kind=kind)
     bad_payloads = [b"garbage", b'{"type":"x","v":1}', b'{"v":99}', b"{" + b" " * 70_000 + b"}"]
     js = nc.jetstream()
