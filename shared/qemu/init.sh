@@ -12,6 +12,10 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 CTL=/dev/ttyS1
 stty -F $CTL raw -echo 2>/dev/null
+# /init holds the port open for the guest's whole life. Every writer below opens and closes it; had no one else
+# kept it open, each last close could flush what the host had sent before the command loop opened it (a first
+# command lost on a slow boot), so the loop reads from this one descriptor, open before INIT-READY is said.
+exec 3<>$CTL
 
 online_all() {
   for f in /sys/devices/system/cpu/cpu[0-9]*/online; do
@@ -45,7 +49,7 @@ stats &
 
 LOOPS=""
 commands() {
-  # One descriptor for the whole loop: reopening the port for each line could drop what arrived in between.
+  # One descriptor for the whole loop (init's, see above): reopening the port per line could drop what arrived.
   while read -r line; do
     # Said first: the host holds its connection open until it sees this (send_line in shared/qemu/vm.py).
     echo "GOT $line" > $CTL
@@ -65,7 +69,7 @@ commands() {
       *)
         sh -c "$line" < /dev/null 2>&1 | while read -r out; do echo "OUT $out" > $CTL; done ;;
     esac
-  done < $CTL
+  done <&3
 }
 commands &
 
