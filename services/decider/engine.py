@@ -172,7 +172,16 @@ class VmEngine:
         ``paused``: the VM is paused by an operator (the text says by whom, until when and why): no order.
         ``limit``: what the VM's host allows it (None: as much as its range)."""
         proposal = self.propose(obs)
-        return None if proposal is None else self.decide(proposal, paused, limit)
+        if proposal is None:
+            return None
+        if limit is None and self.pending_target is None:
+            # decide's first answer for most samples, without its call: nothing to change
+            obs, target = proposal.obs, proposal.rec.target
+            if target > obs.max_vcpus:
+                target = obs.max_vcpus
+            if (obs.min_vcpus if target < obs.min_vcpus else target) == obs.vcpus:  # _clamped, inlined
+                return None
+        return self.decide(proposal, paused, limit)
 
     def propose(self, obs: Observation) -> Proposal | None:
         """The policy's recommendation after this observation (its state moves on); None for a late or repeated
@@ -183,7 +192,8 @@ class VmEngine:
         self.last_time = obs.time
         if self.guard.first_seen is None:
             self.guard.first_seen = obs.time  # warm-up runs from here
-        obs = self._within_allowed(obs)
+        if self.allowed is not None:
+            obs = self._within_allowed(obs)
         if self.pending_target is not None:
             if obs.vcpus == self.pending_target:
                 self._took_effect(self.pending_id, obs.time)  # at the latest now

@@ -232,6 +232,9 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             charge[r] = dt * (r + (price * (demand - r) if demand > r else 0.0))
         # An arm that did not move (most, most of the time) adds no change cost: the sum is the same float without
         # the term (were change_cost_s infinite, the term would be NaN and no arm could ever take over either).
+        if previous == before:  # no arm moved (most samples): the same sums without comparing each pair
+            state.costs = [fade * cost + charge[r] for cost, r in zip(state.costs, previous, strict=True)]
+            return
         state.costs = [
             fade * cost + charge[r] if r == b else fade * cost + charge[r] + change_cost * (r - b if r > b else b - r)
             for cost, r, b in zip(state.costs, previous, before, strict=True)
@@ -286,8 +289,16 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         sizes: list[int] = []
         last_peak = math.nan  # equal to no peak
         window_sizes: tuple[int, ...] = ()
+        sample = (t, demand)
         for queue, window in zip(state.peaks, self._windows, strict=True):
-            peak = _push(queue, t, demand, t - window)
+            # _push, inlined: it runs once per window per sample
+            while queue and queue[-1][1] <= demand:
+                queue.pop()
+            queue.append(sample)
+            horizon = t - window
+            while len(queue) > 1 and queue[0][0] <= horizon:
+                queue.popleft()
+            peak = queue[0][1]
             if peak != last_peak:  # longer windows often hold the same peak: then the same sizes
                 key = (peak, n, low, high)
                 found = memo.get(key)

@@ -32,6 +32,16 @@ def bucket_start(index: int) -> float:
     return FIRST_BUCKET * ((1 + GROWTH) ** index - 1) / GROWTH
 
 
+_BUCKET_STARTS: list[float] = []  # bucket_start(i) at i, as far as a percentile has needed
+
+
+def _bucket_start_cached(index: int) -> float:
+    starts = _BUCKET_STARTS
+    while len(starts) <= index:
+        starts.append(bucket_start(len(starts)))
+    return starts[index]
+
+
 class VpaParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
     target_percentile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.90
     lower_percentile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.50
@@ -74,15 +84,34 @@ class VpaPolicy(PolicyBase[VpaParams, VpaState]):
     @staticmethod
     def percentile(state: VpaState, q: float) -> float:
         """The end of the bucket where the cumulative weight reaches ``q`` (as VPA reports it)."""
-        if state.total <= 0:
-            return 0.0
-        threshold = q * state.total
+        return VpaPolicy.percentiles(state, (q,))[0]
+
+    @staticmethod
+    def percentiles(state: VpaState, qs: tuple[float, ...]) -> list[float]:
+        """``percentile`` at each of ``qs``, in one walk up the buckets (the same sums, so the same floats)."""
+        total = state.total
+        if total <= 0:
+            return [0.0] * len(qs)
+        weights = state.weights
+        slots = sorted(range(len(qs)), key=qs.__getitem__)
+        found = [0.0] * len(qs)
+        slot = slots[0]
+        threshold = qs[slot] * total
+        i = 0
         cumulative = 0.0
-        for b in sorted(state.weights):
-            cumulative += state.weights[b]
-            if cumulative >= threshold:
-                return bucket_start(b + 1)
-        return bucket_start(max(state.weights) + 1)
+        for b in sorted(weights):
+            cumulative += weights[b]
+            while cumulative >= threshold:
+                found[slot] = _bucket_start_cached(b + 1)
+                i += 1
+                if i == len(slots):
+                    return found
+                slot = slots[i]
+                threshold = qs[slot] * total
+        last = _bucket_start_cached(max(weights) + 1)
+        for slot in slots[i:]:
+            found[slot] = last
+        return found
 
     def recommend(self, state: VpaState, obs: Observation) -> Recommendation:
         p = self.params
@@ -92,9 +121,12 @@ class VpaPolicy(PolicyBase[VpaParams, VpaState]):
         age_s = obs.time - state.first_time + obs.interval_s
         confidence = age_s / 86400
         factor = 1 + p.margin
-        target = max(0.025, self.percentile(state, p.target_percentile) * factor)
-        lower = max(0.025, self.percentile(state, p.lower_percentile) * factor * (1 + 0.001 / confidence) ** -2)
-        upper = max(0.025, self.percentile(state, p.upper_percentile) * factor * (1 + 1 / confidence))
+        at_target, at_lower, at_upper = self.percentiles(
+            state, (p.target_percentile, p.lower_percentile, p.upper_percentile)
+        )
+        target = max(0.025, at_target * factor)
+        lower = max(0.025, at_lower * factor * (1 + 0.001 / confidence) ** -2)
+        upper = max(0.025, at_upper * factor * (1 + 1 / confidence))
         n = obs.vcpus
         wanted = max(1, math.ceil(target - 1e-9))
         outside = n < math.ceil(lower - 1e-9) or n > math.ceil(upper - 1e-9)
