@@ -3,6 +3,10 @@
 A child that exits while the supervisor is not stopping is logged and started again after a delay that
 doubles from ``initial_backoff_s`` up to ``max_backoff_s``; the delay resets once the child has stayed up
 for ``healthy_after_s``. Each child's output goes to ``<log_dir>/<name>.log``.
+
+A child restarts on the same metrics port (a scrape target stays put) unless another process has taken that port
+meanwhile (its port was chosen before it bound it, or freed when it died): then on a free one, said in a warning,
+rather than dying of ``Address already in use`` at every restart.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hotplug.harness import processes
+from shared.broker import free_port, port_is_free
 
 log = logging.getLogger(__name__)
+
+METRICS_PORT_FLAG = "--metrics-port"
 
 
 @dataclass
@@ -97,7 +104,18 @@ class Supervisor:
                 return
             backoff = min(backoff * 2, self.max_backoff_s)
             child.restarts += 1
+            self._move_port_if_taken(child)
             await self._spawn(child)
+
+    def _move_port_if_taken(self, child: Child) -> None:
+        argv = child.argv
+        if METRICS_PORT_FLAG not in argv[:-1] or port_is_free(child.metrics_port):
+            return
+        port = free_port()
+        log.warning("%s: its metrics port %d is taken; it restarts on port %d", child.name, child.metrics_port, port)
+        at = argv.index(METRICS_PORT_FLAG) + 1
+        child.argv = [*argv[:at], str(port), *argv[at + 1 :]]
+        child.metrics_port = port
 
     @property
     def stopping(self) -> bool:

