@@ -39,15 +39,30 @@ class Inbox(Generic[T]):
         except BadMessage as exc:
             self._drop(subject, exc.reason, exc.detail)
             return None
+        if not self._agrees(subject, message):
+            return None
+        self._received.inc()
+        return message
+
+    def judge(self, subject: str, data: bytes) -> bool:
+        """Whether ``data`` is a well-formed message for ``subject``, without taking it in: one that is not is
+        counted and logged as ``open`` drops it; one that is counts as nothing here (the caller sheds it)."""
+        try:
+            message = self.decoder.decode(data)
+        except BadMessage as exc:
+            self._drop(subject, exc.reason, exc.detail)
+            return False
+        return self._agrees(subject, message)
+
+    def _agrees(self, subject: str, message: T) -> bool:
         body_vm: str | None = getattr(message, "vm", None)  # a per-host message names no VM
         said = subjects.origin(subject)
         # not a per-VM or per-host subject (e.g. a test's direct publish): nothing to compare
         host, vm = said if said is not None else (message.host, body_vm)
         if host != message.host or (vm is not None and vm != body_vm):
             self._drop(subject, "subject-mismatch", f"body names {message.host}/{body_vm!r}")
-            return None
-        self._received.inc()
-        return message
+            return False
+        return True
 
     def _drop(self, subject: str, reason: str, detail: str) -> None:
         self.metrics.dropped.labels(self.metrics.service, self.kind, reason).inc()

@@ -3,7 +3,8 @@
 A decision needs a VM's latest sample, not every one that queued up behind a slow decider: a newer sample
 replaces the waiting one of the same VM (which keeps its place in line, so one noisy VM cannot push the
 others back), and when more VMs wait than the capacity allows, the longest-waiting one is dropped. Each
-replaced or dropped sample is counted as shed. Commands and results never pass through here.
+replaced or dropped sample is counted as shed and handed back, so the service can still judge it (a malformed one is
+dropped as malformed, not shed unseen). Commands and results never pass through here.
 
 Pure: no clock, no I/O; the service wakes its worker when ``put`` returns.
 """
@@ -25,18 +26,19 @@ class LatestPerKey(Generic[K, V]):
         self.shed = 0
         self._waiting: OrderedDict[K, V] = OrderedDict()
 
-    def put(self, key: K, value: V) -> int:
-        """Queue ``value`` as ``key``'s newest; returns how many waiting values it shed (0 or 1)."""
-        if key in self._waiting:
-            self._waiting[key] = value  # keeps its place in line
+    def put(self, key: K, value: V) -> tuple[K, V] | None:
+        """Queue ``value`` as ``key``'s newest; returns the waiting key and value it shed, if it shed one."""
+        waiting = self._waiting
+        shed: tuple[K, V] | None = None
+        if key in waiting:
+            shed = (key, waiting[key])
+            waiting[key] = value  # keeps its place in line
+        else:
+            if len(waiting) >= self.capacity:
+                shed = waiting.popitem(last=False)
+            waiting[key] = value
+        if shed is not None:
             self.shed += 1
-            return 1
-        shed = 0
-        if len(self._waiting) >= self.capacity:
-            self._waiting.popitem(last=False)
-            shed = 1
-        self._waiting[key] = value
-        self.shed += shed
         return shed
 
     def pop(self) -> tuple[K, V] | None:

@@ -533,7 +533,10 @@ class WholeFleet:
         await asyncio.Event().wait()
 
     async def _on_sample(self, msg: Msg) -> None:
-        if self.mailbox.put(msg.subject, msg.data):
+        shed = self.mailbox.put(msg.subject, msg.data)
+        # A shed sample is still judged (a decode, far less than a decision): a malformed one is dropped as such,
+        # counted and logged, rather than hidden among the shed.
+        if shed is not None and self.decider.samples.judge(*shed):
             self._shed.inc()
         self._ready.set()
 

@@ -20,7 +20,7 @@ from hotplug.harness import faults
 from hotplug.harness.poll import eventually
 from hotplug.harness.recorder import Recorder
 from services.decider.registry import build_policy
-from services.decider.service import Decider, DeciderConfig, DeciderMetrics
+from services.decider.service import Decider, DeciderConfig, DeciderMetrics, WholeFleet
 from shared import subjects, topology
 from shared.codec import Decoder, encode
 from shared.eventlog import read_deferrals
@@ -203,3 +203,24 @@ async def test_a_full_hosts_grow_is_deferred_in_the_event_log_and_granted_once_a
     stored = await read_deferrals(nc.jetstream())
     assert [(d.vm, d.action) for d in stored] == [("busy", DeferralAction.DEFERRED), ("busy", DeferralAction.GRANTED)]
     assert stored == seen
+
+
+async def test_a_malformed_sample_replaced_before_its_turn_is_dropped_as_malformed_not_shed(
+    start_decider: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The intake keeps each VM's newest sample undecoded until its turn; one a newer sample replaces is still
+    judged, so a bad publisher on a busy VM's subject shows up as malformed, logged, not among the shed."""
+    running = await start_decider()
+    intake = running.decider.intake
+    assert isinstance(intake, WholeFleet)
+    subject = subjects.metrics(HOST, VM)
+    dropped = {"name": "hotplug_messages_dropped_total", "kind": "metric"}
+    shed_before = running.service.count(**dropped, reason="shed")
+    # Taken in with no await between them: the decider's worker cannot take the first before the second replaces it.
+    await intake._on_sample(Msg(running.feed, subject=subject, data=b"not json"))
+    await intake._on_sample(Msg(running.feed, subject=subject, data=encode(sample(VM, used=0.5))))
+    await intake._on_sample(Msg(running.feed, subject=subject, data=encode(sample(VM, used=0.6))))
+    await running.handled()
+    assert running.service.count(**dropped, reason="malformed") == 1
+    assert running.service.count(**dropped, reason="shed") == shed_before + 1  # the good one the third replaced
+    assert f"dropped metric on {subject}: malformed" in caplog.text

@@ -93,3 +93,22 @@ def test_a_body_naming_another_host_or_vm_than_its_subject_is_dropped() -> None:
     assert inbox.open(subjects.stored_metrics("h1", "web 1"), encode(_sample(host="h2"))) is None  # as stored
     assert inbox.open(subjects.stored_metrics("h1", "web 1"), encode(_sample())) == _sample()
     assert _counts(metrics) == {**dict.fromkeys(DROP_REASONS, 0.0), "subject-mismatch": 4.0, "received": 1.0}
+
+
+def test_judging_a_shed_message_drops_a_bad_one_and_takes_in_none(caplog: pytest.LogCaptureFixture) -> None:
+    """What the decider's intake does with a sample a newer one replaced: a malformed one is dropped as malformed
+    (counted, logged), a good one counts as nothing here (its caller counts it as shed)."""
+    metrics = ServiceMetrics("svc")
+    inbox = Inbox("metric", MetricSample, metrics)
+    subject = subjects.metrics("h1", "web 1")
+    with caplog.at_level(logging.WARNING, logger="shared.inbox"):
+        assert inbox.judge(subject, encode(_sample())) is True
+        assert inbox.judge(subject, b"not json") is False
+        assert inbox.judge(subject, encode(_sample(vm="web 2"))) is False
+    assert _counts(metrics) == {
+        **dict.fromkeys(DROP_REASONS, 0.0),
+        "malformed": 1.0,
+        "subject-mismatch": 1.0,
+        "received": 0.0,
+    }
+    assert [r.getMessage().split(":")[1].strip() for r in caplog.records] == ["malformed", "subject-mismatch"]

@@ -25,20 +25,31 @@ def test_a_newer_sample_replaces_the_waiting_one_and_keeps_its_place() -> None:
 
 def test_beyond_the_capacity_the_longest_waiting_vm_is_shed() -> None:
     box: LatestPerKey[str, int] = LatestPerKey(2)
-    assert box.put("a", 1) == 0
-    assert box.put("b", 1) == 0
-    assert box.put("c", 1) == 1
+    assert box.put("a", 1) is None
+    assert box.put("b", 1) is None
+    assert box.put("c", 1) == ("a", 1)  # handed back, for the service to judge
     assert drain(box) == [("b", 1), ("c", 1)]
+
+
+def test_a_replaced_sample_is_handed_back() -> None:
+    box: LatestPerKey[str, int] = LatestPerKey(2)
+    assert box.put("a", 1) is None
+    assert box.put("a", 2) == ("a", 1)
+    assert drain(box) == [("a", 2)]
 
 
 @given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.integers()), max_size=200), st.integers(1, 10))
 def test_nothing_is_unaccounted_and_the_newest_always_wins(puts: list[tuple[str, int]], capacity: int) -> None:
     box: LatestPerKey[str, int] = LatestPerKey(capacity)
+    handed_back = []
     for key, value in puts:
-        box.put(key, value)
+        shed = box.put(key, value)
+        if shed is not None:
+            handed_back.append(shed)
         assert len(box) <= capacity
     out = drain(box)
     assert len(out) + box.shed == len(puts)
+    assert sorted(out + handed_back) == sorted(puts)  # every sample comes out once: decided or handed back
     newest = dict(puts)
     for key, value in out:
         assert value == newest[key]
