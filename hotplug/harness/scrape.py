@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,8 +36,12 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 
 def metric(url: str, name: str, **labels: str) -> float:
-    """One metric's total at ``url`` (see ``total``); blocking: from a coroutine, use ``metric_async``."""
-    return total(scrape(url), name, **labels)
+    """One metric's total at ``url`` (see ``total``); blocking: from a coroutine, use ``metric_async``.
+
+    Only that metric is asked for (prometheus_client's ``name[]`` filter): a decider with 10,000 VMs has a series
+    per VM, and rendering and parsing them all at every look took the CPU a benchmark was measuring."""
+    separator = "&" if "?" in url else "?"
+    return total(scrape(f"{url}{separator}{urllib.parse.urlencode({'name[]': name})}"), name, **labels)
 
 
 def metric_or_zero(url: str, name: str, **labels: str) -> float:
