@@ -113,6 +113,11 @@ def test_a_rule_without_match_is_refused() -> None:
 
 
 def test_bad_values_in_sections_are_refused() -> None:
+    # Source and driver names are checked against their registries once imported, as every command that runs
+    # them has (shared/config/load.py); imported here, so the test does not depend on which test ran before it.
+    import services.actuator.drivers.registry
+    import services.collector.sources.registry  # noqa: F401
+
     assert "service.metrics_port" in error_of("[service]\nmetrics_port = 70000\n").reason
     assert "collector.source" in error_of("[collector]\nsource = 'vmware'\n").reason
     assert "decider.command_ttl" in error_of("[decider]\ncommand_ttl = 0\n").reason
