@@ -1,8 +1,9 @@
 """``hotplug bench decider``: what one decider process sustains through a real nats-server.
 
 Two phases against a real ``hotplug decider`` (policy ``default``) and an embedded nats-server:
-* throughput: samples for N VMs offered at paced rates (10k/s and up); samples/s is the rate decided on at
-  the highest offer the decider took in full (under 1% shed). A flood (as fast as the broker takes them) is
+* throughput: samples for N VMs offered at paced rates (10k/s and up, then halving the gap between the highest
+  offer taken in full and the lowest not, twice); samples/s is the rate decided on at the highest offer the decider
+  took in full (under 1% shed). A flood (as fast as the broker takes them) is
   reported apart: the decider takes everything in, decides on each VM's newest sample and sheds the ones a
   newer sample replaced before their turn (services/decider/mailbox.py);
 * latency: N VMs sampled at 1 Hz (N samples/s), each VM's load swinging between busy and idle, starved in
@@ -25,6 +26,17 @@ from shared import bus, subjects
 from shared.broker import EmbeddedBroker
 from shared.codec import encode
 from shared.messages import MetricSample, ScaleCommand
+
+LADDER = (10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000)
+REFINEMENTS = 2  # offers between the highest taken in full and the lowest not
+OFFER_GRAIN = 500  # offers are whole multiples of this many samples a second
+
+
+def between(taken: float, refused: float) -> float | None:
+    """The offer halfway between one taken in full and one that was not, on the grain; None once they are a grain
+    apart."""
+    middle = round((taken + refused) / 2 / OFFER_GRAIN) * OFFER_GRAIN
+    return float(middle) if taken < middle < refused else None
 
 
 def sample(vm: str, vcpus: int, busy: bool, now: float, starved: bool = False) -> MetricSample:
@@ -102,11 +114,26 @@ async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
             flood_published, flood_decided, flood_shed, flood_s = await offer(None, seconds)
             # sustained: the highest paced rate decided on in full (under 1% shed)
             sustained, decided_per_s = 0.0, 0.0
-            for rate in (10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000):
+
+            async def takes(rate: float) -> bool:
+                nonlocal sustained, decided_per_s
                 published, decided, shed, took = await offer(rate, 3.0)
                 if shed > 0.01 * published or decided < 0.99 * published:
-                    break
+                    return False
                 sustained, decided_per_s = rate, decided / took
+                return True
+
+            refused: float | None = None
+            for rate in LADDER:
+                if not await takes(rate):
+                    refused = rate
+                    break
+            for _ in range(REFINEMENTS):
+                middle = None if refused is None else between(sustained, refused)
+                if middle is None:
+                    break
+                if not await takes(middle):
+                    refused = middle
 
             # latency at 1 Hz per VM, the VMs' samples spread over the second as many collectors' would be
             latencies.clear()
