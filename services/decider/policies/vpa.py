@@ -8,6 +8,7 @@ once the history is ``min_age_s`` old, when the target differs by at least ``upd
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated
 
@@ -32,14 +33,8 @@ def bucket_start(index: int) -> float:
     return FIRST_BUCKET * ((1 + GROWTH) ** index - 1) / GROWTH
 
 
-_BUCKET_STARTS: list[float] = []  # bucket_start(i) at i, as far as a percentile has needed
-
-
-def _bucket_start_cached(index: int) -> float:
-    starts = _BUCKET_STARTS
-    while len(starts) <= index:
-        starts.append(bucket_start(len(starts)))
-    return starts[index]
+# The same floats, each computed once: a VM's percentiles are asked for at every sample.
+_bucket_start_cached = functools.cache(bucket_start)
 
 
 class VpaParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
