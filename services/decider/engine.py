@@ -174,13 +174,9 @@ class VmEngine:
         proposal = self.propose(obs)
         if proposal is None:
             return None
-        if limit is None and self.pending_target is None:
-            # decide's first answer for most samples, without its call: nothing to change
-            obs, target = proposal.obs, proposal.rec.target
-            if target > obs.max_vcpus:
-                target = obs.max_vcpus
-            if (obs.min_vcpus if target < obs.min_vcpus else target) == obs.vcpus:  # _clamped, inlined
-                return None
+        seen = proposal.obs
+        if limit is None and self.pending_target is None and _clamped(seen, proposal.rec.target) == seen.vcpus:
+            return None  # decide's first answer for most samples, without its call: nothing to change
         return self.decide(proposal, paused, limit)
 
     def propose(self, obs: Observation) -> Proposal | None:

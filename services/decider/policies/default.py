@@ -289,16 +289,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         sizes: list[int] = []
         last_peak = math.nan  # equal to no peak
         window_sizes: tuple[int, ...] = ()
-        sample = (t, demand)
         for queue, window in zip(state.peaks, self._windows, strict=True):
-            # _push, inlined: it runs once per window per sample
-            while queue and queue[-1][1] <= demand:
-                queue.pop()
-            queue.append(sample)
-            horizon = t - window
-            while len(queue) > 1 and queue[0][0] <= horizon:
-                queue.popleft()
-            peak = queue[0][1]
+            peak = _push(queue, t, demand, t - window)
             if peak != last_peak:  # longer windows often hold the same peak: then the same sizes
                 key = (peak, n, low, high)
                 found = memo.get(key)
