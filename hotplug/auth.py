@@ -163,8 +163,8 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
                     # its own host's progress markers (services/actuator/progress.py)
                     f"{API}.STREAM.CREATE.{topology.kv_stream(PROGRESS)}",
                     topology.kv_subject(PROGRESS, topology.progress_keys(host)),
-                    f"{API}.CONSUMER.*.{topology.kv_stream(PROGRESS)}",
-                    f"{API}.CONSUMER.*.{topology.kv_stream(PROGRESS)}.>",
+                    f"{API}.DIRECT.GET.{topology.kv_stream(PROGRESS)}.>",
+                    f"{API}.STREAM.MSG.GET.{topology.kv_stream(PROGRESS)}",  # a bucket made without direct get
                     *_read_pauses(create=True),
                 ],
                 subscribe=[subjects.hosts(host), "_INBOX.>"],  # its host's state, for the capacity it enforces

@@ -178,6 +178,18 @@ async def key_value(js: JetStreamContext, bucket: str, *, ttl_s: float | None = 
         return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=ttl_s, replicas=replicas()))
 
 
+async def stored_keys(js: JetStreamContext, bucket: str, keys: str = ">") -> list[str]:
+    """The keys of KV ``bucket`` matching ``keys`` (a deleted key's marker included), from its stream's per-subject
+    state; read each with ``KeyValue.get``.
+
+    Not ``KeyValue.keys()`` or a watch's "all in": nats-py's watch can say the current entries are all in before
+    the ones already on their way have been handed over (nats-io/nats.py#842, open in 2.16), so what it lists may
+    leave out an entry stored long before."""
+    info = await js.stream_info(topology.kv_stream(bucket), subjects_filter=topology.kv_subject(bucket, keys))
+    prefix = topology.kv_subject(bucket, "")
+    return sorted(subject[len(prefix) :] for subject in (info.state.subjects or {}))
+
+
 async def connect(
     url: str,
     name: str,

@@ -3,7 +3,7 @@
 Services learn pauses from a KV watch, not by asking per command: ``PauseWatch.start`` returns once the bucket's
 current entries are known, and a task keeps the book up to date from then on (re-watching after a failure).
 
-The bucket's keys are listed from its stream's per-subject state, not with ``KeyValue.keys()``: nats-py's watch (which
+The bucket's keys are listed with ``shared.bus.stored_keys``, not with ``KeyValue.keys()``: nats-py's watch (which
 ``keys()`` is built on) can say "the current entries are all in" before the ones already on their way have been
 handed over (nats-io/nats.py#842, open in 2.16), so a watch started beside a paused VM could miss its pause, and a
 listing could leave it out. ``PauseWatch`` therefore reads every current entry by key once the watch has started,
@@ -63,19 +63,10 @@ async def entry(kv: KeyValue, host: str, vm: str) -> PauseEvent | None:
     return _decode(found.value) if found.value else None
 
 
-async def stored_keys(js: JetStreamContext, keys: str = ">") -> list[str]:
-    """The bucket's keys matching ``keys`` (a deleted key's marker included), from its stream's per-subject state."""
-    info = await js.stream_info(
-        topology.kv_stream(PAUSE_BUCKET), subjects_filter=topology.kv_subject(PAUSE_BUCKET, keys)
-    )
-    prefix = topology.kv_subject(PAUSE_BUCKET, "")
-    return sorted(subject[len(prefix) :] for subject in (info.state.subjects or {}))
-
-
 async def entries(js: JetStreamContext, kv: KeyValue) -> list[PauseEvent]:
     """Every stored pause, expired or not (an undecodable entry is skipped, and logged)."""
     out = []
-    for name in await stored_keys(js):
+    for name in await bus.stored_keys(js, PAUSE_BUCKET):
         with contextlib.suppress(KeyNotFoundError):
             found = await kv.get(name)
             if found.value:
@@ -148,7 +139,7 @@ class PauseWatch:
 
     async def _read_current(self, kv: KeyValue) -> None:
         """Every current entry, read by key: what the watch may not have handed over yet."""
-        for name in await stored_keys(self.js, self.keys):
+        for name in await bus.stored_keys(self.js, PAUSE_BUCKET, self.keys):
             try:
                 found = await kv.get(name)
             except KeyNotFoundError as exc:  # deleted: its marker's revision, where nats-py gives it
