@@ -36,7 +36,7 @@ from nats.js.api import (
     StreamConfig,
     SubjectTransform,
 )
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from shared import subjects, topology
@@ -188,6 +188,20 @@ async def stored_keys(js: JetStreamContext, bucket: str, keys: str = ">") -> lis
     info = await js.stream_info(topology.kv_stream(bucket), subjects_filter=topology.kv_subject(bucket, keys))
     prefix = topology.kv_subject(bucket, "")
     return sorted(subject[len(prefix) :] for subject in (info.state.subjects or {}))
+
+
+async def current_entries(js: JetStreamContext, kv: KeyValue, bucket: str, keys: str = ">") -> dict[str, bytes]:
+    """The value of every live entry of KV ``bucket`` (opened as ``kv``) matching ``keys``, read by key: deleted
+    and purged keys are left out (see ``stored_keys`` for why not a watch)."""
+    found: dict[str, bytes] = {}
+    for key in await stored_keys(js, bucket, keys):
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:  # deleted or purged since (its marker is the key's newest message)
+            continue
+        if entry.value:
+            found[key] = entry.value
+    return found
 
 
 async def connect(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from shared import bus, topology
@@ -52,15 +51,8 @@ class ProgressLog:
         await self.kv.delete(topology.progress_key(self.host, command.vm))
 
     async def left_over(self) -> list[InProgress]:
-        """The markers a dead actuator of this host left, each read by its key (``bus.stored_keys``: a watch's
+        """The markers a dead actuator of this host left, each read by its key (``bus.current_entries``: a watch's
         "all in" can come before a marker stored long ago has been handed over, and a marker missed here is a
         change no result reports)."""
-        found: list[InProgress] = []
-        for key in await bus.stored_keys(self.js, PROGRESS_BUCKET, topology.progress_keys(self.host)):
-            try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:  # removed: its command's result is stored
-                continue
-            if entry.value:
-                found.append(_decode(entry.value))
-        return found
+        markers = await bus.current_entries(self.js, self.kv, PROGRESS_BUCKET, topology.progress_keys(self.host))
+        return [_decode(value) for value in markers.values()]

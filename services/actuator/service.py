@@ -39,7 +39,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.actuator import steps
@@ -305,11 +305,9 @@ class Actuator:
         while True:
             try:
                 kv = await self.ctx.js.key_value(LEASE_BUCKET)
-                for name in await kv.keys():
-                    entry = await kv.get(name)
-                    if entry.value:
-                        self.ledger.learn_term(name, decode(entry.value).term)
-            except (BucketNotFoundError, NoKeysError, KeyNotFoundError, msgspec.DecodeError):
+                for name, value in (await bus.current_entries(self.ctx.js, kv, LEASE_BUCKET)).items():
+                    self.ledger.learn_term(name, decode(value).term)
+            except (BucketNotFoundError, msgspec.DecodeError):
                 pass  # no leases in use
             except Exception as exc:
                 log.debug("lease terms not read: %s", exc)

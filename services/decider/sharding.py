@@ -92,10 +92,7 @@ class ShardedIntake:
     async def _heartbeat(self) -> None:
         assert self._members_kv is not None
         await self._members_kv.put(f"{self.group}.{self.member}", str(time.time()).encode())
-        try:
-            keys = await self._members_kv.keys()
-        except nats.js.errors.NoKeysError:
-            keys = []
+        keys = await bus.current_entries(self.js, self._members_kv, MEMBERS_BUCKET)
         prefix = f"{self.group}."
         members = sorted(k[len(prefix) :] for k in keys if k.startswith(prefix))
         share = owned_partitions(members, self.member)
