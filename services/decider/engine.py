@@ -58,7 +58,7 @@ class Decision(NamedTuple):
     kind: str = "hold"
 
 
-class Proposal(NamedTuple):
+class Proposal(msgspec.Struct, frozen=True, gc=False):
     """What the policy wants after one observation (``VmEngine.propose``), before the host's limit and the rails.
     ``obs`` is within the sizes the actuator allows."""
 

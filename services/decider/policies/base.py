@@ -8,12 +8,16 @@ are applied afterwards by ``services.decider.guard``, the same for every policy.
 
 from __future__ import annotations
 
-from typing import ClassVar, Generic, NamedTuple, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import msgspec
 
 
-class Observation(msgspec.Struct, frozen=True, kw_only=True):
+# The values made at every step (an observation, a recommendation) are Structs the garbage collector does not
+# track: they hold only numbers and text, so they can be in no reference cycle, and a replay makes millions of them
+# (a recommendation as a NamedTuple cost three times as much to make, and each tracked one brings the next
+# collection nearer).
+class Observation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a policy sees of one VM at one step."""
 
     time: float
@@ -31,7 +35,7 @@ class Observation(msgspec.Struct, frozen=True, kw_only=True):
         return self.used_cores / self.vcpus if self.vcpus > 0 else 1.0
 
 
-class Recommendation(NamedTuple):
+class Recommendation(msgspec.Struct, frozen=True, gc=False):
     target: int
     reason: str  # for people: "cpu 92% > 80% for 3 samples"
     kind: str = "hold"  # for metrics: a short, low-cardinality class of the reason
