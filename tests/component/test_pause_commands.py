@@ -18,6 +18,7 @@ from shared.broker import EmbeddedBroker
 from shared.codec import encode
 from shared.messages import MetricSample, PauseAction, PauseEvent
 from shared.pause_bucket import PauseWatch
+from tests.early_watch import watch_saying_all_in_first
 
 
 def sample(vm: str, host: str = "local") -> MetricSample:
@@ -201,38 +202,11 @@ async def test_a_watch_told_all_is_in_too_early_still_knows_every_pause(
     """nats-py's watch may say the current entries are all in before handing them over (nats-io/nats.py#842): here
     it says so first and hands over nothing until the test has looked. The watch still starts knowing the pauses,
     from reading each key."""
-    from nats.js.kv import KeyValue
-
     await _prepare(broker.url, "vm-01", "vm-02")
     await pause_cmd.pause(broker.url, "local", "vm-01", duration_s=None, reason="", force=False, by="alice")
     await pause_cmd.pause(broker.url, "local", "vm-02", duration_s=None, reason="", force=False, by="alice")
     await pause_cmd.resume(broker.url, "local", "vm-02", by="alice")
-    real_watch = KeyValue.watch
-    looked = asyncio.Event()
-
-    async def early(self: KeyValue, keys: str, **kwargs: object) -> object:
-        watcher = await real_watch(self, keys, **kwargs)
-
-        class Early:
-            def __init__(self) -> None:
-                self.told = False
-
-            def __aiter__(self) -> Early:
-                return self
-
-            async def __anext__(self) -> object:
-                if not self.told:
-                    self.told = True
-                    return None
-                await looked.wait()
-                return await watcher.__anext__()  # type: ignore[no-untyped-call]
-
-            async def stop(self) -> None:
-                await watcher.stop()  # type: ignore[no-untyped-call]
-
-        return Early()
-
-    monkeypatch.setattr(KeyValue, "watch", early)
+    looked = watch_saying_all_in_first(monkeypatch)
     nc = await bus.connect(broker.url, "test", forever=False)
     watch = PauseWatch(nc.jetstream(), "local.>")
     try:

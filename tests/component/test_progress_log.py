@@ -4,7 +4,6 @@ have said "all in" before handing a marker over (nats-io/nats.py#842)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from services.actuator.progress import ProgressLog
 from shared import bus, topology
 from shared.broker import EmbeddedBroker, free_port
 from shared.messages import ScaleCommand
+from tests.early_watch import watch_saying_all_in_first
 
 
 def order(command_id: str, vm: str, host: str = "local") -> ScaleCommand:
@@ -74,35 +74,9 @@ async def test_a_marker_is_found_when_a_watch_would_have_said_all_in_first(
 ) -> None:
     """The watch here says "all in" before it hands anything over, as nats-py's may (nats-io/nats.py#842): a
     marker read that way would be missed, and the change its command made reported by no result."""
-    from nats.js.kv import KeyValue
-
     log = await ProgressLog.open(actuators["local"].jetstream(), "local")
     await log.begin(order("c1", "vm-01"), 1)
-    real_watch = KeyValue.watch
-    looked = asyncio.Event()
-
-    async def early(self: KeyValue, keys: str, **kwargs: object) -> object:
-        watcher = await real_watch(self, keys, **kwargs)
-
-        class Early:
-            told = False
-
-            def __aiter__(self) -> Early:
-                return self
-
-            async def __anext__(self) -> object:
-                if not self.told:
-                    self.told = True
-                    return None
-                await looked.wait()
-                return await watcher.__anext__()  # type: ignore[no-untyped-call]
-
-            async def stop(self) -> None:
-                await watcher.stop()  # type: ignore[no-untyped-call]
-
-        return Early()
-
-    monkeypatch.setattr(KeyValue, "watch", early)
+    looked = watch_saying_all_in_first(monkeypatch)
     try:
         found = [m.command.id for m in await log.left_over()]
     finally:
