@@ -42,8 +42,9 @@ def _walk_order(qs: tuple[float, ...]) -> tuple[int, ...]:
     return tuple(sorted(range(len(qs)), key=qs.__getitem__))
 
 
-def _percentiles(state: VpaState, qs: tuple[float, ...], order: tuple[int, ...]) -> list[float]:
-    """``VpaPolicy.percentiles``, with ``order`` = ``_walk_order(qs)`` worked out by the caller."""
+def _percentiles(state: VpaState, buckets: list[int], qs: tuple[float, ...], order: tuple[int, ...]) -> list[float]:
+    """``VpaPolicy.percentiles``, with ``buckets`` = ``sorted(state.weights)`` and ``order`` = ``_walk_order(qs)``
+    worked out by the caller."""
     total = state.total
     if total <= 0:
         return [0.0] * len(qs)
@@ -53,7 +54,7 @@ def _percentiles(state: VpaState, qs: tuple[float, ...], order: tuple[int, ...])
     threshold = qs[slot] * total
     i = 0
     cumulative = 0.0
-    for b in sorted(weights):
+    for b in buckets:
         cumulative += weights[b]
         while cumulative >= threshold:
             found[slot] = _bucket_start_cached(b + 1)
@@ -62,7 +63,7 @@ def _percentiles(state: VpaState, qs: tuple[float, ...], order: tuple[int, ...])
                 return found
             slot = order[i]
             threshold = qs[slot] * total
-    last = _bucket_start_cached(max(weights) + 1)
+    last = _bucket_start_cached(buckets[-1] + 1)
     for slot in order[i:]:
         found[slot] = last
     return found
@@ -97,6 +98,17 @@ class VpaPolicy(PolicyBase[VpaParams, VpaState]):
         self._quantiles = (params.target_percentile, params.lower_percentile, params.upper_percentile)
         self._walk_order = _walk_order(self._quantiles)
         self._factor = 1 + params.margin
+        self._last_sorted: tuple[dict[int, float], list[int]] = ({}, [])
+
+    def _sorted_buckets(self, weights: dict[int, float]) -> list[int]:
+        """``sorted(weights)``, kept for the last histogram asked about. Replay asks about one VM's histogram at
+        every sample in a row, and its buckets change only when ``_add`` adds one (so its length tells) or replaces
+        the histogram (so its identity tells). One tuple, replaced whole: threads sharing the policy stay safe."""
+        seen, buckets = self._last_sorted
+        if seen is not weights or len(buckets) != len(weights):
+            buckets = sorted(weights)
+            self._last_sorted = (weights, buckets)
+        return buckets
 
     def _add(self, state: VpaState, t: float, cores: float) -> None:
         if state.reference is None:
@@ -122,7 +134,7 @@ class VpaPolicy(PolicyBase[VpaParams, VpaState]):
     @staticmethod
     def percentiles(state: VpaState, qs: tuple[float, ...]) -> list[float]:
         """``percentile`` at each of ``qs``, in one walk up the buckets (the same sums, so the same floats)."""
-        return _percentiles(state, qs, _walk_order(qs))
+        return _percentiles(state, sorted(state.weights), qs, _walk_order(qs))
 
     def recommend(self, state: VpaState, obs: Observation) -> Recommendation:
         t = obs.time
@@ -132,7 +144,8 @@ class VpaPolicy(PolicyBase[VpaParams, VpaState]):
         age_s = t - state.first_time + obs.interval_s
         confidence = age_s / 86400
         factor = self._factor
-        at_target, at_lower, at_upper = _percentiles(state, self._quantiles, self._walk_order)
+        buckets = self._sorted_buckets(state.weights)
+        at_target, at_lower, at_upper = _percentiles(state, buckets, self._quantiles, self._walk_order)
         # Each is max(0.025, x) written out: the same float (also for a NaN), without a call per sample.
         target = at_target * factor
         target = target if target > 0.025 else 0.025
