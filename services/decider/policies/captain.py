@@ -55,59 +55,80 @@ class CaptainPolicy(PolicyBase[CaptainParams, CaptainState]):
     params_type = CaptainParams
     state_type = CaptainState
 
+    def __init__(self, params: CaptainParams) -> None:
+        super().__init__(params)
+        # Read at every sample of every VM: worked out once (the params are frozen).
+        self._starving = 3 * params.target_starvation  # starvation above this grows the limit
+
     def starvation(self, obs: Observation) -> float:
-        if obs.pressure_cores is not None:
-            wanted = obs.used_cores + obs.pressure_cores
-            return obs.pressure_cores / wanted if wanted > 0 else 0.0
+        pressure = obs.pressure_cores
+        if pressure is not None:
+            wanted = obs.used_cores + pressure
+            return pressure / wanted if wanted > 0 else 0.0
         return 1.0 if obs.utilisation >= self.params.saturated else 0.0
+
+    def _peak_and_spread(self, state: CaptainState, now: float, used: float) -> tuple[float, float]:
+        """Take in this sample's usage; the peak and the spread of the usage over the history."""
+        horizon = now - self.params.history_s
+        usage = state.usage
+        usage.append((now, used))
+        state.usage_sum += used
+        state.usage_squares += used * used
+        while usage[0][0] <= horizon:
+            _, old = usage.popleft()
+            state.usage_sum -= old
+            state.usage_squares -= old * old
+        peaks = state.peaks
+        while peaks and peaks[-1][1] <= used:
+            peaks.pop()
+        peaks.append((now, used))
+        while peaks[0][0] <= horizon:
+            peaks.popleft()
+        return peaks[0][1], _pstdev(len(usage), state.usage_sum, state.usage_squares)
 
     def recommend(self, state: CaptainState, obs: Observation) -> Recommendation:
         p = self.params
-        if state.limit is None:
-            state.limit = state.last_limit = float(obs.vcpus)
+        limit = state.limit
+        if limit is None:
+            limit = state.last_limit = float(obs.vcpus)
             state.margin = p.initial_margin
-        assert state.last_limit is not None
-        assert state.margin is not None
-        horizon = obs.time - p.history_s
-        used = obs.used_cores
-        state.usage.append((obs.time, used))
-        state.usage_sum += used
-        state.usage_squares += used * used
-        while state.usage[0][0] <= horizon:
-            _, old = state.usage.popleft()
-            state.usage_sum -= old
-            state.usage_squares -= old * old
-        while state.peaks and state.peaks[-1][1] <= used:
-            state.peaks.pop()
-        state.peaks.append((obs.time, used))
-        while state.peaks[0][0] <= horizon:
-            state.peaks.popleft()
-        peak = state.peaks[0][1]
+        last_limit = state.last_limit
+        margin = state.margin
+        assert last_limit is not None
+        assert margin is not None
+        peak, spread = self._peak_and_spread(state, obs.time, obs.used_cores)
         pace = obs.interval_s / p.period_s
         thr = self.starvation(obs)
         target = p.target_starvation
+        starving = thr > self._starving
         why = f"starvation {thr:.0%}"
         kind = "hold"
-        if thr > 3 * target and state.last_scale_down:
-            state.limit = 2 * state.last_limit - state.limit  # the last cut starved it: undo it
-            state.margin += (thr - target) * pace
-            state.last_scale_down = False
+        if starving and state.last_scale_down:
+            limit = 2 * last_limit - limit  # the last cut starved it: undo it
+            margin += (thr - target) * pace
             why += ", last cut rolled back"
             kind = "rollback"
-        state.last_limit = state.limit
-        state.last_scale_down = False
-        state.margin = max(0.0, state.margin + (thr - target) * pace)
-        if thr > 3 * target:
-            state.limit = max(state.limit + 1, state.limit * (1 + thr - 3 * target))
+        state.last_limit = limit
+        shrunk = False
+        # max(0.0, x) and the max and min below written out: the same floats (a NaN too), without a call per sample.
+        margin = margin + (thr - target) * pace
+        state.margin = margin = margin if margin > 0.0 else 0.0
+        if starving:
+            grown = limit * (1 + thr - self._starving)
+            limit = grown if grown > limit + 1 else limit + 1
             why += ", growing"
             kind = "starvation"
         else:
-            spread = _pstdev(len(state.usage), state.usage_sum, state.usage_squares)
-            candidate = peak + state.margin * spread
-            if candidate <= 0.9 * state.limit:
-                state.limit = max(0.5 * state.limit, candidate)
-                state.last_scale_down = True
-                why += f", shrinking to peak {peak:.2f} + {state.margin:.1f}σ"
+            candidate = peak + margin * spread
+            if candidate <= 0.9 * limit:
+                half = 0.5 * limit
+                limit = candidate if candidate > half else half
+                shrunk = True
+                why += f", shrinking to peak {peak:.2f} + {margin:.1f}σ"
                 kind = "shrink"
-        state.limit = min(max(state.limit, 0.01), float(obs.max_vcpus))
-        return Recommendation(max(1, math.ceil(state.limit - 1e-9)), why, kind)
+        state.last_scale_down = shrunk
+        limit = 0.01 if limit < 0.01 else limit
+        highest = float(obs.max_vcpus)
+        state.limit = limit = highest if highest < limit else limit
+        wanted = math.ceil(limit - 1e-9)
+        return Recommendation(wanted if wanted > 1 else 1, why, kind)

@@ -36,13 +36,31 @@ class FusdPolicy(PolicyBase[FusdParams, FusdState]):
     params_type = FusdParams
     state_type = FusdState
 
+    def __init__(self, params: FusdParams) -> None:
+        super().__init__(params)
+        # Worked out once: the reason's fixed part, and α_down for the last interval seen (a policy serves many VMs,
+        # nearly all at one cadence; one tuple, replaced whole, so two threads never see half of it).
+        self._reason_tail = f" cores at {params.warm:.0%} warm"
+        self._fading: tuple[float, float] = (math.nan, math.nan)
+
+    def _alpha_down(self, interval_s: float) -> float:
+        """``α_down^(interval_s / step_s)``: the weight of the past after a falling sample of ``interval_s``."""
+        seen, alpha = self._fading
+        if seen != interval_s:
+            alpha = self.params.alpha_down ** (interval_s / self.params.step_s)
+            self._fading = (interval_s, alpha)
+        return alpha
+
     def recommend(self, state: FusdState, obs: Observation) -> Recommendation:
         p = self.params
         observed = obs.used_cores
-        if state.estimate is None:
-            state.estimate = observed
+        estimate = state.estimate
+        if estimate is None:
+            estimate = observed
         else:
-            alpha = p.alpha_up if observed > state.estimate else p.alpha_down ** (obs.interval_s / p.step_s)
-            state.estimate = max(0.0, alpha * state.estimate + (1 - alpha) * observed)
-        target = max(1, math.ceil(state.estimate / p.warm - 1e-9))
-        return Recommendation(target, f"predicted {state.estimate:.2f} cores at {p.warm:.0%} warm", "prediction")
+            alpha = p.alpha_up if observed > estimate else self._alpha_down(obs.interval_s)
+            estimate = alpha * estimate + (1 - alpha) * observed
+            estimate = estimate if estimate > 0.0 else 0.0  # max(0.0, x) without a call: the same float (a NaN too)
+        state.estimate = estimate
+        target = math.ceil(estimate / p.warm - 1e-9)
+        return Recommendation(target if target > 1 else 1, f"predicted {estimate:.2f}{self._reason_tail}", "prediction")

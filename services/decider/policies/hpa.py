@@ -29,25 +29,53 @@ class HpaState(msgspec.Struct):
     history: deque[tuple[float, int]] = msgspec.field(default_factory=deque)
 
 
+def _window_extremes(history: deque[tuple[float, int]], up_since: float, down_since: float) -> tuple[int, int]:
+    """The lowest recommendation since ``up_since`` and the highest since ``down_since``, in one pass (a loop, not
+    two generators: most histories hold two or three entries, and this runs at every sample)."""
+    lowest: int | None = None
+    highest: int | None = None
+    for t, r in history:
+        if t >= up_since and (lowest is None or r < lowest):
+            lowest = r
+        if t >= down_since and (highest is None or r > highest):
+            highest = r
+    if lowest is None or highest is None:  # only for a time that is not finite: the newest entry is in both windows
+        raise ValueError("no recommendation within a window")
+    return lowest, highest
+
+
 class HpaPolicy(PolicyBase[HpaParams, HpaState]):
     name = "hpa"
     SWEEP = ("target", (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95))
     params_type = HpaParams
     state_type = HpaState
 
+    def __init__(self, params: HpaParams) -> None:
+        super().__init__(params)
+        # Read at every sample of every VM: worked out once (the params are frozen).
+        self._longest_window_s = max(params.up_window_s, params.down_window_s)
+        self._up_factor = 1 + params.up_limit_pct / 100
+        self._target_pct = f"{params.target:.0%}"
+
     def recommend(self, state: HpaState, obs: Observation) -> Recommendation:
         p = self.params
         n = obs.vcpus
-        ratio = obs.utilisation / p.target
-        rec = n if abs(ratio - 1) <= p.tolerance else max(1, math.ceil(obs.used_cores / p.target - 1e-9))
+        now = obs.time
+        utilisation = obs.utilisation
+        if abs(utilisation / p.target - 1) <= p.tolerance:
+            rec = n
+        else:
+            rec = math.ceil(obs.used_cores / p.target - 1e-9)
+            rec = rec if rec > 1 else 1
         history = state.history
-        history.append((obs.time, rec))
-        horizon = obs.time - max(p.up_window_s, p.down_window_s)
+        history.append((now, rec))
+        horizon = now - self._longest_window_s
         while history and history[0][0] < horizon:
             history.popleft()
-        up_rec = min(r for t, r in history if t >= obs.time - p.up_window_s)
-        down_rec = max(r for t, r in history if t >= obs.time - p.down_window_s)
+        up_rec, down_rec = _window_extremes(history, now - p.up_window_s, now - p.down_window_s)
         target = up_rec if n < up_rec else down_rec if n > down_rec else n
-        limit = max(n + p.up_limit_vcpus, math.floor(n * (1 + p.up_limit_pct / 100)))
-        target = min(target, limit)
-        return Recommendation(target, f"cpu {obs.utilisation:.0%} vs target {p.target:.0%}: {rec} vCPUs", "utilisation")
+        limit = n + p.up_limit_vcpus
+        grown = math.floor(n * self._up_factor)
+        limit = grown if grown > limit else limit
+        target = target if target < limit else limit
+        return Recommendation(target, f"cpu {utilisation:.0%} vs target {self._target_pct}: {rec} vCPUs", "utilisation")

@@ -37,18 +37,25 @@ class ThresholdPolicy(PolicyBase[ThresholdParams, ThresholdState]):
     state_type = ThresholdState
     default_rails = {"up_cooldown_s": 10.0, "down_cooldown_s": 30.0}
 
+    def __init__(self, params: ThresholdParams) -> None:
+        super().__init__(params)
+        # The reasons' fixed parts, formatted once rather than at every sample.
+        self._upper_pct = f"{params.upper:.0%}"
+        self._lower_pct = f"{params.lower:.0%}"
+        self._band = f" within [{self._lower_pct}, {self._upper_pct}]"
+
     def recommend(self, state: ThresholdState, obs: Observation) -> Recommendation:
         p = self.params
         n = obs.vcpus
         rho = obs.utilisation
+        above_s = below_s = 0.0
         if rho > p.upper:
-            state.above_s, state.below_s = state.above_s + obs.interval_s, 0.0
+            above_s = state.above_s + obs.interval_s
         elif rho < p.lower:
-            state.above_s, state.below_s = 0.0, state.below_s + obs.interval_s
-        else:
-            state.above_s = state.below_s = 0.0
-        if state.above_s > 0 and state.above_s >= p.sustain_s:
-            return Recommendation(n + 1, f"cpu {rho:.0%} > {p.upper:.0%} for {state.above_s:g} s", "above-upper")
-        if state.below_s > 0 and state.below_s >= p.sustain_s and n > 1 and rho * n / (n - 1) < p.upper:
-            return Recommendation(n - 1, f"cpu {rho:.0%} < {p.lower:.0%} for {state.below_s:g} s", "below-lower")
-        return Recommendation(n, f"cpu {rho:.0%} within [{p.lower:.0%}, {p.upper:.0%}]")
+            below_s = state.below_s + obs.interval_s
+        state.above_s, state.below_s = above_s, below_s
+        if above_s > 0 and above_s >= p.sustain_s:
+            return Recommendation(n + 1, f"cpu {rho:.0%} > {self._upper_pct} for {above_s:g} s", "above-upper")
+        if below_s > 0 and below_s >= p.sustain_s and n > 1 and rho * n / (n - 1) < p.upper:
+            return Recommendation(n - 1, f"cpu {rho:.0%} < {self._lower_pct} for {below_s:g} s", "below-lower")
+        return Recommendation(n, f"cpu {rho:.0%}{self._band}")
