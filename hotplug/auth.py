@@ -113,6 +113,8 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
                 *[f"{API}.STREAM.CREATE.{topology.kv_stream(b)}" for b in buckets],
                 *[topology.kv_subject(b) for b in buckets],
                 *[f"{API}.DIRECT.GET.{topology.kv_stream(b)}.>" for b in buckets],
+                # a bucket made without direct get (as shared.bus makes them) is read through its stream
+                *[f"{API}.STREAM.MSG.GET.{topology.kv_stream(b)}" for b in buckets],
                 f"{API}.CONSUMER.>",
                 *_read_pauses(create=True),
             ],  # group members' consumers on the metrics stream, KV key listings
@@ -159,6 +161,7 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
                     # the leases, read for the term check (services.actuator.service: _follow_terms)
                     f"{API}.CONSUMER.CREATE.{topology.kv_stream(LEASES)}.>",
                     f"{API}.DIRECT.GET.{topology.kv_stream(LEASES)}.>",
+                    f"{API}.STREAM.MSG.GET.{topology.kv_stream(LEASES)}",  # a bucket made without direct get
                     f"{API}.CONSUMER.DELETE.{topology.kv_stream(LEASES)}.>",
                     # its own host's progress markers (services/actuator/progress.py)
                     f"{API}.STREAM.CREATE.{topology.kv_stream(PROGRESS)}",
