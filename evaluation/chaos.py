@@ -116,7 +116,7 @@ class Chaos:
         admin = await self.client(topology.ADMIN_USER)
         # A replicated stream's set-up round trip in a just-elected cluster can take longer than nats-py's 5-s
         # default on a loaded machine (seen beside a CPU hog): a roomier deadline for this one-time call.
-        await bus.ensure_streams(admin.jetstream(timeout=30), reconcile=True)
+        await bus.ensure_streams(admin.jetstream(timeout=30), reconcile=True, patience_s=120)
         await self.observer.attach(admin)
         # Chaos tests the plumbing, not the decisions: the seed's threshold rule, which acts every few seconds,
         # makes sure every fault meets a loop in motion (the calm default may not act for minutes).

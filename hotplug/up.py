@@ -179,7 +179,7 @@ async def run_up(options: UpOptions) -> Fleet:
             nc = await bus.connect(url, "hotplug-up")
             # a roomier deadline than nats-py's 5 s for this one-time set-up: a just-elected cluster's replicated
             # streams answered slower than that on a loaded machine (as in `hotplug chaos`)
-            await bus.ensure_streams(nc.jetstream(timeout=30), reconcile=True)
+            await bus.ensure_streams(nc.jetstream(timeout=30), reconcile=True, patience_s=120)
             await _Watcher(fleet).attach(nc, hosts=True)
             epoch = time.time()
             for service in services_of(options):

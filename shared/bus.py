@@ -143,15 +143,25 @@ def jetstream_required() -> Iterator[None]:
         raise
 
 
-async def ensure_streams(js: JetStreamContext, reconcile: bool = False) -> None:
+async def ensure_streams(js: JetStreamContext, reconcile: bool = False, *, patience_s: float = 0.0) -> None:
     """Create missing streams; with ``reconcile`` (an admin's call) also bring existing ones up to date.
 
     Services call it without ``reconcile``: where permissions are in force they may look streams up but not
     create or change them (``hotplug streams`` as the admin user does that once). A server without JetStream is a
-    ``NotFound`` (``jetstream_required``).
+    ``NotFound`` (``jetstream_required``). A cluster just started on a loaded machine may leave a replicated
+    stream's creation unanswered past the request's timeout: the set-up is then tried again (it is idempotent)
+    until ``patience_s`` has passed.
     """
-    with jetstream_required():
-        await _ensure_streams(js, reconcile)
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            with jetstream_required():
+                await _ensure_streams(js, reconcile)
+            return
+        except TimeoutError:  # nats-py's own timeout is one too
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("streams not set up within the request's timeout (a cluster still electing?); retrying")
 
 
 async def _ensure_streams(js: JetStreamContext, reconcile: bool) -> None:

@@ -35,7 +35,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Embedde
 async def test_streams_are_kept_on_three_nodes(cluster: EmbeddedCluster) -> None:
     nc = await bus.connect(cluster.url, "test", forever=False)
     try:
-        await bus.ensure_streams(nc.jetstream(timeout=JS_TIMEOUT_S), reconcile=True)
+        await bus.ensure_streams(nc.jetstream(timeout=JS_TIMEOUT_S), reconcile=True, patience_s=120)
         info = await nc.jetstream(timeout=JS_TIMEOUT_S).stream_info(topology.EVENTS_STREAM)
         assert info.config.num_replicas == 3
         assert info.cluster is not None and info.cluster.leader
@@ -54,7 +54,7 @@ async def test_node_loss_and_cluster_restart_mid_run_lose_nothing_and_double_not
     cluster: EmbeddedCluster, start_service: Callable[..., ServiceProcess]
 ) -> None:
     nc = await bus.connect(cluster.url, "test", forever=True)
-    await bus.ensure_streams(nc.jetstream(timeout=JS_TIMEOUT_S), reconcile=True)
+    await bus.ensure_streams(nc.jetstream(timeout=JS_TIMEOUT_S), reconcile=True, patience_s=120)
     common = ["--nats", cluster.url, "--speed", "4", "--epoch", repr(time.time())]
     start_service("simulator", *common, "--vms", "4", "--hotplug-delay", "0.2", env=REPLICAS)
     for service in ("collector", "actuator"):
