@@ -302,15 +302,23 @@ class Actuator:
         """Learn each lease's current term, so a deposed leader's late orders are refused even before the new
         leader has sent any."""
         decode = msgspec.json.Decoder(LeaseState).decode
+        said: set[str] = set()  # what is wrong, as last said: each trouble is logged when it starts, not every second
         while True:
+            troubles: set[str] = set()
             try:
                 kv = await self.ctx.js.key_value(LEASE_BUCKET)
                 for name, value in (await bus.current_entries(self.ctx.js, kv, LEASE_BUCKET)).items():
-                    self.ledger.learn_term(name, decode(value).term)
-            except (BucketNotFoundError, msgspec.DecodeError):
+                    try:
+                        self.ledger.learn_term(name, decode(value).term)
+                    except msgspec.DecodeError as exc:
+                        troubles.add(f"lease {name!r} not understood: {exc}")
+            except BucketNotFoundError:
                 pass  # no leases in use
-            except Exception as exc:
-                log.debug("lease terms not read: %s", exc)
+            except Exception as exc:  # a broker fault, or a permission the credentials lack: tried again each second
+                troubles.add(f"lease terms not read: {exc or type(exc).__name__}")
+            for trouble in sorted(troubles - said):
+                log.warning("%s (a deposed leader's late orders are refused only once its successor's arrive)", trouble)
+            said = troubles
             await asyncio.sleep(1.0)
 
     async def _dispatch(self, msg: Msg) -> None:

@@ -8,9 +8,11 @@ and waits for its result: the actuator answers one VM's commands in order, so an
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 
@@ -19,7 +21,9 @@ from hotplug.harness.poll import eventually
 from hotplug.harness.recorder import Recorder
 from services.actuator.drivers.base import DriverError
 from services.actuator.service import Actuator, ActuatorConfig, ActuatorMetrics
+from shared import bus
 from shared.config.schema import HostRule
+from shared.leadership import LEASE_BUCKET, LeaseState
 from shared.messages import ErrorCode, ScaleCommand, ScaleResult
 from shared.runtime import ServiceContext
 from tests.component.conftest import InProcess, Serve
@@ -265,3 +269,25 @@ async def test_a_driver_that_reports_no_host_leaves_grows_unheld(
     done = await result(results, grow)
     assert (done.ok, done.vcpus_after, done.host_capacity_vcpus) == (True, 6, None), done
     assert math.isnan(actuator.count("hotplug_actuator_host_capacity_vcpus"))
+
+
+async def test_a_deposed_leaders_late_order_is_refused_from_the_lease_bucket_before_its_successor_orders(
+    nc: Client, results: Recorder, start_actuator: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The actuator reads each lease's term from the lease bucket, so an order of an older term is refused as
+    stale-term although the new leader has sent nothing yet. A lease it cannot understand is said as a warning
+    (before, any trouble reading the terms went to a debug line: under ``hotplug auth`` they were never read)."""
+    leases = await bus.key_value(nc.jetstream(), LEASE_BUCKET)
+    await leases.put("deciders", msgspec.json.encode(LeaseState("successor", 5, 1e12)))
+    await leases.put("broken", b"not a lease")
+    with caplog.at_level(logging.WARNING, logger="services.actuator.service"):
+        await start_actuator(FakeDriver(online=2))
+
+        def said_broken() -> bool:  # said once the terms of that reading are learned
+            return any("'broken' not understood" in r.getMessage() for r in caplog.records)
+
+        await eventually(said_broken, timeout=10, what="the lease bucket read")
+        late = msgspec.structs.replace(order(3, seen=2), decider="deciders", term=4)
+        await store(nc, late)
+        refused = await result(results, late)
+    assert (refused.ok, refused.error_code) == (False, ErrorCode.STALE_TERM), refused
