@@ -13,27 +13,13 @@ import pytest
 from nats.aio.client import Client
 
 from hotplug import auth
+from hotplug.harness.faults import order
 from services.actuator.progress import ProgressLog
 from services.decider.sharding import MEMBER_TTL_S, MEMBERS_BUCKET
 from shared import bus, topology
 from shared.broker import EmbeddedBroker, free_port
 from shared.leadership import LEASE_BUCKET, LeaseState
-from shared.messages import ScaleCommand
 from tests.early_watch import watch_saying_all_in_first
-
-
-def order(command_id: str, vm: str, host: str = "local") -> ScaleCommand:
-    return ScaleCommand(
-        id=command_id,
-        time=0.0,
-        host=host,
-        vm=vm,
-        target_vcpus=2,
-        seen_vcpus=1,
-        decider="test",
-        reason="test",
-        expires_at=1e12,
-    )
 
 
 @pytest.fixture
@@ -61,17 +47,23 @@ async def test_a_restarted_actuator_finds_its_hosts_markers_left_and_not_those_r
 ) -> None:
     local = await ProgressLog.open(actuators["local"].jetstream(), "local")
     other = await ProgressLog.open(actuators["h2"].jetstream(), "h2")
-    await local.begin(order("c1", "vm-01"), 1)
-    await local.begin(order("c2", "vm.02 *"), 3)  # a name keys may not hold as it is
-    await local.begin(order("c3", "vm-03"), 2)
-    await local.end(order("c3", "vm-03"))  # its result is stored
-    await other.begin(order("c4", "vm-01", host="h2"), 1)
+    first, second, answered = (
+        order("local", "vm-01", 2, 1),
+        order("local", "vm.02 *", 4, 3),  # a name keys may not hold as it is
+        order("local", "vm-03", 3, 2),
+    )
+    elsewhere = order("h2", "vm-01", 2, 1)
+    await local.begin(first, 1)
+    await local.begin(second, 3)
+    await local.begin(answered, 2)
+    await local.end(answered)  # its result is stored
+    await other.begin(elsewhere, 1)
 
     restarted = await ProgressLog.open(actuators["local"].jetstream(), "local")
-    found = {(m.command.id, m.command.vm, m.before) for m in await restarted.left_over()}
+    found = {(m.command, m.before) for m in await restarted.left_over()}
 
-    assert found == {("c1", "vm-01", 1), ("c2", "vm.02 *", 3)}
-    assert [m.command.id for m in await other.left_over()] == ["c4"]
+    assert found == {(first, 1), (second, 3)}
+    assert [m.command for m in await other.left_over()] == [elsewhere]
 
 
 async def test_a_marker_is_found_when_a_watch_would_have_said_all_in_first(
@@ -80,13 +72,14 @@ async def test_a_marker_is_found_when_a_watch_would_have_said_all_in_first(
     """The watch here says "all in" before it hands anything over, as nats-py's may (nats-io/nats.py#842): a
     marker read that way would be missed, and the change its command made reported by no result."""
     log = await ProgressLog.open(actuators["local"].jetstream(), "local")
-    await log.begin(order("c1", "vm-01"), 1)
+    left = order("local", "vm-01", 2, 1)
+    await log.begin(left, 1)
     looked = watch_saying_all_in_first(monkeypatch)
     try:
-        found = [m.command.id for m in await log.left_over()]
+        found = [m.command for m in await log.left_over()]
     finally:
         looked.set()
-    assert found == ["c1"]
+    assert found == [left]
 
 
 async def test_an_actuator_reads_the_lease_terms_and_a_decider_its_groups_members(
