@@ -66,14 +66,11 @@ async def entry(kv: KeyValue, host: str, vm: str) -> PauseEvent | None:
 async def entries(js: JetStreamContext, kv: KeyValue) -> list[PauseEvent]:
     """Every stored pause, expired or not (an undecodable entry is skipped, and logged)."""
     out = []
-    for name in await bus.stored_keys(js, PAUSE_BUCKET):
-        with contextlib.suppress(KeyNotFoundError):
-            found = await kv.get(name)
-            if found.value:
-                try:
-                    out.append(_decode(found.value))
-                except msgspec.DecodeError as exc:
-                    log.warning("pause entry %s not understood: %s", name, exc)
+    for name, value in (await bus.current_entries(js, kv, PAUSE_BUCKET)).items():
+        try:
+            out.append(_decode(value))
+        except msgspec.DecodeError as exc:
+            log.warning("pause entry %s not understood: %s", name, exc)
     return out
 
 
