@@ -34,25 +34,24 @@ class Inbox(Generic[T]):
 
     def open(self, subject: str, data: bytes) -> T | None:
         """The decoded message, or None after counting and logging why it was dropped."""
-        try:
-            message = self.decoder.decode(data)
-        except BadMessage as exc:
-            self._drop(subject, exc.reason, exc.detail)
-            return None
-        if not self._agrees(subject, message):
-            return None
-        self._received.inc()
+        message = self._checked(subject, data)
+        if message is not None:
+            self._received.inc()
         return message
 
     def judge(self, subject: str, data: bytes) -> bool:
         """Whether ``data`` is a well-formed message for ``subject``, without taking it in: one that is not is
         counted and logged as ``open`` drops it; one that is counts as nothing here (the caller sheds it)."""
+        return self._checked(subject, data) is not None
+
+    def _checked(self, subject: str, data: bytes) -> T | None:
+        """The decoded message if it is well formed and agrees with its subject; else None, its drop counted."""
         try:
             message = self.decoder.decode(data)
         except BadMessage as exc:
             self._drop(subject, exc.reason, exc.detail)
-            return False
-        return self._agrees(subject, message)
+            return None
+        return message if self._agrees(subject, message) else None
 
     def _agrees(self, subject: str, message: T) -> bool:
         body_vm: str | None = getattr(message, "vm", None)  # a per-host message names no VM
