@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hotplug.harness import processes
+from hotplug.harness.processes import METRICS_PORT_FLAG
 from shared.broker import free_port, port_is_free
 
 log = logging.getLogger(__name__)
-
-METRICS_PORT_FLAG = "--metrics-port"
 
 
 @dataclass

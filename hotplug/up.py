@@ -23,7 +23,7 @@ from hotplug.events import BROKER_DIR, BROKER_FILE, write_broker_file
 from hotplug.fleet import Fleet
 from hotplug.fleet_view import render
 from hotplug.harness.poll import within
-from hotplug.harness.processes import hotplug_argv
+from hotplug.harness.processes import METRICS_PORT_FLAG, hotplug_argv
 from hotplug.harness.recorder import BusWatcher
 from hotplug.hypervisors import HYPERVISORS, Hypervisor
 from hotplug.supervisor import Supervisor
@@ -103,7 +103,7 @@ def child_argv(service: str, options: UpOptions, url: str | None, epoch: float, 
         repr(options.speed),
         "--epoch",
         repr(epoch),
-        "--metrics-port",
+        METRICS_PORT_FLAG,
         str(port),
         "--log-level",
         options.log_level,

@@ -73,6 +73,10 @@ def sigkill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+# The flag every service takes its metrics port from (generated from ``metrics_port`` in shared.config.schema):
+# children are started with it, and a supervisor moves a restarting child to another port through it.
+METRICS_PORT_FLAG = "--metrics-port"
+
 # The line every service logs once its metrics endpoint listens (shared.runtime.run_service).
 _METRICS_LINE = re.compile(r" metrics: (http://[^\s]+:(\d+)/metrics)$", re.MULTILINE)
 
@@ -99,7 +103,7 @@ class ServiceProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                hotplug_argv(*args, "--metrics-port", str(metrics_port or 0), prefix=prefix),
+                hotplug_argv(*args, METRICS_PORT_FLAG, str(metrics_port or 0), prefix=prefix),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from hotplug.harness.poll import eventually
-from hotplug.supervisor import METRICS_PORT_FLAG, Supervisor
+from hotplug.harness.processes import METRICS_PORT_FLAG
+from hotplug.supervisor import Supervisor
 from shared.broker import free_port
 
 # Binds 127.0.0.1:<the port after --metrics-port> and waits to be stopped; exit 1 if the port is taken.
