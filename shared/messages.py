@@ -81,6 +81,12 @@ class ErrorCode(StrEnum):
     # The host has no room for the grow: its committed vCPUs would pass its capacity (shared.pool). A grow of which
     # only part fits is carried out in part: ``vcpus_after`` says how far, ``retry_after`` when to ask again.
     HOST_FULL = "host-full"
+    # Memory (schema v2): a shrink that would leave the guest less than it uses plus the headroom; refused before
+    # the hypervisor is asked, since a balloon or virtio-mem shrink below the working set OOM-kills guest work.
+    BELOW_USED = "below-used"
+    # The device stopped short of the target (virtio-mem cannot move pinned pages out; a balloon out of puff):
+    # ``memory_after`` says how far it got.
+    PARTIAL = "partial"
 
 
 class _Message(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -8,10 +8,12 @@ complaint of neon autoscaling #572). The rule per error code, in ``RULES``:
   decider keeps its next orders).
 * ``RATE_WINDOW``: ``rate-limited``, when the oldest resize that fills the VM's window leaves it.
 * ``BACKOFF``: the VM or its guest failed the operation and may well fail it again: ``guest-refused``,
-  ``timeout``, ``unknown``, ``not-verified``, ``already-attached``, ``not-attached``. Per VM, from
+  ``timeout``, ``unknown``, ``not-verified``, ``already-attached``, ``not-attached``, and ``partial`` (a memory
+  device that stopped short: pinned pages; Linux's virtio-mem itself retries after 50 s). Per VM, from
   ``BACKOFF_START_S`` doubling at each such failure up to ``BACKOFF_MAX_S``; a successful change resets it.
 * ``POLL`` (``POLL_S``): the VM is not there or not running: ``vm-not-found``, ``vm-not-running``. It may be back
-  soon; deciders also wait for a sample newer than the result, which shows it back.
+  soon; deciders also wait for a sample newer than the result, which shows it back. Also ``below-used``: a memory
+  shrink that would leave the guest less than it uses plus headroom; its use changes at sample pace.
 * ``LONG`` (``LONG_S``): what only an operator changes (VM configuration, a hypervisor limit, a misrouted
   command): ``hotplug-disabled``, ``hotplug-budget-exhausted``, ``cpu-id-out-of-range``, ``cpu0``, ``wrong-host``.
 * ``ROOM`` (``ROOM_S``): ``host-full``, the host had no room for the grow; cores may free at any moment (a shrink,
@@ -65,6 +67,8 @@ RULES: dict[ErrorCode, Rule] = {
     ErrorCode.WRONG_HOST: Rule.LONG,
     ErrorCode.PAUSED: Rule.PAUSE,
     ErrorCode.HOST_FULL: Rule.ROOM,
+    ErrorCode.BELOW_USED: Rule.POLL,
+    ErrorCode.PARTIAL: Rule.BACKOFF,
 }
 
 

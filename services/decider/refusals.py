@@ -34,6 +34,8 @@ BACKOFF_CODES = frozenset(
         ErrorCode.NOT_VERIFIED,
         ErrorCode.ALREADY_ATTACHED,
         ErrorCode.NOT_ATTACHED,
+        # Pinned pages kept a memory device from going lower; Linux's virtio-mem retries after 50 s itself.
+        ErrorCode.PARTIAL,
     }
 )
 # What only an operator changes: the VM's configuration, a hypervisor limit, a misrouted command.
@@ -59,6 +61,8 @@ ONE_DIRECTION = frozenset(
         ErrorCode.ALREADY_ATTACHED,
         ErrorCode.OUT_OF_BOUNDS,
         ErrorCode.HOST_FULL,  # a full host holds grows only: a shrink frees room
+        ErrorCode.BELOW_USED,  # a shrink below what the guest uses holds shrinks only
+        ErrorCode.PARTIAL,  # the device could give back no more for now: holds shrinks
     }
 )
 
@@ -76,6 +80,8 @@ FLOORS: dict[ErrorCode, float] = {
     # The host had no room: ask again when the actuator says (neon's denied upscale is re-asked after 2 s); the
     # decider's own host plan (services.decider.pool) keeps it from asking while it knows there is none.
     ErrorCode.HOST_FULL: 2.0,
+    # Memory: the guest used more than the shrink would leave it; its use changes at sample pace.
+    ErrorCode.BELOW_USED: POLL_S,
     **{code: LONG_S for code in LONG_CODES},
     **{code: BACKOFF_START_S for code in BACKOFF_CODES},
 }

@@ -115,6 +115,8 @@ OLD_ACTUATOR_HOLDS: dict[ErrorCode, tuple[float, bool]] = {
     ErrorCode.UNKNOWN: (30, False),
     ErrorCode.PAUSED: (10, False),
     ErrorCode.HOST_FULL: (2, False),
+    ErrorCode.BELOW_USED: (10, False),
+    ErrorCode.PARTIAL: (30, False),
 }
 
 

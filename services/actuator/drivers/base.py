@@ -8,6 +8,11 @@ A driver may also report its host (``host_view``): the host's CPUs and the onlin
 managed or not, so the actuator can keep the host within its capacity (``services.actuator.reservations``). It is
 optional: a driver without it (a plug-in written before) means "host unknown", and the actuator arbitrates nothing,
 as before.
+
+A driver may also move memory (``MemoryResizer``): read a VM's memory and ask for a new size, in bytes. The
+request is asynchronous on every hypervisor (virtio-mem and the balloon move in the guest's own time), so
+``resize_memory`` returns once the hypervisor has taken the request and the actuator polls ``read_memory`` until
+the size reaches the target or stops moving.
 """
 
 from __future__ import annotations
@@ -32,6 +37,34 @@ class HostView(msgspec.Struct, frozen=True, kw_only=True):
 
     cpus: int
     vms: dict[str, int]
+
+
+class MemoryView(msgspec.Struct, frozen=True, kw_only=True):
+    """A VM's memory as the hypervisor (and, where it reports, the guest) sees it now; every size in bytes.
+
+    ``size_bytes`` is what the guest has: boot RAM less what a balloon holds, plus what virtio-mem has plugged.
+    ``requested_bytes`` is what was last asked for; while a change is under way, or stuck (pinned pages), the size
+    falls short of it. ``min_bytes``/``max_bytes`` are the hypervisor's limits (virtio-mem: boot RAM to boot RAM plus
+    the device's size; balloon: its floor to boot RAM), ``step_bytes`` the unit a request is made in (the virtio-mem
+    block, 2 MiB; 1 MiB for a balloon). ``guest_*``: the guest's own view (MemTotal, MemAvailable), or None where the
+    driver cannot read it."""
+
+    vm: str
+    size_bytes: int
+    requested_bytes: int
+    min_bytes: int
+    max_bytes: int
+    step_bytes: int
+    method: str  # how memory moves: "virtio-mem", "balloon", "virtio-mem+balloon", "simulated"
+    guest_total_bytes: int | None = None
+    guest_available_bytes: int | None = None
+
+    @property
+    def guest_used_bytes(self) -> int | None:
+        """What the guest uses (MemTotal − MemAvailable), or None when the guest's view is not known."""
+        if self.guest_total_bytes is None or self.guest_available_bytes is None:
+            return None
+        return max(0, self.guest_total_bytes - self.guest_available_bytes)
 
 
 class DriverError(Exception):
@@ -65,6 +98,25 @@ class HostAware(Protocol):
     async def host_view(self) -> HostView:
         """The host's CPUs and every running VM's online vCPUs, read now (cheap: read before each grow)."""
         ...
+
+
+class MemoryResizer(Protocol):
+    """A driver that moves guest memory (optional: a driver without it refuses memory commands)."""
+
+    async def read_memory(self, vm: str) -> MemoryView:
+        """The VM's memory now (cheap: the actuator polls it while a change is under way)."""
+        ...
+
+    async def resize_memory(self, vm: str, target_bytes: int) -> None:
+        """Ask for ``target_bytes`` (a multiple of ``step_bytes``, within ``min_bytes``..``max_bytes``; else
+        DriverError OUT_OF_BOUNDS). Returns once the hypervisor took the request, not when the guest has it."""
+        ...
+
+
+def memory_resizer(driver: Driver) -> MemoryResizer | None:
+    """The driver as one that moves memory, or None."""
+    has_both = callable(getattr(driver, "read_memory", None)) and callable(getattr(driver, "resize_memory", None))
+    return cast(MemoryResizer, driver) if has_both else None
 
 
 def host_aware(driver: Driver) -> HostAware | None:
