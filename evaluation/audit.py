@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
-from shared.messages import MetricSample, ScaleCommand, ScaleResult
+from shared.messages import MetricSample, Resource, ScaleCommand, ScaleResult
 
 Bounds = tuple[int, int]
 
@@ -50,8 +50,9 @@ def accounted_ops(commands: Mapping[str, ScaleCommand], results: Iterable[ScaleR
     ops: Counter[str] = Counter()
     for result in {r.command_id: r for r in results}.values():
         command = commands.get(result.command_id)
-        if result.ok and command is not None:
-            ops[result.vm] += abs(command.target_vcpus - command.seen_vcpus)
+        if result.ok and command is not None and command.resource is Resource.VCPU:
+            seen, target = command.vcpu_change()
+            ops[result.vm] += abs(target - seen)
         elif result.vcpus_before is not None and result.vcpus_after is not None:
             ops[result.vm] += abs(result.vcpus_after - result.vcpus_before)
     return ops

@@ -26,7 +26,7 @@ def score_shadows(samples: list[MetricSample], proposals: list[ScaleCommand]) ->
         by_vm[(sample.host, sample.vm)].append(sample)
     proposed: dict[str, dict[tuple[str, str, float], int]] = defaultdict(dict)
     for p in proposals:
-        if p.sample_time is not None:
+        if p.sample_time is not None and p.target_vcpus is not None:  # memory proposals are not scored here
             proposed[p.decider][(p.host, p.vm, p.sample_time)] = p.target_vcpus
     tallies = {name: Tally() for name in [ACTIVE, *sorted(proposed), ORACLE]}
     for (host, vm), vm_samples in by_vm.items():

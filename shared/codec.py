@@ -11,7 +11,14 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from shared.messages import SCHEMA_VERSION, BusMessage
+from shared.messages import (
+    MESSAGE_TYPES,
+    READABLE_VERSIONS,
+    SCHEMA_VERSION,
+    BusMessage,
+    contract_error,
+    required_version,
+)
 
 MAX_MESSAGE_BYTES = 64 * 1024
 
@@ -30,14 +37,25 @@ class BadMessage(Exception):
 
 
 class _VersionProbe(msgspec.Struct):
-    v: int = SCHEMA_VERSION
+    v: int = 1
 
 
 _probe_decoder = msgspec.json.Decoder(_VersionProbe)
 
 
 def encode(message: BusMessage) -> bytes:
-    return _encoder.encode(message)
+    """``message`` as JSON, stamped with the lowest schema version that holds it (``required_version``): a message
+    built with the default ``v`` that carries memory goes out as v2."""
+    needed = required_version(message)
+    if message.v < needed:
+        message = msgspec.structs.replace(message, v=needed)
+    data = _encoder.encode(message)
+    if message.v != 1:
+        return data
+    # v=1 is its field's default, so msgspec left it out; every message still says its version, right after the
+    # tag that msgspec writes first, as builds before v2 wrote it.
+    tag_end = _TAG_PREFIX_LENGTH[type(message)]
+    return data[:tag_end] + b',"v":1' + data[tag_end:]
 
 
 class Decoder(Generic[T]):
@@ -55,12 +73,21 @@ class Decoder(Generic[T]):
             message = self._decoder.decode(data)
         except msgspec.DecodeError as exc:
             version = _probe_version(data)
-            if version is not None and version != SCHEMA_VERSION:
-                raise BadMessage("unknown-version", f"v={version}, this build reads v={SCHEMA_VERSION}") from exc
+            if version is not None and version not in READABLE_VERSIONS:
+                raise BadMessage("unknown-version", f"v={version}, {_READS}") from exc
             raise BadMessage("malformed", str(exc)) from exc
-        if message.v != SCHEMA_VERSION:
-            raise BadMessage("unknown-version", f"v={message.v}, this build reads v={SCHEMA_VERSION}")
+        if message.v not in READABLE_VERSIONS:
+            raise BadMessage("unknown-version", f"v={message.v}, {_READS}")
+        broken = contract_error(message)
+        if broken is not None:
+            raise BadMessage("malformed", broken)
         return message
+
+
+_READS = f"this build reads v={', '.join(str(v) for v in sorted(READABLE_VERSIONS))} (newest {SCHEMA_VERSION})"
+
+
+_TAG_PREFIX_LENGTH = {kind: len(f'{{"type":"{kind.__struct_config__.tag}"'.encode()) for kind in MESSAGE_TYPES}
 
 
 def _probe_version(data: bytes) -> int | None:

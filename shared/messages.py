@@ -6,6 +6,13 @@ services may act on. ``hotplug schema`` writes the JSON Schema of each, for deci
 
 Times are POSIX seconds on the shared clock (``shared.clock``): wall time, or simulated time when the
 simulator runs faster than the clock.
+
+Fields at their default (null, mostly) are left out of the JSON; a reader takes the default. Schema versions.
+Version 1 knows vCPUs only. Version 2 adds memory: a sample's ``memory`` reading, commands that
+name their ``resource``, and the memory sizes of results and host states. A message is written with the lowest
+version that holds it (``required_version``, applied by ``shared.codec.encode``): a vCPU-only message stays v1, so
+a decider written against v1 goes on reading every message about vCPUs. This build reads both; a v1 message that
+carries a v2 field, or a command whose fields do not match its resource, is malformed (``contract_error``).
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from typing import Annotated
 
 import msgspec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest version this build reads and writes
+READABLE_VERSIONS = frozenset({1, 2})
+MEMORY_VERSION = 2  # the first version with memory
 
 VmName = Annotated[
     str,
@@ -45,8 +54,17 @@ Timestamp = Annotated[float, msgspec.Meta(ge=0, description="POSIX seconds on th
 VcpuCount = Annotated[int, msgspec.Meta(ge=0, le=1024)]
 Cores = Annotated[float, msgspec.Meta(ge=0, le=4096, description="CPU in cores (1.0 = one busy vCPU)")]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+# 64 TiB, as shared.units.MAX_MEMORY_BYTES: past any one VM; a larger figure is a unit slipped.
+Bytes = Annotated[int, msgspec.Meta(ge=0, le=64 * 1024**4, description="memory in bytes")]
 MAX_TEXT = 1024  # the longest reason or error a message carries
 ShortText = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+
+
+class Resource(StrEnum):
+    """What a command changes (schema v2; a v1 command changes vCPUs)."""
+
+    VCPU = "vcpu"
+    MEMORY = "memory"
 
 
 def short_text(text: str) -> str:
@@ -89,13 +107,47 @@ class ErrorCode(StrEnum):
     PARTIAL = "partial"
 
 
-class _Message(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+# Fields at their default are not written (omit_defaults): a v1 message then holds no v2 key, which a reader built
+# before v2 (unknown fields forbidden) would refuse. shared.codec.encode writes ``v`` itself when it is 1.
+class _Message(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     v: Annotated[
         int,
         msgspec.Meta(
-            description="schema version of the message; this build writes and reads 1 only (any other is dropped)"
+            description="schema version of the message: 1 (vCPUs only) or 2 (memory too). This build writes the "
+            "lowest version that holds the message and reads both; any other is dropped"
         ),
-    ] = SCHEMA_VERSION
+    ] = 1
+
+
+class MemoryReading(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False, omit_defaults=True
+):
+    """A VM's memory at the end of a sampling interval (schema v2), in bytes; the part of a MetricSample about
+    memory. ``size_bytes`` is what the hypervisor gives the guest now; the guest's own figures are null where the
+    source cannot read them."""
+
+    size_bytes: Annotated[Bytes, msgspec.Meta(description="memory the VM has now (as the hypervisor gives it)")]
+    min_bytes: Annotated[Bytes, msgspec.Meta(description="the least memory the hypervisor lets the VM have")]
+    max_bytes: Annotated[Bytes, msgspec.Meta(description="the most memory the VM can be given live")]
+    used_bytes: Annotated[
+        Bytes | None,
+        msgspec.Meta(description="memory the guest uses: MemTotal - MemAvailable (page cache it can drop excluded)"),
+    ] = None
+    available_bytes: Annotated[
+        Bytes | None, msgspec.Meta(description="memory the guest could use without swapping (MemAvailable)")
+    ] = None
+    swap_in_bytes_per_s: (
+        Annotated[float, msgspec.Meta(ge=0, description="bytes swapped in per second over the interval (thrashing)")]
+        | None
+    ) = None
+    psi_some: Annotated[
+        Fraction | None,
+        msgspec.Meta(description="share of the interval in which some task stalled on memory (PSI memory some)"),
+    ] = None
+    oom_kills: (
+        Annotated[int, msgspec.Meta(ge=0, description="out-of-memory kills in the guest so far (a running count)")]
+        | None
+    ) = None
 
 
 class MetricSample(_Message, tag="metric", frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -126,6 +178,9 @@ class MetricSample(_Message, tag="metric", frozen=True, kw_only=True, forbid_unk
         Fraction | None,
         msgspec.Meta(description="share of the interval in which some runnable task waited for a CPU (PSI cpu some)"),
     ] = None
+    memory: Annotated[
+        MemoryReading | None, msgspec.Meta(description="the VM's memory (schema v2), where the source reads it")
+    ] = None
 
 
 class ScaleCommand(_Message, tag="command", frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -141,14 +196,38 @@ class ScaleCommand(_Message, tag="command", frozen=True, kw_only=True, forbid_un
     time: Annotated[Timestamp, msgspec.Meta(description="when the decider sent it, on the shared clock")]
     host: HostName
     vm: VmName
-    target_vcpus: Annotated[int, msgspec.Meta(ge=1, le=1024, description="the vCPU count the VM is to have")]
+    resource: Annotated[
+        Resource,
+        msgspec.Meta(
+            description="what the command changes (schema v2): vcpu (target_vcpus, seen_vcpus) or memory "
+            "(target_memory_bytes, seen_memory_bytes); the other resource's fields are null"
+        ),
+    ] = Resource.VCPU
+    target_vcpus: (
+        Annotated[int, msgspec.Meta(ge=1, le=1024, description="the vCPU count the VM is to have (vcpu commands)")]
+        | None
+    ) = None
     seen_vcpus: Annotated[
-        VcpuCount,
+        VcpuCount | None,
         msgspec.Meta(
             description="the online vCPUs the decider saw (the sample's online_vcpus): a VM that has another count "
-            "by then is refused as stale-view"
+            "by then is refused as stale-view (vcpu commands)"
         ),
-    ]
+    ] = None
+    target_memory_bytes: Annotated[
+        Bytes | None,
+        msgspec.Meta(
+            description="the memory the VM is to have, in bytes (memory commands, schema v2); the actuator rounds "
+            "it to the hypervisor's step"
+        ),
+    ] = None
+    seen_memory_bytes: Annotated[
+        Bytes | None,
+        msgspec.Meta(
+            description="the memory size the decider saw (the sample's memory.size_bytes); a VM whose size has "
+            "moved by more than a step since is refused as stale-view (memory commands, schema v2)"
+        ),
+    ] = None
     decider: Annotated[
         Identifier, msgspec.Meta(description="who sent it: the decider's name, or the lease's name under a lease")
     ]
@@ -172,6 +251,19 @@ class ScaleCommand(_Message, tag="command", frozen=True, kw_only=True, forbid_un
         ),
     ] = 0
 
+    def vcpu_change(self) -> tuple[int, int]:
+        """``(seen_vcpus, target_vcpus)`` of a vcpu command: both are set in any command the decoder let through
+        (``contract_error``). Raises ValueError for a memory command."""
+        if self.seen_vcpus is None or self.target_vcpus is None:
+            raise ValueError(f"command {self.id} changes {self.resource}, not vCPUs")
+        return self.seen_vcpus, self.target_vcpus
+
+    def memory_change(self) -> tuple[int, int]:
+        """``(seen_memory_bytes, target_memory_bytes)`` of a memory command; ValueError for a vcpu command."""
+        if self.seen_memory_bytes is None or self.target_memory_bytes is None:
+            raise ValueError(f"command {self.id} changes {self.resource}, not memory")
+        return self.seen_memory_bytes, self.target_memory_bytes
+
 
 class ScaleResult(_Message, tag="result", frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The one outcome of one command, published on ``hotplug.results.<host>.<vm>``."""
@@ -190,7 +282,9 @@ class ScaleResult(_Message, tag="result", frozen=True, kw_only=True, forbid_unkn
         VcpuCount | None,
         msgspec.Meta(description="online vCPUs after, as verified (null: refused before the VM was read, or unsure)"),
     ]
-    target_vcpus: Annotated[int, msgspec.Meta(ge=0, le=1024, description="the command's target_vcpus")]
+    target_vcpus: (
+        Annotated[int, msgspec.Meta(ge=0, le=1024, description="the command's target_vcpus (null for memory)")] | None
+    ) = None
     duration_s: Annotated[float, msgspec.Meta(ge=0, description="wall seconds the actuator spent on it")]
     actuator: Annotated[Identifier, msgspec.Meta(description="the name of the actuator that answered")]
     error_code: Annotated[
@@ -254,6 +348,28 @@ class ScaleResult(_Message, tag="result", frozen=True, kw_only=True, forbid_unkn
         ]
         | None
     ) = None
+    # Schema v2: the memory a memory command moved. vcpus_before/vcpus_after/target_vcpus are null then.
+    resource: Annotated[Resource, msgspec.Meta(description="the command's resource (schema v2)")] = Resource.VCPU
+    target_memory_bytes: Annotated[
+        Bytes | None, msgspec.Meta(description="the memory command's target, as the actuator aligned it")
+    ] = None
+    memory_before_bytes: Annotated[
+        Bytes | None, msgspec.Meta(description="the VM's memory before (null: refused before the VM was read)")
+    ] = None
+    memory_after_bytes: Annotated[
+        Bytes | None,
+        msgspec.Meta(description="the VM's memory after, as read back (partial: how far the device got)"),
+    ] = None
+    allowed_min_memory_bytes: Annotated[
+        Bytes | None, msgspec.Meta(description="the least memory this actuator allows the VM (order within)")
+    ] = None
+    allowed_max_memory_bytes: Annotated[
+        Bytes | None, msgspec.Meta(description="the most memory this actuator allows the VM (order within)")
+    ] = None
+    guest_used_bytes: Annotated[
+        Bytes | None,
+        msgspec.Meta(description="what the guest used when the actuator judged a shrink (below-used: the floor)"),
+    ] = None
 
 
 class PauseAction(StrEnum):
@@ -325,6 +441,14 @@ class HostState(_Message, tag="host", frozen=True, kw_only=True, forbid_unknown_
         Annotated[int, msgspec.Meta(ge=1, description="requested vCPUs of the first VM in the queue")] | None
     ) = None
     source: Annotated[Identifier, msgspec.Meta(description="the collector source that read the host")] = "unknown"
+    # Schema v2: the host's memory, committed as vCPUs are (capacity = (memory - reserve) x memory overcommit).
+    memory_bytes: Annotated[Bytes | None, msgspec.Meta(description="the host's memory (schema v2)")] = None
+    capacity_memory_bytes: Annotated[
+        Bytes | None, msgspec.Meta(description="memory the host may commit to its VMs (schema v2)")
+    ] = None
+    committed_memory_bytes: Annotated[
+        Bytes | None, msgspec.Meta(description="memory of every running VM, managed or not (schema v2)")
+    ] = None
 
 
 class DeferralAction(StrEnum):
@@ -350,6 +474,49 @@ class Deferral(_Message, tag="deferral", frozen=True, kw_only=True, forbid_unkno
         int, msgspec.Meta(description="the VM's priority in the host's plan (higher: served first)")
     ] = 0
     reason: Annotated[ShortText, msgspec.Meta(description="why, in words")] = ""
+
+
+def _vcpu_command_error(command: ScaleCommand) -> str | None:
+    if command.target_vcpus is None or command.seen_vcpus is None:
+        return "a vcpu command needs target_vcpus and seen_vcpus"
+    if command.target_memory_bytes is not None or command.seen_memory_bytes is not None:
+        return "a vcpu command carries no memory sizes (one command changes one resource)"
+    return None
+
+
+def _memory_command_error(command: ScaleCommand) -> str | None:
+    if command.target_memory_bytes is None or command.seen_memory_bytes is None:
+        return "a memory command needs target_memory_bytes and seen_memory_bytes"
+    if command.target_memory_bytes == 0:
+        return "a memory command's target_memory_bytes must be more than 0"
+    if command.target_vcpus is not None or command.seen_vcpus is not None:
+        return "a memory command carries no vCPU counts (one command changes one resource)"
+    return None
+
+
+def required_version(message: BusMessage) -> int:
+    """The lowest schema version that holds ``message``: 2 when it carries anything about memory, else 1."""
+    if isinstance(message, MetricSample):
+        needs_memory = message.memory is not None
+    elif isinstance(message, ScaleCommand | ScaleResult):
+        needs_memory = message.resource is not Resource.VCPU
+    elif isinstance(message, HostState):
+        needs_memory = message.memory_bytes is not None or message.capacity_memory_bytes is not None
+    else:
+        needs_memory = False
+    return MEMORY_VERSION if needs_memory else 1
+
+
+def contract_error(message: BusMessage) -> str | None:
+    """What makes a decoded ``message`` break its contract beyond its field types, or None: a v2 field under v1, a
+    command whose fields do not match its resource. Field types and ranges are msgspec's to check."""
+    if message.v < required_version(message):
+        return f"v={message.v} carries memory fields, which need v={MEMORY_VERSION}"
+    if isinstance(message, ScaleCommand):
+        if message.resource is Resource.VCPU:
+            return _vcpu_command_error(message)
+        return _memory_command_error(message)
+    return None
 
 
 BusMessage = MetricSample | ScaleCommand | ScaleResult | PauseEvent | HostState | Deferral

@@ -70,7 +70,7 @@ async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
                 """Plays the actuator: a command's target becomes the VM's size in its next sample."""
 
                 def on_command(self, command: ScaleCommand) -> None:
-                    sizes[command.vm] = command.target_vcpus
+                    sizes[command.vm] = command.vcpu_change()[1]
                     if command.sample_time is not None:
                         latencies.append(time.time() - command.sample_time)
 

@@ -107,17 +107,16 @@ def steps_between(current: int, target: int) -> Plan:
 
 
 def plan(command: ScaleCommand, view: VmView, bounds: Bounds) -> Plan | Refusal:
-    refused = within_bounds(command.target_vcpus, view, bounds)
+    seen, target = command.vcpu_change()
+    refused = within_bounds(target, view, bounds)
     if refused is not None:
         return refused
-    if view.online_vcpus == command.target_vcpus:
+    if view.online_vcpus == target:
         # The desired size is there already (e.g. a command redelivered after its effect): nothing to do.
         return Plan(direction=0, steps=0)
-    if view.online_vcpus != command.seen_vcpus:
-        return Refusal(
-            ErrorCode.STALE_VIEW, f"decided on {command.seen_vcpus} vCPUs but the VM has {view.online_vcpus}"
-        )
-    return steps_between(view.online_vcpus, command.target_vcpus)
+    if view.online_vcpus != seen:
+        return Refusal(ErrorCode.STALE_VIEW, f"decided on {seen} vCPUs but the VM has {view.online_vcpus}")
+    return steps_between(view.online_vcpus, target)
 
 
 def not_paused(pause: PauseEvent | None, now: float) -> Refusal | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.messages import ErrorCode, ScaleResult
+from shared.messages import ErrorCode, Resource, ScaleResult
 
 BACKOFF_START_S = 30.0
 BACKOFF_MAX_S = 600.0
@@ -128,6 +128,13 @@ def hold_s(result: ScaleResult, streak: int) -> float:
     return max(floor, advertised)
 
 
+def _sizes(result: ScaleResult) -> tuple[int | None, int | None]:
+    """The result's size before and its target, in the unit of the resource it changed."""
+    if result.resource is Resource.MEMORY:
+        return result.memory_before_bytes, result.target_memory_bytes
+    return result.vcpus_before, result.target_vcpus
+
+
 def hold_for(result: ScaleResult, streak: int) -> Hold | None:
     """The hold a refused order calls for, or None when a new order may go at once."""
     if result.ok or result.error_code is None:
@@ -138,6 +145,7 @@ def hold_for(result: ScaleResult, streak: int) -> Hold | None:
     if wait <= 0 and after is None:
         return None
     direction = 0
-    if code in ONE_DIRECTION and result.vcpus_before is not None and result.target_vcpus != result.vcpus_before:
-        direction = 1 if result.target_vcpus > result.vcpus_before else -1
+    before, target = _sizes(result)
+    if code in ONE_DIRECTION and before is not None and target is not None and target != before:
+        direction = 1 if target > before else -1
     return Hold(code.value, result.time + wait, after, direction)

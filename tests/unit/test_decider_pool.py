@@ -142,8 +142,9 @@ async def test_a_host_with_room_decides_as_a_decider_that_knows_no_host() -> Non
                 size = sizes.setdefault((id(h), vm), 2)
                 command = h.sample(vm, size, min(used * size / 2, size), float(t))
                 if command is not None:
-                    sizes[(id(h), vm)] = command.target_vcpus
-                    out.append((vm, command.target_vcpus, command.reason))
+                    target = command.vcpu_change()[1]
+                    sizes[(id(h), vm)] = target
+                    out.append((vm, target, command.reason))
         return out
 
     sizes: dict[tuple[int, str], int] = {}

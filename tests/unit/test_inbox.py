@@ -11,7 +11,7 @@ import pytest
 from shared import subjects
 from shared.codec import MAX_MESSAGE_BYTES, encode
 from shared.inbox import DROP_REASONS, Inbox
-from shared.messages import MetricSample
+from shared.messages import SCHEMA_VERSION, MetricSample
 from shared.telemetry import ServiceMetrics
 
 
@@ -31,7 +31,7 @@ def _sample(host: str = "h1", vm: str = "web 1") -> MetricSample:
 
 def _newer_version() -> bytes:
     body = msgspec.json.decode(encode(_sample()))
-    body["v"] += 1
+    body["v"] = SCHEMA_VERSION + 1
     return msgspec.json.encode(body)
 
 

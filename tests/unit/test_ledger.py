@@ -740,7 +740,7 @@ def test_any_interleaving_ends_with_exactly_one_result_per_command(case: tuple[W
         if result.error_code is ErrorCode.HOST_FULL:  # a grow cut short says how far it went, and the host's numbers
             assert result.retry_after == 2.0 and result.host_capacity_vcpus is not None, result
             assert result.vcpus_before is not None and result.vcpus_after is not None
-            assert result.vcpus_before <= result.vcpus_after < result.target_vcpus, result
+            assert result.target_vcpus is not None and result.vcpus_before <= result.vcpus_after < result.target_vcpus
 
 
 # Weighted towards what races for room: fresh orders, workers' steps, host views answered late, failed calls.

@@ -54,7 +54,7 @@ def live_allocations(series: VmSeries, name: str, pressure: bool = False) -> lis
             command = decider.handle_sample(sample)
             await asyncio.sleep(0)
             if command is not None:
-                vcpus = command.target_vcpus  # the actuator obeys; the next sample shows it
+                vcpus = command.vcpu_change()[1]  # the actuator obeys; the next sample shows it
         return allocations
 
     return asyncio.run(run())
