@@ -25,6 +25,9 @@ _SETTINGS = ActuatorSettings()  # min_vcpus and max_vcpus, declared once with th
 class Bounds(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_vcpus: Annotated[int, msgspec.Meta(ge=1)] = _SETTINGS.min_vcpus
     max_vcpus: Annotated[int, msgspec.Meta(ge=1)] = _SETTINGS.max_vcpus
+    # Memory, in bytes (None: the hypervisor's own limits only).
+    min_memory_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_memory_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 def parse_vm_bounds(items: list[str]) -> dict[str, Bounds]:

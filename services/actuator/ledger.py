@@ -21,6 +21,12 @@ Start-up comes first, in the same way: ``start_action(now)`` says what the actua
 command (``StartAction``: open its stores, ``recall`` the memory from the results in the event log, settle each
 command a dead actuator left in progress (``settled``, progress.py) or remove its marker if it is answered (in the
 memory, or, older, in the log), know the pauses in force), and ``started`` takes each outcome, until ``TakeCommands``.
+
+Resources: a VM's commands wait in one lane per resource (``lane``): a memory order neither supersedes nor waits
+for a vCPU order of the same VM, and each lane has its own rate limit and back-off. A memory command goes the same
+way as a vCPU one, with its own checks (memory_checks.py): read the VM's memory (``MemoryRead``), plan, mark,
+``Execute`` its ``MemoryPlan`` (one request, then the size read until it gets there), answer in bytes. Host room is
+judged for vCPU grows only, so far.
 """
 
 from __future__ import annotations
@@ -32,11 +38,12 @@ from typing import Generic, Literal, TypeVar
 
 from services.actuator.answered import AnsweredCommands
 from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, not_paused, plan, rate_limited
-from services.actuator.drivers.base import VmView
+from services.actuator.drivers.base import MemoryView, VmView
+from services.actuator.memory_checks import MemoryPlan, allowed_memory, plan_memory
 from services.actuator.reservations import Grant, Reservations
 from services.actuator.retry import Backoff, retry_after
 from shared.config.schema import ActuatorSettings
-from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult, short_text
+from shared.messages import ErrorCode, PauseEvent, Resource, ScaleCommand, ScaleResult, short_text
 
 # How long an answered command's id is kept in memory. A command stamped earlier than this (less a margin for
 # clock skew between decider and actuator) is looked up in the event log instead.
@@ -49,6 +56,20 @@ _SETTINGS = ActuatorSettings()
 _ANSWERED = "it is answered or under way"  # why a copy is ignored
 
 H = TypeVar("H")  # the shell's handle of one delivery (a NATS message): carried along, never looked into
+
+# Appended to a VM's name for its memory lane: a control character, which no VM name holds (shared.messages.VmName).
+MEMORY_LANE = "\x1fmemory"
+
+
+def lane(command: ScaleCommand) -> str:
+    """The queue ``command`` waits in, one per VM and resource: a VM's vCPU lane is its name (as before memory was
+    decided), its memory lane the name and ``MEMORY_LANE``."""
+    return command.vm if command.resource is Resource.VCPU else command.vm + MEMORY_LANE
+
+
+def lane_label(lane: str) -> str:
+    """A lane as people read it: ``vm-01``, ``vm-01 (memory)``."""
+    return lane.replace(MEMORY_LANE, " (memory)")
 
 
 @dataclass(frozen=True)
@@ -98,9 +119,10 @@ class Ignore(Generic[H]):
 
 @dataclass(frozen=True)
 class StartWorker:
-    """The command is the first of its VM's queue: start the VM's worker (it asks ``next_action``)."""
+    """The command is the first of its lane's queue (its VM's, for its resource: ``lane``): start the lane's worker
+    (it asks ``next_action``)."""
 
-    vm: str
+    vm: str  # the lane
 
 
 @dataclass(frozen=True)
@@ -115,7 +137,7 @@ Intake = Terminate[H] | Ignore[H] | StartWorker | Wait
 class Planned:
     """What to do with a VM for an admitted command: the steps, or why not; and the sizes the VM may take."""
 
-    decision: Plan | Refusal
+    decision: Plan | MemoryPlan | Refusal
     sizes: tuple[int, int]
 
 
@@ -140,7 +162,8 @@ class ReadPause:
 
 @dataclass(frozen=True)
 class ReadVm:
-    """Read the VM's view from the driver. Outcome: ``VmRead``, or ``Failed``."""
+    """Read the VM's view from the driver (of its memory, for a memory command). Outcome: ``VmRead`` (``MemoryRead``),
+    or ``Failed``."""
 
     command: ScaleCommand
 
@@ -164,11 +187,12 @@ class Mark:
 
 @dataclass(frozen=True)
 class Execute(Generic[H]):
-    """Take the hot-plug steps of ``plan`` from ``before`` vCPUs, keeping ``handle``'s delivery alive meanwhile;
-    ``grant``: the host room the grow holds, if judged. Outcome: ``Executed``, or ``Failed``."""
+    """Take the hot-plug steps of ``plan`` from ``before`` vCPUs (a ``MemoryPlan``: ask for its target and read the
+    size until it is there), keeping ``handle``'s delivery alive meanwhile; ``grant``: the host room the grow holds,
+    if judged. Outcome: ``Executed``, or ``Failed``."""
 
     command: ScaleCommand
-    plan: Plan
+    plan: Plan | MemoryPlan
     before: int
     grant: Grant | None
     handle: H
@@ -236,6 +260,11 @@ class VmRead:
 
 
 @dataclass(frozen=True)
+class MemoryRead:
+    view: MemoryView
+
+
+@dataclass(frozen=True)
 class HostRead:
     pass
 
@@ -259,7 +288,7 @@ class Failed:
 
 @dataclass(frozen=True)
 class Recounted:
-    """The count read again (None: that read failed too)."""
+    """The count (for memory: the size in bytes) read again (None: that read failed too)."""
 
     vcpus: int | None
 
@@ -280,7 +309,18 @@ class Acknowledged(Generic[H]):
 
 
 Outcome = (
-    Found | PauseRead | VmRead | HostRead | Marked | Executed | Failed | Recounted | Stored | Unmarked | Acknowledged[H]
+    Found
+    | PauseRead
+    | VmRead
+    | MemoryRead
+    | HostRead
+    | Marked
+    | Executed
+    | Failed
+    | Recounted
+    | Stored
+    | Unmarked
+    | Acknowledged[H]
 )
 
 
@@ -348,9 +388,11 @@ class LeftOver:
 
 @dataclass(frozen=True)
 class Settled:
-    """The VM's count once it settled."""
+    """The VM's count (for memory: its size in bytes) once it settled; ``step``: how near the target counts as there
+    (the hypervisor's memory step; 1 for vCPUs)."""
 
     vcpus: int
+    step: int = 1
 
 
 @dataclass(frozen=True)
@@ -390,7 +432,8 @@ class Job:
     before: int | None = None
     after: int | None = None
     sizes: tuple[int, int] | None = None
-    plan: Plan | None = None
+    plan: Plan | MemoryPlan | None = None
+    guest_used: int | None = None  # memory: what the guest used when the shrink was judged
     grant: Grant | None = None
     failure: Refusal | None = None
     stepping: bool = False  # a hot-plug step is under way: should it fail, the VM's count is not sure
@@ -433,11 +476,12 @@ class Ledger(Generic[H]):
             self._copies.setdefault(command.id, []).append(handle)
             return Ignore(command, _ANSWERED)
         self._pending.add(command.id)
-        self._queues.setdefault(command.vm, deque()).append(Delivery(command, handle))
-        if command.vm in self._working:
+        key = lane(command)
+        self._queues.setdefault(key, deque()).append(Delivery(command, handle))
+        if key in self._working:
             return Wait()
-        self._working.add(command.vm)
-        return StartWorker(command.vm)
+        self._working.add(key)
+        return StartWorker(key)
 
     # -- the order: what a VM's worker does next, and what it found -------------------------------------------------
 
@@ -502,15 +546,19 @@ class Ledger(Generic[H]):
                 job.phase = "read"
             else:
                 self._finish(job, command, now, mono)
-        elif isinstance(outcome, VmRead):
-            job.before = job.after = outcome.view.online_vcpus
+        elif isinstance(outcome, VmRead | MemoryRead):
+            if isinstance(outcome, MemoryRead):
+                job.before = job.after = outcome.view.size_bytes
+                job.guest_used = outcome.view.guest_used_bytes
+            else:
+                job.before = job.after = outcome.view.online_vcpus
             planned = self.plan(command, outcome.view, job.now)
             job.sizes = planned.sizes
             if isinstance(planned.decision, Refusal):
                 job.failure, job.phase = planned.decision, "reread"
             else:
                 job.plan = planned.decision
-                grow = job.plan.direction > 0 and job.plan.steps > 0
+                grow = isinstance(job.plan, Plan) and job.plan.direction > 0 and job.plan.steps > 0
                 if grow and self.rules.host_views:
                     job.phase = "host"  # judged on the host as it is now, not as it was
                 else:
@@ -547,7 +595,7 @@ class Ledger(Generic[H]):
         assert job.plan is not None
         assert job.before is not None
         job.plan, job.grant = self.room(command, job.plan, job.before)
-        if job.plan.steps:
+        if _moves(job.plan):
             job.phase = "mark"
         else:
             self._stepped(job, command, now, mono)
@@ -562,16 +610,30 @@ class Ledger(Generic[H]):
 
     def _finish(self, job: Job, command: ScaleCommand, now: float, mono: float) -> None:
         """The driver is done with the command: release its room, and describe what happened."""
-        self._release(command.vm, job)
+        self._release(command, job)
+        target = job.plan.target if isinstance(job.plan, MemoryPlan) else None
         job.result = self.result(
-            command, now, mono - job.started, job.before, job.after, job.failure, job.sizes, job.grant
+            command,
+            now,
+            mono - job.started,
+            job.before,
+            job.after,
+            job.failure,
+            job.sizes,
+            job.grant,
+            aligned_target=target,
+            guest_used=job.guest_used,
         )
         job.phase = "store"
 
-    def _release(self, vm: str, job: Job) -> None:
-        # Until now the grant's room stayed reserved, whatever happened (a failure too).
+    def _release(self, command: ScaleCommand, job: Job) -> None:
+        # Until now the grant's room stayed reserved, whatever happened (a failure too). The host's commitments
+        # are vCPUs: a memory command holds none.
+        if command.resource is not Resource.VCPU:
+            job.released = True
+            return
         if not job.released and (job.grant is not None or (job.before is not None and job.after != job.before)):
-            self.ended(vm, None if job.stepping else job.after)
+            self.ended(command.vm, None if job.stepping else job.after)
         job.released = True
 
     def _acknowledged(self, vm: str, job: Job, command: ScaleCommand, count: int) -> None:
@@ -607,12 +669,13 @@ class Ledger(Generic[H]):
         return command.time - self.rules.skew_s
 
     def abandon(self, vm: str) -> None:
-        """A worker failed: release the room its command held, forget it and those queued behind it,
+        """A lane's worker failed: release the room its command held, forget it and those queued behind it,
         unacknowledged, so that their redeliveries are taken as new, not as duplicates."""
         job = self._jobs.pop(vm, None)
-        if job is not None:
-            self._release(vm, job)
-        for delivery in self._queues.pop(vm, deque()):
+        queue = self._queues.pop(vm, deque())
+        if job is not None and queue:
+            self._release(queue[0].command, job)
+        for delivery in queue:
             self._pending.discard(delivery.command.id)
             self._copies.pop(delivery.command.id, None)
         self._working.discard(vm)
@@ -639,23 +702,29 @@ class Ledger(Generic[H]):
         """A lease's term seen (in a command, or in the lease bucket): terms never go backwards."""
         self.terms[lease] = max(term, self.terms.get(lease, 0))
 
-    def plan(self, command: ScaleCommand, view: VmView, now: float) -> Planned:
-        """The steps to take from the VM's current view: within bounds, on the view the decider saw, and within
-        the VM's rate limit when anything is to change."""
+    def plan(self, command: ScaleCommand, view: VmView | MemoryView, now: float) -> Planned:
+        """The steps to take from the VM's current view (of its memory, for a memory command): within bounds, on the
+        view the decider saw, and within the lane's rate limit when anything is to change."""
         bounds = self.rules.bounds(command.vm)
-        decided = plan(command, view, bounds)
-        if isinstance(decided, Plan) and decided.steps:
+        decided: Plan | MemoryPlan | Refusal
+        if isinstance(view, MemoryView):
+            decided, sizes = plan_memory(command, view, bounds), allowed_memory(view, bounds)
+        else:
+            decided, sizes = plan(command, view, bounds), allowed(view, bounds)
+        if not isinstance(decided, Refusal) and _moves(decided):
             limited = rate_limited(
-                self._changes.get(command.vm, []), now, self.rules.max_changes, self.rules.rate_window_s
+                self._changes.get(lane(command), []), now, self.rules.max_changes, self.rules.rate_window_s
             )
             if limited is not None:
                 decided = limited
-        return Planned(decided, allowed(view, bounds))
+        return Planned(decided, sizes)
 
-    def room(self, command: ScaleCommand, decided: Plan, before: int) -> tuple[Plan, Grant | None]:
+    def room(
+        self, command: ScaleCommand, decided: Plan | MemoryPlan, before: int
+    ) -> tuple[Plan | MemoryPlan, Grant | None]:
         """A grow cut to the whole vCPUs that fit on the host, with the grant to report (reserved until ``ended``);
         anything else, or any command while the host is unknown (no view: a driver that reports none), as it is."""
-        if decided.direction <= 0 or not decided.steps or not self.host.known:
+        if isinstance(decided, MemoryPlan) or decided.direction <= 0 or not decided.steps or not self.host.known:
             return decided, None
         grant = self.host.grant(command.vm, before, before + decided.steps)
         return Plan(decided.direction, grant.steps), grant
@@ -666,7 +735,8 @@ class Ledger(Generic[H]):
         self.host.release(vm, after)
 
     def changed(self, vm: str, now: float) -> None:
-        """A resize of ``vm`` was carried out at ``now``: it counts against the VM's rate limit."""
+        """A resize in lane ``vm`` was carried out at ``now``: it counts against the lane's rate limit (one per VM
+        and resource)."""
         window = self.rules.rate_window_s
         history = self._changes.setdefault(vm, [])
         history[:] = [t for t in history if now - t < window] + [now]
@@ -686,11 +756,42 @@ class Ledger(Generic[H]):
         failure: Refusal | None,
         sizes: tuple[int, int] | None = None,
         grant: Grant | None = None,
+        *,
+        aligned_target: int | None = None,
+        guest_used: int | None = None,
     ) -> ScaleResult:
         """The one builder of a result: what really happened, and when to ask again after a failure. A grow judged
-        against the host (``grant``) states the host's capacity and what was committed then."""
-        if (failure is None or failure.code is ErrorCode.HOST_FULL) and before != after:
-            self.backoff.succeeded(command.vm)  # the VM took a change (a partial grant too): its back-off starts over
+        against the host (``grant``) states the host's capacity and what was committed then. A memory command's
+        sizes are bytes (``aligned_target``: its target on the hypervisor's step; ``guest_used``: what the guest
+        used when a shrink was judged)."""
+        key = lane(command)
+        if (failure is None or failure.code in (ErrorCode.HOST_FULL, ErrorCode.PARTIAL)) and before != after:
+            self.backoff.succeeded(key)  # the lane took a change (a partial one too): its back-off starts over
+        if command.resource is Resource.MEMORY:
+            return ScaleResult(
+                command_id=command.id,
+                time=now,
+                host=command.host,
+                vm=command.vm,
+                ok=failure is None,
+                vcpus_before=None,
+                vcpus_after=None,
+                resource=command.resource,
+                target_memory_bytes=aligned_target if aligned_target is not None else command.target_memory_bytes,
+                memory_before_bytes=before,
+                memory_after_bytes=after,
+                duration_s=duration_s,
+                actuator=self.rules.actuator,
+                error_code=failure.code if failure else None,
+                error=short_text(failure.message) if failure else None,
+                sample_time=command.sample_time,
+                allowed_min_memory_bytes=sizes[0] if sizes else None,
+                allowed_max_memory_bytes=sizes[1] if sizes else None,
+                guest_used_bytes=guest_used if failure is not None and failure.code is ErrorCode.BELOW_USED else None,
+                retry_after=self._retry_after(key, failure, now) if failure else None,
+                rate_limit_changes=self.rules.max_changes,
+                rate_limit_window_s=self.rules.rate_window_s,
+            )
         return ScaleResult(
             command_id=command.id,
             time=now,
@@ -707,7 +808,7 @@ class Ledger(Generic[H]):
             sample_time=command.sample_time,
             allowed_min_vcpus=sizes[0] if sizes else None,
             allowed_max_vcpus=sizes[1] if sizes else None,
-            retry_after=self._retry_after(command.vm, failure, now) if failure else None,
+            retry_after=self._retry_after(key, failure, now) if failure else None,
             rate_limit_changes=self.rules.max_changes,
             rate_limit_window_s=self.rules.rate_window_s,
             host_capacity_vcpus=grant.capacity if grant else None,
@@ -774,7 +875,7 @@ class Ledger(Generic[H]):
             start.in_log = outcome.in_log
         elif isinstance(outcome, Settled):
             command, before = start.markers[0]
-            start.result = self.settled(command, before, outcome.vcpus, now, mono - start.since)
+            start.result = self.settled(command, before, outcome.vcpus, now, mono - start.since, outcome.step)
             start.phase = "store"
         elif isinstance(outcome, Stored):
             self.stored(outcome.result)
@@ -797,15 +898,26 @@ class Ledger(Generic[H]):
         """The clock time from which to read back results at startup."""
         return now - self.rules.keep_s - self.rules.skew_s
 
-    def settled(self, command: ScaleCommand, before: int, now_vcpus: int, now: float, duration_s: float) -> ScaleResult:
-        """The result of a command a dead actuator left in progress (and not answered), as things are now."""
+    def settled(
+        self, command: ScaleCommand, before: int, now_size: int, now: float, duration_s: float, step: int = 1
+    ) -> ScaleResult:
+        """The result of a command a dead actuator left in progress (and not answered), as things are now: reached
+        when within ``step`` of the target (vCPUs: 1; memory: the hypervisor's step, in bytes)."""
+        if command.resource is Resource.MEMORY:
+            target, unit = command.memory_change()[1], " bytes"
+        else:
+            target, unit = command.vcpu_change()[1], " vCPUs"
         failure = (
             None
-            if now_vcpus == command.target_vcpus
+            if abs(now_size - target) < step
             else Refusal(
                 ErrorCode.UNKNOWN,
-                f"interrupted by an actuator restart: {before} -> {now_vcpus} vCPUs of the "
-                f"{command.target_vcpus} asked",
+                f"interrupted by an actuator restart: {before} -> {now_size}{unit} of the {target} asked",
             )
         )
-        return self.result(command, now, duration_s, before, now_vcpus, failure)
+        return self.result(command, now, duration_s, before, now_size, failure)
+
+
+def _moves(plan: Plan | MemoryPlan) -> bool:
+    """Whether carrying ``plan`` out changes anything."""
+    return bool(plan.direction) if isinstance(plan, MemoryPlan) else plan.steps > 0

@@ -64,6 +64,7 @@ from services.actuator.ledger import (
     LookUp,
     Mark,
     Marked,
+    MemoryRead,
     Open,
     Opened,
     Outcome,
@@ -90,6 +91,7 @@ from services.actuator.ledger import (
     Watching,
     WatchPauses,
 )
+from services.actuator.memory_checks import MemoryPlan
 from services.actuator.progress import ProgressLog
 from services.actuator.vmbounds import bounds_for
 from shared import bus, subjects, topology
@@ -99,7 +101,7 @@ from shared.errors import UsageError
 from shared.eventlog import read_results
 from shared.inbox import Inbox
 from shared.leadership import LEASE_BUCKET, LeaseState
-from shared.messages import ErrorCode, PauseEvent, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, PauseEvent, Resource, ScaleCommand, ScaleResult
 from shared.pause_bucket import PauseWatch
 from shared.pauses import describe, host_keys
 from shared.pool import HostCapacity, host_capacity
@@ -415,17 +417,31 @@ class Actuator:
             return Marked()
         if isinstance(action, Reread):
             try:
-                return Recounted((await self._call(self.driver.read(action.command.vm))).online_vcpus)
+                return Recounted(await self._size(action.command))
             except DriverError:
                 return Recounted(None)
         try:
             if isinstance(action, ReadVm):
+                if action.command.resource is Resource.MEMORY:
+                    resizer = steps.resizer_of(self.driver)
+                    return MemoryRead(await self._call(resizer.read_memory(action.command.vm)))
                 return VmRead(await self._call(self.driver.read(action.command.vm)))
             if isinstance(action, ReadHost):
                 await self._look()
                 return HostRead()
             assert isinstance(action, Execute), action
             decided = action.plan
+            if isinstance(decided, MemoryPlan):
+                after = await steps.move_memory(
+                    self.driver,
+                    action.command.vm,
+                    decided,
+                    action.before,
+                    timeout_s=self.config.step_timeout_s,
+                    keepalive=action.handle.in_progress,
+                )
+                self.metrics.hotplug_calls.labels(decided.op).inc()
+                return Executed(after)
             after = await steps.take_steps(
                 self.driver,
                 action.command.vm,
@@ -470,7 +486,7 @@ class Actuator:
             return Found(await self._in_log(action.command, action.since))
         if isinstance(action, Settle):
             try:
-                return Settled(await self._wait_for_quiet(action.command))
+                return Settled(*await self._wait_for_quiet(action.command))
             except DriverError as exc:
                 command = action.command
                 log.warning("%s left in progress on %s, not settled: %s", command.id, command.vm, exc.message)
@@ -507,17 +523,31 @@ class Actuator:
                     return True
         return False
 
-    async def _wait_for_quiet(self, command: ScaleCommand) -> int:
-        """The VM's count once it reaches the command's target, or has not moved for ``settle_s``: a step the
-        dead actuator had asked for may still be under way in the hypervisor."""
-        now = (await self._call(self.driver.read(command.vm))).online_vcpus
+    async def _size(self, command: ScaleCommand) -> int:
+        """The VM's size now in the unit of the command's resource: online vCPUs, or memory in bytes."""
+        if command.resource is Resource.MEMORY:
+            return (await self._call(steps.resizer_of(self.driver).read_memory(command.vm))).size_bytes
+        return (await self._call(self.driver.read(command.vm))).online_vcpus
+
+    async def _step(self, command: ScaleCommand) -> int:
+        """How near the command's target counts as there: the memory step, in bytes; 1 vCPU."""
+        if command.resource is Resource.MEMORY:
+            return max(1, (await self._call(steps.resizer_of(self.driver).read_memory(command.vm))).step_bytes)
+        return 1
+
+    async def _wait_for_quiet(self, command: ScaleCommand) -> tuple[int, int]:
+        """The VM's size once it reaches the command's target, or has not moved for ``settle_s``: a step the
+        dead actuator had asked for may still be under way in the hypervisor. With the step that counts as there."""
+        target = command.memory_change()[1] if command.resource is Resource.MEMORY else command.vcpu_change()[1]
+        step = await self._step(command)
+        now = await self._size(command)
         quiet_since = time.monotonic()
-        while now != command.target_vcpus and time.monotonic() - quiet_since < self.config.settle_s:
+        while abs(now - target) >= step and time.monotonic() - quiet_since < self.config.settle_s:
             await asyncio.sleep(0.2)
-            latest = (await self._call(self.driver.read(command.vm))).online_vcpus
+            latest = await self._size(command)
             if latest != now:
                 now, quiet_since = latest, time.monotonic()
-        return now
+        return now, step
 
     async def _store(self, result: ScaleResult) -> None:
         """Store a result in the event log (the ledger learns it is answered from the outcome)."""

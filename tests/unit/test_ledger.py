@@ -157,6 +157,7 @@ class Shell:
         if isinstance(action, Execute):
             if self.broken is not None:
                 return Failed(Refusal(self.broken, "the guest said no"))
+            assert isinstance(action.plan, Plan)
             self.vcpus[action.command.vm] += action.plan.direction * action.plan.steps
             return Executed(self.vcpus[action.command.vm])
         if isinstance(action, Reread):
@@ -361,9 +362,9 @@ def test_admit_raises_the_term_and_refuses_older_ones() -> None:
 
 def test_a_command_left_in_progress_is_settled_as_things_are() -> None:
     ledger: Ledger[str] = Ledger(rules())
-    done = ledger.settled(command("c1", target=4), before=2, now_vcpus=4, now=9.0, duration_s=0.5)
+    done = ledger.settled(command("c1", target=4), before=2, now_size=4, now=9.0, duration_s=0.5)
     assert done.ok and (done.vcpus_before, done.vcpus_after) == (2, 4)
-    part = ledger.settled(command("c2", target=4), before=2, now_vcpus=3, now=9.0, duration_s=0.5)
+    part = ledger.settled(command("c2", target=4), before=2, now_size=3, now=9.0, duration_s=0.5)
     assert not part.ok and part.error_code is ErrorCode.UNKNOWN and "2 -> 3 vCPUs of the 4" in (part.error or "")
 
 
@@ -551,6 +552,7 @@ class World:
             self.markers[vm] = (action.command, action.before)
             return Marked()
         if isinstance(action, Execute):  # one step per turn
+            assert isinstance(action.plan, Plan)
             self.vcpus[vm] += action.plan.direction
             if action.grant is not None:
                 assert self.vcpus[vm] <= action.grant.size, "a step beyond the room granted"
