@@ -1,5 +1,6 @@
 """Each VM's bounds on the actuator: ``--vm-bounds`` for that VM, else its ``[[vm]]`` rule's (a bound the rule
-leaves out keeps the actuator's own), else the actuator's ``--min-vcpus``/``--max-vcpus``. Pure."""
+leaves out keeps the actuator's own), else the actuator's ``--min-vcpus``/``--max-vcpus``. Memory bounds come from the
+``[[vm]]`` rule's ``min_memory``/``max_memory`` only (none: the hypervisor's limits). Pure."""
 
 from __future__ import annotations
 
@@ -18,5 +19,11 @@ def bounds_for(
     index = first_match(rules, host, vm)
     if index is None:
         return default
-    low, high = rule_bounds(rules[index], default.min_vcpus, default.max_vcpus)
-    return Bounds(default.min_vcpus if low is None else low, default.max_vcpus if high is None else high)
+    rule = rules[index]
+    low, high = rule_bounds(rule, default.min_vcpus, default.max_vcpus)
+    return Bounds(
+        default.min_vcpus if low is None else low,
+        default.max_vcpus if high is None else high,
+        min_memory_bytes=rule.min_memory_bytes,
+        max_memory_bytes=rule.max_memory_bytes,
+    )

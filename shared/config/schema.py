@@ -26,6 +26,7 @@ from shared.config.settings import ParamValue as ParamValue
 from shared.config.settings import Spec, section_of, section_with
 from shared.config.settings import param_flags as param_flags
 from shared.libvirt.connection import URI_ENV as LIBVIRT_URI_ENV  # read where libvirt connects
+from shared.units import SizeError, format_size, parse_size
 
 PosInt = Annotated[int, Meta(ge=1)]
 PosFloat = Annotated[float, Meta(gt=0)]
@@ -321,6 +322,14 @@ class VmRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     ] = "auto"
     min_vcpus: Annotated[PosInt | None, Meta(description="smallest size (decider and actuator)")] = None
     max_vcpus: Annotated[PosInt | None, Meta(description="largest size (decider and actuator)")] = None
+    min_memory: Annotated[
+        str | int | None,
+        Meta(description='least memory (decider and actuator): "512MiB", "8GiB", "1.5G"; a bare number is MiB'),
+    ] = None
+    max_memory: Annotated[
+        str | int | None,
+        Meta(description='most memory (decider and actuator): "16GiB"; a bare number is MiB'),
+    ] = None
     policy: Annotated[str | None, Meta(description="the VM's policy (default: the decider's)")] = None
     param: Annotated[Params, Meta(description=_PARAM_DOC)] = {}
     priority: Annotated[
@@ -348,10 +357,31 @@ class VmRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
             raise ValueError(f"min_vcpus {self.min_vcpus} is above max_vcpus {self.max_vcpus}")
         if self.name == "":
             raise ValueError("name, when given, must not be empty")
+        low, high = self.min_memory_bytes, self.max_memory_bytes
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_memory {format_size(low)} is above max_memory {format_size(high)}")
 
     @property
     def patterns(self) -> tuple[str, ...]:
         return (self.match,) if isinstance(self.match, str) else tuple(self.match)
+
+    @property
+    def min_memory_bytes(self) -> int | None:
+        return _memory_bytes("min_memory", self.min_memory)
+
+    @property
+    def max_memory_bytes(self) -> int | None:
+        return _memory_bytes("max_memory", self.max_memory)
+
+
+def _memory_bytes(key: str, value: str | int | None) -> int | None:
+    """A rule's memory bound in bytes (None: not given); a bad one is the rule's error, naming the key."""
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except SizeError as exc:
+        raise ValueError(f"{key}: {exc}") from exc
 
 
 class HostRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):

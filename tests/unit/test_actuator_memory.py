@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -41,6 +42,8 @@ from services.actuator.ledger import (
     lane_label,
 )
 from services.actuator.memory_checks import MemoryPlan, allowed_memory, plan_memory, shrink_floor
+from services.actuator.vmbounds import bounds_for
+from shared.config.schema import VmRule
 from shared.messages import ErrorCode, Resource, ScaleCommand, ScaleResult
 from shared.units import GIB, MIB
 
@@ -345,3 +348,27 @@ async def test_a_driver_without_memory_refuses_it_clearly() -> None:
     with pytest.raises(DriverError) as info:
         steps.resizer_of(CpuOnly())  # type: ignore[arg-type]
     assert info.value.code is ErrorCode.HOTPLUG_DISABLED and "does not move memory" in info.value.message
+
+
+# -- bounds from the config file -------------------------------------------------------------------------------------
+
+
+def test_a_vm_rule_gives_the_actuator_memory_bounds() -> None:
+    rules = [VmRule(match="db-*", min_memory="2GiB", max_memory=8192)]
+    bounds = bounds_for("h", "db-1", Bounds(1, 8), rules)
+    assert (bounds.min_memory_bytes, bounds.max_memory_bytes) == (2 * GIB, 8 * GIB)
+    assert bounds_for("h", "web-1", Bounds(1, 8), rules).max_memory_bytes is None
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "says"),
+    [
+        ("2GiB", "1GiB", "min_memory 2GiB is above max_memory 1GiB"),
+        ("lots", "8GiB", "min_memory: 'lots' is not a memory size"),
+        (0, "8GiB", "a size must be more than 0"),
+        ("1GiB", "9 parsecs", "max_memory: '9 parsecs': unknown unit 'parsecs'"),
+    ],
+)
+def test_bad_memory_bounds_in_a_rule_say_why(low: str | int, high: str, says: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=says):
+        msgspec.convert({"match": "db-*", "min_memory": low, "max_memory": high}, VmRule)
