@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from services.collector.sources.base import Reading
-from shared.messages import MetricSample
+from services.collector.sources.base import MemoryCounters, Reading
+from shared.messages import MemoryReading, MetricSample
 
 MAX_CORES = 4096.0
+MAX_BYTES = 64 * 1024**4  # the contract's bound on a size (shared.messages.Bytes)
 
 
 def _clamp(x: float, low: float, high: float) -> float:
@@ -45,4 +46,32 @@ def sample_from(previous: Reading, current: Reading, host: str, source: str) -> 
         per_vcpu_busy=per_vcpu,
         pressure_cores=pressure,
         psi_some=psi,
+        memory=None if current.memory is None else memory_from(previous.memory, current.memory, dt),
+    )
+
+
+def _size(value: int | None) -> int | None:
+    return None if value is None else int(_clamp(value, 0, MAX_BYTES))
+
+
+def _rate(before: float | None, after: float | None, dt: float, high: float) -> float | None:
+    """A counter's rate over ``dt``; None when either end is unknown or the counter went back (a restarted guest)."""
+    if before is None or after is None or after < before:
+        return None
+    return _clamp((after - before) / dt, 0.0, high)
+
+
+def memory_from(previous: MemoryCounters | None, current: MemoryCounters, dt: float) -> MemoryReading:
+    """The memory part of a sample: sizes as ``current`` has them, rates over the interval from ``previous``."""
+    swapped = previous.swap_in_bytes if previous is not None else None
+    stalled = previous.psi_some_seconds if previous is not None else None
+    return MemoryReading(
+        size_bytes=int(_clamp(current.size_bytes, 0, MAX_BYTES)),
+        min_bytes=int(_clamp(current.min_bytes, 0, MAX_BYTES)),
+        max_bytes=int(_clamp(current.max_bytes, 0, MAX_BYTES)),
+        used_bytes=_size(current.used_bytes),
+        available_bytes=_size(current.available_bytes),
+        swap_in_bytes_per_s=_rate(swapped, current.swap_in_bytes, dt, float(MAX_BYTES)),
+        psi_some=_rate(stalled, current.psi_some_seconds, dt, 1.0),
+        oom_kills=None if current.oom_kills is None else max(0, current.oom_kills),
     )

@@ -15,6 +15,20 @@ from typing import Protocol, cast
 import msgspec
 
 
+class MemoryCounters(msgspec.Struct, frozen=True, kw_only=True):
+    """One VM's memory at one instant, in bytes: sizes as they are, and (where the source knows them) cumulative
+    counters, which ``services.collector.rates`` turns into rates as it does the CPU's."""
+
+    size_bytes: int  # what the hypervisor gives the guest now
+    min_bytes: int  # the least it may have live (boot RAM for virtio-mem)
+    max_bytes: int  # the most it may have live
+    used_bytes: int | None = None  # the guest's MemTotal - MemAvailable
+    available_bytes: int | None = None  # the guest's MemAvailable
+    swap_in_bytes: float | None = None  # bytes swapped in since some origin
+    psi_some_seconds: float | None = None  # PSI memory some total, seconds
+    oom_kills: int | None = None  # out-of-memory kills in the guest so far
+
+
 class Reading(msgspec.Struct, frozen=True, kw_only=True):
     """One VM's counters at one instant (``time`` on the shared clock)."""
 
@@ -30,6 +44,8 @@ class Reading(msgspec.Struct, frozen=True, kw_only=True):
     waiting_core_seconds: float | None = None
     # Seconds during which some task waited (PSI cpu.some total), where the source knows it.
     psi_some_seconds: float | None = None
+    # The VM's memory, where the source reads it (the sample's memory part, schema v2).
+    memory: MemoryCounters | None = None
 
 
 class Source(Protocol):
