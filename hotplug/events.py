@@ -19,7 +19,8 @@ from typing import Any
 from shared.cluster import embedded_broker, nodes_in
 from shared.errors import NotFound
 from shared.eventlog import AnyEvent
-from shared.messages import Deferral, PauseEvent, ScaleCommand
+from shared.messages import Deferral, PauseEvent, Resource, ScaleCommand
+from shared.units import format_size
 
 BROKER_FILE = "broker.json"
 BROKER_DIR = "nats"
@@ -90,8 +91,11 @@ def event_record(event: AnyEvent) -> dict[str, Any]:
             "host": event.host,
             "vm": event.vm,
             "id": event.id,
+            "resource": event.resource.value,
             "target_vcpus": event.target_vcpus,
             "seen_vcpus": event.seen_vcpus,
+            "target_memory_bytes": event.target_memory_bytes,
+            "seen_memory_bytes": event.seen_memory_bytes,
             "decider": event.decider,
             "reason": event.reason,
             "expires_at": event.expires_at,
@@ -104,9 +108,13 @@ def event_record(event: AnyEvent) -> dict[str, Any]:
         "vm": event.vm,
         "command_id": event.command_id,
         "ok": event.ok,
+        "resource": event.resource.value,
         "vcpus_before": event.vcpus_before,
         "vcpus_after": event.vcpus_after,
         "target_vcpus": event.target_vcpus,
+        "memory_before_bytes": event.memory_before_bytes,
+        "memory_after_bytes": event.memory_after_bytes,
+        "target_memory_bytes": event.target_memory_bytes,
         "error_code": event.error_code.value if event.error_code else None,
         "error": event.error,
         "duration_s": event.duration_s,
@@ -121,13 +129,18 @@ CSV_FIELDS = [
     "vm",
     "id",
     "command_id",
+    "resource",
     "target_vcpus",
     "seen_vcpus",
+    "target_memory_bytes",
+    "seen_memory_bytes",
     "decider",
     "reason",
     "ok",
     "vcpus_before",
     "vcpus_after",
+    "memory_before_bytes",
+    "memory_after_bytes",
     "error_code",
     "error",
     "duration_s",
@@ -152,3 +165,20 @@ def format_csv(records: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(records)
     return out.getvalue()
+
+
+def change_text(record: dict[str, Any]) -> str:
+    """A command's or a result's record's change as people read it: ``2→4`` (vCPUs), ``4GiB→6GiB`` (memory)."""
+    memory = record.get("resource") == Resource.MEMORY.value
+    if record["kind"] == "command":
+        keys = ("seen_memory_bytes", "target_memory_bytes") if memory else ("seen_vcpus", "target_vcpus")
+    else:
+        keys = ("memory_before_bytes", "memory_after_bytes") if memory else ("vcpus_before", "vcpus_after")
+    before, after = (record.get(key) for key in keys)
+    if memory:
+        return f"{_size(before)}→{_size(after)}"
+    return f"{before}→{after}"
+
+
+def _size(value: object) -> str:
+    return format_size(value) if isinstance(value, int) else str(value)

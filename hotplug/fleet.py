@@ -9,12 +9,14 @@ import statistics
 from dataclasses import dataclass, field
 
 from evaluation.decisions import Change, applied_changes, undone_changes
+from evaluation.memory_tally import MemoryTally
 from evaluation.tally import Tally
+from hotplug.events import change_text, event_record
 from hotplug.waits import job_waits
 from services.simulator.host import Outcome
 from shared.config.rules import Defaults, resolve
 from shared.config.schema import ConfigFile
-from shared.messages import HostState, MetricSample, ScaleCommand, ScaleResult
+from shared.messages import HostState, MetricSample, Resource, ScaleCommand, ScaleResult
 from shared.sim_api import JobsReply
 
 
@@ -32,6 +34,10 @@ class VmRow:
     changes: int = 0  # applied resizes (an ok result that moved the vCPU count)
     sampled_at: float = 0.0  # the time of its latest sample, and that sample's interval
     interval_s: float = 0.0
+    # Memory, where the source reads it: what the VM has, what its guest uses (None: unknown), its OOM kills.
+    memory_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    oom_kills: int = 0
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Fleet:
         # Core-seconds allocated, used (served) and waiting (unmet), as the samples measured them; actions are the
         # applied changes. The same tally replay and the decisions bench score with.
         self.tally = Tally()
+        self.memory = MemoryTally()  # memory's own: byte-seconds against the guests' use, swap, OOM kills
         self._reasons: dict[str, str] = {}
         self.changes: list[Change] = []
         self.hosts: dict[str, HostState] = {}  # each host's latest state
@@ -81,6 +88,10 @@ class Fleet:
         row.interval_s = sample.interval_s
         self.latest_sample = max(self.latest_sample, sample.time)
         self.tally.add_sample(sample)
+        if sample.memory is not None:
+            row.memory_bytes, row.memory_used_bytes = sample.memory.size_bytes, sample.memory.used_bytes
+            row.oom_kills = max(row.oom_kills, sample.memory.oom_kills or 0)
+            self.memory.add_sample(sample)
 
     # A VM not sampled for this many of its intervals has left its host (a job that ended): out of the live view.
     GONE_AFTER_INTERVALS = 5
@@ -116,7 +127,12 @@ class Fleet:
         row = self._row(result.host, result.vm)
         row.last_action_time = result.time
         row.last_reason = self._reasons.pop(result.command_id, "")
-        if result.ok:
+        if result.resource is Resource.MEMORY:
+            self.memory.add_result(result)
+        if result.ok and result.resource is Resource.MEMORY:
+            t.results_ok += 1
+            row.last_action = "memory " + change_text(event_record(result))
+        elif result.ok:
             t.results_ok += 1
             before, after = result.vcpus_before or 0, result.vcpus_after or 0
             t.plugs += max(0, after - before)
@@ -143,6 +159,8 @@ class Fleet:
             f"({ratio:.0%} of allocated); unmet demand: {cores.unmet_core_s / 3600:.3f} core-hours",
         ]
         lines.append(self._changes_line())
+        if self.memory.vm_seconds:
+            lines.append(self._memory_line())
         # Every failed result is a refused command; by code, so a user sees at once whether it was the rate
         # limit, a guest that would not unplug, or bounds.
         refused = f"refused commands: {t.results_failed}"
@@ -153,6 +171,16 @@ class Fleet:
         if self.config is not None:
             lines.append(self._rules_line(self.config))
         return lines
+
+    def _memory_line(self) -> str:
+        """ "memory: 41.2 GiB-hours allocated, 1.62× what the guests used; given back 12.0 GiB in 9 changes; swapping
+        0.00 % of VM time; OOM kills 0"."""
+        s = self.memory.scores()
+        return (
+            f"memory: {s['memory_alloc_gib_hours']:.2f} GiB-hours allocated, {s['memory_ratio_to_oracle']:.2f}× "
+            f"what the guests used; given back {s['memory_given_back_gib']:.1f} GiB in {self.memory.changes} "
+            f"changes; swapping {s['swap_pct']:.2f} % of VM time; OOM kills {self.memory.oom_kills}"
+        )
 
     def _jobs_lines(self) -> list[str]:
         """The jobs' waits with hot-plug, against the same arrivals with fixed sizes."""

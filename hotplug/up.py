@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.live import Live
 
 from hotplug.config import load_file
-from hotplug.events import BROKER_DIR, BROKER_FILE, write_broker_file
+from hotplug.events import BROKER_DIR, BROKER_FILE, change_text, event_record, write_broker_file
 from hotplug.fleet import Fleet
 from hotplug.fleet_view import render
 from hotplug.harness.poll import within
@@ -144,7 +144,7 @@ class _Watcher(BusWatcher):
         self.fleet.on_result(result)
         if not sys.stdout.isatty():
             print(
-                f"{result.vm}: {result.vcpus_before} -> {result.vcpus_after} "
+                f"{result.vm}: {change_text(event_record(result)).replace('→', ' -> ')} "
                 f"{'ok' if result.ok else f'failed ({result.error_code})'}",
                 flush=True,
             )

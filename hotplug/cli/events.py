@@ -70,6 +70,8 @@ def _print_event_table(records: list[dict[str, object]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from hotplug.events import change_text
+
     table = Table(title=f"{len(records)} events")
     for column in ("time (UTC)", "kind", "host", "vm", "id", "change", "detail"):
         table.add_column(column)
@@ -82,7 +84,7 @@ def _print_event_table(records: list[dict[str, object]]) -> None:
                 str(r["host"]),
                 str(r["vm"]),
                 str(r["id"]),
-                f"{r['seen_vcpus']}→{r['target_vcpus']}",
+                change_text(r),
                 str(r["reason"]),
             )
         elif r["kind"] in ("pause", "resume"):
@@ -107,7 +109,7 @@ def _print_event_table(records: list[dict[str, object]]) -> None:
                 str(r["host"]),
                 str(r["vm"]),
                 str(r["command_id"]),
-                f"{r['vcpus_before']}→{r['vcpus_after']}",
+                change_text(r),
                 detail,
             )
     Console().print(table)

@@ -107,6 +107,7 @@ from shared.pauses import describe, host_keys
 from shared.pool import HostCapacity, host_capacity
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
+from shared.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -563,14 +564,25 @@ class Actuator:
         if result.ok and result.sample_time is not None and result.vcpus_before != result.vcpus_after:
             self.metrics.end_to_end.observe(max(0.0, result.time - result.sample_time))
         log.info(
-            "%s %s/%s %s -> %s%s",
+            "%s %s/%s %s%s",
             result.command_id,
             result.host,
             result.vm,
-            result.vcpus_before,
-            result.vcpus_after,
+            _change(result),
             "" if result.ok else f" failed: {result.error_code}: {result.error}",
         )
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         return await steps.call(self.driver, awaitable, self.config.step_timeout_s)
+
+
+def _change(result: ScaleResult) -> str:
+    """``2 -> 4`` (vCPUs) or ``4GiB -> 6GiB`` (memory), for the log."""
+    if result.resource is Resource.MEMORY:
+        before, after = result.memory_before_bytes, result.memory_after_bytes
+        return f"{_size(before)} -> {_size(after)}"
+    return f"{result.vcpus_before} -> {result.vcpus_after}"
+
+
+def _size(size: int | None) -> str:
+    return "?" if size is None else format_size(size)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from rich.console import Console
 
 from hotplug.fleet import Fleet
 from hotplug.fleet_view import render
-from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, MemoryReading, MetricSample, Resource, ScaleCommand, ScaleResult
 
 
 def test_totals_and_rows_follow_the_messages() -> None:
@@ -87,3 +88,42 @@ def test_totals_and_rows_follow_the_messages() -> None:
     text = console.export_text()
     assert "4/8 ████····" in text
     assert "failed: expired" in text
+
+
+def test_memory_shows_in_rows_and_summary_only_where_sources_read_it() -> None:
+    gib = 1024**3
+    fleet = Fleet()
+    cpu_only = MetricSample(
+        time=1.0, host="h", vm="a", online_vcpus=2, min_vcpus=1, max_vcpus=4, cpu_used_cores=1.0, interval_s=1.0,
+        source="s",
+    )  # fmt: skip
+    fleet.on_sample(cpu_only)
+    console = Console(width=200, record=True)
+    console.print(render(fleet, "run"))
+    assert "memory GiB" not in console.export_text() and not any("memory:" in s for s in fleet.summary_lines())
+    reading = MemoryReading(size_bytes=8 * gib, min_bytes=gib, max_bytes=16 * gib, used_bytes=3 * gib, oom_kills=0)
+    fleet.on_sample(msgspec.structs.replace(cpu_only, time=2.0, memory=reading))
+    fleet.on_result(
+        ScaleResult(
+            command_id="m1",
+            time=3.0,
+            host="h",
+            vm="a",
+            ok=True,
+            vcpus_before=None,
+            vcpus_after=None,
+            duration_s=1.0,
+            actuator="x",
+            resource=Resource.MEMORY,
+            memory_before_bytes=8 * gib,
+            memory_after_bytes=6 * gib,
+            target_memory_bytes=6 * gib,
+        )
+    )
+    console = Console(width=200, record=True)
+    console.print(render(fleet, "run"))
+    text = console.export_text()
+    assert "memory GiB" in text and "3.0 used of 8.0" in text and "memory 8GiB→6GiB" in text
+    (line,) = [s for s in fleet.summary_lines() if s.startswith("memory:")]
+    assert "given back 2.0 GiB in 1 changes" in line and "OOM kills 0" in line and "2.67×" in line
+    assert fleet.totals.plugs == fleet.totals.unplugs == 0
