@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hotplug import cli
 from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.libvirt_memory import LiveMemory, memory_view, plan_resize
 from shared.libvirt.domain import Settings
@@ -267,3 +268,17 @@ def test_requests_under_the_floor_are_refused_before_any_call(live: LiveMemory, 
         plan_resize("vm", live, target)
     assert caught.value.code is ErrorCode.OUT_OF_BOUNDS
     assert needle in caught.value.message
+
+
+@pytest.mark.parametrize(("text", "mib"), [("2GiB", 2048), ("1536", 1536), ("1.5G", 1536), (None, None)])
+def test_libvirt_start_takes_a_maximum_memory_as_people_write_it(text: str | None, mib: int | None) -> None:
+    extra = ["--max-memory", text] if text is not None else []
+    args = cli.build_parser().parse_args(["libvirt", "start", "g", "--max-vcpus", "2", *extra])
+    assert (args.max_memory, args.memory) == (mib, 256)
+
+
+@pytest.mark.parametrize("text", ["1.5MiB", "lots", "0"])
+def test_libvirt_start_refuses_a_maximum_that_is_no_whole_mib(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["libvirt", "start", "g", "--max-vcpus", "2", "--max-memory", text])
+    assert "--max-memory" in capsys.readouterr().err
