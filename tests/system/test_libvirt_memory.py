@@ -26,6 +26,8 @@ import pytest
 
 from hotplug.harness.poll import eventually
 from services.actuator.drivers.base import DriverError, MemoryView
+from shared.libvirt.connection import Connection
+from shared.libvirt.guest import GuestChannel
 from shared.messages import ErrorCode
 from shared.units import KIB, MIB
 from tests.system.test_libvirt_guests import URI, _missing
@@ -43,8 +45,8 @@ SETTLE_S = 45.0
 @dataclass
 class MemoryGuest:
     name: str
-    conn: Any  # shared.libvirt.connection.Connection
-    channel: Any  # shared.libvirt.guest.GuestChannel
+    conn: Connection
+    channel: GuestChannel
     root: Path
 
     def mem_total_kib(self) -> int | None:
@@ -60,7 +62,7 @@ class MemoryGuest:
             "|| echo no",
             timeout_s=60,
         )
-        return answer == "yes"
+        return bool(answer == "yes")
 
     def requested_kib(self) -> int:
         """``<requested>`` of the live domain's virtio-mem device, as libvirt shows it."""
@@ -79,8 +81,7 @@ def guest() -> Iterator[MemoryGuest]:
             pytest.fail(reason)
         pytest.skip(reason)
     from hotplug.hypervisors import libvirt as libvirt_admin
-    from shared.libvirt.connection import Connection
-    from shared.libvirt.guest import GuestChannel, guest_dir
+    from shared.libvirt.guest import guest_dir
 
     root = Path(f"/tmp/hlm-test-{os.getpid()}")  # short: unix socket paths
     shutil.rmtree(root, ignore_errors=True)
