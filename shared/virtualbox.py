@@ -43,6 +43,9 @@ ERROR_TEXTS: tuple[tuple[str, ErrorCode], ...] = (
     ("is already attached", ErrorCode.ALREADY_ATTACHED),
     ("is not attached", ErrorCode.NOT_ATTACHED),
     ("Hot-Remove was aborted because the CPU may still be used by the guest", ErrorCode.GUEST_REFUSED),
+    # the balloon: ≥ 90 % of the VM's RAM, or not a number VBoxManage reads
+    ("Invalid memory balloon size", ErrorCode.OUT_OF_BOUNDS),
+    ("Error parsing guest memory balloon size", ErrorCode.OUT_OF_BOUNDS),
 )
 
 
@@ -69,6 +72,9 @@ class VmInfo:
     hotplug: bool
     attached: tuple[int, ...]
     cfgfile: str
+    memory_mb: int = 0  # the VM's RAM (``memory=``)
+    balloon_mb: int = 0  # the configured balloon (``GuestMemoryBalloon=``)
+    additions_run_level: int | None = None  # ``GuestAdditionsRunLevel=`` (0: none running); None when not shown
 
     @property
     def running(self) -> bool:
@@ -142,6 +148,13 @@ def read_cpu_tree(cfgfile: str | Path) -> tuple[bool, tuple[int, ...]]:
     return False, (0,)
 
 
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def find_vboxmanage() -> str:
     for candidate in (os.environ.get(ENV_BINARY), shutil.which("VBoxManage"), shutil.which("vboxmanage")):
         if candidate:
@@ -199,6 +212,9 @@ class VBoxManage:
             hotplug=hotplug,
             attached=attached,
             cfgfile=cfgfile,
+            memory_mb=_int(fields.get("memory")) or 0,
+            balloon_mb=_int(fields.get("GuestMemoryBalloon", fields.get("guestmemoryballoon"))) or 0,
+            additions_run_level=_int(fields.get("GuestAdditionsRunLevel")),
         )
 
     async def list(self, which: str = "vms") -> list[tuple[str, str]]:
@@ -206,6 +222,10 @@ class VBoxManage:
 
     async def plugcpu(self, vm: str, cpu: int) -> None:
         await self.check("controlvm", vm, "plugcpu", str(cpu))
+
+    async def guestmemoryballoon(self, vm: str, mb: int) -> None:
+        """Set the balloon to ``mb`` MB: the memory taken from the guest (needs the Guest Additions)."""
+        await self.check("controlvm", vm, "guestmemoryballoon", str(mb))
 
     async def unplugcpu(self, vm: str, cpu: int) -> None:
         await self.check("controlvm", vm, "unplugcpu", str(cpu), timeout_s=max(self.timeout_s, UNPLUG_TIMEOUT_S))

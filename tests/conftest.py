@@ -136,6 +136,7 @@ XDIST_GROUPS = {
     # they may run beside libvirt's: each whole loop judges its guest with bands a starved vCPU still crosses
     # (GUEST_LOOP_DECIDER).
     "tests/system/test_libvirt_guests.py": "libvirt",
+    "tests/system/test_libvirt_memory.py": "libvirt",
     "tests/system/test_qemu.py": "qemu",
     # its QEMU loop bench boots a TCG guest of its own: one at a time with QEMU's other guests
     "tests/system/test_bench_loop.py": "qemu",

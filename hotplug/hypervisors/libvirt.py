@@ -38,9 +38,18 @@ from shared.libvirt.domain import (
     parse_domain,
     settings_xml,
 )
-from shared.libvirt.guest import BOOT_TIMEOUT_S, LIFETIME_MAXIMUM, GuestChannel, domain_xml, guest_dir, started_by_us
+from shared.libvirt.guest import (
+    BOOT_TIMEOUT_S,
+    LIFETIME_MAXIMUM,
+    GuestChannel,
+    check_memory,
+    domain_xml,
+    guest_dir,
+    started_by_us,
+)
 from shared.qemu.image import ImageError, ensure_image
 from shared.qemu.vm import parse_cpu_list
+from shared.units import MIB, SizeError, parse_size
 
 if TYPE_CHECKING:  # the record is read by every command's parser: up's own modules load when up runs
     from hotplug.up import UpOptions
@@ -78,11 +87,16 @@ def start(
     memory_mb: int,
     root: Path | None = None,
     boot_timeout_s: float = BOOT_TIMEOUT_S,
+    max_memory_mb: int | None = None,
 ) -> int:
     if not 1 <= vcpus <= max_vcpus <= 255:
         raise LibvirtCommandError(
             "out-of-bounds", f"need 1 <= --vcpus <= --max-vcpus <= 255, got {vcpus} and {max_vcpus}"
         )
+    try:
+        check_memory(memory_mb, max_memory_mb)
+    except ValueError as exc:
+        raise LibvirtCommandError("out-of-bounds", str(exc)) from exc
     image = ensure_image()
     directory = guest_dir(name, root)
     libvirt = conn.libvirt
@@ -95,7 +109,9 @@ def start(
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     (directory / "name").write_text(name)
-    xml = domain_xml(name, image, directory, max_vcpus=max_vcpus, vcpus=vcpus, memory_mb=memory_mb)
+    xml = domain_xml(
+        name, image, directory, max_vcpus=max_vcpus, vcpus=vcpus, memory_mb=memory_mb, max_memory_mb=max_memory_mb
+    )
     try:
         dom = conn.run(lambda c: c.createXML(xml, 0))
     except libvirt.libvirtError as exc:
@@ -110,7 +126,8 @@ def start(
                 "timeout", f"guest {name!r} did not boot within {boot_timeout_s:.0f} s; see {directory / 'console.log'}"
             )
         time.sleep(0.05)
-    print(f"{name}: running (domain id {dom.ID()}), {vcpus} of {max_vcpus} vCPUs; files in {directory}")
+    memory = f", {memory_mb} of {max_memory_mb} MiB (virtio-mem + balloon)" if max_memory_mb else ""
+    print(f"{name}: running (domain id {dom.ID()}), {vcpus} of {max_vcpus} vCPUs{memory}; files in {directory}")
     return 0
 
 
@@ -384,12 +401,19 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     lsub = lv.add_subparsers(dest="libvirt_command", required=True)
     guest_commands(
         lsub,
-        _connected(lambda c, a: start(c, a.name, a.max_vcpus, a.vcpus, a.memory)),
+        _connected(lambda c, a: start(c, a.name, a.max_vcpus, a.vcpus, a.memory, max_memory_mb=a.max_memory)),
         _connected(lambda c, a: set_vcpus(c, a.name, a.vcpus)),
         _connected(lambda c, a: load(c, a.name, a.busy)),
         start="start a transient test domain from the project's guest image",
         resize="resize a running domain now",
         load="test domains: run N busy loops in the guest (0 stops them)",
+    )
+    lsub.choices["start"].add_argument(
+        "--max-memory",
+        type=_mebibytes,
+        default=None,
+        help="guest memory may grow live to this size (e.g. 2GiB; a bare number is MiB): adds virtio-mem and a "
+        "balloon; --memory is then the boot RAM",
     )
     lstop = add_command(
         lsub,
@@ -415,6 +439,17 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     lprep.add_argument("--max-vcpus", type=int, required=True)
     lprep.add_argument("--start-vcpus", type=int, default=None)
     lprep.add_argument("--min-vcpus", type=int, default=1)
+
+
+def _mebibytes(text: str) -> int:
+    """A size as people write it (``shared.units``), in whole MiB, for argparse."""
+    try:
+        size = parse_size(text)
+    except SizeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if size % MIB:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB")
+    return size // MIB
 
 
 def _connected(work: Callable[[Connection, argparse.Namespace], int]) -> Handler:

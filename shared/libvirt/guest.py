@@ -7,6 +7,12 @@ domain's metadata instead. Its files live in ``<root>/<hash of the name>/`` so a
 ``$(…)``) makes a short, safe path. The XML is built with ElementTree, never by pasting text. QEMU runs as the
 calling user (a static DAC label), so it reads the cached image under the user's home and libvirt relabels
 nothing.
+
+With ``max_memory_mb`` the domain also gets guest memory that moves (shared/docs/memory.md §5): ``<maxMemory>``, a
+virtio-mem device of max − boot RAM in 2 MiB blocks (nothing plugged at boot), a virtio balloon that deflates on
+the guest's OOM and reports free pages, with stats every 2 s, and ``memhp_default_state=online_movable`` on the
+kernel command line so the guest onlines hot-added blocks as movable (fully unpluggable again). Without it the
+domain is as before: fixed RAM, no balloon.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from shared.qemu.vm import GuestStat, file_size, lines_since, parse_stat, send_l
 LIFETIME_MAXIMUM = 32
 BOOT_TIMEOUT_S = 60.0
 STARTED_BY = "hotplug libvirt start"
+BLOCK_MIB = 2  # virtio-mem's block on x86: requests and the device's size are multiples of it
+CMDLINE = "console=ttyS0 panic=-1 quiet"
+MEMORY_CMDLINE = "memhp_default_state=online_movable"
 
 
 def default_root() -> Path:
@@ -47,10 +56,13 @@ def domain_xml(
     vcpus: int,
     memory_mb: int = 256,
     maximum: int | None = None,
+    max_memory_mb: int | None = None,
 ) -> str:
     """A TCG domain booting the test guest, its consoles in ``directory``. ``maximum`` is the ``<vcpu>`` maximum
-    (default: large, for the hot-add budget); ``max_vcpus`` the project's bound, in the metadata."""
+    (default: large, for the hot-add budget); ``max_vcpus`` the project's bound, in the metadata. ``max_memory_mb``
+    (above ``memory_mb``, by whole 2 MiB blocks) adds virtio-mem and the balloon; ``memory_mb`` is then boot RAM."""
     maximum = maximum or max(max_vcpus, LIFETIME_MAXIMUM)
+    device_mb = check_memory(memory_mb, max_memory_mb)
     d = ET.Element("domain", type="qemu")
     ET.SubElement(d, "name").text = name
     metadata = ET.SubElement(d, "metadata")
@@ -60,13 +72,19 @@ def domain_xml(
         f"{{{SETTINGS_NS}}}settings",
         {"enabled": "yes", "min-vcpus": "1", "max-vcpus": str(max_vcpus), "started-by": STARTED_BY},
     )
-    ET.SubElement(d, "memory", unit="MiB").text = str(memory_mb)
+    if device_mb:
+        # slots: QEMU's DIMM slots; virtio-mem needs none, but the measured recipe kept libvirt's usual 4
+        ET.SubElement(d, "maxMemory", slots="4", unit="MiB").text = str(memory_mb + device_mb)
+        ET.SubElement(d, "memory", unit="MiB").text = str(memory_mb + device_mb)  # libvirt counts the device in
+        ET.SubElement(d, "currentMemory", unit="MiB").text = str(memory_mb)
+    else:
+        ET.SubElement(d, "memory", unit="MiB").text = str(memory_mb)
     ET.SubElement(d, "vcpu", placement="static", current=str(vcpus)).text = str(maximum)
     os_ = ET.SubElement(d, "os")
     ET.SubElement(os_, "type", arch="x86_64", machine="q35").text = "hvm"
     ET.SubElement(os_, "kernel").text = str(image.kernel)
     ET.SubElement(os_, "initrd").text = str(image.initrd)
-    ET.SubElement(os_, "cmdline").text = "console=ttyS0 panic=-1 quiet"
+    ET.SubElement(os_, "cmdline").text = f"{CMDLINE} {MEMORY_CMDLINE}" if device_mb else CMDLINE
     features = ET.SubElement(d, "features")
     ET.SubElement(features, "acpi")  # ACPI delivers CPU hot-plug to the guest
     for event in ("on_poweroff", "on_reboot", "on_crash"):
@@ -80,10 +98,35 @@ def domain_xml(
     ET.SubElement(control, "log", file=str(directory / "ctl.log"))
     ET.SubElement(control, "target", port="1")
     ET.SubElement(devices, "controller", type="usb", model="none")
-    ET.SubElement(devices, "memballoon", model="none")
+    if device_mb:
+        balloon = ET.SubElement(devices, "memballoon", model="virtio", autodeflate="on", freePageReporting="on")
+        ET.SubElement(balloon, "stats", period="2")
+        vmem = ET.SubElement(devices, "memory", model="virtio-mem")
+        target = ET.SubElement(vmem, "target")
+        ET.SubElement(target, "size", unit="MiB").text = str(device_mb)
+        ET.SubElement(target, "node").text = "0"
+        ET.SubElement(target, "block", unit="KiB").text = str(BLOCK_MIB * 1024)
+        ET.SubElement(target, "requested", unit="KiB").text = "0"
+    else:
+        ET.SubElement(devices, "memballoon", model="none")
     seclabel = ET.SubElement(d, "seclabel", type="static", model="dac", relabel="no")
     ET.SubElement(seclabel, "label").text = f"+{os.getuid()}:+{os.getgid()}"
     return ET.tostring(d, encoding="unicode")
+
+
+def check_memory(memory_mb: int, max_memory_mb: int | None) -> int:
+    """The virtio-mem device's size in MiB for boot RAM ``memory_mb`` and maximum ``max_memory_mb`` (0: none);
+    ValueError for a maximum libvirt or QEMU would refuse."""
+    if max_memory_mb is None:
+        return 0
+    device_mb = max_memory_mb - memory_mb
+    if device_mb <= 0:
+        raise ValueError(f"the maximum memory ({max_memory_mb} MiB) must be above the boot memory ({memory_mb} MiB)")
+    if device_mb % BLOCK_MIB:
+        raise ValueError(
+            f"maximum − boot memory ({device_mb} MiB) must be a multiple of virtio-mem's {BLOCK_MIB} MiB block"
+        )
+    return device_mb
 
 
 def started_by_us(settings_text: str | None) -> bool:

@@ -15,6 +15,27 @@ thread per configured vCPU named ``EMT-<i>``; the threads of attached CPUs burn 
 (set with :func:`set_load`), as a guest would. One Python process holds one core at most (the GIL).
 
 Test helpers (not VBoxManage commands): :func:`create_vm`, :func:`set_load`, :func:`set_guest`.
+
+**The memory balloon** (``controlvm <vm> guestmemoryballoon <MB>``); docs/virtualbox.md does not cover it, so this
+follows the VirtualBox source (the 6.1/7.0 trees the doc names) and the manual:
+
+* documented [src ``VBoxManageControlVM.cpp``]: the checks run find → not running → exactly one argument (else
+  ``Incorrect number of parameters.``, 7.x as a syntax error with the logo and usage, exit 1) → the value parsed
+  by ``RTStrToUInt32Ex(arg, NULL, 0, …)`` (decimal, ``0x`` hex, leading-0 octal; anything else, a sign or trailing
+  text: ``Error parsing guest memory balloon size '<arg>'.``, 6.1 without the period and without usage, exit 1)
+  → ``IGuest::COMSETTER(MemoryBalloonSize)``, which refuses a size ≥ 90 % of the VM's RAM (``VMMDEV_MAX_MEMORY_
+  BALLOON(RAM) = 9 * RAM / 10``, integer MB) with ``Invalid memory balloon size: <n> MB (must be in range [0,
+  <max>] MB)``, E_INVALIDARG [src ``MachineImpl.cpp``, ``VMMDev.h``]. Success prints nothing, exit 0. The value is
+  MB; the manual: the balloon needs the Guest Additions, and "guestmemoryballoon" sets the size of the balloon, that
+  is memory taken from the guest.
+* documented [src ``VBoxManageInfo.cpp``]: ``showvminfo --machinereadable`` prints ``memory=<MB>`` and
+  ``GuestMemoryBalloon=<MB>`` (the configured balloon), and ``GuestAdditionsRunLevel=<n>`` only while running.
+* assumed: the Details/Context lines of the size refusal (``component SessionMachine, interface IMachine``: the
+  setter's error is the machine's; the Context line number is made up, as the doc allows); the balloon is stored
+  in the settings file as ``<Guest memoryBalloonSize="…"/>`` when non-zero; a guest with Additions inflates at once
+  (VirtualBox moves it in the guest's time, visible only in the ``Guest/RAM/Usage/Balloon`` metric, which the
+  stand-in does not serve); a guest without them (``set_guest(name, "none")``) reports run level 0 and never
+  inflates, yet the command succeeds (VirtualBox cannot tell).
 """
 
 from __future__ import annotations
@@ -108,11 +129,13 @@ def write_settings(vm: dict[str, Any]) -> None:
     tree = "".join(f'<Cpu id="{i}"/>' for i in sorted(vm["attached"])) if vm["hotplug"] else ""
     cpu = f"<CPU{attrs}>" + (f"<CpuTree>{tree}</CpuTree>" if vm["hotplug"] else "") + "</CPU>"
     name = vm["name"].replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+    balloon = vm.get("balloon", 0)
+    guest = f'      <Guest memoryBalloonSize="{balloon}"/>\n' if balloon else ""
     Path(vm["cfgfile"]).parent.mkdir(parents=True, exist_ok=True)
     Path(vm["cfgfile"]).write_text(
         '<?xml version="1.0"?>\n<VirtualBox xmlns="http://www.virtualbox.org/" version="1.19-linux">\n'
         f'  <Machine uuid="{{{vm["uuid"]}}}" name="{name}" OSType="Ubuntu_64">\n'
-        f'    <Hardware>\n      {cpu}\n      <Memory RAMSize="1024"/>\n    </Hardware>\n'
+        f'    <Hardware>\n      {cpu}\n      <Memory RAMSize="{vm.get("memory", 1024)}"/>\n{guest}    </Hardware>\n'
         "  </Machine>\n</VirtualBox>\n"
     )
 
@@ -191,7 +214,7 @@ def cmd_showvminfo(args: list[str]) -> None:
         'ostype="Ubuntu (64-bit)"',
         f"UUID={_q(vm['uuid'])}",
         f"CfgFile={_q(vm['cfgfile'])}",
-        "memory=1024",
+        f"memory={vm.get('memory', 1024)}",
         f"cpus={vm['cpus']}",
         "cpuexecutioncap=100",
         'chipset="piix3"',
@@ -199,9 +222,11 @@ def cmd_showvminfo(args: list[str]) -> None:
         'ioapic="on"',
         f"VMState={_q(vm['state'])}",
         f'VMStateChangeTime="{vm.get("changed", "")}"',
+        f"GuestMemoryBalloon={vm.get('balloon', 0)}",
     ]
     if vm["state"] in RUNNING_STATES:
         out.append('SessionName="headless"')
+        out.append(f"GuestAdditionsRunLevel={0 if vm.get('guest', 'additions') == 'none' else 2}")
     print("\n".join(out))
 
 
@@ -268,6 +293,9 @@ def cmd_controlvm(args: list[str]) -> None:
         save_vm(vm)
         sys.stderr.write("0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\n")
         return
+    if sub == "guestmemoryballoon":
+        _balloon(vm, args, file)
+        return
     if sub not in ("plugcpu", "unplugcpu"):
         err(f"Invalid parameter '{sub}'")
         raise Exit(1)
@@ -310,6 +338,53 @@ def cmd_controlvm(args: list[str]) -> None:
                 file,
             )
         vm["attached"] = sorted(set(vm["attached"]) - {cpu})
+    save_vm(vm)
+
+
+def _parse_uint32(text: str) -> int | None:
+    """IPRT's RTStrToUInt32Ex(text, NULL, 0, …) == VINF_SUCCESS: base from the prefix, nothing after the digits."""
+    match = re.fullmatch(r"\s*(?:(0[xX][0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))", text)
+    if match is None:
+        return None  # a sign, trailing text or nothing: a warning or an error status, not VINF_SUCCESS
+    hexa, octal, decimal = match.groups()
+    value = int(hexa, 16) if hexa else int(octal, 8) if octal else int(decimal)
+    return value if value < 2**32 else None
+
+
+def _balloon(vm: dict[str, Any], args: list[str], file: str) -> None:
+    old = version().startswith("6.")
+    if len(args) != 3:
+        if old:
+            sys.stderr.write(_logo() + "Usage:\n  VBoxManage controlvm <uuid|vmname> ...\n")
+            sys.stderr.write("\nSyntax error: Incorrect number of parameters\n")
+        else:
+            sys.stderr.write(_logo())
+            err("Incorrect number of parameters.")
+            sys.stderr.write("\nUsage:\n  VBoxManage controlvm <uuid|vmname> guestmemoryballoon <balloon-size>\n")
+        raise Exit(1)
+    size = _parse_uint32(args[2])
+    if size is None:
+        if old:
+            err(f"Error parsing guest memory balloon size '{args[2]}'")
+        else:
+            sys.stderr.write(_logo())
+            err(f"Error parsing guest memory balloon size '{args[2]}'.")
+            sys.stderr.write("\nUsage:\n  VBoxManage controlvm <uuid|vmname> guestmemoryballoon <balloon-size>\n")
+        raise Exit(1)
+    limit = 9 * vm.get("memory", 1024) // 10  # VMMDEV_MAX_MEMORY_BALLOON
+    if size >= limit:
+        raise api_error(
+            f"Invalid memory balloon size: {size} MB (must be in range [0, {limit}] MB)",
+            "invalidarg",
+            "SessionMachine",
+            "IMachine",
+            "COMSETTER(MemoryBalloonSize)(uVal)",
+            1126 if old else 1418,
+            file,
+        )
+    vm["balloon"] = size
+    if vm.get("guest", "additions") != "none":
+        vm["guest_balloon"] = size  # the Additions inflate it; without them the guest never does
     save_vm(vm)
 
 
@@ -498,7 +573,7 @@ def _stop_process(vm: dict[str, Any]) -> None:
 # ---- helpers for tests -------------------------------------------------------------------------------------
 
 
-def create_vm(name: str, cpus: int = 1) -> str:
+def create_vm(name: str, cpus: int = 1, memory_mb: int = 1024) -> str:
     vm_uuid = str(uuidlib.uuid4())
     safe = re.sub(r"[/\\]", "_", name)
     folder = home() / "VirtualBox VMs" / safe
@@ -508,6 +583,8 @@ def create_vm(name: str, cpus: int = 1) -> str:
             "uuid": vm_uuid,
             "state": "poweroff",
             "cpus": cpus,
+            "memory": memory_mb,
+            "balloon": 0,
             "hotplug": False,
             "attached": list(range(cpus)),
             "guest": "additions",

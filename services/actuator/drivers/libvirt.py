@@ -13,6 +13,8 @@ call, each verified.
   ``hotplug-budget-exhausted`` first. KVM domains have no such budget.
 * Every libvirt error of shared/docs/libvirt.md's table maps to a contract code with libvirt's message kept
   (``shared.libvirt.domain.classify``). Blocking calls run in a thread on one shared, reconnecting connection.
+* **Memory** (``read_memory``/``resize_memory``): virtio-mem above boot RAM, the balloon within it
+  (``services.actuator.drivers.libvirt_memory``).
 * **Host view**: the node's CPUs (``getInfo``) and ``vcpu.current`` of every running domain, opted in or not, in one
   ``getAllDomainStats(VCPU, RUNNING | NOWAIT)`` call (without NOWAIT it waits out a 5 s TCG unplug). Between an unplug
   timeout and its resync libvirt still counts the vCPU that left: one too many, which only holds room longer.
@@ -26,9 +28,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.actuator.drivers.base import DriverError, HostView, VmView
+from services.actuator.drivers.base import DriverError, HostView, MemoryView, VmView
+from services.actuator.drivers.libvirt_memory import LibvirtMemory
 from shared.libvirt.connection import Connection
-from shared.libvirt.domain import RUNTIME_NS, RUNTIME_PREFIX, Budget, DomainInfo, budget_xml, classify, parse_domain
+from shared.libvirt.domain import (
+    RUNTIME_NS,
+    RUNTIME_PREFIX,
+    Budget,
+    DomainInfo,
+    Settings,
+    budget_xml,
+    classify,
+    parse_domain,
+)
 from shared.libvirt.guest import GuestChannel
 from shared.messages import ErrorCode
 from shared.qemu.vm import parse_cpu_list, parse_stat, vcpu_threads
@@ -69,6 +81,7 @@ class LibvirtDriver:
         self.opt_in = opt_in
         self._pids: dict[tuple[str, int], int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.memory = LibvirtMemory(self.conn, self._check_opted_in)
 
     # ---- reading ----------------------------------------------------------------------------------------------
 
@@ -90,13 +103,16 @@ class LibvirtDriver:
             info = await self.conn.call(get, read=True)
         except self.libvirt.libvirtError as exc:
             raise self._error(exc) from exc
-        if info.settings.enabled is False or (self.opt_in and info.settings.enabled is not True):
+        self._check_opted_in(vm, info.settings)
+        return info
+
+    def _check_opted_in(self, vm: str, settings: Settings) -> None:
+        if settings.enabled is False or (self.opt_in and settings.enabled is not True):
             raise DriverError(
                 ErrorCode.HOTPLUG_DISABLED,
                 f"domain '{vm}' is not opted in to hot-plug (its hotplug settings metadata: "
-                f"enabled={'no' if info.settings.enabled is False else 'unset'})",
+                f"enabled={'no' if settings.enabled is False else 'unset'})",
             )
-        return info
 
     async def read(self, vm: str) -> VmView:
         info = await self.info(vm)
@@ -306,6 +322,15 @@ class LibvirtDriver:
                     f"domain '{vm}' still counts {now.online} vCPUs after vCPU {victim} was unplugged",
                 )
             await asyncio.sleep(0.05)
+
+    # ---- memory -----------------------------------------------------------------------------------------------
+
+    async def read_memory(self, vm: str) -> MemoryView:
+        return await self.memory.read(vm)
+
+    async def resize_memory(self, vm: str, target_bytes: int) -> None:
+        async with self._lock(vm):
+            await self.memory.resize(vm, target_bytes)
 
     async def close(self) -> None:
         self.conn.close()

@@ -6,15 +6,35 @@ set comes from the VM's settings file, re-read before every step, and each step 
 The host view is this machine's CPUs (VBoxManage drives the local VBoxSVC; ``list hostinfo`` is not in the VirtualBox
 notes the stand-in follows) and every VM of ``list runningvms`` (paused ones too), counted by its attached CPUs (all
 its CPUs when hot-plug is off). A VM that stops between the listing and its ``showvminfo`` is left out.
+
+Memory moves through the balloon only (``controlvm <vm> guestmemoryballoon <MB>``; VirtualBox has no memory
+hot-plug): size = the VM's RAM − the configured balloon, in 1 MiB steps, never above the RAM the VM booted with.
+The floor is the driver's: 256 MiB or a quarter of the RAM, whichever is more, and never under what VirtualBox
+allows (a balloon below 90 % of the RAM). The balloon needs the Guest Additions: without them
+(``GuestAdditionsRunLevel=0``) VirtualBox takes the value and nothing moves, so a resize is refused as
+``hotplug-disabled``. ``showvminfo`` shows the configured balloon, not the guest's progress (only the
+``Guest/RAM/Usage/Balloon`` metric does), so the size is the request as VirtualBox took it.
 """
 
 from __future__ import annotations
 
 import os
 
-from services.actuator.drivers.base import DriverError, HostView, VmView
+from services.actuator.drivers.base import DriverError, HostView, MemoryView, VmView
 from shared.messages import ErrorCode
+from shared.units import MIB, format_size
 from shared.virtualbox import VBoxError, VBoxManage, VmInfo
+
+# Measured on QEMU (shared/docs/memory.md trap 5): a balloon leaving 128 MiB OOM-killed a small Linux guest, 384
+# MiB did not. Assumed to hold for VirtualBox's balloon too (not measured: VirtualBox cannot run here).
+BALLOON_FLOOR_MB = 256
+BALLOON_FLOOR_SHARE = 4
+
+
+def balloon_floor_mb(memory_mb: int) -> int:
+    """The smallest size the driver asks for: its floor, never under VirtualBox's (balloon < 90 % of the RAM)."""
+    vbox_min = memory_mb - (9 * memory_mb // 10 - 1)
+    return min(memory_mb, max(vbox_min, BALLOON_FLOOR_MB, memory_mb // BALLOON_FLOOR_SHARE))
 
 
 class VirtualBoxDriver:
@@ -24,14 +44,7 @@ class VirtualBoxDriver:
         self.vbox = vbox or VBoxManage()
 
     async def _info(self, vm: str) -> VmInfo:
-        try:
-            info = await self.vbox.info(vm)
-        except VBoxError as exc:
-            raise DriverError(exc.code, exc.message) from exc
-        if not info.running:
-            raise DriverError(
-                ErrorCode.VM_NOT_RUNNING, f"Machine '{vm}' is not currently running (state {info.state or 'unknown'})"
-            )
+        info = await self._running(vm)
         if not info.hotplug:
             raise DriverError(
                 ErrorCode.HOTPLUG_DISABLED,
@@ -79,6 +92,49 @@ class VirtualBoxDriver:
             raise DriverError(ErrorCode.CPU0, f"only CPU 0 is attached to '{vm}', and it cannot be removed")
         try:
             await self.vbox.unplugcpu(vm, max(removable))
+        except VBoxError as exc:
+            raise DriverError(exc.code, exc.message) from exc
+
+    async def _running(self, vm: str) -> VmInfo:
+        try:
+            info = await self.vbox.info(vm)
+        except VBoxError as exc:
+            raise DriverError(exc.code, exc.message) from exc
+        if not info.running:
+            raise DriverError(
+                ErrorCode.VM_NOT_RUNNING, f"Machine '{vm}' is not currently running (state {info.state or 'unknown'})"
+            )
+        return info
+
+    async def read_memory(self, vm: str) -> MemoryView:
+        info = await self._running(vm)
+        size = (info.memory_mb - info.balloon_mb) * MIB
+        return MemoryView(
+            vm=vm,
+            size_bytes=size,
+            requested_bytes=size,
+            min_bytes=balloon_floor_mb(info.memory_mb) * MIB,
+            max_bytes=info.memory_mb * MIB,
+            step_bytes=MIB,
+            method="balloon",
+        )
+
+    async def resize_memory(self, vm: str, target_bytes: int) -> None:
+        info = await self._running(vm)
+        floor = balloon_floor_mb(info.memory_mb) * MIB
+        if target_bytes % MIB or not floor <= target_bytes <= info.memory_mb * MIB:
+            raise DriverError(
+                ErrorCode.OUT_OF_BOUNDS,
+                f"'{vm}': {format_size(target_bytes)} is not a whole number of MiB within {format_size(floor)} (the "
+                f"balloon's floor) and {info.memory_mb} MiB (its RAM: the balloon only takes from it)",
+            )
+        if info.additions_run_level == 0:
+            raise DriverError(
+                ErrorCode.HOTPLUG_DISABLED,
+                f"no Guest Additions run in '{vm}' (GuestAdditionsRunLevel=0): its balloon would not move",
+            )
+        try:
+            await self.vbox.guestmemoryballoon(vm, info.memory_mb - target_bytes // MIB)
         except VBoxError as exc:
             raise DriverError(exc.code, exc.message) from exc
 

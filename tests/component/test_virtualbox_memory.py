@@ -1,0 +1,137 @@
+"""The VirtualBox balloon (``controlvm <vm> guestmemoryballoon <MB>``) through the stand-in VBoxManage, which follows
+VirtualBox's source for it (tests/standins/vboxmanage.py says what is documented and what assumed): the command's
+outputs and errors in both versions, and the driver's ``read_memory``/``resize_memory`` on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.actuator.drivers.base import DriverError
+from services.actuator.drivers.virtualbox import VirtualBoxDriver, balloon_floor_mb
+from shared.messages import ErrorCode
+from shared.units import MIB
+from shared.virtualbox import VBoxManage, classify, parse_machinereadable
+from tests.standins import vboxmanage as standin
+from tests.vbox_fixtures import STANDIN, VBoxHome
+
+
+def _start(vbox: VBoxHome, name: str, memory_mb: int = 2048) -> None:
+    standin.create_vm(name, cpus=1, memory_mb=memory_mb)
+    done = vbox.run("startvm", name, "--type", "headless")
+    assert done.returncode == 0, done.stderr
+
+
+def _info(vbox: VBoxHome, name: str) -> dict[str, str]:
+    done = vbox.run("showvminfo", name, "--machinereadable")
+    assert done.returncode == 0, done.stderr
+    return parse_machinereadable(done.stdout)
+
+
+@pytest.mark.parametrize("version", ["6.1", "7.0"])
+def test_the_balloon_is_set_silently_and_shown_in_showvminfo_and_the_settings_file(
+    vbox: VBoxHome, version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_VBOX_VERSION", version)
+    _start(vbox, "web 1")
+    assert (_info(vbox, "web 1")["memory"], _info(vbox, "web 1")["GuestMemoryBalloon"]) == ("2048", "0")
+    done = vbox.run("controlvm", "web 1", "guestmemoryballoon", "0x200")  # IPRT reads the base from the prefix
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert _info(vbox, "web 1")["GuestMemoryBalloon"] == "512"
+    vm = standin.find_vm("web 1")
+    assert vm is not None
+    assert '<Guest memoryBalloonSize="512"/>' in Path(vm["cfgfile"]).read_text()
+
+
+@pytest.mark.parametrize("version", ["6.1", "7.0"])
+@pytest.mark.parametrize(
+    ("args", "running", "needle", "code"),
+    [
+        (
+            ["1843"],
+            True,
+            "Invalid memory balloon size: 1843 MB (must be in range [0, 1843] MB)",
+            ErrorCode.OUT_OF_BOUNDS,
+        ),
+        (["-1"], True, "Error parsing guest memory balloon size '-1'", ErrorCode.OUT_OF_BOUNDS),
+        (["512MB"], True, "Error parsing guest memory balloon size '512MB'", ErrorCode.OUT_OF_BOUNDS),
+        ([], True, "Incorrect number of parameters", ErrorCode.UNKNOWN),
+        (["512"], False, "Machine 'web1' is not currently running", ErrorCode.VM_NOT_RUNNING),
+    ],
+)
+def test_the_balloon_commands_errors(
+    vbox: VBoxHome,
+    version: str,
+    args: list[str],
+    running: bool,
+    needle: str,
+    code: ErrorCode,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_VBOX_VERSION", version)
+    if running:
+        _start(vbox, "web1")
+    else:
+        standin.create_vm("web1", memory_mb=2048)
+    done = vbox.run("controlvm", "web1", "guestmemoryballoon", *args)
+    assert done.returncode == 1
+    assert needle in done.stderr
+    assert done.stdout == ""
+    if args:  # the syntax error has no "VBoxManage: error:" line in 6.1 (it says "Syntax error:")
+        assert classify(done.stderr).code is code
+    assert _info(vbox, "web1")["GuestMemoryBalloon"] == "0"  # nothing was set
+
+
+def test_the_largest_balloon_is_just_under_90_percent(vbox: VBoxHome) -> None:
+    _start(vbox, "web1", memory_mb=1000)
+    assert vbox.run("controlvm", "web1", "guestmemoryballoon", "900").returncode == 1
+    assert vbox.run("controlvm", "web1", "guestmemoryballoon", "899").returncode == 0
+
+
+async def test_the_driver_reads_ram_less_balloon_and_resizes_in_mib(vbox: VBoxHome) -> None:
+    _start(vbox, "web1", memory_mb=2048)
+    driver = VirtualBoxDriver(VBoxManage(str(STANDIN)))
+    view = await driver.read_memory("web1")
+    assert (view.size_bytes, view.requested_bytes, view.max_bytes) == (2048 * MIB,) * 3
+    assert (view.min_bytes, view.step_bytes, view.method) == (512 * MIB, MIB, "balloon")  # a quarter of 2 GiB
+    assert view.guest_total_bytes is None  # showvminfo does not say
+    await driver.resize_memory("web1", 1536 * MIB)
+    assert ["-q", "controlvm", "web1", "guestmemoryballoon", "512"] in vbox.calls()
+    assert (await driver.read_memory("web1")).size_bytes == 1536 * MIB
+    await driver.resize_memory("web1", 2048 * MIB)  # all of it back: the balloon at 0
+    assert (await driver.read_memory("web1")).size_bytes == 2048 * MIB
+
+
+@pytest.mark.parametrize(
+    ("setup", "target", "code"),
+    [
+        ("running", 3000 * MIB, ErrorCode.OUT_OF_BOUNDS),  # above its RAM: the balloon only takes from it
+        ("running", 256 * MIB, ErrorCode.OUT_OF_BOUNDS),  # under the floor
+        ("running", 1024 * MIB + 1, ErrorCode.OUT_OF_BOUNDS),  # not whole MiB
+        ("no-additions", 1024 * MIB, ErrorCode.HOTPLUG_DISABLED),
+        ("off", 1024 * MIB, ErrorCode.VM_NOT_RUNNING),
+        ("missing", 1024 * MIB, ErrorCode.VM_NOT_FOUND),
+    ],
+)
+async def test_the_drivers_refusals(vbox: VBoxHome, setup: str, target: int, code: ErrorCode) -> None:
+    if setup == "off":
+        standin.create_vm("web1", memory_mb=2048)
+    elif setup != "missing":
+        _start(vbox, "web1")
+    if setup == "no-additions":
+        standin.set_guest("web1", "none")
+    driver = VirtualBoxDriver(VBoxManage(str(STANDIN)))
+    with pytest.raises(DriverError) as refused:
+        await driver.resize_memory("web1", target)
+    assert refused.value.code is code and refused.value.message
+    assert not [c for c in vbox.calls() if "guestmemoryballoon" in c]  # refused before VirtualBox was asked
+
+
+def test_the_floor_never_passes_virtualboxs_own_limit() -> None:
+    assert balloon_floor_mb(2048) == 512
+    assert balloon_floor_mb(512) == 256
+    assert balloon_floor_mb(200) == 200  # a VM smaller than the floor keeps all its RAM
+    assert balloon_floor_mb(100_000) == 25_000
+    for ram in (300, 1000, 4096, 65536):
+        assert ram - balloon_floor_mb(ram) < 9 * ram // 10  # the balloon this leaves is one VirtualBox takes
