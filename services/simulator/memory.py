@@ -21,7 +21,7 @@ VM at its requested size never swaps and a run that moves no memory is the run i
   Cache: the dataset read in the first data-loading (0.10 + 0.15u), each checkpoint written on top (up to 0.08).
 * **inference**: the model (0.25 + 0.15u) + 0.03 serving, + a KV cache per burst (0.10 + 0.15u, up in 2 s). Cache:
   the model files, read in the first 30 s (0.15 + 0.10u).
-* **notebook**: the idle interpreter (0.08 + 0.07u); a cell loads a dataframe (0.15 + 0.40u, up in 3 s), a quarter
+* **notebook**: the idle interpreter (0.08 + 0.07u); a cell loads a dataframe (0.15 + 0.35u, up in 3 s), a quarter
   of which stays after the cell. Cache: the file the last cell read (half its dataframe).
 * **batch**: rises over a run's first 30 s to a plateau (0.35 + 0.35u), holds, ends (0.05 between runs). Cache: its
   input, read through the run (0.10 + 0.20u).
@@ -123,7 +123,7 @@ def notebook(seed: int, phase: PhaseAt) -> Piece:
     interpreter = 0.08 + 0.07 * _u(seed, -1, 1)
 
     def frame(number: int) -> float:
-        return 0.15 + 0.40 * _u(seed, number, 2)
+        return 0.15 + 0.35 * _u(seed, number, 2)
 
     if phase.label == "cell":  # the file it reads replaces the last cell's in the cache
         kept = 0.25 * frame(phase.number - 2) if phase.number >= 2 else 0.0
