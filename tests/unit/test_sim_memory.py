@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 
+from hotplug.waits import job_waits
 from services.collector.sources.simulator import memory_reading
 from services.simulator.cloud import HotplugRefused, MiniCloud, SimVm
 from services.simulator.host import Host
@@ -27,7 +28,7 @@ from services.simulator.vm_memory import (
 )
 from services.simulator.workloads import Workload
 from shared.messages import ErrorCode
-from shared.sim_api import SimMemory, SimVmCounters
+from shared.sim_api import SimJob, SimMemory, SimVmCounters
 from shared.units import GIB, MIB
 
 HOUR = 3600.0
@@ -354,3 +355,14 @@ def test_the_sources_memory_rates_are_over_the_interval_between_its_reads() -> N
         waiting_core_seconds=0.0, profile="idle",
     )  # fmt: skip
     assert memory_reading(bare, 1.0, None) is None  # an older simulator: no memory
+
+
+def test_hotplug_ups_job_summary_counts_oom_kills_and_says_nothing_of_them_when_there_were_none() -> None:
+    def job(name: str, kills: int) -> SimJob:
+        return SimJob(
+            name=name, profile="batch", requested_vcpus=2, max_vcpus=2, arrival_s=0.0, start_s=0.0, oom_kills=kills
+        )
+
+    waits = job_waits([job("a", 2), job("b", 0), job("c", 1)], end_s=100.0)
+    assert waits.oom_kills == 3 and "; 3 OOM kills" in waits.line()
+    assert "OOM" not in job_waits([job("a", 0)], end_s=100.0).line()
