@@ -7,9 +7,10 @@ The figures are those of ``shared/docs/memory.md`` (virtio-mem on QEMU 10, a Lin
   :data:`GROW_LATENCY_S` and runs at :data:`GROW_S_PER_GIB` (1 GiB: 0.12 s; measured 0.09-0.15 s, 2 GiB 0.13 s); a
   shrink shows nothing for :data:`SHRINK_LATENCY_S`, then gives back 128 MiB per 0.1 s (:data:`SHRINK_S_PER_GIB`;
   1 GiB: 1.2 s, measured 0.85-1.47 s). A new request replaces the one under way, from the size reached, as a new
-  ``requested-size`` does. The hypervisor does what it is asked, within the device's limits: a shrink below what the
-  guest uses goes through, and the guest swaps, then kills (memory.md trap 1; the actuator refuses such a shrink
-  before it reaches a driver, as ``below-used``).
+  ``requested-size`` does; the same target again changes nothing. The hypervisor does what it is asked, within the
+  device's limits: a shrink below what the guest uses goes through, and the guest swaps, then kills (memory.md
+  trap 1; the actuator refuses such a shrink before it reaches a driver, as ``below-used``). A partial shrink
+  (pinned pages, trap 2) is not modelled: the size always reaches the target.
 * **The guest** keeps :data:`KERNEL_BYTES` plus the memmap (:data:`MEMMAP_SHARE` of its size: 2 MiB per 128 MiB
   block) for itself. Anonymous memory beyond the rest is swapped out, up to :data:`SWAP_BYTES`; beyond RAM and swap
   the OOM killer takes the job (counted once per kill), and the job's VM holds only a restart's worth of memory for
@@ -150,6 +151,8 @@ class VmMemory:
         reason = self.refusal(target)
         if reason is not None:
             raise ValueError(reason)
+        if target == self.target_bytes:  # asking again for the target under way changes nothing (memory.md trap 2)
+            return max(t, self._began + move_time(self._from, target))
         self._from, self.target_bytes, self._began = self.size_at(t), target, t
         self.quiet = False
         return t + move_time(self._from, target)

@@ -233,6 +233,9 @@ def test_a_new_request_replaces_the_one_under_way_from_the_size_reached() -> Non
     done = memory.begin_resize(4 * GIB, 1.0)
     assert done == pytest.approx(1.0 + move_time(reached, 4 * GIB))
     assert memory.size_at(1.05) == reached and memory.size_at(done) == 4 * GIB
+    # the same target asked again (a retry) neither restarts nor delays the move under way
+    assert memory.begin_resize(4 * GIB, 1.06) == pytest.approx(done)
+    assert memory.size_at(done) == 4 * GIB
 
 
 def test_the_device_refuses_past_its_limits_and_off_its_block() -> None:
