@@ -199,9 +199,3 @@ class MemoryCurve:
         cache = p.cache_to if x >= p.cache_s else _between(p.cache_from, p.cache_to, x / p.cache_s)
         size = self.requested_bytes
         return int(anon * size), int(cache * size)
-
-
-def memory_demand(workload: Demand, requested_bytes: int, t: float) -> tuple[int, int]:
-    """(anonymous, page cache) bytes ``workload`` wants at ``t`` on a VM that asked for ``requested_bytes``."""
-    level = memory_level(workload, t)
-    return int(level.anon * requested_bytes), int(level.cache * requested_bytes)
