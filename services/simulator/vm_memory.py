@@ -163,15 +163,18 @@ class VmMemory:
         size = self.size_now = self.size_at(t)
         if self._from != self.target_bytes and size == self.target_bytes:
             self._from = size  # the move is done
-        if t < self.restart_until - _EPSILON_S:
-            anon = min(anon, int(self.requested_bytes * RESTART_SHARE))
         room = max(0, size - kernel_bytes(size))
+        # A job starting again holds what its runtime needs, in RAM (a big VM shrunk small: what RAM holds), and is
+        # not killed again before it has started: one kill, one count.
+        restart = min(int(self.requested_bytes * RESTART_SHARE), room)
         killed = False
-        if anon > room + self.swap_space_bytes:
+        if t < self.restart_until - _EPSILON_S:
+            anon = min(anon, restart)
+        elif anon > room + self.swap_space_bytes:
             killed = True
             self.oom_kills += 1
             self.restart_until = t + OOM_RESTART_S
-            anon = min(anon, int(self.requested_bytes * RESTART_SHARE))
+            anon = min(anon, restart)
         swapped = anon - room if anon > room else 0
         self.demand_now = anon
         self.swap_now = swapped

@@ -188,6 +188,14 @@ def test_demand_above_the_size_swaps_and_stalls_and_above_size_plus_swap_the_oom
     assert memory.figures(30.0).oom_kills == 2
 
 
+def test_a_big_vm_shrunk_small_is_killed_once_per_restart_though_its_restart_does_not_fit_either() -> None:
+    memory = VmMemory.sized(64 * GIB)  # a restart holds 5 %, 3.2 GiB: more than 1 GiB of RAM and 1 GiB of swap
+    done = memory.begin_resize(GIB, 0.0)
+    kills = [memory.observe(done + i * 0.25, 20 * GIB, 0) for i in range(int(2 * OOM_RESTART_S / 0.25))]
+    assert sum(kills) == 2 and kills[0] and kills[int(OOM_RESTART_S / 0.25)]
+    assert memory.swap_now == 0 and memory.used_now <= GIB  # the restart holds what RAM holds
+
+
 def test_a_vm_that_swaps_runs_its_work_slower_by_the_share_it_stalls() -> None:
     # inference holds its model, 0.28-0.43 of its 4 GiB: in 1 GiB (944 MiB beside the kernel) it swaps the rest
     vm = SimVm(
