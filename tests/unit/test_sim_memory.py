@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 
+import msgspec
 import pytest
 
 from hotplug.waits import job_waits
@@ -28,7 +29,7 @@ from services.simulator.vm_memory import (
 )
 from services.simulator.workloads import Workload
 from shared.messages import ErrorCode
-from shared.sim_api import SimJob, SimMemory, SimVmCounters
+from shared.sim_api import SimHost, SimJob, SimMemory, SimVmCounters, StatsReply
 from shared.units import GIB, MIB
 
 HOUR = 3600.0
@@ -377,3 +378,39 @@ def test_hotplug_ups_job_summary_counts_oom_kills_and_says_nothing_of_them_when_
     waits = job_waits([job("a", 2), job("b", 0), job("c", 1)], end_s=100.0)
     assert waits.oom_kills == 3 and "; 3 OOM kills" in waits.line()
     assert "OOM" not in job_waits([job("a", 0)], end_s=100.0).line()
+
+
+class OldCounters(msgspec.Struct, frozen=True, kw_only=True):
+    """What a reader built before memory knew of a VM's counters (a part: the rest is as it was)."""
+
+    vm: str
+    online_vcpus: int
+    cpu_seconds: float
+
+
+class OldHost(msgspec.Struct, frozen=True, kw_only=True):
+    cores: int
+    capacity_vcpus: int
+
+
+class OldReply(msgspec.Struct, frozen=True, kw_only=True):
+    time: float
+    vms: list[OldCounters]
+    host: OldHost | None = None
+
+
+def test_a_reader_built_before_memory_reads_the_new_stats_and_a_new_reader_the_old() -> None:
+    host = Host(4, 4, resident=list(MiniCloud.generate(1, seed=1, start=0.0).vms.values()))
+    host.advance(10.0)
+    new = msgspec.json.encode(StatsReply(time=10.0, vms=host.counters(), host=host.state()))
+    old = msgspec.json.decode(new, type=OldReply)
+    assert old.vms[0].vm == "vm-01" and old.host == OldHost(cores=4, capacity_vcpus=4)
+    # and a reply of an older simulator: no memory anywhere, every memory field at its default
+    bare = msgspec.json.encode(old)
+    read = msgspec.json.decode(
+        bare.replace(b'"online_vcpus"', b'"min_vcpus":1,"max_vcpus":4,"per_vcpu_seconds":[],"waiting_core_seconds":0,'
+                     b'"profile":"idle","online_vcpus"'),
+        type=StatsReply,
+    )  # fmt: skip
+    assert read.vms[0].memory is None
+    assert read.host == SimHost(cores=4, capacity_vcpus=4) and read.host.memory_capacity_bytes is None
