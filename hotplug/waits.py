@@ -6,6 +6,7 @@ arrivals with fixed sizes (``services.simulator.host.fixed_sizes``).
   bound), so a queue that never drains is not hidden by leaving its jobs out. Rejected jobs (larger than the
   host's whole capacity) never wait and are counted apart.
 * **Slowdown**: a finished work job's run time over its work (1: it always had the CPU it wanted).
+* **OOM kills**: times a guest's OOM killer took a job (its memory shrunk below what it asks); shown when any.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class JobWaits:
     wait_mean_s: float
     slowdown_p50: float  # nan when no work job finished
     slowdown_max: float
+    oom_kills: int = 0
 
     def line(self) -> str:
         slowdown = (
@@ -38,10 +40,11 @@ class JobWaits:
             else ""
         )
         rejected = f", {self.rejected} rejected (larger than the host)" if self.rejected else ""
+        killed = f"; {self.oom_kills} OOM kill{'s' if self.oom_kills != 1 else ''}" if self.oom_kills else ""
         return (
             f"{self.arrived} arrived, {self.started} started, {self.finished} finished, {self.waiting} waiting"
             f"{rejected}; wait p50 {self.wait_p50_s:.0f} s, p95 {self.wait_p95_s:.0f} s, "
-            f"mean {self.wait_mean_s:.0f} s{slowdown}"
+            f"mean {self.wait_mean_s:.0f} s{slowdown}{killed}"
         )
 
 
@@ -61,4 +64,5 @@ def job_waits(jobs: Sequence[SimJob], end_s: float) -> JobWaits:
         wait_mean_s=sum(waits) / len(waits) if waits else 0.0,
         slowdown_p50=percentile(slowdowns, 0.5),
         slowdown_max=max(slowdowns, default=float("nan")),
+        oom_kills=sum(j.oom_kills for j in jobs),
     )

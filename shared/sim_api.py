@@ -3,6 +3,9 @@
 The simulator plays a hypervisor host: the collector's ``simulator`` source asks it for cumulative CPU
 counters, as it would read /proc or psutil on a real host, and the actuator's ``simulator`` driver asks
 it to plug or unplug one vCPU, as it would call VBoxManage or QMP.
+
+Memory (``SimMemory`` in each VM's counters, ``MemoryResizeRequest`` on ``hotplug.sim.<host>.memory``) came later:
+every memory field has a default, so a reader built before it decodes the replies as it did.
 """
 
 from __future__ import annotations
@@ -12,6 +15,33 @@ from typing import Literal
 import msgspec
 
 from shared.messages import Cores, VmName
+
+
+class SimMemory(msgspec.Struct, frozen=True, kw_only=True):
+    """A simulated VM's memory now, in bytes, as a hypervisor (size, limits) and its guest (the rest) would tell it.
+
+    ``available_bytes`` is MemAvailable: ``size_bytes`` less the kernel's own part and ``used_bytes`` (the page cache
+    counts as available, being given up under pressure). ``demand_bytes`` is the anonymous memory its work wants,
+    ``swap_bytes`` the part of it swapped out (demand beyond RAM); beyond RAM and swap space the guest kills the job.
+    Cumulative: ``swap_in_bytes``, ``stall_seconds`` (PSI memory some, total) and ``oom_kills``; ``*_now`` figures are
+    over the simulator's last integration step (at most 0.25 s)."""
+
+    size_bytes: int
+    requested_bytes: int  # the target last asked for (size_bytes until it gets there)
+    min_bytes: int
+    max_bytes: int
+    step_bytes: int
+    used_bytes: int = 0
+    cache_bytes: int = 0
+    available_bytes: int = 0
+    demand_bytes: int = 0
+    swap_bytes: int = 0
+    swap_space_bytes: int = 0
+    swap_in_bytes: float = 0.0
+    swap_in_bytes_per_s_now: float = 0.0
+    stall_seconds: float = 0.0
+    psi_memory_some_now: float = 0.0
+    oom_kills: int = 0
 
 
 class SimVmCounters(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,6 +61,8 @@ class SimVmCounters(msgspec.Struct, frozen=True, kw_only=True):
     # Cumulative core-seconds its runnable vCPUs waited for a host core (the host had more runnable than cores):
     # the steal time a guest would see, apart from ``waiting_core_seconds`` (demand above its own vCPUs).
     host_wait_core_seconds: float = 0.0
+    # Its memory; None from a simulator that models none (one built before memory was).
+    memory: SimMemory | None = None
 
 
 class SimHost(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +84,12 @@ class SimHost(msgspec.Struct, frozen=True, kw_only=True):
     used_cores: float = 0.0
     # Jobs refused at arrival because they asked for more than the host's whole capacity.
     jobs_rejected: int = 0
+    # Memory: what the running VMs hold (the larger of each one's size and the target it is growing to), and what
+    # the host may commit (its RAM times the overcommit); None: not limited (no host memory was configured).
+    committed_memory_bytes: int = 0
+    memory_capacity_bytes: int | None = None
+    # Jobs (or resident VMs' work) the guests' OOM killer took since the start.
+    oom_kills: int = 0
 
 
 class SimJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +107,8 @@ class SimJob(msgspec.Struct, frozen=True, kw_only=True):
     end_s: float | None = None
     work_done_s: float = 0.0  # of work_s
     rejected: bool = False  # asked for more than the host's whole capacity: never started
+    requested_memory_bytes: int = 0
+    oom_kills: int = 0  # times the guest's OOM killer took it (a work job starts its work again each time)
 
     @property
     def wait_s(self) -> float | None:
@@ -105,6 +145,23 @@ class HotplugRequest(msgspec.Struct, frozen=True, kw_only=True):
 class HotplugReply(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     online_vcpus: int | None = None
+    error_code: str | None = None
+    error: str | None = None
+
+
+class MemoryResizeRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``hotplug.sim.<host>.memory``: take ``vm``'s memory to ``target_bytes`` (a multiple of its ``step_bytes``,
+    within its ``min_bytes``..``max_bytes``). Answered once taken; the size moves in the guest's own time."""
+
+    vm: VmName
+    target_bytes: int
+
+
+class MemoryResizeReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    size_bytes: int | None = None  # the size when the request was taken
+    requested_bytes: int | None = None
+    done_in_s: float | None = None  # simulated seconds until the size reaches the target
     error_code: str | None = None
     error: str | None = None
 

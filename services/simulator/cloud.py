@@ -4,6 +4,9 @@ with (seeded, or from a trace). The host they share (cores, capacity, arriving j
 Pure and clock-free: every call takes the simulated time. A VM never uses more cores than it has online;
 the rest of its demand waits and is counted as pressure. Hot-plug follows VirtualBox's rules: one vCPU
 per call, CPU 0 is never removed, never above the maximum, and one operation at a time per VM.
+
+Its memory (``services.simulator.vm_memory``) moves only when asked; while the guest swaps, the share of time its
+tasks wait for page-ins is taken off its CPU demand (a task blocked on a read neither runs nor progresses).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.simulator.memory import MemoryCurve
+from services.simulator.vm_memory import MEMORY_PER_VCPU_BYTES, VmMemory
 from services.simulator.workloads import PROFILES, Demand, TraceWorkload, Workload
 from shared.errors import UsageError
 from shared.messages import ErrorCode
@@ -21,7 +26,8 @@ from shared.traces import TraceError, VmSeries, load_csv
 MAX_INTEGRATION_STEP_S = 0.25
 # Times this close count as equal: float sums of steps must not leave an event a hair in the future.
 EPSILON_S = 1e-9
-# (requested vCPUs at boot, hot-plug maximum) of generated VMs, in turn.
+# (requested vCPUs at boot, hot-plug maximum) of generated VMs, in turn; each asks for MEMORY_PER_VCPU_BYTES per
+# requested vCPU (4, 8, 16, 8 GiB), boots with it and may give it back down to its boot RAM.
 SIZES = ((2, 4), (4, 8), (8, 16), (4, 8))
 
 
@@ -74,6 +80,11 @@ class SimVm:
     host_wait_core_seconds: float = 0.0
     hotplug_ops: int = 0
     resize: Resize | None = None
+    memory: VmMemory | None = None
+    # The share of a CPU second that goes to its job's work: 1, less what memory stalls take, 0 while its job
+    # starts again after an OOM kill.
+    progress: float = 1.0
+    _memory_curve: MemoryCurve | None = field(default=None, repr=False)
     # What it asked and ran over the last integration step, in cores.
     demand_now: float = 0.0
     used_now: float = 0.0
@@ -111,12 +122,36 @@ class SimVm:
         self.demand_now = demand
         self.used_now = ran
 
+    def observe_memory(self, t: float, demand: float) -> tuple[float, bool]:
+        """Its memory at ``t`` (the workload's memory demand taken into the guest) and what that leaves of its CPU
+        ``demand``: (CPU demand, whether the OOM killer struck). Sets :attr:`progress`. Without memory: unchanged."""
+        memory = self.memory
+        if memory is None:
+            return demand, False
+        curve = self._memory_curve
+        if curve is None:
+            self._memory_curve = curve = MemoryCurve(self.workload, memory.requested_bytes)
+        anon, cache = curve.at(t)
+        killed = memory.observe(t, anon, cache)
+        stall = memory.stall_now
+        if memory.restarting(t):
+            self.progress = 0.0
+        else:
+            self.progress = 1.0 - stall
+        if stall:
+            demand *= 1.0 - stall
+        return demand, killed
+
     def advance(self, t: float) -> None:
-        """Integrate CPU use from the last call up to ``t``, alone on a host with a core for every vCPU (a
-        :class:`services.simulator.host.Host` integrates its VMs together instead)."""
+        """Integrate CPU use (and memory) from the last call up to ``t``, alone on a host with a core for every vCPU
+        (a :class:`services.simulator.host.Host` integrates its VMs together instead)."""
         while self.last_time < t:
             dt = min(MAX_INTEGRATION_STEP_S, t - self.last_time)
             demand = self.demand(self.last_time)
+            memory = self.memory
+            if memory is not None and not memory.quiet:
+                demand, _ = self.observe_memory(self.last_time, demand)
+                memory.accumulate(dt)
             self.account(dt, demand, min(demand, float(self.online_vcpus)))
             self.last_time += dt
 
@@ -137,7 +172,13 @@ class SimVm:
         """vCPUs a resize under way has yet to plug (committed to it already)."""
         return max(0, self.resize.target - self.online_vcpus) if self.resize is not None else 0
 
-    def counters(self) -> SimVmCounters:
+    def counters(self, t: float | None = None) -> SimVmCounters:
+        """Its counters, its memory as at ``t`` (default: the time it was integrated to)."""
+        memory = self.memory
+        if t is None:
+            t = self.last_time
+        if memory is not None and memory.quiet:
+            self.observe_memory(t, 0.0)  # the host skipped it: take its figures now (nothing else can change)
         return SimVmCounters(
             vm=self.name,
             online_vcpus=self.online_vcpus,
@@ -149,6 +190,7 @@ class SimVm:
             profile=self.workload.profile,
             hotplug_ops=self.hotplug_ops,
             host_wait_core_seconds=self.host_wait_core_seconds,
+            memory=None if memory is None else memory.figures(t),
         )
 
     def check_resize(self, target: int) -> None:
@@ -161,6 +203,20 @@ class SimVm:
             )
         if target < 1:
             raise HotplugRefused(ErrorCode.CPU0, "It is not possible to detach CPU 0")
+
+    def memory_device(self) -> VmMemory:
+        """Its memory, or HotplugRefused when it has none to move."""
+        if self.memory is None:
+            raise HotplugRefused(ErrorCode.HOTPLUG_DISABLED, f"'{self.name}' has no memory device to resize")
+        return self.memory
+
+    def check_memory_resize(self, target: int) -> VmMemory:
+        """Its memory, or HotplugRefused (``out-of-bounds``) when the device would refuse ``target`` bytes."""
+        memory = self.memory_device()
+        reason = memory.refusal(target)
+        if reason is not None:
+            raise HotplugRefused(ErrorCode.OUT_OF_BOUNDS, f"'{self.name}': {reason}")
+        return memory
 
     def begin_resize(self, target: int, t: float, step_s: float) -> float:
         """Start taking it to ``target`` vCPUs, one every ``step_s``; returns when the last step completes.
@@ -211,6 +267,7 @@ class MiniCloud:
                     online_vcpus=requested,
                     workload=workload,
                     last_time=start,
+                    memory=VmMemory.sized(MEMORY_PER_VCPU_BYTES * requested),
                 )
             )
         return cls(vms)
@@ -239,6 +296,7 @@ class MiniCloud:
                 min_vcpus=s.min_vcpus,
                 workload=TraceWorkload(times, s.demand, origin, period, start),
                 last_time=start if now is None else now,
+                memory=VmMemory.sized(MEMORY_PER_VCPU_BYTES * s.max_vcpus),
             )
             for s, times in timed
         ]

@@ -14,6 +14,11 @@ jobs waiting to start. Pure and clock-free: every call takes the simulated time.
   rejected when it arrives.
 * **Hot-plug** follows VirtualBox's rules (``SimVm.check_resize``) and, as the hypervisor, refuses a plug that
   would take the committed vCPUs above the capacity (``host-full``); unplugs always pass.
+* **Memory** (``services.simulator.vm_memory``): each VM's memory follows its workload's memory demand at every step;
+  while it swaps, its CPU demand and its job's progress lose the share of time it stalls, and an OOM kill starts a
+  work job's work again. A memory resize is taken at once and moves in the guest's time (no event of its own). With
+  ``memory_capacity_bytes`` (the host's RAM times its overcommit) jobs also wait for memory and a grow past it is
+  refused (``host-full``); without it (the default) memory is counted, never limited, so runs are what they were.
 
 :func:`fixed_sizes` runs the same arrivals with no resize at all (each VM keeps the size it asked for, as in
 today's IaaS): the counterfactual a run with hot-plug is measured against.
@@ -28,6 +33,7 @@ from typing import Literal, NamedTuple
 
 from services.simulator.cloud import EPSILON_S, MAX_INTEGRATION_STEP_S, HotplugRefused, SimVm
 from services.simulator.jobs import Job
+from services.simulator.vm_memory import VmMemory
 from services.simulator.workloads import Workload
 from shared.messages import ErrorCode
 from shared.sim_api import SimHost, SimJob, SimVmCounters
@@ -45,6 +51,7 @@ class _JobState:
     remaining: float | None = None  # work jobs: seconds of work left
     end_at: float | None = None  # lifetime jobs: when it stops
     rejected: bool = False
+    oom_kills: int = 0
 
 
 class Outcome(NamedTuple):
@@ -68,6 +75,7 @@ class Host:
         origin: float = 0.0,
         start: float | None = None,
         max_step_s: float = MAX_INTEGRATION_STEP_S,
+        memory_capacity_bytes: int | None = None,
     ) -> None:
         if cores < 1:
             raise ValueError(f"a host needs at least one core, got {cores}")
@@ -75,6 +83,7 @@ class Host:
             raise ValueError(f"the integration step must be positive, got {max_step_s}")
         self.cores = cores
         self.capacity_vcpus = capacity_vcpus
+        self.memory_capacity_bytes = memory_capacity_bytes
         self.origin = origin
         self.time = origin if start is None else start
         self.max_step_s = max_step_s
@@ -92,6 +101,7 @@ class Host:
         self.jobs_started = 0
         self.jobs_finished = 0
         self.jobs_rejected = 0
+        self.oom_kills = 0
         for vm in resident:
             if vm.name in self._vms:
                 raise ValueError(f"two resident VMs are named {vm.name!r}")
@@ -125,8 +135,14 @@ class Host:
         """The jobs waiting to start, head first."""
         return [state.job for state in self._queue]
 
+    @property
+    def committed_memory_bytes(self) -> int:
+        """What the running VMs hold: each one's size, or the target it is growing to."""
+        t = self.time
+        return sum(vm.memory.committed(t) for vm in self._vms.values() if vm.memory is not None)
+
     def counters(self) -> list[SimVmCounters]:
-        return [vm.counters() for vm in self._vms.values()]
+        return [vm.counters(self.time) for vm in self._vms.values()]
 
     def state(self) -> SimHost:
         return SimHost(
@@ -142,6 +158,9 @@ class Host:
             used_core_seconds=self.used_core_seconds,
             used_cores=sum(vm.used_now for vm in self._vms.values()),
             jobs_rejected=self.jobs_rejected,
+            committed_memory_bytes=self.committed_memory_bytes,
+            memory_capacity_bytes=self.memory_capacity_bytes,
+            oom_kills=self.oom_kills,
         )
 
     def jobs(self) -> list[SimJob]:
@@ -168,6 +187,8 @@ class Host:
             end_s=None if state.end is None else state.end - self.origin,
             work_done_s=work_done,
             rejected=state.rejected,
+            requested_memory_bytes=job.requested_memory_bytes,
+            oom_kills=state.oom_kills,
         )
 
     # --- resizing -------------------------------------------------------------------------------------------
@@ -200,6 +221,27 @@ class Host:
         vm = self.vm(name)
         return self.begin_resize(name, vm.online_vcpus + (1 if op == "plug" else -1), t, delay_s)
 
+    def begin_memory_resize(self, name: str, target: int, t: float) -> float:
+        """Ask for VM ``name``'s memory to be ``target`` bytes at ``t``; returns when the guest will have it. Refused
+        (HotplugRefused) ``out-of-bounds`` past the device's limits or off its 2 MiB block, and ``host-full`` when a
+        grow does not fit in the host's memory capacity. A shrink is carried out whatever the guest uses: the guest
+        swaps, then its OOM killer acts, as under real virtio-mem."""
+        self.advance(t)
+        vm = self.vm(name)
+        memory = vm.check_memory_resize(target)
+        now = max(t, self.time)
+        capacity = self.memory_capacity_bytes
+        added = target - memory.committed(now)
+        if capacity is not None and added > 0:
+            committed = self.committed_memory_bytes
+            if committed + added > capacity:
+                raise HotplugRefused(
+                    ErrorCode.HOST_FULL,
+                    f"Failed to grow '{name}' by {added} bytes: the host has committed {committed} of its "
+                    f"{capacity} bytes of memory",
+                )
+        return memory.begin_resize(target, now)
+
     def finish_resize(self, vm: SimVm, t: float) -> int:
         """Complete ``vm``'s resize by ``t`` (what remains of it, if asked a little early); its online vCPUs.
         ``vm-not-running`` if it left the host meanwhile (its job ended)."""
@@ -229,7 +271,13 @@ class Host:
             wanted = 0.0
             for vm in self._vms.values():
                 override = vm.demand_override
-                vm.demand_now = demand = vm.workload.demand(now) if override is None else override
+                demand = vm.workload.demand(now) if override is None else override
+                memory = vm.memory
+                if memory is not None and not memory.quiet:
+                    demand, killed = vm.observe_memory(now, demand)
+                    if killed:
+                        self._oom_killed(vm)
+                vm.demand_now = demand
                 online = vm.online_vcpus
                 wanted += demand if demand < online else online
             share = cores / wanted if wanted > cores else 1.0
@@ -237,7 +285,7 @@ class Host:
                 if state.remaining is not None:
                     vm = self._vms[state.job.name]
                     demand = vm.demand_now
-                    rate = _rate(demand, vm.online_vcpus, share)
+                    rate = _rate(demand, vm.online_vcpus, share) * vm.progress
                     if rate > 0 and now + state.remaining / rate < end:
                         end = now + state.remaining / rate
             dt = end - now
@@ -247,6 +295,9 @@ class Host:
                 online = vm.online_vcpus
                 ran = (demand if demand < online else online) * share
                 vm.account(dt, demand, ran)
+                memory = vm.memory
+                if memory is not None and not memory.quiet:
+                    memory.accumulate(dt)
                 used += ran
             self.used_core_seconds += used * dt
             if wanted > cores:
@@ -254,7 +305,7 @@ class Host:
             for state in self._job_of.values():
                 if state.remaining is not None:
                     vm = self._vms[state.job.name]
-                    state.remaining -= _rate(vm.demand_now, vm.online_vcpus, share) * dt
+                    state.remaining -= _rate(vm.demand_now, vm.online_vcpus, share) * vm.progress * dt
             self.time = end
             self._settle()
 
@@ -279,7 +330,7 @@ class Host:
             self._next = next(self._arrivals, None)
             state = _JobState(job, self.origin + job.arrival_s)
             self._states.append(state)
-            if job.requested_vcpus > self.capacity_vcpus:
+            if job.requested_vcpus > self.capacity_vcpus or not self._memory_fits(job, 0):
                 self._reject(state)
             else:
                 self._queue.append(state)
@@ -288,17 +339,24 @@ class Host:
 
     def _start_waiting(self, now: float) -> None:
         committed = self.committed_vcpus
+        memory = self.committed_memory_bytes if self.memory_capacity_bytes is not None else 0
         while self._queue:
             head = self._queue[0]
             job = head.job
-            if job.requested_vcpus > self.capacity_vcpus or job.name in self._vms:
+            if job.requested_vcpus > self.capacity_vcpus or job.name in self._vms or not self._memory_fits(job, 0):
                 self._reject(self._queue.popleft())  # it would never start, and would block the rest for ever
                 continue
-            if committed + job.requested_vcpus > self.capacity_vcpus:
+            if committed + job.requested_vcpus > self.capacity_vcpus or not self._memory_fits(job, memory):
                 return
             self._queue.popleft()
             committed += job.requested_vcpus
+            memory += job.requested_memory_bytes
             self._start(head, now)
+
+    def _memory_fits(self, job: Job, committed: int) -> bool:
+        """Whether ``job``'s memory fits beside ``committed`` bytes (always, when the host's memory is not limited)."""
+        capacity = self.memory_capacity_bytes
+        return capacity is None or committed + job.requested_memory_bytes <= capacity
 
     def _start(self, state: _JobState, now: float) -> None:
         job = state.job
@@ -314,6 +372,7 @@ class Host:
             online_vcpus=job.requested_vcpus,
             workload=Workload(job.profile, job.size, job.seed, now),
             last_time=now,
+            memory=VmMemory.sized(job.requested_memory_bytes),
         )
         self._job_of[job.name] = state
         self._committed = None
@@ -330,6 +389,15 @@ class Host:
         if state.end_at is not None:
             ends = [s.end_at for s in self._job_of.values() if s.end_at is not None]
             self._next_end = min(ends, default=float("inf"))
+
+    def _oom_killed(self, vm: SimVm) -> None:
+        """The guest's OOM killer took ``vm``'s job: a work job starts its work again."""
+        self.oom_kills += 1
+        state = self._job_of.get(vm.name)
+        if state is not None:
+            state.oom_kills += 1
+            if state.remaining is not None:
+                state.remaining = state.job.work_s
 
     def _reject(self, state: _JobState) -> None:
         state.rejected = True

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.simulator.vm_memory import MEMORY_PER_VCPU_BYTES
 from services.simulator.workloads import PROFILES
 from shared.errors import InputError
 
@@ -62,6 +63,9 @@ class Job:
     seed: int = 0  # its workload's seed
     # The most its workload ever asks, in cores (None: its maximum). Users ask for more than they use.
     peak_cores: float | None = None
+    # The memory it asks for and boots with (None: MEMORY_PER_VCPU_BYTES per requested vCPU); it may give it back
+    # down to its boot RAM and grow again up to it.
+    memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.requested_vcpus <= self.max_vcpus:
@@ -72,6 +76,12 @@ class Job:
             raise ValueError(f"{self.name}: unknown workload profile {self.profile!r}")
         if self.peak_cores is not None and not 0 < self.peak_cores <= self.max_vcpus:
             raise ValueError(f"{self.name}: need 0 < peak_cores <= max_vcpus")
+        if self.memory_bytes is not None and self.memory_bytes <= 0:
+            raise ValueError(f"{self.name}: need memory_bytes > 0")
+
+    @property
+    def requested_memory_bytes(self) -> int:
+        return MEMORY_PER_VCPU_BYTES * self.requested_vcpus if self.memory_bytes is None else self.memory_bytes
 
     @property
     def size(self) -> float:

@@ -37,6 +37,10 @@ class SimulatorConfig:
     arrivals_seed: int | None = None
     # The config file's [[host]] rules, which set the host's capacity (shared.pool).
     host_rules: tuple[HostRule, ...] = ()
+    # The host's RAM, in bytes, and how far its VMs' memory may be committed beyond it (1.0: not at all): jobs then
+    # wait for memory too, and a memory grow past it is refused. None: memory is counted but never limits.
+    host_memory_bytes: int | None = None
+    memory_overcommit: float = 1.0
 
     def __post_init__(self) -> None:
         if self.arrivals_rate < 0:
@@ -45,6 +49,10 @@ class SimulatorConfig:
             raise ValueError("jobs arrive at a rate or from a file, not both")
         if self.host_cores is not None and self.host_cores < 1:
             raise ValueError(f"the host needs at least one core, got {self.host_cores}")
+        if self.host_memory_bytes is not None and self.host_memory_bytes <= 0:
+            raise ValueError(f"the host's memory must be positive, got {self.host_memory_bytes}")
+        if not self.memory_overcommit > 0:
+            raise ValueError(f"the memory overcommit must be positive, got {self.memory_overcommit}")
 
     @property
     def has_arrivals(self) -> bool:
@@ -80,6 +88,13 @@ def host_cores(config: SimulatorConfig, resident: Sequence[SimVm]) -> int:
 def capacity(rules: Sequence[HostRule], host: str, cores: int) -> int:
     """The vCPUs the host may commit: its [[host]] rule's reading of its cores (``shared.pool``)."""
     return host_capacity(rules, host, cores).capacity_vcpus
+
+
+def memory_capacity(config: SimulatorConfig) -> int | None:
+    """The bytes of memory the host may commit: its RAM times the overcommit; None when its RAM is not given."""
+    if config.host_memory_bytes is None:
+        return None
+    return int(config.host_memory_bytes * config.memory_overcommit)
 
 
 def too_large(jobs: Sequence[Job], capacity_vcpus: int) -> list[Job]:

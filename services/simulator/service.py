@@ -1,10 +1,11 @@
 """The simulator service: a simulated host (``services.simulator.host``) on the bus, answering the requests of
-``shared.sim_api``: stats (the running VMs' counters and the host), hotplug, load, and jobs (what became of every
-job that arrived). Job times count from the simulator's start."""
+``shared.sim_api``: stats (the running VMs' counters and the host), hotplug, memory (a memory resize, answered once
+taken), load, and jobs (what became of every job that arrived). Job times count from the simulator's start."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import msgspec
@@ -18,7 +19,17 @@ from services.simulator.scenario import SimulatorConfig
 from shared import subjects
 from shared.config.schema import HostRule
 from shared.runtime import ServiceContext
-from shared.sim_api import HotplugReply, HotplugRequest, JobsReply, LoadReply, LoadRequest, SimHost, StatsReply
+from shared.sim_api import (
+    HotplugReply,
+    HotplugRequest,
+    JobsReply,
+    LoadReply,
+    LoadRequest,
+    MemoryResizeReply,
+    MemoryResizeRequest,
+    SimHost,
+    StatsReply,
+)
 from shared.telemetry import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -69,6 +80,18 @@ class SimulatorMetrics(ServiceMetrics):
         self.jobs_waiting = Gauge(
             "hotplug_sim_jobs_waiting", "Jobs waiting for room on the host to start", registry=self.registry
         )
+        self.memory = Gauge(
+            "hotplug_sim_vm_memory_bytes",
+            "Memory of each simulated VM: its size, what it uses, its page cache, and what it has swapped out",
+            ["vm", "kind"],
+            registry=self.registry,
+        )
+        self.memory_resizes = Counter(
+            "hotplug_sim_memory_resizes", "Memory resize requests by outcome", ["outcome"], registry=self.registry
+        )
+        self.oom_kills = Counter(
+            "hotplug_sim_oom_kills", "Jobs the simulated guests' OOM killers took", registry=self.registry
+        )
         self.jobs_started = Counter("hotplug_sim_jobs_started", "Jobs started", registry=self.registry)
         self.jobs_finished = Counter("hotplug_sim_jobs_finished", "Jobs finished", registry=self.registry)
         self.jobs_rejected = Counter(
@@ -79,6 +102,8 @@ class SimulatorMetrics(ServiceMetrics):
 _encoder = msgspec.json.Encoder()
 _hotplug_decoder = msgspec.json.Decoder(HotplugRequest)
 _load_decoder = msgspec.json.Decoder(LoadRequest)
+_memory_decoder = msgspec.json.Decoder(MemoryResizeRequest)
+_MEMORY_KINDS = ("size", "used", "cache", "swap")
 
 
 class SimulatorService:
@@ -102,7 +127,14 @@ class SimulatorService:
                     job.requested_vcpus,
                     capacity,
                 )
-        self.host = Host(cores, capacity, jobs=jobs, resident=resident, origin=now)
+        self.host = Host(
+            cores,
+            capacity,
+            jobs=jobs,
+            resident=resident,
+            origin=now,
+            memory_capacity_bytes=scenario.memory_capacity(config),
+        )
         self._exported = SimHost(cores=cores, capacity_vcpus=capacity)  # the counters' totals exported so far
         self._labelled: set[str] = set()  # the VMs the per-VM gauges have a series for
         self._tasks: set[asyncio.Task[None]] = set()
@@ -117,6 +149,7 @@ class SimulatorService:
         await self.ctx.nc.subscribe(subjects.simulator(host, "stats"), cb=self._on_stats)
         await self.ctx.nc.subscribe(subjects.simulator(host, "hotplug"), cb=self._on_hotplug)
         await self.ctx.nc.subscribe(subjects.simulator(host, "load"), cb=self._on_load)
+        await self.ctx.nc.subscribe(subjects.simulator(host, "memory"), cb=self._on_memory)
         await self.ctx.nc.subscribe(subjects.simulator(host, "jobs"), cb=self._on_jobs)
         await self.ctx.nc.flush()
         model = self.host
@@ -147,9 +180,20 @@ class SimulatorService:
             running.add(vm.name)
             m.vcpus.labels(vm.name).set(vm.online_vcpus)
             m.demand.labels(vm.name).set(vm.demand(now))
+            memory = vm.counters(self.host.time).memory
+            if memory is not None:
+                for kind, value in zip(
+                    _MEMORY_KINDS,
+                    (memory.size_bytes, memory.used_bytes, memory.cache_bytes, memory.swap_bytes),
+                    strict=True,
+                ):
+                    m.memory.labels(vm.name, kind).set(value)
         for gone in self._labelled - running:
             m.vcpus.remove(gone)
             m.demand.remove(gone)
+            for kind in _MEMORY_KINDS:
+                with contextlib.suppress(KeyError):  # a VM without memory had no series
+                    m.memory.remove(gone, kind)
         self._labelled = running
         state, before = self.host.state(), self._exported
         m.host_cores.set(state.cores)
@@ -160,6 +204,7 @@ class SimulatorService:
         m.jobs_started.inc(state.jobs_started - before.jobs_started)
         m.jobs_finished.inc(state.jobs_finished - before.jobs_finished)
         m.jobs_rejected.inc(state.jobs_rejected - before.jobs_rejected)
+        m.oom_kills.inc(state.oom_kills - before.oom_kills)
         self._exported = state
 
     async def _on_stats(self, msg: Msg) -> None:
@@ -199,6 +244,30 @@ class SimulatorService:
         except HotplugRefused as exc:
             reply = HotplugReply(ok=False, error_code=exc.code.value, error=str(exc))
             self.metrics.hotplugs.labels(request.op, exc.code.value).inc()
+        await msg.respond(_encoder.encode(reply))
+
+    async def _on_memory(self, msg: Msg) -> None:
+        try:
+            request = _memory_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            self._count_bad("memory", exc)
+            await msg.respond(_encoder.encode(MemoryResizeReply(ok=False, error_code="unknown", error=str(exc))))
+            return
+        now = self.ctx.clock.now()
+        try:
+            done_at = self.host.begin_memory_resize(request.vm, request.target_bytes, now)
+            memory = self.host.vm(request.vm).memory_device()
+            reply = MemoryResizeReply(
+                ok=True,
+                size_bytes=memory.size_at(now),
+                requested_bytes=memory.target_bytes,
+                done_in_s=max(0.0, done_at - now),
+            )
+            self.metrics.memory_resizes.labels("ok").inc()
+            log.info("memory of %s: %d bytes asked, there in %.2f s", request.vm, request.target_bytes, done_at - now)
+        except HotplugRefused as exc:
+            reply = MemoryResizeReply(ok=False, error_code=exc.code.value, error=str(exc))
+            self.metrics.memory_resizes.labels(exc.code.value).inc()
         await msg.respond(_encoder.encode(reply))
 
     async def _on_load(self, msg: Msg) -> None:

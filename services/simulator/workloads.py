@@ -14,7 +14,7 @@ import bisect
 import math
 import random
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 Phase = tuple[float, float, str]  # (duration_s, demand as a fraction of the VM's size, label)
 
@@ -95,16 +95,15 @@ class Workload:
         self._phase_end = start
         self._level = 0.0
         self.label = ""
+        self.phase_index = -1  # phases drawn so far, less one: the current phase's number from 0
         # The ripple's knots around the second last asked (a host asks each VM several times a second).
         self._second = -1
         self._knots = (_knot(seed, -1), _knot(seed, 0))
 
     def demand(self, t: float) -> float:
         """Demand at time ``t``; ``t`` may jump forward but should not go far backwards."""
-        while t >= self._phase_end:
-            duration, self._level, self.label = next(self._phases)
-            self._phase_start = self._phase_end
-            self._phase_end += duration
+        if t >= self._phase_end:
+            self._draw(t)
         level = self._level
         if self.profile == "inference":
             level *= 0.6 + 0.4 * math.sin(2 * math.pi * t / DAY_S)
@@ -117,6 +116,29 @@ class Workload:
         level *= 1 + 0.08 * (2 * (a + (b - a) * (t - i)) - 1)
         # max(0, min(1, level)), spelt out: this is the host model's innermost call
         return (0.0 if level < 0.0 else 1.0 if level > 1.0 else level) * self.size
+
+    def _draw(self, t: float) -> None:
+        """Draw phases until the one under way at ``t``."""
+        while t >= self._phase_end:
+            duration, self._level, self.label = next(self._phases)
+            self._phase_start = self._phase_end
+            self._phase_end += duration
+            self.phase_index += 1
+
+    def phase(self, t: float) -> PhaseAt:
+        """The phase under way at ``t`` (drawn as :meth:`demand` draws it: asking does not change the demand)."""
+        if t >= self._phase_end:
+            self._draw(t)
+        return PhaseAt(self.phase_index, self.label, self._phase_start, self._phase_end)
+
+
+class PhaseAt(NamedTuple):
+    """A workload's phase: its number from 0, its label and when it began and ends (simulated seconds)."""
+
+    number: int
+    label: str
+    start: float
+    end: float
 
 
 class Demand(Protocol):
