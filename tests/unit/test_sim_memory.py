@@ -10,7 +10,9 @@ import msgspec
 import pytest
 
 from hotplug.waits import job_waits
-from services.collector.sources.simulator import memory_reading
+from services.collector.rates import sample_from
+from services.collector.sources.base import Reading
+from services.collector.sources.simulator import memory_counters
 from services.simulator.cloud import HotplugRefused, MiniCloud, SimVm
 from services.simulator.host import Host
 from services.simulator.jobs import Job
@@ -346,27 +348,24 @@ def test_with_a_memory_capacity_jobs_wait_for_memory_and_a_grow_past_it_is_refus
 # --- what the collector's source makes of it ----------------------------------------------------------------------
 
 
-def test_the_sources_memory_rates_are_over_the_interval_between_its_reads() -> None:
-    def counters(swap_in: float, stall: float) -> SimVmCounters:
+def test_the_source_hands_the_collector_sizes_and_cumulative_counters_and_the_collector_makes_rates() -> None:
+    def counters(swap_in: float, stall: float, time: float) -> Reading:
         memory = SimMemory(
             size_bytes=GIB, requested_bytes=GIB, min_bytes=GIB, max_bytes=2 * GIB, step_bytes=MEMORY_STEP_BYTES,
-            swap_in_bytes=swap_in, stall_seconds=stall, swap_in_bytes_per_s_now=7.0, psi_memory_some_now=0.7,
+            available_bytes=GIB - 300 * MIB, swap_in_bytes=swap_in, stall_seconds=stall, oom_kills=1,
         )  # fmt: skip
-        return SimVmCounters(
-            vm="v", online_vcpus=1, min_vcpus=1, max_vcpus=1, cpu_seconds=0.0, per_vcpu_seconds=[0.0],
-            waiting_core_seconds=0.0, profile="idle", memory=memory,
+        return Reading(
+            vm="v", time=time, online_vcpus=1, min_vcpus=1, max_vcpus=1, cpu_seconds=0.0,
+            memory=memory_counters(memory),
         )  # fmt: skip
 
-    first = memory_reading(counters(0.0, 0.0), 10.0, None)
-    assert first is not None and (first.swap_in_bytes_per_s, first.psi_memory_some) == (7.0, 0.7)
-    second = memory_reading(counters(200.0 * MIB, 1.0), 14.0, first)
-    assert second is not None
-    assert second.swap_in_bytes_per_s == pytest.approx(50.0 * MIB) and second.psi_memory_some == pytest.approx(0.25)
-    bare = SimVmCounters(
-        vm="v", online_vcpus=1, min_vcpus=1, max_vcpus=1, cpu_seconds=0.0, per_vcpu_seconds=[0.0],
-        waiting_core_seconds=0.0, profile="idle",
-    )  # fmt: skip
-    assert memory_reading(bare, 1.0, None) is None  # an older simulator: no memory
+    sample = sample_from(counters(0.0, 0.0, 10.0), counters(200.0 * MIB, 1.0, 14.0), "h", "simulator")
+    assert sample is not None and sample.memory is not None
+    assert sample.memory.used_bytes == 300 * MIB and sample.memory.oom_kills == 1
+    assert sample.memory.swap_in_bytes_per_s == pytest.approx(50.0 * MIB) and sample.memory.psi_some == pytest.approx(
+        0.25
+    )
+    assert memory_counters(None) is None  # an older simulator: no memory
 
 
 def test_hotplug_ups_job_summary_counts_oom_kills_and_says_nothing_of_them_when_there_were_none() -> None:

@@ -4,8 +4,8 @@ One request a round: the reply's running VMs are the readings, and its host (cor
 waiting to start) is the host reading. A simulator that models no host is read as a host with as many cores as its
 running VMs' maximum vCPUs together.
 
-Each read also keeps the VMs' memory (:meth:`SimulatorSource.memory`: a :class:`MemoryReading` per VM), for the
-collector to carry once its samples have room for it.
+Each reading carries the VM's memory (sizes and cumulative swap-in, stall and OOM counters), which the collector turns
+into the sample's memory part.
 """
 
 from __future__ import annotations
@@ -15,69 +15,29 @@ import logging
 import msgspec
 from nats.aio.client import Client
 
-from services.collector.sources.base import HostReading, Reading
+from services.collector.sources.base import HostReading, MemoryCounters, Reading
 from shared import subjects
-from shared.sim_api import SimVmCounters, StatsReply
+from shared.sim_api import SimMemory, StatsReply
 
 log = logging.getLogger(__name__)
 
 _decoder = msgspec.json.Decoder(StatsReply)
 
 
-class MemoryReading(msgspec.Struct, frozen=True, kw_only=True):
-    """One VM's memory at ``time`` (the shared clock), in bytes.
-
-    ``available_bytes`` is MemAvailable (page cache counts as available). ``swap_in_bytes_per_s`` and
-    ``psi_memory_some`` (the share of time, 0 to 1, some task stalled on memory) are over the interval since this
-    source's previous read of the VM, from the simulator's cumulative ``swap_in_bytes`` and ``stall_seconds``; on a
-    VM's first read, over the simulator's last step. ``oom_kills``: the guest's OOM kills since the VM started."""
-
-    vm: str
-    time: float
-    size_bytes: int
-    requested_bytes: int
-    min_bytes: int
-    max_bytes: int
-    used_bytes: int
-    cache_bytes: int
-    available_bytes: int
-    swap_bytes: int
-    swap_in_bytes_per_s: float
-    psi_memory_some: float
-    oom_kills: int
-    swap_in_bytes: float
-    stall_seconds: float
-
-
-def memory_reading(counters: SimVmCounters, time: float, before: MemoryReading | None) -> MemoryReading | None:
-    """A VM's memory in a stats reply at ``time``, its rates over the interval since ``before``; None when the
-    simulator reports no memory for it. Pure."""
-    memory = counters.memory
+def memory_counters(memory: SimMemory | None) -> MemoryCounters | None:
+    """A VM's memory in a stats reply as the collector's counters (None: the simulator reports none). Used is what the
+    guest's MemTotal - MemAvailable would say (its kernel's part included). Pure."""
     if memory is None:
         return None
-    swap_in_rate, some = memory.swap_in_bytes_per_s_now, memory.psi_memory_some_now
-    if before is not None and time > before.time:
-        dt = time - before.time
-        # a counter that went back (a VM of the same name started again) gives no interval: keep the last step's
-        if memory.swap_in_bytes >= before.swap_in_bytes and memory.stall_seconds >= before.stall_seconds:
-            swap_in_rate = (memory.swap_in_bytes - before.swap_in_bytes) / dt
-            some = min(1.0, (memory.stall_seconds - before.stall_seconds) / dt)
-    return MemoryReading(
-        vm=counters.vm,
-        time=time,
+    return MemoryCounters(
         size_bytes=memory.size_bytes,
-        requested_bytes=memory.requested_bytes,
         min_bytes=memory.min_bytes,
         max_bytes=memory.max_bytes,
-        used_bytes=memory.used_bytes,
-        cache_bytes=memory.cache_bytes,
+        used_bytes=max(0, memory.size_bytes - memory.available_bytes),
         available_bytes=memory.available_bytes,
-        swap_bytes=memory.swap_bytes,
-        swap_in_bytes_per_s=swap_in_rate,
-        psi_memory_some=some,
-        oom_kills=memory.oom_kills,
         swap_in_bytes=memory.swap_in_bytes,
-        stall_seconds=memory.stall_seconds,
+        psi_some_seconds=memory.stall_seconds,
+        oom_kills=memory.oom_kills,
     )
 
 
@@ -106,18 +66,11 @@ class SimulatorSource:
         self.subject = subjects.simulator(host, "stats")
         self.timeout_s = timeout_s
         self._last: StatsReply | None = None
-        self._memory: dict[str, MemoryReading] = {}
 
     async def read(self) -> list[Reading]:
         self._last = None
         reply = _decoder.decode((await self.nc.request(self.subject, b"{}", timeout=self.timeout_s)).data)
         self._last = reply
-        memory = {}
-        for vm in reply.vms:
-            reading = memory_reading(vm, reply.time, self._memory.get(vm.vm))
-            if reading is not None:
-                memory[vm.vm] = reading
-        self._memory = memory
         return [
             Reading(
                 vm=vm.vm,
@@ -128,6 +81,7 @@ class SimulatorSource:
                 cpu_seconds=vm.cpu_seconds,
                 per_vcpu_seconds={f"{i:04d}": s for i, s in enumerate(vm.per_vcpu_seconds[: vm.online_vcpus])},
                 waiting_core_seconds=vm.waiting_core_seconds,
+                memory=memory_counters(vm.memory),
             )
             for vm in reply.vms
         ]
@@ -135,10 +89,6 @@ class SimulatorSource:
     async def host(self) -> HostReading | None:
         """The host as this round's read saw it (None when that read failed)."""
         return None if self._last is None else host_reading(self._last)
-
-    async def memory(self) -> dict[str, MemoryReading]:
-        """The running VMs' memory as this round's read saw it (empty when that read failed), by VM name."""
-        return {} if self._last is None else dict(self._memory)
 
     async def close(self) -> None:
         return None
