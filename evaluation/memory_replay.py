@@ -42,24 +42,27 @@ class Rule(Protocol):
 class RuleSpec:
     """A rule, the knob a sweep moves, the values tried, and how to make the rule at one of them."""
 
+    rule: str
     knob: str
     values: tuple[float, ...]
     make: Callable[[float], Rule]
 
 
-def _policy(settings: MemorySettings) -> Callable[[float], Rule]:
-    return lambda headroom: MemoryPolicy(msgspec.structs.replace(settings, headroom=headroom))
+def _policy(settings: MemorySettings, knob: str) -> Callable[[float], Rule]:
+    return lambda value: MemoryPolicy(msgspec.structs.replace(settings, **{knob: value}))
 
 
-def rule_specs(settings: MemorySettings | None = None) -> dict[str, RuleSpec]:
-    """The memory policy (with ``settings`` but for the swept headroom) and the baselines."""
-    return {
-        "memory": RuleSpec(
-            "headroom", (0.02, 0.05, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0), _policy(settings or MemorySettings())
-        ),
-        "mom": RuleSpec("headroom", (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5), MomRule),
-        "neon": RuleSpec("upper", (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4), NeonRule),
-    }
+def rule_specs(settings: MemorySettings | None = None) -> list[RuleSpec]:
+    """The sweeps: the memory policy (with ``settings`` but for the knob swept) along its headroom, the knob, and
+    along its window, which moves the trade-off as much on these traces; then the baselines along theirs."""
+    settings = settings or MemorySettings()
+    hours = tuple(3600.0 * h for h in (1, 3, 6, 12, 24, 48, 96))
+    return [
+        RuleSpec("memory", "headroom", (0.05, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0), _policy(settings, "headroom")),
+        RuleSpec("memory", "window_s", hours, _policy(settings, "window_s")),
+        RuleSpec("mom", "headroom", (0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 4.0), MomRule),
+        RuleSpec("neon", "upper", (0.95, 0.85, 0.7, 0.5, 0.3, 0.2, 0.1), NeonRule),
+    ]
 
 
 def half(series: Sequence[MemorySeries], which: str) -> list[MemorySeries]:
@@ -127,23 +130,24 @@ def frontier_report(
     series: Sequence[MemorySeries],
     settings: MemorySettings | None = None,
     levels: Sequence[float] = DEFAULT_LEVELS,
-    values: dict[str, Sequence[float]] | None = None,
+    specs: Sequence[RuleSpec] | None = None,
 ) -> dict[str, object]:
     """Each rule swept along its knob on each half: its points, and the lowest × oracle it reaches at each level
-    of shortfall (``evaluation.frontier.cost_at``: mixing two settings costs the mix)."""
-    specs = rule_specs(settings)
+    of shortfall (``evaluation.frontier.cost_at``: mixing two settings costs the mix); None: out of reach."""
     out: dict[str, object] = {}
     for name in HALVES:
         part = half(series, name)
-        static = score(part, StaticRule())
-        rules: dict[str, object] = {}
-        for rule, spec in specs.items():
-            points = [(v, score(part, spec.make(v))) for v in (values or {}).get(rule, spec.values)]
+        sweeps = []
+        for spec in rule_specs(settings) if specs is None else specs:
+            points = [(v, score(part, spec.make(v))) for v in spec.values]
             pairs = [(s["shortfall_pct"], s["ratio_to_oracle"]) for _, s in points]
-            rules[rule] = {
-                "knob": spec.knob,
-                "sweep": [{"value": v, **s} for v, s in points],
-                "cost_at": {f"{level:g}": cost_at(pairs, level) for level in levels},
-            }
-        out[name] = {"vms": len(part), "static": static, "rules": rules}
+            sweeps.append(
+                {
+                    "rule": spec.rule,
+                    "knob": spec.knob,
+                    "sweep": [{"value": v, **s} for v, s in points],
+                    "cost_at": {f"{level:g}": cost_at(pairs, level) for level in levels},
+                }
+            )
+        out[name] = {"vms": len(part), "static": score(part, StaticRule()), "sweeps": sweeps}
     return {"levels_pct": list(levels), "halves": out}

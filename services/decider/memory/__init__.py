@@ -6,6 +6,14 @@ slowly, on a window of evidence (``policy``); its parameters are ``settings``, i
 """
 
 from services.decider.memory.policy import MemoryDecision, MemoryObservation, MemoryPolicy, MemoryState
-from services.decider.memory.settings import MemorySettings
+from services.decider.memory.settings import MemorySettings, MemorySettingsError, memory_settings
 
-__all__ = ["MemoryDecision", "MemoryObservation", "MemoryPolicy", "MemorySettings", "MemoryState"]
+__all__ = [
+    "MemoryDecision",
+    "MemoryObservation",
+    "MemoryPolicy",
+    "MemorySettings",
+    "MemorySettingsError",
+    "MemoryState",
+    "memory_settings",
+]

@@ -7,10 +7,12 @@ checked on half "b" (``evaluation.memory_replay``); the other values are set by 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 import msgspec
 
+from shared.errors import UsageError
 from shared.units import MIB
 
 _Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
@@ -64,3 +66,16 @@ class MemorySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
                 f"memory.max_shrink_fraction ({self.max_shrink_fraction}) is below memory.min_shrink_fraction "
                 f"({self.min_shrink_fraction}): no shrink could ever be made"
             )
+
+
+class MemorySettingsError(UsageError):
+    """A memory setting that does not fit (``--param memory.KEY=VALUE``, a config file)."""
+
+
+def memory_settings(params: Mapping[str, object] | None = None) -> MemorySettings:
+    """The settings from ``params`` (text is read as numbers), each checked against its bounds; unknown keys are
+    refused. Constructing ``MemorySettings`` directly skips the bounds: use this for anything a person wrote."""
+    try:
+        return msgspec.convert(dict(params or {}), MemorySettings, strict=False)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise MemorySettingsError(f"bad memory setting: {exc}") from exc
