@@ -14,6 +14,7 @@ from services.decider.memory import (
     MemoryPolicy,
     MemorySettings,
     MemorySettingsError,
+    MemoryState,
     memory_settings,
 )
 from services.decider.memory.window import WindowMax
@@ -32,7 +33,7 @@ def wanted(used: int, s: MemorySettings = DEFAULTS) -> int:
     return align_up(math.ceil(used * (1 + s.headroom) + s.floor_bytes), STEP)
 
 
-def calm(policy: MemoryPolicy, size: int, used: int, until: float, step_s: float = 300.0) -> object:
+def calm(policy: MemoryPolicy, size: int, used: int, until: float, step_s: float = 300.0) -> MemoryState:
     """A state fed ``used`` every ``step_s`` from 0 to ``until`` (inclusive) at ``size``, with no decision made."""
     state = policy.new_state()
     t = 0.0
