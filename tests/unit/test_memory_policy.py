@@ -179,18 +179,33 @@ def test_settings_from_text_are_checked() -> None:
     values=st.lists(st.integers(0, 10_000), min_size=1, max_size=200),
     gaps=st.lists(st.sampled_from([1.0, 30.0, 300.0]), min_size=200, max_size=200),
     span=st.sampled_from([0.0, 60.0, 600.0, 3600.0]),
+    resolution=st.sampled_from([0.0, 10.0, 300.0]),
 )
-def test_the_window_max_is_the_max_of_the_values_within_its_span(
-    values: list[int], gaps: list[float], span: float
+def test_the_window_max_covers_the_values_within_its_span_and_is_at_most_one_bucket_late(
+    values: list[int], gaps: list[float], span: float, resolution: float
 ) -> None:
-    window = WindowMax(span)
+    window = WindowMax(span, resolution)
     seen: list[tuple[float, int]] = []
     t = 0.0
     for value, gap in zip(values, gaps, strict=False):
         t += gap
         window.push(t, value)
         seen.append((t, value))
-        assert window.max() == max(v for when, v in seen if when >= t - span)
+        exact = max(v for when, v in seen if when >= t - span)
+        late = max(v for when, v in seen if when >= t - span - resolution)
+        assert exact <= window.max() <= late
+        if resolution == 0:
+            assert window.max() == exact
+        else:
+            assert len(window) <= span / resolution + 2
+
+
+def test_a_falling_value_sampled_every_second_keeps_one_entry_per_bucket() -> None:
+    window = WindowMax(86400.0, 300.0)
+    for t in range(86400):
+        window.push(float(t), 10**9 - t)
+    assert len(window) == 288
+    assert window.max() == 10**9  # the first value is still within the day
 
 
 sample = st.tuples(

@@ -19,6 +19,9 @@ from shared.units import MIB, align_down, align_up, format_size
 
 DEFAULT_STEP_BYTES = 2 * MIB  # virtio-mem's device block (docs/memory.md in ../shared)
 PAGE_BYTES = 4096  # the unit of the guest's swap counters (pswpin)
+# The window's time buckets (services.decider.memory.window): at most this many entries per VM whatever the sampling
+# rate; a day's window then has 5-minute buckets, the trace's own step, so a replay of it is exact.
+WINDOW_BUCKETS = 288
 
 
 class MemoryObservation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -52,7 +55,7 @@ class MemoryState:
     __slots__ = ("calm_since", "last_change", "window")
 
     def __init__(self, window_s: float) -> None:
-        self.window = WindowMax(window_s)
+        self.window = WindowMax(window_s, window_s / WINDOW_BUCKETS)
         self.calm_since: float | None = None  # the first sample, or the last one under pressure or swapping
         self.last_change = -math.inf  # the time of the last decision this state returned
 

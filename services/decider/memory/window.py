@@ -2,6 +2,12 @@
 
 Each value enters once and leaves once; the deque holds only values that can still become the maximum (those
 larger than every later one), so the front is the window's maximum.
+
+A live collector samples every second and a day's window of a slowly falling value would then hold 86,400
+entries per VM. So time is cut into buckets (``resolution_s``): a value that a larger one of the same bucket already
+covers is not added; that one's time moves to the newer value's instead, so it stays as long as the newer value
+would have. The maximum is then never below the true one and at most one bucket late to fall, and the deque holds
+at most one entry per bucket.
 """
 
 from __future__ import annotations
@@ -10,12 +16,14 @@ from collections import deque
 
 
 class WindowMax:
-    """Values pushed with increasing times; ``max()`` is the largest whose time is within the last ``span_s``."""
+    """Values pushed with increasing times; ``max()`` is the largest whose time is within the last ``span_s``
+    (or, by at most ``resolution_s``, a little older)."""
 
-    __slots__ = ("_times", "_values", "span_s")
+    __slots__ = ("_times", "_values", "resolution_s", "span_s")
 
-    def __init__(self, span_s: float) -> None:
+    def __init__(self, span_s: float, resolution_s: float = 0.0) -> None:
         self.span_s = span_s
+        self.resolution_s = resolution_s
         # Two deques rather than one of pairs: a push then makes no tuple (a replay pushes millions).
         self._times: deque[float] = deque()
         self._values: deque[int] = deque()
@@ -26,8 +34,12 @@ class WindowMax:
         while values and values[-1] <= value:
             values.pop()
             times.pop()
-        times.append(time)
-        values.append(value)
+        res = self.resolution_s
+        if values and res > 0 and times[-1] // res == time // res:
+            times[-1] = time  # the larger value of this bucket now lives as long as this one would
+        else:
+            times.append(time)
+            values.append(value)
         oldest = time - self.span_s
         while times[0] < oldest:
             times.popleft()
