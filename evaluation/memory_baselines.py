@@ -44,8 +44,10 @@ class MomRule:
         return None
 
     def decide(self, state: None, obs: MemoryObservation) -> MemoryDecision | None:
-        size = obs.size_bytes
-        goal = obs.used_bytes * (1 + self.headroom)
+        size, used = obs.size_bytes, obs.used_bytes
+        if used is None:
+            return None
+        goal = used * (1 + self.headroom)
         goal = min(max(goal, size * (1 - MOM_STEP)), size * (1 + MOM_STEP))
         target = _within(goal, obs)
         return MemoryDecision(target, "mom", "mom") if abs(target - size) >= obs.step_bytes else None
@@ -62,7 +64,7 @@ class NeonRule:
 
     def decide(self, state: None, obs: MemoryObservation) -> MemoryDecision | None:
         size, used = obs.size_bytes, obs.used_bytes
-        if self.upper / 2 * size <= used <= self.upper * size:
+        if used is None or self.upper / 2 * size <= used <= self.upper * size:
             return None
         target = _within(used / (0.75 * self.upper), obs)
         return MemoryDecision(target, "neon", "neon") if target != size else None

@@ -3,10 +3,10 @@ Pure (the traces come loaded: ``shared.memory_traces``).
 
 A VM starts at its provisioned size: that is what it has when the autoscaler takes it over, and the first used value
 cannot be the start, since 11 of the 40 Bitbrains VMs have none (their first row reads 0). At each step the rule
-sees the use the VM could have had, ``min(used, size)``, and what did not fit as swapping (its pages over the step),
+sees the use the VM could have had, ``min(used, size)``, and what did not fit as swapping (its bytes over the step),
 as a guest would show it; its decision takes effect from the next step. Between two samples (5 minutes) a rule sees
 nothing, so its headroom must cover what the guest adds in 5 minutes. A step whose use was not measured is held
-through: the rule is not asked and the score leaves it out (``evaluation.memory_tally``).
+through: the rule is not asked and the score leaves it out (``evaluation.memory_scores``).
 
 There is one month of memory traces, so the 40 VMs are split in two halves by sorted file name: "a" (even places)
 is where the policy's defaults were chosen, "b" (odd places) checks them.
@@ -22,12 +22,11 @@ import msgspec
 
 from evaluation.frontier import cost_at
 from evaluation.memory_baselines import MomRule, NeonRule, StaticRule
-from evaluation.memory_tally import MemoryTally, used_clipped
+from evaluation.memory_scores import ReplayMemoryTally, used_clipped
 from services.decider.memory import MemoryDecision, MemoryObservation, MemoryPolicy, MemorySettings
 from services.decider.memory.policy import DEFAULT_STEP_BYTES
 from shared.memory_traces import MemorySeries
 
-PAGE = 4096
 HALVES = ("a", "b")
 DEFAULT_LEVELS = (0.01, 0.05, 0.1, 0.5, 1.0)  # shortfall, % of VM-samples
 
@@ -79,7 +78,6 @@ def replay_memory(series: MemorySeries, rule: Rule, step_bytes: int = DEFAULT_ST
         return list(series.provisioned)
     state = rule.new_state()
     size = series.provisioned[0]
-    swap_scale = 1.0 / (PAGE * series.step_s)
     allocations = []
     for i, (used, prov) in enumerate(zip(used_clipped(series), series.provisioned, strict=True)):
         allocations.append(size)
@@ -93,7 +91,7 @@ def replay_memory(series: MemorySeries, rule: Rule, step_bytes: int = DEFAULT_ST
             min_bytes=step_bytes,
             max_bytes=prov,
             step_bytes=step_bytes,
-            swap_in_pages_per_s=(used - seen) * swap_scale,
+            swap_in_bytes_per_s=(used - seen) / series.step_s,
             interval_s=series.step_s,
         )
         decision = rule.decide(state, obs)
@@ -103,7 +101,7 @@ def replay_memory(series: MemorySeries, rule: Rule, step_bytes: int = DEFAULT_ST
 
 
 def score(series: Sequence[MemorySeries], rule: Rule) -> dict[str, float]:
-    tally = MemoryTally()
+    tally = ReplayMemoryTally()
     for s in series:
         tally.add(s, replay_memory(s, rule))
     return tally.scores()

@@ -17,6 +17,7 @@ from services.decider.memory import (
     MemoryState,
     memory_settings,
 )
+from services.decider.memory.policy import WINDOW_BUCKETS
 from services.decider.memory.window import WindowMax
 from shared.units import GIB, MIB, align_up
 
@@ -24,7 +25,7 @@ STEP = 2 * MIB
 DEFAULTS = MemorySettings()
 
 
-def obs(time: float, size: int, used: int, **kw: object) -> MemoryObservation:
+def obs(time: float, size: int, used: int | None, **kw: object) -> MemoryObservation:
     fields: dict[str, object] = {"min_bytes": 256 * MIB, "max_bytes": 64 * GIB, **kw}
     return MemoryObservation(time=time, size_bytes=size, used_bytes=used, **fields)  # type: ignore[arg-type]
 
@@ -58,7 +59,7 @@ def test_a_margin_above_the_trigger_holds() -> None:
 
 
 @pytest.mark.parametrize(
-    ("extra", "kind"), [({"psi_some_pct": 40.0}, "pressure"), ({"swap_in_pages_per_s": 50.0}, "swapping")]
+    ("extra", "kind"), [({"psi_some": 0.4}, "pressure"), ({"swap_in_bytes_per_s": 200_000.0}, "swapping")]
 )
 def test_pressure_or_swapping_grows_at_once_even_with_a_wide_margin(extra: dict[str, float], kind: str) -> None:
     policy = MemoryPolicy()
@@ -70,16 +71,16 @@ def test_pressure_or_swapping_grows_at_once_even_with_a_wide_margin(extra: dict[
 
 def test_swapping_adds_the_pages_swapped_in_over_the_interval() -> None:
     policy = MemoryPolicy()
-    rate = 2 * GIB / 4096 / 300  # 2 GiB did not fit over a 300-s interval
-    decision = policy.decide(policy.new_state(), obs(0, 1 * GIB, 1 * GIB, swap_in_pages_per_s=rate, interval_s=300.0))
+    rate = 2 * GIB / 300  # 2 GiB did not fit over a 300-s interval
+    decision = policy.decide(policy.new_state(), obs(0, 1 * GIB, 1 * GIB, swap_in_bytes_per_s=rate, interval_s=300.0))
     assert decision is not None
     assert decision.target_bytes == wanted(3 * GIB)
 
 
 def test_signals_below_their_thresholds_are_not_pressure() -> None:
     policy = MemoryPolicy()
-    assert policy.decide(policy.new_state(), obs(0, 2 * GIB, 100 * MIB, psi_some_pct=5.0)) is None
-    assert policy.decide(policy.new_state(), obs(0, 2 * GIB, 100 * MIB, swap_in_pages_per_s=1.0)) is None
+    assert policy.decide(policy.new_state(), obs(0, 2 * GIB, 100 * MIB, psi_some=0.05)) is None
+    assert policy.decide(policy.new_state(), obs(0, 2 * GIB, 100 * MIB, swap_in_bytes_per_s=4096.0)) is None
 
 
 def test_available_raises_used_when_it_says_more_is_taken() -> None:
@@ -140,8 +141,8 @@ def test_never_shrinks_while_swapping_or_under_pressure_and_the_evidence_starts_
     policy = MemoryPolicy(s)
     state = calm(policy, 64 * GIB, 100 * MIB, until=3300)
     # a whole window of evidence, but at the maximum already: a swap cannot grow, and must not shrink
-    assert policy.decide(state, obs(3600, 64 * GIB, 100 * MIB, swap_in_pages_per_s=100.0)) is None
-    assert policy.decide(state, obs(3900, 64 * GIB, 100 * MIB, psi_some_pct=90.0)) is None
+    assert policy.decide(state, obs(3600, 64 * GIB, 100 * MIB, swap_in_bytes_per_s=1e6)) is None
+    assert policy.decide(state, obs(3900, 64 * GIB, 100 * MIB, psi_some=0.9)) is None
     for t in range(4200, 3900 + 3600, 300):  # calm again, but not for a whole window yet
         assert policy.decide(state, obs(t, 64 * GIB, 100 * MIB)) is None
     decision = policy.decide(state, obs(3900 + 3600, 64 * GIB, 100 * MIB))
@@ -154,6 +155,16 @@ def test_a_shrink_too_small_to_matter_is_not_made() -> None:
     policy = MemoryPolicy(s)
     size = wanted(1 * GIB) + 20 * MIB  # 20 MiB above what the window asks: under 5 % of the size
     calm(policy, size, 1 * GIB, until=3000)
+
+
+def test_unknown_use_never_shrinks_and_grows_on_pressure_from_the_size() -> None:
+    policy = MemoryPolicy(MemorySettings(window_s=600, shrink_interval_s=0))
+    state = policy.new_state()
+    for t in range(0, 3600, 300):
+        assert policy.decide(state, obs(t, 16 * GIB, None)) is None
+    grow = policy.decide(state, obs(3600, 16 * GIB, None, psi_some=0.5))
+    assert grow is not None
+    assert grow.target_bytes == 32 * GIB
 
 
 def test_a_size_outside_the_bounds_is_brought_into_them() -> None:
@@ -209,9 +220,9 @@ def test_a_falling_value_sampled_every_second_keeps_one_entry_per_bucket() -> No
 
 
 sample = st.tuples(
-    st.integers(0, 24 * GIB),  # used
-    st.sampled_from([None, 0.0, 5.0, 500.0]),  # swap-in pages/s
-    st.sampled_from([None, 0.0, 50.0]),  # psi some
+    st.none() | st.integers(0, 24 * GIB),  # used
+    st.sampled_from([None, 0.0, 20_000.0, 2e6]),  # swap-in bytes/s
+    st.sampled_from([None, 0.0, 0.5]),  # psi some
     st.sampled_from([60.0, 300.0, 1800.0]),  # time to the next sample
 )
 
@@ -229,7 +240,7 @@ sample = st.tuples(
     step_mib=st.sampled_from([2, 128]),
 )
 def test_every_target_is_in_bounds_on_the_block_and_a_shrink_keeps_the_windows_peak_covered(
-    samples: list[tuple[int, float | None, float | None, float]],
+    samples: list[tuple[int | None, float | None, float | None, float]],
     headroom: float,
     window_s: float,
     shrink_interval_s: float,
@@ -261,11 +272,12 @@ def test_every_target_is_in_bounds_on_the_block_and_a_shrink_keeps_the_windows_p
             min_bytes=low,
             max_bytes=high,
             step_bytes=step,
-            swap_in_pages_per_s=swap,
-            psi_some_pct=psi,
+            swap_in_bytes_per_s=swap,
+            psi_some=psi,
             interval_s=gap,
         )
-        history.append((t, used))
+        if used is not None:
+            history.append((t, used))
         decision = policy.decide(state, o)
         # the same sample decided twice from a copy of nothing but its inputs: deterministic
         if decision is not None:
@@ -274,10 +286,11 @@ def test_every_target_is_in_bounds_on_the_block_and_a_shrink_keeps_the_windows_p
             assert align_up(low, step) <= target <= max(align_up(low, step), high), decision
             assert target != size
             if target < size and decision.kind == "shrink":
-                peak = max(v for when, v in history if when >= t - window_s)
+                peak = max(v for when, v in history if when >= t - window_s - window_s / WINDOW_BUCKETS)
                 assert target >= peak * (1 + headroom), decision
                 assert target >= size * (1 - max_shrink) - step
-                assert (swap or 0.0) <= s.swap_in_pages_per_s and (psi or 0.0) <= s.psi_some_pct
+                assert (swap or 0.0) <= s.swap_in_bytes_per_s and (psi or 0.0) <= s.psi_some
+                assert used is not None
             size = target
         t += gap
 
@@ -289,7 +302,7 @@ def test_the_rule_is_deterministic() -> None:
         size, out = 8 * GIB, []
         for i in range(200):
             used = (i * 7919 % 97) * 40 * MIB
-            d = policy.decide(state, obs(i * 300.0, size, used, swap_in_pages_per_s=float(i % 13)))
+            d = policy.decide(state, obs(i * 300.0, size, used, swap_in_bytes_per_s=4096.0 * (i % 13)))
             out.append(None if d is None else d.target_bytes)
             size = d.target_bytes if d else size
         return out

@@ -9,7 +9,7 @@ import pytest
 
 from evaluation.memory_baselines import MomRule, NeonRule, StaticRule
 from evaluation.memory_replay import frontier_report, half, replay_memory, replay_report, rule_specs
-from evaluation.memory_tally import MemoryTally
+from evaluation.memory_scores import ReplayMemoryTally
 from hotplug import cli
 from services.decider.memory import MemoryObservation, MemoryPolicy, MemorySettings
 from shared.memory_traces import MemorySeries, load_memory
@@ -59,7 +59,7 @@ def test_an_unknown_format_or_path_is_refused(tmp_path: Path) -> None:
 
 def test_the_scores_match_a_hand_computed_trace() -> None:
     series = MemorySeries("vm", [1000, 1000, 1000, 1000], [100, None, 300, 200], 300.0)
-    tally = MemoryTally()
+    tally = ReplayMemoryTally()
     tally.add(series, [400, 400, 250, 190])
     scores = tally.scores()
     # measured samples 0, 2, 3: allocated 400 + 250 + 190 = 840, used 600, provisioned 3000
@@ -74,7 +74,7 @@ def test_the_scores_match_a_hand_computed_trace() -> None:
 
 def test_use_above_provisioned_is_a_glitch_clipped_to_it() -> None:
     series = MemorySeries("vm", [1000, 1000], [1500, 900], 300.0)
-    tally = MemoryTally()
+    tally = ReplayMemoryTally()
     tally.add(series, [1000, 1000])
     assert tally.scores()["shortfall_events"] == 0
     assert tally.scores()["ratio_to_oracle"] == pytest.approx(2000 / 1900)
@@ -82,7 +82,7 @@ def test_use_above_provisioned_is_a_glitch_clipped_to_it() -> None:
 
 def test_a_length_mismatch_is_refused() -> None:
     with pytest.raises(ValueError, match="3 allocations for 2 steps"):
-        MemoryTally().add(MemorySeries("vm", [1, 1], [1, 1], 300.0), [1, 1, 1])
+        ReplayMemoryTally().add(MemorySeries("vm", [1, 1], [1, 1], 300.0), [1, 1, 1])
 
 
 def test_the_replay_starts_provisioned_holds_through_gaps_and_grows_on_the_swap_it_models() -> None:

@@ -18,7 +18,6 @@ from services.decider.memory.window import WindowMax
 from shared.units import MIB, align_down, align_up, format_size
 
 DEFAULT_STEP_BYTES = 2 * MIB  # virtio-mem's device block (docs/memory.md in ../shared)
-PAGE_BYTES = 4096  # the unit of the guest's swap counters (pswpin)
 # The window's time buckets (services.decider.memory.window): at most this many entries per VM whatever the sampling
 # rate; a day's window then has 5-minute buckets, the trace's own step, so a replay of it is exact.
 WINDOW_BUCKETS = 288
@@ -29,16 +28,18 @@ class MemoryObservation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     time: float  # seconds, any origin, increasing from sample to sample
     size_bytes: int  # the guest's memory now (boot RAM + plugged)
-    used_bytes: int  # MemTotal − MemAvailable, or a trace's usage
+    # MemTotal − MemAvailable, or a trace's usage; None: the guest's use is not known (then no shrink, and only
+    # pressure or swapping grow).
+    used_bytes: int | None
     min_bytes: int
     max_bytes: int
     step_bytes: int = DEFAULT_STEP_BYTES
     # MemAvailable when the guest reports it: the used memory is then at least size − available.
     available_bytes: int | None = None
-    # Pages swapped in per second over the interval; None: not measured (not the same as 0).
-    swap_in_pages_per_s: float | None = None
-    # PSI memory "some", avg10, in %; None: not measured.
-    psi_some_pct: float | None = None
+    # Bytes swapped in per second over the interval; None: not measured (not the same as 0).
+    swap_in_bytes_per_s: float | None = None
+    # PSI memory "some": the share of the interval in which some task stalled on memory; None: not measured.
+    psi_some: float | None = None
     # Seconds since the previous sample; with the swap-in rate it tells how much did not fit. None: not known.
     interval_s: float | None = None
 
@@ -86,36 +87,45 @@ class MemoryPolicy:
         low = align_up(obs.min_bytes, step)
         high = max(low, align_down(obs.max_bytes, step))
         used = obs.used_bytes
-        if obs.available_bytes is not None and size - obs.available_bytes > used:
+        if obs.available_bytes is not None and (used is None or size - obs.available_bytes > used):
             used = size - obs.available_bytes
-        state.window.push(now, used)
-        swap_rate = obs.swap_in_pages_per_s
-        swapping = swap_rate is not None and swap_rate > s.swap_in_pages_per_s
-        pressed = obs.psi_some_pct is not None and obs.psi_some_pct > s.psi_some_pct
-        if swapping or pressed or state.calm_since is None:
-            state.calm_since = now  # a shrink's evidence starts again
+        if used is not None:
+            state.window.push(now, used)
+        swap_rate = obs.swap_in_bytes_per_s
+        swapping = swap_rate is not None and swap_rate > s.swap_in_bytes_per_s
+        pressed = obs.psi_some is not None and obs.psi_some > s.psi_some
+        if swapping or pressed or used is None or state.calm_since is None:
+            state.calm_since = now  # a shrink's evidence (a window of known use, no shortage) starts again
 
-        wanted = self.wanted(used)
         if swapping or pressed:
-            # Used is censored by the size once the guest swaps: ask for more than it shows, in one step. The pages
-            # swapped in over the interval are what did not fit (more, if the same page came back twice: the safe
-            # side), so they are added to used.
+            # Used is censored by the size once the guest swaps (and unknown use is taken as all of it): ask for
+            # more than it shows, in one step. What was swapped in over the interval is what did not fit (more, if
+            # the same page came back twice: the safe side), so it is added to used.
+            base = size if used is None else used
             if swapping and swap_rate is not None and obs.interval_s is not None:
-                wanted = self.wanted(used + int(swap_rate * obs.interval_s) * PAGE_BYTES)
-            target = _bounded(max(wanted, size * self._pressure_scale), step, low, high)
+                base += int(swap_rate * obs.interval_s)
+            target = _bounded(max(self.wanted(base), size * self._pressure_scale), step, low, high)
             if target > size:
                 kind = "swapping" if swapping else "pressure"
-                what = f"{swap_rate:g} pages/s swapped in" if swapping else f"memory pressure {obs.psi_some_pct:g}%"
+                what = (
+                    f"{format_size(int(swap_rate or 0))}/s swapped in" if swapping else f"psi some {obs.psi_some:.0%}"
+                )
                 return self._made(state, now, target, f"grow: {what}", kind)
-        elif size - used < s.grow_trigger * (wanted - used):
-            target = _bounded(wanted, step, low, high)
+        elif used is not None and size - used < s.grow_trigger * (self.wanted(used) - used):
+            target = _bounded(self.wanted(used), step, low, high)
             if target > size:
                 reason = f"grow: used {format_size(used)} leaves {format_size(max(0, size - used))} spare"
                 return self._made(state, now, target, reason, "margin")
 
         if size < low or size > high:
             return self._made(state, now, _bounded(size, step, low, high), "into the bounds", "bounds")
-        if swapping or pressed or now - state.calm_since < s.window_s or now - state.last_change < s.shrink_interval_s:
+        if (
+            swapping
+            or pressed
+            or used is None
+            or now - state.calm_since < s.window_s
+            or now - state.last_change < s.shrink_interval_s
+        ):
             return None
         peak = state.window.max()
         floor = _bounded(self.wanted(peak), step, low, high)

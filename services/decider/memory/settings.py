@@ -39,12 +39,13 @@ class MemorySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     # MemAvailable) no longer shows what the guest wants once it swaps, so the target from used alone is too small,
     # and a shortfall kills work. Doubling reaches any size in a few samples, as TCP's slow start does.
     pressure_grow: Annotated[float, msgspec.Meta(ge=0, le=10)] = 1.0
-    # Pages swapped in per second above which the guest is short of memory. Not 0: a guest pages in stale swap now
-    # and then without any shortage; 10 pages/s (40 KiB/s) sustained is a working set that does not fit.
-    swap_in_pages_per_s: _Rate = 10.0
-    # PSI memory "some" (avg10, %) above which the guest is short of memory. An idle guest reads 0; systemd-oomd's
-    # default kills at 60 % (oomd.conf ``DefaultMemoryPressureLimit``): growing at 10 % acts well before that.
-    psi_some_pct: Annotated[float, msgspec.Meta(ge=0, le=100)] = 10.0
+    # Bytes swapped in per second above which the guest is short of memory. Not 0: a guest pages in stale swap now
+    # and then without any shortage; 10 pages/s (40 KiB/s) sustained over a sample is a working set that does not fit.
+    swap_in_bytes_per_s: _Rate = 40960.0
+    # PSI memory "some" (the share of the interval some task stalled on memory) above which the guest is short of
+    # memory. An idle guest reads 0; systemd-oomd's default kills at 60 % (oomd.conf ``DefaultMemoryPressureLimit``):
+    # growing at 10 % acts well before that.
+    psi_some: _Fraction = 0.10
     # The evidence a shrink needs: the used memory's maximum over this window, which must also be free of pressure
     # and swapping. A day covers the daily jobs (backups, batch runs, reports) that a shorter window shrinks into
     # and then meets with a shortfall: on half "a" of the Bitbrains traces, 1 h left 1 % of VM-samples short,

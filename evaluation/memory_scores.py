@@ -1,5 +1,5 @@
-"""The scores of a memory replay: bytes allocated against the used bytes (the oracle) and the provisioned ones, and
-how often the allocation fell short of use. Pure.
+"""The scores of a memory trace replay: bytes allocated against the used bytes (the oracle) and the provisioned
+ones, and how often the allocation fell short of use. Pure.
 
 The oracle allocates exactly the used memory at each sample: a per-sample perfect fit, with foresight and no cost of
 change. A sample whose use was not measured (None) counts for time and changes only. A shortfall is a sample where
@@ -15,7 +15,7 @@ from itertools import pairwise
 from shared.memory_traces import MemorySeries
 
 DEEP_SHORTFALL = 0.10  # a shortfall deeper than this share of the use
-MEMORY_SCORE_KEYS = (
+REPLAY_MEMORY_SCORE_KEYS = (
     "ratio_to_oracle",
     "ratio_to_provisioned",
     "shortfall_pct",
@@ -33,7 +33,7 @@ def used_clipped(series: MemorySeries) -> list[int | None]:
 
 
 @dataclass
-class MemoryTally:
+class ReplayMemoryTally:
     """Sums over samples and VMs from which ``scores`` derives every figure."""
 
     samples: int = 0  # measured samples
@@ -70,7 +70,7 @@ class MemoryTally:
         self.vm_seconds += len(allocations) * dt
 
     def scores(self) -> dict[str, float]:
-        """The scores named in ``MEMORY_SCORE_KEYS``; each 0 where its denominator is."""
+        """The scores named in ``REPLAY_MEMORY_SCORE_KEYS``; each 0 where its denominator is."""
         return {
             "ratio_to_oracle": self.alloc_byte_s / self.oracle_byte_s if self.oracle_byte_s else 0.0,
             "ratio_to_provisioned": self.alloc_byte_s / self.provisioned_byte_s if self.provisioned_byte_s else 0.0,
