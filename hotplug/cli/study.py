@@ -17,6 +17,7 @@ import msgspec
 from evaluation.bench import LOOP_GUESTS
 from hotplug.cli.common import Subparsers, add_command, at_least_one, check_trace, positive
 from shared.errors import UsageError
+from shared.memory_traces import MEMORY_FORMATS
 from shared.traces import FORMATS
 
 ORDER = 40
@@ -33,9 +34,18 @@ def _levels(text: str) -> list[float]:
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    rep = add_command(sub, "replay", cmd_replay, help="score policies on recorded CPU traces against an oracle")
+    rep = add_command(
+        sub, "replay", cmd_replay, help="score policies on recorded CPU or memory traces against an oracle"
+    )
     rep.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="trace files or directories")
-    rep.add_argument("--format", choices=FORMATS, required=True)
+    rep.add_argument("--format", choices=(*FORMATS, *MEMORY_FORMATS), required=True)
+    rep.add_argument(
+        "--resource",
+        choices=("cpu", "memory"),
+        default="cpu",
+        help="cpu: the vCPU policies; memory: the memory policy and its baselines, on each half of the VMs "
+        "(a memory format; --param memory.KEY=VALUE) (default: cpu)",
+    )
     rep.add_argument("--vm-size", type=int, default=None, help="planetlab: the vCPUs each VM was given")
     rep.add_argument("--step", type=positive, default=None, help="seconds per trace step (default: 300)")
     rep.add_argument("--policy", default="all", help="all, or a comma-separated list of policy names")
@@ -53,7 +63,8 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         type=_levels,
         default=None,
         metavar="PCT,PCT,...",
-        help="with --frontier: the levels of unmet demand, in %% (default 0.25,0.5,1,2,4,8)",
+        help="with --frontier: the levels of unmet demand, in %% (default 0.25,0.5,1,2,4,8; memory: of VM-samples "
+        "short, 0.01,0.05,0.1,0.5,1)",
     )
 
     bench = add_command(
@@ -154,7 +165,42 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
 
 
+def _replay_memory(args: argparse.Namespace) -> int:
+    from evaluation.memory_render import render_memory_frontier, render_memory_table
+    from evaluation.memory_replay import DEFAULT_LEVELS, frontier_report, replay_report
+    from services.decider.memory import memory_settings
+    from services.decider.registry import parse_params
+    from shared.memory_traces import load_memory
+
+    if args.format not in MEMORY_FORMATS:
+        raise UsageError(f"--resource memory reads a memory format ({', '.join(MEMORY_FORMATS)}), not {args.format}")
+    if args.vm_size is not None or args.pressure or args.plot is not None or args.policy != "all":
+        raise UsageError("--vm-size, --pressure, --plot and --policy are for --resource cpu")
+    if args.levels is not None and not args.frontier:
+        raise UsageError("--levels goes with --frontier")
+    params = parse_params(args.param)
+    if set(params) - {"memory"}:
+        raise UsageError(
+            f"--param names {', '.join(sorted(set(params) - {'memory'}))}; with --resource memory only memory"
+        )
+    settings = memory_settings(params.get("memory"))
+    series = load_memory(args.paths, args.format, step_s=args.step)
+    if not series:
+        raise UsageError("no VM series found in the given paths")
+    if args.frontier:
+        report = frontier_report(series, settings, args.levels or DEFAULT_LEVELS)
+        print(json.dumps(report, indent=1) if args.json else render_memory_frontier(report))
+    else:
+        report = replay_report(series, settings)
+        print(json.dumps(report, indent=1) if args.json else render_memory_table(report))
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
+    if args.resource == "memory":
+        return _replay_memory(args)
+    if args.format in MEMORY_FORMATS:
+        raise UsageError(f"--format {args.format} is a memory trace: add --resource memory")
     from evaluation.frontier import DEFAULT_LEVELS
     from evaluation.render import render_frontier, render_table, write_plots
     from evaluation.sweep import frontier_report, policy_names, policy_params, replay_table, sweep

@@ -1,0 +1,149 @@
+"""The memory rule: grow at once on pressure, swapping or a thin margin; shrink slowly, on a window of evidence.
+
+Pure and incremental: ``MemoryPolicy.decide`` takes one sample and the VM's state (which it updates), owns no I/O and
+no clock, and costs O(1) amortised (the window's maximum is a monotonic deque). It returns a new size, or None to
+hold; a hold makes nothing, so a replay of millions of samples allocates only for the changes.
+
+Sizes are bytes, always whole multiples of the device block (virtio-mem: 2 MiB) within the VM's bounds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from services.decider.memory.settings import MemorySettings
+from services.decider.memory.window import WindowMax
+from shared.units import MIB, align_down, align_up, format_size
+
+DEFAULT_STEP_BYTES = 2 * MIB  # virtio-mem's device block (docs/memory.md in ../shared)
+# The window's time buckets (services.decider.memory.window): at most this many entries per VM whatever the sampling
+# rate; a day's window then has 5-minute buckets, the trace's own step, so a replay of it is exact.
+WINDOW_BUCKETS = 288
+
+
+class MemoryObservation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One sample of one VM's memory. Untracked by the collector (numbers only, so in no reference cycle)."""
+
+    time: float  # seconds, any origin, increasing from sample to sample
+    size_bytes: int  # the guest's memory now (boot RAM + plugged)
+    # MemTotal − MemAvailable, or a trace's usage; None: the guest's use is not known (then no shrink, and only
+    # pressure or swapping grow).
+    used_bytes: int | None
+    min_bytes: int
+    max_bytes: int
+    step_bytes: int = DEFAULT_STEP_BYTES
+    # MemAvailable when the guest reports it: the used memory is then at least size − available.
+    available_bytes: int | None = None
+    # Bytes swapped in per second over the interval; None: not measured (not the same as 0).
+    swap_in_bytes_per_s: float | None = None
+    # PSI memory "some": the share of the interval in which some task stalled on memory; None: not measured.
+    psi_some: float | None = None
+    # Seconds since the previous sample; with the swap-in rate it tells how much did not fit. None: not known.
+    interval_s: float | None = None
+
+
+class MemoryDecision(msgspec.Struct, frozen=True, gc=False):
+    target_bytes: int
+    reason: str  # for people: "grow: used 3.1GiB leaves 200MiB spare < 410MiB"
+    kind: str  # for metrics, low cardinality: pressure, swapping, margin, shrink, bounds
+
+
+class MemoryState:
+    """One VM's running state: the window of used memory and the times that gate a shrink."""
+
+    __slots__ = ("calm_since", "last_change", "window")
+
+    def __init__(self, window_s: float) -> None:
+        self.window = WindowMax(window_s, window_s / WINDOW_BUCKETS)
+        self.calm_since: float | None = None  # the first sample, or the last one under pressure or swapping
+        self.last_change = -math.inf  # the time of the last decision this state returned
+
+
+class MemoryPolicy:
+    """The rule with its settings; one instance serves every VM, each with its own ``new_state()``."""
+
+    name = "memory"
+
+    def __init__(self, settings: MemorySettings | None = None) -> None:
+        self.settings = settings or MemorySettings()
+        s = self.settings
+        self._grow_scale = 1.0 + s.headroom
+        self._pressure_scale = 1.0 + s.pressure_grow
+
+    def new_state(self) -> MemoryState:
+        return MemoryState(self.settings.window_s)
+
+    def wanted(self, used_bytes: int) -> float:
+        """The size the headroom asks for above ``used_bytes``, before alignment and bounds."""
+        return used_bytes * self._grow_scale + self.settings.floor_bytes
+
+    def decide(self, state: MemoryState, obs: MemoryObservation) -> MemoryDecision | None:
+        """A new size for the VM of ``obs``, or None to keep the size it has. Every decision returned is assumed
+        made (it restarts the shrink interval); the next sample's ``size_bytes`` says what the VM really has."""
+        s = self.settings
+        now, size, step = obs.time, obs.size_bytes, obs.step_bytes
+        low = align_up(obs.min_bytes, step)
+        high = max(low, align_down(obs.max_bytes, step))
+        used = obs.used_bytes
+        if obs.available_bytes is not None and (used is None or size - obs.available_bytes > used):
+            used = size - obs.available_bytes
+        if used is not None:
+            state.window.push(now, used)
+        swap_rate = obs.swap_in_bytes_per_s
+        swapping = swap_rate is not None and swap_rate > s.swap_in_bytes_per_s
+        pressed = obs.psi_some is not None and obs.psi_some > s.psi_some
+        if swapping or pressed or used is None or state.calm_since is None:
+            state.calm_since = now  # a shrink's evidence (a window of known use, no shortage) starts again
+
+        if swapping or pressed:
+            # Used is censored by the size once the guest swaps (and unknown use is taken as all of it): ask for
+            # more than it shows, in one step. What was swapped in over the interval is what did not fit (more, if
+            # the same page came back twice: the safe side), so it is added to used.
+            base = size if used is None else used
+            if swapping and swap_rate is not None and obs.interval_s is not None:
+                base += int(swap_rate * obs.interval_s)
+            target = _bounded(max(self.wanted(base), size * self._pressure_scale), step, low, high)
+            if target > size:
+                kind = "swapping" if swapping else "pressure"
+                what = (
+                    f"{format_size(int(swap_rate or 0))}/s swapped in" if swapping else f"psi some {obs.psi_some:.0%}"
+                )
+                return self._made(state, now, target, f"grow: {what}", kind)
+        elif used is not None and size - used < s.grow_trigger * (self.wanted(used) - used):
+            target = _bounded(self.wanted(used), step, low, high)
+            if target > size:
+                reason = f"grow: used {format_size(used)} leaves {format_size(max(0, size - used))} spare"
+                return self._made(state, now, target, reason, "margin")
+
+        if size < low or size > high:
+            return self._made(state, now, _bounded(size, step, low, high), "into the bounds", "bounds")
+        if (
+            swapping
+            or pressed
+            or used is None
+            or now - state.calm_since < s.window_s
+            or now - state.last_change < s.shrink_interval_s
+        ):
+            return None
+        peak = state.window.max()
+        floor = _bounded(self.wanted(peak), step, low, high)
+        if size - floor < s.min_shrink_fraction * size or floor >= size:
+            return None
+        target = max(floor, align_up(math.ceil(size * (1.0 - s.max_shrink_fraction)), step))
+        if target >= size:
+            return None
+        reason = f"shrink: used at most {format_size(peak)} in {s.window_s:g} s"
+        return self._made(state, now, target, reason, "shrink")
+
+    @staticmethod
+    def _made(state: MemoryState, now: float, target: int, reason: str, kind: str) -> MemoryDecision:
+        state.last_change = now
+        return MemoryDecision(target, reason, kind)
+
+
+def _bounded(size: float, step: int, low: int, high: int) -> int:
+    """``size`` rounded up to the device block, within ``low``..``high`` (both already multiples of it)."""
+    aligned = align_up(math.ceil(size), step)
+    return low if aligned < low else high if aligned > high else aligned
