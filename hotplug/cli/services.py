@@ -142,17 +142,19 @@ def cmd_collector(args: argparse.Namespace) -> int:
 
 
 def cmd_decider(args: argparse.Namespace) -> int:
-    from services.decider.registry import build_policy, parse_params
+    from services.decider.registry import build_memory_policy, build_policy, parse_params
     from services.decider.rulebook import build_rulebook
     from services.decider.service import Decider, DeciderConfig, DeciderMetrics
 
     options = service_options(args, "decider")
     params = parse_params(args.param)
     policy, rails = build_policy(args.policy, params)
+    memory_policy = build_memory_policy(params)
     rules = build_rulebook(loaded_of(args), args.policy, params)
     config = DeciderConfig(
         name=args.name,
         dry_run=args.dry_run,
+        cpu_only=args.cpu_only,
         shadow=args.shadow,
         group=args.group,
         lease=args.lease,
@@ -163,7 +165,7 @@ def cmd_decider(args: argparse.Namespace) -> int:
     )
 
     async def body(ctx: ServiceContext[DeciderMetrics]) -> None:
-        decider = Decider(ctx, policy, rails, config, rules)
+        decider = Decider(ctx, policy, rails, config, rules, memory_policy)
         watch_config(ctx, args, "decider", lambda new: decider.use_rules(build_rulebook(new, args.policy, params)))
         await decider.run()
 
@@ -277,11 +279,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _check_policy(policy: str, flags: tuple[str, ...], loaded: LoadedConfig | None) -> None:
     """Check the decider child's policy and its parameters here, before any process starts."""
-    from services.decider.registry import build_policy, parse_params
+    from services.decider.registry import build_memory_policy, build_policy, parse_params
     from services.decider.rulebook import build_rulebook
 
     params = parse_params([*_decider_params(loaded), *flags])
     build_policy(policy, params)
+    build_memory_policy(params)
     build_rulebook(loaded, policy, params)
 
 

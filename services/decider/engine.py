@@ -37,7 +37,7 @@ from services.decider import refusals
 from services.decider.guard import Change, GuardRails, GuardState, apply_rails, budgets
 from services.decider.policies.base import Observation, PolicyBase, Recommendation
 from services.decider.refusals import Hold
-from shared.messages import ErrorCode, ScaleResult
+from shared.messages import ErrorCode, Resource, ScaleResult
 
 ALLOWED_SIZES_TTL_S = 600.0
 # Rail kinds that withhold an order the policy wanted, counted as held (cooldowns are the policy's own pace).
@@ -53,9 +53,10 @@ class AllowedSizes(msgspec.Struct, frozen=True):
 
 
 class Decision(NamedTuple):
-    target: int
+    target: int  # vCPUs, or bytes for a memory order
     reason: str
     kind: str = "hold"
+    resource: Resource = Resource.VCPU
 
 
 class Proposal(msgspec.Struct, frozen=True, gc=False):

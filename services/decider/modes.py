@@ -6,7 +6,8 @@ How an order leaves (an ``Outlet``): as a command stored in the event log (``Com
 has its orders logged, never commanded (``Recommend``). Who may command: any decider (``Unled``), or only the
 replica holding a lease, whose commands name the lease and its term (``Leased``). Which VMs a decider sees (all of
 them, or its group's share) is the intake's business (service.py). Every ``ScaleCommand`` is built by
-``Orders.make``.
+``Orders.make``; a memory order (a ``Decision`` whose resource is memory) goes out the same ways, as a memory
+command, except as a proposal (shadows score vCPU allocations only).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Protocol
 import msgspec
 from nats.js import JetStreamContext
 
-from services.decider.engine import Decision, VmEngine
+from services.decider.engine import Decision
 from services.decider.lease import LEASE_BUCKET, Lease
 from shared import bus
-from shared.messages import MetricSample, ScaleCommand, short_text
+from shared.messages import MetricSample, Resource, ScaleCommand, short_text
+from shared.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +39,48 @@ class Orders:
         self._prefix = f"{decider}-{secrets.token_hex(4)}"
         self._seq = 0
 
-    def make(self, sample: MetricSample, target: int, reason: str, now: float, expires_at: float) -> ScaleCommand:
+    def make(
+        self,
+        sample: MetricSample,
+        target: int,
+        reason: str,
+        now: float,
+        expires_at: float,
+        resource: Resource = Resource.VCPU,
+    ) -> ScaleCommand:
+        """The order for ``target`` (vCPUs, or bytes of memory) on ``sample``'s VM, on the size the sample saw."""
         self._seq += 1
+        memory = resource is Resource.MEMORY
+        seen_memory = sample.memory.size_bytes if sample.memory is not None else 0
         return ScaleCommand(
             id=f"{self._prefix}-{self._seq}",
             time=now,
             host=sample.host,
             vm=sample.vm,
-            target_vcpus=target,
-            seen_vcpus=sample.online_vcpus,
+            resource=resource,
             decider=self.decider,
             reason=short_text(reason),
             expires_at=expires_at,
             sample_time=sample.time,
+            target_vcpus=None if memory else target,
+            seen_vcpus=None if memory else sample.online_vcpus,
+            target_memory_bytes=target if memory else None,
+            seen_memory_bytes=seen_memory if memory else None,
         )
+
+
+class Sent(Protocol):
+    """An engine told of the order it decided, once that order went out (the vCPU or the memory engine)."""
+
+    def mark_sent(self, target: int, until: float, command_id: str = "", time: float | None = None) -> None: ...
+
+
+def change(sample: MetricSample, decision: Decision) -> str:
+    """``2 -> 4`` or ``memory 4GiB -> 6GiB``, for the log."""
+    if decision.resource is Resource.MEMORY:
+        size = sample.memory.size_bytes if sample.memory is not None else 0
+        return f"memory {format_size(size)} -> {format_size(decision.target)}"
+    return f"{sample.online_vcpus} -> {decision.target}"
 
 
 class Leadership(Protocol):
@@ -122,9 +152,7 @@ class Outlet(Protocol):
     # Whether it writes to the event log (so the streams must exist).
     stores: bool
 
-    def emit(
-        self, sample: MetricSample, engine: VmEngine, decision: Decision | None, now: float
-    ) -> ScaleCommand | None:
+    def emit(self, sample: MetricSample, engine: Sent, decision: Decision | None, now: float) -> ScaleCommand | None:
         """Send what the engine decided on ``sample``; the command given, if any."""
         ...
 
@@ -147,24 +175,16 @@ class Commands:
         self.ttl_s = ttl_s
         self.publish = publish
 
-    def emit(
-        self, sample: MetricSample, engine: VmEngine, decision: Decision | None, now: float
-    ) -> ScaleCommand | None:
+    def emit(self, sample: MetricSample, engine: Sent, decision: Decision | None, now: float) -> ScaleCommand | None:
         if decision is None:
             return None
-        command = self.orders.make(sample, decision.target, decision.reason, now, now + self.ttl_s)
+        command = self.orders.make(sample, decision.target, decision.reason, now, now + self.ttl_s, decision.resource)
         if not self.leadership.active:
             return None  # a standby keeps its state warm and commands nothing
         command = self.leadership.stamp(command)
         engine.mark_sent(decision.target, command.expires_at, command.id, now)
         log.info(
-            "resize %s/%s %d -> %d: %s [%s]",
-            sample.host,
-            sample.vm,
-            sample.online_vcpus,
-            decision.target,
-            decision.reason,
-            command.id,
+            "resize %s/%s %s: %s [%s]", sample.host, sample.vm, change(sample, decision), decision.reason, command.id
         )
         self.publish(command)
         return command
@@ -180,20 +200,13 @@ class DryRun:
         self.orders = orders
         self.ttl_s = ttl_s
 
-    def emit(
-        self, sample: MetricSample, engine: VmEngine, decision: Decision | None, now: float
-    ) -> ScaleCommand | None:
+    def emit(self, sample: MetricSample, engine: Sent, decision: Decision | None, now: float) -> ScaleCommand | None:
         if decision is None:
             return None
         log.info(
-            "dry run: would resize %s/%s %d -> %d: %s",
-            sample.host,
-            sample.vm,
-            sample.online_vcpus,
-            decision.target,
-            decision.reason,
+            "dry run: would resize %s/%s %s: %s", sample.host, sample.vm, change(sample, decision), decision.reason
         )
-        return self.orders.make(sample, decision.target, decision.reason, now, now + self.ttl_s)
+        return self.orders.make(sample, decision.target, decision.reason, now, now + self.ttl_s, decision.resource)
 
 
 class Recommend:
@@ -206,18 +219,15 @@ class Recommend:
         self.inner = inner
         self.mode = "recommend" if inner.mode == "command" else inner.mode
 
-    def emit(
-        self, sample: MetricSample, engine: VmEngine, decision: Decision | None, now: float
-    ) -> ScaleCommand | None:
+    def emit(self, sample: MetricSample, engine: Sent, decision: Decision | None, now: float) -> ScaleCommand | None:
         if self.inner.mode != "command":
             return self.inner.emit(sample, engine, decision, now)
         if decision is not None:
             log.info(
-                "recommend: would resize %s/%s %d -> %d: %s",
+                "recommend: would resize %s/%s %s: %s",
                 sample.host,
                 sample.vm,
-                sample.online_vcpus,
-                decision.target,
+                change(sample, decision),
                 decision.reason,
             )
         return None
@@ -234,9 +244,7 @@ class Shadow:
         self.orders = orders
         self.propose = propose
 
-    def emit(
-        self, sample: MetricSample, engine: VmEngine, decision: Decision | None, now: float
-    ) -> ScaleCommand | None:
+    def emit(self, sample: MetricSample, engine: Sent, decision: Decision | None, now: float) -> ScaleCommand | None:
         target = sample.online_vcpus if decision is None else decision.target
         reason = decision.reason if decision else "hold"
         self.propose(self.orders.make(sample, max(1, target), reason, now, now))

@@ -1,4 +1,7 @@
-"""The policy registry: every decision rule by name, and how ``--param NAME.KEY=VALUE`` reaches it."""
+"""The policy registry: every decision rule by name, and how ``--param NAME.KEY=VALUE`` reaches it.
+
+Memory has one rule (``services.decider.memory``), decided beside whichever vCPU policy a VM runs; its parameters are
+``memory.*`` (``build_memory_policy``), the decider's for every VM, and apply whatever the policy."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 import msgspec
 
 from services.decider.guard import GuardRails
+from services.decider.memory import MemoryPolicy, MemorySettingsError, memory_settings
 from services.decider.policies.base import PolicyBase
 from services.decider.policies.captain import CaptainPolicy
 from services.decider.policies.default import DefaultPolicy
@@ -22,8 +26,19 @@ POLICIES: dict[str, type[PolicyBase[Any, Any]]] = {
 }
 
 
+MEMORY_SCOPE = "memory"  # --param memory.KEY=VALUE: the memory rule's
+
+
 class ParamError(UsageError):
     """A policy name or ``--param`` that does not fit."""
+
+
+def build_memory_policy(params: Mapping[str, Mapping[str, object]] | None = None) -> MemoryPolicy:
+    """The memory rule with its ``memory.*`` parameters (checked: an unknown key or a value out of range is refused)."""
+    try:
+        return MemoryPolicy(memory_settings((params or {}).get(MEMORY_SCOPE, {})))
+    except MemorySettingsError as exc:
+        raise ParamError(str(exc)) from exc
 
 
 def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
@@ -45,7 +60,7 @@ def build_policy(
     params = params or {}
     if name not in POLICIES:
         raise ParamError(f"unknown policy {name!r}; choose from {', '.join(sorted(POLICIES))}")
-    unknown_scopes = set(params) - {name, "guard"}
+    unknown_scopes = set(params) - {name, "guard", MEMORY_SCOPE}
     if unknown_scopes:
         raise ParamError(f"parameters for {', '.join(sorted(unknown_scopes))} do not apply to policy {name!r}")
     cls = POLICIES[name]

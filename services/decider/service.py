@@ -26,6 +26,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.decider.engine import HELD_KINDS, VmEngine
 from services.decider.guard import GuardRails
 from services.decider.mailbox import LatestPerKey
+from services.decider.memory.engine import MemoryEngine
+from services.decider.memory.policy import MemoryPolicy
 from services.decider.modes import Commands, DryRun, Leadership, Orders, Outlet, Recommend, Shadow, leadership_for
 from services.decider.policies.base import Observation, PolicyBase
 from services.decider.pool import DeferralEvent, HostPlanner, HostView, claim_of
@@ -42,6 +44,7 @@ from shared.messages import (
     HostState,
     MetricSample,
     PauseEvent,
+    Resource,
     ScaleCommand,
     ScaleResult,
     short_text,
@@ -64,6 +67,8 @@ _SETTINGS = DeciderSettings()  # the defaults, declared once with the flags' and
 class DeciderConfig:
     name: str = _SETTINGS.name
     dry_run: bool = _SETTINGS.dry_run
+    # Decide vCPUs only: samples' memory is not decided on (memory orders are the memory rule's otherwise).
+    cpu_only: bool = _SETTINGS.cpu_only
     # Shadow: publish every recommendation as a proposal (hotplug.proposals.<name>.<host>.<vm>), command nothing.
     shadow: bool = _SETTINGS.shadow
     # Group: share the VMs with the other live members of this group (see sharding.py); `name` must be unique.
@@ -198,11 +203,14 @@ class Decider:
         rails: GuardRails,
         config: DeciderConfig,
         rules: RuleBook | None = None,
+        memory_policy: MemoryPolicy | None = None,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.rails = rails
         self.config = config
+        # The memory rule for every VM whose samples carry memory (None with --cpu-only: vCPUs only).
+        self.memory_policy = None if config.cpu_only else (memory_policy or MemoryPolicy())
         # Each VM's rule, policy and bounds ([[vm]] rules); without rules every VM runs `policy` with `rails`.
         self.rules = rules if rules is not None else RuleBook.single(policy, rails)
         self._plans: dict[tuple[str, str], VmPlan] = {}
@@ -211,6 +219,7 @@ class Decider:
         self.results: Inbox[ScaleResult] = Inbox("result", ScaleResult, ctx.metrics)
         self.host_states: Inbox[HostState] = Inbox("host", HostState, ctx.metrics)
         self.engines: dict[tuple[str, str], VmEngine] = {}
+        self.memory_engines: dict[tuple[str, str], MemoryEngine] = {}
         # Each host whose capacity is known, planned as a whole; other hosts' VMs are decided on one by one.
         self.planners: dict[str, HostPlanner] = {}
         self._deferral_ids = f"{config.name}-{secrets.token_hex(4)}-deferral"
@@ -291,8 +300,9 @@ class Decider:
         return plan
 
     def forget(self, key: tuple[str, str]) -> None:
-        """Drop a VM handed over to another decider, or gone: its engine, its host claim and its rule's series."""
+        """Drop a VM handed over to another decider, or gone: its engines, its host claim and its rule's series."""
         self.engines.pop(key, None)
+        self.memory_engines.pop(key, None)
         planner = self.planners.get(key[0])
         if planner is not None:
             self._deferrals(key[0], planner.forget(key[1]), self.ctx.clock.now())
@@ -377,7 +387,31 @@ class Decider:
         if decision is not None:
             direction = "up" if decision.target > sample.online_vcpus else "down"
             self.metrics.count_decision(engine.policy.name, direction, decision.kind, outlet.mode)
+        if sample.memory is not None and self.memory_policy is not None and outlet.mode != "shadow":
+            self._decide_memory(sample, plan, describe(pause) if pause else None, outlet, now)
         return outlet.emit(sample, engine, decision, now)
+
+    def _decide_memory(
+        self, sample: MetricSample, plan: VmPlan, paused: str | None, outlet: Outlet, now: float
+    ) -> None:
+        """The memory rule's order for ``sample``'s VM, if any, out through ``outlet`` (memory's own lane)."""
+        assert sample.memory is not None
+        assert self.memory_policy is not None
+        key = (sample.host, sample.vm)
+        engine = self.memory_engines.get(key)
+        if engine is None:
+            s = plan.settings
+            bounds = (s.min_memory_bytes, s.max_memory_bytes)
+            engine = self.memory_engines[key] = MemoryEngine(self.memory_policy, bounds)
+        decision = engine.step(sample.time, sample.memory, sample.interval_s, paused)
+        if engine.held is not None:
+            self.metrics.count_held(engine.held.label)
+            log.debug("memory of %s/%s held: %s", sample.host, sample.vm, engine.held.reason)
+        if decision is None:
+            return
+        direction = "up" if decision.target > sample.memory.size_bytes else "down"
+        self.metrics.count_decision(self.memory_policy.name, direction, decision.kind, outlet.mode)
+        outlet.emit(sample, engine, decision, now)
 
     def _send(self, command: ScaleCommand) -> None:
         # Publishing waits for the event log's acknowledgement; other samples must not wait behind it.
@@ -462,7 +496,9 @@ class Decider:
             self.metrics.latency.observe(max(0.0, self.ctx.clock.now() - (command.sample_time or command.time)))
         except Exception as exc:
             self.metrics.publish_failures.inc()
-            self.engine(command.host, command.vm).unsent(command.id)
+            key = (command.host, command.vm)
+            memory = self.memory_engines.get(key) if command.resource is Resource.MEMORY else None
+            (memory or self.engine(*key)).unsent(command.id)
             log.error("command %s for %s not stored: %s", command.id, command.vm, exc)
 
     def _on_pause_change(self, host: str, vm: str, pause: PauseEvent | None) -> None:
@@ -470,13 +506,26 @@ class Decider:
             log.info("%s/%s %s", host, vm, describe(pause))
             return
         log.info("%s/%s resumed", host, vm)
-        engine = self.engines.get((host, vm))
-        if engine is not None:
-            engine.lift_holds(ErrorCode.PAUSED)  # a paused refusal that raced the pause no longer stands
+        for engine in (self.engines.get((host, vm)), self.memory_engines.get((host, vm))):
+            if engine is not None:
+                engine.lift_holds(ErrorCode.PAUSED)  # a paused refusal that raced the pause no longer stands
 
     async def _on_result(self, msg: Msg) -> None:
         result = self.results.open(msg.subject, msg.data)
         if result is None:
+            return
+        if result.resource is Resource.MEMORY:
+            # Memory is the VM's other lane: its refusals hold memory orders only (memory/engine.py).
+            memory = self.memory_engines.get((result.host, result.vm))
+            hold = memory.learn_result(result) if memory is not None else None
+            if hold is not None:
+                log.info(
+                    "%s/%s memory refused (%s): held for %.0f s",
+                    result.host,
+                    result.vm,
+                    hold.code,
+                    hold.until - result.time,
+                )
             return
         if result.error_code is ErrorCode.HOST_FULL:
             self._learn_full(result)

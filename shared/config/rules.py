@@ -44,6 +44,9 @@ class VmSettings(NamedTuple):
     priority: int = 0
     weight: float = 1.0
     preemptible: bool = False
+    # Memory bounds, bytes (None: the hypervisor's limits).
+    min_memory_bytes: int | None = None
+    max_memory_bytes: int | None = None
 
 
 def pattern_matches(pattern: str, host: str, vm: str) -> bool:
@@ -116,6 +119,8 @@ def settings_of(rules: Sequence[VmRule], index: int | None, defaults: Defaults) 
         priority=rule.priority,
         weight=rule.weight,
         preemptible=rule.preemptible,
+        min_memory_bytes=rule.min_memory_bytes,
+        max_memory_bytes=rule.max_memory_bytes,
     )
 
 

@@ -175,6 +175,10 @@ class DeciderSettings(ServiceSettings):
     param: Param = {}
     name: Annotated[str, Meta(description="this decider's name in commands")] = topology.DECIDER_NAME
     dry_run: Annotated[bool, Meta(description="log what it would do; command nothing")] = False
+    cpu_only: Annotated[
+        bool,
+        Meta(description="decide vCPUs only, also for VMs whose samples carry memory (else memory.* params apply)"),
+    ] = False
     lease: Annotated[
         str | None, Meta(description="replicas with the same lease elect one active decider (commands carry its term)")
     ] = None
