@@ -23,8 +23,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from evaluation.memory_tally import MemoryTally
 from evaluation.shadow import ACTIVE, score_shadows
-from shared.messages import MetricSample, ScaleCommand, ScaleResult
+from shared.messages import MetricSample, Resource, ScaleCommand, ScaleResult
 
 UNDO_WINDOW_S = 60.0
 
@@ -84,7 +85,12 @@ def score_run(
     results: list[ScaleResult],
     undo_window_s: float = UNDO_WINDOW_S,
 ) -> dict[str, object]:
-    """Every figure of the decisions benchmark for one run (or several pooled: give each its own host names)."""
+    """Every figure of the decisions benchmark for one run (or several pooled: give each its own host names). The
+    vCPU figures count vCPU commands only; memory's, where samples carried memory, are under ``memory``."""
+    memory_commands = [c for c in commands if c.resource is Resource.MEMORY]
+    memory_results = [r for r in results if r.resource is Resource.MEMORY]
+    commands = [c for c in commands if c.resource is Resource.VCPU]
+    results = [r for r in results if r.resource is Resource.VCPU]
     answered = {r.command_id for r in results}
     refused = refusals(results)
     changes = applied_changes(results)
@@ -109,6 +115,35 @@ def score_run(
         "unmet_pct": round(active["unmet_pct"], 3) if active else None,
         "alloc_core_hours": round(active["alloc_core_hours"], 3) if active else None,
         "oracle_core_hours": round(active["oracle_core_hours"], 3) if active else None,
+        "memory": score_memory(samples, memory_commands, memory_results),
+    }
+
+
+def score_memory(
+    samples: list[MetricSample], commands: list[ScaleCommand], results: list[ScaleResult]
+) -> dict[str, object] | None:
+    """The memory figures of a run (None: no sample carried memory): memory allocated ÷ what the guests used, swap
+    time, OOM kills, memory changes per VM-hour, and the memory orders refused."""
+    tally = MemoryTally()
+    for sample in samples:
+        tally.add_sample(sample)
+    if not tally.vm_seconds:
+        return None
+    for result in results:
+        tally.add_result(result)
+    scores = tally.scores()
+    refused = refusals(results)
+    return {
+        "commands": len(commands),
+        "refused_pct": round(_pct(sum(refused.values()), len(results)), 2),
+        "refused_by_code": dict(sorted(refused.items())),
+        "changes": tally.changes,
+        "changes_per_vm_hour": round(scores["memory_changes_per_vm_hour"], 2),
+        "x_used": round(scores["memory_ratio_to_oracle"], 3),
+        "swap_pct": round(scores["swap_pct"], 3),
+        "oom_kills": tally.oom_kills,
+        "given_back_gib": round(scores["memory_given_back_gib"], 2),
+        "alloc_gib_hours": round(scores["memory_alloc_gib_hours"], 3),
     }
 
 

@@ -87,8 +87,8 @@ class Run:
 
 
 def params_for(policy: str, params: tuple[str, ...]) -> list[str]:
-    """The decider's ``--param`` arguments for ``policy``: those of its own scope and ``guard``."""
-    return [arg for item in params if item.split(".", 1)[0] in (policy, "guard") for arg in ("--param", item)]
+    """The decider's ``--param`` arguments for ``policy``: those of its own scope, ``guard`` and ``memory``."""
+    return [arg for item in params if item.split(".", 1)[0] in (policy, "guard", "memory") for arg in ("--param", item)]
 
 
 async def run_one(policy: str, seed: int, options: DecisionsOptions, work: Path) -> Run:
@@ -264,3 +264,30 @@ def render_table(report: dict[str, object]) -> None:
         for seed, one in scores["seeds"].items():
             table.add_row(*row("", seed, one))
     Console().print(table)
+    memory = Table(title="memory (the memory rule, beside each policy)")
+    columns = (
+        "policy",
+        "seed",
+        "commands",
+        "refused %",
+        "changes/VM-h",
+        "×used",
+        "swap %",
+        "OOM kills",
+        "given back GiB",
+    )
+    for column in columns:
+        memory.add_column(column, justify="left" if column in ("policy", "seed") else "right")
+
+    def memory_row(policy: str, seed: str, m: dict[str, object]) -> list[str]:
+        keys = ("commands", "refused_pct", "changes_per_vm_hour", "x_used", "swap_pct", "oom_kills", "given_back_gib")
+        return [policy, seed, *(str(m[k]) for k in keys)]
+
+    for name, scores in policies.items():
+        if isinstance(scores.get("memory"), dict):
+            memory.add_row(*memory_row(name, "all", scores["memory"]))
+            for seed, one in scores["seeds"].items():
+                if isinstance(one.get("memory"), dict):
+                    memory.add_row(*memory_row("", seed, one["memory"]))
+    if memory.row_count:
+        Console().print(memory)

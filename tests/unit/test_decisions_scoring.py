@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from evaluation.decisions import (
@@ -14,7 +15,7 @@ from evaluation.decisions import (
     undone_changes,
 )
 from hotplug.fleet import Fleet
-from shared.messages import ErrorCode, MetricSample, ScaleCommand, ScaleResult
+from shared.messages import ErrorCode, MemoryReading, MetricSample, Resource, ScaleCommand, ScaleResult
 
 
 def result(
@@ -189,3 +190,26 @@ def test_up_summary_of_a_calm_run_says_zero_refused_and_spreads_many_vms() -> No
     lines = fleet.summary_lines()
     assert "refused commands: 0" in lines
     assert "changes per VM: min 0, median 0, max 5 (vm-07); 0 of 5 undone within 60 s" in lines
+
+
+def test_memory_orders_are_scored_apart_and_leave_the_vcpu_figures_as_they_were() -> None:
+    gib = 1024**3
+    reading = MemoryReading(size_bytes=4 * gib, min_bytes=gib, max_bytes=8 * gib, used_bytes=2 * gib, oom_kills=0)
+    samples = [msgspec.structs.replace(sample(float(t), 2, 1.0), memory=reading) for t in range(3600)]
+    vcpu_only = score_run(samples, [command(10)], [result(10, 2, 3)])
+    memory_command = ScaleCommand(
+        id="m1", time=20.0, host="h", vm="a", resource=Resource.MEMORY, target_memory_bytes=3 * gib,
+        seen_memory_bytes=4 * gib, decider="d", reason="r", expires_at=50.0,
+    )  # fmt: skip
+    memory_result = ScaleResult(
+        command_id="m1", time=21.0, host="h", vm="a", ok=True, vcpus_before=None, vcpus_after=None, duration_s=1.0,
+        actuator="x", resource=Resource.MEMORY, memory_before_bytes=4 * gib, memory_after_bytes=3 * gib,
+    )  # fmt: skip
+    both = score_run(samples, [command(10), memory_command], [result(10, 2, 3), memory_result])
+    assert {k: v for k, v in both.items() if k != "memory"} == {k: v for k, v in vcpu_only.items() if k != "memory"}
+    memory = both["memory"]
+    assert isinstance(memory, dict)
+    assert (memory["commands"], memory["changes"], memory["oom_kills"]) == (1, 1, 0)
+    assert memory["x_used"] == pytest.approx(2.0) and memory["given_back_gib"] == pytest.approx(1.0)
+    assert memory["changes_per_vm_hour"] == pytest.approx(1.0)
+    assert score_run([sample(1.0, 2, 1.0)], [], [])["memory"] is None
