@@ -309,3 +309,11 @@ def test_the_rule_is_deterministic() -> None:
 
     assert run() == run()
     assert any(t is not None for t in run())
+
+
+def test_available_above_the_size_reads_as_nothing_used_not_less() -> None:
+    policy = MemoryPolicy(MemorySettings(window_s=0, shrink_interval_s=0, max_shrink_fraction=1.0))
+    decision = policy.decide(policy.new_state(), obs(0, 4 * GIB, None, available_bytes=5 * GIB))
+    assert decision is not None
+    assert decision.reason.startswith("shrink: used at most 0B")
+    assert decision.target_bytes == 256 * MIB  # wanted(0) is 128 MiB: the VM's minimum

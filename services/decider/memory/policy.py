@@ -46,7 +46,7 @@ class MemoryObservation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 class MemoryDecision(msgspec.Struct, frozen=True, gc=False):
     target_bytes: int
-    reason: str  # for people: "grow: used 3.1GiB leaves 200MiB spare < 410MiB"
+    reason: str  # for people: "grow: used 3.1GiB leaves 200MiB spare"
     kind: str  # for metrics, low cardinality: pressure, swapping, margin, shrink, bounds
 
 
@@ -88,7 +88,8 @@ class MemoryPolicy:
         high = max(low, align_down(obs.max_bytes, step))
         used = obs.used_bytes
         if obs.available_bytes is not None and (used is None or size - obs.available_bytes > used):
-            used = size - obs.available_bytes
+            # The guest's MemAvailable may exceed the hypervisor's size while a change is under way: not below 0.
+            used = max(0, size - obs.available_bytes)
         if used is not None:
             state.window.push(now, used)
         swap_rate = obs.swap_in_bytes_per_s
@@ -117,6 +118,7 @@ class MemoryPolicy:
                 reason = f"grow: used {format_size(used)} leaves {format_size(max(0, size - used))} spare"
                 return self._made(state, now, target, reason, "margin")
 
+        # Bounds an operator moved come first, even under pressure: they are the operator's word on this VM.
         if size < low or size > high:
             return self._made(state, now, _bounded(size, step, low, high), "into the bounds", "bounds")
         if (

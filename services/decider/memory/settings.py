@@ -48,8 +48,8 @@ class MemorySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     psi_some: _Fraction = 0.10
     # The evidence a shrink needs: the used memory's maximum over this window, which must also be free of pressure
     # and swapping. A day covers the daily jobs (backups, batch runs, reports) that a shorter window shrinks into
-    # and then meets with a shortfall: on half "a" of the Bitbrains traces, 1 h left 1 % of VM-samples short,
-    # 6 h 0.4 %, 24 h 0.08 %, for 2.7, 3.9 and 5.8 × the oracle's memory. The second knob of the trade-off.
+    # and then meets with a shortfall: on half "a" of the Bitbrains traces, 1 h left 0.8 % of VM-samples short,
+    # 6 h 0.3 %, 24 h 0.08 %, for 2.7, 3.9 and 5.8 × the oracle's memory. The second knob of the trade-off.
     window_s: _Seconds = 86400.0
     # At least this long between a change and the next shrink: a give-back migrates pages (1-1.5 s per GiB measured)
     # and one that follows a grow closely is a flap.
