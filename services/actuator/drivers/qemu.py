@@ -166,11 +166,13 @@ class QemuDriver:
 
     async def read_memory(self, vm_name: str) -> MemoryView:
         vm, state = await self._vm(vm_name)
+        qemu_memory.check_enabled(vm_name, state)
         async with self._session(vm) as qmp:
             return await qemu_memory.read(qmp, vm, state)
 
     async def resize_memory(self, vm_name: str, target_bytes: int) -> None:
         vm, state = await self._vm(vm_name)
+        qemu_memory.check_enabled(vm_name, state)
         async with self._session(vm) as qmp:
             await qemu_memory.resize(qmp, vm, state, target_bytes)
 

@@ -47,10 +47,15 @@ def _disabled(vm: str) -> DriverError:
     )
 
 
+def check_enabled(vm: str, state: VmState) -> None:
+    """HOTPLUG_DISABLED unless the VM was started with virtio-mem or a balloon (before any QMP is spent on it)."""
+    if not state.vmem_bytes and not state.balloon:
+        raise _disabled(vm)
+
+
 async def read(qmp: QMPClient, vm: QemuVm, state: VmState) -> MemoryView:
     """The VM's memory now: QEMU's devices, and the guest's own MemTotal/MemAvailable from its latest STAT line."""
-    if not state.vmem_bytes and not state.balloon:
-        raise _disabled(vm.name)
+    check_enabled(vm.name, state)
     boot = state.memory_bytes
     kept = boot  # boot RAM the balloon leaves the guest
     if state.balloon:
