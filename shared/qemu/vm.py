@@ -400,6 +400,16 @@ class QemuVm:
         """Complete lines the guest wrote after byte ``offset`` of its control log."""
         return lines_since(self.ctl_log, offset)
 
+    def first_guest_stat(self, head_bytes: int = 8192) -> GuestStat | None:
+        """The guest's first STAT line of this boot (its memory as it booted), if it said one yet."""
+        try:
+            with self.ctl_log.open("rb") as f:
+                data: bytes = f.read(head_bytes)
+        except FileNotFoundError:
+            return None
+        stats = (parse_stat(line.strip()) for line in data.decode(errors="replace").splitlines())
+        return next((stat for stat in stats if stat is not None), None)
+
     def guest_stat(self) -> GuestStat | None:
         for line in reversed(self.guest_lines()):
             stat = parse_stat(line.strip())

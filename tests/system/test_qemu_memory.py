@@ -160,10 +160,13 @@ async def test_a_request_past_the_devices_limits_is_out_of_bounds(vmem: QemuVm, 
     assert (await driver.read_memory("mem1")).requested_bytes == BOOT_MB * MIB  # QEMU was not asked
 
 
-async def test_a_shrink_below_what_the_guest_uses_is_refused(vmem: QemuVm, root: Path) -> None:
+async def test_a_shrink_below_what_the_guest_uses_is_refused(vmem: QemuVm, boot_total_kb: int, root: Path) -> None:
     driver = QemuDriver(root)
     await driver.resize_memory("mem1", BOOT_MB * MIB + GROW)
     await settle(driver, "mem1", BOOT_MB * MIB + GROW)
+    # its STAT line must show the grown guest first: one from before the grow also has little available
+    grown = boot_total_kb + GROW // KIB
+    await eventually(lambda: guest_total_kb(vmem) == grown, timeout=30, what="the grown MemTotal")
     try:
         await asyncio.to_thread(hold, vmem, 600)
 

@@ -8,9 +8,13 @@ and ``query-balloon``; it only moves within boot RAM and has no floor of its own
 (``balloon_floor``). The layout (boot RAM, device size, balloon or not) is the VM's state.json: QEMU cannot say
 whether a VM has a balloon without trying it.
 
-A shrink that would take more than the guest has available (its last STAT line's MemAvailable, less a margin) is
-refused with ``below-used`` before QEMU is asked: virtio-mem migrates used pages out and does not stop at a
-watermark, so it OOM-kills guest work or panics the guest (memory.md §7). Headroom above that is the caller's.
+A shrink that would leave the guest less free memory than a margin is refused with ``below-used`` before QEMU is
+asked: virtio-mem migrates used pages out and does not stop at a watermark, so it OOM-kills guest work or panics
+the guest (memory.md §7). Headroom above that is the caller's. The guard is reckoned in quantities that do not lag
+a move: the guest's use (MemTotal − MemAvailable of its latest STAT line, less what the balloon holds, which
+deflate-on-oom counts as used) and what its kernel keeps for itself (boot RAM − MemTotal in its first STAT line).
+MemAvailable alone would lag: the STAT line comes once a second, so right after a grow it still shows the old
+size and refuses a give-back of what was just plugged.
 """
 
 from __future__ import annotations
@@ -98,6 +102,17 @@ async def _device(qmp: QMPClient, vm: str) -> dict[str, Any]:
     raise DriverError(ErrorCode.HOTPLUG_DISABLED, f"QEMU VM {vm} has no virtio-mem device {VMEM_ID}")
 
 
+async def _free_after(vm: QemuVm, state: VmState, view: MemoryView, target: int) -> int | None:
+    """What the guest would have free at ``target`` (bytes), or None when it has not reported its memory."""
+    first = await asyncio.to_thread(vm.first_guest_stat)
+    used = view.guest_used_bytes
+    if first is None or first.mem_total_bytes is None or used is None:
+        return None
+    kernel = max(0, state.memory_bytes - first.mem_total_bytes)  # never in MemTotal: memmap, kernel image, ...
+    kept = view.size_bytes if view.method == "balloon" else view.min_bytes  # boot RAM the balloon leaves
+    return target - kernel - max(0, used - (state.memory_bytes - kept))
+
+
 async def resize(qmp: QMPClient, vm: QemuVm, state: VmState, target_bytes: int) -> None:
     """Ask for ``target_bytes`` (rounded up to the device's step: the guest never gets less than asked); back once
     QEMU took the request."""
@@ -109,14 +124,14 @@ async def resize(qmp: QMPClient, vm: QemuVm, state: VmState, target_bytes: int) 
             f"{vm.name}: {format_size(target_bytes)} is outside what its {view.method} can give: "
             f"{format_size(view.min_bytes)} to {format_size(view.max_bytes)}",
         )
-    given_back = view.size_bytes - target
-    available = view.guest_available_bytes
-    if given_back > 0 and available is not None and given_back > available - SHRINK_MARGIN_BYTES:
-        raise DriverError(
-            ErrorCode.BELOW_USED,
-            f"{vm.name}: giving back {format_size(given_back)} would leave its guest less than it uses "
-            f"(it has {format_size(available)} available and needs {format_size(SHRINK_MARGIN_BYTES)} to spare)",
-        )
+    if target < view.size_bytes:
+        free_after = await _free_after(vm, state, view, target)
+        if free_after is not None and free_after < SHRINK_MARGIN_BYTES:
+            raise DriverError(
+                ErrorCode.BELOW_USED,
+                f"{vm.name}: {format_size(target)} would leave its guest {format_size(max(0, free_after))} "
+                f"beyond what it uses; it needs {format_size(SHRINK_MARGIN_BYTES)} to spare",
+            )
     if state.vmem_bytes:
         requested = target - view.min_bytes
         await qmp.execute(
