@@ -8,13 +8,16 @@ and ``query-balloon``; it only moves within boot RAM and has no floor of its own
 (``balloon_floor``). The layout (boot RAM, device size, balloon or not) is the VM's state.json: QEMU cannot say
 whether a VM has a balloon without trying it.
 
-A shrink that would leave the guest less free memory than a margin is refused with ``below-used`` before QEMU is
-asked: virtio-mem migrates used pages out and does not stop at a watermark, so it OOM-kills guest work or panics
-the guest (memory.md §7). Headroom above that is the caller's. The guard is reckoned in quantities that do not lag
-a move: the guest's use (MemTotal − MemAvailable of its latest STAT line, less what the balloon holds, which
-deflate-on-oom counts as used) and what its kernel keeps for itself (boot RAM − MemTotal in its first STAT line).
-MemAvailable alone would lag: the STAT line comes once a second, so right after a grow it still shows the old
-size and refuses a give-back of what was just plugged.
+A virtio-mem shrink that would leave the guest less free memory than a margin is refused with ``below-used`` before
+QEMU is asked: virtio-mem migrates used pages out and does not stop at a watermark, so it OOM-kills guest work or
+panics the guest (memory.md §7). Headroom above that is the caller's. The guard is reckoned in quantities that do
+not lag a move: the guest's use (MemTotal − MemAvailable of its latest STAT line, less what the balloon holds,
+which deflate-on-oom counts as used; the driver never moves the balloon of a VM with virtio-mem) and what its
+kernel keeps for itself (boot RAM − MemTotal in its first STAT line). MemAvailable alone would lag: the STAT line
+comes once a second, so right after a grow it still shows the old size and refuses a give-back of what was just
+plugged. A balloon needs no such guard: it is ``deflate-on-oom`` (it gives pages back rather than let the guest
+kill; memory.md §7.5), and its floor keeps it to trims. Its hold cannot be told from the guest's use in one STAT
+line either (the guest counts it as used), so a guard would refuse a trim right after a deflate.
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ async def resize(qmp: QMPClient, vm: QemuVm, state: VmState, target_bytes: int) 
             f"{vm.name}: {format_size(target_bytes)} is outside what its {view.method} can give: "
             f"{format_size(view.min_bytes)} to {format_size(view.max_bytes)}",
         )
-    if target < view.size_bytes:
+    if target < view.size_bytes and state.vmem_bytes:
         free_after = await _free_after(vm, state, view, target)
         if free_after is not None and free_after < SHRINK_MARGIN_BYTES:
             raise DriverError(
