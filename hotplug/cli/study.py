@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from evaluation.bench import LOOP_GUESTS
+from evaluation.bench import LOOP_GUESTS, MEMORY_GUESTS
 from hotplug.cli.common import Subparsers, add_command, at_least_one, check_trace, positive
 from shared.errors import UsageError
 from shared.traces import FORMATS
@@ -290,8 +290,9 @@ def _bench_decisions(args: argparse.Namespace) -> int:
 
 
 def _bench_memory(args: argparse.Namespace) -> int:
-    if (args.guest or "qemu") != "qemu":
-        raise UsageError("bench memory runs on real QEMU guests only: --guest qemu")
+    guest = args.guest or MEMORY_GUESTS[0]
+    if guest not in MEMORY_GUESTS:
+        raise UsageError(f"bench memory runs on real guests only: --guest {' or '.join(MEMORY_GUESTS)}")
     from evaluation.bench.memory import BenchError, bench_memory
     from shared.qemu.image import ImageError
     from shared.qemu.vm import QemuError
