@@ -80,6 +80,12 @@ async def _status_rows(root: Path | None) -> list[dict[str, Any]]:
                 "guest_online_vcpus": len(stat.online) if stat else None,
                 "max_vcpus": state.max_vcpus,
                 "hotplug_adds_left": state.adds_left,
+                # memory as started (0: not recorded or no device) and as the guest last reported it
+                "boot_memory_bytes": state.memory_bytes,
+                "max_memory_bytes": state.memory_bytes + state.vmem_bytes,
+                "balloon": state.balloon,
+                "guest_mem_total_bytes": stat.mem_total_bytes if stat else None,
+                "guest_mem_available_bytes": stat.mem_available_bytes if stat else None,
             }
         )
     return rows

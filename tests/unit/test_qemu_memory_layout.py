@@ -148,3 +148,32 @@ def test_the_balloon_keeps_half_of_boot_ram_and_never_under_128_mib() -> None:
     assert balloon_floor(512 * MIB) == 256 * MIB
     assert balloon_floor(200 * MIB) == 128 * MIB
     assert balloon_floor(1001 * MIB + 5) == 501 * MIB  # rounded up to the balloon's 1 MiB step
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (["--memory", "1.5KiB"], "argument --memory: '1.5KiB' is not a whole number of MiB"),
+        (["--max-memory", "2 parsecs"], "argument --max-memory: '2 parsecs': unknown unit 'parsecs'"),
+    ],
+)
+def test_qemu_start_refuses_a_size_it_cannot_read_as_argparse_does(
+    flags: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hotplug.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["qemu", "start", "g", "--max-vcpus", "2", *flags])
+    assert info.value.code == 2
+    assert error in capsys.readouterr().err
+
+
+def test_qemu_start_takes_memory_with_units_and_adds_no_device_unless_asked() -> None:
+    from hotplug.cli import build_parser
+
+    plain = build_parser().parse_args(["qemu", "start", "g", "--max-vcpus", "2"])
+    assert (plain.memory, plain.max_memory, plain.balloon) == (256, None, False)
+    sized = build_parser().parse_args(
+        ["qemu", "start", "g", "--max-vcpus", "2", "--memory", "1GiB", "--max-memory", "4GiB", "--balloon"]
+    )
+    assert (sized.memory, sized.max_memory, sized.balloon) == (1024, 4096, True)
