@@ -9,10 +9,10 @@ Two guests, booted for the run one after the other, 1 vCPU and ``BOOT_MIB`` of b
   shared/qemu/init.sh) and says each change on its control port, so the guest's figure is good to ~20 ms plus
   the host's 10 ms polling; its STAT line comes only once a second.
 * balloon (no virtio-mem): each trial inflates to the driver's floor (half of boot RAM) and deflates back, timed
-  to QEMU's ``actual``. The balloon is ``deflate-on-oom``, so the guest's MemTotal does not move (memory.md §4).
+  to QEMU's ``actual``. The balloon is ``deflate-on-oom``, so the guest's MemTotal does not move.
 
 Nothing is held in the guest while it shrinks: a give-back that must move used pages takes longer (the tests show
-it works; memory.md §6 has a figure).
+it works; the QEMU page has a figure).
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def ensure_image(cache: Path | None = None) -> GuestImage:
         busybox = work / "root" / "bin" / "busybox"
         if vmlinuz is None or not busybox.exists():
             raise ImageError("the packages did not contain a kernel and busybox")
-        # the modules come from the same package as vmlinuz: vermagic must match (docs memory.md §1)
+        # the modules come from the same package as vmlinuz: vermagic must match (docs/hypervisors/qemu.md, Memory)
         kernel_modules = guest_modules(work / "root", vmlinuz.name.removeprefix("vmlinuz-"))
         staged = cache / f"stage-{key}-{os.getpid()}"
         staged.mkdir(parents=True)

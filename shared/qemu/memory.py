@@ -1,5 +1,5 @@
 """The memory a test guest is started with: QEMU's arguments for boot RAM, a virtio-mem device and a balloon
-(docs memory.md §2), checked before QEMU is run so a bad layout is refused in plain words."""
+(docs/hypervisors/qemu.md, Memory), checked before QEMU is run so a bad layout is refused in plain words."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class MemoryLayoutError(ValueError):
 
 
 def memory_options(memory_mb: int, max_memory_mb: int | None, plugged_mb: int, balloon: bool) -> list[str]:
-    """QEMU's memory arguments (docs memory.md §2); ``MemoryLayoutError`` for a layout QEMU would refuse."""
+    """QEMU's memory arguments; ``MemoryLayoutError`` for a layout QEMU would refuse."""
     if memory_mb < MIN_BOOT_MB:
         raise MemoryLayoutError(
             f"boot memory {memory_mb} MiB is too little for the guest: give at least {MIN_BOOT_MB} MiB"

@@ -2,7 +2,7 @@
 in which every module comes after what it ``depends=`` on. Pure (bytes in, values out).
 
 The host has no ``modinfo`` and the kernel package no ``modules.dep``, so the order is read from the modules
-themselves (docs memory.md §1): in 6.1.0-57 ``virtio`` needs ``virtio_ring``, so a fixed order can go stale.
+themselves: in 6.1.0-57 ``virtio`` needs ``virtio_ring``, so a fixed order of names can go stale.
 """
 
 from __future__ import annotations

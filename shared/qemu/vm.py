@@ -42,8 +42,8 @@ UNIX_PATH_MAX = 107
 # How long a command may wait for a starved TCG guest to read it from its control channel (send_line).
 SEND_TIMEOUT_S = 60.0
 DIR_ENV = "HOTPLUG_QEMU_DIR"  # where guests live: ``hotplug qemu``, the source and the driver read it
-# Hot-added memory goes to ZONE_MOVABLE, so all of it can be given back (docs memory.md §1; this kernel onlines
-# nothing by itself). Harmless on a guest without virtio-mem.
+# Hot-added memory goes to ZONE_MOVABLE, so all of it can be given back (this kernel onlines nothing by itself:
+# docs/hypervisors/qemu.md, Memory). Harmless on a guest without virtio-mem.
 KERNEL_APPEND = "console=ttyS0 panic=-1 quiet memhp_default_state=online_movable"
 
 

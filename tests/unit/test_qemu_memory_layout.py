@@ -53,7 +53,7 @@ def test_modinfo_is_read_from_the_modules_own_elf_section() -> None:
 
 
 def test_modules_load_after_what_they_depend_on() -> None:
-    # as read from 6.1.0-57: virtio itself needs virtio_ring, so the order memory.md §1 gives would not load
+    # as read from 6.1.0-57: virtio itself needs virtio_ring, so a fixed order of names would not load
     deps = {
         "virtio": ["virtio_ring"],
         "virtio_ring": [],

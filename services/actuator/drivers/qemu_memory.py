@@ -1,5 +1,5 @@
 """The ``qemu`` driver's memory: a guest's virtio-mem device sizes it, its balloon trims boot RAM where there is no
-virtio-mem (docs memory.md).
+virtio-mem (docs/hypervisors/qemu.md, Memory).
 
 virtio-mem: ``qom-set /machine/peripheral/vmem0 requested-size``; the truth is the device's ``size`` (what the guest
 really plugged, from ``query-memory-devices``), which lags the request and may stop short of it (pinned pages).
@@ -10,14 +10,14 @@ whether a VM has a balloon without trying it.
 
 A virtio-mem shrink that would leave the guest less free memory than a margin is refused with ``below-used`` before
 QEMU is asked: virtio-mem migrates used pages out and does not stop at a watermark, so it OOM-kills guest work or
-panics the guest (memory.md §7). Headroom above that is the caller's. The guard is reckoned in quantities that do
-not lag a move: the guest's use (MemTotal − MemAvailable of its latest STAT line, less what the balloon holds,
+panics the guest. Headroom above that is the caller's. The guard is reckoned in quantities that do not lag a move:
+the guest's use (MemTotal − MemAvailable of its latest STAT line, less what the balloon holds,
 which deflate-on-oom counts as used; the driver never moves the balloon of a VM with virtio-mem) and what its
 kernel keeps for itself (boot RAM − MemTotal in its first STAT line). MemAvailable alone would lag: the STAT line
 comes once a second, so right after a grow it still shows the old size and refuses a give-back of what was just
 plugged. A balloon needs no such guard: it is ``deflate-on-oom`` (it gives pages back rather than let the guest
-kill; memory.md §7.5), and its floor keeps it to trims. Its hold cannot be told from the guest's use in one STAT
-line either (the guest counts it as used), so a guard would refuse a trim right after a deflate.
+kill), and its floor keeps it to trims. Its hold cannot be told from the guest's use in one STAT line either (the
+guest counts it as used), so a guard would refuse a trim right after a deflate.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from shared.units import MIB, align_up, format_size
 
 BALLOON_STEP_BYTES = MIB
 # The balloon's floor: at least this, and at least half of boot RAM. A balloon inflated towards nothing OOM-kills
-# the guest's own agent (memory.md §7.5); it is meant for trims, virtio-mem for size.
+# the guest's own agent (docs/hypervisors/qemu.md, Memory); it is meant for trims, virtio-mem for size.
 BALLOON_MIN_BYTES = 128 * MIB
 # What a shrink must leave the guest beyond what it uses: the kernel needs free pages to move used ones out of the
 # blocks it gives back (the memmap of the blocks that stay, page tables, slab).
