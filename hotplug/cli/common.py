@@ -17,6 +17,7 @@ from shared.config.settings import add_flags, specs
 from shared.errors import NotFound, UsageError
 from shared.plugins import Registry
 from shared.runtime import M, ServiceContext, ServiceOptions, resolve_nats_url, run_service
+from shared.units import MIB, SizeError, parse_size
 
 Handler = Callable[[argparse.Namespace], int]
 Subparsers = argparse._SubParsersAction
@@ -47,6 +48,17 @@ def at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
+
+
+def mebibytes(text: str) -> int:
+    """A memory size as people write it (``512MiB``, ``2GiB``; a bare number is MiB), in whole MiB."""
+    try:
+        size = parse_size(text)
+    except SizeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size % MIB:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB")
+    return size // MIB
 
 
 def host_option(parser: argparse.ArgumentParser, what: str) -> None:

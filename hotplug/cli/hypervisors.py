@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from hotplug.cli.common import Handler, Subparsers, add_command
+from hotplug.cli.common import Handler, Subparsers, add_command, mebibytes
 from hotplug.hypervisors import HYPERVISORS
 
 ORDER = 20
@@ -30,17 +30,24 @@ def guest_commands(
     start: str,
     resize: str,
     load: str,
-) -> None:
+) -> argparse.ArgumentParser:
     """``start``, ``set`` and ``load``, which the QEMU and libvirt groups share (same options, their own help and
-    work)."""
+    work); the ``start`` parser, for a group's own options."""
     started = add_command(gsub, "start", start_handler, help=start)
     started.add_argument("name")
     started.add_argument("--max-vcpus", type=int, required=True)
     started.add_argument("--vcpus", type=int, default=1)
-    started.add_argument("--memory", type=int, default=256, help="MiB")
+    started.add_argument(
+        "--memory",
+        type=mebibytes,
+        default=256,
+        metavar="SIZE",
+        help="boot RAM: 512MiB, 1GiB; a bare number is MiB (256)",
+    )
     resized = add_command(gsub, "set", set_handler, help=resize)
     resized.add_argument("name")
     resized.add_argument("--vcpus", type=int, required=True)
     loaded = add_command(gsub, "load", load_handler, help=load)
     loaded.add_argument("name")
     loaded.add_argument("--busy", type=int, required=True)
+    return started

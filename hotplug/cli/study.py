@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from evaluation.bench import LOOP_GUESTS
+from evaluation.bench import LOOP_GUESTS, MEMORY_GUESTS
 from hotplug.cli.common import Subparsers, add_command, at_least_one, check_trace, positive
 from shared.errors import UsageError
 from shared.memory_traces import MEMORY_FORMATS
@@ -71,10 +71,10 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         sub,
         "bench",
         cmd_bench,
-        help="benchmarks, printed as JSON: decider, loop, collector, replay; decisions and pool (a table, or JSON "
-        "with --json)",
+        help="benchmarks, printed as JSON: decider, loop, collector, replay, memory; decisions and pool (a table, "
+        "or JSON with --json)",
     )
-    bench.add_argument("which", choices=["decider", "loop", "collector", "replay", "decisions", "pool"])
+    bench.add_argument("which", choices=["decider", "loop", "collector", "replay", "decisions", "pool", "memory"])
     bench.add_argument(
         "--vms",
         type=at_least_one,
@@ -85,11 +85,16 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     bench.add_argument(
         "--guest",
         choices=LOOP_GUESTS,
-        default="simulator",
+        default=None,
         help="loop: the VMs a load step is put on: the simulator's, or real QEMU guests booted for the run "
-        "(default: simulator)",
+        "(default: simulator); memory: qemu only",
     )
-    bench.add_argument("--trials", type=at_least_one, default=20, help="loop: load steps measured (default 20)")
+    bench.add_argument(
+        "--trials",
+        type=at_least_one,
+        default=None,
+        help="loop: load steps measured (default 20); memory: grow/give-back cycles per device (default 10)",
+    )
     bench.add_argument("--seconds", type=positive, default=None, help="how long each measurement runs")
     bench.add_argument("--json", action="store_true", help="one line of JSON (default: indented)")
     bench.add_argument(
@@ -330,6 +335,23 @@ def _bench_decisions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_memory(args: argparse.Namespace) -> int:
+    guest = args.guest or MEMORY_GUESTS[0]
+    if guest not in MEMORY_GUESTS:
+        raise UsageError(f"bench memory runs on real guests only: --guest {' or '.join(MEMORY_GUESTS)}")
+    from evaluation.bench.memory import BenchError, bench_memory
+    from shared.qemu.image import ImageError
+    from shared.qemu.vm import QemuError
+
+    try:
+        out = bench_memory(args.trials or 10)
+    except (BenchError, QemuError, ImageError) as exc:
+        print(f"hotplug bench memory: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out) if args.json else json.dumps(out, indent=1))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     out: object
     if args.which == "decisions":
@@ -345,7 +367,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.which == "loop":
         from evaluation.bench.loop import bench_loop
 
-        out = bench_loop(args.vms, args.trials, args.guest)
+        out = bench_loop(args.vms, args.trials or 20, args.guest or "simulator")
+    elif args.which == "memory":
+        return _bench_memory(args)
     elif args.which == "collector":
         from evaluation.bench.collector import bench_collector
 

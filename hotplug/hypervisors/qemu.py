@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from hotplug.cli.common import Handler, Subparsers, add_command
+from hotplug.cli.common import Handler, Subparsers, add_command, mebibytes
 from hotplug.hypervisors import DEFAULT_VMS, Hypervisor
 from hotplug.hypervisors.resize import resize
 from shared.qemu.image import ImageError, ensure_image
@@ -22,9 +22,31 @@ if TYPE_CHECKING:  # the record is read by every command's parser: up's own modu
     from hotplug.up import UpOptions
 
 
-def start(name: str, max_vcpus: int, vcpus: int, memory_mb: int, root: Path | None = None) -> int:
-    vm = QemuVm.start(name, ensure_image(), max_vcpus=max_vcpus, vcpus=vcpus, memory_mb=memory_mb, root=root)
-    print(f"{name}: running (pid {vm.state().pid}), {vcpus} of {max_vcpus} vCPUs; guest control: {vm.ctl_path}")
+def start(
+    name: str,
+    max_vcpus: int,
+    vcpus: int,
+    memory_mb: int,
+    root: Path | None = None,
+    *,
+    max_memory_mb: int | None = None,
+    balloon: bool = False,
+) -> int:
+    vm = QemuVm.start(
+        name,
+        ensure_image(),
+        max_vcpus=max_vcpus,
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+        root=root,
+        max_memory_mb=max_memory_mb,
+        balloon=balloon,
+    )
+    memory = f"{memory_mb} MiB" + (f" of {max_memory_mb} MiB (virtio-mem)" if max_memory_mb else "")
+    memory += ", balloon" if balloon else ""
+    print(
+        f"{name}: running (pid {vm.state().pid}), {vcpus} of {max_vcpus} vCPUs, {memory}; guest control: {vm.ctl_path}"
+    )
     return 0
 
 
@@ -58,6 +80,12 @@ async def _status_rows(root: Path | None) -> list[dict[str, Any]]:
                 "guest_online_vcpus": len(stat.online) if stat else None,
                 "max_vcpus": state.max_vcpus,
                 "hotplug_adds_left": state.adds_left,
+                # memory as started (0: not recorded or no device) and as the guest last reported it
+                "boot_memory_bytes": state.memory_bytes,
+                "max_memory_bytes": state.memory_bytes + state.vmem_bytes,
+                "balloon": state.balloon,
+                "guest_mem_total_bytes": stat.mem_total_bytes if stat else None,
+                "guest_mem_available_bytes": stat.mem_available_bytes if stat else None,
             }
         )
     return rows
@@ -134,14 +162,29 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
     qemu = sub.add_parser("qemu", help="real QEMU guests with live vCPU hot-plug (TCG)")
     qsub = qemu.add_subparsers(dest="qemu_command", required=True)
-    guest_commands(
+    started = guest_commands(
         qsub,
-        _reported(lambda a: start(a.name, a.max_vcpus, a.vcpus, a.memory)),
+        _reported(
+            lambda a: start(a.name, a.max_vcpus, a.vcpus, a.memory, max_memory_mb=a.max_memory, balloon=a.balloon)
+        ),
         _reported(lambda a: set_vcpus(a.name, a.vcpus)),
         _reported(lambda a: load(a.name, a.busy)),
         start="boot a guest (the image is built on first use)",
         resize="resize a guest now",
         load="run N busy loops in the guest (0 stops them)",
+    )
+    started.add_argument(
+        "--max-memory",
+        type=mebibytes,
+        default=None,
+        metavar="SIZE",
+        help="the most memory the guest may grow to (e.g. 2GiB): adds a virtio-mem device of SIZE − --memory "
+        "(default: none, the guest keeps its boot RAM)",
+    )
+    started.add_argument(
+        "--balloon",
+        action="store_true",
+        help="add a virtio-balloon (deflate-on-oom, free-page reporting): trims boot RAM where there is no virtio-mem",
     )
     qstatus = add_command(
         qsub,

@@ -1,15 +1,24 @@
 #!/bin/busybox sh
 # /init of the Hot-Plug Heaven test guest (busybox only). ttyS0: console. ttyS1: control channel:
 #   out: INIT-READY; "HP onlined cpuN"; once a second
-#        "STAT up=<s> online=<list> running=<procs_running> cpu0=<busy ticks> cpu1=... hz=<ticks per s>";
+#        "STAT up=<s> online=<list> running=<procs_running> cpu0=<busy ticks> cpu1=... hz=<ticks per s>
+#         mem_total=<kB> mem_avail=<kB> swap_in=<pages> swap_out=<pages> [psi_mem=<some avg10>]";
+#        "MEM total=<kB>" each time MemTotal changes while memwatch is on;
 #        "GOT <line>" as each command line is read; "OUT <line>" for each output line of a command
-#   in:  "busy N" (N busy loops; 0 stops them), anything else is run as a shell command.
+#   in:  "busy N" (N busy loops; 0 stops them), "memwatch on|off", anything else is run as a shell command.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mkdir -p /proc /sys /dev /tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# virtio_pci, virtio_mem, virtio_balloon and their dependencies, in the order the image builder worked out.
+for m in $(cat /lib/modules/load.order 2>/dev/null); do
+  insmod /lib/modules/$m.ko 2>/dev/null || echo "insmod $m failed" > /dev/ttyS0
+done
+# A memory shrink can bring the OOM killer: it must take the work commands start, never this agent (its children
+# inherit the score; commands get theirs back below).
+echo -1000 > /proc/self/oom_score_adj
 CTL=/dev/ttyS1
 stty -F $CTL raw -echo 2>/dev/null
 # /init holds the port open for the guest's whole life. Every writer below opens and closes it; had no one else
@@ -41,13 +50,34 @@ stats() {
     on=$(cat /sys/devices/system/cpu/online)
     run=$(awk '/^procs_running/{print $2}' /proc/stat)
     cpus=$(awk '/^cpu[0-9]/{printf "%s=%d ", $1, $2+$3+$4+$7+$8+$9}' /proc/stat)
-    echo "STAT up=$up online=$on running=$run ${cpus}hz=100" > $CTL
+    mem=$(awk '/^MemTotal:/{t=$2} /^MemAvailable:/{a=$2} /^pswpin /{i=$2} /^pswpout /{o=$2}
+      /^some /{split($2, s, "="); p=" psi_mem=" s[2]}
+      END{printf "mem_total=%d mem_avail=%d swap_in=%d swap_out=%d%s", t, a, i, o, p}' /proc/meminfo /proc/vmstat $PSI)
+    echo "STAT up=$up online=$on running=$run ${cpus}hz=100 $mem" > $CTL
     sleep 1
   done
 }
+PSI=""
+# absent on a kernel without CONFIG_PSI, unreadable when booted with psi=0
+cat /proc/pressure/memory > /dev/null 2>&1 && PSI=/proc/pressure/memory
 stats &
 
+# MemTotal as it moves, polled every 20 ms with the shell's own read (no process per look), for a host that times
+# a resize: the STAT line comes once a second.
+memwatch() {
+  last=""
+  while :; do
+    read -r _ total _ < /proc/meminfo
+    if [ "$total" != "$last" ]; then
+      echo "MEM total=$total" > $CTL
+      last=$total
+    fi
+    sleep 0.02
+  done
+}
+
 LOOPS=""
+WATCH=""
 commands() {
   # One descriptor for the whole loop (init's, see above): reopening the port per line could drop what arrived.
   while read -r line; do
@@ -57,6 +87,7 @@ commands() {
       "busy "*)
         for p in $LOOPS; do kill "$p" 2>/dev/null; done
         LOOPS=""
+WATCH=""
         n=${line#busy }
         i=0
         while [ "$i" -lt "$n" ]; do
@@ -65,9 +96,18 @@ commands() {
           i=$((i + 1))
         done
         echo "OUT busy $n" > $CTL ;;
+      "memwatch "*)
+        [ -n "$WATCH" ] && kill "$WATCH" 2>/dev/null
+        WATCH=""
+        if [ "${line#memwatch }" = on ]; then
+          memwatch &
+          WATCH=$!
+        fi
+        echo "OUT $line" > $CTL ;;
       "") ;;
       *)
-        sh -c "$line" < /dev/null 2>&1 | while read -r out; do echo "OUT $out" > $CTL; done ;;
+        # the OOM killer may pick what a command starts (a test's memory hog), as in any guest
+        sh -c "echo 0 > /proc/self/oom_score_adj; $line" < /dev/null 2>&1 | while read -r out; do echo "OUT $out" > $CTL; done ;;
     esac
   done <&3
 }

@@ -4,7 +4,9 @@ Each VM lives in ``<root>/<name>/``: ``qmp.sock`` (control: the actuator and ``h
 ``monitor.sock`` (a second QMP monitor for the collector, so reads never wait behind a resize),
 ``ctl.sock`` (the guest's ttyS1; QEMU also copies all it says to ``ctl.log``, read without connecting),
 ``console.log`` and ``state.json``. ``state.json`` counts ``device_add`` calls: under TCG each VM allows only
-``maxcpus`` − boot vCPUs hot-adds in its lifetime (QEMU aborts past that), so the budget is kept here.
+``maxcpus`` − boot vCPUs hot-adds in its lifetime (QEMU aborts past that), so the budget is kept here. It also
+records the memory layout the VM was started with (boot RAM, a virtio-mem device, a balloon): QEMU cannot be asked
+for it all (docs/hypervisors/qemu.md).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from qemu.qmp import ConnectError, QMPClient
 from qemu.qmp.qmp_client import GreetingError
 
 from shared.qemu.image import GuestImage
+from shared.qemu.memory import MemoryLayoutError, memory_options
+from shared.units import KIB, MIB
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 BOOT_TIMEOUT_S = 60.0
@@ -38,6 +42,9 @@ UNIX_PATH_MAX = 107
 # How long a command may wait for a starved TCG guest to read it from its control channel (send_line).
 SEND_TIMEOUT_S = 60.0
 DIR_ENV = "HOTPLUG_QEMU_DIR"  # where guests live: ``hotplug qemu``, the source and the driver read it
+# Hot-added memory goes to ZONE_MOVABLE, so all of it can be given back (this kernel onlines nothing by itself:
+# docs/hypervisors/qemu.md, Memory). Harmless on a guest without virtio-mem.
+KERNEL_APPEND = "console=ttyS0 panic=-1 quiet memhp_default_state=online_movable"
 
 
 class QemuError(RuntimeError):
@@ -52,6 +59,11 @@ class VmState(msgspec.Struct):
     maxcpus: int
     adds: int = 0
     started_at: float = 0.0
+    # Memory (0/False in state files written before memory was recorded: no device, boot RAM unknown).
+    memory_bytes: int = 0  # boot RAM (-m)
+    vmem_bytes: int = 0  # the virtio-mem device's size, the most it can plug; 0: no device
+    balloon: bool = False
+    balloon_target_bytes: int = 0  # the balloon's last target (QEMU reports only where it is); 0: none set
 
     @property
     def adds_left(self) -> int:
@@ -67,6 +79,20 @@ class GuestStat:
     running: int
     busy_ticks: dict[int, int]
     hz: int
+    # /proc/meminfo, /proc/vmstat and /proc/pressure/memory; None from a guest that does not report them
+    mem_total_kb: int | None = None
+    mem_available_kb: int | None = None
+    swap_in: int | None = None  # pages swapped in since boot
+    swap_out: int | None = None
+    psi_memory_some_avg10: float | None = None  # % of the last 10 s some task waited for memory
+
+    @property
+    def mem_total_bytes(self) -> int | None:
+        return None if self.mem_total_kb is None else self.mem_total_kb * KIB
+
+    @property
+    def mem_available_bytes(self) -> int | None:
+        return None if self.mem_available_kb is None else self.mem_available_kb * KIB
 
 
 def default_root() -> Path:
@@ -97,10 +123,15 @@ def parse_cpu_list(text: str) -> tuple[int, ...]:
 
 
 def parse_stat(line: str) -> GuestStat | None:
-    """``STAT up=12.07 online=0-1 running=3 cpu0=315 cpu1=185 hz=100`` → GuestStat; None if malformed."""
+    """``STAT up=12.07 online=0-1 running=3 cpu0=315 cpu1=185 hz=100`` → GuestStat; None if malformed. The memory
+    fields (``mem_total=<kB> mem_avail=<kB> swap_in= swap_out= psi_mem=``) are optional: older guests lack them."""
     if not line.startswith("STAT "):
         return None
     fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
+
+    def optional(key: str) -> int | None:
+        return int(fields[key]) if key in fields else None
+
     try:
         busy = {int(k[3:]): int(v) for k, v in fields.items() if k.startswith("cpu") and k[3:].isdigit()}
         return GuestStat(
@@ -109,6 +140,11 @@ def parse_stat(line: str) -> GuestStat | None:
             int(fields["running"]),
             busy,
             int(fields.get("hz", "100")),
+            mem_total_kb=optional("mem_total"),
+            mem_available_kb=optional("mem_avail"),
+            swap_in=optional("swap_in"),
+            swap_out=optional("swap_out"),
+            psi_memory_some_avg10=float(fields["psi_mem"]) if "psi_mem" in fields else None,
         )
     except (KeyError, ValueError):
         return None
@@ -203,11 +239,22 @@ class QemuVm:
         root: Path | None = None,
         boot_timeout_s: float = BOOT_TIMEOUT_S,
         maxcpus: int = LIFETIME_MAXCPUS,
+        max_memory_mb: int | None = None,
+        plugged_mb: int = 0,
+        balloon: bool = False,
     ) -> QemuVm:
-        """Boot a guest. ``maxcpus`` is QEMU's: under TCG it also bounds the hot-adds of this run."""
+        """Boot a guest. ``maxcpus`` is QEMU's: under TCG it also bounds the hot-adds of this run.
+
+        Memory: ``memory_mb`` of boot RAM; with ``max_memory_mb``, a virtio-mem device (``vmem0``) that can plug up
+        to ``max_memory_mb`` − ``memory_mb`` more, ``plugged_mb`` of it asked for at boot; with ``balloon``, a
+        virtio-balloon (``balloon0``) that gives itself back when the guest would otherwise run out of memory."""
         vm = cls(name, root)
         if not 1 <= vcpus <= max_vcpus <= maxcpus <= 255:
             raise QemuError(f"need 1 <= vcpus <= max_vcpus <= maxcpus <= 255, got {vcpus}, {max_vcpus}, {maxcpus}")
+        try:
+            memory_args = memory_options(memory_mb, max_memory_mb, plugged_mb, balloon)
+        except MemoryLayoutError as exc:
+            raise QemuError(str(exc)) from exc
         if vm.running():
             raise QemuError(f"VM {name} is already running (pid {vm.state().pid})")
         if len(str(vm.monitor_path)) > UNIX_PATH_MAX:
@@ -222,8 +269,7 @@ class QemuVm:
             "q35",
             "-smp",
             f"{vcpus},maxcpus={maxcpus}",
-            "-m",
-            f"{memory_mb}M",
+            *memory_args,
             "-nodefaults",
             "-display",
             "none",
@@ -235,7 +281,7 @@ class QemuVm:
             "-initrd",
             str(image.initrd),
             "-append",
-            "console=ttyS0 panic=-1 quiet",
+            KERNEL_APPEND,
             "-serial",
             f"file:{vm.console_log}",
             "-chardev",
@@ -253,7 +299,15 @@ class QemuVm:
             )
         vm._write_state(
             VmState(
-                name=name, pid=proc.pid, max_vcpus=max_vcpus, boot_vcpus=vcpus, maxcpus=maxcpus, started_at=time.time()
+                name=name,
+                pid=proc.pid,
+                max_vcpus=max_vcpus,
+                boot_vcpus=vcpus,
+                maxcpus=maxcpus,
+                started_at=time.time(),
+                memory_bytes=memory_mb * MIB,
+                vmem_bytes=(max_memory_mb - memory_mb) * MIB if max_memory_mb is not None else 0,
+                balloon=balloon,
             )
         )
         deadline = time.monotonic() + boot_timeout_s
@@ -345,6 +399,16 @@ class QemuVm:
     def guest_lines_since(self, offset: int) -> list[str]:
         """Complete lines the guest wrote after byte ``offset`` of its control log."""
         return lines_since(self.ctl_log, offset)
+
+    def first_guest_stat(self, head_bytes: int = 8192) -> GuestStat | None:
+        """The guest's first STAT line of this boot (its memory as it booted), if it said one yet."""
+        try:
+            with self.ctl_log.open("rb") as f:
+                data: bytes = f.read(head_bytes)
+        except FileNotFoundError:
+            return None
+        stats = (parse_stat(line.strip()) for line in data.decode(errors="replace").splitlines())
+        return next((stat for stat in stats if stat is not None), None)
 
     def guest_stat(self) -> GuestStat | None:
         for line in reversed(self.guest_lines()):

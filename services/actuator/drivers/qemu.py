@@ -8,6 +8,9 @@ Plug the lowest free slot of ``query-hotpluggable-cpus``; done when the guest it
 The VM's files (state.json and its lock, the guest's control log, /proc) are read in a worker thread, never on the
 event loop: the lock may be held by ``hotplug qemu set``, and a slow disk must not stall other VMs' commands.
 
+Memory (``read_memory``/``resize_memory``: virtio-mem, or a balloon where there is none) is
+``services.actuator.drivers.qemu_memory``'s.
+
 The host view is this machine's CPUs and every guest running under the driver's directory, each counted by its
 vCPU threads in /proc (no QMP session: the control socket may be held by a 5 s unplug); a guest whose threads
 cannot be read counts at its maximum.
@@ -26,7 +29,8 @@ from typing import Any, cast
 import msgspec
 from qemu.qmp import ExecuteError, QMPClient
 
-from services.actuator.drivers.base import DriverError, HostView, VmView
+from services.actuator.drivers import qemu_memory
+from services.actuator.drivers.base import DriverError, HostView, MemoryView, VmView
 from shared.messages import ErrorCode
 from shared.qemu.vm import QemuError, QemuVm, VmState, parse_stat, running_vms, vcpu_threads
 
@@ -159,6 +163,18 @@ class QemuDriver:
         raise DriverError(
             ErrorCode.TIMEOUT, f"{vm_name}: the guest did not release {path} within {UNPLUG_TIMEOUT_S:.0f} s"
         )
+
+    async def read_memory(self, vm_name: str) -> MemoryView:
+        vm, state = await self._vm(vm_name)
+        qemu_memory.check_enabled(vm_name, state)
+        async with self._session(vm) as qmp:
+            return await qemu_memory.read(qmp, vm, state)
+
+    async def resize_memory(self, vm_name: str, target_bytes: int) -> None:
+        vm, state = await self._vm(vm_name)
+        qemu_memory.check_enabled(vm_name, state)
+        async with self._session(vm) as qmp:
+            await qemu_memory.resize(qmp, vm, state, target_bytes)
 
     async def close(self) -> None:
         return None
