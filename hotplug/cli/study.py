@@ -310,9 +310,11 @@ def _bench_pool(args: argparse.Namespace) -> int:
 def _bench_decisions(args: argparse.Namespace) -> int:
     from evaluation.bench.decisions import DEFAULT_SEEDS, DecisionsOptions, bench_decisions, render_table
     from evaluation.sweep import policy_names, policy_params
+    from services.decider.registry import MEMORY_SCOPE
 
     policies = policy_names(",".join(args.policy) if args.policy else "default")
-    policy_params(args.param, policies, "benchmarked")  # refused here, before any process starts
+    # refused here, before any process starts; memory.* reach every run's decider (its memory rule)
+    policy_params(args.param, [*policies, MEMORY_SCOPE], "benchmarked")
     seeds = _numbers(args.seeds, "--seeds", DEFAULT_SEEDS)
     if args.trace is not None:
         args.trace = args.trace.resolve()

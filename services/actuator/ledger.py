@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
+import msgspec
+
 from services.actuator.answered import AnsweredCommands
 from services.actuator.checks import Bounds, Plan, Refusal, admit, allowed, not_paused, plan, rate_limited
 from services.actuator.drivers.base import MemoryView, VmView
@@ -767,50 +769,43 @@ class Ledger(Generic[H]):
         key = lane(command)
         if (failure is None or failure.code in (ErrorCode.HOST_FULL, ErrorCode.PARTIAL)) and before != after:
             self.backoff.succeeded(key)  # the lane took a change (a partial one too): its back-off starts over
-        if command.resource is Resource.MEMORY:
-            return ScaleResult(
-                command_id=command.id,
-                time=now,
-                host=command.host,
-                vm=command.vm,
-                ok=failure is None,
-                vcpus_before=None,
-                vcpus_after=None,
-                resource=command.resource,
-                target_memory_bytes=aligned_target if aligned_target is not None else command.target_memory_bytes,
-                memory_before_bytes=before,
-                memory_after_bytes=after,
-                duration_s=duration_s,
-                actuator=self.rules.actuator,
-                error_code=failure.code if failure else None,
-                error=short_text(failure.message) if failure else None,
-                sample_time=command.sample_time,
-                allowed_min_memory_bytes=sizes[0] if sizes else None,
-                allowed_max_memory_bytes=sizes[1] if sizes else None,
-                guest_used_bytes=guest_used if failure is not None and failure.code is ErrorCode.BELOW_USED else None,
-                retry_after=self._retry_after(key, failure, now) if failure else None,
-                rate_limit_changes=self.rules.max_changes,
-                rate_limit_window_s=self.rules.rate_window_s,
-            )
-        return ScaleResult(
+        result = ScaleResult(
             command_id=command.id,
             time=now,
             host=command.host,
             vm=command.vm,
             ok=failure is None,
-            vcpus_before=before,
-            vcpus_after=after,
-            target_vcpus=command.target_vcpus,
+            vcpus_before=None,
+            vcpus_after=None,
             duration_s=duration_s,
             actuator=self.rules.actuator,
             error_code=failure.code if failure else None,
             error=short_text(failure.message) if failure else None,
             sample_time=command.sample_time,
-            allowed_min_vcpus=sizes[0] if sizes else None,
-            allowed_max_vcpus=sizes[1] if sizes else None,
             retry_after=self._retry_after(key, failure, now) if failure else None,
             rate_limit_changes=self.rules.max_changes,
             rate_limit_window_s=self.rules.rate_window_s,
+        )
+        low, high = sizes if sizes else (None, None)
+        if command.resource is Resource.MEMORY:
+            below_used = failure is not None and failure.code is ErrorCode.BELOW_USED
+            return msgspec.structs.replace(
+                result,
+                resource=command.resource,
+                target_memory_bytes=aligned_target if aligned_target is not None else command.target_memory_bytes,
+                memory_before_bytes=before,
+                memory_after_bytes=after,
+                allowed_min_memory_bytes=low,
+                allowed_max_memory_bytes=high,
+                guest_used_bytes=guest_used if below_used else None,
+            )
+        return msgspec.structs.replace(
+            result,
+            vcpus_before=before,
+            vcpus_after=after,
+            target_vcpus=command.target_vcpus,
+            allowed_min_vcpus=low,
+            allowed_max_vcpus=high,
             host_capacity_vcpus=grant.capacity if grant else None,
             host_committed_vcpus=grant.committed if grant else None,
         )

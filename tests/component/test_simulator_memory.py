@@ -12,7 +12,6 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 
 import pytest
-from nats.aio.client import Client
 
 from hotplug.harness.poll import eventually
 from services.actuator.drivers.base import DriverError, memory_resizer
@@ -21,13 +20,14 @@ from services.collector.sources.base import MemoryCounters
 from services.collector.sources.simulator import SimulatorSource
 from services.simulator.service import SimulatorConfig, SimulatorMetrics, SimulatorService
 from services.simulator.vm_memory import MEMORY_STEP_BYTES
-from shared.clock import Clock, make_clock
+from shared.clock import make_clock
 from shared.messages import ErrorCode
 from shared.runtime import ServiceContext
 from shared.units import GIB
 from tests.component.conftest import InProcess, Serve
+from tests.component.test_simulator_service import HOST, driver, source  # the same clients, on the same host
 
-HOST = "h1"
+__all__ = ["driver", "source"]  # fixtures, used by name
 VM = "vm-01"
 OTHER = "vm-02"
 
@@ -48,16 +48,6 @@ def start_simulator(serve: Serve) -> Start:
         return service
 
     return start
-
-
-@pytest.fixture
-def driver(nc: Client) -> SimulatorDriver:
-    return SimulatorDriver(nc, HOST, Clock(), hotplug_timeout_s=10.0)
-
-
-@pytest.fixture
-def source(nc: Client) -> SimulatorSource:
-    return SimulatorSource(nc, HOST, timeout_s=5.0)
 
 
 async def refused(operation: Awaitable[object]) -> DriverError:
