@@ -126,7 +126,10 @@ def test_schema_writes_one_json_schema_per_message(tmp_path: Path) -> None:
     pause = json.loads((tmp_path / "PauseEvent.schema.json").read_text())
     assert {"vm", "host"} <= set(pause["$defs"]["PauseEvent"]["required"])
     command = json.loads((tmp_path / "ScaleCommand.schema.json").read_text())
-    assert set(command["$defs"]["ScaleCommand"]["required"]) >= {"id", "vm", "target_vcpus", "expires_at"}
+    definition = command["$defs"]["ScaleCommand"]
+    assert set(definition["required"]) >= {"id", "vm", "expires_at"}
+    # schema v2: the sizes are the resource's (vcpu: target_vcpus; memory: target_memory_bytes)
+    assert {"resource", "target_vcpus", "target_memory_bytes"} <= set(definition["properties"])
 
 
 def test_bad_policy_parameters_fail_before_anything_starts(tmp_path: Path) -> None:
