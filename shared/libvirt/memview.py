@@ -6,9 +6,10 @@ what the guest has now, so the size the collector samples is the size the actuat
 What the guest has is balloon actual (boot RAM without a balloon) plus virtio-mem ``<current>``. libvirt gives it
 two ways: the driver adds ``memoryStats()['actual']`` (a monitor call, which waits behind a running job) to the live
 XML's ``<current>`` (:func:`guest_size`); the source, which must not wait, reads ``balloon.current`` of the NOWAIT
-domain stats, libvirt's own sum of the same two (shared/docs/memory.md §5; both follow QEMU's rate-limited events,
-so they agree once a move has settled). The limits and the step come from the layout alone, which does not change
-while the domain runs.
+domain stats, libvirt's own sum of the same two (shared/docs/memory.md §5). That sum follows QEMU's rate-limited
+events (≤ 1 s late), as ``<current>`` does, where ``actual`` is read live: the two agree once a move has settled,
+but a sample taken within a second after a balloon move may still show the balloon's part before it. The limits and
+the step come from the layout alone, which does not change while the domain runs.
 """
 
 from __future__ import annotations
