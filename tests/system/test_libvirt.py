@@ -192,6 +192,7 @@ class _FakeLibvirt:
     VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING = 1
     VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT = 2
     VIR_DOMAIN_STATS_VCPU = 8
+    VIR_DOMAIN_STATS_BALLOON = 4
     VIR_DOMAIN_METADATA_ELEMENT = 2
     VIR_ERR_NO_DOMAIN_METADATA = 80
 
@@ -223,9 +224,11 @@ class _FakeConnection:
     uri = "test:///fake"
     libvirt = _FakeLibvirt
 
-    def __init__(self, rounds: list[dict[str, float]]) -> None:
+    def __init__(self, rounds: list[dict[str, float]], domain: _FakeDomain | None = None) -> None:
         self.rounds = rounds
+        self.domain = domain or _FakeDomain()
         self.flags: list[int] = []
+        self.kinds: list[int] = []
 
     async def call(self, fn: object, *, read: bool = False) -> object:
         assert callable(fn) and read
@@ -233,7 +236,8 @@ class _FakeConnection:
 
     def getAllDomainStats(self, stats: int, flags: int) -> list[tuple[_FakeDomain, dict[str, float]]]:
         self.flags.append(flags)
-        return [(_FakeDomain(), self.rounds.pop(0))]
+        self.kinds.append(stats)
+        return [(self.domain, self.rounds.pop(0))]
 
     def getInfo(self) -> list[object]:
         return ["x86_64", 15_872, 12, 2400, 1, 1, 6, 2]  # model, MiB, CPUs, MHz, nodes, sockets, cores, threads
@@ -276,6 +280,8 @@ async def test_source_counts_a_replugged_vcpu_as_a_new_series_and_host_wait_not_
     first = (await source.read())[0]
     second = (await source.read())[0]
     assert conn.flags == [3, 3]  # RUNNING | NOWAIT: never blocks behind an unplug
+    assert conn.kinds == [8 | 4, 8 | 4]  # VCPU | BALLOON
+    assert first.memory is None  # no balloon.current in these rows: no memory rather than a made-up size
     assert (first.vm, first.online_vcpus, first.min_vcpus, first.max_vcpus) == ("web 1", 2, 2, 6)
     assert sorted(second.per_vcpu_seconds or {}) == ["0000.0", "0001.1"]
     assert second.cpu_seconds - first.cpu_seconds == pytest.approx(1.5)  # 1 s on vCPU 0, 0.5 s on the new vCPU 1
@@ -303,3 +309,46 @@ async def test_source_rereads_only_the_settings_and_honours_an_opt_out(monkeypat
     assert await source.read() == []
     host = await source.host()  # left alone, the domain still holds its vCPU on the host
     assert host is not None and dict(host.vms) == {"web 1": 1}
+
+
+async def test_source_reports_memory_from_the_balloon_stats_and_the_layout_read_once() -> None:
+    from services.collector.sources.base import MemoryCounters
+    from services.collector.sources.libvirt import LibvirtSource
+    from shared.clock import Clock
+    from shared.units import KIB, MIB
+
+    class WithMemory(_FakeDomain):
+        """512 MiB of boot RAM, a 512 MiB virtio-mem device and libvirt's balloon; read once, as the source does."""
+
+        reads = 0
+
+        def XMLDesc(self, flags: int) -> str:
+            self.reads += 1
+            return (
+                super()
+                .XMLDesc(flags)
+                .replace(
+                    "<devices>",
+                    "<memory unit='KiB'>1048576</memory><devices><memory model='virtio-mem'><target>"
+                    "<size unit='KiB'>524288</size><block unit='KiB'>2048</block><requested unit='KiB'>0</requested>"
+                    "<current unit='KiB'>0</current></target></memory>",
+                )
+            )
+
+    # balloon.current is libvirt's balloon actual + virtio-mem <current>: it moves without a new XMLDesc
+    row = {"vcpu.current": 1, "vcpu.0.time": 1e9, "balloon.current": 524288}
+    guest = {"balloon.available": 500000, "balloon.usable": 200000, "balloon.swap_in": 8}
+    domain = WithMemory()
+    conn = _FakeConnection([row, row | guest | {"balloon.current": 524288 + 131072}], domain)
+    source = LibvirtSource(Clock(), connection=conn)  # type: ignore[arg-type]
+    first, second = (await source.read())[0], (await source.read())[0]
+    assert first.memory == MemoryCounters(size_bytes=512 * MIB, min_bytes=256 * MIB, max_bytes=1024 * MIB)
+    assert second.memory == MemoryCounters(
+        size_bytes=640 * MIB,
+        min_bytes=256 * MIB,
+        max_bytes=1024 * MIB,
+        used_bytes=300000 * KIB,
+        available_bytes=200000 * KIB,
+        swap_in_bytes=8.0 * KIB,
+    )
+    assert domain.reads == 1

@@ -1,5 +1,6 @@
 """Guest memory on real libvirt (libvirtd 11.3, ``qemu:///system``): the driver's ``read_memory``/``resize_memory``
-against one TCG test guest with a virtio-mem device and a balloon (``hotplug libvirt start --max-memory``).
+against one TCG test guest with a virtio-mem device and a balloon (``hotplug libvirt start --max-memory``), and
+the ``libvirt`` collector source reading the same size.
 
 Requirements and the skip rule are test_libvirt_guests.py's (in CI they must run; elsewhere they skip and say
 what is missing). One memory guest serves the module; the domain without a memory device is created and destroyed
@@ -197,3 +198,45 @@ async def test_virtio_mem_grows_the_guest_and_the_balloon_trims_it(guest: Memory
 
 async def _guest_total_is(d: Any, name: str, total: int) -> bool:
     return bool((await d.read_memory(name)).guest_total_bytes == total)
+
+
+async def test_the_source_reports_the_size_the_driver_reads(guest: MemoryGuest) -> None:
+    """The collector's ``libvirt`` source (``balloon.current`` of the NOWAIT stats) and the driver (balloon actual
+    + the live XML's ``<current>``) read one quantity through ``shared.libvirt.memview``, before and after a grow.
+    Needs the guest image's virtio_mem/virtio_balloon modules."""
+    from services.collector.sources.base import Reading
+    from services.collector.sources.libvirt import LibvirtSource
+    from shared.clock import Clock
+
+    if not await asyncio.to_thread(guest.has_memory_drivers):
+        reason = "the guest image has no virtio_mem/virtio_balloon drivers (shared/qemu/image.py must load them)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    d = driver()
+    source = LibvirtSource(Clock(), URI, domains=[guest.name])
+    seen: list[tuple[Reading, MemoryView]] = []
+
+    async def agree(size: int) -> bool:
+        reading = next(r for r in await source.read() if r.vm == guest.name)
+        view = await d.read_memory(guest.name)
+        seen[:] = [(reading, view)]
+        memory = reading.memory
+        return (
+            memory is not None
+            and memory.used_bytes is not None  # the balloon's stats, once the guest sends them
+            and (memory.size_bytes, memory.min_bytes, memory.max_bytes)
+            == (view.size_bytes, view.min_bytes, view.max_bytes)
+            == (size, 256 * MIB, MAX_MB * MIB)
+        )
+
+    try:
+        await d.resize_memory(guest.name, BOOT_MB * MIB)
+        await eventually(lambda: agree(BOOT_MB * MIB), timeout=SETTLE_S, what=f"boot RAM in both ({seen})")
+        await d.resize_memory(guest.name, 768 * MIB)
+        await eventually(lambda: agree(768 * MIB), timeout=SETTLE_S, what=f"768 MiB in both ({seen})")
+        await d.resize_memory(guest.name, BOOT_MB * MIB)
+        await eventually(lambda: agree(BOOT_MB * MIB), timeout=SETTLE_S, what=f"boot RAM again in both ({seen})")
+    finally:
+        await d.close()
+        await source.close()

@@ -1,5 +1,6 @@
 """Real guest memory on real QEMU guests (TCG): virtio-mem grows and gives back, the balloon trims, through the
-``qemu`` driver, judged by the guest's own MemTotal and MemAvailable (its STAT lines).
+``qemu`` driver, judged by the guest's own MemTotal and MemAvailable (its STAT lines); the ``qemu`` collector source
+reads the size the driver reads.
 
 Two guests for the whole module (a boot costs seconds of CPU): one with 512 MiB of boot RAM and a virtio-mem device
 of 1 GiB, one with 512 MiB and only a balloon. The tests on the first leave it as they found it (nothing plugged,
@@ -20,6 +21,10 @@ from hotplug.harness.poll import eventually, wait_until
 from services.actuator.drivers.base import DriverError, MemoryView
 from services.actuator.drivers.qemu import QemuDriver
 from services.actuator.drivers.qemu_memory import SHRINK_MARGIN_BYTES
+from services.collector.rates import sample_from
+from services.collector.sources.base import Reading
+from services.collector.sources.qemu import QemuSource
+from shared.clock import Clock
 from shared.messages import ErrorCode
 from shared.qemu.image import GuestImage
 from shared.qemu.vm import QemuVm, VmState
@@ -232,3 +237,43 @@ async def test_a_vm_without_a_memory_device_refuses_memory_commands(tmp_path: Pa
             await call
         assert info.value.code is ErrorCode.HOTPLUG_DISABLED
         assert "--max-memory" in info.value.message
+
+
+async def test_the_source_reports_the_size_the_driver_reads_and_follows_a_grow(vmem: QemuVm, root: Path) -> None:
+    """The collector's ``qemu`` source and the driver read one quantity (``shared.qemu.memview``): a sample's
+    ``memory.size_bytes`` is what the actuator checks a command's ``seen_memory_bytes`` against."""
+    driver = QemuDriver(root)
+    source = QemuSource(Clock(), root)
+    readings: list[Reading] = []
+
+    async def read() -> Reading:
+        readings.append(next(r for r in await source.read() if r.vm == "mem1"))
+        return readings[-1]
+
+    async def agree(size: int) -> bool:  # the same size in both, and the guest's figures in the source's
+        memory = (await read()).memory
+        view = await driver.read_memory("mem1")
+        return (
+            memory is not None
+            and memory.used_bytes is not None
+            and (memory.size_bytes, memory.min_bytes, memory.max_bytes)
+            == (view.size_bytes, view.min_bytes, view.max_bytes)
+            == (size, BOOT_MB * MIB, MAX_MB * MIB)
+        )
+
+    await settle(driver, "mem1", BOOT_MB * MIB)
+    await eventually(lambda: agree(BOOT_MB * MIB), timeout=30, what=f"source and driver at boot RAM ({readings[-1:]})")
+    before = readings[-1]
+    try:
+        await driver.resize_memory("mem1", BOOT_MB * MIB + GROW)
+        await settle(driver, "mem1", BOOT_MB * MIB + GROW)
+        await eventually(
+            lambda: agree(BOOT_MB * MIB + GROW), timeout=30, what=f"source and driver grown ({readings[-1:]})"
+        )
+        sample = sample_from(before, readings[-1], "h", "qemu")
+        assert sample is not None and sample.memory is not None
+        assert sample.memory.size_bytes == BOOT_MB * MIB + GROW
+        assert sample.cpu_used_cores >= 0  # the CPU reading is still there beside memory
+    finally:
+        await driver.resize_memory("mem1", BOOT_MB * MIB)
+        await settle(driver, "mem1", BOOT_MB * MIB)

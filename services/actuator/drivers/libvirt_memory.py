@@ -11,8 +11,8 @@
   device goes to 0 and the balloon trims (``setMemoryFlags(KiB, AFFECT_LIVE)``): it covers boot RAM only.
 * **Limits**: the device's size and block are libvirt's to enforce, so a request past them goes to libvirt and its
   refusal comes back as ``out-of-bounds`` with libvirt's own message. The balloon has no floor (it inflates until
-  the guest's OOM killer runs), so the driver sets one: ``BALLOON_FLOOR_BYTES`` or a quarter of boot RAM, whichever
-  is more. A domain with neither a virtio-mem device nor a balloon is ``hotplug-disabled``.
+  the guest's OOM killer runs), so the driver sets one (``shared.libvirt.memview``): 256 MiB or a quarter of boot
+  RAM, whichever is more. A domain with neither a virtio-mem device nor a balloon is ``hotplug-disabled``.
 * **Guest view**: the balloon's stats (``available`` = MemTotal, ``usable`` = MemAvailable), present once the
   guest's virtio_balloon driver reports them. Without the guest's drivers nothing moves and nothing fails
   (memory.md trap 7): the size simply stays.
@@ -29,13 +29,9 @@ from shared.libvirt.connection import Connection
 from shared.libvirt.domain import Settings, parse_domain
 from shared.libvirt.memory import DomainMemory, MemoryXmlError, classify_memory, parse_memory, with_requested
 from shared.libvirt.memstats import MemoryStats, from_memory_stats
+from shared.libvirt.memview import guest_size, memory_sizes
 from shared.messages import ErrorCode
-from shared.units import KIB, MIB, align_up, format_size
-
-# Measured: a balloon at 384 MiB of 512 MiB boot RAM left the test guest working; at 128 MiB the OOM killer took
-# init's helpers (memory.md trap 5). 256 MiB keeps a small Linux guest alive; big guests keep a quarter.
-BALLOON_FLOOR_BYTES = 256 * MIB
-BALLOON_FLOOR_SHARE = 4
+from shared.units import KIB, MIB, format_size
 
 
 @dataclass(frozen=True)
@@ -56,38 +52,29 @@ class Plan:
     steps: tuple[tuple[str, int], ...]
 
 
-def balloon_floor(boot_bytes: int, step_bytes: int) -> int:
-    return min(boot_bytes, align_up(max(BALLOON_FLOOR_BYTES, boot_bytes // BALLOON_FLOOR_SHARE), step_bytes))
-
-
 def memory_view(vm: str, live: LiveMemory) -> MemoryView:
-    """The MemoryView of one reading (HOTPLUG_DISABLED for a domain that cannot move memory)."""
+    """The MemoryView of one reading (HOTPLUG_DISABLED for a domain that cannot move memory): the sizes are
+    ``shared.libvirt.memview``'s, as the collector's ``libvirt`` source reports them."""
     layout = live.layout
-    device = layout.virtio_mem
-    if device is None and not layout.has_balloon:
+    sizes = memory_sizes(layout, guest_size(layout, live.stats.size_bytes))
+    if sizes is None:
         raise DriverError(
             ErrorCode.HOTPLUG_DISABLED,
             f"domain '{vm}' has no memory device: neither a virtio-mem <memory model='virtio-mem'> nor a balloon "
             f"(its <memballoon model='none'>)",
         )
+    device = layout.virtio_mem
     boot = layout.boot_kib * KIB
     actual = live.stats.size_bytes if layout.has_balloon and live.stats.size_bytes is not None else boot
-    step = device.block_kib * KIB if device is not None else MIB
-    plugged = (device.current_kib or 0) * KIB if device is not None else 0
     balloon = live.balloon_target_bytes if layout.has_balloon and live.balloon_target_bytes is not None else actual
-    requested = balloon + (device.requested_kib * KIB if device is not None else 0)
-    if device is not None and layout.has_balloon:
-        method = "virtio-mem+balloon"
-    else:
-        method = "virtio-mem" if device is not None else "balloon"
     return MemoryView(
         vm=vm,
-        size_bytes=actual + plugged,
-        requested_bytes=requested,
-        min_bytes=balloon_floor(boot, step) if layout.has_balloon else boot,
-        max_bytes=boot + (device.size_kib * KIB if device is not None else 0),
-        step_bytes=step,
-        method=method,
+        size_bytes=sizes.size_bytes,
+        requested_bytes=balloon + (device.requested_kib * KIB if device is not None else 0),
+        min_bytes=sizes.min_bytes,
+        max_bytes=sizes.max_bytes,
+        step_bytes=sizes.step_bytes,
+        method=sizes.method,
         guest_total_bytes=live.stats.total_bytes,
         guest_available_bytes=live.stats.available_bytes,
     )

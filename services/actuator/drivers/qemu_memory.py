@@ -23,27 +23,21 @@ guest counts it as used), so a guard would refuse a trim right after a deflate.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
 
 from qemu.qmp import QMPClient
 
 from services.actuator.drivers.base import DriverError, MemoryView
 from shared.messages import ErrorCode
 from shared.qemu.memory import VMEM_ID
+from shared.qemu.memview import BALLOON_MIN_BYTES, BALLOON_STEP_BYTES, balloon_floor, query_sizes
 from shared.qemu.vm import QemuVm, VmState
 from shared.units import MIB, align_up, format_size
 
-BALLOON_STEP_BYTES = MIB
-# The balloon's floor: at least this, and at least half of boot RAM. A balloon inflated towards nothing OOM-kills
-# the guest's own agent (docs/hypervisors/qemu.md, Memory); it is meant for trims, virtio-mem for size.
-BALLOON_MIN_BYTES = 128 * MIB
+__all__ = ["BALLOON_MIN_BYTES", "BALLOON_STEP_BYTES", "SHRINK_MARGIN_BYTES", "balloon_floor", "read", "resize"]
+
 # What a shrink must leave the guest beyond what it uses: the kernel needs free pages to move used ones out of the
 # blocks it gives back (the memmap of the blocks that stay, page tables, slab).
 SHRINK_MARGIN_BYTES = 64 * MIB
-
-
-def balloon_floor(boot_bytes: int) -> int:
-    return align_up(max(BALLOON_MIN_BYTES, boot_bytes // 2), BALLOON_STEP_BYTES)
 
 
 def _disabled(vm: str) -> DriverError:
@@ -61,48 +55,24 @@ def check_enabled(vm: str, state: VmState) -> None:
 
 
 async def read(qmp: QMPClient, vm: QemuVm, state: VmState) -> MemoryView:
-    """The VM's memory now: QEMU's devices, and the guest's own MemTotal/MemAvailable from its latest STAT line."""
+    """The VM's memory now: QEMU's devices (``shared.qemu.memview``, as the collector's ``qemu`` source reads them),
+    and the guest's own MemTotal/MemAvailable from its latest STAT line."""
     check_enabled(vm.name, state)
-    boot = state.memory_bytes
-    kept = boot  # boot RAM the balloon leaves the guest
-    if state.balloon:
-        kept = int(cast(dict[str, Any], await qmp.execute("query-balloon"))["actual"])
-    balloon_requested = state.balloon_target_bytes or boot
+    sizes = await query_sizes(qmp, state)
+    if sizes is None:  # recorded in state.json, yet QEMU shows no such device
+        raise DriverError(ErrorCode.HOTPLUG_DISABLED, f"QEMU VM {vm.name} has no virtio-mem device {VMEM_ID}")
     stat = await asyncio.to_thread(vm.guest_stat)
-    guest = {
-        "guest_total_bytes": stat.mem_total_bytes if stat else None,
-        "guest_available_bytes": stat.mem_available_bytes if stat else None,
-    }
-    if state.vmem_bytes:
-        device = await _device(qmp, vm.name)
-        return MemoryView(
-            vm=vm.name,
-            size_bytes=kept + int(device["size"]),
-            requested_bytes=balloon_requested + int(device["requested-size"]),
-            min_bytes=kept,
-            max_bytes=kept + int(device["max-size"]),
-            step_bytes=int(device["block-size"]),
-            method="virtio-mem+balloon" if state.balloon else "virtio-mem",
-            **guest,
-        )
     return MemoryView(
         vm=vm.name,
-        size_bytes=kept,
-        requested_bytes=balloon_requested,
-        min_bytes=balloon_floor(boot),
-        max_bytes=boot,
-        step_bytes=BALLOON_STEP_BYTES,
-        method="balloon",
-        **guest,
+        size_bytes=sizes.size_bytes,
+        requested_bytes=sizes.requested_bytes,
+        min_bytes=sizes.min_bytes,
+        max_bytes=sizes.max_bytes,
+        step_bytes=sizes.step_bytes,
+        method=sizes.method,
+        guest_total_bytes=stat.mem_total_bytes if stat else None,
+        guest_available_bytes=stat.mem_available_bytes if stat else None,
     )
-
-
-async def _device(qmp: QMPClient, vm: str) -> dict[str, Any]:
-    devices = cast(list[dict[str, Any]], await qmp.execute("query-memory-devices"))
-    for device in devices:
-        if device.get("type") == "virtio-mem" and device.get("data", {}).get("id") == VMEM_ID:
-            return cast(dict[str, Any], device["data"])
-    raise DriverError(ErrorCode.HOTPLUG_DISABLED, f"QEMU VM {vm} has no virtio-mem device {VMEM_ID}")
 
 
 async def _free_after(vm: QemuVm, state: VmState, view: MemoryView, target: int) -> int | None:

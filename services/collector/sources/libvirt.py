@@ -1,14 +1,22 @@
 """Collector source ``libvirt``: every running domain (or those selected) on a read-only libvirt connection.
 
-One bulk call per round, ``getAllDomainStats(VCPU, RUNNING | NOWAIT)``: without NOWAIT it blocks for the whole 5 s
-of a TCG unplug. Per vCPU, ``vcpu.N.time`` is its host thread's CPU time; a re-plugged vCPU is a new thread whose
-time restarts from 0 (and reads 0 between an unplug timeout and libvirt's resync), so a drop starts a new series
-(its key gets a new generation) and the VM's CPU total is the sum of the increases, never going back.
+One bulk call per round, ``getAllDomainStats(VCPU | BALLOON, RUNNING | NOWAIT)``: without NOWAIT it blocks for the
+whole 5 s of a TCG unplug. Per vCPU, ``vcpu.N.time`` is its host thread's CPU time; a re-plugged vCPU is a new
+thread whose time restarts from 0 (and reads 0 between an unplug timeout and libvirt's resync), so a drop starts a
+new series (its key gets a new generation) and the VM's CPU total is the sum of the increases, never going back.
 ``vcpu.N.delay`` is host run-queue wait: host contention, which more vCPUs would not cure, so it is exported as a
 metric (``hotplug_collector_host_wait_seconds``) and not as pressure, as the other host-side sources do. Bounds
 and opt-in/out come from the domain's metadata (``shared.libvirt.domain``), re-read every 10 s; the whole definition
 only once per run of a domain, as ``XMLDesc`` waits behind a running unplug. For the project's test guest, pressure
 comes from the guest's own run queue on its control port, as for the ``qemu`` source.
+
+Memory (a domain with a virtio-mem device or a balloon; None for one with neither) comes from the same call:
+``balloon.current`` is what the guest has (balloon actual plus virtio-mem ``<current>``, libvirt's own sum, kept
+without a job), and the limits come from the memory layout of the definition read once per run, both through the
+function the driver's ``read_memory`` uses (``shared.libvirt.memview``), so a sample's size is the one the actuator
+checks a command against. The guest's MemTotal, MemAvailable and swap-in are the balloon's stats
+(``shared.libvirt.memstats``), present once its virtio_balloon driver sends them and libvirt could take the job
+for them this round (NOWAIT leaves them out while a job runs, ``balloon.current`` never).
 
 The host reading comes from the same round: the node's CPUs (``getInfo``), and the vCPUs and ``vcpu.N.delay`` of
 every running domain, selected, opted out or not (a domain the collector leaves alone still holds its vCPUs).
@@ -26,12 +34,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from services.collector.sources.base import HostReading, Reading
+from services.collector.sources.base import HostReading, MemoryCounters, Reading
 from services.collector.sources.guest import RunQueueIntegral
+from services.collector.sources.guest_memory import libvirt_counters
 from shared.clock import Clock
 from shared.libvirt.connection import Connection
 from shared.libvirt.domain import SETTINGS_NS, DomainInfo, Settings, parse_domain, parse_settings_xml
 from shared.libvirt.guest import GuestChannel
+from shared.libvirt.memory import DomainMemory, MemoryXmlError, parse_memory
+from shared.libvirt.memstats import from_domain_stats
+from shared.libvirt.memview import memory_sizes
 from shared.qemu.vm import GuestStat
 
 log = logging.getLogger(__name__)
@@ -70,6 +82,24 @@ class _Domain:
     generation: dict[int, int] = field(default_factory=dict)
     total: float = 0.0
     pressure: RunQueueIntegral = field(default_factory=RunQueueIntegral)
+    memory: DomainMemory | None = None  # the memory layout of this run (None: its XML could not be read)
+
+
+def _layout(name: str, xml: str) -> DomainMemory | None:
+    try:
+        return parse_memory(xml)
+    except MemoryXmlError as exc:
+        log.warning("domain %s: memory left out: %s", name, exc)
+        return None
+
+
+def memory_counters(layout: DomainMemory | None, stats: dict[str, Any]) -> MemoryCounters | None:
+    """A domain's memory from its layout and its row of domain stats (``balloon.*``): None for a domain with no
+    memory device, or when libvirt gave no ``balloon.current``. Pure."""
+    balloon = from_domain_stats(stats)
+    if layout is None or balloon.size_bytes is None:
+        return None
+    return libvirt_counters(memory_sizes(layout, balloon.size_bytes), balloon)
 
 
 class LibvirtSource:
@@ -112,7 +142,8 @@ class LibvirtSource:
         )
         out: list[Row] = []
         host = _Host(cpus=int(conn.getInfo()[2]))  # [model, memory MiB, active CPUs, MHz, nodes, sockets, ...]
-        for dom, stats in conn.getAllDomainStats(self.libvirt.VIR_DOMAIN_STATS_VCPU, flags):
+        kinds = self.libvirt.VIR_DOMAIN_STATS_VCPU | self.libvirt.VIR_DOMAIN_STATS_BALLOON
+        for dom, stats in conn.getAllDomainStats(kinds, flags):
             name = dom.name()
             _host_side(name, dom.ID(), stats, host)
             if self.selected and name not in self.selected:
@@ -155,7 +186,8 @@ class LibvirtSource:
             seen.add(uuid)
             state = self._domains.get(uuid)
             if xml is not None:
-                state = self._domains[uuid] = _Domain(parse_domain(xml), time.monotonic())  # a new run: afresh
+                # a new run: afresh
+                state = self._domains[uuid] = _Domain(parse_domain(xml), time.monotonic(), memory=_layout(name, xml))
             elif state is not None and settings is not None:
                 state.info, state.read_at = dataclasses.replace(state.info, settings=settings), time.monotonic()
             if state is None:
@@ -225,6 +257,7 @@ class LibvirtSource:
             cpu_seconds=state.total,
             per_vcpu_seconds=per_vcpu,
             waiting_core_seconds=waiting,
+            memory=memory_counters(state.memory, stats),
         )
 
     async def host(self) -> HostReading | None:

@@ -6,6 +6,13 @@ Pressure comes from the guest's report: runnable tasks beyond its online CPUs (t
 ``running`` counts the guest's own stats reader, which is discounted). Files (state.json, /proc, the guest's
 control log) are read in a worker thread, off the event loop.
 
+Memory (a VM started with virtio-mem or a balloon; None for one without) is QEMU's sizes, read by the very function
+the driver's ``read_memory`` uses (``shared.qemu.memview``: ``query-memory-devices``, ``query-balloon``), so the
+size in a sample is the size the actuator checks a command against, with the guest's MemTotal, MemAvailable and
+swap-in from its STAT line. It is asked on the monitoring socket, after the vCPUs and within ``MEMORY_TIMEOUT_S``:
+the control socket is held by a resize (an unplug waits up to 5 s on it), and a memory answer that is late leaves
+memory out of that round rather than holding the VM's CPU reading back.
+
 The host is this machine (``os.cpu_count()`` CPUs) with its running guests' vCPUs; host wait is the run-queue wait
 of their vCPU threads (schedstat), the sign of more runnable vCPUs than cores. A guest that could not be read this
 round keeps the vCPU count it last had: it still holds them.
@@ -19,13 +26,31 @@ import os
 from pathlib import Path
 from typing import Any, cast
 
+from qemu.qmp import QMPClient, QMPError
+
 from services.collector.sources.base import HostReading, Reading
 from services.collector.sources.guest import RunQueueIntegral
+from services.collector.sources.guest_memory import qemu_counters
 from services.collector.sources.threads import read_threads
 from shared.clock import Clock
-from shared.qemu.vm import QemuError, QemuVm, running_vms
+from shared.qemu.memview import MemorySizes, has_memory_device, query_sizes
+from shared.qemu.vm import QemuError, QemuVm, VmState, running_vms
 
 log = logging.getLogger(__name__)
+
+# The monitor answers a query in milliseconds; a second is a QEMU busy elsewhere, and the round goes on without it.
+MEMORY_TIMEOUT_S = 1.0
+
+
+async def memory_sizes(qmp: QMPClient, vm: str, state: VmState) -> MemorySizes | None:
+    """QEMU's memory sizes of the VM, or None when it has no memory device or QEMU did not answer in time."""
+    if not has_memory_device(state):
+        return None
+    try:
+        return await asyncio.wait_for(query_sizes(qmp, state), MEMORY_TIMEOUT_S)
+    except (TimeoutError, QMPError, KeyError, TypeError, ValueError) as exc:
+        log.warning("QEMU VM %s: memory left out of this round: %s", vm, exc or type(exc).__name__)
+        return None
 
 
 class QemuSource:
@@ -43,6 +68,7 @@ class QemuSource:
         state = await asyncio.to_thread(vm.state)
         async with vm.qmp(monitor=True) as qmp:
             cpus = cast(list[dict[str, Any]], await qmp.execute("query-cpus-fast"))
+            sizes = await memory_sizes(qmp, vm.name, state)
         threads = {t.tid: t for t in await asyncio.to_thread(read_threads, state.pid) or []}
         now = self.clock.now()
         per_vcpu = {
@@ -74,6 +100,7 @@ class QemuSource:
             cpu_seconds=sum(per_vcpu.values()),
             per_vcpu_seconds=per_vcpu,
             waiting_core_seconds=waiting,
+            memory=qemu_counters(sizes, stat),
         )
 
     async def read(self) -> list[Reading]:
