@@ -389,9 +389,10 @@ def _memory_bytes(key: str, value: str | int | None) -> int | None:
 
 
 class HostRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    """One ``[[host]]`` rule: a host's capacity in vCPUs is ``(cpus - reserve_cpus) × overcommit``, floored
-    (``shared.pool``). The first rule whose ``match`` fits a host's name is its rule; a host no rule matches keeps
-    the defaults (its source's CPUs, no reserve, overcommit 1)."""
+    """One ``[[host]]`` rule: a host's capacity in vCPUs is ``(cpus - reserve_cpus) × overcommit``, floored, and in
+    memory ``(memory - reserve_memory) × memory_overcommit`` bytes, floored (``shared.pool``). The first rule whose
+    ``match`` fits a host's name is its rule; a host no rule matches keeps the defaults (its source's CPUs and
+    memory, no reserve, overcommit 1)."""
 
     match: Annotated[
         str | list[str], Meta(description='glob on the host\'s name ("node*"); a list matches any of its patterns')
@@ -414,15 +415,49 @@ class HostRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             "present need may take it all",
         ),
     ] = 1.0
+    memory: Annotated[
+        str | int | None,
+        Meta(
+            description='the host\'s memory, in place of what its source or driver reports: "256GiB"; a bare '
+            "number is MiB"
+        ),
+    ] = None
+    reserve_memory: Annotated[
+        str | int | None,
+        Meta(description='memory kept for the host itself (its OS, the hypervisor\'s own): "8GiB" (default none)'),
+    ] = None
+    memory_overcommit: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=64,
+            description="bytes of VM memory committed per byte of the host's: 1 means no guest page is ever short "
+            "of host RAM",
+        ),
+    ] = 1.0
 
     def __post_init__(self) -> None:
         patterns = self.patterns
         if not patterns or any(not p for p in patterns):
             raise ValueError("match needs at least one non-empty pattern")
+        # Read once here so that a bad size is the rule's error at load, not a surprise at the first host view.
+        memory, reserve = self.memory_bytes, self.reserve_memory_bytes
+        if memory is not None and reserve is not None and reserve >= memory:
+            raise ValueError(
+                f"reserve_memory {format_size(reserve)} leaves nothing of memory {format_size(memory)} for VMs"
+            )
 
     @property
     def patterns(self) -> tuple[str, ...]:
         return (self.match,) if isinstance(self.match, str) else tuple(self.match)
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return _memory_bytes("memory", self.memory)
+
+    @property
+    def reserve_memory_bytes(self) -> int | None:
+        return _memory_bytes("reserve_memory", self.reserve_memory)
 
 
 class ConfigFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
