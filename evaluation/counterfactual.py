@@ -16,7 +16,7 @@ from services.simulator import scenario
 from services.simulator.host import Outcome, fixed_sizes
 from services.simulator.jobs import arrivals_until
 from services.simulator.scenario import SimulatorConfig
-from shared.config.schema import ConfigFile, SimulatorSection
+from shared.config.schema import ConfigFile, SimulatorSection, memory_bytes_of
 from shared.sim_api import JobsReply
 
 
@@ -30,6 +30,8 @@ def simulator_config(
     arrivals_file: Path | None,
     file: ConfigFile | None = None,
     file_dir: Path = Path("."),
+    host_memory: str | int | None = None,
+    host_memory_overcommit: float | None = None,
 ) -> SimulatorConfig:
     """The simulator child's configuration: each key as ``up`` passes it (``child_argv``), else as the file's
     ``[simulator]`` section sets it (its paths taken from ``file_dir``), else the simulator's default."""
@@ -50,6 +52,10 @@ def simulator_config(
         arrivals_rate=arrivals_rate or own.arrivals_rate or 0.0,
         arrivals_file=arrivals_file or (file_dir / own.arrivals_file if own.arrivals_file is not None else None),
         arrivals_seed=own.arrivals_seed,
+        host_memory_bytes=memory_bytes_of("host_memory", host_memory if host_memory is not None else own.host_memory),
+        memory_overcommit=host_memory_overcommit
+        if host_memory_overcommit is not None
+        else own.host_memory_overcommit or SimulatorConfig().memory_overcommit,
     )
 
 

@@ -79,6 +79,24 @@ HostCores = Annotated[
         "contend); its capacity in vCPUs is the config file's [[host]] rule's reading of them"
     ),
 ]
+HostMemory = Annotated[
+    str | int | None,
+    Meta(
+        description='the simulated host\'s memory: "64GiB", a bare number is MiB (default: not limited); the loop '
+        "commits what the config file's [[host]] rule makes of it",
+        extra={"metavar": "SIZE"},
+    ),
+]
+HostMemoryOvercommit = Annotated[
+    float,
+    Meta(
+        gt=0,
+        le=64,
+        description="how far the simulated hypervisor lets its VMs' memory exceed its memory (1: not at all); "
+        "beyond, it refuses a memory grow (host-full) and jobs wait",
+        extra={"metavar": "RATIO"},
+    ),
+]
 ArrivalsRate = Annotated[
     NonNegFloat,
     Meta(
@@ -135,6 +153,8 @@ class SimulatorSettings(ServiceSettings):
     trace: TraceFile = None
     seed: Seed = SEED
     host_cores: HostCores = None
+    host_memory: HostMemory = None
+    host_memory_overcommit: HostMemoryOvercommit = 1.0
     arrivals_rate: ArrivalsRate = 0.0
     arrivals_file: ArrivalsFile = None
     arrivals_seed: Annotated[int | None, Meta(description="the arrivals' seed (default: seed)")] = None
@@ -371,15 +391,16 @@ class VmRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
     @property
     def min_memory_bytes(self) -> int | None:
-        return _memory_bytes("min_memory", self.min_memory)
+        return memory_bytes_of("min_memory", self.min_memory)
 
     @property
     def max_memory_bytes(self) -> int | None:
-        return _memory_bytes("max_memory", self.max_memory)
+        return memory_bytes_of("max_memory", self.max_memory)
 
 
-def _memory_bytes(key: str, value: str | int | None) -> int | None:
-    """A rule's memory bound in bytes (None: not given); a bad one is the rule's error, naming the key."""
+def memory_bytes_of(key: str, value: str | int | None) -> int | None:
+    """A memory setting in bytes (None: not given): a rule's bound or size, a simulator's RAM; a bad one is a
+    ValueError naming the key."""
     if value is None:
         return None
     try:
@@ -453,11 +474,11 @@ class HostRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
     @property
     def memory_bytes(self) -> int | None:
-        return _memory_bytes("memory", self.memory)
+        return memory_bytes_of("memory", self.memory)
 
     @property
     def reserve_memory_bytes(self) -> int | None:
-        return _memory_bytes("reserve_memory", self.reserve_memory)
+        return memory_bytes_of("reserve_memory", self.reserve_memory)
 
 
 class ConfigFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -30,7 +30,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with EmbeddedBroker(tmp / "nats") as broker:
         common = ["--nats", broker.url, "--host", HOST, "--speed", SPEED]
         specs: dict[str, list[str]] = {
-            # VMs of up to 4 vCPUs, 2 GiB of memory a vCPU: vm-01 idle, vm-02 serving a model (more than its 1 GiB of boot RAM in use)
+            # VMs of up to 4 vCPUs, 2 GiB of memory a vCPU: vm-01 idle, vm-02 serving a model (more than its 1 GiB
+            # of boot RAM in use)
             "simulator": ["--vms", "2", "--profiles", "idle,inference", "--max-vcpus", "4", "--hotplug-delay", "0.1"],
             "actuator": [],
             # a short window of evidence, so a shrink comes within the test; the rule is the default otherwise. The
