@@ -398,13 +398,13 @@ class VmRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         return memory_bytes_of("max_memory", self.max_memory)
 
 
-def memory_bytes_of(key: str, value: str | int | None) -> int | None:
+def memory_bytes_of(key: str, value: str | int | None, *, allow_zero: bool = False) -> int | None:
     """A memory setting in bytes (None: not given): a rule's bound or size, a simulator's RAM; a bad one is a
     ValueError naming the key."""
     if value is None:
         return None
     try:
-        return parse_size(value)
+        return parse_size(value, allow_zero=allow_zero)
     except SizeError as exc:
         raise ValueError(f"{key}: {exc}") from exc
 
@@ -478,7 +478,7 @@ class HostRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
     @property
     def reserve_memory_bytes(self) -> int | None:
-        return memory_bytes_of("reserve_memory", self.reserve_memory)
+        return memory_bytes_of("reserve_memory", self.reserve_memory, allow_zero=True)  # 0: no reserve, as by default
 
 
 class ConfigFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
