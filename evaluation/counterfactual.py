@@ -30,7 +30,7 @@ def simulator_config(
     arrivals_file: Path | None,
     file: ConfigFile | None = None,
     file_dir: Path = Path("."),
-    host_memory: str | int | None = None,
+    host_memory: str | None = None,
     host_memory_overcommit: float | None = None,
 ) -> SimulatorConfig:
     """The simulator child's configuration: each key as ``up`` passes it (``child_argv``), else as the file's

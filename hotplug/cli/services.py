@@ -127,7 +127,7 @@ def simulator_config_of(args: argparse.Namespace) -> SimulatorConfig:
     )
 
 
-def _host_memory(value: str | int | None) -> int | None:
+def _host_memory(value: str | None) -> int | None:
     """``--host-memory`` in bytes; a bad size is the command's usage error."""
     try:
         return memory_bytes_of("--host-memory", value)

@@ -80,9 +80,9 @@ HostCores = Annotated[
     ),
 ]
 HostMemory = Annotated[
-    str | int | None,
+    str | None,
     Meta(
-        description='the simulated host\'s memory: "64GiB", a bare number is MiB (default: not limited); the loop '
+        description='the simulated host\'s memory: "64GiB", "65536" (MiB) (default: not limited); the loop '
         "commits what the config file's [[host]] rule makes of it",
         extra={"metavar": "SIZE"},
     ),
