@@ -60,7 +60,7 @@ def simulator_config(
 
 
 def fixed_size_run(config: SimulatorConfig, live: JobsReply) -> Outcome:
-    """``config``'s run on the live run's host (cores, capacity) and span, with fixed sizes."""
+    """``config``'s run on the live run's host (cores, capacity, memory capacity) and span, with fixed sizes."""
     span = max(0.0, live.time - live.origin)
     return fixed_sizes(
         arrivals_until(scenario.arrivals(config), span),
@@ -68,4 +68,6 @@ def fixed_size_run(config: SimulatorConfig, live: JobsReply) -> Outcome:
         capacity_vcpus=live.host.capacity_vcpus,
         span_s=span,
         resident=scenario.resident_vms(config, 0.0),
+        # jobs wait for memory in the fixed-size run as they did in the live one (when the host's memory was given)
+        memory_capacity_bytes=live.host.memory_capacity_bytes,
     )

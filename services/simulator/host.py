@@ -422,9 +422,19 @@ def fixed_sizes(
     span_s: float,
     resident: Sequence[SimVm] = (),
     max_step_s: float = MAX_INTEGRATION_STEP_S,
+    memory_capacity_bytes: int | None = None,
 ) -> Outcome:
     """The same arrivals on the same host for ``span_s`` seconds with no resize at all: every VM keeps the size it
-    asked for (``resident``: fresh VMs at their boot size, running from the start). Pure."""
-    host = Host(cores, capacity_vcpus, jobs=jobs, resident=resident, origin=0.0, max_step_s=max_step_s)
+    asked for (``resident``: fresh VMs at their boot size, running from the start; ``memory_capacity_bytes``: the
+    memory its jobs wait for, None: not limited). Pure."""
+    host = Host(
+        cores,
+        capacity_vcpus,
+        jobs=jobs,
+        resident=resident,
+        origin=0.0,
+        max_step_s=max_step_s,
+        memory_capacity_bytes=memory_capacity_bytes,
+    )
     host.advance(span_s)
     return host.outcome()

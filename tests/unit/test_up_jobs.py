@@ -248,3 +248,23 @@ def test_a_bad_host_memory_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
     assert "--host-memory: 'lots' is not a memory size" in capsys.readouterr().err
     assert main(["up", "--host-memory", "0"]) == 2
     assert "host_memory: '0' is no memory" in capsys.readouterr().err
+
+
+def test_the_fixed_size_run_waits_for_memory_as_the_live_run_did(tmp_path: Path) -> None:
+    # two jobs of 4 vCPUs (8 GiB each) beside a resident VM of 4 GiB (2 vCPUs), on a host of 32 cores but 14 GiB:
+    # the second job waits for the first to end
+    gib = 1024**3
+    (tmp_path / "jobs.csv").write_text(",".join(COLUMNS) + "\n0,a,4,4,idle,100,\n5,b,4,4,idle,100,\n")
+    config = SimulatorConfig(vms=1, max_vcpus=4, arrivals_file=tmp_path / "jobs.csv", host_memory_bytes=14 * gib)
+    live = Host(
+        32,
+        32,
+        jobs=scenario.arrivals(config),
+        resident=scenario.resident_vms(config, 0.0),
+        memory_capacity_bytes=scenario.memory_capacity(config),
+        memory_bytes=14 * gib,
+    )
+    live.advance(300.0)
+    reply = JobsReply(time=300.0, origin=0.0, host=live.state(), jobs=live.jobs())
+    assert [job.start_s for job in reply.jobs] == [0.0, pytest.approx(100.0)]
+    assert fixed_size_run(config, reply).jobs == reply.jobs
