@@ -569,7 +569,7 @@ class Ledger(Generic[H]):
                 job.plan = planned.decision
                 if isinstance(job.plan, MemoryPlan):
                     job.target = job.plan.target
-                if _grows(job.plan) and self.rules.host_views:
+                if _grows(job.plan) and self.rules.host_views and self._judged_on_host(job.plan):
                     job.phase = "host"  # judged on the host as it is now, not as it was
                 else:
                     self._roomed(job, command, now, mono)
@@ -599,6 +599,11 @@ class Ledger(Generic[H]):
             job.phase = "acknowledge"
         else:
             self._acknowledged(vm, job, command, len(outcome.handles))
+
+    def _judged_on_host(self, decided: Plan | MemoryPlan) -> bool:
+        """Whether a grow reads the host first: a vCPU grow always; a memory grow unless the views taken so far say
+        the driver reports no memory (then a failed host read must not fail a grow the host cannot judge)."""
+        return not isinstance(decided, MemoryPlan) or not self.host.known or self.host_memory.known
 
     def _roomed(self, job: Job, command: ScaleCommand, now: float, mono: float) -> None:
         """The plan cut to what fits on the host: steps to take, or nothing."""

@@ -195,3 +195,11 @@ def test_memory_room_and_vcpu_room_are_apart() -> None:
     shell.ledger.receive(memory_command("m1", 6 * GIB), "h1")
     assert shell.run().ok  # a full host in vCPUs holds no memory grow
     assert shell.ledger.host.commitments() == {"a": 2}
+
+
+def test_once_the_driver_is_known_to_report_no_memory_a_memory_grow_reads_no_host() -> None:
+    shell = Shell(ledger(), capacity=None)
+    shell.ledger.host.observe(HostView(cpus=8, vms={"a": 2}), 8, shell.ledger.host.ticket())  # a view, no memory
+    shell.ledger.host_memory.observe(HostView(cpus=8, vms={"a": 2}), None, shell.ledger.host_memory.ticket())
+    shell.ledger.receive(memory_command("m1", 6 * GIB), "h1")
+    assert shell.run().ok and "ReadHost" not in shell.actions
