@@ -132,8 +132,12 @@ def test_a_deferral_is_an_event_with_its_own_record_and_detail() -> None:
 
 def test_a_host_that_reports_its_memory_has_a_memory_line_and_fields() -> None:
     gib = 1024**3
-    memory = {"memory_bytes": 10 * gib, "capacity_memory_bytes": 7 * gib, "committed_memory_bytes": 8 * gib}
-    report = pool_report({"h1": state(**memory), "h2": state(host="h2")}, [], wait_s=2.0, waited_s=2.0, now=T0)
+    memory: dict[str, object] = {
+        "memory_bytes": 10 * gib,
+        "capacity_memory_bytes": 7 * gib,
+        "committed_memory_bytes": 8 * gib,
+    }
+    report = pool_report({"h1": state("h1", T0, **memory), "h2": state("h2")}, [], wait_s=2.0, waited_s=2.0, now=T0)
     h1, h2 = report["hosts"]
     assert {k: h1[k] for k in memory} == memory
     assert (h2["memory_bytes"], h2["capacity_memory_bytes"], h2["committed_memory_bytes"]) == (None, None, None)
