@@ -16,7 +16,7 @@ from services.simulator import scenario
 from services.simulator.host import Outcome, fixed_sizes
 from services.simulator.jobs import arrivals_until
 from services.simulator.scenario import SimulatorConfig
-from shared.config.schema import ConfigFile, SimulatorSection
+from shared.config.schema import ConfigFile, SimulatorSection, memory_bytes_of
 from shared.sim_api import JobsReply
 
 
@@ -30,6 +30,8 @@ def simulator_config(
     arrivals_file: Path | None,
     file: ConfigFile | None = None,
     file_dir: Path = Path("."),
+    host_memory: str | None = None,
+    host_memory_overcommit: float | None = None,
 ) -> SimulatorConfig:
     """The simulator child's configuration: each key as ``up`` passes it (``child_argv``), else as the file's
     ``[simulator]`` section sets it (its paths taken from ``file_dir``), else the simulator's default."""
@@ -50,11 +52,15 @@ def simulator_config(
         arrivals_rate=arrivals_rate or own.arrivals_rate or 0.0,
         arrivals_file=arrivals_file or (file_dir / own.arrivals_file if own.arrivals_file is not None else None),
         arrivals_seed=own.arrivals_seed,
+        host_memory_bytes=memory_bytes_of("host_memory", host_memory if host_memory is not None else own.host_memory),
+        memory_overcommit=host_memory_overcommit
+        if host_memory_overcommit is not None
+        else own.host_memory_overcommit or SimulatorConfig().memory_overcommit,
     )
 
 
 def fixed_size_run(config: SimulatorConfig, live: JobsReply) -> Outcome:
-    """``config``'s run on the live run's host (cores, capacity) and span, with fixed sizes."""
+    """``config``'s run on the live run's host (cores, capacity, memory capacity) and span, with fixed sizes."""
     span = max(0.0, live.time - live.origin)
     return fixed_sizes(
         arrivals_until(scenario.arrivals(config), span),
@@ -62,4 +68,6 @@ def fixed_size_run(config: SimulatorConfig, live: JobsReply) -> Outcome:
         capacity_vcpus=live.host.capacity_vcpus,
         span_s=span,
         resident=scenario.resident_vms(config, 0.0),
+        # jobs wait for memory in the fixed-size run as they did in the live one (when the host's memory was given)
+        memory_capacity_bytes=live.host.memory_capacity_bytes,
     )

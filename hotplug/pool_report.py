@@ -1,6 +1,6 @@
-"""What ``hotplug pool`` shows: each host's capacity, what is committed and used on it, the jobs waiting to start,
-and the grows deferred now with their age and reason, as text or as JSON. Pure: fed the HostStates heard and the
-Deferral events read (``hotplug.pool``).
+"""What ``hotplug pool`` shows: each host's capacity, what is committed and used on it (its memory too, where its
+source reports it), the jobs waiting to start, and the grows deferred now with their age and reason, as text or as
+JSON. Pure: fed the HostStates heard and the Deferral events read (``hotplug.pool``).
 
 A VM's grow is deferred now when its newest Deferral says ``deferred``. Ages are on the shared clock, as
 ``since`` is: measured from the host's HostState (its collector's clock), or, for a host that sent none, from the
@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.messages import Deferral, DeferralAction, HostState
+from shared.units import format_size
 
 STATE_FIELDS = (
     "time",
@@ -28,6 +29,9 @@ STATE_FIELDS = (
     "waiting_vms",
     "waiting_vcpus",
     "next_waiting_vcpus",
+    "memory_bytes",
+    "capacity_memory_bytes",
+    "committed_memory_bytes",
 )
 
 
@@ -132,6 +136,12 @@ def _host_lines(entry: Mapping[str, Any], wait_s: float) -> list[str]:
             f"  used {_cores(entry['used_cores'])} cores, host wait {_cores(entry['host_wait_cores'])} cores, "
             + waiting,
         ]
+        if entry["capacity_memory_bytes"] is not None:  # a source that reports the host's memory
+            capacity, committed = entry["capacity_memory_bytes"], entry["committed_memory_bytes"] or 0
+            lines.append(
+                f"  memory {format_size(entry['memory_bytes'] or 0)}, capacity {format_size(capacity)}, "
+                f"committed {format_size(committed)}, free {format_size(capacity - committed)}"
+            )
     rows = entry["deferred"]
     if not rows:
         lines.append("  no grow deferred")

@@ -370,6 +370,15 @@ class ScaleResult(_Message, tag="result", frozen=True, kw_only=True, forbid_unkn
         Bytes | None,
         msgspec.Meta(description="what the guest used when the actuator judged a shrink (below-used: the floor)"),
     ] = None
+    # Schema v2: as host_capacity_vcpus/host_committed_vcpus, for a memory grow judged against the host's memory
+    # (named as HostState's capacity_memory_bytes and committed_memory_bytes, under the result's host_ prefix).
+    host_capacity_memory_bytes: Annotated[
+        Bytes | None, msgspec.Meta(description="the host's memory capacity when the memory grow was judged (schema v2)")
+    ] = None
+    host_committed_memory_bytes: Annotated[
+        Bytes | None,
+        msgspec.Meta(description="memory committed on the host (every running VM's, and grows under way) (schema v2)"),
+    ] = None
 
 
 class PauseAction(StrEnum):
@@ -498,10 +507,20 @@ def required_version(message: BusMessage) -> int:
     """The lowest schema version that holds ``message``: 2 when it carries anything about memory, else 1."""
     if isinstance(message, MetricSample):
         needs_memory = message.memory is not None
-    elif isinstance(message, ScaleCommand | ScaleResult):
+    elif isinstance(message, ScaleCommand):
         needs_memory = message.resource is not Resource.VCPU
+    elif isinstance(message, ScaleResult):
+        needs_memory = (
+            message.resource is not Resource.VCPU
+            or message.host_capacity_memory_bytes is not None
+            or message.host_committed_memory_bytes is not None
+        )
     elif isinstance(message, HostState):
-        needs_memory = message.memory_bytes is not None or message.capacity_memory_bytes is not None
+        needs_memory = (
+            message.memory_bytes is not None
+            or message.capacity_memory_bytes is not None
+            or message.committed_memory_bytes is not None
+        )
     else:
         needs_memory = False
     return MEMORY_VERSION if needs_memory else 1

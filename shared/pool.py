@@ -1,10 +1,12 @@
-"""A host's capacity in vCPUs, and which ``[[host]]`` rule sets it. Pure.
+"""A host's capacity in vCPUs and in memory, and which ``[[host]]`` rule sets it. Pure.
 
 Capacity is OpenStack Placement's: ``(cpus - reserve_cpus) × overcommit``, floored to whole vCPUs and never
-negative. ``cpus`` is what the host's source or driver reports (the simulator's host cores, libvirt's node info,
-the machine's CPU count for QEMU, VirtualBox and psutil) unless its rule names another number. The collector
+negative; in memory ``(memory - reserve_memory) × memory_overcommit``, floored to bytes (:func:`memory_capacity`).
+``cpus`` is what the host's source or driver reports (the simulator's host cores, libvirt's node info, the
+machine's CPU count for QEMU, VirtualBox and psutil) unless its rule names another number. The collector
 publishes it (HostState), the decider plans each host within it, and the actuator enforces it: all three read
-it through :func:`host_capacity`, so they agree on one number.
+it through :func:`host_capacity`, so they agree on one number. A host's memory is what its source or driver reports
+unless its rule names another size; where neither knows it, the host's memory is not arbitrated (None).
 """
 
 from __future__ import annotations
@@ -61,5 +63,39 @@ def host_capacity(rules: Sequence[HostRule], host: str, detected_cpus: int) -> H
         overcommit=rule.overcommit,
         watermark=rule.watermark,
         capacity_vcpus=capacity_of(cpus, rule.reserve_cpus, rule.overcommit),
+        rule_index=index,
+    )
+
+
+class MemoryCapacity(NamedTuple):
+    """A host's resolved memory capacity, in bytes: what its rule (``rule_index`` None: no rule) makes of its
+    memory."""
+
+    memory_bytes: int
+    reserve_bytes: int
+    overcommit: float
+    capacity_bytes: int
+    rule_index: int | None = None
+
+
+def memory_capacity_of(memory_bytes: int, reserve_bytes: int, overcommit: float) -> int:
+    """``(memory - reserve) × overcommit`` bytes, floored, never negative."""
+    return max(0, math.floor((memory_bytes - reserve_bytes) * overcommit))
+
+
+def memory_capacity(rules: Sequence[HostRule], host: str, detected_bytes: int | None) -> MemoryCapacity | None:
+    """The memory capacity of ``host`` whose source or driver reports ``detected_bytes`` (None: it does not know),
+    under its first rule; None when neither the rule nor the source gives the host's memory (not arbitrated)."""
+    index = host_rule(rules, host)
+    rule = rules[index] if index is not None else DEFAULT_RULE
+    memory = rule.memory_bytes if rule.memory_bytes is not None else detected_bytes
+    if memory is None or memory <= 0:
+        return None
+    reserve = rule.reserve_memory_bytes or 0
+    return MemoryCapacity(
+        memory_bytes=memory,
+        reserve_bytes=reserve,
+        overcommit=rule.memory_overcommit,
+        capacity_bytes=memory_capacity_of(memory, reserve, rule.memory_overcommit),
         rule_index=index,
     )

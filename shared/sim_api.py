@@ -43,6 +43,11 @@ class SimMemory(msgspec.Struct, frozen=True, kw_only=True):
     psi_memory_some_now: float = 0.0
     oom_kills: int = 0
 
+    @property
+    def committed_bytes(self) -> int:
+        """What the host holds for it: its size, or the target it is growing to (a grow under way will land)."""
+        return max(self.size_bytes, self.requested_bytes)
+
 
 class SimVmCounters(msgspec.Struct, frozen=True, kw_only=True):
     vm: VmName
@@ -88,6 +93,9 @@ class SimHost(msgspec.Struct, frozen=True, kw_only=True):
     # the host may commit (its RAM times the overcommit); None: not limited (no host memory was configured).
     committed_memory_bytes: int = 0
     memory_capacity_bytes: int | None = None
+    # The host's RAM, as a hypervisor reports it (None: not configured); the loop's memory capacity is the [[host]]
+    # rule's reading of it, as its capacity in vCPUs is of ``cores``.
+    memory_bytes: int | None = None
     # Jobs (or resident VMs' work) the guests' OOM killer took since the start.
     oom_kills: int = 0
 

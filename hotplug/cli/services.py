@@ -25,7 +25,7 @@ from services.actuator.checks import Bounds
 from services.actuator.drivers.registry import DRIVERS
 from services.collector.sources.registry import SOURCES
 from shared.config.load import LoadedConfig
-from shared.config.schema import SETTINGS, UpSettings
+from shared.config.schema import SETTINGS, UpSettings, memory_bytes_of
 from shared.config.settings import add_flags, specs
 from shared.errors import UsageError
 from shared.plugins import Registry
@@ -122,7 +122,17 @@ def simulator_config_of(args: argparse.Namespace) -> SimulatorConfig:
         arrivals_file=args.arrivals_file,
         arrivals_seed=args.arrivals_seed,
         host_rules=tuple(loaded.config.host) if loaded else (),
+        host_memory_bytes=_host_memory(args.host_memory),
+        memory_overcommit=args.host_memory_overcommit,
     )
+
+
+def _host_memory(value: str | None) -> int | None:
+    """``--host-memory`` in bytes; a bad size is the command's usage error."""
+    try:
+        return memory_bytes_of("--host-memory", value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def cmd_collector(args: argparse.Namespace) -> int:

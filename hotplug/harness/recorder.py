@@ -20,7 +20,7 @@ from hotplug.harness.poll import within
 from shared import eventlog, subjects
 from shared.codec import BadMessage, Decoder
 from shared.messages import HostState, MetricSample, ScaleCommand, ScaleResult
-from shared.sim_api import StatsReply
+from shared.sim_api import SimHost, SimMemory, StatsReply
 
 
 class BusWatcher:
@@ -162,6 +162,14 @@ async def hypervisor_ops(nc: Client, host: str, timeout_s: float = 5.0) -> dict[
 async def hypervisor_online(nc: Client, host: str, timeout_s: float = 5.0) -> dict[str, int]:
     """The simulated hypervisor's online vCPUs per running VM, now."""
     return {vm.vm: vm.online_vcpus for vm in (await _stats(nc, host, timeout_s)).vms}
+
+
+async def hypervisor_memory(
+    nc: Client, host: str, timeout_s: float = 5.0
+) -> tuple[SimHost | None, dict[str, SimMemory]]:
+    """The simulated host now (its committed memory among its figures) and each running VM's memory."""
+    stats = await _stats(nc, host, timeout_s)
+    return stats.host, {vm.vm: vm.memory for vm in stats.vms if vm.memory is not None}
 
 
 async def settle(nc: Client, timeout_s: float = 60.0) -> tuple[list[ScaleCommand], list[ScaleResult]]:

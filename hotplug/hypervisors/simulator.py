@@ -12,7 +12,16 @@ import msgspec
 
 from hotplug.cli.common import check_arrivals, check_trace
 from hotplug.hypervisors import DEFAULT_VMS, Hypervisor
-from shared.config.schema import ArrivalsFile, ArrivalsRate, HostCores, Seed, SimulatorSettings, TraceFile
+from shared.config.schema import (
+    ArrivalsFile,
+    ArrivalsRate,
+    HostCores,
+    HostMemory,
+    HostMemoryOvercommit,
+    Seed,
+    SimulatorSettings,
+    TraceFile,
+)
 from shared.errors import UsageError
 
 if TYPE_CHECKING:  # the record is read by every command's parser: what only a run needs loads when up runs
@@ -38,6 +47,8 @@ class SimulatorUp(msgspec.Struct, frozen=True, kw_only=True):
     trace: TraceFile = None
     seed: Seed = _SIMULATOR.seed
     host_cores: HostCores = None
+    host_memory: HostMemory = None
+    host_memory_overcommit: HostMemoryOvercommit | None = None  # None: the file's, else the simulator's default
     arrivals_rate: ArrivalsRate = _SIMULATOR.arrivals_rate
     arrivals_file: ArrivalsFile = None
 
@@ -70,6 +81,10 @@ def service_args(service: str, options: UpOptions) -> list[str]:
         argv += ["--trace", own.trace]
     if own.host_cores is not None:
         argv += ["--host-cores", str(own.host_cores)]
+    if own.host_memory is not None:
+        argv += ["--host-memory", str(own.host_memory)]
+    if own.host_memory_overcommit is not None:
+        argv += ["--host-memory-overcommit", repr(own.host_memory_overcommit)]
     if own.arrivals_rate > 0:
         argv += ["--arrivals-rate", repr(own.arrivals_rate)]
     if own.arrivals_file is not None:
@@ -87,6 +102,8 @@ def simulator_of(options: UpOptions, config: ConfigFile | None) -> SimulatorConf
         seed=own.seed,
         trace=_path(own.trace),
         host_cores=own.host_cores,
+        host_memory=own.host_memory,
+        host_memory_overcommit=own.host_memory_overcommit,
         arrivals_rate=own.arrivals_rate,
         arrivals_file=_path(own.arrivals_file),
         file=config,

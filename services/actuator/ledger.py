@@ -25,8 +25,9 @@ memory, or, older, in the log), know the pauses in force), and ``started`` takes
 Resources: a VM's commands wait in one lane per resource (``lane``): a memory order neither supersedes nor waits
 for a vCPU order of the same VM, and each lane has its own rate limit and back-off. A memory command goes the same
 way as a vCPU one, with its own checks (memory_checks.py): read the VM's memory (``MemoryRead``), plan, mark,
-``Execute`` its ``MemoryPlan`` (one request, then the size read until it gets there), answer in bytes. Host room is
-judged for vCPU grows only, so far.
+``Execute`` its ``MemoryPlan`` (one request, then the size read until it gets there), answer in bytes. A memory
+grow is cut to what fits under the host's memory capacity as a vCPU grow is under its vCPU capacity (``room``: one
+``Reservations`` per resource), when the driver reports the host's memory.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from services.actuator.reservations import Grant, Reservations
 from services.actuator.retry import Backoff, retry_after
 from shared.config.schema import ActuatorSettings
 from shared.messages import ErrorCode, PauseEvent, Resource, ScaleCommand, ScaleResult, short_text
+from shared.units import MAX_MEMORY_BYTES
 
 # How long an answered command's id is kept in memory. A command stamped earlier than this (less a margin for
 # clock skew between decider and actuator) is looked up in the event log instead.
@@ -436,6 +438,8 @@ class Job:
     sizes: tuple[int, int] | None = None
     plan: Plan | MemoryPlan | None = None
     guest_used: int | None = None  # memory: what the guest used when the shrink was judged
+    step: int = 1  # memory: the hypervisor's step, on which a grow cut short is cut
+    target: int | None = None  # memory: the command's target on that step (what its result says it asked)
     grant: Grant | None = None
     failure: Refusal | None = None
     stepping: bool = False  # a hot-plug step is under way: should it fail, the VM's count is not sure
@@ -459,8 +463,10 @@ class Ledger(Generic[H]):
         self.backoff = Backoff()
         # The highest leadership term seen per decider: commands from an older term are refused.
         self.terms: dict[str, int] = {}
-        # The host's commitments, from the driver's host views: grows are granted only what fits its capacity.
+        # The host's commitments, from the driver's host views: grows are granted only what fits its capacity, in
+        # vCPUs and (where the driver reports the host's memory) in bytes.
         self.host = Reservations(rules.host)
+        self.host_memory = Reservations(rules.host, Resource.MEMORY)
         self.start = StartUp()
 
     # -- intake ---------------------------------------------------------------------------------------------------
@@ -552,6 +558,7 @@ class Ledger(Generic[H]):
             if isinstance(outcome, MemoryRead):
                 job.before = job.after = outcome.view.size_bytes
                 job.guest_used = outcome.view.guest_used_bytes
+                job.step = max(1, outcome.view.step_bytes)
             else:
                 job.before = job.after = outcome.view.online_vcpus
             planned = self.plan(command, outcome.view, job.now)
@@ -560,8 +567,9 @@ class Ledger(Generic[H]):
                 job.failure, job.phase = planned.decision, "reread"
             else:
                 job.plan = planned.decision
-                grow = isinstance(job.plan, Plan) and job.plan.direction > 0 and job.plan.steps > 0
-                if grow and self.rules.host_views:
+                if isinstance(job.plan, MemoryPlan):
+                    job.target = job.plan.target
+                if _grows(job.plan) and self.rules.host_views and self._judged_on_host(job.plan):
                     job.phase = "host"  # judged on the host as it is now, not as it was
                 else:
                     self._roomed(job, command, now, mono)
@@ -592,11 +600,16 @@ class Ledger(Generic[H]):
         else:
             self._acknowledged(vm, job, command, len(outcome.handles))
 
+    def _judged_on_host(self, decided: Plan | MemoryPlan) -> bool:
+        """Whether a grow reads the host first: a vCPU grow always; a memory grow unless the views taken so far say
+        the driver reports no memory (then a failed host read must not fail a grow the host cannot judge)."""
+        return not isinstance(decided, MemoryPlan) or not self.host.known or self.host_memory.known
+
     def _roomed(self, job: Job, command: ScaleCommand, now: float, mono: float) -> None:
         """The plan cut to what fits on the host: steps to take, or nothing."""
         assert job.plan is not None
         assert job.before is not None
-        job.plan, job.grant = self.room(command, job.plan, job.before)
+        job.plan, job.grant = self.room(command, job.plan, job.before, job.step)
         if _moves(job.plan):
             job.phase = "mark"
         else:
@@ -613,7 +626,6 @@ class Ledger(Generic[H]):
     def _finish(self, job: Job, command: ScaleCommand, now: float, mono: float) -> None:
         """The driver is done with the command: release its room, and describe what happened."""
         self._release(command, job)
-        target = job.plan.target if isinstance(job.plan, MemoryPlan) else None
         job.result = self.result(
             command,
             now,
@@ -623,19 +635,16 @@ class Ledger(Generic[H]):
             job.failure,
             job.sizes,
             job.grant,
-            aligned_target=target,
+            aligned_target=job.target,
             guest_used=job.guest_used,
         )
         job.phase = "store"
 
     def _release(self, command: ScaleCommand, job: Job) -> None:
-        # Until now the grant's room stayed reserved, whatever happened (a failure too). The host's commitments
-        # are vCPUs: a memory command holds none.
-        if command.resource is not Resource.VCPU:
-            job.released = True
-            return
+        # Until now the grant's room stayed reserved, whatever happened (a failure too), in the ledger of the
+        # command's resource.
         if not job.released and (job.grant is not None or (job.before is not None and job.after != job.before)):
-            self.ended(command.vm, None if job.stepping else job.after)
+            self.ended(command.vm, None if job.stepping else job.after, command.resource)
         job.released = True
 
     def _acknowledged(self, vm: str, job: Job, command: ScaleCommand, count: int) -> None:
@@ -722,19 +731,28 @@ class Ledger(Generic[H]):
         return Planned(decided, sizes)
 
     def room(
-        self, command: ScaleCommand, decided: Plan | MemoryPlan, before: int
+        self, command: ScaleCommand, decided: Plan | MemoryPlan, before: int, step: int = 1
     ) -> tuple[Plan | MemoryPlan, Grant | None]:
-        """A grow cut to the whole vCPUs that fit on the host, with the grant to report (reserved until ``ended``);
-        anything else, or any command while the host is unknown (no view: a driver that reports none), as it is."""
-        if isinstance(decided, MemoryPlan) or decided.direction <= 0 or not decided.steps or not self.host.known:
+        """A grow cut to the whole vCPUs that fit on the host (for memory: the bytes, on the hypervisor's ``step``),
+        with the grant to report (reserved until ``ended``); anything else, or any command while the host (its
+        memory) is unknown (no view: a driver that reports none), as it is. A memory grow granted nothing is a plan
+        that stays where it is."""
+        if not _grows(decided):
+            return decided, None
+        if isinstance(decided, MemoryPlan):
+            if not self.host_memory.known:
+                return decided, None
+            grant = self.host_memory.grant(command.vm, before, decided.target, step)
+            return (MemoryPlan(grant.size, 1) if grant.steps > 0 else MemoryPlan(before, 0)), grant
+        if not self.host.known:
             return decided, None
         grant = self.host.grant(command.vm, before, before + decided.steps)
         return Plan(decided.direction, grant.steps), grant
 
-    def ended(self, vm: str, after: int | None) -> None:
-        """A command that resized ``vm`` or was granted room ended with ``after`` vCPUs (None: unsure, a step failed
-        part-way): its reservation is released."""
-        self.host.release(vm, after)
+    def ended(self, vm: str, after: int | None, resource: Resource = Resource.VCPU) -> None:
+        """A command that resized ``vm`` or was granted room ended with ``after`` vCPUs (bytes, for memory; None:
+        unsure, a step failed part-way): its reservation is released."""
+        (self.host if resource is Resource.VCPU else self.host_memory).release(vm, after)
 
     def changed(self, vm: str, now: float) -> None:
         """A resize in lane ``vm`` was carried out at ``now``: it counts against the lane's rate limit (one per VM
@@ -798,6 +816,9 @@ class Ledger(Generic[H]):
                 allowed_min_memory_bytes=low,
                 allowed_max_memory_bytes=high,
                 guest_used_bytes=guest_used if below_used else None,
+                # within the message's bounds: an overcommitted host's figure may pass what one VM could hold
+                host_capacity_memory_bytes=min(grant.capacity, MAX_MEMORY_BYTES) if grant else None,
+                host_committed_memory_bytes=min(grant.committed, MAX_MEMORY_BYTES) if grant else None,
             )
         return msgspec.structs.replace(
             result,
@@ -911,6 +932,11 @@ class Ledger(Generic[H]):
             )
         )
         return self.result(command, now, duration_s, before, now_size, failure)
+
+
+def _grows(plan: Plan | MemoryPlan) -> bool:
+    """Whether ``plan`` adds anything: then it is judged against the host's room."""
+    return plan.direction > 0 and (isinstance(plan, MemoryPlan) or plan.steps > 0)
 
 
 def _moves(plan: Plan | MemoryPlan) -> bool:

@@ -16,6 +16,11 @@ or while a grow of it is under way the size granted to that grow (its reservatio
   count and the one known at release stands, and a view asked for before one already taken is ignored.
 * Nothing else is remembered: a restarted actuator starts from a fresh view of its host. A capacity lowered under
   running VMs strands nothing: committed stays above it, every grow is refused, and shrinks bring it back.
+
+Memory is committed the same way, in a ledger of its own (``Reservations(host, Resource.MEMORY)``): each VM's
+commitment is the larger of its memory in the host view (``HostView.vm_memory``) and the size granted to its grow,
+in bytes, under the host's memory capacity (``shared.pool.memory_capacity``); a grow cut short is cut on the
+hypervisor's step (``grant``'s ``step``). A driver that reports no memory leaves it unknown: nothing is judged.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from typing import NamedTuple
 
 from services.actuator.checks import Refusal
 from services.actuator.drivers.base import HostView
-from shared.messages import ErrorCode
+from shared.messages import ErrorCode, Resource
+from shared.units import align_down, format_size
 
 
 class Grant(NamedTuple):
-    """What a grow of ``vm`` from ``before`` to ``asked`` vCPUs got: ``size`` (``before`` ≤ size ≤ ``asked``), judged
-    on a host of ``capacity`` vCPUs with ``committed`` vCPUs committed (the VM counted at ``before``)."""
+    """What a grow of ``vm`` from ``before`` to ``asked`` vCPUs (bytes, for ``resource`` memory) got: ``size``
+    (``before`` ≤ size ≤ ``asked``), judged on a host of ``capacity`` with ``committed`` committed (the VM counted at
+    ``before``)."""
 
     host: str
     vm: str
@@ -38,6 +45,7 @@ class Grant(NamedTuple):
     size: int
     capacity: int
     committed: int
+    resource: Resource = Resource.VCPU
 
     @property
     def steps(self) -> int:
@@ -47,6 +55,13 @@ class Grant(NamedTuple):
         """``host-full`` when the grow got less than it asked (the steps granted, if any, are still taken)."""
         if self.size >= self.asked:
             return None
+        if self.resource is Resource.MEMORY:
+            return Refusal(
+                ErrorCode.HOST_FULL,
+                f"granted {format_size(self.steps)} of {format_size(self.asked - self.before)} of memory asked: host "
+                f"{self.host} has memory capacity {format_size(self.capacity)}, {format_size(self.committed)} "
+                "committed",
+            )
         return Refusal(
             ErrorCode.HOST_FULL,
             f"granted {self.steps} of {self.asked - self.before} vCPUs asked: host {self.host} has capacity "
@@ -55,10 +70,12 @@ class Grant(NamedTuple):
 
 
 class Reservations:
-    """One host's ledger of commitments: the last host view, the grows under way, and the releases since."""
+    """One host's ledger of commitments of one resource (vCPUs, or memory in bytes): the last host view, the grows
+    under way, and the releases since."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, resource: Resource = Resource.VCPU) -> None:
         self.host = host
+        self.resource = resource
         self.capacity: int | None = None  # None: no view yet (or a driver that reports none): nothing is judged
         self.cpus: int | None = None
         self._online: dict[str, int] = {}
@@ -75,16 +92,17 @@ class Reservations:
         """Take one just before asking the driver for its host view, and hand it to ``observe`` with the view."""
         return self._events
 
-    def observe(self, view: HostView, capacity: int, ticket: int) -> bool:
-        """Take a host view asked for at ``ticket``, on a host of ``capacity`` vCPUs; False if it was ignored (a
-        newer view was taken already; its capacity is taken all the same: that is today's rule, not the view's)."""
+    def observe(self, view: HostView, capacity: int | None, ticket: int) -> bool:
+        """Take a host view asked for at ``ticket``, on a host of ``capacity`` vCPUs (bytes; None: the host's memory
+        is not known); False if it was ignored (a newer view was taken already; its capacity is taken all the same:
+        that is today's rule, not the view's)."""
         if ticket < self._seen:
             # A capacity lowered since the newer view (a [[host]] rule reloaded) binds the next grant at once.
             self.capacity = capacity
             return False
         self._seen = ticket
         self.capacity, self.cpus = capacity, view.cpus
-        online = dict(view.vms)
+        online = dict(view.vms if self.resource is Resource.VCPU else view.vm_memory)
         for vm, event in self._released.items():
             # released after the view was asked for: the view may miss its last steps, or list it gone too early
             if event > ticket and vm in self._online:
@@ -100,16 +118,18 @@ class Reservations:
     def committed(self) -> int:
         return sum(self.commitments().values())
 
-    def grant(self, vm: str, before: int, asked: int) -> Grant:
-        """Judge a grow of ``vm`` from ``before`` (its count read just now) to ``asked`` vCPUs, and reserve what it
-        gets until ``release``. Needs a view (``known``)."""
+    def grant(self, vm: str, before: int, asked: int, step: int = 1) -> Grant:
+        """Judge a grow of ``vm`` from ``before`` (its count read just now) to ``asked`` vCPUs (bytes), and reserve
+        what it gets until ``release``; a grow cut short is cut down to a multiple of ``step`` (the hypervisor's
+        memory block: ``asked`` is one). Needs a view (``known``)."""
         if self.capacity is None:
             raise ValueError("no host view taken yet")
         others = sum(n for other, n in self.commitments().items() if other != vm)
-        size = max(before, min(asked, self.capacity - others))
+        room = self.capacity - others
+        size = max(before, asked if asked <= room else align_down(room, step))
         if size > before:
             self._reserved[vm] = size
-        return Grant(self.host, vm, before, asked, size, self.capacity, others + before)
+        return Grant(self.host, vm, before, asked, size, self.capacity, others + before, self.resource)
 
     def release(self, vm: str, after: int | None) -> None:
         """A command that changed ``vm`` (or was granted a grow) ended with ``after`` vCPUs read at its end; None when a

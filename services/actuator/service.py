@@ -18,7 +18,8 @@ watches its host's keys of the pause bucket and takes no command before it knows
 
 The actuator keeps its host within its capacity (the ``[[host]]`` rules, ``shared.pool``), whichever decider sent the
 grow: before each grow it reads its driver's view of the host and grants the vCPUs that fit (reservations.py), all,
-part (``host-full`` with the size reached) or none; a shrink always passes. It also reads the view every
+part (``host-full`` with the size reached) or none; a shrink always passes. Memory grows likewise, within the host's
+memory capacity, where the driver reports the host's memory. It also reads the view every
 ``host_refresh_s`` for its metrics. A driver that reports no host (an older plug-in) leaves the host unarbitrated.
 """
 
@@ -104,7 +105,7 @@ from shared.leadership import LEASE_BUCKET, LeaseState
 from shared.messages import ErrorCode, PauseEvent, Resource, ScaleCommand, ScaleResult
 from shared.pause_bucket import PauseWatch
 from shared.pauses import describe, host_keys
-from shared.pool import HostCapacity, host_capacity
+from shared.pool import HostCapacity, MemoryCapacity, host_capacity, memory_capacity
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
 from shared.units import format_size
@@ -186,6 +187,16 @@ class ActuatorMetrics(ServiceMetrics):
             "grow under way",
             registry=self.registry,
         )
+        self.host_capacity_memory = Gauge(
+            "hotplug_actuator_host_capacity_memory_bytes",
+            "memory this actuator's host may commit ([[host]] rules over the driver's; NaN: not reported)",
+            registry=self.registry,
+        )
+        self.host_committed_memory = Gauge(
+            "hotplug_actuator_host_committed_memory_bytes",
+            "memory committed on this actuator's host: every running VM's, or the size granted to a grow under way",
+            registry=self.registry,
+        )
 
 
 class Actuator:
@@ -206,6 +217,7 @@ class Actuator:
         self.host_rules = host_rules
         self.host_driver: HostAware | None = host_aware(driver)
         self._capacity: HostCapacity | None = None
+        self._memory: MemoryCapacity | None = None
         self.metrics = ctx.metrics
         self.commands: Inbox[ScaleCommand] = Inbox("command", ScaleCommand, ctx.metrics)
         self.ledger: Ledger[Msg] = Ledger(
@@ -228,6 +240,9 @@ class Actuator:
         room = self.ledger.host
         self.metrics.host_capacity.set_function(lambda: math.nan if room.capacity is None else room.capacity)
         self.metrics.host_committed.set_function(lambda: room.committed() if room.known else math.nan)
+        memory = self.ledger.host_memory
+        self.metrics.host_capacity_memory.set_function(lambda: math.nan if memory.capacity is None else memory.capacity)
+        self.metrics.host_committed_memory.set_function(lambda: memory.committed() if memory.known else math.nan)
 
     def bounds_for(self, vm: str) -> Bounds:
         """The sizes the actuator allows ``vm``: --vm-bounds, else its [[vm]] rule's, else its own (vmbounds.py)."""
@@ -340,8 +355,29 @@ class Actuator:
         """Read the driver's host view now and take it, with the capacity the [[host]] rules give its CPUs."""
         assert self.host_driver is not None
         ticket = self.ledger.host.ticket()
+        memory_ticket = self.ledger.host_memory.ticket()
         view = await self._call(self.host_driver.host_view())
         capacity = host_capacity(self.host_rules, self.ctx.host, view.cpus)
+        # A driver that reports no memory of its own leaves the host's memory unarbitrated, even under a rule that
+        # names its size: what its VMs hold would be unknown.
+        memory = (
+            None if view.memory_bytes is None else memory_capacity(self.host_rules, self.ctx.host, view.memory_bytes)
+        )
+        if (
+            self.ledger.host_memory.observe(view, None if memory is None else memory.capacity_bytes, memory_ticket)
+            and memory != self._memory
+        ):
+            self._memory = memory
+            if memory is not None:
+                log.info(
+                    "host %s: memory capacity %s (%s, %s reserved, overcommit %g), %s committed",
+                    self.ctx.host,
+                    format_size(memory.capacity_bytes),
+                    format_size(memory.memory_bytes),
+                    format_size(memory.reserve_bytes),
+                    memory.overcommit,
+                    format_size(self.ledger.host_memory.committed()),
+                )
         if self.ledger.host.observe(view, capacity.capacity_vcpus, ticket) and capacity != self._capacity:
             self._capacity = capacity
             rule = "no [[host]] rule" if capacity.rule_index is None else f"[[host]] rule {capacity.rule_index + 1}"

@@ -1,7 +1,9 @@
 """Turn a host reading (and the one before it) into the HostState the collector publishes. Pure.
 
 Capacity is ``shared.pool.host_capacity`` of the config's ``[[host]]`` rules, the one rule collector, decider and
-actuator share; committed is the online vCPUs of every running VM; host wait is a rate over the two readings. Every
+actuator share; committed is the online vCPUs of every running VM; host wait is a rate over the two readings. Where
+the source reports the host's memory, its memory capacity (``shared.pool.memory_capacity``) and committed memory
+(every running VM's) too; else the memory fields stay None. Every
 number is kept within the message's bounds, so what the source reports can never make the message invalid.
 """
 
@@ -12,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from services.collector.sources.base import HostReading
 from shared.config.schema import HostRule
 from shared.messages import HostState
-from shared.pool import host_capacity
+from shared.pool import host_capacity, memory_capacity
+from shared.units import MAX_MEMORY_BYTES
 
 MAX_CPUS = 65_536
 MAX_VCPUS = 1_048_576
@@ -69,4 +72,21 @@ def host_state(
         if waiting_vms and current.next_waiting_vcpus is not None and current.next_waiting_vcpus >= 1
         else None,
         source=source,
+        **_memory_fields(current, host, rules),
     )
+
+
+def _memory_fields(current: HostReading, host: str, rules: Sequence[HostRule]) -> dict[str, int]:
+    """The HostState's memory fields from ``current`` (none when the source reports no memory: a rule's ``memory``
+    alone does not tell what the VMs hold), each within the message's bounds."""
+    if current.memory_bytes is None or current.vm_memory is None:
+        return {}
+    capacity = memory_capacity(rules, host, current.memory_bytes)
+    if capacity is None:
+        return {}
+    committed = sum(max(0, size) for size in current.vm_memory.values())
+    return {
+        "memory_bytes": min(capacity.memory_bytes, MAX_MEMORY_BYTES),
+        "capacity_memory_bytes": min(capacity.capacity_bytes, MAX_MEMORY_BYTES),
+        "committed_memory_bytes": min(committed, MAX_MEMORY_BYTES),
+    }

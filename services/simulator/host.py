@@ -76,6 +76,7 @@ class Host:
         start: float | None = None,
         max_step_s: float = MAX_INTEGRATION_STEP_S,
         memory_capacity_bytes: int | None = None,
+        memory_bytes: int | None = None,
     ) -> None:
         if cores < 1:
             raise ValueError(f"a host needs at least one core, got {cores}")
@@ -84,6 +85,7 @@ class Host:
         self.cores = cores
         self.capacity_vcpus = capacity_vcpus
         self.memory_capacity_bytes = memory_capacity_bytes
+        self.memory_bytes = memory_bytes  # its RAM, as a hypervisor reports it (None: not configured)
         self.origin = origin
         self.time = origin if start is None else start
         self.max_step_s = max_step_s
@@ -160,6 +162,7 @@ class Host:
             jobs_rejected=self.jobs_rejected,
             committed_memory_bytes=self.committed_memory_bytes,
             memory_capacity_bytes=self.memory_capacity_bytes,
+            memory_bytes=self.memory_bytes,
             oom_kills=self.oom_kills,
         )
 
@@ -419,9 +422,19 @@ def fixed_sizes(
     span_s: float,
     resident: Sequence[SimVm] = (),
     max_step_s: float = MAX_INTEGRATION_STEP_S,
+    memory_capacity_bytes: int | None = None,
 ) -> Outcome:
     """The same arrivals on the same host for ``span_s`` seconds with no resize at all: every VM keeps the size it
-    asked for (``resident``: fresh VMs at their boot size, running from the start). Pure."""
-    host = Host(cores, capacity_vcpus, jobs=jobs, resident=resident, origin=0.0, max_step_s=max_step_s)
+    asked for (``resident``: fresh VMs at their boot size, running from the start; ``memory_capacity_bytes``: the
+    memory its jobs wait for, None: not limited). Pure."""
+    host = Host(
+        cores,
+        capacity_vcpus,
+        jobs=jobs,
+        resident=resident,
+        origin=0.0,
+        max_step_s=max_step_s,
+        memory_capacity_bytes=memory_capacity_bytes,
+    )
     host.advance(span_s)
     return host.outcome()

@@ -134,6 +134,7 @@ class SimulatorService:
             resident=resident,
             origin=now,
             memory_capacity_bytes=scenario.memory_capacity(config),
+            memory_bytes=config.host_memory_bytes,
         )
         self._exported = SimHost(cores=cores, capacity_vcpus=capacity)  # the counters' totals exported so far
         self._labelled: set[str] = set()  # the VMs the per-VM gauges have a series for

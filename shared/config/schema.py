@@ -79,6 +79,24 @@ HostCores = Annotated[
         "contend); its capacity in vCPUs is the config file's [[host]] rule's reading of them"
     ),
 ]
+HostMemory = Annotated[
+    str | None,
+    Meta(
+        description='the simulated host\'s memory: "64GiB", "65536" (MiB) (default: not limited); the loop '
+        "commits what the config file's [[host]] rule makes of it",
+        extra={"metavar": "SIZE"},
+    ),
+]
+HostMemoryOvercommit = Annotated[
+    float,
+    Meta(
+        gt=0,
+        le=64,
+        description="how far the simulated hypervisor lets its VMs' memory exceed its memory (1: not at all); "
+        "beyond, it refuses a memory grow (host-full) and jobs wait",
+        extra={"metavar": "RATIO"},
+    ),
+]
 ArrivalsRate = Annotated[
     NonNegFloat,
     Meta(
@@ -135,6 +153,8 @@ class SimulatorSettings(ServiceSettings):
     trace: TraceFile = None
     seed: Seed = SEED
     host_cores: HostCores = None
+    host_memory: HostMemory = None
+    host_memory_overcommit: HostMemoryOvercommit = 1.0
     arrivals_rate: ArrivalsRate = 0.0
     arrivals_file: ArrivalsFile = None
     arrivals_seed: Annotated[int | None, Meta(description="the arrivals' seed (default: seed)")] = None
@@ -371,27 +391,29 @@ class VmRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
     @property
     def min_memory_bytes(self) -> int | None:
-        return _memory_bytes("min_memory", self.min_memory)
+        return memory_bytes_of("min_memory", self.min_memory)
 
     @property
     def max_memory_bytes(self) -> int | None:
-        return _memory_bytes("max_memory", self.max_memory)
+        return memory_bytes_of("max_memory", self.max_memory)
 
 
-def _memory_bytes(key: str, value: str | int | None) -> int | None:
-    """A rule's memory bound in bytes (None: not given); a bad one is the rule's error, naming the key."""
+def memory_bytes_of(key: str, value: str | int | None, *, allow_zero: bool = False) -> int | None:
+    """A memory setting in bytes (None: not given): a rule's bound or size, a simulator's RAM; a bad one is a
+    ValueError naming the key."""
     if value is None:
         return None
     try:
-        return parse_size(value)
+        return parse_size(value, allow_zero=allow_zero)
     except SizeError as exc:
         raise ValueError(f"{key}: {exc}") from exc
 
 
 class HostRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    """One ``[[host]]`` rule: a host's capacity in vCPUs is ``(cpus - reserve_cpus) × overcommit``, floored
-    (``shared.pool``). The first rule whose ``match`` fits a host's name is its rule; a host no rule matches keeps
-    the defaults (its source's CPUs, no reserve, overcommit 1)."""
+    """One ``[[host]]`` rule: a host's capacity in vCPUs is ``(cpus - reserve_cpus) × overcommit``, floored, and in
+    memory ``(memory - reserve_memory) × memory_overcommit`` bytes, floored (``shared.pool``). The first rule whose
+    ``match`` fits a host's name is its rule; a host no rule matches keeps the defaults (its source's CPUs and
+    memory, no reserve, overcommit 1)."""
 
     match: Annotated[
         str | list[str], Meta(description='glob on the host\'s name ("node*"); a list matches any of its patterns')
@@ -414,15 +436,49 @@ class HostRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             "present need may take it all",
         ),
     ] = 1.0
+    memory: Annotated[
+        str | int | None,
+        Meta(
+            description='the host\'s memory, in place of what its source or driver reports: "256GiB"; a bare '
+            "number is MiB"
+        ),
+    ] = None
+    reserve_memory: Annotated[
+        str | int | None,
+        Meta(description='memory kept for the host itself (its OS, the hypervisor\'s own): "8GiB" (default none)'),
+    ] = None
+    memory_overcommit: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=64,
+            description="bytes of VM memory committed per byte of the host's: 1 means no guest page is ever short "
+            "of host RAM",
+        ),
+    ] = 1.0
 
     def __post_init__(self) -> None:
         patterns = self.patterns
         if not patterns or any(not p for p in patterns):
             raise ValueError("match needs at least one non-empty pattern")
+        # Read once here so that a bad size is the rule's error at load, not a surprise at the first host view.
+        memory, reserve = self.memory_bytes, self.reserve_memory_bytes
+        if memory is not None and reserve is not None and reserve >= memory:
+            raise ValueError(
+                f"reserve_memory {format_size(reserve)} leaves nothing of memory {format_size(memory)} for VMs"
+            )
 
     @property
     def patterns(self) -> tuple[str, ...]:
         return (self.match,) if isinstance(self.match, str) else tuple(self.match)
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return memory_bytes_of("memory", self.memory)
+
+    @property
+    def reserve_memory_bytes(self) -> int | None:
+        return memory_bytes_of("reserve_memory", self.reserve_memory, allow_zero=True)  # 0: no reserve, as by default
 
 
 class ConfigFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

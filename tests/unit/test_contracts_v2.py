@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from shared.codec import BadMessage, Decoder, encode
 from shared.messages import (
+    ErrorCode,
     HostState,
     MemoryReading,
     MetricSample,
@@ -147,6 +148,30 @@ def test_results_and_host_states_say_memory_in_v2() -> None:
     host = HostState(time=1.0, host="h1", cpus=4, capacity_vcpus=4, committed_vcpus=2, free_vcpus=2)
     assert required_version(host) == 1
     assert required_version(msgspec.structs.replace(host, memory_bytes=8 * GIB)) == 2
+    assert required_version(msgspec.structs.replace(host, committed_memory_bytes=8 * GIB)) == 2
+
+
+def test_a_memory_grow_judged_on_the_host_says_its_memory_capacity_and_committed_in_v2() -> None:
+    result = ScaleResult(
+        command_id="c-1", time=1.0, host="h1", vm="vm-1", ok=False, vcpus_before=None, vcpus_after=None,
+        duration_s=0.5, actuator="a", resource=Resource.MEMORY, target_memory_bytes=4 * GIB,
+        memory_before_bytes=GIB, memory_after_bytes=2 * GIB, error_code=ErrorCode.HOST_FULL, retry_after=2.0,
+        host_capacity_memory_bytes=16 * GIB, host_committed_memory_bytes=15 * GIB,
+    )  # fmt: skip
+    back = Decoder(ScaleResult).decode(encode(result))
+    assert (back.v, back.host_capacity_memory_bytes, back.host_committed_memory_bytes) == (2, 16 * GIB, 15 * GIB)
+    # the fields alone need v2 (a writer that sets them on a vCPU result is not read as v1)
+    vcpu = ScaleResult(
+        command_id="c-2", time=1.0, host="h1", vm="vm-1", ok=True, vcpus_before=2, vcpus_after=3,
+        duration_s=0.5, actuator="a",
+    )  # fmt: skip
+    assert required_version(vcpu) == 1 and "host_capacity_memory_bytes" not in json.loads(encode(vcpu))
+    assert required_version(msgspec.structs.replace(vcpu, host_committed_memory_bytes=GIB)) == 2
+    body = {**json.loads(encode(vcpu)), "host_capacity_memory_bytes": GIB}
+    with pytest.raises(BadMessage):
+        Decoder(ScaleResult).decode(json.dumps(body).encode())  # v1 carrying a v2 key
+    with pytest.raises(BadMessage):
+        Decoder(ScaleResult).decode(json.dumps({**body, "v": 2, "host_capacity_memory_bytes": -1}).encode())
 
 
 sizes = st.integers(min_value=0, max_value=64 * 1024**4)

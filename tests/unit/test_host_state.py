@@ -10,8 +10,9 @@ from services.collector.hoststate import host_state, host_wait_cores
 from services.collector.sources.base import HostReading, host_reader
 from services.collector.sources.simulator import host_reading
 from shared.config.schema import HostRule
-from shared.messages import HostState
-from shared.sim_api import SimHost, SimVmCounters, StatsReply
+from shared.messages import HostState, required_version
+from shared.sim_api import SimHost, SimMemory, SimVmCounters, StatsReply
+from shared.units import GIB, MAX_MEMORY_BYTES
 
 RULES = (
     HostRule(match="gpu-*", cpus=64, reserve_cpus=2, overcommit=1.5, watermark=0.8),
@@ -131,3 +132,63 @@ class WithHost(WithoutHost):
 def test_a_source_without_a_host_reading_has_no_host_reader() -> None:
     assert host_reader(WithoutHost()) is None  # a plug-in written before host readings: it publishes no HostState
     assert host_reader(WithHost()) is not None
+
+
+# -- memory -----------------------------------------------------------------------------------------------------------
+
+
+def with_memory(vm_memory: dict[str, int], memory: int | None = 32 * GIB) -> HostReading:
+    return HostReading(time=1.0, cpus=8, vms={"a": 2}, memory_bytes=memory, vm_memory=vm_memory)
+
+
+def test_the_hosts_memory_capacity_and_committed_memory_follow_its_rule() -> None:
+    rules = (HostRule(match="node*", reserve_memory="4GiB", memory_overcommit=1.5),)
+    state = host_state(
+        None, with_memory({"a": 8 * GIB, "b": 4 * GIB}), host="node1", rules=rules, used_cores=None, source="s"
+    )
+    assert (state.memory_bytes, state.capacity_memory_bytes, state.committed_memory_bytes) == (
+        32 * GIB,
+        42 * GIB,
+        12 * GIB,
+    )
+    assert required_version(state) == 2
+    # the rule's memory stands in for the source's; no rule: the source's, all of it
+    named = host_state(
+        None, with_memory({}), host="h", rules=(HostRule(match="h", memory="64GiB"),), used_cores=None, source="s"
+    )
+    assert (named.memory_bytes, named.capacity_memory_bytes, named.committed_memory_bytes) == (64 * GIB, 64 * GIB, 0)
+
+
+def test_a_source_that_reports_no_memory_publishes_a_v1_host_state() -> None:
+    rules = (HostRule(match="h", memory="64GiB"),)  # a rule alone cannot tell what the VMs hold
+    state = host_state(None, reading(1.0, {"a": 2}), host="h", rules=rules, used_cores=None, source="s")
+    assert (state.memory_bytes, state.capacity_memory_bytes, state.committed_memory_bytes) == (None, None, None)
+    assert required_version(state) == 1
+
+
+def test_memory_figures_stay_within_the_messages_bounds() -> None:
+    huge = host_state(
+        None,
+        with_memory({"a": 2**62, "b": -5}, memory=2**62),
+        host="h",
+        rules=(HostRule(match="*", memory_overcommit=64),),
+        used_cores=None,
+        source="s",
+    )
+    assert huge.capacity_memory_bytes == huge.memory_bytes == huge.committed_memory_bytes == MAX_MEMORY_BYTES
+    back = msgspec.json.decode(msgspec.json.encode(huge), type=HostState)
+    assert back.committed_memory_bytes == MAX_MEMORY_BYTES
+
+
+def test_the_simulators_host_memory_is_its_ram_and_each_vms_committed_memory() -> None:
+    def with_mem(name: str, size: int, requested: int) -> SimVmCounters:
+        memory = SimMemory(size_bytes=size, requested_bytes=requested, min_bytes=GIB, max_bytes=16 * GIB, step_bytes=1)
+        return msgspec.structs.replace(vm(name, 2, 4), memory=memory)
+
+    vms = [with_mem("a", 4 * GIB, 6 * GIB), with_mem("b", 4 * GIB, 2 * GIB), vm("c", 1, 2)]
+    host = SimHost(cores=16, capacity_vcpus=16, memory_bytes=64 * GIB)
+    got = host_reading(StatsReply(time=5.0, vms=vms, host=host))
+    # a grow under way counts at its target, a shrink under way at its size; c has no memory model
+    assert (got.memory_bytes, got.vm_memory) == (64 * GIB, {"a": 6 * GIB, "b": 4 * GIB})
+    unlimited = host_reading(StatsReply(time=5.0, vms=vms, host=SimHost(cores=16, capacity_vcpus=16)))
+    assert (unlimited.memory_bytes, unlimited.vm_memory) == (None, None)

@@ -128,3 +128,20 @@ def test_a_deferral_is_an_event_with_its_own_record_and_detail() -> None:
     assert deferral_detail(granted).startswith("all 6 vCPUs granted, deferred since 2027-01-15 08:00:00 UTC")
     dropped = event_record(deferral("vm-01", DROPPED, T0 + 20, since=T0))
     assert deferral_detail(dropped).startswith("no longer wants 6 vCPUs")
+
+
+def test_a_host_that_reports_its_memory_has_a_memory_line_and_fields() -> None:
+    gib = 1024**3
+    memory: dict[str, object] = {
+        "memory_bytes": 10 * gib,
+        "capacity_memory_bytes": 7 * gib,
+        "committed_memory_bytes": 8 * gib,
+    }
+    report = pool_report({"h1": state("h1", T0, **memory), "h2": state("h2")}, [], wait_s=2.0, waited_s=2.0, now=T0)
+    h1, h2 = report["hosts"]
+    assert {k: h1[k] for k in memory} == memory
+    assert (h2["memory_bytes"], h2["capacity_memory_bytes"], h2["committed_memory_bytes"]) == (None, None, None)
+    lines = render_text(report).splitlines()
+    # below the capacity: a capacity lowered under running VMs shows a negative free
+    assert lines[2] == "  memory 10GiB, capacity 7GiB, committed 8GiB, free -1GiB"
+    assert not any(line.startswith("  memory") for line in lines[4:])  # h2 reports none

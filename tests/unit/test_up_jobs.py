@@ -198,6 +198,9 @@ def test_a_vm_that_left_its_host_leaves_the_live_view_but_stays_in_the_summary()
         (UpOptions(own=SimulatorUp(arrivals_rate=3.0)), "[simulator]\nhost_cores = 12\narrivals_seed = 5\nvms = 4\n"),
         (UpOptions(own=SimulatorUp(trace="TRACE")), "[simulator]\nvms = 1\n"),
         (UpOptions(), '[simulator]\ntrace = "trace.csv"\n'),
+        (UpOptions(own=SimulatorUp(host_memory="64GiB", host_memory_overcommit=1.5)), ""),
+        (UpOptions(), '[simulator]\nhost_memory = "8192"\nhost_memory_overcommit = 1.25\n'),
+        (UpOptions(own=SimulatorUp(host_memory="4GiB")), "[simulator]\nhost_memory_overcommit = 2.0\n"),
     ],
 )
 def test_up_rebuilds_exactly_what_its_simulator_child_runs(options: UpOptions, section: str, tmp_path: Path) -> None:
@@ -215,3 +218,53 @@ def test_up_rebuilds_exactly_what_its_simulator_child_runs(options: UpOptions, s
     args.config_file = loaded
     child = replace(simulator_config_of(args), hotplug_delay_s=SimulatorConfig().hotplug_delay_s)
     assert simulator_of(options, load(config_file).config) == child
+
+
+def test_the_simulated_hosts_memory_reaches_the_simulator_from_up_its_flags_and_the_file(tmp_path: Path) -> None:
+    gib = 1024**3
+    options = UpOptions(own=SimulatorUp(host_memory="64GiB", host_memory_overcommit=1.5))
+    argv = child_argv("simulator", options, "nats://x", 0.0, 1)
+    assert argv[argv.index("--host-memory") + 1] == "64GiB"
+    assert argv[argv.index("--host-memory-overcommit") + 1] == "1.5"
+    config = simulator_of(options, None)
+    assert (config.host_memory_bytes, config.memory_overcommit, scenario.memory_capacity(config)) == (
+        64 * gib,
+        1.5,
+        96 * gib,
+    )
+    plain = child_argv("simulator", UpOptions(), "nats://x", 0.0, 1)  # not given: memory not limited, as before
+    assert not any(a.startswith("--host-memory") for a in plain)
+    assert scenario.memory_capacity(simulator_of(UpOptions(), None)) is None
+    (tmp_path / "hotplug.toml").write_text('[simulator]\nhost_memory = "8GiB"\nhost_memory_overcommit = 1.25\n')
+    file = load(tmp_path / "hotplug.toml").config
+    from_file = simulator_config(
+        vms=2, seed=3, trace=None, host_cores=None, arrivals_rate=0.0, arrivals_file=None, file=file
+    )
+    assert (from_file.host_memory_bytes, from_file.memory_overcommit) == (8 * gib, 1.25)
+
+
+def test_a_bad_host_memory_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulator", "--nats", "nats://127.0.0.1:1", "--host-memory", "lots"]) == 2
+    assert "--host-memory: 'lots' is not a memory size" in capsys.readouterr().err
+    assert main(["up", "--host-memory", "0"]) == 2
+    assert "host_memory: '0' is no memory" in capsys.readouterr().err
+
+
+def test_the_fixed_size_run_waits_for_memory_as_the_live_run_did(tmp_path: Path) -> None:
+    # two jobs of 4 vCPUs (8 GiB each) beside a resident VM of 4 GiB (2 vCPUs), on a host of 32 cores but 14 GiB:
+    # the second job waits for the first to end
+    gib = 1024**3
+    (tmp_path / "jobs.csv").write_text(",".join(COLUMNS) + "\n0,a,4,4,idle,100,\n5,b,4,4,idle,100,\n")
+    config = SimulatorConfig(vms=1, max_vcpus=4, arrivals_file=tmp_path / "jobs.csv", host_memory_bytes=14 * gib)
+    live = Host(
+        32,
+        32,
+        jobs=scenario.arrivals(config),
+        resident=scenario.resident_vms(config, 0.0),
+        memory_capacity_bytes=scenario.memory_capacity(config),
+        memory_bytes=14 * gib,
+    )
+    live.advance(300.0)
+    reply = JobsReply(time=300.0, origin=0.0, host=live.state(), jobs=live.jobs())
+    assert [job.start_s for job in reply.jobs] == [0.0, pytest.approx(100.0)]
+    assert fixed_size_run(config, reply).jobs == reply.jobs

@@ -5,7 +5,8 @@ driver raises :class:`DriverError` with a stable code and the hypervisor's own m
 whether a change is wise (that is ``services.actuator.checks``).
 
 A driver may also report its host (``host_view``): the host's CPUs and the online vCPUs of every VM running on it,
-managed or not, so the actuator can keep the host within its capacity (``services.actuator.reservations``). It is
+managed or not (and, where it can, the host's memory and each VM's), so the actuator can keep the host within its
+capacity (``services.actuator.reservations``). It is
 optional: a driver without it (a plug-in written before) means "host unknown", and the actuator arbitrates nothing,
 as before.
 
@@ -33,10 +34,17 @@ class VmView(msgspec.Struct, frozen=True, kw_only=True):
 
 class HostView(msgspec.Struct, frozen=True, kw_only=True):
     """A driver's host as the hypervisor reports it now: its CPUs, and the online vCPUs of every running VM on it
-    (managed or not: what the actuator does not move still takes cores)."""
+    (managed or not: what the actuator does not move still takes cores).
+
+    Where the driver knows them, the host's memory (``memory_bytes``) and every running VM's memory (``vm_memory``,
+    bytes: the larger of its size and the size last asked for, as ``read_memory`` says, since a grow under way will
+    land). A driver that sets ``memory_bytes`` lists every running VM in ``vm_memory``; None (a driver, or a plug-in,
+    that reports no memory) leaves the host's memory unarbitrated."""
 
     cpus: int
     vms: dict[str, int]
+    memory_bytes: int | None = None
+    vm_memory: dict[str, int] = {}
 
 
 class MemoryView(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,7 +104,8 @@ class HostAware(Protocol):
     """A driver that reports its host (every built-in one does)."""
 
     async def host_view(self) -> HostView:
-        """The host's CPUs and every running VM's online vCPUs, read now (cheap: read before each grow)."""
+        """The host's CPUs and every running VM's online vCPUs (and memory, where known), read now (cheap: read
+        before each grow)."""
         ...
 
 

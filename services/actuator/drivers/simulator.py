@@ -2,7 +2,9 @@
 
 Its host view is the simulator's stats reply: the host's cores and its running VMs. A simulator that reports no
 host (``StatsReply.host`` None) is taken to have a core for every vCPU its VMs may reach (the sum of their maxima),
-so with the default overcommit of 1 no grow is ever held for room, as before hosts had a capacity.
+so with the default overcommit of 1 no grow is ever held for room, as before hosts had a capacity. The host's memory
+is its RAM when the simulator was given one (``--host-memory``), with each VM's memory; else it is unknown, and
+memory grows are not held for room.
 
 It moves memory too (``MemoryResizer``): ``read_memory`` is the VM's memory in the stats reply, ``resize_memory`` asks
 ``hotplug.sim.<host>.memory`` and returns once the simulator took the request; the size then moves in simulated
@@ -104,7 +106,13 @@ class SimulatorDriver:
     async def host_view(self) -> HostView:
         reply = await self._stats()
         cores = reply.host.cores if reply.host is not None else sum(c.max_vcpus for c in reply.vms)
-        return HostView(cpus=max(1, cores), vms={c.vm: c.online_vcpus for c in reply.vms})
+        return HostView(
+            cpus=max(1, cores),
+            vms={c.vm: c.online_vcpus for c in reply.vms},
+            memory_bytes=reply.host.memory_bytes if reply.host is not None else None,
+            # a VM the simulator models no memory for holds none
+            vm_memory={c.vm: c.memory.committed_bytes for c in reply.vms if c.memory is not None},
+        )
 
     async def _hotplug_op(self, vm: str, op: str) -> None:
         payload = _encoder.encode(HotplugRequest(vm=vm, op=op))  # type: ignore[arg-type]

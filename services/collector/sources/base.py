@@ -63,7 +63,7 @@ class Source(Protocol):
 class HostReading(msgspec.Struct, frozen=True, kw_only=True):
     """The host at one instant (``time`` on the shared clock): its CPUs and every running VM's online vCPUs, managed
     or not (a VM the collector does not sample still holds its vCPUs), and where the source knows them, counters of
-    host wait and the queue of VMs waiting to start."""
+    host wait, the queue of VMs waiting to start, and the host's memory with each VM's."""
 
     time: float
     cpus: int
@@ -74,6 +74,10 @@ class HostReading(msgspec.Struct, frozen=True, kw_only=True):
     waiting_vms: int = 0
     waiting_vcpus: int = 0
     next_waiting_vcpus: int | None = None
+    # The host's memory and every running VM's (bytes: the larger of its size and the size last asked for), where
+    # the source knows them; None: the host's memory is not reported (the HostState says nothing of memory).
+    memory_bytes: int | None = None
+    vm_memory: Mapping[str, int] | None = None
 
 
 HostReader = Callable[[], Awaitable[HostReading | None]]

@@ -1,8 +1,8 @@
 """Collector source ``simulator``: asks the simulated mini-cloud for its counters over NATS.
 
 One request a round: the reply's running VMs are the readings, and its host (cores, host wait, the queue of jobs
-waiting to start) is the host reading. A simulator that models no host is read as a host with as many cores as its
-running VMs' maximum vCPUs together.
+waiting to start, its memory and each VM's when it was given some) is the host reading. A simulator that models no
+host is read as a host with as many cores as its running VMs' maximum vCPUs together.
 
 Each reading carries the VM's memory (sizes and cumulative swap-in, stall and OOM counters), which the collector turns
 into the sample's memory part.
@@ -55,6 +55,11 @@ def host_reading(reply: StatsReply) -> HostReading:
         waiting_vms=host.waiting_vms,
         waiting_vcpus=host.waiting_vcpus,
         next_waiting_vcpus=host.next_waiting_vcpus,
+        memory_bytes=host.memory_bytes,
+        # a VM the simulator models no memory for holds none
+        vm_memory=None
+        if host.memory_bytes is None
+        else {vm.vm: vm.memory.committed_bytes for vm in reply.vms if vm.memory is not None},
     )
 
 
