@@ -89,6 +89,9 @@ async def test_an_idle_guest_gives_memory_back_and_grows_again_on_a_workload_wit
     nc: Client,
     start_service: Callable[..., ServiceProcess],
 ) -> None:
+    """Idle, the loop gives memory back (an ok memory result down, the guest's MemTotal down); then a 640 MiB tmpfs
+    fill that does not fit makes it grow again (an ok result up) in time: the fill completes and the guest's console
+    has no OOM kill. Every memory command got exactly one result, and the samples carried the guest's PSI memory."""
     vm = await asyncio.to_thread(
         QemuVm.start,
         VM,
@@ -183,6 +186,8 @@ async def test_an_idle_guest_gives_memory_back_and_grows_again_on_a_workload_wit
     await eventually(all_answered, timeout=30, interval=0.5, what="a result for every memory command")
     for command in memory_commands(recorder):
         assert len(recorder.results_of(command.id)) == 1, (command, recorder.results_of(command.id))
+    # the guest's PSI memory total (its STAT line) reached the samples as a measured share, not "unmeasured"
+    assert any(s.memory is not None and s.memory.psi_some is not None for s in recorder.samples if s.vm == VM)
     # The grows kept the guest above what it held: its MemTotal now exceeds the fill.
     total = guest_total_kb(vm)
     assert total is not None and total * 1024 > FILL_BYTES
