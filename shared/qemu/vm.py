@@ -85,6 +85,7 @@ class GuestStat:
     swap_in: int | None = None  # pages swapped in since boot
     swap_out: int | None = None
     psi_memory_some_avg10: float | None = None  # % of the last 10 s some task waited for memory
+    psi_memory_some_total_us: int | None = None  # microseconds some task waited for memory since boot
 
     @property
     def mem_total_bytes(self) -> int | None:
@@ -124,7 +125,8 @@ def parse_cpu_list(text: str) -> tuple[int, ...]:
 
 def parse_stat(line: str) -> GuestStat | None:
     """``STAT up=12.07 online=0-1 running=3 cpu0=315 cpu1=185 hz=100`` → GuestStat; None if malformed. The memory
-    fields (``mem_total=<kB> mem_avail=<kB> swap_in= swap_out= psi_mem=``) are optional: older guests lack them."""
+    fields (``mem_total=<kB> mem_avail=<kB> swap_in= swap_out= psi_mem= psi_mem_total=``) are optional: older
+    guests lack them."""
     if not line.startswith("STAT "):
         return None
     fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
@@ -145,6 +147,7 @@ def parse_stat(line: str) -> GuestStat | None:
             swap_in=optional("swap_in"),
             swap_out=optional("swap_out"),
             psi_memory_some_avg10=float(fields["psi_mem"]) if "psi_mem" in fields else None,
+            psi_memory_some_total_us=optional("psi_mem_total"),
         )
     except (KeyError, ValueError):
         return None

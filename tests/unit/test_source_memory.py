@@ -141,9 +141,15 @@ def test_the_stat_line_becomes_the_guests_counters() -> None:
         used_bytes=300000 * KIB,
         available_bytes=600000 * KIB,
         swap_in_bytes=3.0 * GUEST_PAGE_BYTES,  # pswpin counts pages
-        psi_some_seconds=None,  # the guest says avg10 only: no counter is made up from it
+        psi_some_seconds=None,  # a line with avg10 only: no counter is made up from it
         oom_kills=None,
     )
+    # a guest that says PSI memory's cumulative some total (microseconds): the counter the collector rates
+    with_total = parse_stat(f"{STAT} psi_mem_total=2500000")
+    assert with_total is not None and with_total.psi_memory_some_total_us == 2_500_000
+    counted = qemu_counters(sizes, with_total)
+    assert counted is not None and counted.psi_some_seconds == 2.5
+    assert parse_stat(f"{STAT} psi_mem_total=x") is None  # malformed, as any other field
     # a guest too old to report memory: the sizes, and nothing of the guest's
     old = qemu_counters(sizes, parse_stat("STAT up=5.0 online=0 running=1 cpu0=10 hz=100"))
     assert old is not None and old.size_bytes == 768 * MIB

@@ -2,9 +2,10 @@
 ``read_memory`` reports: ``shared.qemu.memview``, ``shared.libvirt.memview``) with the guest's own figures.
 
 Used is the guest's MemTotal − MemAvailable, as the drivers' ``below-used`` guard reads it. Swap-in is a cumulative
-count of bytes. Neither guest gives a cumulative PSI memory total (the QEMU test guest says only avg10, a rate over
-its own window; the balloon's stats have no PSI) nor its OOM kills, so both stay None ("not measured"): a counter
-made up from avg10 would be sampled at the STAT line's pace, not the collector's.
+count of bytes. The QEMU test guest's STAT line carries PSI memory's cumulative ``some`` total (microseconds), which
+the collector turns into a share of its own interval as it does swap-in (not avg10, a rate over the guest's own
+10 s, sampled at the STAT line's pace); older guests' lines lack it (None). The balloon's stats have no PSI, and
+neither guest gives its OOM kills: those stay None ("not measured").
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def qemu_counters(sizes: Sizes | None, stat: GuestStat | None) -> MemoryCounters
         used_bytes=_used(stat.mem_total_bytes, stat.mem_available_bytes) if stat else None,
         available_bytes=stat.mem_available_bytes if stat else None,
         swap_in_bytes=float(stat.swap_in * GUEST_PAGE_BYTES) if stat and stat.swap_in is not None else None,
+        psi_some_seconds=(
+            stat.psi_memory_some_total_us / 1e6 if stat and stat.psi_memory_some_total_us is not None else None
+        ),
     )
 
 
