@@ -162,13 +162,17 @@ class ActuatorMetrics(ServiceMetrics):
         )
         self.in_flight = Gauge("hotplug_actuator_in_flight", "Commands being executed now", registry=self.registry)
         self.hotplug_calls = Counter(
-            "hotplug_actuator_hotplug_calls", "Single-vCPU driver calls by operation", ["op"], registry=self.registry
+            "hotplug_actuator_hotplug_calls",
+            "Driver operations by kind: plug and unplug (one vCPU each), memory-grow and memory-shrink (one request "
+            "each)",
+            ["op"],
+            registry=self.registry,
         )
         # Every series exists from the start (at 0), so dashboards and alerts never query a missing one.
         self.actions.labels("ok", "")
         for code in ErrorCode:
             self.actions.labels("error", code.value)
-        for op in ("plug", "unplug"):
+        for op in ("plug", "unplug", "memory-grow", "memory-shrink"):
             self.hotplug_calls.labels(op)
         self.paused = Gauge(
             "hotplug_actuator_paused_vms",
