@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from hotplug.cli.common import Handler, Subparsers, add_command
+from hotplug.cli.common import Handler, Subparsers, add_command, mebibytes
 from hotplug.hypervisors import Hypervisor
 from hotplug.hypervisors.resize import resize
 from shared.config.schema import LibvirtUri
@@ -49,7 +49,6 @@ from shared.libvirt.guest import (
 )
 from shared.qemu.image import ImageError, ensure_image
 from shared.qemu.vm import parse_cpu_list
-from shared.units import MIB, SizeError, parse_size
 
 if TYPE_CHECKING:  # the record is read by every command's parser: up's own modules load when up runs
     from hotplug.up import UpOptions
@@ -410,7 +409,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     lsub.choices["start"].add_argument(
         "--max-memory",
-        type=_mebibytes,
+        type=mebibytes,
         default=None,
         help="guest memory may grow live to this size (e.g. 2GiB; a bare number is MiB): adds virtio-mem and a "
         "balloon; --memory is then the boot RAM",
@@ -439,17 +438,6 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     lprep.add_argument("--max-vcpus", type=int, required=True)
     lprep.add_argument("--start-vcpus", type=int, default=None)
     lprep.add_argument("--min-vcpus", type=int, default=1)
-
-
-def _mebibytes(text: str) -> int:
-    """A size as people write it (``shared.units``), in whole MiB, for argparse."""
-    try:
-        size = parse_size(text)
-    except SizeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    if size % MIB:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB")
-    return size // MIB
 
 
 def _connected(work: Callable[[Connection, argparse.Namespace], int]) -> Handler:

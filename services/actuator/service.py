@@ -566,22 +566,21 @@ class Actuator:
 
     async def _size(self, command: ScaleCommand) -> int:
         """The VM's size now in the unit of the command's resource: online vCPUs, or memory in bytes."""
-        if command.resource is Resource.MEMORY:
-            return (await self._call(steps.resizer_of(self.driver).read_memory(command.vm))).size_bytes
-        return (await self._call(self.driver.read(command.vm))).online_vcpus
+        return (await self._size_and_step(command))[0]
 
-    async def _step(self, command: ScaleCommand) -> int:
-        """How near the command's target counts as there: the memory step, in bytes; 1 vCPU."""
+    async def _size_and_step(self, command: ScaleCommand) -> tuple[int, int]:
+        """The VM's size now, and how near a target counts as there: memory in bytes and its step, in one read; or
+        online vCPUs and 1."""
         if command.resource is Resource.MEMORY:
-            return max(1, (await self._call(steps.resizer_of(self.driver).read_memory(command.vm))).step_bytes)
-        return 1
+            view = await self._call(steps.resizer_of(self.driver).read_memory(command.vm))
+            return view.size_bytes, max(1, view.step_bytes)
+        return (await self._call(self.driver.read(command.vm))).online_vcpus, 1
 
     async def _wait_for_quiet(self, command: ScaleCommand) -> tuple[int, int]:
         """The VM's size once it reaches the command's target, or has not moved for ``settle_s``: a step the
         dead actuator had asked for may still be under way in the hypervisor. With the step that counts as there."""
         target = command.memory_change()[1] if command.resource is Resource.MEMORY else command.vcpu_change()[1]
-        step = await self._step(command)
-        now = await self._size(command)
+        now, step = await self._size_and_step(command)
         quiet_since = time.monotonic()
         while abs(now - target) >= step and time.monotonic() - quiet_since < self.config.settle_s:
             await asyncio.sleep(0.2)
