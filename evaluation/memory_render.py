@@ -22,7 +22,7 @@ def _cells(scores: Mapping[str, float]) -> str:
 
 
 def _value(knob: str, value: float) -> str:
-    return f"{value / 3600:g} h" if knob == "window_s" else f"{value:g}"
+    return f"{value:g}"
 
 
 def render_memory_table(report: Mapping[str, Any]) -> str:

@@ -48,17 +48,18 @@ class RuleSpec:
 
 
 def _policy(settings: MemorySettings, knob: str) -> Callable[[float], Rule]:
-    return lambda value: MemoryPolicy(msgspec.structs.replace(settings, **{knob: value}))
+    whole = isinstance(getattr(settings, knob), int)  # a count of samples is swept as whole numbers
+    return lambda value: MemoryPolicy(msgspec.structs.replace(settings, **{knob: round(value) if whole else value}))
 
 
 def rule_specs(settings: MemorySettings | None = None) -> list[RuleSpec]:
     """The sweeps: the memory policy (with ``settings`` but for the knob swept) along its headroom, the knob, and
     along its window, which moves the trade-off as much on these traces; then the baselines along theirs."""
     settings = settings or MemorySettings()
-    hours = tuple(3600.0 * h for h in (1, 3, 6, 12, 24, 48, 96))
+    samples = tuple(float(n) for n in (12, 36, 72, 144, 288, 576, 1152))  # 1 h to 4 days of 5-minute samples
     return [
         RuleSpec("memory", "headroom", (0.05, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0), _policy(settings, "headroom")),
-        RuleSpec("memory", "window_s", hours, _policy(settings, "window_s")),
+        RuleSpec("memory", "window_samples", samples, _policy(settings, "window_samples")),
         RuleSpec("mom", "headroom", (0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 4.0), MomRule),
         RuleSpec("neon", "upper", (0.95, 0.85, 0.7, 0.5, 0.3, 0.2, 0.1), NeonRule),
     ]

@@ -61,7 +61,7 @@ def test_the_frontier_sweeps_each_knob_from_generous_to_stingy_on_both_halves(
         assert entry["vms"] == 20
         static_cost = entry["static"]["ratio_to_oracle"]
         ours = [s for s in entry["sweeps"] if s["rule"] == "memory"]
-        assert {s["knob"] for s in ours} == {"headroom", "window_s"}
+        assert {s["knob"] for s in ours} == {"headroom", "window_samples"}
         for sweep in ours:
             points = sweep["sweep"]
             # the sweeps run from the stingiest setting to the most generous

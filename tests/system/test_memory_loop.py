@@ -38,7 +38,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             # decider leaves vm-02 alone: the test's own orders go to it.
             "decider": [
                 "--param",
-                "memory.window_s=20",
+                "memory.window_samples=20",
                 "--param",
                 "memory.shrink_interval_s=10",
                 "--config",

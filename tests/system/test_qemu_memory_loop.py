@@ -44,11 +44,11 @@ CHUNK_MB = 16
 CHUNKS = 40
 PACE_S = 0.5
 FILL_BYTES = CHUNK_MB * CHUNKS * MIB
-# The decider: the memory rule with windows of seconds (a day and 30 min by default), and a give-back of up to half the
-# size at once, so the idle guest is back at its boot RAM in one shrink (1 GiB -> 512 MiB; by quarters it takes three,
-# 10 s apart) and the workload meets a guest that is done shrinking. The default vCPU policy has nothing to do: the
+# The decider: the memory rule with windows of seconds (288 samples and 30 min by default), and a give-back of up to
+# half the size at once, so the idle guest is back at its boot RAM in one shrink (1 GiB -> 512 MiB; by quarters it
+# takes three, 10 s apart) and the workload meets a guest that is done shrinking. The default vCPU policy has nothing to do: the
 # guest has one vCPU.
-MEMORY_PARAMS = ("memory.window_s=20", "memory.shrink_interval_s=10", "memory.max_shrink_fraction=0.5")
+MEMORY_PARAMS = ("memory.window_samples=20", "memory.shrink_interval_s=10", "memory.max_shrink_fraction=0.5")
 OOM_SIGNS = ("Out of memory", "Killed process")
 
 
@@ -134,7 +134,7 @@ async def test_an_idle_guest_gives_memory_back_and_grows_again_on_a_workload_wit
             None,
         )
 
-    # the rule needs window_s (20 s) of calm samples before its first shrink
+    # the rule needs window_samples (20, at 1-s sampling) of calm samples before its first shrink
     await eventually(
         given_back, timeout=90, interval=0.5, what=f"a memory give-back; actuator log:\n{actuator.log()[-3000:]}"
     )

@@ -19,7 +19,7 @@ from shared.messages import ErrorCode, MemoryReading, MetricSample, Resource, Sc
 from shared.units import GIB, MIB
 from tests.stubs import FixedClock, StubContext, StubOptions
 
-POLICY = MemoryPolicy(MemorySettings(window_s=60.0, shrink_interval_s=30.0))
+POLICY = MemoryPolicy(MemorySettings(window_samples=60, shrink_interval_s=30.0))
 
 
 def reading(size: int, used: int, swap: float | None = 0.0) -> MemoryReading:

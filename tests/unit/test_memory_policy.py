@@ -3,6 +3,7 @@ window's peak plus the headroom, never while the guest swaps or is under pressur
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -91,7 +92,7 @@ def test_available_raises_used_when_it_says_more_is_taken() -> None:
 
 
 def test_no_shrink_before_a_whole_window_of_evidence() -> None:
-    policy = MemoryPolicy(MemorySettings(window_s=3600))
+    policy = MemoryPolicy(MemorySettings(window_samples=12))
     state = calm(policy, 16 * GIB, 100 * MIB, until=3300)
     decision = policy.decide(state, obs(3600, 16 * GIB, 100 * MIB))
     assert decision is not None
@@ -99,7 +100,7 @@ def test_no_shrink_before_a_whole_window_of_evidence() -> None:
 
 
 def test_a_shrink_is_bounded_to_a_share_of_the_size_and_spaced_by_the_interval() -> None:
-    s = MemorySettings(window_s=3600, shrink_interval_s=1800, max_shrink_fraction=0.25)
+    s = MemorySettings(window_samples=12, shrink_interval_s=1800, max_shrink_fraction=0.25)
     policy = MemoryPolicy(s)
     state = calm(policy, 16 * GIB, 100 * MIB, until=3300)
     first = policy.decide(state, obs(3600, 16 * GIB, 100 * MIB))
@@ -113,7 +114,7 @@ def test_a_shrink_is_bounded_to_a_share_of_the_size_and_spaced_by_the_interval()
 
 
 def test_a_shrink_never_goes_below_the_windows_peak_plus_headroom() -> None:
-    s = MemorySettings(window_s=3600, max_shrink_fraction=1.0)
+    s = MemorySettings(window_samples=12, max_shrink_fraction=1.0)
     policy = MemoryPolicy(s)
     state = policy.new_state()
     assert policy.decide(state, obs(0, 16 * GIB, 3 * GIB)) is None  # the peak, 3 GiB, then little
@@ -124,8 +125,8 @@ def test_a_shrink_never_goes_below_the_windows_peak_plus_headroom() -> None:
     assert decision.target_bytes == wanted(3 * GIB)
 
 
-def test_the_peak_leaves_the_window_after_window_s() -> None:
-    s = MemorySettings(window_s=3600, max_shrink_fraction=1.0, shrink_interval_s=0)
+def test_the_peak_leaves_the_window_after_window_samples() -> None:
+    s = MemorySettings(window_samples=12, max_shrink_fraction=1.0, shrink_interval_s=0)
     policy = MemoryPolicy(s)
     state = policy.new_state()
     policy.decide(state, obs(0, 16 * GIB, 3 * GIB))
@@ -136,8 +137,38 @@ def test_the_peak_leaves_the_window_after_window_s() -> None:
     assert decision.target_bytes == wanted(200 * MIB)
 
 
+def test_a_shrink_keeps_room_for_the_largest_rise_from_one_sample_to_the_next() -> None:
+    # A burst that came faster than a sample shows it (1 GiB -> 5 GiB between two samples) and went: once the burst
+    # has left the window, a shrink still keeps 4 GiB spare above what is used now, so the next one finds its memory.
+    s = MemorySettings(window_samples=2, shrink_interval_s=0, max_shrink_fraction=1.0)
+    policy = MemoryPolicy(s)
+    state = policy.new_state()
+    size, targets = 16 * GIB, []
+    for t, used in ((0, 1 * GIB), (300, 5 * GIB), (600, 1 * GIB), (900, 1 * GIB), (1200, 1 * GIB), (1500, 1 * GIB)):
+        decision = policy.decide(state, obs(t, size, used))
+        if decision is not None:
+            assert decision.kind == "shrink"
+            size = decision.target_bytes
+            targets.append((t, size))
+    # first to the window's peak with its headroom; once the peak has left the window, to used + the rise
+    assert targets == [(600, wanted(5 * GIB)), (1200, align_up(5 * GIB, STEP))]
+    # A rule that remembered no rise would have gone to the headroom's size, far less.
+    assert wanted(1 * GIB) < 2 * GIB
+
+
+def test_a_margin_grow_asks_for_the_largest_rise_when_the_headroom_is_less() -> None:
+    policy = MemoryPolicy()
+    state = policy.new_state()
+    assert policy.decide(state, obs(0, 8 * GIB, 1 * GIB)) is None
+    assert policy.decide(state, obs(1, 8 * GIB, 5 * GIB)) is None  # a 4 GiB rise, still 3 GiB spare
+    grow = policy.decide(state, obs(2, 8 * GIB, 6 * GIB + 512 * MIB))  # 1.5 GiB spare: under half the rise's 4 GiB
+    assert grow is not None
+    assert grow.kind == "margin"
+    assert grow.target_bytes == align_up(10 * GIB + 512 * MIB, STEP)  # used + the rise, above used × 1.25 + 128 MiB
+
+
 def test_never_shrinks_while_swapping_or_under_pressure_and_the_evidence_starts_again() -> None:
-    s = MemorySettings(window_s=3600)
+    s = MemorySettings(window_samples=12)
     policy = MemoryPolicy(s)
     state = calm(policy, 64 * GIB, 100 * MIB, until=3300)
     # a whole window of evidence, but at the maximum already: a swap cannot grow, and must not shrink
@@ -151,14 +182,14 @@ def test_never_shrinks_while_swapping_or_under_pressure_and_the_evidence_starts_
 
 
 def test_a_shrink_too_small_to_matter_is_not_made() -> None:
-    s = MemorySettings(window_s=600, min_shrink_fraction=0.05)
+    s = MemorySettings(window_samples=2, min_shrink_fraction=0.05)
     policy = MemoryPolicy(s)
     size = wanted(1 * GIB) + 20 * MIB  # 20 MiB above what the window asks: under 5 % of the size
     calm(policy, size, 1 * GIB, until=3000)
 
 
 def test_unknown_use_never_shrinks_and_grows_on_pressure_from_the_size() -> None:
-    policy = MemoryPolicy(MemorySettings(window_s=600, shrink_interval_s=0))
+    policy = MemoryPolicy(MemorySettings(window_samples=2, shrink_interval_s=0))
     state = policy.new_state()
     for t in range(0, 3600, 300):
         assert policy.decide(state, obs(t, 16 * GIB, None)) is None
@@ -231,7 +262,7 @@ sample = st.tuples(
 @given(
     samples=st.lists(sample, min_size=1, max_size=120),
     headroom=st.sampled_from([0.0, 0.1, 0.25, 1.0]),
-    window_s=st.sampled_from([0.0, 900.0, 3600.0]),
+    window_samples=st.sampled_from([1, 3, 12]),
     shrink_interval_s=st.sampled_from([0.0, 600.0]),
     max_shrink=st.sampled_from([0.1, 0.5, 1.0]),
     low_mib=st.integers(1, 1024),
@@ -242,7 +273,7 @@ sample = st.tuples(
 def test_every_target_is_in_bounds_on_the_block_and_a_shrink_keeps_the_windows_peak_covered(
     samples: list[tuple[int | None, float | None, float | None, float]],
     headroom: float,
-    window_s: float,
+    window_samples: int,
     shrink_interval_s: float,
     max_shrink: float,
     low_mib: int,
@@ -252,7 +283,7 @@ def test_every_target_is_in_bounds_on_the_block_and_a_shrink_keeps_the_windows_p
 ) -> None:
     s = MemorySettings(
         headroom=headroom,
-        window_s=window_s,
+        window_samples=window_samples,
         shrink_interval_s=shrink_interval_s,
         max_shrink_fraction=max_shrink,
         min_shrink_fraction=min(0.05, max_shrink),
@@ -286,18 +317,23 @@ def test_every_target_is_in_bounds_on_the_block_and_a_shrink_keeps_the_windows_p
             assert align_up(low, step) <= target <= max(align_up(low, step), high), decision
             assert target != size
             if target < size and decision.kind == "shrink":
-                peak = max(v for when, v in history if when >= t - window_s - window_s / WINDOW_BUCKETS)
+                span = state.window.span_s  # window_samples of the latest interval
+                peak = max(v for when, v in history if when >= t - span - span / WINDOW_BUCKETS)
                 assert target >= peak * (1 + headroom), decision
+                # and room above what is used now for the largest rise from one sample to the next
+                memory = s.rise_memory_s * (1 + 1 / WINDOW_BUCKETS)
+                rises = [b - a for (_, a), (when, b) in itertools.pairwise(history) if when >= t - memory]
+                assert used is not None
+                assert target >= used + max([0, *rises]) or target == max(align_up(low, step), high), decision
                 assert target >= size * (1 - max_shrink) - step
                 assert (swap or 0.0) <= s.swap_in_bytes_per_s and (psi or 0.0) <= s.psi_some
-                assert used is not None
             size = target
         t += gap
 
 
 def test_the_rule_is_deterministic() -> None:
     def run() -> list[int | None]:
-        policy = MemoryPolicy(MemorySettings(window_s=900, shrink_interval_s=0))
+        policy = MemoryPolicy(MemorySettings(window_samples=3, shrink_interval_s=0))
         state = policy.new_state()
         size, out = 8 * GIB, []
         for i in range(200):
@@ -312,8 +348,10 @@ def test_the_rule_is_deterministic() -> None:
 
 
 def test_available_above_the_size_reads_as_nothing_used_not_less() -> None:
-    policy = MemoryPolicy(MemorySettings(window_s=0, shrink_interval_s=0, max_shrink_fraction=1.0))
-    decision = policy.decide(policy.new_state(), obs(0, 4 * GIB, None, available_bytes=5 * GIB))
+    policy = MemoryPolicy(MemorySettings(window_samples=1, shrink_interval_s=0, max_shrink_fraction=1.0))
+    state = policy.new_state()
+    assert policy.decide(state, obs(0, 4 * GIB, None, available_bytes=5 * GIB, interval_s=1.0)) is None
+    decision = policy.decide(state, obs(1, 4 * GIB, None, available_bytes=5 * GIB, interval_s=1.0))
     assert decision is not None
     assert decision.reason.startswith("shrink: used at most 0B")
     assert decision.target_bytes == 256 * MIB  # wanted(0) is 128 MiB: the VM's minimum

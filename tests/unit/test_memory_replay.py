@@ -86,11 +86,11 @@ def test_a_length_mismatch_is_refused() -> None:
 
 
 def test_the_replay_starts_provisioned_holds_through_gaps_and_grows_on_the_swap_it_models() -> None:
-    s = MemorySettings(window_s=600, shrink_interval_s=0, max_shrink_fraction=1.0)
+    s = MemorySettings(window_samples=2, shrink_interval_s=0, max_shrink_fraction=1.0)
     used: list[int | None] = [100 * MIB, None, 100 * MIB, 100 * MIB, 100 * MIB, 3 * GIB, 3 * GIB]
     series = MemorySeries("vm", [8 * GIB] * len(used), used, 300.0)
     allocations = replay_memory(series, MemoryPolicy(s))
-    # 600 s of evidence, counted from the first sample, at step 2: the shrink takes effect from step 3
+    # two samples' evidence (600 s), counted from the first sample, at step 2: the shrink takes effect from step 3
     assert allocations[:3] == [8 * GIB] * 3
     small = allocations[3]
     assert small == 254 * MIB  # 100 MiB × 1.25 + 128 MiB = 253 MiB, up to the 2-MiB block

@@ -18,8 +18,8 @@ from services.decider.memory.window import WindowMax
 from shared.units import MIB, align_down, align_up, format_size
 
 DEFAULT_STEP_BYTES = 2 * MIB  # virtio-mem's device block (docs/memory.md in ../shared)
-# The window's time buckets (services.decider.memory.window): at most this many entries per VM whatever the sampling
-# rate; a day's window then has 5-minute buckets, the trace's own step, so a replay of it is exact.
+# The windows' time buckets (services.decider.memory.window): at most this many entries per VM whatever the sampling
+# rate; a window of 288 samples then has a bucket per sample, so a replay of it is exact.
 WINDOW_BUCKETS = 288
 
 
@@ -51,15 +51,18 @@ class MemoryDecision(msgspec.Struct, frozen=True, gc=False):
 
 
 class MemoryState:
-    """One VM's running state: the window of used memory and the times that gate a shrink."""
+    """One VM's running state: the windows of used memory and of its rises, and the times that gate a shrink."""
 
-    __slots__ = ("calm_since", "last_change", "window")
+    __slots__ = ("calm_since", "last_change", "last_time", "last_used", "rises", "window")
 
-    def __init__(self, window_s: float) -> None:
-        self.window = WindowMax(window_s, window_s / WINDOW_BUCKETS)
+    def __init__(self, window_samples: int, rise_memory_s: float) -> None:
+        # The span is the sampling interval times ``window_samples``, set from each sample's interval.
+        self.window = WindowMax(0.0, 0.0)
+        self.rises = WindowMax(rise_memory_s, rise_memory_s / WINDOW_BUCKETS)
         self.calm_since: float | None = None  # the first sample, or the last one under pressure or swapping
         self.last_change = -math.inf  # the time of the last decision this state returned
-
+        self.last_time: float | None = None
+        self.last_used: int | None = None
 
 class MemoryPolicy:
     """The rule with its settings; one instance serves every VM, each with its own ``new_state()``."""
@@ -69,15 +72,16 @@ class MemoryPolicy:
     def __init__(self, settings: MemorySettings | None = None) -> None:
         self.settings = settings or MemorySettings()
         s = self.settings
-        self._grow_scale = 1.0 + s.headroom
         self._pressure_scale = 1.0 + s.pressure_grow
 
     def new_state(self) -> MemoryState:
-        return MemoryState(self.settings.window_s)
+        return MemoryState(self.settings.window_samples, self.settings.rise_memory_s)
 
-    def wanted(self, used_bytes: int) -> float:
-        """The size the headroom asks for above ``used_bytes``, before alignment and bounds."""
-        return used_bytes * self._grow_scale + self.settings.floor_bytes
+    def wanted(self, used_bytes: int, rise_bytes: int = 0) -> float:
+        """The size asked for above ``used_bytes``: the headroom's spare, or ``rise_bytes`` (the largest rise from one
+        sample to the next remembered) where that is more; before alignment and bounds."""
+        spare = used_bytes * self.settings.headroom + self.settings.floor_bytes
+        return used_bytes + (spare if spare >= rise_bytes else rise_bytes)
 
     def decide(self, state: MemoryState, obs: MemoryObservation) -> MemoryDecision | None:
         """A new size for the VM of ``obs``, or None to keep the size it has. Every decision returned is assumed
@@ -90,8 +94,19 @@ class MemoryPolicy:
         if obs.available_bytes is not None and (used is None or size - obs.available_bytes > used):
             # The guest's MemAvailable may exceed the hypervisor's size while a change is under way: not below 0.
             used = max(0, size - obs.available_bytes)
+        interval = obs.interval_s if obs.interval_s is not None else None
+        if interval is None and state.last_time is not None:
+            interval = now - state.last_time
+        if interval is not None and interval > 0:
+            span = s.window_samples * interval
+            state.window.span_s, state.window.resolution_s = span, span / WINDOW_BUCKETS
+        state.last_time = now
         if used is not None:
             state.window.push(now, used)
+            if state.last_used is not None:  # from the last sample that knew it: samples between count as none
+                state.rises.push(now, max(0, used - state.last_used))
+            state.last_used = used
+        rise = state.rises.max()
         swap_rate = obs.swap_in_bytes_per_s
         swapping = swap_rate is not None and swap_rate > s.swap_in_bytes_per_s
         pressed = obs.psi_some is not None and obs.psi_some > s.psi_some
@@ -105,15 +120,15 @@ class MemoryPolicy:
             base = size if used is None else used
             if swapping and swap_rate is not None and obs.interval_s is not None:
                 base += int(swap_rate * obs.interval_s)
-            target = _bounded(max(self.wanted(base), size * self._pressure_scale), step, low, high)
+            target = _bounded(max(self.wanted(base, rise), size * self._pressure_scale), step, low, high)
             if target > size:
                 kind = "swapping" if swapping else "pressure"
                 what = (
                     f"{format_size(int(swap_rate or 0))}/s swapped in" if swapping else f"psi some {obs.psi_some:.0%}"
                 )
                 return self._made(state, now, target, f"grow: {what}", kind)
-        elif used is not None and size - used < s.grow_trigger * (self.wanted(used) - used):
-            target = _bounded(self.wanted(used), step, low, high)
+        elif used is not None and size - used < s.grow_trigger * (self.wanted(used, rise) - used):
+            target = _bounded(self.wanted(used, rise), step, low, high)
             if target > size:
                 reason = f"grow: used {format_size(used)} leaves {format_size(max(0, size - used))} spare"
                 return self._made(state, now, target, reason, "margin")
@@ -125,18 +140,21 @@ class MemoryPolicy:
             swapping
             or pressed
             or used is None
-            or now - state.calm_since < s.window_s
+            or state.window.span_s <= 0
+            or now - state.calm_since < state.window.span_s
             or now - state.last_change < s.shrink_interval_s
         ):
             return None
+        # Never below the window's peak with its headroom, nor below what is used now with room for the largest
+        # rise remembered (a burst that comes faster than a grow must find its memory there).
         peak = state.window.max()
-        floor = _bounded(self.wanted(peak), step, low, high)
+        floor = _bounded(max(self.wanted(peak), self.wanted(used, rise)), step, low, high)
         if size - floor < s.min_shrink_fraction * size or floor >= size:
             return None
         target = max(floor, align_up(math.ceil(size * (1.0 - s.max_shrink_fraction)), step))
         if target >= size:
             return None
-        reason = f"shrink: used at most {format_size(peak)} in {s.window_s:g} s"
+        reason = f"shrink: used at most {format_size(peak)} in {state.window.span_s:g} s"
         return self._made(state, now, target, reason, "shrink")
 
     @staticmethod

@@ -46,11 +46,20 @@ class MemorySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     # memory. An idle guest reads 0; systemd-oomd's default kills at 60 % (oomd.conf ``DefaultMemoryPressureLimit``):
     # growing at 10 % acts well before that.
     psi_some: _Fraction = 0.10
-    # The evidence a shrink needs: the used memory's maximum over this window, which must also be free of pressure
-    # and swapping. A day covers the daily jobs (backups, batch runs, reports) that a shorter window shrinks into
-    # and then meets with a shortfall: on half "a" of the Bitbrains traces, 1 h left 0.8 % of VM-samples short,
-    # 6 h 0.3 %, 24 h 0.08 %, for 2.7, 3.9 and 5.8 × the oracle's memory. The second knob of the trade-off.
-    window_s: _Seconds = 86400.0
+    # The evidence a shrink needs: the used memory's maximum over this many samples, which must also be free of
+    # pressure and swapping. Counted in samples, not seconds, because a mistaken shrink costs a shortfall until the
+    # next sample shows it and the grow lands: at the traces' 5-minute samples that is minutes of harm per mistake,
+    # and a day's evidence (288 samples) covers the daily jobs (backups, batch runs, reports) a shorter window
+    # shrinks into; at a live collector's 1-second samples a rise is seen and met within a second or two, and 288
+    # samples (under 5 minutes) is as many observations of the guest. On half "a" of the Bitbrains traces, 12
+    # samples (1 h) left 0.8 % of VM-samples short, 72 (6 h) 0.3 %, 288 (24 h) 0.08 %, for 2.7, 3.9 and 5.8 × the
+    # oracle's memory. The second knob of the trade-off.
+    window_samples: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 288
+    # How long the largest rise from one sample to the next is remembered. A shrink keeps at least that rise spare
+    # above what the guest uses now: memory that arrives faster than a sample shows it and a grow lands (a notebook
+    # cell loading a dataframe, a model server's KV cache in a burst) must already be there, or the guest swaps and
+    # can be killed. A day, as the traces' window, so a daily burst is remembered until it comes again.
+    rise_memory_s: _Seconds = 86400.0
     # At least this long between a change and the next shrink: a give-back migrates pages (1-1.5 s per GiB measured)
     # and one that follows a grow closely is a flap.
     shrink_interval_s: _Seconds = 1800.0
