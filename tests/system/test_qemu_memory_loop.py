@@ -46,8 +46,8 @@ PACE_S = 0.5
 FILL_BYTES = CHUNK_MB * CHUNKS * MIB
 # The decider: the memory rule with windows of seconds (288 samples and 30 min by default), and a give-back of up to
 # half the size at once, so the idle guest is back at its boot RAM in one shrink (1 GiB -> 512 MiB; by quarters it
-# takes three, 10 s apart) and the workload meets a guest that is done shrinking. The default vCPU policy has nothing to do: the
-# guest has one vCPU.
+# takes three, 10 s apart) and the workload meets a guest that is done shrinking. The default vCPU policy has nothing
+# to do: the guest has one vCPU.
 MEMORY_PARAMS = ("memory.window_samples=20", "memory.shrink_interval_s=10", "memory.max_shrink_fraction=0.5")
 OOM_SIGNS = ("Out of memory", "Killed process")
 
