@@ -20,10 +20,9 @@ for them this round (NOWAIT leaves them out while a job runs, ``balloon.current`
 
 The host reading comes from the same round: the node's CPUs and memory (``getInfo``), and the vCPUs, ``vcpu.N.delay``
 and ``balloon.current`` of every running domain, selected, opted out or not (a domain the collector leaves alone still
-holds its vCPUs and memory). A domain's memory on the host is its ``balloon.current`` (what the guest has: libvirt
-reports boot RAM for a domain without a balloon); a move under way counts once it has landed, as libvirt's figure
-follows the guest. A running domain without one (another hypervisor's driver) leaves the host's memory unreported
-that round rather than counted short.
+holds its vCPUs and memory). A domain's memory on the host is its ``balloon.current``, libvirt's figure of what the
+guest has: a move under way counts once it has landed, as that figure follows the guest. A running domain without one
+leaves the host's memory unreported that round rather than counted short.
 """
 
 from __future__ import annotations
