@@ -3,7 +3,9 @@
 Used by the actuator's ``virtualbox`` driver, the collector's ``virtualbox`` source and ``hotplug vbox``.
 Every call is an argument list with a timeout (a VM name is one argument, whatever it contains). Which
 CPUs are attached is read from the VM's settings file (``CfgFile``, its ``<CpuTree>``): ``showvminfo``
-does not say. Behaviour follows ``docs/virtualbox.md`` of the workplace (VirtualBox 6.1 and 7.x).
+does not say. A VM's memory sizes (:func:`balloon_sizes`) are computed here for the driver and the collector alike,
+and the guest's own memory figures come from VirtualBox's guest metrics (``metrics setup``/``query``,
+:func:`parse_metrics_query`). Behaviour follows ``docs/virtualbox.md`` of the workplace (VirtualBox 6.1 and 7.x).
 """
 
 from __future__ import annotations
@@ -13,17 +15,37 @@ import os
 import re
 import shutil
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import NotFound
 from shared.messages import ErrorCode
+from shared.units import MIB
 
 ENV_BINARY = "HOTPLUG_VBOXMANAGE"
 DEFAULT_TIMEOUT_S = 30.0
 # VirtualBox waits ~10 s for a guest to release a CPU before it gives up; leave room above that.
 UNPLUG_TIMEOUT_S = 25.0
 
+# A metrics call answers from VBoxSVC's buffer at once; a slow one is left out of the collector's round.
+METRICS_TIMEOUT_S = 5.0
+
+# The guest's memory as the Guest Additions report it, in kB (docs/virtualbox.md §7). ``setup`` takes base names
+# only, and enabling any guest metric sets the guest's statistics interval to 1 s.
+GUEST_RAM_BASE = "Guest/RAM/Usage"
+GUEST_RAM_TOTAL = "Guest/RAM/Usage/Total"
+GUEST_RAM_FREE = "Guest/RAM/Usage/Free"
+GUEST_RAM_BALLOON = "Guest/RAM/Usage/Balloon"
+GUEST_RAM_CACHE = "Guest/RAM/Usage/Cache"
+GUEST_RAM_METRICS = (GUEST_RAM_TOTAL, GUEST_RAM_FREE, GUEST_RAM_BALLOON, GUEST_RAM_CACHE)
+
+# Measured on QEMU (shared/docs/memory.md trap 5): a balloon leaving 128 MiB OOM-killed a small Linux guest, 384
+# MiB did not. Assumed to hold for VirtualBox's balloon too (not measured: VirtualBox cannot run here).
+BALLOON_FLOOR_MB = 256
+BALLOON_FLOOR_SHARE = 4
+
+_KB_VALUE = re.compile(r"^([0-9]+) kB$")
 _ERROR_LINE = re.compile(r"^VBoxManage(?:\.exe)?: error: (.*)$")
 _LIST_LINE = re.compile(r'^"(.*)" \{([0-9a-fA-F-]{36})\}$')
 
@@ -79,6 +101,53 @@ class VmInfo:
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+
+def balloon_floor_mb(memory_mb: int) -> int:
+    """The smallest size the driver asks for: its floor, never under VirtualBox's (balloon < 90 % of the RAM)."""
+    vbox_min = memory_mb - (9 * memory_mb // 10 - 1)
+    return min(memory_mb, max(vbox_min, BALLOON_FLOOR_MB, memory_mb // BALLOON_FLOOR_SHARE))
+
+
+@dataclass(frozen=True)
+class BalloonSizes:
+    """A VM's memory as the driver reads it, in bytes."""
+
+    size_bytes: int  # the RAM less the configured balloon: the request as VirtualBox took it
+    min_bytes: int  # the driver's floor
+    max_bytes: int  # the RAM the VM booted with: the balloon only takes from it
+
+
+def balloon_sizes(info: VmInfo) -> BalloonSizes:
+    """The sizes of ``showvminfo``'s ``memory=`` and ``GuestMemoryBalloon=``, which the driver's ``read_memory``
+    reports and the collector's source samples (so a command's ``seen_memory_bytes`` is checked against the very
+    size it saw). Pure."""
+    return BalloonSizes(
+        size_bytes=(info.memory_mb - info.balloon_mb) * MIB,
+        min_bytes=balloon_floor_mb(info.memory_mb) * MIB,
+        max_bytes=info.memory_mb * MIB,
+    )
+
+
+def parse_metrics_query(text: str, names: Iterable[str]) -> dict[str, int]:
+    """The newest value of each of ``names`` (kB metrics) in ``metrics query`` output; a metric with no value (no
+    data yet, no Guest Additions) or one of another unit is left out. Pure.
+
+    A line is the object (a VM's name, unescaped, spaces and all, overflowing its column), the metric and the values
+    oldest first, joined by ``", "``: the metric is found as a whole token, the last one on the line (values hold no
+    ``/``), rather than by splitting on whitespace."""
+    out: dict[str, int] = {}
+    wanted = list(names)
+    for line in text.splitlines():
+        for name in wanted:
+            matches = list(re.finditer(rf"(?:^|\s){re.escape(name)}(?=\s|$)", line))
+            if not matches:
+                continue
+            values = line[matches[-1].end() :].strip()
+            value = _KB_VALUE.match(values.rsplit(",", 1)[-1].strip()) if values else None
+            if value is not None:
+                out[name] = int(value.group(1))
+    return out
 
 
 def error_messages(stderr: str) -> list[str]:
@@ -226,6 +295,18 @@ class VBoxManage:
     async def guestmemoryballoon(self, vm: str, mb: int) -> None:
         """Set the balloon to ``mb`` MB: the memory taken from the guest (needs the Guest Additions)."""
         await self.check("controlvm", vm, "guestmemoryballoon", str(mb))
+
+    async def setup_guest_ram_metrics(self, vm: str) -> None:
+        """Have VirtualBox collect the guest's memory figures, one sample a second (for this run of the VM: its
+        metrics are discarded when it stops)."""
+        await self.check(
+            "metrics", "setup", "--period", "1", "--samples", "1", vm, GUEST_RAM_BASE, timeout_s=METRICS_TIMEOUT_S
+        )
+
+    async def guest_ram_kb(self, vm: str) -> dict[str, int]:
+        """The guest's latest memory figures (kB, keyed by metric name); empty while there are none."""
+        text = await self.check("metrics", "query", vm, ",".join(GUEST_RAM_METRICS), timeout_s=METRICS_TIMEOUT_S)
+        return parse_metrics_query(text, GUEST_RAM_METRICS)
 
     async def unplugcpu(self, vm: str, cpu: int) -> None:
         await self.check("controlvm", vm, "unplugcpu", str(cpu), timeout_s=max(self.timeout_s, UNPLUG_TIMEOUT_S))

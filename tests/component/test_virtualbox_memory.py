@@ -1,6 +1,7 @@
 """The VirtualBox balloon (``controlvm <vm> guestmemoryballoon <MB>``) through the stand-in VBoxManage, which follows
 VirtualBox's source for it (tests/standins/vboxmanage.py says what is documented and what assumed): the command's
-outputs and errors in both versions, and the driver's ``read_memory``/``resize_memory`` on top."""
+outputs and errors in both versions, and the driver's ``read_memory``/``resize_memory`` on top; and the guest's memory
+metrics (``metrics setup``/``query``) the collector's ``virtualbox`` source reads beside the driver's size."""
 
 from __future__ import annotations
 
@@ -9,10 +10,20 @@ from pathlib import Path
 import pytest
 
 from services.actuator.drivers.base import DriverError
-from services.actuator.drivers.virtualbox import VirtualBoxDriver, balloon_floor_mb
+from services.actuator.drivers.virtualbox import VirtualBoxDriver
+from services.collector.sources.base import MemoryCounters
+from services.collector.sources.virtualbox import VirtualBoxSource
+from shared.clock import Clock
 from shared.messages import ErrorCode
 from shared.units import MIB
-from shared.virtualbox import VBoxManage, classify, parse_machinereadable
+from shared.virtualbox import (
+    GUEST_RAM_METRICS,
+    VBoxManage,
+    balloon_floor_mb,
+    classify,
+    parse_machinereadable,
+    parse_metrics_query,
+)
 from tests.standins import vboxmanage as standin
 from tests.vbox_fixtures import STANDIN, VBoxHome
 
@@ -135,3 +146,73 @@ def test_the_floor_never_passes_virtualboxs_own_limit() -> None:
     assert balloon_floor_mb(100_000) == 25_000
     for ram in (300, 1000, 4096, 65536):
         assert ram - balloon_floor_mb(ram) < 9 * ram // 10  # the balloon this leaves is one VirtualBox takes
+
+
+def test_metrics_query_has_lines_without_values_until_setup_and_none_for_a_stopped_vm(vbox: VBoxHome) -> None:
+    """docs/virtualbox.md §7: nothing is collected before ``setup``; a VM's metrics exist only while it runs."""
+    _start(vbox, "web 1")
+    query = ["metrics", "query", "web 1", ",".join(GUEST_RAM_METRICS)]
+    before = vbox.run(*query)
+    assert before.returncode == 0
+    lines = before.stdout.splitlines()
+    assert lines[0].split() == ["Object", "Metric", "Values"]
+    assert lines[2] == f"{'web 1':<15} {'Guest/RAM/Usage/Total':<40} "  # a line, no values yet
+    assert parse_metrics_query(before.stdout, GUEST_RAM_METRICS) == {}
+    assert vbox.run("metrics", "setup", "--period", "1", "--samples", "2", "web 1", "Guest/RAM/Usage").stdout == ""
+    after = vbox.run(*query).stdout
+    assert f"{'web 1':<15} {'Guest/RAM/Usage/Total':<40} 2097152 kB, 2097152 kB" in after.splitlines()
+    assert vbox.run("controlvm", "web 1", "poweroff").returncode == 0
+    assert len(vbox.run(*query).stdout.splitlines()) == 2  # the header alone
+    missing = vbox.run("metrics", "query", "nope")
+    assert missing.returncode == 1
+    assert classify(missing.stderr).code is ErrorCode.VM_NOT_FOUND
+
+
+async def test_the_source_reports_the_drivers_size_and_the_guests_figures(vbox: VBoxHome) -> None:
+    _start(vbox, "web 1", memory_mb=2048)
+    standin.set_guest_memory("web 1", used_mb=700, cache_mb=300)
+    vboxmanage = VBoxManage(str(STANDIN))
+    source = VirtualBoxSource(vboxmanage, Clock())
+    driver = VirtualBoxDriver(vboxmanage)
+
+    async def memory() -> MemoryCounters | None:
+        (reading,) = await source.read()
+        return reading.memory
+
+    first = await memory()
+    view = await driver.read_memory("web 1")
+    assert first is not None
+    assert (first.size_bytes, first.min_bytes, first.max_bytes) == (view.size_bytes, view.min_bytes, view.max_bytes)
+    assert (first.used_bytes, first.available_bytes) == (700 * MIB, (2048 - 700) * MIB)  # the cache is in free
+    await driver.resize_memory("web 1", 1536 * MIB)
+    second = await memory()  # the balloon the guest inflated is not counted as used
+    assert second is not None
+    assert (second.size_bytes, second.used_bytes, second.available_bytes) == (1536 * MIB, 700 * MIB, 836 * MIB)
+    setups = [c for c in vbox.calls() if c[1:3] == ["metrics", "setup"]]
+    assert setups == [["-q", "metrics", "setup", "--period", "1", "--samples", "1", setups[0][-2], "Guest/RAM/Usage"]]
+    assert vbox.run("controlvm", "web 1", "poweroff").returncode == 0
+    assert await source.read() == []
+    assert vbox.run("startvm", "web 1", "--type", "headless").returncode == 0
+    assert await memory() is not None  # a new run: its metrics set up again
+    assert len([c for c in vbox.calls() if c[1:3] == ["metrics", "setup"]]) == 2
+
+
+async def test_without_guest_additions_the_source_keeps_the_vcpus_and_reports_no_memory(vbox: VBoxHome) -> None:
+    _start(vbox, "web 1")
+    standin.set_guest("web 1", "none")
+    source = VirtualBoxSource(VBoxManage(str(STANDIN)), Clock())
+    (reading,) = await source.read()
+    assert (reading.vm, reading.online_vcpus, reading.memory) == ("web 1", 1, None)
+    assert len([c for c in vbox.calls() if c[1] == "showvminfo"]) == 1  # once per run, not again for a size
+
+
+async def test_a_failing_metrics_call_leaves_memory_out_not_the_reading(vbox: VBoxHome, tmp_path: Path) -> None:
+    _start(vbox, "web 1")
+    failing = tmp_path / "VBoxManage"  # the stand-in, but every metrics call fails as an old VBoxSVC might
+    failing.write_text(
+        '#!/bin/sh\ncase "$2" in metrics) echo "VBoxManage: error: Code E_FAIL" >&2; exit 1;; esac\n'
+        f'exec "{STANDIN}" "$@"\n'
+    )
+    failing.chmod(0o755)
+    (reading,) = await VirtualBoxSource(VBoxManage(str(failing)), Clock()).read()
+    assert (reading.vm, reading.memory) == ("web 1", None)

@@ -14,7 +14,8 @@ A started VM is a real process named ``VBoxHeadless`` (``--comment <name> --star
 thread per configured vCPU named ``EMT-<i>``; the threads of attached CPUs burn CPU up to the VM's load
 (set with :func:`set_load`), as a guest would. One Python process holds one core at most (the GIL).
 
-Test helpers (not VBoxManage commands): :func:`create_vm`, :func:`set_load`, :func:`set_guest`.
+Test helpers (not VBoxManage commands): :func:`create_vm`, :func:`set_load`, :func:`set_guest`,
+:func:`set_guest_memory`.
 
 **The memory balloon** (``controlvm <vm> guestmemoryballoon <MB>``); docs/virtualbox.md does not cover it, so this
 follows the VirtualBox source (the 6.1/7.0 trees the doc names) and the manual:
@@ -34,8 +35,26 @@ follows the VirtualBox source (the 6.1/7.0 trees the doc names) and the manual:
   setter's error is the machine's; the Context line number is made up, as the doc allows); the balloon is stored
   in the settings file as ``<Guest memoryBalloonSize="…"/>`` when non-zero; a guest with Additions inflates at once
   (VirtualBox moves it in the guest's time, visible only in the ``Guest/RAM/Usage/Balloon`` metric, which the
-  stand-in does not serve); a guest without them (``set_guest(name, "none")``) reports run level 0 and never
-  inflates, yet the command succeeds (VirtualBox cannot tell).
+  stand-in serves with the metrics below); a guest without them (``set_guest(name, "none")``) reports run level 0
+  and never inflates, yet the command succeeds (VirtualBox cannot tell).
+
+**Metrics** (``metrics setup|query``, docs/virtualbox.md §7), for the guest's memory only:
+
+* documented: ``setup [--period <sec>] [--samples <n>] [--list] [*|host|<vm> [<metric-list>]]`` matches *base*
+  names (``Guest/RAM/Usage``), prints nothing and exits 0 (``--list``: the modified metrics, or ``No metrics match
+  the specified filter!`` still with exit 0); ``--period``/``--samples`` take a separate value (``--period=5`` is
+  read as the object), a bad one is ``Invalid value for 'period' parameter: '<arg>'``, exit 2; an unknown VM is
+  ``Invalid machine name: '<arg>'``, exit 1. ``query [*|host|<vm> [<metric-list>]]`` prints the two header lines,
+  then ``%-15s %-40s `` (object, metric) and the values oldest first joined by ``", "``, kB metrics as ``<n> kB``;
+  a metric with no data yet still gets its line, without values; a VM not running gets no lines. Patterns take
+  ``*``/``?`` and are case-sensitive; nothing is collected before ``setup``, and a VM's setup goes when it stops.
+  Guest figures need the Guest Additions: a guest without them (``set_guest(name, "none")``) never has values.
+* assumed: the Additions' first report is there at once after ``setup`` (VirtualBox: within the period), and the
+  guest is steady, so the ``samples`` values shown are all its figures now. The guest (``set_guest_memory``): Total
+  is the VM's RAM; Balloon is what the Additions inflated; Free is Total − used − Balloon and holds the cache (a Linux
+  guest's Additions send MemFree + Buffers + Cached as free); Shared 0. Only the ``Guest/RAM/Usage/*`` metrics are
+  served (no host, CPU, disk or network metrics: the project does not query them); ``list``, ``enable``,
+  ``disable`` and ``collect`` are not served.
 """
 
 from __future__ import annotations
@@ -290,6 +309,7 @@ def cmd_controlvm(args: list[str]) -> None:
         _stop_process(vm)
         vm["state"] = "poweroff"
         vm["changed"] = _now()
+        vm.pop("metrics", None)  # a VM's metrics are discarded when it stops
         save_vm(vm)
         sys.stderr.write("0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\n")
         return
@@ -386,6 +406,95 @@ def _balloon(vm: dict[str, Any], args: list[str], file: str) -> None:
     if vm.get("guest", "additions") != "none":
         vm["guest_balloon"] = size  # the Additions inflate it; without them the guest never does
     save_vm(vm)
+
+
+GUEST_RAM_BASE = "Guest/RAM/Usage"
+GUEST_RAM = ("Total", "Free", "Balloon", "Shared", "Cache")  # in the order VirtualBox registers them
+VM_BASE_METRICS = ("CPU/Load", "RAM/Usage", "Disk/Usage", "Net/Rate", "Guest/CPU/Load", GUEST_RAM_BASE)
+METRICS_HEADER = f"{'Object':<15} {'Metric':<40} Values\n{'-' * 15} {'-' * 40} {'-' * 44}\n"
+
+
+def _pattern(text: str) -> re.Pattern[str]:
+    """One metric pattern: ``*`` and ``?`` are wildcards, the rest must match exactly (case-sensitive)."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in text))
+
+
+def _matches(patterns: list[re.Pattern[str]], name: str) -> bool:
+    return any(p.fullmatch(name) for p in patterns)
+
+
+def _metric_targets(obj: str) -> list[dict[str, Any]]:
+    """The running VMs ``obj`` names (``*``: all of them, ``host``: none); an unknown VM is an error."""
+    if obj == "host":
+        return []
+    if obj == "*":
+        vms = [find_vm(load_vm(path)["uuid"]) for path in _vm_files()]
+        return [vm for vm in vms if vm is not None and vm["state"] in RUNNING_STATES]
+    vm = find_vm(obj)
+    if vm is None:
+        err(f"Invalid machine name: '{obj}'")
+        raise Exit(1)
+    return [vm] if vm["state"] in RUNNING_STATES else []
+
+
+def _guest_ram_kb(vm: dict[str, Any]) -> dict[str, int]:
+    """The guest's memory figures as its Additions would report them now (kB)."""
+    total = vm.get("memory", 1024) * 1024
+    balloon = vm.get("guest_balloon", 0) * 1024
+    free = max(0, total - vm.get("guest_used_mb", 256) * 1024 - balloon)
+    cache = min(free, vm.get("guest_cache_mb", 128) * 1024)
+    return {"Total": total, "Free": free, "Balloon": balloon, "Shared": 0, "Cache": cache}
+
+
+def cmd_metrics(args: list[str]) -> None:
+    sub, rest = args[0], args[1:]
+    if sub not in ("setup", "query"):
+        err(f"the stand-in serves 'metrics setup' and 'metrics query' only, not '{sub}'")
+        raise Exit(2)
+    period, samples, listing, positional = 1, 1, False, []
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if sub == "setup" and arg in ("--period", "--samples"):
+            value = rest[i + 1] if i + 1 < len(rest) else ""
+            if not re.fullmatch(r"[0-9]+", value):
+                err(f"Invalid value for '{arg[2:]}' parameter: '{value}'")
+                raise Exit(2)
+            period, samples = (int(value), samples) if arg == "--period" else (period, int(value))
+            i += 2
+            continue
+        if sub == "setup" and arg == "--list":
+            listing = True
+        else:
+            positional.append(arg)
+        i += 1
+    obj = positional[0] if positional else "*"
+    patterns = [_pattern(p) for p in (positional[1] if len(positional) > 1 else "*").split(",")]
+    targets = _metric_targets(obj)
+    if sub == "setup":
+        modified = [(vm, base) for vm in targets for base in VM_BASE_METRICS if _matches(patterns, base)]
+        for vm in {vm["uuid"]: vm for vm, base in modified if base == GUEST_RAM_BASE}.values():
+            vm["metrics"] = {"period": period, "samples": samples}
+            save_vm(vm)
+        if listing:
+            if not modified:
+                err("No metrics match the specified filter!")
+                return
+            print("The following metrics were modified:\n\nObject     Metric\n---------- --------------------")
+            for vm, base in modified:
+                print(f"{vm['name']:<10} {base:<20}")
+            print()
+        return
+    out = [METRICS_HEADER]
+    for vm in targets:
+        collected = vm.get("metrics") is not None and vm.get("guest", "additions") != "none"
+        figures = _guest_ram_kb(vm)
+        for part in GUEST_RAM:
+            name = f"{GUEST_RAM_BASE}/{part}"
+            if _matches(patterns, name):
+                values = [f"{figures[part]} kB"] * (vm["metrics"]["samples"] if collected else 0)
+                out.append(f"{vm['name']:<15} {name:<40} " + ", ".join(values) + "\n")
+    sys.stdout.write("".join(out))
 
 
 def _logo() -> str:
@@ -524,6 +633,7 @@ def cmd_startvm(args: list[str]) -> None:
         raise Exit(1)
     print(f'Waiting for VM "{vm["name"]}" to power on...')
     vm["pid"] = _start_process(vm)
+    vm.pop("metrics", None)
     vm["state"] = "running"
     vm["changed"] = _now()
     save_vm(vm)
@@ -609,6 +719,11 @@ def set_load(name: str, cores: float) -> None:
     _update(name, load=cores)
 
 
+def set_guest_memory(name: str, used_mb: int, cache_mb: int = 128) -> None:
+    """What the guest's own work uses and its page cache (MB), as its Guest Additions report them."""
+    _update(name, guest_used_mb=used_mb, guest_cache_mb=cache_mb)
+
+
 def set_guest(name: str, mode: str) -> None:
     """``additions`` (cooperates), ``none`` (unplug refused at once) or ``stuck`` (refused after a wait)."""
     assert mode in ("additions", "none", "stuck")
@@ -622,6 +737,7 @@ COMMANDS = {
     "modifyvm": cmd_modifyvm,
     "createvm": cmd_createvm,
     "startvm": cmd_startvm,
+    "metrics": cmd_metrics,
 }
 
 

@@ -296,6 +296,7 @@ async def test_source_counts_a_replugged_vcpu_as_a_new_series_and_host_wait_not_
     assert host is not None
     assert (host.cpus, dict(host.vms)) == (12, {"web 1": 2})
     assert sum((host.host_wait_seconds or {}).values()) == pytest.approx(11)
+    assert (host.memory_bytes, host.vm_memory) == (None, None)  # no balloon.current: what it holds is unknown
 
 
 async def test_source_rereads_only_the_settings_and_honours_an_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -352,3 +353,6 @@ async def test_source_reports_memory_from_the_balloon_stats_and_the_layout_read_
         swap_in_bytes=8.0 * KIB,
     )
     assert domain.reads == 1
+    host = await source.host()  # the node's memory (getInfo, MiB) and what the domain holds, from the same round
+    assert host is not None
+    assert (host.memory_bytes, host.vm_memory) == (15_872 * MIB, {"web 1": 640 * MIB})

@@ -22,11 +22,12 @@ from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.qemu import QemuDriver
 from services.collector.rates import sample_from
 from services.collector.sources.base import Reading
-from services.collector.sources.qemu import QemuSource
+from services.collector.sources.qemu import QemuSource, read_host_memory
 from shared.clock import Clock
 from shared.messages import ErrorCode
 from shared.qemu.image import GuestImage, ImageError, ensure_image
 from shared.qemu.vm import QemuVm, connect_qmp, parse_stat
+from shared.units import MIB
 from tests.conftest import GUEST_LOOP_DECIDER, roomy_host_config
 
 pytestmark = pytest.mark.external  # needs a tool from the OS (see require_tool)
@@ -190,6 +191,8 @@ async def test_source_measures_vcpu_threads_and_guest_run_queue(image: GuestImag
     assert host is not None
     assert (host.cpus, dict(host.vms)) == (os.cpu_count(), {"g3": 1})
     assert host.host_wait_seconds is not None and len(host.host_wait_seconds) == 1
+    # the machine's MemTotal, and the guest's boot RAM (it has no memory device): what it holds on the host
+    assert (host.memory_bytes, host.vm_memory) == (read_host_memory(), {"g3": 256 * MIB})
 
 
 # The busy guest must get its cores from a shared machine (other tests, other work): roomy deadlines, each wait

@@ -8,12 +8,13 @@ notes the stand-in follows) and every VM of ``list runningvms`` (paused ones too
 its CPUs when hot-plug is off). A VM that stops between the listing and its ``showvminfo`` is left out.
 
 Memory moves through the balloon only (``controlvm <vm> guestmemoryballoon <MB>``; VirtualBox has no memory
-hot-plug): size = the VM's RAM − the configured balloon, in 1 MiB steps, never above the RAM the VM booted with.
-The floor is the driver's: 256 MiB or a quarter of the RAM, whichever is more, and never under what VirtualBox
-allows (a balloon below 90 % of the RAM). The balloon needs the Guest Additions: without them
-(``GuestAdditionsRunLevel=0``) VirtualBox takes the value and nothing moves, so a resize is refused as
-``hotplug-disabled``. ``showvminfo`` shows the configured balloon, not the guest's progress (only the
-``Guest/RAM/Usage/Balloon`` metric does), so the size is the request as VirtualBox took it.
+hot-plug): size = the VM's RAM − the configured balloon (``shared.virtualbox.balloon_sizes``, which the collector's
+source samples too), in 1 MiB steps, never above the RAM the VM booted with. The floor is the driver's: 256 MiB or a
+quarter of the RAM, whichever is more, and never under what VirtualBox allows (a balloon below 90 % of the RAM). The
+balloon needs the Guest Additions: without them (``GuestAdditionsRunLevel=0``) VirtualBox takes the value and
+nothing moves, so a resize is refused as ``hotplug-disabled``. ``showvminfo`` shows the configured balloon, not the
+guest's progress (only the ``Guest/RAM/Usage/Balloon`` metric does), so the size is the request as VirtualBox took
+it.
 """
 
 from __future__ import annotations
@@ -23,18 +24,7 @@ import os
 from services.actuator.drivers.base import DriverError, HostView, MemoryView, VmView
 from shared.messages import ErrorCode
 from shared.units import MIB, format_size
-from shared.virtualbox import VBoxError, VBoxManage, VmInfo
-
-# Measured on QEMU (shared/docs/memory.md trap 5): a balloon leaving 128 MiB OOM-killed a small Linux guest, 384
-# MiB did not. Assumed to hold for VirtualBox's balloon too (not measured: VirtualBox cannot run here).
-BALLOON_FLOOR_MB = 256
-BALLOON_FLOOR_SHARE = 4
-
-
-def balloon_floor_mb(memory_mb: int) -> int:
-    """The smallest size the driver asks for: its floor, never under VirtualBox's (balloon < 90 % of the RAM)."""
-    vbox_min = memory_mb - (9 * memory_mb // 10 - 1)
-    return min(memory_mb, max(vbox_min, BALLOON_FLOOR_MB, memory_mb // BALLOON_FLOOR_SHARE))
+from shared.virtualbox import VBoxError, VBoxManage, VmInfo, balloon_floor_mb, balloon_sizes
 
 
 class VirtualBoxDriver:
@@ -107,14 +97,13 @@ class VirtualBoxDriver:
         return info
 
     async def read_memory(self, vm: str) -> MemoryView:
-        info = await self._running(vm)
-        size = (info.memory_mb - info.balloon_mb) * MIB
+        sizes = balloon_sizes(await self._running(vm))
         return MemoryView(
             vm=vm,
-            size_bytes=size,
-            requested_bytes=size,
-            min_bytes=balloon_floor_mb(info.memory_mb) * MIB,
-            max_bytes=info.memory_mb * MIB,
+            size_bytes=sizes.size_bytes,
+            requested_bytes=sizes.size_bytes,
+            min_bytes=sizes.min_bytes,
+            max_bytes=sizes.max_bytes,
             step_bytes=MIB,
             method="balloon",
         )

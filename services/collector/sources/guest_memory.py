@@ -1,20 +1,25 @@
-"""The memory counters of the ``qemu`` and ``libvirt`` sources: the hypervisor's sizes (the very ones their drivers'
-``read_memory`` reports: ``shared.qemu.memview``, ``shared.libvirt.memview``) with the guest's own figures.
+"""The memory counters of the ``qemu``, ``libvirt`` and ``virtualbox`` sources: the hypervisor's sizes (the very ones
+their drivers' ``read_memory`` reports: ``shared.qemu.memview``, ``shared.libvirt.memview``,
+``shared.virtualbox.balloon_sizes``) with the guest's own figures.
 
 Used is the guest's MemTotal − MemAvailable, as the drivers' ``below-used`` guard reads it. Swap-in is a cumulative
 count of bytes. The QEMU test guest's STAT line carries PSI memory's cumulative ``some`` total (microseconds), which
 the collector turns into a share of its own interval as it does swap-in (not avg10, a rate over the guest's own
 10 s, sampled at the STAT line's pace); older guests' lines lack it (None). The balloon's stats have no PSI, and
-neither guest gives its OOM kills: those stay None ("not measured").
+neither guest gives its OOM kills: those stay None ("not measured"). VirtualBox's Guest Additions report the guest's
+total, free, cache and balloon only: no swap, PSI nor OOM kills.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from services.collector.sources.base import MemoryCounters
 from shared.libvirt.memstats import MemoryStats
 from shared.qemu.vm import GuestStat
+from shared.units import KIB
+from shared.virtualbox import GUEST_RAM_BALLOON, GUEST_RAM_FREE, GUEST_RAM_TOTAL
 
 # /proc/vmstat's pswpin counts pages; the test guest is x86 with 4 KiB pages.
 GUEST_PAGE_BYTES = 4096
@@ -65,4 +70,24 @@ def libvirt_counters(sizes: Sizes | None, stats: MemoryStats) -> MemoryCounters 
         used_bytes=stats.used_bytes,
         available_bytes=stats.available_bytes,
         swap_in_bytes=None if stats.swap_in_bytes is None else float(stats.swap_in_bytes),
+    )
+
+
+def virtualbox_counters(sizes: Sizes, guest_kb: Mapping[str, int]) -> MemoryCounters | None:
+    """A VirtualBox VM's memory: the driver's sizes and the Guest Additions' figures (``Guest/RAM/Usage/*``, kB); None
+    while the guest reports no total or free memory (no Additions, or before their first report). Pure."""
+    total, free = guest_kb.get(GUEST_RAM_TOTAL), guest_kb.get(GUEST_RAM_FREE)
+    if total is None or free is None:
+        return None
+    # Used = Total - Free - Balloon, within [0, Total]. Not Total - Free - Cache: the Additions' Free already holds
+    # the cache (Linux sends MemFree + Buffers + Cached, Windows its "available" memory), so that would count the
+    # cache twice. The balloon's pages are taken by the guest's own driver, inside its MemTotal: counted as used,
+    # a shrink would look like the guest using more and call for a grow.
+    used = min(total, max(0, total - free - guest_kb.get(GUEST_RAM_BALLOON, 0)))
+    return MemoryCounters(
+        size_bytes=sizes.size_bytes,
+        min_bytes=sizes.min_bytes,
+        max_bytes=sizes.max_bytes,
+        used_bytes=used * KIB,
+        available_bytes=free * KIB,
     )

@@ -18,8 +18,11 @@ checks a command against. The guest's MemTotal, MemAvailable and swap-in are the
 (``shared.libvirt.memstats``), present once its virtio_balloon driver sends them and libvirt could take the job
 for them this round (NOWAIT leaves them out while a job runs, ``balloon.current`` never).
 
-The host reading comes from the same round: the node's CPUs (``getInfo``), and the vCPUs and ``vcpu.N.delay`` of
-every running domain, selected, opted out or not (a domain the collector leaves alone still holds its vCPUs).
+The host reading comes from the same round: the node's CPUs and memory (``getInfo``), and the vCPUs, ``vcpu.N.delay``
+and ``balloon.current`` of every running domain, selected, opted out or not (a domain the collector leaves alone still
+holds its vCPUs and memory). A domain's memory on the host is its ``balloon.current``, libvirt's figure of what the
+guest has: a move under way counts once it has landed, as that figure follows the guest. A running domain without one
+leaves the host's memory unreported that round rather than counted short.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from shared.libvirt.memory import DomainMemory, MemoryXmlError, parse_memory
 from shared.libvirt.memstats import from_domain_stats
 from shared.libvirt.memview import memory_sizes
 from shared.qemu.vm import GuestStat
+from shared.units import KIB, MIB
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +60,35 @@ Row = tuple[str, str, dict[str, Any], str | None, Settings | None]
 
 @dataclass
 class _Host:
-    """The node as one round saw it: its CPUs, every running domain's vCPUs and its vCPUs' host wait."""
+    """The node as one round saw it: its CPUs and memory, every running domain's vCPUs, its vCPUs' host wait and its
+    memory (None: a domain whose memory libvirt did not give)."""
 
     cpus: int
+    memory_bytes: int | None = None
     vms: dict[str, int] = field(default_factory=dict)
     wait: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, int | None] = field(default_factory=dict)
+
+    def reading(self, at: float) -> HostReading:
+        """The host reading; its memory only when the node's and every running domain's are known. Pure."""
+        held = {name: size for name, size in self.memory.items() if size is not None}
+        known = self.memory_bytes is not None and len(held) == len(self.memory)
+        return HostReading(
+            time=at,
+            cpus=max(1, self.cpus),
+            vms=self.vms,
+            host_wait_seconds=self.wait,
+            memory_bytes=self.memory_bytes if known else None,
+            vm_memory=held if known else None,
+        )
 
 
 def _host_side(name: str, domain_id: int, stats: dict[str, Any], host: _Host) -> None:
-    """Add one running domain's vCPUs and per-vCPU host wait (``vcpu.N.delay``, ns) to ``host``."""
+    """Add one running domain's vCPUs, per-vCPU host wait (``vcpu.N.delay``, ns) and memory (``balloon.current``,
+    KiB) to ``host``."""
     host.vms[name] = int(stats.get("vcpu.current", 0))
+    current = stats.get("balloon.current")
+    host.memory[name] = int(current) * KIB if current is not None else None
     for key, value in stats.items():
         parts = key.split(".")
         if len(parts) == 3 and parts[0] == "vcpu" and parts[1].isdigit() and parts[2] == "delay":
@@ -141,7 +164,8 @@ class LibvirtSource:
             | self.libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
         )
         out: list[Row] = []
-        host = _Host(cpus=int(conn.getInfo()[2]))  # [model, memory MiB, active CPUs, MHz, nodes, sockets, ...]
+        info = conn.getInfo()  # [model, memory MiB, active CPUs, MHz, nodes, sockets, ...]
+        host = _Host(cpus=int(info[2]), memory_bytes=int(info[1]) * MIB if int(info[1]) > 0 else None)
         kinds = self.libvirt.VIR_DOMAIN_STATS_VCPU | self.libvirt.VIR_DOMAIN_STATS_BALLOON
         for dom, stats in conn.getAllDomainStats(kinds, flags):
             name = dom.name()
@@ -264,8 +288,7 @@ class LibvirtSource:
         """The node as this round's read saw it (None when that read failed)."""
         if self._host is None or self._read_at is None:
             return None
-        h = self._host
-        return HostReading(time=self._read_at, cpus=max(1, h.cpus), vms=h.vms, host_wait_seconds=h.wait)
+        return self._host.reading(self._read_at)
 
     async def close(self) -> None:
         self.conn.close()

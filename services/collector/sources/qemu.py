@@ -13,9 +13,13 @@ swap-in from its STAT line. It is asked on the monitoring socket, after the vCPU
 the control socket is held by a resize (an unplug waits up to 5 s on it), and a memory answer that is late leaves
 memory out of that round rather than holding the VM's CPU reading back.
 
-The host is this machine (``os.cpu_count()`` CPUs) with its running guests' vCPUs; host wait is the run-queue wait
-of their vCPU threads (schedstat), the sign of more runnable vCPUs than cores. A guest that could not be read this
-round keeps the vCPU count it last had: it still holds them.
+The host is this machine (``os.cpu_count()`` CPUs, ``MemTotal`` of ``/proc/meminfo``) with its running guests'
+vCPUs and memory; host wait is the run-queue wait of their vCPU threads (schedstat), the sign of more runnable vCPUs
+than cores. A guest's memory is what the round's read found (:func:`committed_bytes`, no query of its own): the larger
+of its size and the size last asked for, its boot RAM without a memory device. A guest that could not be read this
+round keeps the vCPU count and memory it last had: it still holds them. While a running guest's memory was never
+known (a memory answer late from its first round on, a state file of an older version), the host's memory is not
+reported: a committed sum without it would say the host has room it does not have.
 """
 
 from __future__ import annotations
@@ -35,11 +39,55 @@ from services.collector.sources.threads import read_threads
 from shared.clock import Clock
 from shared.qemu.memview import MemorySizes, has_memory_device, query_sizes
 from shared.qemu.vm import QemuError, QemuVm, VmState, running_vms
+from shared.units import KIB
 
 log = logging.getLogger(__name__)
 
 # The monitor answers a query in milliseconds; a second is a QEMU busy elsewhere, and the round goes on without it.
 MEMORY_TIMEOUT_S = 1.0
+MEMINFO = Path("/proc/meminfo")
+
+
+def meminfo_total_bytes(text: str) -> int | None:
+    """``MemTotal`` of a ``/proc/meminfo`` text, in bytes; None when it has no readable one. Pure."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "MemTotal":
+            fields = value.split()
+            if len(fields) == 2 and fields[0].isdigit() and fields[1] == "kB":
+                return int(fields[0]) * KIB
+            return None
+    return None
+
+
+def read_host_memory(path: Path = MEMINFO) -> int | None:
+    """This machine's memory in bytes, or None when it cannot be read."""
+    try:
+        return meminfo_total_bytes(path.read_text())
+    except OSError as exc:
+        log.warning("cannot read the host's memory from %s: %s", path, exc)
+        return None
+
+
+def committed_bytes(state: VmState, sizes: MemorySizes | None) -> int | None:
+    """What a running guest holds of the host's memory: the larger of its size and the size last asked for (a move
+    under way will land), its boot RAM without a memory device; None when unknown this round (QEMU did not answer for
+    its device, or its state file does not record its memory). Pure."""
+    if sizes is not None:
+        return max(sizes.size_bytes, sizes.requested_bytes)
+    if not has_memory_device(state):
+        return state.memory_bytes or None
+    return None
+
+
+def host_memory(
+    memory_bytes: int | None, running: list[str], held: dict[str, int]
+) -> tuple[int | None, dict[str, int] | None]:
+    """The host reading's memory and every running guest's, or (None, None) when the host's memory or any running
+    guest's is unknown. Pure."""
+    if memory_bytes is None or any(name not in held for name in running):
+        return None, None
+    return memory_bytes, {name: held[name] for name in running}
 
 
 async def memory_sizes(qmp: QMPClient, vm: str, state: VmState) -> MemorySizes | None:
@@ -61,6 +109,9 @@ class QemuSource:
         self.root = root
         self._pressure: dict[str, RunQueueIntegral] = {}
         self._online: dict[str, int] = {}  # each running guest's vCPUs, as last read
+        self._memory: dict[str, int] = {}  # each running guest's memory (committed_bytes), as last known
+        self._running: list[str] = []
+        self._host_memory: int | None = None
         self._wait: dict[str, float] = {}  # each vCPU thread's run-queue wait this round
         self._read_at: float | None = None
 
@@ -77,6 +128,9 @@ class QemuSource:
             if c.get("thread-id") in threads
         }
         self._online[vm.name] = len(cpus)
+        held = committed_bytes(state, sizes)
+        if held is not None:
+            self._memory[vm.name] = held
         self._wait.update(
             {
                 f"{vm.name}:{c['thread-id']}": threads[c["thread-id"]].wait_seconds
@@ -107,6 +161,9 @@ class QemuSource:
         readings = []
         running = await asyncio.to_thread(running_vms, self.root)
         self._online = {vm.name: self._online[vm.name] for vm in running if vm.name in self._online}
+        self._memory = {vm.name: self._memory[vm.name] for vm in running if vm.name in self._memory}
+        self._running = [vm.name for vm in running]
+        self._host_memory = await asyncio.to_thread(read_host_memory)
         self._wait = {}
         self._read_at = self.clock.now()
         for vm in running:
@@ -123,8 +180,14 @@ class QemuSource:
         """This machine and the guests this round's read found running."""
         if self._read_at is None:
             return None
+        memory_bytes, vm_memory = host_memory(self._host_memory, self._running, self._memory)
         return HostReading(
-            time=self._read_at, cpus=os.cpu_count() or 1, vms=dict(self._online), host_wait_seconds=dict(self._wait)
+            time=self._read_at,
+            cpus=os.cpu_count() or 1,
+            vms=dict(self._online),
+            host_wait_seconds=dict(self._wait),
+            memory_bytes=memory_bytes,
+            vm_memory=vm_memory,
         )
 
     async def close(self) -> None:

@@ -7,6 +7,14 @@ host's run queue is host contention, which more vCPUs would not cure): the guest
 settings file says
 which CPUs are attached; ``showvminfo`` is asked once per VM (for the file and the maximum), not every round.
 
+Memory comes from VirtualBox's guest metrics (``metrics query <vm> Guest/RAM/Usage/Total,Free,Balloon,Cache``, kB),
+set up once per run of a VM (``metrics setup --period 1 --samples 1 <vm> Guest/RAM/Usage``: nothing is collected
+before, and a VM's metrics go when it stops). They exist only while the Guest Additions report: without them, or
+before their first report, or when a metrics call fails, the VM's memory is left out of the round and its vCPU
+reading kept. With them, a fresh ``showvminfo`` gives the size the driver reads (RAM − the configured balloon:
+``shared.virtualbox.balloon_sizes``; the actuator moves the balloon between rounds), and the figures give the guest's
+used and available memory (``guest_memory.virtualbox_counters``).
+
 The host is this machine (``os.cpu_count()``: VirtualBox runs its VMs here) with every running VM's attached CPUs,
 read from its settings file as the actuator's driver reads them, also for a VM whose process is not found; host
 wait is the run-queue wait of the VMs' EMT threads (schedstat).
@@ -19,19 +27,32 @@ import itertools
 import logging
 import os
 import re
+import time
 import xml.etree.ElementTree as ET
 
 import psutil
 
-from services.collector.sources.base import HostReading, Reading
+from services.collector.sources.base import HostReading, MemoryCounters, Reading
+from services.collector.sources.guest_memory import virtualbox_counters
 from services.collector.sources.threads import ThreadStat, read_threads
 from shared.clock import Clock
-from shared.virtualbox import VBoxError, VBoxManage, VmInfo, read_cpu_tree
+from shared.virtualbox import (
+    GUEST_RAM_FREE,
+    GUEST_RAM_TOTAL,
+    VBoxError,
+    VBoxManage,
+    VmInfo,
+    balloon_sizes,
+    read_cpu_tree,
+)
 
 log = logging.getLogger(__name__)
 
 PROCESS_NAMES = {"VBoxHeadless", "VirtualBoxVM", "VBoxSDL", "VBoxHeadless.exe", "VirtualBoxVM.exe", "VBoxSDL.exe"}
 _EMT = re.compile(r"^EMT(?:-(\d+))?$")
+# A VM whose guest reports no memory has its metrics set up again this often: a VM restarted between two rounds lost
+# them, and setting up anew discards nothing when there is nothing.
+METRICS_SETUP_RETRY_S = 30.0
 
 
 def find_vm_process(uuid: str, name: str) -> psutil.Process | None:
@@ -54,6 +75,7 @@ class VirtualBoxSource:
         self.clock = clock
         self._info: dict[str, VmInfo] = {}
         self._procs: dict[str, psutil.Process] = {}
+        self._metrics_setup: dict[str, float] = {}  # uuid -> when its guest metrics were set up (monotonic)
         self._host: HostReading | None = None
 
     async def _vm_info(self, name: str, uuid: str) -> VmInfo | None:
@@ -97,6 +119,24 @@ class VirtualBoxSource:
             return attached, None
         return attached, (cpu.user + cpu.system, read_threads(proc.pid) or [])
 
+    async def _memory(self, name: str, uuid: str) -> MemoryCounters | None:
+        """The VM's memory, or None when its guest reports none or VirtualBox could not be asked: never an error."""
+        try:
+            set_up = self._metrics_setup.get(uuid)
+            if set_up is None:
+                await self.vbox.setup_guest_ram_metrics(uuid)
+                set_up = self._metrics_setup[uuid] = time.monotonic()
+            guest = await self.vbox.guest_ram_kb(uuid)
+            if GUEST_RAM_TOTAL not in guest or GUEST_RAM_FREE not in guest:
+                if time.monotonic() - set_up > METRICS_SETUP_RETRY_S:
+                    del self._metrics_setup[uuid]
+                return None
+            info = self._info[uuid] = await self.vbox.info(uuid)
+        except VBoxError as exc:
+            log.warning("VirtualBox VM %s: memory left out of this round: %s", name, exc.message)
+            return None
+        return virtualbox_counters(balloon_sizes(info), guest)
+
     async def read(self) -> list[Reading]:
         self._host = None
         running = await self.vbox.list("runningvms")
@@ -131,12 +171,14 @@ class VirtualBoxSource:
                     max_vcpus=min(info.cpus, 32),
                     cpu_seconds=cpu_seconds,
                     per_vcpu_seconds=per_vcpu or None,
+                    memory=await self._memory(name, uuid),
                 )
             )
         gone = set(self._info) - {uuid for _, uuid in running}
         for uuid in gone:  # a VM that stopped may come back reconfigured: ask again then
             self._info.pop(uuid, None)
             self._procs.pop(uuid, None)
+            self._metrics_setup.pop(uuid, None)
         self._host = HostReading(time=now, cpus=os.cpu_count() or 1, vms=online, host_wait_seconds=wait)
         return readings
 
