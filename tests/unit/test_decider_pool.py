@@ -279,3 +279,18 @@ async def test_a_host_whose_memory_is_not_known_grows_memory_as_before() -> None
     h.decider.handle_sample(memory_sample("swapping", 4 * GIB, 3900 * MIB, 1e6, 1.0))
     [grow] = await memory_commands(h)
     assert grow.memory_change() == (4 * GIB, 8 * GIB) and not h.decider.memory_ledgers
+
+
+async def test_a_host_full_memory_result_teaches_the_hosts_memory() -> None:
+    h = Harness()
+    result = ScaleResult(
+        time=1.0, command_id="m1", duration_s=0.0, actuator="actuator", host="h", vm="a", ok=False,
+        error_code=ErrorCode.HOST_FULL, vcpus_before=None, vcpus_after=None, resource=Resource.MEMORY,
+        target_memory_bytes=8 * GIB, memory_before_bytes=4 * GIB, memory_after_bytes=4 * GIB,
+        host_capacity_memory_bytes=9 * GIB, host_committed_memory_bytes=9 * GIB,
+    )  # fmt: skip
+    await h.decider._on_result(SimpleNamespace(subject=subjects.results("h", "a"), data=encode(result)))  # type: ignore[arg-type]
+    assert h.decider.memory_ledgers["h"].view.capacity == 9 * GIB
+    h.clock.t = 2.0
+    h.decider.handle_sample(memory_sample("b", 4 * GIB, 3900 * MIB, 0.0, 2.0))  # counted in the 9 GiB: no room
+    assert await memory_commands(h) == [] and h.decider.memory_ledgers["h"].deferred() == 1
