@@ -4,6 +4,9 @@ grow under way is counted once, and a VM short of memory is served before one gr
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from services.decider.memory.ledger import MIN_CUT_BYTES, MemoryClaim, MemoryLedger, MemoryView
 from shared.messages import DeferralAction, HostState, Resource
 from shared.units import GIB, MIB
@@ -133,3 +136,34 @@ def test_a_host_state_without_memory_plans_no_memory() -> None:
         capacity_memory_bytes=14 * GIB, committed_memory_bytes=6 * GIB,
     )  # fmt: skip
     assert MemoryView.of(with_memory) == MemoryView(14 * GIB, 6 * GIB, 1.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(-3, 8), st.sampled_from(["margin", "pressure", "swapping"])),
+        max_size=60,
+    )
+)
+def test_the_orders_it_lets_out_never_take_the_host_past_its_memory(steps: list[tuple[int, int, str]]) -> None:
+    """Four VMs and 2 GiB of others' memory on a 16 GiB host; each step one VM's sample asks for a change (0: a
+    HostState instead). Its order lands by its next sample, or before a HostState sees it."""
+    capacity, others = 16 * GIB, 2 * GIB
+    sizes = {f"v{i}": 2 * GIB for i in range(4)}
+    landing: dict[str, int] = {}
+    host = ledger(capacity, others + sum(sizes.values()))
+    for t, (i, delta, kind) in enumerate(steps, start=1):
+        if delta == 0:
+            sizes.update(landing)  # landed before the VMs' samples show them
+            landing.clear()
+            host.observe_host(MemoryView(capacity, others + sum(sizes.values()), float(t)), float(t))
+            continue
+        vm = f"v{i}"
+        sizes[vm] = landing.pop(vm, sizes[vm])
+        target = max(512 * MIB, sizes[vm] + delta * 512 * MIB)
+        answer = host.claim(MemoryClaim(vm, sizes[vm], target=target, kind=kind, time=float(t)), float(t))
+        if answer.target is not None:
+            assert answer.target <= target and (answer.target <= sizes[vm] or answer.target % (2 * MIB) == 0)
+            landing[vm] = answer.target
+        committed = others + sum(max(size, landing.get(name, 0)) for name, size in sizes.items())
+        assert committed <= capacity
