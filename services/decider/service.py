@@ -558,7 +558,10 @@ class Decider:
     async def _store(self, deferral: Deferral, msg_id: str) -> None:
         try:
             await bus.publish_durable(
-                self.ctx.js, subjects.deferrals(deferral.host, deferral.vm), encode(deferral), msg_id=msg_id
+                self.ctx.js,
+                subjects.deferrals(deferral.host, deferral.vm, deferral.resource),
+                encode(deferral),
+                msg_id=msg_id,
             )
         except Exception as exc:
             log.error("deferral of %s/%s not stored: %s", deferral.host, deferral.vm, exc)

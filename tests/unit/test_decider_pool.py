@@ -263,6 +263,11 @@ async def test_memory_grows_are_cut_to_the_hosts_memory_or_deferred_and_recorded
     assert "host memory full: capacity 10GiB, 8GiB committed; 2GiB of 4GiB wanted deferred" in cut.reason
     assert h.held("host-full") == 1
     started = {d.vm: d for d in await h.deferrals()}
+    # Under a subject token of their own: the newest Deferral of each subject is the newest of each resource.
+    assert {s for s in h.js.subjects if s.startswith(subjects.DEFERRALS)} == {
+        f"{subjects.DEFERRALS}.h.swapping.memory",
+        f"{subjects.DEFERRALS}.h.margin.memory",
+    }
     assert started["swapping"].resource is Resource.MEMORY
     assert started["swapping"].sizes() == (4 * GIB, 8 * GIB, 6 * GIB)
     assert started["margin"].sizes()[0::2] == (4 * GIB, 4 * GIB) and started["margin"].vcpus is None
