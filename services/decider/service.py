@@ -437,14 +437,14 @@ class Decider:
     ) -> Decision | None:
         """``decision`` within the host's memory: as it is, a grow cut to the room, or None (deferred)."""
         assert sample.memory is not None
-        held = decision is None and (engine.pending_target is not None or engine.held is not None)
+        waiting = decision is None and (engine.pending_target is not None or engine.held is not None)
         claim = MemoryClaim(
             sample.vm,
             sample.memory.size_bytes,
             engine.pending_target,
             None if decision is None else decision.target,
             "" if decision is None else decision.kind,
-            waiting=held,
+            waiting=waiting,
             priority=plan.settings.priority,
             interval_s=sample.interval_s,
             time=sample.time,
@@ -482,6 +482,9 @@ class Decider:
                 log.info("host %s: its memory is no longer known, memory grows are no longer planned", state.host)
                 del self.memory_ledgers[state.host]
                 self._deferrals(state.host, tuple(e for vm in list(ledger.vms) for e in ledger.forget(vm)), now)
+                for gauge in (self.metrics.deferred_grows, self.metrics.oldest_deferral):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(state.host, "memory")
         elif ledger is None:
             self._plan_memory(state.host, memory)
         else:

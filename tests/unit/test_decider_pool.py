@@ -299,3 +299,20 @@ async def test_a_host_full_memory_result_teaches_the_hosts_memory() -> None:
     h.clock.t = 2.0
     h.decider.handle_sample(memory_sample("b", 4 * GIB, 3900 * MIB, 0.0, 2.0))  # counted in the 9 GiB: no room
     assert await memory_commands(h) == [] and h.decider.memory_ledgers["h"].deferred() == 1
+
+
+async def test_a_host_whose_memory_is_no_longer_known_is_no_longer_planned_in_memory() -> None:
+    h = Harness()
+    h.decider.handle_host(memory_host(8 * GIB, 8 * GIB))
+    h.clock.t = 1.0
+    h.decider.handle_sample(memory_sample("margin", 4 * GIB, 3900 * MIB, 0.0, 1.0))
+    assert await memory_commands(h) == []
+    h.decider.handle_host(memory_host(None, None, t=1.5))
+    [dropped] = [d for d in await h.deferrals() if d.action is DeferralAction.DROPPED]
+    assert dropped.resource is Resource.MEMORY and not h.decider.memory_ledgers
+    samples = h.decider.metrics.registry.get_sample_value
+    assert samples("hotplug_decider_deferred_grows", {"host": "h", "resource": "memory"}) is None
+    h.clock.t = 2.0
+    h.decider.handle_sample(memory_sample("margin", 4 * GIB, 3900 * MIB, 0.0, 2.0))
+    [grow] = await memory_commands(h)
+    assert grow.memory_change()[0] == 4 * GIB
