@@ -66,9 +66,13 @@ def event_record(event: AnyEvent) -> dict[str, Any]:
             "host": event.host,
             "vm": event.vm,
             "decider": event.decider,
+            "resource": event.resource.value,
             "vcpus": event.vcpus,
             "wanted_vcpus": event.wanted_vcpus,
             "granted_vcpus": event.granted_vcpus,
+            "memory_bytes": event.memory_bytes,
+            "wanted_memory_bytes": event.wanted_memory_bytes,
+            "granted_memory_bytes": event.granted_memory_bytes,
             "since": event.since,
             "priority": event.priority,
             "reason": event.reason,
@@ -150,6 +154,9 @@ CSV_FIELDS = [
     "vcpus",
     "wanted_vcpus",
     "granted_vcpus",
+    "memory_bytes",
+    "wanted_memory_bytes",
+    "granted_memory_bytes",
     "since",
     "priority",
 ]
@@ -168,9 +175,12 @@ def format_csv(records: list[dict[str, Any]]) -> str:
 
 
 def change_text(record: dict[str, Any]) -> str:
-    """A command's or a result's record's change as people read it: ``2→4`` (vCPUs), ``4GiB→6GiB`` (memory)."""
+    """A command's, a result's or a deferral's record's change as people read it: ``2→4`` (vCPUs), ``4GiB→6GiB``
+    (memory; a deferral's: the size then and the size wanted)."""
     memory = record.get("resource") == Resource.MEMORY.value
-    if record["kind"] == "command":
+    if record["kind"] == "deferral":
+        keys = ("memory_bytes", "wanted_memory_bytes") if memory else ("vcpus", "wanted_vcpus")
+    elif record["kind"] == "command":
         keys = ("seen_memory_bytes", "target_memory_bytes") if memory else ("seen_vcpus", "target_vcpus")
     else:
         keys = ("memory_before_bytes", "memory_after_bytes") if memory else ("vcpus_before", "vcpus_after")

@@ -2,7 +2,8 @@
 source reports it), the jobs waiting to start, and the grows deferred now with their age and reason, as text or as
 JSON. Pure: fed the HostStates heard and the Deferral events read (``hotplug.pool``).
 
-A VM's grow is deferred now when its newest Deferral says ``deferred``. Ages are on the shared clock, as
+A VM's grow of a resource (vCPUs, memory) is deferred now when its newest Deferral of that resource says
+``deferred``. Ages are on the shared clock, as
 ``since`` is: measured from the host's HostState (its collector's clock), or, for a host that sent none, from the
 newest of ``now`` and that host's Deferral events.
 """
@@ -13,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.messages import Deferral, DeferralAction, HostState
+from shared.messages import Deferral, DeferralAction, HostState, Resource
 from shared.units import format_size
 
 STATE_FIELDS = (
@@ -36,12 +37,13 @@ STATE_FIELDS = (
 
 
 def deferred_now(deferrals: Iterable[Deferral]) -> list[Deferral]:
-    """The grows deferred now: each VM's newest Deferral, where it says ``deferred``; by host, oldest first."""
-    newest: dict[tuple[str, str], Deferral] = {}
+    """The grows deferred now: each VM's newest Deferral of each resource, where it says ``deferred``; by host,
+    oldest first."""
+    newest: dict[tuple[str, str, Resource], Deferral] = {}
     for d in deferrals:
-        seen = newest.get((d.host, d.vm))
+        seen = newest.get((d.host, d.vm, d.resource))
         if seen is None or d.time >= seen.time:
-            newest[(d.host, d.vm)] = d
+            newest[(d.host, d.vm, d.resource)] = d
     now = [d for d in newest.values() if d.action is DeferralAction.DEFERRED]
     return sorted(now, key=lambda d: (d.host, d.since, d.vm))
 
@@ -64,14 +66,19 @@ def _clock(t: float) -> str:
 
 def deferral_detail(record: Mapping[str, Any]) -> str:
     """One Deferral event's detail for ``hotplug events`` (from its record in ``hotplug.events``)."""
-    wanted, granted, action = record["wanted_vcpus"], record["granted_vcpus"], record["action"]
+    action = record["action"]
+    if record.get("resource") == Resource.MEMORY.value:
+        wanted, granted = format_size(record["wanted_memory_bytes"]), format_size(record["granted_memory_bytes"])
+        unit = "of memory"
+    else:
+        wanted, granted, unit = record["wanted_vcpus"], record["granted_vcpus"], "vCPUs"
     since = f"deferred since {_clock(float(record['since']))}"
     if action == DeferralAction.DEFERRED.value:
-        head = f"{granted} of {wanted} vCPUs granted, priority {record['priority']}"
+        head = f"{granted} of {wanted} {unit} granted, priority {record['priority']}"
     elif action == DeferralAction.GRANTED.value:
-        head = f"all {wanted} vCPUs granted, {since}"
+        head = f"all {wanted} {unit} granted, {since}"
     else:
-        head = f"no longer wants {wanted} vCPUs, {since}"
+        head = f"no longer wants {wanted} {unit}, {since}"
     reason = f": {record['reason']}" if record["reason"] else ""
     return f"{head} (by {record['decider']}){reason}"
 
@@ -100,9 +107,13 @@ def pool_report(
         entry["deferred"] = [
             {
                 "vm": d.vm,
+                "resource": d.resource.value,
                 "vcpus": d.vcpus,
                 "wanted_vcpus": d.wanted_vcpus,
                 "granted_vcpus": d.granted_vcpus,
+                "memory_bytes": d.memory_bytes,
+                "wanted_memory_bytes": d.wanted_memory_bytes,
+                "granted_memory_bytes": d.granted_memory_bytes,
                 "since": d.since,
                 "age_s": round(max(0.0, clock_now - d.since), 3),
                 "priority": d.priority,
@@ -149,10 +160,12 @@ def _host_lines(entry: Mapping[str, Any], wait_s: float) -> list[str]:
     lines.append(f"  {len(rows)} grow{'s' if len(rows) != 1 else ''} deferred:")
     for d in rows:
         reason = f": {d['reason']}" if d["reason"] else ""
-        lines.append(
-            f"    {d['vm']}  {d['vcpus']} -> {d['wanted_vcpus']} vCPUs wanted, {d['granted_vcpus']} granted, "
-            f"for {age(d['age_s'])}, priority {d['priority']}{reason}"
-        )
+        if d["resource"] == Resource.MEMORY.value:
+            now, wanted = format_size(d["memory_bytes"]), format_size(d["wanted_memory_bytes"])
+            change = f"{now} -> {wanted} of memory wanted, {format_size(d['granted_memory_bytes'])} granted"
+        else:
+            change = f"{d['vcpus']} -> {d['wanted_vcpus']} vCPUs wanted, {d['granted_vcpus']} granted"
+        lines.append(f"    {d['vm']}  {change}, for {age(d['age_s'])}, priority {d['priority']}{reason}")
     return lines
 
 

@@ -8,11 +8,12 @@ Times are POSIX seconds on the shared clock (``shared.clock``): wall time, or si
 simulator runs faster than the clock.
 
 Fields at their default (null, mostly) are left out of the JSON; a reader takes the default. Schema versions.
-Version 1 knows vCPUs only. Version 2 adds memory: a sample's ``memory`` reading, commands that
+Version 1 knows vCPUs only. Version 2 adds memory: a sample's ``memory`` reading, commands and deferrals that
 name their ``resource``, and the memory sizes of results and host states. A message is written with the lowest
 version that holds it (``required_version``, applied by ``shared.codec.encode``): a vCPU-only message stays v1, so
 a decider written against v1 goes on reading every message about vCPUs. This build reads both; a v1 message that
-carries a v2 field, or a command whose fields do not match its resource, is malformed (``contract_error``).
+carries a v2 field, or a command or deferral whose fields do not match its resource, is malformed
+(``contract_error``).
 """
 
 from __future__ import annotations
@@ -475,14 +476,55 @@ class Deferral(_Message, tag="deferral", frozen=True, kw_only=True, forbid_unkno
     vm: VmName
     action: Annotated[DeferralAction, msgspec.Meta(description="deferred, granted (in full) or dropped")]
     decider: Annotated[Identifier, msgspec.Meta(description="the decider that deferred the grow")]
-    vcpus: Annotated[VcpuCount, msgspec.Meta(description="the VM's online vCPUs then")]
-    wanted_vcpus: Annotated[VcpuCount, msgspec.Meta(description="the size the decider wanted for the VM")]
-    granted_vcpus: Annotated[VcpuCount, msgspec.Meta(description="the size the host had room for")]
+    # A memory grow's deferral (schema v2) says its sizes in the memory fields below, and these three are null.
+    vcpus: Annotated[VcpuCount | None, msgspec.Meta(description="the VM's online vCPUs then (vcpu deferrals)")] = None
+    wanted_vcpus: Annotated[
+        VcpuCount | None, msgspec.Meta(description="the size the decider wanted for the VM (vcpu deferrals)")
+    ] = None
+    granted_vcpus: Annotated[
+        VcpuCount | None, msgspec.Meta(description="the size the host had room for (vcpu deferrals)")
+    ] = None
     since: Annotated[float, msgspec.Meta(ge=0, description="when the grow was first deferred (shared clock)")]
     priority: Annotated[
         int, msgspec.Meta(description="the VM's priority in the host's plan (higher: served first)")
     ] = 0
     reason: Annotated[ShortText, msgspec.Meta(description="why, in words")] = ""
+    resource: Annotated[
+        Resource,
+        msgspec.Meta(
+            description="the deferred grow's resource (schema v2): vcpu (vcpus, wanted_vcpus, granted_vcpus) or "
+            "memory (memory_bytes, wanted_memory_bytes, granted_memory_bytes); the other resource's fields are null"
+        ),
+    ] = Resource.VCPU
+    memory_bytes: Annotated[Bytes | None, msgspec.Meta(description="the VM's memory then (memory deferrals)")] = None
+    wanted_memory_bytes: Annotated[
+        Bytes | None, msgspec.Meta(description="the memory the decider wanted for the VM (memory deferrals)")
+    ] = None
+    granted_memory_bytes: Annotated[
+        Bytes | None, msgspec.Meta(description="the memory the host had room for (memory deferrals)")
+    ] = None
+
+    def sizes(self) -> tuple[int, int, int]:
+        """``(now, wanted, granted)`` in the resource's unit (vCPUs, or bytes): all set in any deferral the decoder
+        let through (``contract_error``)."""
+        if self.resource is Resource.MEMORY:
+            now, wanted, granted = self.memory_bytes, self.wanted_memory_bytes, self.granted_memory_bytes
+        else:
+            now, wanted, granted = self.vcpus, self.wanted_vcpus, self.granted_vcpus
+        if now is None or wanted is None or granted is None:
+            raise ValueError(f"a {self.resource} deferral of {self.host}/{self.vm} without its sizes")
+        return now, wanted, granted
+
+
+def _deferral_error(deferral: Deferral) -> str | None:
+    vcpu = (deferral.vcpus, deferral.wanted_vcpus, deferral.granted_vcpus)
+    memory = (deferral.memory_bytes, deferral.wanted_memory_bytes, deferral.granted_memory_bytes)
+    mine, other = (memory, vcpu) if deferral.resource is Resource.MEMORY else (vcpu, memory)
+    if any(size is None for size in mine):
+        return f"a {deferral.resource} deferral needs its three sizes"
+    if any(size is not None for size in other):
+        return f"a {deferral.resource} deferral carries no sizes of the other resource"
+    return None
 
 
 def _vcpu_command_error(command: ScaleCommand) -> str | None:
@@ -515,6 +557,8 @@ def required_version(message: BusMessage) -> int:
             or message.host_capacity_memory_bytes is not None
             or message.host_committed_memory_bytes is not None
         )
+    elif isinstance(message, Deferral):
+        needs_memory = message.resource is not Resource.VCPU
     elif isinstance(message, HostState):
         needs_memory = (
             message.memory_bytes is not None
@@ -531,6 +575,8 @@ def contract_error(message: BusMessage) -> str | None:
     command whose fields do not match its resource. Field types and ranges are msgspec's to check."""
     if message.v < required_version(message):
         return f"v={message.v} carries memory fields, which need v={MEMORY_VERSION}"
+    if isinstance(message, Deferral):
+        return _deferral_error(message)
     if isinstance(message, ScaleCommand):
         if message.resource is Resource.VCPU:
             return _vcpu_command_error(message)

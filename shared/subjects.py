@@ -80,9 +80,12 @@ def hosts(host: str) -> str:
     return f"{HOSTS}.{host}"
 
 
-def deferrals(host: str, vm: str) -> str:
-    """Where a decider records a grow it deferred for want of room, and its end (kept in the event log)."""
-    return f"{DEFERRALS}.{host}.{vm_token(vm)}"
+def deferrals(host: str, vm: str, resource: str = "vcpu") -> str:
+    """Where a decider records a grow it deferred for want of room, and its end (kept in the event log). A memory
+    grow's under a token of its own (``….memory``), so that the newest Deferral per subject is the newest of each
+    resource (``hotplug pool`` reads only those) and a VM's memory deferral does not hide its vCPU one."""
+    subject = f"{DEFERRALS}.{host}.{vm_token(vm)}"
+    return subject if resource == "vcpu" else f"{subject}.{resource}"
 
 
 def proposals(decider: str, host: str, vm: str) -> str:

@@ -99,8 +99,8 @@ def _print_event_table(records: list[dict[str, object]]) -> None:
         elif r["kind"] == "deferral":
             from hotplug.pool_report import deferral_detail
 
-            change = f"{r['vcpus']}→{r['wanted_vcpus']}"
-            table.add_row(when, f"grow {r['action']}", str(r["host"]), str(r["vm"]), "", change, deferral_detail(r))
+            kind = f"memory grow {r['action']}" if r.get("resource") == "memory" else f"grow {r['action']}"
+            table.add_row(when, kind, str(r["host"]), str(r["vm"]), "", change_text(r), deferral_detail(r))
         else:
             detail = "ok" if r["ok"] else f"{r['error_code']}: {r['error']}"
             table.add_row(

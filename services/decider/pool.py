@@ -42,7 +42,7 @@ import msgspec
 from services.decider.division import Share, divide, whole
 from services.decider.engine import Limit, Proposal
 from shared.config.rules import VmSettings
-from shared.messages import DeferralAction, HostState
+from shared.messages import DeferralAction, HostState, Resource
 from shared.pool import insurance_of
 
 # A VM with no sample for this many of its sampling intervals is gone (stopped, or another decider's now).
@@ -118,7 +118,8 @@ def claim_of(vm: str, proposal: Proposal, settings: VmSettings, pending: int | N
 
 
 class DeferralEvent(NamedTuple):
-    """A VM's deferred grow started, was granted in full, or was dropped (``shared.messages.Deferral``)."""
+    """A VM's deferred grow started, was granted in full, or was dropped (``shared.messages.Deferral``). Sizes are
+    in the ``resource``'s unit: vCPUs, or bytes of memory (``services.decider.memory.ledger``)."""
 
     vm: str
     action: DeferralAction
@@ -128,6 +129,7 @@ class DeferralEvent(NamedTuple):
     since: float
     priority: int
     reason: str
+    resource: Resource = Resource.VCPU
 
 
 class Answer(NamedTuple):

@@ -5,8 +5,10 @@ sees (``WholeFleet``, or a group member's ``GroupShare``). It watches the pause 
 and holds a VM an operator paused, keeping its decision state.
 
 It plans each host whose capacity it knows as a whole (``pool.HostPlanner``): from the HostState each host's
-collector publishes on ``hotplug.hosts.<host>``, and from an actuator's host-full results. A grow the host has
-no room for is deferred; each deferral's start, grant or drop is stored in the event log as a ``Deferral``.
+collector publishes on ``hotplug.hosts.<host>``, and from an actuator's host-full results. Where the HostState
+gives the host's memory too, memory grows are planned against it (``memory.ledger.MemoryLedger``). A grow the
+host has no room for is deferred; each deferral's start, grant or drop is stored in the event log as a
+``Deferral`` that names its resource.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,10 +26,11 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.decider.engine import HELD_KINDS, VmEngine
+from services.decider.engine import HELD_KINDS, Decision, Held, VmEngine
 from services.decider.guard import GuardRails
 from services.decider.mailbox import LatestPerKey
 from services.decider.memory.engine import MemoryEngine
+from services.decider.memory.ledger import MemoryClaim, MemoryLedger, MemoryView
 from services.decider.memory.policy import MemoryPolicy
 from services.decider.modes import Commands, DryRun, Leadership, Orders, Outlet, Recommend, Shadow, leadership_for
 from services.decider.policies.base import Observation, PolicyBase
@@ -53,6 +57,7 @@ from shared.pause_bucket import PauseWatch
 from shared.pauses import describe
 from shared.runtime import ServiceContext
 from shared.telemetry import ServiceMetrics
+from shared.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +149,14 @@ class DeciderMetrics(ServiceMetrics):
         self._decisions: dict[tuple[str, str, str, str], Any] = {}
         self.deferred_grows = Gauge(
             "hotplug_decider_deferred_grows",
-            "Grows deferred now for want of room on the host",
-            ["host"],
+            "Grows deferred now for want of room on the host, by resource (vcpu, memory)",
+            ["host", "resource"],
             registry=self.registry,
         )
         self.oldest_deferral = Gauge(
             "hotplug_decider_oldest_deferral_seconds",
-            "How long the host's longest-deferred grow has waited (0: none)",
-            ["host"],
+            "How long the host's longest-deferred grow of the resource has waited (0: none)",
+            ["host", "resource"],
             registry=self.registry,
         )
         self.vm_rule = Gauge(
@@ -222,6 +227,8 @@ class Decider:
         self.memory_engines: dict[tuple[str, str], MemoryEngine] = {}
         # Each host whose capacity is known, planned as a whole; other hosts' VMs are decided on one by one.
         self.planners: dict[str, HostPlanner] = {}
+        # Each host whose memory is known (its HostState's, or a host-full memory result's): memory grows within it.
+        self.memory_ledgers: dict[str, MemoryLedger] = {}
         self._deferral_ids = f"{config.name}-{secrets.token_hex(4)}-deferral"
         self._deferral_seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -306,6 +313,9 @@ class Decider:
         planner = self.planners.get(key[0])
         if planner is not None:
             self._deferrals(key[0], planner.forget(key[1]), self.ctx.clock.now())
+        ledger = self.memory_ledgers.get(key[0])
+        if ledger is not None:
+            self._deferrals(key[0], ledger.forget(key[1]), self.ctx.clock.now())
         plan = self._plans.pop(key, None)
         if plan is not None:
             s = plan.settings
@@ -404,6 +414,9 @@ class Decider:
             bounds = (s.min_memory_bytes, s.max_memory_bytes)
             engine = self.memory_engines[key] = MemoryEngine(self.memory_policy, bounds)
         decision = engine.step(sample.time, sample.memory, sample.interval_s, paused)
+        ledger = self.memory_ledgers.get(sample.host)
+        if ledger is not None:
+            decision = self._within_host(ledger, sample, plan, engine, decision, now)
         if engine.held is not None:
             self.metrics.count_held(engine.held.label)
             log.debug("memory of %s/%s held: %s", sample.host, sample.vm, engine.held.reason)
@@ -412,6 +425,41 @@ class Decider:
         direction = "up" if decision.target > sample.memory.size_bytes else "down"
         self.metrics.count_decision(self.memory_policy.name, direction, decision.kind, outlet.mode)
         outlet.emit(sample, engine, decision, now)
+
+    def _within_host(
+        self,
+        ledger: MemoryLedger,
+        sample: MetricSample,
+        plan: VmPlan,
+        engine: MemoryEngine,
+        decision: Decision | None,
+        now: float,
+    ) -> Decision | None:
+        """``decision`` within the host's memory: as it is, a grow cut to the room, or None (deferred)."""
+        assert sample.memory is not None
+        waiting = decision is None and (engine.pending_target is not None or engine.held is not None)
+        claim = MemoryClaim(
+            sample.vm,
+            sample.memory.size_bytes,
+            engine.pending_target,
+            None if decision is None else decision.target,
+            "" if decision is None else decision.kind,
+            waiting=waiting,
+            priority=plan.settings.priority,
+            interval_s=sample.interval_s,
+            time=sample.time,
+        )
+        answer = ledger.claim(claim, now)
+        if answer.events:
+            self._deferrals(sample.host, answer.events, now)
+        if decision is None or answer.target == decision.target:
+            return decision
+        reason = f"{decision.reason}; {answer.reason}"
+        if answer.target is None:
+            # Not sent, so the actuator does not refuse it: asked again on the next sample.
+            engine.held = Held(ErrorCode.HOST_FULL.value, reason)
+            return None
+        return decision._replace(target=answer.target, reason=reason)
 
     def _send(self, command: ScaleCommand) -> None:
         # Publishing waits for the event log's acknowledgement; other samples must not wait behind it.
@@ -427,43 +475,84 @@ class Decider:
             self._plan_host(state.host, HostView.of(state))
         else:
             self._deferrals(state.host, planner.observe_host(HostView.of(state), now), now)
+        memory = MemoryView.of(state)
+        ledger = self.memory_ledgers.get(state.host)
+        if memory is None:
+            if ledger is not None:  # its source no longer reports the host's memory: no limit, as for any such host
+                log.info("host %s: its memory is no longer known, memory grows are no longer planned", state.host)
+                del self.memory_ledgers[state.host]
+                self._deferrals(state.host, tuple(e for vm in list(ledger.vms) for e in ledger.forget(vm)), now)
+                for gauge in (self.metrics.deferred_grows, self.metrics.oldest_deferral):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(state.host, "memory")
+        elif ledger is None:
+            self._plan_memory(state.host, memory)
+        else:
+            self._deferrals(state.host, ledger.observe_host(memory, now), now)
 
     def _plan_host(self, host: str, view: HostView) -> HostPlanner:
         planner = self.planners[host] = HostPlanner(view)
         log.info("planning host %s as a whole: capacity %d vCPUs, %d committed", host, view.capacity, view.committed)
-        self.metrics.deferred_grows.labels(host).set_function(planner.deferred)
-        self.metrics.oldest_deferral.labels(host).set_function(lambda: planner.oldest_deferral(self.ctx.clock.now()))
+        self.metrics.deferred_grows.labels(host, "vcpu").set_function(planner.deferred)
+        self.metrics.oldest_deferral.labels(host, "vcpu").set_function(
+            lambda: planner.oldest_deferral(self.ctx.clock.now())
+        )
         return planner
+
+    def _plan_memory(self, host: str, view: MemoryView) -> MemoryLedger:
+        ledger = self.memory_ledgers[host] = MemoryLedger(view)
+        log.info(
+            "planning host %s's memory: capacity %s, %s committed",
+            host,
+            format_size(view.capacity),
+            format_size(view.committed),
+        )
+        self.metrics.deferred_grows.labels(host, "memory").set_function(ledger.deferred)
+        self.metrics.oldest_deferral.labels(host, "memory").set_function(
+            lambda: ledger.oldest_deferral(self.ctx.clock.now())
+        )
+        return ledger
 
     def _deferrals(self, host: str, events: tuple[DeferralEvent, ...], now: float) -> None:
         """Record deferrals that start, are granted or are dropped: in the event log when this decider commands,
         in its log otherwise (a dry run, a shadow, a standby)."""
         for event in events:
+            memory = event.resource is Resource.MEMORY
+            size: Callable[[int], str] = format_size if memory else str
             log.info(
-                "%s/%s grow %s: %d -> %d wanted, %d granted: %s",
+                "%s/%s %s grow %s: %s -> %s wanted, %s granted: %s",
                 host,
                 event.vm,
+                event.resource.value,
                 event.action.value,
-                event.vcpus,
-                event.wanted,
-                event.granted,
+                size(event.vcpus),
+                size(event.wanted),
+                size(event.granted),
                 event.reason,
             )
             if self.outlet.mode != "command" or not self.leadership.active:
                 continue
             self._deferral_seq += 1
+            sizes = (
+                {
+                    "memory_bytes": event.vcpus,
+                    "wanted_memory_bytes": event.wanted,
+                    "granted_memory_bytes": event.granted,
+                }
+                if memory
+                else {"vcpus": event.vcpus, "wanted_vcpus": event.wanted, "granted_vcpus": event.granted}
+            )
             deferral = Deferral(
                 time=now,
                 host=host,
                 vm=event.vm,
                 action=event.action,
                 decider=self.config.name,
-                vcpus=event.vcpus,
-                wanted_vcpus=event.wanted,
-                granted_vcpus=event.granted,
                 since=max(0.0, event.since),
                 priority=event.priority,
                 reason=short_text(event.reason),
+                resource=event.resource,
+                **sizes,
             )
             task = asyncio.ensure_future(self._store(deferral, f"{self._deferral_ids}-{self._deferral_seq}"))
             self._publishing.add(task)
@@ -472,7 +561,10 @@ class Decider:
     async def _store(self, deferral: Deferral, msg_id: str) -> None:
         try:
             await bus.publish_durable(
-                self.ctx.js, subjects.deferrals(deferral.host, deferral.vm), encode(deferral), msg_id=msg_id
+                self.ctx.js,
+                subjects.deferrals(deferral.host, deferral.vm, deferral.resource),
+                encode(deferral),
+                msg_id=msg_id,
             )
         except Exception as exc:
             log.error("deferral of %s/%s not stored: %s", deferral.host, deferral.vm, exc)
@@ -515,6 +607,8 @@ class Decider:
         if result is None:
             return
         if result.resource is Resource.MEMORY:
+            if result.error_code is ErrorCode.HOST_FULL:
+                self._learn_memory_full(result)
             # Memory is the VM's other lane: its refusals hold memory orders only (memory/engine.py).
             memory = self.memory_engines.get((result.host, result.vm))
             hold = memory.learn_result(result) if memory is not None else None
@@ -554,6 +648,17 @@ class Decider:
             self._plan_host(result.host, HostView(capacity, committed, capacity, time=result.time))
         else:
             planner.learn_full(capacity, committed, result.time)
+
+    def _learn_memory_full(self, result: ScaleResult) -> None:
+        """A memory grow refused for want of room says how much memory the host really had: plan from it."""
+        capacity, committed = result.host_capacity_memory_bytes, result.host_committed_memory_bytes
+        if capacity is None or committed is None:
+            return
+        ledger = self.memory_ledgers.get(result.host)
+        if ledger is None:
+            self._plan_memory(result.host, MemoryView(capacity, committed, result.time))
+        else:
+            ledger.learn_full(capacity, committed, result.time)
 
 
 class WholeFleet:

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from shared.codec import BadMessage, Decoder, encode
 from shared.messages import (
+    Deferral,
+    DeferralAction,
     ErrorCode,
     HostState,
     MemoryReading,
@@ -135,6 +137,41 @@ def test_a_command_must_match_its_resource(fields: dict[str, object], says: str)
     with pytest.raises(BadMessage, match=says) as info:
         Decoder(ScaleCommand).decode(json.dumps(body).encode())
     assert info.value.reason == "malformed"
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"v": 2, "resource": "memory", "memory_bytes": GIB, "wanted_memory_bytes": 2 * GIB}, "needs its three"),
+        (
+            {"v": 2, "resource": "memory", "memory_bytes": GIB, "wanted_memory_bytes": 2 * GIB,
+             "granted_memory_bytes": GIB, "vcpus": 2},
+            "carries no sizes of the other",
+        ),
+        ({"v": 1, "vcpus": 2, "wanted_vcpus": 3}, "needs its three"),
+        ({"v": 1, "vcpus": 2, "wanted_vcpus": 3, "granted_vcpus": 2, "resource": "memory"}, "need v=2"),
+    ],
+)  # fmt: skip
+def test_a_deferral_must_match_its_resource(fields: dict[str, object], says: str) -> None:
+    body = {"type": "deferral", "time": 1.0, "host": "h1", "vm": "vm-1", "action": "deferred", "decider": "d",
+            "since": 1.0, **fields}  # fmt: skip
+    with pytest.raises(BadMessage, match=says) as info:
+        Decoder(Deferral).decode(json.dumps(body).encode())
+    assert info.value.reason == "malformed"
+
+
+def test_a_memory_deferral_is_v2_and_a_vcpu_one_stays_v1() -> None:
+    vcpu = Deferral(time=1.0, host="h1", vm="vm-1", action=DeferralAction.DEFERRED, decider="d", since=1.0, vcpus=2,
+                    wanted_vcpus=3, granted_vcpus=2)  # fmt: skip
+    assert required_version(vcpu) == 1 and set(json.loads(encode(vcpu))) == {
+        "type", "v", "time", "host", "vm", "action", "decider", "since", "vcpus", "wanted_vcpus", "granted_vcpus",
+    }  # fmt: skip
+    memory = Deferral(time=1.0, host="h1", vm="vm-1", action=DeferralAction.DEFERRED, decider="d", since=1.0,
+                      resource=Resource.MEMORY, memory_bytes=GIB, wanted_memory_bytes=2 * GIB,
+                      granted_memory_bytes=GIB)  # fmt: skip
+    assert required_version(memory) == 2
+    decoded = Decoder(Deferral).decode(encode(memory))
+    assert decoded == msgspec.structs.replace(memory, v=2) and decoded.sizes() == (GIB, 2 * GIB, GIB)
 
 
 def test_results_and_host_states_say_memory_in_v2() -> None:

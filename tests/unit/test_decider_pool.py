@@ -20,10 +20,13 @@ from shared.messages import (
     DeferralAction,
     ErrorCode,
     HostState,
+    MemoryReading,
     MetricSample,
+    Resource,
     ScaleCommand,
     ScaleResult,
 )
+from shared.units import GIB, MIB
 from tests.stubs import FixedClock, RecordingJetStream, StubContext, StubOptions
 
 # The threshold rule with nothing in its way: it orders on every busy or idle sample.
@@ -218,3 +221,98 @@ async def test_a_vm_not_sampled_for_an_hour_is_forgotten_with_its_claim_and_seri
     assert set(h.decider.engines) == {("h", "running")}
     assert "ended" not in h.decider.planners["h"].vms
     assert h.decider.metrics.registry.get_sample_value("hotplug_decider_vms") == 1
+
+
+def memory_sample(vm: str, size: int, used: int, swap: float, t: float) -> MetricSample:
+    reading = MemoryReading(
+        size_bytes=size, min_bytes=GIB, max_bytes=16 * GIB, used_bytes=used, available_bytes=size - used,
+        swap_in_bytes_per_s=swap, psi_some=0.0,
+    )  # fmt: skip
+    return MetricSample(
+        time=t, host="h", vm=vm, online_vcpus=2, min_vcpus=1, max_vcpus=8, cpu_used_cores=1.0, interval_s=1.0,
+        source="t", memory=reading,
+    )  # fmt: skip
+
+
+def memory_host(capacity: int | None, committed: int | None, t: float = 0.0) -> HostState:
+    return HostState(
+        time=t, host="h", cpus=8, capacity_vcpus=8, committed_vcpus=4, free_vcpus=4,
+        memory_bytes=None if capacity is None else capacity + GIB, capacity_memory_bytes=capacity,
+        committed_memory_bytes=committed,
+    )  # fmt: skip
+
+
+async def memory_commands(h: Harness) -> list[ScaleCommand]:
+    await asyncio.gather(*h.decider._publishing)
+    decoder = Decoder(ScaleCommand)
+    return [
+        command
+        for subject, data in zip(h.js.subjects, h.js.published, strict=True)
+        if subject.startswith(subjects.COMMANDS) and (command := decoder.decode(data)).resource is Resource.MEMORY
+    ]
+
+
+async def test_memory_grows_are_cut_to_the_hosts_memory_or_deferred_and_recorded_as_memory_deferrals() -> None:
+    h = Harness()
+    h.decider.handle_host(memory_host(10 * GIB, 8 * GIB))
+    h.clock.t = 1.0
+    h.decider.handle_sample(memory_sample("swapping", 4 * GIB, 3900 * MIB, 1e6, 1.0))  # wants 8 GiB
+    h.decider.handle_sample(memory_sample("margin", 4 * GIB, 3900 * MIB, 0.0, 1.0))  # wants about 5 GiB
+    [cut] = await memory_commands(h)  # the margin VM's grow was not sent: the actuator would refuse it
+    assert (cut.vm, cut.memory_change()) == ("swapping", (4 * GIB, 6 * GIB))
+    assert "host memory full: capacity 10GiB, 8GiB committed; 2GiB of 4GiB wanted deferred" in cut.reason
+    assert h.held("host-full") == 1
+    started = {d.vm: d for d in await h.deferrals()}
+    # Under a subject token of their own: the newest Deferral of each subject is the newest of each resource.
+    assert {s for s in h.js.subjects if s.startswith(subjects.DEFERRALS)} == {
+        f"{subjects.DEFERRALS}.h.swapping.memory",
+        f"{subjects.DEFERRALS}.h.margin.memory",
+    }
+    assert started["swapping"].resource is Resource.MEMORY
+    assert started["swapping"].sizes() == (4 * GIB, 8 * GIB, 6 * GIB)
+    assert started["margin"].sizes()[0::2] == (4 * GIB, 4 * GIB) and started["margin"].vcpus is None
+    assert h.gauge("hotplug_decider_deferred_grows") == 2
+    assert h.decider.metrics.registry.get_sample_value(
+        "hotplug_decider_deferred_grows", {"host": "h", "resource": "memory"}
+    ) == 2  # fmt: skip
+
+
+async def test_a_host_whose_memory_is_not_known_grows_memory_as_before() -> None:
+    h = Harness()
+    h.decider.handle_host(memory_host(None, None))
+    h.clock.t = 1.0
+    h.decider.handle_sample(memory_sample("swapping", 4 * GIB, 3900 * MIB, 1e6, 1.0))
+    [grow] = await memory_commands(h)
+    assert grow.memory_change() == (4 * GIB, 8 * GIB) and not h.decider.memory_ledgers
+
+
+async def test_a_host_full_memory_result_teaches_the_hosts_memory() -> None:
+    h = Harness()
+    result = ScaleResult(
+        time=1.0, command_id="m1", duration_s=0.0, actuator="actuator", host="h", vm="a", ok=False,
+        error_code=ErrorCode.HOST_FULL, vcpus_before=None, vcpus_after=None, resource=Resource.MEMORY,
+        target_memory_bytes=8 * GIB, memory_before_bytes=4 * GIB, memory_after_bytes=4 * GIB,
+        host_capacity_memory_bytes=9 * GIB, host_committed_memory_bytes=9 * GIB,
+    )  # fmt: skip
+    await h.decider._on_result(SimpleNamespace(subject=subjects.results("h", "a"), data=encode(result)))  # type: ignore[arg-type]
+    assert h.decider.memory_ledgers["h"].view.capacity == 9 * GIB
+    h.clock.t = 2.0
+    h.decider.handle_sample(memory_sample("b", 4 * GIB, 3900 * MIB, 0.0, 2.0))  # counted in the 9 GiB: no room
+    assert await memory_commands(h) == [] and h.decider.memory_ledgers["h"].deferred() == 1
+
+
+async def test_a_host_whose_memory_is_no_longer_known_is_no_longer_planned_in_memory() -> None:
+    h = Harness()
+    h.decider.handle_host(memory_host(8 * GIB, 8 * GIB))
+    h.clock.t = 1.0
+    h.decider.handle_sample(memory_sample("margin", 4 * GIB, 3900 * MIB, 0.0, 1.0))
+    assert await memory_commands(h) == []
+    h.decider.handle_host(memory_host(None, None, t=1.5))
+    [dropped] = [d for d in await h.deferrals() if d.action is DeferralAction.DROPPED]
+    assert dropped.resource is Resource.MEMORY and not h.decider.memory_ledgers
+    samples = h.decider.metrics.registry.get_sample_value
+    assert samples("hotplug_decider_deferred_grows", {"host": "h", "resource": "memory"}) is None
+    h.clock.t = 2.0
+    h.decider.handle_sample(memory_sample("margin", 4 * GIB, 3900 * MIB, 0.0, 2.0))
+    [grow] = await memory_commands(h)
+    assert grow.memory_change()[0] == 4 * GIB

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from hotplug.events import CSV_FIELDS, event_record, format_csv
+from hotplug.events import CSV_FIELDS, change_text, event_record, format_csv
 from hotplug.pool_report import age, deferral_detail, deferred_now, pool_report, render_text
-from shared.messages import Deferral, DeferralAction, HostState
+from shared.messages import Deferral, DeferralAction, HostState, Resource
 
 T0 = 1_800_000_000.0
 
@@ -68,9 +68,13 @@ def test_the_report_gives_each_host_its_state_and_its_deferred_grows_aged_on_the
     assert h1["deferred"] == [
         {
             "vm": "a",
+            "resource": "vcpu",
             "vcpus": 2,
             "wanted_vcpus": 6,
             "granted_vcpus": 3,
+            "memory_bytes": None,
+            "wanted_memory_bytes": None,
+            "granted_memory_bytes": None,
             "since": T0 + 10,
             "age_s": 190.0,  # at the host's newest state, not the wall clock of whoever asks
             "priority": 5,
@@ -114,9 +118,13 @@ def test_a_deferral_is_an_event_with_its_own_record_and_detail() -> None:
         "host": "h1",
         "vm": "vm-01",
         "decider": "d1",
+        "resource": "vcpu",
         "vcpus": 2,
         "wanted_vcpus": 6,
         "granted_vcpus": 3,
+        "memory_bytes": None,
+        "wanted_memory_bytes": None,
+        "granted_memory_bytes": None,
         "since": T0,
         "priority": 2,
         "reason": "host full",
@@ -145,3 +153,25 @@ def test_a_host_that_reports_its_memory_has_a_memory_line_and_fields() -> None:
     # below the capacity: a capacity lowered under running VMs shows a negative free
     assert lines[2] == "  memory 10GiB, capacity 7GiB, committed 8GiB, free -1GiB"
     assert not any(line.startswith("  memory") for line in lines[4:])  # h2 reports none
+
+
+def test_a_memory_grow_deferred_is_shown_in_bytes_apart_from_the_vms_vcpu_grow() -> None:
+    gib = 1024**3
+    sizes: dict[str, object] = {
+        "vcpus": None, "wanted_vcpus": None, "granted_vcpus": None, "resource": Resource.MEMORY,
+        "memory_bytes": 4 * gib, "wanted_memory_bytes": 8 * gib, "granted_memory_bytes": 6 * gib,
+    }  # fmt: skip
+    events = [
+        deferral("a", DEFERRED, T0 + 10, since=T0 + 10, reason="host full"),
+        deferral("a", DEFERRED, T0 + 20, since=T0 + 20, reason="host memory full", **sizes),  # type: ignore[arg-type]
+    ]
+    assert [(d.vm, d.resource) for d in deferred_now(events)] == [("a", Resource.VCPU), ("a", Resource.MEMORY)]
+    text = render_text(pool_report({"h1": state()}, events, wait_s=2.0, waited_s=2.0, now=T0))
+    assert text.splitlines()[2:5] == [
+        "  2 grows deferred:",
+        "    a  2 -> 6 vCPUs wanted, 3 granted, for 3m10s, priority 0: host full",
+        "    a  4GiB -> 8GiB of memory wanted, 6GiB granted, for 3m00s, priority 0: host memory full",
+    ]
+    record = event_record(events[1])
+    assert change_text(record) == "4GiB→8GiB"
+    assert deferral_detail(record) == "6GiB of 8GiB of memory granted, priority 0 (by d1): host memory full"

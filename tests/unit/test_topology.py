@@ -166,6 +166,7 @@ def test_host_states_come_from_their_own_hosts_collector_and_deferrals_from_deci
     assert not may_publish(collector, subjects.deferrals("local", "vm-01"))
     decider = user_named(users, topology.DECIDER_USER)
     assert may_publish(decider, subjects.deferrals("local", "vm.01 *"))
+    assert may_publish(decider, subjects.deferrals("local", "vm.01 *", "memory"))
     assert not may_publish(decider, subjects.hosts("local"))
     assert may_subscribe(decider, subjects.hosts("h2"))
     for reader in (topology.VIEWER_USER, topology.OPERATOR_USER):
