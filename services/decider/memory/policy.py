@@ -64,6 +64,7 @@ class MemoryState:
         self.last_time: float | None = None
         self.last_used: int | None = None
 
+
 class MemoryPolicy:
     """The rule with its settings; one instance serves every VM, each with its own ``new_state()``."""
 
