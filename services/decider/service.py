@@ -36,7 +36,7 @@ from services.decider.modes import Commands, DryRun, Leadership, Orders, Outlet,
 from services.decider.policies.base import Observation, PolicyBase
 from services.decider.pool import DeferralEvent, HostPlanner, HostView, claim_of
 from services.decider.rulebook import RuleBook, VmPlan
-from services.decider.sharding import ShardedIntake, load_state, state_key
+from services.decider.sharding import ShardedIntake, load_state, memory_state_key, state_key
 from shared import bus, subjects
 from shared.codec import encode
 from shared.config.schema import DeciderSettings
@@ -225,6 +225,8 @@ class Decider:
         self.host_states: Inbox[HostState] = Inbox("host", HostState, ctx.metrics)
         self.engines: dict[tuple[str, str], VmEngine] = {}
         self.memory_engines: dict[tuple[str, str], MemoryEngine] = {}
+        # Memory decision states taken over from another group member, until the VM's first sample with memory.
+        self.memory_handed_over: dict[tuple[str, str], bytes] = {}
         # Each host whose capacity is known, planned as a whole; other hosts' VMs are decided on one by one.
         self.planners: dict[str, HostPlanner] = {}
         # Each host whose memory is known (its HostState's, or a host-full memory result's): memory grows within it.
@@ -310,6 +312,7 @@ class Decider:
         """Drop a VM handed over to another decider, or gone: its engines, its host claim and its rule's series."""
         self.engines.pop(key, None)
         self.memory_engines.pop(key, None)
+        self.memory_handed_over.pop(key, None)
         planner = self.planners.get(key[0])
         if planner is not None:
             self._deferrals(key[0], planner.forget(key[1]), self.ctx.clock.now())
@@ -413,6 +416,10 @@ class Decider:
             s = plan.settings
             bounds = (s.min_memory_bytes, s.max_memory_bytes)
             engine = self.memory_engines[key] = MemoryEngine(self.memory_policy, bounds)
+            handed = self.memory_handed_over.pop(key, None)
+            if handed is not None and engine.restore(handed):
+                self.metrics.resumed.inc()
+                log.info("took over the memory of %s/%s with its decision state", *key)
         decision = engine.step(sample.time, sample.memory, sample.interval_s, paused)
         ledger = self.memory_ledgers.get(sample.host)
         if ledger is not None:
@@ -756,12 +763,19 @@ class GroupShare:
         if data is not None and engine.restore(data):
             self.decider.metrics.resumed.inc()
             log.info("took over %s/%s with its decision state", *key)
+        if self.decider.memory_policy is not None:
+            memory = await load_state(self._state, memory_state_key(self.group, *key))
+            if memory is not None:
+                self.decider.memory_handed_over[key] = memory
 
     async def _save(self, keys: list[tuple[str, str]]) -> None:
         for key in keys:
             engine = self.decider.engines.get(key)
             if engine is not None:
                 await self._state.put(state_key(self.group, *key), engine.snapshot())
+            memory = self.decider.memory_engines.get(key)
+            if memory is not None:
+                await self._state.put(memory_state_key(self.group, *key), memory.snapshot())
 
     async def _on_share(self, share: frozenset[int]) -> None:
         """Hand over the VMs of partitions this member no longer owns: save their state, then forget them."""

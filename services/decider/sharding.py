@@ -6,8 +6,8 @@ The metrics stream stores every sample under ``hotplug.metrics.<partition>.<host
 JetStream KV bucket ``hotplug_deciders`` (entries expire unless refreshed), and each takes the partitions that
 rendezvous hashing gives it among the live members: adding or losing a member moves only its share. A member
 reads its partitions through one durable pull consumer whose filter follows its share. Per-VM decision state is
-kept in the KV bucket ``hotplug_decider_state``, saved when a VM is decided on and periodically, and a new owner
-resumes from it."""
+kept in the KV bucket ``hotplug_decider_state`` (the memory rule's under its own key, ``memory_state_key``), saved
+when a VM is decided on and periodically, and a new owner resumes from it."""
 
 from __future__ import annotations
 
@@ -51,6 +51,11 @@ def owned_partitions(members: list[str], me: str, partitions: int = subjects.PAR
 
 def state_key(group: str, host: str, vm: str) -> str:
     return f"{group}.{host}.{subjects.vm_token(vm)}"
+
+
+def memory_state_key(group: str, host: str, vm: str) -> str:
+    """The key of a VM's memory decision state: its own, one token longer, so it never meets a vCPU state's."""
+    return f"{state_key(group, host, vm)}.memory"
 
 
 class ShardedIntake:

@@ -106,3 +106,7 @@ async def test_each_vm_is_decided_by_exactly_one_member(
             assert by == {owner(group, subjects.partition_of(host))}, (host, vm, by)
     assert sum(held()) == 24
     assert metric(deciders["d3"].metrics_url, "hotplug_decider_state_resumed_total") > 0
+    # the memory rule's state came over too (its windows, the order in flight), not only the vCPU engine's
+    await eventually(
+        lambda: "took over the memory of" in deciders["d3"].log(), timeout=30, what="d3 taking a VM's memory state over"
+    )

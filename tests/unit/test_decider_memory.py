@@ -71,6 +71,39 @@ def test_a_below_used_refusal_holds_shrinks_only_and_a_pause_holds_all() -> None
     assert paused.held is not None and paused.held.label == "paused"
 
 
+def test_a_member_that_takes_the_vm_over_decides_as_the_first_would_have() -> None:
+    """A sharded group's handover: the snapshot carries the rule's windows (a burst seen, the evidence so far), the
+    order in flight and the holds, so the new owner neither waits a fresh window nor forgets the burst."""
+    first = MemoryEngine(POLICY)
+    size = 8 * GIB
+    for t, used in enumerate([GIB, 3 * GIB, GIB, *[GIB] * 40], start=1):  # a 2 GiB rise between two samples
+        assert first.step(float(t), reading(size, used), 1.0) is None
+    first.mark_sent(7 * GIB, until=100.0, command_id="m9")
+    first.learn_result(refusal(ErrorCode.BELOW_USED))  # a shrink refused: shrinks held for a while
+    taken_over = MemoryEngine(POLICY)
+    assert taken_over.restore(first.snapshot())
+    assert (taken_over.state.rises.max(), taken_over.state.window.max()) == (2 * GIB, 3 * GIB)
+    assert taken_over.holds == first.holds and taken_over.pending_id == first.pending_id
+    fresh = MemoryEngine(POLICY)
+    made: dict[str, list[tuple[int, int]]] = {"first": [], "taken over": [], "fresh": []}
+    for t in range(44, 200):
+        for name, engine in (("first", first), ("taken over", taken_over), ("fresh", fresh)):
+            decision = engine.step(float(t), reading(size, GIB), 1.0)
+            if decision is not None:
+                made[name].append((t, decision.target))
+    assert made["first"] and made["taken over"] == made["first"]
+    assert made["fresh"] != made["first"]  # without the state: another window of evidence, and no rise kept
+    assert all(target >= 3 * GIB for _, target in made["taken over"])  # used 1 GiB + the 2 GiB rise
+
+
+def test_a_snapshot_that_does_not_decode_changes_nothing() -> None:
+    engine = MemoryEngine(POLICY)
+    engine.step(1.0, reading(8 * GIB, GIB), 1.0)
+    before = engine.snapshot()
+    assert not engine.restore(b"not a snapshot")
+    assert engine.snapshot() == before
+
+
 def test_orders_build_a_memory_command_on_the_size_the_sample_saw() -> None:
     sample = MetricSample(
         time=5.0, host="h", vm="a", online_vcpus=2, min_vcpus=1, max_vcpus=4, cpu_used_cores=1.0, interval_s=1.0,

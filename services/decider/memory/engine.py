@@ -5,17 +5,52 @@ on the actuator (its own rate limit and back-off per lane), so a memory refusal 
 The rule sees every sample (its window of use stays whole); an order is held back while the last one is in flight:
 until a sample shows its target (within the device's step), its result arrives, or it expires. A refusal holds the
 VM's memory orders as ``refusals.hold_for`` says (``below-used`` shrinks for a poll, ``partial`` with a back-off).
+
+``snapshot``/``restore`` carry the whole state (the rule's windows, the order in flight, the holds) to the decider
+instance that takes the VM over in a sharded group, as ``VmEngine``'s do for vCPUs: the new owner does not wait a
+fresh window of evidence, nor forget a rise or a refusal.
 """
 
 from __future__ import annotations
 
 import math
 
+import msgspec
+
 from services.decider import refusals
 from services.decider.engine import Decision, Held
-from services.decider.memory.policy import DEFAULT_STEP_BYTES, MemoryObservation, MemoryPolicy, MemoryState
+from services.decider.memory.policy import (
+    DEFAULT_STEP_BYTES,
+    WINDOW_BUCKETS,
+    MemoryObservation,
+    MemoryPolicy,
+    MemoryState,
+)
 from services.decider.refusals import Hold
 from shared.messages import ErrorCode, MemoryReading, Resource, ScaleResult
+
+
+class MemorySnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A VM's memory decision state (msgpack: it keeps infinities). Fields added later get defaults."""
+
+    window_span_s: float
+    window_times: list[float]
+    window_values: list[int]
+    rise_times: list[float]
+    rise_values: list[int]
+    calm_since: float | None
+    last_change: float
+    rule_last_time: float | None
+    last_used: int | None
+    last_time: float
+    pending_target: int | None
+    pending_until: float
+    pending_id: str
+    holds: list[Hold]
+    backoff_streak: int
+
+
+_snapshot_decoder = msgspec.msgpack.Decoder(MemorySnapshot)
 
 
 class MemoryEngine:
@@ -107,6 +142,50 @@ class MemoryEngine:
         if hold is not None:
             self.holds.append(hold)
         return hold
+
+    def snapshot(self) -> bytes:
+        state = self.state
+        window_times, window_values = state.window.entries()
+        rise_times, rise_values = state.rises.entries()
+        return msgspec.msgpack.encode(
+            MemorySnapshot(
+                window_span_s=state.window.span_s,
+                window_times=window_times,
+                window_values=window_values,
+                rise_times=rise_times,
+                rise_values=rise_values,
+                calm_since=state.calm_since,
+                last_change=state.last_change,
+                rule_last_time=state.last_time,
+                last_used=state.last_used,
+                last_time=self.last_time,
+                pending_target=self.pending_target,
+                pending_until=self.pending_until,
+                pending_id=self.pending_id,
+                holds=self.holds,
+                backoff_streak=self.backoff_streak,
+            )
+        )
+
+    def restore(self, data: bytes) -> bool:
+        """Take over a snapshot; False (and nothing changed) if it does not decode."""
+        try:
+            snap = _snapshot_decoder.decode(data)
+            state = self.policy.new_state()
+            state.window.span_s, state.window.resolution_s = snap.window_span_s, snap.window_span_s / WINDOW_BUCKETS
+            state.window.load(snap.window_times, snap.window_values)
+            state.rises.load(snap.rise_times, snap.rise_values)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            return False
+        state.calm_since, state.last_change = snap.calm_since, snap.last_change
+        state.last_time, state.last_used = snap.rule_last_time, snap.last_used
+        self.state = state
+        self.last_time = snap.last_time
+        self.pending_target, self.pending_until = snap.pending_target, snap.pending_until
+        self.pending_id = snap.pending_id
+        self.holds = list(snap.holds)
+        self.backoff_streak = snap.backoff_streak
+        return True
 
     def lift_holds(self, code: ErrorCode) -> None:
         self.holds = [h for h in self.holds if h.code != code.value]

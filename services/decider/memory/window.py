@@ -51,3 +51,13 @@ class WindowMax:
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def entries(self) -> tuple[list[float], list[int]]:
+        """The times and values it holds, oldest first (for a snapshot)."""
+        return list(self._times), list(self._values)
+
+    def load(self, times: list[float], values: list[int]) -> None:
+        """Hold these entries (from :meth:`entries`) instead of its own."""
+        if len(times) != len(values):
+            raise ValueError(f"{len(times)} times for {len(values)} values")
+        self._times, self._values = deque(times), deque(values)
