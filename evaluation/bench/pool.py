@@ -228,7 +228,7 @@ MEMORY_COLUMNS = (
     ("memory_deferred", "deferred", "{:.0f}"),
     ("memory_changes_per_vm_hour", "changes/VM-h", "{:.2f}"),
     ("memory_ratio_to_oracle", "×used", "{:.3f}"),
-    ("swap_pct", "swap %", "{:.3f}"),
+    ("swap_pct", "swap %", "{:.4f}"),
     ("oom_kills", "OOM kills", "{:.0f}"),
     ("memory_given_back_gib", "given back GiB", "{:.1f}"),
     ("memory_alloc_gib_hours", "GiB-h", "{:.0f}"),

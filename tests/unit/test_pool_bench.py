@@ -186,5 +186,5 @@ def test_the_memory_table_shows_every_memory_figure() -> None:
     row["memory_ratio_to_oracle"] = 2.5
     report = {"results": {"busy": {FIXED: row}}, "rates_per_hour": {"busy": 1.0}, "targets": {}}
     table = render_table({**report, "host_memory_bytes": None})
-    assert "| busy (1/h) | fixed | 0 | 0 | 0 | 0.00 | 2.500 |" in table
+    assert "| busy (1/h) | fixed | 0 | 0 | 0 | 0.00 | 2.500 | 0.0000 |" in table
     assert "not limited" in table
