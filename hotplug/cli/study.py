@@ -121,7 +121,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         default=[],
         metavar="NAME.KEY=VALUE",
         help="decisions, pool: a policy parameter for the runs of that policy (pool: default's also for "
-        "default+priorities), as replay takes it",
+        "default+priorities; memory.KEY the memory rule's), as replay takes it",
     )
     bench.add_argument("--cores", type=at_least_one, default=None, help="pool: the host's cores (default 48)")
     bench.add_argument(

@@ -188,3 +188,17 @@ def test_the_memory_table_shows_every_memory_figure() -> None:
     table = render_table({**report, "host_memory_bytes": None})
     assert "| busy (1/h) | fixed | 0 | 0 | 0 | 0.00 | 2.500 | 0.0000 |" in table
     assert "not limited" in table
+
+
+def test_the_command_takes_the_host_memory_and_the_memory_rules_params(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from hotplug import cli
+
+    argv = ["bench", "pool", "--cores", "8", "--hours", "0.05", "--seeds", "1", "--rates", "30", "--json"]
+    assert cli.main([*argv, "--host-memory", "64GiB", "--param", "memory.headroom=0.5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["host_memory_bytes"] == 64 * GIB
+    assert set(POOL_MEMORY_KEYS) <= set(report["results"]["rate 30/h"][FIXED])
+    assert cli.main([*argv, "--param", "memory.nope=1"]) == 2
+    assert "nope" in capsys.readouterr().err
