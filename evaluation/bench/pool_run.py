@@ -53,7 +53,7 @@ from shared.pool import insurance_of
 
 FIXED = "fixed"  # no decider: every VM keeps what it asked for
 HOTPLUG_DELAY_S = 0.3  # the simulator's default time per vCPU plugged or unplugged
-BENCH_HOST = "bench"
+BENCH_HOST = "bench"  # the host's name where a message or the memory tally needs one
 COMMAND_TTL_S = 30.0
 UNDO_WINDOW_S = 60.0
 
@@ -181,7 +181,8 @@ def run_pool(
                 engine = VmEngine(*setup.policy()) if setup.policy is not None else None
                 track = tracks[vm.name] = _VmTrack(vm, engine, settings, vm.cpu_seconds, vm.waiting_core_seconds)
                 if setup.memory is not None:
-                    track.memory_engine = MemoryEngine(setup.memory)
+                    bounds = (settings.min_memory_bytes, settings.max_memory_bytes)  # its rule's, as the decider's
+                    track.memory_engine = MemoryEngine(setup.memory, bounds)
             used = (vm.cpu_seconds - track.cpu_s) / interval_s
             pressure = (vm.waiting_core_seconds - track.wait_s) / interval_s
             track.cpu_s, track.wait_s = vm.cpu_seconds, vm.waiting_core_seconds
