@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.messages import MetricSample, Resource, ScaleResult
+from shared.messages import MemoryReading, MetricSample, Resource, ScaleResult
 
 MEMORY_SCORE_KEYS = (
     "memory_alloc_gib_hours",
@@ -38,10 +38,12 @@ class MemoryTally:
     _kills_seen: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add_sample(self, sample: MetricSample) -> None:
-        memory = sample.memory
-        if memory is None:
-            return
-        dt = sample.interval_s
+        if sample.memory is not None:
+            self.add_memory(sample.host, sample.vm, sample.memory, sample.interval_s)
+
+    def add_memory(self, host: str, vm: str, memory: MemoryReading, dt: float) -> None:
+        """A sample's memory part, over ``dt`` seconds: for runs that read memory without making samples (the pool
+        benchmark)."""
         self.vm_seconds += dt
         if memory.used_bytes is not None:
             self.alloc_byte_s += memory.size_bytes * dt
@@ -49,11 +51,22 @@ class MemoryTally:
         if memory.swap_in_bytes_per_s:
             self.swap_s += dt
         if memory.oom_kills is not None:
-            key = (sample.host, sample.vm)
+            key = (host, vm)
             seen = self._kills_seen.get(key, 0)
             if memory.oom_kills > seen:
                 self.oom_kills += memory.oom_kills - seen
             self._kills_seen[key] = max(seen, memory.oom_kills)
+
+    def add_tally(self, other: MemoryTally) -> None:
+        """Another run's figures, counted in with these (its VMs are other VMs, even under the same names)."""
+        self.vm_seconds += other.vm_seconds
+        self.alloc_byte_s += other.alloc_byte_s
+        self.oracle_byte_s += other.oracle_byte_s
+        self.swap_s += other.swap_s
+        self.oom_kills += other.oom_kills
+        self.changes += other.changes
+        self.grown_bytes += other.grown_bytes
+        self.given_back_bytes += other.given_back_bytes
 
     def add_result(self, result: ScaleResult) -> None:
         """A memory result: the change it made (a partial one too), if any."""

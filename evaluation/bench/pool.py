@@ -7,6 +7,11 @@ times that, more than fixed sizes can ever admit and enough to fill a host with 
 ``evaluation.bench.pool_run.run_pool``: the simulator's host model, the decider's engine and host planner, and the
 actuator's arbitration, in this process at 1-s steps.
 Figures pool the jobs of every seed. The targets of issue 23 are checked and printed with the table.
+
+Each setup with a policy also runs the decider's memory rule (``--param memory.KEY=VALUE`` sets it) and every setup
+reports memory (``pool_run.POOL_MEMORY_KEYS``, in ``MEMORY_COLUMNS``): memory allocated ÷ what the guests used, swap
+time, OOM kills, memory changes per VM-hour, memory given back. The host's memory is not limited unless
+``host_memory_bytes`` says so; then jobs also wait for memory and the decider's memory ledger plans the grows.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from typing import Any
 
 from evaluation.bench.common import machine
 from evaluation.bench.pool_run import FIXED, PoolRun, Setup, run_pool
-from services.decider.registry import POLICIES, build_policy
+from services.decider.registry import POLICIES, build_memory_policy, build_policy
 from services.simulator.host import Host
 from services.simulator.jobs import Job, arrivals_until, poisson_arrivals
 from shared.config.rules import VmSettings
+from shared.units import format_size
 
 Params = Mapping[str, Mapping[str, object]]
 DEFAULT_SEEDS = (101, 102)  # no test uses them
@@ -52,12 +58,14 @@ PRIORITIES: dict[str, VmSettings] = {
 
 def setups(policies: Sequence[str], params: Params | None = None) -> list[Setup]:
     """Fixed sizes, each policy with plain rules, and ``default`` with the priorities above; ``params`` as
-    ``--param`` gives them (each policy takes its own scope and ``guard``)."""
+    ``--param`` gives them (each policy takes its own scope and ``guard``; every setup with a policy the memory rule
+    with ``memory``'s)."""
     params = params or {}
+    memory = build_memory_policy(params)
     out = [Setup(FIXED, None, lambda job: PLAIN)]
     for name in policies:
-        out.append(Setup(name, _factory(name, params), lambda job: PLAIN))
-    out.append(Setup(PRIORITISED, _factory("default", params), lambda job: PRIORITIES.get(job.profile, PLAIN)))
+        out.append(Setup(name, _factory(name, params), lambda job: PLAIN, memory))
+    out.append(Setup(PRIORITISED, _factory("default", params), lambda job: PRIORITIES.get(job.profile, PLAIN), memory))
     return out
 
 
@@ -103,6 +111,7 @@ class PoolOptions:
     span_s: float = DEFAULT_SPAN_S
     rates: tuple[float, ...] | None = None  # jobs per hour; None: busy and overload, calibrated
     params: Params = field(default_factory=dict)  # policy parameters, by scope (``--param``)
+    host_memory_bytes: int | None = None  # the host's memory for its VMs (None: not limited)
 
 
 def pooled(runs: Sequence[PoolRun]) -> PoolRun:
@@ -124,6 +133,10 @@ def pooled(runs: Sequence[PoolRun]) -> PoolRun:
         out.host_full += r.host_full
         out.orders += r.orders
         out.max_over_capacity = max(out.max_over_capacity, r.max_over_capacity)
+        out.memory.add_tally(r.memory)
+        out.memory_orders += r.memory_orders
+        out.memory_refused += r.memory_refused
+        out.memory_deferred += r.memory_deferred
     return out
 
 
@@ -147,12 +160,22 @@ def bench_pool(options: PoolOptions, progress: Callable[[str], None] = lambda li
             runs = []
             for seed in options.seeds:
                 jobs = jobs_for(rate, seed, options.span_s)
-                runs.append(run_pool(setup, jobs, cores=options.cores, capacity=options.cores, span_s=options.span_s))
+                runs.append(
+                    run_pool(
+                        setup,
+                        jobs,
+                        cores=options.cores,
+                        capacity=options.cores,
+                        span_s=options.span_s,
+                        memory_capacity_bytes=options.host_memory_bytes,
+                    )
+                )
             table[label][setup.name] = pooled(runs).scores()
             progress(f"{label}: {setup.name} done")
     return {
         "bench": "pool",
         "cores": options.cores,
+        "host_memory_bytes": options.host_memory_bytes,
         "span_s": options.span_s,
         "seeds": list(options.seeds),
         "rates_per_hour": rates,
@@ -198,16 +221,39 @@ COLUMNS = (
 )
 
 
-def render_table(report: dict[str, Any]) -> str:
-    """The report as a Markdown table (one row per rate and setup), then the targets."""
-    head = "| rate | setup | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+# The memory table's, as ``hotplug bench decisions`` names its memory columns.
+MEMORY_COLUMNS = (
+    ("memory_orders", "orders", "{:.0f}"),
+    ("memory_refused", "refused", "{:.0f}"),
+    ("memory_deferred", "deferred", "{:.0f}"),
+    ("memory_changes_per_vm_hour", "changes/VM-h", "{:.2f}"),
+    ("memory_ratio_to_oracle", "×used", "{:.3f}"),
+    ("swap_pct", "swap %", "{:.4f}"),
+    ("oom_kills", "OOM kills", "{:.0f}"),
+    ("memory_given_back_gib", "given back GiB", "{:.1f}"),
+    ("memory_alloc_gib_hours", "GiB-h", "{:.0f}"),
+)
+
+
+def _rows(report: dict[str, Any], columns: Sequence[tuple[str, str, str]]) -> list[str]:
+    head = "| rate | setup | " + " | ".join(title for _, title, _ in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 2)]
     for label, rows in report["results"].items():
         rate = report["rates_per_hour"][label]
         for setup, scores in rows.items():
-            cells = " | ".join(fmt.format(scores[key]) for key, _, fmt in COLUMNS)
+            cells = " | ".join(fmt.format(scores[key]) for key, _, fmt in columns)
             named = label if label.startswith("rate ") else f"{label} ({rate:g}/h)"
             lines.append(f"| {named} | {setup} | {cells} |")
+    return lines
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """The report as two Markdown tables, one row per rate and setup: vCPUs and jobs, then memory; then the
+    targets."""
+    lines = _rows(report, COLUMNS)
+    memory = report.get("host_memory_bytes")
+    lines += ["", f"memory (host memory {'not limited' if memory is None else format_size(memory)}):", ""]
+    lines += _rows(report, MEMORY_COLUMNS)
     if report["targets"]:
         lines.append("")
         lines += [f"- {'met' if ok else 'MISSED'}: {name}" for name, ok in report["targets"].items()]

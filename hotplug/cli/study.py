@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from evaluation.bench import LOOP_GUESTS, MEMORY_GUESTS
-from hotplug.cli.common import Subparsers, add_command, at_least_one, check_trace, positive
+from hotplug.cli.common import Subparsers, add_command, at_least_one, check_trace, mebibytes, positive
 from shared.errors import UsageError
 from shared.memory_traces import MEMORY_FORMATS
 from shared.traces import FORMATS
@@ -121,11 +121,19 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         default=[],
         metavar="NAME.KEY=VALUE",
         help="decisions, pool: a policy parameter for the runs of that policy (pool: default's also for "
-        "default+priorities), as replay takes it",
+        "default+priorities; memory.KEY the memory rule's), as replay takes it",
     )
     bench.add_argument("--cores", type=at_least_one, default=None, help="pool: the host's cores (default 48)")
     bench.add_argument(
         "--hours", type=positive, default=None, help="pool: simulated hours of arrivals per run (default 4)"
+    )
+    bench.add_argument(
+        "--host-memory",
+        type=mebibytes,
+        default=None,
+        metavar="SIZE",
+        help="pool: the host's memory for its VMs (e.g. 256GiB): jobs wait for it and the decider's memory ledger "
+        "plans grows within it (default: not limited)",
     )
     bench.add_argument(
         "--trace",
@@ -290,10 +298,12 @@ def _bench_pool(args: argparse.Namespace) -> int:
         render_table,
     )
     from evaluation.sweep import policy_names, policy_params
+    from services.decider.registry import MEMORY_SCOPE
+    from shared.units import MIB
 
     policies = tuple(policy_names(",".join(args.policy) if args.policy else "default"))
-    # default's parameters also reach the default+priorities setup
-    params = policy_params(args.param, {*policies, "default"}, "benchmarked")
+    # default's parameters also reach the default+priorities setup; memory.* reach every decided setup's memory rule
+    params = policy_params(args.param, {*policies, "default", MEMORY_SCOPE}, "benchmarked")
     options = PoolOptions(
         policies=policies,
         params=params,
@@ -301,6 +311,7 @@ def _bench_pool(args: argparse.Namespace) -> int:
         cores=args.cores or DEFAULT_CORES,
         span_s=args.hours * 3600 if args.hours else DEFAULT_SPAN_S,
         rates=_numbers(args.rates, "--rates", (), float) or None,
+        host_memory_bytes=None if args.host_memory is None else args.host_memory * MIB,
     )
     report = bench_pool(options, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(report) if args.json else render_table(report))

@@ -88,3 +88,16 @@ def test_vcpu_samples_and_results_add_nothing() -> None:
         )
     )
     assert tally.vm_seconds == 0.0 and tally.changes == 0
+
+
+def test_tallies_of_separate_runs_add_up_and_a_kill_counts_in_its_own_run() -> None:
+    one, two = MemoryTally(), MemoryTally()
+    one.add_sample(sample("a", 4 * GIB, 2 * GIB, swap=1e6, kills=1))
+    two.add_sample(sample("a", 2 * GIB, 2 * GIB, kills=1))  # the same name in another run: another VM, another kill
+    two.add_result(result(4 * GIB, 2 * GIB))
+    one.add_tally(two)
+    scores = one.scores()
+    assert scores["memory_ratio_to_oracle"] == pytest.approx(1.5)
+    assert scores["swap_pct"] == pytest.approx(50.0)
+    assert scores["oom_kills"] == 2
+    assert one.changes == 1 and scores["memory_given_back_gib"] == pytest.approx(2.0)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.bench.pool import PLAIN, PRIORITIES, render_table, setups, targets
-from evaluation.bench.pool_run import FIXED, Setup, run_pool
+from evaluation.bench.pool import MEMORY_COLUMNS, PLAIN, PRIORITIES, render_table, setups, targets
+from evaluation.bench.pool_run import FIXED, POOL_MEMORY_KEYS, Setup, run_pool
+from services.decider.memory import MemoryPolicy
 from services.decider.registry import build_policy
 from services.simulator.jobs import Job
+from services.simulator.vm_memory import MEMORY_PER_VCPU_BYTES, kernel_bytes
+from shared.units import GIB
 
 SPAN_S = 1800.0
 
@@ -81,6 +84,7 @@ def full(row: dict[str, float]) -> dict[str, float]:
         "changes_per_vm_hour": 1,
         "undone_pct": 0,
         "host_full": 0,
+        **dict.fromkeys(POOL_MEMORY_KEYS, 0.0),
         **row,
     }
 
@@ -114,3 +118,87 @@ def test_the_live_decisions_bench_hands_each_decider_its_own_params() -> None:
     given = ("default.caution_s=5.9", "threshold.upper=0.9", "guard.max_changes=4")
     assert params_for("default", given) == ["--param", "default.caution_s=5.9", "--param", "guard.max_changes=4"]
     assert params_for("hpa", given) == ["--param", "guard.max_changes=4"]
+
+
+# Memory: the same runs, each VM's memory read as the collector reads it, scored by the live tally.
+
+IDLE_ANON_SHARE = 0.05  # services.simulator.memory: an idle VM's steady anonymous memory, a share of its request
+
+
+def test_a_pool_run_reports_memory_and_fixed_sizes_hold_what_was_asked() -> None:
+    """Fixed sizes: every VM keeps its request, so memory allocated ÷ used is request ÷ what the guest uses (its
+    kernel's part, as MemTotal - MemAvailable counts it, and its idle job's)."""
+    run = run_pool(Setup(FIXED, None, lambda job: PLAIN), idle_jobs(2, 4, 10.0), cores=8, capacity=8, span_s=600.0)
+    scores = run.scores()
+    assert set(POOL_MEMORY_KEYS) <= set(scores)
+    requested = 4 * MEMORY_PER_VCPU_BYTES
+    used = kernel_bytes(requested) + IDLE_ANON_SHARE * requested
+    assert scores["memory_ratio_to_oracle"] == pytest.approx(requested / used, rel=1e-6)
+    # 8 GiB each: one VM read at every step from 1 s to 600 s, the other from its start at 10 s
+    assert scores["memory_alloc_gib_hours"] == pytest.approx(8 * (600 + 591) / 3600, rel=1e-9)
+    assert scores["memory_orders"] == scores["memory_changes_per_vm_hour"] == scores["memory_given_back_gib"] == 0
+    assert scores["swap_pct"] == scores["oom_kills"] == 0
+
+
+def test_default_gives_idle_memory_back_without_swapping() -> None:
+    fixed, default, _ = (
+        run_pool(s, idle_jobs(2, 4, 10.0), cores=8, capacity=8, span_s=SPAN_S) for s in setups(["default"])
+    )
+    assert (fixed.setup, default.setup) == (FIXED, "default")
+    m, f = default.scores(), fixed.scores()
+    assert m["memory_orders"] > 0 and m["memory_changes_per_vm_hour"] > 0
+    assert m["memory_given_back_gib"] > 0
+    assert m["memory_ratio_to_oracle"] < f["memory_ratio_to_oracle"]
+    assert m["swap_pct"] == 0 and m["oom_kills"] == 0 and m["memory_refused"] == 0
+
+
+def test_memory_orders_change_no_vcpu_figure_while_no_guest_swaps() -> None:
+    """The memory lane draws nothing from the CPU's random streams and, while no guest swaps, takes nothing from
+    its CPU: the vCPU figures are those of the same run without a memory rule."""
+    busy = [Job(f"b-{i}", 4, 4, "batch", i * 30.0, work_s=900.0, seed=i) for i in range(8)]
+    plain = run_pool(default_setup(), busy, cores=12, capacity=12, span_s=SPAN_S)
+    memory = Setup("default", default_setup().policy, lambda job: PLAIN, MemoryPolicy())
+    moved = run_pool(memory, busy, cores=12, capacity=12, span_s=SPAN_S).scores()
+    assert moved["memory_orders"] > 0 and moved["swap_pct"] == 0
+    assert {k: v for k, v in moved.items() if k not in POOL_MEMORY_KEYS} == {
+        k: v for k, v in plain.scores().items() if k not in POOL_MEMORY_KEYS
+    }
+
+
+def test_on_a_host_short_of_memory_given_back_memory_starts_waiting_jobs() -> None:
+    """Room for two and a half 8-GiB requests: fixed sizes keep two jobs waiting; the memory rule gives back a
+    quarter of each idle VM (its largest shrink, once in the span), and the 4 GiB the first two free start a third."""
+    fixed, default, _ = (
+        run_pool(s, idle_jobs(4, 4, 10.0), cores=16, capacity=16, span_s=SPAN_S, memory_capacity_bytes=20 * GIB)
+        for s in setups(["default"])
+    )
+    assert fixed.scores()["started"] == 2
+    scores = default.scores()
+    assert scores["started"] == 3
+    assert scores["memory_given_back_gib"] == pytest.approx(3 * 2.0)
+    assert scores["oom_kills"] == 0 and scores["memory_refused"] == 0
+
+
+def test_the_memory_table_shows_every_memory_figure() -> None:
+    assert {key for key, _, _ in MEMORY_COLUMNS} == set(POOL_MEMORY_KEYS)
+    row = full({"wait_p95_s": 1, "completed": 1, "host_use_pct": 1, "unmet_pct": 0, "slowdown_p95": 1})
+    row["max_over_capacity"] = 0
+    row["memory_ratio_to_oracle"] = 2.5
+    report = {"results": {"busy": {FIXED: row}}, "rates_per_hour": {"busy": 1.0}, "targets": {}}
+    table = render_table({**report, "host_memory_bytes": None})
+    assert "| busy (1/h) | fixed | 0 | 0 | 0 | 0.00 | 2.500 | 0.0000 |" in table
+    assert "not limited" in table
+
+
+def test_the_command_takes_the_host_memory_and_the_memory_rules_params(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from hotplug import cli
+
+    argv = ["bench", "pool", "--cores", "8", "--hours", "0.05", "--seeds", "1", "--rates", "30", "--json"]
+    assert cli.main([*argv, "--host-memory", "64GiB", "--param", "memory.headroom=0.5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["host_memory_bytes"] == 64 * GIB
+    assert set(POOL_MEMORY_KEYS) <= set(report["results"]["rate 30/h"][FIXED])
+    assert cli.main([*argv, "--param", "memory.nope=1"]) == 2
+    assert "nope" in capsys.readouterr().err
