@@ -36,10 +36,10 @@ from services.actuator.reservations import Reservations
 from services.collector.rates import memory_from
 from services.collector.sources.base import MemoryCounters
 from services.collector.sources.simulator import memory_counters
-from services.decider.engine import Decision, Held, VmEngine
+from services.decider.engine import VmEngine
 from services.decider.guard import GuardRails
 from services.decider.memory.engine import MemoryEngine
-from services.decider.memory.ledger import MemoryClaim, MemoryLedger, MemoryView
+from services.decider.memory.ledger import MemoryLedger, MemoryView, within_host
 from services.decider.memory.policy import MemoryPolicy
 from services.decider.policies.base import Observation, PolicyBase
 from services.decider.pool import HostPlanner, claim_of
@@ -286,9 +286,18 @@ def _memory(
         return
     decision = engine.step(now, reading, interval_s)
     if ledger is not None:
-        decision = _within_host(
-            ledger, vm.name, reading.size_bytes, engine, decision, track.settings, run, now, interval_s
+        decision, events = within_host(
+            ledger,
+            vm.name,
+            reading.size_bytes,
+            engine,
+            decision,
+            priority=track.settings.priority,
+            interval_s=interval_s,
+            time=now,
+            now=now,
         )
+        run.memory_deferred += sum(1 for event in events if event.action is DeferralAction.DEFERRED)
     if decision is None:
         return
     run.memory_orders += 1
@@ -338,42 +347,6 @@ def _memory(
     # move is done; the move always reaches its target here (partial moves are not modelled), so it is counted now.
     engine.mark_sent(planned.target, until=now + COMMAND_TTL_S, command_id=command.id)
     run.memory.add_result(_memory_result(command, True, before, planned.target, host, now))
-
-
-def _within_host(
-    ledger: MemoryLedger,
-    name: str,
-    size: int,
-    engine: MemoryEngine,
-    decision: Decision | None,
-    settings: VmSettings,
-    run: PoolRun,
-    now: float,
-    interval_s: float,
-) -> Decision | None:
-    """``decision`` within the host's memory, as the decider's ``_within_host`` (services/decider/service.py) takes
-    it: as it is, a grow cut to the room, or None (deferred, held as host-full, asked again on the next sample)."""
-    waiting = decision is None and (engine.pending_target is not None or engine.held is not None)
-    claim = MemoryClaim(
-        name,
-        size,
-        engine.pending_target,
-        None if decision is None else decision.target,
-        "" if decision is None else decision.kind,
-        waiting=waiting,
-        priority=settings.priority,
-        interval_s=interval_s,
-        time=now,
-    )
-    answer = ledger.claim(claim, now)
-    run.memory_deferred += sum(1 for event in answer.events if event.action is DeferralAction.DEFERRED)
-    if decision is None or answer.target == decision.target:
-        return decision
-    reason = f"{decision.reason}; {answer.reason}"
-    if answer.target is None:
-        engine.held = Held(ErrorCode.HOST_FULL.value, reason)
-        return None
-    return decision._replace(target=answer.target, reason=reason)
 
 
 def _memory_refused(

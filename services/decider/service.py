@@ -26,11 +26,11 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.decider.engine import HELD_KINDS, Decision, Held, VmEngine
+from services.decider.engine import HELD_KINDS, VmEngine
 from services.decider.guard import GuardRails
 from services.decider.mailbox import LatestPerKey
 from services.decider.memory.engine import MemoryEngine
-from services.decider.memory.ledger import MemoryClaim, MemoryLedger, MemoryView
+from services.decider.memory.ledger import MemoryLedger, MemoryView, within_host
 from services.decider.memory.policy import MemoryPolicy
 from services.decider.modes import Commands, DryRun, Leadership, Orders, Outlet, Recommend, Shadow, leadership_for
 from services.decider.policies.base import Observation, PolicyBase
@@ -423,7 +423,19 @@ class Decider:
         decision = engine.step(sample.time, sample.memory, sample.interval_s, paused)
         ledger = self.memory_ledgers.get(sample.host)
         if ledger is not None:
-            decision = self._within_host(ledger, sample, plan, engine, decision, now)
+            decision, events = within_host(
+                ledger,
+                sample.vm,
+                sample.memory.size_bytes,
+                engine,
+                decision,
+                priority=plan.settings.priority,
+                interval_s=sample.interval_s,
+                time=sample.time,
+                now=now,
+            )
+            if events:
+                self._deferrals(sample.host, events, now)
         if engine.held is not None:
             self.metrics.count_held(engine.held.label)
             log.debug("memory of %s/%s held: %s", sample.host, sample.vm, engine.held.reason)
@@ -432,41 +444,6 @@ class Decider:
         direction = "up" if decision.target > sample.memory.size_bytes else "down"
         self.metrics.count_decision(self.memory_policy.name, direction, decision.kind, outlet.mode)
         outlet.emit(sample, engine, decision, now)
-
-    def _within_host(
-        self,
-        ledger: MemoryLedger,
-        sample: MetricSample,
-        plan: VmPlan,
-        engine: MemoryEngine,
-        decision: Decision | None,
-        now: float,
-    ) -> Decision | None:
-        """``decision`` within the host's memory: as it is, a grow cut to the room, or None (deferred)."""
-        assert sample.memory is not None
-        waiting = decision is None and (engine.pending_target is not None or engine.held is not None)
-        claim = MemoryClaim(
-            sample.vm,
-            sample.memory.size_bytes,
-            engine.pending_target,
-            None if decision is None else decision.target,
-            "" if decision is None else decision.kind,
-            waiting=waiting,
-            priority=plan.settings.priority,
-            interval_s=sample.interval_s,
-            time=sample.time,
-        )
-        answer = ledger.claim(claim, now)
-        if answer.events:
-            self._deferrals(sample.host, answer.events, now)
-        if decision is None or answer.target == decision.target:
-            return decision
-        reason = f"{decision.reason}; {answer.reason}"
-        if answer.target is None:
-            # Not sent, so the actuator does not refuse it: asked again on the next sample.
-            engine.held = Held(ErrorCode.HOST_FULL.value, reason)
-            return None
-        return decision._replace(target=answer.target, reason=reason)
 
     def _send(self, command: ScaleCommand) -> None:
         # Publishing waits for the event log's acknowledgement; other samples must not wait behind it.

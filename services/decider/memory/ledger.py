@@ -32,9 +32,11 @@ from typing import NamedTuple
 
 import msgspec
 
+from services.decider.engine import Decision, Held
+from services.decider.memory.engine import MemoryEngine
 from services.decider.memory.policy import DEFAULT_STEP_BYTES
 from services.decider.pool import STALE_INTERVALS, DeferralEvent
-from shared.messages import DeferralAction, HostState, Resource
+from shared.messages import DeferralAction, ErrorCode, HostState, Resource
 from shared.units import MIB, align_down, format_size
 
 # The rule's decision kinds of a VM short of memory now (services.decider.memory.policy): served first.
@@ -260,3 +262,41 @@ class MemoryLedger:
             deferred.reason,
             Resource.MEMORY,
         )
+
+
+def within_host(
+    ledger: MemoryLedger,
+    vm: str,
+    size: int,
+    engine: MemoryEngine,
+    decision: Decision | None,
+    *,
+    priority: int,
+    interval_s: float,
+    time: float,
+    now: float,
+) -> tuple[Decision | None, tuple[DeferralEvent, ...]]:
+    """The memory engine's ``decision`` for ``vm`` (``size`` bytes now, sampled at ``time``) within its host's
+    memory: as it is, a grow cut to the room, or None (deferred: held as ``host-full`` on the engine, and asked again
+    on the next sample, so the actuator does not refuse it); with the deferral events. The decider and the pool
+    benchmark both take a memory decision through this."""
+    waiting = decision is None and (engine.pending_target is not None or engine.held is not None)
+    claim = MemoryClaim(
+        vm,
+        size,
+        engine.pending_target,
+        None if decision is None else decision.target,
+        "" if decision is None else decision.kind,
+        waiting=waiting,
+        priority=priority,
+        interval_s=interval_s,
+        time=time,
+    )
+    answer = ledger.claim(claim, now)
+    if decision is None or answer.target == decision.target:
+        return decision, answer.events
+    reason = f"{decision.reason}; {answer.reason}"
+    if answer.target is None:
+        engine.held = Held(ErrorCode.HOST_FULL.value, reason)
+        return None, answer.events
+    return decision._replace(target=answer.target, reason=reason), answer.events
