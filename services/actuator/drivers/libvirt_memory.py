@@ -169,8 +169,8 @@ class LibvirtMemory:
         plan = plan_resize(vm, live, target_bytes)
         device = live.layout.virtio_mem
         key = (vm, live.domain_id)
+        self._grows.pop(key, None)  # a new request replaces the last one
         for kind, kib in plan.steps:
-            self._grows.pop(key, None)  # a new request replaces the last one (a refused plan asked nothing)
             if kind == "device":
                 assert device is not None  # plan_resize plans device steps only for a domain with one
                 await self._request(vm, with_requested(device.element, kib))
