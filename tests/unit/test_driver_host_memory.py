@@ -315,6 +315,9 @@ async def test_a_libvirt_grow_counts_at_the_size_asked_until_libvirt_shows_it() 
     # libvirt's balloon.current follows the guest a second or two late: the grow counts at its size meanwhile
     view = await driver.host_view()
     assert view.vm_memory == {"mem 1": 2 * GIB, "other": GIB}
+    with pytest.raises(DriverError):  # under the balloon's floor: refused before any call, the grow still on its way
+        await driver.resize_memory("mem 1", 64 * MIB)
+    assert (await driver.host_view()).vm_memory["mem 1"] == 2 * GIB
     # 4 GiB less 512 MiB kept: 3.5 GiB, 3 GiB of it committed: a grow of the other is cut to what is left
     cut = judged(view, (HostRule(match="*", reserve_memory="512MiB"),)).grant("other", GIB, 2 * GIB, STEP)
     assert cut.size == 1536 * MIB
