@@ -602,8 +602,15 @@ class Ledger(Generic[H]):
 
     def _judged_on_host(self, decided: Plan | MemoryPlan) -> bool:
         """Whether a grow reads the host first: a vCPU grow always; a memory grow unless the views taken so far say
-        the driver reports no memory (then a failed host read must not fail a grow the host cannot judge)."""
-        return not isinstance(decided, MemoryPlan) or not self.host.known or self.host_memory.known
+        the driver reports no memory (then a failed host read must not fail a grow the host cannot judge). A driver
+        that did report it and missed it in the last view (a VM's memory not read that time) is read again: the next
+        view may have it."""
+        return (
+            not isinstance(decided, MemoryPlan)
+            or not self.host.known
+            or self.host_memory.known
+            or self.host_memory.reported
+        )
 
     def _roomed(self, job: Job, command: ScaleCommand, now: float, mono: float) -> None:
         """The plan cut to what fits on the host: steps to take, or nothing."""

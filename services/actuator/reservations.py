@@ -77,6 +77,9 @@ class Reservations:
         self.host = host
         self.resource = resource
         self.capacity: int | None = None  # None: no view yet (or a driver that reports none): nothing is judged
+        # Whether a view ever carried a capacity: then a view without one is a gap (a VM's memory not read this time),
+        # not a driver that reports none, and a grow still reads a fresh view (Ledger._judged_on_host).
+        self.reported = False
         self.cpus: int | None = None
         self._online: dict[str, int] = {}
         self._reserved: dict[str, int] = {}  # VM -> the size granted to its grow under way
@@ -96,6 +99,7 @@ class Reservations:
         """Take a host view asked for at ``ticket``, on a host of ``capacity`` vCPUs (bytes; None: the host's memory
         is not known); False if it was ignored (a newer view was taken already; its capacity is taken all the same:
         that is today's rule, not the view's)."""
+        self.reported = self.reported or capacity is not None
         if ticket < self._seen:
             # A capacity lowered since the newer view (a [[host]] rule reloaded) binds the next grant at once.
             self.capacity = capacity

@@ -6,6 +6,10 @@ a command's ``seen_memory_bytes`` against (docs/memory.md, "Through the loop").
 virtio-mem: the VM's size is boot RAM less what the balloon holds plus what the device plugged (its ``size`` from
 ``query-memory-devices``, the guest's truth, which lags ``requested-size``). Balloon only: boot RAM less what the
 balloon holds (``query-balloon`` ``actual``), between a floor the driver keeps (a balloon has none) and boot RAM.
+
+What a running guest holds of its host's memory (:func:`committed_bytes`) is the larger of its size and the size last
+asked for, its boot RAM without a memory device: the collector's host reading and the driver's host view both count
+it so.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from qemu.qmp import QMPClient
+from qemu.qmp import QMPClient, QMPError
 
 from shared.qemu.memory import VMEM_ID
 from shared.qemu.vm import VmState
@@ -24,6 +28,10 @@ BALLOON_STEP_BYTES = MIB
 # The balloon's floor: at least this, and at least half of boot RAM. A balloon inflated towards nothing OOM-kills
 # the guest's own agent (docs/hypervisors/qemu.md, Memory); it is meant for trims, virtio-mem for size.
 BALLOON_MIN_BYTES = 128 * MIB
+
+# What a late or malformed answer to :func:`query_sizes` raises under ``asyncio.wait_for``: the memory is then not
+# known this time, and the caller goes on without it.
+UNREADABLE: tuple[type[Exception], ...] = (TimeoutError, QMPError, KeyError, TypeError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,17 @@ def memory_sizes(state: VmState, balloon_actual: int | None, device: Mapping[str
         step_bytes=BALLOON_STEP_BYTES,
         method="balloon",
     )
+
+
+def committed_bytes(state: VmState, sizes: MemorySizes | None) -> int | None:
+    """What a running guest holds of the host's memory: the larger of its size and the size last asked for (a move
+    under way will land), its boot RAM without a memory device; None when unknown (QEMU did not answer for its
+    device, or its state file does not record its memory). Pure."""
+    if sizes is not None:
+        return max(sizes.size_bytes, sizes.requested_bytes)
+    if not has_memory_device(state):
+        return state.memory_bytes or None
+    return None
 
 
 def virtio_mem_device(devices: object) -> dict[str, Any] | None:

@@ -1,7 +1,8 @@
 """Running QEMU guests: start, find, stop, talk QMP, and read or drive the guest's control channel.
 
 Each VM lives in ``<root>/<name>/``: ``qmp.sock`` (control: the actuator and ``hotplug qemu``),
-``monitor.sock`` (a second QMP monitor for the collector, so reads never wait behind a resize),
+``monitor.sock`` (a second QMP monitor for reads: the collector's, and the actuator's host view, so they never wait
+behind a resize or an unplug),
 ``ctl.sock`` (the guest's ttyS1; QEMU also copies all it says to ``ctl.log``, read without connecting),
 ``console.log`` and ``state.json``. ``state.json`` counts ``device_add`` calls: under TCG each VM allows only
 ``maxcpus`` − boot vCPUs hot-adds in its lifetime (QEMU aborts past that), so the budget is kept here. It also

@@ -11,11 +11,14 @@ import pytest
 
 from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.virtualbox import VirtualBoxDriver
+from services.actuator.reservations import Reservations
 from services.collector.sources.base import MemoryCounters
 from services.collector.sources.virtualbox import VirtualBoxSource
 from shared.clock import Clock
-from shared.messages import ErrorCode
-from shared.units import MIB
+from shared.config.schema import HostRule
+from shared.messages import ErrorCode, Resource
+from shared.pool import memory_capacity
+from shared.units import GIB, MIB
 from shared.virtualbox import (
     GUEST_RAM_METRICS,
     VBoxManage,
@@ -112,6 +115,32 @@ async def test_the_driver_reads_ram_less_balloon_and_resizes_in_mib(vbox: VBoxHo
     assert (await driver.read_memory("web1")).size_bytes == 1536 * MIB
     await driver.resize_memory("web1", 2048 * MIB)  # all of it back: the balloon at 0
     assert (await driver.read_memory("web1")).size_bytes == 2048 * MIB
+
+
+async def test_the_drivers_host_view_holds_a_memory_grow_to_the_hosts_memory(vbox: VBoxHome, tmp_path: Path) -> None:
+    """Every running VM's RAM less its balloon, from the showvminfo the view reads anyway; a grow that does not fit
+    the host's memory (this machine's MemTotal, here a file of 4 GiB) is cut, then refused ``host-full``."""
+    _start(vbox, "web 1", memory_mb=2048)
+    _start(vbox, "db", memory_mb=1024)
+    standin.create_vm("off", memory_mb=8192)  # powered off: holds nothing
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:        4194304 kB\n")
+    driver = VirtualBoxDriver(VBoxManage(str(STANDIN)), meminfo)
+    await driver.resize_memory("web 1", 1536 * MIB)  # a balloon of 512 MiB
+    view = await driver.host_view()
+    assert (view.memory_bytes, view.vm_memory) == (4 * GIB, {"web 1": 1536 * MIB, "db": GIB})
+    room = Reservations("h", Resource.MEMORY)
+    capacity = memory_capacity((HostRule(match="*", reserve_memory="1280MiB"),), "h", view.memory_bytes)
+    assert capacity is not None
+    room.observe(view, capacity.capacity_bytes, room.ticket())
+    cut = room.grant("web 1", 1536 * MIB, 2048 * MIB, MIB)  # 2.75 GiB, 1 GiB of it db's: web 1 gets 1.75 GiB
+    assert cut.size == 1792 * MIB
+    refusal = cut.refusal()
+    assert refusal is not None and refusal.code is ErrorCode.HOST_FULL
+    full = room.grant("db", GIB, 2 * GIB, MIB)  # web 1's grant stays reserved: nothing is left for db
+    assert full.size == GIB
+    refusal = full.refusal()
+    assert refusal is not None and refusal.code is ErrorCode.HOST_FULL and refusal.message.startswith("granted 0B")
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,9 @@ from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.qemu import QemuDriver
 from services.collector.rates import sample_from
 from services.collector.sources.base import Reading
-from services.collector.sources.qemu import QemuSource, read_host_memory
+from services.collector.sources.qemu import QemuSource
 from shared.clock import Clock
+from shared.host_memory import read_host_memory
 from shared.messages import ErrorCode
 from shared.qemu.image import GuestImage, ImageError, ensure_image
 from shared.qemu.vm import QemuVm, connect_qmp, parse_stat

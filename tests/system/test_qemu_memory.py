@@ -25,6 +25,7 @@ from services.collector.rates import sample_from
 from services.collector.sources.base import Reading
 from services.collector.sources.qemu import QemuSource
 from shared.clock import Clock
+from shared.host_memory import read_host_memory
 from shared.messages import ErrorCode
 from shared.qemu.image import GuestImage
 from shared.qemu.vm import QemuVm, VmState
@@ -274,6 +275,32 @@ async def test_the_source_reports_the_size_the_driver_reads_and_follows_a_grow(v
         assert sample is not None and sample.memory is not None
         assert sample.memory.size_bytes == BOOT_MB * MIB + GROW
         assert sample.cpu_used_cores >= 0  # the CPU reading is still there beside memory
+    finally:
+        await driver.resize_memory("mem1", BOOT_MB * MIB)
+        await settle(driver, "mem1", BOOT_MB * MIB)
+
+
+async def test_the_drivers_host_view_holds_each_guests_memory_read_on_its_monitor(
+    vmem: QemuVm, ballooned: QemuVm, root: Path
+) -> None:
+    """The actuator's host view (issue 21): this machine's MemTotal and what each guest holds, the larger of its
+    size and the size asked for, read on the monitoring socket: a held control socket does not stop it, a held
+    monitor leaves the view without memory after its bound, never a sum without that guest."""
+    driver = QemuDriver(root)
+    await settle(driver, "mem1", BOOT_MB * MIB)
+    await settle(driver, "bal1", BOOT_MB * MIB)
+    view = await driver.host_view()
+    assert view.memory_bytes == read_host_memory()
+    assert view.vm_memory == {"mem1": BOOT_MB * MIB, "bal1": BOOT_MB * MIB}
+    try:
+        await driver.resize_memory("mem1", BOOT_MB * MIB + GROW)
+        # at once, whether or not the guest has plugged it yet: the grow under way counts at its size
+        assert (await driver.host_view()).vm_memory["mem1"] == BOOT_MB * MIB + GROW
+        async with vmem.qmp():  # the control socket held, as an unplug holds it for up to 5 s
+            assert (await driver.host_view()).vm_memory["mem1"] == BOOT_MB * MIB + GROW
+        async with vmem.qmp(monitor=True):  # the monitor held past the bound: no memory, the vCPUs still there
+            held = await driver.host_view()
+        assert (held.memory_bytes, held.vm_memory, sorted(held.vms)) == (None, {}, ["bal1", "mem1"])
     finally:
         await driver.resize_memory("mem1", BOOT_MB * MIB)
         await settle(driver, "mem1", BOOT_MB * MIB)

@@ -1,16 +1,17 @@
 """The ``qemu`` and ``libvirt`` sources' host memory without a hypervisor: the host's memory (``/proc/meminfo``'s
-MemTotal, libvirt's node info), what each running guest holds from the round's own reads, and that a host whose
-memory or any running guest's is unknown reports none; then the HostState the collector makes of it."""
+MemTotal, ``shared.host_memory``; libvirt's node info), what each running guest holds from the round's own reads
+(``shared.qemu.memview.committed_bytes``), and that a host whose memory or any running guest's is unknown reports none;
+then the HostState the collector makes of it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from services.collector.hoststate import host_state
-from services.collector.sources import qemu as qemu_source
 from services.collector.sources.libvirt import _Host, _host_side
 from shared.config.schema import HostRule
-from shared.qemu.memview import MemorySizes
+from shared.host_memory import host_memory, meminfo_total_bytes, read_host_memory
+from shared.qemu.memview import MemorySizes, committed_bytes
 from shared.qemu.vm import VmState
 from shared.units import GIB, KIB, MIB
 
@@ -22,18 +23,18 @@ Buffers:          545856 kB
 
 
 def test_meminfo_total_is_read_in_bytes() -> None:
-    assert qemu_source.meminfo_total_bytes(MEMINFO) == 16318812 * KIB
-    assert qemu_source.meminfo_total_bytes("MemFree: 10 kB\n") is None  # no MemTotal line
-    assert qemu_source.meminfo_total_bytes("MemTotal: lots kB\n") is None
-    assert qemu_source.meminfo_total_bytes("MemTotal: 10 MB\n") is None  # not the unit the kernel writes
-    assert qemu_source.meminfo_total_bytes("") is None
+    assert meminfo_total_bytes(MEMINFO) == 16318812 * KIB
+    assert meminfo_total_bytes("MemFree: 10 kB\n") is None  # no MemTotal line
+    assert meminfo_total_bytes("MemTotal: lots kB\n") is None
+    assert meminfo_total_bytes("MemTotal: 10 MB\n") is None  # not the unit the kernel writes
+    assert meminfo_total_bytes("") is None
 
 
 def test_the_hosts_memory_is_read_from_a_file_or_is_unknown(tmp_path: Path) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text(MEMINFO)
-    assert qemu_source.read_host_memory(meminfo) == 16318812 * KIB
-    assert qemu_source.read_host_memory(tmp_path / "missing") is None
+    assert read_host_memory(meminfo) == 16318812 * KIB
+    assert read_host_memory(tmp_path / "missing") is None
 
 
 def state(**memory: int | bool) -> VmState:
@@ -46,19 +47,19 @@ def sizes(size: int, requested: int) -> MemorySizes:
 
 def test_a_qemu_guest_holds_the_larger_of_its_size_and_the_size_asked_for() -> None:
     device = state(memory_bytes=512 * MIB, vmem_bytes=GIB)
-    assert qemu_source.committed_bytes(device, sizes(512 * MIB, 1024 * MIB)) == 1024 * MIB  # a grow under way
-    assert qemu_source.committed_bytes(device, sizes(1024 * MIB, 512 * MIB)) == 1024 * MIB  # a shrink under way
-    assert qemu_source.committed_bytes(device, None) is None  # QEMU did not answer for its device
-    assert qemu_source.committed_bytes(state(memory_bytes=512 * MIB), None) == 512 * MIB  # no device: boot RAM
-    assert qemu_source.committed_bytes(state(), None) is None  # an older state file: its memory unknown
+    assert committed_bytes(device, sizes(512 * MIB, 1024 * MIB)) == 1024 * MIB  # a grow under way
+    assert committed_bytes(device, sizes(1024 * MIB, 512 * MIB)) == 1024 * MIB  # a shrink under way
+    assert committed_bytes(device, None) is None  # QEMU did not answer for its device
+    assert committed_bytes(state(memory_bytes=512 * MIB), None) == 512 * MIB  # no device: boot RAM
+    assert committed_bytes(state(), None) is None  # an older state file: its memory unknown
 
 
 def test_qemu_host_memory_needs_the_hosts_and_every_running_guests() -> None:
     held = {"a": GIB, "b": 2 * GIB, "gone": 4 * GIB}
-    assert qemu_source.host_memory(16 * GIB, ["a", "b"], held) == (16 * GIB, {"a": GIB, "b": 2 * GIB})
-    assert qemu_source.host_memory(16 * GIB, [], held) == (16 * GIB, {})  # no guest: nothing committed
-    assert qemu_source.host_memory(16 * GIB, ["a", "c"], held) == (None, None)  # c's memory never known
-    assert qemu_source.host_memory(None, ["a"], held) == (None, None)
+    assert host_memory(16 * GIB, ["a", "b"], held) == (16 * GIB, {"a": GIB, "b": 2 * GIB})
+    assert host_memory(16 * GIB, [], held) == (16 * GIB, {})  # no guest: nothing committed
+    assert host_memory(16 * GIB, ["a", "c"], held) == (None, None)  # c's memory never known
+    assert host_memory(None, ["a"], held) == (None, None)
 
 
 def test_libvirt_host_memory_is_the_nodes_and_every_running_domains_balloon_current() -> None:

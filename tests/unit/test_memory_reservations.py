@@ -203,3 +203,16 @@ def test_once_the_driver_is_known_to_report_no_memory_a_memory_grow_reads_no_hos
     shell.ledger.host_memory.observe(HostView(cpus=8, vms={"a": 2}), None, shell.ledger.host_memory.ticket())
     shell.ledger.receive(memory_command("m1", 6 * GIB), "h1")
     assert shell.run().ok and "ReadHost" not in shell.actions
+
+
+def test_a_view_that_missed_the_memory_of_a_driver_that_reports_it_is_read_again_before_a_grow() -> None:
+    shell = Shell(ledger(), capacity=10 * GIB)
+    observe(shell.ledger, HostView(cpus=8, vms={}, memory_bytes=10 * GIB, vm_memory={"a": 4 * GIB}), 10 * GIB)
+    shell.ledger.host.observe(HostView(cpus=8, vms={"a": 2}), 8, shell.ledger.host.ticket())
+    # then a view in which some VM's memory could not be read: no memory in it, but the driver does report memory
+    observe(shell.ledger, HostView(cpus=8, vms={"a": 2}), None)
+    assert not shell.ledger.host_memory.known and shell.ledger.host_memory.reported
+    shell.ledger.receive(memory_command("m1", 8 * GIB), "h1")
+    result = shell.run()
+    assert "ReadHost" in shell.actions  # a fresh view, which has the memory again: the grow is judged on it
+    assert result.error_code is ErrorCode.HOST_FULL and result.memory_after_bytes == 6 * GIB

@@ -5,8 +5,9 @@ driver raises :class:`DriverError` with a stable code and the hypervisor's own m
 whether a change is wise (that is ``services.actuator.checks``).
 
 A driver may also report its host (``host_view``): the host's CPUs and the online vCPUs of every VM running on it,
-managed or not (and, where it can, the host's memory and each VM's), so the actuator can keep the host within its
-capacity (``services.actuator.reservations``). It is
+managed or not, and the host's memory and each VM's (every built-in driver does: the simulator when it models the
+host's memory; qemu, libvirt and virtualbox unless a running VM's memory could not be read for that view), so the
+actuator can keep the host within its capacity (``services.actuator.reservations``). It is
 optional: a driver without it (a plug-in written before) means "host unknown", and the actuator arbitrates nothing,
 as before.
 

@@ -15,9 +15,16 @@ call, each verified.
   (``shared.libvirt.domain.classify``). Blocking calls run in a thread on one shared, reconnecting connection.
 * **Memory** (``read_memory``/``resize_memory``): virtio-mem above boot RAM, the balloon within it
   (``services.actuator.drivers.libvirt_memory``).
-* **Host view**: the node's CPUs (``getInfo``) and ``vcpu.current`` of every running domain, opted in or not, in one
-  ``getAllDomainStats(VCPU, RUNNING | NOWAIT)`` call (without NOWAIT it waits out a 5 s TCG unplug). Between an unplug
-  timeout and its resync libvirt still counts the vCPU that left: one too many, which only holds room longer.
+* **Host view**: the node's CPUs and memory (``getInfo``: MiB) and ``vcpu.current`` and ``balloon.current`` of every
+  running domain, opted in or not, in one ``getAllDomainStats(VCPU | BALLOON, RUNNING | NOWAIT)`` call (without NOWAIT
+  it waits out a 5 s TCG unplug; ``balloon.current`` comes without a job, so NOWAIT never leaves it out), as the
+  ``libvirt`` collector source reads them: no call per domain (``XMLDesc`` waits behind an unplug). Between an unplug
+  timeout and its resync libvirt still counts the vCPU that left: one too many, which only holds room longer. A
+  domain's memory is ``balloon.current`` (what the guest has: balloon actual plus virtio-mem ``<current>``, all its
+  configured memory without either device), or while a grow this driver asked for has not landed, the size asked
+  (``LibvirtMemory.held``): libvirt's figure follows the guest up to a second or two late. A request made elsewhere
+  (``virsh``, ``hotplug libvirt set``) counts once libvirt's figure shows it. A running domain without
+  ``balloon.current`` leaves the view without memory (``services.actuator.drivers.host_memory``), logged.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from services.actuator.drivers.base import DriverError, HostView, MemoryView, VmView
+from services.actuator.drivers.host_memory import HostMemory
 from services.actuator.drivers.libvirt_memory import LibvirtMemory
 from shared.libvirt.connection import Connection
 from shared.libvirt.domain import (
@@ -44,6 +52,7 @@ from shared.libvirt.domain import (
 from shared.libvirt.guest import GuestChannel
 from shared.messages import ErrorCode
 from shared.qemu.vm import parse_cpu_list, parse_stat, vcpu_threads
+from shared.units import MIB
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,8 @@ GUEST_ONLINE_TIMEOUT_S = 10.0
 THREAD_GONE_TIMEOUT_S = 3.0
 COUNT_TIMEOUT_S = 5.0
 PROC = Path("/proc")
+
+_Row = tuple[str, int, int, float | None]  # a host view's domain: name, id, vCPUs, balloon.current (KiB; None: none)
 
 
 def qemu_pid(uuid: str, proc: Path = PROC) -> int | None:
@@ -82,6 +93,7 @@ class LibvirtDriver:
         self._pids: dict[tuple[str, int], int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.memory = LibvirtMemory(self.conn, self._check_opted_in)
+        self._host_memory = HostMemory(self.name)
 
     # ---- reading ----------------------------------------------------------------------------------------------
 
@@ -121,19 +133,37 @@ class LibvirtDriver:
     async def host_view(self) -> HostView:
         libvirt = self.libvirt
 
-        def get(conn: Any) -> HostView:
+        def get(conn: Any) -> tuple[list[_Row], list[Any]]:
             flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+            kinds = libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_BALLOON
             # a domain whose count is missing is counted at its maximum: room is never given away on a guess
-            vms = {
-                dom.name(): int(stats.get("vcpu.current", stats.get("vcpu.maximum", 1)))
-                for dom, stats in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_VCPU, flags)
-            }
-            return HostView(cpus=int(conn.getInfo()[2]), vms=vms)
+            rows = [
+                (
+                    dom.name(),
+                    dom.ID(),
+                    int(stats.get("vcpu.current", stats.get("vcpu.maximum", 1))),
+                    stats.get("balloon.current"),
+                )
+                for dom, stats in conn.getAllDomainStats(kinds, flags)
+            ]
+            return rows, list(conn.getInfo())  # [model, memory MiB, active CPUs, MHz, nodes, sockets, ...]
 
         try:
-            return await self.conn.call(get, read=True)
+            rows, info = await self.conn.call(get, read=True)
         except self.libvirt.libvirtError as exc:
             raise self._error(exc) from exc
+        # on the event loop, not in the call's thread: what the driver asked of each domain is kept here
+        held = {name: self.memory.held(name, domain_id, current) for name, domain_id, _, current in rows}
+        self.memory.running({(name, domain_id) for name, domain_id, _, _ in rows})
+        why = {name: "libvirt gave no balloon.current" for name, size in held.items() if size is None}
+        node_mib = int(info[1])
+        return self._host_memory.view(
+            int(info[2]),
+            {name: vcpus for name, _, vcpus, _ in rows},
+            node_mib * MIB if node_mib > 0 else None,
+            held,
+            why,
+        )
 
     async def _set_vcpu(self, vm: str, vcpu: int, enable: bool) -> None:
         """One ``setVcpu`` call (a change: never repeated by the connection)."""

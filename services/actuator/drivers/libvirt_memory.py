@@ -13,6 +13,9 @@
   refusal comes back as ``out-of-bounds`` with libvirt's own message. The balloon has no floor (it inflates until
   the guest's OOM killer runs), so the driver sets one (``shared.libvirt.memview``): 256 MiB or a quarter of boot
   RAM, whichever is more. A domain with neither a virtio-mem device nor a balloon is ``hotplug-disabled``.
+* **On the host** (the driver's host view, ``held``): libvirt's ``balloon.current`` follows the guest a second or two
+  late, so a grow this driver asked for counts at the size asked until libvirt's figure reaches it (the larger of
+  the size and the size asked for, as ``read_memory`` says); a shrink counts at the size, which is the larger.
 * **Guest view**: the balloon's stats (``available`` = MemTotal, ``usable`` = MemAvailable), present once the
   guest's virtio_balloon driver reports them. Without the guest's drivers nothing moves and nothing fails
   (memory.md trap 7): the size simply stays.
@@ -126,6 +129,7 @@ class LibvirtMemory:
         self.libvirt = conn.libvirt
         self.check = check
         self._targets: dict[tuple[str, int], int] = {}  # (domain, domain id) → last balloon target, bytes
+        self._grows: dict[tuple[str, int], int] = {}  # (domain, domain id) → a grow asked for, not landed yet, bytes
 
     def _error(self, exc: Any) -> DriverError:
         return DriverError(classify_memory(exc.get_error_code(), str(exc)), str(exc))
@@ -164,13 +168,36 @@ class LibvirtMemory:
         live = await self.live(vm)
         plan = plan_resize(vm, live, target_bytes)
         device = live.layout.virtio_mem
+        key = (vm, live.domain_id)
+        self._grows.pop(key, None)  # a new request replaces the last one
         for kind, kib in plan.steps:
             if kind == "device":
                 assert device is not None  # plan_resize plans device steps only for a domain with one
                 await self._request(vm, with_requested(device.element, kib))
             else:
                 await self._balloon(vm, kib)
-                self._targets[(vm, live.domain_id)] = kib * KIB
+                self._targets[key] = kib * KIB
+        if target_bytes > memory_view(vm, live).size_bytes:
+            # every step taken: the guest will have target_bytes, and until libvirt shows it the host view counts it
+            self._grows[key] = target_bytes
+
+    def held(self, vm: str, domain_id: int, current_kib: float | None) -> int | None:
+        """What a running domain holds of the host's memory, bytes, from its ``balloon.current`` (KiB; None: libvirt
+        gave none, and then None): the larger of that and a grow this driver asked for in this run of the domain
+        that libvirt does not show yet. A grow shown is forgotten: from then on libvirt's figure says it."""
+        if current_kib is None:
+            return None
+        size = int(current_kib) * KIB
+        key = (vm, domain_id)
+        asked = self._grows.get(key)
+        if asked is not None and size >= asked:
+            del self._grows[key]
+            asked = None
+        return max(size, asked or 0)
+
+    def running(self, domains: set[tuple[str, int]]) -> None:
+        """Forget the grows of runs of domains that are over (these are all the running ones, with their ids)."""
+        self._grows = {key: size for key, size in self._grows.items() if key in domains}
 
     async def _request(self, vm: str, element: str) -> None:
         flags = self.libvirt.VIR_DOMAIN_AFFECT_LIVE

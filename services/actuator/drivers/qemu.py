@@ -12,8 +12,14 @@ Memory (``read_memory``/``resize_memory``: virtio-mem, or a balloon where there 
 ``services.actuator.drivers.qemu_memory``'s.
 
 The host view is this machine's CPUs and every guest running under the driver's directory, each counted by its
-vCPU threads in /proc (no QMP session: the control socket may be held by a 5 s unplug); a guest whose threads
-cannot be read counts at its maximum.
+vCPU threads in /proc (no QMP session for them: the control socket may be held by a 5 s unplug); a guest whose threads
+cannot be read counts at its maximum. Its memory is this machine's (``MemTotal`` of ``/proc/meminfo``, as the ``qemu``
+collector source reads it) and what each guest holds (``shared.qemu.memview.committed_bytes``: the larger of its size
+and the size last asked for, its boot RAM without a memory device). A guest with a memory device is asked on its
+monitoring socket (never the control one, for the same reason), all guests at once, each within
+``HOST_MEMORY_TIMEOUT_S``: nothing else in the view has its size, and a view must not wait long (it is read before
+each grow). A guest not read in time, or whose state file records no memory, leaves the whole view without memory
+(``services.actuator.drivers.host_memory``), logged.
 """
 
 from __future__ import annotations
@@ -31,18 +37,32 @@ from qemu.qmp import ExecuteError, QMPClient
 
 from services.actuator.drivers import qemu_memory
 from services.actuator.drivers.base import DriverError, HostView, MemoryView, VmView
+from services.actuator.drivers.host_memory import HostMemory
+from shared.host_memory import MEMINFO, read_host_memory
 from shared.messages import ErrorCode
+from shared.qemu.memory import VMEM_ID
+from shared.qemu.memview import UNREADABLE, MemorySizes, committed_bytes, has_memory_device, query_sizes
 from shared.qemu.vm import QemuError, QemuVm, VmState, parse_stat, running_vms, vcpu_threads
 
 GUEST_ONLINE_TIMEOUT_S = 10.0
 UNPLUG_TIMEOUT_S = 5.0
+# A guest's memory for the host view: the monitor answers in milliseconds, but the collector may hold it for a round
+# of its own (up to its 1 s memory timeout); past this the view goes without memory rather than hold a grow back.
+HOST_MEMORY_TIMEOUT_S = 2.0
+
+
+_GONE = "gone"  # a guest that stopped while its memory was read
+# A monitor not reached (QemuError, OSError), late or not understood (UNREADABLE): the guest's memory is not read.
+_UNREAD: tuple[type[Exception], ...] = (QemuError, OSError, *UNREADABLE)
 
 
 class QemuDriver:
     name = "qemu"
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, meminfo: Path = MEMINFO) -> None:
         self.root = root
+        self.meminfo = meminfo
+        self._host_memory = HostMemory(self.name)
 
     def _find(self, name: str) -> tuple[QemuVm, VmState]:
         try:
@@ -82,8 +102,10 @@ class QemuDriver:
         cpus = await self._cpus(vm)
         return VmView(vm=vm_name, online_vcpus=len(cpus), min_vcpus=1, max_vcpus=state.max_vcpus)
 
-    def _host(self) -> HostView:
+    def _host(self) -> tuple[dict[str, int], list[tuple[QemuVm, VmState]], int | None]:
+        """Each running guest's vCPUs and state, and this machine's memory (blocking: run in a worker thread)."""
         vms = {}
+        guests = []
         try:
             running = running_vms(self.root)
         except (OSError, msgspec.DecodeError) as exc:
@@ -95,10 +117,45 @@ class QemuDriver:
                 continue  # stopped since the listing, or its state is unreadable: it holds no known count
             threads = vcpu_threads(state.pid)
             vms[vm.name] = len(threads) if threads else state.max_vcpus
-        return HostView(cpus=os.cpu_count() or 1, vms=vms)
+            guests.append((vm, state))
+        return vms, guests, read_host_memory(self.meminfo)
 
     async def host_view(self) -> HostView:
-        return await asyncio.to_thread(self._host)
+        vms, guests, memory_bytes = await asyncio.to_thread(self._host)
+        held: dict[str, int | None] = {}
+        why: dict[str, str] = {}
+        for (vm, _), (size, reason) in zip(
+            guests, await asyncio.gather(*(self._held(*g) for g in guests)), strict=True
+        ):
+            if reason == _GONE:
+                vms.pop(vm.name, None)  # stopped since the listing: it holds neither cores nor memory
+                continue
+            held[vm.name] = size
+            if reason is not None:
+                why[vm.name] = reason
+        return self._host_memory.view(os.cpu_count() or 1, vms, memory_bytes, held, why)
+
+    async def _held(self, vm: QemuVm, state: VmState) -> tuple[int | None, str | None]:
+        """What the guest holds of the host's memory, or None and why not (``_GONE``: it is no longer running)."""
+        if not has_memory_device(state):
+            size = committed_bytes(state, None)
+            return size, None if size is not None else "its state file records no memory (an older version's)"
+        try:
+            sizes = await asyncio.wait_for(self._monitor_sizes(vm, state), HOST_MEMORY_TIMEOUT_S)
+        except _UNREAD as exc:
+            if not await asyncio.to_thread(vm.running):
+                return None, _GONE
+            if isinstance(exc, TimeoutError):
+                return None, f"its monitor did not answer within {HOST_MEMORY_TIMEOUT_S:g} s"
+            return None, f"its monitor: {exc or type(exc).__name__}"
+        size = committed_bytes(state, sizes)
+        return size, None if size is not None else f"QEMU shows no virtio-mem device {VMEM_ID}"
+
+    @staticmethod
+    async def _monitor_sizes(vm: QemuVm, state: VmState) -> MemorySizes | None:
+        """The guest's memory sizes, asked on its monitoring socket (the collector's reads queue behind, for ms)."""
+        async with vm.qmp(monitor=True) as qmp:
+            return await query_sizes(qmp, state)
 
     async def plug(self, vm_name: str) -> None:
         vm, state = await self._vm(vm_name)

@@ -5,7 +5,12 @@ set comes from the VM's settings file, re-read before every step, and each step 
 
 The host view is this machine's CPUs (VBoxManage drives the local VBoxSVC; ``list hostinfo`` is not in the VirtualBox
 notes the stand-in follows) and every VM of ``list runningvms`` (paused ones too), counted by its attached CPUs (all
-its CPUs when hot-plug is off). A VM that stops between the listing and its ``showvminfo`` is left out.
+its CPUs when hot-plug is off). A VM that stops between the listing and its ``showvminfo`` is left out. Its memory is
+this machine's (``MemTotal`` of ``/proc/meminfo``, ``shared.host_memory``: VBoxSVC runs its VMs here) and what each VM
+holds, from the same ``showvminfo`` (no call of its own): its RAM less the configured balloon, as ``read_memory``
+says it (the balloon as asked is all VirtualBox shows: the size and the size asked for are one figure); all its RAM
+without a balloon. A VM whose ``showvminfo`` shows no ``memory=`` leaves the view without memory
+(``services.actuator.drivers.host_memory``), logged.
 
 Memory moves through the balloon only (``controlvm <vm> guestmemoryballoon <MB>``; VirtualBox has no memory
 hot-plug): size = the VM's RAM − the configured balloon (``shared.virtualbox.balloon_sizes``, which the collector's
@@ -19,9 +24,13 @@ it.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from pathlib import Path
 
 from services.actuator.drivers.base import DriverError, HostView, MemoryView, VmView
+from services.actuator.drivers.host_memory import HostMemory
+from shared.host_memory import MEMINFO, read_host_memory
 from shared.messages import ErrorCode
 from shared.units import MIB, format_size
 from shared.virtualbox import VBoxError, VBoxManage, VmInfo, balloon_floor_mb, balloon_sizes
@@ -30,8 +39,10 @@ from shared.virtualbox import VBoxError, VBoxManage, VmInfo, balloon_floor_mb, b
 class VirtualBoxDriver:
     name = "virtualbox"
 
-    def __init__(self, vbox: VBoxManage | None = None) -> None:
+    def __init__(self, vbox: VBoxManage | None = None, meminfo: Path = MEMINFO) -> None:
         self.vbox = vbox or VBoxManage()
+        self.meminfo = meminfo
+        self._host_memory = HostMemory(self.name)
 
     async def _info(self, vm: str) -> VmInfo:
         info = await self._running(vm)
@@ -48,6 +59,7 @@ class VirtualBoxDriver:
 
     async def host_view(self) -> HostView:
         vms = {}
+        held: dict[str, int | None] = {}
         try:
             running = await self.vbox.list("runningvms")
             for name, uuid in running:
@@ -57,10 +69,13 @@ class VirtualBoxDriver:
                     if exc.code in (ErrorCode.VM_NOT_FOUND, ErrorCode.VM_NOT_RUNNING):
                         continue  # gone since the listing
                     raise
-                vms[name] = len(info.attached)  # a paused VM holds its CPUs too
+                vms[name] = len(info.attached)  # a paused VM holds its CPUs too, and its memory
+                held[name] = balloon_sizes(info).size_bytes if info.memory_mb > 0 else None
         except VBoxError as exc:
             raise DriverError(exc.code, exc.message) from exc
-        return HostView(cpus=os.cpu_count() or 1, vms=vms)
+        memory_bytes = await asyncio.to_thread(read_host_memory, self.meminfo)
+        why = {name: "showvminfo gave no memory=" for name, size in held.items() if size is None}
+        return self._host_memory.view(os.cpu_count() or 1, vms, memory_bytes, held, why)
 
     async def plug(self, vm: str) -> None:
         info = await self._info(vm)

@@ -13,13 +13,14 @@ swap-in from its STAT line. It is asked on the monitoring socket, after the vCPU
 the control socket is held by a resize (an unplug waits up to 5 s on it), and a memory answer that is late leaves
 memory out of that round rather than holding the VM's CPU reading back.
 
-The host is this machine (``os.cpu_count()`` CPUs, ``MemTotal`` of ``/proc/meminfo``) with its running guests'
-vCPUs and memory; host wait is the run-queue wait of their vCPU threads (schedstat), the sign of more runnable vCPUs
-than cores. A guest's memory is what the round's read found (:func:`committed_bytes`, no query of its own): the larger
-of its size and the size last asked for, its boot RAM without a memory device. A guest that could not be read this
-round keeps the vCPU count and memory it last had: it still holds them. While a running guest's memory was never
-known (a memory answer late from its first round on, a state file of an older version), the host's memory is not
-reported: a committed sum without it would say the host has room it does not have.
+The host is this machine (``os.cpu_count()`` CPUs, ``MemTotal`` of ``/proc/meminfo``: ``shared.host_memory``) with
+its running guests' vCPUs and memory; host wait is the run-queue wait of their vCPU threads (schedstat), the sign of
+more runnable vCPUs than cores. A guest's memory is what the round's read found (no query of its own): the larger of
+its size and the size last asked for, its boot RAM without a memory device (``shared.qemu.memview.committed_bytes``,
+as the ``qemu`` driver's host view counts it). A guest that could not be read this round keeps the vCPU count and
+memory it last had: it still holds them. While a running guest's memory was never known (a memory answer late from
+its first round on, a state file of an older version), the host's memory is not reported: a committed sum without it
+would say the host has room it does not have.
 """
 
 from __future__ import annotations
@@ -30,64 +31,21 @@ import os
 from pathlib import Path
 from typing import Any, cast
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import QMPClient
 
 from services.collector.sources.base import HostReading, Reading
 from services.collector.sources.guest import RunQueueIntegral
 from services.collector.sources.guest_memory import qemu_counters
 from services.collector.sources.threads import read_threads
 from shared.clock import Clock
-from shared.qemu.memview import MemorySizes, has_memory_device, query_sizes
+from shared.host_memory import host_memory, read_host_memory
+from shared.qemu.memview import UNREADABLE, MemorySizes, committed_bytes, has_memory_device, query_sizes
 from shared.qemu.vm import QemuError, QemuVm, VmState, running_vms
-from shared.units import KIB
 
 log = logging.getLogger(__name__)
 
 # The monitor answers a query in milliseconds; a second is a QEMU busy elsewhere, and the round goes on without it.
 MEMORY_TIMEOUT_S = 1.0
-MEMINFO = Path("/proc/meminfo")
-
-
-def meminfo_total_bytes(text: str) -> int | None:
-    """``MemTotal`` of a ``/proc/meminfo`` text, in bytes; None when it has no readable one. Pure."""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "MemTotal":
-            fields = value.split()
-            if len(fields) == 2 and fields[0].isdigit() and fields[1] == "kB":
-                return int(fields[0]) * KIB
-            return None
-    return None
-
-
-def read_host_memory(path: Path = MEMINFO) -> int | None:
-    """This machine's memory in bytes, or None when it cannot be read."""
-    try:
-        return meminfo_total_bytes(path.read_text())
-    except OSError as exc:
-        log.warning("cannot read the host's memory from %s: %s", path, exc)
-        return None
-
-
-def committed_bytes(state: VmState, sizes: MemorySizes | None) -> int | None:
-    """What a running guest holds of the host's memory: the larger of its size and the size last asked for (a move
-    under way will land), its boot RAM without a memory device; None when unknown this round (QEMU did not answer for
-    its device, or its state file does not record its memory). Pure."""
-    if sizes is not None:
-        return max(sizes.size_bytes, sizes.requested_bytes)
-    if not has_memory_device(state):
-        return state.memory_bytes or None
-    return None
-
-
-def host_memory(
-    memory_bytes: int | None, running: list[str], held: dict[str, int]
-) -> tuple[int | None, dict[str, int] | None]:
-    """The host reading's memory and every running guest's, or (None, None) when the host's memory or any running
-    guest's is unknown. Pure."""
-    if memory_bytes is None or any(name not in held for name in running):
-        return None, None
-    return memory_bytes, {name: held[name] for name in running}
 
 
 async def memory_sizes(qmp: QMPClient, vm: str, state: VmState) -> MemorySizes | None:
@@ -96,7 +54,7 @@ async def memory_sizes(qmp: QMPClient, vm: str, state: VmState) -> MemorySizes |
         return None
     try:
         return await asyncio.wait_for(query_sizes(qmp, state), MEMORY_TIMEOUT_S)
-    except (TimeoutError, QMPError, KeyError, TypeError, ValueError) as exc:
+    except UNREADABLE as exc:
         log.warning("QEMU VM %s: memory left out of this round: %s", vm, exc or type(exc).__name__)
         return None
 
