@@ -30,7 +30,7 @@ from evaluation.bench.common import percentile
 from evaluation.memory_tally import MEMORY_SCORE_KEYS, MemoryTally
 from services.actuator.checks import Bounds, Refusal
 from services.actuator.drivers.base import HostView
-from services.actuator.drivers.base import MemoryView as DriverMemoryView
+from services.actuator.drivers.simulator import memory_view
 from services.actuator.memory_checks import plan_memory
 from services.actuator.reservations import Reservations
 from services.collector.rates import memory_from
@@ -318,17 +318,7 @@ def _memory(
     figures = memory.figures(now)
     # The actuator's own checks on the VM's memory as its simulator driver reads it: bounds, a view gone stale,
     # and the backstop against a shrink below what the guest uses.
-    view = DriverMemoryView(
-        vm=vm.name,
-        size_bytes=figures.size_bytes,
-        requested_bytes=figures.requested_bytes,
-        min_bytes=figures.min_bytes,
-        max_bytes=figures.max_bytes,
-        step_bytes=figures.step_bytes,
-        method="simulated",
-        guest_total_bytes=figures.size_bytes,
-        guest_available_bytes=figures.available_bytes,
-    )
+    view = memory_view(vm.name, figures)
     planned = plan_memory(command, view, Bounds())
     if isinstance(planned, Refusal):
         _memory_refused(engine, command, planned.code, planned.message, before, host, run, now)

@@ -35,7 +35,8 @@ of it, and a VM forgotten puts them back until the next view.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple, Protocol
 
 import msgspec
 
@@ -50,6 +51,27 @@ STALE_INTERVALS = 5.0
 # A VM cut below what it held (reclaimed, or preempted) is not given back more than its cut for this long after the
 # last division that still cut it (the default policy's stabilisation window after a shrink, ``stabilise_s``).
 CUT_HOLD_S = 300.0
+
+
+class _Since(Protocol):
+    @property
+    def since(self) -> float: ...
+
+
+class _Deferring(Protocol):
+    @property
+    def deferred(self) -> _Since | None: ...
+
+
+def deferred_count(vms: Iterable[_Deferring]) -> int:
+    """How many of ``vms`` have a grow deferred now (the vCPU planner's and the memory ledger's)."""
+    return sum(1 for vm in vms if vm.deferred is not None)
+
+
+def oldest_deferral(vms: Iterable[_Deferring], now: float) -> float:
+    """Seconds the longest-deferred grow of ``vms`` has waited at ``now`` (0: none)."""
+    since = [vm.deferred.since for vm in vms if vm.deferred is not None]
+    return max(0.0, now - min(since)) if since else 0.0
 
 
 class HostView(NamedTuple):
@@ -302,12 +324,11 @@ class HostPlanner:
 
     def deferred(self) -> int:
         """Grows deferred now."""
-        return sum(1 for vm in self.vms.values() if vm.deferred is not None)
+        return deferred_count(self.vms.values())
 
     def oldest_deferral(self, now: float) -> float:
         """Seconds the longest-deferred grow has waited (0: none)."""
-        since = [vm.deferred.since for vm in self.vms.values() if vm.deferred is not None]
-        return max(0.0, now - min(since)) if since else 0.0
+        return oldest_deferral(self.vms.values(), now)
 
     def _purge(self, now: float) -> tuple[DeferralEvent, ...]:
         gone = [name for name, vm in self.vms.items() if now - vm.seen > STALE_INTERVALS * vm.claim.interval_s]

@@ -26,6 +26,7 @@ from shared.sim_api import (
     HotplugRequest,
     MemoryResizeReply,
     MemoryResizeRequest,
+    SimMemory,
     SimVmCounters,
     StatsReply,
 )
@@ -83,17 +84,7 @@ class SimulatorDriver:
         memory = (await self._counters(vm)).memory
         if memory is None:
             raise DriverError(ErrorCode.HOTPLUG_DISABLED, f"the simulator models no memory for '{vm}'")
-        return MemoryView(
-            vm=vm,
-            size_bytes=memory.size_bytes,
-            requested_bytes=memory.requested_bytes,
-            min_bytes=memory.min_bytes,
-            max_bytes=memory.max_bytes,
-            step_bytes=memory.step_bytes,
-            method="simulated",
-            guest_total_bytes=memory.size_bytes,
-            guest_available_bytes=memory.available_bytes,
-        )
+        return memory_view(vm, memory)
 
     async def resize_memory(self, vm: str, target_bytes: int) -> None:
         """Ask for ``target_bytes``; returns once the simulator took it (out-of-bounds past its limits or off its
@@ -128,3 +119,19 @@ class SimulatorDriver:
 
     async def close(self) -> None:
         return None
+
+
+def memory_view(vm: str, memory: SimMemory) -> MemoryView:
+    """A simulated VM's memory as this driver reports it: the simulator's figures, with the guest's MemTotal its
+    size. Pure (the pool benchmark takes its VMs' views through it too)."""
+    return MemoryView(
+        vm=vm,
+        size_bytes=memory.size_bytes,
+        requested_bytes=memory.requested_bytes,
+        min_bytes=memory.min_bytes,
+        max_bytes=memory.max_bytes,
+        step_bytes=memory.step_bytes,
+        method="simulated",
+        guest_total_bytes=memory.size_bytes,
+        guest_available_bytes=memory.available_bytes,
+    )

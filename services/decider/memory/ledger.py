@@ -35,7 +35,7 @@ import msgspec
 from services.decider.engine import Decision, Held
 from services.decider.memory.engine import MemoryEngine
 from services.decider.memory.policy import DEFAULT_STEP_BYTES
-from services.decider.pool import STALE_INTERVALS, DeferralEvent
+from services.decider.pool import STALE_INTERVALS, DeferralEvent, deferred_count, oldest_deferral
 from shared.messages import DeferralAction, ErrorCode, HostState, Resource
 from shared.units import MIB, align_down, format_size
 
@@ -209,12 +209,11 @@ class MemoryLedger:
 
     def deferred(self) -> int:
         """Memory grows deferred now (cut short or not sent)."""
-        return sum(1 for vm in self.vms.values() if vm.deferred is not None)
+        return deferred_count(self.vms.values())
 
     def oldest_deferral(self, now: float) -> float:
         """Seconds the longest-deferred memory grow has waited (0: none)."""
-        since = [vm.deferred.since for vm in self.vms.values() if vm.deferred is not None]
-        return max(0.0, now - min(since)) if since else 0.0
+        return oldest_deferral(self.vms.values(), now)
 
     def _why(self, claim: MemoryClaim, held: int, cut: int, ahead: int) -> str:
         assert claim.target is not None
