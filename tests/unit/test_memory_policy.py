@@ -167,6 +167,19 @@ def test_a_margin_grow_asks_for_the_largest_rise_when_the_headroom_is_less() -> 
     assert grow.target_bytes == align_up(10 * GIB + 512 * MIB, STEP)  # used + the rise, above used × 1.25 + 128 MiB
 
 
+def test_one_quick_sample_does_not_cut_the_window_short() -> None:
+    # 1-s samples, a window of 10: a sample 0.1 s after the last (a catch-up after a late one) must not shrink the
+    # window to 1 s, which would forget the 5 GiB peak for good.
+    policy = MemoryPolicy(MemorySettings(window_samples=10))
+    state = policy.new_state()
+    times = [0.0, 1.0, 2.0, 3.0, 4.0, 4.1, 5.0, 6.0]
+    for i, t in enumerate(times):
+        interval = t - times[i - 1] if i else 1.0
+        policy.decide(state, obs(t, 16 * GIB, 5 * GIB if t == 0 else GIB, interval_s=interval))
+    assert state.window.max() == 5 * GIB
+    assert 9.0 <= state.window.span_s <= 10.0
+
+
 def test_never_shrinks_while_swapping_or_under_pressure_and_the_evidence_starts_again() -> None:
     s = MemorySettings(window_samples=12)
     policy = MemoryPolicy(s)

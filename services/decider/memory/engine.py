@@ -48,6 +48,7 @@ class MemorySnapshot(msgspec.Struct, frozen=True, kw_only=True):
     pending_id: str
     holds: list[Hold]
     backoff_streak: int
+    interval_s: float | None = None
 
 
 _snapshot_decoder = msgspec.msgpack.Decoder(MemorySnapshot)
@@ -164,6 +165,7 @@ class MemoryEngine:
                 pending_id=self.pending_id,
                 holds=self.holds,
                 backoff_streak=self.backoff_streak,
+                interval_s=state.interval_s,
             )
         )
 
@@ -179,6 +181,7 @@ class MemoryEngine:
             return False
         state.calm_since, state.last_change = snap.calm_since, snap.last_change
         state.last_time, state.last_used = snap.rule_last_time, snap.last_used
+        state.interval_s = snap.interval_s
         self.state = state
         self.last_time = snap.last_time
         self.pending_target, self.pending_until = snap.pending_target, snap.pending_until

@@ -1,4 +1,5 @@
-"""The memory rule: grow at once on pressure, swapping or a thin margin; shrink slowly, on a window of evidence.
+"""The memory rule: grow at once on pressure, swapping or a thin margin; shrink slowly, on a window of evidence,
+keeping room for the largest rise between two samples it remembers.
 
 Pure and incremental: ``MemoryPolicy.decide`` takes one sample and the VM's state (which it updates), owns no I/O and
 no clock, and costs O(1) amortised (the window's maximum is a monotonic deque). It returns a new size, or None to
@@ -21,6 +22,8 @@ DEFAULT_STEP_BYTES = 2 * MIB  # virtio-mem's device block (docs/memory.md in ../
 # The windows' time buckets (services.decider.memory.window): at most this many entries per VM whatever the sampling
 # rate; a window of 288 samples then has a bucket per sample, so a replay of it is exact.
 WINDOW_BUCKETS = 288
+# The weight of each sample's interval in the running mean that sets the window's span from ``window_samples``.
+INTERVAL_SMOOTHING = 1 / 16
 
 
 class MemoryObservation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -53,7 +56,7 @@ class MemoryDecision(msgspec.Struct, frozen=True, gc=False):
 class MemoryState:
     """One VM's running state: the windows of used memory and of its rises, and the times that gate a shrink."""
 
-    __slots__ = ("calm_since", "last_change", "last_time", "last_used", "rises", "window")
+    __slots__ = ("calm_since", "interval_s", "last_change", "last_time", "last_used", "rises", "window")
 
     def __init__(self, window_samples: int, rise_memory_s: float) -> None:
         # The span is the sampling interval times ``window_samples``, set from each sample's interval.
@@ -63,6 +66,7 @@ class MemoryState:
         self.last_change = -math.inf  # the time of the last decision this state returned
         self.last_time: float | None = None
         self.last_used: int | None = None
+        self.interval_s: float | None = None  # the running mean of the sampling interval
 
 
 class MemoryPolicy:
@@ -95,11 +99,15 @@ class MemoryPolicy:
         if obs.available_bytes is not None and (used is None or size - obs.available_bytes > used):
             # The guest's MemAvailable may exceed the hypervisor's size while a change is under way: not below 0.
             used = max(0, size - obs.available_bytes)
-        interval = obs.interval_s if obs.interval_s is not None else None
+        interval = obs.interval_s
         if interval is None and state.last_time is not None:
             interval = now - state.last_time
         if interval is not None and interval > 0:
-            span = s.window_samples * interval
+            # A running mean, so one late or early sample barely moves the window: a window cut short by one quick
+            # sample would forget its peak for good.
+            mean = state.interval_s
+            state.interval_s = interval if mean is None else mean + (interval - mean) * INTERVAL_SMOOTHING
+            span = s.window_samples * state.interval_s
             state.window.span_s, state.window.resolution_s = span, span / WINDOW_BUCKETS
         state.last_time = now
         if used is not None:
