@@ -77,18 +77,26 @@ memwatch() {
   done
 }
 
+# Ends this loop's background children and reaps them before the next command is read. busybox ash's read takes
+# a byte at a time and, when a signal cuts it, starts the line again with what it had read thrown away: a child
+# dying on its own time (its SIGCHLD) while a line comes in would cut the line's head off.
+stop() {
+  for p in "$@"; do kill "$p" 2>/dev/null; done
+  for p in "$@"; do wait "$p" 2>/dev/null; done
+}
+
 LOOPS=""
 WATCH=""
 commands() {
   # One descriptor for the whole loop (init's, see above): reopening the port per line could drop what arrived.
   while read -r line; do
-    # Said first: the host holds its connection open until it sees this (send_line in shared/qemu/vm.py).
+    # Said first: the host holds its connection open until it sees this (send_line in shared/qemu/vm.py). One
+    # write (echo builtin): the port takes each write whole, so no STAT line ends up inside it.
     echo "GOT $line" > $CTL
     case "$line" in
       "busy "*)
-        for p in $LOOPS; do kill "$p" 2>/dev/null; done
+        stop $LOOPS
         LOOPS=""
-WATCH=""
         n=${line#busy }
         i=0
         while [ "$i" -lt "$n" ]; do
@@ -98,7 +106,7 @@ WATCH=""
         done
         echo "OUT busy $n" > $CTL ;;
       "memwatch "*)
-        [ -n "$WATCH" ] && kill "$WATCH" 2>/dev/null
+        stop $WATCH
         WATCH=""
         if [ "${line#memwatch }" = on ]; then
           memwatch &
