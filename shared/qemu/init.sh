@@ -2,8 +2,8 @@
 # /init of the Hot-Plug Heaven test guest (busybox only). ttyS0: console. ttyS1: control channel:
 #   out: INIT-READY; "HP onlined cpuN"; once a second
 #        "STAT up=<s> online=<list> running=<procs_running> cpu0=<busy ticks> cpu1=... hz=<ticks per s>
-#         mem_total=<kB> mem_avail=<kB> swap_in=<pages> swap_out=<pages> [psi_mem=<some avg10>
-#         psi_mem_total=<some total, us>]";
+#         mem_total=<kB> mem_avail=<kB> swap_in=<pages> swap_out=<pages> [oom_kill=<OOM kills since boot>]
+#         [psi_mem=<some avg10> psi_mem_total=<some total, us>]";
 #        "MEM total=<kB>" each time MemTotal changes while memwatch is on;
 #        "GOT <line>" as each command line is read; "OUT <line>" for each output line of a command
 #   in:  "busy N" (N busy loops; 0 stops them), "memwatch on|off", anything else is run as a shell command.
@@ -51,9 +51,11 @@ stats() {
     on=$(cat /sys/devices/system/cpu/online)
     run=$(awk '/^procs_running/{print $2}' /proc/stat)
     cpus=$(awk '/^cpu[0-9]/{printf "%s=%d ", $1, $2+$3+$4+$7+$8+$9}' /proc/stat)
+    # oom_kill: /proc/vmstat's count of OOM kills since boot (Linux 4.13 on); left out where the kernel has none
     mem=$(awk '/^MemTotal:/{t=$2} /^MemAvailable:/{a=$2} /^pswpin /{i=$2} /^pswpout /{o=$2}
+      /^oom_kill /{k=" oom_kill=" $2}
       /^some /{split($2, s, "="); split($5, u, "="); p=" psi_mem=" s[2] " psi_mem_total=" u[2]}
-      END{printf "mem_total=%d mem_avail=%d swap_in=%d swap_out=%d%s", t, a, i, o, p}' /proc/meminfo /proc/vmstat $PSI)
+      END{printf "mem_total=%d mem_avail=%d swap_in=%d swap_out=%d%s%s", t, a, i, o, k, p}' /proc/meminfo /proc/vmstat $PSI)
     echo "STAT up=$up online=$on running=$run ${cpus}hz=100 $mem" > $CTL
     sleep 1
   done

@@ -86,6 +86,7 @@ class GuestStat:
     swap_out: int | None = None
     psi_memory_some_avg10: float | None = None  # % of the last 10 s some task waited for memory
     psi_memory_some_total_us: int | None = None  # microseconds some task waited for memory since boot
+    oom_kills: int | None = None  # processes the guest's OOM killer took since boot (/proc/vmstat oom_kill)
 
     @property
     def mem_total_bytes(self) -> int | None:
@@ -125,8 +126,8 @@ def parse_cpu_list(text: str) -> tuple[int, ...]:
 
 def parse_stat(line: str) -> GuestStat | None:
     """``STAT up=12.07 online=0-1 running=3 cpu0=315 cpu1=185 hz=100`` → GuestStat; None if malformed. The memory
-    fields (``mem_total=<kB> mem_avail=<kB> swap_in= swap_out= psi_mem= psi_mem_total=``) are optional: older
-    guests lack them."""
+    fields (``mem_total=<kB> mem_avail=<kB> swap_in= swap_out= oom_kill= psi_mem= psi_mem_total=``) are optional:
+    older guests lack them."""
     if not line.startswith("STAT "):
         return None
     fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
@@ -148,6 +149,7 @@ def parse_stat(line: str) -> GuestStat | None:
             swap_out=optional("swap_out"),
             psi_memory_some_avg10=float(fields["psi_mem"]) if "psi_mem" in fields else None,
             psi_memory_some_total_us=optional("psi_mem_total"),
+            oom_kills=optional("oom_kill"),
         )
     except (KeyError, ValueError):
         return None
