@@ -183,7 +183,7 @@ class GuestChannel:
         """Run ``command`` in the guest; back once the guest has read it (``shared.qemu.vm.send_line``)."""
         if self.sock is None:
             raise OSError("this guest has no control socket")
-        send_line(self.sock, self.log, command)
+        send_line(self.sock, command)
 
     def ask(self, command: str, timeout_s: float = 10.0) -> str | None:
         """Run ``command`` in the guest; its first output line, or None when it does not answer in time."""

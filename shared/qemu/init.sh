@@ -2,8 +2,8 @@
 # /init of the Hot-Plug Heaven test guest (busybox only). ttyS0: console. ttyS1: control channel:
 #   out: INIT-READY; "HP onlined cpuN"; once a second
 #        "STAT up=<s> online=<list> running=<procs_running> cpu0=<busy ticks> cpu1=... hz=<ticks per s>
-#         mem_total=<kB> mem_avail=<kB> swap_in=<pages> swap_out=<pages> [psi_mem=<some avg10>
-#         psi_mem_total=<some total, us>]";
+#         mem_total=<kB> mem_avail=<kB> swap_in=<pages> swap_out=<pages> [oom_kill=<OOM kills since boot>]
+#         [psi_mem=<some avg10> psi_mem_total=<some total, us>]";
 #        "MEM total=<kB>" each time MemTotal changes while memwatch is on;
 #        "GOT <line>" as each command line is read; "OUT <line>" for each output line of a command
 #   in:  "busy N" (N busy loops; 0 stops them), "memwatch on|off", anything else is run as a shell command.
@@ -51,9 +51,11 @@ stats() {
     on=$(cat /sys/devices/system/cpu/online)
     run=$(awk '/^procs_running/{print $2}' /proc/stat)
     cpus=$(awk '/^cpu[0-9]/{printf "%s=%d ", $1, $2+$3+$4+$7+$8+$9}' /proc/stat)
+    # oom_kill: /proc/vmstat's count of OOM kills since boot (Linux 4.13 on); left out where the kernel has none
     mem=$(awk '/^MemTotal:/{t=$2} /^MemAvailable:/{a=$2} /^pswpin /{i=$2} /^pswpout /{o=$2}
+      /^oom_kill /{k=" oom_kill=" $2}
       /^some /{split($2, s, "="); split($5, u, "="); p=" psi_mem=" s[2] " psi_mem_total=" u[2]}
-      END{printf "mem_total=%d mem_avail=%d swap_in=%d swap_out=%d%s", t, a, i, o, p}' /proc/meminfo /proc/vmstat $PSI)
+      END{printf "mem_total=%d mem_avail=%d swap_in=%d swap_out=%d%s%s", t, a, i, o, k, p}' /proc/meminfo /proc/vmstat $PSI)
     echo "STAT up=$up online=$on running=$run ${cpus}hz=100 $mem" > $CTL
     sleep 1
   done
@@ -77,18 +79,26 @@ memwatch() {
   done
 }
 
+# Ends this loop's background children and reaps them before the next command is read. busybox ash's read takes
+# a byte at a time and, when a signal cuts it, starts the line again with what it had read thrown away: a child
+# dying on its own time (its SIGCHLD) while a line comes in would cut the line's head off.
+stop() {
+  for p in "$@"; do kill "$p" 2>/dev/null; done
+  for p in "$@"; do wait "$p" 2>/dev/null; done
+}
+
 LOOPS=""
 WATCH=""
 commands() {
   # One descriptor for the whole loop (init's, see above): reopening the port per line could drop what arrived.
   while read -r line; do
-    # Said first: the host holds its connection open until it sees this (send_line in shared/qemu/vm.py).
+    # Said first: the host holds its connection open until it sees this (send_line in shared/qemu/vm.py). One
+    # write (echo builtin): the port takes each write whole, so no STAT line ends up inside it.
     echo "GOT $line" > $CTL
     case "$line" in
       "busy "*)
-        for p in $LOOPS; do kill "$p" 2>/dev/null; done
+        stop $LOOPS
         LOOPS=""
-WATCH=""
         n=${line#busy }
         i=0
         while [ "$i" -lt "$n" ]; do
@@ -98,7 +108,7 @@ WATCH=""
         done
         echo "OUT busy $n" > $CTL ;;
       "memwatch "*)
-        [ -n "$WATCH" ] && kill "$WATCH" 2>/dev/null
+        stop $WATCH
         WATCH=""
         if [ "${line#memwatch }" = on ]; then
           memwatch &

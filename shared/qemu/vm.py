@@ -87,6 +87,7 @@ class GuestStat:
     swap_out: int | None = None
     psi_memory_some_avg10: float | None = None  # % of the last 10 s some task waited for memory
     psi_memory_some_total_us: int | None = None  # microseconds some task waited for memory since boot
+    oom_kills: int | None = None  # processes the guest's OOM killer took since boot (/proc/vmstat oom_kill)
 
     @property
     def mem_total_bytes(self) -> int | None:
@@ -126,8 +127,8 @@ def parse_cpu_list(text: str) -> tuple[int, ...]:
 
 def parse_stat(line: str) -> GuestStat | None:
     """``STAT up=12.07 online=0-1 running=3 cpu0=315 cpu1=185 hz=100`` → GuestStat; None if malformed. The memory
-    fields (``mem_total=<kB> mem_avail=<kB> swap_in= swap_out= psi_mem= psi_mem_total=``) are optional: older
-    guests lack them."""
+    fields (``mem_total=<kB> mem_avail=<kB> swap_in= swap_out= oom_kill= psi_mem= psi_mem_total=``) are optional:
+    older guests lack them."""
     if not line.startswith("STAT "):
         return None
     fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
@@ -149,33 +150,67 @@ def parse_stat(line: str) -> GuestStat | None:
             swap_out=optional("swap_out"),
             psi_memory_some_avg10=float(fields["psi_mem"]) if "psi_mem" in fields else None,
             psi_memory_some_total_us=optional("psi_mem_total"),
+            oom_kills=optional("oom_kill"),
         )
     except (KeyError, ValueError):
         return None
 
 
-def send_line(sock: Path, log: Path, line: str, timeout_s: float = SEND_TIMEOUT_S) -> None:
+def send_line(sock: Path, line: str, timeout_s: float = SEND_TIMEOUT_S) -> None:
     """Write one command ``line`` to the test guest's control port (``sock``) and keep the connection open until
-    the guest says, in its control ``log``, that it has read the line (``GOT <line>``: shared/qemu/init.sh).
+    the guest says on it that it has read the line (``GOT <line>``: shared/qemu/init.sh).
 
     QEMU passes a socket's bytes on only as fast as the guest's UART takes them (a 16-byte FIFO), and drops what it
     has not passed on when the connection closes. The connection used to close 0.1 s after the write: a guest slow
     to read (a TCG guest onlining a new vCPU on a starved machine) lost the tail of a line, and the next command
-    arrived glued to its head ("cat: can't open '/syscat'"). ``TimeoutError`` if the guest does not say it read the
-    line in ``timeout_s``."""
+    arrived glued to its head ("cat: can't open '/syscat'"). So it stays open until the guest has read the line.
+
+    While it is open, QEMU sends this connection everything the guest says, a byte per write, and the guest's UART
+    stops as soon as one would block: a unix socket takes about 278 one-byte writes unread (each is charged a whole
+    buffer against the 208 KiB send limit). All is read here as it comes and the acknowledgement is looked for in
+    it: a connection held unread stopped the guest's output, its ``GOT`` line with it, until the host hung up (a
+    command of about 275 characters or more never, a shorter one whenever a STAT line came first).
+    ``TimeoutError`` if the guest does not say it read the line in ``timeout_s``; ``ConnectionError`` if QEMU
+    closes the connection first."""
     if "\n" in line:
         raise ValueError("one line at a time")
-    mark = file_size(log)
-    ack = f"GOT {line.strip()}"
+    heard = Acknowledgement(line)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
         s.connect(str(sock))
         s.sendall(line.encode() + b"\n")
         deadline = time.monotonic() + timeout_s
-        while not any(said.strip() == ack for said in lines_since(log, mark)):
-            if time.monotonic() > deadline:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise TimeoutError(f"the guest did not read {line!r} from its control channel in {timeout_s:g} s")
-            time.sleep(0.05)
+            s.settimeout(min(left, 1.0))
+            try:
+                data = s.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                raise ConnectionError(f"QEMU closed the guest's control channel before the guest read {line!r}")
+            if heard.feed(data):
+                return
+
+
+class Acknowledgement:
+    """Watches what the guest says on a control connection for the whole line ``GOT <line>``. Pure.
+
+    The stream is cut anywhere (the connection may open in the middle of a STAT line, and a line may come in
+    several reads), so only complete lines count, and only one equal to the acknowledgement: a ``GOT`` of part of
+    the line (a guest that lost its head) is not one."""
+
+    def __init__(self, line: str) -> None:
+        # the guest's ``read -r`` drops the line's leading and trailing blanks
+        self.expected = f"GOT {line.strip()}"
+        self._partial = b""
+
+    def feed(self, data: bytes) -> bool:
+        """Take the next bytes said; True once the acknowledgement has been said in full."""
+        *complete, self._partial = (self._partial + data).split(b"\n")
+        return any(said.decode(errors="replace").strip() == self.expected for said in complete)
 
 
 def file_size(path: Path) -> int:
@@ -386,7 +421,7 @@ class QemuVm:
 
     def send(self, command: str) -> None:
         """Write one command line to the guest's control channel; back once the guest has read it."""
-        send_line(self.ctl_path, self.ctl_log, command)
+        send_line(self.ctl_path, command)
 
     def guest_lines(self, tail_bytes: int = 16384) -> list[str]:
         try:

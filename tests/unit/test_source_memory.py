@@ -157,6 +157,16 @@ def test_the_stat_line_becomes_the_guests_counters() -> None:
     assert qemu_counters(sizes, None) == MemoryCounters(size_bytes=768 * MIB, min_bytes=512 * MIB, max_bytes=1536 * MIB)
 
 
+def test_the_stat_lines_oom_kill_count_becomes_the_guests_and_an_older_line_leaves_it_unmeasured() -> None:
+    sizes = memory_sizes(state(vmem_bytes=1024 * MIB), None, DEVICE)
+    for line, kills in ((f"{STAT} oom_kill=0", 0), (f"{STAT} oom_kill=3 psi_mem_total=5", 3), (STAT, None)):
+        stat = parse_stat(line)
+        assert stat is not None and stat.oom_kills == kills, line
+        counters = qemu_counters(sizes, stat)
+        assert counters is not None and counters.oom_kills == kills, line
+    assert parse_stat(f"{STAT} oom_kill=x") is None  # malformed, as any other field
+
+
 GUEST = {"available": 900000, "usable": 600000, "swap_in": 12}  # KiB, as the balloon's stats say
 
 
@@ -178,6 +188,9 @@ def test_the_libvirt_source_and_driver_read_the_same_sizes(xml: str, actual_kib:
     assert (counters.used_bytes, counters.available_bytes) == (300000 * KIB, 600000 * KIB)
     assert counters.used_bytes == view.guest_used_bytes
     assert (counters.swap_in_bytes, counters.psi_some_seconds, counters.oom_kills) == (12 * KIB, None, None)
+    # the project's test guest as a domain: its STAT line counts the OOM kills the balloon's stats do not
+    guest = memory_counters(layout, stats | {"balloon.usable": 600000}, parse_stat(f"{STAT} oom_kill=2"))
+    assert guest is not None and guest.oom_kills == 2
 
 
 def test_libvirt_memory_is_none_without_a_device_a_layout_or_a_size() -> None:

@@ -5,9 +5,10 @@ their drivers' ``read_memory`` reports: ``shared.qemu.memview``, ``shared.libvir
 Used is the guest's MemTotal − MemAvailable, as the drivers' ``below-used`` guard reads it. Swap-in is a cumulative
 count of bytes. The QEMU test guest's STAT line carries PSI memory's cumulative ``some`` total (microseconds), which
 the collector turns into a share of its own interval as it does swap-in (not avg10, a rate over the guest's own
-10 s, sampled at the STAT line's pace); older guests' lines lack it (None). The balloon's stats have no PSI, and
-neither guest gives its OOM kills: those stay None ("not measured"). VirtualBox's Guest Additions report the guest's
-total, free, cache and balloon only: no swap, PSI nor OOM kills.
+10 s, sampled at the STAT line's pace), and its OOM kills since boot (/proc/vmstat ``oom_kill``); older guests'
+lines lack them (None, "not measured"). A libvirt domain booted from the same image says the same STAT line, so its
+OOM kills come from there too; the balloon's stats have neither PSI nor OOM kills, so another guest's stay None.
+VirtualBox's Guest Additions report the guest's total, free, cache and balloon only: no swap, PSI nor OOM kills.
 """
 
 from __future__ import annotations
@@ -55,12 +56,14 @@ def qemu_counters(sizes: Sizes | None, stat: GuestStat | None) -> MemoryCounters
         psi_some_seconds=(
             stat.psi_memory_some_total_us / 1e6 if stat and stat.psi_memory_some_total_us is not None else None
         ),
+        oom_kills=stat.oom_kills if stat else None,
     )
 
 
-def libvirt_counters(sizes: Sizes | None, stats: MemoryStats) -> MemoryCounters | None:
+def libvirt_counters(sizes: Sizes | None, stats: MemoryStats, stat: GuestStat | None = None) -> MemoryCounters | None:
     """A domain's memory: libvirt's sizes and the balloon's stats (the guest's figures, once its virtio_balloon
-    driver sends them). Pure."""
+    driver sends them), with the OOM kills of the test guest's latest STAT line (``stat``: None for another guest).
+    Pure."""
     if sizes is None:
         return None
     return MemoryCounters(
@@ -70,6 +73,7 @@ def libvirt_counters(sizes: Sizes | None, stats: MemoryStats) -> MemoryCounters 
         used_bytes=stats.used_bytes,
         available_bytes=stats.available_bytes,
         swap_in_bytes=None if stats.swap_in_bytes is None else float(stats.swap_in_bytes),
+        oom_kills=stat.oom_kills if stat else None,
     )
 
 

@@ -16,7 +16,8 @@ without a job), and the limits come from the memory layout of the definition rea
 function the driver's ``read_memory`` uses (``shared.libvirt.memview``), so a sample's size is the one the actuator
 checks a command against. The guest's MemTotal, MemAvailable and swap-in are the balloon's stats
 (``shared.libvirt.memstats``), present once its virtio_balloon driver sends them and libvirt could take the job
-for them this round (NOWAIT leaves them out while a job runs, ``balloon.current`` never).
+for them this round (NOWAIT leaves them out while a job runs, ``balloon.current`` never). The balloon does not count
+OOM kills; the project's test guest does, in its STAT line, and they are taken from there.
 
 The host reading comes from the same round: the node's CPUs and memory (``getInfo``), and the vCPUs, ``vcpu.N.delay``
 and ``balloon.current`` of every running domain, selected, opted out or not (a domain the collector leaves alone still
@@ -116,13 +117,16 @@ def _layout(name: str, xml: str) -> DomainMemory | None:
         return None
 
 
-def memory_counters(layout: DomainMemory | None, stats: dict[str, Any]) -> MemoryCounters | None:
-    """A domain's memory from its layout and its row of domain stats (``balloon.*``): None for a domain with no
-    memory device, or when libvirt gave no ``balloon.current``. Pure."""
+def memory_counters(
+    layout: DomainMemory | None, stats: dict[str, Any], stat: GuestStat | None = None
+) -> MemoryCounters | None:
+    """A domain's memory from its layout, its row of domain stats (``balloon.*``) and, for the project's test guest,
+    its last STAT line (its OOM kills): None for a domain with no memory device, or when libvirt gave no
+    ``balloon.current``. Pure."""
     balloon = from_domain_stats(stats)
     if layout is None or balloon.size_bytes is None:
         return None
-    return libvirt_counters(memory_sizes(layout, balloon.size_bytes), balloon)
+    return libvirt_counters(memory_sizes(layout, balloon.size_bytes), balloon, stat)
 
 
 class LibvirtSource:
@@ -281,7 +285,7 @@ class LibvirtSource:
             cpu_seconds=state.total,
             per_vcpu_seconds=per_vcpu,
             waiting_core_seconds=waiting,
-            memory=memory_counters(state.memory, stats),
+            memory=memory_counters(state.memory, stats, stat),
         )
 
     async def host(self) -> HostReading | None:
