@@ -329,7 +329,8 @@ async def test_a_pressure_trigger_brings_one_urgent_round_per_window_between_the
     await past_read(everything, 2)
     urgent = of(everything, WEB, 2)
     assert urgent.urgent and of(everything, DB, 2).urgent
-    assert (urgent.interval_s, urgent.cpu_used_cores) == (1.0, pytest.approx(0.1 * 3))  # from read 1, as any sample
+    assert urgent.interval_s == 1.0  # from read 1, as any sample's
+    assert urgent.cpu_used_cores == pytest.approx(0.1 * 3)
 
     made[0].pressure_fired()  # within the window
     await eventually(
