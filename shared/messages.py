@@ -9,11 +9,13 @@ simulator runs faster than the clock.
 
 Fields at their default (null, mostly) are left out of the JSON; a reader takes the default. Schema versions.
 Version 1 knows vCPUs only. Version 2 adds memory: a sample's ``memory`` reading, commands and deferrals that
-name their ``resource``, and the memory sizes of results and host states. A message is written with the lowest
+name their ``resource``, and the memory sizes of results and host states. Version 3 adds the ``urgent`` mark of a
+sample sent at once on a pressure trigger, between the regular ones. A message is written with the lowest
 version that holds it (``required_version``, applied by ``shared.codec.encode``): a vCPU-only message stays v1, so
-a decider written against v1 goes on reading every message about vCPUs. This build reads both; a v1 message that
-carries a v2 field, or a command or deferral whose fields do not match its resource, is malformed
-(``contract_error``).
+a decider written against v1 goes on reading every message about vCPUs, and a reader of v1 or v2 drops only the
+urgent samples, which are extra (the regular ones still cover all the time). This build reads all three; a message
+that carries a field of a later version than it says, or a command or deferral whose fields do not match its
+resource, is malformed (``contract_error``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from typing import Annotated
 
 import msgspec
 
-SCHEMA_VERSION = 2  # the newest version this build reads and writes
-READABLE_VERSIONS = frozenset({1, 2})
+SCHEMA_VERSION = 3  # the newest version this build reads and writes
+READABLE_VERSIONS = frozenset({1, 2, 3})
 MEMORY_VERSION = 2  # the first version with memory
+URGENT_VERSION = 3  # the first version with urgent samples
 
 VmName = Annotated[
     str,
@@ -114,8 +117,8 @@ class _Message(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     v: Annotated[
         int,
         msgspec.Meta(
-            description="schema version of the message: 1 (vCPUs only) or 2 (memory too). This build writes the "
-            "lowest version that holds the message and reads both; any other is dropped"
+            description="schema version of the message: 1 (vCPUs only), 2 (memory too) or 3 (urgent samples too). "
+            "This build writes the lowest version that holds the message and reads all three; any other is dropped"
         ),
     ] = 1
 
@@ -182,6 +185,15 @@ class MetricSample(_Message, tag="metric", frozen=True, kw_only=True, forbid_unk
     memory: Annotated[
         MemoryReading | None, msgspec.Meta(description="the VM's memory (schema v2), where the source reads it")
     ] = None
+    # Written only when true (omit_defaults), so a regular sample stays v1 or v2 and old readers are unaffected.
+    urgent: Annotated[
+        bool,
+        msgspec.Meta(
+            description="sent at once because a pressure trigger fired in the guest (schema v3), between the "
+            "regular samples; its interval runs from the VM's last sample. A decider may grow on it at once; "
+            "the Hot-Plug Heaven decider never shrinks on it"
+        ),
+    ] = False
 
 
 class ScaleCommand(_Message, tag="command", frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -546,8 +558,11 @@ def _memory_command_error(command: ScaleCommand) -> str | None:
 
 
 def required_version(message: BusMessage) -> int:
-    """The lowest schema version that holds ``message``: 2 when it carries anything about memory, else 1."""
+    """The lowest schema version that holds ``message``: 3 for an urgent sample, 2 when it carries anything about
+    memory, else 1."""
     if isinstance(message, MetricSample):
+        if message.urgent:
+            return URGENT_VERSION
         needs_memory = message.memory is not None
     elif isinstance(message, ScaleCommand):
         needs_memory = message.resource is not Resource.VCPU
@@ -571,9 +586,12 @@ def required_version(message: BusMessage) -> int:
 
 
 def contract_error(message: BusMessage) -> str | None:
-    """What makes a decoded ``message`` break its contract beyond its field types, or None: a v2 field under v1, a
-    command whose fields do not match its resource. Field types and ranges are msgspec's to check."""
+    """What makes a decoded ``message`` break its contract beyond its field types, or None: a field of a later
+    version than the message says (v2 under v1, v3 under v1 or v2), a command whose fields do not match its
+    resource. Field types and ranges are msgspec's to check."""
     if message.v < required_version(message):
+        if isinstance(message, MetricSample) and message.urgent:
+            return f"v={message.v} carries urgent, which needs v={URGENT_VERSION}"
         return f"v={message.v} carries memory fields, which need v={MEMORY_VERSION}"
     if isinstance(message, Deferral):
         return _deferral_error(message)

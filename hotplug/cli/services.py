@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -33,6 +34,8 @@ from shared.runtime import ServiceContext, resolve_nats_url
 
 if TYPE_CHECKING:
     from services.simulator.scenario import SimulatorConfig
+
+log = logging.getLogger(__name__)
 
 ORDER = 10  # first in ``hotplug --help``
 
@@ -226,15 +229,35 @@ def cmd_actuator(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from services.collector.service import Collector, CollectorMetrics
     from services.collector.sources.guest import GuestSource
+    from services.collector.sources.psi_watch import PsiWatch
+    from services.collector.urgent import TriggerSpec, UrgentGate
 
     if not args.vm:
         raise UsageError("agent needs --vm NAME (or vm in the config file's [agent] section)")
+    try:
+        spec = None if args.no_urgent else TriggerSpec(args.urgent_stall, args.urgent_window)
+    except ValueError as exc:
+        raise UsageError(f"agent: {exc}") from None
     options = service_options(args, "agent")
 
     async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
         watch_config(ctx, args, "agent")
         source = GuestSource(args.vm, ctx.clock, online_new_cpus=not args.no_online)
-        await Collector(ctx, source, args.interval).run()
+        collector = Collector(ctx, source, args.interval)
+        watch = None
+        if spec is not None:
+            try:
+                watch = PsiWatch(spec, collector.pressure_fired, asyncio.get_running_loop())
+            except OSError as exc:  # an old kernel, PSI off (psi=0), no /proc/pressure: regular samples still serve
+                log.warning("no PSI trigger (%s): regular samples only", exc)
+            else:
+                collector.urgent = UrgentGate(watch.spec.window_s)  # the window the kernel took
+                log.info("PSI trigger %r set: urgent samples on CPU pressure", watch.spec.text())
+        try:
+            await collector.run()
+        finally:
+            if watch is not None:
+                watch.close()
 
     return run(options, CollectorMetrics("agent"), body)
 

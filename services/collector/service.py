@@ -1,19 +1,29 @@
 """The collector service: every interval, read the source and publish one MetricSample per VM, then, where the
 source reads its host, one HostState (capacity under the config's ``[[host]]`` rules, committed, free, waiting) on
-``hotplug.hosts.<host>``. The rules are replaced on SIGHUP (``use_host_rules``)."""
+``hotplug.hosts.<host>``. The rules are replaced on SIGHUP (``use_host_rules``).
+
+With an ``UrgentGate`` (the guest agent's, ``services.collector.urgent``), ``pressure_fired`` asks for an extra,
+urgent round between the regular ones: the source is read at once (at most one a gate window, and once the interval
+since the last round is long enough to measure) and each VM's sample goes out marked ``urgent``. Its interval runs
+from the last round, and the next regular round's from it; the regular rounds keep their pace.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 
+import msgspec
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.collector.hoststate import host_state
 from services.collector.rates import sample_from
 from services.collector.sources.base import HostReading, Reading, Source, host_reader
+from services.collector.urgent import UrgentGate
 from shared import subjects
 from shared.codec import encode
 from shared.config.schema import HostRule
@@ -29,6 +39,12 @@ class CollectorMetrics(ServiceMetrics):
         super().__post_init__()
         self.published = Counter(
             "hotplug_collector_samples_published", "Metric samples published", registry=self.registry
+        )
+        self.urgent = Counter(
+            "hotplug_collector_urgent_rounds",
+            "Pressure triggers that fired: sent (an urgent round went out) or refused (one went out within the window)",
+            ["outcome"],
+            registry=self.registry,
         )
         self.read_failures = Counter(
             "hotplug_collector_read_failures", "Source reads that failed", ["source"], registry=self.registry
@@ -128,12 +144,18 @@ class Collector:
         source: Source,
         interval_s: float = 1.0,
         host_rules: Sequence[HostRule] = (),
+        urgent: UrgentGate | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval must be positive")
         self.ctx = ctx
         self.source = source
         self.interval_s = interval_s
+        self.urgent = urgent
+        # One round at a time: an urgent round and a regular one that overlapped would make intervals that overlap.
+        self._round = asyncio.Lock()
+        self._last_round = -math.inf  # when the last round read the source (the shared clock)
+        self._fired = asyncio.Event()
         self.metrics: CollectorMetrics = ctx.metrics
         self.host_rules: tuple[HostRule, ...] = tuple(host_rules)
         self._previous: dict[str, Reading] = {}
@@ -147,9 +169,14 @@ class Collector:
         self.host_rules = tuple(rules)
         return f"{len(self.host_rules)} [[host]] rules set the host's capacity"
 
+    def pressure_fired(self) -> None:
+        """A pressure trigger fired (called on the event loop): an urgent round follows, unless the gate refuses it."""
+        self._fired.set()
+
     async def run(self) -> None:
         clock = self.ctx.clock
         next_tick = clock.now()
+        serving = None if self.urgent is None else asyncio.ensure_future(self._serve_urgent())
         try:
             while True:
                 await self.collect_once()
@@ -160,10 +187,45 @@ class Collector:
                     delay = 0
                 await clock.sleep(delay)
         finally:
+            if serving is not None:
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
             await self.source.close()
 
+    async def _serve_urgent(self) -> None:
+        while True:
+            await self._fired.wait()
+            self._fired.clear()
+            try:
+                await self.collect_urgent()
+            except Exception:  # as a failed regular round: the next firing is served all the same
+                log.exception("urgent round failed")
+
+    async def collect_urgent(self) -> int:
+        """An urgent round, if the gate lets one out now: the samples it published (0 when refused)."""
+        gate = self.urgent
+        if gate is None:
+            return 0
+        clock = self.ctx.clock
+        async with self._round:
+            delay = gate.delay(clock.now(), self._last_round)
+            if delay is None:
+                self.metrics.urgent.labels("refused").inc()
+                return 0
+            if delay > 0:
+                await clock.sleep(delay)
+            gate.sent(clock.now())
+            self.metrics.urgent.labels("sent").inc()
+            return await self._collect(urgent=True)
+
     async def collect_once(self) -> int:
+        async with self._round:
+            return await self._collect(urgent=False)
+
+    async def _collect(self, *, urgent: bool) -> int:
         started = time.perf_counter()
+        self._last_round = self.ctx.clock.now()
         try:
             readings = await self.source.read()
         except Exception as exc:  # a source failure must not stop sampling; the VMs become "unknown"
@@ -182,6 +244,8 @@ class Collector:
             sample = sample_from(previous, reading, self.ctx.host, self.source.name)
             if sample is None:
                 continue
+            if urgent:
+                sample = msgspec.structs.replace(sample, urgent=True)
             await self.ctx.nc.publish(subjects.metrics(sample.host, sample.vm), encode(sample))
             self.metrics.online.labels(sample.host, sample.vm).set(sample.online_vcpus)
             self.metrics.used.labels(sample.host, sample.vm).set(sample.cpu_used_cores)
@@ -193,6 +257,8 @@ class Collector:
             del self._previous[gone]
             self.metrics.forget_vm(self.ctx.host, gone)  # a job that ended, a VM stopped: its series end too
         self.metrics.published.inc(published)
+        if urgent:
+            return published  # the host's state keeps the regular pace: the trigger was about a VM's pressure
         await self.publish_host(used if published or not readings else None)  # None: no interval yet
         self.metrics.sampling.observe(time.perf_counter() - started)
         return published

@@ -13,6 +13,12 @@ Results teach the engine three more things (``learn_result``; replay has no resu
 * the actuator's advertised rate limit, which the guard's change budget keeps within from then on;
 * whether a sent order changed anything: if not, it no longer counts against the change budget.
 
+An urgent sample (sent at once on a pressure trigger, between the regular ones) moves the policy's state as any
+sample does, and a grow the policy proposes on it goes out at once where the rails allow (nothing pending, the change
+budget, no refusal hold or pause). A shrink is never ordered on one, the host's reclaims included: an urgent sample
+says the VM is short of CPU now, and shrinks keep their evidence window and calm for the regular samples, the next
+of which comes within an interval.
+
 ``step`` returns no decision while a VM is held (by a refusal, an operator's pause, its warm-up, its change
 budget or a full host) and says why in ``held``, for the decider's ``hotplug_decider_held_total``. A paused VM
 keeps its whole decision state: the policy sees every observation, and only the order is withheld.
@@ -215,6 +221,8 @@ class VmEngine:
             kind = "host-full" if target >= n else "preempt" if limit.preempt else "reclaim"
             warm = not (limit.preempt and target < n)
             rec = Recommendation(target, f"{rec.reason}; {limit.reason}", kind, rec.need)
+        if obs.urgent and _clamped(obs, rec.target) < obs.vcpus:
+            return None  # grows only: the next regular sample may shrink (not counted as held: nothing waits on it)
         if paused is not None and _clamped(obs, rec.target) != obs.vcpus:
             self.held = Held(ErrorCode.PAUSED.value, paused)
             return None

@@ -110,6 +110,7 @@ class Claim(msgspec.Struct, frozen=True):
     preemptible: bool = False
     interval_s: float = 1.0
     time: float = 0.0  # the sample's
+    urgent: bool = False  # made on an urgent sample: its interval is the part since the last sample, not the cadence
 
 
 def claim_of(vm: str, proposal: Proposal, settings: VmSettings, pending: int | None, *, pinned: bool = False) -> Claim:
@@ -120,7 +121,7 @@ def claim_of(vm: str, proposal: Proposal, settings: VmSettings, pending: int | N
     obs = proposal.obs
     n = obs.vcpus
     if pinned:
-        return Claim(vm, n, n, n, n, pending, interval_s=obs.interval_s, time=obs.time)
+        return Claim(vm, n, n, n, n, pending, interval_s=obs.interval_s, time=obs.time, urgent=obs.urgent)
     need, want = proposal.need, proposal.want
     if proposal.warming:
         need, want = max(need, n), max(want, n)
@@ -136,6 +137,7 @@ def claim_of(vm: str, proposal: Proposal, settings: VmSettings, pending: int | N
         settings.preemptible,
         obs.interval_s,
         obs.time,
+        obs.urgent,
     )
 
 
@@ -242,6 +244,9 @@ class HostPlanner:
     def claim(self, claim: Claim, now: float) -> Answer:
         """Take ``claim`` for its VM; what the VM may have now (no limit: whatever its range allows)."""
         vm = self.vms.get(claim.vm)
+        if vm is not None and claim.urgent and claim.interval_s < vm.claim.interval_s:
+            # The VM's cadence, which judges it gone and paces the division, stays that of its regular samples.
+            claim = msgspec.structs.replace(claim, interval_s=vm.claim.interval_s)
         if vm is None:
             vm = self.vms[claim.vm] = _Vm(claim, now)
             # The last view counted its vCPUs among those of VMs without a claim (if it started since, the next

@@ -38,6 +38,7 @@ class VmPlan(NamedTuple):
             used_cores=obs.used_cores,
             interval_s=obs.interval_s,
             pressure_cores=obs.pressure_cores,
+            urgent=obs.urgent,
         )
 
 

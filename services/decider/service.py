@@ -189,6 +189,7 @@ def observation_of(sample: MetricSample) -> Observation:
         used_cores=min(sample.cpu_used_cores, float(sample.online_vcpus)),
         interval_s=sample.interval_s,
         pressure_cores=sample.pressure_cores,
+        urgent=sample.urgent,
     )
 
 

@@ -254,6 +254,25 @@ class AgentSettings(ServiceSettings):
     vm: Annotated[str | None, Meta(description="the VM's name as the hypervisor knows it (required)")] = None
     interval: Interval = INTERVAL_S
     no_online: Annotated[bool, Meta(description="do not bring newly plugged CPUs online")] = False
+    # The defaults: a task that waits 10 % of a second for a CPU is a burst worth serving now, not at the next sample;
+    # the kernel checks such a trigger every 100 ms while pressure lasts and costs nothing while the guest is calm.
+    urgent_stall: Annotated[
+        PosFloat,
+        Meta(
+            description="urgent samples: a PSI trigger fires when runnable tasks waited this long within "
+            "urgent_window, and the agent samples at once (seconds of the guest's own clock)"
+        ),
+    ] = 0.1
+    urgent_window: Annotated[
+        float,
+        Meta(
+            ge=0.5,
+            le=10,
+            description="the PSI trigger's window, seconds; at most one urgent sample per window (without "
+            "CAP_SYS_RESOURCE the kernel takes only multiples of 2 s: the agent rounds up and says so)",
+        ),
+    ] = 1.0
+    no_urgent: Annotated[bool, Meta(description="set no PSI trigger: regular samples only")] = False
 
 
 class UpSettings(Settings):

@@ -7,7 +7,7 @@ read made it, whatever the wall clock did. The collector publishes a read's samp
 once the test has a sample of read ``n``, every sample of the reads before it has arrived: the tests wait for a
 later read and then assert on the earlier ones, which is also how they show that something was *not* published.
 A source that also reads its host has each round's HostState published on the host's subject, its capacity from
-the ``[[host]]`` rules the collector holds.
+the ``[[host]]`` rules the collector holds. A pressure trigger brings an urgent round between the regular ones.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from hotplug.harness.poll import eventually
 from hotplug.harness.recorder import Recorder
 from services.collector.service import Collector, CollectorMetrics
 from services.collector.sources.base import HostReading, Reading
+from services.collector.urgent import UrgentGate
 from shared import subjects
 from shared.codec import Decoder
 from shared.config.schema import HostRule
@@ -306,3 +307,41 @@ async def test_a_source_that_reads_no_host_publishes_no_host_state(nc: Client, s
     assert "hotplug_host_capacity_vcpus" not in {
         s.name for family in collector.ctx.metrics.registry.collect() for s in family.samples
     }
+
+
+async def test_a_pressure_trigger_brings_one_urgent_round_per_window_between_the_regular_ones(
+    nc: Client, serve: Serve
+) -> None:
+    """An urgent round reads the source at once and marks its samples; within the gate's window a second firing is
+    refused; the next regular round's interval runs from the urgent one, so the samples cover the time once each."""
+    everything = await watch(nc)
+    source = FakeSource(lambda n: [web(n), db(n)])
+    made: list[Collector] = []
+
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
+        # Regular rounds an hour apart: after the first, every read here is one the test asked for.
+        made.append(Collector(ctx, source, 3600.0, urgent=UrgentGate(3600.0, min_interval_s=0.0)))
+        await made[0].run()
+
+    collector = await serve(CollectorMetrics("collector"), body, HOST)
+    await eventually(lambda: made and source.reads == 1, timeout=10, what="the first regular read")
+    made[0].pressure_fired()
+    await past_read(everything, 2)
+    urgent = of(everything, WEB, 2)
+    assert urgent.urgent and of(everything, DB, 2).urgent
+    assert urgent.interval_s == 1.0  # from read 1, as any sample's
+    assert urgent.cpu_used_cores == pytest.approx(0.1 * 3)
+
+    made[0].pressure_fired()  # within the window
+    await eventually(
+        lambda: collector.count("hotplug_collector_urgent_rounds_total", outcome="refused") == 1,
+        timeout=10,
+        what="the second firing refused",
+    )
+    assert source.reads == 2
+    assert collector.count("hotplug_collector_urgent_rounds_total", outcome="sent") == 1
+
+    assert await made[0].collect_once() == 2
+    await past_read(everything, 3)
+    regular = of(everything, WEB, 3)
+    assert not regular.urgent and regular.interval_s == 1.0  # from the urgent read, not the regular one before it

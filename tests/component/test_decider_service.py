@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -224,3 +225,21 @@ async def test_a_malformed_sample_replaced_before_its_turn_is_dropped_as_malform
     assert running.service.count(**dropped, reason="malformed") == 1
     assert running.service.count(**dropped, reason="shed") == shed_before + 1  # the good one the third replaced
     assert f"dropped metric on {subject}: malformed" in caplog.text
+
+
+async def test_an_urgent_sample_is_decided_at_once_for_a_grow_and_never_for_a_shrink(
+    orders: Recorder, start_decider: Start
+) -> None:
+    """Urgent samples travel as schema v3 and reach the engine marked: the busy VM's grow goes out on its urgent
+    sample; the calm VM's shrink waits for its regular sample."""
+    decider = await start_decider()
+    await decider.send(
+        msgspec.structs.replace(sample(VM, used=2.0), urgent=True),
+        msgspec.structs.replace(sample("calm", used=0.1), urgent=True),
+    )
+    await eventually(lambda: orders.commands, timeout=10, what="the grow on the urgent sample")
+    await decider.handled()
+    assert [(c.vm, c.target_vcpus) for c in orders.commands] == [(VM, 3)]
+    await decider.send(sample("calm", used=0.1))
+    await eventually(lambda: len(orders.commands) == 2, timeout=10, what="the shrink on the regular sample")
+    assert (orders.commands[1].vm, orders.commands[1].target_vcpus) == ("calm", 1)

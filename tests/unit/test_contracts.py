@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from shared import subjects
 from shared.codec import MAX_MESSAGE_BYTES, BadMessage, Decoder, encode
-from shared.messages import MESSAGE_TYPES, ErrorCode, MetricSample, ScaleCommand, ScaleResult, json_schemas
+from shared.messages import (
+    MESSAGE_TYPES,
+    SCHEMA_VERSION,
+    ErrorCode,
+    MetricSample,
+    ScaleCommand,
+    ScaleResult,
+    json_schemas,
+)
 
 
 def sample(**overrides: object) -> MetricSample:
@@ -43,8 +51,11 @@ def test_round_trip_keeps_every_field() -> None:
         (json.dumps({**msgspec.to_builtins(sample()), "online_vcpus": -1}).encode(), "malformed"),
         (json.dumps({**msgspec.to_builtins(sample()), "extra": 1}).encode(), "malformed"),
         (json.dumps({**msgspec.to_builtins(sample()), "type": "command"}).encode(), "malformed"),
-        (json.dumps({**msgspec.to_builtins(sample()), "v": 3}).encode(), "unknown-version"),
-        (json.dumps({**msgspec.to_builtins(sample()), "v": 3, "new_field": True}).encode(), "unknown-version"),
+        (json.dumps({**msgspec.to_builtins(sample()), "v": SCHEMA_VERSION + 1}).encode(), "unknown-version"),
+        (
+            json.dumps({**msgspec.to_builtins(sample()), "v": SCHEMA_VERSION + 1, "new_field": True}).encode(),
+            "unknown-version",
+        ),
         (json.dumps({**msgspec.to_builtins(sample()), "v": 0}).encode(), "unknown-version"),
         (b"{" + b" " * MAX_MESSAGE_BYTES + b"}", "oversized"),
     ],

@@ -29,6 +29,9 @@ class Observation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     interval_s: float
     # Demand that could not run, in cores, when the source can tell; None means unknown, not zero.
     pressure_cores: float | None = None
+    # Sent at once on a pressure trigger, between the regular samples (MetricSample.urgent). A policy sees it as any
+    # other observation over its interval; the engine never shrinks on it (services.decider.engine).
+    urgent: bool = False
 
     @property
     def utilisation(self) -> float:
