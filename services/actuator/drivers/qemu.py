@@ -215,7 +215,11 @@ class QemuDriver:
             while time.monotonic() < deadline:
                 slots = cast(list[dict[str, Any]], await qmp.execute("query-hotpluggable-cpus"))
                 if not any(s.get("qom-path") == path for s in slots):
-                    return
+                    # The slot is free a moment before the vCPU leaves query-cpus-fast (seen on a loaded machine):
+                    # done only once both say so, so a read right after counts what the guest has.
+                    cpus = cast(list[dict[str, Any]], await qmp.execute("query-cpus-fast"))
+                    if not any(c.get("qom-path") == path for c in cpus):
+                        return
                 await asyncio.sleep(0.02)
         raise DriverError(
             ErrorCode.TIMEOUT, f"{vm_name}: the guest did not release {path} within {UNPLUG_TIMEOUT_S:.0f} s"
