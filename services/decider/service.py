@@ -421,7 +421,7 @@ class Decider:
             if handed is not None and engine.restore(handed):
                 self.metrics.resumed.inc()
                 log.info("took over the memory of %s/%s with its decision state", *key)
-        decision = engine.step(sample.time, sample.memory, sample.interval_s, paused)
+        decision = engine.step(sample.time, sample.memory, sample.interval_s, paused, urgent=sample.urgent)
         ledger = self.memory_ledgers.get(sample.host)
         if ledger is not None:
             decision, events = within_host(

@@ -60,6 +60,21 @@ def test_a_vm_long_idle_gives_memory_back_in_bounded_steps_never_below_its_use()
     assert all(b - a >= 30 for (a, _), (b, _) in itertools.pairwise(orders))
 
 
+def test_an_urgent_sample_may_grow_memory_but_never_shrinks_it() -> None:
+    idle, urgent_idle = MemoryEngine(POLICY), MemoryEngine(POLICY)
+    first_shrink = None
+    for t in range(1, 100):
+        decision = idle.step(float(t), reading(8 * GIB, GIB), 1.0)
+        first_shrink = first_shrink or decision
+        assert urgent_idle.step(float(t), reading(8 * GIB, GIB), 1.0, urgent=True) is None
+    assert first_shrink is not None and first_shrink.target < 8 * GIB  # the regular samples gave back
+    # the next regular sample shrinks at once: the urgent ones did not restart the shrink's interval
+    regular = urgent_idle.step(100.0, reading(8 * GIB, GIB), 1.0)
+    assert regular is not None and regular.target == first_shrink.target
+    grow = MemoryEngine(POLICY).step(1.0, reading(4 * GIB, 3900 * MIB), 1.0, urgent=True)
+    assert grow is not None and grow.target > 4 * GIB
+
+
 def test_a_below_used_refusal_holds_shrinks_only_and_a_pause_holds_all() -> None:
     engine = MemoryEngine(POLICY)
     engine.mark_sent(3 * GIB, until=40.0, command_id="m1")

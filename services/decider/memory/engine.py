@@ -80,9 +80,13 @@ class MemoryEngine:
         self.backoff_streak = 0
         self.held: Held | None = None
 
-    def step(self, time: float, memory: MemoryReading, interval_s: float, paused: str | None = None) -> Decision | None:
+    def step(
+        self, time: float, memory: MemoryReading, interval_s: float, paused: str | None = None, *, urgent: bool = False
+    ) -> Decision | None:
         """The memory order to give after the sample at ``time``, if any; late or repeated samples are ignored.
-        ``paused``: an operator paused the VM (no order; the rule still sees the sample)."""
+        ``paused``: an operator paused the VM (no order; the rule still sees the sample). ``urgent``: a sample sent
+        at once on a pressure trigger, on which no shrink is ordered (as for vCPUs: shrinks wait for the regular
+        samples; the rule still sees it)."""
         self.held = None
         if time <= self.last_time:
             return None
@@ -91,7 +95,7 @@ class MemoryEngine:
             abs(memory.size_bytes - self.pending_target) < DEFAULT_STEP_BYTES or time >= self.pending_until
         ):
             self.pending_target = None
-        decision = self.policy.decide(self.state, self._observation(time, memory, interval_s))
+        decision = self.policy.decide(self.state, self._observation(time, memory, interval_s, urgent))
         if decision is None or self.pending_target is not None:
             return None
         if paused is not None:
@@ -106,7 +110,7 @@ class MemoryEngine:
             return None
         return Decision(decision.target_bytes, decision.reason, decision.kind, Resource.MEMORY)
 
-    def _observation(self, time: float, memory: MemoryReading, interval_s: float) -> MemoryObservation:
+    def _observation(self, time: float, memory: MemoryReading, interval_s: float, urgent: bool) -> MemoryObservation:
         low, high = self.bounds
         return MemoryObservation(
             time=time,
@@ -118,6 +122,7 @@ class MemoryEngine:
             swap_in_bytes_per_s=memory.swap_in_bytes_per_s,
             psi_some=memory.psi_some,
             interval_s=interval_s,
+            urgent=urgent,
         )
 
     def mark_sent(self, target: int, until: float, command_id: str = "", time: float | None = None) -> None:

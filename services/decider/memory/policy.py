@@ -45,6 +45,9 @@ class MemoryObservation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     psi_some: float | None = None
     # Seconds since the previous sample; with the swap-in rate it tells how much did not fit. None: not known.
     interval_s: float | None = None
+    # Sent at once on a pressure trigger, between the regular samples: it may grow, never shrink (shrinks wait for
+    # the regular samples, as the vCPU engine's do).
+    urgent: bool = False
 
 
 class MemoryDecision(msgspec.Struct, frozen=True, gc=False):
@@ -148,6 +151,7 @@ class MemoryPolicy:
         if (
             swapping
             or pressed
+            or obs.urgent
             or used is None
             or state.window.span_s <= 0
             or now - state.calm_since < state.window.span_s
