@@ -79,7 +79,11 @@ class _Plugs(Recorder):
         return next(c for c in self.commands if c.id == result.command_id)
 
 
-async def _services(broker_url: str, guest: str, vms: int, work: Path, env: Mapping[str, str]) -> list[ServiceProcess]:
+async def loop_services(
+    broker_url: str, guest: str, vms: int, work: Path, env: Mapping[str, str], interval_s: float = INTERVAL_S
+) -> list[ServiceProcess]:
+    """The loop's services (the simulator's too for ``simulator``), each ready; the collector samples every
+    ``interval_s`` and watches the source for pressure between its rounds (where it can: the QEMU guests' PSI lines)."""
     common = ["--nats", broker_url]
     started: list[ServiceProcess] = []
     specs: list[list[str]] = []
@@ -87,7 +91,7 @@ async def _services(broker_url: str, guest: str, vms: int, work: Path, env: Mapp
         delay = str(HOTPLUG_DELAY_S)
         specs.append(["simulator", *common, "--vms", str(vms), "--profiles", "idle", "--max-vcpus", "2"])
         specs[-1] += ["--hotplug-delay", delay]
-    specs.append(["collector", *common, "--source", guest, "--interval", str(INTERVAL_S)])
+    specs.append(["collector", *common, "--source", guest, "--interval", str(interval_s)])
     specs.append(["decider", *common, *policy_args("threshold", EAGER_THRESHOLD)])
     specs.append(["actuator", *common, "--driver", guest, "--max-changes", "1000"])  # trials follow quickly
     try:
@@ -166,7 +170,7 @@ async def run(guest: str, vms: int, trials: int, work: Path) -> dict[str, object
 async def _on_simulator(broker_url: str, names: list[str], trials: int, work: Path) -> list[Trial]:
     from shared.sim_api import LoadRequest
 
-    services = await _services(broker_url, "simulator", len(names), work, {})
+    services = await loop_services(broker_url, "simulator", len(names), work, {})
     try:
         nc = await bus.connect(broker_url, "bench-load", forever=False)
         subject = subjects.simulator("local", "load")
@@ -193,7 +197,7 @@ async def _on_qemu(broker_url: str, names: list[str], trials: int, work: Path) -
         for name in names:  # one at a time: each boot is CPU-bound under TCG
             guests.append(await asyncio.to_thread(QemuVm.start, name, image, max_vcpus=2, vcpus=1, root=root))
         by_name = {guest.name: guest for guest in guests}
-        services = await _services(broker_url, "qemu", len(names), work, {DIR_ENV: str(root)})
+        services = await loop_services(broker_url, "qemu", len(names), work, {DIR_ENV: str(root)})
         try:
 
             async def load(vm: str, on: bool) -> None:
