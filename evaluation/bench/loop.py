@@ -1,12 +1,14 @@
 """``hotplug bench loop``: end-to-end reaction, from a load step to the vCPU plugged, stage by stage.
 
-Real processes (collector at 1 s, decider with the seed's threshold rule and no waits, actuator) on an embedded
-nats-server, and VMs of one of two kinds (``--guest``):
+Real processes (collector at 1 s, watching the source for pressure between its rounds where it can; decider with
+the seed's threshold rule and no waits; actuator) on an embedded nats-server, and VMs of one of two kinds
+(``--guest``):
 
 * ``simulator`` (default): the simulated cloud's VMs, whose hot-plug delay is 50 ms, so the figure is the
   loop's own. Each trial pins an idle VM's demand above its maximum.
 * ``qemu``: real QEMU guests (TCG), booted for the run with 1 vCPU of 2. Each trial starts two busy loops inside
-  the guest (its control channel's ``busy 2``), and the plug counts once the guest has brought the vCPU online
+  the guest (its control channel's ``busy 2``), which the guest reports at once as CPU pressure (its ``PSI`` line:
+  an urgent sample), and the plug counts once the guest has brought the vCPU online
   (the QEMU driver waits for it). A guest allows ``maxcpus`` − 1 hot-adds in its life, so trials per guest are
   capped (``MAX_QEMU_TRIALS``).
 
