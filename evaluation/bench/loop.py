@@ -114,15 +114,23 @@ async def _trials(broker_url: str, names: list[str], trials: int, load: Load) ->
     rng = random.Random(7)
 
     def at_floor(vm: str, since: float) -> bool:
-        """Back at 1 vCPU by a sample taken after ``since`` (shared clock): ready for the next step."""
-        return any(s.vm == vm and s.time > since and s.online_vcpus == 1 for s in reversed(plugs.samples[-50:]))
+        """The VM's latest sample, taken after ``since`` (shared clock), shows it at 1 vCPU and no command was made
+        since: ready for the next step. (Not any sample at 1 vCPU: a VM can grow again after one, on a late
+        pressure report such as its unplug's own stall, and a step on 2 vCPUs would wait for a plug in vain.)"""
+        latest = next((s for s in reversed(plugs.samples) if s.vm == vm), None)
+        if latest is None or latest.time <= since or latest.online_vcpus != 1:
+            return False
+        return not any(c.vm == vm and c.time >= latest.time for c in plugs.commands[-20:])
 
     async def trials_of(vm: str, count: int) -> None:
         since = 0.0
         for _ in range(count):
-            if not await within(PLUG_TIMEOUT_S, lambda since=since: at_floor(vm, since)):
-                raise TimeoutError(f"{vm} did not shrink back to 1 vCPU within {PLUG_TIMEOUT_S:g} s")
-            await asyncio.sleep(rng.uniform(0, INTERVAL_S))  # a random moment of the sampling second
+            while True:
+                if not await within(PLUG_TIMEOUT_S, lambda since=since: at_floor(vm, since)):
+                    raise TimeoutError(f"{vm} did not shrink back to 1 vCPU within {PLUG_TIMEOUT_S:g} s")
+                await asyncio.sleep(rng.uniform(0, INTERVAL_S))  # a random moment of the sampling second
+                if at_floor(vm, since):  # still: no grow came meanwhile
+                    break
             plugs.awaited[vm] = asyncio.get_running_loop().create_future()
             step = time.time()
             await load(vm, True)

@@ -23,7 +23,7 @@ its first round on, a state file of an older version), the host's memory is not 
 would say the host has room it does not have.
 
 Pressure between the rounds (``watch_pressure``): the test guest says ``PSI cpu stall_us=.. window_ms=..`` on its
-control channel the moment a runnable task waited 10 ms in 100 ms (shared/qemu/init.sh). A task follows each running
+control channel the moment a runnable task waited 30 ms in 100 ms (shared/qemu/init.sh). A task follows each running
 guest's control log from where it ended when first seen, looking every ``PRESSURE_POLL_S`` (a size check; only new
 bytes are read, on the loop: a stat and a read of a line cost less than a hop to a worker thread), and asks the
 collector for an urgent round when a PSI line has come. The guest says one at most a second (``PSI_WINDOW_S``).
