@@ -142,6 +142,7 @@ XDIST_GROUPS = {
     "tests/system/test_qemu_memory_loop.py": "qemu",
     "tests/system/test_qemu_host_memory.py": "qemu",
     "tests/system/test_qemu_guest.py": "qemu",
+    "tests/system/test_qemu_urgent.py": "qemu",
     # its QEMU loop bench boots a TCG guest of its own: one at a time with QEMU's other guests
     "tests/system/test_bench_loop.py": "qemu",
     # the tests share one running loop (a module-scoped fixture): started once, not once per worker

@@ -147,7 +147,13 @@ def cmd_collector(args: argparse.Namespace) -> int:
     async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
         loaded = loaded_of(args)
         source = SOURCES.build(args.source, config, ctx)
-        collector = Collector(ctx, source, args.interval, host_rules=loaded.config.host if loaded else ())
+        collector = Collector(
+            ctx,
+            source,
+            args.interval,
+            host_rules=loaded.config.host if loaded else (),
+            watch_pressure=not args.no_urgent,
+        )
         watch_config(ctx, args, "collector", lambda new: collector.use_host_rules(new.config.host))
         await collector.run()
 
@@ -229,8 +235,7 @@ def cmd_actuator(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from services.collector.service import Collector, CollectorMetrics
     from services.collector.sources.guest import GuestSource
-    from services.collector.sources.psi_watch import PsiWatch
-    from services.collector.urgent import TriggerSpec, UrgentGate
+    from services.collector.urgent import TriggerSpec
 
     if not args.vm:
         raise UsageError("agent needs --vm NAME (or vm in the config file's [agent] section)")
@@ -242,22 +247,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
         watch_config(ctx, args, "agent")
-        source = GuestSource(args.vm, ctx.clock, online_new_cpus=not args.no_online)
-        collector = Collector(ctx, source, args.interval)
-        watch = None
-        if spec is not None:
-            try:
-                watch = PsiWatch(spec, collector.pressure_fired, asyncio.get_running_loop())
-            except OSError as exc:  # an old kernel, PSI off (psi=0), no /proc/pressure: regular samples still serve
-                log.warning("no PSI trigger (%s): regular samples only", exc)
-            else:
-                collector.urgent = UrgentGate(watch.spec.window_s)  # the window the kernel took
-                log.info("PSI trigger %r set: urgent samples on CPU pressure", watch.spec.text())
-        try:
-            await collector.run()
-        finally:
-            if watch is not None:
-                watch.close()
+        source = GuestSource(args.vm, ctx.clock, online_new_cpus=not args.no_online, trigger=spec)
+        # the PSI trigger is the source's watch for pressure: the collector starts it, as it does the qemu source's
+        await Collector(ctx, source, args.interval, watch_pressure=spec is not None).run()
 
     return run(options, CollectorMetrics("agent"), body)
 

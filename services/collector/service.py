@@ -2,10 +2,13 @@
 source reads its host, one HostState (capacity under the config's ``[[host]]`` rules, committed, free, waiting) on
 ``hotplug.hosts.<host>``. The rules are replaced on SIGHUP (``use_host_rules``).
 
-With an ``UrgentGate`` (the guest agent's, ``services.collector.urgent``), ``pressure_fired`` asks for an extra,
-urgent round between the regular ones: the source is read at once (at most one a gate window, and once the interval
-since the last round is long enough to measure) and each VM's sample goes out marked ``urgent``. Its interval runs
-from the last round, and the next regular round's from it; the regular rounds keep their pace.
+With an ``UrgentGate`` (``services.collector.urgent``), ``pressure_fired`` asks for an extra, urgent round between
+the regular ones; with ``watch_pressure``, the collector starts the source's own watch for pressure where it has one
+(``services.collector.sources.base.pressure_watcher``: the agent's PSI trigger, the ``qemu`` source's reading of the
+test guest's PSI lines) and gates it to the watch's window. Either way the source is read at once (at most one a
+gate window, and once the interval since the last round is long enough to measure) and each VM's sample goes out
+marked ``urgent``. Its interval runs from the last round, and the next regular round's from it; the regular rounds
+keep their pace.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.collector.hoststate import host_state
 from services.collector.rates import sample_from
-from services.collector.sources.base import HostReading, Reading, Source, host_reader
+from services.collector.sources.base import HostReading, PressureWatch, Reading, Source, host_reader, pressure_watcher
 from services.collector.urgent import UrgentGate
 from shared import subjects
 from shared.codec import encode
@@ -145,6 +148,7 @@ class Collector:
         interval_s: float = 1.0,
         host_rules: Sequence[HostRule] = (),
         urgent: UrgentGate | None = None,
+        watch_pressure: bool = False,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval must be positive")
@@ -152,6 +156,7 @@ class Collector:
         self.source = source
         self.interval_s = interval_s
         self.urgent = urgent
+        self.watch_pressure = watch_pressure
         # One round at a time: an urgent round and a regular one that overlapped would make intervals that overlap.
         self._round = asyncio.Lock()
         self._last_round = -math.inf  # when the last round read the source (the shared clock)
@@ -173,9 +178,26 @@ class Collector:
         """A pressure trigger fired (called on the event loop): an urgent round follows, unless the gate refuses it."""
         self._fired.set()
 
+    def start_pressure_watch(self) -> PressureWatch | None:
+        """Start the source's watch for pressure (on the running loop), urgent rounds gated to its window; None when
+        the source has none or cannot watch now (logged: regular rounds still serve)."""
+        watcher = pressure_watcher(self.source)
+        if watcher is None:
+            log.info("source %s has no watch for pressure: regular rounds only", self.source.name)
+            return None
+        try:
+            watch = watcher(self.pressure_fired)
+        except OSError as exc:  # an old kernel, PSI off (psi=0), no /proc/pressure
+            log.warning("source %s cannot watch for pressure (%s): regular rounds only", self.source.name, exc)
+            return None
+        self.urgent = UrgentGate(watch.window_s)
+        log.info("watching %s for pressure: an urgent round at most every %g s", self.source.name, watch.window_s)
+        return watch
+
     async def run(self) -> None:
         clock = self.ctx.clock
         next_tick = clock.now()
+        watch = self.start_pressure_watch() if self.watch_pressure else None
         serving = None if self.urgent is None else asyncio.ensure_future(self._serve_urgent())
         try:
             while True:
@@ -187,6 +209,8 @@ class Collector:
                     delay = 0
                 await clock.sleep(delay)
         finally:
+            if watch is not None:
+                watch.close()
             if serving is not None:
                 serving.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -186,6 +186,13 @@ class CollectorSettings(ServiceSettings):
         list[str],
         Meta(description="psutil: a host process to watch as a VM", extra={"metavar": "VM=PID|VM=REGEX"}),
     ] = []
+    no_urgent: Annotated[
+        bool,
+        Meta(
+            description="do not watch the source for pressure between the rounds (qemu: the guests' PSI lines): "
+            "regular samples only"
+        ),
+    ] = False
 
 
 class DeciderSettings(ServiceSettings):

@@ -5,7 +5,10 @@
 #         mem_total=<kB> mem_avail=<kB> swap_in=<pages> swap_out=<pages> [oom_kill=<OOM kills since boot>]
 #         [psi_mem=<some avg10> psi_mem_total=<some total, us>]";
 #        "MEM total=<kB>" each time MemTotal changes while memwatch is on;
-#        "GOT <line>" as each command line is read; "OUT <line>" for each output line of a command
+#        "GOT <line>" as each command line is read; "OUT <line>" for each output line of a command;
+#        "PSI cpu stall_us=<us> window_ms=100" at once when some runnable task waited at least PSI_STALL_US (30 ms)
+#         since the last look, 100 ms before (longer when a loaded guest is late to look), at most one a second;
+#         none where the kernel has no readable /proc/pressure/cpu (Debian's cloud kernel has PSI on: no psi=1)
 #   in:  "busy N" (N busy loops; 0 stops them), "memwatch on|off", anything else is run as a shell command.
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -64,6 +67,38 @@ PSI=""
 # absent on a kernel without CONFIG_PSI, unreadable when booted with psi=0
 cat /proc/pressure/memory > /dev/null 2>&1 && PSI=/proc/pressure/memory
 stats &
+
+# CPU pressure as it comes, for a host that wants to act before the next STAT line: every 100 ms, the stall PSI
+# counted since the last look (/proc/pressure/cpu's some total, microseconds), and a PSI line when it reaches
+# PSI_STALL_US, then at least nine quiet looks (a second) before the next. busybox sh cannot poll() a PSI trigger,
+# so it looks, as neon's in-guest monitor does; every look is the shell's own read (no process). The wait is a
+# read -t on a FIFO no one writes: this busybox's sleep is a fork and exec (no NOFORK applets), which ten times a
+# second would cost a TCG guest more than the looking. 30 ms, not less: an idle TCG guest's own work (the STAT
+# line's processes, a vCPU unplugged: stop_machine and the uevent handler) stalls it 10 to 22 ms in a look, which
+# 10 ms would report as pressure (a vCPU plugged back at once); a load step is still seen at the first look 30 ms
+# or more after it (at 2 busy loops on 1 vCPU, every ms after the step is a stall).
+PSI_STALL_US=30000
+psiwatch() {
+  mkfifo /tmp/psi.wait
+  exec 4<>/tmp/psi.wait
+  read -r _ _ _ _ last < /proc/pressure/cpu
+  last=${last#total=}
+  quiet=0
+  while :; do
+    read -t 0.1 -u 4 _
+    read -r _ _ _ _ total < /proc/pressure/cpu
+    total=${total#total=}
+    if [ "$quiet" -gt 0 ]; then
+      quiet=$((quiet - 1))
+    elif [ $((total - last)) -ge $PSI_STALL_US ]; then
+      echo "PSI cpu stall_us=$((total - last)) window_ms=100" > $CTL
+      quiet=9
+    fi
+    last=$total
+  done
+}
+# absent on a kernel without CONFIG_PSI, unreadable when booted with psi=0
+cat /proc/pressure/cpu > /dev/null 2>&1 && psiwatch &
 
 # MemTotal as it moves, polled every 20 ms with the shell's own read (no process per look), for a host that times
 # a resize: the STAT line comes once a second.

@@ -195,6 +195,24 @@ def send_line(sock: Path, line: str, timeout_s: float = SEND_TIMEOUT_S) -> None:
                 return
 
 
+class LineSplitter:
+    """The complete lines in what the guest says, taken in pieces cut anywhere (a read ends mid-line, a connection
+    opens mid-line). Pure. ``mid_line``: the first bytes fed may start inside a line (a log followed from where it
+    ended, a connection opened at any moment), so they count only from the first line break on."""
+
+    def __init__(self, mid_line: bool = False) -> None:
+        self._partial = b""
+        self._skip_head = mid_line
+
+    def feed(self, data: bytes) -> list[str]:
+        """Take the next bytes said; the lines they complete, without their line breaks."""
+        *complete, self._partial = (self._partial + data).split(b"\n")
+        if self._skip_head and complete:
+            complete = complete[1:]
+            self._skip_head = False
+        return [line.decode(errors="replace") for line in complete]
+
+
 class Acknowledgement:
     """Watches what the guest says on a control connection for the whole line ``GOT <line>``. Pure.
 
@@ -205,12 +223,30 @@ class Acknowledgement:
     def __init__(self, line: str) -> None:
         # the guest's ``read -r`` drops the line's leading and trailing blanks
         self.expected = f"GOT {line.strip()}"
-        self._partial = b""
+        self._lines = LineSplitter()
 
     def feed(self, data: bytes) -> bool:
         """Take the next bytes said; True once the acknowledgement has been said in full."""
-        *complete, self._partial = (self._partial + data).split(b"\n")
-        return any(said.decode(errors="replace").strip() == self.expected for said in complete)
+        return any(said.strip() == self.expected for said in self._lines.feed(data))
+
+
+@dataclass(frozen=True)
+class PsiReport:
+    """The guest's word that a CPU-bound task waited: its ``PSI cpu stall_us=<us> window_ms=<ms>`` line."""
+
+    stall_us: int  # microseconds some runnable task waited for a CPU within the window (PSI cpu some)
+    window_ms: int
+
+
+def parse_psi(line: str) -> PsiReport | None:
+    """``PSI cpu stall_us=23000 window_ms=100`` → PsiReport; None for any other line, or a malformed one."""
+    if not line.startswith("PSI cpu "):
+        return None
+    fields = dict(part.split("=", 1) for part in line.split()[2:] if "=" in part)
+    try:
+        return PsiReport(int(fields["stall_us"]), int(fields["window_ms"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def file_size(path: Path) -> int:

@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from hotplug.harness.poll import eventually
 from hotplug.harness.recorder import Recorder
 from services.collector.service import Collector, CollectorMetrics
-from services.collector.sources.base import HostReading, Reading
+from services.collector.sources.base import HostReading, PressureWatch, Reading
 from services.collector.urgent import UrgentGate
 from shared import subjects
 from shared.codec import Decoder
@@ -345,3 +345,78 @@ async def test_a_pressure_trigger_brings_one_urgent_round_per_window_between_the
     await past_read(everything, 3)
     regular = of(everything, WEB, 3)
     assert not regular.urgent and regular.interval_s == 1.0  # from the urgent read, not the regular one before it
+
+
+class WatchedSource(FakeSource):
+    """A FakeSource with a watch for pressure (``watch_pressure``), which the test fires by hand; ``refuse``: the
+    watch cannot start (as the agent's on a kernel without PSI)."""
+
+    def __init__(self, script: Script, refuse: bool = False) -> None:
+        super().__init__(script)
+        self.refuse = refuse
+        self.fired: Callable[[], None] | None = None
+        self.watch_closed = False
+
+    def watch_pressure(self, fired: Callable[[], None]) -> PressureWatch:
+        if self.refuse:
+            raise OSError("no PSI here")
+        self.fired = fired
+        return _Watch(self)
+
+
+class _Watch:
+    window_s = 3600.0  # one urgent round, then every firing within the test is refused
+
+    def __init__(self, source: WatchedSource) -> None:
+        self.source = source
+
+    def close(self) -> None:
+        self.source.watch_closed = True
+
+
+async def test_a_source_that_watches_for_pressure_brings_urgent_rounds_and_its_watch_ends_with_the_collector(
+    nc: Client, serve: Serve
+) -> None:
+    """``watch_pressure``: the collector starts the source's watch, serves its firings with urgent rounds gated to the
+    watch's window, and closes the watch when it stops."""
+    everything = await watch(nc)
+    source = WatchedSource(lambda n: [web(n), db(n)])
+    made: list[Collector] = []
+
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
+        made.append(Collector(ctx, source, 3600.0, watch_pressure=True))
+        await made[0].run()
+
+    collector = await serve(CollectorMetrics("collector"), body, HOST)
+    await eventually(lambda: source.reads == 1 and source.fired is not None, timeout=10, what="the watch started")
+    gate = made[0].urgent
+    assert gate is not None and gate.window_s == 3600.0
+    assert source.fired is not None
+    source.fired()
+    await past_read(everything, 2)
+    assert of(everything, WEB, 2).urgent
+    source.fired()  # within the watch's window
+    await eventually(
+        lambda: collector.count("hotplug_collector_urgent_rounds_total", outcome="refused") == 1,
+        timeout=10,
+        what="the second firing refused",
+    )
+    await collector.stop()
+    assert source.watch_closed and source.closed
+
+
+@pytest.mark.parametrize("refuse", [True, False])
+async def test_without_a_watch_the_collector_keeps_its_regular_rounds(nc: Client, serve: Serve, refuse: bool) -> None:
+    """A watch that cannot start (refused), or one not asked for (``watch_pressure`` off, as ``--no-urgent``): no
+    gate, no urgent round, and the regular rounds go on."""
+    everything = await watch(nc)
+    source = WatchedSource(lambda n: [web(n), db(n)], refuse=refuse)
+
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
+        await Collector(ctx, source, INTERVAL_S, watch_pressure=refuse).run()
+
+    collector = await serve(CollectorMetrics("collector"), body, HOST)
+    await past_read(everything, 3)
+    assert source.fired is None
+    assert not any(s.urgent for s in everything.samples)
+    await collector.stop()

@@ -146,9 +146,12 @@ def test_the_cli_builds_and_runs_a_plugin_source(monkeypatch: pytest.MonkeyPatch
     sources: list[Any] = []
 
     class Collector:
-        def __init__(self, _ctx: object, source: Any, interval_s: float, host_rules: Any = ()) -> None:
+        def __init__(
+            self, _ctx: object, source: Any, interval_s: float, host_rules: Any = (), watch_pressure: bool = False
+        ) -> None:
             sources.append((source, interval_s))
             assert tuple(host_rules) == ()  # no config file: no [[host]] rules
+            assert watch_pressure  # on by default: a plug-in source with a watch_pressure is watched
 
         def use_host_rules(self, _rules: object) -> str:
             return ""
@@ -181,7 +184,9 @@ def _toy_run(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Any:
     built: list[Any] = []
 
     class Collector:
-        def __init__(self, _ctx: object, source: Any, _interval_s: float, host_rules: Any = ()) -> None:
+        def __init__(
+            self, _ctx: object, source: Any, _interval_s: float, host_rules: Any = (), watch_pressure: bool = False
+        ) -> None:
             built.append(source)
 
         def use_host_rules(self, _rules: object) -> str:

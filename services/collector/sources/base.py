@@ -4,7 +4,9 @@ read its host (CPUs, and the vCPUs every running VM holds).
 Sources report counters (seconds since some origin), never rates: one pure function
 (``services.collector.rates``) turns two readings into a MetricSample, and another
 (``services.collector.hoststate``) two host readings into a HostState, whatever the source. The host reading is
-optional (:func:`host_reader`): a source without one, such as an older plug-in, publishes no HostState.
+optional (:func:`host_reader`): a source without one, such as an older plug-in, publishes no HostState. So is a
+watch for pressure between the rounds (:func:`pressure_watcher`): a source that has one lets the collector send an
+urgent round the moment a VM it reads says it is short of CPU.
 """
 
 from __future__ import annotations
@@ -88,3 +90,25 @@ def host_reader(source: object) -> HostReader | None:
     may answer from what that read saw); None for a source without one."""
     reader = getattr(source, "host", None)
     return cast(HostReader, reader) if callable(reader) else None
+
+
+class PressureWatch(Protocol):
+    """A source's watch for pressure, running until closed."""
+
+    # At most one firing a window (the trigger's own limit), so the collector's urgent gate takes this window too.
+    window_s: float
+
+    def close(self) -> None:
+        """Stop watching. Idempotent."""
+        ...
+
+
+PressureWatcher = Callable[[Callable[[], None]], PressureWatch]
+
+
+def pressure_watcher(source: object) -> PressureWatcher | None:
+    """The source's ``watch_pressure(fired) -> PressureWatch``, called on the running event loop: it starts watching
+    and calls ``fired`` on the loop each time a VM it reads says it is under CPU pressure; OSError when it cannot
+    watch (no PSI in the kernel, say). None for a source without one."""
+    watcher = getattr(source, "watch_pressure", None)
+    return cast(PressureWatcher, watcher) if callable(watcher) else None

@@ -4,7 +4,8 @@ From /proc/stat: busy time per online CPU and the number of runnable tasks (``pr
 /sys/devices/system/cpu: which CPUs are online and how many could be; from /proc/pressure/cpu: PSI
 ``some`` (time during which a runnable task waited). Runnable tasks beyond the online CPUs are demand the
 VM could not run: integrated over time they are its pressure. It also brings newly plugged CPUs online
-where the guest does not do it itself (no Guest Additions, no udev rule).
+where the guest does not do it itself (no Guest Additions, no udev rule). Given a PSI trigger, it watches CPU
+pressure (``watch_pressure``: ``services.collector.sources.psi_watch``) so that the collector samples at once.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from services.collector.sources.base import Reading
+from services.collector.sources.psi_watch import PsiWatch
+from services.collector.urgent import TriggerSpec
 from shared.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -74,11 +78,19 @@ class RunQueueIntegral:
 class GuestSource:
     name = "agent"
 
-    def __init__(self, vm: str, clock: Clock, root: Path = Path("/"), online_new_cpus: bool = True) -> None:
+    def __init__(
+        self,
+        vm: str,
+        clock: Clock,
+        root: Path = Path("/"),
+        online_new_cpus: bool = True,
+        trigger: TriggerSpec | None = None,
+    ) -> None:
         self.vm = vm
         self.clock = clock
         self.root = root
         self.online_new_cpus = online_new_cpus
+        self.trigger = trigger
         self.hz = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
         self._waiting = RunQueueIntegral()
 
@@ -98,6 +110,15 @@ class GuestSource:
         for cpu in done:
             log.info("brought cpu%d online", cpu)
         return done
+
+    def watch_pressure(self, fired: Callable[[], None]) -> PsiWatch:
+        """The guest's PSI trigger on ``/proc/pressure/cpu``, calling ``fired`` on the running loop each time it fires;
+        OSError where the kernel has none (an old kernel, psi=0) or no trigger was given."""
+        if self.trigger is None:
+            raise OSError("no PSI trigger was given")
+        watch = PsiWatch(self.trigger, fired, asyncio.get_running_loop(), self.root / "proc/pressure/cpu")
+        log.info("PSI trigger %r set: urgent samples on CPU pressure", watch.spec.text())
+        return watch
 
     async def read(self) -> list[Reading]:
         # /proc and /sys are files: read (and written) in a worker thread, off the event loop

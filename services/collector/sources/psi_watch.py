@@ -71,6 +71,11 @@ class PsiWatch:
         self._thread = threading.Thread(target=self._wait, name="psi-trigger", daemon=True)
         self._thread.start()
 
+    @property
+    def window_s(self) -> float:
+        """The window of the trigger the kernel took: it fires at most once in it."""
+        return self.spec.window_s
+
     def _wait(self) -> None:
         poller = select.poll()
         poller.register(self._fd, select.POLLPRI)
