@@ -6,7 +6,8 @@
 #         [psi_mem=<some avg10> psi_mem_total=<some total, us>]";
 #        "MEM total=<kB>" each time MemTotal changes while memwatch is on;
 #        "GOT <line>" as each command line is read; "OUT <line>" for each output line of a command;
-#        "PSI cpu stall_us=<us> window_ms=100" at once when some runnable task waited at least PSI_STALL_US (30 ms)
+#        "PSI cpu stall_us=<us> window_ms=100 running=<runnable tasks>" at once when some runnable task waited at
+#         least PSI_STALL_US (30 ms)
 #         since the last look, 100 ms before (longer when a loaded guest is late to look), at most one a second;
 #         none where the kernel has no readable /proc/pressure/cpu (Debian's cloud kernel has PSI on: no psi=1)
 #   in:  "busy N" (N busy loops; 0 stops them), "memwatch on|off", anything else is run as a shell command.
@@ -91,7 +92,9 @@ psiwatch() {
     if [ "$quiet" -gt 0 ]; then
       quiet=$((quiet - 1))
     elif [ $((total - last)) -ge $PSI_STALL_US ]; then
-      echo "PSI cpu stall_us=$((total - last)) window_ms=100" > $CTL
+      # runnable tasks now (loadavg's 4th field, this shell among them), for a host whose STAT line is older
+      read -r _ _ _ runnable _ < /proc/loadavg
+      echo "PSI cpu stall_us=$((total - last)) window_ms=100 running=${runnable%/*}" > $CTL
       quiet=9
     fi
     last=$total

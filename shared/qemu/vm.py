@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,17 +236,35 @@ class PsiReport:
 
     stall_us: int  # microseconds some runnable task waited for a CPU within the window (PSI cpu some)
     window_ms: int
+    # Runnable tasks as the line was said (/proc/loadavg's, the watcher's own shell among them); None: not said.
+    running: int | None = None
 
 
 def parse_psi(line: str) -> PsiReport | None:
-    """``PSI cpu stall_us=23000 window_ms=100`` → PsiReport; None for any other line, or a malformed one."""
+    """``PSI cpu stall_us=23000 window_ms=100 [running=3]`` → PsiReport; None for any other line, or a malformed
+    one."""
     if not line.startswith("PSI cpu "):
         return None
     fields = dict(part.split("=", 1) for part in line.split()[2:] if "=" in part)
     try:
-        return PsiReport(int(fields["stall_us"]), int(fields["window_ms"]))
+        running = int(fields["running"]) if "running" in fields else None
+        return PsiReport(int(fields["stall_us"]), int(fields["window_ms"]), running)
     except (KeyError, ValueError):
         return None
+
+
+def latest_running(lines: Sequence[str]) -> int | None:
+    """The guest's runnable tasks as its latest line that says them (a STAT line, or a PSI line with ``running``)
+    put them; None if none does. A PSI line is said the moment a load comes, a STAT line up to a second later."""
+    for line in reversed(lines):
+        text = line.strip()
+        stat = parse_stat(text)
+        if stat is not None:
+            return stat.running
+        psi = parse_psi(text)
+        if psi is not None and psi.running is not None:
+            return psi.running
+    return None
 
 
 def file_size(path: Path) -> int:
@@ -486,11 +504,13 @@ class QemuVm:
         return next((stat for stat in stats if stat is not None), None)
 
     def guest_stat(self) -> GuestStat | None:
-        for line in reversed(self.guest_lines()):
-            stat = parse_stat(line.strip())
-            if stat is not None:
-                return stat
-        return None
+        return self.guest_reading()[0]
+
+    def guest_reading(self) -> tuple[GuestStat | None, int | None]:
+        """The guest's latest STAT line, and its runnable tasks as its latest line says them (``latest_running``)."""
+        lines = self.guest_lines()
+        stat = next((s for s in (parse_stat(line.strip()) for line in reversed(lines)) if s is not None), None)
+        return stat, latest_running(lines)
 
 
 def vcpu_threads(pid: int, proc: Path = Path("/proc")) -> set[int] | None:

@@ -77,6 +77,9 @@ async def test_a_load_step_in_a_real_guest_is_met_by_a_plug_made_on_an_urgent_sa
                 assert seen["regular"] == [], "the next regular sample came before the grow"
                 [driving] = [s for s in recorder.samples if s.vm == VM and s.time == command.sample_time]
                 assert driving.urgent, driving
+                # and its pressure is the load's, said with the PSI line, not the last STAT line's (from before it):
+                # a policy that weighs pressure (default) sees the demand beyond the one vCPU
+                assert (driving.pressure_cores or 0.0) > 0, driving
                 assert command.time - before.time < INTERVAL_S
                 result = await recorder.result_of(command.id, timeout_s=60)
                 assert result is not None and result.ok, result

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.collector.sources.qemu import LogFollower, PsiLogWatch
-from shared.qemu.vm import LineSplitter, PsiReport, parse_psi
+from shared.qemu.vm import LineSplitter, PsiReport, latest_running, parse_psi
 
 PSI_LINE = "PSI cpu stall_us=23000 window_ms=100"
 
@@ -22,6 +22,21 @@ def test_a_psi_line_is_read_and_nothing_else_is_one() -> None:
     assert parse_psi("PSI cpu stall_us=12") is None  # cut short
     assert parse_psi("PSI cpu stall_us=x window_ms=100") is None
     assert parse_psi("PSI memory stall_us=1 window_ms=100") is None
+
+
+def test_a_psi_line_may_say_the_runnable_tasks() -> None:
+    assert parse_psi(PSI_LINE + " running=3") == PsiReport(stall_us=23000, window_ms=100, running=3)
+    assert parse_psi(PSI_LINE + " running=x") is None
+    assert parse_psi(PSI_LINE).running is None  # type: ignore[union-attr]
+
+
+def test_the_runnable_tasks_are_the_latest_lines_that_say_them() -> None:
+    stat = "STAT up=1.00 online=0 running=1 cpu0=3 hz=100"
+    # a PSI line said after the STAT line is newer: the load it reports is not in the STAT line yet
+    assert latest_running([stat, "GOT busy 2", PSI_LINE + " running=3"]) == 3
+    assert latest_running([PSI_LINE + " running=3", stat]) == 1
+    assert latest_running([stat, PSI_LINE]) == 1  # a PSI line that does not say them does not count
+    assert latest_running(["GOT busy 2"]) is None
 
 
 def test_the_splitter_gives_whole_lines_however_the_stream_is_cut() -> None:

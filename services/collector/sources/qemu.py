@@ -27,6 +27,9 @@ control channel the moment a runnable task waited 30 ms in 100 ms (shared/qemu/i
 guest's control log from where it ended when first seen, looking every ``PRESSURE_POLL_S`` (a size check; only new
 bytes are read, on the loop: a stat and a read of a line cost less than a hop to a worker thread), and asks the
 collector for an urgent round when a PSI line has come. The guest says one at most a second (``PSI_WINDOW_S``).
+The line also gives the guest's runnable tasks as it was said (``running=``), and the round's pressure is counted
+from the latest line that gives them (``shared.qemu.vm.latest_running``): on an urgent round that is the PSI line,
+said as the load came, where the STAT line may be a second old and show none of it.
 """
 
 from __future__ import annotations
@@ -185,11 +188,14 @@ class QemuSource:
         )
         if not per_vcpu:
             return None
-        stat = await asyncio.to_thread(vm.guest_stat)
+        stat, running = await asyncio.to_thread(vm.guest_reading)
         waiting = None
-        if stat is not None:
+        if running is not None:
+            # The latest line's count: a PSI line's on an urgent round (said as the load came), else the STAT
+            # line's. Either counts its own reader (awk, or the watcher's shell): one is discounted.
+            online = len(stat.online) if stat is not None else len(cpus)
             integral = self._pressure.setdefault(vm.name, RunQueueIntegral())
-            waiting = integral.add(now, max(0, stat.running - 1 - len(stat.online)))
+            waiting = integral.add(now, max(0, running - 1 - online))
         return Reading(
             vm=vm.name,
             time=now,
