@@ -140,14 +140,15 @@ def users(hosts: list[str], actuator_names: Sequence[str] = (topology.ACTUATOR_N
         out += [
             User(
                 topology.host_user("simulator", host),
-                publish=[],
+                publish=[subjects.simulator_pressure(host)],  # its guests' PSI triggers, said as they fire
                 subscribe=[subjects.simulator(host, "*")],
                 allow_responses=True,
             ),
             User(
                 topology.host_user("collector", host),
                 publish=[subjects.host_metrics(host), subjects.hosts(host), subjects.simulator(host, "stats")],
-                subscribe=["_INBOX.>"],
+                # the simulator source's watch for pressure
+                subscribe=["_INBOX.>", subjects.simulator_pressure(host)],
             ),
             User(topology.host_user("agent", host), publish=[subjects.host_metrics(host)], subscribe=["_INBOX.>"]),
             User(

@@ -4,6 +4,9 @@ The simulator plays a hypervisor host: the collector's ``simulator`` source asks
 counters, as it would read /proc or psutil on a real host, and the actuator's ``simulator`` driver asks
 it to plug or unplug one vCPU, as it would call VBoxManage or QMP.
 
+Pressure (``SimPressure`` on ``hotplug.sim.<host>.pressure``) is published, not asked for: each guest's PSI
+trigger on CPU, said the moment it fires.
+
 Memory (``SimMemory`` in each VM's counters, ``MemoryResizeRequest`` on ``hotplug.sim.<host>.memory``) came later:
 every memory field has a default, so a reader built before it decodes the replies as it did.
 """
@@ -172,6 +175,21 @@ class MemoryResizeReply(msgspec.Struct, frozen=True, kw_only=True):
     done_in_s: float | None = None  # simulated seconds until the size reaches the target
     error_code: str | None = None
     error: str | None = None
+
+
+# A simulated guest's PSI trigger on CPU, by default: the guest agent's (100 ms of stall within 1 s), in simulated time.
+PSI_STALL_S = 0.1
+PSI_WINDOW_S = 1.0
+
+
+class SimPressure(msgspec.Struct, frozen=True, kw_only=True):
+    """``hotplug.sim.<host>.pressure`` (published): the PSI trigger ``some stall_s window_s`` of ``vm``'s guest
+    fired at ``time`` (its demand exceeded its online vCPUs that long within the window); at most once a window."""
+
+    vm: VmName
+    time: float
+    stall_s: float
+    window_s: float
 
 
 class LoadRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -135,6 +135,12 @@ def simulator(host: str, operation: str) -> str:
     return f"{SIMULATOR}.{host}.{operation}"
 
 
+def simulator_pressure(host: str) -> str:
+    """Where the simulated mini-cloud on ``host`` says at once that a guest's PSI trigger fired (a SimPressure):
+    published, not a request."""
+    return simulator(host, "pressure")
+
+
 def split(subject: str) -> tuple[str, str, str]:
     """``hotplug.<kind>[.<decider>].<host>.<vmtoken>`` → (kind, host, vm name). ValueError on other shapes."""
     parts = subject.split(".")

@@ -50,6 +50,9 @@ class DecisionsOptions:
     trace: Path | None = None
     data_dir: Path | None = None  # keep each run's event log and logs here (default: a temporary directory)
     params: tuple[str, ...] = ()  # ``--param NAME.KEY=VALUE``: each goes to the deciders of policy NAME (guard: all)
+    # The collector's urgent rounds when a simulated guest's PSI trigger fires; False: regular samples only (the
+    # collector's --no-urgent), to measure what event-driven pressure buys.
+    urgent: bool = True
 
 
 class LagRecorder(Recorder):
@@ -115,7 +118,16 @@ async def run_one(policy: str, seed: int, options: DecisionsOptions, work: Path)
                 ("simulator", sim),
                 ("actuator", ["actuator", *common]),
                 ("decider", ["decider", *common, "--policy", policy, *params_for(policy, options.params)]),
-                ("collector", ["collector", *common, "--interval", repr(INTERVAL_S)]),
+                (
+                    "collector",
+                    [
+                        "collector",
+                        *common,
+                        "--interval",
+                        repr(INTERVAL_S),
+                        *([] if options.urgent else ["--no-urgent"]),
+                    ],
+                ),
             ):
                 services[name] = await ready_service(argv, logs)
 
@@ -183,7 +195,12 @@ async def run(options: DecisionsOptions, work: Path, progress: Progress | None =
                     f"{policy}, seed {seed}: {one.score['commands']} commands, {one.score['changes']} changes, "
                     f"{one.score['wall_s']} wall s"
                 )
-        policies[policy] = {**score_run(pooled.samples, pooled.commands, pooled.results), "seeds": per_seed}
+        policies[policy] = {
+            **score_run(pooled.samples, pooled.commands, pooled.results),
+            # what the guests' PSI triggers brought: urgent samples among all the collector sent
+            "urgent_samples": sum(1 for s in pooled.samples if s.urgent),
+            "seeds": per_seed,
+        }
     return {
         "bench": "decisions",
         "duration_s": options.duration_s,
@@ -193,6 +210,7 @@ async def run(options: DecisionsOptions, work: Path, progress: Progress | None =
         "trace": str(options.trace) if options.trace else None,
         "seeds": list(options.seeds),
         "undo_window_s": UNDO_WINDOW_S,
+        "urgent": options.urgent,
         "policies": policies,
         **machine(),
     }

@@ -157,6 +157,12 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         default=None,
         help="decisions: keep each run's event log and logs in DIR/<policy>-seed<seed>/",
     )
+    bench.add_argument(
+        "--no-urgent",
+        action="store_true",
+        help="decisions: the collector sends regular samples only (its --no-urgent): no urgent round when a "
+        "simulated guest's PSI trigger fires",
+    )
 
     chaos = add_command(
         sub,
@@ -339,6 +345,7 @@ def _bench_decisions(args: argparse.Namespace) -> int:
         trace=args.trace,
         data_dir=args.data_dir,
         params=tuple(args.param),
+        urgent=not args.no_urgent,
     )
     report = bench_decisions(options, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:

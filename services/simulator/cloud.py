@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.simulator.memory import MemoryCurve
+from services.simulator.stall import StallTrigger
 from services.simulator.vm_memory import MEMORY_PER_VCPU_BYTES, VmMemory
 from services.simulator.workloads import PROFILES, Demand, TraceWorkload, Workload
 from shared.errors import UsageError
@@ -81,6 +82,8 @@ class SimVm:
     hotplug_ops: int = 0
     resize: Resize | None = None
     memory: VmMemory | None = None
+    # Its guest's PSI trigger on CPU, where the host watches for stalls (None: not watched).
+    stall: StallTrigger | None = None
     # The share of a CPU second that goes to its job's work: 1, less what memory stalls take, 0 while its job
     # starts again after an OOM kill.
     progress: float = 1.0

@@ -33,6 +33,7 @@ from typing import Literal, NamedTuple
 
 from services.simulator.cloud import EPSILON_S, MAX_INTEGRATION_STEP_S, HotplugRefused, SimVm
 from services.simulator.jobs import Job
+from services.simulator.stall import StallTrigger
 from services.simulator.vm_memory import VmMemory
 from services.simulator.workloads import Workload
 from shared.messages import ErrorCode
@@ -77,6 +78,7 @@ class Host:
         max_step_s: float = MAX_INTEGRATION_STEP_S,
         memory_capacity_bytes: int | None = None,
         memory_bytes: int | None = None,
+        psi_trigger: tuple[float, float] | None = None,
     ) -> None:
         if cores < 1:
             raise ValueError(f"a host needs at least one core, got {cores}")
@@ -104,9 +106,13 @@ class Host:
         self.jobs_finished = 0
         self.jobs_rejected = 0
         self.oom_kills = 0
+        # Each guest's PSI trigger (stall_s, window_s) on CPU, and the firings since last taken (VM, when).
+        self.psi_trigger = psi_trigger
+        self.fired: list[tuple[str, float]] = []
         for vm in resident:
             if vm.name in self._vms:
                 raise ValueError(f"two resident VMs are named {vm.name!r}")
+            self._watch(vm)
             self._vms[vm.name] = vm
         self._settle()
 
@@ -298,6 +304,12 @@ class Host:
                 online = vm.online_vcpus
                 ran = (demand if demand < online else online) * share
                 vm.account(dt, demand, ran)
+                stall = vm.stall
+                if stall is not None:
+                    # Checked as it integrates (no polling): demand above its vCPUs is some task waiting.
+                    fired = stall.account(now, end, demand > online)
+                    if fired is not None:
+                        self.fired.append((vm.name, fired))
                 memory = vm.memory
                 if memory is not None and not memory.quiet:
                     memory.accumulate(dt)
@@ -311,6 +323,38 @@ class Host:
                     state.remaining -= _rate(vm.demand_now, vm.online_vcpus, share) * vm.progress * dt
             self.time = end
             self._settle()
+
+    def _watch(self, vm: SimVm) -> None:
+        if self.psi_trigger is not None and vm.stall is None:
+            vm.stall = StallTrigger(*self.psi_trigger)
+
+    def take_fired(self) -> list[tuple[str, float]]:
+        """The PSI triggers that fired since last asked: (VM, when), in order."""
+        fired, self.fired = self.fired, []
+        return fired
+
+    def next_stall_check(self) -> float | None:
+        """The next moment the host must be integrated to for a trigger to fire on time (None: no VM is watched): a
+        VM whose demand is above its vCPUs now, when its trigger is due; else when some VM's demand next steps (its
+        workload's next phase, or the trace's next value), so that a step above its vCPUs is seen as it happens. A
+        drift of the ripple across a VM's vCPUs between steps is seen at the next integration, whenever that comes
+        (a stats request, at most an interval later)."""
+        now = self.time
+        earliest: float | None = None
+        for vm in self._vms.values():
+            stall = vm.stall
+            if stall is None:
+                continue
+            # The demand now, not the last step's: a step is integrated at the demand its start had.
+            if vm.demand(now) > vm.online_vcpus:
+                at = stall.due(now)
+            elif vm.demand_override is not None:
+                continue  # a pinned load that fits never stalls
+            else:
+                at = vm.workload.next_change(now)
+            if earliest is None or at < earliest:
+                earliest = at
+        return earliest
 
     def _settle(self) -> None:
         """Everything due at ``self.time``: resize steps, jobs that end, arrivals, and the starts they allow."""
@@ -377,6 +421,7 @@ class Host:
             last_time=now,
             memory=VmMemory.sized(job.requested_memory_bytes),
         )
+        self._watch(self._vms[job.name])
         self._job_of[job.name] = state
         self._committed = None
         self.jobs_started += 1

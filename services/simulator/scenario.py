@@ -11,6 +11,7 @@ from pathlib import Path
 
 from services.simulator.cloud import MiniCloud, SimVm, load_trace
 from services.simulator.jobs import Job, load_arrivals, poisson_arrivals
+from services.simulator.stall import DEFAULT_STALL_S, DEFAULT_WINDOW_S
 from shared.config.schema import VMS, HostRule, SimulatorSettings
 from shared.pool import host_capacity
 
@@ -41,6 +42,9 @@ class SimulatorConfig:
     # wait for memory too, and a memory grow past it is refused. None: memory is counted but never limits.
     host_memory_bytes: int | None = None
     memory_overcommit: float = 1.0
+    # Each guest's PSI trigger on CPU (stall_s, window_s of simulated time), said on ``hotplug.sim.<host>.pressure``
+    # as it fires; the guest agent's default (100 ms within 1 s). None: no guest has one.
+    psi_trigger: tuple[float, float] | None = (DEFAULT_STALL_S, DEFAULT_WINDOW_S)
 
     def __post_init__(self) -> None:
         if self.arrivals_rate < 0:

@@ -1,6 +1,12 @@
 """The simulator service: a simulated host (``services.simulator.host``) on the bus, answering the requests of
 ``shared.sim_api``: stats (the running VMs' counters and the host), hotplug, memory (a memory resize, answered once
-taken), load, and jobs (what became of every job that arrived). Job times count from the simulator's start."""
+taken), load, and jobs (what became of every job that arrived). Job times count from the simulator's start.
+
+Each guest's PSI trigger on CPU (``SimulatorConfig.psi_trigger``) is said on ``hotplug.sim.<host>.pressure`` the
+moment it fires, as the guest agent's kernel would wake it: the host checks a VM's stall as it integrates it
+(``services.simulator.stall``), and a timer integrates it at the moments a trigger could fire (a VM's demand steps,
+or a stalled VM's trigger is due) rather than polling, so a step in demand between two stats requests is said on
+time."""
 
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from shared.sim_api import (
     MemoryResizeReply,
     MemoryResizeRequest,
     SimHost,
+    SimPressure,
     StatsReply,
 )
 from shared.telemetry import ServiceMetrics
@@ -104,6 +111,7 @@ _hotplug_decoder = msgspec.json.Decoder(HotplugRequest)
 _load_decoder = msgspec.json.Decoder(LoadRequest)
 _memory_decoder = msgspec.json.Decoder(MemoryResizeRequest)
 _MEMORY_KINDS = ("size", "used", "cache", "swap")
+_MIN_WAIT_S = 1e-3
 
 
 class SimulatorService:
@@ -135,10 +143,13 @@ class SimulatorService:
             origin=now,
             memory_capacity_bytes=scenario.memory_capacity(config),
             memory_bytes=config.host_memory_bytes,
+            psi_trigger=config.psi_trigger,
         )
         self._exported = SimHost(cores=cores, capacity_vcpus=capacity)  # the counters' totals exported so far
         self._labelled: set[str] = set()  # the VMs the per-VM gauges have a series for
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set when the host was integrated: the stall timer takes its next moment again.
+        self._integrated = asyncio.Event()
 
     def use_host_rules(self, rules: tuple[HostRule, ...]) -> str:
         """Take the [[host]] rules of a reloaded config file: the capacity follows them from now on."""
@@ -153,6 +164,10 @@ class SimulatorService:
         await self.ctx.nc.subscribe(subjects.simulator(host, "memory"), cb=self._on_memory)
         await self.ctx.nc.subscribe(subjects.simulator(host, "jobs"), cb=self._on_jobs)
         await self.ctx.nc.flush()
+        if self.config.psi_trigger is not None:
+            task = asyncio.ensure_future(self._watch_stalls())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         model = self.host
         log.info(
             "simulator on host %s (%d cores, capacity %d vCPUs) with %d VMs: %s%s",
@@ -165,9 +180,40 @@ class SimulatorService:
         )
         while True:
             now = self.ctx.clock.now()
-            model.advance(now)  # jobs start and end though nobody asks
+            await self._advance(now)  # jobs start and end though nobody asks
             self._export(now)
             await asyncio.sleep(1.0)
+
+    async def _advance(self, now: float) -> None:
+        """Integrate the host to ``now`` and say at once each PSI trigger that fired on the way."""
+        host = self.host
+        host.advance(now)
+        fired = host.take_fired()
+        if fired and host.psi_trigger is not None:
+            stall_s, window_s = host.psi_trigger
+            subject = subjects.simulator_pressure(self.ctx.host)
+            for vm, at in fired:
+                await self.ctx.nc.publish(
+                    subject, _encoder.encode(SimPressure(vm=vm, time=at, stall_s=stall_s, window_s=window_s))
+                )
+        self._integrated.set()
+
+    async def _watch_stalls(self) -> None:
+        """Integrate the host when a trigger could next fire (``Host.next_stall_check``), waking early whenever a
+        request integrated it meanwhile (a resize or a load may move that moment)."""
+        clock = self.ctx.clock
+        while True:
+            self._integrated.clear()
+            at = self.host.next_stall_check()
+            if at is None:
+                await self._integrated.wait()
+                continue
+            # At least a millisecond of the clock: a moment the wall conversion leaves a hair ahead must not spin.
+            wait = max(at - clock.now(), _MIN_WAIT_S)
+            try:
+                await asyncio.wait_for(self._integrated.wait(), timeout=clock.wall_seconds(wait))
+            except TimeoutError:
+                await self._advance(clock.now())
 
     def _arrivals_text(self) -> str:
         if self.config.arrivals_file is not None:
@@ -210,13 +256,13 @@ class SimulatorService:
 
     async def _on_stats(self, msg: Msg) -> None:
         now = self.ctx.clock.now()
-        self.host.advance(now)
+        await self._advance(now)
         reply = StatsReply(time=now, vms=self.host.counters(), host=self.host.state())
         await msg.respond(_encoder.encode(reply))
 
     async def _on_jobs(self, msg: Msg) -> None:
         now = self.ctx.clock.now()
-        self.host.advance(now)
+        await self._advance(now)
         reply = JobsReply(time=now, origin=self.host.origin, host=self.host.state(), jobs=self.host.jobs())
         await msg.respond(_encoder.encode(reply))
 
@@ -239,7 +285,10 @@ class SimulatorService:
             done_at = self.host.begin_hotplug(request.vm, request.op, clock.now(), self.config.hotplug_delay_s)
             with self.metrics.hotplugs_under_way.labels(request.op).track_inprogress():
                 await clock.sleep(done_at - clock.now())
+                # Integrated up to the vCPU's arrival first, so that a trigger firing before it is said now.
+                await self._advance(clock.now())
                 online = self.host.finish_resize(vm, clock.now())
+                self._integrated.set()  # a VM's vCPUs changed: its trigger's moment with them
             reply = HotplugReply(ok=True, online_vcpus=online)
             self.metrics.hotplugs.labels(request.op, "ok").inc()
         except HotplugRefused as exc:
@@ -279,8 +328,9 @@ class SimulatorService:
             self._count_bad("load", exc)
             await msg.respond(_encoder.encode(LoadReply(ok=False, error=str(exc))))
             return
-        self.host.advance(self.ctx.clock.now())
+        await self._advance(self.ctx.clock.now())
         vm.demand_override = request.demand_cores
+        self._integrated.set()  # a new load may stall at once
         log.info(
             "load on %s set to %s",
             vm.name,

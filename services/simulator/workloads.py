@@ -125,6 +125,12 @@ class Workload:
             self._phase_end += duration
             self.phase_index += 1
 
+    def next_change(self, t: float) -> float:
+        """When the phase under way at ``t`` ends (its level changes; the ripple moves on between)."""
+        if t >= self._phase_end:
+            self._draw(t)
+        return self._phase_end
+
     def phase(self, t: float) -> PhaseAt:
         """The phase under way at ``t`` (drawn as :meth:`demand` draws it: asking does not change the demand)."""
         if t >= self._phase_end:
@@ -148,6 +154,10 @@ class Demand(Protocol):
     def profile(self) -> str: ...
 
     def demand(self, t: float) -> float: ...
+
+    def next_change(self, t: float) -> float:
+        """The next moment after ``t`` its demand may step (a simulated guest's PSI trigger checks then)."""
+        ...
 
 
 class TraceWorkload:
@@ -183,3 +193,10 @@ class TraceWorkload:
     def demand(self, t: float) -> float:
         i = bisect.bisect_right(self.times, self.trace_time(t)) - 1
         return self.values[max(i, 0)]
+
+    def next_change(self, t: float) -> float:
+        """When the value held at ``t`` gives way to the next (or the trace starts over)."""
+        played = self.trace_time(t)
+        i = bisect.bisect_right(self.times, played)
+        following = self.times[i] if i < len(self.times) else self.origin + self.period
+        return t + (following - played)

@@ -1,7 +1,7 @@
 """The simulator service in this process (an asyncio task) against a real nats-server, asked by its real clients:
-the collector's ``simulator`` source reads counters, the actuator's ``simulator`` driver reads, plugs and unplugs,
-and load pinning is sent as ``hotplug load`` sends it. A malformed request gets an error reply and is counted, and
-the service serves on.
+the collector's ``simulator`` source reads counters (and in a real collector, watches the guests' PSI triggers), the
+actuator's ``simulator`` driver reads, plugs and unplugs, and load pinning is sent as ``hotplug load`` sends it. A
+malformed request gets an error reply and is counted, and the service serves on.
 
 The simulator runs on the wall clock; what a test asserts of its counters is arithmetic on the times its replies
 carry, never on how long anything took.
@@ -17,12 +17,14 @@ import msgspec
 import nats.errors
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from hotplug.harness.poll import eventually
-from hotplug.harness.recorder import hypervisor_ops
+from hotplug.harness.recorder import Recorder, hypervisor_ops
 from services.actuator.drivers.base import DriverError
 from services.actuator.drivers.simulator import SimulatorDriver
 from services.collector.rates import sample_from
+from services.collector.service import Collector, CollectorMetrics
 from services.collector.sources.simulator import SimulatorSource
 from services.simulator.jobs import COLUMNS
 from services.simulator.service import SimulatorConfig, SimulatorMetrics, SimulatorService
@@ -30,7 +32,16 @@ from shared import subjects
 from shared.clock import Clock
 from shared.messages import ErrorCode, MetricSample
 from shared.runtime import ServiceContext
-from shared.sim_api import HotplugReply, JobsReply, LoadReply, LoadRequest, StatsReply
+from shared.sim_api import (
+    PSI_STALL_S,
+    PSI_WINDOW_S,
+    HotplugReply,
+    JobsReply,
+    LoadReply,
+    LoadRequest,
+    SimPressure,
+    StatsReply,
+)
 from tests.component.conftest import InProcess, Serve
 
 HOST = "h1"
@@ -243,3 +254,54 @@ async def test_a_waiting_job_starts_once_a_vm_shrinks_and_a_finished_one_leaves_
     # the host is full: the hypervisor refuses a plug, as VirtualBox refuses what it cannot do
     full = await refused(driver.plug(VM))
     assert full.code is ErrorCode.HOST_FULL and "committed 3 of its 3 vCPUs" in full.message
+
+
+async def test_a_vm_whose_demand_exceeds_its_vcpus_says_so_at_once_and_once_a_window(
+    nc: Client, start_simulator: Start, source: SimulatorSource
+) -> None:
+    """Its guest's PSI trigger (100 ms of stall within 1 s) fires on the pressure subject as the stall reaches 100 ms,
+    between stats requests (nobody asks the simulator here), and again only a window later."""
+    events: list[SimPressure] = []
+
+    async def on_event(msg: Msg) -> None:
+        events.append(msgspec.json.decode(msg.data, type=SimPressure))
+
+    await nc.subscribe(subjects.simulator_pressure(HOST), cb=on_event)
+    # idle guests (0.03 of their size) never stall of themselves
+    await start_simulator(SimulatorConfig(vms=1, max_vcpus=2, hotplug_delay_s=0.0, profiles=("idle",)))
+    before = max(r.time for r in await source.read())
+    assert await load(nc, VM, 10.0) == LoadReply(ok=True)
+    await eventually(lambda: len(events) >= 2, timeout=10, what="two firings of the pinned VM's trigger")
+    first, second = events[:2]
+    assert (first.vm, second.vm) == (VM, VM)
+    assert (first.stall_s, first.window_s) == (PSI_STALL_S, PSI_WINDOW_S)
+    assert first.time >= before + PSI_STALL_S - 1e-6
+    assert second.time - first.time >= PSI_WINDOW_S - 1e-6
+
+
+async def test_an_overloaded_simulated_vm_brings_an_urgent_sample_through_a_real_collector(
+    nc: Client, serve: Serve, start_simulator: Start
+) -> None:
+    """The collector's ``simulator`` source watches the pressure subject: a VM pinned above its vCPUs brings an urgent
+    sample, carrying its pressure, long before the next regular round (an hour away)."""
+    recorder = Recorder()
+    await recorder.attach(nc, commands=False, results=False)
+    await start_simulator(SimulatorConfig(vms=1, max_vcpus=2, hotplug_delay_s=0.0, profiles=("idle",)))
+
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
+        await Collector(ctx, SimulatorSource(ctx.nc, HOST, timeout_s=5.0), 3600.0, watch_pressure=True).run()
+
+    collector = await serve(CollectorMetrics("collector"), body, HOST)
+    # its first round reads and sends nothing (a rate needs two readings); an urgent round follows it
+    await eventually(
+        lambda: collector.count("hotplug_collector_sampling_duration_seconds_count") >= 1,
+        timeout=10,
+        what="the first regular round",
+    )
+    assert await load(nc, VM, 10.0) == LoadReply(ok=True)
+    await eventually(
+        lambda: any(s.vm == VM and s.urgent for s in recorder.samples), timeout=10, what="an urgent sample"
+    )
+    urgent = next(s for s in recorder.samples if s.vm == VM and s.urgent)
+    assert urgent.pressure_cores is not None and urgent.pressure_cores > 0
+    await collector.stop()

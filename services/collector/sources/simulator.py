@@ -6,18 +6,26 @@ host is read as a host with as many cores as its running VMs' maximum vCPUs toge
 
 Each reading carries the VM's memory (sizes and cumulative swap-in, stall and OOM counters), which the collector turns
 into the sample's memory part.
+
+Pressure between the rounds (``watch_pressure``): the simulator says on ``hotplug.sim.<host>.pressure`` the moment a
+simulated guest's PSI trigger fires (``services.simulator.stall``), as the guest agent's kernel wakes it; the watch
+subscribes and calls ``fired`` for each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from services.collector.sources.base import HostReading, MemoryCounters, Reading
 from shared import subjects
-from shared.sim_api import SimMemory, StatsReply
+from shared.sim_api import PSI_WINDOW_S, SimMemory, StatsReply
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +71,48 @@ def host_reading(reply: StatsReply) -> HostReading:
     )
 
 
+class SimPressureWatch:
+    """A subscription to the simulator's pressure events, calling ``fired`` on the loop for each. Closed by ``close``.
+
+    The simulator fires each guest's trigger at most once a window (its default, the agent's: 1 s of its clock); the
+    collector's gate takes that window."""
+
+    window_s = PSI_WINDOW_S
+
+    def __init__(self, nc: Client, subject: str, fired: Callable[[], None]) -> None:
+        self._fired = fired
+        self._sub: Subscription | None = None
+        self._closed = False
+        # Subscribing is a coroutine and the watch is started from a plain call on the running loop.
+        self._task = asyncio.ensure_future(self._subscribe(nc, subject))
+
+    async def _subscribe(self, nc: Client, subject: str) -> None:
+        sub = await nc.subscribe(subject, cb=self._on_event)
+        if self._closed:
+            await sub.unsubscribe()
+            return
+        self._sub = sub
+
+    async def _on_event(self, msg: Msg) -> None:
+        self._fired()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._task.cancel()
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            self._task = asyncio.ensure_future(sub.unsubscribe())
+
+
 class SimulatorSource:
     name = "simulator"
 
     def __init__(self, nc: Client, host: str, timeout_s: float = 2.0) -> None:
         self.nc = nc
         self.subject = subjects.simulator(host, "stats")
+        self.pressure_subject = subjects.simulator_pressure(host)
         self.timeout_s = timeout_s
         self._last: StatsReply | None = None
 
@@ -94,6 +138,10 @@ class SimulatorSource:
     async def host(self) -> HostReading | None:
         """The host as this round's read saw it (None when that read failed)."""
         return None if self._last is None else host_reading(self._last)
+
+    def watch_pressure(self, fired: Callable[[], None]) -> SimPressureWatch:
+        """Subscribe to the simulated guests' PSI triggers, calling ``fired`` on each."""
+        return SimPressureWatch(self.nc, self.pressure_subject, fired)
 
     async def close(self) -> None:
         return None
