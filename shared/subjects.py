@@ -104,6 +104,15 @@ def metrics_partition(partition: int) -> str:
     return f"{METRICS}.{partition}.>"
 
 
+def stored_partition(subject: str) -> int | None:
+    """The partition of a stored metrics subject (``metrics_partition``'s), or None for another subject."""
+    prefix = f"{METRICS}."
+    if not subject.startswith(prefix):
+        return None
+    token = subject[len(prefix) :].split(".", 1)[0]
+    return int(token) if token.isdigit() else None
+
+
 def fnv1a32(data: bytes) -> int:
     h = 0x811C9DC5
     for byte in data:

@@ -730,7 +730,9 @@ class GroupShare:
         key = (sample.host, sample.vm)
         if key not in self.decider.engines:
             await self._resume(key)
-            self._partition_of[key] = int(subject.split(".")[2])
+            partition = subjects.stored_partition(subject)
+            assert partition is not None  # the intake hands on only its own partitions' subjects
+            self._partition_of[key] = partition
         self._touched.add(key)
         if self.decider.handle_sample(sample) is not None:
             await asyncio.sleep(0)
