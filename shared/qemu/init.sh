@@ -104,8 +104,12 @@ psiwatch() {
 cat /proc/pressure/cpu > /dev/null 2>&1 && psiwatch &
 
 # MemTotal as it moves, polled every 20 ms with the shell's own read (no process per look), for a host that times
-# a resize: the STAT line comes once a second.
+# a resize: the STAT line comes once a second. The wait is a read -t on a FIFO no one writes, as psiwatch's below,
+# not sleep: this busybox's sleep is a child process, and one left running when memwatch is stopped is handed to
+# init, this very shell, whose SIGCHLD when it ends cut a command line being read (a byte lost under load).
 memwatch() {
+  [ -p /tmp/mem.wait ] || mkfifo /tmp/mem.wait
+  exec 5<>/tmp/mem.wait
   last=""
   while :; do
     read -r _ total _ < /proc/meminfo
@@ -113,7 +117,7 @@ memwatch() {
       echo "MEM total=$total" > $CTL
       last=$total
     fi
-    sleep 0.02
+    read -t 0.02 -u 5 _
   done
 }
 
