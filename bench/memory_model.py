@@ -16,67 +16,61 @@ from __future__ import annotations
 import argparse
 import json
 
-from services.decider.memory.policy import MemoryObservation, MemoryPolicy
+from evaluation.memory_tally import MemoryTally
+from services.collector.rates import memory_from
+from services.collector.sources.base import MemoryCounters
+from services.collector.sources.simulator import memory_counters
+from services.decider.memory.engine import MemoryEngine
+from services.decider.memory.policy import MemoryPolicy
 from services.decider.memory.settings import memory_settings
 from services.simulator.cloud import MiniCloud
-from shared.sim_api import SimMemory
+
+HOST = "model"
 
 
 def run(
     seed: int, params: dict[str, str], vms: int, duration: float, interval: float, delay: float
 ) -> dict[str, float]:
+    """One seed's VMs for ``duration`` simulated seconds: each reading as the collector makes it
+    (``memory_counters``, ``memory_from``), each order as the decider's memory engine gives it, scored by the live
+    tally (``MemoryTally``)."""
     cloud = MiniCloud.generate(vms, seed, 0.0)
     policy = MemoryPolicy(memory_settings(params))
-    states = {name: policy.new_state() for name in cloud.vms}
-    last: dict[str, SimMemory] = {}
-    pending: dict[str, tuple[float, int]] = {}  # vm -> (when it lands, target)
-    alloc = used = swap_s = 0.0
-    changes = 0
+    engines = {name: MemoryEngine(policy) for name in cloud.vms}
+    seen: dict[str, MemoryCounters] = {}
+    landing: dict[str, tuple[float, int]] = {}  # vm -> (when its order lands, target)
+    tally = MemoryTally()
     t = 0.0
     while t < duration:
         t += interval
-        for name, (at, target) in sorted(pending.items(), key=lambda item: item[1][0]):
+        for name, (at, target) in sorted(landing.items(), key=lambda item: item[1][0]):
             if at <= t:
                 vm = cloud.vms[name]
                 vm.advance(at)
                 assert vm.memory is not None
+                before = vm.memory.size_at(at)
                 vm.memory.begin_resize(target, at)
-                del pending[name]
+                tally.changes += 1
+                tally.given_back_bytes += max(0, before - target)
+                del landing[name]
         for name, vm in cloud.vms.items():
             vm.advance(t)
-            memory = vm.counters(t).memory
-            assert memory is not None
-            before = last.get(name)
-            swap_rate = (memory.swap_in_bytes - before.swap_in_bytes) / interval if before else None
-            stall = (memory.stall_seconds - before.stall_seconds) / interval if before else None
-            last[name] = memory
-            alloc += memory.size_bytes * interval
-            used += memory.used_bytes * interval
-            swap_s += interval if swap_rate else 0.0
-            decision = policy.decide(
-                states[name],
-                MemoryObservation(
-                    time=t,
-                    size_bytes=memory.size_bytes,
-                    used_bytes=memory.used_bytes,
-                    min_bytes=memory.min_bytes,
-                    max_bytes=memory.max_bytes,
-                    step_bytes=memory.step_bytes,
-                    available_bytes=memory.available_bytes,
-                    swap_in_bytes_per_s=swap_rate,
-                    psi_some=stall,
-                    interval_s=interval,
-                ),
-            )
-            if decision is not None and name not in pending:
-                pending[name] = (t + delay, decision.target_bytes)
-                changes += 1
-    vm_hours = vms * duration / 3600
+            counters = memory_counters(vm.counters(t).memory)
+            assert counters is not None
+            reading = memory_from(seen.get(name), counters, interval)
+            seen[name] = counters
+            tally.add_memory(HOST, name, reading, interval)
+            decision = engines[name].step(t, reading, interval)
+            if decision is not None:
+                # In flight until a reading shows it, as the live decider holds the next order.
+                engines[name].mark_sent(decision.target, until=t + 30.0)
+                landing[name] = (t + delay, decision.target)
+    scores = tally.scores()
     return {
-        "x_used": round(alloc / used, 3),
-        "swap_pct": round(100 * swap_s / (vms * duration), 4),
+        "x_used": round(scores["memory_ratio_to_oracle"], 3),
+        "swap_pct": round(scores["swap_pct"], 4),
         "oom_kills": sum(vm.memory.oom_kills for vm in cloud.vms.values() if vm.memory is not None),
-        "changes_per_vm_hour": round(changes / vm_hours, 2),
+        "changes_per_vm_hour": round(scores["memory_changes_per_vm_hour"], 2),
     }
 
 
