@@ -3,12 +3,18 @@
 A VM starts at its maximum (what was requested). At each step the policy sees only what could run,
 ``min(demand, vcpus)`` (and, with ``pressure``, the excess), and its decision takes effect from the next
 step. The scores (``evaluation.tally``) follow ``docs/deciders.md`` §9, next to a perfect-foresight oracle.
+
+With a fleet harm steer (``services.decider.harm``), the VMs of a replay are one fleet, replayed in lock-step as
+a decider sees them: at each time the steer folds in what every VM showed before it, as the live decider's does,
+and every VM's sample then carries that price factor, which so never depends on the order of VMs within a step.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from evaluation.tally import Tally, oracle_allocations
@@ -18,38 +24,92 @@ from services.decider.policies.base import Observation, PolicyBase
 from shared.traces import VmSeries
 
 
+class _Replayed:
+    """One VM of a fleet replay: its engine, the vCPUs it has and those it had at each step."""
+
+    __slots__ = ("allocations", "engine", "series", "vcpus")
+
+    def __init__(self, series: VmSeries, policy: PolicyBase[Any, Any], rails: GuardRails) -> None:
+        self.series = series
+        self.engine = VmEngine(policy, rails)
+        self.vcpus = series.max_vcpus
+        self.allocations: list[int] = []
+
+
+def _timeline(k: int, series: VmSeries) -> Iterator[tuple[float, int, int]]:
+    step = series.step_s
+    return ((i * step, k, i) for i in range(len(series.demand)))
+
+
+def _steps(fleet: Sequence[_Replayed]) -> Iterator[tuple[float, list[tuple[int, int]]]]:
+    """The fleet's sample times in order, each with the (VM, step) pairs sampled then."""
+    timelines = [_timeline(k, r.series) for k, r in enumerate(fleet)]
+    for t, group in itertools.groupby(heapq.merge(*timelines), key=lambda e: e[0]):
+        yield t, [(k, i) for _, k, i in group]
+
+
+def _observation(series: VmSeries, i: int, vcpus: int, pressure: bool, factor: float) -> Observation:
+    """What the policy sees of step ``i`` of ``series`` at ``vcpus``: only what could run, and the excess with
+    ``pressure``."""
+    high = series.max_vcpus
+    wanted = series.demand[i]
+    demand = wanted if wanted < high else float(high)
+    used = demand if demand < vcpus else float(vcpus)
+    return Observation(
+        time=i * series.step_s,
+        vcpus=vcpus,
+        min_vcpus=series.min_vcpus,
+        max_vcpus=high,
+        used_cores=used,
+        interval_s=series.step_s,
+        pressure_cores=(demand - used) if pressure else None,
+        price_factor=factor,
+    )
+
+
 def replay_series(series: VmSeries, policy: PolicyBase[Any, Any], rails: GuardRails, pressure: bool) -> list[int]:
-    """The vCPUs online in each step of ``series`` under ``policy``."""
+    """The vCPUs online in each step of ``series`` under ``policy``, a VM alone (no fleet steer)."""
     engine = VmEngine(policy, rails)
-    low, high, step = series.min_vcpus, series.max_vcpus, series.step_s
-    vcpus = high
+    vcpus = series.max_vcpus
     allocations = []
-    for i, wanted in enumerate(series.demand):
-        demand = wanted if wanted < high else float(high)
+    for i in range(len(series.demand)):
         allocations.append(vcpus)
-        used = demand if demand < vcpus else float(vcpus)
-        obs = Observation(
-            time=i * step,
-            vcpus=vcpus,
-            min_vcpus=low,
-            max_vcpus=high,
-            used_cores=used,
-            interval_s=step,
-            pressure_cores=(demand - used) if pressure else None,
-        )
-        decision = engine.step(obs)
+        decision = engine.step(_observation(series, i, vcpus, pressure, 1.0))
         if decision is not None:
             engine.mark_sent(decision.target, until=math.inf)
             vcpus = decision.target
     return allocations
 
 
+def replay_fleet(
+    series: Sequence[VmSeries], policy: PolicyBase[Any, Any], rails: GuardRails, pressure: bool
+) -> list[list[int]]:
+    """The vCPUs online in each step of each of ``series``, replayed as one fleet under ``policy``."""
+    steer = policy.harm_steer()
+    if steer is None:  # nothing shared: each VM alone gives the same, without merging the timelines
+        return [replay_series(s, policy, rails, pressure) for s in series]
+    fleet = [_Replayed(s, policy, rails) for s in series]
+    for t, sampled in _steps(fleet):
+        factor = steer.advance(t)  # what the fleet showed before t; as the live decider folds it
+        for k, i in sampled:
+            vm = fleet[k]
+            vm.allocations.append(vm.vcpus)
+            obs = _observation(vm.series, i, vm.vcpus, pressure, factor)
+            steer.observe(obs)
+            decision = vm.engine.step(obs)
+            if decision is not None:
+                vm.engine.mark_sent(decision.target, until=math.inf)
+                vm.vcpus = decision.target
+    return [vm.allocations for vm in fleet]
+
+
 def score_policy(
     series: Iterable[VmSeries], policy: PolicyBase[Any, Any], rails: GuardRails, pressure: bool
 ) -> dict[str, float]:
+    fleet = list(series)
     tally = Tally()
-    for s in series:
-        tally.add(s, replay_series(s, policy, rails, pressure))
+    for s, allocations in zip(fleet, replay_fleet(fleet, policy, rails, pressure), strict=True):
+        tally.add(s, allocations)
     return tally.scores()
 
 

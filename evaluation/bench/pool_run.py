@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from evaluation.bench.common import percentile
 from evaluation.memory_tally import MEMORY_SCORE_KEYS, MemoryTally
 from services.actuator.checks import Bounds, Refusal
@@ -38,6 +40,7 @@ from services.collector.sources.base import MemoryCounters
 from services.collector.sources.simulator import memory_counters
 from services.decider.engine import VmEngine
 from services.decider.guard import GuardRails
+from services.decider.harm import HarmSteer
 from services.decider.memory.engine import MemoryEngine
 from services.decider.memory.ledger import MemoryLedger, MemoryView, within_host
 from services.decider.memory.policy import MemoryPolicy
@@ -159,6 +162,8 @@ def run_pool(
     settings_of = {job.name: job for job in jobs}
     run = PoolRun(setup.name, span_s, capacity)
     steps = int(span_s / interval_s)
+    # The fleet's harm steer, as the decider keeps one per policy: at each step it folds in what came before.
+    steer = setup.policy()[0].harm_steer() if setup.policy is not None else None
     for i in range(1, steps + 1):
         now = i * interval_s
         host.advance(now)
@@ -166,6 +171,8 @@ def run_pool(
         run.committed_core_s += committed * interval_s
         run.max_over_capacity = max(run.max_over_capacity, committed - capacity)
         running = host.vms
+        if steer is not None:
+            steer.advance(now)
         if setup.policy is not None:
             waiting = host.waiting
             head = waiting[0].requested_vcpus if waiting else None
@@ -187,7 +194,7 @@ def run_pool(
             pressure = (vm.waiting_core_seconds - track.wait_s) / interval_s
             track.cpu_s, track.wait_s = vm.cpu_seconds, vm.waiting_core_seconds
             if track.engine is not None:
-                _decide(host, planner, track, run, now, used, pressure, interval_s)
+                _decide(host, planner, track, run, now, used, pressure, interval_s, steer)
             # After the vCPUs, as the decider takes a sample: memory is the VM's other lane.
             _memory(host, ledger, track, run, now, interval_s)
         for name in [n for n in tracks if n not in {vm.name for vm in running}]:
@@ -215,6 +222,7 @@ def _decide(
     used: float,
     pressure: float,
     interval_s: float,
+    steer: HarmSteer | None,
 ) -> None:
     vm, engine = track.vm, track.engine
     assert engine is not None
@@ -227,6 +235,9 @@ def _decide(
         interval_s=interval_s,
         pressure_cores=max(0.0, pressure),
     )
+    if steer is not None:
+        steer.observe(obs)
+        obs = msgspec.structs.replace(obs, price_factor=steer.factor)
     proposal = engine.propose(obs)
     if proposal is None:
         return

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import msgspec
+
 from services.decider.guard import GuardRails
 from services.decider.policies.base import Observation, PolicyBase
 from services.decider.registry import ParamError, build_policy
@@ -30,16 +32,7 @@ class VmPlan(NamedTuple):
         low, high = narrow(obs.min_vcpus, obs.max_vcpus, self.settings)
         if (low, high) == (obs.min_vcpus, obs.max_vcpus):
             return obs
-        return Observation(
-            time=obs.time,
-            vcpus=obs.vcpus,
-            min_vcpus=low,
-            max_vcpus=high,
-            used_cores=obs.used_cores,
-            interval_s=obs.interval_s,
-            pressure_cores=obs.pressure_cores,
-            urgent=obs.urgent,
-        )
+        return msgspec.structs.replace(obs, min_vcpus=low, max_vcpus=high)
 
 
 class RuleBook:

@@ -22,12 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.decider.engine import HELD_KINDS, VmEngine
 from services.decider.guard import GuardRails
+from services.decider.harm import HarmSteer
 from services.decider.mailbox import LatestPerKey
 from services.decider.memory.engine import MemoryEngine
 from services.decider.memory.ledger import MemoryLedger, MemoryView, within_host
@@ -225,6 +227,8 @@ class Decider:
         self.results: Inbox[ScaleResult] = Inbox("result", ScaleResult, ctx.metrics)
         self.host_states: Inbox[HostState] = Inbox("host", HostState, ctx.metrics)
         self.engines: dict[tuple[str, str], VmEngine] = {}
+        # Each policy's fleet harm steer (None: its price is not steered); new rules start theirs afresh.
+        self.steers: dict[PolicyBase[Any, Any], HarmSteer | None] = {}
         self.memory_engines: dict[tuple[str, str], MemoryEngine] = {}
         # Memory decision states taken over from another group member, until the VM's first sample with memory.
         self.memory_handed_over: dict[tuple[str, str], bytes] = {}
@@ -340,6 +344,7 @@ class Decider:
         """Take new rules (a SIGHUP reload): each VM keeps its engine, and with it its decision state, under its
         new bounds, mode and rails; a VM whose policy changes starts that policy's memory afresh (engine.py)."""
         self.rules = rules
+        self.steers.clear()
         old = dict(self._plans)
         for (host, vm), plan in old.items():
             s = plan.settings
@@ -382,7 +387,7 @@ class Decider:
             return None  # its rule leaves it alone: no state, no proposal, no command
         engine = self.engine(sample.host, sample.vm)
         pause = self.pauses.book.paused(sample.host, sample.vm, time.time()) if self.pauses else None
-        proposal = engine.propose(plan.observe(observation_of(sample)))
+        proposal = engine.propose(self._priced(plan.policy, plan.observe(observation_of(sample))))
         decision = None
         if proposal is not None:
             limit = None
@@ -404,6 +409,17 @@ class Decider:
         if sample.memory is not None and self.memory_policy is not None and outlet.mode != "shadow":
             self._decide_memory(sample, plan, describe(pause) if pause else None, outlet, now)
         return outlet.emit(sample, engine, decision, now)
+
+    def _priced(self, policy: PolicyBase[Any, Any], obs: Observation) -> Observation:
+        """``obs`` counted by the harm steer of the fleet ``policy`` decides, carrying that fleet's price factor."""
+        if policy not in self.steers:
+            self.steers[policy] = policy.harm_steer()
+        steer = self.steers[policy]
+        if steer is None:
+            return obs
+        factor = steer.advance(obs.time)  # what the fleet showed before this sample's time, as replay folds it
+        steer.observe(obs)
+        return obs if factor == 1.0 else msgspec.structs.replace(obs, price_factor=factor)
 
     def _decide_memory(
         self, sample: MetricSample, plan: VmPlan, paused: str | None, outlet: Outlet, now: float

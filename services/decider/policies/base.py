@@ -8,9 +8,12 @@ are applied afterwards by ``services.decider.guard``, the same for every policy.
 
 from __future__ import annotations
 
-from typing import ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import msgspec
+
+if TYPE_CHECKING:
+    from services.decider.harm import HarmSteer
 
 
 # The values made at every step (an observation, a recommendation) are Structs the garbage collector does not
@@ -32,6 +35,9 @@ class Observation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # Sent at once on a pressure trigger, between the regular samples (MetricSample.urgent). A policy sees it as any
     # other observation over its interval; the engine never shrinks on it (services.decider.engine).
     urgent: bool = False
+    # What the fleet's harm steer multiplies the price of unmet demand by (services.decider.harm); 1 is the policy's
+    # own law. Policies that price unmet demand read it; the others ignore it.
+    price_factor: float = 1.0
 
     @property
     def utilisation(self) -> float:
@@ -82,6 +88,10 @@ class PolicyBase(Generic[P, S]):
     def rail_defaults(self) -> dict[str, float]:
         """The guard-rail defaults for these parameters (``default_rails`` unless a policy derives some)."""
         return dict(self.default_rails)
+
+    def harm_steer(self) -> HarmSteer | None:
+        """A new steer of the price factor for the fleet this policy decides (None: its price is not steered)."""
+        return None
 
     def recommend(self, state: S, obs: Observation) -> Recommendation:
         raise NotImplementedError

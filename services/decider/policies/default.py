@@ -48,6 +48,7 @@ from typing import Annotated
 
 import msgspec
 
+from services.decider.harm import HarmSteer, SteerSettings
 from services.decider.policies.base import Observation, Params, PolicyBase, Recommendation
 
 MIN_CENSORED_EXCESS_CORES = 0.25
@@ -68,6 +69,11 @@ STEER_HALF_LIFE_S = 86400.0  # ... and the realised unmet share the price is ste
 # windows' peaks rarely change, so they are looked up in a table shared by every VM; it is emptied when full, so a
 # decider that runs for months holds a bounded one.
 WINDOW_MEMO_SIZE = 4096
+# The fleet's harm steer (Price): off unless ``steer_gain`` is set (docs/deciders.md, "Closing the loop on the
+# target", has why). The factor's range lets a fleet whose workload the law misjudges reach the price of a target
+# 5 times as tight or as loose (the price goes as 1/τ²).
+STEER_WINDOW_HALF_LIFE_S = 6 * 3600.0
+STEER_RANGE = 25.0
 
 
 class DefaultParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -85,6 +91,11 @@ class DefaultParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     caution_s: Annotated[float, msgspec.Meta(ge=0)] = 2.4
     # Present need (what a full host divides by first) is the peak of this many seconds (None: stabilise_s).
     need_window_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    # The fleet's harm steer (services.decider.harm): how fast, per hour, one price factor for every VM follows the
+    # unmet share the fleet really leaves, against the target, and over how long a window it is measured. 0: the
+    # law alone.
+    steer_gain: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    steer_half_life_s: Annotated[float, msgspec.Meta(gt=0)] = STEER_WINDOW_HALF_LIFE_S
 
     def __post_init__(self) -> None:
         if self.memories_s and min(self.memories_s) <= 0:
@@ -185,6 +196,16 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._whys = [self._why(arm, False, self._start_price) for arm in self.arms]
         self._saturated_whys = [self._why(arm, True, self._start_price) for arm in self.arms]
         self._window_memo: dict[tuple[float, int, int, int], tuple[int, ...]] = {}
+
+    def harm_steer(self) -> HarmSteer | None:
+        if self.params.steer_gain <= 0:
+            return None
+        settings = SteerSettings(
+            gain=self.params.steer_gain,
+            half_life_s=self.params.steer_half_life_s,
+            range=STEER_RANGE,
+        )
+        return HarmSteer(self._target, settings, self.demand_of)
 
     def rail_defaults(self) -> dict[str, float]:
         return {**self.default_rails, "warmup_s": self.params.caution_s * math.exp(self._start_log_price)}
@@ -381,6 +402,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             state.peaks = [deque() for _ in self._windows]
             state.costs = [0.0] * len(self.arms)
         price = self._price(state, demand, obs.vcpus, dt) if self.params.feedback_gain else self._start_price
+        if obs.price_factor != 1.0:
+            price = 1 + (price - 1) * obs.price_factor  # the law's premium over an idle core, scaled
         if state.previous:
             self._charge(state, demand, dt, price)
         self._remember(state, obs.time, demand, dt, obs.max_vcpus)

@@ -1,0 +1,121 @@
+"""The fleet's harm steer: one price factor for every VM a policy decides, steered so that the share of demand
+the fleet really leaves unmet, over a long window, meets the policy's target. Pure.
+
+A policy prices an unmet core-second by a law of its target share (``default``: ``1 + 0.005 / τ²``, fitted on
+one trace). That law is open-loop: on other workloads the same target gives a different realised share. The steer
+closes the loop where it serves the fleet, not VM by VM: it sums, over every VM it sees, the demand and the part of
+it left unmet (faded with a half-life of ``half_life_s``), and moves one factor on the price up while the fleet
+leaves more unmet than its target, down while it leaves less. The law is its starting point (factor 1). Evening
+out VMs, each with its own price, spends cores on the VMs whose bursts are dearest to meet (docs/deciders.md).
+
+**What it sees.** The unmet demand the decider can know: a source's pressure when it reports it, else the
+policy's own guess for a saturated sample (``demand_of``). A VM at its largest size leaves nothing unmet that a
+decision could meet, so such samples count only as demand.
+
+**How it moves.** ``log factor`` integrates ``gain × log(realised / target)`` per hour (the error clipped to
+±``MAX_ERROR``), within ×/÷ ``range``. It waits until the window holds enough demand that the target share of it
+is at least ``min_unmet_core_s``: a few minutes of a small fleet say nothing about a 1 % share.
+
+Time is the samples' own: ``advance(now)`` folds in what was observed before ``now`` and gives the factor for
+samples at ``now``. The decider calls it before counting each sample, replay once per step before the step's
+samples, so both price a sample by the same past, which never depends on the order of VMs within a step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Annotated
+
+import msgspec
+
+from services.decider.policies.base import Observation
+
+MAX_ERROR = 2.0  # |log(realised / target)| counted at most: e² ≈ 7.4× off moves the factor no faster than that
+
+
+class SteerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How the fleet's price factor follows the realised unmet share (a policy's parameters carry them)."""
+
+    gain: Annotated[float, msgspec.Meta(ge=0)]  # per hour, on the log of the factor; 0: no steering
+    half_life_s: Annotated[float, msgspec.Meta(gt=0)]  # the window the realised share is measured over
+    range: Annotated[float, msgspec.Meta(ge=1)]  # the factor stays within ×/÷ this
+    max_error: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+
+
+class HarmSteer:
+    """One fleet's price factor (see the module docstring). ``demand_of`` is the policy's reading of a sample:
+    (demand in cores, whether it is a guess above the vCPUs)."""
+
+    __slots__ = (
+        "_demand_of",
+        "_last",
+        "_pending_demand",
+        "_pending_unmet",
+        "_start",
+        "demand_s",
+        "log_factor",
+        "settings",
+        "target",
+        "unmet_s",
+    )
+
+    def __init__(
+        self, target_share: float, settings: SteerSettings, demand_of: Callable[[Observation], tuple[float, bool]]
+    ) -> None:
+        if not 0 < target_share < 1:
+            raise ValueError(f"a target unmet share is between 0 and 1, not {target_share}")
+        self.target = target_share
+        self.settings = settings
+        self._demand_of = demand_of
+        self.unmet_s = 0.0  # faded core-seconds of demand left unmet
+        self.demand_s = 0.0  # faded core-seconds of demand
+        self.log_factor = 0.0
+        self._pending_unmet = 0.0
+        self._pending_demand = 0.0
+        self._last: float | None = None
+        self._start: float | None = None
+
+    @property
+    def factor(self) -> float:
+        """What the price of an unmet core is multiplied by now (1: the policy's law)."""
+        return math.exp(self.log_factor)
+
+    @property
+    def realised_share(self) -> float | None:
+        """The unmet share over the window, as far as the decider can know it (None: no demand yet)."""
+        return self.unmet_s / self.demand_s if self.demand_s > 0 else None
+
+    def observe(self, obs: Observation) -> None:
+        """One VM's sample, counted at the next ``advance``."""
+        demand, _ = self._demand_of(obs)
+        high = obs.max_vcpus
+        if demand > high:
+            demand = float(high)  # beyond its largest size no decision could serve it
+        dt = obs.interval_s
+        self._pending_demand += dt * demand
+        if demand > obs.vcpus:
+            self._pending_unmet += dt * (demand - obs.vcpus)
+
+    def advance(self, now: float) -> float:
+        """Fold in what was observed since the last call (before ``now``) and move the factor for the time between;
+        the factor for samples at ``now``."""
+        last = self._last
+        if last is not None and now <= last:
+            return self.factor  # no time has passed: what was observed waits for the next step
+        self._last = now
+        if self._start is None:
+            self._start = now
+        dt = 0.0 if last is None else now - last
+        s = self.settings
+        fade = 0.5 ** (dt / s.half_life_s)
+        self.unmet_s = fade * self.unmet_s + self._pending_unmet
+        self.demand_s = fade * self.demand_s + self._pending_demand
+        self._pending_unmet = self._pending_demand = 0.0
+        allowed = self.target * self.demand_s
+        if dt > 0 and s.gain > 0 and allowed > 0 and now - self._start >= s.half_life_s:
+            error = math.log(self.unmet_s / allowed) if self.unmet_s > 0 else -s.max_error
+            error = min(s.max_error, max(-s.max_error, error))
+            spread = math.log(s.range)
+            self.log_factor = min(spread, max(-spread, self.log_factor + s.gain * error * dt / 3600))
+        return self.factor

@@ -1,0 +1,158 @@
+"""The fleet's harm steer (``services.decider.harm``): its factor rises while the fleet leaves more demand unmet
+than the target and falls while it leaves less, waits for a full window, stays in its range, and counts nothing
+unmet at a VM's largest size; replay runs a steered fleet in lock-step, the same whatever the VMs' order, and the
+live decider prices each sample exactly as replay does."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from evaluation.replay import replay_fleet, replay_series
+from services.decider.harm import HarmSteer, SteerSettings
+from services.decider.policies.base import Observation
+from services.decider.policies.default import STEER_RANGE, DefaultParams, DefaultPolicy
+from services.decider.registry import build_policy
+from services.decider.service import Decider, DeciderConfig, DeciderMetrics
+from shared.messages import MetricSample
+from shared.traces import VmSeries
+from tests.stubs import FixedClock, RecordingJetStream, StubContext, StubOptions
+
+SETTINGS = SteerSettings(gain=1.0, half_life_s=3600.0, range=4.0)
+
+
+def _obs(t: float, vcpus: int, used: float, pressure: float | None, high: int = 8) -> Observation:
+    return Observation(
+        time=t, vcpus=vcpus, min_vcpus=1, max_vcpus=high, used_cores=used, interval_s=60.0, pressure_cores=pressure
+    )
+
+
+def _steer(unmet_share: float, hours: float, high: int = 8, settings: SteerSettings = SETTINGS) -> HarmSteer:
+    """A steer for a 1 % target fed one VM a minute for ``hours``, running 2 cores, with pressure such that
+    ``unmet_share`` of its demand could not run."""
+    steer = HarmSteer(0.01, settings, DefaultPolicy(DefaultParams()).demand_of)
+    t = 0.0
+    while t <= hours * 3600:
+        steer.advance(t)
+        steer.observe(_obs(t, 2, 2.0, 2 * unmet_share / (1 - unmet_share), high))
+        t += 60.0
+    return steer
+
+
+def test_the_factor_follows_the_realised_share_against_the_target() -> None:
+    assert _steer(0.04, 3).factor > 1.5  # 4 % left unmet against 1 %: unmet demand is priced up
+    assert _steer(0.0025, 3).factor < 1 / 1.5  # a quarter of the target: priced down
+    assert _steer(0.01, 3).factor == pytest.approx(1.0, abs=0.02)  # on target: it stays
+    assert _steer(0.04, 3).realised_share == pytest.approx(0.04)
+
+
+def test_it_waits_for_a_full_window_and_stays_in_its_range() -> None:
+    assert _steer(0.5, 0.9).factor == 1.0  # less than a half-life of evidence: the law alone
+    assert _steer(0.5, 48).factor == pytest.approx(SETTINGS.range)
+    assert _steer(0.0, 48).factor == pytest.approx(1 / SETTINGS.range)
+    assert _steer(0.5, 48, settings=SteerSettings(gain=0.0, half_life_s=3600.0, range=4.0)).factor == 1.0
+
+
+def test_demand_beyond_the_largest_size_is_not_counted_unmet() -> None:
+    """A VM at its largest size that wants more leaves nothing a decision could meet: no unmet share."""
+    steer = _steer(0.5, 3, high=2)
+    assert steer.realised_share == 0.0
+    assert steer.factor < 1.0
+
+
+def test_a_saturated_sample_without_pressure_counts_the_policys_guess() -> None:
+    steer = HarmSteer(0.01, SETTINGS, DefaultPolicy(DefaultParams()).demand_of)
+    steer.advance(0.0)
+    steer.observe(_obs(0.0, 2, 2.0, None))  # saturated: the policy takes it to want 1.5 cores more (a quarter of 6)
+    steer.advance(60.0)
+    assert steer.realised_share == pytest.approx(1.5 / 3.5)
+
+
+def _fleet(n: int) -> list[VmSeries]:
+    rng = random.Random(7)
+    return [
+        VmSeries(f"vm{k}", [rng.choice((0.2, 0.5, 1.5, 3.9)) * rng.random() * 2 for _ in range(200)], 4, 300.0)
+        for k in range(n)
+    ]
+
+
+def test_a_steered_fleet_replays_the_same_whatever_the_order_of_its_vms() -> None:
+    policy, rails = build_policy("default", {"default": {"steer_gain": "2", "steer_half_life_s": "1800"}})
+    fleet = _fleet(6)
+    forward = replay_fleet(fleet, policy, rails, pressure=False)
+    policy2, rails2 = build_policy("default", {"default": {"steer_gain": "2", "steer_half_life_s": "1800"}})
+    backward = replay_fleet(fleet[::-1], policy2, rails2, pressure=False)
+    assert forward == backward[::-1]
+    unsteered = [replay_series(s, *build_policy("default"), pressure=False) for s in fleet]
+    assert forward != unsteered  # the steer moved the price, and with it some decision
+
+
+def test_the_steer_is_off_by_default_and_its_range_is_what_the_docs_say() -> None:
+    assert DefaultPolicy(DefaultParams()).harm_steer() is None
+    steer = DefaultPolicy(DefaultParams(steer_gain=0.1)).harm_steer()
+    assert steer is not None and steer.settings.range == STEER_RANGE == 25.0
+
+
+def test_the_price_factor_scales_the_premium_of_an_unmet_core() -> None:
+    """A VM whose 4-core bursts are rare enough to leave to the law at 1 % holds them at 25× the premium."""
+    policy = DefaultPolicy(DefaultParams())
+
+    def size_after(factor: float) -> int:
+        state = policy.new_state()
+        size = 4
+        for i in range(2000):
+            demand = 3.9 if i % 97 == 0 else 0.4
+            obs = Observation(
+                time=i * 60.0,
+                vcpus=size,
+                min_vcpus=1,
+                max_vcpus=4,
+                used_cores=min(demand, size),
+                interval_s=60.0,
+                pressure_cores=max(0.0, demand - size),
+                price_factor=factor,
+            )
+            size = policy.recommend(state, obs).target
+        return size
+
+    assert size_after(25.0) > size_after(1.0)
+
+
+def test_the_live_decider_prices_each_sample_as_replay_does() -> None:
+    """Several VMs sampled at each step through the real ``Decider.handle_sample`` end with the allocations
+    that a lock-step replay of the same fleet gives."""
+    fleet = _fleet(4)
+    params = {"default": {"steer_gain": "2", "steer_half_life_s": "1800"}}
+
+    async def live() -> list[list[int]]:
+        clock = FixedClock()
+        ctx = StubContext(StubOptions(clock), DeciderMetrics("decider"), RecordingJetStream())
+        policy, rails = build_policy("default", params)
+        decider = Decider(ctx, policy, rails, DeciderConfig(command_ttl_s=1e12))  # type: ignore[arg-type]
+        vcpus = {s.name: s.max_vcpus for s in fleet}
+        allocations: dict[str, list[int]] = {s.name: [] for s in fleet}
+        for i in range(200):
+            clock.t = i * 300.0
+            for s in fleet:
+                allocations[s.name].append(vcpus[s.name])
+                demand = min(s.demand[i], float(s.max_vcpus))
+                sample = MetricSample(
+                    time=clock.t,
+                    host="h",
+                    vm=s.name,
+                    online_vcpus=vcpus[s.name],
+                    min_vcpus=s.min_vcpus,
+                    max_vcpus=s.max_vcpus,
+                    cpu_used_cores=min(demand, float(vcpus[s.name])),
+                    interval_s=s.step_s,
+                    source="trace",
+                )
+                command = decider.handle_sample(sample)
+                await asyncio.sleep(0)
+                if command is not None:
+                    vcpus[s.name] = command.vcpu_change()[1]
+        return [allocations[s.name] for s in fleet]
+
+    assert asyncio.run(live()) == replay_fleet(fleet, *build_policy("default", params), pressure=False)
