@@ -43,6 +43,12 @@ def _timeline(k: int, series: VmSeries) -> Iterator[tuple[float, int, int]]:
 
 def _steps(fleet: Sequence[_Replayed]) -> Iterator[tuple[float, list[tuple[int, int]]]]:
     """The fleet's sample times in order, each with the (VM, step) pairs sampled then."""
+    lengths = [len(r.series.demand) for r in fleet]
+    if len({r.series.step_s for r in fleet}) == 1:  # the usual trace: one step for all, so step i is one time
+        step = fleet[0].series.step_s
+        for i in range(max(lengths)):
+            yield i * step, [(k, i) for k, n in enumerate(lengths) if i < n]
+        return
     timelines = [_timeline(k, r.series) for k, r in enumerate(fleet)]
     for t, group in itertools.groupby(heapq.merge(*timelines), key=lambda e: e[0]):
         yield t, [(k, i) for _, k, i in group]
@@ -68,7 +74,12 @@ def _observation(series: VmSeries, i: int, vcpus: int, pressure: bool, factor: f
 
 
 def replay_series(series: VmSeries, policy: PolicyBase[Any, Any], rails: GuardRails, pressure: bool) -> list[int]:
-    """The vCPUs online in each step of ``series`` under ``policy``, a VM alone (no fleet steer)."""
+    """The vCPUs online in each step of ``series`` under ``policy``: a fleet of one VM."""
+    return replay_fleet([series], policy, rails, pressure)[0]
+
+
+def _replay_alone(series: VmSeries, policy: PolicyBase[Any, Any], rails: GuardRails, pressure: bool) -> list[int]:
+    """``replay_series`` for a policy whose price no fleet steer moves."""
     engine = VmEngine(policy, rails)
     vcpus = series.max_vcpus
     allocations = []
@@ -87,7 +98,7 @@ def replay_fleet(
     """The vCPUs online in each step of each of ``series``, replayed as one fleet under ``policy``."""
     steer = policy.harm_steer()
     if steer is None:  # nothing shared: each VM alone gives the same, without merging the timelines
-        return [replay_series(s, policy, rails, pressure) for s in series]
+        return [_replay_alone(s, policy, rails, pressure) for s in series]
     fleet = [_Replayed(s, policy, rails) for s in series]
     for t, sampled in _steps(fleet):
         factor = steer.advance(t)  # what the fleet showed before t; as the live decider folds it

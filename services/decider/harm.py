@@ -1,20 +1,24 @@
-"""The fleet's harm steer: one price factor for every VM a policy decides, steered so that the share of demand
-the fleet really leaves unmet, over a long window, meets the policy's target. Pure.
+"""The fleet's harm steer: one price factor for every VM a policy decides, set by how far the share of demand the
+fleet really leaves unmet, over a long window, is from the policy's target. Pure.
 
 A policy prices an unmet core-second by a law of its target share (``default``: ``1 + 0.005 / τ²``, fitted on
-one trace). That law is open-loop: on other workloads the same target gives a different realised share. The steer
-closes the loop where it serves the fleet, not VM by VM: it sums, over every VM it sees, the demand and the part of
-it left unmet (faded with a half-life of ``half_life_s``), and moves one factor on the price up while the fleet
-leaves more unmet than its target, down while it leaves less. The law is its starting point (factor 1). Evening
-out VMs, each with its own price, spends cores on the VMs whose bursts are dearest to meet (docs/deciders.md).
+one trace). That law is open-loop: on other workloads the same target gives another realised share. The steer
+closes the loop where it serves the fleet, not VM by VM: it sums, over every VM it sees, the demand and the part
+of it left unmet, faded with a half-life of ``half_life_s`` (a week by default), and prices unmet demand up while
+the fleet leaves more than its target, down while it leaves less. Evening out VMs, each with its own price,
+spends cores on the VMs whose bursts are dearest to meet (docs/deciders.md).
 
 **What it sees.** The unmet demand the decider can know: a source's pressure when it reports it, else the
 policy's own guess for a saturated sample (``demand_of``). A VM at its largest size leaves nothing unmet that a
 decision could meet, so such samples count only as demand.
 
-**How it moves.** ``log factor`` integrates ``gain × log(realised / target)`` per hour (the error clipped to
-±``MAX_ERROR``), within ×/÷ ``range``. It waits until the window holds enough demand that the target share of it
-is at least ``min_unmet_core_s``: a few minutes of a small fleet say nothing about a 1 % share.
+**How it moves.** ``log factor = gain × c × log(realised / target)``, the log clipped to ±``max_error`` and the
+factor kept within ×/÷ ``range``; ``c = age / (age + settle_s)`` discounts a short history, which says little
+about a 1 % share. It is proportional, without an integrator: a small fleet's unmet share comes in clusters (40
+Bitbrains VMs: from 0.5 % to 1.8 % from one day to the next at one price), and an integrator chases them, spending
+cores after a cluster and saving them before the next (measured in docs/deciders.md). A proportional steer
+leaves part of a bias (with the price's effect on unmet demand about ``price^-1/2``, a gain of 2 halves it) but
+never winds up.
 
 Time is the samples' own: ``advance(now)`` folds in what was observed before ``now`` and gives the factor for
 samples at ``now``. The decider calls it before counting each sample, replay once per step before the step's
@@ -31,16 +35,15 @@ import msgspec
 
 from services.decider.policies.base import Observation
 
-MAX_ERROR = 2.0  # |log(realised / target)| counted at most: e² ≈ 7.4× off moves the factor no faster than that
-
 
 class SteerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How the fleet's price factor follows the realised unmet share (a policy's parameters carry them)."""
 
-    gain: Annotated[float, msgspec.Meta(ge=0)]  # per hour, on the log of the factor; 0: no steering
+    gain: Annotated[float, msgspec.Meta(ge=0)]  # on the log of the factor, per unit of log(realised / target)
     half_life_s: Annotated[float, msgspec.Meta(gt=0)]  # the window the realised share is measured over
+    settle_s: Annotated[float, msgspec.Meta(ge=0)]  # a history this long counts half
+    max_error: Annotated[float, msgspec.Meta(gt=0)]  # |log(realised / target)| counted at most
     range: Annotated[float, msgspec.Meta(ge=1)]  # the factor stays within ×/÷ this
-    max_error: Annotated[float, msgspec.Meta(gt=0)] = 1.0
 
 
 class HarmSteer:
@@ -98,7 +101,7 @@ class HarmSteer:
             self._pending_unmet += dt * (demand - obs.vcpus)
 
     def advance(self, now: float) -> float:
-        """Fold in what was observed since the last call (before ``now``) and move the factor for the time between;
+        """Fold in what was observed since the last call (before ``now``), fading the window by the time between;
         the factor for samples at ``now``."""
         last = self._last
         if last is not None and now <= last:
@@ -113,9 +116,11 @@ class HarmSteer:
         self.demand_s = fade * self.demand_s + self._pending_demand
         self._pending_unmet = self._pending_demand = 0.0
         allowed = self.target * self.demand_s
-        if dt > 0 and s.gain > 0 and allowed > 0 and now - self._start >= s.half_life_s:
+        if s.gain > 0 and allowed > 0:
             error = math.log(self.unmet_s / allowed) if self.unmet_s > 0 else -s.max_error
             error = min(s.max_error, max(-s.max_error, error))
+            age = now - self._start
+            confidence = age / (age + s.settle_s) if age > 0 else 0.0
             spread = math.log(s.range)
-            self.log_factor = min(spread, max(-spread, self.log_factor + s.gain * error * dt / 3600))
+            self.log_factor = min(spread, max(-spread, s.gain * confidence * error))
         return self.factor

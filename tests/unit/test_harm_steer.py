@@ -20,7 +20,7 @@ from shared.messages import MetricSample
 from shared.traces import VmSeries
 from tests.stubs import FixedClock, RecordingJetStream, StubContext, StubOptions
 
-SETTINGS = SteerSettings(gain=1.0, half_life_s=3600.0, range=4.0)
+SETTINGS = SteerSettings(gain=1.0, half_life_s=3600.0, settle_s=3600.0, max_error=2.0, range=4.0)
 
 
 def _obs(t: float, vcpus: int, used: float, pressure: float | None, high: int = 8) -> Observation:
@@ -29,16 +29,21 @@ def _obs(t: float, vcpus: int, used: float, pressure: float | None, high: int = 
     )
 
 
-def _steer(unmet_share: float, hours: float, high: int = 8, settings: SteerSettings = SETTINGS) -> HarmSteer:
-    """A steer for a 1 % target fed one VM a minute for ``hours``, running 2 cores, with pressure such that
-    ``unmet_share`` of its demand could not run."""
-    steer = HarmSteer(0.01, settings, DefaultPolicy(DefaultParams()).demand_of)
-    t = 0.0
-    while t <= hours * 3600:
+def _feed(steer: HarmSteer, unmet_share: float, hours: float, high: int = 8) -> HarmSteer:
+    """One VM a minute for ``hours``, running 2 cores, with pressure such that ``unmet_share`` of its demand
+    could not run."""
+    t = steer._last + 60.0 if steer._last is not None else 0.0
+    end = t + hours * 3600
+    while t <= end:
         steer.advance(t)
         steer.observe(_obs(t, 2, 2.0, 2 * unmet_share / (1 - unmet_share), high))
         t += 60.0
     return steer
+
+
+def _steer(unmet_share: float, hours: float, high: int = 8, settings: SteerSettings = SETTINGS) -> HarmSteer:
+    """A steer for a 1 % target fed ``_feed``."""
+    return _feed(HarmSteer(0.01, settings, DefaultPolicy(DefaultParams()).demand_of), unmet_share, hours, high)
 
 
 def test_the_factor_follows_the_realised_share_against_the_target() -> None:
@@ -48,11 +53,19 @@ def test_the_factor_follows_the_realised_share_against_the_target() -> None:
     assert _steer(0.04, 3).realised_share == pytest.approx(0.04)
 
 
-def test_it_waits_for_a_full_window_and_stays_in_its_range() -> None:
-    assert _steer(0.5, 0.9).factor == 1.0  # less than a half-life of evidence: the law alone
+def test_a_short_history_counts_little_and_the_factor_stays_in_its_range() -> None:
+    assert 1.0 < _steer(0.5, 0.1).factor < 1.25 < _steer(0.5, 3).factor  # 6 minutes against 3 hours
     assert _steer(0.5, 48).factor == pytest.approx(SETTINGS.range)
     assert _steer(0.0, 48).factor == pytest.approx(1 / SETTINGS.range)
-    assert _steer(0.5, 48, settings=SteerSettings(gain=0.0, half_life_s=3600.0, range=4.0)).factor == 1.0
+    off = SteerSettings(gain=0.0, half_life_s=3600.0, settle_s=3600.0, max_error=2.0, range=4.0)
+    assert _steer(0.5, 48, settings=off).factor == 1.0
+
+
+def test_a_fleet_back_on_target_is_priced_by_the_law_again() -> None:
+    """Proportional, not integral: hours off target leave nothing behind once the window is back on it (an
+    integrator would keep the price it wound up to)."""
+    steer = _feed(_steer(0.08, 6), 0.01, 12)
+    assert steer.factor == pytest.approx(1.0, abs=0.02)
 
 
 def test_demand_beyond_the_largest_size_is_not_counted_unmet() -> None:
@@ -85,13 +98,13 @@ def test_a_steered_fleet_replays_the_same_whatever_the_order_of_its_vms() -> Non
     policy2, rails2 = build_policy("default", {"default": {"steer_gain": "2", "steer_half_life_s": "1800"}})
     backward = replay_fleet(fleet[::-1], policy2, rails2, pressure=False)
     assert forward == backward[::-1]
-    unsteered = [replay_series(s, *build_policy("default"), pressure=False) for s in fleet]
+    unsteered = [replay_series(s, *build_policy("default", {"default": {"steer_gain": "0"}}), False) for s in fleet]
     assert forward != unsteered  # the steer moved the price, and with it some decision
 
 
-def test_the_steer_is_off_by_default_and_its_range_is_what_the_docs_say() -> None:
-    assert DefaultPolicy(DefaultParams()).harm_steer() is None
-    steer = DefaultPolicy(DefaultParams(steer_gain=0.1)).harm_steer()
+def test_the_steer_is_on_by_default_and_its_range_is_what_the_docs_say() -> None:
+    assert DefaultPolicy(DefaultParams(steer_gain=0)).harm_steer() is None
+    steer = DefaultPolicy(DefaultParams()).harm_steer()
     assert steer is not None and steer.settings.range == STEER_RANGE == 25.0
 
 

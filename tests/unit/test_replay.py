@@ -96,6 +96,9 @@ def test_policy_sees_only_what_ran_and_pressure_only_when_asked() -> None:
         def new_state(self) -> None:
             return None
 
+        def harm_steer(self) -> None:
+            return None
+
         def recommend(self, state: None, obs: Any) -> Any:
             seen.append((obs.used_cores, obs.pressure_cores))
             from services.decider.policies.base import Recommendation

@@ -21,11 +21,13 @@ after a shrink without demand seen since, and is not shrunk at all in its warm-u
 seconds from when the decider first saw it (2 min at the default 1 %, 3.3 h at 0.1 %: the less harm a
 user accepts, the more evidence a shrink needs). The decider's guard rails add the change budget.
 
-**Price.** ``1 + 0.005 / τ²`` for a target share τ: fitted on the Bitbrains trace, where realised unmet
-demand then tracks the target from 0.25 % to 4 %, and checked on PlanetLab and the simulator
-(docs/deciders.md has the figures). ``feedback_gain`` > 0 also steers each VM's price, within ×/÷ 2, by the
-unmet share that VM really had (as Autothrottle's Captain steers to a throttling target); it is off by
-default because it spends cores evening out VMs rather than serving the fleet (measured in the docs).
+**Price.** ``1 + 0.005 / τ²`` for a target share τ: fitted on the Bitbrains trace. That law is open-loop, so one
+**fleet harm steer** per policy (``services.decider.harm``, on by default: ``steer_gain``) scales its premium
+over an idle core by how far the unmet share the whole fleet really leaves, over a week, is from τ; realised unmet
+demand then tracks the target within about 12 % from 0.25 % to 8 % on Bitbrains and from 1 % to 8 % on PlanetLab
+(docs/deciders.md has the figures). ``feedback_gain`` > 0 instead steers each VM's own price, within ×/÷ 2, by the
+unmet share that VM really had (as Autothrottle's Captain steers to a throttling target); it is off by default
+because it spends cores evening out VMs rather than serving the fleet (measured in the docs).
 
 **Need.** Every recommendation also says what the demand seen now needs: the size for the highest demand of
 the shortest window (``stabilise_s``, or ``need_window_s`` when set) ×1, with the same hysteresis. The rest of
@@ -69,11 +71,13 @@ STEER_HALF_LIFE_S = 86400.0  # ... and the realised unmet share the price is ste
 # windows' peaks rarely change, so they are looked up in a table shared by every VM; it is emptied when full, so a
 # decider that runs for months holds a bounded one.
 WINDOW_MEMO_SIZE = 4096
-# The fleet's harm steer (Price): off unless ``steer_gain`` is set (docs/deciders.md, "Closing the loop on the
-# target", has why). The factor's range lets a fleet whose workload the law misjudges reach the price of a target
-# 5 times as tight or as loose (the price goes as 1/τ²).
-STEER_WINDOW_HALF_LIFE_S = 6 * 3600.0
-STEER_RANGE = 25.0
+# The fleet's harm steer (Price, services.decider.harm). Its gain was chosen on Bitbrains between 1 and 2 and
+# checked on PlanetLab (docs/deciders.md); the other constants are round values that were not tuned.
+STEER_GAIN = 2.0
+STEER_WINDOW_HALF_LIFE_S = 7 * 86400.0
+STEER_SETTLE_S = 6 * 3600.0
+STEER_MAX_ERROR = 1.0  # a fleet e times off its target moves the price as far as one further off
+STEER_RANGE = 25.0  # the price of a target 5 times as tight or as loose, at most (the price goes as 1/τ²)
 
 
 class DefaultParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -91,10 +95,9 @@ class DefaultParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     caution_s: Annotated[float, msgspec.Meta(ge=0)] = 2.4
     # Present need (what a full host divides by first) is the peak of this many seconds (None: stabilise_s).
     need_window_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    # The fleet's harm steer (services.decider.harm): how fast, per hour, one price factor for every VM follows the
-    # unmet share the fleet really leaves, against the target, and over how long a window it is measured. 0: the
-    # law alone.
-    steer_gain: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # The fleet's harm steer (services.decider.harm): how strongly one price factor for every VM follows the unmet
+    # share the fleet really leaves, against the target, and over how long a window it is measured. 0: the law alone.
+    steer_gain: Annotated[float, msgspec.Meta(ge=0)] = STEER_GAIN
     steer_half_life_s: Annotated[float, msgspec.Meta(gt=0)] = STEER_WINDOW_HALF_LIFE_S
 
     def __post_init__(self) -> None:
@@ -203,6 +206,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         settings = SteerSettings(
             gain=self.params.steer_gain,
             half_life_s=self.params.steer_half_life_s,
+            settle_s=STEER_SETTLE_S,
+            max_error=STEER_MAX_ERROR,
             range=STEER_RANGE,
         )
         return HarmSteer(self._target, settings, self.demand_of)
