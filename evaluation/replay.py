@@ -4,17 +4,15 @@ A VM starts at its maximum (what was requested). At each step the policy sees on
 ``min(demand, vcpus)`` (and, with ``pressure``, the excess), and its decision takes effect from the next
 step. The scores (``evaluation.tally``) follow ``docs/deciders.md`` §9, next to a perfect-foresight oracle.
 
-With a fleet harm steer (``services.decider.harm``), the VMs of a replay are one fleet, replayed in lock-step as
-a decider sees them: at each time the steer folds in what every VM showed before it, as the live decider's does,
-and every VM's sample then carries that price factor, which so never depends on the order of VMs within a step.
+With a fleet harm steer (``services.decider.harm``), the VMs of a replay are one fleet, replayed period by period
+of the steer: at the start of each period the steer folds in what every VM showed before it, as the live
+decider's does, and every VM's samples of the period then carry that price factor.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from evaluation.tally import Tally, oracle_allocations
@@ -25,33 +23,30 @@ from shared.traces import VmSeries
 
 
 class _Replayed:
-    """One VM of a fleet replay: its engine, the vCPUs it has and those it had at each step."""
+    """One VM of a fleet replay: its engine, the vCPUs it has, those it had at each step, and its next step."""
 
-    __slots__ = ("allocations", "engine", "series", "vcpus")
+    __slots__ = ("allocations", "engine", "next_step", "series", "vcpus")
 
     def __init__(self, series: VmSeries, policy: PolicyBase[Any, Any], rails: GuardRails) -> None:
         self.series = series
         self.engine = VmEngine(policy, rails)
         self.vcpus = series.max_vcpus
         self.allocations: list[int] = []
+        self.next_step = 0
 
+    def has_step_before(self, stop: float) -> bool:
+        return self.next_step < len(self.series.demand) and self.next_step * self.series.step_s < stop
 
-def _timeline(k: int, series: VmSeries) -> Iterator[tuple[float, int, int]]:
-    step = series.step_s
-    return ((i * step, k, i) for i in range(len(series.demand)))
-
-
-def _steps(fleet: Sequence[_Replayed]) -> Iterator[tuple[float, list[tuple[int, int]]]]:
-    """The fleet's sample times in order, each with the (VM, step) pairs sampled then."""
-    lengths = [len(r.series.demand) for r in fleet]
-    if len({r.series.step_s for r in fleet}) == 1:  # the usual trace: one step for all, so step i is one time
-        step = fleet[0].series.step_s
-        for i in range(max(lengths)):
-            yield i * step, [(k, i) for k, n in enumerate(lengths) if i < n]
-        return
-    timelines = [_timeline(k, r.series) for k, r in enumerate(fleet)]
-    for t, group in itertools.groupby(heapq.merge(*timelines), key=lambda e: e[0]):
-        yield t, [(k, i) for _, k, i in group]
+    def steps_before(self, stop: float) -> range:
+        """The steps not yet replayed whose time (step × step_s) is before ``stop``; they count as replayed."""
+        n, step, first = len(self.series.demand), self.series.step_s, self.next_step
+        last = max(first, min(n, math.ceil(stop / step)))
+        while last > first and (last - 1) * step >= stop:  # the division's rounding, either way
+            last -= 1
+        while last < n and last * step < stop:
+            last += 1
+        self.next_step = last
+        return range(first, last)
 
 
 def _observation(series: VmSeries, i: int, vcpus: int, pressure: bool, factor: float) -> Observation:
@@ -97,20 +92,29 @@ def replay_fleet(
 ) -> list[list[int]]:
     """The vCPUs online in each step of each of ``series``, replayed as one fleet under ``policy``."""
     steer = policy.harm_steer()
-    if steer is None:  # nothing shared: each VM alone gives the same, without merging the timelines
+    if steer is None:  # nothing shared: each VM alone gives the same
         return [_replay_alone(s, policy, rails, pressure) for s in series]
     fleet = [_Replayed(s, policy, rails) for s in series]
-    for t, sampled in _steps(fleet):
-        factor = steer.advance(t)  # what the fleet showed before t; as the live decider folds it
-        for k, i in sampled:
-            vm = fleet[k]
-            vm.allocations.append(vm.vcpus)
-            obs = _observation(vm.series, i, vm.vcpus, pressure, factor)
-            steer.observe(obs)
-            decision = vm.engine.step(obs)
-            if decision is not None:
-                vm.engine.mark_sent(decision.target, until=math.inf)
-                vm.vcpus = decision.target
+    period = steer.settings.period_s
+    end = max((len(s.demand) * s.step_s for s in series), default=0.0)
+    start = 0.0
+    while start < end:
+        stop = start + period
+        # A period without samples is skipped, as the live decider, which sees none, never counts it.
+        if any(vm.has_step_before(stop) for vm in fleet):
+            factor = steer.advance(start)  # the whole fleet's past before this period, as the decider's
+            for vm in fleet:
+                engine, s, vcpus, allocations = vm.engine, vm.series, vm.vcpus, vm.allocations
+                for i in vm.steps_before(stop):
+                    allocations.append(vcpus)
+                    obs = _observation(s, i, vcpus, pressure, factor)
+                    steer.observe(obs)
+                    decision = engine.step(obs)
+                    if decision is not None:
+                        engine.mark_sent(decision.target, until=math.inf)
+                        vcpus = decision.target
+                vm.vcpus = vcpus
+        start = stop
     return [vm.allocations for vm in fleet]
 
 

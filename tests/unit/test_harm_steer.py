@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import random
 
+import msgspec
 import pytest
 
 from evaluation.replay import replay_fleet, replay_series
+from services.decider.guard import GuardRails
 from services.decider.harm import HarmSteer, SteerSettings
 from services.decider.policies.base import Observation
 from services.decider.policies.default import STEER_RANGE, DefaultParams, DefaultPolicy
@@ -20,7 +22,7 @@ from shared.messages import MetricSample
 from shared.traces import VmSeries
 from tests.stubs import FixedClock, RecordingJetStream, StubContext, StubOptions
 
-SETTINGS = SteerSettings(gain=1.0, half_life_s=3600.0, settle_s=3600.0, max_error=2.0, range=4.0)
+SETTINGS = SteerSettings(gain=1.0, half_life_s=3600.0, settle_s=3600.0, max_error=2.0, range=4.0, period_s=60.0)
 
 
 def _obs(t: float, vcpus: int, used: float, pressure: float | None, high: int = 8) -> Observation:
@@ -57,7 +59,7 @@ def test_a_short_history_counts_little_and_the_factor_stays_in_its_range() -> No
     assert 1.0 < _steer(0.5, 0.1).factor < 1.25 < _steer(0.5, 3).factor  # 6 minutes against 3 hours
     assert _steer(0.5, 48).factor == pytest.approx(SETTINGS.range)
     assert _steer(0.0, 48).factor == pytest.approx(1 / SETTINGS.range)
-    off = SteerSettings(gain=0.0, half_life_s=3600.0, settle_s=3600.0, max_error=2.0, range=4.0)
+    off = msgspec.structs.replace(SETTINGS, gain=0.0)
     assert _steer(0.5, 48, settings=off).factor == 1.0
 
 
@@ -66,6 +68,18 @@ def test_a_fleet_back_on_target_is_priced_by_the_law_again() -> None:
     integrator would keep the price it wound up to)."""
     steer = _feed(_steer(0.08, 6), 0.01, 12)
     assert steer.factor == pytest.approx(1.0, abs=0.02)
+
+
+def test_the_factor_is_set_at_the_start_of_each_period_from_the_periods_before() -> None:
+    """Samples within a period all get the factor set at its start; a sample counts from the next period on."""
+    steer = HarmSteer(0.01, msgspec.structs.replace(SETTINGS, period_s=600.0), DefaultPolicy(DefaultParams()).demand_of)
+    factors = []
+    for t in range(0, 3000, 60):
+        factors.append(steer.advance(float(t)))
+        steer.observe(_obs(float(t), 2, 2.0, 1.0))  # a third of the demand unmet
+    assert factors[:10] == [1.0] * 10  # the first period: nothing before it
+    assert len(set(factors[10:20])) == 1 and factors[10] > 1.0  # set at 600 s, held to 1200 s
+    assert factors[20] > factors[19]  # a longer history counts more
 
 
 def test_demand_beyond_the_largest_size_is_not_counted_unmet() -> None:
@@ -133,16 +147,27 @@ def test_the_price_factor_scales_the_premium_of_an_unmet_core() -> None:
     assert size_after(25.0) > size_after(1.0)
 
 
+def _steered_default() -> tuple[DefaultPolicy, GuardRails]:
+    """``default`` with a quick steer, its factor set at every 300-s step (so that any sample counted in the wrong
+    period moves a price)."""
+    policy, rails = build_policy("default", {"default": {"steer_gain": "2", "steer_half_life_s": "1800"}})
+    assert isinstance(policy, DefaultPolicy)
+    made = policy.harm_steer()
+    assert made is not None
+    settings = msgspec.structs.replace(made.settings, period_s=300.0, settle_s=600.0)
+    policy.harm_steer = lambda: HarmSteer(made.target, settings, policy.demand_of)  # type: ignore[method-assign]
+    return policy, rails
+
+
 def test_the_live_decider_prices_each_sample_as_replay_does() -> None:
     """Several VMs sampled at each step through the real ``Decider.handle_sample`` end with the allocations
-    that a lock-step replay of the same fleet gives."""
+    that a replay of the same fleet gives."""
     fleet = _fleet(4)
-    params = {"default": {"steer_gain": "2", "steer_half_life_s": "1800"}}
 
     async def live() -> list[list[int]]:
         clock = FixedClock()
         ctx = StubContext(StubOptions(clock), DeciderMetrics("decider"), RecordingJetStream())
-        policy, rails = build_policy("default", params)
+        policy, rails = _steered_default()
         decider = Decider(ctx, policy, rails, DeciderConfig(command_ttl_s=1e12))  # type: ignore[arg-type]
         vcpus = {s.name: s.max_vcpus for s in fleet}
         allocations: dict[str, list[int]] = {s.name: [] for s in fleet}
@@ -168,4 +193,4 @@ def test_the_live_decider_prices_each_sample_as_replay_does() -> None:
                     vcpus[s.name] = command.vcpu_change()[1]
         return [allocations[s.name] for s in fleet]
 
-    assert asyncio.run(live()) == replay_fleet(fleet, *build_policy("default", params), pressure=False)
+    assert asyncio.run(live()) == replay_fleet(fleet, *_steered_default(), pressure=False)

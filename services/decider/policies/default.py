@@ -199,6 +199,7 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._whys = [self._why(arm, False, self._start_price) for arm in self.arms]
         self._saturated_whys = [self._why(arm, True, self._start_price) for arm in self.arms]
         self._window_memo: dict[tuple[float, int, int, int], tuple[int, ...]] = {}
+        self._why_memo: dict[tuple[int, bool, float], str] = {}
 
     def harm_steer(self) -> HarmSteer | None:
         if self.params.steer_gain <= 0:
@@ -419,8 +420,19 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         if price == self._start_price:
             why = (self._saturated_whys if censored else self._whys)[best]
         else:
-            why = self._why(self.arms[best], censored, price)
+            why = self._why_at(best, censored, price)
         return self._calm(state, obs, demand, sizes[best], why, need)
+
+    def _why_at(self, best: int, censored: bool, price: float) -> str:
+        """``_why`` for the arm numbered ``best``, kept while the price holds: a fleet steer's price holds for an
+        hour (services.decider.harm), and the text is made on most samples."""
+        key = (best, censored, price)
+        why = self._why_memo.get(key)
+        if why is None:
+            if len(self._why_memo) >= WINDOW_MEMO_SIZE:
+                self._why_memo.clear()
+            why = self._why_memo[key] = self._why(self.arms[best], censored, price)
+        return why
 
     @staticmethod
     def _why(arm: str, censored: bool, price: float) -> str:
