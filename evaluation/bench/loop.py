@@ -30,7 +30,7 @@ import msgspec
 
 from evaluation.bench import LOOP_GUESTS
 from evaluation.bench.common import machine, ready_service
-from evaluation.bench.stages import Trial, stage_table
+from evaluation.bench.stages import Trial, stage_table, stages_of
 from hotplug.harness.poll import within
 from hotplug.harness.processes import ServiceProcess, policy_args
 from hotplug.harness.recorder import Recorder
@@ -173,6 +173,8 @@ async def run(guest: str, vms: int, trials: int, work: Path) -> dict[str, object
         "reaction_p95_s": stage_table(done)["total"]["p95_s"],
         "reaction_max_s": totals[-1] if totals else None,
         "stages": stage_table(done),
+        # Each trial's stages in the order they ran, so that a slow tail can be told apart from a slow first plug.
+        "trials_s": [{stage: round(seconds, 3) for stage, seconds in stages_of(t).items()} for t in done],
         **machine(),
     }
 
