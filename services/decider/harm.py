@@ -23,10 +23,10 @@ never winds up.
 Time is the samples' own, in periods of ``period_s`` (an hour): ``advance(now)`` gives the factor for a sample
 at ``now``, which is set at the start of ``now``'s period from every sample of the periods before it. The
 decider calls it before counting each sample; replay calls it once per period and then replays each VM through
-the period, which keeps a VM's state in the processor's cache (a replay in lock-step, step by step, was 10 %
-slower). A sample is so priced by the same past in both, whatever order the VMs come in. The factor's log is
-rounded to 1e-9, far below anything a week's share can tell, so that the order in which the samples were summed
-(time by time live, VM by VM in replay) cannot change a price by its last bit.
+the period (rather than every VM step by step: a VM's state stays at hand). A sample is so priced by the same
+past in both, whatever order the VMs come in. The factor's log is rounded to 1e-9, far below anything a week's
+share can tell, so that the order in which the samples were summed (time by time live, VM by VM in replay)
+cannot change a price by its last bit.
 """
 
 from __future__ import annotations

@@ -131,6 +131,18 @@ class DeciderMetrics(ServiceMetrics):
             "hotplug_decider_state_resumed", "VMs whose decision state was taken over from KV", registry=self.registry
         )
         self.vms = Gauge("hotplug_decider_vms", "VMs this decider keeps state for", registry=self.registry)
+        self.price_factor = Gauge(
+            "hotplug_decider_price_factor",
+            "What the fleet's harm steer multiplies a policy's premium on unmet demand by (1: its law)",
+            ["policy", "target_unmet_pct"],
+            registry=self.registry,
+        )
+        self.realised_unmet = Gauge(
+            "hotplug_decider_realised_unmet_ratio",
+            "The unmet share of demand a policy's fleet left over the harm steer's window, as the decider knows it",
+            ["policy", "target_unmet_pct"],
+            registry=self.registry,
+        )
         self.leader = Gauge(
             "hotplug_decider_leader", "1 while this replica holds its lease (or has none)", registry=self.registry
         )
@@ -410,10 +422,19 @@ class Decider:
             self._decide_memory(sample, plan, describe(pause) if pause else None, outlet, now)
         return outlet.emit(sample, engine, decision, now)
 
+    def _new_steer(self, policy: PolicyBase[Any, Any]) -> HarmSteer | None:
+        """The policy's fleet steer, its factor and realised share exported (read when scraped)."""
+        steer = policy.harm_steer()
+        if steer is not None:
+            labels = (policy.name, f"{100 * steer.target:g}")
+            self.metrics.price_factor.labels(*labels).set_function(lambda: steer.factor)
+            self.metrics.realised_unmet.labels(*labels).set_function(lambda: steer.realised_share or 0.0)
+        return steer
+
     def _priced(self, policy: PolicyBase[Any, Any], obs: Observation) -> Observation:
         """``obs`` counted by the harm steer of the fleet ``policy`` decides, carrying that fleet's price factor."""
         if policy not in self.steers:
-            self.steers[policy] = policy.harm_steer()
+            self.steers[policy] = self._new_steer(policy)
         steer = self.steers[policy]
         if steer is None:
             return obs

@@ -191,6 +191,13 @@ def test_the_live_decider_prices_each_sample_as_replay_does() -> None:
                 await asyncio.sleep(0)
                 if command is not None:
                     vcpus[s.name] = command.vcpu_change()[1]
+        # The steer is exported: its factor as the decider prices by it, and the share it steers by.
+        steer = next(iter(decider.steers.values()))
+        assert steer is not None and steer.factor != 1.0
+        labels = {"policy": "default", "target_unmet_pct": "1"}
+        registry = ctx.metrics.registry
+        assert registry.get_sample_value("hotplug_decider_price_factor", labels) == steer.factor
+        assert registry.get_sample_value("hotplug_decider_realised_unmet_ratio", labels) == steer.realised_share
         return [allocations[s.name] for s in fleet]
 
     assert asyncio.run(live()) == replay_fleet(fleet, *_steered_default(), pressure=False)
