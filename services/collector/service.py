@@ -8,7 +8,8 @@ the regular ones; with ``watch_pressure``, the collector starts the source's own
 test guest's PSI lines) and gates it to the watch's window. Either way the source is read at once (at most one a
 gate window, and once the interval since the last round is long enough to measure) and each VM's sample goes out
 marked ``urgent``. Its interval runs from the last round, and the next regular round's from it; the regular rounds
-keep their pace.
+keep their pace. Asked to watch a source that has no watch (or whose watch cannot start), the collector follows
+rises instead: an urgent round a quarter interval after one in which a VM's use rose (``urgent.rose``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.collector.hoststate import host_state
 from services.collector.rates import sample_from
 from services.collector.sources.base import HostReading, PressureWatch, Reading, Source, host_reader, pressure_watcher
-from services.collector.urgent import UrgentGate
+from services.collector.urgent import UrgentGate, follow_up_s, rose
 from shared import subjects
 from shared.codec import encode
 from shared.config.schema import HostRule
@@ -164,6 +165,11 @@ class Collector:
         self.metrics: CollectorMetrics = ctx.metrics
         self.host_rules: tuple[HostRule, ...] = tuple(host_rules)
         self._previous: dict[str, Reading] = {}
+        # Following rises (a source with no watch for pressure): the delay of a follow-up, each VM's last use, and
+        # the follow-up waiting to go.
+        self._follow_s: float | None = None
+        self._used: dict[str, float] = {}
+        self._follow_up: asyncio.Task[None] | None = None
         self._read_host = host_reader(source)
         self._previous_host: HostReading | None = None
         if self._read_host is not None:
@@ -198,6 +204,8 @@ class Collector:
         clock = self.ctx.clock
         next_tick = clock.now()
         watch = self.start_pressure_watch() if self.watch_pressure else None
+        if self.watch_pressure and watch is None:
+            self.follow_rises()
         serving = None if self.urgent is None else asyncio.ensure_future(self._serve_urgent())
         try:
             while True:
@@ -211,11 +219,28 @@ class Collector:
         finally:
             if watch is not None:
                 watch.close()
-            if serving is not None:
-                serving.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await serving
+            for task in (serving, self._follow_up):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await self.source.close()
+
+    def follow_rises(self) -> None:
+        """Urgent rounds follow rises (a source that cannot say its pressure), at most one a follow-up delay."""
+        self._follow_s = follow_up_s(self.interval_s)
+        self.urgent = UrgentGate(self._follow_s)
+        log.info("following rises of %s: an urgent round %g s after a VM's use rose", self.source.name, self._follow_s)
+
+    def _follow(self) -> None:
+        """Ask for an urgent round a follow-up delay from now, unless one is waiting already."""
+        if self._follow_s is None or (self._follow_up is not None and not self._follow_up.done()):
+            return
+        self._follow_up = asyncio.ensure_future(self._fire_after(self._follow_s))
+
+    async def _fire_after(self, delay_s: float) -> None:
+        await self.ctx.clock.sleep(delay_s)
+        self.pressure_fired()
 
     async def _serve_urgent(self) -> None:
         while True:
@@ -258,6 +283,7 @@ class Collector:
             return 0
         published = 0
         used = 0.0
+        rising = False
         seen = set()
         for reading in readings:
             seen.add(reading.vm)
@@ -270,6 +296,9 @@ class Collector:
                 continue
             if urgent:
                 sample = msgspec.structs.replace(sample, urgent=True)
+            if self._follow_s is not None:
+                rising |= rose(self._used.get(sample.vm), sample.cpu_used_cores, sample.online_vcpus)
+                self._used[sample.vm] = sample.cpu_used_cores
             await self.ctx.nc.publish(subjects.metrics(sample.host, sample.vm), encode(sample))
             self.metrics.online.labels(sample.host, sample.vm).set(sample.online_vcpus)
             self.metrics.used.labels(sample.host, sample.vm).set(sample.cpu_used_cores)
@@ -279,8 +308,11 @@ class Collector:
             used += sample.cpu_used_cores
         for gone in set(self._previous) - seen:
             del self._previous[gone]
+            self._used.pop(gone, None)
             self.metrics.forget_vm(self.ctx.host, gone)  # a job that ended, a VM stopped: its series end too
         self.metrics.published.inc(published)
+        if rising:
+            self._follow()
         if urgent:
             return published  # the host's state keeps the regular pace: the trigger was about a VM's pressure
         await self.publish_host(used if published or not readings else None)  # None: no interval yet

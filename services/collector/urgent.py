@@ -7,6 +7,11 @@ microseconds, fires when runnable tasks waited at least STALL within any WINDOW.
 sample. The shell that opens the file and waits is ``services.collector.sources.psi_watch``; the collector sends
 the sample (``services.collector.service``).
 
+A source that watches no pressure (a host-side one: psutil, libvirt, VirtualBox) follows rises instead: after a
+round in which some VM's use rose by at least ``RISE_SHARE`` of its vCPUs, an urgent round follows
+``follow_up_s(interval)`` later, and again while the rise goes on. A load step seen in part by a regular sample
+(it began within that sample's interval) is so seen whole a quarter interval later, not a whole one.
+
 Nothing here does I/O or reads a clock: times are passed in.
 """
 
@@ -25,6 +30,20 @@ UNPRIVILEGED_WINDOW_S = 2.0
 # An urgent sample waits until its interval is at least this long: /proc/stat counts CPU time in ticks of 10 ms
 # (USER_HZ 100), so over a shorter interval one tick is more than a tenth of a core and the rate says little.
 MIN_INTERVAL_S = 0.1
+# A rise worth following: a quarter of the VM's vCPUs more than its last sample used (a whole quarter core for a
+# 1-vCPU VM, 2 cores for an 8-vCPU one), which a grow may soon have to meet; and the follow-up a quarter interval on.
+RISE_SHARE = 0.25
+FOLLOW_SHARE = 0.25
+
+
+def rose(before_cores: float | None, used_cores: float, vcpus: int) -> bool:
+    """Whether a VM's use rose enough since its last sample (``before_cores``; None: none) to follow it up."""
+    return before_cores is not None and used_cores - before_cores >= RISE_SHARE * max(1, vcpus)
+
+
+def follow_up_s(interval_s: float) -> float:
+    """How long after a round that showed a rise its follow-up comes (never sooner than an interval measures)."""
+    return max(MIN_INTERVAL_S, FOLLOW_SHARE * interval_s)
 
 
 class TriggerSpec(msgspec.Struct, frozen=True):

@@ -405,6 +405,33 @@ async def test_a_source_that_watches_for_pressure_brings_urgent_rounds_and_its_w
     assert source.watch_closed and source.closed
 
 
+async def test_a_source_without_a_watch_has_a_rise_followed_up_by_an_urgent_round(nc: Client, serve: Serve) -> None:
+    """Asked to watch a source that cannot (a host-side one), the collector follows rises: the regular sample that
+    first shows a VM's load step brings an urgent round a quarter interval later, which sees the step whole; once
+    the use holds, the rounds are regular again."""
+    everything = await watch(nc)
+
+    def stepping(n: int) -> list[Reading]:
+        busy = 0.1 * n if n <= 3 else 0.3 + 2.0 * (n - 3)  # idle, then both vCPUs busy from read 4 on
+        return [Reading(vm=WEB, time=float(n), online_vcpus=2, min_vcpus=1, max_vcpus=4, cpu_seconds=busy)]
+
+    source = FakeSource(stepping)
+    made: list[Collector] = []
+
+    async def body(ctx: ServiceContext[CollectorMetrics]) -> None:
+        made.append(Collector(ctx, source, 0.4, watch_pressure=True))
+        await made[0].run()
+
+    collector = await serve(CollectorMetrics("collector"), body, HOST)
+    await past_read(everything, 6)
+    assert [of(everything, WEB, n).urgent for n in range(2, 7)] == [False, False, False, True, False]
+    assert of(everything, WEB, 4).cpu_used_cores == pytest.approx(2.0)  # the rise, a regular sample
+    gate = made[0].urgent
+    assert gate is not None and gate.window_s == pytest.approx(0.1)
+    assert collector.count("hotplug_collector_urgent_rounds_total", outcome="sent") == 1
+    await collector.stop()
+
+
 @pytest.mark.parametrize("refuse", [True, False])
 async def test_without_a_watch_the_collector_keeps_its_regular_rounds(nc: Client, serve: Serve, refuse: bool) -> None:
     """A watch that cannot start (refused), or one not asked for (``watch_pressure`` off, as ``--no-urgent``): no

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from services.collector.urgent import MIN_INTERVAL_S, TriggerSpec, UrgentGate
+from services.collector.urgent import MIN_INTERVAL_S, TriggerSpec, UrgentGate, follow_up_s, rose
 
 
 def test_the_trigger_text_is_in_microseconds_and_its_payload_ends_in_a_nul() -> None:
@@ -64,3 +64,13 @@ def test_an_urgent_sample_waits_until_its_interval_is_long_enough_to_measure() -
 def test_a_gate_needs_a_window() -> None:
     with pytest.raises(ValueError, match="positive window"):
         UrgentGate(0.0)
+
+
+def test_a_rise_of_a_quarter_of_the_vcpus_is_followed_up_a_quarter_interval_later() -> None:
+    assert rose(0.1, 0.36, 1)  # a quarter core more on 1 vCPU
+    assert not rose(0.1, 0.3, 1)
+    assert rose(1.0, 3.0, 8) and not rose(1.0, 2.9, 8)  # 2 cores more on 8
+    assert not rose(None, 4.0, 4)  # no sample before: nothing rose
+    assert not rose(3.0, 1.0, 4)  # a fall is not followed
+    assert follow_up_s(1.0) == 0.25
+    assert follow_up_s(0.2) == MIN_INTERVAL_S  # never sooner than an interval measures
