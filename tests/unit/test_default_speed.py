@@ -1,6 +1,7 @@
 """The ``default`` policy's shortcuts (a window-size table shared by VMs, prices of distinct sizes only, the change
-term left out when no arm moved, reasons prepared at the start price) give exactly what the plain formulas give.
-The plain formulas are written out here as they were before the shortcuts. Pure; no sockets."""
+term left out when no arm moved, one sum for arms that have always agreed, reasons prepared at the start price) give
+exactly what the plain formulas give. The plain formulas are written out here as they were before the shortcuts.
+Pure; no sockets."""
 
 from __future__ import annotations
 
@@ -56,11 +57,16 @@ def test_charging_is_bit_for_bit_the_plain_sum_whether_or_not_arms_moved() -> No
     assert isinstance(policy, DefaultPolicy)
     rng = random.Random(7)
     arms = len(policy.arms)
-    for _ in range(2000):
-        previous = [rng.randint(1, 8) for _ in range(arms)]
+    for _ in range(4000):
+        # One size for every arm, and one cost for every arm (arms that have always agreed), take a shorter way.
+        previous = [rng.randint(1, 8) for _ in range(arms)] if rng.random() < 0.5 else [rng.randint(0, 8)] * arms
         before = rng.choice([[], list(previous), [r if rng.random() < 0.8 else rng.randint(1, 8) for r in previous]])
         costs = [rng.uniform(0, 1e6) for _ in range(arms)]
-        demand, dt, price = rng.uniform(0, 9), rng.choice([1.0, 300.0, 301.0]), rng.uniform(1, 5000)
+        if rng.random() < 0.5:
+            costs = [rng.choice([costs[0], 0.0, -0.0])] * arms
+            costs[-1] = rng.choice([costs[0], 0.0, -0.0])  # 0.0 == -0.0, but they may sum apart
+        demand, dt = rng.choice([0.0, rng.uniform(0, 9)]), rng.choice([0.0, 1.0, 300.0, 301.0])
+        price = rng.uniform(1, 5000)
         state = DefaultState(costs=list(costs), previous=previous, before=before)
         policy._charge(state, demand, dt, price)
         plain = _plain_charge(costs, previous, before, demand, dt, price, policy.params.change_cost_s)

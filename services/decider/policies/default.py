@@ -142,24 +142,34 @@ def cheapest_size(memory: Memory, price: float, low: int, high: int, current: in
     excess, weight = memory.excess, memory.weight
     if weight <= 0:
         return current
+    # What size a would have cost: its cores and the priced demand above it (sizes past the end of the list had
+    # none). Written out at each step rather than called: it runs a few times per memory per sample.
+    size = len(excess)
     start = high if current > high else low if current < low else current
-    best, best_cost = start, _size_cost(start, weight, price, excess)
+    best, best_cost = start, start * weight + price * (excess[start] if start < size else 0.0)
     start_cost = best_cost
-    if best > low and (c := _size_cost(best - 1, weight, price, excess)) <= best_cost:
-        best, best_cost = best - 1, c
-        while best > low and (c := _size_cost(best - 1, weight, price, excess)) <= best_cost:
-            best, best_cost = best - 1, c
-    else:
-        while best < high and (c := _size_cost(best + 1, weight, price, excess)) < best_cost:
-            best, best_cost = best + 1, c
+    walked_down = False
+    if best > low:
+        a = best - 1
+        c = a * weight + price * (excess[a] if a < size else 0.0)
+        if c <= best_cost:
+            best, best_cost, walked_down = a, c, True
+            while best > low:
+                a = best - 1
+                c = a * weight + price * (excess[a] if a < size else 0.0)
+                if not c <= best_cost:  # not `>`: a NaN ends the walk
+                    break
+                best, best_cost = a, c
+    if not walked_down:
+        while best < high:
+            a = best + 1
+            c = a * weight + price * (excess[a] if a < size else 0.0)
+            if not c < best_cost:
+                break
+            best, best_cost = a, c
     if best < start and start_cost - best_cost < hysteresis * weight:
         return start  # not worth a shrink
     return best
-
-
-def _size_cost(a: int, weight: float, price: float, excess: list[float]) -> float:
-    """What size ``a`` would have cost over a memory: its cores and the priced demand above it."""
-    return a * weight + price * (excess[a] if a < len(excess) else 0.0)
 
 
 class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
@@ -224,20 +234,35 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
     def _charge(self, state: DefaultState, demand: float, dt: float, price: float) -> None:
         """Each arm pays, in core-seconds, for the size it gave one sample before and the vCPUs it moved."""
         fade = 0.5 ** (dt / ARM_COSTS_HALF_LIFE_S)
-        previous = state.previous
+        costs, previous = state.costs, state.previous
         before = state.before or previous
-        change_cost = self.params.change_cost_s
-        charge: dict[int, float] = {}  # arms mostly agree: price each distinct size once
-        for r in set(previous):
-            charge[r] = dt * (r + (price * (demand - r) if demand > r else 0.0))
+        arms = len(previous)
+        first = previous[0]
+        if previous.count(first) == arms:  # every arm gave one size (a VM at little demand, or held at one size)
+            paid = dt * (first + (price * (demand - first) if demand > first else 0.0))
+            if previous == before:  # ... and none moved: one price for all, and no change term
+                if len(costs) != arms:
+                    raise ValueError(f"{len(costs)} arms' costs for {arms} sizes")
+                # Arms that have always agreed (a VM whose range is one size) have one cost: fade it once. Equal
+                # floats give equal sums, except that 0.0 == -0.0 and they sum apart with a charge of -0.0.
+                head = costs[0]
+                if head == costs[-1] and paid != 0.0 and costs.count(head) == arms:
+                    state.costs = [fade * head + paid] * arms
+                else:
+                    state.costs = [fade * cost + paid for cost in costs]
+                return
+            charge = {first: paid}
+        else:  # arms mostly agree: price each distinct size once
+            charge = {r: dt * (r + (price * (demand - r) if demand > r else 0.0)) for r in set(previous)}
         # An arm that did not move (most, most of the time) adds no change cost: the sum is the same float without
         # the term (were change_cost_s infinite, the term would be NaN and no arm could ever take over either).
         if previous == before:  # no arm moved (most samples): the same sums without comparing each pair
-            state.costs = [fade * cost + charge[r] for cost, r in zip(state.costs, previous, strict=True)]
+            state.costs = [fade * cost + charge[r] for cost, r in zip(costs, previous, strict=True)]
             return
+        change_cost = self.params.change_cost_s
         state.costs = [
             fade * cost + charge[r] if r == b else fade * cost + charge[r] + change_cost * (r - b if r > b else b - r)
-            for cost, r, b in zip(state.costs, previous, before, strict=True)
+            for cost, r, b in zip(costs, previous, before, strict=True)
         ]
 
     def _choose(self, state: DefaultState) -> int:
