@@ -130,7 +130,7 @@ def _push(queue: deque[tuple[float, float]], t: float, value: float, horizon: fl
     while queue and queue[-1][1] <= value:
         queue.pop()
     queue.append((t, value))
-    while len(queue) > 1 and queue[0][0] <= horizon:
+    while queue[0][0] <= horizon and len(queue) > 1:  # the head's age first: it is rarely out of the window
         queue.popleft()
     return queue[0][1]
 
@@ -293,9 +293,11 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             w = dt * 2.0**exponent
             memory.weight += w
             excess = memory.excess
-            if len(excess) <= high:
-                excess.extend([0.0] * (high + 1 - len(excess)))
-            for a in range(top if top < len(excess) else len(excess)):
+            size = len(excess)
+            if size <= high:
+                excess.extend([0.0] * (high + 1 - size))
+                size = high + 1
+            for a in range(top if top < size else size):
                 excess[a] += w * (demand - a)
 
     def _rescale(self, state: DefaultState, t: float) -> None:
