@@ -316,8 +316,16 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         sizes: list[int] = []
         last_peak = math.nan  # equal to no peak
         window_sizes: tuple[int, ...] = ()
+        sample = (t, demand)
         for queue, window in zip(state.peaks, self._windows, strict=True):
-            peak = _push(queue, t, demand, t - window)
+            # _push written out, with one tuple for all windows: it runs for every window of every sample.
+            while queue and queue[-1][1] <= demand:
+                queue.pop()
+            queue.append(sample)
+            horizon = t - window
+            while queue[0][0] <= horizon and len(queue) > 1:
+                queue.popleft()
+            peak = queue[0][1]
             if peak != last_peak:  # longer windows often hold the same peak: then the same sizes
                 key = (peak, n, low, high)
                 found = memo.get(key)
