@@ -237,12 +237,13 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         costs, previous = state.costs, state.previous
         before = state.before or previous
         arms = len(previous)
+        # Checked once here rather than by zip(strict=True) in the sums below, which costs more than their arithmetic.
+        if len(costs) != arms or len(before) != arms:
+            raise ValueError(f"{len(costs)} arms' costs, {arms} and {len(before)} sizes")
         first = previous[0]
         if previous.count(first) == arms:  # every arm gave one size (a VM at little demand, or held at one size)
             paid = dt * (first + (price * (demand - first) if demand > first else 0.0))
             if previous == before:  # ... and none moved: one price for all, and no change term
-                if len(costs) != arms:
-                    raise ValueError(f"{len(costs)} arms' costs for {arms} sizes")
                 # Arms that have always agreed (a VM whose range is one size) have one cost: fade it once. Equal
                 # floats give equal sums, except that 0.0 == -0.0 and they sum apart with a charge of -0.0.
                 head = costs[0]
@@ -257,12 +258,12 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         # An arm that did not move (most, most of the time) adds no change cost: the sum is the same float without
         # the term (were change_cost_s infinite, the term would be NaN and no arm could ever take over either).
         if previous == before:  # no arm moved (most samples): the same sums without comparing each pair
-            state.costs = [fade * cost + charge[r] for cost, r in zip(costs, previous, strict=True)]
+            state.costs = [fade * cost + charge[r] for cost, r in zip(costs, previous)]
             return
         change_cost = self.params.change_cost_s
         state.costs = [
             fade * cost + charge[r] if r == b else fade * cost + charge[r] + change_cost * (r - b if r > b else b - r)
-            for cost, r, b in zip(costs, previous, before, strict=True)
+            for cost, r, b in zip(costs, previous, before)
         ]
 
     def _choose(self, state: DefaultState) -> int:
@@ -297,8 +298,11 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             if size <= high:
                 excess.extend([0.0] * (high + 1 - size))
                 size = high + 1
-            for a in range(top if top < size else size):
-                excess[a] += w * (demand - a)
+            if top == 1 and size:  # most samples (under one core): the loop's one step, w * (demand - 0), without the loop
+                excess[0] += w * demand
+            else:
+                for a in range(top if top < size else size):
+                    excess[a] += w * (demand - a)
 
     def _rescale(self, state: DefaultState, t: float) -> None:
         assert state.reference is not None
