@@ -68,6 +68,7 @@ STEER_HALF_LIFE_S = 86400.0  # ... and the realised unmet share the price is ste
 # windows' peaks rarely change, so they are looked up in a table shared by every VM; it is emptied when full, so a
 # decider that runs for months holds a bounded one.
 WINDOW_MEMO_SIZE = 4096
+REASONS_SIZE = 4096  # ... and so are the reasons' texts (the arm's, at a price, and the size)
 
 
 class DefaultParams(Params, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -195,6 +196,7 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._whys = [self._why(arm, False, self._start_price) for arm in self.arms]
         self._saturated_whys = [self._why(arm, True, self._start_price) for arm in self.arms]
         self._window_memo: dict[tuple[float, int, int, int], tuple[int, ...]] = {}
+        self._reasons: dict[tuple[str, int], str] = {}
 
     def rail_defaults(self) -> dict[str, float]:
         return {**self.default_rails, "warmup_s": self.params.caution_s * math.exp(self._start_log_price)}
@@ -409,7 +411,14 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         if target > n and state.last_move < 0 and state.peak_since_move <= n:
             return Recommendation(n, f"hold: no demand above {n} vCPUs since the last shrink", "hold", need)
         kind = "grow" if target > n else "shrink" if target < n else "hold"
-        return Recommendation(target, f"{why}: {target} vCPUs", kind, need)
+        # The reason's text is made once per arm's text and size (a few per VM), not once per sample.
+        reasons = self._reasons
+        reason = reasons.get((why, target))
+        if reason is None:
+            if len(reasons) >= REASONS_SIZE:
+                reasons.clear()
+            reason = reasons[why, target] = f"{why}: {target} vCPUs"
+        return Recommendation(target, reason, kind, need)
 
     def recommend(self, state: DefaultState, obs: Observation) -> Recommendation:
         """The module docstring's sections, in turn."""
