@@ -12,7 +12,7 @@ import pytest
 
 from services.decider.policies import default as default_module
 from services.decider.policies.base import Observation, Recommendation
-from services.decider.policies.default import DefaultPolicy, DefaultState, Memory, cheapest_size
+from services.decider.policies.default import DefaultParams, DefaultPolicy, DefaultState, Memory, cheapest_size
 from services.decider.registry import build_policy
 
 
@@ -149,3 +149,20 @@ def test_a_reason_names_the_price_it_was_chosen_at_with_or_without_feedback() ->
             assert rec.reason.startswith(f"{prefix}{policy.arms[state.chosen]} with unmet demand priced {price:.0f}x")
             prices.add(f"{price:.0f}")
         assert len(prices) == 1 if gain == "0" else len(prices) > 1  # feedback moves the price, and the text
+
+
+def test_the_need_is_the_first_arms_size_when_that_arm_is_the_shortest_window_x1() -> None:
+    policy, _ = build_policy("default", {})
+    assert isinstance(policy, DefaultPolicy)
+    assert policy._need_is_first_arm
+    rng = random.Random(5)
+    state, vcpus = DefaultState(), 4
+    for i, wanted in enumerate(_series(rng, 3000)):
+        obs = Observation(
+            time=i * 60.0, vcpus=vcpus, min_vcpus=1, max_vcpus=8, used_cores=min(wanted, float(vcpus)), interval_s=60.0
+        )
+        rec = policy.recommend(state, obs)
+        assert rec.need == policy._need(state, obs, policy.demand_of(obs)[0])
+        vcpus = rec.target
+    assert not DefaultPolicy(DefaultParams(need_window_s=60.0))._need_is_first_arm
+    assert not DefaultPolicy(DefaultParams(multipliers=(1.15, 2.0)))._need_is_first_arm

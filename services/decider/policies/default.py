@@ -186,6 +186,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._multipliers = sorted(set(params.multipliers))
         w = params.need_window_s
         self._need_window = None if w is None or w == self._windows[0] else w
+        # The need is then what the first arm (the shortest window's peak x1) gives, by the same formula.
+        self._need_is_first_arm = self._need_window is None and self._multipliers[0] == 1.0
         self.arms: list[str] = [f"peak of {w:g} s x{k:g}" for w in self._windows for k in self._multipliers] + [
             f"cheapest size over {h:g} s" for h in self._half_lives
         ]
@@ -260,12 +262,12 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         # An arm that did not move (most, most of the time) adds no change cost: the sum is the same float without
         # the term (were change_cost_s infinite, the term would be NaN and no arm could ever take over either).
         if previous == before:  # no arm moved (most samples): the same sums without comparing each pair
-            state.costs = [fade * cost + charge[r] for cost, r in zip(costs, previous)]
+            state.costs = [fade * cost + charge[r] for cost, r in zip(costs, previous, strict=False)]
             return
         change_cost = self.params.change_cost_s
         state.costs = [
             fade * cost + charge[r] if r == b else fade * cost + charge[r] + change_cost * (r - b if r > b else b - r)
-            for cost, r, b in zip(costs, previous, before)
+            for cost, r, b in zip(costs, previous, before, strict=False)
         ]
 
     def _choose(self, state: DefaultState) -> int:
@@ -300,7 +302,7 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             if size <= high:
                 excess.extend([0.0] * (high + 1 - size))
                 size = high + 1
-            if top == 1 and size:  # most samples (under one core): the loop's one step, w * (demand - 0), without the loop
+            if top == 1 and size:  # most samples (under one core): the loop's one step, w * (demand - 0)
                 excess[0] += w * demand
             else:
                 for a in range(top if top < size else size):
@@ -434,7 +436,7 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._remember(state, obs.time, demand, dt, obs.max_vcpus)
         sizes = self._arm_sizes(state, obs, demand, price)
         state.before, state.previous = state.previous, sizes
-        need = self._need(state, obs, demand)
+        need = sizes[0] if self._need_is_first_arm else self._need(state, obs, demand)
         best = self._choose(state)
         if price == self._start_price:
             why = (self._saturated_whys if censored else self._whys)[best]
