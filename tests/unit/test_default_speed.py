@@ -1,7 +1,7 @@
 """The ``default`` policy's shortcuts (a window-size table shared by VMs, prices of distinct sizes only, the change
-term left out when no arm moved, one sum for arms that have always agreed, reasons prepared at the start price) give
-exactly what the plain formulas give. The plain formulas are written out here as they were before the shortcuts.
-Pure; no sockets."""
+term left out when no arm moved, one sum for arms that have always agreed, reasons prepared at the start price, the
+need read off the first arm) give exactly what the plain formulas give. The plain formulas are written out here as
+they were before the shortcuts. Pure; no sockets."""
 
 from __future__ import annotations
 
@@ -116,8 +116,8 @@ def _drive(policy: DefaultPolicy, vms: list[tuple[int, int, list[float]]]) -> li
 def test_a_policy_serving_many_vms_tells_each_what_a_policy_of_its_own_would(
     monkeypatch: pytest.MonkeyPatch, memo_size: int
 ) -> None:
-    """The window-size table is shared by every VM a policy serves and emptied when full: it must key on all the
-    sizes depend on (vCPUs, bounds), so that no VM is given another's sizes."""
+    """The window-size table (and the reasons' texts) are shared by every VM a policy serves and emptied when full:
+    they must key on all the sizes depend on (vCPUs, bounds), so that no VM is given another's sizes."""
     rng = random.Random(3)
     vms = [(rng.randint(1, 2), rng.choice([2, 4, 8]), _series(rng, 400)) for _ in range(6)]
     params = {"default": {"target_unmet_pct": "0.5", "feedback_gain": "1"}}
@@ -127,10 +127,12 @@ def test_a_policy_serving_many_vms_tells_each_what_a_policy_of_its_own_would(
         assert isinstance(policy, DefaultPolicy)
         alone.append(_drive(policy, [vm])[0])
     monkeypatch.setattr(default_module, "WINDOW_MEMO_SIZE", memo_size)
+    monkeypatch.setattr(default_module, "REASONS_SIZE", memo_size)
     shared, _ = build_policy("default", params)
     assert isinstance(shared, DefaultPolicy)
     assert _drive(shared, vms) == alone
     assert len(shared._window_memo) <= memo_size
+    assert len(shared._reasons) <= memo_size
 
 
 def test_a_reason_names_the_price_it_was_chosen_at_with_or_without_feedback() -> None:
