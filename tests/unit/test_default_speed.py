@@ -1,6 +1,7 @@
 """The ``default`` policy's shortcuts (a window-size table shared by VMs, prices of distinct sizes only, the change
-term left out when no arm moved, reasons prepared at the start price) give exactly what the plain formulas give.
-The plain formulas are written out here as they were before the shortcuts. Pure; no sockets."""
+term left out when no arm moved, one sum for arms that have always agreed, reasons prepared at the start price, the
+need read off the first arm) give exactly what the plain formulas give. The plain formulas are written out here as
+they were before the shortcuts. Pure; no sockets."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from services.decider.policies import default as default_module
 from services.decider.policies.base import Observation, Recommendation
-from services.decider.policies.default import DefaultPolicy, DefaultState, Memory, cheapest_size
+from services.decider.policies.default import DefaultParams, DefaultPolicy, DefaultState, Memory, cheapest_size
 from services.decider.registry import build_policy
 
 
@@ -56,11 +57,16 @@ def test_charging_is_bit_for_bit_the_plain_sum_whether_or_not_arms_moved() -> No
     assert isinstance(policy, DefaultPolicy)
     rng = random.Random(7)
     arms = len(policy.arms)
-    for _ in range(2000):
-        previous = [rng.randint(1, 8) for _ in range(arms)]
+    for _ in range(4000):
+        # One size for every arm, and one cost for every arm (arms that have always agreed), take a shorter way.
+        previous = [rng.randint(1, 8) for _ in range(arms)] if rng.random() < 0.5 else [rng.randint(0, 8)] * arms
         before = rng.choice([[], list(previous), [r if rng.random() < 0.8 else rng.randint(1, 8) for r in previous]])
         costs = [rng.uniform(0, 1e6) for _ in range(arms)]
-        demand, dt, price = rng.uniform(0, 9), rng.choice([1.0, 300.0, 301.0]), rng.uniform(1, 5000)
+        if rng.random() < 0.5:
+            costs = [rng.choice([costs[0], 0.0, -0.0])] * arms
+            costs[-1] = rng.choice([costs[0], 0.0, -0.0])  # 0.0 == -0.0, but they may sum apart
+        demand, dt = rng.choice([0.0, rng.uniform(0, 9)]), rng.choice([0.0, 1.0, 300.0, 301.0])
+        price = rng.uniform(1, 5000)
         state = DefaultState(costs=list(costs), previous=previous, before=before)
         policy._charge(state, demand, dt, price)
         plain = _plain_charge(costs, previous, before, demand, dt, price, policy.params.change_cost_s)
@@ -110,8 +116,8 @@ def _drive(policy: DefaultPolicy, vms: list[tuple[int, int, list[float]]]) -> li
 def test_a_policy_serving_many_vms_tells_each_what_a_policy_of_its_own_would(
     monkeypatch: pytest.MonkeyPatch, memo_size: int
 ) -> None:
-    """The window-size table is shared by every VM a policy serves and emptied when full: it must key on all the
-    sizes depend on (vCPUs, bounds), so that no VM is given another's sizes."""
+    """The window-size table (and the reasons' texts) are shared by every VM a policy serves and emptied when full:
+    they must key on all the sizes depend on (vCPUs, bounds), so that no VM is given another's sizes."""
     rng = random.Random(3)
     vms = [(rng.randint(1, 2), rng.choice([2, 4, 8]), _series(rng, 400)) for _ in range(6)]
     params = {"default": {"target_unmet_pct": "0.5", "feedback_gain": "1"}}
@@ -121,10 +127,12 @@ def test_a_policy_serving_many_vms_tells_each_what_a_policy_of_its_own_would(
         assert isinstance(policy, DefaultPolicy)
         alone.append(_drive(policy, [vm])[0])
     monkeypatch.setattr(default_module, "WINDOW_MEMO_SIZE", memo_size)
+    monkeypatch.setattr(default_module, "REASONS_SIZE", memo_size)
     shared, _ = build_policy("default", params)
     assert isinstance(shared, DefaultPolicy)
     assert _drive(shared, vms) == alone
     assert len(shared._window_memo) <= memo_size
+    assert len(shared._reasons) <= memo_size
 
 
 def test_a_reason_names_the_price_it_was_chosen_at_with_or_without_feedback() -> None:
@@ -143,3 +151,20 @@ def test_a_reason_names_the_price_it_was_chosen_at_with_or_without_feedback() ->
             assert rec.reason.startswith(f"{prefix}{policy.arms[state.chosen]} with unmet demand priced {price:.0f}x")
             prices.add(f"{price:.0f}")
         assert len(prices) == 1 if gain == "0" else len(prices) > 1  # feedback moves the price, and the text
+
+
+def test_the_need_is_the_first_arms_size_when_that_arm_is_the_shortest_window_x1() -> None:
+    policy, _ = build_policy("default", {})
+    assert isinstance(policy, DefaultPolicy)
+    assert policy._need_is_first_arm
+    rng = random.Random(5)
+    state, vcpus = DefaultState(), 4
+    for i, wanted in enumerate(_series(rng, 3000)):
+        obs = Observation(
+            time=i * 60.0, vcpus=vcpus, min_vcpus=1, max_vcpus=8, used_cores=min(wanted, float(vcpus)), interval_s=60.0
+        )
+        rec = policy.recommend(state, obs)
+        assert rec.need == policy._need(state, obs, policy.demand_of(obs)[0])
+        vcpus = rec.target
+    assert not DefaultPolicy(DefaultParams(need_window_s=60.0))._need_is_first_arm
+    assert not DefaultPolicy(DefaultParams(multipliers=(1.15, 2.0)))._need_is_first_arm

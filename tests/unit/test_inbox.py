@@ -8,6 +8,7 @@ import logging
 import msgspec
 import pytest
 
+from shared import inbox as inbox_module
 from shared import subjects
 from shared.codec import MAX_MESSAGE_BYTES, encode
 from shared.inbox import DROP_REASONS, Inbox
@@ -93,6 +94,21 @@ def test_a_body_naming_another_host_or_vm_than_its_subject_is_dropped() -> None:
     assert inbox.open(subjects.stored_metrics("h1", "web 1"), encode(_sample(host="h2"))) is None  # as stored
     assert inbox.open(subjects.stored_metrics("h1", "web 1"), encode(_sample())) == _sample()
     assert _counts(metrics) == {**dict.fromkeys(DROP_REASONS, 0.0), "subject-mismatch": 4.0, "received": 1.0}
+
+
+def test_a_subjects_origin_is_kept_and_still_holds_every_body_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each subject's origin is parsed once and kept (emptied when full): a body that disagrees with a subject seen
+    before is dropped as it was the first time, whatever came on that subject in between."""
+    monkeypatch.setattr(inbox_module, "ORIGINS_SIZE", 2)
+    metrics = ServiceMetrics("svc")
+    inbox = Inbox("metric", MetricSample, metrics)
+    for _ in range(3):
+        for vm in ("web 1", "web 2", "web 3"):
+            assert inbox.open(subjects.metrics("h1", vm), encode(_sample(vm=vm))) == _sample(vm=vm)
+            assert inbox.open(subjects.metrics("h1", vm), encode(_sample(vm="other"))) is None
+        assert inbox.open("direct", encode(_sample(vm="other"))) == _sample(vm="other")  # no origin: the body
+    assert len(inbox._origins) <= 2
+    assert _counts(metrics) == {**dict.fromkeys(DROP_REASONS, 0.0), "subject-mismatch": 9.0, "received": 12.0}
 
 
 def test_judging_a_shed_message_drops_a_bad_one_and_takes_in_none(caplog: pytest.LogCaptureFixture) -> None:

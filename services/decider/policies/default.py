@@ -71,6 +71,7 @@ STEER_HALF_LIFE_S = 86400.0  # ... and the realised unmet share the price is ste
 # windows' peaks rarely change, so they are looked up in a table shared by every VM; it is emptied when full, so a
 # decider that runs for months holds a bounded one.
 WINDOW_MEMO_SIZE = 4096
+REASONS_SIZE = 4096  # ... and so are the reasons' texts (the arm's, at a price, and the size)
 # The fleet's harm steer (Price, services.decider.harm). Its gain was chosen on Bitbrains between 1 and 2 and
 # checked on PlanetLab (docs/deciders.md); the other constants are round values that were not tuned.
 STEER_GAIN = 2.0
@@ -144,7 +145,7 @@ def _push(queue: deque[tuple[float, float]], t: float, value: float, horizon: fl
     while queue and queue[-1][1] <= value:
         queue.pop()
     queue.append((t, value))
-    while len(queue) > 1 and queue[0][0] <= horizon:
+    while queue[0][0] <= horizon and len(queue) > 1:  # the head's age first: it is rarely out of the window
         queue.popleft()
     return queue[0][1]
 
@@ -156,24 +157,34 @@ def cheapest_size(memory: Memory, price: float, low: int, high: int, current: in
     excess, weight = memory.excess, memory.weight
     if weight <= 0:
         return current
+    # What size a would have cost: its cores and the priced demand above it (sizes past the end of the list had
+    # none). Written out at each step rather than called: it runs a few times per memory per sample.
+    size = len(excess)
     start = high if current > high else low if current < low else current
-    best, best_cost = start, _size_cost(start, weight, price, excess)
+    best, best_cost = start, start * weight + price * (excess[start] if start < size else 0.0)
     start_cost = best_cost
-    if best > low and (c := _size_cost(best - 1, weight, price, excess)) <= best_cost:
-        best, best_cost = best - 1, c
-        while best > low and (c := _size_cost(best - 1, weight, price, excess)) <= best_cost:
-            best, best_cost = best - 1, c
-    else:
-        while best < high and (c := _size_cost(best + 1, weight, price, excess)) < best_cost:
-            best, best_cost = best + 1, c
+    walked_down = False
+    if best > low:
+        a = best - 1
+        c = a * weight + price * (excess[a] if a < size else 0.0)
+        if c <= best_cost:
+            best, best_cost, walked_down = a, c, True
+            while best > low:
+                a = best - 1
+                c = a * weight + price * (excess[a] if a < size else 0.0)
+                if not c <= best_cost:  # not `>`: a NaN ends the walk
+                    break
+                best, best_cost = a, c
+    if not walked_down:
+        while best < high:
+            a = best + 1
+            c = a * weight + price * (excess[a] if a < size else 0.0)
+            if not c < best_cost:
+                break
+            best, best_cost = a, c
     if best < start and start_cost - best_cost < hysteresis * weight:
         return start  # not worth a shrink
     return best
-
-
-def _size_cost(a: int, weight: float, price: float, excess: list[float]) -> float:
-    """What size ``a`` would have cost over a memory: its cores and the priced demand above it."""
-    return a * weight + price * (excess[a] if a < len(excess) else 0.0)
 
 
 class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
@@ -189,6 +200,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._multipliers = sorted(set(params.multipliers))
         w = params.need_window_s
         self._need_window = None if w is None or w == self._windows[0] else w
+        # The need is then what the first arm (the shortest window's peak x1) gives, by the same formula.
+        self._need_is_first_arm = self._need_window is None and self._multipliers[0] == 1.0
         self.arms: list[str] = [f"peak of {w:g} s x{k:g}" for w in self._windows for k in self._multipliers] + [
             f"cheapest size over {h:g} s" for h in self._half_lives
         ]
@@ -199,6 +212,7 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._whys = [self._why(arm, False, self._start_price) for arm in self.arms]
         self._saturated_whys = [self._why(arm, True, self._start_price) for arm in self.arms]
         self._window_memo: dict[tuple[float, int, int, int], tuple[int, ...]] = {}
+        self._reasons: dict[tuple[str, int], str] = {}
         self._why_memo: dict[tuple[int, bool, float], str] = {}
 
     def harm_steer(self) -> HarmSteer | None:
@@ -251,20 +265,36 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
     def _charge(self, state: DefaultState, demand: float, dt: float, price: float) -> None:
         """Each arm pays, in core-seconds, for the size it gave one sample before and the vCPUs it moved."""
         fade = 0.5 ** (dt / ARM_COSTS_HALF_LIFE_S)
-        previous = state.previous
+        costs, previous = state.costs, state.previous
         before = state.before or previous
-        change_cost = self.params.change_cost_s
-        charge: dict[int, float] = {}  # arms mostly agree: price each distinct size once
-        for r in set(previous):
-            charge[r] = dt * (r + (price * (demand - r) if demand > r else 0.0))
+        arms = len(previous)
+        # Checked once here rather than by zip(strict=True) in the sums below, which costs more than their arithmetic.
+        if len(costs) != arms or len(before) != arms:
+            raise ValueError(f"{len(costs)} arms' costs, {arms} and {len(before)} sizes")
+        first = previous[0]
+        if previous.count(first) == arms:  # every arm gave one size (a VM at little demand, or held at one size)
+            paid = dt * (first + (price * (demand - first) if demand > first else 0.0))
+            if previous == before:  # ... and none moved: one price for all, and no change term
+                # Arms that have always agreed (a VM whose range is one size) have one cost: fade it once. Equal
+                # floats give equal sums, except that 0.0 == -0.0 and they sum apart with a charge of -0.0.
+                head = costs[0]
+                if head == costs[-1] and paid != 0.0 and costs.count(head) == arms:
+                    state.costs = [fade * head + paid] * arms
+                else:
+                    state.costs = [fade * cost + paid for cost in costs]
+                return
+            charge = {first: paid}
+        else:  # arms mostly agree: price each distinct size once
+            charge = {r: dt * (r + (price * (demand - r) if demand > r else 0.0)) for r in set(previous)}
         # An arm that did not move (most, most of the time) adds no change cost: the sum is the same float without
         # the term (were change_cost_s infinite, the term would be NaN and no arm could ever take over either).
         if previous == before:  # no arm moved (most samples): the same sums without comparing each pair
-            state.costs = [fade * cost + charge[r] for cost, r in zip(state.costs, previous, strict=True)]
+            state.costs = [fade * cost + charge[r] for cost, r in zip(costs, previous, strict=False)]
             return
+        change_cost = self.params.change_cost_s
         state.costs = [
             fade * cost + charge[r] if r == b else fade * cost + charge[r] + change_cost * (r - b if r > b else b - r)
-            for cost, r, b in zip(state.costs, previous, before, strict=True)
+            for cost, r, b in zip(costs, previous, before, strict=False)
         ]
 
     def _choose(self, state: DefaultState) -> int:
@@ -295,10 +325,15 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             w = dt * 2.0**exponent
             memory.weight += w
             excess = memory.excess
-            if len(excess) <= high:
-                excess.extend([0.0] * (high + 1 - len(excess)))
-            for a in range(top if top < len(excess) else len(excess)):
-                excess[a] += w * (demand - a)
+            size = len(excess)
+            if size <= high:
+                excess.extend([0.0] * (high + 1 - size))
+                size = high + 1
+            if top == 1 and size:  # most samples (under one core): the loop's one step, w * (demand - 0)
+                excess[0] += w * demand
+            else:
+                for a in range(top if top < size else size):
+                    excess[a] += w * (demand - a)
 
     def _rescale(self, state: DefaultState, t: float) -> None:
         assert state.reference is not None
@@ -316,8 +351,16 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         sizes: list[int] = []
         last_peak = math.nan  # equal to no peak
         window_sizes: tuple[int, ...] = ()
+        sample = (t, demand)
         for queue, window in zip(state.peaks, self._windows, strict=True):
-            peak = _push(queue, t, demand, t - window)
+            # _push written out, with one tuple for all windows: it runs for every window of every sample.
+            while queue and queue[-1][1] <= demand:
+                queue.pop()
+            queue.append(sample)
+            horizon = t - window
+            while queue[0][0] <= horizon and len(queue) > 1:
+                queue.popleft()
+            peak = queue[0][1]
             if peak != last_peak:  # longer windows often hold the same peak: then the same sizes
                 key = (peak, n, low, high)
                 found = memo.get(key)
@@ -397,7 +440,14 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         if target > n and state.last_move < 0 and state.peak_since_move <= n:
             return Recommendation(n, f"hold: no demand above {n} vCPUs since the last shrink", "hold", need)
         kind = "grow" if target > n else "shrink" if target < n else "hold"
-        return Recommendation(target, f"{why}: {target} vCPUs", kind, need)
+        # The reason's text is made once per arm's text and size (a few per VM), not once per sample.
+        reasons = self._reasons
+        reason = reasons.get((why, target))
+        if reason is None:
+            if len(reasons) >= REASONS_SIZE:
+                reasons.clear()
+            reason = reasons[why, target] = f"{why}: {target} vCPUs"
+        return Recommendation(target, reason, kind, need)
 
     def recommend(self, state: DefaultState, obs: Observation) -> Recommendation:
         """The module docstring's sections, in turn."""
@@ -415,7 +465,7 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._remember(state, obs.time, demand, dt, obs.max_vcpus)
         sizes = self._arm_sizes(state, obs, demand, price)
         state.before, state.previous = state.previous, sizes
-        need = self._need(state, obs, demand)
+        need = sizes[0] if self._need_is_first_arm else self._need(state, obs, demand)
         best = self._choose(state)
         if price == self._start_price:
             why = (self._saturated_whys if censored else self._whys)[best]
@@ -429,7 +479,7 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         key = (best, censored, price)
         why = self._why_memo.get(key)
         if why is None:
-            if len(self._why_memo) >= WINDOW_MEMO_SIZE:
+            if len(self._why_memo) >= REASONS_SIZE:
                 self._why_memo.clear()
             why = self._why_memo[key] = self._why(self.arms[best], censored, price)
         return why
