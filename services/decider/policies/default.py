@@ -213,7 +213,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         self._saturated_whys = [self._why(arm, True, self._start_price) for arm in self.arms]
         self._window_memo: dict[tuple[float, int, int, int], tuple[int, ...]] = {}
         self._reasons: dict[tuple[str, int], str] = {}
-        self._why_memo: dict[tuple[int, bool, float], str] = {}
+        # The same at other prices (a fleet steer's), by price: plain, then saturated.
+        self._priced_whys: dict[float, tuple[list[str], list[str]]] = {}
 
     def harm_steer(self) -> HarmSteer | None:
         if self.params.steer_gain <= 0:
@@ -474,15 +475,17 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         return self._calm(state, obs, demand, sizes[best], why, need)
 
     def _why_at(self, best: int, censored: bool, price: float) -> str:
-        """``_why`` for the arm numbered ``best``, kept while the price holds: a fleet steer's price holds for an
-        hour (services.decider.harm), and the text is made on most samples."""
-        key = (best, censored, price)
-        why = self._why_memo.get(key)
-        if why is None:
-            if len(self._why_memo) >= REASONS_SIZE:
-                self._why_memo.clear()
-            why = self._why_memo[key] = self._why(self.arms[best], censored, price)
-        return why
+        """``_why`` for the arm numbered ``best`` at a price other than the start price: every arm's text at that
+        price is made once, since a fleet steer's price holds for an hour for every VM (services.decider.harm)."""
+        whys = self._priced_whys.get(price)
+        if whys is None:
+            if len(self._priced_whys) >= REASONS_SIZE:
+                self._priced_whys.clear()
+            whys = self._priced_whys[price] = (
+                [self._why(arm, False, price) for arm in self.arms],
+                [self._why(arm, True, price) for arm in self.arms],
+            )
+        return whys[censored][best]
 
     @staticmethod
     def _why(arm: str, censored: bool, price: float) -> str:
