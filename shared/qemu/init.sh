@@ -8,7 +8,7 @@
 #        "GOT <line>" as each command line is read; "OUT <line>" for each output line of a command;
 #        "PSI cpu stall_us=<us> window_ms=100 running=<runnable tasks>" at once when some runnable task waited at
 #         least PSI_STALL_US (30 ms)
-#         since the last look, 100 ms before (longer when a loaded guest is late to look), at most one a second;
+#         since the last look, 100 ms before (longer when a loaded guest is late to look), at most one in 500 ms;
 #         none where the kernel has no readable /proc/pressure/cpu (Debian's cloud kernel has PSI on: no psi=1)
 #   in:  "busy N" (N busy loops; 0 stops them), "memwatch on|off", anything else is run as a shell command.
 /bin/busybox --install -s /bin
@@ -71,7 +71,7 @@ stats &
 
 # CPU pressure as it comes, for a host that wants to act before the next STAT line: every 100 ms, the stall PSI
 # counted since the last look (/proc/pressure/cpu's some total, microseconds), and a PSI line when it reaches
-# PSI_STALL_US, then at least nine quiet looks (a second) before the next. busybox sh cannot poll() a PSI trigger,
+# PSI_STALL_US, then at least four quiet looks (500 ms) before the next. busybox sh cannot poll() a PSI trigger,
 # so it looks, as neon's in-guest monitor does; every look is the shell's own read (no process). The wait is a
 # read -t on a FIFO no one writes: this busybox's sleep is a fork and exec (no NOFORK applets), which ten times a
 # second would cost a TCG guest more than the looking. 30 ms, not less: an idle TCG guest's own work (the STAT
@@ -95,7 +95,7 @@ psiwatch() {
       # runnable tasks now (loadavg's 4th field, this shell among them), for a host whose STAT line is older
       read -r _ _ _ runnable _ < /proc/loadavg
       echo "PSI cpu stall_us=$((total - last)) window_ms=100 running=${runnable%/*}" > $CTL
-      quiet=9
+      quiet=4
     fi
     last=$total
   done

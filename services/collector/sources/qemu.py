@@ -26,7 +26,7 @@ Pressure between the rounds (``watch_pressure``): the test guest says ``PSI cpu 
 control channel the moment a runnable task waited 30 ms in 100 ms (shared/qemu/init.sh). A task follows each running
 guest's control log from where it ended when first seen, looking every ``PRESSURE_POLL_S`` (a size check; only new
 bytes are read, on the loop: a stat and a read of a line cost less than a hop to a worker thread), and asks the
-collector for an urgent round when a PSI line has come. The guest says one at most a second (``PSI_WINDOW_S``).
+collector for an urgent round when a PSI line has come. The guest says one at most every 500 ms (``PSI_WINDOW_S``).
 The line also gives the guest's runnable tasks as it was said (``running=``), and the round's pressure is counted
 from the latest line that gives them (``shared.qemu.vm.latest_running``): on an urgent round that is the PSI line,
 said as the load came, where the STAT line may be a second old and show none of it.
@@ -59,7 +59,7 @@ MEMORY_TIMEOUT_S = 1.0
 # How often the guests' control logs are looked at for a PSI line: a twentieth of a second added to the detection
 # (the guest looks every 100 ms), for a stat per guest each time.
 PRESSURE_POLL_S = 0.05
-PSI_WINDOW_S = 1.0  # the test guest says at most one PSI line a second
+PSI_WINDOW_S = 0.5  # the test guest says at most one PSI line in 500 ms
 
 
 class LogFollower:
