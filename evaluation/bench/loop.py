@@ -6,7 +6,8 @@ the seed's threshold rule and no waits; actuator) on an embedded nats-server, an
 
 * ``simulator`` (default): the simulated cloud's VMs, whose hot-plug delay is 50 ms, so the figure is the
   loop's own. Each trial pins an idle VM's demand above its maximum.
-* ``qemu``: real QEMU guests (TCG), booted for the run with 1 vCPU of 2. Each trial starts two busy loops inside
+* ``qemu``: real QEMU guests (TCG), booted for the run with 1 vCPU of 2 (``libvirt``: the same guest as a libvirt
+  domain, through the ``libvirt`` source and driver). Each trial starts two busy loops inside
   the guest (its control channel's ``busy 2``), which the guest reports at once as CPU pressure (its ``PSI`` line:
   an urgent sample), and the plug counts once the guest has brought the vCPU online
   (the QEMU driver waits for it). A guest allows ``maxcpus`` − 1 hot-adds in its life, so trials per guest are
@@ -21,10 +22,12 @@ before the next. The decisions themselves are measured by ``hotplug bench decisi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -83,7 +86,13 @@ class _Plugs(Recorder):
 
 
 async def loop_services(
-    broker_url: str, guest: str, vms: int, work: Path, env: Mapping[str, str], interval_s: float = INTERVAL_S
+    broker_url: str,
+    guest: str,
+    vms: int,
+    work: Path,
+    env: Mapping[str, str],
+    interval_s: float = INTERVAL_S,
+    source_args: Sequence[str] = (),
 ) -> list[ServiceProcess]:
     """The loop's services (the simulator's too for ``simulator``), each ready; the collector samples every
     ``interval_s`` and watches the source for pressure between its rounds (where it can: the QEMU guests' PSI lines)."""
@@ -94,7 +103,7 @@ async def loop_services(
         delay = str(HOTPLUG_DELAY_S)
         specs.append(["simulator", *common, "--vms", str(vms), "--profiles", "idle", "--max-vcpus", "2"])
         specs[-1] += ["--hotplug-delay", delay]
-    specs.append(["collector", *common, "--source", guest, "--interval", str(interval_s)])
+    specs.append(["collector", *common, "--source", guest, "--interval", str(interval_s), *source_args])
     specs.append(["decider", *common, *policy_args("threshold", EAGER_THRESHOLD)])
     specs.append(["actuator", *common, "--driver", guest, "--max-changes", "1000"])  # trials follow quickly
     try:
@@ -157,13 +166,19 @@ async def _trials(
 async def run(guest: str, vms: int, trials: int, work: Path) -> dict[str, object]:
     if guest not in LOOP_GUESTS:
         raise ValueError(f"unknown guest {guest!r}; choose from {', '.join(LOOP_GUESTS)}")
-    names = [f"vm-{i + 1:02d}" for i in range(vms)]
+    # libvirt's domains are the host's: the bench's own carry its name
+    names = [f"{'loop-' if guest == 'libvirt' else ''}vm-{i + 1:02d}" for i in range(vms)]
     with EmbeddedBroker(work / "nats") as broker:
         if guest == "qemu":
             if -(-trials // vms) > MAX_QEMU_TRIALS:
                 raise ValueError(f"at most {MAX_QEMU_TRIALS} trials per QEMU guest (its hot-add budget)")
             done, firsts = await _on_qemu(broker.url, names, trials, work)
             delay: float | None = None
+        elif guest == "libvirt":
+            if -(-trials // vms) > MAX_QEMU_TRIALS:
+                raise ValueError(f"at most {MAX_QEMU_TRIALS} trials per libvirt guest (its hot-add budget)")
+            done, firsts = await _on_libvirt(broker.url, names, trials, work)
+            delay = None
         else:
             done, firsts = await _on_simulator(broker.url, names, trials, work), []
             delay = HOTPLUG_DELAY_S
@@ -212,6 +227,48 @@ async def _on_simulator(broker_url: str, names: list[str], trials: int, work: Pa
     finally:
         for service in services:
             await service.stop_async()
+
+
+async def _on_libvirt(broker_url: str, names: list[str], trials: int, work: Path) -> tuple[list[Trial], list[Trial]]:
+    """The same on libvirt domains running the test guest (as ``hotplug libvirt start`` starts them), through the
+    ``libvirt`` source, which follows their PSI lines, and driver; the daemons must run (.ci/libvirt-daemons)."""
+    from hotplug.hypervisors.libvirt import DIR_ENV as LIBVIRT_DIR_ENV
+    from hotplug.hypervisors.libvirt import start, stop
+    from shared.libvirt.connection import Connection
+    from shared.libvirt.guest import GuestChannel, guest_dir
+
+    root = work / "libvirt"
+    conn = Connection()
+    started: list[str] = []
+
+    def quietly(admin: Callable[..., int], *args: object) -> int:
+        with contextlib.redirect_stdout(sys.stderr):  # the admin commands' lines; stdout is the report's
+            return admin(*args)
+
+    try:
+        for name in names:  # one at a time: each boot is CPU-bound under TCG
+            await asyncio.to_thread(quietly, start, conn, name, 2, 1, 256, root)
+            started.append(name)
+        channels = {
+            name: GuestChannel(guest_dir(name, root) / "ctl.log", guest_dir(name, root) / "ctl.sock") for name in names
+        }
+        # Only the bench's own domains are sampled, so only they are decided on and resized.
+        only = [arg for name in names for arg in ("--libvirt-domain", name)]
+        env = {LIBVIRT_DIR_ENV: str(root)}
+        services = await loop_services(broker_url, "libvirt", len(names), work, env, source_args=only)
+        try:
+
+            async def load(vm: str, on: bool) -> None:
+                await asyncio.to_thread(channels[vm].send, f"busy {QEMU_BUSY_LOOPS if on else 0}")
+
+            return await _trials(broker_url, names, trials, load, first_apart=True)
+        finally:
+            for service in services:
+                await service.stop_async()
+    finally:
+        for name in started:
+            await asyncio.to_thread(quietly, stop, conn, name, root)
+        conn.close()
 
 
 async def _on_qemu(broker_url: str, names: list[str], trials: int, work: Path) -> tuple[list[Trial], list[Trial]]:

@@ -86,8 +86,8 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         "--guest",
         choices=LOOP_GUESTS,
         default=None,
-        help="loop: the VMs a load step is put on: the simulator's, or real QEMU guests booted for the run "
-        "(default: simulator); memory: qemu only",
+        help="loop: the VMs a load step is put on: the simulator's, or real QEMU guests booted for the run, "
+        "directly or as libvirt domains (libvirt's daemons must run) (default: simulator); memory: qemu only",
     )
     bench.add_argument(
         "--trials",

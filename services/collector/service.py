@@ -8,8 +8,9 @@ the regular ones; with ``watch_pressure``, the collector starts the source's own
 test guest's PSI lines) and gates it to the watch's window. Either way the source is read at once (at most one a
 gate window, and once the interval since the last round is long enough to measure) and each VM's sample goes out
 marked ``urgent``. Its interval runs from the last round, and the next regular round's from it; the regular rounds
-keep their pace. Asked to watch a source that has no watch (or whose watch cannot start), the collector follows
-rises instead: an urgent round a quarter interval after one in which a VM's use rose (``urgent.rose``).
+keep their pace. With ``watch_pressure`` the collector also follows rises, for the VMs no watch covers (a source
+without one, or whose watch cannot start, or a guest that cannot say its pressure): an urgent round a quarter
+interval after one in which a VM's use rose (``urgent.rose``).
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ class Collector:
         clock = self.ctx.clock
         next_tick = clock.now()
         watch = self.start_pressure_watch() if self.watch_pressure else None
-        if self.watch_pressure and watch is None:
+        if self.watch_pressure:
             self.follow_rises()
         serving = None if self.urgent is None else asyncio.ensure_future(self._serve_urgent())
         try:
@@ -227,9 +228,12 @@ class Collector:
             await self.source.close()
 
     def follow_rises(self) -> None:
-        """Urgent rounds follow rises (a source that cannot say its pressure), at most one a follow-up delay."""
+        """Urgent rounds also follow rises: a source's watch, if it has one, sees only the guests that can say their
+        pressure (the libvirt source's watch, only the project's test guest). Without a watch, at most one a
+        follow-up delay; with one, within its gate."""
         self._follow_s = follow_up_s(self.interval_s)
-        self.urgent = UrgentGate(self._follow_s)
+        if self.urgent is None:
+            self.urgent = UrgentGate(self._follow_s)
         log.info("following rises of %s: an urgent round %g s after a VM's use rose", self.source.name, self._follow_s)
 
     def _follow(self) -> None:

@@ -7,10 +7,11 @@ microseconds, fires when runnable tasks waited at least STALL within any WINDOW.
 sample. The shell that opens the file and waits is ``services.collector.sources.psi_watch``; the collector sends
 the sample (``services.collector.service``).
 
-A source that watches no pressure (a host-side one: psutil, libvirt, VirtualBox) follows rises instead: after a
-round in which some VM's use rose by at least ``RISE_SHARE`` of its vCPUs, an urgent round follows
-``follow_up_s(interval)`` later, and again while the rise goes on. A load step seen in part by a regular sample
-(it began within that sample's interval) is so seen whole a quarter interval later, not a whole one.
+A VM whose guest cannot say its pressure (on a host-side source: psutil, VirtualBox, libvirt for other guests
+than the project's) has its rises followed: after a round in which some VM's use rose by at least ``RISE_SHARE`` of
+its vCPUs, an urgent round follows ``follow_up_s(interval)`` later, and again while the rise goes on. A load step
+seen in part by a regular sample (it began within that sample's interval) is so seen whole a quarter interval
+later, not a whole one.
 
 Nothing here does I/O or reads a clock: times are passed in.
 """

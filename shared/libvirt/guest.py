@@ -25,7 +25,7 @@ from pathlib import Path
 
 from shared.libvirt.domain import SETTINGS_NS, SETTINGS_PREFIX, Settings, parse_xml
 from shared.qemu.image import GuestImage
-from shared.qemu.vm import GuestStat, file_size, lines_since, parse_stat, send_line
+from shared.qemu.vm import GuestStat, file_size, lines_since, parse_stat, reading_of, send_line
 
 LIFETIME_MAXIMUM = 32
 BOOT_TIMEOUT_S = 60.0
@@ -166,6 +166,10 @@ class GuestChannel:
             if stat is not None:
                 return stat
         return None
+
+    def guest_reading(self, tail_bytes: int = 16384) -> tuple[GuestStat | None, int | None]:
+        """The guest's latest STAT line, and its runnable tasks as its latest line says them (``reading_of``)."""
+        return reading_of(self.lines_since(max(0, self.size() - tail_bytes)))
 
     def fresh_stat(self, timeout_s: float = 2.5) -> GuestStat | None:
         """The first STAT line the guest writes from now on (it writes one a second), else the last one."""

@@ -267,6 +267,13 @@ def latest_running(lines: Sequence[str]) -> int | None:
     return None
 
 
+def reading_of(lines: Sequence[str]) -> tuple[GuestStat | None, int | None]:
+    """The latest STAT line of a guest's ``lines``, and its runnable tasks as its latest line says them
+    (``latest_running``: on an urgent round, the PSI line said as the load came)."""
+    stat = next((s for s in (parse_stat(line.strip()) for line in reversed(lines)) if s is not None), None)
+    return stat, latest_running(lines)
+
+
 def file_size(path: Path) -> int:
     """The size of ``path`` in bytes; 0 while it does not exist."""
     try:
@@ -507,10 +514,8 @@ class QemuVm:
         return self.guest_reading()[0]
 
     def guest_reading(self) -> tuple[GuestStat | None, int | None]:
-        """The guest's latest STAT line, and its runnable tasks as its latest line says them (``latest_running``)."""
-        lines = self.guest_lines()
-        stat = next((s for s in (parse_stat(line.strip()) for line in reversed(lines)) if s is not None), None)
-        return stat, latest_running(lines)
+        """The guest's latest STAT line, and its runnable tasks as its latest line says them (``reading_of``)."""
+        return reading_of(self.guest_lines())
 
 
 def vcpu_threads(pid: int, proc: Path = Path("/proc")) -> set[int] | None:

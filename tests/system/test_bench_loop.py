@@ -38,6 +38,8 @@ def test_a_load_step_inside_a_real_qemu_guest_is_met_by_a_plug() -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert (report["guest"], report["vms"], report["trials"]) == ("qemu", 1, 2)
+    # Every trial in order, and the guest's first plug in its life timed apart from them.
+    assert len(report["trials_s"]) == 2 and len(report["first_plugs_s"]) == 1
     stages = report["stages"]
     # The QEMU driver answers once the guest has the vCPU online: a real plug, never instant.
     assert stages["act"]["p50_s"] > 0

@@ -535,3 +535,56 @@ def test_whole_loop_scales_two_real_domains_up_and_down_with_one_result_per_comm
         assert not {"vm-01", "vm-02"} & {r["name"] for r in json.loads(listed.stdout or "[]")}  # stopped at the end
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.mark.timeout(300)
+async def test_a_load_step_in_a_libvirt_guest_is_met_by_a_plug_made_on_an_urgent_sample(
+    guests: Guests, root: Path, tmp_path: Path
+) -> None:
+    """The ``libvirt`` source follows the test guest's PSI lines, as the ``qemu`` source does: with the collector
+    sampling every 5 s, a load step right after a regular sample is met by a grow made on an urgent sample, before
+    the next regular one, and its pressure is the load's (the PSI line's runnable tasks). Services as ``hotplug bench
+    loop --guest libvirt`` starts them, sampling only this domain."""
+    from evaluation.bench.loop import QEMU_BUSY_LOOPS, loop_services
+    from hotplug.hypervisors.libvirt import DIR_ENV
+    from shared import bus
+
+    vm, interval_s = "hl-urgent", 5.0
+    await asyncio.to_thread(guests.start, vm, max_vcpus=2)
+    with EmbeddedBroker(tmp_path / "nats") as broker:
+        nc = await bus.connect(broker.url, "test", forever=False)
+        recorder = Recorder()
+        await recorder.attach(nc)
+        env = {DIR_ENV: str(root), "HOTPLUG_LIBVIRT_URI": URI}
+        only = ["--libvirt-domain", vm]
+        services = await loop_services(broker.url, "libvirt", 1, tmp_path, env, interval_s, source_args=only)
+        try:
+
+            def regular_after(since: float) -> list[Any]:
+                return [s for s in recorder.samples if s.vm == vm and not s.urgent and s.time > since]
+
+            def grows() -> list[Any]:
+                return [c for c in recorder.commands if c.vm == vm and (c.target_vcpus or 0) > (c.seen_vcpus or 0)]
+
+            await eventually(lambda: regular_after(0.0), timeout=60, what="a regular sample")
+            before = regular_after(0.0)[-1]
+            assert before.online_vcpus == 1 and not grows()
+            await asyncio.to_thread(guests.channel(vm).send, f"busy {QEMU_BUSY_LOOPS}")
+            seen: dict[str, object] = {}
+
+            def grown() -> bool:
+                if grows() and not seen:
+                    seen["regular"] = regular_after(before.time)
+                return bool(seen)
+
+            await eventually(grown, timeout=interval_s * 4, what="a grow command")
+            command = grows()[0]
+            assert seen["regular"] == [], "the next regular sample came before the grow"
+            [driving] = [s for s in recorder.samples if s.vm == vm and s.time == command.sample_time]
+            assert driving.urgent and (driving.pressure_cores or 0.0) > 0, driving
+            result = await recorder.result_of(command.id, timeout_s=60)
+            assert result is not None and result.ok and result.vcpus_after == 2, result
+        finally:
+            for service in services:
+                await service.stop_async()
+            await nc.close()

@@ -1,5 +1,5 @@
 """The test guest's PSI lines, read on the host: ``shared.qemu.vm.parse_psi`` and ``LineSplitter`` (pure), the
-``qemu`` source's ``LogFollower`` (only what a control log gained, from where it ended) and ``PsiLogWatch.look``
+test guest's sources' ``LogFollower`` (only what a control log gained, from where it ended) and ``PsiLogWatch.look``
 over real files. The guest's side (shared/qemu/init.sh) on a real guest: tests/system/test_qemu_urgent.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.collector.sources.qemu import LogFollower, PsiLogWatch
+from services.collector.sources.psi_lines import LogFollower, PsiLogWatch
 from shared.qemu.vm import LineSplitter, PsiReport, latest_running, parse_psi
 
 PSI_LINE = "PSI cpu stall_us=23000 window_ms=100"
@@ -88,7 +88,7 @@ async def test_the_watch_says_a_psi_line_once_and_only_for_the_guests_it_is_give
         (tmp_path / name / "ctl.log").write_bytes(PSI_LINE.encode() + b"\n")  # said before the watch began
     guests = ["vm-a"]
     # The watch's own task looks only when this test awaits, which it does not before close: each look is the test's.
-    watch = PsiLogWatch(lambda: guests, tmp_path, lambda: None)
+    watch = PsiLogWatch(lambda: {name: tmp_path / name / "ctl.log" for name in guests}, lambda: None)
     try:
         assert not watch.look()
         with (tmp_path / "vm-b" / "ctl.log").open("ab") as f:

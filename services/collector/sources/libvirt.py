@@ -24,6 +24,12 @@ and ``balloon.current`` of every running domain, selected, opted out or not (a d
 holds its vCPUs and memory). A domain's memory on the host is its ``balloon.current``, libvirt's figure of what the
 guest has: a move under way counts once it has landed, as that figure follows the guest. A running domain without one
 leaves the host's memory unreported that round rather than counted short.
+
+Pressure between the rounds (``watch_pressure``): a domain running the project's test guest says ``PSI cpu ...`` on
+its control port the moment a task waits, and the source follows those lines as the ``qemu`` source does
+(``services.collector.sources.psi_lines``); the round's pressure is then counted from the runnable tasks of the
+guest's latest line, the PSI line's on an urgent round. Other domains have their rises followed by the collector
+(``services.collector.urgent``).
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -41,6 +48,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from services.collector.sources.base import HostReading, MemoryCounters, Reading
 from services.collector.sources.guest import RunQueueIntegral
 from services.collector.sources.guest_memory import libvirt_counters
+from services.collector.sources.psi_lines import PsiLogWatch
 from shared.clock import Clock
 from shared.libvirt.connection import Connection
 from shared.libvirt.domain import SETTINGS_NS, DomainInfo, Settings, parse_domain, parse_settings_xml
@@ -224,8 +232,10 @@ class LibvirtSource:
             if settings.enabled is False or (self.opt_in and settings.enabled is not True):
                 continue
             log_file = state.info.control_log
-            guest = await asyncio.to_thread(GuestChannel(log_file).last_stat) if log_file is not None else None
-            reading = self._reading(name, state, stats, now, guest)
+            stat, running = (None, None)
+            if log_file is not None:
+                stat, running = await asyncio.to_thread(GuestChannel(log_file).guest_reading)
+            reading = self._reading(name, state, stats, now, stat, running)
             if reading is not None:
                 readings.append(reading)
         for uuid in set(self._domains) - seen:
@@ -233,9 +243,16 @@ class LibvirtSource:
         return readings
 
     def _reading(
-        self, name: str, state: _Domain, stats: dict[str, Any], now: float, stat: GuestStat | None
+        self,
+        name: str,
+        state: _Domain,
+        stats: dict[str, Any],
+        now: float,
+        stat: GuestStat | None,
+        running: int | None,
     ) -> Reading | None:
-        """One domain's reading from its libvirt stats and its guest's last STAT line (the project's test guest)."""
+        """One domain's reading from its libvirt stats and its guest's last STAT line (the project's test guest), its
+        run queue as the guest's latest line says it (on an urgent round, the PSI line said as the load came)."""
         current = int(stats.get("vcpu.current", 0))
         if current < 1:
             return None
@@ -273,9 +290,10 @@ class LibvirtSource:
         if not per_vcpu:
             return None
         waiting = None
-        if stat is not None:
-            # the STAT line's running count includes the guest's own stats reader
-            waiting = state.pressure.add(now, max(0, stat.running - 1 - len(stat.online)))
+        if running is not None:
+            # the line's running count includes its own reader (the STAT line's awk, or the PSI watcher's shell)
+            online = len(stat.online) if stat is not None else current
+            waiting = state.pressure.add(now, max(0, running - 1 - online))
         return Reading(
             vm=name,
             time=now,
@@ -286,6 +304,13 @@ class LibvirtSource:
             per_vcpu_seconds=per_vcpu,
             waiting_core_seconds=waiting,
             memory=memory_counters(state.memory, stats, stat),
+        )
+
+    def watch_pressure(self, fired: Callable[[], None]) -> PsiLogWatch:
+        """Follow the PSI lines of the running domains that are the project's test guest (they have a control log),
+        calling ``fired`` on each (``services.collector.sources.psi_lines``)."""
+        return PsiLogWatch(
+            lambda: {uuid: Path(s.info.control_log) for uuid, s in self._domains.items() if s.info.control_log}, fired
         )
 
     async def host(self) -> HostReading | None:

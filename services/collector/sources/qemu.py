@@ -22,11 +22,8 @@ memory it last had: it still holds them. While a running guest's memory was neve
 its first round on, a state file of an older version), the host's memory is not reported: a committed sum without it
 would say the host has room it does not have.
 
-Pressure between the rounds (``watch_pressure``): the test guest says ``PSI cpu stall_us=.. window_ms=..`` on its
-control channel the moment a runnable task waited 30 ms in 100 ms (shared/qemu/init.sh). A task follows each running
-guest's control log from where it ended when first seen, looking every ``PRESSURE_POLL_S`` (a size check; only new
-bytes are read, on the loop: a stat and a read of a line cost less than a hop to a worker thread), and asks the
-collector for an urgent round when a PSI line has come. The guest says one at most every 500 ms (``PSI_WINDOW_S``).
+Pressure between the rounds (``watch_pressure``): the test guest's PSI lines, followed in each running guest's
+control log (``services.collector.sources.psi_lines``).
 The line also gives the guest's runnable tasks as it was said (``running=``), and the round's pressure is counted
 from the latest line that gives them (``shared.qemu.vm.latest_running``): on an urgent round that is the PSI line,
 said as the load came, where the STAT line may be a second old and show none of it.
@@ -46,96 +43,17 @@ from qemu.qmp import QMPClient
 from services.collector.sources.base import HostReading, Reading
 from services.collector.sources.guest import RunQueueIntegral
 from services.collector.sources.guest_memory import qemu_counters
+from services.collector.sources.psi_lines import PsiLogWatch
 from services.collector.sources.threads import read_threads
 from shared.clock import Clock
 from shared.host_memory import host_memory, read_host_memory
 from shared.qemu.memview import UNREADABLE, MemorySizes, committed_bytes, has_memory_device, query_sizes
-from shared.qemu.vm import LineSplitter, QemuError, QemuVm, VmState, file_size, parse_psi, running_vms
+from shared.qemu.vm import QemuError, QemuVm, VmState, running_vms
 
 log = logging.getLogger(__name__)
 
 # The monitor answers a query in milliseconds; a second is a QEMU busy elsewhere, and the round goes on without it.
 MEMORY_TIMEOUT_S = 1.0
-# How often the guests' control logs are looked at for a PSI line: a twentieth of a second added to the detection
-# (the guest looks every 100 ms), for a stat per guest each time.
-PRESSURE_POLL_S = 0.05
-PSI_WINDOW_S = 0.5  # the test guest says at most one PSI line in 500 ms
-
-
-class LogFollower:
-    """The lines a file gains, from where it ended when the follower was made: ``new_lines`` reads only what was
-    added since the last call (a size check first). A file that shrank was started again (a guest rebooted: QEMU
-    truncates its log), and is read from its start."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = file_size(path)
-        self._lines = LineSplitter(mid_line=self._ends_mid_line())
-
-    def _ends_mid_line(self) -> bool:
-        """Whether the log now ends inside a line, whose rest the first new bytes would be."""
-        if self.offset == 0:
-            return False
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset - 1)
-                return f.read(1) != b"\n"
-        except OSError:
-            return False
-
-    def new_lines(self) -> list[str]:
-        size = file_size(self.path)
-        if size < self.offset:
-            self.offset = 0
-            self._lines = LineSplitter()
-        if size == self.offset:
-            return []
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                data = f.read(size - self.offset)
-        except OSError:
-            return []
-        self.offset += len(data)
-        return self._lines.feed(data)
-
-
-class PsiLogWatch:
-    """Follows the control logs of the guests a source last found running, and calls ``fired`` when one said a PSI
-    line. Closed by ``close`` (or with its loop)."""
-
-    window_s = PSI_WINDOW_S
-
-    def __init__(self, guests: Callable[[], list[str]], root: Path | None, fired: Callable[[], None]) -> None:
-        self._guests = guests
-        self._root = root
-        self._fired = fired
-        self._followers: dict[str, LogFollower] = {}
-        self._task = asyncio.get_running_loop().create_task(self._follow(), name="qemu-psi-lines")
-
-    def look(self) -> bool:
-        """One look at every guest's log; True if any said a PSI line since the last look."""
-        # a guest seen for the first time is followed from its log's end; a stopped one is forgotten
-        self._followers = {
-            name: self._followers.get(name) or LogFollower(QemuVm(name, self._root).ctl_log) for name in self._guests()
-        }
-        said = False
-        for follower in self._followers.values():
-            if any(parse_psi(line.strip()) is not None for line in follower.new_lines()):
-                said = True
-        return said
-
-    async def _follow(self) -> None:
-        while True:
-            try:
-                if self.look():
-                    self._fired()
-            except Exception:  # a log that cannot be read this look is looked at again the next
-                log.exception("looking for the guests' PSI lines failed")
-            await asyncio.sleep(PRESSURE_POLL_S)  # wall time: the guests write in it
-
-    def close(self) -> None:
-        self._task.cancel()
 
 
 async def memory_sizes(qmp: QMPClient, vm: str, state: VmState) -> MemorySizes | None:
@@ -229,7 +147,7 @@ class QemuSource:
 
     def watch_pressure(self, fired: Callable[[], None]) -> PsiLogWatch:
         """Follow the running guests' PSI lines (the ones the last read found), calling ``fired`` on each."""
-        return PsiLogWatch(lambda: self._running, self.root, fired)
+        return PsiLogWatch(lambda: {name: QemuVm(name, self.root).ctl_log for name in self._running}, fired)
 
     async def host(self) -> HostReading | None:
         """This machine and the guests this round's read found running."""
