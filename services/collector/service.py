@@ -166,8 +166,7 @@ class Collector:
         self.metrics: CollectorMetrics = ctx.metrics
         self.host_rules: tuple[HostRule, ...] = tuple(host_rules)
         self._previous: dict[str, Reading] = {}
-        # Following rises (a source with no watch for pressure): the delay of a follow-up, each VM's last use, and
-        # the follow-up waiting to go.
+        # Following rises (follow_rises): the delay of a follow-up, each VM's last use, and the follow-up waiting to go.
         self._follow_s: float | None = None
         self._used: dict[str, float] = {}
         self._follow_up: asyncio.Task[None] | None = None
