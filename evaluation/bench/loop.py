@@ -229,6 +229,30 @@ async def _on_simulator(broker_url: str, names: list[str], trials: int, work: Pa
             await service.stop_async()
 
 
+async def _on_booted(
+    broker_url: str,
+    kind: str,
+    names: list[str],
+    trials: int,
+    work: Path,
+    env: Mapping[str, str],
+    send: Mapping[str, Callable[[str], None]],
+    source_args: Sequence[str] = (),
+) -> tuple[list[Trial], list[Trial]]:
+    """Trials on real guests of ``kind`` booted already: the loop's services, and each load step sent to the guest's
+    control channel (``send``: VM → its channel's send) as busy loops."""
+    services = await loop_services(broker_url, kind, len(names), work, env, source_args=source_args)
+    try:
+
+        async def load(vm: str, on: bool) -> None:
+            await asyncio.to_thread(send[vm], f"busy {QEMU_BUSY_LOOPS if on else 0}")
+
+        return await _trials(broker_url, names, trials, load, first_apart=True)
+    finally:
+        for service in services:
+            await service.stop_async()
+
+
 async def _on_libvirt(broker_url: str, names: list[str], trials: int, work: Path) -> tuple[list[Trial], list[Trial]]:
     """The same on libvirt domains running the test guest (as ``hotplug libvirt start`` starts them), through the
     ``libvirt`` source, which follows their PSI lines, and driver; the daemons must run (.ci/libvirt-daemons)."""
@@ -255,16 +279,8 @@ async def _on_libvirt(broker_url: str, names: list[str], trials: int, work: Path
         # Only the bench's own domains are sampled, so only they are decided on and resized.
         only = [arg for name in names for arg in ("--libvirt-domain", name)]
         env = {LIBVIRT_DIR_ENV: str(root)}
-        services = await loop_services(broker_url, "libvirt", len(names), work, env, source_args=only)
-        try:
-
-            async def load(vm: str, on: bool) -> None:
-                await asyncio.to_thread(channels[vm].send, f"busy {QEMU_BUSY_LOOPS if on else 0}")
-
-            return await _trials(broker_url, names, trials, load, first_apart=True)
-        finally:
-            for service in services:
-                await service.stop_async()
+        send = {name: channel.send for name, channel in channels.items()}
+        return await _on_booted(broker_url, "libvirt", names, trials, work, env, send, only)
     finally:
         for name in started:
             await asyncio.to_thread(quietly, stop, conn, name, root)
@@ -278,17 +294,8 @@ async def _on_qemu(broker_url: str, names: list[str], trials: int, work: Path) -
     try:
         for name in names:  # one at a time: each boot is CPU-bound under TCG
             guests.append(await asyncio.to_thread(QemuVm.start, name, image, max_vcpus=2, vcpus=1, root=root))
-        by_name = {guest.name: guest for guest in guests}
-        services = await loop_services(broker_url, "qemu", len(names), work, {DIR_ENV: str(root)})
-        try:
-
-            async def load(vm: str, on: bool) -> None:
-                await asyncio.to_thread(by_name[vm].send, f"busy {QEMU_BUSY_LOOPS if on else 0}")
-
-            return await _trials(broker_url, names, trials, load, first_apart=True)
-        finally:
-            for service in services:
-                await service.stop_async()
+        send = {guest.name: guest.send for guest in guests}
+        return await _on_booted(broker_url, "qemu", names, trials, work, {DIR_ENV: str(root)}, send)
     finally:
         for guest in guests:
             await asyncio.to_thread(guest.stop)
