@@ -120,7 +120,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         metavar="NAME.KEY=VALUE",
-        help="decisions, pool: a policy parameter for the runs of that policy (pool: default's also for "
+        help="decisions, pool, replay: a policy parameter for the runs of that policy (pool: default's also for "
         "default+priorities; memory.KEY the memory rule's), as replay takes it",
     )
     bench.add_argument("--cores", type=at_least_one, default=None, help="pool: the host's cores (default 48)")
@@ -396,7 +396,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out = bench_collector((args.vms,) if args.vms else (10, 100, 1000), args.seconds or 10.0)
     else:
         from evaluation.bench.replay import bench_replay
+        from evaluation.sweep import policy_params
+        from services.decider.registry import POLICIES
 
-        out = bench_replay()
+        out = bench_replay(params=policy_params(args.param, list(POLICIES), "benchmarked"))
     print(json.dumps(out) if args.json else json.dumps(out, indent=1))
     return 0
