@@ -545,7 +545,7 @@ async def test_a_load_step_in_a_libvirt_guest_is_met_by_a_plug_made_on_an_urgent
     sampling every 5 s, a load step right after a regular sample is met by a grow made on an urgent sample, before
     the next regular one, and its pressure is the load's (the PSI line's runnable tasks). Services as ``hotplug bench
     loop --guest libvirt`` starts them, sampling only this domain."""
-    from evaluation.bench.loop import QEMU_BUSY_LOOPS, loop_services
+    from evaluation.bench.loop import loop_services
     from hotplug.hypervisors.libvirt import DIR_ENV
     from shared import bus
 
@@ -569,7 +569,8 @@ async def test_a_load_step_in_a_libvirt_guest_is_met_by_a_plug_made_on_an_urgent
             await eventually(lambda: regular_after(0.0), timeout=60, what="a regular sample")
             before = regular_after(0.0)[-1]
             assert before.online_vcpus == 1 and not grows()
-            await asyncio.to_thread(guests.channel(vm).send, f"busy {QEMU_BUSY_LOOPS}")
+            # three loops, not two: see test_qemu_urgent.BUSY_LOOPS (the PSI line counts runnable tasks at once)
+            await asyncio.to_thread(guests.channel(vm).send, "busy 3")
             seen: dict[str, object] = {}
 
             def grown() -> bool:
