@@ -27,6 +27,11 @@ the period (rather than every VM step by step: a VM's state stays at hand). A sa
 past in both, whatever order the VMs come in. The factor's log is rounded to 1e-9, far below anything a week's
 share can tell, so that the order in which the samples were summed (time by time live, VM by VM in replay)
 cannot change a price by its last bit.
+
+**What it keeps.** ``snapshot`` is all of it (the sums, the factor, the periods it has counted); ``resume`` takes
+one back, so a decider that restarts prices by a week of learning rather than by the law alone
+(``services.decider.steer_store``). A snapshot taken for another target or other settings is refused: it measured
+another steer.
 """
 
 from __future__ import annotations
@@ -49,6 +54,20 @@ class SteerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     max_error: Annotated[float, msgspec.Meta(gt=0)]  # |log(realised / target)| counted at most
     range: Annotated[float, msgspec.Meta(ge=1)]  # the factor stays within ×/÷ this
     period_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0  # the factor is set at the start of each period
+
+
+class SteerState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything a steer has learned, as stored and handed back (``HarmSteer.snapshot`` / ``resume``)."""
+
+    target: float
+    settings: SteerSettings
+    unmet_s: float
+    demand_s: float
+    log_factor: float
+    pending_unmet: float
+    pending_demand: float
+    last: float | None  # the start of the last period counted
+    start: float | None  # ... and of the first
 
 
 class HarmSteer:
@@ -95,6 +114,36 @@ class HarmSteer:
     def realised_share(self) -> float | None:
         """The unmet share over the window, as far as the decider can know it (None: no demand yet)."""
         return self.unmet_s / self.demand_s if self.demand_s > 0 else None
+
+    @property
+    def period(self) -> float | None:
+        """The start of the period the factor was last set for (None: never set)."""
+        return self._last
+
+    def snapshot(self) -> SteerState:
+        return SteerState(
+            target=self.target,
+            settings=self.settings,
+            unmet_s=self.unmet_s,
+            demand_s=self.demand_s,
+            log_factor=self.log_factor,
+            pending_unmet=self._pending_unmet,
+            pending_demand=self._pending_demand,
+            last=self._last,
+            start=self._start,
+        )
+
+    def resume(self, state: SteerState) -> bool:
+        """Carry on from ``state`` as if nothing had stopped; False (and nothing taken) if it is another target's
+        or was measured with other settings."""
+        if state.target != self.target or state.settings != self.settings:
+            return False
+        self.unmet_s, self.demand_s = state.unmet_s, state.demand_s
+        self._pending_unmet, self._pending_demand = state.pending_unmet, state.pending_demand
+        self._last, self._start = state.last, state.start
+        self.log_factor = state.log_factor
+        self._factor = math.exp(state.log_factor)
+        return True
 
     def observe(self, obs: Observation) -> None:
         """One VM's sample, counted at the next ``advance``."""

@@ -38,7 +38,8 @@ from services.decider.modes import Commands, DryRun, Leadership, Orders, Outlet,
 from services.decider.policies.base import Observation, PolicyBase
 from services.decider.pool import DeferralEvent, HostPlanner, HostView, claim_of
 from services.decider.rulebook import RuleBook, VmPlan
-from services.decider.sharding import ShardedIntake, load_state, memory_state_key, state_key
+from services.decider.sharding import STATE_BUCKET, ShardedIntake, load_state, memory_state_key, state_key
+from services.decider.steer_store import SteerStore
 from shared import bus, subjects
 from shared.codec import encode
 from shared.config.schema import DeciderSettings
@@ -239,8 +240,10 @@ class Decider:
         self.results: Inbox[ScaleResult] = Inbox("result", ScaleResult, ctx.metrics)
         self.host_states: Inbox[HostState] = Inbox("host", HostState, ctx.metrics)
         self.engines: dict[tuple[str, str], VmEngine] = {}
-        # Each policy's fleet harm steer (None: its price is not steered); new rules start theirs afresh.
+        # Each policy's fleet harm steer (None: its price is not steered), resumed from the last state kept of a
+        # steer of that policy and target (steer_store.py): across a rule reload, and across a restart.
         self.steers: dict[PolicyBase[Any, Any], HarmSteer | None] = {}
+        self.steer_store = SteerStore(config.lease or config.name)
         self.memory_engines: dict[tuple[str, str], MemoryEngine] = {}
         # Memory decision states taken over from another group member, until the VM's first sample with memory.
         self.memory_handed_over: dict[tuple[str, str], bytes] = {}
@@ -277,12 +280,31 @@ class Decider:
         finally:
             if self.pauses is not None:
                 await self.pauses.stop()
+            await self._keep_steers()
             await self._finish_publishing()
 
     @staticmethod
     async def _learn_pauses(pauses: PauseWatch) -> None:
         if not await pauses.start(patience_s=5.0):
             log.warning("pauses not known yet (the pause bucket is not readable); actuators still refuse paused VMs")
+
+    async def _open_steer_store(self) -> None:
+        try:
+            read = await self.steer_store.open(self.ctx.js)
+        except Exception as exc:  # no JetStream, or a bucket the broker would not give
+            log.warning("harm steers kept in memory only, not across restarts: %s", exc)
+            return
+        log.info("harm steers kept in %s; %d stored for %s", STATE_BUCKET, read, self.steer_store.owner)
+
+    async def _keep_steers(self) -> None:
+        """On the way out, save every steer as it stands (what it counted since its factor was last set included)."""
+        for policy, steer in self.steers.items():
+            if steer is not None:
+                self.steer_store.keep(policy.name, steer)
+        try:
+            await asyncio.wait_for(self.steer_store.flush(), STOP_GRACE_S)
+        except Exception as exc:
+            log.warning("harm steers not saved on the way out: %s", exc)
 
     async def _finish_publishing(self) -> None:
         """On the way out, let the commands already sent reach the event log: a command seen on the bus must
@@ -305,6 +327,7 @@ class Decider:
         self._tasks.add(learning)
         learning.add_done_callback(self._tasks.discard)
         await self.leadership.start(self.ctx.js, self._tasks)
+        await self._open_steer_store()
         await self.intake.run()
 
     def engine(self, host: str, vm: str) -> VmEngine:
@@ -356,6 +379,9 @@ class Decider:
         """Take new rules (a SIGHUP reload): each VM keeps its engine, and with it its decision state, under its
         new bounds, mode and rails; a VM whose policy changes starts that policy's memory afresh (engine.py)."""
         self.rules = rules
+        for policy, steer in self.steers.items():
+            if steer is not None:
+                self.steer_store.keep(policy.name, steer)  # a rule of the same policy and target carries it on
         self.steers.clear()
         old = dict(self._plans)
         for (host, vm), plan in old.items():
@@ -426,6 +452,7 @@ class Decider:
         """The policy's fleet steer, its factor and realised share exported (read when scraped)."""
         steer = policy.harm_steer()
         if steer is not None:
+            self.steer_store.resume(policy.name, steer)
             labels = (policy.name, f"{100 * steer.target:g}")
             self.metrics.price_factor.labels(*labels).set_function(lambda: steer.factor)
             self.metrics.realised_unmet.labels(*labels).set_function(lambda: steer.realised_share or 0.0)
@@ -438,7 +465,10 @@ class Decider:
         steer = self.steers[policy]
         if steer is None:
             return obs
+        period = steer.period
         factor = steer.advance(obs.time)  # what the fleet showed before this sample's time, as replay folds it
+        if steer.period != period:
+            self.steer_store.keep(policy.name, steer)  # a new factor: what a restart resumes from
         steer.observe(obs)
         return obs if factor == 1.0 else msgspec.structs.replace(obs, price_factor=factor)
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MEMBERS_BUCKET = topology.DECIDER_MEMBERS_BUCKET
 STATE_BUCKET = topology.DECIDER_STATE_BUCKET
+STATE_TTL_S = 7 * 24 * 3600.0  # a state not written for a week describes a VM or a steer long gone
 MEMBER_TTL_S = 6.0
 HEARTBEAT_S = 1.0
 
@@ -81,7 +82,7 @@ class ShardedIntake:
         self._psub: JetStreamContext.PullSubscription | None = None
 
     async def open_state(self) -> KeyValue:
-        return await bus.key_value(self.js, STATE_BUCKET, ttl_s=7 * 24 * 3600)
+        return await open_state_bucket(self.js)
 
     async def run(self) -> None:
         self._members_kv = await bus.key_value(self.js, MEMBERS_BUCKET, ttl_s=MEMBER_TTL_S)
@@ -150,6 +151,11 @@ class ShardedIntake:
                 # since: their VMs are another member's now (taking them up again would decide them twice).
                 if subjects.stored_partition(msg.subject) in self.share:
                     await self.handle(msg.subject, msg.data)
+
+
+async def open_state_bucket(js: JetStreamContext) -> KeyValue:
+    """The decision state bucket: per-VM states a group hands over, and every decider's harm steers."""
+    return await bus.key_value(js, STATE_BUCKET, ttl_s=STATE_TTL_S)
 
 
 async def load_state(kv: KeyValue, key: str) -> bytes | None:

@@ -1,16 +1,20 @@
-"""The decider as a process on a real nats-server: dry run, stale samples, command shape."""
+"""The decider as a process on a real nats-server: dry run, stale samples, command shape, and its harm steer
+kept across a restart."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 
+import pytest
 from nats.aio.client import Client
 
 from hotplug.harness import faults
 from hotplug.harness.processes import policy_args
 from hotplug.harness.recorder import Recorder
+from hotplug.harness.scrape import metric_async
 from shared import subjects
 from shared.broker import EmbeddedBroker
 from shared.codec import encode
@@ -83,3 +87,44 @@ async def test_dry_run_decides_but_commands_nothing_and_stale_samples_decide_not
     assert "stale" not in [line.split("/")[-1].split(" ")[0] for line in dry.log().splitlines() if "would" in line]
     await asyncio.sleep(0.5)
     assert watch.commands == [] and watch.undecodable == 0  # not one message on a command subject
+
+
+async def test_a_restarted_decider_prices_by_the_harm_steer_it_had(
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """The fleet's harm steer outlives the decider process (services/decider/steer_store.py): stopped (SIGTERM)
+    and started again on the same broker, a decider of the same name prices its next sample by the factor the
+    first had set, not by the law (a factor of 1)."""
+    args = ["decider", "--nats", broker.url, "--policy", "default", "--max-sample-age", "1000000", "--dry-run"]
+    factor_of = {"policy": "default", "target_unmet_pct": "1"}
+    hour = math.floor(time.time() / 3600) * 3600
+    # Six hours of saturated VMs (2 of 4 vCPUs busy), one each 10 minutes, each on its own subject (the intake
+    # keeps a VM's newest sample only): `default` guesses demand above them, far more than 1 % of it unmet, and
+    # its steer prices unmet demand up from the second hour on.
+    history = [faults.sample("h1", f"vm{k}", hour - 6 * 3600 + k * 600.0, source="test", used=2.0) for k in range(36)]
+
+    async def publish(samples: list[MetricSample]) -> None:
+        for sample in samples:
+            await nc.publish(subjects.metrics(sample.host, sample.vm), encode(sample))
+        await nc.flush()
+
+    first = start_service(*args)
+
+    async def priced_up() -> bool:
+        # Core NATS keeps nothing for a subscriber not there yet: publish until the decider has counted them. A
+        # sample again, at an earlier time, only adds to what the current hour counts.
+        await publish(history)
+        return await metric_async(first.metrics_url, "hotplug_decider_price_factor", **factor_of) > 1.2
+
+    await eventually(priced_up, timeout=60, what="the steer's factor above 1")
+    factor = await metric_async(first.metrics_url, "hotplug_decider_price_factor", **factor_of)
+    await first.stop_async()
+
+    second = start_service(*args)
+
+    async def priced() -> float:
+        await publish(history[-1:])  # in the hour the first decider's factor was set for
+        return await metric_async(second.metrics_url, "hotplug_decider_price_factor", **factor_of)
+
+    await eventually(priced, timeout=60, what="the restarted decider's price factor")
+    assert await priced() == pytest.approx(factor, rel=1e-12)

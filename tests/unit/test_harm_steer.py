@@ -13,10 +13,11 @@ import pytest
 
 from evaluation.replay import replay_fleet, replay_series
 from services.decider.guard import GuardRails
-from services.decider.harm import HarmSteer, SteerSettings
+from services.decider.harm import HarmSteer, SteerSettings, SteerState
 from services.decider.policies.base import Observation
 from services.decider.policies.default import STEER_RANGE, DefaultParams, DefaultPolicy
 from services.decider.registry import build_policy
+from services.decider.rulebook import RuleBook
 from services.decider.service import Decider, DeciderConfig, DeciderMetrics
 from shared.messages import MetricSample
 from shared.traces import VmSeries
@@ -200,3 +201,81 @@ def test_the_live_decider_prices_each_sample_as_replay_does() -> None:
         return [allocations[s.name] for s in fleet]
 
     assert asyncio.run(live()) == replay_fleet(fleet, *_steered_default(), pressure=False)
+
+
+def test_a_steer_resumed_from_its_snapshot_carries_on_as_if_never_stopped() -> None:
+    """Stopped at any sample, stored (msgpack, as the decider keeps it) and resumed by a new steer, the steer sets
+    every later factor to the same bits as one that ran through."""
+    rng = random.Random(7)
+    demand_of = DefaultPolicy(DefaultParams()).demand_of
+    samples = [_obs(t * 60.0, 2, 2.0, rng.choice([0.0, 0.0, 0.0, 0.05, 0.3]), high=8) for t in range(0, 6 * 60, 7)]
+
+    def run(steer: HarmSteer, part: list[Observation]) -> list[float]:
+        factors = []
+        for obs in part:
+            factors.append(steer.advance(obs.time))
+            steer.observe(obs)
+        return factors
+
+    through = run(HarmSteer(0.01, SETTINGS, demand_of), samples)
+    assert len(set(through)) > 5  # the factor moved: the comparison below can tell a fresh steer apart
+    for stop in (1, len(samples) // 3, len(samples) // 2 + 1, len(samples) - 1):
+        first = HarmSteer(0.01, SETTINGS, demand_of)
+        before = run(first, samples[:stop])
+        stored = msgspec.msgpack.decode(msgspec.msgpack.encode(first.snapshot()), type=SteerState)
+        second = HarmSteer(0.01, SETTINGS, demand_of)
+        assert second.resume(stored)
+        assert before + run(second, samples[stop:]) == through
+
+
+def test_a_snapshot_of_another_target_or_other_settings_is_refused() -> None:
+    steer = _steer(0.04, 3)
+    state = steer.snapshot()
+    demand_of = DefaultPolicy(DefaultParams()).demand_of
+    other_target = HarmSteer(0.02, SETTINGS, demand_of)
+    other_settings = HarmSteer(0.01, msgspec.structs.replace(SETTINGS, gain=2.0), demand_of)
+    for fresh in (other_target, other_settings):
+        assert not fresh.resume(state)
+        assert fresh.factor == 1.0 and fresh.period is None  # nothing taken
+    same = HarmSteer(0.01, SETTINGS, demand_of)
+    assert same.resume(state) and same.factor == steer.factor > 1.5
+
+
+async def test_a_rule_reload_carries_the_steer_of_the_same_policy_and_target_on() -> None:
+    """``Decider.use_rules`` makes new policies; the one of the same policy and target resumes the steer the old
+    one had (services/decider/steer_store.py), and one of another target starts from the law."""
+    clock = FixedClock()
+    ctx = StubContext(StubOptions(clock), DeciderMetrics("decider"), RecordingJetStream())
+    policy, rails = build_policy("default", {})
+    decider = Decider(ctx, policy, rails, DeciderConfig(command_ttl_s=1e12))  # type: ignore[arg-type]
+
+    def saturated(t: float) -> None:
+        clock.t = t
+        decider.handle_sample(
+            MetricSample(
+                time=t,
+                host="h",
+                vm="vm",
+                online_vcpus=2,
+                min_vcpus=1,
+                max_vcpus=8,
+                cpu_used_cores=2.0,
+                interval_s=600.0,
+                source="test",
+            )
+        )
+
+    for k in range(6 * 6):  # six hours saturated, a sample each 10 minutes: far more unmet than 1 %
+        saturated(k * 600.0)
+    factor = decider.steers[policy].factor  # type: ignore[union-attr]
+    assert factor > 1.5
+
+    same, _ = build_policy("default", {})
+    decider.use_rules(RuleBook.single(same, rails))
+    saturated(36 * 600.0 - 1)  # within the last period: the factor it was set to
+    assert decider.steers[same].factor == factor  # type: ignore[union-attr]
+
+    tighter, _ = build_policy("default", {"default": {"target_unmet_pct": "0.5"}})
+    decider.use_rules(RuleBook.single(tighter, rails))
+    saturated(36 * 600.0 - 1)
+    assert decider.steers[tighter].factor == 1.0  # type: ignore[union-attr]
