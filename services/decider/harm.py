@@ -133,14 +133,24 @@ class HarmSteer:
             start=self._start,
         )
 
-    def resume(self, state: SteerState) -> bool:
-        """Carry on from ``state`` as if nothing had stopped; False (and nothing taken) if it is another target's
-        or was measured with other settings."""
+    def resume(self, state: SteerState, now: float) -> bool:
+        """Carry on from ``state`` as if nothing had stopped, for a next sample at ``now``; False (and nothing taken)
+        if it is another target's or was measured with other settings.
+
+        A ``now`` before the period the state last counted means the samples' clock went back (a simulator or a
+        host clock started again): the state's periods are moved to end at ``now``'s, so that what it learned
+        carries on at once instead of waiting, frozen, for the clock to pass where it was."""
         if state.target != self.target or state.settings != self.settings:
             return False
         self.unmet_s, self.demand_s = state.unmet_s, state.demand_s
         self._pending_unmet, self._pending_demand = state.pending_unmet, state.pending_demand
         self._last, self._start = state.last, state.start
+        period = self.settings.period_s
+        current = math.floor(now / period) * period
+        if state.last is not None and current < state.last:
+            shift = state.last - current
+            self._last = current
+            self._start = state.start - shift if state.start is not None else None
         self.log_factor = state.log_factor
         self._factor = math.exp(state.log_factor)
         return True

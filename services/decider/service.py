@@ -448,11 +448,11 @@ class Decider:
             self._decide_memory(sample, plan, describe(pause) if pause else None, outlet, now)
         return outlet.emit(sample, engine, decision, now)
 
-    def _new_steer(self, policy: PolicyBase[Any, Any]) -> HarmSteer | None:
+    def _new_steer(self, policy: PolicyBase[Any, Any], now: float) -> HarmSteer | None:
         """The policy's fleet steer, its factor and realised share exported (read when scraped)."""
         steer = policy.harm_steer()
         if steer is not None:
-            self.steer_store.resume(policy.name, steer)
+            self.steer_store.resume(policy.name, steer, now)
             labels = (policy.name, f"{100 * steer.target:g}")
             self.metrics.price_factor.labels(*labels).set_function(lambda: steer.factor)
             self.metrics.realised_unmet.labels(*labels).set_function(lambda: steer.realised_share or 0.0)
@@ -461,7 +461,7 @@ class Decider:
     def _priced(self, policy: PolicyBase[Any, Any], obs: Observation) -> Observation:
         """``obs`` counted by the harm steer of the fleet ``policy`` decides, carrying that fleet's price factor."""
         if policy not in self.steers:
-            self.steers[policy] = self._new_steer(policy)
+            self.steers[policy] = self._new_steer(policy, obs.time)
         steer = self.steers[policy]
         if steer is None:
             return obs

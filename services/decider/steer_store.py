@@ -73,13 +73,13 @@ class SteerStore:
         self._kv = kv
         return len(keys)
 
-    def resume(self, policy: str, steer: HarmSteer) -> bool:
-        """Carry ``steer`` on from the last state kept for it, if there is one that fits."""
+    def resume(self, policy: str, steer: HarmSteer, now: float) -> bool:
+        """Carry ``steer`` on, for a next sample at ``now``, from the last state kept for it, if one fits."""
         key = steer_key(self.owner, policy, steer.target)
         state = self.states.get(key)
         if state is None:
             return False
-        if not steer.resume(state):
+        if not steer.resume(state, now):
             log.warning("stored harm steer %s was measured for another target or with other settings: ignored", key)
             return False
         log.info("harm steer %s resumed: price factor %.3g", key, steer.factor)

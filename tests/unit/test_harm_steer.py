@@ -224,7 +224,7 @@ def test_a_steer_resumed_from_its_snapshot_carries_on_as_if_never_stopped() -> N
         before = run(first, samples[:stop])
         stored = msgspec.msgpack.decode(msgspec.msgpack.encode(first.snapshot()), type=SteerState)
         second = HarmSteer(0.01, SETTINGS, demand_of)
-        assert second.resume(stored)
+        assert second.resume(stored, samples[stop].time)
         assert before + run(second, samples[stop:]) == through
 
 
@@ -235,10 +235,26 @@ def test_a_snapshot_of_another_target_or_other_settings_is_refused() -> None:
     other_target = HarmSteer(0.02, SETTINGS, demand_of)
     other_settings = HarmSteer(0.01, msgspec.structs.replace(SETTINGS, gain=2.0), demand_of)
     for fresh in (other_target, other_settings):
-        assert not fresh.resume(state)
+        assert not fresh.resume(state, 3 * 3600.0)
         assert fresh.factor == 1.0 and fresh.period is None  # nothing taken
     same = HarmSteer(0.01, SETTINGS, demand_of)
-    assert same.resume(state) and same.factor == steer.factor > 1.5
+    assert same.resume(state, 3 * 3600.0) and same.factor == steer.factor > 1.5
+
+
+def test_a_steer_resumed_on_a_clock_gone_back_carries_on_from_the_new_time() -> None:
+    """Resumed for a sample before the period it last counted (a simulator or host clock started again), the steer
+    takes its periods to the new time: its next period is set as the one after its last would have been, instead
+    of its factor staying frozen until the clock passes where it was."""
+    ran = _steer(0.04, 3)
+    assert ran.period is not None
+    restarted = HarmSteer(0.01, SETTINGS, ran._demand_of)
+    assert restarted.resume(ran.snapshot(), 0.0)
+    assert restarted.period == 0.0 and restarted.factor == ran.factor
+    again = _obs(SETTINGS.period_s / 2, 2, 2.0, 0.0)
+    ran.observe(again)
+    restarted.observe(again)
+    later = ran.advance(ran.period + SETTINGS.period_s)
+    assert restarted.advance(SETTINGS.period_s) == later != 1.0
 
 
 async def test_a_rule_reload_carries_the_steer_of_the_same_policy_and_target_on() -> None:

@@ -53,7 +53,7 @@ def test_a_kept_state_is_resumed_by_a_new_steer_of_the_same_policy_and_target_on
     assert steer.factor > 1.5
     store.keep("default", steer)  # no bucket open: kept in memory, nothing to save
     again = HarmSteer(0.01, SETTINGS, _demand)
-    assert store.resume("default", again) and again.factor == steer.factor
-    assert not store.resume("other", HarmSteer(0.01, SETTINGS, _demand))
+    assert store.resume("default", again, 3600.0) and again.factor == steer.factor
+    assert not store.resume("other", HarmSteer(0.01, SETTINGS, _demand), 3600.0)
     tighter = HarmSteer(0.005, SETTINGS, _demand)
-    assert not store.resume("default", tighter) and tighter.factor == 1.0
+    assert not store.resume("default", tighter, 3600.0) and tighter.factor == 1.0
