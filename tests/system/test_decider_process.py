@@ -10,11 +10,14 @@ from collections.abc import Callable
 
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError
 
 from hotplug.harness import faults
 from hotplug.harness.processes import policy_args
 from hotplug.harness.recorder import Recorder
 from hotplug.harness.scrape import metric_async
+from services.decider.sharding import STATE_BUCKET
+from services.decider.steer_store import decode_state, steer_key
 from shared import subjects
 from shared.broker import EmbeddedBroker
 from shared.codec import encode
@@ -89,12 +92,14 @@ async def test_dry_run_decides_but_commands_nothing_and_stale_samples_decide_not
     assert watch.commands == [] and watch.undecodable == 0  # not one message on a command subject
 
 
+@pytest.mark.parametrize("ending", ["stopped", "killed"])
 async def test_a_restarted_decider_prices_by_the_harm_steer_it_had(
-    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess]
+    broker: EmbeddedBroker, nc: Client, start_service: Callable[..., ServiceProcess], ending: str
 ) -> None:
-    """The fleet's harm steer outlives the decider process (services/decider/steer_store.py): stopped (SIGTERM)
-    and started again on the same broker, a decider of the same name prices its next sample by the factor the
-    first had set, not by the law (a factor of 1)."""
+    """The fleet's harm steer outlives the decider process (services/decider/steer_store.py): stopped (SIGTERM:
+    saved on the way out) or killed (SIGKILL: as saved when its factor was last set) and started again on the same
+    broker, a decider of the same name prices its next sample by the factor the first had set, not by the law (a
+    factor of 1)."""
     args = ["decider", "--nats", broker.url, "--policy", "default", "--max-sample-age", "1000000", "--dry-run"]
     factor_of = {"policy": "default", "target_unmet_pct": "1"}
     hour = math.floor(time.time() / 3600) * 3600
@@ -118,7 +123,22 @@ async def test_a_restarted_decider_prices_by_the_harm_steer_it_had(
 
     await eventually(priced_up, timeout=60, what="the steer's factor above 1")
     factor = await metric_async(first.metrics_url, "hotplug_decider_price_factor", **factor_of)
-    await first.stop_async()
+    if ending == "stopped":
+        await first.stop_async()
+    else:
+        # Killed, it saves nothing more: wait until the save made when the factor was set has landed.
+        state = await nc.jetstream().key_value(STATE_BUCKET)
+
+        async def saved() -> bool:
+            try:
+                entry = await state.get(steer_key("decider", "default", 0.01))
+            except KeyNotFoundError:
+                return False
+            stored = decode_state("saved", entry.value or b"")
+            return stored is not None and math.exp(stored.log_factor) == pytest.approx(factor, rel=1e-12)
+
+        await eventually(saved, what="the steer saved with the factor it set")
+        await asyncio.to_thread(first.kill)
 
     second = start_service(*args)
 
