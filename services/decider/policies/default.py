@@ -269,7 +269,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         costs, previous = state.costs, state.previous
         before = state.before or previous
         arms = len(previous)
-        # Checked once here rather than by zip(strict=True) in the sums below, which costs more than their arithmetic.
+        # Checked once here rather than by zip(strict=...) in the sums below: any keyword sends zip's call down a slow
+        # path (so does strict=False, hence the noqa).
         if len(costs) != arms or len(before) != arms:
             raise ValueError(f"{len(costs)} arms' costs, {arms} and {len(before)} sizes")
         first = previous[0]
@@ -290,12 +291,12 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         # An arm that did not move (most, most of the time) adds no change cost: the sum is the same float without
         # the term (were change_cost_s infinite, the term would be NaN and no arm could ever take over either).
         if previous == before:  # no arm moved (most samples): the same sums without comparing each pair
-            state.costs = [fade * cost + charge[r] for cost, r in zip(costs, previous, strict=False)]
+            state.costs = [fade * cost + charge[r] for cost, r in zip(costs, previous)]  # noqa: B905
             return
         change_cost = self.params.change_cost_s
         state.costs = [
             fade * cost + charge[r] if r == b else fade * cost + charge[r] + change_cost * (r - b if r > b else b - r)
-            for cost, r, b in zip(costs, previous, before, strict=False)
+            for cost, r, b in zip(costs, previous, before)  # noqa: B905
         ]
 
     def _choose(self, state: DefaultState) -> int:
@@ -318,7 +319,12 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         if reference is None:
             reference = state.reference = t
         top = math.ceil(demand)  # sizes from this one up had no demand above them
-        for memory, half_life in zip(state.memories, self._half_lives, strict=True):
+        memories, half_lives = state.memories, self._half_lives
+        # Checked here rather than by zip(strict=...): any keyword sends zip's call down a slow path that costs more
+        # than the whole loop's arithmetic (so does strict=False, hence the noqa).
+        if len(memories) != len(half_lives):
+            raise ValueError(f"{len(memories)} memories for {len(half_lives)} half-lives")
+        for memory, half_life in zip(memories, half_lives):  # noqa: B905
             exponent = (t - reference) / half_life
             if exponent > RESCALE_EXPONENT:
                 self._rescale(state, t)
@@ -353,7 +359,10 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         last_peak = math.nan  # equal to no peak
         window_sizes: tuple[int, ...] = ()
         sample = (t, demand)
-        for queue, window in zip(state.peaks, self._windows, strict=True):
+        peaks, windows = state.peaks, self._windows
+        if len(peaks) != len(windows):  # as in _remember: not zip(strict=True)
+            raise ValueError(f"{len(peaks)} peaks for {len(windows)} windows")
+        for queue, window in zip(peaks, windows):  # noqa: B905
             # _push written out, with one tuple for all windows: it runs for every window of every sample.
             while queue and queue[-1][1] <= demand:
                 queue.pop()
