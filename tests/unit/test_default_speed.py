@@ -1,7 +1,7 @@
 """The ``default`` policy's shortcuts (a window-size table shared by VMs, prices of distinct sizes only, the change
-term left out when no arm moved, one sum for arms that have always agreed, reasons prepared at the start price, the
-need read off the first arm) give exactly what the plain formulas give. The plain formulas are written out here as
-they were before the shortcuts. Pure; no sockets."""
+term left out when no arm moved, one sum for arms that have always agreed, no minimum sought among arms of one cost,
+reasons prepared at the start price, the need read off the first arm) give exactly what the plain formulas give. The
+plain formulas are written out here as they were before the shortcuts. Pure; no sockets."""
 
 from __future__ import annotations
 
@@ -83,6 +83,34 @@ def test_the_cheapest_size_is_the_plain_walks() -> None:
         high = rng.randint(low, 12)
         args = (memory, rng.uniform(1, 500), low, high, rng.randint(1, 12), rng.choice([0.0, 0.1, 0.5]))
         assert cheapest_size(*args) == _plain_cheapest(*args)
+
+
+def _plain_choose(costs: list[float], chosen: int, change: float) -> int:
+    cheapest = min(costs)
+    if chosen < 0 or cheapest < costs[chosen] - change:
+        return max(i for i, c in enumerate(costs) if c <= cheapest)
+    return chosen
+
+
+def test_the_arm_chosen_is_the_plain_minimum_for_one_cost_shared_or_many() -> None:
+    """One float object for every arm (as _charge's one price for all leaves them) skips min: the same arm."""
+    policy, _ = build_policy("default", {})
+    assert isinstance(policy, DefaultPolicy)
+    rng = random.Random(13)
+    arms = len(policy.arms)
+    for _ in range(3000):
+        shared = rng.choice([0.0, -0.0, rng.uniform(0, 1e6), math.inf])
+        costs = rng.choice(
+            [
+                [shared] * arms,  # one object
+                [float(str(shared)) for _ in range(arms)],  # equal, distinct objects
+                [shared] * (arms - 1) + [rng.choice([0.0, -0.0, shared + 1.0, shared - 1.0])],
+                [rng.uniform(0, 1e6) for _ in range(arms)],
+            ]
+        )
+        chosen = rng.randint(-1, arms - 1)
+        state = DefaultState(costs=list(costs), chosen=chosen)
+        assert policy._choose(state) == _plain_choose(costs, chosen, policy.params.change_cost_s)
 
 
 def _series(rng: random.Random, steps: int) -> list[float]:
