@@ -366,6 +366,7 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         peaks, windows = state.peaks, self._windows
         if len(peaks) != len(windows):  # as in _remember: not zip(strict=True)
             raise ValueError(f"{len(peaks)} peaks for {len(windows)} windows")
+        one_size = low == high  # a VM whose range is one size (a third of Bitbrains' VMs): sized below, at once
         for queue, window in zip(peaks, windows):  # noqa: B905
             # _push written out, with one tuple for all windows: it runs for every window of every sample.
             while queue and queue[-1][1] <= demand:
@@ -374,6 +375,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             horizon = t - window
             while queue[0][0] <= horizon and len(queue) > 1:
                 queue.popleft()
+            if one_size:
+                continue
             peak = queue[0][1]
             if peak != last_peak:  # longer windows often hold the same peak: then the same sizes
                 key = (peak, n, low, high)
@@ -384,6 +387,13 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
                     found = memo[key] = self._window_sizes(peak, n, low, high)
                 last_peak, window_sizes = peak, found
             sizes += window_sizes
+        if one_size:
+            # What the table and cheapest_size give in a range of one size: that size, but for a memory that has no
+            # weight yet, which keeps the vCPUs the VM has.
+            sizes = [low] * (len(windows) * len(self._multipliers))
+            for memory in state.memories:
+                sizes.append(n if memory.weight <= 0 else low)
+            return sizes
         h = self.params.hysteresis
         for memory in state.memories:
             sizes.append(cheapest_size(memory, price, low, high, n, h))
