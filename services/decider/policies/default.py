@@ -450,9 +450,18 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             if target < floor:
                 target = floor
         stabilise_s = self.params.stabilise_s
-        held = int(_push(state.orders, obs.time, float(target), obs.time - stabilise_s))
+        # _push written out (it runs at every sample); the highest size held is a whole float, made an int only when
+        # it is used.
+        orders, t, ordered = state.orders, obs.time, float(target)
+        while orders and orders[-1][1] <= ordered:
+            orders.pop()
+        orders.append((t, ordered))
+        horizon = t - stabilise_s
+        while orders[0][0] <= horizon and len(orders) > 1:
+            orders.popleft()
+        held = orders[0][1]
         if target < n and held > target:
-            target = min(n, held)
+            target = min(n, int(held))
             if target == n:
                 return Recommendation(
                     n,
@@ -493,22 +502,21 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         best = self._choose(state)
         if price == self._start_price:
             why = (self._saturated_whys if censored else self._whys)[best]
-        else:
-            why = self._why_at(best, censored, price)
+        else:  # a fleet steer's price: looked up here rather than by a call, as it is at nearly every sample
+            whys = self._priced_whys.get(price) or self._whys_at(price)
+            why = whys[censored][best]
         return self._calm(state, obs, demand, sizes[best], why, need)
 
-    def _why_at(self, best: int, censored: bool, price: float) -> str:
-        """``_why`` for the arm numbered ``best`` at a price other than the start price: every arm's text at that
-        price is made once, since a fleet steer's price holds for an hour for every VM (services.decider.harm)."""
-        whys = self._priced_whys.get(price)
-        if whys is None:
-            if len(self._priced_whys) >= REASONS_SIZE:
-                self._priced_whys.clear()
-            whys = self._priced_whys[price] = (
-                [self._why(arm, False, price) for arm in self.arms],
-                [self._why(arm, True, price) for arm in self.arms],
-            )
-        return whys[censored][best]
+    def _whys_at(self, price: float) -> tuple[list[str], list[str]]:
+        """``_why`` for every arm at a price other than the start price, plain then saturated: made once per price,
+        since a fleet steer's price holds for an hour for every VM (services.decider.harm)."""
+        if len(self._priced_whys) >= REASONS_SIZE:
+            self._priced_whys.clear()
+        whys = self._priced_whys[price] = (
+            [self._why(arm, False, price) for arm in self.arms],
+            [self._why(arm, True, price) for arm in self.arms],
+        )
+        return whys
 
     @staticmethod
     def _why(arm: str, censored: bool, price: float) -> str:
