@@ -181,9 +181,13 @@ class VmEngine:
         proposal = self.propose(obs)
         if proposal is None:
             return None
-        seen = proposal.obs
-        if limit is None and self.pending_target is None and _clamped(seen, proposal.rec.target) == seen.vcpus:
-            return None  # decide's first answer for most samples, without its call: nothing to change
+        seen, target = proposal.obs, proposal.rec.target
+        if limit is None and self.pending_target is None:
+            # decide's first answer for most samples, without its call: nothing to change. A target of the vCPUs the VM
+            # has, within its range (nearly every sample), is that size without _clamped's call.
+            n = seen.vcpus
+            if (target == n and seen.min_vcpus <= n <= seen.max_vcpus) or _clamped(seen, target) == n:
+                return None
         return self.decide(proposal, paused, limit)
 
     def propose(self, obs: Observation) -> Proposal | None:

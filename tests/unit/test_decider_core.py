@@ -160,3 +160,13 @@ def test_propose_then_decide_is_step() -> None:
         assert proposal is not None
         assert one.step(obs(t + 1, 2, used)) == two.decide(proposal)
     assert two.propose(obs(1, 2, 2.0)) is None  # a late observation is ignored
+
+
+def test_a_vm_outside_its_range_is_ordered_into_it_when_the_policy_holds_at_its_size() -> None:
+    """step's shortcut for a target of the vCPUs the VM has applies only within the VM's range."""
+    policy, rails = build_policy("threshold", parse_params(["threshold.sustain_s=1", "guard.warmup_s=0"]))
+    below = VmEngine(policy, rails).step(obs(1, 1, 0.5, lo=2))
+    assert below is not None and below.target == 2
+    above = VmEngine(policy, rails).step(obs(1, 10, 5.0))
+    assert above is not None and above.target == 9  # one step down at a time (max_step_down)
+    assert VmEngine(policy, rails).step(obs(1, 4, 2.0)) is None  # within: nothing to change

@@ -1,7 +1,8 @@
 """The ``default`` policy's shortcuts (a window-size table shared by VMs, prices of distinct sizes only, the change
-term left out when no arm moved, one sum for arms that have always agreed, reasons prepared at the start price, the
-need read off the first arm) give exactly what the plain formulas give. The plain formulas are written out here as
-they were before the shortcuts. Pure; no sockets."""
+term left out when no arm moved, one sum for arms that have always agreed, no minimum sought among arms of one cost,
+no table for a VM of one size, reasons prepared at the start price, the need read off the first arm) give exactly what
+the plain formulas give. The plain formulas are written out here as they were before the shortcuts. Pure; no
+sockets."""
 
 from __future__ import annotations
 
@@ -83,6 +84,63 @@ def test_the_cheapest_size_is_the_plain_walks() -> None:
         high = rng.randint(low, 12)
         args = (memory, rng.uniform(1, 500), low, high, rng.randint(1, 12), rng.choice([0.0, 0.1, 0.5]))
         assert cheapest_size(*args) == _plain_cheapest(*args)
+
+
+def _plain_choose(costs: list[float], chosen: int, change: float) -> int:
+    cheapest = min(costs)
+    if chosen < 0 or cheapest < costs[chosen] - change:
+        return max(i for i, c in enumerate(costs) if c <= cheapest)
+    return chosen
+
+
+def test_the_arm_chosen_is_the_plain_minimum_for_one_cost_shared_or_many() -> None:
+    """One float object for every arm (as _charge's one price for all leaves them) skips min: the same arm."""
+    policy, _ = build_policy("default", {})
+    assert isinstance(policy, DefaultPolicy)
+    rng = random.Random(13)
+    arms = len(policy.arms)
+    for _ in range(3000):
+        shared = rng.choice([0.0, -0.0, rng.uniform(0, 1e6), math.inf])
+        costs = rng.choice(
+            [
+                [shared] * arms,  # one object
+                [float(str(shared)) for _ in range(arms)],  # equal, distinct objects
+                [shared] * (arms - 1) + [rng.choice([0.0, -0.0, shared + 1.0, shared - 1.0])],
+                [rng.uniform(0, 1e6) for _ in range(arms)],
+            ]
+        )
+        chosen = rng.randint(-1, arms - 1)
+        state = DefaultState(costs=list(costs), chosen=chosen)
+        assert policy._choose(state) == _plain_choose(costs, chosen, policy.params.change_cost_s)
+
+
+def test_a_vm_of_one_size_is_given_what_the_window_table_and_the_cheapest_size_would_give() -> None:
+    """A range of one size skips the table and cheapest_size: the sizes are theirs, a memory without weight included
+    (it keeps the vCPUs the VM has, even outside its range)."""
+    policy, _ = build_policy("default", {})
+    assert isinstance(policy, DefaultPolicy)
+    rng = random.Random(17)
+    for size in (1, 3):
+        state = DefaultState()
+        for i, wanted in enumerate(_series(rng, 500)):
+            vcpus = rng.choice([size, size, size + 2])
+            obs = Observation(
+                time=i * 60.0,
+                vcpus=vcpus,
+                min_vcpus=size,
+                max_vcpus=size,
+                used_cores=min(wanted, float(vcpus)),
+                interval_s=0.0 if i < 3 else 60.0,  # memories without weight at first
+            )
+            demand, _ = policy.demand_of(obs)
+            if not state.costs:
+                policy.recommend(state, obs)  # the state's windows and memories made
+                continue
+            policy._remember(state, obs.time, demand, obs.interval_s, size)
+            sizes = policy._arm_sizes(state, obs, demand, 50.0)
+            plain = [r for q in state.peaks for r in policy._window_sizes(q[0][1], vcpus, size, size)]
+            plain += [cheapest_size(m, 50.0, size, size, vcpus, policy.params.hysteresis) for m in state.memories]
+            assert sizes == plain
 
 
 def _series(rng: random.Random, steps: int) -> list[float]:

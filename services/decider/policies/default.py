@@ -269,7 +269,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         costs, previous = state.costs, state.previous
         before = state.before or previous
         arms = len(previous)
-        # Checked once here rather than by zip(strict=True) in the sums below, which costs more than their arithmetic.
+        # Checked once here rather than by zip(strict=...) in the sums below: any keyword sends zip's call down a slow
+        # path (so does strict=False, hence the noqa).
         if len(costs) != arms or len(before) != arms:
             raise ValueError(f"{len(costs)} arms' costs, {arms} and {len(before)} sizes")
         first = previous[0]
@@ -290,12 +291,12 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         # An arm that did not move (most, most of the time) adds no change cost: the sum is the same float without
         # the term (were change_cost_s infinite, the term would be NaN and no arm could ever take over either).
         if previous == before:  # no arm moved (most samples): the same sums without comparing each pair
-            state.costs = [fade * cost + charge[r] for cost, r in zip(costs, previous, strict=False)]
+            state.costs = [fade * cost + charge[r] for cost, r in zip(costs, previous)]  # noqa: B905
             return
         change_cost = self.params.change_cost_s
         state.costs = [
             fade * cost + charge[r] if r == b else fade * cost + charge[r] + change_cost * (r - b if r > b else b - r)
-            for cost, r, b in zip(costs, previous, before, strict=False)
+            for cost, r, b in zip(costs, previous, before)  # noqa: B905
         ]
 
     def _choose(self, state: DefaultState) -> int:
@@ -303,7 +304,11 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         term), so that arms that nearly tie do not take turns, each undoing the other's order."""
         costs = state.costs
         best = state.chosen
-        cheapest = min(costs)
+        head = costs[0]
+        # Arms charged one price for all (_charge's shortcut, and the start) hold one float object, the cheapest: then
+        # min's compare of every cost is skipped (nearly half the samples in replay); count finds identical objects
+        # without comparing them. min would return that first cost too, since none is below it.
+        cheapest = head if costs[-1] is head and costs.count(head) == len(costs) else min(costs)
         if best < 0 or cheapest < costs[best] - self.params.change_cost_s:
             # On a tie (no evidence yet) the last arm, the longest memory's: the most cautious.
             best = max(i for i, c in enumerate(costs) if c <= cheapest)
@@ -318,7 +323,12 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         if reference is None:
             reference = state.reference = t
         top = math.ceil(demand)  # sizes from this one up had no demand above them
-        for memory, half_life in zip(state.memories, self._half_lives, strict=True):
+        memories, half_lives = state.memories, self._half_lives
+        # Checked here rather than by zip(strict=...): any keyword sends zip's call down a slow path that costs more
+        # than the whole loop's arithmetic (so does strict=False, hence the noqa).
+        if len(memories) != len(half_lives):
+            raise ValueError(f"{len(memories)} memories for {len(half_lives)} half-lives")
+        for memory, half_life in zip(memories, half_lives):  # noqa: B905
             exponent = (t - reference) / half_life
             if exponent > RESCALE_EXPONENT:
                 self._rescale(state, t)
@@ -353,7 +363,11 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         last_peak = math.nan  # equal to no peak
         window_sizes: tuple[int, ...] = ()
         sample = (t, demand)
-        for queue, window in zip(state.peaks, self._windows, strict=True):
+        peaks, windows = state.peaks, self._windows
+        if len(peaks) != len(windows):  # as in _remember: not zip(strict=True)
+            raise ValueError(f"{len(peaks)} peaks for {len(windows)} windows")
+        one_size = low == high  # a VM whose range is one size (a third of Bitbrains' VMs): sized below, at once
+        for queue, window in zip(peaks, windows):  # noqa: B905
             # _push written out, with one tuple for all windows: it runs for every window of every sample.
             while queue and queue[-1][1] <= demand:
                 queue.pop()
@@ -361,6 +375,8 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             horizon = t - window
             while queue[0][0] <= horizon and len(queue) > 1:
                 queue.popleft()
+            if one_size:
+                continue
             peak = queue[0][1]
             if peak != last_peak:  # longer windows often hold the same peak: then the same sizes
                 key = (peak, n, low, high)
@@ -371,6 +387,13 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
                     found = memo[key] = self._window_sizes(peak, n, low, high)
                 last_peak, window_sizes = peak, found
             sizes += window_sizes
+        if one_size:
+            # What the table and cheapest_size give in a range of one size: that size, but for a memory that has no
+            # weight yet, which keeps the vCPUs the VM has.
+            sizes = [low] * (len(windows) * len(self._multipliers))
+            for memory in state.memories:
+                sizes.append(n if memory.weight <= 0 else low)
+            return sizes
         h = self.params.hysteresis
         for memory in state.memories:
             sizes.append(cheapest_size(memory, price, low, high, n, h))
@@ -427,9 +450,18 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             if target < floor:
                 target = floor
         stabilise_s = self.params.stabilise_s
-        held = int(_push(state.orders, obs.time, float(target), obs.time - stabilise_s))
+        # _push written out (it runs at every sample); the highest size held is a whole float, made an int only when
+        # it is used.
+        orders, t, ordered = state.orders, obs.time, float(target)
+        while orders and orders[-1][1] <= ordered:
+            orders.pop()
+        orders.append((t, ordered))
+        horizon = t - stabilise_s
+        while orders[0][0] <= horizon and len(orders) > 1:
+            orders.popleft()
+        held = orders[0][1]
         if target < n and held > target:
-            target = min(n, held)
+            target = min(n, int(held))
             if target == n:
                 return Recommendation(
                     n,
@@ -470,22 +502,21 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         best = self._choose(state)
         if price == self._start_price:
             why = (self._saturated_whys if censored else self._whys)[best]
-        else:
-            why = self._why_at(best, censored, price)
+        else:  # a fleet steer's price: looked up here rather than by a call, as it is at nearly every sample
+            whys = self._priced_whys.get(price) or self._whys_at(price)
+            why = whys[censored][best]
         return self._calm(state, obs, demand, sizes[best], why, need)
 
-    def _why_at(self, best: int, censored: bool, price: float) -> str:
-        """``_why`` for the arm numbered ``best`` at a price other than the start price: every arm's text at that
-        price is made once, since a fleet steer's price holds for an hour for every VM (services.decider.harm)."""
-        whys = self._priced_whys.get(price)
-        if whys is None:
-            if len(self._priced_whys) >= REASONS_SIZE:
-                self._priced_whys.clear()
-            whys = self._priced_whys[price] = (
-                [self._why(arm, False, price) for arm in self.arms],
-                [self._why(arm, True, price) for arm in self.arms],
-            )
-        return whys[censored][best]
+    def _whys_at(self, price: float) -> tuple[list[str], list[str]]:
+        """``_why`` for every arm at a price other than the start price, plain then saturated: made once per price,
+        since a fleet steer's price holds for an hour for every VM (services.decider.harm)."""
+        if len(self._priced_whys) >= REASONS_SIZE:
+            self._priced_whys.clear()
+        whys = self._priced_whys[price] = (
+            [self._why(arm, False, price) for arm in self.arms],
+            [self._why(arm, True, price) for arm in self.arms],
+        )
+        return whys
 
     @staticmethod
     def _why(arm: str, censored: bool, price: float) -> str:
