@@ -145,8 +145,7 @@ class HarmSteer:
         self.unmet_s, self.demand_s = state.unmet_s, state.demand_s
         self._pending_unmet, self._pending_demand = state.pending_unmet, state.pending_demand
         self._last, self._start = state.last, state.start
-        period = self.settings.period_s
-        current = math.floor(now / period) * period
+        current = self._period_start(now)
         if state.last is not None and current < state.last:
             shift = state.last - current
             self._last = current
@@ -154,6 +153,10 @@ class HarmSteer:
         self.log_factor = state.log_factor
         self._factor = math.exp(state.log_factor)
         return True
+
+    def _period_start(self, now: float) -> float:
+        period = self.settings.period_s
+        return math.floor(now / period) * period
 
     def observe(self, obs: Observation) -> None:
         """One VM's sample, counted at the next ``advance``."""
@@ -169,8 +172,7 @@ class HarmSteer:
     def advance(self, now: float) -> float:
         """The factor for a sample at ``now``: at the first call in a new period, what was observed before it is
         folded in (the window faded by the time since the last period counted) and the factor set anew."""
-        period = self.settings.period_s
-        start = math.floor(now / period) * period
+        start = self._period_start(now)
         last = self._last
         if last is not None and start <= last:
             return self._factor

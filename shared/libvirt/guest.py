@@ -161,11 +161,8 @@ class GuestChannel:
         return any(line.startswith("INIT-READY") for line in self.lines_since(0))
 
     def last_stat(self, tail_bytes: int = 16384) -> GuestStat | None:
-        for line in reversed(self.lines_since(max(0, self.size() - tail_bytes))):
-            stat = parse_stat(line.strip())
-            if stat is not None:
-                return stat
-        return None
+        """The guest's latest STAT line (``guest_reading``'s first half)."""
+        return self.guest_reading(tail_bytes)[0]
 
     def guest_reading(self, tail_bytes: int = 16384) -> tuple[GuestStat | None, int | None]:
         """The guest's latest STAT line, and its runnable tasks as its latest line says them (``reading_of``)."""
