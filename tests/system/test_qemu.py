@@ -97,15 +97,20 @@ STALE_EVENT = {
 }
 
 
-async def test_a_qmp_connection_that_hears_an_event_before_its_greeting_is_made_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("event_before", ["greeting", "capabilities-answer"])
+async def test_a_qmp_connection_that_hears_an_event_in_its_handshake_is_made_again(
+    tmp_path: Path, event_before: str
+) -> None:
     """A stand-in QMP server (QEMU's documented handshake: greeting, ``qmp_capabilities``, replies echoing ``id``)
-    that first writes an ``ACPI_DEVICE_OST`` event before the greeting, as QEMU 10 did in CI right after a
-    ``device_del`` on the previous connection."""
+    that on the first connection writes an ``ACPI_DEVICE_OST`` event before the greeting, as QEMU 10 did in CI right
+    after a ``device_del`` on the previous connection, or before its answer to ``qmp_capabilities``, as a CI run
+    saw an actuator's connection fail its negotiation right after another client's."""
     connections: list[int] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(len(connections) + 1)
-        if len(connections) == 1:
+        first = len(connections) == 1
+        if first and event_before == "greeting":
             writer.write(json.dumps(STALE_EVENT).encode() + b"\r\n")
         writer.write(json.dumps(GREETING).encode() + b"\r\n")
         await writer.drain()
@@ -118,7 +123,10 @@ async def test_a_qmp_connection_that_hears_an_event_before_its_greeting_is_made_
                 except json.JSONDecodeError:
                     break  # the rest of this request is still on its way
                 pending = pending.lstrip()[end:]
-                answer = {"return": {} if request["execute"] == "qmp_capabilities" else [{"cpu-index": 0}]}
+                negotiating = request["execute"] == "qmp_capabilities"
+                if first and negotiating and event_before == "capabilities-answer":
+                    writer.write(json.dumps(STALE_EVENT).encode() + b"\r\n")
+                answer = {"return": {} if negotiating else [{"cpu-index": 0}]}
                 writer.write(json.dumps({**answer, "id": request.get("id")}).encode() + b"\r\n")
                 await writer.drain()
         writer.close()
