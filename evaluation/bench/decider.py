@@ -10,6 +10,10 @@ Two phases against a real ``hotplug decider`` (policy ``default``) and an embedd
   the first seconds of each busy spell, so the policy keeps growing it; latency is from a sample's publication
   to the command it caused reaching a subscriber. This process also plays the actuator: a command's target
   becomes the VM's size in its next sample (and a VM that reached 16 vCPUs starts again from 4).
+
+Each paced offer also counts the CPU seconds of the decider, the broker and this process (the publisher): at the
+sustained offer, the decider's CPU per sample says what one decider process decides per core whatever else shares
+the machine, and the three processes' cores say how much of the machine the whole offer took.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 from evaluation.bench.common import machine, percentile, ready_service
 from hotplug.harness.recorder import BusWatcher
@@ -37,6 +43,12 @@ def between(taken: float, refused: float) -> float | None:
     apart."""
     middle = round((taken + refused) / 2 / OFFER_GRAIN) * OFFER_GRAIN
     return float(middle) if taken < middle < refused else None
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """The user and system CPU seconds process ``pid`` (None: this one) has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def sample(vm: str, vcpus: int, busy: bool, now: float, starved: bool = False) -> MetricSample:
@@ -85,11 +97,16 @@ async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
                     ),
                 )
 
+            assert broker.pid is not None  # running: this is its context
+            processes = {"decider": decider.pid, "broker": broker.pid, "publisher": None}
+            cpu_used: dict[str, float] = {}  # CPU seconds of each process over the last offer
+
             async def offer(rate: float | None, duration: float) -> tuple[int, float, float, float]:
                 """Samples at ``rate`` per second (None: as fast as the broker takes them), at a steady load (as
                 most of a fleet is most of the time: after a first resize per VM, samples cost the decider a
                 decision but rarely a command). Returns (published, decided, shed, seconds until caught up)."""
                 received0, shed0 = await counts()
+                cpu0 = {name: cpu_seconds(pid) for name, pid in processes.items()}
                 started = time.perf_counter()
                 published = 0
                 while (elapsed := time.perf_counter() - started) < duration:
@@ -108,19 +125,25 @@ async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
                     current = await counts()
                     if current != last:
                         last, last_change = current, time.perf_counter()
+                cpu_used.update({name: cpu_seconds(pid) - cpu0[name] for name, pid in processes.items()})
                 return published, last[0] - received0, last[1] - shed0, last_change - started
 
             # flood: offered as fast as the broker takes them; the decider sheds what a newer sample replaced
             flood_published, flood_decided, flood_shed, flood_s = await offer(None, seconds)
+            flood_decider_cpu = cpu_used["decider"]
             # sustained: the highest paced rate decided on in full (under 1% shed)
             sustained, decided_per_s = 0.0, 0.0
+            sustained_cpu: dict[str, float] = {}  # at the sustained offer: each process's cores, the decider's µs
+            sustained_us: float | None = None
 
             async def takes(rate: float) -> bool:
-                nonlocal sustained, decided_per_s
+                nonlocal sustained, decided_per_s, sustained_us
                 published, decided, shed, took = await offer(rate, 3.0)
                 if shed > 0.01 * published or decided < 0.99 * published:
                     return False
                 sustained, decided_per_s = rate, decided / took
+                sustained_cpu.update({name: used / took for name, used in cpu_used.items()})
+                sustained_us = cpu_used["decider"] / decided * 1e6
                 return True
 
             refused: float | None = None
@@ -168,11 +191,18 @@ async def run(vms: int, seconds: float, work: Path) -> dict[str, object]:
         "vms": vms,
         "samples_per_s": round(decided_per_s),
         "sustained_offer_per_s": sustained,
+        # what one decider process decides per second of its own CPU, at the sustained offer
+        "decider_cpu_us_per_sample": None if sustained_us is None else round(sustained_us, 2),
+        "samples_per_decider_cpu_s": round(1e6 / sustained_us) if sustained_us else None,
+        # the cores each process kept busy at the sustained offer (the machine has "cpus")
+        "cores_at_sustained": {name: round(cores, 2) for name, cores in sustained_cpu.items()},
         "flood": {
             "published": flood_published,
             "intake_per_s": round(flood_published / flood_s),
             "decided_per_s": round(flood_decided / flood_s),
             "shed": int(flood_shed),
+            # the decider's CPU per sample decided, its intake of the samples it shed included
+            "decider_cpu_us_per_decided": round(flood_decider_cpu / flood_decided * 1e6, 2) if flood_decided else None,
         },
         "offered_at_1hz_per_s": vms,
         "commands": len(latencies),
