@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Annotated
 
 import msgspec
@@ -72,6 +74,8 @@ STEER_HALF_LIFE_S = 86400.0  # ... and the realised unmet share the price is ste
 # decider that runs for months holds a bounded one.
 WINDOW_MEMO_SIZE = 4096
 REASONS_SIZE = 4096  # ... and so are the reasons' texts (the arm's, at a price, and the size)
+# A range's table before its first entry (read only: entries go in by DefaultPolicy._new_window_sizes).
+_NO_TABLE: Mapping[float, tuple[int, ...]] = MappingProxyType({})
 # The fleet's harm steer (Price, services.decider.harm). Its gain was chosen on Bitbrains between 1 and 2 and
 # checked on PlanetLab (docs/deciders.md); the other constants are round values that were not tuned.
 STEER_GAIN = 2.0
@@ -211,7 +215,10 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         # The reasons' beginnings at the start price (every price without feedback), plain and saturated.
         self._whys = [self._why(arm, False, self._start_price) for arm in self.arms]
         self._saturated_whys = [self._why(arm, True, self._start_price) for arm in self.arms]
-        self._window_memo: dict[tuple[float, int, int, int], tuple[int, ...]] = {}
+        # The window-size table: one per range (vCPUs, min, max), found once per sample, each by peak; its entries in
+        # all, counted so that the whole is emptied when it holds WINDOW_MEMO_SIZE.
+        self._window_memo: dict[tuple[int, int, int], dict[float, tuple[int, ...]]] = {}
+        self._window_memo_entries = 0
         self._reasons: dict[tuple[str, int], str] = {}
         # The same at other prices (a fleet steer's), by price: plain, then saturated.
         self._priced_whys: dict[float, tuple[list[str], list[str]]] = {}
@@ -359,6 +366,9 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         cheapest sizes; any shrink leaves ``hysteresis`` of headroom."""
         n, low, high, t = obs.vcpus, obs.min_vcpus, obs.max_vcpus, obs.time
         memo = self._window_memo
+        one_size = low == high  # a VM whose range is one size (a third of Bitbrains' VMs): sized below, at once
+        # The range's table, looked up once here rather than by a key of four for each window's peak.
+        table = memo.get((n, low, high), _NO_TABLE) if not one_size else _NO_TABLE
         sizes: list[int] = []
         last_peak = math.nan  # equal to no peak
         window_sizes: tuple[int, ...] = ()
@@ -366,7 +376,6 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         peaks, windows = state.peaks, self._windows
         if len(peaks) != len(windows):  # as in _remember: not zip(strict=True)
             raise ValueError(f"{len(peaks)} peaks for {len(windows)} windows")
-        one_size = low == high  # a VM whose range is one size (a third of Bitbrains' VMs): sized below, at once
         for queue, window in zip(peaks, windows):  # noqa: B905
             # _push written out, with one tuple for all windows: it runs for every window of every sample.
             while queue and queue[-1][1] <= demand:
@@ -379,12 +388,9 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
                 continue
             peak = queue[0][1]
             if peak != last_peak:  # longer windows often hold the same peak: then the same sizes
-                key = (peak, n, low, high)
-                found = memo.get(key)
+                found = table.get(peak)
                 if found is None:
-                    if len(memo) >= WINDOW_MEMO_SIZE:
-                        memo.clear()
-                    found = memo[key] = self._window_sizes(peak, n, low, high)
+                    found = self._new_window_sizes(peak, n, low, high)
                 last_peak, window_sizes = peak, found
             sizes += window_sizes
         if one_size:
@@ -398,6 +404,19 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         for memory in state.memories:
             sizes.append(cheapest_size(memory, price, low, high, n, h))
         return sizes
+
+    def _new_window_sizes(self, peak: float, n: int, low: int, high: int) -> tuple[int, ...]:
+        """``_window_sizes`` for a peak not in the table, which keeps them (emptied first when full)."""
+        memo = self._window_memo
+        if self._window_memo_entries >= WINDOW_MEMO_SIZE:
+            memo.clear()
+            self._window_memo_entries = 0
+        table = memo.get((n, low, high))
+        if table is None:
+            table = memo[n, low, high] = {}
+        found = table[peak] = self._window_sizes(peak, n, low, high)
+        self._window_memo_entries += 1
+        return found
 
     def _window_sizes(self, peak: float, n: int, low: int, high: int) -> tuple[int, ...]:
         """The size each multiplier gives a window's ``peak`` at ``n`` vCPUs, within ``low`` and ``high``."""
