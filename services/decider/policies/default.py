@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Annotated
 
@@ -158,37 +158,48 @@ def cheapest_size(memory: Memory, price: float, low: int, high: int, current: in
     """The size that would have cost least over ``memory``; a smaller size than ``current`` only if it saves
     at least ``hysteresis`` vCPU on average. The cost is convex in the size, so the search walks from the
     current size towards the lowest of its cheapest sizes and stops there."""
-    excess, weight = memory.excess, memory.weight
-    if weight <= 0:
-        return current
-    # What size a would have cost: its cores and the priced demand above it (sizes past the end of the list had
-    # none). Written out at each step rather than called: it runs a few times per memory per sample.
-    size = len(excess)
+    sizes: list[int] = []
+    cheapest_sizes((memory,), price, low, high, current, hysteresis, sizes)
+    return sizes[0]
+
+
+def cheapest_sizes(
+    memories: Iterable[Memory], price: float, low: int, high: int, current: int, hysteresis: float, sizes: list[int]
+) -> None:
+    """``cheapest_size`` of each of ``memories``, appended to ``sizes``: one call for all of a VM's memories, as it
+    runs at every sample."""
     start = high if current > high else low if current < low else current
-    best, best_cost = start, start * weight + price * (excess[start] if start < size else 0.0)
-    start_cost = best_cost
-    walked_down = False
-    if best > low:
-        a = best - 1
-        c = a * weight + price * (excess[a] if a < size else 0.0)
-        if c <= best_cost:
-            best, best_cost, walked_down = a, c, True
-            while best > low:
-                a = best - 1
+    for memory in memories:
+        excess, weight = memory.excess, memory.weight
+        if weight <= 0:
+            sizes.append(current)
+            continue
+        # What size a would have cost: its cores and the priced demand above it (sizes past the end of the list had
+        # none). Written out at each step rather than called: it runs a few times per memory per sample.
+        size = len(excess)
+        best, best_cost = start, start * weight + price * (excess[start] if start < size else 0.0)
+        start_cost = best_cost
+        walked_down = False
+        if best > low:
+            a = best - 1
+            c = a * weight + price * (excess[a] if a < size else 0.0)
+            if c <= best_cost:
+                best, best_cost, walked_down = a, c, True
+                while best > low:
+                    a = best - 1
+                    c = a * weight + price * (excess[a] if a < size else 0.0)
+                    if not c <= best_cost:  # not `>`: a NaN ends the walk
+                        break
+                    best, best_cost = a, c
+        if not walked_down:
+            while best < high:
+                a = best + 1
                 c = a * weight + price * (excess[a] if a < size else 0.0)
-                if not c <= best_cost:  # not `>`: a NaN ends the walk
+                if not c < best_cost:
                     break
                 best, best_cost = a, c
-    if not walked_down:
-        while best < high:
-            a = best + 1
-            c = a * weight + price * (excess[a] if a < size else 0.0)
-            if not c < best_cost:
-                break
-            best, best_cost = a, c
-    if best < start and start_cost - best_cost < hysteresis * weight:
-        return start  # not worth a shrink
-    return best
+        # A shrink not worth its hysteresis keeps the start.
+        sizes.append(start if best < start and start_cost - best_cost < hysteresis * weight else best)
 
 
 class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
@@ -219,6 +230,7 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         # all, counted so that the whole is emptied when it holds WINDOW_MEMO_SIZE.
         self._window_memo: dict[tuple[int, int, int], dict[float, tuple[int, ...]]] = {}
         self._window_memo_entries = 0
+        self._fade_dt, self._fade = 0.0, 1.0  # the arms' costs' fade for the last interval seen (_charge)
         self._reasons: dict[tuple[str, int], str] = {}
         # The same at other prices (a fleet steer's), by price: plain, then saturated.
         self._priced_whys: dict[float, tuple[list[str], list[str]]] = {}
@@ -272,7 +284,12 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
 
     def _charge(self, state: DefaultState, demand: float, dt: float, price: float) -> None:
         """Each arm pays, in core-seconds, for the size it gave one sample before and the vCPUs it moved."""
-        fade = 0.5 ** (dt / ARM_COSTS_HALF_LIFE_S)
+        # The fade of one interval, worked out again only when the interval changes (in replay, never).
+        if dt == self._fade_dt:
+            fade = self._fade
+        else:
+            fade = self._fade = 0.5 ** (dt / ARM_COSTS_HALF_LIFE_S)
+            self._fade_dt = dt
         costs, previous = state.costs, state.previous
         before = state.before or previous
         arms = len(previous)
@@ -400,9 +417,7 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             for memory in state.memories:
                 sizes.append(n if memory.weight <= 0 else low)
             return sizes
-        h = self.params.hysteresis
-        for memory in state.memories:
-            sizes.append(cheapest_size(memory, price, low, high, n, h))
+        cheapest_sizes(state.memories, price, low, high, n, self.params.hysteresis, sizes)
         return sizes
 
     def _new_window_sizes(self, peak: float, n: int, low: int, high: int) -> tuple[int, ...]:
