@@ -105,9 +105,26 @@ def replay_fleet(
             factor = steer.advance(start)  # the whole fleet's past before this period, as the decider's
             for vm in fleet:
                 engine, s, vcpus, allocations = vm.engine, vm.series, vm.vcpus, vm.allocations
+                # _observation written out, with the series read once per period rather than once per step: this loop
+                # runs for every step of every VM (test_replay pins it to _observation).
+                wanted, step_s, low, high = s.demand, s.step_s, s.min_vcpus, s.max_vcpus
+                top = float(high)
                 for i in vm.steps_before(stop):
                     allocations.append(vcpus)
-                    obs = _observation(s, i, vcpus, pressure, factor)
+                    demand = wanted[i]
+                    if not demand < high:
+                        demand = top
+                    used = demand if demand < vcpus else float(vcpus)
+                    obs = Observation(
+                        time=i * step_s,
+                        vcpus=vcpus,
+                        min_vcpus=low,
+                        max_vcpus=high,
+                        used_cores=used,
+                        interval_s=step_s,
+                        pressure_cores=(demand - used) if pressure else None,
+                        price_factor=factor,
+                    )
                     steer.observe(obs)
                     decision = engine.step(obs)
                     if decision is not None:

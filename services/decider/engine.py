@@ -178,21 +178,29 @@ class VmEngine:
         """The order to give after this observation, if any. Late or repeated observations are ignored.
         ``paused``: the VM is paused by an operator (the text says by whom, until when and why): no order.
         ``limit``: what the VM's host allows it (None: as much as its range)."""
-        proposal = self.propose(obs)
-        if proposal is None:
+        seen = self._seen(obs)
+        if seen is None:
             return None
-        seen, target = proposal.obs, proposal.rec.target
+        rec = self.policy.recommend(self.policy_state, seen)
         if limit is None and self.pending_target is None:
-            # decide's first answer for most samples, without its call: nothing to change. A target of the vCPUs the VM
-            # has, within its range (nearly every sample), is that size without _clamped's call.
-            n = seen.vcpus
+            # decide's first answer for most samples, without its call (nor the proposal's): nothing to change. A target
+            # of the vCPUs the VM has, within its range (nearly every sample), is that size without _clamped's call.
+            n, target = seen.vcpus, rec.target
             if (target == n and seen.min_vcpus <= n <= seen.max_vcpus) or _clamped(seen, target) == n:
                 return None
-        return self.decide(proposal, paused, limit)
+        return self.decide(Proposal(seen, rec, self._warming(seen)), paused, limit)
 
     def propose(self, obs: Observation) -> Proposal | None:
         """The policy's recommendation after this observation (its state moves on); None for a late or repeated
         observation, which is ignored. Follow it with ``decide``."""
+        seen = self._seen(obs)
+        if seen is None:
+            return None
+        return Proposal(seen, self.policy.recommend(self.policy_state, seen), self._warming(seen))
+
+    def _seen(self, obs: Observation) -> Observation | None:
+        """The observation as the policy is to see it (within the sizes the actuator allows), with the pending order
+        settled by it; None for a late or repeated one."""
         self.held = None
         if obs.time <= self.last_time:
             return None
@@ -209,8 +217,12 @@ class VmEngine:
                 # expired: had it run, it would have started before its expiry
                 self._took_effect(self.pending_id, self.pending_until)
                 self.pending_target = None
-        warming = obs.time - self.guard.first_seen < self.rails.warmup_s
-        return Proposal(obs, self.policy.recommend(self.policy_state, obs), warming)
+        return obs
+
+    def _warming(self, obs: Observation) -> bool:
+        """In its warm-up (``GuardRails.warmup_s``), counted from the first observation ``_seen``."""
+        first_seen = self.guard.first_seen
+        return first_seen is not None and obs.time - first_seen < self.rails.warmup_s
 
     def decide(self, proposal: Proposal, paused: str | None = None, limit: Limit | None = None) -> Decision | None:
         """The order to give for ``proposal`` (see ``step``), within ``limit``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from services.decider.engine import ALLOWED_SIZES_TTL_S, Limit, VmEngine
@@ -160,6 +162,27 @@ def test_propose_then_decide_is_step() -> None:
         assert proposal is not None
         assert one.step(obs(t + 1, 2, used)) == two.decide(proposal)
     assert two.propose(obs(1, 2, 2.0)) is None  # a late observation is ignored
+
+
+def test_step_without_a_proposal_decides_and_holds_as_propose_then_decide() -> None:
+    """step builds no proposal for a sample it has nothing to order on (a speed shortcut): over a warm-up, orders that
+    take effect and a limit now and then, it gives what propose then decide give, held reasons included."""
+    rng = random.Random(23)
+    policy, rails = build_policy("default", parse_params(["guard.warmup_s=900"]))
+    one, two = VmEngine(policy, rails), VmEngine(policy, rails)
+    vcpus = 4
+    for t in range(1, 400):
+        seen = obs(t * 60.0, vcpus, min(float(vcpus), rng.choice([0.2, 1.5, 3.0, 7.9])))
+        limit = Limit(rng.randint(1, 8), "host full") if rng.random() < 0.1 else None
+        proposal = two.propose(seen)
+        assert proposal is not None
+        decision = one.step(seen, limit=limit)
+        assert decision == two.decide(proposal, limit=limit)
+        assert one.held == two.held
+        if decision is not None:
+            for engine in (one, two):
+                engine.mark_sent(decision.target, until=t * 60.0 + 120.0)
+            vcpus = decision.target if rng.random() < 0.8 else vcpus  # now and then an order that never runs
 
 
 def test_a_vm_outside_its_range_is_ordered_into_it_when_the_policy_holds_at_its_size() -> None:

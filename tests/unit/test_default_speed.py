@@ -1,8 +1,8 @@
 """The ``default`` policy's shortcuts (a window-size table shared by VMs, prices of distinct sizes only, the change
 term left out when no arm moved, one sum for arms that have always agreed, no minimum sought among arms of one cost,
-no table for a VM of one size, reasons prepared at the start price, the need read off the first arm) give exactly what
-the plain formulas give. The plain formulas are written out here as they were before the shortcuts. Pure; no
-sockets."""
+no table for a VM of one size, reasons prepared at the start price, the need read off the first arm, the cheapest-size
+walks of all memories in one call, the costs' fade kept while the interval is the same) give exactly what the plain
+formulas give. The plain formulas are written out here as they were before the shortcuts. Pure; no sockets."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ import pytest
 
 from services.decider.policies import default as default_module
 from services.decider.policies.base import Observation, Recommendation
-from services.decider.policies.default import DefaultParams, DefaultPolicy, DefaultState, Memory, cheapest_size
+from services.decider.policies.default import (
+    DefaultParams,
+    DefaultPolicy,
+    DefaultState,
+    Memory,
+    cheapest_size,
+    cheapest_sizes,
+)
 from services.decider.registry import build_policy
 
 
@@ -84,6 +91,22 @@ def test_the_cheapest_size_is_the_plain_walks() -> None:
         high = rng.randint(low, 12)
         args = (memory, rng.uniform(1, 500), low, high, rng.randint(1, 12), rng.choice([0.0, 0.1, 0.5]))
         assert cheapest_size(*args) == _plain_cheapest(*args)
+
+
+def test_the_cheapest_sizes_of_a_vms_memories_are_each_memorys_plain_walk() -> None:
+    """cheapest_sizes walks all of a VM's memories in one call, appending to the sizes so far."""
+    rng = random.Random(19)
+    for _ in range(1000):
+        memories = []
+        for _ in range(rng.randint(0, 3)):
+            excess = sorted((rng.uniform(0, 50) for _ in range(rng.randint(0, 10))), reverse=True)
+            memories.append(Memory(weight=rng.choice([0.0, rng.uniform(0.1, 20)]), excess=excess))
+        low = rng.randint(1, 3)
+        high = rng.randint(low, 12)
+        args = (rng.uniform(1, 500), low, high, rng.randint(1, 12), rng.choice([0.0, 0.1, 0.5]))
+        sizes = [7, 1]
+        cheapest_sizes(memories, *args, sizes)
+        assert sizes == [7, 1] + [_plain_cheapest(m, *args) for m in memories]
 
 
 def _plain_choose(costs: list[float], chosen: int, change: float) -> int:
@@ -189,7 +212,7 @@ def test_a_policy_serving_many_vms_tells_each_what_a_policy_of_its_own_would(
     shared, _ = build_policy("default", params)
     assert isinstance(shared, DefaultPolicy)
     assert _drive(shared, vms) == alone
-    assert len(shared._window_memo) <= memo_size
+    assert sum(len(table) for table in shared._window_memo.values()) == shared._window_memo_entries <= memo_size
     assert len(shared._reasons) <= memo_size
 
 

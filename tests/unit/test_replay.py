@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evaluation.replay import replay_series, score_oracle, score_policy
+from evaluation.replay import _observation, replay_fleet, replay_series, score_oracle, score_policy
 from evaluation.tally import Tally, oracle_allocation
+from services.decider.policies.base import Observation
 from services.decider.registry import POLICIES, build_policy
 from shared.traces import TraceError, VmSeries, load
 
@@ -142,3 +143,35 @@ def test_loaders(tmp_path: Path) -> None:
     c.write_text("when,vm,demand\n")
     with pytest.raises(TraceError, match="header"):
         load([c], "csv")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    demand=st.lists(st.floats(0, 40, allow_nan=False), min_size=1, max_size=60),
+    size=st.integers(1, 16),
+    low=st.integers(1, 4),
+    pressure=st.booleans(),
+)
+def test_a_fleet_replay_shows_each_step_as_the_plain_observation(
+    demand: list[float], size: int, low: int, pressure: bool
+) -> None:
+    """The fleet loop builds each step's observation itself (a speed shortcut): it is ``_observation``'s, field by
+    field, at the vCPUs the VM had and the period's price factor."""
+    seen: list[Observation] = []
+    policy, rails = build_policy("default")
+    recommend = policy.recommend
+
+    def spy(state: Any, obs: Observation) -> Any:
+        seen.append(obs)
+        return recommend(state, obs)
+
+    policy.recommend = spy  # type: ignore[method-assign]
+    # Two VMs (told apart by their sizes) over more than one of the steer's periods.
+    series = [VmSeries("a", demand, size, 300.0, min(low, size)), VmSeries("b", demand[::-1] * 2, 17, 300.0, 2)]
+    fleet = replay_fleet(series, policy, rails, pressure)
+    by_step = {(o.max_vcpus, o.time): o for o in seen}
+    assert len(by_step) == len(seen) == sum(len(s.demand) for s in series)
+    for s, allocations in zip(series, fleet, strict=True):
+        for i, vcpus in enumerate(allocations):
+            obs = by_step[s.max_vcpus, i * s.step_s]
+            assert obs == _observation(s, i, vcpus, pressure, obs.price_factor)

@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Annotated
 
 import msgspec
@@ -72,6 +74,8 @@ STEER_HALF_LIFE_S = 86400.0  # ... and the realised unmet share the price is ste
 # decider that runs for months holds a bounded one.
 WINDOW_MEMO_SIZE = 4096
 REASONS_SIZE = 4096  # ... and so are the reasons' texts (the arm's, at a price, and the size)
+# A range's table before its first entry (read only: entries go in by DefaultPolicy._new_window_sizes).
+_NO_TABLE: Mapping[float, tuple[int, ...]] = MappingProxyType({})
 # The fleet's harm steer (Price, services.decider.harm). Its gain was chosen on Bitbrains between 1 and 2 and
 # checked on PlanetLab (docs/deciders.md); the other constants are round values that were not tuned.
 STEER_GAIN = 2.0
@@ -154,37 +158,48 @@ def cheapest_size(memory: Memory, price: float, low: int, high: int, current: in
     """The size that would have cost least over ``memory``; a smaller size than ``current`` only if it saves
     at least ``hysteresis`` vCPU on average. The cost is convex in the size, so the search walks from the
     current size towards the lowest of its cheapest sizes and stops there."""
-    excess, weight = memory.excess, memory.weight
-    if weight <= 0:
-        return current
-    # What size a would have cost: its cores and the priced demand above it (sizes past the end of the list had
-    # none). Written out at each step rather than called: it runs a few times per memory per sample.
-    size = len(excess)
+    sizes: list[int] = []
+    cheapest_sizes((memory,), price, low, high, current, hysteresis, sizes)
+    return sizes[0]
+
+
+def cheapest_sizes(
+    memories: Iterable[Memory], price: float, low: int, high: int, current: int, hysteresis: float, sizes: list[int]
+) -> None:
+    """``cheapest_size`` of each of ``memories``, appended to ``sizes``: one call for all of a VM's memories, as it
+    runs at every sample."""
     start = high if current > high else low if current < low else current
-    best, best_cost = start, start * weight + price * (excess[start] if start < size else 0.0)
-    start_cost = best_cost
-    walked_down = False
-    if best > low:
-        a = best - 1
-        c = a * weight + price * (excess[a] if a < size else 0.0)
-        if c <= best_cost:
-            best, best_cost, walked_down = a, c, True
-            while best > low:
-                a = best - 1
+    for memory in memories:
+        excess, weight = memory.excess, memory.weight
+        if weight <= 0:
+            sizes.append(current)
+            continue
+        # What size a would have cost: its cores and the priced demand above it (sizes past the end of the list had
+        # none). Written out at each step rather than called: it runs a few times per memory per sample.
+        size = len(excess)
+        best, best_cost = start, start * weight + price * (excess[start] if start < size else 0.0)
+        start_cost = best_cost
+        walked_down = False
+        if best > low:
+            a = best - 1
+            c = a * weight + price * (excess[a] if a < size else 0.0)
+            if c <= best_cost:
+                best, best_cost, walked_down = a, c, True
+                while best > low:
+                    a = best - 1
+                    c = a * weight + price * (excess[a] if a < size else 0.0)
+                    if not c <= best_cost:  # not `>`: a NaN ends the walk
+                        break
+                    best, best_cost = a, c
+        if not walked_down:
+            while best < high:
+                a = best + 1
                 c = a * weight + price * (excess[a] if a < size else 0.0)
-                if not c <= best_cost:  # not `>`: a NaN ends the walk
+                if not c < best_cost:
                     break
                 best, best_cost = a, c
-    if not walked_down:
-        while best < high:
-            a = best + 1
-            c = a * weight + price * (excess[a] if a < size else 0.0)
-            if not c < best_cost:
-                break
-            best, best_cost = a, c
-    if best < start and start_cost - best_cost < hysteresis * weight:
-        return start  # not worth a shrink
-    return best
+        # A shrink not worth its hysteresis keeps the start.
+        sizes.append(start if best < start and start_cost - best_cost < hysteresis * weight else best)
 
 
 class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
@@ -211,7 +226,11 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         # The reasons' beginnings at the start price (every price without feedback), plain and saturated.
         self._whys = [self._why(arm, False, self._start_price) for arm in self.arms]
         self._saturated_whys = [self._why(arm, True, self._start_price) for arm in self.arms]
-        self._window_memo: dict[tuple[float, int, int, int], tuple[int, ...]] = {}
+        # The window-size table: one per range (vCPUs, min, max), found once per sample, each by peak; its entries in
+        # all, counted so that the whole is emptied when it holds WINDOW_MEMO_SIZE.
+        self._window_memo: dict[tuple[int, int, int], dict[float, tuple[int, ...]]] = {}
+        self._window_memo_entries = 0
+        self._fade_dt, self._fade = 0.0, 1.0  # the arms' costs' fade for the last interval seen (_charge)
         self._reasons: dict[tuple[str, int], str] = {}
         # The same at other prices (a fleet steer's), by price: plain, then saturated.
         self._priced_whys: dict[float, tuple[list[str], list[str]]] = {}
@@ -265,7 +284,12 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
 
     def _charge(self, state: DefaultState, demand: float, dt: float, price: float) -> None:
         """Each arm pays, in core-seconds, for the size it gave one sample before and the vCPUs it moved."""
-        fade = 0.5 ** (dt / ARM_COSTS_HALF_LIFE_S)
+        # The fade of one interval, worked out again only when the interval changes (in replay, never).
+        if dt == self._fade_dt:
+            fade = self._fade
+        else:
+            fade = self._fade = 0.5 ** (dt / ARM_COSTS_HALF_LIFE_S)
+            self._fade_dt = dt
         costs, previous = state.costs, state.previous
         before = state.before or previous
         arms = len(previous)
@@ -359,6 +383,9 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         cheapest sizes; any shrink leaves ``hysteresis`` of headroom."""
         n, low, high, t = obs.vcpus, obs.min_vcpus, obs.max_vcpus, obs.time
         memo = self._window_memo
+        one_size = low == high  # a VM whose range is one size (a third of Bitbrains' VMs): sized below, at once
+        # The range's table, looked up once here rather than by a key of four for each window's peak.
+        table = memo.get((n, low, high), _NO_TABLE) if not one_size else _NO_TABLE
         sizes: list[int] = []
         last_peak = math.nan  # equal to no peak
         window_sizes: tuple[int, ...] = ()
@@ -366,7 +393,6 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
         peaks, windows = state.peaks, self._windows
         if len(peaks) != len(windows):  # as in _remember: not zip(strict=True)
             raise ValueError(f"{len(peaks)} peaks for {len(windows)} windows")
-        one_size = low == high  # a VM whose range is one size (a third of Bitbrains' VMs): sized below, at once
         for queue, window in zip(peaks, windows):  # noqa: B905
             # _push written out, with one tuple for all windows: it runs for every window of every sample.
             while queue and queue[-1][1] <= demand:
@@ -379,12 +405,9 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
                 continue
             peak = queue[0][1]
             if peak != last_peak:  # longer windows often hold the same peak: then the same sizes
-                key = (peak, n, low, high)
-                found = memo.get(key)
+                found = table.get(peak)
                 if found is None:
-                    if len(memo) >= WINDOW_MEMO_SIZE:
-                        memo.clear()
-                    found = memo[key] = self._window_sizes(peak, n, low, high)
+                    found = self._new_window_sizes(peak, n, low, high)
                 last_peak, window_sizes = peak, found
             sizes += window_sizes
         if one_size:
@@ -394,10 +417,21 @@ class DefaultPolicy(PolicyBase[DefaultParams, DefaultState]):
             for memory in state.memories:
                 sizes.append(n if memory.weight <= 0 else low)
             return sizes
-        h = self.params.hysteresis
-        for memory in state.memories:
-            sizes.append(cheapest_size(memory, price, low, high, n, h))
+        cheapest_sizes(state.memories, price, low, high, n, self.params.hysteresis, sizes)
         return sizes
+
+    def _new_window_sizes(self, peak: float, n: int, low: int, high: int) -> tuple[int, ...]:
+        """``_window_sizes`` for a peak not in the table, which keeps them (emptied first when full)."""
+        memo = self._window_memo
+        if self._window_memo_entries >= WINDOW_MEMO_SIZE:
+            memo.clear()
+            self._window_memo_entries = 0
+        table = memo.get((n, low, high))
+        if table is None:
+            table = memo[n, low, high] = {}
+        found = table[peak] = self._window_sizes(peak, n, low, high)
+        self._window_memo_entries += 1
+        return found
 
     def _window_sizes(self, peak: float, n: int, low: int, high: int) -> tuple[int, ...]:
         """The size each multiplier gives a window's ``peak`` at ``n`` vCPUs, within ``low`` and ``high``."""
