@@ -91,6 +91,27 @@ class MemoryPolicy:
         spare = used_bytes * self.settings.headroom + self.settings.floor_bytes
         return used_bytes + (spare if spare >= rise_bytes else rise_bytes)
 
+    def grow_below(self, used_bytes: int, rise_bytes: int = 0) -> float:
+        """The spare (size − used) under which the rule grows: ``grow_trigger`` of the headroom's spare, or the whole
+        of ``rise_bytes`` where that is more.
+
+        The trigger below the headroom's spare is a hysteresis for use that creeps up: that spare is never all needed
+        before the next sample. The rise is not: it is what may come before the next sample shows it, and a burst
+        longer than a sample goes on rising while the grow ordered on that sample lands. A grow at half the rise
+        left a guest a burst ramping at the rise's own pace short by half a rise plus what came during the
+        actuation, past its swap (the OOM kills of ``bench/memory_model.py --duration 43200``)."""
+        headroom = used_bytes * self.settings.headroom + self.settings.floor_bytes
+        trigger = self.settings.grow_trigger * headroom
+        return trigger if trigger >= rise_bytes else float(rise_bytes)
+
+    def grow_to(self, used_bytes: int, rise_bytes: int = 0) -> float:
+        """The size a margin grow asks for: ``wanted``, and where the rise sets the trigger, the rise plus the band
+        between the headroom's trigger and its spare, so a grow for the rise is not followed by another at every MiB
+        that use creeps up (each is an actuation)."""
+        headroom = used_bytes * self.settings.headroom + self.settings.floor_bytes
+        band = (1.0 - self.settings.grow_trigger) * headroom
+        return used_bytes + max(headroom, rise_bytes + band)
+
     def decide(self, state: MemoryState, obs: MemoryObservation) -> MemoryDecision | None:
         """A new size for the VM of ``obs``, or None to keep the size it has. Every decision returned is assumed
         made (it restarts the shrink interval); the next sample's ``size_bytes`` says what the VM really has."""
@@ -139,8 +160,8 @@ class MemoryPolicy:
                     f"{format_size(int(swap_rate or 0))}/s swapped in" if swapping else f"psi some {obs.psi_some:.0%}"
                 )
                 return self._made(state, now, target, f"grow: {what}", kind)
-        elif used is not None and size - used < s.grow_trigger * (self.wanted(used, rise) - used):
-            target = _bounded(self.wanted(used, rise), step, low, high)
+        elif used is not None and size - used < self.grow_below(used, rise):
+            target = _bounded(self.grow_to(used, rise), step, low, high)
             if target > size:
                 reason = f"grow: used {format_size(used)} leaves {format_size(max(0, size - used))} spare"
                 return self._made(state, now, target, reason, "margin")
