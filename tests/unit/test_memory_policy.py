@@ -417,3 +417,24 @@ def test_available_above_the_size_reads_as_nothing_used_not_less() -> None:
     assert decision is not None
     assert decision.reason.startswith("shrink: used at most 0B")
     assert decision.target_bytes == 256 * MIB  # wanted(0) is 128 MiB: the VM's minimum
+
+
+def test_an_urgent_sample_does_not_cut_a_rise_in_two() -> None:
+    # 1-s samples; a pressure trigger's urgent sample 0.3 s into a burst. The burst rose 3 GiB over the regular
+    # interval: that is the rise remembered, not the 1 GiB and 2 GiB on each side of the urgent sample.
+    policy = MemoryPolicy()
+    state = policy.new_state()
+    samples = ((0.0, 1 * GIB, False), (1.0, 1 * GIB, False), (1.3, 2 * GIB, True), (2.0, 4 * GIB, False))
+    last = 0.0
+    for t, used, urgent in samples:
+        policy.decide(state, obs(t, 16 * GIB, used, interval_s=(t - last) or 1.0, urgent=urgent))
+        last = t
+    assert state.rises.max() == 3 * GIB
+
+
+def test_regular_samples_each_measure_their_own_rise() -> None:
+    policy = MemoryPolicy()
+    state = policy.new_state()
+    for t, used in ((0.0, 1 * GIB), (1.0, 2 * GIB), (1.98, 2 * GIB + 512 * MIB), (3.0, 3 * GIB)):
+        policy.decide(state, obs(t, 16 * GIB, used, interval_s=1.0))
+    assert state.rises.max() == 1 * GIB  # a sample 20 ms early still starts the next rise

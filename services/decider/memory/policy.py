@@ -24,6 +24,10 @@ DEFAULT_STEP_BYTES = 2 * MIB  # virtio-mem's device block (docs/memory.md in ../
 WINDOW_BUCKETS = 288
 # The weight of each sample's interval in the running mean that sets the window's span from ``window_samples``.
 INTERVAL_SMOOTHING = 1 / 16
+# A rise is measured over at least this share of the mean sampling interval: the reserve is what may come before the
+# next regular sample shows it, and an urgent sample between two regular ones (a pressure trigger) would otherwise
+# cut a burst's rise in two, each part remembered as the rise. A regular sample a little early still counts whole.
+RISE_SPAN_SHARE = 0.75
 
 
 class MemoryObservation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -59,7 +63,7 @@ class MemoryDecision(msgspec.Struct, frozen=True, gc=False):
 class MemoryState:
     """One VM's running state: the windows of used memory and of its rises, and the times that gate a shrink."""
 
-    __slots__ = ("calm_since", "interval_s", "last_change", "last_time", "last_used", "rises", "window")
+    __slots__ = ("calm_since", "interval_s", "last_change", "last_time", "last_used", "rises", "used_since", "window")
 
     def __init__(self, window_samples: int, rise_memory_s: float) -> None:
         # The span is the sampling interval times ``window_samples``, set from each sample's interval.
@@ -68,7 +72,10 @@ class MemoryState:
         self.calm_since: float | None = None  # the first sample, or the last one under pressure or swapping
         self.last_change = -math.inf  # the time of the last decision this state returned
         self.last_time: float | None = None
+        # The sample a rise is measured from (its used and time): the last that knew the use, at least most of a
+        # sampling interval before (see ``RISE_SPAN_SHARE``).
         self.last_used: int | None = None
+        self.used_since: float | None = None
         self.interval_s: float | None = None  # the running mean of the sampling interval
 
 
@@ -136,9 +143,12 @@ class MemoryPolicy:
         state.last_time = now
         if used is not None:
             state.window.push(now, used)
-            if state.last_used is not None:  # from the last sample that knew it: samples between count as none
+            if state.last_used is not None:  # from a sample that knew it: samples between count as none
                 state.rises.push(now, max(0, used - state.last_used))
-            state.last_used = used
+            since = state.used_since
+            mean = state.interval_s
+            if since is None or mean is None or now - since >= RISE_SPAN_SHARE * mean:
+                state.last_used, state.used_since = used, now
         rise = state.rises.max()
         swap_rate = obs.swap_in_bytes_per_s
         swapping = swap_rate is not None and swap_rate > s.swap_in_bytes_per_s
