@@ -30,16 +30,17 @@ HOST = "model"
 
 def run(
     seed: int, params: dict[str, str], vms: int, duration: float, interval: float, delay: float
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[str]]:
     """One seed's VMs for ``duration`` simulated seconds: each reading as the collector makes it
     (``memory_counters``, ``memory_from``), each order as the decider's memory engine gives it, scored by the live
-    tally (``MemoryTally``)."""
+    tally (``MemoryTally``); and where each OOM kill struck."""
     cloud = MiniCloud.generate(vms, seed, 0.0)
     policy = MemoryPolicy(memory_settings(params))
     engines = {name: MemoryEngine(policy) for name in cloud.vms}
     seen: dict[str, MemoryCounters] = {}
     landing: dict[str, tuple[float, int]] = {}  # vm -> (when its order lands, target)
     tally = MemoryTally()
+    kills: list[str] = []  # each OOM kill: which VM, its profile, and the first sample that shows it
     t = 0.0
     while t < duration:
         t += interval
@@ -57,6 +58,9 @@ def run(
             vm.advance(t)
             counters = memory_counters(vm.counters(t).memory)
             assert counters is not None
+            killed = seen[name].oom_kills if name in seen else 0
+            if counters.oom_kills is not None and killed is not None and counters.oom_kills > killed:
+                kills.append(f"{name} ({vm.workload.profile}) by {t:g} s")
             reading = memory_from(seen.get(name), counters, interval)
             seen[name] = counters
             tally.add_memory(HOST, name, reading, interval)
@@ -71,7 +75,7 @@ def run(
         "swap_pct": round(scores["swap_pct"], 4),
         "oom_kills": sum(vm.memory.oom_kills for vm in cloud.vms.values() if vm.memory is not None),
         "changes_per_vm_hour": round(scores["memory_changes_per_vm_hour"], 2),
-    }
+    }, kills
 
 
 def main() -> None:
@@ -85,11 +89,15 @@ def main() -> None:
     args = parser.parse_args()
     params = dict(item.split("=", 1) for item in args.param)
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = {seed: run(seed, params, args.vms, args.duration, args.interval, args.delay) for seed in seeds}
+    kills: dict[int, list[str]] = {}
+    runs: dict[int, dict[str, float]] = {}
+    for seed in seeds:
+        runs[seed], kills[seed] = run(seed, params, args.vms, args.duration, args.interval, args.delay)
     keys = ("x_used", "swap_pct", "changes_per_vm_hour")
     mean = {key: round(sum(r[key] for r in runs.values()) / len(runs), 4) for key in keys}
     mean["oom_kills"] = sum(r["oom_kills"] for r in runs.values())
-    print(json.dumps({"bench": "memory-model", "params": params, "mean": mean, "seeds": runs}, indent=1))
+    per_seed = {seed: {**scores, "oom": kills[seed]} for seed, scores in runs.items()}
+    print(json.dumps({"bench": "memory-model", "params": params, "mean": mean, "seeds": per_seed}, indent=1))
 
 
 if __name__ == "__main__":

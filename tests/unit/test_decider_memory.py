@@ -99,6 +99,7 @@ def test_a_member_that_takes_the_vm_over_decides_as_the_first_would_have() -> No
     assert taken_over.restore(first.snapshot())
     assert (taken_over.state.rises.max(), taken_over.state.window.max()) == (2 * GIB, 3 * GIB)
     assert taken_over.holds == first.holds and taken_over.pending_id == first.pending_id
+    assert (taken_over.state.last_used, taken_over.state.used_since) == (first.state.last_used, 43.0)
     fresh = MemoryEngine(POLICY)
     made: dict[str, list[tuple[int, int]]] = {"first": [], "taken over": [], "fresh": []}
     for t in range(44, 200):
@@ -109,6 +110,17 @@ def test_a_member_that_takes_the_vm_over_decides_as_the_first_would_have() -> No
     assert made["first"] and made["taken over"] == made["first"]
     assert made["fresh"] != made["first"]  # without the state: another window of evidence, and no rise kept
     assert all(target >= 3 * GIB for _, target in made["taken over"])  # used 1 GiB + the 2 GiB rise
+
+
+def test_a_snapshot_from_before_used_since_measures_the_next_rise_from_its_last_sample() -> None:
+    engine = MemoryEngine(POLICY)
+    for t in (1.0, 2.0):
+        engine.step(t, reading(8 * GIB, GIB), 1.0)
+    old = msgspec.msgpack.decode(engine.snapshot())
+    del old["used_since"]
+    taken_over = MemoryEngine(POLICY)
+    assert taken_over.restore(msgspec.msgpack.encode(old))
+    assert (taken_over.state.last_used, taken_over.state.used_since) == (GIB, 2.0)
 
 
 def test_a_snapshot_that_does_not_decode_changes_nothing() -> None:

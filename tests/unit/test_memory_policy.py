@@ -156,15 +156,64 @@ def test_a_shrink_keeps_room_for_the_largest_rise_from_one_sample_to_the_next() 
     assert wanted(1 * GIB) < 2 * GIB
 
 
-def test_a_margin_grow_asks_for_the_largest_rise_when_the_headroom_is_less() -> None:
+def test_a_spare_below_the_largest_rise_grows_though_it_is_above_half_of_it() -> None:
+    # A 4 GiB rise between two samples leaves 3 GiB spare: more than half the rise (the headroom's trigger), less
+    # than the whole. The next sample may bring 4 GiB more (a burst longer than a sample), so the rule grows now.
     policy = MemoryPolicy()
     state = policy.new_state()
     assert policy.decide(state, obs(0, 8 * GIB, 1 * GIB)) is None
-    assert policy.decide(state, obs(1, 8 * GIB, 5 * GIB)) is None  # a 4 GiB rise, still 3 GiB spare
-    grow = policy.decide(state, obs(2, 8 * GIB, 6 * GIB + 512 * MIB))  # 1.5 GiB spare: under half the rise's 4 GiB
+    grow = policy.decide(state, obs(1, 8 * GIB, 5 * GIB))
     assert grow is not None
     assert grow.kind == "margin"
-    assert grow.target_bytes == align_up(10 * GIB + 512 * MIB, STEP)  # used + the rise, above used × 1.25 + 128 MiB
+    # used + the rise + the band between the headroom's trigger and its spare (half of 5 GiB × 0.25 + 128 MiB)
+    band = (5 * GIB * 0.25 + 128 * MIB) / 2
+    assert grow.target_bytes == align_up(math.ceil(5 * GIB + 4 * GIB + band), STEP)
+
+
+def test_a_grow_for_the_rise_is_not_followed_by_another_for_a_little_more_use() -> None:
+    policy = MemoryPolicy()
+    state = policy.new_state()
+    policy.decide(state, obs(0, 8 * GIB, 1 * GIB))
+    grow = policy.decide(state, obs(1, 8 * GIB, 5 * GIB))
+    assert grow is not None
+    # Use creeps up by 100 MiB: the spare is still the whole rise, within the band above it.
+    assert policy.decide(state, obs(2, grow.target_bytes, 5 * GIB + 100 * MIB)) is None
+
+
+def test_the_headroom_alone_still_grows_at_half_its_spare() -> None:
+    # No rise larger than the headroom's trigger: the hysteresis of grow_trigger is unchanged.
+    policy = MemoryPolicy()
+    state = policy.new_state()
+    used = 4 * GIB
+    headroom = used * 0.25 + 128 * MIB
+    size = align_up(math.ceil(used + 0.6 * headroom), STEP)
+    assert policy.decide(state, obs(0, size, used)) is None
+    assert policy.decide(state, obs(1, size, used + 2 * MIB)) is None  # a 2 MiB rise: spare still above half
+    grow = policy.decide(state, obs(2, size, used + math.ceil(0.2 * headroom)))
+    assert grow is not None
+    assert grow.target_bytes == wanted(used + math.ceil(0.2 * headroom))
+
+
+def test_a_burst_longer_than_a_sample_meets_a_size_that_holds_its_next_step() -> None:
+    # A notebook cell loads a dataframe at 2.5 GiB/s for 3 s (services.simulator.memory: CELL_RISE_S). The rule has
+    # seen such a cell before, so it remembers a 2.5 GiB rise. After each sample of the cell the spare must hold a
+    # whole rise more: the next second brings one, and a grow ordered on the next sample lands after it.
+    policy = MemoryPolicy()
+    state = policy.new_state()
+    rate = 2560 * MIB
+    size, t = 16 * GIB, 0.0
+    for used in (3 * GIB, 3 * GIB + rate, 3 * GIB):  # an earlier cell: the rise is remembered
+        policy.decide(state, obs(t, size, used, interval_s=1.0))
+        t += 1.0
+    size = 3 * GIB + rate + 2 * GIB  # 2 GiB spare at the cell's first sample: more than half the rise, not all of it
+    for step in range(1, 4):
+        used = 3 * GIB + step * rate
+        assert used <= size, f"step {step}: the burst outran the size"
+        decision = policy.decide(state, obs(t, size, used, interval_s=1.0))
+        if decision is not None:
+            size = max(size, decision.target_bytes)
+        assert size - used >= rate or step == 3, f"step {step}: {size - used} spare for a {rate} rise"
+        t += 1.0
 
 
 def test_one_quick_sample_does_not_cut_the_window_short() -> None:
@@ -368,3 +417,24 @@ def test_available_above_the_size_reads_as_nothing_used_not_less() -> None:
     assert decision is not None
     assert decision.reason.startswith("shrink: used at most 0B")
     assert decision.target_bytes == 256 * MIB  # wanted(0) is 128 MiB: the VM's minimum
+
+
+def test_an_urgent_sample_does_not_cut_a_rise_in_two() -> None:
+    # 1-s samples; a pressure trigger's urgent sample 0.3 s into a burst. The burst rose 3 GiB over the regular
+    # interval: that is the rise remembered, not the 1 GiB and 2 GiB on each side of the urgent sample.
+    policy = MemoryPolicy()
+    state = policy.new_state()
+    samples = ((0.0, 1 * GIB, False), (1.0, 1 * GIB, False), (1.3, 2 * GIB, True), (2.0, 4 * GIB, False))
+    last = 0.0
+    for t, used, urgent in samples:
+        policy.decide(state, obs(t, 16 * GIB, used, interval_s=(t - last) or 1.0, urgent=urgent))
+        last = t
+    assert state.rises.max() == 3 * GIB
+
+
+def test_regular_samples_each_measure_their_own_rise() -> None:
+    policy = MemoryPolicy()
+    state = policy.new_state()
+    for t, used in ((0.0, 1 * GIB), (1.0, 2 * GIB), (1.98, 2 * GIB + 512 * MIB), (3.0, 3 * GIB)):
+        policy.decide(state, obs(t, 16 * GIB, used, interval_s=1.0))
+    assert state.rises.max() == 1 * GIB  # a sample 20 ms early still starts the next rise

@@ -49,6 +49,7 @@ class MemorySnapshot(msgspec.Struct, frozen=True, kw_only=True):
     holds: list[Hold]
     backoff_streak: int
     interval_s: float | None = None
+    used_since: float | None = None
 
 
 _snapshot_decoder = msgspec.msgpack.Decoder(MemorySnapshot)
@@ -171,6 +172,7 @@ class MemoryEngine:
                 holds=self.holds,
                 backoff_streak=self.backoff_streak,
                 interval_s=state.interval_s,
+                used_since=state.used_since,
             )
         )
 
@@ -187,6 +189,8 @@ class MemoryEngine:
         state.calm_since, state.last_change = snap.calm_since, snap.last_change
         state.last_time, state.last_used = snap.rule_last_time, snap.last_used
         state.interval_s = snap.interval_s
+        # An older snapshot's last_used is its last sample's (rule_last_time): measure the next rise from there.
+        state.used_since = snap.used_since if snap.used_since is not None else snap.rule_last_time
         self.state = state
         self.last_time = snap.last_time
         self.pending_target, self.pending_until = snap.pending_target, snap.pending_until

@@ -24,6 +24,10 @@ DEFAULT_STEP_BYTES = 2 * MIB  # virtio-mem's device block (docs/memory.md in ../
 WINDOW_BUCKETS = 288
 # The weight of each sample's interval in the running mean that sets the window's span from ``window_samples``.
 INTERVAL_SMOOTHING = 1 / 16
+# A rise is measured over at least this share of the mean sampling interval: the reserve is what may come before the
+# next regular sample shows it, and an urgent sample between two regular ones (a pressure trigger) would otherwise
+# cut a burst's rise in two, each part remembered as the rise. A regular sample a little early still counts whole.
+RISE_SPAN_SHARE = 0.75
 
 
 class MemoryObservation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -59,7 +63,7 @@ class MemoryDecision(msgspec.Struct, frozen=True, gc=False):
 class MemoryState:
     """One VM's running state: the windows of used memory and of its rises, and the times that gate a shrink."""
 
-    __slots__ = ("calm_since", "interval_s", "last_change", "last_time", "last_used", "rises", "window")
+    __slots__ = ("calm_since", "interval_s", "last_change", "last_time", "last_used", "rises", "used_since", "window")
 
     def __init__(self, window_samples: int, rise_memory_s: float) -> None:
         # The span is the sampling interval times ``window_samples``, set from each sample's interval.
@@ -68,7 +72,10 @@ class MemoryState:
         self.calm_since: float | None = None  # the first sample, or the last one under pressure or swapping
         self.last_change = -math.inf  # the time of the last decision this state returned
         self.last_time: float | None = None
+        # The sample a rise is measured from (its used and time): the last that knew the use, at least most of a
+        # sampling interval before (see ``RISE_SPAN_SHARE``).
         self.last_used: int | None = None
+        self.used_since: float | None = None
         self.interval_s: float | None = None  # the running mean of the sampling interval
 
 
@@ -90,6 +97,27 @@ class MemoryPolicy:
         sample to the next remembered) where that is more; before alignment and bounds."""
         spare = used_bytes * self.settings.headroom + self.settings.floor_bytes
         return used_bytes + (spare if spare >= rise_bytes else rise_bytes)
+
+    def grow_below(self, used_bytes: int, rise_bytes: int = 0) -> float:
+        """The spare (size − used) under which the rule grows: ``grow_trigger`` of the headroom's spare, or the whole
+        of ``rise_bytes`` where that is more.
+
+        The trigger below the headroom's spare is a hysteresis for use that creeps up: that spare is never all needed
+        before the next sample. The rise is not: it is what may come before the next sample shows it, and a burst
+        longer than a sample goes on rising while the grow ordered on that sample lands. A grow at half the rise
+        left a guest a burst ramping at the rise's own pace short by half a rise plus what came during the
+        actuation, past its swap (the OOM kills of ``bench/memory_model.py --duration 43200``)."""
+        headroom = used_bytes * self.settings.headroom + self.settings.floor_bytes
+        trigger = self.settings.grow_trigger * headroom
+        return trigger if trigger >= rise_bytes else float(rise_bytes)
+
+    def grow_to(self, used_bytes: int, rise_bytes: int = 0) -> float:
+        """The size a margin grow asks for: ``wanted``, and where the rise sets the trigger, the rise plus the band
+        between the headroom's trigger and its spare, so a grow for the rise is not followed by another at every MiB
+        that use creeps up (each is an actuation)."""
+        headroom = used_bytes * self.settings.headroom + self.settings.floor_bytes
+        band = (1.0 - self.settings.grow_trigger) * headroom
+        return used_bytes + max(headroom, rise_bytes + band)
 
     def decide(self, state: MemoryState, obs: MemoryObservation) -> MemoryDecision | None:
         """A new size for the VM of ``obs``, or None to keep the size it has. Every decision returned is assumed
@@ -115,9 +143,12 @@ class MemoryPolicy:
         state.last_time = now
         if used is not None:
             state.window.push(now, used)
-            if state.last_used is not None:  # from the last sample that knew it: samples between count as none
+            if state.last_used is not None:  # from a sample that knew it: samples between count as none
                 state.rises.push(now, max(0, used - state.last_used))
-            state.last_used = used
+            since = state.used_since
+            mean = state.interval_s
+            if since is None or mean is None or now - since >= RISE_SPAN_SHARE * mean:
+                state.last_used, state.used_since = used, now
         rise = state.rises.max()
         swap_rate = obs.swap_in_bytes_per_s
         swapping = swap_rate is not None and swap_rate > s.swap_in_bytes_per_s
@@ -139,8 +170,8 @@ class MemoryPolicy:
                     f"{format_size(int(swap_rate or 0))}/s swapped in" if swapping else f"psi some {obs.psi_some:.0%}"
                 )
                 return self._made(state, now, target, f"grow: {what}", kind)
-        elif used is not None and size - used < s.grow_trigger * (self.wanted(used, rise) - used):
-            target = _bounded(self.wanted(used, rise), step, low, high)
+        elif used is not None and size - used < self.grow_below(used, rise):
+            target = _bounded(self.grow_to(used, rise), step, low, high)
             if target > size:
                 reason = f"grow: used {format_size(used)} leaves {format_size(max(0, size - used))} spare"
                 return self._made(state, now, target, reason, "margin")

@@ -34,6 +34,8 @@ class MemorySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     floor_bytes: Annotated[int, msgspec.Meta(ge=0)] = 128 * MIB
     # Grow when the spare (size − used) falls below this share of the spare the headroom asks for. Below 1 the rule
     # does not grow for every MiB that used rises (each grow is an actuation); 0.5 still leaves half the headroom.
+    # The rise reserve (``rise_memory_s``) is not shared out so: a spare below the whole rise grows, since the next
+    # sample may bring that rise again (``MemoryPolicy.grow_below``).
     grow_trigger: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     # On pressure or swapping, grow to at least this much more than the size now (1: double it): used (MemTotal −
     # MemAvailable) no longer shows what the guest wants once it swaps, so the target from used alone is too small,
