@@ -92,10 +92,14 @@ class MemoryPolicy:
     def new_state(self) -> MemoryState:
         return MemoryState(self.settings.window_samples, self.settings.rise_memory_s)
 
+    def spare(self, used_bytes: int) -> float:
+        """The headroom's spare above ``used_bytes``: its share of it plus the floor (docs/memory.md's ``spare(u)``)."""
+        return used_bytes * self.settings.headroom + self.settings.floor_bytes
+
     def wanted(self, used_bytes: int, rise_bytes: int = 0) -> float:
         """The size asked for above ``used_bytes``: the headroom's spare, or ``rise_bytes`` (the largest rise from one
         sample to the next remembered) where that is more; before alignment and bounds."""
-        spare = used_bytes * self.settings.headroom + self.settings.floor_bytes
+        spare = self.spare(used_bytes)
         return used_bytes + (spare if spare >= rise_bytes else rise_bytes)
 
     def grow_below(self, used_bytes: int, rise_bytes: int = 0) -> float:
@@ -107,17 +111,16 @@ class MemoryPolicy:
         longer than a sample goes on rising while the grow ordered on that sample lands. A grow at half the rise
         left a guest a burst ramping at the rise's own pace short by half a rise plus what came during the
         actuation, past its swap (the OOM kills of ``bench/memory_model.py --duration 43200``)."""
-        headroom = used_bytes * self.settings.headroom + self.settings.floor_bytes
-        trigger = self.settings.grow_trigger * headroom
+        trigger = self.settings.grow_trigger * self.spare(used_bytes)
         return trigger if trigger >= rise_bytes else float(rise_bytes)
 
     def grow_to(self, used_bytes: int, rise_bytes: int = 0) -> float:
         """The size a margin grow asks for: ``wanted``, and where the rise sets the trigger, the rise plus the band
         between the headroom's trigger and its spare, so a grow for the rise is not followed by another at every MiB
         that use creeps up (each is an actuation)."""
-        headroom = used_bytes * self.settings.headroom + self.settings.floor_bytes
-        band = (1.0 - self.settings.grow_trigger) * headroom
-        return used_bytes + max(headroom, rise_bytes + band)
+        spare = self.spare(used_bytes)
+        band = (1.0 - self.settings.grow_trigger) * spare
+        return used_bytes + max(spare, rise_bytes + band)
 
     def decide(self, state: MemoryState, obs: MemoryObservation) -> MemoryDecision | None:
         """A new size for the VM of ``obs``, or None to keep the size it has. Every decision returned is assumed
