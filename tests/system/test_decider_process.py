@@ -129,23 +129,27 @@ async def test_a_restarted_decider_prices_by_the_harm_steer_it_had(
         return await metric_async(first.metrics_url, "hotplug_decider_price_factor", **factor_of) > 1.2
 
     await eventually(priced_up, timeout=60, what="the steer's factor above 1")
-    factor = await metric_async(first.metrics_url, "hotplug_decider_price_factor", **factor_of)
+    # The factor first shows above 1.2 while the decider may still be working through the history, setting it again
+    # at each later hour: wait until the save made when it was last set has landed and agrees with the factor the
+    # decider exports (the samples published after that are of earlier hours, which set no new factor).
+    state = await nc.jetstream().key_value(STATE_BUCKET)
+    factor = math.nan
+
+    async def saved() -> bool:
+        nonlocal factor
+        try:
+            entry = await state.get(steer_key("decider", "default", 0.01))
+        except KeyNotFoundError:
+            return False
+        stored = decode_state("saved", entry.value or b"")
+        factor = await metric_async(first.metrics_url, "hotplug_decider_price_factor", **factor_of)
+        return stored is not None and math.exp(stored.log_factor) == pytest.approx(factor, rel=1e-12)
+
+    await eventually(saved, what="the steer saved with the factor it set last")
     if ending == "stopped":
         await first.stop_async()
     else:
-        # Killed, it saves nothing more: wait until the save made when the factor was set has landed.
-        state = await nc.jetstream().key_value(STATE_BUCKET)
-
-        async def saved() -> bool:
-            try:
-                entry = await state.get(steer_key("decider", "default", 0.01))
-            except KeyNotFoundError:
-                return False
-            stored = decode_state("saved", entry.value or b"")
-            return stored is not None and math.exp(stored.log_factor) == pytest.approx(factor, rel=1e-12)
-
-        await eventually(saved, what="the steer saved with the factor it set")
-        await asyncio.to_thread(first.kill)
+        await asyncio.to_thread(first.kill)  # it saves nothing more: it resumes from the save above
 
     second = start_service(*args)
 
